@@ -1,0 +1,5 @@
+import sys
+
+from netmap.cli import main
+
+sys.exit(main())

@@ -1,0 +1,254 @@
+"""The pre-migration check: can a host realize the same topology for a guest? Pure."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from netmap import graph as g
+from netmap import names
+from netmap.model import Guest, GuestNic, Host
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+SEVERITIES = (ERROR, WARNING, INFO)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing check found: a stable code, how bad, which NIC, what, and how to fix it."""
+
+    code: str
+    severity: str
+    nic: int | None
+    message: str
+    hint: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"code": self.code, "severity": self.severity, "nic": self.nic,
+                "message": self.message, "hint": self.hint}
+
+
+@dataclass(frozen=True)
+class Report:
+    guest: str
+    source: str | None
+    dest: str
+    strict: bool
+    pairs: tuple[tuple[g.NicView | None, g.NicView], ...]
+    findings: tuple[Finding, ...] = field(default=())
+
+    @property
+    def compatible(self) -> bool:
+        return not any(f.severity == ERROR for f in self.findings)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == WARNING]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "guest": self.guest, "source": self.source, "destination": self.dest,
+            "strict": self.strict, "compatible": self.compatible,
+            "nics": [{"source": s.as_dict() if s else None, "destination": d.as_dict()}
+                     for s, d in self.pairs],
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+
+def _nic_label(nic: GuestNic) -> str:
+    return f"NIC {nic.index} ({nic.mac}, network {nic.network})"
+
+
+def check_migration(graph: nx.DiGraph, guest_name: str, dest: str, *,
+                    source: str | None = None, strict: bool = False) -> Report:
+    """Compare the guest's view on its source host with the view on `dest`."""
+    fleet = g.fleet_of(graph)
+    guest = fleet.guests[guest_name]
+    host = fleet.hosts[dest]
+    src = source if source is not None else guest.host
+    findings: list[Finding] = []
+    pairs = []
+    if src == dest:
+        findings.append(Finding("SAME_HOST", INFO, None,
+                                f"{guest.name} already runs on {dest}; checked in place.",
+                                "name another host with --to to check a migration"))
+    for nic in guest.nics:
+        before = g.nic_view(graph, guest.name, nic, src) if src else None
+        after = g.nic_view(graph, guest.name, nic, dest)
+        pairs.append((before, after))
+        findings.extend(_nic_findings(graph, guest, nic, before, after, host, strict))
+    findings.extend(_capacity_findings(graph, guest, host))
+    unreadable = [p for p in fleet.problems if p.file and "/guests/" in p.file.replace("\\", "/")]
+    if unreadable:
+        findings.append(Finding(
+            "FLEET_INCOMPLETE", WARNING, None,
+            f"{len(unreadable)} guest file(s) could not be read (first: {unreadable[0].file}); "
+            "MACs and capacity used by those guests were not counted.",
+            "run 'netmap show' to see what is wrong in them and fix it"))
+    return Report(guest.name, src, dest, strict, tuple(pairs), tuple(findings))
+
+
+def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicView | None,
+                  after: g.NicView, host: Host, strict: bool) -> list[Finding]:
+    fleet = g.fleet_of(graph)
+    network = fleet.networks[nic.network]
+    label = _nic_label(nic)
+    mapping = host.source.file if host.source else f"hosts/{host.name}.toml"
+    out: list[Finding] = []
+    reference = before if before is not None and before.bound else None
+    if before is not None and not before.bound:
+        out.append(Finding(
+            "SOURCE_UNBOUND", WARNING, nic.index,
+            f"{label}: source {before.host} does not bind {nic.network}; compared against "
+            "the network's definition instead.",
+            f"add [networks.{nic.network}] to {before.host}'s mapping"))
+    if not after.bound:
+        out.append(Finding(
+            "NETWORK_UNBOUND", ERROR, nic.index,
+            f"{label}: {host.name} has no binding for network {nic.network}, so the guest "
+            "would lose this link.",
+            f"add [networks.{nic.network}] (mode, uplink reaching {network.segment_id}) to "
+            f"{mapping}, or pick another host"))
+        return out
+    if not after.reaches_segment:
+        out.append(Finding(
+            "SEGMENT_UNREACHABLE", ERROR, nic.index,
+            f"{label}: {host.name} binds {nic.network} to uplink {after.uplink}, which does "
+            f"not reach segment {network.segment_id}; frames would land on another L2 domain.",
+            f'add "{network.segment_id}" to [uplinks.{after.uplink}] segments in {mapping} if '
+            "it is cabled there, else bind the network to an uplink that is"))
+    want_vlan = reference.vlan if reference else network.vlan
+    if after.vlan != want_vlan:
+        out.append(Finding(
+            "VLAN_MISMATCH", ERROR, nic.index,
+            f"{label}: VLAN {_vlan(want_vlan)} on the source but {_vlan(after.vlan)} on "
+            f"{host.name}; the guest would join another broadcast domain.",
+            f"make [networks.{nic.network}] vlan on {host.name} match {_vlan(want_vlan)}"))
+    need_mtu = nic.mtu or (reference.mtu if reference else None) or network.mtu
+    if after.mtu is not None and after.mtu < need_mtu:
+        out.append(Finding(
+            "MTU_TOO_SMALL", ERROR, nic.index,
+            f"{label}: the guest uses MTU {need_mtu}, but {host.name} gives at most "
+            f"{after.mtu} (limited by {after.mtu_reason}); larger frames would be dropped.",
+            f"raise the MTU of {after.mtu_reason.split(' MTU')[0]} on {host.name} to "
+            f"{need_mtu}{' + 50' if after.mode == 'vxlan' else ''}, or lower the guest's MTU"))
+    want_class = nic.semantic or (reference.semantic if reference else None)
+    if want_class and after.semantic != want_class:
+        pinned = nic.semantic is not None
+        severity = ERROR if strict or pinned else WARNING
+        why = "the guest pins it" if pinned else ("--strict" if strict else "")
+        out.append(Finding(
+            "SEMANTIC_CHANGED", severity, nic.index,
+            f"{label}: forwarding changes from {want_class} to {after.semantic} "
+            f"({reference.mode if reference else 'pinned'} -> {after.mode}); guests on the "
+            f"same host would reach each other differently{f' ({why})' if why else ''}.",
+            f"bind {nic.network} on {host.name} in a {want_class} mode, or accept the change"))
+    uses_vhost = not (after.mode == "sriov-vf" and not after.devices)
+    if uses_vhost and nic.vhost != "off" and "vhost-net" not in host.features:
+        required = nic.vhost == "required"
+        out.append(Finding(
+            "VHOST_MISSING", ERROR if required else WARNING, nic.index,
+            f"{label}: {host.name} does not offer vhost-net"
+            + (", which this NIC requires." if required
+               else "; the NIC falls back to QEMU's userspace virtio-net (slower)."),
+            f'load vhost_net on {host.name} and add "vhost-net" to its features, '
+            'or set vhost = "preferred" on the NIC'))
+    for role, name in after.devices:
+        problem = names.ifname_problem(name)
+        if problem:
+            out.append(Finding(
+                "NAME_TOO_LONG", ERROR, nic.index,
+                f"{label}: the {role} device realize would create on {host.name}: {problem}.",
+                f"rename uplink {after.uplink} or set bridge = \"...\" in the binding"))
+    out.extend(_mac_findings(graph, guest, nic, host, label))
+    return out
+
+
+def _mac_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, host: Host,
+                  label: str) -> list[Finding]:
+    fleet = g.fleet_of(graph)
+    network = fleet.networks[nic.network]
+    out = []
+    for other_name, other_index in g.mac_owners(graph).get(nic.mac, ()):
+        if other_name == guest.name:
+            continue
+        other = fleet.guests[other_name]
+        other_network = fleet.networks[other.nics[other_index].network]
+        if other.host == host.name:
+            out.append(Finding(
+                "MAC_IN_USE", ERROR, nic.index,
+                f"{label}: guest {other_name} on {host.name} already uses {nic.mac}; two "
+                "endpoints with one MAC confuse the bridge and the switch.",
+                f"give {guest.name} or {other_name} another MAC"))
+        elif (other_network.segment_id, other_network.vlan) == (network.segment_id,
+                                                                 network.vlan):
+            out.append(Finding(
+                "MAC_DUPLICATE", ERROR, nic.index,
+                f"{label}: guest {other_name} (on {other.host or 'no host'}) uses {nic.mac} "
+                f"on the same L2 domain ({network.segment_id}, VLAN {_vlan(network.vlan)}).",
+                f"give {guest.name} or {other_name} another MAC"))
+    return out
+
+
+def _capacity_findings(graph: nx.DiGraph, guest: Guest, host: Host) -> list[Finding]:
+    out: list[Finding] = []
+    needs_vf: Counter[str] = Counter()
+    needs_whole: Counter[str] = Counter()
+    first_nic: dict[str, int] = {}
+    for nic in guest.nics:
+        binding = host.bindings.get(nic.network)
+        if binding is None:
+            continue
+        if binding.mode == "sriov-vf":
+            needs_vf[binding.uplink] += 1
+        elif binding.mode == "macvtap-passthrough":
+            needs_whole[binding.uplink] += 1
+        else:
+            continue
+        first_nic.setdefault(binding.uplink, nic.index)
+    if needs_vf:
+        used = g.vf_usage(graph, host.name, excluding=guest.name)
+        for uplink, wanted in needs_vf.items():
+            pool = host.uplinks[uplink].sriov
+            total = pool.total_vfs if pool else 0
+            if used[uplink] + wanted > total:
+                out.append(Finding(
+                    "NO_FREE_VF", ERROR, first_nic[uplink],
+                    f"{host.name}'s PF {uplink} has {total - used[uplink]} free VF(s) of "
+                    f"{total}; {guest.name} needs {wanted}.",
+                    f"free VFs on {uplink} (move a guest away) or raise sriov_numvfs"))
+    if needs_whole:
+        used = g.passthrough_usage(graph, host.name, excluding=guest.name)
+        for uplink, wanted in needs_whole.items():
+            if used[uplink] + wanted > 1:
+                out.append(Finding(
+                    "UPLINK_TAKEN", ERROR, first_nic[uplink],
+                    f"{host.name}'s uplink {uplink} is passed through whole to "
+                    f"{'another guest' if used[uplink] else 'more than one NIC'}; "
+                    "macvtap passthrough allows one.",
+                    f"move the guest that holds {uplink} first, or pick another host"))
+    others = [o for o in g.guests_on(graph, host.name) if o.name != guest.name]
+    if host.max_guests is not None and len(others) + 1 > host.max_guests:
+        out.append(Finding(
+            "HOST_FULL", ERROR, None,
+            f"{host.name} already runs {len(others)} guest(s), its limit (max_guests).",
+            f"raise max_guests in {host.name}'s mapping or pick another host"))
+    if host.max_endpoints is not None:
+        used_endpoints = sum(len(o.nics) for o in others)
+        if used_endpoints + len(guest.nics) > host.max_endpoints:
+            out.append(Finding(
+                "HOST_FULL", ERROR, None,
+                f"{host.name} has {host.max_endpoints - used_endpoints} free endpoint(s) of "
+                f"{host.max_endpoints}; {guest.name} needs {len(guest.nics)}.",
+                f"raise max_endpoints in {host.name}'s mapping or pick another host"))
+    return out
+
+
+def _vlan(vlan: int | None) -> str:
+    return "untagged" if vlan is None else str(vlan)

@@ -1,0 +1,228 @@
+"""The fleet graph (networkx) and what is derived from it: a guest's view on a host.
+
+Nodes (id prefix: kind)
+  host:H, uplink:H/IF, segment:S (S is a segment name or vni:N), network:N,
+  binding:H/N (how H realizes N), guest:G, nic:G/I
+Edges (attribute `rel`)
+  host -has-> uplink -reaches-> segment;  network -lives-on-> segment
+  host -has-> binding -realizes-> network;  binding -via-> uplink
+  guest -runs-on-> host;  guest -has-> nic -attaches-> network
+
+A guest's path on a host is NIC -> network <- binding(host) -> uplink -> segment; "the same
+topology" on two hosts is a comparison of those paths (`nic_view`), done in check.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import networkx as nx
+
+from netmap import names
+from netmap.model import VXLAN_OVERHEAD, Binding, Fleet, Guest, GuestNic, Host, Network
+
+
+def host_id(host: str) -> str:
+    return f"host:{host}"
+
+
+def uplink_id(host: str, uplink: str) -> str:
+    return f"uplink:{host}/{uplink}"
+
+
+def binding_id(host: str, network: str) -> str:
+    return f"binding:{host}/{network}"
+
+
+def build_graph(fleet: Fleet) -> nx.DiGraph:
+    graph = nx.DiGraph(fleet=fleet)
+    nodes: list[tuple[str, dict]] = []
+    edges: list[tuple[str, str, dict]] = []
+    for network in fleet.networks.values():
+        nodes.append((f"network:{network.name}", {"kind": "network", "obj": network}))
+        nodes.append((f"segment:{network.segment_id}", {"kind": "segment"}))
+        edges.append((f"network:{network.name}", f"segment:{network.segment_id}",
+                      {"rel": "lives-on"}))
+    for host in fleet.hosts.values():
+        hid = host_id(host.name)
+        nodes.append((hid, {"kind": "host", "obj": host}))
+        for uplink in host.uplinks.values():
+            uid = uplink_id(host.name, uplink.name)
+            nodes.append((uid, {"kind": "uplink", "obj": uplink, "host": host.name}))
+            edges.append((hid, uid, {"rel": "has"}))
+            for segment in uplink.segments:
+                nodes.append((f"segment:{segment}", {"kind": "segment"}))
+                edges.append((uid, f"segment:{segment}", {"rel": "reaches"}))
+        for binding in host.bindings.values():
+            bid = binding_id(host.name, binding.network)
+            nodes.append((bid, {"kind": "binding", "obj": binding, "host": host.name}))
+            edges.append((hid, bid, {"rel": "has"}))
+            edges.append((bid, f"network:{binding.network}", {"rel": "realizes"}))
+            edges.append((bid, uplink_id(host.name, binding.uplink), {"rel": "via"}))
+    for guest in fleet.guests.values():
+        gid = f"guest:{guest.name}"
+        nodes.append((gid, {"kind": "guest", "obj": guest}))
+        if guest.host is not None:
+            edges.append((gid, host_id(guest.host), {"rel": "runs-on"}))
+        for nic in guest.nics:
+            nid = f"nic:{guest.name}/{nic.index}"
+            nodes.append((nid, {"kind": "nic", "obj": nic, "guest": guest.name}))
+            edges.append((gid, nid, {"rel": "has"}))
+            edges.append((nid, f"network:{nic.network}", {"rel": "attaches"}))
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from(edges)
+    return graph
+
+
+def fleet_of(graph: nx.DiGraph) -> Fleet:
+    return graph.graph["fleet"]
+
+
+def guests_on(graph: nx.DiGraph, host: str) -> list[Guest]:
+    """Guests that run on `host` now."""
+    hid = host_id(host)
+    if hid not in graph:
+        return []
+    return [graph.nodes[g]["obj"] for g in graph.predecessors(hid)
+            if graph.nodes[g]["kind"] == "guest"]
+
+
+def hosts_binding(graph: nx.DiGraph, network: str) -> set[str]:
+    """Hosts that have a binding for `network`."""
+    return {graph.nodes[b]["host"] for b in graph.predecessors(f"network:{network}")
+            if graph.nodes[b]["kind"] == "binding"}
+
+
+def reaches(graph: nx.DiGraph, host: str, uplink: str, segment_id: str) -> bool:
+    return graph.has_edge(uplink_id(host, uplink), f"segment:{segment_id}")
+
+
+@dataclass(frozen=True)
+class NicView:
+    """How one guest NIC is realized on one host: the path NIC -> network -> mode ->
+    uplink -> segment/VLAN/MTU, or why there is no such path."""
+
+    nic: int
+    network: str
+    host: str
+    segment: str  # the network's identity: a segment name or vni:N
+    mode: str | None = None  # None: the host does not bind the network
+    semantic: str | None = None
+    uplink: str | None = None
+    reaches_segment: bool = False
+    vlan: int | None = None
+    mtu: int | None = None
+    mtu_reason: str = ""
+    devices: tuple[tuple[str, str], ...] = ()  # (role, interface name) that realize creates
+
+    @property
+    def bound(self) -> bool:
+        return self.mode is not None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "nic": self.nic, "network": self.network, "host": self.host,
+            "segment": self.segment, "mode": self.mode, "semantic": self.semantic,
+            "uplink": self.uplink, "reaches_segment": self.reaches_segment, "vlan": self.vlan,
+            "mtu": self.mtu, "mtu_reason": self.mtu_reason,
+            "devices": [{"role": role, "name": name} for role, name in self.devices],
+        }
+
+
+def effective_mtu(network: Network, binding: Binding, host: Host) -> tuple[int, str]:
+    """The MTU a guest gets on this host, and what limits it."""
+    mtu, reason = network.mtu, f"network {network.name}"
+    if binding.mtu is not None:
+        mtu, reason = binding.mtu, f"binding on {host.name}"
+    uplink = host.uplinks[binding.uplink]
+    ceiling, why = uplink.mtu, f"uplink {uplink.name} MTU {uplink.mtu}"
+    if binding.mode == "vxlan":
+        ceiling -= VXLAN_OVERHEAD
+        why = f"underlay {uplink.name} MTU {uplink.mtu} - {VXLAN_OVERHEAD} vxlan overhead"
+    if ceiling < mtu:
+        mtu, reason = ceiling, why
+    return mtu, reason
+
+
+def endpoint_devices(guest: str, nic: GuestNic, binding: Binding,
+                     network: Network) -> tuple[tuple[str, str], ...]:
+    """The interfaces realize would create or use for this NIC, by role."""
+    tap = names.tap_name(guest, nic.index)
+    vlan = binding.vlan if binding.vlan is not None else network.vlan
+    if binding.mode == "bridge":
+        return (("bridge", names.bridge_name(binding.uplink, binding.bridge)), ("tap", tap))
+    if binding.mode == "vxlan":
+        assert network.vni is not None
+        return (("vxlan", names.vxlan_name(network.vni)),
+                ("bridge", names.vxlan_bridge_name(network.vni, binding.bridge)), ("tap", tap))
+    if binding.mode == "sriov-vf":
+        return (("macvtap", tap),) if binding.vf_attach == "macvtap" else ()
+    lower = (("vlan", names.vlan_name(binding.uplink, vlan)),) if vlan is not None else ()
+    return (*lower, ("macvtap", tap))
+
+
+def nic_view(graph: nx.DiGraph, guest: str, nic: GuestNic, host: str) -> NicView:
+    fleet = fleet_of(graph)
+    network = fleet.networks[nic.network]
+    bid = binding_id(host, nic.network)
+    if bid not in graph:
+        return NicView(nic.index, network.name, host, network.segment_id)
+    binding: Binding = graph.nodes[bid]["obj"]
+    host_obj = fleet.hosts[host]
+    mtu, mtu_reason = effective_mtu(network, binding, host_obj)
+    if network.is_overlay:
+        # an overlay reaches its VNI through any underlay that has an uplink
+        reach = binding.uplink in host_obj.uplinks
+    else:
+        reach = reaches(graph, host, binding.uplink, network.segment_id)
+    return NicView(
+        nic=nic.index, network=network.name, host=host, segment=network.segment_id,
+        mode=binding.mode, semantic=binding.semantic, uplink=binding.uplink,
+        reaches_segment=reach,
+        vlan=binding.vlan if binding.vlan is not None else network.vlan,
+        mtu=mtu, mtu_reason=mtu_reason,
+        devices=endpoint_devices(guest, nic, binding, network),
+    )
+
+
+def guest_view(graph: nx.DiGraph, guest: Guest, host: str) -> list[NicView]:
+    return [nic_view(graph, guest.name, nic, host) for nic in guest.nics]
+
+
+def vf_usage(graph: nx.DiGraph, host: str, *, excluding: str | None = None) -> Counter[str]:
+    """VFs in use per PF uplink on `host`, counting the guests placed there."""
+    return _endpoint_usage(graph, host, excluding, {"sriov-vf"})
+
+
+def passthrough_usage(graph: nx.DiGraph, host: str, *,
+                      excluding: str | None = None) -> Counter[str]:
+    """Guest NICs holding each uplink of `host` in macvtap passthrough."""
+    return _endpoint_usage(graph, host, excluding, {"macvtap-passthrough"})
+
+
+def _endpoint_usage(graph: nx.DiGraph, host: str, excluding: str | None,
+                    modes: set[str]) -> Counter[str]:
+    fleet = fleet_of(graph)
+    bindings = fleet.hosts[host].bindings
+    used: Counter[str] = Counter()
+    for guest in guests_on(graph, host):
+        if guest.name == excluding:
+            continue
+        for nic in guest.nics:
+            binding = bindings.get(nic.network)
+            if binding is not None and binding.mode in modes:
+                used[binding.uplink] += 1
+    return used
+
+
+def mac_owners(graph: nx.DiGraph) -> dict[str, list[tuple[str, int]]]:
+    """MAC -> every (guest, NIC index) that uses it; built once per graph."""
+    owners = graph.graph.get("mac_owners")
+    if owners is None:
+        owners = {}
+        for guest in fleet_of(graph).guests.values():
+            for nic in guest.nics:
+                owners.setdefault(nic.mac, []).append((guest.name, nic.index))
+        graph.graph["mac_owners"] = owners
+    return owners

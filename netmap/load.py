@@ -1,0 +1,340 @@
+"""Mappings directory -> model. Reads files only; every mistake becomes an InputError."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from netmap import names
+from netmap.errors import InputError
+from netmap.model import (
+    KNOWN_FEATURES,
+    MODES,
+    SEMANTIC_CLASSES,
+    VF_ATTACH,
+    VHOST_POLICIES,
+    Binding,
+    Fleet,
+    Guest,
+    GuestNic,
+    Host,
+    Network,
+    Source,
+    SriovPool,
+    Uplink,
+    Vxlan,
+)
+from netmap.tomlcheck import Document, Table, did_you_mean, line_of
+
+DEFAULT_DIRS = (Path("/etc/netmap"), Path("mappings"))
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+MTU_RANGE = (68, 65535)
+VLAN_RANGE = (1, 4094)
+VNI_RANGE = (1, 2**24 - 1)
+
+
+def mappings_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--mappings DIR, else $NETMAP_MAPPINGS, else /etc/netmap, else ./mappings."""
+    chosen = explicit or os.environ.get("NETMAP_MAPPINGS")
+    if chosen:
+        path = Path(chosen)
+        if not (path / "networks.toml").is_file():
+            raise InputError(
+                f"{path} is not a mappings directory (no networks.toml in it)",
+                fix="point --mappings or $NETMAP_MAPPINGS at the folder holding networks.toml",
+            )
+        return path
+    for path in DEFAULT_DIRS:
+        if (path / "networks.toml").is_file():
+            return path
+    raise InputError(
+        "no mappings found in /etc/netmap or ./mappings",
+        fix="pass --mappings DIR or set $NETMAP_MAPPINGS",
+    )
+
+
+def mac_problem(mac: str) -> str | None:
+    if not _MAC.match(mac.lower()):
+        return f"{mac!r} is not a MAC address"
+    first = int(mac[:2], 16)
+    if first & 1:
+        return f"{mac} is a multicast address; a NIC needs a unicast MAC"
+    if mac.lower() == "00:00:00:00:00:00":
+        return "00:00:00:00:00:00 is not a usable MAC"
+    return None
+
+
+def _name_problem(name: str) -> str | None:
+    return None if _NAME.match(name) else (
+        f"{name!r} must start with a letter or digit and hold only letters, digits, '_', '.', '-'"
+    )
+
+
+def _source(table: Table) -> Source:
+    return Source(str(table.doc.path), line_of(table.doc.text, table.path))
+
+
+# --- networks.toml --------------------------------------------------------------------------
+
+def load_networks(path: Path) -> dict[str, Network]:
+    doc = Document.read(path)
+    top = doc.table()
+    networks: dict[str, Network] = {}
+    for name, table in top.items("networks"):
+        if _name_problem(name):
+            raise table.error(None, _name_problem(name), "rename the network")
+        segment = table.str("segment")
+        vni = table.int("vni", low=VNI_RANGE[0], high=VNI_RANGE[1])
+        vlan = table.int("vlan", low=VLAN_RANGE[0], high=VLAN_RANGE[1])
+        mtu = table.int("mtu", default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1])
+        description = table.str("description", default="")
+        table.done()
+        if (segment is None) == (vni is None):
+            raise table.error(None, "needs exactly one of segment (a physical L2 domain) "
+                              "or vni (an overlay)", 'add segment = "..." or vni = N')
+        if vni is not None and vlan is not None:
+            raise table.error("vlan", "an overlay (vni) network has no VLAN",
+                              "remove vlan, or use segment instead of vni")
+        networks[name] = Network(name, mtu, segment, vlan, vni, description, _source(table))
+    top.done()
+    if not networks:
+        raise InputError("defines no networks", file=path, key="networks",
+                         fix='add a [networks.NAME] table with segment = "..." or vni = N')
+    return networks
+
+
+# --- hosts/*.toml ---------------------------------------------------------------------------
+
+def load_host(path: Path, networks: dict[str, Network]) -> Host:
+    doc = Document.read(path)
+    top = doc.table()
+    head = top.sub("host", required=True)
+    assert head is not None
+    name = head.str("name", required=True)
+    head.check("name", name, _name_problem, "use a plain host name")
+    features = head.str_list("features")
+    for index, feature in enumerate(features):
+        if feature not in KNOWN_FEATURES:
+            raise doc.error(("host", "features", index), f"{feature!r} is not a known feature",
+                            did_you_mean(feature, KNOWN_FEATURES))
+    netns = head.str("netns")
+    max_guests = head.int("max_guests", low=0, high=100_000)
+    max_endpoints = head.int("max_endpoints", low=0, high=1_000_000)
+    head.done()
+
+    uplinks: dict[str, Uplink] = {}
+    for uplink_name, table in top.items("uplinks"):
+        problem = names.ifname_problem(uplink_name)
+        if problem:
+            raise table.error(None, f"uplink name {problem}", "use the interface's real name")
+        segments = table.str_list("segments")
+        mtu = table.int("mtu", default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1])
+        sriov = None
+        pool = table.sub("sriov")
+        if pool is not None:
+            sriov = SriovPool(pool.int("total_vfs", required=True, low=1, high=4096))
+            pool.done()
+        table.done()
+        uplinks[uplink_name] = Uplink(uplink_name, segments, mtu, sriov, _source(table))
+
+    bindings: dict[str, Binding] = {}
+    bridge_of_uplink: dict[str, tuple[str, str]] = {}
+    for network_name, table in top.items("networks"):
+        if network_name not in networks:
+            raise table.error(None, f"binds {network_name!r}, which networks.toml does not define",
+                              f"define [networks.{network_name}] in networks.toml, or "
+                              + did_you_mean(network_name, networks))
+        network = networks[network_name]
+        mode = table.str("mode", required=True, choices=MODES)
+        uplink = table.str("uplink", required=True)
+        if uplink not in uplinks:
+            raise table.error("uplink", f"names {uplink!r}, which this host does not define",
+                              f"add [uplinks.{uplink}] or " + did_you_mean(uplink, uplinks))
+        bridge = table.str("bridge")
+        if bridge is not None:
+            table.check("bridge", bridge, _ifname_check, "use a name of at most 15 bytes")
+        vlan = table.int("vlan", low=VLAN_RANGE[0], high=VLAN_RANGE[1])
+        mtu = table.int("mtu", low=MTU_RANGE[0], high=MTU_RANGE[1])
+        vf_attach = table.str("vf_attach", default="hostdev", choices=VF_ATTACH)
+        spoofchk = table.bool("spoofchk", default=True)
+        vxlan = _vxlan(table.sub("vxlan"))
+        table.done()
+        _check_binding_fits(table, network, mode, uplinks[uplink], bridge, vxlan)
+        if mode == "bridge":
+            chosen = names.bridge_name(uplink, bridge)
+            other = bridge_of_uplink.setdefault(uplink, (chosen, network_name))
+            if other[0] != chosen:
+                raise table.error("bridge", f"puts uplink {uplink} in bridge {chosen}, but "
+                                  f"network {other[1]} puts it in {other[0]}",
+                                  "an interface has one master: use the same bridge for both")
+        bindings[network_name] = Binding(network_name, mode, uplink, bridge, vlan, mtu,
+                                         vf_attach, spoofchk, vxlan, _source(table))
+    top.done()
+    _check_uplink_sharing(doc, bindings)
+    return Host(name, uplinks, bindings, frozenset(features), netns, max_guests, max_endpoints,
+                Source(str(path)))
+
+
+def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
+    """Refuse bindings the kernel cannot hold together on one uplink: a bridge port and a
+    macvlan lower device both need the uplink's single rx_handler (EBUSY), and a passthru
+    macvtap owns its uplink outright."""
+    by_uplink: dict[str, list[Binding]] = {}
+    for binding in bindings.values():
+        by_uplink.setdefault(binding.uplink, []).append(binding)
+    for uplink, users in by_uplink.items():
+        passthrough = [b for b in users if b.mode == "macvtap-passthrough"]
+        bridged = [b for b in users if b.mode == "bridge"]
+        macvtap = [b for b in users if b.mode.startswith("macvtap-")]
+        if passthrough and len(users) > 1:
+            other = next(b for b in users if b is not passthrough[0])
+            raise doc.error(("networks", other.network, "uplink"),
+                            f"uses {uplink}, which network {passthrough[0].network} hands to one "
+                            "guest whole (macvtap-passthrough)",
+                            "give the passthrough network an uplink of its own")
+        if bridged and macvtap:
+            raise doc.error(("networks", macvtap[0].network, "uplink"),
+                            f"puts a macvtap on {uplink}, which network {bridged[0].network} "
+                            "enslaves to a bridge; the kernel allows only one of them",
+                            "use bridge mode for both, or separate uplinks")
+
+
+def _ifname_check(name: str) -> str | None:
+    problem = names.ifname_problem(name)
+    return f"interface name {problem}" if problem else None
+
+
+def _vxlan(table: Table | None) -> Vxlan | None:
+    if table is None:
+        return None
+    port = table.int("port", default=4789, low=1, high=65535)
+    group = table.str("group")
+    remotes = table.str_list("remotes")
+    local = table.str("local")
+    table.done()
+    if group and remotes:
+        raise table.error("remotes", "a vxlan binding uses a multicast group or unicast "
+                          "remotes, not both", "remove group or remotes")
+    return Vxlan(port, group, remotes, local)
+
+
+def _check_binding_fits(table: Table, network: Network, mode: str, uplink: Uplink,
+                        bridge: str | None, vxlan: Vxlan | None) -> None:
+    if mode == "vxlan" and not network.is_overlay:
+        raise table.error("mode", f"is vxlan, but network {network.name} is a VLAN network "
+                          f"on segment {network.segment}", "use bridge or a macvtap mode")
+    if mode != "vxlan" and network.is_overlay:
+        raise table.error("mode", f"is {mode}, but network {network.name} is an overlay "
+                          f"(vni {network.vni})", 'use mode = "vxlan"')
+    if mode == "sriov-vf" and uplink.sriov is None:
+        raise table.error("mode", f"is sriov-vf, but uplink {uplink.name} has no VF pool",
+                          f"add sriov = {{ total_vfs = N }} to [uplinks.{uplink.name}]")
+    if bridge is not None and mode not in ("bridge", "vxlan"):
+        raise table.error("bridge", f"only bridge and vxlan modes use a bridge, not {mode}",
+                          "remove bridge")
+    if vxlan is not None and mode != "vxlan":
+        raise table.error("vxlan", f"only vxlan mode takes vxlan options, not {mode}",
+                          "remove the vxlan table")
+
+
+# --- guests/*.toml --------------------------------------------------------------------------
+
+def load_guest(path: Path, networks: dict[str, Network]) -> Guest:
+    if path.suffix == ".xml":
+        from netmap.libvirt.domain import guest_from_domain_file
+
+        return guest_from_domain_file(path, networks)
+    doc = Document.read(path)
+    top = doc.table()
+    head = top.sub("guest", required=True)
+    assert head is not None
+    name = head.str("name", required=True)
+    head.check("name", name, _name_problem, "use a plain guest name")
+    host = head.str("host")
+    head.done()
+    nics: list[GuestNic] = []
+    seen_macs: dict[str, int] = {}
+    for index, table in enumerate(top.array("nics")):
+        network = table.str("network", required=True)
+        if network not in networks:
+            raise table.error("network", f"names {network!r}, which networks.toml does not "
+                              "define", did_you_mean(network, networks))
+        mac = table.str("mac", required=True).lower()
+        table.check("mac", mac, mac_problem, 'write it as "52:54:00:xx:xx:xx"')
+        if mac in seen_macs:
+            raise table.error("mac", f"{mac} is already the MAC of nics[{seen_macs[mac]}]",
+                              "give every NIC of a guest its own MAC")
+        seen_macs[mac] = index
+        model = table.str("model", default="virtio")
+        vhost = table.str("vhost", default="preferred", choices=VHOST_POLICIES)
+        semantic = table.str("semantic", choices=SEMANTIC_CLASSES)
+        mtu = table.int("mtu", low=MTU_RANGE[0], high=MTU_RANGE[1])
+        table.done()
+        nics.append(GuestNic(index, network, mac, model, vhost, semantic, mtu, _source(table)))
+    top.done()
+    return Guest(name, host, tuple(nics), Source(str(path)))
+
+
+# --- the whole directory --------------------------------------------------------------------
+
+def load_fleet(root: str | os.PathLike[str] | None = None) -> Fleet:
+    """Load a mappings directory. A broken networks.toml is fatal (everything names it);
+    a broken host or guest file lands in `Fleet.problems` and the rest loads."""
+    base = mappings_dir(root)
+    networks = load_networks(base / "networks.toml")
+    problems: list[InputError] = []
+    hosts: dict[str, Host] = {}
+    for path in sorted((base / "hosts").glob("*.toml")):
+        try:
+            host = load_host(path, networks)
+        except InputError as err:
+            problems.append(err)
+            continue
+        if host.name in hosts:
+            problems.append(InputError(
+                f"host {host.name!r} is already defined in {hosts[host.name].source}",
+                file=path, key="host.name", fix="give every host file its own [host] name"))
+            continue
+        hosts[host.name] = host
+    guests: dict[str, Guest] = {}
+    guest_files = sorted((base / "guests").glob("*.toml")) + sorted((base / "guests").glob("*.xml"))
+    for path in guest_files:
+        try:
+            guest = load_guest(path, networks)
+            if guest.host is not None and guest.host not in hosts:
+                raise InputError(f"names host {guest.host!r}, which has no mapping",
+                                 file=path, key="guest.host",
+                                 fix=f"add hosts/{guest.host}.toml or "
+                                 + did_you_mean(guest.host, hosts))
+            if guest.name in guests:
+                raise InputError(f"guest {guest.name!r} is already defined in "
+                                 f"{guests[guest.name].source}", file=path, key="guest.name",
+                                 fix="give every guest file its own [guest] name")
+        except InputError as err:
+            problems.append(err)
+            continue
+        guests[guest.name] = guest
+    return Fleet(networks, hosts, guests, tuple(problems), str(base))
+
+
+def require_host(fleet: Fleet, name: str) -> Host:
+    if name in fleet.hosts:
+        return fleet.hosts[name]
+    for problem in fleet.problems:
+        if problem.file and Path(problem.file).stem == name:
+            raise problem
+    raise InputError(f"unknown host {name!r}", fix=f"{did_you_mean(name, fleet.hosts)} "
+                     f"(hosts are defined in {fleet.root}/hosts/*.toml)")
+
+
+def require_guest(fleet: Fleet, name: str) -> Guest:
+    if name in fleet.guests:
+        return fleet.guests[name]
+    for problem in fleet.problems:
+        if problem.file and Path(problem.file).stem == name:
+            raise problem
+    raise InputError(f"unknown guest {name!r}", fix=f"{did_you_mean(name, fleet.guests)} "
+                     f"(guests are defined in {fleet.root}/guests/)")
