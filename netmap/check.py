@@ -9,7 +9,7 @@ import networkx as nx
 
 from netmap import graph as g
 from netmap import names
-from netmap.model import Guest, GuestNic, Host
+from netmap.model import Guest, GuestNic, Host, Network
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITIES = (ERROR, WARNING, INFO)
@@ -109,12 +109,7 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
             "the network's definition instead.",
             f"add [networks.{nic.network}] to {before.host}'s mapping"))
     if not after.bound:
-        out.append(Finding(
-            "NETWORK_UNBOUND", ERROR, nic.index,
-            f"{label}: {host.name} has no binding for network {nic.network}, so the guest "
-            "would lose this link.",
-            f"add [networks.{nic.network}] (mode, uplink reaching {network.segment_id}) to "
-            f"{mapping}, or pick another host"))
+        out.append(unbound_finding(network, nic, host))
         return out
     if not after.reaches_segment:
         out.append(Finding(
@@ -148,7 +143,8 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
             f"{label}: forwarding changes from {want_class} to {after.semantic} "
             f"({reference.mode if reference else 'pinned'} -> {after.mode}); guests on the "
             f"same host would reach each other differently{f' ({why})' if why else ''}.",
-            f"bind {nic.network} on {host.name} in a {want_class} mode, or accept the change"))
+            f"bind {nic.network} on {host.name} with a mode of class {want_class}, or accept "
+            "the change"))
     uses_vhost = not (after.mode == "sriov-vf" and not after.devices)
     if uses_vhost and nic.vhost != "off" and "vhost-net" not in host.features:
         required = nic.vhost == "required"
@@ -168,6 +164,16 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
                 f"rename uplink {after.uplink} or set bridge = \"...\" in the binding"))
     out.extend(_mac_findings(graph, guest, nic, host, label))
     return out
+
+
+def unbound_finding(network: Network, nic: GuestNic, host: Host) -> Finding:
+    mapping = host.source.file if host.source else f"hosts/{host.name}.toml"
+    return Finding(
+        "NETWORK_UNBOUND", ERROR, nic.index,
+        f"{_nic_label(nic)}: {host.name} has no binding for network {nic.network}, so the "
+        "guest would lose this link.",
+        f"add [networks.{nic.network}] (mode, uplink reaching {network.segment_id}) to "
+        f"{mapping}, or pick another host")
 
 
 def _mac_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, host: Host,

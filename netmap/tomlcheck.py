@@ -140,6 +140,10 @@ class Table:
         self._read.add(key)
         if key not in self.data:
             if required:
+                typo = difflib.get_close_matches(key, [k for k in self.data if k != key], n=1)
+                if typo:  # say "uplnk is not known" rather than "uplink is missing"
+                    raise self.error(typo[0], "is not a known key here",
+                                     f"did you mean {key!r}?")
                 raise self.error(key, "is missing", f"add {key} = <{what}>")
             return default
         value = self.data[key]

@@ -1,0 +1,105 @@
+"""show, check, hosts-for, diff: questions about the fleet as the mappings describe it."""
+
+from __future__ import annotations
+
+import argparse
+
+from netmap.commands._common import add_json, console, load, print_json
+from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
+
+
+def _configure_show(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("hosts", nargs="*", metavar="HOST", help="hosts to show (default: all)")
+    add_json(parser)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from netmap import render
+    from netmap.load import require_host
+
+    fleet, graph = load(args)
+    hosts = [require_host(fleet, name).name for name in args.hosts] or list(fleet.hosts)
+    data = render.show_data(fleet, graph, hosts)
+    if args.json:
+        print_json(data)
+    else:
+        console().print(render.show_tree(data))
+    # A broken file is bad input even though the rest of the fleet is shown.
+    return EXIT_INPUT if fleet.problems else EXIT_OK
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("guest", metavar="GUEST")
+    parser.add_argument("--to", required=True, metavar="HOST", help="the destination host")
+    parser.add_argument("--from", dest="source", metavar="HOST",
+                        help="the source host (default: where the guest file says it runs)")
+    parser.add_argument("--strict", action="store_true",
+                        help="a change of forwarding semantic is an error, not a warning")
+    add_json(parser)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from netmap import render
+    from netmap.check import check_migration
+    from netmap.load import require_guest, require_host
+
+    fleet, graph = load(args)
+    guest = require_guest(fleet, args.guest)
+    dest = require_host(fleet, args.to)
+    source = require_host(fleet, args.source).name if args.source else None
+    report = check_migration(graph, guest.name, dest.name, source=source, strict=args.strict)
+    if args.json:
+        print_json(report.as_dict())
+    else:
+        console().print(render.check_view(report))
+    return EXIT_OK if report.compatible else EXIT_INCOMPATIBLE
+
+
+def _configure_hosts_for(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("guest", metavar="GUEST")
+    parser.add_argument("--strict", action="store_true")
+    add_json(parser)
+
+
+def _hosts_for(args: argparse.Namespace) -> int:
+    from netmap import render
+    from netmap.load import require_guest
+    from netmap.placement import hosts_for
+
+    fleet, graph = load(args)
+    guest = require_guest(fleet, args.guest)
+    candidates = hosts_for(graph, guest.name, strict=args.strict)
+    if args.json:
+        print_json({"guest": guest.name, "source": guest.host,
+                    "hosts": [c.as_dict() for c in candidates]})
+    else:
+        console().print(render.hosts_for_view(guest.name, candidates))
+    return EXIT_OK if any(c.compatible for c in candidates) else EXIT_INCOMPATIBLE
+
+
+def _configure_diff(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("host_a", metavar="HOST_A")
+    parser.add_argument("host_b", metavar="HOST_B")
+    add_json(parser)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from netmap import render
+    from netmap.load import require_host
+
+    fleet, _ = load(args)
+    a, b = require_host(fleet, args.host_a), require_host(fleet, args.host_b)
+    rows = render.diff_rows(fleet, a, b)
+    if args.json:
+        print_json({"hosts": [a.name, b.name], "networks": rows})
+    else:
+        console().print(render.diff_view(a.name, b.name, rows))
+    return EXIT_OK
+
+
+COMMANDS = {
+    "show": (_configure_show, _show),
+    "check": (_configure_check, _check),
+    "hosts-for": (_configure_hosts_for, _hosts_for),
+    "diff": (_configure_diff, _diff),
+}

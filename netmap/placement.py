@@ -1,0 +1,64 @@
+"""Placement: which hosts can take a guest, best first. A query over the fleet graph.
+
+Only hosts that bind every network the guest needs can pass the check; the graph gives
+them directly (network <- binding -> host), so the full check runs on those alone and every
+other host gets its first blocking reason without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from netmap import graph as g
+from netmap.check import Finding, Report, check_migration, unbound_finding
+
+
+@dataclass(frozen=True)
+class Candidate:
+    host: str
+    compatible: bool
+    warnings: int
+    guests: int  # guests that run there now: fewer is better when all else is equal
+    report: Report | None  # None when a network is not bound there (no full check run)
+    blocking: Finding | None  # the first error, for hosts that cannot take the guest
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "host": self.host, "compatible": self.compatible, "warnings": self.warnings,
+            "guests": self.guests,
+            "findings": [f.as_dict() for f in self.report.findings] if self.report else [],
+            "blocking": self.blocking.as_dict() if self.blocking else None,
+        }
+
+
+def hosts_for(graph: nx.DiGraph, guest_name: str, *, strict: bool = False,
+              include_current: bool = False) -> list[Candidate]:
+    """Every host but the guest's own, compatible ones first (fewest warnings, then the
+    least loaded), then the others with the reason each cannot take the guest."""
+    fleet = g.fleet_of(graph)
+    guest = fleet.guests[guest_name]
+    able: set[str] | None = None
+    for network in {nic.network for nic in guest.nics}:
+        bound = g.hosts_binding(graph, network)
+        able = bound if able is None else able & bound
+    if able is None:  # a guest without NICs fits anywhere, as far as the network goes
+        able = set(fleet.hosts)
+    out = []
+    for host in fleet.hosts:
+        if host == guest.host and not include_current:
+            continue
+        load = sum(1 for _ in g.guests_on(graph, host))
+        if host in able:
+            report = check_migration(graph, guest_name, host, strict=strict)
+            errors = report.errors
+            out.append(Candidate(host, not errors, len(report.warnings), load, report,
+                                 errors[0] if errors else None))
+        else:
+            nic = next(n for n in guest.nics if n.network not in fleet.hosts[host].bindings)
+            out.append(Candidate(host, False, 0, load, None,
+                                 unbound_finding(fleet.networks[nic.network], nic,
+                                                 fleet.hosts[host])))
+    out.sort(key=lambda c: (not c.compatible, c.warnings, c.guests, c.host))
+    return out

@@ -1,0 +1,121 @@
+"""The fleet commands as a user runs them: output, --json, exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_MAPPINGS, REPO
+
+from netmap.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["--mappings", str(EXAMPLE_MAPPINGS), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_compatible(capsys):
+    code, out, _ = run(capsys, "check", "vm1", "--to", "host-b")
+    assert code == 0
+    assert "eth0" in out and "eno2" in out and "compatible" in out
+
+
+def test_check_json_is_the_report(capsys):
+    code, out, _ = run(capsys, "check", "vm1", "--to", "host-c", "--json")
+    data = json.loads(out)
+    assert code == 1 and data["compatible"] is False
+    assert {f["code"] for f in data["findings"]} >= {"NETWORK_UNBOUND"}
+    assert data["nics"][0]["source"]["uplink"] == "eth0"
+    assert data["nics"][0]["destination"]["uplink"] == "ens1f0"
+
+
+def test_check_warning_only_and_strict(capsys):
+    assert run(capsys, "check", "vm2", "--to", "host-c")[0] == 0
+    assert run(capsys, "check", "vm2", "--to", "host-c", "--strict")[0] == 1
+
+
+def test_check_from_overrides_source(capsys):
+    code, out, _ = run(capsys, "check", "vm2", "--from", "host-c", "--to", "host-b", "--json")
+    data = json.loads(out)
+    assert data["source"] == "host-c" and code == 0
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["check", "vm9", "--to", "host-b"], "unknown guest 'vm9'"),
+    (["check", "vm1", "--to", "host-q"], "unknown host 'host-q'"),
+    (["diff", "host-a", "hostb"], "did you mean 'host-b'"),
+])
+def test_unknown_names_exit_2_without_traceback(capsys, argv, needle):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["check", "vm1"])
+    assert caught.value.code == 2
+    assert "--to" in capsys.readouterr().err
+
+
+def test_show_tree_and_json(capsys):
+    code, out, _ = run(capsys, "show")
+    assert code == 0 and "host-b" in out and "eno2" in out and "VFs 1/8" in out
+    code, out, _ = run(capsys, "show", "host-a", "--json")
+    data = json.loads(out)
+    assert [h["host"] for h in data["hosts"]] == ["host-a"]
+    eno1 = next(u for u in data["hosts"][0]["uplinks"] if u["uplink"] == "eno1")
+    assert eno1["sriov"] == {"total_vfs": 8, "used_vfs": 1}
+
+
+def test_show_marks_a_mac_clash_and_a_broken_file(capsys, mappings: Path):
+    vm4 = mappings / "guests" / "vm4.toml"
+    vm4.write_text(vm4.read_text().replace("52:54:00:ef:00:01", "52:54:00:ab:00:02"))
+    (mappings / "guests" / "vm9.toml").write_text("[guest]\nname = 'vm9'\n[[nics]]\n")
+    code = main(["--mappings", str(mappings), "show", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 2
+    assert data["problems"][0]["file"].endswith("vm9.toml")
+    guests = [g for h in data["hosts"] for u in h["uplinks"] for n in u["networks"]
+              for g in n["guests"]]
+    assert {g["guest"] for g in guests if g["mac_clash"]} == {"vm2", "vm4"}
+    code = main(["--mappings", str(mappings), "check", "vm2", "--to", "host-c"])
+    assert code == 1 and "MAC_IN_USE" in capsys.readouterr().out
+
+
+def test_hosts_for(capsys):
+    code, out, _ = run(capsys, "hosts-for", "vm1", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["hosts"][0]["host"] == "host-b"
+    assert all(h["blocking"] for h in data["hosts"][1:])
+
+
+def test_diff_highlights_differences(capsys):
+    code, out, _ = run(capsys, "diff", "host-a", "host-c", "--json")
+    rows = {r["network"]: r for r in json.loads(out)["networks"]}
+    assert code == 0
+    assert rows["prod"]["host-a"]["uplink"] == "eth0"
+    assert rows["prod"]["host-c"]["uplink"] == "ens1f0"
+    assert rows["prod"]["differs"] == ["mode", "semantic"]
+    assert rows["storage"]["host-c"] is None
+    assert rows["mgmt"]["differs"] == []
+
+
+def test_mappings_from_environment(capsys, monkeypatch):
+    monkeypatch.setenv("NETMAP_MAPPINGS", str(EXAMPLE_MAPPINGS))
+    assert main(["check", "vm1", "--to", "host-b"]) == 0
+
+
+def test_fast_paths_import_nothing_heavy():
+    code = ("import sys; from netmap.cli import main\n"
+            "try:\n    main(['--version'])\nexcept SystemExit: pass\n"
+            "heavy = [m for m in ('networkx', 'rich', 'pyroute2') if m in sys.modules]\n"
+            "print('HEAVY=' + ','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout
+    assert "netmap 0.1.0" in out
+    assert out.strip().splitlines()[-1] == "HEAVY="
