@@ -137,8 +137,12 @@ def load_host(path: Path, networks: dict[str, Network]) -> Host:
         if pool is not None:
             sriov = SriovPool(pool.int("total_vfs", required=True, low=1, high=4096))
             pool.done()
+        mac = table.str("mac")
+        if mac is not None:
+            mac = mac.lower()
+            table.check("mac", mac, mac_problem, 'write it as "aa:bb:cc:dd:ee:ff"')
         table.done()
-        uplinks[uplink_name] = Uplink(uplink_name, segments, mtu, sriov, _source(table))
+        uplinks[uplink_name] = Uplink(uplink_name, segments, mtu, sriov, _source(table), mac)
 
     bindings: dict[str, Binding] = {}
     bridge_of_uplink: dict[str, tuple[str, str]] = {}

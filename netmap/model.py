@@ -77,6 +77,7 @@ class Uplink:
     mtu: int = 1500
     sriov: SriovPool | None = None
     source: Source | None = field(default=None, compare=False)
+    mac: str | None = None  # the NIC's hardware address: finds the uplink again after a rename
 
 
 @dataclass(frozen=True)
