@@ -1,0 +1,467 @@
+"""What realize would do on a host for a guest: an ordered list of small steps. Pure.
+
+A step names one kernel object (a bridge, a port, a tap...) and the state it must be in;
+apply (netmap/netlink/apply.py) makes it so, idempotently, and undoes it through the step's
+`inverse()` when a later step fails or the guest is released. Steps that several guests share
+(a bridge, the uplink's enslavement, a vxlan device) carry the same `resource` key, so a
+plan lists each once and state can count who still uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+import networkx as nx
+
+from netmap import graph as g
+from netmap.model import MACVTAP_MODES, Guest, Host
+
+# Bridge FDB ageing, in clock_t (1/100 s), as IFLA_BR_AGEING_TIME wants it. Not 0: os-vif
+# set 0 so frames were not lost while a live-migrated guest's MAC moved (LP #1715317) and
+# that turned every bridge into a hub leaking tenant frames to all ports (OSSA-2019-004,
+# LP #1837252). Not the kernel's 300 s either: a stale entry pointing at the old port would
+# then black-hole a migrated MAC for minutes if the guest's RARP announce is lost. 30 s
+# bounds that window while still learning.
+BRIDGE_AGEING = 3000
+DEFAULT_PVID = 1  # the bridge's default_pvid: untagged traffic of a vlan-filtering bridge
+
+
+@dataclass(frozen=True)
+class Step:
+    """One object in one state. Subclasses say what; apply knows how."""
+
+    kind: ClassVar[str] = "step"
+    shared: ClassVar[bool] = False  # may be used by other guests (kept until the last leaves)
+
+    @property
+    def resource(self) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def inverse(self) -> Step | None:
+        """The step that undoes this one (None: nothing to undo)."""
+        return None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class RequireLink(Step):
+    """An interface the host must already have (an uplink): up, or brought up."""
+
+    kind: ClassVar[str] = "require-link"
+    shared: ClassVar[bool] = True
+    name: str
+
+    @property
+    def resource(self) -> str:
+        return f"up:{self.name}"
+
+    def describe(self) -> str:
+        return f"uplink {self.name} must exist; bring it up if it is down"
+
+    def inverse(self) -> Step | None:
+        return SetDown(self.name)
+
+
+@dataclass(frozen=True)
+class SetDown(Step):
+    kind: ClassVar[str] = "set-down"
+    name: str
+
+    @property
+    def resource(self) -> str:
+        return f"up:{self.name}"
+
+    def describe(self) -> str:
+        return f"set {self.name} down again"
+
+
+@dataclass(frozen=True)
+class EnsureBridge(Step):
+    kind: ClassVar[str] = "bridge"
+    shared: ClassVar[bool] = True
+    name: str
+    mtu: int
+    vlan_filtering: bool = False
+    ageing: int = BRIDGE_AGEING
+
+    @property
+    def resource(self) -> str:
+        return f"link:{self.name}"
+
+    def describe(self) -> str:
+        extra = ", vlan_filtering" if self.vlan_filtering else ""
+        return (f"bridge {self.name} (mtu {self.mtu}, ageing {self.ageing // 100}s{extra}), "
+                "up")
+
+    def inverse(self) -> Step | None:
+        return DeleteLink(self.name, "bridge")
+
+
+@dataclass(frozen=True)
+class EnslavePort(Step):
+    """Make `port` (the uplink or the vxlan device) a port of `bridge`."""
+
+    kind: ClassVar[str] = "enslave"
+    shared: ClassVar[bool] = True
+    port: str
+    bridge: str
+
+    @property
+    def resource(self) -> str:
+        return f"port:{self.port}"
+
+    def describe(self) -> str:
+        return f"enslave {self.port} to bridge {self.bridge}"
+
+    def inverse(self) -> Step | None:
+        return ReleasePort(self.port, self.bridge)
+
+
+@dataclass(frozen=True)
+class ReleasePort(Step):
+    kind: ClassVar[str] = "release-port"
+    port: str
+    bridge: str
+
+    @property
+    def resource(self) -> str:
+        return f"port:{self.port}"
+
+    def describe(self) -> str:
+        return f"take {self.port} out of bridge {self.bridge}"
+
+
+@dataclass(frozen=True)
+class BridgeVlan(Step):
+    """A VLAN on a port of a vlan-filtering bridge: tagged on the uplink (trunk), or the
+    port's only VLAN, untagged, as its PVID (an access port: the guest's tap)."""
+
+    kind: ClassVar[str] = "bridge-vlan"
+    shared: ClassVar[bool] = True
+    port: str
+    vid: int
+    access: bool = False
+
+    @property
+    def resource(self) -> str:
+        return f"vlan:{self.port}:{self.vid}"
+
+    def describe(self) -> str:
+        how = "untagged PVID, only VLAN (access port)" if self.access else "tagged (trunk)"
+        return f"bridge VLAN {self.vid} on {self.port}: {how}"
+
+    def inverse(self) -> Step | None:
+        return DropBridgeVlan(self.port, self.vid)
+
+
+@dataclass(frozen=True)
+class DropBridgeVlan(Step):
+    kind: ClassVar[str] = "drop-bridge-vlan"
+    port: str
+    vid: int
+
+    @property
+    def resource(self) -> str:
+        return f"vlan:{self.port}:{self.vid}"
+
+    def describe(self) -> str:
+        return f"remove bridge VLAN {self.vid} from {self.port}"
+
+
+@dataclass(frozen=True)
+class EnsureVlanLink(Step):
+    """An 802.1Q sub-interface, the lower device of a macvtap on a VLAN."""
+
+    kind: ClassVar[str] = "vlan-link"
+    shared: ClassVar[bool] = True
+    name: str
+    lower: str
+    vid: int
+    mtu: int
+
+    @property
+    def resource(self) -> str:
+        return f"link:{self.name}"
+
+    def describe(self) -> str:
+        return f"802.1Q {self.name} on {self.lower} (VLAN {self.vid}, mtu {self.mtu}), up"
+
+    def inverse(self) -> Step | None:
+        return DeleteLink(self.name, "vlan")
+
+
+@dataclass(frozen=True)
+class EnsureVxlan(Step):
+    kind: ClassVar[str] = "vxlan"
+    shared: ClassVar[bool] = True
+    name: str
+    vni: int
+    underlay: str
+    mtu: int
+    port: int = 4789
+    group: str | None = None
+    remotes: tuple[str, ...] = ()
+    local: str | None = None
+
+    @property
+    def resource(self) -> str:
+        return f"link:{self.name}"
+
+    def describe(self) -> str:
+        where = (f"group {self.group}" if self.group
+                 else f"remotes {', '.join(self.remotes)}" if self.remotes else "no peers")
+        return (f"vxlan {self.name} VNI {self.vni} on {self.underlay} port {self.port}, "
+                f"{where} (mtu {self.mtu}), up")
+
+    def inverse(self) -> Step | None:
+        return DeleteLink(self.name, "vxlan")
+
+
+@dataclass(frozen=True)
+class CreateTap(Step):
+    """The guest's tap, persistent, IFF_TAP|IFF_NO_PI|IFF_VNET_HDR as QEMU opens it."""
+
+    kind: ClassVar[str] = "tap"
+    name: str
+    mac: str  # the host side's MAC (see host_side_mac)
+    guest_mac: str
+    mtu: int
+    bridge: str
+
+    @property
+    def resource(self) -> str:
+        return f"link:{self.name}"
+
+    def describe(self) -> str:
+        return (f"tap {self.name} for {self.guest_mac} (host side {self.mac}, mtu {self.mtu}) "
+                f"in bridge {self.bridge}, up")
+
+    def inverse(self) -> Step | None:
+        return DeleteLink(self.name, "tun")
+
+
+@dataclass(frozen=True)
+class CreateMacvtap(Step):
+    kind: ClassVar[str] = "macvtap"
+    name: str
+    lower: str
+    mode: str  # bridge | vepa | private | passthru (the kernel's names)
+    mac: str
+    mtu: int
+
+    @property
+    def resource(self) -> str:
+        return f"link:{self.name}"
+
+    def describe(self) -> str:
+        return f"macvtap {self.name} on {self.lower}, mode {self.mode}, {self.mac}, " \
+               f"mtu {self.mtu}, up"
+
+    def inverse(self) -> Step | None:
+        return DeleteLink(self.name, "macvtap")
+
+
+@dataclass(frozen=True)
+class ClaimVf(Step):
+    """A free VF of `pf`, chosen under the host lock: MAC, VLAN and spoof-check are set on
+    the PF's VF entry. With `macvtap`, the VF netdev then carries a passthru macvtap."""
+
+    kind: ClassVar[str] = "vf"
+    pf: str
+    mac: str
+    vlan: int | None
+    spoofchk: bool
+    macvtap: str | None = None
+    mtu: int = 1500
+
+    @property
+    def resource(self) -> str:
+        return f"vf:{self.pf}:{self.mac}"
+
+    def describe(self) -> str:
+        vlan = f"VLAN {self.vlan}" if self.vlan else "untagged"
+        tail = f", VF netdev as passthru macvtap {self.macvtap}" if self.macvtap else ""
+        return (f"claim a free VF of {self.pf}: MAC {self.mac}, {vlan}, spoofchk "
+                f"{'on' if self.spoofchk else 'off'}{tail}")
+
+    def inverse(self) -> Step | None:
+        return ReleaseVf(self.pf, self.mac, self.macvtap)
+
+
+@dataclass(frozen=True)
+class ReleaseVf(Step):
+    kind: ClassVar[str] = "release-vf"
+    pf: str
+    mac: str
+    macvtap: str | None = None
+
+    @property
+    def resource(self) -> str:
+        return f"vf:{self.pf}:{self.mac}"
+
+    def describe(self) -> str:
+        return f"reset the VF of {self.pf} that holds {self.mac} (MAC 0, VLAN 0)"
+
+
+@dataclass(frozen=True)
+class DeleteLink(Step):
+    kind: ClassVar[str] = "delete"
+    name: str
+    link_kind: str
+
+    @property
+    def resource(self) -> str:
+        return f"link:{self.name}"
+
+    def describe(self) -> str:
+        return f"delete {self.link_kind} {self.name}"
+
+
+STEP_TYPES: dict[str, type[Step]] = {cls.kind: cls for cls in (
+    RequireLink, SetDown, EnsureBridge, EnslavePort, ReleasePort, BridgeVlan, DropBridgeVlan,
+    EnsureVlanLink, EnsureVxlan, CreateTap, CreateMacvtap, ClaimVf, ReleaseVf, DeleteLink)}
+
+
+def step_from_dict(data: dict[str, object]) -> Step:
+    """The inverse of Step.as_dict (state keeps steps as JSON)."""
+    fields = dict(data)
+    cls = STEP_TYPES[str(fields.pop("kind"))]
+    if "remotes" in fields:
+        fields["remotes"] = tuple(fields["remotes"])  # type: ignore[arg-type]
+    return cls(**fields)  # type: ignore[arg-type]
+
+
+def host_side_mac(guest_mac: str) -> str:
+    """The tap's own MAC: the guest's with the first byte 0xfe, as libvirt does, so a bridge
+    (which takes the lowest port MAC as its own) never claims the guest's address and the
+    host never answers for it."""
+    return "fe" + guest_mac[2:]
+
+
+@dataclass(frozen=True)
+class NicPlan:
+    nic: int
+    network: str
+    mode: str
+    mac: str
+    model: str
+    device: str | None  # the endpoint QEMU/libvirt attaches: tap or macvtap name
+    uplink: str
+    vlan: int | None
+    mtu: int
+    bridge: str | None = None
+    steps: tuple[Step, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"nic": self.nic, "network": self.network, "mode": self.mode, "mac": self.mac,
+                "model": self.model, "device": self.device, "uplink": self.uplink,
+                "vlan": self.vlan, "mtu": self.mtu, "bridge": self.bridge,
+                "steps": [s.as_dict() for s in self.steps]}
+
+
+@dataclass(frozen=True)
+class Plan:
+    guest: str
+    host: str
+    netns: str | None
+    nics: tuple[NicPlan, ...] = ()
+    problems: tuple[str, ...] = field(default=())  # why some NIC cannot be planned
+
+    @property
+    def steps(self) -> list[tuple[int, Step]]:
+        """Every step once, in order, with the NIC that first needs it."""
+        seen: set[str] = set()
+        out = []
+        for nic in self.nics:
+            for step in nic.steps:
+                if step.resource not in seen:
+                    seen.add(step.resource)
+                    out.append((nic.nic, step))
+        return out
+
+    def as_dict(self) -> dict[str, object]:
+        return {"guest": self.guest, "host": self.host, "netns": self.netns,
+                "nics": [n.as_dict() for n in self.nics],
+                "steps": [{"nic": i, **s.as_dict(), "do": s.describe(),
+                           "undo": s.inverse().describe() if s.inverse() else None}
+                          for i, s in self.steps],
+                "problems": list(self.problems)}
+
+    def lines(self) -> list[str]:
+        """The plan as numbered text lines, for --dry-run."""
+        return [f"{n}. [nic {i}] {s.describe()}" for n, (i, s) in enumerate(self.steps, 1)]
+
+
+def _bridged_steps(nic_plan: dict, view: g.NicView, host: Host, port: str,
+                   bridge: str, tap: str) -> list[Step]:
+    vlan = view.vlan
+    steps: list[Step] = [EnsureBridge(bridge, view.mtu or 1500, vlan_filtering=vlan is not None),
+                         EnslavePort(port, bridge)]
+    if vlan is not None:
+        steps.append(BridgeVlan(port, vlan))
+    mac = nic_plan["mac"]
+    steps.append(CreateTap(tap, host_side_mac(mac), mac, view.mtu or 1500, bridge))
+    if vlan is not None:
+        steps.append(BridgeVlan(tap, vlan, access=True))
+    return steps
+
+
+def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> NicPlan | str:
+    """The steps for one NIC, or why it cannot be planned on this host."""
+    nic = guest.nics[nic_index]
+    view = g.nic_view(graph, guest.name, nic, host.name)
+    if not view.bound or view.uplink is None or view.mode is None:
+        return f"NIC {nic.index}: {host.name} has no binding for network {nic.network}"
+    binding = host.bindings[nic.network]
+    devices = dict(view.devices)
+    mtu = view.mtu or 1500
+    base = {"nic": nic.index, "network": nic.network, "mode": view.mode, "mac": nic.mac,
+            "model": nic.model, "uplink": view.uplink, "vlan": view.vlan, "mtu": mtu}
+    steps: list[Step] = [RequireLink(view.uplink)]
+    device: str | None = devices.get("tap") or devices.get("macvtap")
+    bridge = devices.get("bridge")
+    if view.mode == "bridge":
+        steps += _bridged_steps(base, view, host, view.uplink, devices["bridge"], devices["tap"])
+    elif view.mode == "vxlan":
+        network = g.fleet_of(graph).networks[nic.network]
+        options = binding.vxlan
+        vx = devices["vxlan"]
+        steps.append(EnsureVxlan(vx, int(network.vni or 0), view.uplink, mtu,
+                                 options.port if options else 4789,
+                                 options.group if options else None,
+                                 options.remotes if options else (),
+                                 options.local if options else None))
+        steps += _bridged_steps(base, view, host, vx, devices["bridge"], devices["tap"])
+    elif view.mode in MACVTAP_MODES:
+        lower = view.uplink
+        if "vlan" in devices:
+            lower = devices["vlan"]
+            steps.append(EnsureVlanLink(lower, view.uplink, int(view.vlan or 0), mtu))
+        steps.append(CreateMacvtap(devices["macvtap"], lower, MACVTAP_MODES[view.mode],
+                                   nic.mac, mtu))
+    elif view.mode == "sriov-vf":
+        steps.append(ClaimVf(view.uplink, nic.mac, view.vlan, binding.spoofchk,
+                             devices.get("macvtap"), mtu))
+    else:  # a mode the model knows and the plan does not: never silently skip it
+        return f"NIC {nic.index}: mode {view.mode} cannot be realized by this netmap"
+    return NicPlan(**base, device=device, bridge=bridge, steps=tuple(steps))
+
+
+def build_plan(graph: nx.DiGraph, guest: Guest, host: Host) -> Plan:
+    """The plan realizing every NIC of `guest` on `host`; NICs that cannot be planned are
+    listed in `problems` (realize refuses such a plan)."""
+    nics: list[NicPlan] = []
+    problems: list[str] = []
+    for index in range(len(guest.nics)):
+        planned = nic_plan(graph, guest, index, host)
+        if isinstance(planned, str):
+            problems.append(planned)
+        else:
+            nics.append(planned)
+    return Plan(guest.name, host.name, host.netns, tuple(nics), tuple(problems))

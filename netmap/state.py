@@ -1,0 +1,192 @@
+"""What netmap made on a host, for whom: one JSON file per host, and a per-host lock.
+
+Lives under $NETMAP_STATE_DIR (default /run/netmap: tmpfs, so a reboot, which also wipes
+the devices, wipes the state). Written atomically (temporary file, fsync, rename), so a
+reader sees the old or the new document, never half of one.
+
+Every change realize makes is a *resource* (``link:NAME``, ``port:NAME``, ``vlan:PORT:VID``,
+``up:NAME``, ``vf:PF:MAC``) with the guests that use it and whether netmap created it (only
+then may the last guest's release undo it). Before touching the kernel, realize records the
+guest as ``pending`` with every resource it is about to create; a crash mid-way therefore
+leaves a record from which the next realize finishes or release undoes, and nothing
+netmap did is ever mistaken for a foreign device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from netmap.errors import ApplyError
+
+DEFAULT_STATE_DIR = "/run/netmap"
+VERSION = 1
+PENDING, REALIZED = "pending", "realized"
+
+
+def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    return Path(explicit or os.environ.get("NETMAP_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def _empty(host: str) -> dict[str, Any]:
+    return {"version": VERSION, "host": host, "resources": {}, "guests": {}}
+
+
+class HostState:
+    """The state document of one host; change it in memory, then `save()`."""
+
+    def __init__(self, host: str, path: Path, data: dict[str, Any]) -> None:
+        self.host = host
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def load(cls, host: str, directory: str | os.PathLike[str] | None = None) -> HostState:
+        path = state_dir(directory) / f"{host}.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            data = _empty(host)
+        except (OSError, ValueError) as err:
+            raise ApplyError(f"cannot read netmap state {path}: {err}",
+                             fix="inspect the file; if the host was rebooted, remove it") from err
+        if data.get("version") != VERSION:
+            raise ApplyError(f"netmap state {path} has version {data.get('version')!r}, "
+                             f"this netmap reads {VERSION}",
+                             fix="release the guests with the netmap that realized them")
+        return cls(host, path, data)
+
+    def snapshot(self) -> str:
+        return json.dumps(self.data, sort_keys=True)
+
+    def restore(self, snapshot: str) -> None:
+        self.data = json.loads(snapshot)
+
+    def save(self) -> None:
+        """Write atomically: a crash leaves the old file or the new one, whole."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        payload = json.dumps(self.data, indent=1, sort_keys=True).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+
+    # --- resources --------------------------------------------------------------------------
+    @property
+    def resources(self) -> dict[str, dict[str, Any]]:
+        return self.data["resources"]
+
+    @property
+    def guests(self) -> dict[str, dict[str, Any]]:
+        return self.data["guests"]
+
+    def resource(self, key: str) -> dict[str, Any] | None:
+        return self.resources.get(key)
+
+    def users(self, key: str) -> list[str]:
+        record = self.resources.get(key)
+        return list(record["guests"]) if record else []
+
+    def use(self, guest: str, key: str, *, step: dict[str, Any], created: bool,
+            info: dict[str, Any] | None = None) -> None:
+        """Record that `guest` uses resource `key` (made by netmap when `created`)."""
+        record = self.resources.setdefault(
+            key, {"step": step, "created": created, "guests": [], "info": info or {}})
+        record["created"] = record["created"] or created
+        if info:
+            record["info"].update(info)
+        if guest not in record["guests"]:
+            record["guests"].append(guest)
+        order = self.guests.setdefault(guest, {"status": PENDING, "resources": [], "nics": []})
+        if key not in order["resources"]:
+            order["resources"].append(key)
+
+    def drop(self, guest: str, key: str) -> dict[str, Any] | None:
+        """Forget that `guest` uses `key`; the record if no guest is left, else None."""
+        record = self.resources.get(key)
+        entry = self.guests.get(guest)
+        if entry and key in entry["resources"]:
+            entry["resources"].remove(key)
+        if record is None:
+            return None
+        if guest in record["guests"]:
+            record["guests"].remove(guest)
+        if record["guests"]:
+            return None
+        del self.resources[key]
+        return record
+
+    def owner_of_link(self, name: str) -> list[str] | None:
+        """The guests a device netmap made is recorded for, None when it is not netmap's."""
+        record = self.resources.get(f"link:{name}")
+        return list(record["guests"]) if record and record["created"] else None
+
+    def claimed_vfs(self, pf: str) -> dict[int, str]:
+        """VF index -> MAC of every VF of `pf` that state says is claimed."""
+        out = {}
+        for key, record in self.resources.items():
+            if key.startswith(f"vf:{pf}:") and "index" in record["info"]:
+                out[int(record["info"]["index"])] = key.split(":", 2)[2]
+        return out
+
+    # --- guests -----------------------------------------------------------------------------
+    def set_guest(self, guest: str, status: str, nics: list[dict[str, Any]] | None = None,
+                  ) -> None:
+        entry = self.guests.setdefault(guest, {"status": status, "resources": [], "nics": []})
+        entry["status"] = status
+        if nics is not None:
+            entry["nics"] = nics
+
+    def guest(self, guest: str) -> dict[str, Any] | None:
+        return self.guests.get(guest)
+
+    def forget_guest(self, guest: str) -> None:
+        self.guests.pop(guest, None)
+
+
+@contextlib.contextmanager
+def host_lock(host: str, directory: str | os.PathLike[str] | None = None, *,
+              timeout: float = 60.0) -> Iterator[Path]:
+    """Hold the host's lock: one realize or release at a time per host, across processes.
+
+    flock on a lock file next to the state: the kernel drops it when the holder dies, so a
+    crashed run never leaves the host locked.
+    """
+    path = state_dir(directory) / f"{host}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ApplyError(
+                        f"another netmap run holds the lock of host {host} ({path}) for more "
+                        f"than {timeout:.0f}s; nothing was changed",
+                        fix="wait for it to finish, or find it with: fuser -v " + str(path),
+                    ) from err
+                time.sleep(0.01)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
