@@ -1,0 +1,169 @@
+"""A draft host mapping (TOML text) from a discovered inventory. Pure.
+
+Discovery sees interfaces, not the fabric: it cannot know which segment a NIC is cabled
+to, nor which logical network an existing bridge carries. The draft writes what it knows
+(uplinks, MTU, MAC, SR-IOV pools, features) as keys, and what a human must decide as
+comments marked DECIDE. It loads through netmap.load.load_host as written, so a user can
+start from it and fill in segments one line at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+
+from netmap import names
+from netmap.inventory import Interface, Inventory
+from netmap.model import KNOWN_FEATURES, Network
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+DECIDE = "DECIDE"
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.match(name) else json.dumps(name)
+
+
+def _str(value: str) -> str:
+    return json.dumps(value)  # a TOML basic string for the plain names netmap handles
+
+
+def _list(values: list[str]) -> str:
+    return "[" + ", ".join(_str(v) for v in values) + "]"
+
+
+def _bridge_network(bridge: str, networks: dict[str, Network]) -> Network | None:
+    """The one network an existing bridge's name points at (prod: br-prod, brprod, prod)."""
+    matches = [n for n in networks.values() if not n.is_overlay
+               and bridge in (n.name, f"br-{n.name}", f"br{n.name}", f"br_{n.name}")]
+    return matches[0] if len(matches) == 1 else None
+
+
+class _Draft:
+    def __init__(self, inventory: Inventory, networks: dict[str, Network]) -> None:
+        self.inv = inventory
+        self.networks = networks
+        self.uplinks = inventory.uplink_candidates()
+        self.uplink_names = {link.name for link in self.uplinks}
+        # uplink -> (segment, why) learnt from a binding found for it
+        self.segments: dict[str, tuple[str, str]] = {}
+        self.bindings: list[list[str]] = []
+        self.undecided: list[list[str]] = []
+
+    def find_bindings(self) -> None:
+        bound: set[str] = set()
+        for bridge in (i for i in self.inv.interfaces if i.kind == "bridge"):
+            ports = [p for p in self.inv.ports_of(bridge.name) if p.name in self.uplink_names]
+            if len(ports) != 1:
+                continue  # no uplink, or several: which one carries what is not ours to say
+            uplink = ports[0]
+            network = _bridge_network(bridge.name, self.networks)
+            if network is None or network.name in bound:
+                self.undecided.append(self.bridge_comment(bridge, uplink))
+                continue
+            bound.add(network.name)
+            lines = [f"# bridge {bridge.name} enslaves {uplink.name}; its name points at "
+                     f"network {network.name}. {DECIDE}: confirm.",
+                     f"[networks.{_key(network.name)}]", 'mode = "bridge"',
+                     f"uplink = {_str(uplink.name)}"]
+            if bridge.name != names.bridge_name(uplink.name):
+                lines.append(f"bridge = {_str(bridge.name)}")
+            if network.vlan is not None:
+                lines.insert(1, f"# {DECIDE}: network {network.name} is VLAN {network.vlan}: "
+                             "check the bridge tags it on the uplink.")
+            self.bindings.append(lines)
+            if network.segment:
+                self.segments[uplink.name] = (network.segment, f"bridge {bridge.name}")
+        for vxlan in (i for i in self.inv.interfaces if i.kind == "vxlan"):
+            match = [n for n in self.networks.values() if n.vni == vxlan.vni]
+            if len(match) != 1 or match[0].name in bound or vxlan.lower not in self.uplink_names:
+                continue
+            network = match[0]
+            bound.add(network.name)
+            lines = [f"# vxlan {vxlan.name} carries VNI {vxlan.vni} over {vxlan.lower}.",
+                     f"[networks.{_key(network.name)}]", 'mode = "vxlan"',
+                     f"uplink = {_str(vxlan.lower or '')}"]
+            if vxlan.master and vxlan.master != names.vxlan_bridge_name(network.vni or 0):
+                lines.append(f"bridge = {_str(vxlan.master)}")
+            options = []
+            if vxlan.vxlan_port and vxlan.vxlan_port != 4789:
+                options.append(f"port = {vxlan.vxlan_port}")
+            if vxlan.vxlan_group:
+                options.append(f"group = {_str(vxlan.vxlan_group)}")
+            if vxlan.vxlan_local:
+                options.append(f"local = {_str(vxlan.vxlan_local)}")
+            if options:
+                lines.append("vxlan = { " + ", ".join(options) + " }")
+            self.bindings.append(lines)
+
+    def bridge_comment(self, bridge: Interface, uplink: Interface) -> list[str]:
+        return [f"# {DECIDE}: bridge {bridge.name} enslaves {uplink.name}. If it carries one "
+                "of the fleet's networks, bind it:",
+                "# [networks.NETWORK]", '# mode = "bridge"', f"# uplink = {_str(uplink.name)}",
+                f"# bridge = {_str(bridge.name)}"]
+
+    def uplink_block(self, link: Interface) -> list[str]:
+        facts = [link.kind]
+        if link.parent:
+            facts.append(f"device {link.parent}")
+        facts.append("running" if link.running else f"NOT running ({link.oper_state})")
+        if link.master:
+            facts.append(f"port of {link.master}")
+        lines = [f"[uplinks.{_key(link.name)}]", f"# {', '.join(facts)}"]
+        known = self.segments.get(link.name)
+        if known:
+            lines.append(f"segments = {_list([known[0]])}  # from {known[1]}; {DECIDE}: "
+                         "add any other segment it reaches")
+        else:
+            lines.append(f"# {DECIDE}: which segments (switch fabrics, physnets) does "
+                         f"{link.name} reach? e.g. segments = [\"dc1-fabric\"]")
+            lines.append("segments = []")
+        lines.append(f"mtu = {link.mtu}")
+        if link.hardware_mac and link.hardware_mac != "00:00:00:00:00:00":
+            lines.append(f"mac = {_str(link.hardware_mac)}  # finds {link.name} again if "
+                         "it is renamed")
+        pool = self.inv.sriov.get(link.name)
+        if pool is not None:
+            foreign = pool.used_vfs
+            free = pool.num_vfs - foreign
+            note = (f"sriov_totalvfs {pool.total_vfs}, sriov_numvfs {pool.num_vfs}, "
+                    f"{foreign} in use now")
+            if free > 0:
+                lines.append(f"sriov = {{ total_vfs = {free} }}  # {note}; {DECIDE}: VFs "
+                             "netmap may hand to guests")
+            else:
+                lines.append(f"# sriov = {{ total_vfs = N }}  # {note}: {DECIDE}: set "
+                             "sriov_numvfs, then give netmap a pool")
+        return lines
+
+
+def draft_host(inventory: Inventory, *, host_name: str | None = None,
+               networks: dict[str, Network] | None = None,
+               now: datetime | None = None) -> str:
+    """The host mapping TOML for `inventory`. `networks` (the fleet's networks.toml) lets
+    existing bridges and vxlan devices become bindings where their name or VNI says which
+    network they carry; without it no binding is written."""
+    draft = _Draft(inventory, networks or {})
+    draft.find_bindings()
+    name = host_name or inventory.hostname
+    when = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    where = f"network namespace {inventory.netns}" if inventory.netns else "the host"
+    out = [f"# Draft mapping of host {name}, written by 'netmap discover --write' from "
+           f"{where} on {when}.",
+           f"# It loads as it is; lines marked {DECIDE} need a human before a guest depends "
+           "on them.", "",
+           "[host]", f"name = {_str(name)}",
+           f"features = {_list(sorted(inventory.features & set(KNOWN_FEATURES)))}"]
+    if inventory.netns:
+        out.append(f"netns = {_str(inventory.netns)}  # lab only: realize inside it")
+    for link in draft.uplinks:
+        out += ["", *draft.uplink_block(link)]
+    if not draft.uplinks:
+        out += ["", f"# {DECIDE}: no NIC, bond or veth found that could be an uplink."]
+    for block in draft.bindings + draft.undecided:
+        out += ["", *block]
+    if not draft.bindings:
+        out += ["", f"# {DECIDE}: bind the fleet's networks here, e.g.",
+                "# [networks.prod]", '# mode = "macvtap-bridge"', '# uplink = "eth0"']
+    return "\n".join(out) + "\n"
