@@ -1,0 +1,131 @@
+"""netmap-libvirt-hook: libvirt's qemu hook (/etc/libvirt/hooks/qemu or a script in
+/etc/libvirt/hooks/qemu.d/, libvirt >= 6.5), called as `GUEST OPERATION SUBOP EXTRA`.
+
+On the destination of a migration libvirt runs `GUEST migrate begin -` with the full domain
+XML on stdin and uses stdout as the XML to start the guest with; a non-zero exit cancels the
+migration and libvirt logs stderr. Here netmap runs the pre-migration check for this host
+and, when it passes, rewrites only host-side sources (macvtap lower device and mode, bridge
+name, libvirt network and portgroup) in place: every other byte of the document stays as it
+was, so libvirt's ABI check (MAC, model, PCI address, queues) sees the same guest.
+
+Every other operation returns at once without reading stdin or importing anything heavy
+(networkx, rich, pyroute2): libvirt runs hooks synchronously for every guest start and stop.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# (operation, sub-operation) whose stdout libvirt reads as the domain XML
+_XML_FILTERS = {("migrate", "begin"), ("restore", "begin")}
+_MAX_INPUT = 8 * 1024 * 1024
+
+
+@dataclass
+class HookResult:
+    exit_code: int
+    output: bytes = b""
+    messages: list[str] = field(default_factory=list)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3:
+        print("netmap-libvirt-hook: usage: netmap-libvirt-hook GUEST OPERATION SUBOP [EXTRA]\n"
+              "  (libvirt runs it; install it as /etc/libvirt/hooks/qemu.d/netmap)",
+              file=sys.stderr)
+        return 2
+    guest, operation, subop = args[0], args[1], args[2]
+    if (operation, subop) not in _XML_FILTERS:
+        return 0  # nothing to filter: do not even read stdin (libvirt ignores EPIPE)
+    data = sys.stdin.buffer.read(_MAX_INPUT + 1)
+    if operation != "migrate":
+        sys.stdout.buffer.write(data)  # restore: pass the (maybe chained) XML on as it is
+        return 0
+    result = migrate_begin(guest, data)
+    for message in result.messages:
+        print(message, file=sys.stderr)
+    sys.stdout.buffer.write(result.output)
+    sys.stdout.flush()
+    return result.exit_code
+
+
+def migrate_begin(guest: str, data: bytes, *, mappings: str | None = None,
+                  host: str | None = None, strict: bool | None = None) -> HookResult:
+    """Check and rewrite one incoming domain. Never raises: every problem refuses."""
+    from netmap.errors import NetmapError
+
+    try:
+        return _migrate_begin(guest, data, mappings, host, strict)
+    except NetmapError as err:
+        return HookResult(err.exit_code, b"",
+                          [f"netmap: refusing to migrate {guest} here: {err}"])
+    except Exception as err:  # a bug must cancel the migration, not break the guest
+        return HookResult(3, b"", [f"netmap: refusing to migrate {guest} here: internal error "
+                                   f"{type(err).__name__}: {err} (please report it)"])
+
+
+def _migrate_begin(guest_arg: str, data: bytes, mappings: str | None, host_name: str | None,
+                   strict: bool | None) -> HookResult:
+    import dataclasses
+    import socket
+
+    from netmap.check import ERROR, WARNING, check_migration
+    from netmap.graph import build_graph
+    from netmap.libvirt.domain import import_domain
+    from netmap.libvirt.rewrite import plan_rewrites
+    from netmap.libvirt.xmlsafe import parse_untrusted
+    from netmap.load import load_fleet, require_host
+
+    doc = parse_untrusted(data, f"domain XML of {guest_arg} (stdin)")
+    fleet = load_fleet(mappings)
+    this = require_host(fleet, host_name or os.environ.get("NETMAP_HOST")
+                        or socket.gethostname())
+    known = fleet.guests.get(guest_arg)
+    imported = import_domain(doc, fleet.networks, fleet.hosts,
+                             prefer_host=known.host if known else None)
+    guest = imported.guest
+    managed = (known is not None or bool(guest.nics)
+               or any(f.code == "METADATA_INVALID" for f in imported.findings))
+    if not managed:
+        return HookResult(0, data, [])  # not netmap's guest: hand it on untouched
+    messages: list[str] = []
+    refusing = [f for f in imported.findings
+                if f.severity == ERROR or f.code == "INTERFACE_UNMAPPED"]
+    for finding in imported.findings:
+        if finding not in refusing and finding.severity == WARNING:
+            messages.append(f"netmap: warning: {finding.message}")
+    if refusing:
+        return _refuse(guest.name, this.name, refusing, messages, 2)
+    source = imported.source_host
+    guests = {**fleet.guests, guest.name: dataclasses.replace(guest, host=source)}
+    graph = build_graph(dataclasses.replace(fleet, guests=guests))
+    if strict is None:
+        strict = os.environ.get("NETMAP_STRICT", "") not in ("", "0", "no")
+    report = check_migration(graph, guest.name, this.name, source=source, strict=strict)
+    if not report.compatible:
+        return _refuse(guest.name, this.name, report.errors, messages, 1)
+    messages += [f"netmap: warning: {f.message}" for f in report.warnings]
+    rewrites, problems = plan_rewrites(imported, fleet, source, this)
+    if problems:
+        return _refuse(guest.name, this.name, problems, messages, 1)
+    return HookResult(0, apply_rewrites(doc, rewrites), messages)
+
+
+def _refuse(guest: str, host: str, findings, messages: list[str], code: int) -> HookResult:
+    lines = [f"netmap: refusing to migrate {guest} to {host}:"]
+    for finding in findings:
+        lines.append(f"  [{finding.code}] {finding.message}")
+        lines.append(f"      fix: {finding.hint}")
+    return HookResult(code, b"", messages + lines)
+
+
+def apply_rewrites(doc, rewrites) -> bytes:
+    """Splice the new values into the original bytes, last first so offsets stay valid."""
+    data = doc.data
+    for start, end, new in sorted(rewrites, key=lambda r: r[0], reverse=True):
+        data = data[:start] + new + data[end:]
+    return data
