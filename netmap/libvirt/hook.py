@@ -32,7 +32,12 @@ class HookResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """The console script: libvirt's calling convention, configured by the environment
+    ($NETMAP_MAPPINGS, $NETMAP_HOST, $NETMAP_STRICT)."""
+    return run(list(sys.argv[1:] if argv is None else argv))
+
+
+def run(args: list[str], *, mappings: str | None = None, host: str | None = None) -> int:
     if len(args) < 3:
         print("netmap-libvirt-hook: usage: netmap-libvirt-hook GUEST OPERATION SUBOP [EXTRA]\n"
               "  (libvirt runs it; install it as /etc/libvirt/hooks/qemu.d/netmap)",
@@ -45,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if operation != "migrate":
         sys.stdout.buffer.write(data)  # restore: pass the (maybe chained) XML on as it is
         return 0
-    result = migrate_begin(guest, data)
+    result = migrate_begin(guest, data, mappings=mappings, host=host)
     for message in result.messages:
         print(message, file=sys.stderr)
     sys.stdout.buffer.write(result.output)
