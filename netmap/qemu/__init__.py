@@ -1,7 +1,115 @@
 """QEMU integration: a helper that speaks QEMU's bridge-helper protocol for logical networks.
 
 `qemu-system-x86_64 -netdev bridge,id=n0,br=prod,helper=netmap-qemu-helper` attaches the
-guest to the logical network `prod` as this host's mapping realizes it; `acl` decides which
-networks the helper serves, `helper` speaks the protocol, netmap/netlink/tapfd.py does the
-kernel work.
+guest to the logical network `prod` as this host's mapping realizes it. This module decides
+*what* serves a network on a host (pure); `acl` decides *whether* the helper may, `helper`
+speaks the protocol, and netmap/netlink/tapfd.py does the kernel work.
+
+Which modes a helper fd can serve:
+  bridge, vxlan     a tap on the binding's bridge (tun fd)
+  macvtap-*         a macvtap on the uplink (its /dev/tapN fd); needs the guest's MAC
+  sriov-vf          no: a VF is a PCI device (vfio-pci), not something an fd carries
 """
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from netmap.errors import InputError
+from netmap.model import IFNAMSIZ, MACVTAP_MODES, Binding, Fleet, Host, Network
+
+if TYPE_CHECKING:
+    from netmap.qemu.helper import Request
+
+# A logical network name as load.py accepts it: no '/', no leading '.', nothing to escape.
+_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+TAP_PREFIX = "nmq"  # helper-made taps: nmq + 8 hex (realize's are nm + 10, never equal)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What the helper will build for the request on this host. Pure data."""
+
+    network: Network
+    binding: Binding
+    host: Host
+    mtu: int
+    ifname: str  # the tap or macvtap to create
+    mac: str | None  # macvtap: the guest's MAC; tap: None (a random fe:… host-side MAC)
+    bridge: str | None  # bridge and vxlan modes
+    vxlan: str | None  # vxlan mode
+    vlan: int | None
+
+
+def network_name_problem(name: str) -> str | None:
+    """Why `name` must not be served. Checked before the ACL or anything else sees it."""
+    size = len(name.encode())
+    if size >= IFNAMSIZ:
+        # CVE-2019-13164: qemu-bridge-helper did not limit --br= to IFNAMSIZ; a long name
+        # passed the ACL and was copied past the end of the ifreq (an ACL bypass). Refuse.
+        return (f"{name!r} has {size} bytes; names of {IFNAMSIZ} bytes or more are refused "
+                "(they would be cut to the kernel's IFNAMSIZ)")
+    if not _NETWORK_NAME.match(name):
+        return (f"{name!r} is not a logical network name (letters, digits, '_', '.', '-', "
+                "not starting with '.' or '-', no '/')")
+    return None
+
+
+def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
+    """Resolve the logical network on `host` into what to build; refuse what a tap fd
+    cannot serve. Pure."""
+    from netmap import names
+    from netmap.graph import effective_mtu
+    from netmap.load import require_guest
+    from netmap.tomlcheck import did_you_mean
+
+    network = fleet.networks.get(request.network)
+    if network is None:
+        raise InputError(f"no logical network {request.network!r}",
+                         file=f"{fleet.root}/networks.toml", key=f"networks.{request.network}",
+                         fix=did_you_mean(request.network, fleet.networks))
+    binding = host.bindings.get(network.name)
+    if binding is None:
+        raise InputError(f"host {host.name} does not realize network {network.name!r}",
+                         file=str(host.source or ""), key=f"networks.{network.name}",
+                         fix=f"add [networks.{network.name}] to the host mapping, or run the "
+                         "guest on a host that has it (netmap hosts-for)")
+    if binding.mode == "sriov-vf":
+        raise InputError(f"network {network.name!r} is sriov-vf on {host.name}: a VF reaches "
+                         "a guest as a PCI device, which no tap fd can carry",
+                         fix="run 'netmap realize' and give QEMU -device vfio-pci,host=VF")
+    mtu, _ = effective_mtu(network, binding, host)
+    vlan = binding.vlan if binding.vlan is not None else network.vlan
+    mac, index = request.mac, None
+    if request.guest is not None:
+        guest = require_guest(fleet, request.guest)
+        nics = [n for n in guest.nics if n.network == network.name
+                and (request.mac is None or n.mac.lower() == request.mac)]
+        if len(nics) != 1:
+            raise InputError(
+                f"guest {guest.name} has {len(nics)} NICs on network {network.name!r}"
+                + (f" with MAC {request.mac}" if request.mac else ""),
+                file=str(guest.source or ""),
+                fix="pass --mac=MAC to pick one" if nics else
+                f"the guest's mapping must list a NIC on {network.name!r}")
+        mac, index = nics[0].mac.lower(), nics[0].index
+    ifname = (names.tap_name(request.guest, index) if request.guest is not None and index is
+              not None else f"{TAP_PREFIX}{secrets.token_hex(4)}")
+    if binding.mode in MACVTAP_MODES:
+        if mac is None:
+            raise InputError(
+                f"network {network.name!r} is {binding.mode} on {host.name}: a macvtap only "
+                "receives frames for the guest's MAC, which QEMU does not tell the helper",
+                fix="run the helper as helper=\"netmap-qemu-helper --mac=MAC\" (or "
+                "--guest=NAME), with MAC the -device's mac=")
+        return Endpoint(network, binding, host, mtu, ifname, mac, None, None, vlan)
+    if binding.mode == "vxlan":
+        assert network.vni is not None
+        return Endpoint(network, binding, host, mtu, ifname, None,
+                        names.vxlan_bridge_name(network.vni, binding.bridge),
+                        names.vxlan_name(network.vni), None)
+    return Endpoint(network, binding, host, mtu, ifname, None,
+                    names.bridge_name(binding.uplink, binding.bridge), None, vlan)

@@ -1,0 +1,286 @@
+"""netmap-qemu-helper: QEMU's bridge-helper protocol, for logical networks.
+
+QEMU (net/tap.c, `-netdev bridge,br=NAME,helper=PATH`) makes a unix socketpair and execs
+the helper as `PATH --use-vnet --fd=N --br=NAME` (`--use-vnet` optional); a helper string
+with a space is run through `sh -c` with those arguments appended, which is how the extra
+options below reach us. The helper must send one byte carrying one SCM_RIGHTS fd of a tap,
+then exit 0; a non-zero exit is "bridge helper failed", exit 0 without an fd is "did not
+send a file descriptor". Here NAME is a *logical network*; the helper resolves it through
+this host's mapping and builds its endpoint as the binding says:
+
+  bridge            a tap on the binding's bridge (the bridge, on the uplink, made if missing)
+  vxlan             a tap on the VNI's bridge (vxlan device and bridge made if missing)
+  macvtap-*         a macvtap on the uplink; its /dev/tapN fd is sent instead of a tun fd.
+                    A macvtap only receives frames for its own MAC, so the guest's MAC must
+                    be known: `--mac=MAC`, or `--guest=NAME` to take it from the guest's
+                    mapping. QEMU accepts the fd like a tap's (libvirt does the same).
+                    A macvtap outlives its fds, so a watcher removes it when QEMU exits.
+  sriov-vf          refused: a VF reaches a guest as a PCI device (vfio-pci), not an fd.
+
+Every check (arguments, name, ACL, mapping) runs before anything is created; a failure
+after that undoes what this run created. Exit codes: 0 fd sent, 1 denied by the ACL,
+2 bad arguments or mappings, 3 the kernel refused (nothing left behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from netmap.errors import EXIT_APPLY, ApplyError, InputError, NetmapError
+from netmap.model import MACVTAP_MODES
+from netmap.qemu import Endpoint, network_name_problem, plan_endpoint
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+PROG = "netmap-qemu-helper"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the caller asked for: QEMU's three arguments plus the helper string's options."""
+
+    fd: int
+    network: str
+    use_vnet: bool = False
+    host: str | None = None
+    mappings: str | None = None
+    acl: str | None = None
+    guest: str | None = None
+    mac: str | None = None
+    verbose: bool = False
+
+
+class _Once(argparse.Action):
+    """Refuse a repeated option: two --br= would leave it open which one the ACL saw."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice")
+        setattr(namespace, self.dest, values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--use-vnet", action="store_true",
+                        help="QEMU wants IFF_VNET_HDR (used when the kernel offers it)")
+    parser.add_argument("--fd", type=int, action=_Once, help="the socket to send the tap fd on")
+    parser.add_argument("--br", action=_Once, metavar="NETWORK",
+                        help="the logical network (QEMU's br=)")
+    parser.add_argument("--host", action=_Once,
+                        help="this host's mapping (default: $NETMAP_HOST, then the hostname)")
+    parser.add_argument("--acl", action=_Once, metavar="PATH",
+                        help="ACL file (default: $NETMAP_QEMU_ACL, /etc/netmap/qemu-helper.conf)")
+    parser.add_argument("--guest", action=_Once,
+                        help="the guest, from the mappings: names the endpoint as realize "
+                        "would and gives macvtap modes the guest's MAC")
+    parser.add_argument("--mac", action=_Once, help="the guest NIC's MAC (macvtap modes)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="say on stderr what was attached where")
+
+
+def request_from(args: argparse.Namespace) -> Request:
+    if args.fd is None:
+        raise InputError("missing --fd=N (the unix socket QEMU passes)",
+                         fix="QEMU runs the helper as: HELPER --use-vnet --fd=N --br=NETWORK")
+    if args.br is None:
+        raise InputError("missing --br=NETWORK (the logical network)",
+                         fix="use -netdev bridge,id=ID,br=NETWORK,helper=HELPER")
+    problem = network_name_problem(args.br)
+    if problem:
+        raise InputError(problem, key="--br",
+                         fix="br= names a logical network of mappings/networks.toml")
+    if args.mac is not None:
+        from netmap.load import mac_problem
+
+        mac_problem_text = mac_problem(args.mac)
+        if mac_problem_text:
+            raise InputError(mac_problem_text, key="--mac",
+                             fix="give the MAC of the guest NIC, e.g. 52:54:00:12:34:56")
+    return Request(fd=args.fd, network=args.br, use_vnet=args.use_vnet, host=args.host,
+                   mappings=getattr(args, "mappings", None), acl=args.acl, guest=args.guest,
+                   mac=args.mac.lower() if args.mac else None, verbose=args.verbose)
+
+
+def check_socket(fd: int) -> socket.socket:
+    """The caller's socket, after making sure it is one (nothing created yet)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as err:
+        raise InputError(f"fd {fd} is not an open socket ({err.strerror})", key="--fd",
+                         fix="only QEMU (or a caller holding the socketpair) runs the helper"
+                         ) from err
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise InputError(f"fd {fd} is not a unix stream socket", key="--fd",
+                         fix="QEMU passes one end of a socketpair(AF_UNIX, SOCK_STREAM)")
+    return sock
+
+
+def serve(request: Request) -> Endpoint:
+    """Check everything, then build the endpoint and send its fd. Raises NetmapError."""
+    from netmap.commands._common import this_host
+    from netmap.load import load_fleet
+    from netmap.qemu.acl import acl_path, load_acl
+
+    load_acl(acl_path(request.acl)).check(request.network)
+    fleet = load_fleet(request.mappings)
+    host = this_host(argparse.Namespace(host=request.host), fleet)
+    endpoint = plan_endpoint(request, fleet, host)
+    sock = check_socket(request.fd)
+    try:
+        attach_and_send(endpoint, sock, use_vnet=request.use_vnet)
+    finally:
+        sock.close()
+    return endpoint
+
+
+def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) -> None:
+    """Build `endpoint` in the host's namespace, send its fd on `sock`, keep nothing open.
+
+    Whatever this call created is removed again if any step fails, the send included.
+    """
+    from netmap.netlink import open_iproute
+    from netmap.netlink.tapfd import (
+        IFF_VNET_HDR,
+        attach_tap,
+        delete_links,
+        ensure_macvtap,
+        ensure_vlan,
+        enter_netns,
+        find_link,
+        open_macvtap,
+        open_tap,
+        peer_pid,
+        private_sysfs,
+        random_tap_mac,
+        require_link,
+        send_fd,
+        tun_features,
+        wait_and_delete,
+    )
+
+    if endpoint.host.netns:
+        enter_netns(endpoint.host.netns)
+    created: list[str] = []  # links this run made, oldest first
+    fd = -1
+    macvtap = endpoint.binding.mode in MACVTAP_MODES
+    try:
+        with open_iproute() as ipr:
+            if find_link(ipr, endpoint.ifname) is not None:
+                raise ApplyError(f"interface {endpoint.ifname} already exists",
+                                 fix="it was realized already: give QEMU -netdev tap,"
+                                 f"ifname={endpoint.ifname},script=no,downscript=no instead")
+            uplink = endpoint.binding.uplink
+            if macvtap:
+                lower = require_link(ipr, uplink, "uplink")
+                if endpoint.vlan is not None:
+                    lower, made = ensure_vlan(ipr, uplink, endpoint.vlan,
+                                              f"{uplink}.{endpoint.vlan}")
+                    created += [f"{uplink}.{endpoint.vlan}"] if made else []
+                private_sysfs()
+                assert endpoint.mac is not None
+                index = ensure_macvtap(ipr, endpoint.ifname, lower,
+                                       MACVTAP_MODES[endpoint.binding.mode], endpoint.mac,
+                                       endpoint.mtu)
+                created.append(endpoint.ifname)
+                fd = open_macvtap(endpoint.ifname, index)
+            else:
+                bridge_index = _bridge_for(ipr, endpoint, created)
+                vnet = use_vnet and bool(tun_features() & IFF_VNET_HDR)
+                fd = open_tap(endpoint.ifname, vnet_hdr=vnet)
+                attach_tap(ipr, endpoint.ifname, bridge_index, endpoint.mtu, random_tap_mac())
+            try:
+                send_fd(sock, fd)
+            except OSError as err:
+                raise ApplyError(f"cannot send the fd to the caller: {err.strerror}",
+                                 fix="the caller (QEMU) went away; nothing was kept") from err
+            if macvtap:
+                wait_and_delete(peer_pid(sock), index)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+            fd = -1
+        with open_iproute() as ipr:
+            delete_links(ipr, created)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _bridge_for(ipr: IPRoute, endpoint: Endpoint, created: list[str]) -> int:
+    """The bridge the tap joins, ensured as realize would make it; records what it made."""
+    from netmap.netlink.tapfd import (
+        ensure_bridge,
+        ensure_vlan,
+        ensure_vxlan,
+        find_link,
+        require_link,
+    )
+
+    assert endpoint.bridge is not None
+    index = find_link(ipr, endpoint.bridge)
+    if index is not None:
+        return ensure_bridge(ipr, endpoint.bridge, None)[0]
+    binding = endpoint.binding
+    if endpoint.vxlan is not None:
+        assert endpoint.network.vni is not None
+        port, made = ensure_vxlan(ipr, endpoint.vxlan, endpoint.network.vni, binding.uplink,
+                                  binding.vxlan, endpoint.mtu)
+        created += [endpoint.vxlan] if made else []
+    elif endpoint.vlan is not None:
+        name = f"{binding.uplink}.{endpoint.vlan}"
+        port, made = ensure_vlan(ipr, binding.uplink, endpoint.vlan, name)
+        created += [name] if made else []
+    else:
+        port = require_link(ipr, binding.uplink, "uplink")
+    index, made = ensure_bridge(ipr, endpoint.bridge, port)
+    created += [endpoint.bridge] if made else []
+    return index
+
+
+def describe(endpoint: Endpoint) -> str:
+    where = (f"bridge {endpoint.bridge}" if endpoint.bridge else
+             f"uplink {endpoint.binding.uplink} ({endpoint.binding.mode})")
+    netns = f", netns {endpoint.host.netns}" if endpoint.host.netns else ""
+    return (f"network {endpoint.network.name}: {endpoint.ifname} on {where}, MTU "
+            f"{endpoint.mtu} (host {endpoint.host.name}{netns})")
+
+
+def run(request: Request) -> int:
+    endpoint = serve(request)
+    if request.verbose:
+        print(f"{PROG}: {describe(endpoint)}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--mappings", metavar="DIR",
+                        help="mappings directory (default: $NETMAP_MAPPINGS, /etc/netmap)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    try:
+        return run(request_from(args))
+    except NetmapError as err:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:  # never a traceback at QEMU's console; the message says what
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_APPLY
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,386 @@
+"""The QEMU bridge-helper protocol, driven directly: this test plays QEMU.
+
+It makes the socketpair, runs the helper as a separate process with `--fd=N --br=NAME`
+exactly as net/tap.c does, and receives (or not) the fd. Success paths run in a lab host
+namespace (prefix nmD) and check where the tap sits; error paths check the message, the
+exit code, that no fd came, and that the host namespace holds the same links as before.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, needs_netns
+
+pytestmark = needs_netns
+HELPER = [sys.executable, "-m", "netmap.qemu.helper"]
+ACL = "allow mgmt\nallow tenant-blue\nallow prod\nallow storage\nallow nosuchnet\n"
+
+
+@dataclass
+class Outcome:
+    code: int
+    stderr: str
+    fd: int | None  # the fd the helper sent, now ours
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def receive_fd(sock: socket.socket) -> int | None:
+    """What QEMU's recv_fd() does: one byte, one SCM_RIGHTS fd, or EOF."""
+    data, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(4))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            return array.array("i", payload[:4])[0]
+    assert data == b"", "a byte without an fd"
+    return None
+
+
+def helper_env(mappings: Path, acl: Path, host: str = "host-a") -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "NETMAP_MAPPINGS": str(mappings),
+            "NETMAP_HOST": host, "NETMAP_QEMU_ACL": str(acl)}
+
+
+def call_helper(args: list[str], env: dict[str, str], *, close_caller: bool = False
+                ) -> Outcome:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        if close_caller:  # QEMU gone before the helper answers
+            ours.close()
+        argv = [*HELPER, f"--fd={theirs.fileno()}", *args]
+        done = subprocess.run(argv, pass_fds=[theirs.fileno()], env=env, capture_output=True,
+                              text=True, timeout=30, check=False)
+        theirs.close()
+        fd = None if close_caller else receive_fd(ours)
+    return Outcome(done.returncode, done.stderr, fd)
+
+
+def links(netns: str) -> dict[str, dict]:
+    from netmap.netlink import open_iproute
+
+    with open_iproute(netns) as ipr:
+        found = {}
+        for link in ipr.get_links():
+            found[link.get("ifname")] = {
+                "index": link["index"], "master": link.get("IFLA_MASTER"),
+                "mtu": link.get("IFLA_MTU"), "up": bool(link["flags"] & 1),
+                "kind": link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
+                "mac": link.get("IFLA_ADDRESS"),
+                "vni": link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_ID"),
+                "link": link.get("IFLA_LINK"),
+                "underlay": link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
+                                            "IFLA_VXLAN_LINK"),
+            }
+        return found
+
+
+def wait_gone(netns: str, name: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if name not in links(netns):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def host_a(lab_factory, tmp_path: Path):
+    lab, mappings = lab_factory("nmD", ["host-a"])
+    acl = tmp_path / "qemu-helper.conf"
+    acl.write_text(ACL)
+    return lab.hosts["host-a"], mappings, acl
+
+
+def test_bridge_mode_tap_on_the_mapped_bridge(host_a) -> None:
+    from netmap.netlink.tapfd import IFF_VNET_HDR, tap_info
+
+    netns, mappings, acl = host_a
+    env = helper_env(mappings, acl)
+    got = call_helper(["--use-vnet", "--br=mgmt"], env)
+    try:
+        assert got.code == 0, got.stderr
+        assert got.fd is not None
+        name, flags = tap_info(got.fd)
+        assert re.fullmatch(r"nmq[0-9a-f]{8}", name)
+        assert flags & IFF_VNET_HDR
+        now = links(netns)
+        # host-a binds mgmt in bridge mode on eth1: the bridge br-eth1 was made, eth1 in it
+        bridge = now["br-eth1"]
+        assert bridge["kind"] == "bridge" and bridge["up"]
+        assert now["eth1"]["master"] == bridge["index"]
+        tap = now[name]
+        assert tap["master"] == bridge["index"] and tap["up"] and tap["mtu"] == 1500
+        assert tap["mac"].startswith("fe:")
+    finally:
+        got.close()
+    # the tap lives as long as the fd: QEMU exiting removes it; the bridge stays
+    assert wait_gone(netns, name)
+    assert "br-eth1" in links(netns)
+
+
+def test_without_use_vnet_no_vnet_header_and_existing_bridge_reused(host_a) -> None:
+    from netmap.netlink.tapfd import IFF_VNET_HDR, tap_info
+
+    netns, mappings, acl = host_a
+    env = helper_env(mappings, acl)
+    first = call_helper(["--br=mgmt"], env)
+    second = call_helper(["--br=mgmt", "--guest=vm2"], env)
+    try:
+        assert first.code == 0 and second.code == 0, first.stderr + second.stderr
+        assert not tap_info(first.fd)[1] & IFF_VNET_HDR
+        from netmap.names import tap_name
+
+        # --guest names the tap as realize would, from the guest's NIC on that network
+        assert tap_info(second.fd)[0] == tap_name("vm2", 1)
+        now = links(netns)
+        bridge = now["br-eth1"]["index"]
+        assert now[tap_info(first.fd)[0]]["master"] == bridge
+        assert now[tap_name("vm2", 1)]["master"] == bridge
+    finally:
+        first.close()
+        second.close()
+
+
+def test_vxlan_mode_tap_on_the_vni_bridge(host_a) -> None:
+    from netmap.netlink.tapfd import tap_info
+
+    netns, mappings, acl = host_a
+    got = call_helper(["--use-vnet", "--br=tenant-blue", "--verbose"], helper_env(mappings, acl))
+    try:
+        assert got.code == 0, got.stderr
+        name, _ = tap_info(got.fd)
+        assert f"network tenant-blue: {name} on bridge brvx5001, MTU 1450" in got.stderr
+        now = links(netns)
+        assert now["vx5001"]["kind"] == "vxlan" and now["vx5001"]["vni"] == 5001
+        assert now["vx5001"]["underlay"] == now["eth1"]["index"]  # the mapped underlay
+        assert now["vx5001"]["master"] == now["brvx5001"]["index"]
+        assert now[name]["master"] == now["brvx5001"]["index"]
+        assert now[name]["mtu"] == 1450
+    finally:
+        got.close()
+
+
+def test_frames_written_to_the_fd_reach_the_fabric(host_a) -> None:
+    """The fd is the guest's wire: a frame QEMU writes must leave the host through eth1 and
+    arrive on the dc1-fabric segment of the lab's fabric namespace."""
+    netns, mappings, acl = host_a
+    fabric = netns.removesuffix("-host-a") + "-fabric"  # build_lab's naming
+    got = call_helper(["--br=mgmt"], helper_env(mappings, acl))
+    assert got.code == 0, got.stderr
+    capture = subprocess.Popen(
+        ["ip", "netns", "exec", fabric, sys.executable, "-c", textwrap.dedent("""
+            import socket
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            s.bind(("seg0", 0)); s.settimeout(10)  # build_lab: seg0 is dc1-fabric
+            print("ready", flush=True)
+            while b"netmap-qemu-test" not in s.recv(2048):
+                pass
+            print("seen", flush=True)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert capture.stdout.readline().strip() == "ready"
+        frame = (b"\xff" * 6 + bytes.fromhex("525400aabbcc") + b"\x88\xb5"
+                 + b"netmap-qemu-test" + bytes(30))
+        for _ in range(40):  # until the capture sees one
+            os.write(got.fd, frame)
+            if capture.poll() is not None:
+                break
+            time.sleep(0.05)
+        out, _ = capture.communicate(timeout=10)
+        assert out.strip() == "seen"
+    finally:
+        capture.kill()
+        got.close()
+
+
+# --- refusals: nothing created, no fd --------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--br=../../x"], 2, "'../../x' is not a logical network name"),
+    (["--br=mgmt/../prod"], 2, "is not a logical network name"),
+    (["--br=-rf"], 2, "is not a logical network name"),
+    (["--br=abcdefghijklmnop"], 2, "has 16 bytes; names of 16 bytes or more are refused"),
+    (["--br=" + "é" * 8], 2, "has 16 bytes"),
+    (["--br="], 2, "is not a logical network name"),
+    ([], 2, "missing --br=NETWORK"),
+    (["--br=mgmt", "--br=prod"], 2, "--br given twice"),
+    (["--br=mgmt", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    (["--br=nosuchnet"], 2, "no logical network 'nosuchnet'"),
+    (["--br=mgnt"], 1, "does not allow network 'mgnt'"),
+    (["--br=storage"], 2, "sriov-vf on host-a: a VF reaches a guest as a PCI device"),
+    (["--br=prod"], 2, "a macvtap only receives frames for the guest's MAC"),
+    (["--br=prod", "--mac=01:00:5e:00:00:01"], 2, "multicast address"),
+    (["--br=prod", "--guest=vm3"], 2, "guest vm3 has 0 NICs on network 'prod'"),
+    (["--br=mgmt", "--host=host-x"], 2, "unknown host 'host-x'"),
+])
+def test_refusals_leave_nothing(host_a, args: list[str], code: int, message: str) -> None:
+    netns, mappings, acl = host_a
+    before = links(netns)
+    got = call_helper(args, helper_env(mappings, acl))
+    assert got.fd is None
+    assert got.code == code, got.stderr
+    assert message in got.stderr
+    assert got.stderr.startswith("netmap-qemu-helper: error:") or "usage:" in got.stderr
+    assert "Traceback" not in got.stderr
+    assert links(netns).keys() == before.keys()
+
+
+def test_acl_deny_wins_and_names_the_rule(host_a) -> None:
+    netns, mappings, acl = host_a
+    acl.write_text("allow all\ndeny mgmt\n")
+    got = call_helper(["--br=mgmt"], helper_env(mappings, acl))
+    assert (got.code, got.fd) == (1, None)
+    assert f"denies network 'mgmt' ({acl}:2: deny mgmt)" in got.stderr
+    assert "br-eth1" not in links(netns)
+
+
+def test_missing_acl_file(host_a, tmp_path: Path) -> None:
+    _, mappings, _ = host_a
+    got = call_helper(["--br=mgmt"], helper_env(mappings, tmp_path / "absent.conf"))
+    assert (got.code, got.fd) == (2, None)
+    assert "absent.conf does not exist" in got.stderr and "fix:" in got.stderr
+
+
+@pytest.mark.parametrize("fd_kind", ["closed", "pipe", "datagram"])
+def test_fd_that_is_not_the_callers_socket(host_a, fd_kind: str) -> None:
+    netns, mappings, acl = host_a
+    env = helper_env(mappings, acl)
+    keep = []
+    if fd_kind == "pipe":
+        read, write = os.pipe()
+        keep, fd = [read, write], write
+    elif fd_kind == "datagram":
+        pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        keep, fd = [s.detach() for s in pair], None
+        fd = keep[1]
+    else:
+        fd = 99
+    try:
+        done = subprocess.run([*HELPER, f"--fd={fd}", "--br=mgmt"], pass_fds=keep, env=env,
+                              capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        for item in keep:
+            os.close(item)
+    assert done.returncode == 2
+    assert re.search(rf"fd {fd} is not an? (open socket|unix stream socket)", done.stderr)
+    assert "br-eth1" not in links(netns)
+
+
+def test_caller_gone_rolls_back_what_was_made(host_a) -> None:
+    """The bridge is made, the tap too, then the send fails: both are removed again."""
+    netns, mappings, acl = host_a
+    before = links(netns)
+    got = call_helper(["--br=mgmt"], helper_env(mappings, acl), close_caller=True)
+    assert got.code == 3
+    assert "cannot send the fd to the caller" in got.stderr
+    assert links(netns).keys() == before.keys()
+    assert links(netns)["eth1"]["master"] is None
+
+
+def test_kernel_refusal_rolls_back(host_a) -> None:
+    """prod is macvtap-vepa on eth0 with VLAN 100: this kernel has no 802.1q module."""
+    netns, mappings, acl = host_a
+    if Path("/sys/module/8021q").exists():
+        pytest.skip("this kernel has 802.1q; the refusal path needs one without")
+    before = links(netns)
+    got = call_helper(["--br=prod", "--mac=52:54:00:12:34:56"], helper_env(mappings, acl))
+    assert (got.code, got.fd) == (3, None)
+    assert "cannot create VLAN 100 interface eth0.100 on eth0" in got.stderr
+    assert links(netns).keys() == before.keys()
+
+
+def test_missing_namespace_is_named(host_a, mappings: Path) -> None:
+    _, mappings, acl = host_a
+    host_file = mappings / "hosts" / "host-a.toml"
+    host_file.write_text(re.sub(r'netns = ".*?"', 'netns = "nmD-absent"', host_file.read_text()))
+    got = call_helper(["--br=mgmt"], helper_env(mappings, acl))
+    assert (got.code, got.fd) == (2, None)
+    assert "network namespace 'nmD-absent' does not exist" in got.stderr
+
+
+def test_netmap_command_form(host_a) -> None:
+    """`netmap qemu-helper` is the same helper (for helper="netmap qemu-helper ...")."""
+    from netmap.netlink.tapfd import tap_info
+
+    netns, mappings, acl = host_a
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        done = subprocess.run(
+            [sys.executable, "-m", "netmap", "qemu-helper", "--host", "host-a",
+             "--use-vnet", f"--fd={theirs.fileno()}", "--br=mgmt"],
+            pass_fds=[theirs.fileno()], env=helper_env(mappings, acl, host="nope"),
+            capture_output=True, text=True, timeout=30, check=False)
+        theirs.close()
+        fd = receive_fd(ours)
+    assert done.returncode == 0, done.stderr
+    assert fd is not None
+    try:
+        name, _ = tap_info(fd)
+        now = links(netns)
+        assert now[name]["master"] == now["br-eth1"]["index"]
+    finally:
+        os.close(fd)
+
+
+# --- macvtap: the fd of /dev/tapN, removed when the caller exits ------------------------------
+
+FAKE_QEMU = textwrap.dedent("""
+    import array, os, socket, subprocess, sys
+    from netmap.netlink.tapfd import tap_info
+    ours, theirs = socket.socketpair()
+    done = subprocess.run(sys.argv[1:] + [f"--fd={theirs.fileno()}"],
+                          pass_fds=[theirs.fileno()], capture_output=True, text=True)
+    theirs.close()
+    _, anc, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(4))
+    fds = [array.array("i", data[:4])[0] for _, _, data in anc]
+    print(done.returncode, done.stderr.strip().replace(chr(10), " "), flush=True)
+    if fds:
+        name, flags = tap_info(fds[0])
+        print(name, flags, flush=True)
+    sys.stdin.readline()  # "QEMU" runs until the test says so
+""")
+
+
+def test_macvtap_mode_sends_the_macvtap_fd_and_cleans_up(host_a) -> None:
+    from netmap.netlink.tapfd import IFF_VNET_HDR
+
+    netns, mappings, acl = host_a
+    host_file = mappings / "hosts" / "host-a.toml"
+    # mgmt as macvtap-bridge on eth1 (eth1 then is no bridge port, as the kernel requires)
+    text = host_file.read_text().replace('[networks.mgmt]\nmode = "bridge"',
+                                         '[networks.mgmt]\nmode = "macvtap-bridge"')
+    host_file.write_text(text)
+    fake = subprocess.Popen([sys.executable, "-c", FAKE_QEMU, *HELPER, "--use-vnet",
+                             "--br=mgmt", "--guest=vm2"],
+                            env=helper_env(mappings, acl), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        status = fake.stdout.readline().split()
+        assert status and status[0] == "0", status
+        name, flags = fake.stdout.readline().split()
+        from netmap.names import tap_name
+
+        assert name == tap_name("vm2", 1)
+        assert int(flags) & IFF_VNET_HDR
+        macvtap = links(netns)[name]
+        assert macvtap["kind"] == "macvtap" and macvtap["up"]
+        assert macvtap["mac"] == "52:54:00:ab:00:02"  # vm2's NIC on mgmt, from its mapping
+        assert macvtap["link"] == links(netns)["eth1"]["index"]
+    finally:
+        fake.communicate("\n", timeout=10)
+    assert fake.returncode == 0
+    assert wait_gone(netns, name), "the watcher did not remove the macvtap after QEMU exited"
