@@ -1,0 +1,216 @@
+"""discover: links read by netmap's own RTM_GETLINK dump, checked against iproute2 in real
+throw-away namespaces (prefix nmB); SR-IOV and features from a fake sysfs tree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import needs_netns
+
+from netmap.cli import main
+from netmap.errors import InputError
+from netmap.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
+from netmap.lab import namespace_exists
+from netmap.load import load_host, load_networks
+from netmap.netlink.discover import discover, read_features, read_sriov
+
+PREFIX = "nmB"
+
+
+def ip(netns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True)
+
+
+def iproute_links(netns: str) -> dict[str, dict]:
+    out = subprocess.run(["ip", "-n", netns, "-j", "-d", "link", "show"], check=True,
+                         capture_output=True, text=True).stdout
+    return {link["ifname"]: link for link in json.loads(out)}
+
+
+@pytest.fixture
+def zoo(netns_factory) -> str:
+    """One namespace holding every kind discovery tells apart (this kernel has no bond,
+    dummy or 802.1q: veths stand in for NICs)."""
+    ns = netns_factory(PREFIX)
+    batch = "\n".join([
+        "link set lo up",
+        "link add up0 mtu 9000 type veth peer name up0p",
+        "link set up0 up", "link set up0p up",
+        "link add lonely type veth peer name lonelyp",  # peer down: no carrier
+        "link set lonely up",
+        "link add br-up0 type bridge",
+        "link add up1 type veth peer name up1p",
+        "link set up1 master br-up0", "link set br-up0 up",
+        "link add mvt0 link up0 type macvtap mode vepa",
+        "link add mvt1 link up0 type macvtap mode bridge",
+        "link add mvl0 link up0 type macvlan mode private",
+        "link add vx5001 type vxlan id 5001 dev up0 dstport 4790 group 239.1.1.1",
+        "link set vx5001 master br-up0",
+        "tuntap add tp0 mode tap", "tuntap add tn0 mode tun",
+        "link set tp0 master br-up0",
+        "link property add dev up0 altname uplink-zero",
+    ])
+    done = subprocess.run(["ip", "-n", ns, "-force", "-batch", "-"], input=batch + "\n",
+                          text=True, capture_output=True, check=False)
+    assert "Unknown device type" not in done.stderr, done.stderr
+    return ns
+
+
+@needs_netns
+def test_kinds_relations_and_state_match_iproute2(zoo: str) -> None:
+    inventory = discover(zoo)
+    links = {link.name: link for link in inventory.interfaces}
+    reference = iproute_links(zoo)
+    assert set(links) == set(reference)
+    for name, ref in reference.items():
+        link = links[name]
+        assert link.index == ref["ifindex"]
+        assert link.mtu == ref["mtu"]
+        assert link.mac == ref.get("address")
+        assert link.master == ref.get("master")
+        assert link.oper_state == ref["operstate"].lower()
+        assert link.admin_up == ("UP" in ref["flags"])
+    kinds = {name: link.kind for name, link in links.items()}
+    assert kinds["lo"] == "loopback"
+    assert kinds["up0"] == kinds["lonely"] == "veth"
+    assert kinds["br-up0"] == "bridge"
+    assert (kinds["mvt0"], links["mvt0"].mode, links["mvt0"].lower) == ("macvtap", "vepa", "up0")
+    assert (links["mvt1"].mode, links["mvl0"].kind, links["mvl0"].mode) == (
+        "bridge", "macvlan", "private")
+    vx = links["vx5001"]
+    assert (vx.kind, vx.vni, vx.vxlan_port, vx.vxlan_group, vx.lower, vx.master) == (
+        "vxlan", 5001, 4790, "239.1.1.1", "up0", "br-up0")
+    assert (kinds["tp0"], kinds["tn0"]) == ("tap", "tun")
+    assert links["up0"].altnames == ("uplink-zero",)
+    assert inventory.by_altname("uplink-zero") is links["up0"]
+    assert links["up0"].running and links["up0"].carrier is True
+    assert not links["lonely"].running and links["lonely"].carrier is False
+    assert {p.name for p in inventory.ports_of("br-up0")} == {"up1", "vx5001", "tp0"}
+    # a veth's IFLA_LINK is its peer, never reported as a lower device
+    assert links["up0"].lower is None and links["up0p"].lower is None
+
+
+@needs_netns
+def test_uplink_candidates_leave_out_endpoints_and_bridges(zoo: str) -> None:
+    names = {link.name for link in discover(zoo).uplink_candidates()}
+    assert {"up0", "up1", "lonely"} <= names
+    assert not names & {"lo", "br-up0", "mvt0", "mvl0", "vx5001", "tp0", "tn0"}
+
+
+@needs_netns
+def test_missing_namespace_is_bad_input_and_is_not_created() -> None:
+    name = f"{PREFIX}-absent-0"
+    with pytest.raises(InputError, match="does not exist"):
+        discover(name)
+    assert not namespace_exists(name)
+
+
+def fake_sysfs(root: Path, pf: str, total: int, vf_netdevs: list[str | None]) -> Path:
+    """<root>/class/net/PF/device/{sriov_totalvfs,sriov_numvfs,virtfnN -> ../0000:3b:02.N}."""
+    pci = root / "bus" / "pci" / "devices"
+    device = pci / "0000:3b:00.0"
+    device.mkdir(parents=True)
+    (root / "class" / "net" / pf).mkdir(parents=True)
+    (root / "class" / "net" / pf / "device").symlink_to(device)
+    (device / "sriov_totalvfs").write_text(f"{total}\n")
+    (device / "sriov_numvfs").write_text(f"{len(vf_netdevs)}\n")
+    for index, netdev in enumerate(vf_netdevs):
+        vf = pci / f"0000:3b:02.{index}"
+        vf.mkdir()
+        if netdev:
+            (vf / "net" / netdev).mkdir(parents=True)
+        (device / f"virtfn{index}").symlink_to(vf)
+    return root
+
+
+def test_sriov_usage_from_a_fake_tree(tmp_path: Path) -> None:
+    root = fake_sysfs(tmp_path, "pf0", 8, ["vf0", None, "vf2", "vf3"])
+    links = [
+        Interface(2, "pf0", "physical", 9000),
+        Interface(3, "vf0", "physical", 1500, master="br0"),
+        Interface(4, "vf2", "physical", 1500),
+        Interface(5, "nm0123456780", "macvtap", 1500, lower="vf3", mode="passthru"),
+        Interface(6, "vf3", "physical", 1500),
+        Interface(7, "br0", "bridge", 1500),
+    ]
+    pool = read_sriov(links, root)["pf0"]
+    assert (pool.total_vfs, pool.num_vfs) == (8, 4)
+    used = {vf.index: vf.used_by for vf in pool.vfs}
+    assert used[0] == "port of br0"
+    assert used[1] is not None and "vfio" in used[1]
+    assert used[2] is None
+    assert used[3] == "lower of nm0123456780"
+    assert (pool.used_vfs, pool.free_vfs) == (3, 1)
+    assert [vf.pci for vf in pool.vfs] == [f"0000:3b:02.{i}" for i in range(4)]
+
+
+def test_features_from_fake_roots(tmp_path: Path) -> None:
+    sysfs, dev = tmp_path / "sys", tmp_path / "dev"
+    (sysfs / "module" / "bridge").mkdir(parents=True)
+    (sysfs / "class" / "macvtap").mkdir(parents=True)
+    (dev / "net").mkdir(parents=True)
+    (dev / "net" / "tun").touch()
+    pools = {"pf0": SriovPf("pf0", 8, 2, (VirtualFunctionUse(0, "a", "v0"),))}
+    assert read_features(pools, sysfs_root=sysfs, dev_root=dev) == {
+        "bridge", "macvtap", "tun", "sriov"}
+    (dev / "vhost-net").touch()
+    (sysfs / "module" / "vxlan").mkdir()
+    assert read_features({}, sysfs_root=sysfs, dev_root=dev) == {
+        "bridge", "macvtap", "tun", "vhost-net", "vxlan"}
+
+
+@needs_netns
+def test_discover_reads_sriov_of_a_namespace_only_from_an_explicit_root(
+        netns_factory, tmp_path: Path) -> None:
+    ns = netns_factory(PREFIX)
+    ip(ns, "link", "add", "eno1", "type", "veth", "peer", "name", "eno1p")
+    root = fake_sysfs(tmp_path, "eno1", 16, ["v0", None])
+    assert discover(ns, sysfs_root=root).sriov["eno1"].num_vfs == 2
+    # the machine's /sys lists the root namespace's links, not this namespace's eno1
+    assert discover(ns).sriov == {}
+
+
+@needs_netns
+def test_cli_discover_json_tree_and_draft(zoo: str, tmp_path: Path, capsys,
+                                          mappings: Path) -> None:
+    assert main(["discover", "--netns", zoo, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["netns"] == zoo
+    assert {i["name"]: i["kind"] for i in data["interfaces"]}["mvt0"] == "macvtap"
+
+    assert main(["discover", "--netns", zoo]) == 0
+    tree = capsys.readouterr().out
+    assert "vx5001" in tree and "VNI 5001" in tree and "macvtap vepa on up0" in tree
+
+    target = tmp_path / "draft.toml"
+    assert main(["--mappings", str(mappings), "discover", "--netns", zoo, "--host", "zoo",
+                 "--write", str(target)]) == 0
+    capsys.readouterr()
+    host = load_host(target, load_networks(mappings / "networks.toml"))
+    assert host.name == "zoo" and host.netns == zoo
+    assert host.uplinks["up0"].mtu == 9000
+    assert host.uplinks["up0"].mac == iproute_links(zoo)["up0"]["address"]
+    # the vxlan device carries tenant-blue's VNI 5001 over up0: a binding, with its options
+    blue = host.bindings["tenant-blue"]
+    assert (blue.mode, blue.uplink, blue.bridge) == ("vxlan", "up0", "br-up0")
+    assert blue.vxlan is not None and (blue.vxlan.port, blue.vxlan.group) == (4790, "239.1.1.1")
+
+    # a second --write does not clobber the first
+    assert main(["discover", "--netns", zoo, "--write", str(target)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_cli_discover_unknown_namespace_exits_2(capsys) -> None:
+    assert main(["discover", "--netns", f"{PREFIX}-absent-1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_inventory_json_round_trip_is_plain_data() -> None:
+    inv = Inventory("h", None, (Interface(1, "lo", "loopback", 65536),
+                                Interface(2, "eth0", "physical", 1500, altnames=("enp1",))))
+    data = json.loads(json.dumps(inv.as_dict()))
+    assert data["interfaces"][1]["altnames"] == ["enp1"]
+    assert inv.get("eth0") is not None and inv.get("eth9") is None
