@@ -1,0 +1,164 @@
+"""plan, realize, release: build (or remove) a guest's endpoints on this host."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from netmap.commands._common import add_json, console, load, print_json, this_host
+from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
+
+if TYPE_CHECKING:
+    from netmap.model import Fleet, Host
+
+
+def _add_host(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("guest", metavar="GUEST")
+    parser.add_argument("--host", metavar="HOST",
+                        help="this host's mapping name (default: $NETMAP_HOST, else the "
+                        "hostname)")
+    parser.add_argument("--as-host", action="store_true",
+                        help="act on this machine as HOST although its hostname is another "
+                        "(a renamed host; not needed when the mapping names a netns)")
+
+
+def _target_host(args: argparse.Namespace, fleet: Fleet) -> Host:
+    """The host to act on, refusing one that is not this machine (DESIGN.md: this host)."""
+    host = this_host(args, fleet)
+    me = {socket.gethostname(), socket.gethostname().split(".")[0],
+          os.environ.get("NETMAP_HOST") or ""}
+    if host.netns is None and host.name not in me and not args.as_host:
+        raise InputError(
+            f"--host {host.name} names another machine than this one ({socket.gethostname()});"
+            " realize and release change the machine they run on",
+            key="--host",
+            fix=f"run netmap on {host.name}, or pass --as-host if this machine is {host.name}")
+    return host
+
+
+def _configure_plan(parser: argparse.ArgumentParser) -> None:
+    _add_host(parser)
+    add_json(parser)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from netmap.load import require_guest
+    from netmap.plan import build_plan
+
+    fleet, graph = load(args)
+    host = this_host(args, fleet)
+    plan = build_plan(graph, require_guest(fleet, args.guest), host)
+    if args.json:
+        print_json(plan.as_dict())
+    else:
+        _print_plan(plan)
+    return EXIT_OK if not plan.problems else EXIT_INCOMPATIBLE
+
+
+def _print_plan(plan) -> None:
+    out = console()
+    where = f" (network namespace {plan.netns})" if plan.netns else ""
+    out.print(f"[bold]plan[/] for {plan.guest} on {plan.host}{where}: nothing is changed")
+    for line in plan.lines():
+        out.print(f"  {line}", markup=False, soft_wrap=True)
+    for problem in plan.problems:
+        out.print(f"  [red]cannot plan[/] {problem}")
+
+
+def _configure_realize(parser: argparse.ArgumentParser) -> None:
+    _add_host(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan, change nothing")
+    parser.add_argument("--force", action="store_true",
+                        help="realize although check reports errors")
+    add_json(parser)
+
+
+def _realize(args: argparse.Namespace) -> int:
+    from netmap.check import check_migration
+    from netmap.load import require_guest
+    from netmap.plan import build_plan
+
+    fleet, graph = load(args)
+    host = _target_host(args, fleet)
+    guest = require_guest(fleet, args.guest)
+    report = check_migration(graph, guest.name, host.name)
+    findings = [f.as_dict() for f in report.findings]
+    plan = build_plan(graph, guest, host)
+    if not report.compatible and not args.force:
+        if args.json:
+            print_json({"realized": False, "check": findings, "plan": plan.as_dict()})
+        else:
+            out = console()
+            out.print(f"[red]refused[/]: {guest.name} cannot keep its topology on {host.name}"
+                      " (nothing was changed):")
+            for f in report.errors:
+                out.print(f"  {f.code}: {f.message}\n    fix: {f.hint}", markup=False)
+            out.print("  pass --force to realize anyway")
+        return EXIT_INCOMPATIBLE
+    if args.dry_run:
+        if args.json:
+            print_json({"dry_run": True, "check": findings, "plan": plan.as_dict()})
+        else:
+            _print_plan(plan)
+        return EXIT_OK if not plan.problems else EXIT_INCOMPATIBLE
+    from netmap.netlink.apply import realize_plan
+
+    result = realize_plan(plan)
+    if args.json:
+        print_json({"realized": True, "check": findings, **result.as_dict()})
+        return EXIT_OK
+    out = console()
+    for f in report.findings:
+        if f.severity != "info":
+            out.print(f"  [yellow]{f.severity}[/] {f.code}: {f.message}", markup=True)
+    if not result.changed:
+        out.print(f"{guest.name} is already realized on {host.name}: nothing changed")
+    else:
+        counts: dict[str, int] = {}
+        for _, _, action in result.outcomes:
+            counts[action] = counts.get(action, 0) + 1
+        summary = ", ".join(f"{n} {action}" for action, n in counts.items())
+        out.print(f"realized {guest.name} on {host.name} ({summary})")
+    for nic in result.nics:
+        device = nic.get("device") or f"VF {nic.get('vf')} of {nic.get('pf')} ({nic.get('pci')})"
+        tapdev = f" {nic['tapdev']}" if nic.get("tapdev") else ""
+        out.print(f"\n[bold]NIC {nic['nic']}[/] {nic['network']} ({nic['mode']}): "
+                  f"{device}{tapdev}")
+        out.print(str(nic.get("libvirt_xml", "")), markup=False)
+    return EXIT_OK
+
+
+def _configure_release(parser: argparse.ArgumentParser) -> None:
+    _add_host(parser)
+    add_json(parser)
+
+
+def _release(args: argparse.Namespace) -> int:
+    from netmap.netlink.apply import release_guest
+
+    fleet, _graph = load(args)
+    host = _target_host(args, fleet)
+    # the guest's file may be gone already: state, not the mappings, says what to remove
+    result = release_guest(host.name, args.guest, host.netns)
+    if args.json:
+        print_json(result.as_dict())
+        return EXIT_OK
+    out = console()
+    if not result.removed and not result.kept:
+        out.print(f"netmap made nothing for {args.guest} on {host.name}: nothing to release")
+        return EXIT_OK
+    out.print(f"released {args.guest} on {host.name}: removed "
+              f"{', '.join(result.removed) or 'nothing'}", markup=False)
+    for kept in result.kept:
+        out.print(f"  kept {kept}", markup=False)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "plan": (_configure_plan, _plan),
+    "realize": (_configure_realize, _realize),
+    "release": (_configure_release, _release),
+}

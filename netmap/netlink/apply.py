@@ -1,0 +1,259 @@
+"""Run a plan on a host: idempotent, all-or-nothing, under the host's lock, with state.
+
+realize_plan(): lock the host, read state and the live links (one dump), decide for every
+step what to do (create / leave / repair / refuse), record the guest as pending with what it
+is about to create, then change the kernel. Any failure, or Ctrl-C, undoes every change of
+this run in reverse order and restores state: the host is left as it was (ApplyError, exit
+3). After the changes the links are read back and each endpoint verified (nmstate's
+apply -> re-read -> verify). release_guest() undoes, in reverse, what state says netmap made
+for that guest and no other guest still uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netmap import plan as p
+from netmap.errors import ApplyError
+from netmap.netlink import rtnl
+from netmap.netlink.ensure import Transaction
+from netmap.state import REALIZED, HostState, host_lock
+
+StepHook = Callable[[int, p.Step], None]
+
+
+@dataclass
+class RealizeResult:
+    guest: str
+    host: str
+    netns: str | None
+    outcomes: list[tuple[int, p.Step, str]] = field(default_factory=list)
+    nics: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(action != "unchanged" for _, _, action in self.outcomes)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"guest": self.guest, "host": self.host, "netns": self.netns,
+                "changed": self.changed,
+                "steps": [{"nic": nic, "do": step.describe(), "result": action,
+                           "step": step.as_dict()} for nic, step, action in self.outcomes],
+                "nics": self.nics}
+
+
+@dataclass
+class ReleaseResult:
+    guest: str
+    host: str
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"guest": self.guest, "host": self.host, "removed": self.removed,
+                "kept": self.kept}
+
+
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Ctrl-C must not cut a rollback short: ignore SIGINT while undoing (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(err, ApplyError):
+        return err.problem
+    return str(err) or type(err).__name__
+
+
+def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
+                 sysfs_root: str | Path | None = None, on_step: StepHook | None = None,
+                 lock_timeout: float = 60.0) -> RealizeResult:
+    """Build every endpoint of `plan` on its host, or change nothing (ApplyError)."""
+    if plan.problems:
+        raise ApplyError(f"cannot realize {plan.guest} on {plan.host}: "
+                         + "; ".join(plan.problems), fix="run 'netmap check' for details")
+    with host_lock(plan.host, state_dir, timeout=lock_timeout):
+        state = HostState.load(plan.host, state_dir)
+        before = state.snapshot()
+        try:
+            kernel = rtnl.Rtnl(plan.netns)
+        except OSError as err:
+            raise ApplyError(f"cannot reach host {plan.host}'s network stack: {err}",
+                             fix="run realize on that host, or build the lab") from err
+        with kernel:
+            txn = Transaction(kernel, state, plan, sysfs_root)
+            result = RealizeResult(plan.guest, plan.host, plan.netns)
+            try:
+                txn.decide()  # refusals happen here, before anything is touched
+                if txn.changes_planned():
+                    txn.record_pending()
+                    state.save()
+                txn.execute(on_step)
+                problems = txn.verify()
+                if problems:
+                    raise ApplyError("the host does not match the plan after applying it: "
+                                     + "; ".join(problems),
+                                     fix="another tool may be changing these interfaces")
+            except BaseException as err:
+                with _no_interrupts():
+                    leftovers = txn.rollback()
+                    if leftovers:
+                        state.save()  # the pending record still names what is left
+                    else:
+                        state.restore(before)
+                        state.save()
+                tail = "; every change was undone" if not leftovers else (
+                    "; could not undo: " + "; ".join(leftovers)
+                    + " (state keeps them: 'netmap release' removes them)")
+                fix = err.fix if isinstance(err, ApplyError) else None
+                raise ApplyError(f"realize {plan.guest} on {plan.host} failed: "
+                                 f"{_reason(err)}{tail}", fix=fix) from err
+            result.outcomes = txn.outcomes
+            result.nics = txn.attachments()
+            if result.changed or (state.guest(plan.guest) or {}).get("status") != REALIZED:
+                state.set_guest(plan.guest, REALIZED, [
+                    {k: v for k, v in nic.items() if k not in ("libvirt_xml", "qemu")}
+                    for nic in result.nics])
+                state.save()
+            return result
+
+
+def release_guest(host: str, guest: str, netns: str | None, *,
+                  state_dir: str | Path | None = None, lock_timeout: float = 60.0,
+                  ) -> ReleaseResult:
+    """Remove what netmap made for `guest` on `host` that no other guest uses."""
+    result = ReleaseResult(guest, host)
+    with host_lock(host, state_dir, timeout=lock_timeout):
+        state = HostState.load(host, state_dir)
+        entry = state.guest(guest)
+        if entry is None:
+            return result
+        with rtnl.Rtnl(netns) as kernel:
+            links = kernel.links()
+            keys = list(reversed(entry["resources"]))
+            undo = []
+            for key in keys:
+                record = state.drop(guest, key)
+                if record is None:
+                    result.kept.append(f"{key}: still used by {', '.join(state.users(key))}")
+                    continue
+                if not record["created"]:
+                    if not key.startswith("up:"):  # an uplink that was up stays up: no news
+                        result.kept.append(f"{key}: was there before netmap")
+                    continue
+                undo.append((key, record))
+            going = {k.split(":", 1)[1] for k, r in undo if k.startswith(("link:", "port:"))}
+            problems = _undo_records(kernel, links, undo, going, result)
+            state.forget_guest(guest)
+            if problems:
+                # keep what failed so that a later release can finish it
+                for key, record in problems:
+                    state.resources[key] = {**record, "guests": [guest]}
+                    state.use(guest, key, step=record["step"], created=True)
+                state.save()
+                raise ApplyError(f"release {guest} on {host} left "
+                                 + "; ".join(f"{k} ({r['error']})" for k, r in problems),
+                                 fix="fix the cause and run release again")
+            state.save()
+    return result
+
+
+def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link],
+                  undo: list[tuple[str, dict]], going: set[str],
+                  result: ReleaseResult) -> list[tuple[str, dict]]:
+    """Run the inverse of each record, endpoints batched; return those that failed."""
+    failed: list[tuple[str, dict]] = []
+    endpoint_deletes: list[tuple[str, dict]] = []
+    later: list[tuple[str, dict]] = []
+    for key, record in undo:
+        step = p.step_from_dict(record["step"])
+        inverse = step.inverse()
+        if inverse is None:
+            continue
+        if isinstance(step, (p.CreateTap, p.CreateMacvtap)):
+            live = links.get(step.name)
+            if live is None:
+                result.removed.append(f"{key} (already gone)")
+            elif live.kind != ("tun" if isinstance(step, p.CreateTap) else "macvtap"):
+                result.kept.append(f"{step.name}: now a {live.kind}, not netmap's")
+            else:
+                endpoint_deletes.append((key, record))
+            continue
+        later.append((key, record))
+    if endpoint_deletes:
+        failed += _delete_links(kernel, links, endpoint_deletes, result)
+    for _key, record in later:  # a bridge that stays keeps its uplink, and the uplink up
+        step = p.step_from_dict(record["step"])
+        if isinstance(step, p.EnsureBridge) and _still_needed(step, links, going):
+            going.discard(step.name)
+    for key, record in later:
+        step = p.step_from_dict(record["step"])
+        keep_reason = _still_needed(step, links, going)
+        if keep_reason:
+            result.kept.append(f"{key}: {keep_reason}")
+            continue
+        try:
+            Transaction.run_inverse(kernel, links, step, record.get("info", {}))
+            result.removed.append(key)
+        except (OSError, ApplyError) as err:
+            failed.append((key, {**record, "error": str(err)}))
+    return failed
+
+
+def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link],
+                  deletes: list[tuple[str, dict]], result: ReleaseResult,
+                  ) -> list[tuple[str, dict]]:
+    """Delete many links at once: tag them with an unused group, delete the group."""
+    names = [str(record["step"]["name"]) for _, record in deletes]
+    used = {link.group for link in links.values()}
+    group = next(g for g in range(0x7E5A0000, 0x7E5B0000) if g not in used)
+    tagged = kernel.batch([rtnl.set_link(links[name].index, group=group) for name in names])
+    failed = []
+    for (key, record), error in zip(deletes, tagged, strict=True):
+        if error is not None and error.errno != errno.ENODEV:
+            failed.append((key, {**record, "error": str(error)}))
+    try:
+        kernel.call(rtnl.del_group(group))
+    except OSError as err:
+        return [(k, {**r, "error": str(err)}) for k, r in deletes]
+    done = {k for k, _ in failed}
+    result.removed += [k for k, _ in deletes if k not in done]
+    return failed
+
+
+def _still_needed(step: p.Step, links: dict[str, rtnl.Link], going: set[str]) -> str | None:
+    """Why a shared object must stay although no netmap guest uses it any more."""
+    if isinstance(step, p.EnsureBridge) and step.name in links:
+        index = links[step.name].index
+        others = sorted(link.name for link in links.values()
+                        if link.master == index and link.name not in going)
+        if others:
+            return f"bridge still has ports netmap did not make: {', '.join(others)}"
+    if isinstance(step, p.EnslavePort) and step.bridge not in going:
+        return f"bridge {step.bridge} stays"
+    if isinstance(step, p.RequireLink) and step.name in links:
+        uplink = links[step.name]
+        users = sorted(link.name for link in links.values() if link.name not in going and (
+            link.lower == uplink.index or link.vxlan_link == uplink.index))
+        master = next((n for n, link in links.items() if link.index == uplink.master), None)
+        if master and master not in going:
+            users.append(f"bridge {master}")
+        if users:
+            return f"still carries {', '.join(users)}"
+    return None

@@ -1,0 +1,169 @@
+"""One small class per endpoint kind, chosen by binding mode (os-vif's plugin idea).
+
+Each kind can describe what it builds, create it (its steps, through the transaction that
+makes each one idempotent and undoable), verify the live result against the plan, and say
+what QEMU/libvirt needs to attach the guest NIC to it. Removal is by state, in
+apply.release_guest, because shared parts (a bridge) outlive one guest's endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+from xml.sax.saxutils import quoteattr
+
+from netmap import plan as p
+from netmap.model import MACVTAP_MODES
+
+if TYPE_CHECKING:
+    from netmap.netlink.apply import Transaction
+    from netmap.netlink.rtnl import Link
+
+
+def _interface_xml(kind: str, nic: p.NicPlan, inner: list[str]) -> str:
+    body = [f"  <mac address={quoteattr(nic.mac)}/>", *inner,
+            f"  <model type={quoteattr(nic.model)}/>", f"  <mtu size='{nic.mtu}'/>"]
+    return "\n".join([f"<interface type='{kind}'>", *body, "</interface>"])
+
+
+class Endpoint:
+    """What every kind shares: run the NIC's steps in order, verify the named device."""
+
+    modes: ClassVar[tuple[str, ...]] = ()
+    device_kind: ClassVar[str] = ""
+
+    def describe(self, nic: p.NicPlan) -> list[str]:
+        return [step.describe() for step in nic.steps]
+
+    def create(self, txn: Transaction, nic: p.NicPlan) -> None:
+        for step in nic.steps:
+            txn.ensure(nic.nic, step)
+
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction) -> list[str]:
+        """Differences between the plan and the live device (empty: as planned)."""
+        if nic.device is None:
+            return []
+        live = links.get(nic.device)
+        if live is None:
+            return [f"NIC {nic.nic}: {nic.device} is missing"]
+        want = {"kind": self.device_kind, "mtu": nic.mtu, "up": True}
+        have = {"kind": live.kind, "mtu": live.mtu, "up": live.up}
+        return [f"NIC {nic.nic}: {nic.device} {key} is {have[key]!r}, want {value!r}"
+                for key, value in want.items() if have[key] != value]
+
+    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
+                   ) -> dict[str, object]:
+        """What QEMU/libvirt needs: the device and the <interface> XML to attach it."""
+        raise NotImplementedError
+
+
+class BridgeTap(Endpoint):
+    """A tap in a Linux bridge whose other port is the uplink (or the vxlan device)."""
+
+    modes = ("bridge",)
+    device_kind = "tun"
+
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction) -> list[str]:
+        problems = super().verify(nic, links, txn)
+        tap, bridge = links.get(nic.device or ""), links.get(nic.bridge or "")
+        if tap and bridge and tap.master != bridge.index:
+            problems.append(f"NIC {nic.nic}: {nic.device} is not a port of {nic.bridge}")
+        if nic.vlan is not None and tap is not None:
+            vids = txn.bridge_vlans().get(tap.name, {})
+            if set(vids) != {nic.vlan}:
+                problems.append(f"NIC {nic.nic}: {tap.name} carries VLANs {sorted(vids)}, "
+                                f"want only {nic.vlan}")
+        return problems
+
+    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
+                   ) -> dict[str, object]:
+        # The tap already exists: libvirt must use it as is (managed='no', libvirt >= 5.7)
+        # rather than create its own and enslave it itself.
+        xml = _interface_xml("ethernet", nic, [
+            f"  <target dev={quoteattr(str(nic.device))} managed='no'/>"])
+        return {"nic": nic.nic, "network": nic.network, "mode": nic.mode,
+                "device": nic.device, "bridge": nic.bridge, "mac": nic.mac,
+                "qemu": f"-netdev tap,id=net{nic.nic},ifname={nic.device},script=no,"
+                        "downscript=no,vhost=on",
+                "libvirt_xml": xml}
+
+
+class VxlanBridgeTap(BridgeTap):
+    """vxlan device (VNI) on the underlay uplink, in a bridge with the guest's tap."""
+
+    modes = ("vxlan",)
+
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction) -> list[str]:
+        problems = super().verify(nic, links, txn)
+        vx = next((s for s in nic.steps if isinstance(s, p.EnsureVxlan)), None)
+        live = links.get(vx.name) if vx else None
+        if vx and (live is None or live.vni != vx.vni or not live.up):
+            problems.append(f"NIC {nic.nic}: vxlan {vx.name} with VNI {vx.vni} is not up")
+        return problems
+
+
+class Macvtap(Endpoint):
+    """A macvtap on the uplink (or its 802.1Q sub-interface) in the binding's mode."""
+
+    modes = tuple(MACVTAP_MODES)
+    device_kind = "macvtap"
+
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction) -> list[str]:
+        problems = super().verify(nic, links, txn)
+        live = links.get(nic.device or "")
+        want = MACVTAP_MODES[nic.mode]
+        if live is not None and live.macvlan_mode != want:
+            problems.append(f"NIC {nic.nic}: {nic.device} mode is {live.macvlan_mode}, "
+                            f"want {want}")
+        if live is not None and live.address != nic.mac:
+            problems.append(f"NIC {nic.nic}: {nic.device} MAC is {live.address}, "
+                            f"want {nic.mac}")
+        return problems
+
+    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
+                   ) -> dict[str, object]:
+        live = links.get(str(nic.device))
+        tapdev = f"/dev/tap{live.index}" if live else None
+        xml = _interface_xml("ethernet", nic, [
+            f"  <target dev={quoteattr(str(nic.device))} managed='no'/>"])
+        return {"nic": nic.nic, "network": nic.network, "mode": nic.mode,
+                "device": nic.device, "tapdev": tapdev, "mac": nic.mac,
+                "qemu": f"-netdev tap,id=net{nic.nic},fd=N,vhost=on  (N: {tapdev} opened "
+                        "read-write)",
+                "libvirt_xml": xml}
+
+
+class SriovVf(Endpoint):
+    """A VF of the PF: MAC, VLAN and spoof-check on the PF's VF entry; the VF is handed to
+    the guest whole (PCI passthrough), or its netdev carries a passthru macvtap."""
+
+    modes = ("sriov-vf",)
+    device_kind = "macvtap"
+
+    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
+                   ) -> dict[str, object]:
+        vf = txn.vf_for(nic)
+        out: dict[str, object] = {"nic": nic.nic, "network": nic.network, "mode": nic.mode,
+                                  "pf": nic.uplink, "mac": nic.mac,
+                                  "vf": vf.index if vf else None,
+                                  "pci": vf.pci if vf else None}
+        if nic.device:  # the VF netdev as macvtap passthru
+            live = links.get(nic.device)
+            out.update(device=nic.device, tapdev=f"/dev/tap{live.index}" if live else None,
+                       libvirt_xml=_interface_xml("ethernet", nic, [
+                           f"  <target dev={quoteattr(nic.device)} managed='no'/>"]))
+            return out
+        pci = vf.pci if vf else "0000:00:00.0"
+        domain, bus, slot_fn = pci.split(":")
+        slot, function = slot_fn.split(".")
+        vlan = [f"  <vlan><tag id='{nic.vlan}'/></vlan>"] if nic.vlan else []
+        out["libvirt_xml"] = "\n".join([
+            "<interface type='hostdev' managed='yes'>",
+            f"  <mac address={quoteattr(nic.mac)}/>",
+            f"  <source><address type='pci' domain='0x{domain}' bus='0x{bus}' "
+            f"slot='0x{slot}' function='0x{function}'/></source>", *vlan, "</interface>"])
+        return out
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    mode: kind() for kind in (BridgeTap, VxlanBridgeTap, Macvtap, SriovVf)
+    for mode in kind.modes}
