@@ -214,3 +214,17 @@ def test_inventory_json_round_trip_is_plain_data() -> None:
     data = json.loads(json.dumps(inv.as_dict()))
     assert data["interfaces"][1]["altnames"] == ["enp1"]
     assert inv.get("eth0") is not None and inv.get("eth9") is None
+
+
+@needs_netns
+def test_reading_a_namespace_leaves_this_thread_in_its_own(netns_factory) -> None:
+    import os
+
+    ns = netns_factory(PREFIX)
+    ip(ns, "link", "add", "only-here", "type", "veth", "peer", "name", "only-herep")
+    before = os.readlink("/proc/thread-self/ns/net")
+    by_name = discover(ns)
+    by_path = discover(f"/run/netns/{ns}")
+    assert os.readlink("/proc/thread-self/ns/net") == before
+    assert by_name.get("only-here") is not None and by_path.get("only-here") is not None
+    assert discover().get("only-here") is None  # and this namespace is untouched
