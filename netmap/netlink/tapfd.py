@@ -51,9 +51,9 @@ IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, union padding (40
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _os_error(what: str) -> OSError:
-    code = ctypes.get_errno()
-    return OSError(code, f"{what}: {os.strerror(code)}")
+def _os_error(what: str) -> ApplyError:
+    return ApplyError(f"{what}: {os.strerror(ctypes.get_errno())}",
+                      fix="run the helper as root (CAP_SYS_ADMIN)")
 
 
 # --- namespaces ----------------------------------------------------------------------------
@@ -94,7 +94,9 @@ def private_sysfs() -> None:
         raise _os_error("unshare(CLONE_NEWNS)")
     if _libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
         raise _os_error("making / private")
-    if _libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None) != 0:
+    # EBUSY: this very sysfs is mounted on /sys already (we run under `ip netns exec`)
+    if _libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None) != 0 \
+            and ctypes.get_errno() != errno.EBUSY:
         raise _os_error("mounting sysfs")
 
 
