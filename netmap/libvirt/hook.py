@@ -17,18 +17,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 # (operation, sub-operation) whose stdout libvirt reads as the domain XML
 _XML_FILTERS = {("migrate", "begin"), ("restore", "begin")}
 _MAX_INPUT = 8 * 1024 * 1024
 
 
-@dataclass
 class HookResult:
-    exit_code: int
-    output: bytes = b""
-    messages: list[str] = field(default_factory=list)
+    """Exit code, the XML for stdout, lines for stderr. A plain class: importing
+    dataclasses (and with it inspect) would cost the pass-through path milliseconds."""
+
+    __slots__ = ("exit_code", "messages", "output")
+
+    def __init__(self, exit_code: int, output: bytes = b"",
+                 messages: list[str] | None = None) -> None:
+        self.exit_code = exit_code
+        self.output = output
+        self.messages = messages or []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
