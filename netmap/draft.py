@@ -55,6 +55,10 @@ class _Draft:
         bound: set[str] = set()
         for bridge in (i for i in self.inv.interfaces if i.kind == "bridge"):
             ports = [p for p in self.inv.ports_of(bridge.name) if p.name in self.uplink_names]
+            tagged = [p for p in self.inv.ports_of(bridge.name)
+                      if p.kind == "vlan" and p.lower in self.uplink_names]
+            if not ports and len(tagged) == 1:
+                self.undecided.append(self.vlan_bridge_comment(bridge, tagged[0]))
             if len(ports) != 1:
                 continue  # no uplink, or several: which one carries what is not ours to say
             uplink = ports[0]
@@ -102,6 +106,17 @@ class _Draft:
                 "of the fleet's networks, bind it:",
                 "# [networks.NETWORK]", '# mode = "bridge"', f"# uplink = {_str(uplink.name)}",
                 f"# bridge = {_str(bridge.name)}"]
+
+    def vlan_bridge_comment(self, bridge: Interface, port: Interface) -> list[str]:
+        """An old-style VLAN bridge (br100 on eth0.100): netmap's bridge mode tags on a
+        vlan-aware bridge over the uplink itself, so this one is a human's call."""
+        vlan = [n.name for n in self.networks.values() if n.vlan == port.vlan_id]
+        return [f"# {DECIDE}: bridge {bridge.name} enslaves {port.name}, VLAN {port.vlan_id} "
+                f"on {port.lower}" + (f" (networks with that VLAN: {', '.join(vlan)})"
+                                      if vlan else "") + ". netmap's bridge mode uses one "
+                "vlan-aware bridge on the uplink instead; migrate the guests, or bind with:",
+                "# [networks.NETWORK]", '# mode = "bridge"',
+                f"# uplink = {_str(port.lower or '')}"]
 
     def uplink_block(self, link: Interface) -> list[str]:
         facts = [link.kind]

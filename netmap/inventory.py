@@ -17,6 +17,10 @@ ENDPOINT_KINDS = frozenset({"macvtap", "macvlan", "tap", "tun"})
 NETMAP_ENDPOINT_NAME = re.compile(r"^nm[0-9a-f]{9}[0-9]$")
 
 
+# Container runtimes name the host side of a container's veth "veth" + random hex.
+CONTAINER_VETH = re.compile(r"^veth[0-9a-f]{4,}$")
+
+
 def is_netmap_endpoint(name: str) -> bool:
     """Whether `name` looks like an endpoint netmap created for a guest NIC."""
     return bool(NETMAP_ENDPOINT_NAME.match(name))
@@ -42,6 +46,7 @@ class Interface:
     vxlan_group: str | None = None
     vxlan_local: str | None = None
     bond_mode: int | None = None
+    vlan_id: int | None = None  # an 802.1Q sub-interface's VLAN, on `lower`
     perm_mac: str | None = None  # the NIC's burnt-in address: survives renames and MAC changes
     altnames: tuple[str, ...] = ()
     parent: str | None = None  # bus address of the device behind it, e.g. PCI 0000:3b:00.0
@@ -73,7 +78,8 @@ class Interface:
         optional = {
             "mode": self.mode, "vni": self.vni, "vxlan_port": self.vxlan_port,
             "vxlan_group": self.vxlan_group, "vxlan_local": self.vxlan_local,
-            "bond_mode": self.bond_mode, "perm_mac": self.perm_mac, "parent": self.parent,
+            "bond_mode": self.bond_mode, "vlan_id": self.vlan_id, "perm_mac": self.perm_mac,
+            "parent": self.parent,
         }
         data.update({key: value for key, value in optional.items() if value is not None})
         if self.altnames:
@@ -162,6 +168,8 @@ class Inventory:
                 continue
             if is_netmap_endpoint(link.name):
                 continue
+            if link.kind == "veth" and link.master and CONTAINER_VETH.match(link.name):
+                continue  # a container's host-side port (docker0, lxcbr0, podman)
             out.append(link)
         return out
 

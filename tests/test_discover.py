@@ -228,3 +228,51 @@ def test_reading_a_namespace_leaves_this_thread_in_its_own(netns_factory) -> Non
     assert os.readlink("/proc/thread-self/ns/net") == before
     assert by_name.get("only-here") is not None and by_path.get("only-here") is not None
     assert discover().get("only-here") is None  # and this namespace is untouched
+
+
+def rtattr(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes as the kernel lays it out."""
+    import struct
+
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def test_parser_decodes_kinds_this_kernel_cannot_build() -> None:
+    """802.1Q and bond links, laid out byte for byte as in linux/if_link.h: this kernel has
+    neither module, so the parser is fed the message a kernel that has them sends."""
+    import struct
+
+    from netmap.netlink import discover as d
+
+    def message(index: int, name: str, kind: str, data: bytes, link: int = 0,
+                master: int = 0) -> bytes:
+        body = struct.pack("=BxHiII", 0, 1, index, d.IFF_UP, 0)
+        body += rtattr(d.IFLA_IFNAME, name.encode() + b"\0")
+        body += rtattr(d.IFLA_MTU, struct.pack("=I", 1500))
+        body += rtattr(d.IFLA_ADDRESS, bytes.fromhex("3cfdfe000001"))
+        body += rtattr(d.IFLA_OPERSTATE, bytes([6]))
+        if link:
+            body += rtattr(d.IFLA_LINK, struct.pack("=I", link))
+        if master:
+            body += rtattr(d.IFLA_MASTER, struct.pack("=I", master))
+        info = rtattr(d.IFLA_INFO_KIND, kind.encode() + b"\0")
+        info += rtattr(d.IFLA_INFO_DATA | 0x8000, data)
+        return body + rtattr(d.IFLA_LINKINFO | 0x8000, info)
+
+    eth0 = struct.pack("=BxHiII", 0, 1, 2, d.IFF_UP, 0) + rtattr(d.IFLA_IFNAME, b"eth0\0") \
+        + rtattr(d.IFLA_LINK, struct.pack("=I", 2)) \
+        + rtattr(d.IFLA_MASTER, struct.pack("=I", 4))
+    vlan = message(3, "eth0.100", "vlan", rtattr(d.IFLA_VLAN_ID, struct.pack("=H", 100)), link=2)
+    bond = message(4, "bond0", "bond", rtattr(d.IFLA_BOND_MODE, bytes([4])))
+    raw = [d._parse_link(buf, 0, len(buf)) for buf in (eth0, vlan, bond)]
+    links = {link.name: link for link in d._resolve(raw)}
+    assert (links["eth0"].kind, links["eth0"].lower, links["eth0"].master) == (
+        "physical", None, "bond0")
+    assert (links["eth0.100"].kind, links["eth0.100"].vlan_id, links["eth0.100"].lower) == (
+        "vlan", 100, "eth0")
+    assert (links["bond0"].kind, links["bond0"].bond_mode, links["bond0"].mac) == (
+        "bond", 4, "3c:fd:fe:00:00:01")
+    inventory = Inventory("h", None, tuple(links.values()))
+    # the bond is the uplink, not its slave
+    assert [i.name for i in inventory.uplink_candidates()] == ["bond0"]

@@ -123,3 +123,15 @@ def test_any_inventory_drafts_a_mapping_that_loads(tmp_path: Path, links, pools)
         sriov[name] = SriovPf(name, total, min(num, total), vfs(min(num, total), num // 3))
     text = draft_host(Inventory("any", None, tuple(interfaces), sriov), networks=NETWORKS)
     load_draft(tmp_path, text, "any.toml")
+
+
+def test_a_bridge_on_a_vlan_subinterface_is_left_to_a_human(tmp_path: Path) -> None:
+    inv = Inventory("n", None, (
+        nic(2, "eth0", mtu=9000),
+        nic(3, "eth0.100", "vlan", lower="eth0", vlan_id=100, master="br100"),
+        nic(4, "br100", "bridge"),
+    ))
+    text = draft_host(inv, networks=NETWORKS)
+    host = load_draft(tmp_path, text)
+    assert set(host.uplinks) == {"eth0"} and host.bindings == {}
+    assert "VLAN 100 on eth0 (networks with that VLAN: prod)" in text

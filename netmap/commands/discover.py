@@ -105,6 +105,8 @@ def _link_text(link: Interface) -> RenderableType:
     text.append(f"  {link.kind}")
     if link.mode:
         text.append(f" {link.mode}")
+    if link.vlan_id is not None:
+        text.append(f" VLAN {link.vlan_id}")
     if link.vni is not None:
         text.append(f" VNI {link.vni}")
         if link.vxlan_group:

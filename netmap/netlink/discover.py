@@ -25,7 +25,8 @@ from netmap.netlink import sysfs
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
+DUMP_ATTEMPTS = 5
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 
 # rtnetlink attribute numbers (linux/if_link.h)
@@ -39,6 +40,7 @@ IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
 IFLA_VXLAN_PORT, IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6 = 15, 16, 17
 IFLA_TUN_TYPE = 3
 IFLA_BOND_MODE = 1
+IFLA_VLAN_ID = 1
 IFF_UP, IFF_LOOPBACK = 0x1, 0x8
 IFF_TUN, IFF_TAP = 0x1, 0x2
 ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
@@ -232,6 +234,8 @@ def _kind_details(buf: bytes, kind: str, span: tuple[int, int],
         kind = "tap" if buf[inner[IFLA_TUN_TYPE][0]] == IFF_TAP else "tun"
     elif kind == "bond" and IFLA_BOND_MODE in inner:
         data["bond_mode"] = buf[inner[IFLA_BOND_MODE][0]]
+    elif kind == "vlan" and IFLA_VLAN_ID in inner:
+        data["vlan_id"] = struct.unpack_from("=H", buf, inner[IFLA_VLAN_ID][0])[0]
     return kind, None
 
 
@@ -246,10 +250,22 @@ def _address(buf: bytes, span: tuple[int, int] | None) -> str | None:
 
 
 def dump_links(sock: socket.socket) -> list[Interface]:
-    """Every link in the socket's namespace, in ifindex order."""
-    seq = 1
+    """Every link in the socket's namespace, in ifindex order.
+
+    A dump is not atomic: when links change while it runs, the kernel flags a message
+    NLM_F_DUMP_INTR and the result may hold stale or missing links; then dump again.
+    """
+    for attempt in range(1, DUMP_ATTEMPTS + 1):
+        raw, interrupted = _dump_once(sock, attempt)
+        if not interrupted:
+            break
+    return _resolve(raw)
+
+
+def _dump_once(sock: socket.socket, seq: int) -> tuple[list[_RawLink], bool]:
     sock.send(_dump_request(seq))
     raw: list[_RawLink] = []
+    interrupted = False
     buffer = bytearray(_RECV_BUFFER)
     view = memoryview(buffer)
     done = False
@@ -258,10 +274,11 @@ def dump_links(sock: socket.socket) -> list[Interface]:
         chunk = bytes(view[:size])
         offset = 0
         while offset + _NLMSGHDR.size <= size:
-            length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(chunk, offset)
+            length, msg_type, flags, msg_seq, _pid = _NLMSGHDR.unpack_from(chunk, offset)
             if length < _NLMSGHDR.size:
                 break
             if msg_seq == seq:
+                interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
                 if msg_type == NLMSG_DONE:
                     done = True
                     break
@@ -272,6 +289,11 @@ def dump_links(sock: socket.socket) -> list[Interface]:
                 elif msg_type == RTM_NEWLINK and length >= _HEADER:
                     raw.append(_parse_link(chunk, offset + _NLMSGHDR.size, offset + length))
             offset += (length + 3) & ~3
+    return raw, interrupted
+
+
+def _resolve(raw: list[_RawLink]) -> list[Interface]:
+    """Turn master/lower ifindexes into names, now that every link is known."""
     names = {link.index: link.data["name"] for link in raw}
     links = []
     for link in raw:
