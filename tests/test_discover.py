@@ -243,7 +243,7 @@ def test_parser_decodes_kinds_this_kernel_cannot_build() -> None:
     neither module, so the parser is fed the message a kernel that has them sends."""
     import struct
 
-    from netmap.netlink import discover as d
+    from netmap.netlink import linkdump as d
 
     def message(index: int, name: str, kind: str, data: bytes, link: int = 0,
                 master: int = 0) -> bytes:

@@ -360,3 +360,16 @@ def test_report_counts_errors_and_warnings_as_drift(tmp_path: Path, severity: st
     if severity == ERROR:
         inv = healthy(links={"eth0": None})
     assert drift_report(host_from(tmp_path, text), inv).drifted
+
+
+def test_foreign_macvlans_block_a_bridge_or_passthrough_uplink(tmp_path: Path) -> None:
+    mine = names.tap_name("vm1", 0)
+    inv = healthy(links={"eth1": link(3, "eth1"), "br-eth1": None,
+                         "mv-dock": link(9, "mv-dock", "macvlan", lower="eth1", mode="bridge"),
+                         mine: link(10, mine, "macvtap", lower="eth0", mode="vepa")})
+    state = [TrackedDevice(mine, ("vm1",), "macvtap", lower="eth0")]
+    found = drift_findings(host_from(tmp_path), inv, state)
+    busy = [f for f in found if f.code == "UPLINK_BUSY"]
+    assert len(busy) == 1 and "mv-dock" in busy[0].message and "mgmt" in busy[0].message
+    # netmap's own macvtap on eth0 (prod, vepa) is what the mapping asks for: no finding
+    assert not any(mine in f.message for f in found)

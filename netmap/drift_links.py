@@ -1,0 +1,282 @@
+"""Drift of a host's uplinks and bridged bindings: the part of drift.py that compares
+interfaces (names, MACs, carrier, MTU, masters, SR-IOV pools, bridges, vxlan devices). Pure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from netmap import names
+from netmap.check import ERROR, INFO, WARNING, Finding
+from netmap.graph import effective_mtu
+from netmap.inventory import UPLINK_KINDS, Interface, Inventory
+from netmap.model import Binding, Host, Network, Uplink
+
+if TYPE_CHECKING:
+    from netmap.drift import TrackedDevice
+
+def _mapping(host: Host) -> str:
+    return host.source.file if host.source else f"hosts/{host.name}.toml"
+
+
+def _describe(link: Interface) -> str:
+    mac = link.hardware_mac
+    return f"{link.name} ({link.kind}, MTU {link.mtu}{f', {mac}' if mac else ''})"
+
+
+class LinkDrift:
+    """One comparison; collects findings as it walks uplinks and bindings. drift._Drift
+    adds features and netmap's state."""
+
+    def __init__(self, host: Host, inventory: Inventory, tracked: list[TrackedDevice],
+                 networks: dict[str, Network] | None) -> None:
+        self.host, self.inv, self.tracked = host, inventory, tracked
+        self.networks = networks or {}
+        self.mapping = _mapping(host)
+        self.findings: list[Finding] = []
+        self.live: dict[str, Interface | None] = {}
+
+    def add(self, code: str, severity: str, message: str, hint: str) -> None:
+        self.findings.append(Finding(code, severity, None, message, hint))
+
+    # --- uplinks ------------------------------------------------------------------------
+
+    def users(self, uplink: str) -> list[Binding]:
+        return [b for b in self.host.bindings.values() if b.uplink == uplink]
+
+    def undeclared_candidates(self) -> list[Interface]:
+        declared = set(self.host.uplinks)
+        return [link for link in self.inv.uplink_candidates()
+                if link.name not in declared and link.kind != "loopback"]
+
+    def resolve(self, uplink: Uplink) -> Interface | None:
+        """The live interface behind a declared uplink, reporting a rename on the way."""
+        live = self.inv.get(uplink.name)
+        if live is not None and (uplink.mac is None or uplink.mac in (live.mac, live.perm_mac)):
+            return live
+        if uplink.mac is not None:
+            moved = [i for i in self.inv.by_mac(uplink.mac) if i.name != uplink.name
+                     and i.kind in UPLINK_KINDS]
+            if moved:
+                self.renamed(uplink, moved[0], f"its MAC {uplink.mac} is now on {moved[0].name}")
+                return moved[0]
+            if live is not None:
+                self.add("UPLINK_MAC_CHANGED", WARNING,
+                         f"uplink {uplink.name} has MAC {live.hardware_mac}, not {uplink.mac} "
+                         "as the mapping says; the NIC may have been replaced.",
+                         f"check the cabling of {uplink.name}, then set mac = "
+                         f'"{live.hardware_mac}" in [uplinks.{uplink.name}] of {self.mapping}')
+                return live
+        alias = self.inv.by_altname(uplink.name)
+        if alias is not None:
+            self.renamed(uplink, alias, f"{uplink.name} is only an alternative name of "
+                         f"{alias.name} now")
+            return alias
+        evidence = self.stacked_evidence(uplink)
+        if evidence is not None:
+            link, why = evidence
+            self.renamed(uplink, link, why)
+            return link
+        spare = self.undeclared_candidates()
+        listing = ", ".join(_describe(i) for i in spare[:5]) or "none"
+        self.add("UPLINK_MISSING", ERROR if self.users(uplink.name) else WARNING,
+                 f"uplink {uplink.name} does not exist on {self.host.name}"
+                 + (f"; networks {', '.join(b.network for b in self.users(uplink.name))} "
+                    "cannot be realized" if self.users(uplink.name) else "")
+                 + f". Interfaces the mapping does not name: {listing}.",
+                 f"rename [uplinks.{uplink.name}] in {self.mapping} to the interface now "
+                 "cabled to its segments" + (" (add mac = \"…\" so a rename is found next "
+                                             "time)" if uplink.mac is None else ""))
+        return None
+
+    def stacked_evidence(self, uplink: Uplink) -> tuple[Interface, str] | None:
+        """A missing uplink's devices still point at it by ifindex after a rename: the bridge
+        of its bridge binding enslaves it, and vxlan devices and macvtaps sit on it."""
+        declared = set(self.host.uplinks)
+        for binding in self.users(uplink.name):
+            if binding.mode == "bridge":
+                bridge = names.bridge_name(uplink.name, binding.bridge)
+                ports = [p for p in self.inv.ports_of(bridge)
+                         if p.kind in UPLINK_KINDS and p.name not in declared]
+                if len(ports) == 1:
+                    return ports[0], f"its bridge {bridge} now enslaves {ports[0].name}"
+        for entry in self.tracked:
+            # realize recorded the lower by the mapping's name; the kernel keeps the
+            # relation by ifindex, so the device now names the uplink's new name.
+            if entry.lower != uplink.name or not entry.is_link:
+                continue
+            link = self.inv.get(entry.name)
+            lower = self.inv.get(link.lower) if link and link.lower else None
+            if lower is not None and lower.name not in declared and lower.kind in UPLINK_KINDS:
+                return lower, f"netmap's {link.kind} {link.name} now sits on {lower.name}"
+        return None
+
+    def renamed(self, uplink: Uplink, link: Interface, why: str) -> None:
+        self.add("UPLINK_RENAMED", ERROR,
+                 f"uplink {uplink.name} is now called {link.name}: {why}; realize looks it "
+                 "up by the mapping's name and would fail.",
+                 f"rename [uplinks.{uplink.name}] to [uplinks.{link.name}] (and the bindings' "
+                 f"uplink = ...) in {self.mapping}, or rename the interface back")
+
+    def check_uplink(self, uplink: Uplink, live: Interface) -> None:
+        users = self.users(uplink.name)
+        needed = ERROR if users else WARNING
+        if not live.running:
+            state = "administratively down" if not live.admin_up else (
+                f"operstate {live.oper_state}, carrier {'on' if live.carrier else 'off'}")
+            self.add("UPLINK_DOWN", needed,
+                     f"uplink {live.name} passes no frames ({state})"
+                     + (f"; guests on {', '.join(b.network for b in users)} are cut off."
+                        if users else "."),
+                     f"check the cable and switch port of {live.name}"
+                     + (f", or 'ip link set {live.name} up'" if not live.admin_up else ""))
+        if live.mtu < uplink.mtu:
+            self.add("UPLINK_MTU_LOW", needed,
+                     f"uplink {live.name} has MTU {live.mtu}, the mapping declares "
+                     f"{uplink.mtu}; check passes guests that need up to {uplink.mtu}, "
+                     "whose larger frames would be dropped here.",
+                     f"'ip link set {live.name} mtu {uplink.mtu}' (and persist it), or lower "
+                     f"mtu in [uplinks.{uplink.name}] of {self.mapping}")
+        allowed = {names.bridge_name(uplink.name, b.bridge) for b in users if b.mode == "bridge"}
+        if live.master and live.master not in allowed:
+            master = self.inv.get(live.master)
+            kind = master.kind if master else "device"
+            self.add("UPLINK_ENSLAVED", needed,
+                     f"uplink {live.name} is a port of {kind} {live.master}, which no binding "
+                     "of the mapping names; a macvtap or another bridge cannot use it.",
+                     f"release it ('ip link set {live.name} nomaster') or declare "
+                     f"{live.master} as the uplink in {self.mapping}")
+        self.check_uppers(live, users)
+        if uplink.sriov is not None:
+            self.check_pool(uplink, live)
+
+    def check_uppers(self, live: Interface, users: list[Binding]) -> None:
+        """macvlan/macvtap devices on the uplink that are not netmap's: a bridge port cannot
+        have them (one rx_handler per device), and passthru wants the uplink alone."""
+        mine = {t.name for t in self.tracked}
+        foreign = [u.name for u in self.inv.uppers_of(live.name)
+                   if u.kind in ("macvlan", "macvtap") and u.name not in mine]
+        if not foreign:
+            return
+        for binding in users:
+            if binding.mode not in ("bridge", "macvtap-passthrough"):
+                continue
+            why = ("a bridge cannot enslave an interface that carries macvlans"
+                   if binding.mode == "bridge" else "passthrough hands the uplink to one guest")
+            self.add("UPLINK_BUSY", ERROR,
+                     f"uplink {live.name} carries {', '.join(foreign[:4])}, not made by "
+                     f"netmap; {why} (network {binding.network}).",
+                     f"remove them ('ip link del {foreign[0]}') or bind {binding.network} to "
+                     "another uplink")
+            return
+
+    def check_pool(self, uplink: Uplink, live: Interface) -> None:
+        assert uplink.sriov is not None
+        want = uplink.sriov.total_vfs
+        pool = self.inv.sriov.get(live.name)
+        if pool is None:
+            self.add("SRIOV_MISSING", ERROR,
+                     f"uplink {live.name} has no SR-IOV pool (no sriov_totalvfs in sysfs); the "
+                     f"mapping counts on {want} VFs.",
+                     "enable SR-IOV for the NIC (firmware/BIOS, driver) or remove sriov from "
+                     f"[uplinks.{uplink.name}] of {self.mapping}")
+            return
+        if pool.num_vfs < want:
+            can = f"the NIC offers at most {pool.total_vfs}" if pool.total_vfs < want else (
+                f"echo {want} > /sys/class/net/{live.name}/device/sriov_numvfs")
+            self.add("VF_POOL_SMALLER", ERROR,
+                     f"PF {live.name} has {pool.num_vfs} VF(s) configured (sriov_numvfs), the "
+                     f"mapping counts on {want}.",
+                     f"{can}; or set total_vfs = {pool.num_vfs} in [uplinks.{uplink.name}]")
+        ours = {t.vf for t in self.tracked if t.pf in (live.name, uplink.name) and t.vf is not None}
+        foreign = [vf for vf in pool.vfs if vf.used_by and vf.index not in ours]
+        available = pool.num_vfs - len(foreign)
+        if foreign and available < want:
+            held = ", ".join(f"VF {vf.index} ({vf.used_by})" for vf in foreign[:4])
+            self.add("VF_FREE_LOW", ERROR,
+                     f"PF {live.name}: {len(foreign)} VF(s) are held outside netmap ({held}), "
+                     f"so {available} of the {want} VFs the mapping counts on are free for "
+                     "guests; check would admit guests that cannot get one.",
+                     f"free those VFs, or set total_vfs = {max(available, 1)} in "
+                     f"[uplinks.{uplink.name}] of {self.mapping}")
+
+    # --- bindings -----------------------------------------------------------------------
+
+    def check_bridge(self, binding: Binding, bridge: str, uplink: Interface | None,
+                     network: Network | None) -> None:
+        live = self.inv.get(bridge)
+        if live is None:
+            waiting = [t.name for t in self.tracked if t.bridge == bridge]
+            self.add("BRIDGE_MISSING", ERROR if waiting else INFO,
+                     f"bridge {bridge} of network {binding.network} does not exist"
+                     + (f"; netmap's taps {', '.join(waiting)} lost their switch."
+                        if waiting else "; realize creates it with the first guest."),
+                     f"realize a guest on {binding.network} again to rebuild it"
+                     if waiting else "none needed")
+            return
+        if live.kind != "bridge":
+            self.add("BRIDGE_NOT_A_BRIDGE", ERROR,
+                     f"{bridge}, the bridge of network {binding.network}, exists but is a "
+                     f"{live.kind}.",
+                     f'remove {bridge} or set bridge = "…" in [networks.{binding.network}]')
+            return
+        if binding.mode == "bridge" and uplink is not None and uplink.master != bridge:
+            strangers = [p.name for p in self.inv.ports_of(bridge) if p.kind in UPLINK_KINDS]
+            attached = [p.name for p in self.inv.ports_of(bridge) if p.kind in ("tap", "tun")]
+            if strangers:
+                self.add("BRIDGE_WRONG_UPLINK", ERROR,
+                         f"bridge {bridge} of network {binding.network} enslaves "
+                         f"{', '.join(strangers)}, not uplink {uplink.name}; its guests reach "
+                         "another segment.",
+                         f"'ip link set {strangers[0]} nomaster; ip link set {uplink.name} "
+                         f"master {bridge}', or fix uplink in [networks.{binding.network}]")
+            else:
+                self.add("BRIDGE_UPLINK_DETACHED", ERROR if attached else WARNING,
+                         f"bridge {bridge} of network {binding.network} has no uplink port"
+                         + (f"; {', '.join(attached)} reach nothing beyond this host."
+                            if attached else "."),
+                         f"'ip link set {uplink.name} master {bridge}'")
+        if network is not None:
+            need, _ = effective_mtu(network, binding, self.host)
+            if live.mtu < need:
+                self.add("BRIDGE_MTU_LOW", ERROR,
+                         f"bridge {bridge} has MTU {live.mtu}; network {binding.network} gives "
+                         f"guests {need} here, so larger frames are dropped.",
+                         f"'ip link set {bridge} mtu {need}' after raising its ports' MTU")
+
+    def check_vxlan(self, binding: Binding, network: Network, uplink: Interface | None) -> None:
+        assert network.vni is not None
+        device = names.vxlan_name(network.vni)
+        bridge = names.vxlan_bridge_name(network.vni, binding.bridge)
+        live = self.inv.get(device)
+        if live is not None:
+            wrong = []
+            if live.kind != "vxlan":
+                wrong.append(f"is a {live.kind}")
+            elif live.vni != network.vni:
+                wrong.append(f"carries VNI {live.vni}")
+            if uplink is not None and live.kind == "vxlan" and live.lower not in (None,
+                                                                                  uplink.name):
+                wrong.append(f"runs over {live.lower}, not {uplink.name}")
+            if wrong:
+                self.add("VXLAN_MISMATCH", ERROR,
+                         f"{device}, the vxlan device of network {binding.network} (VNI "
+                         f"{network.vni}), {' and '.join(wrong)}.",
+                         f"remove {device} ('ip link del {device}') and realize again")
+            elif live.master != bridge:
+                self.add("VXLAN_DETACHED", ERROR,
+                         f"{device} is not a port of {bridge}; guests on {binding.network} "
+                         "reach no other host.", f"'ip link set {device} master {bridge}'")
+        if live is not None or self.inv.get(bridge) is not None:
+            self.check_bridge(binding, bridge, uplink, network)
+
+    def check_binding(self, binding: Binding) -> None:
+        uplink = self.live.get(binding.uplink)
+        network = self.networks.get(binding.network)
+        if binding.mode == "bridge":
+            self.check_bridge(binding, names.bridge_name(binding.uplink, binding.bridge),
+                              uplink, network)
+        elif binding.mode == "vxlan" and network is not None and network.vni is not None:
+            self.check_vxlan(binding, network, uplink)
+
+    # --- features and state ---------------------------------------------------------------
