@@ -348,7 +348,8 @@ class Transaction:
                 self._done(action, f"delete {step.name}",
                            lambda s=step: delete_quietly(self.kernel, s.name))
                 requests.append(rtnl.set_link(0, name=step.name, up=True, mtu=step.mtu,
-                                              mac=step.mac, master=self.index(step.bridge)))
+                                              mac=step.mac, master=self.index(step.bridge),
+                                              no_ipv6=True))
             else:
                 assert isinstance(step, p.CreateMacvtap)
                 requests.append(rtnl.new_link(step.name, "macvtap", mtu=step.mtu, mac=step.mac,

@@ -111,6 +111,14 @@ def _cstr(payload: bytes) -> str:
     return payload.split(b"\0", 1)[0].decode()
 
 
+# IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE: NONE } }: the devices netmap makes are
+# L2 plumbing for guests; like os-vif (which disables IPv6 on its bridges) the host gets no
+# link-local address on them, so it neither talks on nor is reachable from guest segments.
+AF_INET6, IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 10, 8, 1
+NO_IPV6_ADDR = _attr(IFLA_AF_SPEC, _attr(AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE,
+                                                         bytes([IN6_ADDR_GEN_MODE_NONE]))))
+
+
 def ifinfo(index: int = 0, *, up: bool | None = None, family: int = AF_UNSPEC) -> bytes:
     flags = IFF_UP if up else 0
     change = IFF_UP if up is not None else 0
@@ -130,13 +138,16 @@ def new_link(name: str, kind: str, *, up: bool = True, mtu: int | None = None,
     if master:
         body += _u32(IFLA_MASTER, master)
     info = _str(IFLA_INFO_KIND, kind) + (_attr(IFLA_INFO_DATA, data) if data else b"")
-    return RTM_NEWLINK, F_CREATE | F_EXCL, body + _attr(IFLA_LINKINFO, info)
+    return RTM_NEWLINK, F_CREATE | F_EXCL, body + _attr(IFLA_LINKINFO, info) + NO_IPV6_ADDR
 
 
-def set_link(index: int, *, name: str | None = None, up: bool | None = None, mtu: int | None = None,
-             mac: str | None = None, master: int | None = None, group: int | None = None,
-             kind: str | None = None, data: bytes = b"") -> tuple[int, int, bytes]:
+def set_link(index: int, *, name: str | None = None, up: bool | None = None,
+             mtu: int | None = None, mac: str | None = None, master: int | None = None,
+             group: int | None = None, kind: str | None = None, data: bytes = b"",
+             no_ipv6: bool = False) -> tuple[int, int, bytes]:
     body = ifinfo(index, up=up) + (_str(IFLA_IFNAME, name) if name and not index else b"")
+    if no_ipv6:
+        body += NO_IPV6_ADDR
     if mtu:
         body += _u32(IFLA_MTU, mtu)
     if mac:
