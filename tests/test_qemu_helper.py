@@ -82,6 +82,8 @@ def links(netns: str) -> dict[str, dict]:
                 "mac": link.get("IFLA_ADDRESS"),
                 "vni": link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_ID"),
                 "link": link.get("IFLA_LINK"),
+                "ageing": link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
+                                          "IFLA_BR_AGEING_TIME"),
                 "underlay": link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
                                             "IFLA_VXLAN_LINK"),
             }
@@ -121,6 +123,7 @@ def test_bridge_mode_tap_on_the_mapped_bridge(host_a) -> None:
         # host-a binds mgmt in bridge mode on eth1: the bridge br-eth1 was made, eth1 in it
         bridge = now["br-eth1"]
         assert bridge["kind"] == "bridge" and bridge["up"]
+        assert bridge["ageing"] == 3000  # as realize's plan makes it (plan.BRIDGE_AGEING)
         assert now["eth1"]["master"] == bridge["index"]
         tap = now[name]
         assert tap["master"] == bridge["index"] and tap["up"] and tap["mtu"] == 1500
@@ -150,6 +153,8 @@ def test_without_use_vnet_no_vnet_header_and_existing_bridge_reused(host_a) -> N
         bridge = now["br-eth1"]["index"]
         assert now[tap_info(first.fd)[0]]["master"] == bridge
         assert now[tap_name("vm2", 1)]["master"] == bridge
+        # the host side's MAC is the guest's with fe:, as realize gives it
+        assert now[tap_name("vm2", 1)]["mac"] == "fe:54:00:ab:00:02"
     finally:
         first.close()
         second.close()
@@ -204,6 +209,56 @@ def test_frames_written_to_the_fd_reach_the_fabric(host_a) -> None:
         assert out.strip() == "seen"
     finally:
         capture.kill()
+        got.close()
+
+
+def test_concurrent_helpers_share_one_new_bridge(host_a) -> None:
+    """Several QEMUs starting at once race to create the network's bridge: all succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from netmap.netlink.tapfd import tap_info
+
+    netns, mappings, acl = host_a
+    env = helper_env(mappings, acl)
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda _: call_helper(["--br=mgmt"], env), range(4)))
+    try:
+        assert [o.code for o in outcomes] == [0] * 4, [o.stderr for o in outcomes]
+        now = links(netns)
+        names = {tap_info(o.fd)[0] for o in outcomes}
+        assert len(names) == 4
+        assert {now[n]["master"] for n in names} == {now["br-eth1"]["index"]}
+    finally:
+        for outcome in outcomes:
+            outcome.close()
+
+
+def test_bridge_mode_with_a_vlan(lab_factory, tmp_path: Path) -> None:
+    """host-d bridges prod (VLAN 100): a VLAN-filtering bridge, the tap an access port of
+    VLAN 100. A kernel without bridge VLAN filtering gets a clear refusal, nothing left."""
+    lab, mappings = lab_factory("nmD", ["host-d"])
+    netns = lab.hosts["host-d"]
+    acl = tmp_path / "acl.conf"
+    acl.write_text("allow prod\n")
+    before = links(netns)
+    got = call_helper(["--br=prod"], helper_env(mappings, acl, host="host-d"))
+    try:
+        if got.code == 0:
+            import json
+
+            from netmap.netlink.tapfd import tap_info
+
+            name, _ = tap_info(got.fd)
+            shown = json.loads(subprocess.run(
+                ["bridge", "-n", netns, "-j", "vlan", "show", "dev", name],
+                capture_output=True, text=True, check=True).stdout)
+            vids = [(v["vlan"], sorted(v.get("flags", []))) for v in shown[0]["vlans"]]
+            assert vids == [(100, ["Egress Untagged", "PVID"])]
+        else:
+            assert (got.code, got.fd) == (3, None), got.stderr
+            assert "cannot create bridge br-prod filtering VLAN 100" in got.stderr
+            assert links(netns).keys() == before.keys()
+    finally:
         got.close()
 
 

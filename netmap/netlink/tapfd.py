@@ -234,24 +234,47 @@ def ensure_vlan(ipr: IPRoute, uplink: str, vlan: int, name: str) -> tuple[int, b
     return index, True
 
 
-def ensure_bridge(ipr: IPRoute, name: str, port: int | None) -> tuple[int, bool]:
-    """Bridge `name`, up, with `port` (the uplink or vxlan device) enslaved: (index, created).
-
-    An existing bridge is used as it is (realize or the operator made it); a port that
-    already has another master is refused rather than moved.
+def ensure_bridge(ipr: IPRoute, name: str, port: int | None, *, mtu: int,
+                  vlan: int | None = None) -> tuple[int, bool]:
+    """Bridge `name`, up, `port` (uplink or vxlan device) enslaved and, with a VLAN, tagged
+    on it: (index, created). Made as realize's plan makes it (netmap/plan.py EnsureBridge:
+    FDB ageing, vlan_filtering when the network has a VLAN). An existing bridge is used as
+    it is (realize or the operator made it); a port with another master is refused.
     """
+    from netmap.plan import BRIDGE_AGEING
+
     index = find_link(ipr, name)
     created = index is None
     if created:
-        created = _add_unless_racing(ipr, f"cannot create bridge {name}",
-                                     ifname=name, kind="bridge")
+        spec = {"br_ageing_time": BRIDGE_AGEING, **({"br_vlan_filtering": 1} if vlan else {})}
+        created = _add_unless_racing(ipr, f"cannot create bridge {name}"
+                                     + (f" filtering VLAN {vlan}" if vlan else ""),
+                                     ifname=name, kind="bridge", mtu=mtu, **spec)
         index = require_link(ipr, name, "bridge")
     if _kind(ipr, index) != "bridge":
         raise ApplyError(f"{name} exists but is not a bridge",
                          fix=f"rename the bridge in the host mapping, or remove {name}")
     with _undo_on_error(ipr, name if created else None):
         _enslave_and_up(ipr, name, index, port)
+        if vlan is not None and port is not None and created:
+            with netlink_step(f"cannot tag VLAN {vlan} on the uplink port of {name}"):
+                ipr.vlan_filter("add", index=port, vlan_info={"vid": vlan})
     return index, created
+
+
+def filters_vlans(ipr: IPRoute, bridge: int) -> bool:
+    link = ipr.get_links(bridge)[0]
+    return bool(link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_VLAN_FILTERING"))
+
+
+def set_access_vlan(ipr: IPRoute, port: int, vlan: int) -> None:
+    """Make a bridge port an access port of `vlan`: PVID and untagged, without VLAN 1."""
+    from netmap.plan import DEFAULT_PVID
+
+    with netlink_step(f"cannot put the tap on VLAN {vlan}"):
+        ipr.vlan_filter("add", index=port, vlan_info={"vid": vlan, "flags": 6})  # PVID|UNTAG
+        if vlan != DEFAULT_PVID:
+            ipr.vlan_filter("del", index=port, vlan_info={"vid": DEFAULT_PVID})
 
 
 def _enslave_and_up(ipr: IPRoute, name: str, index: int, port: int | None) -> None:

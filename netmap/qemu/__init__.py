@@ -38,7 +38,7 @@ class Endpoint:
     host: Host
     mtu: int
     ifname: str  # the tap or macvtap to create
-    mac: str | None  # macvtap: the guest's MAC; tap: None (a random fe:… host-side MAC)
+    mac: str | None  # the guest's MAC when known (--mac, --guest); macvtap needs it
     bridge: str | None  # bridge and vxlan modes
     vxlan: str | None  # vxlan mode
     vlan: int | None
@@ -108,8 +108,8 @@ def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
         return Endpoint(network, binding, host, mtu, ifname, mac, None, None, vlan)
     if binding.mode == "vxlan":
         assert network.vni is not None
-        return Endpoint(network, binding, host, mtu, ifname, None,
+        return Endpoint(network, binding, host, mtu, ifname, mac,
                         names.vxlan_bridge_name(network.vni, binding.bridge),
                         names.vxlan_name(network.vni), None)
-    return Endpoint(network, binding, host, mtu, ifname, None,
+    return Endpoint(network, binding, host, mtu, ifname, mac,
                     names.bridge_name(binding.uplink, binding.bridge), None, vlan)

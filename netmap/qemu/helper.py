@@ -164,6 +164,7 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
         tun_features,
         wait_and_delete,
     )
+    from netmap.plan import host_side_mac
 
     if endpoint.host.netns:
         enter_netns(endpoint.host.netns)
@@ -194,7 +195,10 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
                 bridge_index = _bridge_for(ipr, endpoint, created)
                 vnet = use_vnet and bool(tun_features() & IFF_VNET_HDR)
                 fd = open_tap(endpoint.ifname, vnet_hdr=vnet)
-                attach_tap(ipr, endpoint.ifname, bridge_index, endpoint.mtu, random_tap_mac())
+                # the guest's MAC with fe: as realize (plan.host_side_mac) when known
+                mac = host_side_mac(endpoint.mac) if endpoint.mac else random_tap_mac()
+                tap = attach_tap(ipr, endpoint.ifname, bridge_index, endpoint.mtu, mac)
+                _tap_vlan(ipr, endpoint, bridge_index, tap)
             try:
                 send_fd(sock, fd)
             except OSError as err:
@@ -216,33 +220,37 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
 
 def _bridge_for(ipr: IPRoute, endpoint: Endpoint, created: list[str]) -> int:
     """The bridge the tap joins, ensured as realize would make it; records what it made."""
-    from netmap.netlink.tapfd import (
-        ensure_bridge,
-        ensure_vlan,
-        ensure_vxlan,
-        find_link,
-        require_link,
-    )
+    from netmap.netlink.tapfd import ensure_bridge, ensure_vxlan, find_link, require_link
 
     assert endpoint.bridge is not None
     index = find_link(ipr, endpoint.bridge)
     if index is not None:
-        return ensure_bridge(ipr, endpoint.bridge, None)[0]
+        return ensure_bridge(ipr, endpoint.bridge, None, mtu=endpoint.mtu)[0]
     binding = endpoint.binding
     if endpoint.vxlan is not None:
         assert endpoint.network.vni is not None
         port, made = ensure_vxlan(ipr, endpoint.vxlan, endpoint.network.vni, binding.uplink,
                                   binding.vxlan, endpoint.mtu)
         created += [endpoint.vxlan] if made else []
-    elif endpoint.vlan is not None:
-        name = f"{binding.uplink}.{endpoint.vlan}"
-        port, made = ensure_vlan(ipr, binding.uplink, endpoint.vlan, name)
-        created += [name] if made else []
     else:
         port = require_link(ipr, binding.uplink, "uplink")
-    index, made = ensure_bridge(ipr, endpoint.bridge, port)
+    index, made = ensure_bridge(ipr, endpoint.bridge, port, mtu=endpoint.mtu,
+                                vlan=endpoint.vlan)
     created += [endpoint.bridge] if made else []
     return index
+
+
+def _tap_vlan(ipr: IPRoute, endpoint: Endpoint, bridge: int, tap: int) -> None:
+    """Bridge mode with a VLAN: the tap is an access port of it (realize's BridgeVlan)."""
+    from netmap.netlink.tapfd import filters_vlans, set_access_vlan
+
+    if endpoint.vlan is None:
+        return
+    if not filters_vlans(ipr, bridge):
+        raise ApplyError(f"bridge {endpoint.bridge} does not filter VLANs, so the tap would "
+                         f"not be on network {endpoint.network.name}'s VLAN {endpoint.vlan}",
+                         fix="let 'netmap realize' prepare the bridge (vlan_filtering)")
+    set_access_vlan(ipr, tap, endpoint.vlan)
 
 
 def describe(endpoint: Endpoint) -> str:
