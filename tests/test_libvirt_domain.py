@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import CORPUS, EXAMPLE_MAPPINGS
 
 from netmap.cli import main as cli_main
 from netmap.errors import InputError
 from netmap.libvirt.domain import guest_from_domain_file, import_domain
 from netmap.libvirt.xmlsafe import parse_untrusted, read_untrusted
 from netmap.load import load_fleet
-from tests.conftest import CORPUS, EXAMPLE_MAPPINGS
 
 DOMAINS = sorted((CORPUS / "domain").glob("*.xml")) if CORPUS.is_dir() else []
 # libvirt's own tests expect these to be refused (names ending in -fail / -incorrect)

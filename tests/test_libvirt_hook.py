@@ -12,9 +12,9 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
+from conftest import EXAMPLE_MAPPINGS, REPO
 
 from netmap.cli import main as cli_main
-from tests.conftest import EXAMPLE_MAPPINGS, REPO
 
 # vm1 as `virsh dumpxml vm1` shows it on host-a: prod as a macvtap in vepa mode on eth0,
 # storage as a VF from host-a's pool network. Plenty of guest-visible detail that libvirt's
@@ -301,3 +301,28 @@ def test_the_comparison_itself_catches_guest_visible_or_byte_changes(old: bytes,
     assert changed != VM1_ON_HOST_A
     with pytest.raises(AssertionError):
         assert_only_sources_differ(VM1_ON_HOST_A, changed)
+
+
+def test_domain_that_differs_from_the_guest_file_is_checked_as_it_runs() -> None:
+    # vm1.toml lists two NICs; the running domain lost its storage leg: prod alone is
+    # checked (and host-c, which lacks storage, becomes possible), with a warning.
+    start = VM1_ON_HOST_A.index(b"    <interface type='network'>")
+    end = VM1_ON_HOST_A.index(b"    <interface type='user'>")
+    one_nic = VM1_ON_HOST_A[:start] + VM1_ON_HOST_A[end:]
+    result = run_hook(["vm1", "migrate", "begin", "-"], one_nic, host="host-c")
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"differ from" in result.stderr and b"52:54:00:12:34:57 on storage" in result.stderr
+    assert source_attrs(result.stdout)[0] == ("direct", {"dev": "ens1f0", "mode": "bridge"})
+
+
+def test_logical_network_name_becomes_the_destination_pool() -> None:
+    # <source network='storage'/> names the logical network; host-b serves it from its
+    # PF's VF pool, so the tag gains the pool's name and a portgroup, in the same quotes.
+    xml = VM1_ON_HOST_A.replace(b"<source network='netmap-vf-eno1' portgroup='storage'/>",
+                                b"<source network='storage'/>")
+    result = run_hook(["vm1", "migrate", "begin", "-"], xml)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"<source network='netmap-vf-ens1f0' portgroup='storage'/>" in result.stdout
+    assert masked_canonical(xml) == masked_canonical(result.stdout)
+    assert xml.replace(b"<source network='storage'/>", b"").replace(b"eth0", b"eno2") == (
+        result.stdout.replace(b"<source network='netmap-vf-ens1f0' portgroup='storage'/>", b""))

@@ -9,6 +9,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
+from conftest import EXAMPLE_MAPPINGS
 
 from netmap.cli import main as cli_main
 from netmap.libvirt import NAMESPACE
@@ -16,7 +17,6 @@ from netmap.libvirt.domain import import_domain
 from netmap.libvirt.networks import host_networks, libvirt_network_for
 from netmap.libvirt.xmlsafe import parse_untrusted
 from netmap.load import load_fleet
-from tests.conftest import EXAMPLE_MAPPINGS
 
 HAS_VALIDATOR = bool(shutil.which("virt-xml-validate") and shutil.which("xmllint"))
 needs_validator = pytest.mark.skipif(

@@ -108,6 +108,14 @@ def _migrate_begin(guest_arg: str, data: bytes, mappings: str | None, host_name:
     for finding in imported.findings:
         if finding not in refusing and finding.severity == WARNING:
             messages.append(f"netmap: warning: {finding.message}")
+    if known is not None:
+        declared = {nic.mac: nic.network for nic in known.nics}
+        running = {nic.mac: nic.network for nic in guest.nics}
+        if declared != running:
+            # the running domain is what migrates; the guest file is only what was planned
+            messages.append(f"netmap: warning: the domain's NICs {_nics(running)} differ "
+                            f"from {known.source or 'the guest file'} {_nics(declared)}; "
+                            "checked the domain's")
     if refusing:
         return _refuse(guest.name, this.name, refusing, messages, 2)
     source = imported.source_host
@@ -123,6 +131,10 @@ def _migrate_begin(guest_arg: str, data: bytes, mappings: str | None, host_name:
     if problems:
         return _refuse(guest.name, this.name, problems, messages, 1)
     return HookResult(0, apply_rewrites(doc, rewrites), messages)
+
+
+def _nics(nics: dict[str, str]) -> str:
+    return "(" + ", ".join(f"{mac} on {net}" for mac, net in sorted(nics.items())) + ")"
 
 
 def _refuse(guest: str, host: str, findings, messages: list[str], code: int) -> HookResult:

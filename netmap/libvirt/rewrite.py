@@ -78,8 +78,8 @@ def _wanted_source(iface: Interface, binding: Binding, before: Binding | None, d
                           f"{iface.type} interface cannot use")
         name, portgroup = libvirt_network_for(dest, iface.network)
         attrs = {"network": name}
-        if portgroup or "portgroup" in iface.source:
-            attrs["portgroup"] = portgroup or iface.network
+        if portgroup:  # a VF pool: the portgroup says which network (and VLAN)
+            attrs["portgroup"] = portgroup
         return ("network", attrs), ""
     if binding.mode in ("bridge", "vxlan"):
         if binding.mode == "bridge":
