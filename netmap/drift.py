@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from netmap.check import ERROR, INFO, WARNING, Finding
-from netmap.drift_links import LinkDrift
+from netmap.drift_bindings import BindingDrift
 from netmap.inventory import Inventory, is_netmap_endpoint
 from netmap.model import MACVTAP_MODES, Host, Network
 
@@ -89,7 +89,7 @@ class DriftReport:
                 "uplinks": self.uplinks, "findings": [f.as_dict() for f in self.findings]}
 
 
-class _Drift(LinkDrift):
+class _Drift(BindingDrift):
     """Adds what is not about links: kernel features, and what netmap's state recorded."""
 
     def check_features(self) -> None:

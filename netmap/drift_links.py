@@ -7,8 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from netmap import names
-from netmap.check import ERROR, INFO, WARNING, Finding
-from netmap.graph import effective_mtu
+from netmap.check import ERROR, WARNING, Finding
 from netmap.inventory import UPLINK_KINDS, Interface, Inventory
 from netmap.model import Binding, Host, Network, Uplink
 
@@ -199,84 +198,3 @@ class LinkDrift:
                      "guests; check would admit guests that cannot get one.",
                      f"free those VFs, or set total_vfs = {max(available, 1)} in "
                      f"[uplinks.{uplink.name}] of {self.mapping}")
-
-    # --- bindings -----------------------------------------------------------------------
-
-    def check_bridge(self, binding: Binding, bridge: str, uplink: Interface | None,
-                     network: Network | None) -> None:
-        live = self.inv.get(bridge)
-        if live is None:
-            waiting = [t.name for t in self.tracked if t.bridge == bridge]
-            self.add("BRIDGE_MISSING", ERROR if waiting else INFO,
-                     f"bridge {bridge} of network {binding.network} does not exist"
-                     + (f"; netmap's taps {', '.join(waiting)} lost their switch."
-                        if waiting else "; realize creates it with the first guest."),
-                     f"realize a guest on {binding.network} again to rebuild it"
-                     if waiting else "none needed")
-            return
-        if live.kind != "bridge":
-            self.add("BRIDGE_NOT_A_BRIDGE", ERROR,
-                     f"{bridge}, the bridge of network {binding.network}, exists but is a "
-                     f"{live.kind}.",
-                     f'remove {bridge} or set bridge = "…" in [networks.{binding.network}]')
-            return
-        if binding.mode == "bridge" and uplink is not None and uplink.master != bridge:
-            strangers = [p.name for p in self.inv.ports_of(bridge) if p.kind in UPLINK_KINDS]
-            attached = [p.name for p in self.inv.ports_of(bridge) if p.kind in ("tap", "tun")]
-            if strangers:
-                self.add("BRIDGE_WRONG_UPLINK", ERROR,
-                         f"bridge {bridge} of network {binding.network} enslaves "
-                         f"{', '.join(strangers)}, not uplink {uplink.name}; its guests reach "
-                         "another segment.",
-                         f"'ip link set {strangers[0]} nomaster; ip link set {uplink.name} "
-                         f"master {bridge}', or fix uplink in [networks.{binding.network}]")
-            else:
-                self.add("BRIDGE_UPLINK_DETACHED", ERROR if attached else WARNING,
-                         f"bridge {bridge} of network {binding.network} has no uplink port"
-                         + (f"; {', '.join(attached)} reach nothing beyond this host."
-                            if attached else "."),
-                         f"'ip link set {uplink.name} master {bridge}'")
-        if network is not None:
-            need, _ = effective_mtu(network, binding, self.host)
-            if live.mtu < need:
-                self.add("BRIDGE_MTU_LOW", ERROR,
-                         f"bridge {bridge} has MTU {live.mtu}; network {binding.network} gives "
-                         f"guests {need} here, so larger frames are dropped.",
-                         f"'ip link set {bridge} mtu {need}' after raising its ports' MTU")
-
-    def check_vxlan(self, binding: Binding, network: Network, uplink: Interface | None) -> None:
-        assert network.vni is not None
-        device = names.vxlan_name(network.vni)
-        bridge = names.vxlan_bridge_name(network.vni, binding.bridge)
-        live = self.inv.get(device)
-        if live is not None:
-            wrong = []
-            if live.kind != "vxlan":
-                wrong.append(f"is a {live.kind}")
-            elif live.vni != network.vni:
-                wrong.append(f"carries VNI {live.vni}")
-            if uplink is not None and live.kind == "vxlan" and live.lower not in (None,
-                                                                                  uplink.name):
-                wrong.append(f"runs over {live.lower}, not {uplink.name}")
-            if wrong:
-                self.add("VXLAN_MISMATCH", ERROR,
-                         f"{device}, the vxlan device of network {binding.network} (VNI "
-                         f"{network.vni}), {' and '.join(wrong)}.",
-                         f"remove {device} ('ip link del {device}') and realize again")
-            elif live.master != bridge:
-                self.add("VXLAN_DETACHED", ERROR,
-                         f"{device} is not a port of {bridge}; guests on {binding.network} "
-                         "reach no other host.", f"'ip link set {device} master {bridge}'")
-        if live is not None or self.inv.get(bridge) is not None:
-            self.check_bridge(binding, bridge, uplink, network)
-
-    def check_binding(self, binding: Binding) -> None:
-        uplink = self.live.get(binding.uplink)
-        network = self.networks.get(binding.network)
-        if binding.mode == "bridge":
-            self.check_bridge(binding, names.bridge_name(binding.uplink, binding.bridge),
-                              uplink, network)
-        elif binding.mode == "vxlan" and network is not None and network.vni is not None:
-            self.check_vxlan(binding, network, uplink)
-
-    # --- features and state ---------------------------------------------------------------

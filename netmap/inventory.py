@@ -51,6 +51,7 @@ class Interface:
     altnames: tuple[str, ...] = ()
     parent: str | None = None  # bus address of the device behind it, e.g. PCI 0000:3b:00.0
     peer_elsewhere: bool = False  # veth whose peer lives in another namespace
+    addresses: tuple[str, ...] = ()  # global-scope "address/prefix": a vxlan underlay's source
 
     @property
     def running(self) -> bool:
@@ -84,6 +85,8 @@ class Interface:
         data.update({key: value for key, value in optional.items() if value is not None})
         if self.altnames:
             data["altnames"] = list(self.altnames)
+        if self.addresses:
+            data["addresses"] = list(self.addresses)
         return data
 
 

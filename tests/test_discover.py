@@ -52,6 +52,8 @@ def zoo(netns_factory) -> str:
         "tuntap add tp0 mode tap", "tuntap add tn0 mode tun",
         "link set tp0 master br-up0",
         "link property add dev up0 altname uplink-zero",
+        "address add 10.250.9.1/24 dev up0",
+        "address add 2001:db8::1/64 dev up0",
     ])
     done = subprocess.run(["ip", "-n", ns, "-force", "-batch", "-"], input=batch + "\n",
                           text=True, capture_output=True, check=False)
@@ -85,6 +87,9 @@ def test_kinds_relations_and_state_match_iproute2(zoo: str) -> None:
         "vxlan", 5001, 4790, "239.1.1.1", "up0", "br-up0")
     assert (kinds["tp0"], kinds["tn0"]) == ("tap", "tun")
     assert links["up0"].altnames == ("uplink-zero",)
+    # global addresses only: not lo's 127.0.0.1 (host scope) nor fe80:: (link scope)
+    assert set(links["up0"].addresses) == {"10.250.9.1/24", "2001:db8::1/64"}
+    assert links["lo"].addresses == ()
     assert inventory.by_altname("uplink-zero") is links["up0"]
     assert links["up0"].running and links["up0"].carrier is True
     assert not links["lonely"].running and links["lonely"].carrier is False

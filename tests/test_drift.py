@@ -212,7 +212,9 @@ def test_vxlan_device_with_another_vni_or_underlay(tmp_path: Path) -> None:
     text = HOST + '\n[networks.tenant-blue]\nmode = "vxlan"\nuplink = "eth0"\n'
     host = host_from(tmp_path, text)
     good = {"vx5001": link(10, "vx5001", "vxlan", vni=5001, lower="eth0", master="brvx5001"),
-            "brvx5001": link(11, "brvx5001", "bridge")}
+            "brvx5001": link(11, "brvx5001", "bridge"),
+            "eth0": link(2, "eth0", mtu=9000, mac="52:54:00:00:00:01",
+                         addresses=("10.250.0.1/24",))}
     assert not drift_report(host, healthy(links=good), networks=NETWORKS).drifted
     wrong = dict(good, vx5001=link(10, "vx5001", "vxlan", vni=7, lower="eth1",
                                    master="brvx5001"))
@@ -373,3 +375,20 @@ def test_foreign_macvlans_block_a_bridge_or_passthrough_uplink(tmp_path: Path) -
     assert len(busy) == 1 and "mv-dock" in busy[0].message and "mgmt" in busy[0].message
     # netmap's own macvtap on eth0 (prod, vepa) is what the mapping asks for: no finding
     assert not any(mine in f.message for f in found)
+
+
+def test_vxlan_underlay_needs_an_address_and_the_declared_local_one(tmp_path: Path) -> None:
+    text = HOST + ('\n[networks.tenant-blue]\nmode = "vxlan"\nuplink = "eth0"\n'
+                   'vxlan = { local = "10.250.0.1", group = "239.1.1.1" }\n')
+    host = host_from(tmp_path, text)
+    bare = healthy()
+    assert codes(drift_findings(host, bare, networks=NETWORKS))[
+        "VXLAN_NO_UNDERLAY_ADDRESS"] == ERROR
+    other = healthy(links={"eth0": link(2, "eth0", mtu=9000, mac="52:54:00:00:00:01",
+                                        addresses=("10.250.0.7/24",))})
+    finding = next(f for f in drift_findings(host, other, networks=NETWORKS)
+                   if f.code == "VXLAN_LOCAL_MISSING")
+    assert "10.250.0.1" in finding.message and "10.250.0.7/24" in finding.message
+    right = healthy(links={"eth0": link(2, "eth0", mtu=9000, mac="52:54:00:00:00:01",
+                                        addresses=("10.250.0.1/24",))})
+    assert not drift_report(host, right, networks=NETWORKS).drifted

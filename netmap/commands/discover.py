@@ -123,6 +123,8 @@ def _link_text(link: Interface) -> RenderableType:
     else:
         state = "admin down" if not link.admin_up else f"{link.oper_state}, no carrier"
         text.append(f"  {state}", style="red" if link.kind != "loopback" else "dim")
+    if link.addresses:
+        text.append(f"  {' '.join(link.addresses)}", style="cyan")
     if link.altnames:
         text.append(f"  altnames {', '.join(link.altnames)}", style="dim")
     if link.parent:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 from netmap.inventory import PHYSICAL, Interface, Inventory, SriovPf, VirtualFunctionUse
 from netmap.netlink import sysfs
-from netmap.netlink.linkdump import dump_links, netns_path, open_route_socket
+from netmap.netlink.linkdump import dump_addresses, dump_links, netns_path, open_route_socket
 
-__all__ = ["discover", "dump_links", "netns_path", "open_route_socket", "read_features",
-           "read_sriov"]
+__all__ = ["discover", "dump_addresses", "dump_links", "netns_path", "open_route_socket",
+           "read_features", "read_sriov"]
 
 # --- sysfs and /dev ---------------------------------------------------------------------------
 
@@ -86,8 +87,11 @@ def discover(netns: str | None = None, *, sysfs_root: str | Path | None = None,
     sock = open_route_socket(netns)
     try:
         links = dump_links(sock)
+        addresses = dump_addresses(sock)
     finally:
         sock.close()
+    links = [replace(link, addresses=addresses[link.index]) if link.index in addresses
+             else link for link in links]
     explicit_root = sysfs_root is not None or bool(os.environ.get("NETMAP_SYSFS"))
     # The machine's own /sys lists the root namespace's links: reading it for a namespace's
     # link of the same name would describe another device.

@@ -15,13 +15,19 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from netmap.errors import InputError
 from netmap.inventory import PHYSICAL, Interface
 
+T = TypeVar("T")
+
 NETLINK_ROUTE = 0
-RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 18, 20, 22
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+RT_SCOPE_UNIVERSE, RT_SCOPE_SITE = 0, 200
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 DUMP_ATTEMPTS = 5
@@ -49,6 +55,7 @@ MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "sourc
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
+_IFADDRMSG = struct.Struct("=BBBBI")
 _RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _BE16 = struct.Struct("!H")
@@ -114,6 +121,12 @@ def _dump_request(seq: int) -> bytes:
     ext_mask = _RTATTR.pack(8, IFLA_EXT_MASK) + _U32.pack(RTEXT_FILTER_SKIP_STATS)
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + ext_mask
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK,
+                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def _addr_request(seq: int) -> bytes:
+    body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETADDR,
                           NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
@@ -254,15 +267,42 @@ def dump_links(sock: socket.socket) -> list[Interface]:
     NLM_F_DUMP_INTR and the result may hold stale or missing links; then dump again.
     """
     for attempt in range(1, DUMP_ATTEMPTS + 1):
-        raw, interrupted = _dump_once(sock, attempt)
+        raw, interrupted = _dump_once(sock, _dump_request(attempt), attempt, RTM_NEWLINK,
+                                      _parse_link)
         if not interrupted:
             break
     return _resolve(raw)
 
 
-def _dump_once(sock: socket.socket, seq: int) -> tuple[list[_RawLink], bool]:
-    sock.send(_dump_request(seq))
-    raw: list[_RawLink] = []
+def dump_addresses(sock: socket.socket) -> dict[int, tuple[str, ...]]:
+    """ifindex -> its global-scope addresses as "address/prefix" (what a vxlan underlay
+    needs to send from); host- and link-scope addresses are left out."""
+    for attempt in range(1, DUMP_ATTEMPTS + 1):
+        raw, interrupted = _dump_once(sock, _addr_request(attempt), attempt, RTM_NEWADDR,
+                                      _parse_address)
+        if not interrupted:
+            break
+    out: dict[int, list[str]] = {}
+    for index, address in raw:
+        if address:
+            out.setdefault(index, []).append(address)
+    return {index: tuple(found) for index, found in out.items()}
+
+
+def _parse_address(buf: bytes, offset: int, end: int) -> tuple[int, str | None]:
+    _family, prefix, _flags, scope, index = _IFADDRMSG.unpack_from(buf, offset)
+    if scope not in (RT_SCOPE_UNIVERSE, RT_SCOPE_SITE):
+        return index, None
+    attrs = _attrs(buf, offset + _IFADDRMSG.size, end)
+    # IFA_LOCAL is the interface's own address; IFA_ADDRESS the peer's on point-to-point
+    address = _address(buf, attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS))
+    return index, f"{address}/{prefix}" if address else None
+
+
+def _dump_once(sock: socket.socket, request: bytes, seq: int, wanted: int,
+               parse: Callable[[bytes, int, int], T]) -> tuple[list[T], bool]:
+    sock.send(request)
+    raw: list[T] = []
     interrupted = False
     buffer = bytearray(_RECV_BUFFER)
     view = memoryview(buffer)
@@ -283,9 +323,9 @@ def _dump_once(sock: socket.socket, seq: int) -> tuple[list[_RawLink], bool]:
                 if msg_type == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", chunk, offset + _NLMSGHDR.size)[0]
                     if code:
-                        raise OSError(code, f"RTM_GETLINK dump failed: {os.strerror(code)}")
-                elif msg_type == RTM_NEWLINK and length >= _HEADER:
-                    raw.append(_parse_link(chunk, offset + _NLMSGHDR.size, offset + length))
+                        raise OSError(code, f"netlink dump failed: {os.strerror(code)}")
+                elif msg_type == wanted and length >= _HEADER:
+                    raw.append(parse(chunk, offset + _NLMSGHDR.size, offset + length))
             offset += (length + 3) & ~3
     return raw, interrupted
 
