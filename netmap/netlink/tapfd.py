@@ -6,9 +6,10 @@ caller can undo exactly what it made when a later step fails. A tap opened from
 /dev/net/tun without TUNSETPERSIST lives as long as its last fd: when QEMU exits, the kernel
 removes it, and a failed helper leaves nothing by closing the fd.
 
-TODO(merge): ensure_bridge/ensure_vxlan/ensure_vlan duplicate the minimum of what
-netmap/netlink/endpoints.py (issue 3) builds for realize; once that module settles, call
-its ensure-style functions here so both paths build identical bridges.
+Bridges take realize's parameters (netmap/plan.py: ageing, VLAN filtering, host-side MAC).
+TODO(merge): the ensure_* here re-implement in pyroute2 what ensure.Transaction does for
+realize; that transaction is bound to realize's per-guest state, so sharing it needs a
+state-free entry point for shared steps (bridge, port, vxlan, VLAN link) there.
 """
 
 from __future__ import annotations
@@ -59,12 +60,8 @@ def _os_error(what: str) -> ApplyError:
 # --- namespaces ----------------------------------------------------------------------------
 
 def enter_netns(name: str) -> None:
-    """Move this process into the named network namespace (`ip netns` layout), for good.
-
-    The helper is a short-lived process of its own, so switching it whole is simpler and
-    safer than switching threads back and forth: everything it opens from now on (the tun
-    fd, netlink sockets) belongs to the host's namespace.
-    """
+    """Move this short-lived process into the named network namespace, for good: all it
+    opens from now on (the tun fd, netlink sockets) belongs to the host's namespace."""
     path = os.path.join(NETNS_DIR, name)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -83,12 +80,8 @@ def enter_netns(name: str) -> None:
 
 
 def private_sysfs() -> None:
-    """Give this process its own mount namespace with a sysfs of its network namespace.
-
-    /sys shows the devices of the namespace that mounted it; a macvtap's char device number
-    is only readable through a sysfs mounted from inside its namespace (as `ip netns exec`
-    does). The mount namespace is private to this process and dies with it.
-    """
+    """A private mount namespace with the sysfs of this network namespace (as `ip netns
+    exec` does): a macvtap's char device number is only visible there."""
     ms_rec, ms_private = 0x4000, 0x40000
     if _libc.unshare(CLONE_NEWNS) != 0:
         raise _os_error("unshare(CLONE_NEWNS)")
