@@ -256,3 +256,24 @@ def test_import_command_bad_input_exits_2(mappings: Path, tmp_path: Path, capsys
     assert cli_main(["--mappings", str(mappings), "import", str(domain)]) == 2
     err = capsys.readouterr().err
     assert f"{domain}:1: has a DOCTYPE" in err and "Traceback" not in err
+
+
+def test_hostdev_vf_maps_by_its_vlan_when_one_network_has_it(fleet) -> None:
+    vf = ("<interface type='hostdev' managed='yes'><mac address='52:54:00:00:20:01'/>"
+          "<source><address type='pci' domain='0x0000' bus='0x06' slot='0x10' "
+          "function='0x2'/></source><vlan><tag id='{vlan}'/></vlan></interface>")
+    result = _import(fleet, _interfaces(vf.format(vlan=200)), host="host-a")
+    assert [n.network for n in result.guest.nics] == ["storage"]
+    assert result.interfaces[0].how == "a VF with VLAN 200 on host-a"
+    result = _import(fleet, _interfaces(vf.format(vlan=201)), host="host-a")
+    assert not result.guest.nics
+    assert "no network on a VF with VLAN 201" in result.findings[0].message
+
+
+def test_import_command_on_a_refused_corpus_file_exits_2(mappings: Path, capsys) -> None:
+    if not DOMAINS:
+        pytest.skip(f"libvirt corpus not found at {CORPUS}")
+    path = CORPUS / "domain" / "net-hostdev-fail.xml"
+    assert cli_main(["--mappings", str(mappings), "import", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert "[INTERFACE_INVALID]" in out and "<filterref> is not supported on type hostdev" in out

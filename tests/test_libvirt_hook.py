@@ -326,3 +326,14 @@ def test_logical_network_name_becomes_the_destination_pool() -> None:
     assert masked_canonical(xml) == masked_canonical(result.stdout)
     assert xml.replace(b"<source network='storage'/>", b"").replace(b"eth0", b"eno2") == (
         result.stdout.replace(b"<source network='netmap-vf-ens1f0' portgroup='storage'/>", b""))
+
+
+def test_vf_by_pci_address_cannot_follow_the_guest() -> None:
+    xml = VM1_ON_HOST_A.replace(
+        b"<interface type='network'>", b"<interface type='hostdev' managed='yes'>").replace(
+        b"<source network='netmap-vf-eno1' portgroup='storage'/>",
+        b"<source><address type='pci' domain='0x0000' bus='0x06' slot='0x10' function='0x2'/>"
+        b"</source><vlan><tag id='200'/></vlan>")
+    result = run_hook(["vm1", "migrate", "begin", "-"], xml)
+    assert result.returncode == 1 and result.stdout == b""
+    assert b"[CANNOT_REWRITE]" in result.stderr and b"PCI address" in result.stderr

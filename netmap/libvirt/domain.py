@@ -156,6 +156,15 @@ def _resolve(iface: Interface, host: Host | None,
         bridge = src.get("bridge", "")
         exact = [b for b in bindings if _bridge_of(b, networks) == bridge]
         what = f"bridge {bridge!r}"
+    elif iface.type == "hostdev":
+        # A PCI address does not say which PF it belongs to without the host's sysfs; the
+        # VLAN the VF is given does, when one SR-IOV network alone has it.
+        exact = [b for b in bindings if b.mode == "sriov-vf" and b.vf_attach == "hostdev"
+                 and _vlan_of(b, networks) == iface.vlan]
+        what = f"a VF with VLAN {iface.vlan}" if iface.vlan else "an untagged VF"
+        if len(exact) > 1:
+            return None, "", (f"{what} fits {', '.join(b.network for b in exact)} on "
+                              f"{host.name}; netmap cannot tell which")
     else:
         return None, "", f"type {iface.type} names no network netmap can look up"
     if len(exact) > 1 and iface.vlan is not None:
@@ -189,7 +198,7 @@ def _bridge_of(binding: Binding, networks: dict[str, Network]) -> str | None:
 
 def _needs_host(iface: Interface, networks: dict[str, Network],
                 by_mac: dict[str, dict[str, str]]) -> bool:
-    if iface.mac in by_mac or iface.type not in ("network", "bridge", "direct"):
+    if iface.mac in by_mac or iface.type not in ("network", "bridge", "direct", "hostdev"):
         return False
     return not (iface.type == "network" and iface.source.get("network") in networks)
 

@@ -52,7 +52,8 @@ def plan_rewrites(imported: DomainImport, fleet: Fleet, source: str | None,
 
 
 _HINT = ("bind the network the same way on both hosts, or describe the NIC as "
-         "<interface type='network'> on a network from 'netmap libvirt-networks'")
+         "<interface type='network'> on a network from 'netmap libvirt-networks' (a VF "
+         "pool for SR-IOV), which every host resolves for itself")
 
 
 def _is_vf(binding: Binding | None) -> bool:
@@ -62,10 +63,10 @@ def _is_vf(binding: Binding | None) -> bool:
 def _wanted_source(iface: Interface, binding: Binding, before: Binding | None, dest: Host,
                    fleet: Fleet) -> tuple[tuple[str, dict[str, str]] | None, str]:
     """(interface type, source attributes) on the destination, or why it cannot be."""
+    if iface.type == "hostdev":
+        return None, ("a VF given by its PCI address on the source host cannot follow the "
+                      f"guest: {dest.name}'s VFs have other addresses")
     if iface.type not in ("direct", "bridge", "network"):
-        if iface.type == "hostdev" and binding.mode != "sriov-vf":
-            return None, (f"a VF passed through by PCI address, but {dest.name} realizes "
-                          f"{iface.network} as {binding.mode}")
         return None, ""  # ethernet, vhostuser, vdpa: nothing host-side netmap can name
     if _is_vf(before) != _is_vf(binding) and iface.type == "network":
         return None, (f"{iface.network} is "
