@@ -392,3 +392,18 @@ def test_vxlan_underlay_needs_an_address_and_the_declared_local_one(tmp_path: Pa
     right = healthy(links={"eth0": link(2, "eth0", mtu=9000, mac="52:54:00:00:00:01",
                                         addresses=("10.250.0.1/24",))})
     assert not drift_report(host, right, networks=NETWORKS).drifted
+
+
+@needs_netns
+def test_drift_of_this_host_by_netmap_host(lab_factory, tmp_path: Path, capsys,
+                                           monkeypatch) -> None:
+    lab, mappings = lab_factory("nmB", ["host-b"])
+    sysfs, dev = lab_sysfs(tmp_path)
+    monkeypatch.setenv("NETMAP_HOST", "host-b")
+    argv = ["--mappings", str(mappings), "drift", "--sysfs-root", str(sysfs),
+            "--dev-root", str(dev), "--state-dir", str(tmp_path / "state"), "--json"]
+    assert main(argv) == 1  # host-b's PF is ens1f0, the fake tree only has eno1
+    report = json.loads(capsys.readouterr().out)
+    assert report["host"] == "host-b" and report["netns"] == lab.hosts["host-b"]
+    assert [f["code"] for f in report["findings"] if f["severity"] == ERROR] == [
+        "SRIOV_MISSING"]

@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
     from netmap.drift import DriftReport
     from netmap.inventory import Interface, Inventory
+    from netmap.model import Host
 
 
 def _add_sources(parser: argparse.ArgumentParser) -> None:
@@ -195,29 +197,46 @@ def _configure_drift(parser: argparse.ArgumentParser) -> None:
     add_json(parser)
 
 
-def _drift(args: argparse.Namespace) -> int:
+def live_drift(host: Host, networks: dict, *, netns: str | None = None,
+               state_dir: str | None = None, sysfs_root: str | None = None,
+               dev_root: str = "/dev") -> DriftReport:
+    """Discover this host (or `netns`, else the mapping's netns) and compare it with `host`'s
+    mapping and netmap's state: what `netmap drift` prints, for `check --live` to fold in."""
     from netmap.drift import drift_report
-    from netmap.load import require_host
+    from netmap.netlink.discover import discover
     from netmap.state import HostState
+
+    where = netns or host.netns
+    try:
+        inventory = discover(where, sysfs_root=sysfs_root, dev_root=dev_root,
+                             hostname=host.name)
+    except PermissionError as err:
+        raise InputError(f"cannot read the links of {where or 'this host'}: {err}",
+                         fix="run as root (entering a network namespace needs "
+                         "CAP_SYS_ADMIN)") from err
+    state = HostState.load(host.name, state_dir)
+    return drift_report(host, inventory, state, networks=networks)
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from netmap.load import require_host
 
     fleet, _graph = load(args)
     if args.host or args.host_option:
         host = require_host(fleet, args.host or args.host_option)
     else:
         host = this_host(args, fleet)
-    netns = args.netns or host.netns
-    inventory = _read(args, netns, host.name)
-    state = HostState.load(host.name, args.state_dir)
-    report = drift_report(host, inventory, state, networks=fleet.networks)
-    if netns is None and host.name != socket.gethostname() and not os.environ.get("NETMAP_HOST"):
+    report = live_drift(host, fleet.networks, netns=args.netns, state_dir=args.state_dir,
+                        sysfs_root=args.sysfs_root, dev_root=args.dev_root)
+    here = socket.gethostname()
+    if report.netns is None and host.name != here and not os.environ.get("NETMAP_HOST"):
         from netmap.check import INFO, Finding
 
         note = Finding("HOST_NOT_HERE", INFO, None,
-                       f"compared {host.name}'s mapping with this machine "
-                       f"({socket.gethostname()}), which is not named {host.name}.",
+                       f"compared {host.name}'s mapping with this machine ({here}), which "
+                       f"is not named {host.name}.",
                        f"run 'netmap drift {host.name}' on {host.name} itself")
-        report = type(report)(report.host, report.netns, report.uplinks,
-                              (note, *report.findings))
+        report = replace(report, findings=(note, *report.findings))
     if args.json:
         print_json(report.as_dict())
     else:
