@@ -290,6 +290,7 @@ class Transaction:
         if isinstance(step, p.EnsureBridge):
             k.call(rtnl.new_link(step.name, "bridge", mtu=step.mtu,
                                  data=rtnl.bridge_data(step.ageing, step.vlan_filtering)))
+            k.call(rtnl.no_ipv6(step.name))
         elif isinstance(step, p.EnslavePort):
             k.call(rtnl.set_link(self.index(step.port), master=self.index(step.bridge)))
         elif isinstance(step, p.BridgeVlan):
@@ -305,6 +306,7 @@ class Transaction:
         elif isinstance(step, p.EnsureVxlan):
             k.call(rtnl.new_link(step.name, "vxlan", mtu=step.mtu, data=rtnl.vxlan_data(
                 step.vni, self.index(step.underlay), step.port, step.group, step.local)))
+            k.call(rtnl.no_ipv6(step.name))
             for remote in step.remotes:  # unicast peers: head-end replication FDB entries
                 self.pyroute().fdb("append", ifindex=self.index(step.name),
                                    lladdr="00:00:00:00:00:00", dst=remote)
@@ -356,12 +358,16 @@ class Transaction:
                                               lower=self.index(step.lower),
                                               data=rtnl.macvtap_data(step.mode)))
             sent.append(action)
-        errors = self.kernel.batch(requests)
+        macvtaps = [a.step.name for a in sent if isinstance(a.step, p.CreateMacvtap)]
+        # the requests after the creations: their errors only matter if creation worked
+        errors = self.kernel.batch(requests + [rtnl.no_ipv6(n) for n in macvtaps])
+        late = dict(zip(macvtaps, errors[len(requests):], strict=True))
         first: tuple[p.Step, OSError] | None = None
-        for action, error in zip(sent, errors, strict=True):
+        for action, error in zip(sent, errors, strict=False):
             if isinstance(action.step, p.CreateMacvtap) and error is None:
                 self._done(action, f"delete {action.step.name}",
                            lambda s=action.step: delete_quietly(self.kernel, s.name))
+                error = late[action.step.name]
             if error is not None and first is None:
                 first = (action.step, error)
         for action in taps:

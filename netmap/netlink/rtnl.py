@@ -113,7 +113,9 @@ def _cstr(payload: bytes) -> str:
 
 # IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE: NONE } }: the devices netmap makes are
 # L2 plumbing for guests; like os-vif (which disables IPv6 on its bridges) the host gets no
-# link-local address on them, so it neither talks on nor is reachable from guest segments.
+# link-local address on them, so it neither talks on nor is reachable from guest segments,
+# and a macvtap never sends DAD/MLD with the guest's MAC. The kernel accepts it only once
+# the device exists (EAFNOSUPPORT in the creating request): a set right after, pipelined.
 AF_INET6, IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 10, 8, 1
 NO_IPV6_ADDR = _attr(IFLA_AF_SPEC, _attr(AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE,
                                                          bytes([IN6_ADDR_GEN_MODE_NONE]))))
@@ -138,7 +140,7 @@ def new_link(name: str, kind: str, *, up: bool = True, mtu: int | None = None,
     if master:
         body += _u32(IFLA_MASTER, master)
     info = _str(IFLA_INFO_KIND, kind) + (_attr(IFLA_INFO_DATA, data) if data else b"")
-    return RTM_NEWLINK, F_CREATE | F_EXCL, body + _attr(IFLA_LINKINFO, info) + NO_IPV6_ADDR
+    return RTM_NEWLINK, F_CREATE | F_EXCL, body + _attr(IFLA_LINKINFO, info)
 
 
 def set_link(index: int, *, name: str | None = None, up: bool | None = None,
@@ -159,6 +161,10 @@ def set_link(index: int, *, name: str | None = None, up: bool | None = None,
     if kind:
         body += _attr(IFLA_LINKINFO, _str(IFLA_INFO_KIND, kind) + _attr(IFLA_INFO_DATA, data))
     return RTM_NEWLINK, 0, body
+
+
+def no_ipv6(name: str) -> tuple[int, int, bytes]:
+    return set_link(0, name=name, no_ipv6=True)
 
 
 def del_link(index: int = 0, name: str | None = None) -> tuple[int, int, bytes]:
