@@ -277,3 +277,14 @@ def test_import_command_on_a_refused_corpus_file_exits_2(mappings: Path, capsys)
     assert cli_main(["--mappings", str(mappings), "import", str(path)]) == 2
     out = capsys.readouterr().out
     assert "[INTERFACE_INVALID]" in out and "<filterref> is not supported on type hostdev" in out
+
+
+def test_macvtap_in_another_mode_than_the_mapping_maps_with_a_warning(fleet) -> None:
+    text = _interfaces("<interface type='direct'><mac address='52:54:00:00:30:01'/>"
+                       "<source dev='eth0.100' mode='bridge'/></interface>")
+    result = _import(fleet, text)
+    assert result.source_host == "host-a"
+    assert [n.network for n in result.guest.nics] == ["prod"]
+    (finding,) = result.findings
+    assert finding.code == "MODE_DIFFERS" and "runs macvtap mode bridge" in finding.message
+    assert "mode='vepa'" in finding.hint

@@ -118,9 +118,11 @@ def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: dict[st
                                  Source(doc.file, iface.line)))
             _check_vlan(iface, networks[iface.network], findings)
         mapped.append(iface)
-    guest_host = chosen if chosen is None or chosen in hosts else None
-    guest = Guest(name, guest_host, tuple(nics), Source(doc.file, doc.line(root)))
+    guest = Guest(name, chosen, tuple(nics), Source(doc.file, doc.line(root)))
     return DomainImport(guest, chosen, tuple(mapped), tuple(findings), doc)
+
+
+_LIBVIRT_MODE = {mode: libvirt for libvirt, mode in DIRECT_MODES.items()}
 
 
 # --- mapping ------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def _map(iface: Interface, by_mac: dict[str, dict[str, str]], networks: dict[str
             "MODE_DIFFERS", WARNING, None,
             f"{iface.label}: runs macvtap mode {mode}, but {host.name} binds {network} as "
             f"{binding.mode}; the check compares against the mapping.",
-            f"align the domain with the mapping (mode='{MACVTAP_MODES[binding.mode]}')"
+            f"align the domain with the mapping (mode='{_LIBVIRT_MODE[binding.mode]}')"
             if binding.mode in MACVTAP_MODES else "align the domain with the mapping"))
     return replace(iface, network=network, how=how)
 
