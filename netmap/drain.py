@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
@@ -105,20 +105,45 @@ class HostVerdict:
 
 
 @dataclass(frozen=True)
+class Unfit:
+    """Hosts the graph rules out before any check: one reason, one network, many hosts."""
+
+    code: str  # NETWORK_UNBOUND | SEGMENT_UNREACHABLE
+    network: str
+    nic: int
+    hosts: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        if self.code == "NETWORK_UNBOUND":
+            return f"no binding for network {self.network}"
+        return f"network {self.network} bound to an uplink that does not reach its segment"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"code": self.code, "network": self.network, "nic": self.nic,
+                "message": self.message, "hosts": list(self.hosts)}
+
+
+@dataclass(frozen=True)
 class Blocked:
     guest: str
     reason: str  # incompatible | capacity | unproven
     summary: str
-    hosts: tuple[HostVerdict, ...] = ()
+    hosts: tuple[HostVerdict, ...] = ()  # each host that binds the guest's networks
+    elsewhere: tuple[Unfit, ...] = ()  # the other hosts, by reason
 
     @property
     def by_code(self) -> Counter:
-        return Counter(v.code for v in self.hosts)
+        counted = Counter(v.code for v in self.hosts)
+        for unfit in self.elsewhere:
+            counted[unfit.code] += len(unfit.hosts)
+        return counted
 
     def as_dict(self) -> dict[str, object]:
         return {"guest": self.guest, "reason": self.reason, "summary": self.summary,
                 "by_code": dict(self.by_code.most_common()),
-                "hosts": [v.as_dict() for v in self.hosts]}
+                "hosts": [v.as_dict() for v in self.hosts],
+                "elsewhere": [u.as_dict() for u in self.elsewhere]}
 
 
 @dataclass(frozen=True)
@@ -356,16 +381,16 @@ def _explain(run: _Drain, guest: Guest, problem: Problem, solution: Solution,
                 finding = errors[0] if errors else finding
                 message = finding.message
             verdicts.append(HostVerdict(host, finding.code, finding.nic, message))
-        for code, table in (("NETWORK_UNBOUND", survey.unbound),
-                            ("SEGMENT_UNREACHABLE", survey.unreachable)):
-            for network, hosts in table.items():
-                nic = next(n.index for n in guest.nics if n.network == network)
-                verdicts.extend(HostVerdict(h, code, nic) for h in hosts)
-        verdicts.sort(key=lambda v: v.host)
-        counted = Counter(v.code for v in verdicts).most_common()
-        what = ", ".join(f"{code} on {n}" for code, n in counted) or "no other host"
-        return Blocked(guest.name, "incompatible",
-                       f"no host passes the check ({what})", tuple(verdicts))
+        elsewhere = tuple(
+            Unfit(code, network, next(n.index for n in guest.nics if n.network == network),
+                  tuple(hosts))
+            for code, table in (("NETWORK_UNBOUND", survey.unbound),
+                                ("SEGMENT_UNREACHABLE", survey.unreachable))
+            for network, hosts in table.items() if hosts)
+        blocked = Blocked(guest.name, "incompatible", "", tuple(verdicts), elsewhere)
+        counted = blocked.by_code.most_common()
+        what = ", ".join(f"{code} on {n}" for code, n in counted) or "there is no other host"
+        return replace(blocked, summary=f"no host passes the check: {what}")
     free = dict(problem.free)
     for res, amount in _used(problem, solution).items():
         free[res] -= amount
@@ -389,7 +414,7 @@ def _explain(run: _Drain, guest: Guest, problem: Problem, solution: Solution,
     kinds = Counter(v.message.split(":")[0] if v.code == "CAPACITY" else "a MAC conflict"
                     for v in verdicts if v.message)
     return Blocked(guest.name, "capacity",
-                   f"capacity runs out on all {len(options)} compatible host(s): "
+                   f"no room left on its {len(options)} compatible host(s): "
                    + ", ".join(f"{k} ({n})" for k, n in kinds.most_common(3)), tuple(verdicts))
 
 

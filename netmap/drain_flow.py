@@ -48,7 +48,7 @@ TAIL_KINDS = ("endpoints", "guests")  # host-wide resources, in chain order
 DEFAULT_BUDGET = 2000  # branch-and-bound nodes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Option:
     """One host a guest can go to: what it takes there, and how much we dislike it."""
 
