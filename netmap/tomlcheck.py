@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import tomli
 
 from netmap.errors import InputError
+from netmap.model import Source
 
 T = TypeVar("T")
 KeyPath = tuple[str | int, ...]
@@ -56,6 +57,83 @@ def line_of(text: str, path: KeyPath) -> int | None:
     return best_line
 
 
+class LineIndex:
+    """Where each table and key of one document starts, built on first use.
+
+    `line_of` scans the whole text for one path; a model object per table made that the
+    larger part of loading a big fleet (86k scans for 10k hosts). The index is one scan,
+    done only when a line is actually asked for, and answers exactly as `line_of` does:
+    the first line whose table/key path is the longest prefix of the path asked for.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._first: dict[tuple[str | int, ...], int] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"text": self.text, "_first": None}  # the index is cheap to rebuild
+
+    def line_of(self, path: KeyPath) -> int | None:
+        if self._first is None:
+            self._first = _first_lines(self.text)
+        for depth in range(len(path), 0, -1):
+            line = self._first.get(tuple(path[:depth]))
+            if line is not None:
+                return line
+        return None
+
+
+def _first_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    first: dict[tuple[str | int, ...], int] = {}
+    current: list[str | int] = []
+    array_counts: dict[tuple[str | int, ...], int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(raw)
+        if header:
+            current = list(_split_dotted(header.group(2)))
+            if header.group(1) == "[[":
+                key = tuple(current)
+                array_counts[key] = array_counts.get(key, -1) + 1
+                current.append(array_counts[key])
+            candidate = tuple(current)
+        else:
+            key_match = _KEY.match(raw)
+            if not key_match:
+                continue
+            candidate = (*current, *_split_dotted(key_match.group(1)))
+        first.setdefault(candidate, number)
+    return first
+
+
+class LazySource(Source):
+    """A Source whose line is looked up in the document's LineIndex when first read."""
+
+    def __init__(self, file: str, line: int | None = None, *, index: LineIndex | None = None,
+                 path: KeyPath = ()) -> None:
+        object.__setattr__(self, "file", file)
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_line", line)
+
+    @property  # type: ignore[override]
+    def line(self) -> int | None:
+        if self._line is None and self._index is not None:
+            object.__setattr__(self, "_line", self._index.line_of(self._path))
+        return self._line
+
+    def __repr__(self) -> str:
+        return f"Source(file={self.file!r}, line={self.line!r})"
+
+    # equal to a plain Source of the same place, as the eagerly built Source it replaces was
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Source):
+            return NotImplemented
+        return (self.file, self.line) == (other.file, other.line)
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.line))
+
+
 def key_text(path: KeyPath) -> str:
     """`("nics", 1, "mac")` -> `nics[1].mac`, as a user finds it in the file."""
     out = ""
@@ -74,6 +152,14 @@ class Document:
         self.path = path
         self.text = text
         self.data = data
+        self._lines: LineIndex | None = None
+        self._file = str(path)
+
+    def source(self, path: KeyPath) -> Source:
+        """Where `path` is defined, for messages; the line is found only when asked for."""
+        if self._lines is None:
+            self._lines = LineIndex(self.text)
+        return LazySource(self._file, index=self._lines, path=path)
 
     @classmethod
     def read(cls, path: Path) -> Document:
