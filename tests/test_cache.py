@@ -1,0 +1,408 @@
+"""The fleet cache: same answers and errors as load_fleet, and never stale.
+
+Each test gets its own mappings copy and cache directory. The racy window (files changed
+more recently than this are never cached, see netmap/cache.py) is shortened from 2 s to
+50 ms so that tests can let files settle with a short sleep instead of seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from netmap import cache, load
+from netmap.cache import load_fleet_cached
+from netmap.errors import InputError
+from netmap.load import load_fleet
+from netmap.model import Fleet
+
+WINDOW_NS = 50_000_000
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    target = tmp_path / "cache"
+    monkeypatch.setenv("NETMAP_CACHE_DIR", str(target))
+    monkeypatch.setattr(cache, "RACY_WINDOW_NS", WINDOW_NS)
+    return target
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each host/guest file was really parsed (not answered from the cache)."""
+    counts: Counter[str] = Counter()
+
+    def counting(real):
+        def parse(path, networks):
+            counts[Path(path).name] += 1
+            return real(path, networks)
+        return parse
+
+    monkeypatch.setattr(cache, "load_host", counting(load.load_host))
+    monkeypatch.setattr(cache, "load_guest", counting(load.load_guest))
+    return counts
+
+
+def settle() -> None:
+    """Let every file written so far age past the (shortened) racy window."""
+    time.sleep(WINDOW_NS / 1e9 * 1.5)
+
+
+def snapshot(fleet: Fleet) -> tuple:
+    """What a caller sees; errors compared by their full message and location."""
+    problems = [(type(p).__name__, str(p), p.file, p.key, p.line) for p in fleet.problems]
+    sources = [(n.source.file, n.source.line) for h in fleet.hosts.values()
+               for n in (*h.uplinks.values(), *h.bindings.values())]
+    sources += [(nic.source.file, nic.source.line) for g in fleet.guests.values()
+                for nic in g.nics]
+    return fleet.networks, fleet.hosts, fleet.guests, problems, sources, fleet.root
+
+
+def same_as_uncached(mappings: Path) -> Fleet:
+    cached = load_fleet_cached(mappings)
+    assert snapshot(cached) == snapshot(load_fleet(mappings))
+    return cached
+
+
+def keep_size_and_mtime(path: Path, old: str, new: str) -> None:
+    """Edit in place without changing the size or the mtime: only ctime can tell."""
+    assert len(old.encode()) == len(new.encode())
+    before = path.stat()
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+# --- hits -----------------------------------------------------------------------------------
+
+def test_second_load_answers_from_cache(mappings: Path, cache_dir: Path,
+                                        parses: Counter[str]) -> None:
+    settle()
+    same_as_uncached(mappings)
+    assert parses["host-a.toml"] == 1 and parses["vm1.toml"] == 1
+    assert len(list(cache_dir.iterdir())) == 1
+    parses.clear()
+    warm = same_as_uncached(mappings)
+    assert not parses, f"files parsed again although unchanged: {dict(parses)}"
+    # lines of cached objects are still found (they travel with the cache)
+    source = warm.hosts["host-a"].bindings["prod"].source
+    assert Path(source.file).read_text().splitlines()[source.line - 1] == "[networks.prod]"
+
+
+def test_recent_files_are_never_cached(mappings: Path, cache_dir: Path, parses: Counter[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # with the real 2 s window, files written a moment ago could still change within one
+    # timestamp tick without a visible change: they are parsed every time
+    monkeypatch.setattr(cache, "RACY_WINDOW_NS", 3_600 * 10**9)
+    load_fleet_cached(mappings)
+    load_fleet_cached(mappings)
+    assert parses["host-a.toml"] == 2 and parses["vm4.toml"] == 2
+
+
+def test_only_the_changed_file_is_parsed_again(mappings: Path, cache_dir: Path,
+                                               parses: Counter[str]) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    parses.clear()
+    keep_size_and_mtime(mappings / "hosts" / "host-c.toml", "max_guests = 20",
+                        "max_guests = 21")
+    fleet = same_as_uncached(mappings)
+    assert fleet.hosts["host-c"].max_guests == 21
+    assert parses == Counter({"host-c.toml": 1})
+
+
+# --- staleness ------------------------------------------------------------------------------
+
+def test_edit_keeping_size_and_mtime_is_seen(mappings: Path, cache_dir: Path) -> None:
+    settle()
+    assert load_fleet_cached(mappings).hosts["host-b"].uplinks["eno2"].mtu == 9000
+    keep_size_and_mtime(mappings / "hosts" / "host-b.toml", "mtu = 9000", "mtu = 8000")
+    assert same_as_uncached(mappings).hosts["host-b"].uplinks["eno2"].mtu == 8000
+    settle()  # and again once the edit itself has settled and been cached
+    keep_size_and_mtime(mappings / "hosts" / "host-b.toml", "mtu = 8000", "mtu = 7000")
+    assert same_as_uncached(mappings).hosts["host-b"].uplinks["eno2"].mtu == 7000
+
+
+def test_guest_edit_keeping_size_and_mtime_is_seen(mappings: Path, cache_dir: Path) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    keep_size_and_mtime(mappings / "guests" / "vm1.toml", '"host-a"', '"host-b"')
+    assert same_as_uncached(mappings).guests["vm1"].host == "host-b"
+
+
+def test_added_removed_and_renamed_files(mappings: Path, cache_dir: Path) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    text = (mappings / "hosts" / "host-d.toml").read_text()
+    (mappings / "hosts" / "host-e.toml").write_text(text.replace('"host-d"', '"host-e"'))
+    assert "host-e" in same_as_uncached(mappings).hosts
+    settle()
+    load_fleet_cached(mappings)
+    (mappings / "hosts" / "host-e.toml").unlink()
+    assert "host-e" not in same_as_uncached(mappings).hosts
+    # a rename keeps inode, size, mtime: the path alone tells, and the Source must follow
+    (mappings / "guests" / "vm4.toml").rename(mappings / "guests" / "vm4-renamed.toml")
+    fleet = same_as_uncached(mappings)
+    assert fleet.guests["vm4"].source.file.endswith("vm4-renamed.toml")
+    # replacing a file by another one under the same name (editors do this)
+    settle()
+    load_fleet_cached(mappings)
+    (mappings / "hosts" / "host-c.toml").rename(mappings / "hosts" / "host-x.toml")
+    shutil.copy2(mappings / "hosts" / "host-x.toml", mappings / "hosts" / "host-c.toml")
+    (mappings / "hosts" / "host-x.toml").unlink()
+    same_as_uncached(mappings)
+
+
+def test_duplicate_made_by_a_new_file_is_reported(mappings: Path, cache_dir: Path) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    shutil.copy(mappings / "hosts" / "host-a.toml", mappings / "hosts" / "host-a2.toml")
+    fleet = same_as_uncached(mappings)
+    assert any("already defined" in p.problem for p in fleet.problems)
+
+
+def test_networks_change_invalidates_every_file(mappings: Path, cache_dir: Path,
+                                                parses: Counter[str]) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    parses.clear()
+    path = mappings / "networks.toml"
+    keep_size_and_mtime(path, "vlan = 200", "vlan = 201")
+    fleet = same_as_uncached(mappings)
+    assert fleet.networks["storage"].vlan == 201
+    assert parses["host-a.toml"] == 1
+    # a host bound to a network that is gone becomes a problem, exactly as uncached
+    text = path.read_text()
+    path.write_text(text[:text.index("[networks.tenant-blue]")])
+    fleet = same_as_uncached(mappings)
+    assert any("tenant-blue" in p.problem for p in fleet.problems)
+
+
+def test_networks_changed_during_the_load(mappings: Path, cache_dir: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    networks = mappings / "networks.toml"
+    host_a = mappings / "hosts" / "host-a.toml"
+    host_a.write_text(host_a.read_text())  # changed, so it is parsed during the next load
+    edited = []
+
+    def racing(path, nets):  # another writer edits networks.toml while hosts are read
+        if not edited:
+            edited.append(path)
+            text = networks.read_text()
+            networks.write_text(text[:text.index("[networks.tenant-blue]")])
+        return load.load_host(path, nets)
+
+    monkeypatch.setattr(cache, "load_host", racing)
+    fleet = load_fleet_cached(mappings)
+    assert edited
+    assert "tenant-blue" not in fleet.networks
+    assert any("tenant-blue" in p.problem for p in fleet.problems)
+
+
+# --- errors are the uncached ones -----------------------------------------------------------
+
+def test_broken_files_give_the_same_problems_cold_and_warm(mappings: Path,
+                                                            cache_dir: Path) -> None:
+    (mappings / "hosts" / "host-d.toml").write_text("[host]\nname = 'host-d'\nbogus = 1\n")
+    (mappings / "guests" / "vm4.toml").write_text("[guest\n")
+    settle()
+    first = same_as_uncached(mappings)
+    second = same_as_uncached(mappings)
+    assert len(first.problems) == len(second.problems) == 2
+    assert second.problems[0].key == "host.bogus" and second.problems[0].line == 3
+    assert second.problems[1].line == 1
+
+
+@pytest.mark.parametrize("networks_text", ["[networks.prod\n", "", "[networks.x]\nmtu = 1\n"])
+def test_broken_networks_raise_the_same_error(mappings: Path, cache_dir: Path,
+                                              networks_text: str) -> None:
+    (mappings / "networks.toml").write_text(networks_text)
+    settle()
+    with pytest.raises(InputError) as uncached:
+        load_fleet(mappings)
+    for _ in range(2):
+        with pytest.raises(InputError) as cached:
+            load_fleet_cached(mappings)
+        assert str(cached.value) == str(uncached.value)
+        assert (cached.value.file, cached.value.key, cached.value.line) == (
+            uncached.value.file, uncached.value.key, uncached.value.line)
+
+
+def test_not_a_mappings_directory(tmp_path: Path, cache_dir: Path) -> None:
+    with pytest.raises(InputError, match="not a mappings directory"):
+        load_fleet_cached(tmp_path / "nowhere")
+
+
+# --- the cache file is never trusted blindly ------------------------------------------------
+
+def _the_cache_file(cache_dir: Path) -> Path:
+    (only,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
+    return only
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty", "magic"])
+def test_corrupt_cache_is_a_miss(mappings: Path, cache_dir: Path, parses: Counter[str],
+                                 damage: str) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    target = _the_cache_file(cache_dir)
+    blob = bytearray(target.read_bytes())
+    if damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    elif damage == "flip":
+        blob[len(blob) - 40] ^= 0x20  # inside the pickle: only the checksum can tell
+    elif damage == "garbage":
+        blob = bytearray(os.urandom(len(blob)))
+    elif damage == "empty":
+        blob = bytearray()
+    else:
+        blob[0] ^= 1
+    target.write_bytes(bytes(blob))
+    parses.clear()
+    same_as_uncached(mappings)
+    assert parses["host-a.toml"] == 1  # read again from the files...
+    parses.clear()
+    same_as_uncached(mappings)
+    assert not parses  # ...and the cache was rewritten whole
+
+
+def test_cache_of_other_code_is_a_miss(mappings: Path, cache_dir: Path, parses: Counter[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: b"another netmap!!")
+    parses.clear()
+    same_as_uncached(mappings)
+    assert parses["host-a.toml"] == 1
+
+
+def test_valid_pickle_that_is_not_ours_is_not_loaded(mappings: Path, cache_dir: Path,
+                                                     parses: Counter[str]) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    target = _the_cache_file(cache_dir)
+    # a well-formed file whose payload names another mappings directory
+    payload = pickle.dumps({"root": "/elsewhere", "networks": (), "entries": {}})
+    import hashlib
+
+    head = cache.MAGIC + cache.code_fingerprint()
+    target.write_bytes(head + hashlib.blake2b(payload, digest_size=cache.DIGEST_SIZE).digest()
+                       + payload)
+    parses.clear()
+    same_as_uncached(mappings)
+    assert parses["host-a.toml"] == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_cache_file_of_another_user_is_ignored(mappings: Path, cache_dir: Path,
+                                               parses: Counter[str]) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    os.chown(_the_cache_file(cache_dir), 65534, 65534)
+    parses.clear()
+    same_as_uncached(mappings)
+    assert parses["host-a.toml"] == 1
+
+
+def test_group_writable_cache_file_is_ignored(mappings: Path, cache_dir: Path,
+                                             parses: Counter[str]) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    os.chmod(_the_cache_file(cache_dir), 0o664)
+    parses.clear()
+    same_as_uncached(mappings)
+    assert parses["host-a.toml"] == 1
+
+
+def test_unwritable_cache_dir_disables_the_cache(mappings: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 parses: Counter[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("NETMAP_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(cache, "RACY_WINDOW_NS", WINDOW_NS)
+    settle()
+    same_as_uncached(mappings)
+    same_as_uncached(mappings)
+    assert parses["host-a.toml"] == 2
+    assert blocker.read_text() == "not a directory"
+
+
+def test_cache_written_atomically_and_privately(mappings: Path, cache_dir: Path) -> None:
+    settle()
+    load_fleet_cached(mappings)
+    entries = list(cache_dir.iterdir())
+    assert len(entries) == 1, "no temporary file left behind"
+    assert entries[0].stat().st_mode & 0o077 == 0
+    assert cache_dir.stat().st_mode & 0o077 == 0
+
+
+def test_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NETMAP_CACHE_DIR", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("NETMAP_CACHE_DIR")
+    assert cache.cache_dir() == tmp_path / "xdg" / "netmap"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # the XDG spec: ignore it
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "netmap"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "netmap"
+
+
+def test_each_mappings_directory_has_its_own_cache(mappings: Path, tmp_path: Path,
+                                                   cache_dir: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(mappings, other)
+    (other / "hosts" / "host-d.toml").unlink()
+    settle()
+    assert "host-d" in same_as_uncached(mappings).hosts
+    assert "host-d" not in same_as_uncached(other).hosts
+    assert "host-d" in same_as_uncached(mappings).hosts
+    assert cache.clear(other) and not cache.clear(other)
+
+
+# --- the speed edits elsewhere answer as the code they replaced -----------------------------
+
+def test_lazy_source_lines_match_line_of(mappings: Path) -> None:
+    from netmap.model import Source
+    from netmap.tomlcheck import line_of
+
+    fleet = load_fleet(mappings)
+    sources = [n.source for n in fleet.networks.values()]
+    sources += [x.source for h in fleet.hosts.values()
+                for x in (*h.uplinks.values(), *h.bindings.values())]
+    sources += [nic.source for g in fleet.guests.values() for nic in g.nics]
+    assert len(sources) > 20
+    for source in sources:
+        text = Path(source.file).read_text()
+        assert source.line == line_of(text, source._path) is not None
+        plain = Source(source.file, source.line)
+        assert source == plain and plain == source and hash(source) == hash(plain)
+        assert str(source) == str(plain) and repr(source) == repr(plain)
+
+
+def test_fast_graph_insert_matches_networkx(mappings: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from netmap import graph as g
+
+    fleet = load_fleet(mappings)
+    fast = g.build_graph(fleet)
+    monkeypatch.setattr(g, "_insert", lambda graph, nodes, edges: (
+        graph.add_nodes_from(nodes), graph.add_edges_from(edges)))
+    slow = g.build_graph(fleet)
+    assert list(fast.nodes(data=True)) == list(slow.nodes(data=True))
+    assert list(fast.edges(data=True)) == list(slow.edges(data=True))
+    assert {n: list(p) for n, p in fast.pred.items()} == {
+        n: list(p) for n, p in slow.pred.items()}
