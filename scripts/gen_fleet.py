@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Generate a large, realistic netmap mappings directory for benchmarks.
+
+    python scripts/gen_fleet.py OUT_DIR --hosts 10000 [--guests N] [--seed 1]
+
+The fleet spans several sites. Each site has its own fabric and storage segments with
+VLAN networks on them; the overlay (vxlan) networks are fleet-wide. Hosts differ the way
+real ones do: NIC naming schemes (eth0, eno1, ens1f0, enp65s0f0), an SR-IOV PF on most
+but not all hosts, VEPA-capable switch ports on some, hosts that lack a network, a few
+capacity limits. Every host file has about 40 lines. Guests (default: one per four hosts)
+run on a host of their site with 1-3 NICs and unique MACs. Output is deterministic for a
+given seed, and the files load without errors through netmap.load.load_fleet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+from pathlib import Path
+
+SITES = ("dc1", "dc2", "dc3", "dc4")
+# (fabric NIC pair, SR-IOV PF): the naming schemes a mixed fleet shows
+NIC_SCHEMES = (
+    (("eth0", "eth1"), "eth2"),
+    (("eno1", "eno2"), "eno3"),
+    (("ens1f0", "ens1f1"), "ens2f0"),
+    (("enp65s0f0", "enp65s0f1"), "enp129s0f0"),
+    (("enp3s0", "enp4s0"), "enp5s0f0np0"),
+)
+OVERLAYS = {"tenant-blue": 5001, "tenant-green": 5002, "tenant-red": 5003}
+HOST_FEATURES = ("vhost-net", "tun", "macvtap", "vxlan", "bridge", "sriov")
+
+
+def networks_toml() -> str:
+    out = ["# Generated fleet: per-site VLAN networks and fleet-wide overlays.", ""]
+    for site in SITES:
+        out += [f"[networks.{site}-prod]", f'description = "production front end, {site}"',
+                f'segment = "{site}-fabric"', "vlan = 100", "mtu = 9000", "",
+                f"[networks.{site}-mgmt]", f'description = "management, {site}"',
+                f'segment = "{site}-fabric"', "mtu = 1500", "",
+                f"[networks.{site}-storage]", f'description = "iSCSI/NFS, {site}"',
+                f'segment = "{site}-storage"', "vlan = 200", "mtu = 9000", ""]
+    for name, vni in OVERLAYS.items():
+        out += [f"[networks.{name}]", f'description = "tenant overlay {name}"',
+                f"vni = {vni}", "mtu = 1450", ""]
+    return "\n".join(out)
+
+
+def host_toml(index: int, rng: random.Random) -> tuple[str, str, dict[str, str]]:
+    """One host file; returns (text, site, network -> mode bound there)."""
+    site = SITES[index % len(SITES)]
+    name = f"{site}-r{index // 400:02d}-h{index:05d}"
+    (fast, slow), pf = NIC_SCHEMES[rng.randrange(len(NIC_SCHEMES))]
+    has_sriov = rng.random() < 0.8
+    vepa = rng.random() < 0.6
+    features = list(HOST_FEATURES if has_sriov else HOST_FEATURES[:-1])
+    if rng.random() < 0.05:
+        features.remove("vhost-net")
+    lines = [f"# {name}: rack {index // 400} of {site}", "[host]", f'name = "{name}"',
+             f"features = [{', '.join(repr(f).replace(chr(39), chr(34)) for f in features)}]"]
+    if rng.random() < 0.1:
+        lines.append(f"max_guests = {rng.choice((16, 24, 32, 48))}")
+    lines += ["", f"[uplinks.{fast}]", f'segments = ["{site}-fabric"]', "mtu = 9000", "",
+              f"[uplinks.{slow}]", f'segments = ["{site}-fabric"]', "mtu = 1500", ""]
+    if has_sriov:
+        lines += [f"[uplinks.{pf}]", f'segments = ["{site}-storage"]', "mtu = 9000",
+                  f"sriov = {{ total_vfs = {rng.choice((8, 16, 32, 64))} }}", ""]
+    modes: dict[str, str] = {}
+    prod_mode = "macvtap-vepa" if vepa else "macvtap-bridge"
+    lines += [f"[networks.{site}-prod]", f'mode = "{prod_mode}"', f'uplink = "{fast}"', ""]
+    modes[f"{site}-prod"] = prod_mode
+    lines += [f"[networks.{site}-mgmt]", 'mode = "bridge"', f'uplink = "{slow}"', ""]
+    modes[f"{site}-mgmt"] = "bridge"
+    if has_sriov:
+        lines += [f"[networks.{site}-storage]", 'mode = "sriov-vf"', f'uplink = "{pf}"']
+        if rng.random() < 0.3:
+            lines.append('vf_attach = "macvtap"')
+        lines.append("")
+        modes[f"{site}-storage"] = "sriov-vf"
+    for overlay, vni in OVERLAYS.items():
+        if rng.random() < 0.15:
+            continue  # not every host carries every tenant
+        group = f"239.1.{vni % 256}.1"
+        lines += [f"[networks.{overlay}]", 'mode = "vxlan"', f'uplink = "{slow}"',
+                  f'vxlan = {{ group = "{group}" }}', ""]
+        modes[overlay] = "vxlan"
+    return "\n".join(lines), name, modes
+
+
+def guest_toml(index: int, host: str, modes: dict[str, str], rng: random.Random) -> str:
+    name = f"vm{index:06d}"
+    wanted = [n for n in modes if n.endswith("-prod")]
+    others = [n for n in modes if n not in wanted]
+    wanted += rng.sample(others, k=min(len(others), rng.randrange(0, 3)))
+    lines = [f"# {name}", "[guest]", f'name = "{name}"', f'host = "{host}"', ""]
+    for nic, network in enumerate(wanted):
+        mac = f"52:54:{(index >> 16) & 0xff:02x}:{(index >> 8) & 0xff:02x}:{index & 0xff:02x}:{nic:02x}"
+        lines += ["[[nics]]", f'network = "{network}"', f'mac = "{mac}"']
+        if modes[network].startswith("macvtap") and rng.random() < 0.3:
+            lines.append('vhost = "required"')
+        lines.append("")
+    return "\n".join(lines)
+
+
+def generate(out: Path, hosts: int, guests: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "hosts").mkdir(parents=True)
+    (out / "guests").mkdir()
+    (out / "networks.toml").write_text(networks_toml())
+    placed: list[tuple[str, dict[str, str]]] = []
+    for index in range(hosts):
+        text, name, modes = host_toml(index, rng)
+        (out / "hosts" / f"{name}.toml").write_text(text)
+        placed.append((name, modes))
+    for index in range(guests):
+        host, modes = placed[rng.randrange(len(placed))]
+        (out / "guests" / f"vm{index:06d}.toml").write_text(guest_toml(index, host, modes, rng))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="mappings directory to (re)create")
+    parser.add_argument("--hosts", type=int, default=10_000)
+    parser.add_argument("--guests", type=int, default=None, help="default: hosts / 4")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.hosts < 1:
+        parser.error("--hosts must be at least 1")
+    guests = args.hosts // 4 if args.guests is None else args.guests
+    if guests > 0xFFFFFF:
+        parser.error("--guests: at most 16M guests fit the generated MAC scheme")
+    generate(args.out, args.hosts, guests, args.seed)
+    print(f"{args.out}: {args.hosts} hosts, {guests} guests", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
