@@ -288,3 +288,14 @@ def test_macvtap_in_another_mode_than_the_mapping_maps_with_a_warning(fleet) -> 
     (finding,) = result.findings
     assert finding.code == "MODE_DIFFERS" and "runs macvtap mode bridge" in finding.message
     assert "mode='vepa'" in finding.hint
+
+
+def test_metadata_as_virsh_metadata_set_writes_it(fleet) -> None:
+    # virsh metadata vm --uri https://netmap.dev/xmlns/1 --key netmap
+    #   --set '<guest><nic mac="..." network="mgmt"/></guest>'
+    meta = ('<netmap:guest xmlns:netmap="https://netmap.dev/xmlns/1">'
+            '<nic mac="52:54:00:00:40:01" network="mgmt"/></netmap:guest>')
+    text = _interfaces("<interface type='ethernet'><mac address='52:54:00:00:40:01'/>"
+                       "</interface>", meta)
+    result = _import(fleet, text)
+    assert [n.network for n in result.guest.nics] == ["mgmt"]

@@ -66,9 +66,13 @@ def read_metadata(doc: XmlDocument, networks: dict[str, Network],
     metadata = doc.root.find("metadata")
     if metadata is None:
         return None, by_mac
+    nics = list(metadata.iter(NS + "nic"))
     for guest in metadata.iter(NS + "guest"):
         host = guest.get("host") or host
-    for nic in metadata.iter(NS + "nic"):
+        # `virsh metadata --set` puts only the top element in the namespace: accept its
+        # plain <nic> children too
+        nics += [child for child in guest if child.tag == "nic"]
+    for nic in nics:
         where = f"netmap:nic on line {doc.line(nic)}"
         mac, network = (nic.get("mac") or "").lower(), nic.get("network") or ""
         problem = ("has no mac attribute" if not mac else mac_problem(mac)
