@@ -407,3 +407,39 @@ def test_drift_of_this_host_by_netmap_host(lab_factory, tmp_path: Path, capsys,
     assert report["host"] == "host-b" and report["netns"] == lab.hosts["host-b"]
     assert [f["code"] for f in report["findings"] if f["severity"] == ERROR] == [
         "SRIOV_MISSING"]
+
+
+@needs_netns
+def test_drift_follows_what_realize_recorded(lab_factory, tmp_path: Path) -> None:
+    """A guest realized by netmap's own apply: no drift; its tap deleted behind netmap's
+    back: ENDPOINT_VANISHED; a stray endpoint-named tap: ENDPOINT_UNTRACKED."""
+    from netmap.commands.discover import live_drift
+    from netmap.graph import build_graph
+    from netmap.load import load_fleet
+    from netmap.netlink.apply import realize_plan
+    from netmap.plan import build_plan
+
+    lab, mappings = lab_factory("nmB", ["host-a"])
+    (mappings / "guests" / "vmd.toml").write_text(
+        '[guest]\nname = "vmd"\nhost = "host-a"\n\n'
+        '[[nics]]\nnetwork = "mgmt"\nmac = "52:54:00:dd:00:01"\n')
+    fleet = load_fleet(mappings)
+    host = fleet.hosts["host-a"]
+    sysfs, dev = lab_sysfs(tmp_path)
+    state_dir = tmp_path / "state"
+    realize_plan(build_plan(build_graph(fleet), fleet.guests["vmd"], host), state_dir=state_dir)
+
+    def findings() -> dict[str, str]:
+        report = live_drift(host, fleet.networks, state_dir=str(state_dir),
+                            sysfs_root=str(sysfs), dev_root=str(dev))
+        return {f.code: f.message for f in report.findings}
+
+    assert findings() == {}  # bridge br-eth1 with eth1, the tap in it, all in state
+    tap = names.tap_name("vmd", 0)
+    netns = lab.hosts["host-a"]
+    subprocess.run(["ip", "-n", netns, "link", "del", tap], check=True)
+    subprocess.run(["ip", "-n", netns, "tuntap", "add", names.tap_name("stray", 0),
+                    "mode", "tap"], check=True)
+    found = findings()
+    assert tap in found["ENDPOINT_VANISHED"] and "vmd" in found["ENDPOINT_VANISHED"]
+    assert names.tap_name("stray", 0) in found["ENDPOINT_UNTRACKED"]
