@@ -125,6 +125,9 @@ class _Draft:
         facts.append("running" if link.running else f"NOT running ({link.oper_state})")
         if link.master:
             facts.append(f"port of {link.master}")
+        slaves = [p.name for p in self.inv.ports_of(link.name)] if link.kind == "bond" else []
+        if slaves:
+            facts.append(f"bond of {', '.join(slaves)}")
         lines = [f"[uplinks.{_key(link.name)}]", f"# {', '.join(facts)}"]
         known = self.segments.get(link.name)
         if known:

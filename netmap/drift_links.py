@@ -54,8 +54,10 @@ class LinkDrift:
         if live is not None and (uplink.mac is None or uplink.mac in (live.mac, live.perm_mac)):
             return live
         if uplink.mac is not None:
-            moved = [i for i in self.inv.by_mac(uplink.mac) if i.name != uplink.name
-                     and i.kind in UPLINK_KINDS]
+            # A bond (and its slaves) take on the first slave's MAC; the burnt-in address
+            # (perm_mac) names the NIC itself, so it wins over a borrowed one.
+            moved = sorted((i for i in self.inv.by_mac(uplink.mac) if i.name != uplink.name
+                            and i.kind in UPLINK_KINDS), key=lambda i: i.perm_mac != uplink.mac)
             if moved:
                 self.renamed(uplink, moved[0], f"its MAC {uplink.mac} is now on {moved[0].name}")
                 return moved[0]

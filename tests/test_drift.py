@@ -443,3 +443,14 @@ def test_drift_follows_what_realize_recorded(lab_factory, tmp_path: Path) -> Non
     found = findings()
     assert tap in found["ENDPOINT_VANISHED"] and "vmd" in found["ENDPOINT_VANISHED"]
     assert names.tap_name("stray", 0) in found["ENDPOINT_UNTRACKED"]
+
+
+def test_a_renamed_nic_is_told_from_the_bond_that_borrowed_its_mac(tmp_path: Path) -> None:
+    borrowed = "52:54:00:00:00:01"
+    inv = healthy(links={"eth0": None,
+                         "bond0": link(8, "bond0", "bond", mtu=9000, mac=borrowed),
+                         "enp3s0": link(9, "enp3s0", mtu=9000, mac=borrowed,
+                                        perm_mac=borrowed, master="bond0")})
+    report = drift_report(host_from(tmp_path), inv)
+    assert report.uplinks["eth0"] == "enp3s0"
+    assert "UPLINK_ENSLAVED" in codes(report.findings)  # and it is a bond's slave now
