@@ -299,3 +299,13 @@ def test_metadata_as_virsh_metadata_set_writes_it(fleet) -> None:
                        "</interface>", meta)
     result = _import(fleet, text)
     assert [n.network for n in result.guest.nics] == ["mgmt"]
+
+
+def test_destination_is_the_last_choice_for_the_source_host(fleet) -> None:
+    text = _interfaces("<interface type='bridge'><mac address='52:54:00:00:50:01'/>"
+                       "<source bridge='brvx5001'/></interface>")
+    assert _import(fleet, text).source_host == "host-a"
+    assert _import(fleet, text, avoid_host="host-a").source_host == "host-b"
+    # a hint that names the destination itself is ignored
+    assert _import(fleet, text, avoid_host="host-a",
+                   prefer_host="host-a").source_host == "host-b"

@@ -84,10 +84,12 @@ def _sibling_hosts(path: Path, networks: dict[str, Network]) -> dict[str, Host]:
 
 
 def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: dict[str, Host], *,
-                  host: str | None = None, prefer_host: str | None = None) -> DomainImport:
+                  host: str | None = None, prefer_host: str | None = None,
+                  avoid_host: str | None = None) -> DomainImport:
     """Read a domain. `host` forces the source host whose mapping explains bridge/direct
-    sources; otherwise it is the one host (preferring `prefer_host`, then metadata's) whose
-    mapping explains them all."""
+    sources; otherwise it is the host whose mapping explains most of them, preferring
+    `prefer_host`, then the metadata's, and taking `avoid_host` (the destination of a
+    migration, which the guest is not coming from) only when no other host fits as well."""
     root = doc.root
     if root.tag != "domain":
         raise doc.error(root, f"is not a libvirt domain: the root element is <{root.tag}>",
@@ -104,7 +106,7 @@ def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: dict[st
     if host is not None and host not in hosts:
         raise InputError(f"unknown host {host!r}", fix="name a host of the mappings directory")
     chosen = host or _choose_host(parsed, by_mac, networks, hosts,
-                                  [prefer_host, meta_host], findings)
+                                  [prefer_host, meta_host], avoid_host, findings)
     mapped: list[Interface] = []
     nics: list[GuestNic] = []
     for iface in parsed:
@@ -207,15 +209,17 @@ def _needs_host(iface: Interface, networks: dict[str, Network],
 
 def _choose_host(parsed: list[Interface], by_mac: dict[str, dict[str, str]],
                  networks: dict[str, Network], hosts: dict[str, Host],
-                 preferred: list[str | None], findings: list[Finding]) -> str | None:
+                 preferred: list[str | None], avoid: str | None,
+                 findings: list[Finding]) -> str | None:
     dependent = [i for i in parsed if _needs_host(i, networks, by_mac)]
-    hints = [h for h in preferred if h in hosts]
+    hints = [h for h in preferred if h in hosts and h != avoid]
     if not dependent:
         return hints[0] if hints else None
     score = {name: sum(_resolve(i, host, networks)[0] is not None for i in dependent)
              for name, host in hosts.items()}
     best = max(score.values(), default=0)
-    fitting = [name for name in sorted(hosts) if score[name] == best and best > 0]
+    fitting = [name for name in sorted(hosts, key=lambda n: (n == avoid, n))
+               if score[name] == best and best > 0]
     for hint in hints:
         if hint in fitting or best == 0:
             return hint

@@ -95,7 +95,7 @@ def _migrate_begin(guest_arg: str, data: bytes, mappings: str | None, host_name:
     this = require_host(fleet, host_name or os.environ.get("NETMAP_HOST")
                         or socket.gethostname())
     known = fleet.guests.get(guest_arg)
-    imported = import_domain(doc, fleet.networks, fleet.hosts,
+    imported = import_domain(doc, fleet.networks, fleet.hosts, avoid_host=this.name,
                              prefer_host=known.host if known else None)
     guest = imported.guest
     managed = (known is not None or bool(guest.nics)
