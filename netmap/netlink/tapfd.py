@@ -6,10 +6,12 @@ caller can undo exactly what it made when a later step fails. A tap opened from
 /dev/net/tun without TUNSETPERSIST lives as long as its last fd: when QEMU exits, the kernel
 removes it, and a failed helper leaves nothing by closing the fd.
 
-Bridges take realize's parameters (netmap/plan.py: ageing, VLAN filtering, host-side MAC).
-TODO(merge): the ensure_* here re-implement in pyroute2 what ensure.Transaction does for
-realize; that transaction is bound to realize's per-guest state, so sharing it needs a
-state-free entry point for shared steps (bridge, port, vxlan, VLAN link) there.
+Links are made with realize's own rtnetlink encoder (netmap/netlink/rtnl.py) and realize's
+parameters (netmap/plan.py: FDB ageing, VLAN filtering, host-side MAC), so a bridge the
+helper makes is the bridge realize would make; pyroute2 is not imported on this path
+(it would cost the helper ~90 ms at every guest start).
+TODO(merge): ensure.Transaction does the same for realize but is bound to realize's
+per-guest state; a state-free entry point for shared steps there could replace these.
 """
 
 from __future__ import annotations
@@ -29,10 +31,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from netmap.errors import ApplyError, InputError
+from netmap.netlink import rtnl
 
 if TYPE_CHECKING:
-    from pyroute2 import IPRoute
-
     from netmap.model import Vxlan
 
 TUN_DEVICE = "/dev/net/tun"
@@ -182,194 +183,176 @@ def peer_pid(sock: socket.socket) -> int:
 
 # --- links ---------------------------------------------------------------------------------
 
-def find_link(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
-
-
-def _kind(ipr: IPRoute, index: int) -> str | None:
-    link = ipr.get_links(index)[0]
-    return link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-
-
 @contextmanager
 def netlink_step(what: str, fix: str = "check the host mapping against the live host"
                  ) -> Iterator[None]:
     """Turn a kernel refusal into an ApplyError that says which step failed."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     try:
         yield
-    except NetlinkError as err:
-        raise ApplyError(f"{what}: {os.strerror(err.code)}", fix=fix) from err
+    except OSError as err:  # rtnl.NetlinkError: errno + the kernel's extended ack
+        raise ApplyError(f"{what}: {err.strerror}", fix=fix) from err
 
 
-def require_link(ipr: IPRoute, name: str, role: str) -> int:
-    index = find_link(ipr, name)
-    if index is None:
+def require_link(kernel: rtnl.Rtnl, name: str, role: str) -> rtnl.Link:
+    link = kernel.get(name)
+    if link is None:
         raise ApplyError(f"{role} {name} does not exist on this host",
                          fix=f"fix the host mapping or bring {name} up")
-    return index
+    return link
 
 
-def ensure_vlan(ipr: IPRoute, uplink: str, vlan: int, name: str) -> tuple[int, bool]:
-    """The 802.1Q sub-interface `name` of `uplink`: (index, created)."""
-    index = find_link(ipr, name)
-    if index is not None:
-        return index, False
-    lower = require_link(ipr, uplink, "uplink")
-    with netlink_step(f"cannot create VLAN {vlan} interface {name} on {uplink}",
-                      "load the 8021q module, or let netmap realize prepare the VLAN"):
-        ipr.link("add", ifname=name, kind="vlan", link=lower, vlan_id=vlan)
-    index = require_link(ipr, name, "vlan")
-    with _undo_on_error(ipr, name), netlink_step(f"cannot bring up {name}"):
-        ipr.link("set", index=index, state="up")
-    return index, True
-
-
-def ensure_bridge(ipr: IPRoute, name: str, port: int | None, *, mtu: int,
-                  vlan: int | None = None) -> tuple[int, bool]:
-    """Bridge `name`, up, `port` (uplink or vxlan device) enslaved and, with a VLAN, tagged
-    on it: (index, created). Made as realize's plan makes it (netmap/plan.py EnsureBridge:
-    FDB ageing, vlan_filtering when the network has a VLAN). An existing bridge is used as
-    it is (realize or the operator made it); a port with another master is refused.
-    """
-    from netmap.plan import BRIDGE_AGEING
-
-    index = find_link(ipr, name)
-    created = index is None
-    if created:
-        spec = {"br_ageing_time": BRIDGE_AGEING, **({"br_vlan_filtering": 1} if vlan else {})}
-        created = _add_unless_racing(ipr, f"cannot create bridge {name}"
-                                     + (f" filtering VLAN {vlan}" if vlan else ""),
-                                     ifname=name, kind="bridge", mtu=mtu, **spec)
-        index = require_link(ipr, name, "bridge")
-    if _kind(ipr, index) != "bridge":
-        raise ApplyError(f"{name} exists but is not a bridge",
-                         fix=f"rename the bridge in the host mapping, or remove {name}")
-    with _undo_on_error(ipr, name if created else None):
-        _enslave_and_up(ipr, name, index, port)
-        if vlan is not None and port is not None and created:
-            with netlink_step(f"cannot tag VLAN {vlan} on the uplink port of {name}"):
-                ipr.vlan_filter("add", index=port, vlan_info={"vid": vlan})
-    return index, created
-
-
-def filters_vlans(ipr: IPRoute, bridge: int) -> bool:
-    link = ipr.get_links(bridge)[0]
-    return bool(link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_VLAN_FILTERING"))
-
-
-def set_access_vlan(ipr: IPRoute, port: int, vlan: int) -> None:
-    """Make a bridge port an access port of `vlan`: PVID and untagged, without VLAN 1."""
-    from netmap.plan import DEFAULT_PVID
-
-    with netlink_step(f"cannot put the tap on VLAN {vlan}"):
-        ipr.vlan_filter("add", index=port, vlan_info={"vid": vlan, "flags": 6})  # PVID|UNTAG
-        if vlan != DEFAULT_PVID:
-            ipr.vlan_filter("del", index=port, vlan_info={"vid": DEFAULT_PVID})
-
-
-def _enslave_and_up(ipr: IPRoute, name: str, index: int, port: int | None) -> None:
-    if port is not None:
-        master = ipr.get_links(port)[0].get("IFLA_MASTER")
-        if master not in (None, 0, index):
-            raise ApplyError(f"interface {port} is already enslaved to another master",
-                             fix="the uplink can belong to one bridge only")
-        with netlink_step(f"cannot enslave interface {port} to bridge {name}"):
-            ipr.link("set", index=port, master=index, state="up")
-    with netlink_step(f"cannot bring up bridge {name}"):
-        ipr.link("set", index=index, state="up")
-
-
-def _add_unless_racing(ipr: IPRoute, what: str, **spec: object) -> bool:
+def _create(kernel: rtnl.Rtnl, what: str, request: tuple[int, int, bytes]) -> bool:
     """RTM_NEWLINK; False when another helper made the same link a moment ago (EEXIST):
-    two NICs of one guest on one network start their helpers at the same time."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
+    several QEMUs starting on one network race to make its bridge."""
     try:
         with netlink_step(what):
-            ipr.link("add", **spec)
+            kernel.call(request)
     except ApplyError as err:
-        if isinstance(err.__cause__, NetlinkError) and err.__cause__.code == errno.EEXIST:
+        if isinstance(err.__cause__, OSError) and err.__cause__.errno == errno.EEXIST:
             return False
         raise
     return True
 
 
 @contextmanager
-def _undo_on_error(ipr: IPRoute, name: str | None) -> Iterator[None]:
+def _undo_on_error(kernel: rtnl.Rtnl, name: str | None) -> Iterator[None]:
     """Delete `name` (a link just created) if the block fails; None: nothing to undo."""
     try:
         yield
     except BaseException:
         if name is not None:
-            delete_links(ipr, [name])
+            delete_links(kernel, [name])
         raise
 
 
-def ensure_vxlan(ipr: IPRoute, name: str, vni: int, underlay: str, options: Vxlan | None,
-                 mtu: int) -> tuple[int, bool]:
-    """vxlan device `name` for `vni` over `underlay`: (index, created)."""
-    index = find_link(ipr, name)
-    if index is not None:
-        return index, False
-    lower = require_link(ipr, underlay, "underlay uplink")
-    spec: dict[str, object] = {"vxlan_id": vni, "vxlan_link": lower,
-                               "vxlan_port": options.port if options else 4789}
-    if options and options.group:
-        spec["vxlan_group" if ":" not in options.group else "vxlan_group6"] = options.group
-    if options and options.local:
-        spec["vxlan_local" if ":" not in options.local else "vxlan_local6"] = options.local
-    created = _add_unless_racing(ipr, f"cannot create vxlan {name} (VNI {vni}) on {underlay}",
-                                 ifname=name, kind="vxlan", mtu=mtu, **spec)
-    index = require_link(ipr, name, "vxlan")
-    with _undo_on_error(ipr, name if created else None):
-        for remote in options.remotes if options and created else ():
-            # head-end replication: broadcast and unknown frames go to every remote
-            with netlink_step(f"cannot add vxlan remote {remote} to {name}"):
-                ipr.fdb("append", ifindex=index, lladdr="00:00:00:00:00:00", dst=remote)
+def ensure_vlan(kernel: rtnl.Rtnl, uplink: str, vlan: int, name: str) -> tuple[int, bool]:
+    """The 802.1Q sub-interface `name` of `uplink`, up: (index, created)."""
+    link = kernel.get(name)
+    if link is not None:
+        return link.index, False
+    lower = require_link(kernel, uplink, "uplink")
+    made = _create(kernel, f"cannot create VLAN {vlan} interface {name} on {uplink}",
+                   rtnl.new_link(name, "vlan", lower=lower.index, data=rtnl.vlan_data(vlan)))
+    return require_link(kernel, name, "vlan").index, made
+
+
+def ensure_bridge(kernel: rtnl.Rtnl, name: str, port: str | None, *, mtu: int,
+                  vlan: int | None = None) -> tuple[int, bool]:
+    """Bridge `name`, up, `port` (uplink or vxlan device) enslaved and, with a VLAN, tagged
+    on it: (index, created). Made as realize's plan makes it (EnsureBridge: FDB ageing,
+    vlan_filtering when the network has a VLAN). An existing bridge is used as it is
+    (realize or the operator made it); a port with another master is refused.
+    """
+    from netmap.plan import BRIDGE_AGEING
+
+    link = kernel.get(name)
+    created = False
+    if link is None:
+        what = f"cannot create bridge {name}" + (f" filtering VLAN {vlan}" if vlan else "")
+        created = _create(kernel, what, rtnl.new_link(
+            name, "bridge", mtu=mtu, data=rtnl.bridge_data(BRIDGE_AGEING, vlan is not None)))
+        link = require_link(kernel, name, "bridge")
+    if link.kind != "bridge":
+        raise ApplyError(f"{name} exists but is not a bridge",
+                         fix=f"rename the bridge in the host mapping, or remove {name}")
+    with _undo_on_error(kernel, name if created else None):
+        if port is not None:
+            port_index = _enslave(kernel, name, link.index, port)
+            if vlan is not None and created:
+                with netlink_step(f"cannot tag VLAN {vlan} on {port}, the port of {name}"):
+                    kernel.call(rtnl.bridge_vlan(port_index, vlan, access=False))
+        if not link.up:
+            with netlink_step(f"cannot bring up bridge {name}"):
+                kernel.call(rtnl.set_link(link.index, up=True))
+    return link.index, created
+
+
+def _enslave(kernel: rtnl.Rtnl, bridge: str, index: int, port: str) -> int:
+    live = require_link(kernel, port, "bridge port")
+    if live.master not in (None, 0, index):
+        raise ApplyError(f"{port} is already a port of another bridge",
+                         fix="an uplink can belong to one bridge only")
+    with netlink_step(f"cannot enslave {port} to bridge {bridge}"):
+        kernel.call(rtnl.set_link(live.index, master=index, up=True))
+    return live.index
+
+
+def set_access_vlan(kernel: rtnl.Rtnl, port: int, vlan: int) -> None:
+    """Make a bridge port an access port of `vlan`: PVID and untagged, without VLAN 1."""
+    from netmap.plan import DEFAULT_PVID
+
+    with netlink_step(f"cannot put the tap on VLAN {vlan}"):
+        kernel.call(rtnl.bridge_vlan(port, vlan, access=True))
+        if vlan != DEFAULT_PVID:
+            kernel.call(rtnl.bridge_vlan(port, DEFAULT_PVID, access=False, add=False))
+
+
+def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
+                 options: Vxlan | None, mtu: int) -> tuple[int, bool]:
+    """vxlan device `name` for `vni` over `underlay`, up: (index, created)."""
+    link = kernel.get(name)
+    if link is not None:
+        return link.index, False
+    lower = require_link(kernel, underlay, "underlay uplink")
+    group, local = (options.group, options.local) if options else (None, None)
+    if any(address and ":" in address for address in (group, local)):
+        raise ApplyError(f"vxlan {name}: IPv6 underlay addresses are not supported here",
+                         fix="use an IPv4 group/local, or let 'netmap realize' build it")
+    created = _create(kernel, f"cannot create vxlan {name} (VNI {vni}) on {underlay}",
+                      rtnl.new_link(name, "vxlan", mtu=mtu, data=rtnl.vxlan_data(
+                          vni, lower.index, options.port if options else 4789, group, local)))
+    index = require_link(kernel, name, "vxlan").index
+    if created and options and options.remotes:
+        with _undo_on_error(kernel, name):
+            _add_remotes(name, index, options.remotes)
     return index, created
 
 
-def attach_tap(ipr: IPRoute, tap: str, bridge_index: int, mtu: int, mac: str) -> int:
-    index = require_link(ipr, tap, "tap")
-    with netlink_step(f"cannot set MTU {mtu} and MAC {mac} on {tap}"):
-        ipr.link("set", index=index, mtu=mtu, address=mac)
-    with netlink_step(f"cannot attach {tap} to its bridge"):
-        ipr.link("set", index=index, master=bridge_index)
-    with netlink_step(f"cannot bring up {tap}"):
-        ipr.link("set", index=index, state="up")
-    return index
-
-
-def ensure_macvtap(ipr: IPRoute, name: str, lower: int, mode: str, mac: str,
-                   mtu: int) -> int:
-    """A new macvtap `name` on `lower` in `mode` (bridge, vepa, private, passthru)."""
-    if find_link(ipr, name) is not None:
-        raise ApplyError(f"macvtap {name} already exists",
-                         fix=f"another guest NIC uses it; release it (ip link del {name})")
-    with netlink_step(f"cannot create macvtap {name} (mode {mode})"):
-        ipr.link("add", ifname=name, kind="macvtap", link=lower, macvtap_mode=mode,
-                 address=mac, mtu=mtu)
-    index = require_link(ipr, name, "macvtap")
-    with _undo_on_error(ipr, name), netlink_step(f"cannot bring up {name}"):
-        ipr.link("set", index=index, state="up")
-    return index
-
-
-def delete_links(ipr: IPRoute, names: list[str]) -> None:
-    """Remove links this helper created, newest first; a link already gone is fine."""
+def _add_remotes(name: str, index: int, remotes: tuple[str, ...]) -> None:
+    """Head-end replication: broadcast and unknown frames go to every remote (FDB entries
+    of the all-zero MAC). The rare case: pyroute2 does it, as it does for realize."""
     from pyroute2.netlink.exceptions import NetlinkError
 
+    from netmap.netlink import open_iproute
+
+    with open_iproute() as ipr:
+        for remote in remotes:
+            try:
+                ipr.fdb("append", ifindex=index, lladdr="00:00:00:00:00:00", dst=remote)
+            except NetlinkError as err:
+                raise ApplyError(f"cannot add vxlan remote {remote} to {name}: "
+                                 f"{os.strerror(err.code)}") from err
+
+
+def attach_tap(kernel: rtnl.Rtnl, tap: str, bridge: int, mtu: int, mac: str) -> int:
+    """MTU, host-side MAC, bridge and up, in one request."""
+    index = require_link(kernel, tap, "tap").index
+    with netlink_step(f"cannot attach {tap} to its bridge (MTU {mtu}, MAC {mac})"):
+        kernel.call(rtnl.set_link(index, mtu=mtu, mac=mac, master=bridge, up=True))
+    return index
+
+
+def ensure_macvtap(kernel: rtnl.Rtnl, name: str, lower: int, mode: str, mac: str,
+                   mtu: int) -> int:
+    """A new macvtap `name` on `lower`, up, in `mode` (bridge, vepa, private, passthru)."""
+    if kernel.get(name) is not None:
+        raise ApplyError(f"macvtap {name} already exists",
+                         fix=f"another guest NIC uses it; release it (ip link del {name})")
+    with netlink_step(f"cannot create macvtap {name} (mode {mode})",
+                      "a bridge port or a passthru macvtap's uplink takes no macvtap "
+                      "(EBUSY); check the host mapping"):
+        kernel.call(rtnl.new_link(name, "macvtap", mtu=mtu, mac=mac, lower=lower,
+                                  data=rtnl.macvtap_data(mode)))
+    return require_link(kernel, name, "macvtap").index
+
+
+def delete_links(kernel: rtnl.Rtnl, names: list[str]) -> None:
+    """Remove links this helper created, newest first; a link already gone is fine."""
     for name in reversed(names):
-        index = find_link(ipr, name)
-        if index is None:
-            continue
         try:
-            ipr.link("del", index=index)
-        except NetlinkError as err:
-            if err.code != errno.ENODEV:
+            kernel.call(rtnl.del_link(name=name))
+        except OSError as err:
+            if err.errno != errno.ENODEV:
                 raise
 
 
@@ -378,8 +361,6 @@ def wait_and_delete(pid: int, index: int) -> None:
 
     A macvtap, unlike a tap, outlives the fds opened on it, and QEMU's helper protocol has
     no "release" call, so the helper leaves this watcher behind to remove it when QEMU goes.
-    The child speaks raw rtnetlink: the parent's pyroute2 socket and event loop must not be
-    reused across fork().
     """
     if os.fork() != 0:
         return
@@ -394,18 +375,7 @@ def wait_and_delete(pid: int, index: int) -> None:
             select.select([pidfd], [], [])
         except ProcessLookupError:
             pass  # QEMU is gone already
-        delete_link_by_index(index)
+        with rtnl.Rtnl() as kernel:
+            kernel.call(rtnl.del_link(index))
     finally:
         os._exit(0)
-
-
-def delete_link_by_index(index: int) -> int:
-    """RTM_DELLINK for `index` in this namespace: 0, or the errno the kernel answered."""
-    rtm_dellink, nlm_f_request, nlm_f_ack, nlmsg_error = 17, 0x1, 0x4, 2
-    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0)  # struct ifinfomsg
-    header = struct.pack("=IHHII", 16 + len(body), rtm_dellink, nlm_f_request | nlm_f_ack, 1, 0)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.send(header + body)
-        reply = sock.recv(4096)
-    _, kind, _, _, _ = struct.unpack_from("=IHHII", reply)
-    return -struct.unpack_from("=i", reply, 16)[0] if kind == nlmsg_error else 0

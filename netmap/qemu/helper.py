@@ -37,7 +37,7 @@ from netmap.model import MACVTAP_MODES
 from netmap.qemu import Endpoint, network_name_problem, plan_endpoint
 
 if TYPE_CHECKING:
-    from pyroute2 import IPRoute
+    from netmap.netlink import rtnl
 
 PROG = "netmap-qemu-helper"
 
@@ -145,112 +145,105 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
 
     Whatever this call created is removed again if any step fails, the send included.
     """
-    from netmap.netlink import open_iproute
-    from netmap.netlink.tapfd import (
-        IFF_VNET_HDR,
-        attach_tap,
-        delete_links,
-        ensure_macvtap,
-        ensure_vlan,
-        enter_netns,
-        find_link,
-        open_macvtap,
-        open_tap,
-        peer_pid,
-        private_sysfs,
-        random_tap_mac,
-        require_link,
-        send_fd,
-        tun_features,
-        wait_and_delete,
-    )
+    from netmap.netlink import rtnl
+    from netmap.netlink import tapfd as k
     from netmap.plan import host_side_mac
 
     if endpoint.host.netns:
-        enter_netns(endpoint.host.netns)
+        k.enter_netns(endpoint.host.netns)
     created: list[str] = []  # links this run made, oldest first
     fd = -1
     macvtap = endpoint.binding.mode in MACVTAP_MODES
-    try:
-        with open_iproute() as ipr:
-            if find_link(ipr, endpoint.ifname) is not None:
+    with rtnl.Rtnl() as kernel:
+        try:
+            if kernel.get(endpoint.ifname) is not None:
                 raise ApplyError(f"interface {endpoint.ifname} already exists",
                                  fix="it was realized already: give QEMU -netdev tap,"
                                  f"ifname={endpoint.ifname},script=no,downscript=no instead")
-            uplink = endpoint.binding.uplink
             if macvtap:
-                lower = require_link(ipr, uplink, "uplink")
-                if endpoint.vlan is not None:
-                    lower, made = ensure_vlan(ipr, uplink, endpoint.vlan,
-                                              f"{uplink}.{endpoint.vlan}")
-                    created += [f"{uplink}.{endpoint.vlan}"] if made else []
-                private_sysfs()
-                assert endpoint.mac is not None
-                index = ensure_macvtap(ipr, endpoint.ifname, lower,
-                                       MACVTAP_MODES[endpoint.binding.mode], endpoint.mac,
-                                       endpoint.mtu)
-                created.append(endpoint.ifname)
-                fd = open_macvtap(endpoint.ifname, index)
+                fd = _open_macvtap(kernel, endpoint, created)
             else:
-                bridge_index = _bridge_for(ipr, endpoint, created)
-                vnet = use_vnet and bool(tun_features() & IFF_VNET_HDR)
-                fd = open_tap(endpoint.ifname, vnet_hdr=vnet)
-                # the guest's MAC with fe: as realize (plan.host_side_mac) when known
-                mac = host_side_mac(endpoint.mac) if endpoint.mac else random_tap_mac()
-                tap = attach_tap(ipr, endpoint.ifname, bridge_index, endpoint.mtu, mac)
-                _tap_vlan(ipr, endpoint, bridge_index, tap)
+                bridge = _bridge_for(kernel, endpoint, created)
+                vnet = use_vnet and bool(k.tun_features() & k.IFF_VNET_HDR)
+                fd = k.open_tap(endpoint.ifname, vnet_hdr=vnet)
+                # the guest's MAC with fe: as realize gives it (plan.host_side_mac), if known
+                mac = host_side_mac(endpoint.mac) if endpoint.mac else k.random_tap_mac()
+                tap = k.attach_tap(kernel, endpoint.ifname, bridge, endpoint.mtu, mac)
+                _tap_vlan(kernel, endpoint, bridge, tap)
             try:
-                send_fd(sock, fd)
+                k.send_fd(sock, fd)
             except OSError as err:
                 raise ApplyError(f"cannot send the fd to the caller: {err.strerror}",
                                  fix="the caller (QEMU) went away; nothing was kept") from err
             if macvtap:
-                wait_and_delete(peer_pid(sock), index)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-            fd = -1
-        with open_iproute() as ipr:
-            delete_links(ipr, created)
-        raise
-    finally:
-        if fd >= 0:
-            os.close(fd)
+                k.wait_and_delete(k.peer_pid(sock), require_index(kernel, endpoint.ifname))
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)  # a tap goes with its last fd
+                fd = -1
+            k.delete_links(kernel, created)
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
 
-def _bridge_for(ipr: IPRoute, endpoint: Endpoint, created: list[str]) -> int:
+def require_index(kernel: rtnl.Rtnl, name: str) -> int:
+    from netmap.netlink.tapfd import require_link
+
+    return require_link(kernel, name, "link").index
+
+
+def _open_macvtap(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> int:
+    from netmap.netlink import tapfd as k
+
+    uplink = endpoint.binding.uplink
+    lower = k.require_link(kernel, uplink, "uplink").index
+    if endpoint.vlan is not None:  # on the uplink's 802.1Q sub-interface, as realize does
+        name = f"{uplink}.{endpoint.vlan}"
+        lower, made = k.ensure_vlan(kernel, uplink, endpoint.vlan, name)
+        created += [name] if made else []
+    k.private_sysfs()
+    assert endpoint.mac is not None
+    index = k.ensure_macvtap(kernel, endpoint.ifname, lower,
+                             MACVTAP_MODES[endpoint.binding.mode], endpoint.mac, endpoint.mtu)
+    created.append(endpoint.ifname)
+    return k.open_macvtap(endpoint.ifname, index)
+
+
+def _bridge_for(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> int:
     """The bridge the tap joins, ensured as realize would make it; records what it made."""
-    from netmap.netlink.tapfd import ensure_bridge, ensure_vxlan, find_link, require_link
+    from netmap.netlink import tapfd as k
 
     assert endpoint.bridge is not None
-    index = find_link(ipr, endpoint.bridge)
-    if index is not None:
-        return ensure_bridge(ipr, endpoint.bridge, None, mtu=endpoint.mtu)[0]
+    if kernel.get(endpoint.bridge) is not None:
+        return k.ensure_bridge(kernel, endpoint.bridge, None, mtu=endpoint.mtu)[0]
     binding = endpoint.binding
+    port = binding.uplink
     if endpoint.vxlan is not None:
         assert endpoint.network.vni is not None
-        port, made = ensure_vxlan(ipr, endpoint.vxlan, endpoint.network.vni, binding.uplink,
-                                  binding.vxlan, endpoint.mtu)
+        _, made = k.ensure_vxlan(kernel, endpoint.vxlan, endpoint.network.vni, binding.uplink,
+                                 binding.vxlan, endpoint.mtu)
         created += [endpoint.vxlan] if made else []
-    else:
-        port = require_link(ipr, binding.uplink, "uplink")
-    index, made = ensure_bridge(ipr, endpoint.bridge, port, mtu=endpoint.mtu,
-                                vlan=endpoint.vlan)
+        port = endpoint.vxlan
+    index, made = k.ensure_bridge(kernel, endpoint.bridge, port, mtu=endpoint.mtu,
+                                  vlan=endpoint.vlan)
     created += [endpoint.bridge] if made else []
     return index
 
 
-def _tap_vlan(ipr: IPRoute, endpoint: Endpoint, bridge: int, tap: int) -> None:
+def _tap_vlan(kernel: rtnl.Rtnl, endpoint: Endpoint, bridge: int, tap: int) -> None:
     """Bridge mode with a VLAN: the tap is an access port of it (realize's BridgeVlan)."""
-    from netmap.netlink.tapfd import filters_vlans, set_access_vlan
+    from netmap.netlink.tapfd import set_access_vlan
 
     if endpoint.vlan is None:
         return
-    if not filters_vlans(ipr, bridge):
+    live = kernel.get(str(endpoint.bridge))
+    if live is None or not live.vlan_filtering:
         raise ApplyError(f"bridge {endpoint.bridge} does not filter VLANs, so the tap would "
                          f"not be on network {endpoint.network.name}'s VLAN {endpoint.vlan}",
                          fix="let 'netmap realize' prepare the bridge (vlan_filtering)")
-    set_access_vlan(ipr, tap, endpoint.vlan)
+    set_access_vlan(kernel, tap, endpoint.vlan)
 
 
 def describe(endpoint: Endpoint) -> str:
