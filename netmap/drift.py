@@ -38,6 +38,7 @@ class TrackedDevice:
     lower: str | None = None  # a macvtap's lower device, a vxlan's underlay
     pf: str | None = None
     vf: int | None = None
+    pending: bool = False  # a realize recorded it and did not finish (crash, kill -9)
 
     @property
     def is_link(self) -> bool:
@@ -56,6 +57,9 @@ def tracked_from_state(state: object) -> list[TrackedDevice]:
         return list(state)
     data = getattr(state, "data", state)
     resources = data.get("resources", {}) if isinstance(data, dict) else {}
+    guest_records = data.get("guests", {}) if isinstance(data, dict) else {}
+    unfinished = {name for name, entry in guest_records.items()
+                  if isinstance(entry, dict) and entry.get("status") == "pending"}
     out = []
     for key, record in resources.items():
         step = record.get("step") or {}
@@ -63,7 +67,8 @@ def tracked_from_state(state: object) -> list[TrackedDevice]:
         if key.startswith("link:") and record.get("created"):
             out.append(TrackedDevice(key[5:], guests, str(step.get("kind", "link")),
                                      bridge=step.get("bridge"),
-                                     lower=step.get("lower") or step.get("underlay")))
+                                     lower=step.get("lower") or step.get("underlay"),
+                                     pending=bool(unfinished & set(guests))))
         elif key.startswith("vf:"):
             pf = key.split(":", 2)[1]
             index = (record.get("info") or {}).get("index")
@@ -127,7 +132,13 @@ class _Drift(BindingDrift):
                 continue
             live = self.inv.get(entry.name)
             guest = entry.guests[0] if entry.guests else "GUEST"
-            if live is None:
+            if live is None and entry.pending:
+                self.add("ENDPOINT_VANISHED", ERROR,
+                         f"{entry.role} {entry.name} for {entry.owners} is in netmap's state, "
+                         "but the realize that meant to create it did not finish.",
+                         f"run 'netmap realize {guest}' to finish it, or 'netmap release "
+                         f"{guest}' to undo what it did")
+            elif live is None:
                 self.add("ENDPOINT_VANISHED", ERROR,
                          f"{entry.role} {entry.name}, made by netmap for {entry.owners}, is in "
                          "netmap's state but no longer exists; their link is gone.",

@@ -288,6 +288,14 @@ def test_tracked_devices_come_from_netmaps_real_state_file(tmp_path: Path) -> No
     assert (tracked[mvt].role, tracked[mvt].lower) == ("macvtap", "eth0")
     assert (tracked["eno1/vf1"].pf, tracked["eno1/vf1"].vf) == ("eno1", 1)
     assert tracked_from_state(HostState.load("nobody", tmp_path)) == []
+    assert tracked[tap].pending  # use() records a guest as pending until realize finishes
+    state = HostState.load("h1", tmp_path)
+    state.set_guest("vm1", "realized")
+    pending = {t.name: t.pending for t in tracked_from_state(state)}
+    assert pending[tap] and not pending[mvt]
+    finding = next(f for f in drift_findings(host_from(tmp_path), healthy(), state)
+                   if tap in f.message)
+    assert finding.code == "ENDPOINT_VANISHED" and "did not finish" in finding.message
 
 
 # --- end to end in a lab --------------------------------------------------------------------
