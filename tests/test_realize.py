@@ -14,6 +14,7 @@ import select
 import socket
 import struct
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -21,8 +22,10 @@ import pytest
 from conftest import needs_netns
 
 from netmap.cli import main
+from netmap.errors import ApplyError
 from netmap.graph import build_graph
 from netmap.load import load_fleet
+from netmap.netlink.apply import realize_plan, release_guest
 from netmap.netlink.rtnl import entered_netns
 from netmap.plan import build_plan
 from netmap.state import HostState
@@ -86,6 +89,11 @@ def host_dump(netns: str) -> dict:
             data = link.get("linkinfo", {}).get(part, {})
             for key in [k for k in data if k.endswith("_timer")]:
                 del data[key]
+        # carrier follows on its own (linkwatch, up to a second later: a tap loses it once
+        # its creating fd is closed), and with it operstate and the bridge port's STP state
+        link.pop("operstate", None)
+        link["flags"] = [f for f in link["flags"] if f not in ("NO-CARRIER", "LOWER_UP")]
+        link.get("linkinfo", {}).get("info_slave_data", {}).pop("state", None)
         links[link["ifname"]] = link
     fdb = [e for e in json.loads(run("bridge", "-j", "fdb", "show", netns=netns) or "[]")
            if e.get("state") == "permanent" or e.get("dst")]  # not what traffic taught
@@ -257,3 +265,210 @@ def test_migration_keeps_the_segment_frames_pass(lab) -> None:
             os.close(fd_b)
     finally:
         os.close(fd)
+
+
+def test_failure_at_every_step_leaves_the_host_as_before(lab) -> None:
+    """Fail (an exception, or Ctrl-C) before each step in turn: exit 3, nothing left."""
+    built, root = lab
+    ns = built.hosts["host-a"]
+    assert main(["realize", "vm6", "--host", "host-a"]) == 0  # shares vx5001 with vm5
+    before, state_before = host_dump(ns), HostState.load("host-a").data
+    plan = plan_for(root, "vm5", "host-a")
+    count = len(plan.steps)
+    assert count >= 7
+    for failing in range(count):
+        error: BaseException = KeyboardInterrupt() if failing % 2 else RuntimeError("injected")
+
+        def hook(position: int, _step, failing=failing, error=error) -> None:
+            if position == failing:
+                raise error
+
+        with pytest.raises(ApplyError) as caught:
+            realize_plan(plan, on_step=hook)
+        assert "every change was undone" in caught.value.problem
+        assert ("interrupted" if failing % 2 else "injected") in caught.value.problem
+        after = host_dump(ns)
+        diff = {name: {k: (v, after["links"].get(name, {}).get(k)) for k, v in link.items()
+                       if after["links"].get(name, {}).get(k) != v}
+                for name, link in before["links"].items()}
+        assert after == before, f"step {failing} left changes behind: {diff}"
+        assert HostState.load("host-a").data == state_before
+    assert realize_plan(plan).changed  # and afterwards it still works
+
+
+def test_kernel_refusal_mid_way_rolls_back(lab, capsys) -> None:
+    """vm7: mgmt is built first, then prod needs eth0.100, which this kernel (no 8021q)
+    cannot create: the bridge, the enslaved uplink and the tap are undone, exit 3."""
+    built, _root = lab
+    ns = built.hosts["host-a"]
+    before = host_dump(ns)
+    assert main(["realize", "vm7", "--host", "host-a"]) == 3
+    err = capsys.readouterr().err
+    assert "802.1Q" in err and "every change was undone" in err and "modprobe 8021q" in err
+    assert host_dump(ns) == before
+
+
+def test_refusals_touch_nothing(lab, capsys) -> None:
+    built, root = lab
+    ns = built.hosts["host-a"]
+    tap = plan_for(root, "vm5", "host-a").nics[0].device
+    # a foreign device holds the endpoint's name
+    run("ip", "link", "add", tap, "type", "veth", "peer", "name", "x0", netns=ns)
+    before = host_dump(ns)
+    assert main(["realize", "vm5", "--host", "host-a"]) == 3
+    assert f"{tap} exists on host-a as a veth" in capsys.readouterr().err
+    assert host_dump(ns) == before
+    run("ip", "link", "del", tap, netns=ns)
+    # the uplink is enslaved to a bridge netmap does not know
+    run("ip", "link", "add", "other", "type", "bridge", netns=ns)
+    run("ip", "link", "set", "eth1", "master", "other", netns=ns)
+    before = host_dump(ns)
+    assert main(["realize", "vm5", "--host", "host-a"]) == 3
+    assert "eth1 is already a port of other" in capsys.readouterr().err
+    assert host_dump(ns) == before
+    run("ip", "link", "del", "other", netns=ns)
+    # the uplink vanished
+    run("ip", "link", "del", "eth1", netns=ns)
+    before = host_dump(ns)
+    assert main(["realize", "vm5", "--host", "host-a"]) == 3
+    assert "uplink eth1 does not exist on host-a" in capsys.readouterr().err
+    assert host_dump(ns) == before
+    assert HostState.load("host-a").data["guests"] == {}
+
+
+def test_drift_is_repaired_and_foreign_devices_survive_release(lab, capsys) -> None:
+    built, root = lab
+    ns = built.hosts["host-a"]
+    assert main(["realize", "vm5", "--host", "host-a"]) == 0
+    tap = plan_for(root, "vm5", "host-a").nics[0].device
+    run("ip", "link", "set", tap, "nomaster", "mtu", "1400", netns=ns)
+    capsys.readouterr()
+    assert main(["realize", "vm5", "--host", "host-a", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [s["result"] for s in result["steps"]].count("repair") == 1
+    links = host_dump(ns)["links"]
+    assert links[tap]["master"] == "br-eth1" and links[tap]["mtu"] == 1500
+    # a guest netmap does not know is plugged into the bridge: the bridge must stay
+    run("ip", "link", "add", "vnet0", "type", "veth", "peer", "name", "vnet0p", netns=ns)
+    run("ip", "link", "set", "vnet0", "master", "br-eth1", netns=ns)
+    # and the endpoint's name now belongs to someone else
+    run("ip", "link", "del", tap, netns=ns)
+    run("ip", "link", "add", tap, "type", "veth", "peer", "name", "y0", netns=ns)
+    assert main(["release", "vm5", "--host", "host-a"]) == 0
+    out = capsys.readouterr().out
+    assert "bridge still has ports netmap did not make: vnet0" in out
+    links = host_dump(ns)["links"]
+    assert {tap, "vnet0", "br-eth1"} <= set(links)
+    assert links["eth1"]["master"] == "br-eth1"
+    assert "vx5001" not in links and "brvx5001" not in links
+    assert HostState.load("host-a").data["resources"] == {}
+
+
+def _crash_at(root: Path, position: int, state_dir: str) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child dies mid-way, as a kill -9 would leave it
+        os.environ["NETMAP_STATE_DIR"] = state_dir
+        try:
+            realize_plan(plan_for(root, "vm5", "host-a"),
+                         on_step=lambda i, _s: os._exit(9) if i == position else None)
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1] >> 8
+
+
+def test_crash_mid_way_next_run_finishes_or_release_undoes(lab) -> None:
+    built, root = lab
+    ns = built.hosts["host-a"]
+    before = host_dump(ns)
+    state_dir = os.environ["NETMAP_STATE_DIR"]
+    assert _crash_at(root, 5, state_dir) == 9
+    state = HostState.load("host-a")
+    assert state.guest("vm5")["status"] == "pending"
+    assert "br-eth1" in host_dump(ns)["links"]  # half built
+    result = realize_plan(plan_for(root, "vm5", "host-a"))  # finishes it
+    actions = [action for _, _, action in result.outcomes]
+    assert "unchanged" in actions and "create" in actions
+    assert HostState.load("host-a").guest("vm5")["status"] == "realized"
+    release_guest("host-a", "vm5", ns)
+    assert host_dump(ns) == before
+    assert _crash_at(root, 6, state_dir) == 9  # crash again; this time release undoes it
+    release_guest("host-a", "vm5", ns)
+    assert host_dump(ns) == before
+    assert HostState.load("host-a").data["resources"] == {}
+
+
+def test_concurrent_realizes_share_and_never_collide(lab) -> None:
+    built, _root = lab
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    runs = [subprocess.Popen([sys.executable, "-m", "netmap", "realize", guest, "--host",
+                              "host-a", "--json"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for guest in ("vm5", "vm6", "vm5", "vm6")]
+    outputs = [proc.communicate(timeout=60) for proc in runs]
+    assert [proc.returncode for proc in runs] == [0, 0, 0, 0], outputs
+    changed = [json.loads(out)["changed"] for out, _ in outputs]
+    assert sorted(changed) == [False, False, True, True]  # each guest built exactly once
+    state = HostState.load("host-a")
+    assert sorted(state.users("link:brvx5001")) == ["vm5", "vm6"]
+    release_guest("host-a", "vm5", built.hosts["host-a"])
+    assert "brvx5001" in host_dump(built.hosts["host-a"])["links"]  # vm6 still uses it
+
+
+def make_fake_pf(root: Path, pf: str, netdevs: list[str | None]) -> Path:
+    device = root / "devices" / f"{pf}-pf"
+    device.mkdir(parents=True)
+    (root / "class" / "net" / pf).mkdir(parents=True)
+    os.symlink(device, root / "class" / "net" / pf / "device")
+    (device / "sriov_totalvfs").write_text("8\n")
+    (device / "sriov_numvfs").write_text(f"{len(netdevs)}\n")
+    for index, netdev in enumerate(netdevs):
+        vf = root / "devices" / f"0000:03:10.{index}"
+        (vf / "net").mkdir(parents=True)
+        if netdev:
+            (vf / "net" / netdev).mkdir()
+        os.symlink(vf, device / f"virtfn{index}")
+    return root
+
+
+VM8 = """[guest]
+name = "vm8"
+host = "host-a"
+
+[[nics]]
+network = "mgmt"
+mac = "52:54:00:88:00:01"
+
+[[nics]]
+network = "storage"
+mac = "52:54:00:88:00:02"
+"""
+
+
+def test_vf_claims_against_fake_sysfs(lab, tmp_path: Path, capsys) -> None:
+    """VFs are chosen under the lock from sysfs minus state's claims; on the lab's veth PF
+    the real netlink VF call fails (no SR-IOV driver), and everything is rolled back."""
+    built, root = lab
+    ns = built.hosts["host-a"]
+    (root / "guests" / "vm8.toml").write_text(VM8)
+    sysfs = make_fake_pf(tmp_path / "sys", "eno1", ["eno1v0", "eno1v1"])
+    from netmap.netlink.ensure import Transaction
+    from netmap.netlink.rtnl import Rtnl
+
+    state = HostState.load("host-a")
+    state.use("vm1", "vf:eno1:52:54:00:12:34:57", step={}, created=True, info={"index": 0})
+    with Rtnl(ns) as kernel:
+        txn = Transaction(kernel, state, plan_for(root, "vm8", "host-a"), sysfs)
+        txn.decide()
+    assert [vf.index for vf in txn.vfs.values()] == [1]  # VF 0 is vm1's
+    state.use("vm3", "vf:eno1:52:54:00:cd:00:02", step={}, created=True, info={"index": 1})
+    with Rtnl(ns) as kernel, pytest.raises(ApplyError, match="no free VF on eno1"):
+        Transaction(kernel, state, plan_for(root, "vm8", "host-a"), sysfs).decide()
+    before = host_dump(ns)
+    os.environ["NETMAP_SYSFS"] = str(sysfs)
+    try:
+        assert main(["realize", "vm8", "--host", "host-a"]) == 3
+    finally:
+        del os.environ["NETMAP_SYSFS"]
+    err = capsys.readouterr().err
+    assert "claim a free VF of eno1" in err and "every change was undone" in err
+    assert host_dump(ns) == before

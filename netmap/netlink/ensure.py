@@ -12,6 +12,7 @@ rollback() runs them in reverse.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,10 +317,15 @@ class Transaction:
             self.kernel.call(rtnl.set_link(self.index(step.name), up=True))
 
     def _claim_vf(self, step: p.ClaimVf) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
         vf = self.vfs[step.resource]
-        self.pyroute().link("set", index=self.index(step.pf), vf={
-            "vf": vf.index, "mac": step.mac, "vlan": step.vlan or 0,
-            "spoofchk": int(step.spoofchk)})
+        try:  # IFLA_VFINFO_LIST on the PF: MAC, VLAN, spoof-check of one VF entry
+            self.pyroute().link("set", index=self.index(step.pf), vf={
+                "vf": vf.index, "mac": step.mac, "vlan": step.vlan or 0,
+                "spoofchk": int(step.spoofchk)})
+        except NetlinkError as err:
+            raise OSError(err.code, os.strerror(err.code)) from err
         if step.macvtap and vf.netdev:
             self.kernel.call(rtnl.new_link(step.macvtap, "macvtap", mtu=step.mtu,
                                            mac=step.mac, lower=self.index(vf.netdev),
@@ -457,6 +463,8 @@ def _explain(step: p.Step, err: OSError) -> str:
     if isinstance(step, (p.EnsureBridge, p.BridgeVlan)) and err.errno == errno.EOPNOTSUPP:
         return ("this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING, which "
                 "needs 802.1Q), so a bridge cannot carry the network's VLAN")
+    if isinstance(step, p.ClaimVf) and err.errno == errno.EOPNOTSUPP:
+        return f"{step.pf}'s driver does not manage VFs through netlink"
     if err.errno == errno.EEXIST:
         return f"{getattr(step, 'name', '')} appeared meanwhile (another tool made it)"
     if err.errno == errno.EBUSY and isinstance(step, (p.EnslavePort, p.CreateMacvtap)):
@@ -472,5 +480,6 @@ def _fix_for(step: p.Step, err: OSError) -> str | None:
     if isinstance(step, (p.EnsureBridge, p.BridgeVlan)) and err.errno == errno.EOPNOTSUPP:
         return "use a kernel with 802.1Q and bridge VLAN filtering, or an untagged network"
     if isinstance(step, p.ClaimVf) and err.errno == errno.EOPNOTSUPP:
-        return f"{step.pf}'s driver does not manage VFs through netlink"
+        return (f"check that {step.pf} is an SR-IOV PF whose driver sets VF MAC/VLAN "
+                "through netlink (ip link set PF vf N mac ...)")
     return None
