@@ -262,6 +262,65 @@ def test_bridge_mode_with_a_vlan(lab_factory, tmp_path: Path) -> None:
         got.close()
 
 
+def read_frame(fd: int, marker: bytes, timeout: float = 5.0) -> bytes | None:
+    """The first frame on a tap fd that carries `marker`, or None."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            frame = os.read(fd, 65536)
+            if marker in frame:
+                return frame
+    return None
+
+
+@pytest.mark.parametrize("network", ["mgmt", "tenant-blue"])
+def test_one_logical_network_across_two_hosts(lab_factory, tmp_path: Path,
+                                              network: str) -> None:
+    """host-a maps mgmt to eth1, host-b to eno3 (tenant-blue: VNI 5001 over them): a frame
+    the guest on host-a sends reaches the guest on host-b, fd to fd, through the fabric."""
+    _, mappings = lab_factory("nmD", ["host-a", "host-b"])
+    acl = tmp_path / "acl.conf"
+    acl.write_text(f"allow {network}\n")
+    on_a = call_helper([f"--br={network}"], helper_env(mappings, acl, host="host-a"))
+    on_b = call_helper([f"--br={network}"], helper_env(mappings, acl, host="host-b"))
+    try:
+        assert on_a.code == 0 and on_b.code == 0, on_a.stderr + on_b.stderr
+        marker = f"netmap {network} a->b".encode()
+        frame = (b"\xff" * 6 + bytes.fromhex("525400aa0001") + b"\x88\xb5" + marker
+                 + bytes(40))
+        got = None
+        for _ in range(20):  # the first frames may race the vxlan's multicast join
+            os.write(on_a.fd, frame)
+            got = read_frame(on_b.fd, marker, timeout=0.25)
+            if got:
+                break
+        assert got is not None, "the frame did not reach host-b's tap"
+        assert got[6:12] == bytes.fromhex("525400aa0001")
+    finally:
+        on_a.close()
+        on_b.close()
+
+
+def test_vxlan_unicast_remotes(host_a) -> None:
+    netns, mappings, acl = host_a
+    host_file = mappings / "hosts" / "host-a.toml"
+    host_file.write_text(host_file.read_text().replace(
+        'vxlan = { group = "239.1.1.1" }', 'vxlan = { remotes = ["10.250.0.2", "10.250.0.3"] }'))
+    got = call_helper(["--br=tenant-blue"], helper_env(mappings, acl))
+    try:
+        assert got.code == 0, got.stderr
+        fdb = subprocess.run(["bridge", "-n", netns, "fdb", "show", "dev", "vx5001"],
+                             capture_output=True, text=True, check=True).stdout
+        heads = {line.split()[2] for line in fdb.splitlines()
+                 if line.startswith("00:00:00:00:00:00 dst")}
+        assert heads == {"10.250.0.2", "10.250.0.3"}
+    finally:
+        got.close()
+
+
 # --- refusals: nothing created, no fd --------------------------------------------------------
 
 @pytest.mark.parametrize(("args", "code", "message"), [
