@@ -364,9 +364,13 @@ class Transaction:
                                               lower=self.index(step.lower),
                                               data=rtnl.macvtap_data(step.mode)))
             sent.append(action)
-        macvtaps = [a.step.name for a in sent if isinstance(a.step, p.CreateMacvtap)]
-        # the requests after the creations: their errors only matter if creation worked
-        errors = self.kernel.batch(requests + [rtnl.no_ipv6(n) for n in macvtaps])
+        new_macvtaps = [a.step for a in sent if isinstance(a.step, p.CreateMacvtap)]
+        # After the creations, in the same batch: no IPv6, and the MAC again, because a
+        # passthru macvtap ignores IFLA_ADDRESS at creation and inherits the uplink's (the
+        # kernel gives the uplink its own MAC back when the macvtap is deleted).
+        errors = self.kernel.batch(requests + [
+            rtnl.set_link(0, name=s.name, mac=s.mac, no_ipv6=True) for s in new_macvtaps])
+        macvtaps = [s.name for s in new_macvtaps]
         late = dict(zip(macvtaps, errors[len(requests):], strict=True))
         first: tuple[p.Step, OSError] | None = None
         for action, error in zip(sent, errors, strict=False):
