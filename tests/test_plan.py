@@ -1,0 +1,197 @@
+"""The plan: pure, from small mapping snippets; and the plan/realize commands up to the
+point where they would touch a kernel (no root needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from netmap.cli import main
+from netmap.graph import build_graph
+from netmap.load import load_fleet
+from netmap.names import MAX_IFNAME
+from netmap.plan import (
+    BridgeVlan,
+    ClaimVf,
+    CreateMacvtap,
+    CreateTap,
+    DeleteLink,
+    EnslavePort,
+    EnsureBridge,
+    EnsureVlanLink,
+    EnsureVxlan,
+    RequireLink,
+    build_plan,
+    host_side_mac,
+    step_from_dict,
+)
+
+EXTRA_HOST = """[host]
+name = "host-x"
+netns = "nmA-never-built"
+
+[uplinks.ens3]
+segments = ["dc1-fabric"]
+mtu = 9000
+
+[uplinks.ens4]
+segments = ["dc1-storage"]
+mtu = 9000
+sriov = { total_vfs = 4 }
+
+[uplinks.ens5]
+segments = ["dc1-fabric"]
+
+[networks.prod]
+mode = "bridge"
+uplink = "ens3"
+
+[networks.storage]
+mode = "sriov-vf"
+uplink = "ens4"
+vf_attach = "macvtap"
+spoofchk = false
+
+[networks.tenant-blue]
+mode = "vxlan"
+uplink = "ens5"
+vxlan = { remotes = ["10.0.0.2", "10.0.0.3"], port = 8472 }
+"""
+TWO_ON_ONE_BRIDGE = """[guest]
+name = "twins"
+host = "host-x"
+
+[[nics]]
+network = "prod"
+mac = "52:54:00:00:10:01"
+
+[[nics]]
+network = "prod"
+mac = "52:54:00:00:10:02"
+
+[[nics]]
+network = "storage"
+mac = "52:54:00:00:10:03"
+
+[[nics]]
+network = "tenant-blue"
+mac = "52:54:00:00:10:04"
+"""
+
+
+@pytest.fixture
+def fleet_dir(mappings: Path) -> Path:
+    (mappings / "hosts" / "host-x.toml").write_text(EXTRA_HOST)
+    (mappings / "guests" / "twins.toml").write_text(TWO_ON_ONE_BRIDGE)
+    return mappings
+
+
+def plan_for(root: Path, guest: str, host: str):
+    fleet = load_fleet(root)
+    return build_plan(build_graph(fleet), fleet.guests[guest], fleet.hosts[host])
+
+
+def test_bridge_mode_with_vlan_shared_steps_once(fleet_dir: Path) -> None:
+    plan = plan_for(fleet_dir, "twins", "host-x")
+    assert plan.problems == ()
+    steps = [step for _, step in plan.steps]
+    bridges = [s for s in steps if isinstance(s, EnsureBridge)]
+    prod_bridge = next(b for b in bridges if b.name == "br-ens3")
+    assert prod_bridge.vlan_filtering and prod_bridge.mtu == 9000
+    assert prod_bridge.ageing == 3000  # 30 s, never 0 (a hub leaks frames: OSSA-2019-004)
+    # two NICs on one bridge: the bridge, the uplink's port and its trunk VLAN appear once
+    assert sum(isinstance(s, EnslavePort) and s.port == "ens3" for s in steps) == 1
+    assert BridgeVlan("ens3", 100) in steps
+    taps = [s for s in steps if isinstance(s, CreateTap) and s.bridge == "br-ens3"]
+    assert len(taps) == 2 and len({t.name for t in taps}) == 2
+    for tap in taps:  # each tap is an access port of VLAN 100 only
+        assert BridgeVlan(tap.name, 100, access=True) in steps
+        assert steps.index(BridgeVlan(tap.name, 100, access=True)) > steps.index(tap)
+        assert tap.mac == host_side_mac(tap.guest_mac) and tap.mac.startswith("fe:")
+    assert steps.index(RequireLink("ens3")) < steps.index(prod_bridge)
+
+
+def test_sriov_vf_as_macvtap_and_vxlan_unicast(fleet_dir: Path) -> None:
+    plan = plan_for(fleet_dir, "twins", "host-x")
+    storage, blue = plan.nics[2], plan.nics[3]
+    claim = next(s for s in storage.steps if isinstance(s, ClaimVf))
+    assert (claim.pf, claim.vlan, claim.spoofchk) == ("ens4", 200, False)
+    assert claim.macvtap == storage.device
+    vx = next(s for s in blue.steps if isinstance(s, EnsureVxlan))
+    assert (vx.name, vx.vni, vx.port, vx.remotes, vx.group) == (
+        "vx5001", 5001, 8472, ("10.0.0.2", "10.0.0.3"), None)
+    assert vx.mtu == 1450 and blue.bridge == "brvx5001"
+    kinds = [s.kind for s in blue.steps]
+    assert kinds == ["require-link", "vxlan", "bridge", "enslave", "tap"]
+
+
+def test_macvtap_with_vlan_needs_a_sub_interface(mappings: Path) -> None:
+    plan = plan_for(mappings, "vm1", "host-a")
+    prod = plan.nics[0]
+    assert [s.kind for s in prod.steps] == ["require-link", "vlan-link", "macvtap"]
+    vlan_link = prod.steps[1]
+    assert vlan_link == EnsureVlanLink("eth0.100", "eth0", 100, 9000)
+    assert prod.steps[2] == CreateMacvtap(prod.device, "eth0.100", "vepa",
+                                          "52:54:00:12:34:56", 9000)
+
+
+def test_names_are_short_and_the_same_on_every_host(mappings: Path) -> None:
+    a, b = plan_for(mappings, "vm2", "host-a"), plan_for(mappings, "vm2", "host-b")
+    assert [n.device for n in a.nics] == [n.device for n in b.nics]
+    for plan in (a, b):
+        for _, step in plan.steps:
+            for name in (getattr(step, "name", ""), getattr(step, "port", "")):
+                assert len(name.encode()) <= MAX_IFNAME
+
+
+def test_steps_round_trip_through_json_and_invert(fleet_dir: Path, mappings: Path) -> None:
+    for guest, host in (("twins", "host-x"), ("vm1", "host-a"), ("vm3", "host-b")):
+        plan = plan_for(fleet_dir, guest, host)
+        data = json.loads(json.dumps(plan.as_dict()))
+        assert len(data["steps"]) == len(plan.steps)
+        for (_, step), shown in zip(plan.steps, data["steps"], strict=True):
+            assert step_from_dict(step.as_dict()) == step
+            assert shown["do"] == step.describe()
+            inverse = step.inverse()
+            assert inverse is not None and inverse.resource == step.resource
+            assert shown["undo"] == inverse.describe()
+    tap = next(s for _, s in plan_for(fleet_dir, "twins", "host-x").steps
+               if isinstance(s, CreateTap))
+    assert tap.inverse() == DeleteLink(tap.name, "tun")
+
+
+def test_unbound_network_is_a_problem_not_a_silent_skip(mappings: Path, capsys) -> None:
+    plan = plan_for(mappings, "vm1", "host-c")
+    assert plan.problems == ("NIC 1: host-c has no binding for network storage",)
+    assert [n.nic for n in plan.nics] == [0]
+    assert main(["plan", "vm1", "--host", "host-c", "--mappings", str(mappings)]) == 1
+    assert "cannot plan" in capsys.readouterr().out
+
+
+def test_plan_command_json(mappings: Path, capsys) -> None:
+    assert main(["plan", "vm2", "--host", "host-b", "--mappings", str(mappings),
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["host"] == "host-b" and data["netns"] == "nm-lab-host-b"
+    assert [s["kind"] for s in data["steps"]] == [
+        "require-link", "vlan-link", "macvtap", "require-link", "bridge", "enslave", "tap"]
+    assert data["steps"][4]["undo"] == "delete bridge br-eno3"
+
+
+def test_realize_refuses_before_touching_anything(mappings: Path, tmp_path: Path,
+                                                  monkeypatch, capsys) -> None:
+    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+    common = ["--mappings", str(mappings)]
+    # check fails (host-c has no storage network): exit 1, no state written
+    assert main(["realize", "vm1", "--host", "host-c", *common]) == 1
+    assert "NETWORK_UNBOUND" in capsys.readouterr().out
+    # --dry-run prints the plan and changes nothing
+    assert main(["realize", "vm2", "--host", "host-b", "--dry-run", "--json", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["guest"] == "vm2"
+    # host-d has no netns: it is another machine than this one
+    assert main(["realize", "vm4", "--host", "host-d", *common]) == 2
+    err = capsys.readouterr().err
+    assert "names another machine than this one" in err and "--as-host" in err
+    assert not (tmp_path / "state").exists()
