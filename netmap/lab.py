@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mappings", default="mappings")
     parser.add_argument("--prefix", default="nm-lab")
     parser.add_argument("hosts", nargs="*", help="hosts to build (default: all with uplinks)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     fleet = load_fleet(args.mappings)
     if args.action == "down":
         teardown_lab(lab_for(fleet, args.prefix))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_MAPPINGS, REPO
+from conftest import EXAMPLE_MAPPINGS, REPO, needs_netns
 
 from netmap.cli import main
 
@@ -119,3 +119,24 @@ def test_fast_paths_import_nothing_heavy():
                          cwd=REPO, check=True).stdout
     assert "netmap 0.1.0" in out
     assert out.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_check_live_refuses_another_machine(capsys, monkeypatch):
+    monkeypatch.setenv("NETMAP_HOST", "host-a")
+    code, _, err = run(capsys, "check", "vm1", "--to", "host-d", "--live")
+    assert code == 2 and "--live reads the live host" in err
+
+
+@needs_netns
+def test_check_live_folds_in_the_destinations_drift(capsys, lab_factory):
+    import subprocess
+
+    lab, mappings = lab_factory("nmL", ["host-b"])
+    argv = ["--mappings", str(mappings), "check", "vm2", "--to", "host-b", "--live", "--json"]
+    assert main(argv) == 0, capsys.readouterr()
+    capsys.readouterr()
+    subprocess.run(["ip", "-n", lab.hosts["host-b"], "link", "set", "eno3", "down"], check=True)
+    assert main(argv) == 1
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    down = [f for f in findings if f["code"] == "UPLINK_DOWN"]
+    assert down and "eno3" in down[0]["message"] and down[0]["severity"] == "error"

@@ -35,7 +35,41 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
                         help="the source host (default: where the guest file says it runs)")
     parser.add_argument("--strict", action="store_true",
                         help="a change of forwarding semantic is an error, not a warning")
+    parser.add_argument("--live", action="store_true",
+                        help="also compare the destination's mapping with the live host "
+                        "(run on the destination, or on a lab host's namespace)")
     add_json(parser)
+
+
+def _live_findings(fleet, guest, dest) -> tuple:
+    """Drift of the destination, limited to what this guest would use there: the bindings
+    of its networks, their uplinks, and the host's features."""
+    import dataclasses
+    import os
+    import socket
+
+    from netmap.commands.discover import live_drift
+    from netmap.errors import InputError
+
+    here = os.environ.get("NETMAP_HOST") or socket.gethostname()
+    if dest.netns is None and dest.name != here:
+        raise InputError(f"--live reads the live host, but this machine is {here!r}, not "
+                         f"{dest.name!r}", fix=f"run the check on {dest.name}, or drop --live")
+    bindings = {n.network: dest.bindings[n.network] for n in guest.nics
+                if n.network in dest.bindings}
+    uplinks = {b.uplink: dest.uplinks[b.uplink] for b in bindings.values()}
+    from netmap.drift import MODE_FEATURES
+
+    # a live drift finding is an error, so vhost-net counts only where a NIC requires it
+    needed = {f for b in bindings.values() for f in MODE_FEATURES.get(b.mode, ())}
+    if any(nic.vhost == "required" for nic in guest.nics):
+        needed.add("vhost-net")
+    scope = dataclasses.replace(dest, bindings=bindings, uplinks=uplinks,
+                                features=dest.features & needed)
+    report = live_drift(scope, fleet.networks)
+    # other guests' endpoints are drift of the host, not a reason to refuse this guest
+    return tuple(f for f in report.findings
+                 if not f.code.startswith("ENDPOINT_") and f.code != "HOST_NOT_HERE")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -48,6 +82,11 @@ def _check(args: argparse.Namespace) -> int:
     dest = require_host(fleet, args.to)
     source = require_host(fleet, args.source).name if args.source else None
     report = check_migration(graph, guest.name, dest.name, source=source, strict=args.strict)
+    if args.live:
+        import dataclasses
+
+        live = _live_findings(fleet, guest, dest)
+        report = dataclasses.replace(report, findings=report.findings + live)
     if args.json:
         print_json(report.as_dict())
     else:
