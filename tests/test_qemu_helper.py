@@ -52,7 +52,8 @@ def receive_fd(sock: socket.socket) -> int | None:
 
 def helper_env(mappings: Path, acl: Path, host: str = "host-a") -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "NETMAP_MAPPINGS": str(mappings),
-            "NETMAP_HOST": host, "NETMAP_QEMU_ACL": str(acl)}
+            "NETMAP_HOST": host, "NETMAP_QEMU_ACL": str(acl),
+            "NETMAP_STATE_DIR": str(acl.parent / "state")}  # the host lock lives there
 
 
 def call_helper(args: list[str], env: dict[str, str], *, close_caller: bool = False
@@ -317,6 +318,37 @@ def test_vxlan_unicast_remotes(host_a) -> None:
         heads = {line.split()[2] for line in fdb.splitlines()
                  if line.startswith("00:00:00:00:00:00 dst")}
         assert heads == {"10.250.0.2", "10.250.0.3"}
+    finally:
+        got.close()
+
+
+def test_waits_for_the_host_lock(host_a) -> None:
+    """A realize/release holding the host's lock is waited for, not raced."""
+    import threading
+
+    from netmap.state import host_lock
+
+    _, mappings, acl = host_a
+    env = helper_env(mappings, acl)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with host_lock("host-a", env["NETMAP_STATE_DIR"]):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    timer = threading.Timer(0.8, release.set)
+    timer.start()
+    start = time.monotonic()
+    got = call_helper(["--br=mgmt"], env)
+    elapsed = time.monotonic() - start
+    holder.join()
+    try:
+        assert got.code == 0, got.stderr
+        assert elapsed >= 0.7, "the helper did not wait for the lock"
     finally:
         got.close()
 

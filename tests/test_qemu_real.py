@@ -76,7 +76,7 @@ def lab(lab_factory, tmp_path: Path):
     wrapper.write_text(
         "#!/bin/sh\n"
         f"export PYTHONPATH='{REPO}' NETMAP_MAPPINGS='{mappings}' NETMAP_HOST=host-a "
-        f"NETMAP_QEMU_ACL='{acl}'\n"
+        f"NETMAP_QEMU_ACL='{acl}' NETMAP_STATE_DIR='{tmp_path / 'state'}'\n"
         f"exec '{sys.executable}' -m netmap.qemu.helper --verbose \"$@\"\n")
     wrapper.chmod(0o755)
     return lab.hosts["host-a"], mappings, wrapper, tmp_path

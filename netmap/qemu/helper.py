@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from netmap.netlink import rtnl
 
 PROG = "netmap-qemu-helper"
+LOCK_TIMEOUT = 30.0  # seconds; QEMU waits for the helper, a realize takes well under this
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def serve(request: Request) -> Endpoint:
     from netmap.commands._common import this_host
     from netmap.load import load_fleet
     from netmap.qemu.acl import acl_path, load_acl
+    from netmap.state import host_lock
 
     load_acl(acl_path(request.acl)).check(request.network)
     fleet = load_fleet(request.mappings)
@@ -134,7 +136,10 @@ def serve(request: Request) -> Endpoint:
     endpoint = plan_endpoint(request, fleet, host)
     sock = check_socket(request.fd)
     try:
-        attach_and_send(endpoint, sock, use_vnet=request.use_vnet)
+        # realize's per-host lock: a release deleting the bridge, or another helper making
+        # it, never interleaves with this attach
+        with host_lock(host.name, timeout=LOCK_TIMEOUT):
+            attach_and_send(endpoint, sock, use_vnet=request.use_vnet)
     finally:
         sock.close()
     return endpoint
