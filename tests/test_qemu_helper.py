@@ -426,6 +426,22 @@ def test_fd_that_is_not_the_callers_socket(host_a, fd_kind: str) -> None:
     assert "br-eth1" not in links(netns)
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--br=mgmt"], "missing --fd=N"),
+    (["--fd=x", "--br=mgmt"], "argument --fd: invalid int value: 'x'"),
+    (["--fd=3", "--fd=4", "--br=mgmt"], "--fd given twice"),
+    (["--fd=3", "--br=mgmt", "extra"], "unrecognized arguments: extra"),
+])
+def test_missing_or_malformed_fd(host_a, argv: list[str], message: str) -> None:
+    netns, mappings, acl = host_a
+    before = links(netns)
+    done = subprocess.run([*HELPER, *argv], env=helper_env(mappings, acl), capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert links(netns).keys() == before.keys()
+
+
 def test_caller_gone_rolls_back_what_was_made(host_a) -> None:
     """The bridge is made, the tap too, then the send fails: both are removed again."""
     netns, mappings, acl = host_a
