@@ -7,12 +7,14 @@ other host gets its first blocking reason without one.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import networkx as nx
 
 from netmap import graph as g
 from netmap.check import Finding, Report, check_migration, unbound_finding
+from netmap.model import Fleet, Guest
 
 
 @dataclass(frozen=True)
@@ -45,19 +47,42 @@ def hosts_for(graph: nx.DiGraph, guest_name: str, *, strict: bool = False,
         able = bound if able is None else able & bound
     if able is None:  # a guest without NICs fits anywhere, as far as the network goes
         able = set(fleet.hosts)
+    return _rank(fleet, graph, guest, able, strict, include_current)
+
+
+def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
+                    include_current: bool = False) -> list[Candidate]:
+    """`hosts_for(build_graph(fleet), ...)`, building the graph of the candidates alone.
+
+    A host that does not bind every network of the guest is answered from its bindings;
+    the graph (and the full check) is needed only for the others, plus the guest's own
+    host as the source of the comparison. Every guest stays in that graph: MACs and VF
+    use count fleet-wide. On 10k generated hosts this builds a fifth of the graph."""
+    guest = fleet.guests[guest_name]
+    needed = {nic.network for nic in guest.nics}
+    able = {name for name, host in fleet.hosts.items() if needed <= host.bindings.keys()}
+    keep = able | {guest.host}
+    part = Fleet(fleet.networks, {name: host for name, host in fleet.hosts.items()
+                                  if name in keep}, fleet.guests, fleet.problems, fleet.root)
+    return _rank(fleet, g.build_graph(part), guest, able, strict, include_current)
+
+
+def _rank(fleet: Fleet, graph: nx.DiGraph, guest: Guest, able: set[str], strict: bool,
+          include_current: bool) -> list[Candidate]:
+    # guests per host, counted once (asking the graph per host cost 10k lookups)
+    load = Counter(other.host for other in fleet.guests.values())
     out = []
     for host in fleet.hosts:
         if host == guest.host and not include_current:
             continue
-        load = sum(1 for _ in g.guests_on(graph, host))
         if host in able:
-            report = check_migration(graph, guest_name, host, strict=strict)
+            report = check_migration(graph, guest.name, host, strict=strict)
             errors = report.errors
-            out.append(Candidate(host, not errors, len(report.warnings), load, report,
+            out.append(Candidate(host, not errors, len(report.warnings), load[host], report,
                                  errors[0] if errors else None))
         else:
             nic = next(n for n in guest.nics if n.network not in fleet.hosts[host].bindings)
-            out.append(Candidate(host, False, 0, load, None,
+            out.append(Candidate(host, False, 0, load[host], None,
                                  unbound_finding(fleet.networks[nic.network], nic,
                                                  fleet.hosts[host])))
     out.sort(key=lambda c: (not c.compatible, c.warnings, c.guests, c.host))

@@ -406,3 +406,25 @@ def test_fast_graph_insert_matches_networkx(mappings: Path,
     assert list(fast.edges(data=True)) == list(slow.edges(data=True))
     assert {n: list(p) for n, p in fast.pred.items()} == {
         n: list(p) for n, p in slow.pred.items()}
+
+
+def test_hosts_for_fleet_answers_as_hosts_for(mappings: Path, tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import gen_fleet
+
+    from netmap.graph import build_graph
+    from netmap.placement import hosts_for, hosts_for_fleet
+
+    generated = tmp_path / "generated"
+    gen_fleet.generate(generated, 120, 40, seed=7)
+    for root in (mappings, generated):
+        fleet = load_fleet(root)
+        assert not fleet.problems
+        graph = build_graph(fleet)
+        for guest in fleet.guests:
+            for strict in (False, True):
+                full = hosts_for(graph, guest, strict=strict, include_current=strict)
+                part = hosts_for_fleet(fleet, guest, strict=strict, include_current=strict)
+                assert [c.as_dict() for c in part] == [c.as_dict() for c in full]
