@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Fleet-scale benchmark: `netmap hosts-for` over generated fleets of 1k, 5k and 10k hosts.
+
+For each size, in the same run:
+  bare  python parsing every .toml file of the fleet with tomli, nothing else (baseline)
+  cold  netmap hosts-for GUEST --json, with an empty cache       target <= 1.3x bare
+  warm  the same again, files unchanged, through the fleet cache  target <= 0.5 s
+and the marginal cost per 1,000 hosts between sizes (linear: about the same for 1k->5k
+and 5k->10k).
+
+    python scripts/bench_fleet.py [--sizes 1000,5000,10000] [--rounds 3] [--table]
+                                  [--keep DIR] [--mode shipped|proposed]
+
+--mode shipped runs the command line as it is; proposed runs it with the wiring proposed
+for netmap/commands (cache, gc.freeze, hosts_for_fleet; CLI_PROPOSED below), the default
+until the shipped commands load through the cache.
+
+Fleets come from scripts/gen_fleet.py (about 40 lines per host file, a guest per four
+hosts). Every figure is the median of interleaved rounds of fresh processes started with
+this interpreter from this checkout. --table times the rich table instead of --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+import gen_fleet  # noqa: E402  (a sibling script, not a package)
+
+GUEST = "vm000000"
+BARE_PARSE = """
+import os, sys, tomli
+root = sys.argv[1]
+paths = [os.path.join(root, "networks.toml")]
+for sub in ("hosts", "guests"):
+    folder = os.path.join(root, sub)
+    paths += sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".toml"))
+for path in paths:
+    with open(path, "rb") as handle:
+        tomli.load(handle)
+"""
+CLI = "import sys; from netmap.cli import main; sys.exit(main())"
+# The wiring proposed for netmap/commands/_common.py and fleet.py, for as long as they do
+# not do it themselves: the fleet through netmap.cache, the loaded objects frozen out of
+# the collector's sight (they live until exit), hosts-for through placement.hosts_for_fleet
+# (the graph of the candidate hosts only). Commands other than hosts-for are unchanged.
+CLI_PROPOSED = """
+import gc, sys
+from netmap.commands import _common
+from netmap import placement
+from netmap.cache import load_fleet_cached
+from netmap.graph import build_graph
+
+class FleetOnly:
+    def __init__(self, fleet):
+        self.graph = {"fleet": fleet}
+
+def load(args):
+    fleet = load_fleet_cached(args.mappings)
+    gc.freeze()
+    if args.command == "hosts-for":
+        return fleet, FleetOnly(fleet)
+    return fleet, build_graph(fleet)
+
+def hosts_for(graph, guest, **options):
+    return placement.hosts_for_fleet(graph.graph["fleet"], guest, **options)
+
+_common.load = load
+placement.hosts_for = hosts_for
+from netmap.cli import main
+sys.exit(main())
+"""
+
+
+def wired() -> bool:
+    """Whether the shipped commands already load through the cache."""
+    return "load_fleet_cached" in (REPO / "netmap" / "commands" / "_common.py").read_text()
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NETMAP_", "PYTHON"))}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *argv], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode not in (0, 1):  # 1: no host can take the guest, a valid answer
+        raise SystemExit(f"{' '.join(argv[2:])}: exit {done.returncode}\n"
+                         f"{done.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+def measure(root: Path, rounds: int, table: bool, env: dict[str, str], work: Path,
+            entry: str) -> dict[str, float]:
+    command = ["-c", entry, "--mappings", str(root), "hosts-for", GUEST]
+    if not table:
+        command.append("--json")
+    warm_cache = work / f"cache-warm-{root.name}"
+    warm_env = {**env, "NETMAP_CACHE_DIR": str(warm_cache)}
+    timed(command, warm_env)  # fills the warm cache, and the page cache for everyone
+    times: dict[str, list[float]] = {"bare": [], "cold": [], "warm": []}
+    for index in range(rounds):
+        times["bare"].append(timed(["-c", BARE_PARSE, str(root)], env))
+        cold_cache = work / f"cache-cold-{root.name}-{index}"
+        times["cold"].append(timed(command, {**env, "NETMAP_CACHE_DIR": str(cold_cache)}))
+        shutil.rmtree(cold_cache, ignore_errors=True)
+        times["warm"].append(timed(command, warm_env))
+    return {kind: statistics.median(values) for kind, values in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,5000,10000")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--table", action="store_true", help="time the rich table, not --json")
+    parser.add_argument("--keep", type=Path, help="generate the fleets here and keep them")
+    parser.add_argument("--mode", choices=("shipped", "proposed"),
+                        help="run the CLI as shipped, or with the proposed wiring "
+                        "(CLI_PROPOSED); default: shipped once it loads through the cache")
+    args = parser.parse_args(argv)
+    mode = args.mode or ("shipped" if wired() else "proposed")
+    entry = CLI if mode == "shipped" else CLI_PROPOSED
+    sizes = sorted(int(size) for size in args.sizes.split(","))
+    env = environment()
+    with tempfile.TemporaryDirectory(prefix="nmF-fleet-") as scratch:
+        work = Path(scratch)
+        where = args.keep or work
+        roots = {}
+        for size in sizes:
+            roots[size] = where / f"fleet-{size}"
+            gen_fleet.generate(roots[size], size, size // 4)
+        # Files younger than the cache's racy window (2 s) are, rightly, never cached.
+        time.sleep(2.2)
+        results = {size: measure(roots[size], args.rounds, args.table, env, work, entry)
+                   for size in sizes}
+    output = "rich table" if args.table else "--json"
+    print(f"netmap hosts-for {GUEST} {output}; CLI {mode}"
+          + ("" if mode == "shipped" else " (wiring emulated: see CLI_PROPOSED)")
+          + f"; median of {args.rounds} rounds; python {sys.version.split()[0]}; "
+          f"{os.cpu_count()} CPUs")
+    header = ("hosts", "bare tomli", "cold", "cold/bare", "target", "warm", "target")
+    rows = [header]
+    for size in sizes:
+        r = results[size]
+        ratio = r["cold"] / r["bare"]
+        rows.append((str(size), f"{r['bare']:.2f} s", f"{r['cold']:.2f} s", f"{ratio:.2f}x",
+                     "<= 1.3x " + ("ok" if ratio <= 1.3 else "MISSED"), f"{r['warm']:.2f} s",
+                     "<= 0.5 s " + ("ok" if r["warm"] <= 0.5 else "MISSED")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if len(sizes) >= 3:
+        print("marginal cost per 1,000 hosts (linear when the steps agree):")
+        for kind in ("bare", "cold", "warm"):
+            steps = []
+            for small, large in itertools.pairwise(sizes):
+                per_k = (results[large][kind] - results[small][kind]) / (large - small) * 1000
+                steps.append(f"{small}->{large}: {per_k * 1000:.0f} ms")
+            print(f"  {kind:<5} " + ", ".join(steps))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
