@@ -216,6 +216,7 @@ class _Survey:
     refused: dict[str, Finding] = field(default_factory=dict)  # host -> first error
     unbound: dict[str, list[str]] = field(default_factory=dict)  # network -> hosts
     unreachable: dict[str, list[str]] = field(default_factory=dict)
+    shared: tuple[Option, ...] | None = None  # the options of members with unique MACs
 
 
 class _Drain:
@@ -275,9 +276,13 @@ class _Drain:
         return survey
 
     def options(self, guest: Guest, survey: _Survey, conflicts: dict[str, set[str]],
-                blocked: dict[str, Finding]) -> list[Option]:
+                blocked: dict[str, Finding]) -> tuple[Option, ...]:
         owners = g.mac_owners(self.graph)
         others = {o for nic in guest.nics for o, _ in owners.get(nic.mac, ()) if o != guest.name}
+        if not others:  # the profile's verdicts hold as they are: share one tuple (one
+            if survey.shared is None:  # flow group for all these guests)
+                survey.shared = self._rank(guest, survey.compatible)
+            return survey.shared
         suspects = {self.fleet.guests[o].host for o in others}
         for other in others:
             if self.fleet.guests[other].host == self.source.name:
@@ -296,8 +301,12 @@ class _Drain:
                     continue
                 warnings = len(report.warnings)
             kept.append((host, warnings))
-        kept.sort(key=lambda hw: (hw[1], self.load[hw[0]], hw[0]))
-        return [Option(h, demand(self.fleet.hosts[h], guest), w * WARNING_COST) for h, w in kept]
+        return self._rank(guest, kept)
+
+    def _rank(self, guest: Guest, kept: list[tuple[str, int]]) -> tuple[Option, ...]:
+        kept = sorted(kept, key=lambda hw: (hw[1], self.load[hw[0]], hw[0]))
+        return tuple(Option(h, demand(self.fleet.hosts[h], guest), w * WARNING_COST)
+                     for h, w in kept)
 
 
 def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] = (),
@@ -319,7 +328,7 @@ def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] 
         survey = run.survey(members, len(run.guests) + spare)
         for guest in members:
             surveys[guest.name] = survey
-            options[guest.name] = tuple(run.options(guest, survey, conflicts, mac_blocked))
+            options[guest.name] = run.options(guest, survey, conflicts, mac_blocked)
     free: dict[Resource, int] = {}
     candidates = {o.host for opts in options.values() for o in opts}
     for name in candidates:

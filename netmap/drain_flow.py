@@ -18,17 +18,23 @@ How it is solved
     among the maximum ones, the one with the fewest warnings and the most even spread
     (convex per-host load costs).
   * The multi-commodity wrinkle: a guest that needs VFs on two PFs, two VFs where others take
-    one, endpoints where others take fewer, or that must not share a host with another
-    drained guest (same MAC on two L2 domains) is *complex*: no single path expresses it.
-    Complex guests are placed by a depth-first branch and bound: each is given one of its
-    options (best first) or none, the capacities it takes are removed, and at a leaf the
-    unit guests are solved by max-flow on what is left. A node is cut when its upper bound
-    cannot beat the best leaf; the bound is a max-flow in which each remaining complex guest
-    takes one unit of one of its resources, with capacities divided by the smallest demand
-    seen (a relaxation: it never undercounts). Identical complex guests are branched in a
-    fixed order (symmetry breaking).
-  * Proof: a plan is known optimal when it places everyone, when it meets the root bound, or
-    when the search finished within its budget. Otherwise `Solution.proven` is False and
+    one, more endpoints than others, or that must not share a host with another drained
+    guest (one MAC on two L2 domains) is *complex*: no single path expresses it. In the
+    *relaxation* a complex guest takes one unit of one of its resources, with capacities
+    divided by the smallest demand seen; it never undercounts.
+  * Step 1: a min-cost flow of the relaxation. Its count bounds every plan; when its
+    assignment also respects the real demands (usual unless capacity is tight) it is
+    optimal, and it is the answer.
+  * Step 2, otherwise: depth-first branch and bound over the complex guests (small demands
+    first). Each gets one of its options or none; at a leaf the unit guests are solved by
+    max-flow on what is left. The first dive follows the relaxed plan; if it falls short,
+    a packing pass (the k smallest guests, best fit decreasing, largest k that packs) gives
+    a second incumbent. A node is cut when its bound cannot beat the best leaf: the least
+    of the relaxed max-flow and a knapsack bound (pool every resource of one kind: a guest
+    takes at least its smallest share of the pool, so at most the k smallest takes fit).
+    Identical guests are branched in a fixed order (symmetry breaking).
+  * Proof: a plan is known optimal when it places everyone, meets the bound, or the search
+    ended within its budget (nodes, and seconds). Otherwise `Solution.proven` is False and
     `upper_bound` says how many guests might at most be placed; callers must say so.
 """
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,6 +53,7 @@ Resource = tuple[str, str, str]  # (kind, host, uplink or ""), kind in RESOURCE_
 UPLINK_KINDS = ("vf", "whole")
 TAIL_KINDS = ("endpoints", "guests")  # host-wide resources, in chain order
 DEFAULT_BUDGET = 2000  # branch-and-bound nodes
+DEFAULT_DEADLINE = 5.0  # seconds of search, whichever of the two ends first
 
 
 @dataclass(frozen=True, order=True)
@@ -78,22 +86,29 @@ def fits(demand: Iterable[tuple[Resource, int]], free: dict[Resource, int]) -> b
     return all(free.get(res, 0) >= amount for res, amount in demand)
 
 
-def solve(problem: Problem, *, budget: int = DEFAULT_BUDGET) -> Solution:
-    return _Solver(problem, budget).run()
+def solve(problem: Problem, *, budget: int = DEFAULT_BUDGET,
+          deadline: float = DEFAULT_DEADLINE) -> Solution:
+    """The most guests placed, then the least cost; see the module docstring."""
+    return _Solver(problem, budget, deadline).run()
 
 
 @dataclass
 class _Group:
+    """Guests with the same options (and no conflicts): one supply node in the flow."""
+
     guests: list[str]
     options: tuple[Option, ...]
+    unit: bool
 
 
 class _Solver:
-    def __init__(self, problem: Problem, budget: int) -> None:
+    def __init__(self, problem: Problem, budget: int, deadline: float) -> None:
         self.problem = problem
         self.budget = budget
+        self.stop_at = time.monotonic() + deadline
         amounts: dict[Resource, set[int]] = defaultdict(set)
-        for options in problem.options.values():
+        distinct = {id(options): options for options in problem.options.values()}
+        for options in distinct.values():
             for option in options:
                 for res, amount in option.demand:
                     amounts[res].add(amount)
@@ -105,18 +120,23 @@ class _Solver:
                           if r[0] in TAIL_KINDS else -1):
             if res[0] in TAIL_KINDS:
                 self.limited_tail[res[1]].append(res)
-        complex_guests, units = [], defaultdict(list)
+        unit_of = {key: all(map(self._is_unit, options)) for key, options in distinct.items()}
+        grouped: dict[object, _Group] = {}
         for guest in sorted(problem.options):
             options = problem.options[guest]
-            if problem.conflicts.get(guest) or not all(map(self._is_unit, options)):
-                complex_guests.append(guest)
-            else:
-                units[options].append(guest)
-        self.units = [_Group(guests, options) for options, guests in units.items()]
+            key = guest if problem.conflicts.get(guest) else id(options)
+            unit = unit_of[id(options)] and not problem.conflicts.get(guest)
+            grouped.setdefault(key, _Group([], options, unit)).guests.append(guest)
+        self.groups = list(grouped.values())
+        self.units = [group for group in self.groups if group.unit]
         self.unit_total = sum(len(group.guests) for group in self.units)
-        # fewest options first: failures show early; identical guests side by side
-        self.complex = sorted(complex_guests,
-                              key=lambda g: (len(problem.options[g]), problem.options[g], g))
+        # smallest demand first (to place the most guests, pack the small ones first), then
+        # fewest options (failures show early); a group's guests side by side
+        self.complex = [guest for group in sorted(
+            (group for group in self.groups if not group.unit),
+            key=lambda group: (_smallest_take(group), len(group.options), group.guests[0]))
+            for guest in group.guests]
+        self.group_of = {guest: group for group in self.groups for guest in group.guests}
         self.nodes = 0
 
     # --- paths ---------------------------------------------------------------------------
@@ -158,20 +178,21 @@ class _Solver:
 
     # --- flow networks -------------------------------------------------------------------
 
-    def _network(self, groups: list[tuple[int, tuple[Option, ...], bool]],
-                 free: dict[Resource, int], costs: bool) -> nx.DiGraph:
-        """groups: (supply, options, relaxed). Capacities come from `free`."""
+    def _network(self, groups: list[tuple[int, _Group]], free: dict[Resource, int],
+                 costs: bool) -> nx.DiGraph:
+        """groups: (supply, group); complex groups take their relaxed paths. Capacities
+        come from `free`, in guests."""
         net = nx.DiGraph()
         hosts: set[str] = set()
         supply = 0
-        for index, (count, options, relaxed) in enumerate(groups):
+        for index, (count, group) in enumerate(groups):
             node = ("group", index)
             net.add_edge("source", node, capacity=count, weight=0)
             supply += count
-            for option in options:
+            for option in group.options:
                 if not fits(option.demand, free):
                     continue
-                entry = (self._relaxed_entry if relaxed else self._unit_entry)(option)
+                entry = (self._unit_entry if group.unit else self._relaxed_entry)(option)
                 target = ("res", entry) if entry else ("host", option.host)
                 net.add_edge(node, target, capacity=count, weight=option.cost)
                 hosts.add(option.host)
@@ -212,8 +233,7 @@ class _Solver:
         net.add_edge(("host", host), ("tier", host, 0), weight=2 * (load + steps + 1))
         net.add_edge(("tier", host, 0), "sink", weight=0)
 
-    def _max_flow(self, groups: list[tuple[int, tuple[Option, ...], bool]],
-                  free: dict[Resource, int]) -> int:
+    def _max_flow(self, groups: list[tuple[int, _Group]], free: dict[Resource, int]) -> int:
         if not groups:
             return 0
         net = self._network(groups, free, costs=False)
@@ -221,23 +241,59 @@ class _Solver:
             return 0
         return int(nx.maximum_flow_value(net, "source", "sink"))
 
-    def _unit_groups(self) -> list[tuple[int, tuple[Option, ...], bool]]:
-        return [(len(group.guests), group.options, False) for group in self.units]
+    def _min_cost(self, groups: list[_Group], free: dict[Resource, int]) -> dict[str, Option]:
+        """A maximum flow of least cost (warnings, then convex load), as guest -> option."""
+        if not groups:
+            return {}
+        net = self._network([(len(group.guests), group) for group in groups], free, True)
+        supply = -net.nodes["source"]["demand"]
+        worst = max((w for _, _, w in net.edges(data="weight", default=0)), default=0)
+        # the bypass must cost more than any rerouting a further placement could cause
+        net.add_edge("source", "sink", capacity=supply, weight=(supply + 1) * 4 * worst + 1)
+        flow = nx.network_simplex(net)[1]
+        out: dict[str, Option] = {}
+        for index, group in enumerate(groups):
+            waiting = list(group.guests)
+            sent = flow[("group", index)]
+            for option in group.options:
+                for target, amount in sent.items():
+                    if amount and _host_of(target, option):
+                        for guest in waiting[:amount]:
+                            out[guest] = option
+                        waiting = waiting[amount:]
+                        sent[target] = 0
+        return out
+
+    def _unit_groups(self) -> list[tuple[int, _Group]]:
+        return [(len(group.guests), group) for group in self.units]
 
     def _bound(self, start: int, free: dict[Resource, int]) -> int:
         """Upper bound on guests placeable from complex[start:] and all unit guests."""
-        relaxed = [(1, self.problem.options[g], True) for g in self.complex[start:]]
-        return self._max_flow(self._unit_groups() + relaxed, free)
+        left: Counter = Counter(id(self.group_of[g]) for g in self.complex[start:])
+        relaxed = [(left[id(group)], group) for group in self.groups
+                   if not group.unit and left[id(group)]]
+        groups = self._unit_groups() + relaxed
+        cheap = _knapsack_bound(groups, free)
+        return cheap if cheap == 0 else min(cheap, self._max_flow(groups, free))
 
     # --- search --------------------------------------------------------------------------
 
     def run(self) -> Solution:
         free = dict(self.problem.free)
         total = self.unit_total + len(self.complex)
-        root_bound = self._bound(0, free) if self.complex else self._max_flow(
-            self._unit_groups(), free)
+        # the relaxation, solved for cost: its count bounds every plan, and when it also
+        # respects the real demands it is the answer (usual when capacity is not tight)
+        relaxed = self._min_cost(self.groups, free)
+        if not self.complex or self._feasible(relaxed):
+            assignment = {guest: option.host for guest, option in relaxed.items()}
+            return Solution(assignment, True, len(assignment), 0, len(self.complex))
+        bound = min(len(relaxed), _knapsack_bound(
+            [(len(group.guests), group) for group in self.groups], free))
+        # the search tries, for each group, the hosts the relaxation chose (as often as it
+        # chose them) first: the first dive is then the relaxed plan, repaired
+        self.quota: Counter = Counter((id(self.group_of[g]), o.host) for g, o in relaxed.items())
         self.best: tuple[int, dict[str, Option]] = (-1, {})
-        self.target = min(total, root_bound)
+        self.target = min(total, bound)
         self.exhausted = False
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(limit, len(self.complex) + 1000))
@@ -249,83 +305,115 @@ class _Solver:
         for option in chosen.values():
             _take(free, option.demand, -1)
         assignment = {guest: option.host for guest, option in chosen.items()}
-        assignment.update(self._assign_units(free))
+        assignment.update({g: o.host for g, o in self._min_cost(self.units, free).items()})
+        for guest in assignment:
+            if guest not in chosen:
+                _take(free, self._option(guest, assignment[guest]).demand, -1)
         self._fill(assignment, free)
         count = len(assignment)
         proven = count >= self.target or not self.exhausted
-        return Solution(assignment, proven, max(root_bound, count) if not proven else count,
+        return Solution(assignment, proven, count if proven else max(bound, count),
                         self.nodes, len(self.complex))
+
+    def _feasible(self, chosen: dict[str, Option]) -> bool:
+        used: Counter = Counter()
+        for option in chosen.values():
+            used.update(dict(option.demand))
+        if any(used[res] > self.problem.free.get(res, 0) for res in used):
+            return False
+        return not any(chosen[guest].host == chosen[other].host
+                       for guest, others in self.problem.conflicts.items() if guest in chosen
+                       for other in others if other in chosen)
+
+    def _option(self, guest: str, host: str) -> Option:
+        return next(o for o in self.problem.options[guest] if o.host == host)
 
     def _dfs(self, index: int, placed: int, free: dict[Resource, int],
              chosen: dict[str, Option], picks: list[int]) -> None:
         if self.best[0] >= self.target:
             return
-        if self.nodes >= self.budget and self.best[0] >= 0:
+        if self.best[0] >= 0 and (self.nodes >= self.budget or
+                                  time.monotonic() > self.stop_at):
             self.exhausted = True
             return
         self.nodes += 1
         if index == len(self.complex):
             value = placed + self._max_flow(self._unit_groups(), free)
+            first = self.best[0] < 0
             if value > self.best[0]:
                 self.best = (value, dict(chosen))
+            if first and value < self.target:
+                # the dive followed the relaxation (spread out) and fell short: capacity is
+                # tight, so try packing instead before searching on
+                packed = self._packed(dict(self.problem.free))
+                if packed[0] > self.best[0]:
+                    self.best = packed
             return
         left = len(self.complex) - index
         if self.best[0] >= 0 and (placed + left + self.unit_total <= self.best[0] or
                                   placed + self._bound(index, free) <= self.best[0]):
             return
         guest = self.complex[index]
-        options = self.problem.options[guest]
-        lowest = 0
-        if index and self._twins(self.complex[index - 1], guest):
-            lowest = picks[-1]  # identical guests: only non-decreasing choices
+        group = self.group_of[guest]
+        options = group.options
+        # a group's guests are interchangeable: only non-decreasing choices (symmetry)
+        lowest = picks[-1] if index and self.group_of[self.complex[index - 1]] is group else 0
         hosts_taken = {chosen[o].host for o in self.problem.conflicts.get(guest, ())
                        if o in chosen}
-        for pick in range(lowest, len(options) + 1):
+        hinted = [p for p in range(lowest, len(options))
+                  if self.quota[id(group), options[p].host] > 0]
+        order = hinted + [p for p in range(lowest, len(options) + 1) if p not in hinted]
+        for pick in order:
             if pick == len(options):
                 self._dfs(index + 1, placed, free, chosen, [*picks, pick])
-                break
+                continue
             option = options[pick]
             if option.host in hosts_taken or not fits(option.demand, free):
                 continue
             _take(free, option.demand, -1)
             chosen[guest] = option
+            self.quota[id(group), option.host] -= 1
             self._dfs(index + 1, placed + 1, free, chosen, [*picks, pick])
+            self.quota[id(group), option.host] += 1
             del chosen[guest]
             _take(free, option.demand, +1)
             if self.best[0] >= self.target or self.exhausted:
                 return
 
-    def _twins(self, a: str, b: str) -> bool:
-        conflicts = self.problem.conflicts
-        return (self.problem.options[a] == self.problem.options[b]
-                and not conflicts.get(a) and not conflicts.get(b))
+    def _packed(self, free: dict[Resource, int]) -> tuple[int, dict[str, Option]]:
+        """Bin packing for the most guests: the k smallest guests are the likeliest set to
+        fit, and best fit decreasing is the classic way to pack a given set. Binary search
+        for the largest k that packs completely."""
+        best: tuple[int, dict[str, Option]] = (-1, {})
+        low, high = 0, len(self.complex)
+        while low <= high:
+            k = (low + high) // 2
+            room = dict(free)
+            chosen = self._pack(self.complex[:k][::-1], room)
+            if chosen is None:
+                high = k - 1
+                continue
+            low = k + 1
+            value = k + self._max_flow(self._unit_groups(), room)
+            if value > best[0]:
+                best = (value, chosen)
+        return best
+
+    def _pack(self, guests: list[str], free: dict[Resource, int]) -> dict[str, Option] | None:
+        chosen: dict[str, Option] = {}
+        for guest in guests:
+            banned = {chosen[o].host for o in self.problem.conflicts.get(guest, ())
+                      if o in chosen}
+            able = [o for o in self.group_of[guest].options
+                    if o.host not in banned and fits(o.demand, free)]
+            if not able:
+                return None
+            option = min(able, key=lambda o: (sum(free[r] - a for r, a in o.demand), o.cost))
+            _take(free, option.demand, -1)
+            chosen[guest] = option
+        return chosen
 
     # --- the final assignment ------------------------------------------------------------
-
-    def _assign_units(self, free: dict[Resource, int]) -> dict[str, str]:
-        """Min-cost maximum flow for the unit guests on what the complex ones left."""
-        groups = self._unit_groups()
-        if not groups:
-            return {}
-        net = self._network(groups, free, costs=True)
-        supply = -net.nodes["source"]["demand"]
-        worst = max((w for _, _, w in net.edges(data="weight", default=0)), default=0)
-        # the bypass must cost more than any rerouting a further placement could cause
-        net.add_edge("source", "sink", capacity=supply, weight=(supply + 1) * 4 * worst + 1)
-        flow = nx.network_simplex(net)[1]
-        out: dict[str, str] = {}
-        for index, group in enumerate(self.units):
-            waiting = list(group.guests)
-            for option in group.options:
-                for target, amount in flow[("group", index)].items():
-                    if amount and _host_of(target, option):
-                        take = min(amount, len(waiting))
-                        for guest in waiting[:take]:
-                            out[guest] = option.host
-                            _take(free, option.demand, -1)
-                        waiting = waiting[take:]
-                        flow[("group", index)][target] = 0
-        return out
 
     def _fill(self, assignment: dict[str, str], free: dict[Resource, int]) -> None:
         """Safety net after a search cut short: add any guest that still fits somewhere."""
@@ -337,6 +425,45 @@ class _Solver:
                     _take(free, option.demand, -1)
                     assignment[guest] = option.host
                     break
+
+
+def _smallest_take(group: _Group) -> int:
+    return min((sum(amount for _, amount in o.demand) for o in group.options), default=0)
+
+
+def _knapsack_bound(groups: list[tuple[int, _Group]], free: dict[Resource, int]) -> int:
+    """A second bound, for what the flow relaxation misses (uneven demands): pool every
+    resource of one kind (all VF pools; all PFs named p1; all endpoint slots...). A guest
+    whose every option takes from the pool uses at least its smallest take of it, so at most
+    the k guests with the smallest takes fit into the pool's total free amount."""
+    families: dict[tuple, list[Resource]] = defaultdict(list)
+    for res in free:
+        families["kind", res[0]].append(res)
+        families["name", res[0], res[2]].append(res)
+    best = None
+    for members in families.values():
+        pool = set(members)
+        room = sum(max(free[res], 0) for res in members)
+        outside, takes = 0, []
+        for count, group in groups:
+            able = [o for o in group.options if fits(o.demand, free)]
+            if not able:
+                continue
+            least = min(sum(a for r, a in o.demand if r in pool) for o in able)
+            if least == 0:
+                outside += count
+            else:
+                takes += [least] * count
+        fitted = 0
+        for take in sorted(takes):
+            if take > room:
+                break
+            room -= take
+            fitted += 1
+        best = outside + fitted if best is None else min(best, outside + fitted)
+    if best is None:  # nothing is limited: every guest with an option fits
+        return sum(count for count, group in groups if group.options)
+    return best
 
 
 def _host_of(target: object, option: Option) -> bool:

@@ -353,18 +353,30 @@ def test_many_hosts_are_examined_only_as_far_as_needed() -> None:
 
 
 def test_solver_reports_an_unproven_plan_honestly() -> None:
-    # 12 identical two-PF guests whose search space is cut to 1 node: whatever it finds,
-    # it must not claim more than it proved
-    res = [("vf", f"h{i}", p) for i in range(3) for p in ("p", "q")]
-    options = {f"g{j}": tuple(Option(f"h{i}", ((("vf", f"h{i}", "p"), 1),
-                                               (("vf", f"h{i}", "q"), 1 + j % 2)))
-                              for i in range(3)) for j in range(12)}
-    solution = solve(Problem(options, {r: 3 for r in res}), budget=1)
-    assert solution.upper_bound >= len(solution.assignment)
-    if not solution.proven:
-        assert solution.upper_bound > len(solution.assignment)
-    full = solve(Problem(options, {r: 3 for r in res}))
-    assert full.proven and len(full.assignment) >= len(solution.assignment)
+    # three hosts with 4 endpoint slots, guests taking 3, 3, 3, 3 and 2: only three fit, but
+    # both bounds say four (the pooled slots hold 2+3+3+3), so only the full search proves 3
+    slots = {("endpoints", h, ""): 4 for h in ("a", "b", "c")}
+    options = {f"g{i}": tuple(Option(h, ((("endpoints", h, ""), 2 if i == 4 else 3),))
+                              for h in ("a", "b", "c")) for i in range(5)}
+    cut = solve(Problem(options, slots), budget=1)
+    assert len(cut.assignment) == 3 and not cut.proven and cut.upper_bound == 4
+    full = solve(Problem(options, slots))
+    assert len(full.assignment) == 3 and full.proven and full.upper_bound == 3
+
+
+def test_tight_uneven_endpoints_are_packed_to_the_proven_optimum() -> None:
+    # 40 guests of 1-3 NICs on 12 hosts with 3-5 endpoint slots: bin packing, where the
+    # relaxed flow (spread out) falls short and the packing pass reaches the bound
+    binds = {"front": "bridge", "mgmt": "bridge", "wire": "bridge"}
+    hosts = [host("src", binds)] + [host(f"h{i:02}", binds, max_endpoints=3 + i % 3)
+                                    for i in range(12)]
+    nets = ["front", "mgmt", "wire"]
+    graph = fleet_graph(hosts, [guest(f"g{i:02}", "src", *nets[:1 + i % 3]) for i in range(40)])
+    plan = drain(graph, "src")
+    assert plan.proven and len(plan.moves) == plan.upper_bound
+    # 48 slots: the 14 one-NIC guests (14), the 13 two-NIC ones (26), two of three NICs (6)
+    assert len(plan.moves) == 29
+    assert_sound(graph, plan)
 
 
 # --- the property: sound, and as good as exhaustive search ---------------------------------
