@@ -29,8 +29,10 @@ The cache file: $NETMAP_CACHE_DIR, else $XDG_CACHE_HOME/netmap, else ~/.cache/ne
 file per mappings directory, written to a temporary file and renamed into place. It is
 read only when it is a regular file owned by this user and writable by no one else (it is
 a pickle, and unpickling runs code), when its checksum matches, and when it was written by
-this Python and by exactly this netmap code (a digest of the package's sources): anything
-else is a miss. A cache directory that cannot be created or written disables the cache.
+this Python and by exactly this loader (a digest of the sources of netmap.load and of every
+netmap module it names, lazy imports included; see `loader_sources`): anything else is a
+miss, refused before it is unpickled. A cache directory that cannot be created or written
+disables the cache.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import gc
 import hashlib
 import os
 import pickle
+import re
 import stat
 import sys
 import tempfile
@@ -87,31 +90,60 @@ def settled(st: os.stat_result, started_ns: int) -> bool:
     return max(st.st_mtime_ns, st.st_ctime_ns) < started_ns - RACY_WINDOW_NS
 
 
-# Modules that only consume the loaded model: a change in them cannot change what the
-# loader produces, so it does not invalidate the cache. Any other module, including one
-# added later, counts (a needless miss is safe; a missed change would not be).
-DOWNSTREAM = frozenset({"__main__.py", "cli.py", "render.py", "check.py", "placement.py",
-                        "graph.py", "plan.py", "lab.py", "inventory.py", "commands", "netlink",
-                        "qemu"})
+_NETMAP_REFERENCE = re.compile(
+    r"\bfrom\s+netmap\s+import\s+(?:\(([^)]*)\)|([^\n]*))|\bnetmap((?:\.\w+)+)")
+
+
+def loader_sources(package: Path | None = None) -> list[Path]:
+    """The source files of netmap.cache, netmap.load and every netmap module they name,
+    transitively: what can change the objects a load produces. Names are found by a plain
+    text search (`netmap.x.y`, `from netmap import x`), which may find more modules than
+    are imported (a needless miss, harmless) but never fewer, lazy imports included."""
+    package = package or Path(__file__).resolve().parent
+    found: dict[Path, None] = {}
+    todo = [("cache",), ("load",)]
+    while todo:
+        parts = todo.pop()
+        path = _module_file(package, parts)
+        if path is None or path in found:
+            continue
+        found[path] = None
+        for depth in range(1, len(parts)):  # importing a.b runs a/__init__.py first
+            todo.append(parts[:depth])
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for grouped, line, dotted in _NETMAP_REFERENCE.findall(text):
+            if dotted:
+                todo.append(tuple(dotted[1:].split(".")))
+            # every word of `from netmap import a, b as c`: the modules among them count
+            todo.extend((word,) for word in re.findall(r"\w+", grouped or line))
+    return sorted(found)
+
+
+def _module_file(package: Path, parts: tuple[str, ...]) -> Path | None:
+    """The file of the longest prefix of `parts` that is a module (`load.load_fleet` is
+    load.py), or None when nothing is."""
+    for depth in range(len(parts), 0, -1):
+        base = package.joinpath(*parts[:depth])
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def code_fingerprint() -> bytes:
     """A digest of this Python and of the netmap sources that produce the loaded model: a
     cache written by other code (another version, a tree edited since) may hold objects
-    that loader would no longer make."""
+    that the loader would no longer make."""
     package = Path(__file__).resolve().parent
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{FORMAT} {sys.version} {pickle.HIGHEST_PROTOCOL}".encode())
-    for dirpath, dirnames, filenames in os.walk(package):
-        top = dirpath == str(package)
-        dirnames[:] = sorted(d for d in dirnames
-                             if d != "__pycache__" and not (top and d in DOWNSTREAM))
-        for name in sorted(filenames):
-            if name.endswith(".py") and not (top and name in DOWNSTREAM):
-                path = os.path.join(dirpath, name)
-                digest.update(os.path.relpath(path, package).encode() + b"\x00")
-                with contextlib.suppress(OSError), open(path, "rb") as handle:
-                    digest.update(handle.read())
+    for path in [package / "__init__.py", *loader_sources(package)]:
+        digest.update(os.path.relpath(path, package).encode() + b"\x00")
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
     return digest.digest()
 
 

@@ -304,6 +304,33 @@ def test_valid_pickle_that_is_not_ours_is_not_loaded(mappings: Path, cache_dir: 
     assert parses["host-a.toml"] == 1
 
 
+def test_fingerprint_covers_the_loader_and_only_it() -> None:
+    package = Path(cache.__file__).resolve().parent
+    sources = {p.relative_to(package).as_posix() for p in cache.loader_sources()}
+    # what load.py imports, directly, lazily (guest XML) and transitively
+    assert {"load.py", "model.py", "tomlcheck.py", "names.py", "errors.py", "cache.py",
+            "libvirt/__init__.py", "libvirt/domain.py"} <= sources
+    # code that only reads the model does not make every cache miss when it changes
+    assert not sources & {"render.py", "cli.py", "commands/fleet.py", "placement.py"}
+
+
+def test_fingerprint_follows_every_form_of_import(tmp_path: Path) -> None:
+    package = tmp_path / "netmap"
+    (package / "sub").mkdir(parents=True)
+    (package / "load.py").write_text(
+        "from netmap import alpha, beta as b\n"
+        "from netmap import (\n    gamma,\n)\n"
+        "def later():\n    from netmap.sub.delta import thing\n")
+    (package / "cache.py").write_text("import netmap.epsilon\n")
+    for name in ("alpha", "beta", "gamma", "epsilon", "unrelated"):
+        (package / f"{name}.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "delta.py").write_text("")
+    found = {p.relative_to(package).as_posix() for p in cache.loader_sources(package)}
+    assert found == {"load.py", "cache.py", "alpha.py", "beta.py", "gamma.py", "epsilon.py",
+                     "sub/__init__.py", "sub/delta.py"}
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 def test_cache_file_of_another_user_is_ignored(mappings: Path, cache_dir: Path,
                                                parses: Counter[str]) -> None:
