@@ -46,6 +46,7 @@ class HostState:
         self.host = host
         self.path = path
         self.data = data
+        self._known: dict[str, set[str]] = {}  # guest -> its resources, for O(1) lookups
 
     @classmethod
     def load(cls, host: str, directory: str | os.PathLike[str] | None = None) -> HostState:
@@ -68,12 +69,13 @@ class HostState:
 
     def restore(self, snapshot: str) -> None:
         self.data = json.loads(snapshot)
+        self._known.clear()
 
     def save(self) -> None:
         """Write atomically: a crash leaves the old file or the new one, whole."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        payload = json.dumps(self.data, indent=1, sort_keys=True).encode()
+        payload = json.dumps(self.data, separators=(",", ":")).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, payload)
@@ -114,7 +116,11 @@ class HostState:
         if guest not in record["guests"]:
             record["guests"].append(guest)
         order = self.guests.setdefault(guest, {"status": PENDING, "resources": [], "nics": []})
-        if key not in order["resources"]:
+        known = self._known.get(guest)
+        if known is None:
+            known = self._known[guest] = set(order["resources"])
+        if key not in known:  # a set beside the ordered list: realizing N NICs stays O(N)
+            known.add(key)
             order["resources"].append(key)
 
     def drop(self, guest: str, key: str) -> dict[str, Any] | None:
@@ -123,6 +129,7 @@ class HostState:
         entry = self.guests.get(guest)
         if entry and key in entry["resources"]:
             entry["resources"].remove(key)
+            self._known.pop(guest, None)
         if record is None:
             return None
         if guest in record["guests"]:
@@ -158,6 +165,7 @@ class HostState:
 
     def forget_guest(self, guest: str) -> None:
         self.guests.pop(guest, None)
+        self._known.pop(guest, None)
 
 
 @contextlib.contextmanager

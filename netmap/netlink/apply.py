@@ -174,46 +174,59 @@ def release_guest(host: str, guest: str, netns: str | None, *,
     return result
 
 
+LINK_STEPS = {p.CreateTap: "tun", p.CreateMacvtap: "macvtap", p.EnsureBridge: "bridge",
+              p.EnsureVxlan: "vxlan", p.EnsureVlanLink: "vlan"}
+
+
 def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link],
                   undo: list[tuple[str, dict]], going: set[str],
                   result: ReleaseResult) -> list[tuple[str, dict]]:
-    """Run the inverse of each record, endpoints batched; return those that failed."""
-    failed: list[tuple[str, dict]] = []
-    endpoint_deletes: list[tuple[str, dict]] = []
-    later: list[tuple[str, dict]] = []
-    for key, record in undo:
-        step = p.step_from_dict(record["step"])
-        inverse = step.inverse()
-        if inverse is None:
-            continue
-        if isinstance(step, (p.CreateTap, p.CreateMacvtap)):
-            live = links.get(step.name)
-            if live is None:
-                result.removed.append(f"{key} (already gone)")
-            elif live.kind != ("tun" if isinstance(step, p.CreateTap) else "macvtap"):
-                result.kept.append(f"{step.name}: now a {live.kind}, not netmap's")
-            else:
-                endpoint_deletes.append((key, record))
-            continue
-        later.append((key, record))
-    if endpoint_deletes:
-        failed += _delete_links(kernel, links, endpoint_deletes, result)
-    for _key, record in later:  # a bridge that stays keeps its uplink, and the uplink up
-        step = p.step_from_dict(record["step"])
+    """Run the inverse of each record; return those that failed.
+
+    Every link to delete (endpoints, and bridges or vxlan devices no one uses any more) goes
+    in one group delete: the kernel unregisters them as one batch. A port of a bridge that
+    is deleted leaves it with the bridge; other inverses run first, uplinks go down last.
+    """
+    steps = [(key, record, p.step_from_dict(record["step"])) for key, record in undo]
+    for _key, _record, step in steps:  # a bridge that stays keeps its uplink, and it up
         if isinstance(step, p.EnsureBridge) and _still_needed(step, links, going):
             going.discard(step.name)
-    for key, record in later:
-        step = p.step_from_dict(record["step"])
+    failed: list[tuple[str, dict]] = []
+    deletes: list[tuple[str, dict]] = []
+    first, last = [], []
+    for key, record, step in steps:
         keep_reason = _still_needed(step, links, going)
         if keep_reason:
             result.kept.append(f"{key}: {keep_reason}")
-            continue
-        try:
-            Transaction.run_inverse(kernel, links, step, record.get("info", {}))
-            result.removed.append(key)
-        except (OSError, ApplyError) as err:
-            failed.append((key, {**record, "error": str(err)}))
+        elif type(step) in LINK_STEPS:
+            live = links.get(step.name)  # type: ignore[attr-defined]
+            if live is None:
+                result.removed.append(f"{key} (already gone)")
+            elif live.kind != LINK_STEPS[type(step)]:
+                result.kept.append(f"{key}: now a {live.kind}, not netmap's")
+            else:
+                deletes.append((key, record))
+        elif isinstance(step, p.EnslavePort) and step.bridge in going:
+            result.removed.append(key)  # leaves the bridge with it
+        else:
+            (last if isinstance(step, p.RequireLink) else first).append((key, record, step))
+    for key, record, step in first:
+        failed += _inverse(kernel, links, key, record, step, result)
+    if deletes:
+        failed += _delete_links(kernel, links, deletes, result)
+    for key, record, step in last:
+        failed += _inverse(kernel, links, key, record, step, result)
     return failed
+
+
+def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], key: str, record: dict,
+             step: p.Step, result: ReleaseResult) -> list[tuple[str, dict]]:
+    try:
+        Transaction.run_inverse(kernel, links, step, record.get("info", {}))
+    except (OSError, ApplyError) as err:
+        return [(key, {**record, "error": str(err)})]
+    result.removed.append(key)
+    return []
 
 
 def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link],

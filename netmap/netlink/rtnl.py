@@ -39,7 +39,7 @@ IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
 IFLA_VXLAN_PORT = 15
 IFLA_BRIDGE_VLAN_INFO = 2
 BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 0x2, 0x4
-RTEXT_FILTER_BRVLAN = 0x2
+RTEXT_FILTER_BRVLAN, RTEXT_FILTER_SKIP_STATS = 0x2, 0x8
 NLMSGERR_ATTR_MSG = 1
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 MACVLAN_MODE_NAMES = {v: k for k, v in MACVLAN_MODES.items()}
@@ -397,8 +397,8 @@ class Rtnl:
                 return _parse_link(payload)
 
     def links(self) -> dict[str, Link]:
-        """Every interface of the namespace by name: one dump."""
-        return {link.name: link for link, _ in self.dump()}
+        """Every interface of the namespace by name: one dump, without the counters."""
+        return {link.name: link for link, _ in self.dump(ext_mask=RTEXT_FILTER_SKIP_STATS)}
 
     def bridge_vlans(self) -> dict[str, dict[int, int]]:
         """Port name -> {vid: flags} of every bridge port with VLANs: one dump."""
