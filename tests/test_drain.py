@@ -336,6 +336,49 @@ def test_a_mac_in_use_on_a_host_keeps_the_guest_away_from_it() -> None:
     assert [(m.guest, m.dest) for m in plan.moves] == [("mover", "b")]
 
 
+def test_a_mac_duplicated_on_the_same_l2_domain_blocks_the_guest_everywhere() -> None:
+    binds = {"front": "bridge"}
+    hosts = [host("src", binds), host("a", binds), host("b", binds)]
+    mover = Guest("mover", "src", (GuestNic(0, "front", "52:54:00:cc:cc:cc"),))
+    twin = Guest("twin", "a", (GuestNic(0, "front", "52:54:00:cc:cc:cc"),))
+    plan = drain(fleet_graph(hosts, [mover, twin]), "src")
+    (blocked,) = plan.blocked
+    assert blocked.reason == "incompatible" and "52:54:00:cc:cc:cc" in blocked.summary
+
+
+def write_fleet(root: Path, hosts: dict[str, str], guests: dict[str, str]) -> Path:
+    (root / "hosts").mkdir(parents=True)
+    (root / "guests").mkdir()
+    (root / "networks.toml").write_text(
+        '[networks.storage]\nsegment = "san"\nvlan = 200\nmtu = 9000\n')
+    for name, body in hosts.items():
+        (root / "hosts" / f"{name}.toml").write_text(f'[host]\nname = "{name}"\n{body}')
+    for name, body in guests.items():
+        (root / "guests" / f"{name}.toml").write_text(f'[guest]\nname = "{name}"\n{body}')
+    return root
+
+
+def test_toml_fleet_through_the_cli_exit_1_when_vfs_run_out(tmp_path: Path, capsys) -> None:
+    def pf(vfs: int) -> str:
+        return (f'[uplinks.ens1f0]\nsegments = ["san"]\nmtu = 9000\n'
+                f'sriov = {{ total_vfs = {vfs} }}\n\n'
+                '[networks.storage]\nmode = "sriov-vf"\nuplink = "ens1f0"\n')
+    guests = {f"vm{i}": f'host = "src"\n\n[[nics]]\nnetwork = "storage"\n'
+                        f'mac = "52:54:00:00:00:0{i}"\n' for i in range(1, 4)}
+    guests["resident"] = 'host = "b"\n\n[[nics]]\nnetwork = "storage"\nmac = "52:54:00:00:01:01"\n'
+    root = write_fleet(tmp_path / "m", {"src": pf(8), "a": pf(1), "b": pf(2)}, guests)
+    code, out, _ = run_cli(capsys, "--mappings", str(root), "drain", "src", "--json")
+    data = json.loads(out)
+    assert code == 1 and len(data["moves"]) == 2 and data["proven_optimal"]
+    (blocked,) = data["blocked"]
+    assert blocked["reason"] == "capacity"
+    assert {h["host"] for h in blocked["hosts"]} == {"a", "b"}
+    code, out, _ = run_cli(capsys, "--mappings", str(root), "drain", "src")
+    assert code == 1 and "cannot move" in out and "VFs of PF ens1f0" in out
+    code, out, _ = run_cli(capsys, "--mappings", str(root), "drain", "src", "--exclude", "a,b")
+    assert code == 1 and "3 of 3 guest(s) cannot move" in out
+
+
 def test_load_is_spread_over_equal_hosts() -> None:
     binds = {"mgmt": "bridge"}
     hosts = [host("src", binds), *(host(n, binds) for n in "abcd")]
