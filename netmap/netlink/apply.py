@@ -23,6 +23,7 @@ from netmap import plan as p
 from netmap.errors import ApplyError
 from netmap.netlink import rtnl
 from netmap.netlink.ensure import Transaction
+from netmap.netlink.kernel_steps import run_inverse
 from netmap.state import REALIZED, HostState, host_lock
 
 StepHook = Callable[[int, p.Step], None]
@@ -222,7 +223,7 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link],
 def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], key: str, record: dict,
              step: p.Step, result: ReleaseResult) -> list[tuple[str, dict]]:
     try:
-        Transaction.run_inverse(kernel, links, step, record.get("info", {}))
+        run_inverse(kernel, links, step, record.get("info", {}))
     except (OSError, ApplyError) as err:
         return [(key, {**record, "error": str(err)})]
     result.removed.append(key)

@@ -1,45 +1,25 @@
 """The transaction behind realize: one ensure per step, each safe to repeat, each undoable.
 
-decide() looks at the live links (one dump) and state and gives every step a verdict:
-``create`` (absent), ``unchanged`` (present and as planned), ``repair`` (netmap's own object
-that drifted: MTU, master, mode, MAC, link state), ``adopt`` (a shared object someone else
-made that is exactly what the plan needs: used, never deleted), or it refuses with the
-reason, before anything is touched. execute() then makes the changes; tap and macvtap
-creation is pipelined (one sendmsg for many requests). Every change pushes its undo, and
-rollback() runs them in reverse.
+decide() reads the live links (one dump) and state and gives every step a verdict
+(verdicts.py: create, unchanged, repair, adopt, or a refusal) before anything is touched.
+execute() then makes the changes; tap and macvtap creation is pipelined (one sendmsg for
+many requests). Every change pushes its undo, and rollback() runs them in reverse.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from netmap import plan as p
 from netmap.errors import ApplyError
 from netmap.netlink import rtnl
 from netmap.netlink.endpoints import ENDPOINTS
-from netmap.netlink.sysfs import VirtualFunction, sriov_info
+from netmap.netlink.kernel_steps import delete_quietly, explain, fix_for, run_inverse
+from netmap.netlink.sysfs import VirtualFunction
+from netmap.netlink.verdicts import BATCHED, Action, decide_step
 from netmap.state import PENDING, HostState
-
-BATCHED = (p.CreateTap, p.CreateMacvtap)
-KIND_OF = {p.EnsureBridge: "bridge", p.EnsureVlanLink: "vlan", p.EnsureVxlan: "vxlan",
-           p.CreateTap: "tun", p.CreateMacvtap: "macvtap"}
-
-
-@dataclass
-class Action:
-    nic: int
-    step: p.Step
-    verdict: str  # create | unchanged | repair | adopt
-    repair: dict | None = None  # set_link keywords that repair it
-    undo_repair: dict | None = None
-
-
-def _refuse(problem: str, fix: str) -> ApplyError:
-    return ApplyError(problem, fix=fix)
 
 
 class Transaction:
@@ -83,7 +63,7 @@ class Transaction:
         if step.resource in self._decided:
             return
         self._decided.add(step.resource)
-        self.actions.append(self._decide(nic, step))
+        self.actions.append(decide_step(self, nic, step))
 
     # --- decide -----------------------------------------------------------------------------
     def decide(self) -> None:
@@ -93,130 +73,8 @@ class Transaction:
     def changes_planned(self) -> bool:
         return any(a.verdict in ("create", "repair") for a in self.actions)
 
-    def _planned_names(self) -> set[str]:
+    def planned_names(self) -> set[str]:
         return {getattr(a.step, "name", "") for a in self.actions if a.verdict == "create"}
-
-    def _decide(self, nic: int, step: p.Step) -> Action:
-        host = self.plan.host
-        if isinstance(step, p.RequireLink):
-            live = self.links.get(step.name)
-            if live is None:
-                raise _refuse(f"uplink {step.name} does not exist on {host}",
-                              "check the NIC and its driver, or fix [uplinks] in the host "
-                              "mapping")
-            return Action(nic, step, "unchanged" if live.up else "repair", {"up": True},
-                          {"up": False})
-        if isinstance(step, p.EnslavePort):
-            return self._decide_port(nic, step)
-        if isinstance(step, p.BridgeVlan):
-            vids = self.bridge_vlans().get(step.port, {})
-            flags = rtnl.BRIDGE_VLAN_INFO_PVID | rtnl.BRIDGE_VLAN_INFO_UNTAGGED
-            ok = step.vid in vids and (not step.access or (vids[step.vid] & flags == flags
-                                                           and set(vids) == {step.vid}))
-            return Action(nic, step, "unchanged" if ok else "create")
-        if isinstance(step, p.ClaimVf):
-            return self._decide_vf(nic, step)
-        name = step.name  # type: ignore[attr-defined]
-        live = self.links.get(name)
-        if live is None:
-            return Action(nic, step, "create")
-        want_kind = KIND_OF[type(step)]
-        mine = self.ours(name)
-        if live.kind != want_kind:
-            raise _refuse(f"{name} exists on {host} as a {live.kind or 'plain'} device, "
-                          f"not the {want_kind} netmap would create",
-                          f"remove or rename {name}, or choose another name in the mapping")
-        if isinstance(step, BATCHED) and not mine:
-            raise _refuse(f"{name} exists on {host} but netmap did not make it (a foreign "
-                          "device holds the endpoint's name)",
-                          f"remove {name} if it is stale ('ip link del {name}')")
-        return self._compare(nic, step, live, mine)
-
-    def _compare(self, nic: int, step: p.Step, live: rtnl.Link, mine: bool) -> Action:
-        """Same kind: what differs, repairable on netmap's own devices, else refused."""
-        want: dict[str, object] = {"up": True}
-        identity: list[str] = []
-        if isinstance(step, p.EnsureBridge):
-            want["mtu"] = step.mtu
-            if step.vlan_filtering and not live.vlan_filtering:
-                want["vlan_filtering"] = True
-        elif isinstance(step, p.EnsureVlanLink):
-            want["mtu"] = step.mtu
-            if live.vlan_id != step.vid or live.lower != self.links[step.lower].index:
-                identity.append(f"VLAN {live.vlan_id} on ifindex {live.lower}")
-        elif isinstance(step, p.EnsureVxlan):
-            want["mtu"] = step.mtu
-            if live.vni != step.vni or live.vxlan_link != self.links[step.underlay].index:
-                identity.append(f"VNI {live.vni} on ifindex {live.vxlan_link}")
-        elif isinstance(step, p.CreateTap):
-            want.update(mtu=step.mtu, mac=step.mac, master=step.bridge)
-        elif isinstance(step, p.CreateMacvtap):
-            want.update(mtu=step.mtu, mac=step.mac, mode=step.mode)
-            lower = self.links.get(step.lower)
-            if lower is None or live.lower != lower.index:
-                identity.append(f"it sits on ifindex {live.lower}, not on {step.lower}")
-        name = step.name  # type: ignore[attr-defined]
-        if identity:
-            raise _refuse(f"{name} exists on {self.plan.host} but differs in what cannot be "
-                          f"changed in place: {'; '.join(identity)}",
-                          f"release the guest that uses {name} (or delete it) and realize "
-                          "again")
-        master = next((n for n, link in self.links.items() if link.index == live.master), None)
-        have = {"up": live.up, "mtu": live.mtu, "mac": live.address,
-                "master": master, "mode": live.macvlan_mode,
-                "vlan_filtering": live.vlan_filtering}
-        diff = {k: v for k, v in want.items() if have.get(k) != v}
-        if not diff:
-            return Action(nic, step, "unchanged" if mine else "adopt")
-        if not mine and set(diff) - {"up", "vlan_filtering"}:
-            changes = ", ".join(f"{k} {have.get(k)} (want {v})" for k, v in diff.items())
-            raise _refuse(f"{name} on {self.plan.host} is not netmap's and differs: {changes}",
-                          f"make {name} match, or let netmap create its own bridge (set "
-                          "bridge = \"...\" in the binding)")
-        return Action(nic, step, "repair", diff, {k: have.get(k) for k in diff})
-
-    def _decide_port(self, nic: int, step: p.EnslavePort) -> Action:
-        live = self.links.get(step.port)
-        if live is None:
-            if step.port in self._planned_names():
-                return Action(nic, step, "create")
-            raise _refuse(f"{step.port} does not exist on {self.plan.host}",
-                          "check the uplink's name in the host mapping")
-        bridge = self.links.get(step.bridge)
-        if live.master is None:
-            return Action(nic, step, "create")
-        if bridge is not None and live.master == bridge.index:
-            return Action(nic, step, "unchanged")
-        other = next((n for n, link in self.links.items() if link.index == live.master), "?")
-        raise _refuse(f"{step.port} is already a port of {other} on {self.plan.host}; an "
-                      f"interface has one master, so it cannot join {step.bridge}",
-                      f"take {step.port} out of {other}, or name bridge = \"{other}\" in "
-                      "the binding")
-
-    def _decide_vf(self, nic: int, step: p.ClaimVf) -> Action:
-        claimed = self.state.resource(step.resource)
-        info = sriov_info(step.pf, self.sysfs_root)
-        if info is None:
-            raise _refuse(f"{step.pf} on {self.plan.host} has no SR-IOV (no "
-                          "sriov_totalvfs in sysfs)", "bind the network to an SR-IOV PF")
-        if claimed and "index" in claimed["info"]:
-            vf = info.vf(int(claimed["info"]["index"]))
-            if vf is not None:
-                self.vfs[step.resource] = vf
-                return Action(nic, step, "unchanged")
-        taken = self.state.claimed_vfs(step.pf)
-        taken.update({vf.index: key for key, vf in self.vfs.items()
-                      if key.startswith(f"vf:{step.pf}:")})  # claimed earlier in this plan
-        free = [vf for vf in info.vfs if vf.index not in taken]
-        if step.macvtap:
-            free = [vf for vf in free if vf.netdev]
-        if not free:
-            raise _refuse(f"no free VF on {step.pf} ({self.plan.host}): {info.num_vfs} VF(s) "
-                          f"enabled of {info.total_vfs}, {len(taken)} claimed by netmap",
-                          f"release a guest that uses {step.pf}, or raise "
-                          f"/sys/class/net/{step.pf}/device/sriov_numvfs")
-        self.vfs[step.resource] = free[0]
-        return Action(nic, step, "create")
 
     # --- state ------------------------------------------------------------------------------
     def record_pending(self) -> None:
@@ -265,10 +123,10 @@ class Transaction:
         try:
             self._create(step)
         except OSError as err:
-            raise ApplyError(f"{step.describe()}: {_explain(step, err)}",
-                             fix=_fix_for(step, err)) from err
+            raise ApplyError(f"{step.describe()}: {explain(step, err)}",
+                             fix=fix_for(step, err)) from err
         self._done(action, step.inverse().describe() if step.inverse() else "",
-                   lambda: self.run_inverse(self.kernel, self.links, step, self._vf_info(step)))
+                   lambda: run_inverse(self.kernel, self.links, step, self._vf_info(step)))
 
     def _vf_info(self, step: p.Step) -> dict:
         vf = self.vfs.get(step.resource)
@@ -385,8 +243,8 @@ class Transaction:
                 first = first or (action.step, error)
         if first is not None:
             step, error = first
-            raise ApplyError(f"{step.describe()}: {_explain(step, error)}",
-                             fix=_fix_for(step, error)) from error
+            raise ApplyError(f"{step.describe()}: {explain(step, error)}",
+                             fix=fix_for(step, error)) from error
 
     # --- undo -------------------------------------------------------------------------------
     def rollback(self) -> list[str]:
@@ -403,40 +261,6 @@ class Transaction:
             self._pyroute = None
         return failed
 
-    @staticmethod
-    def run_inverse(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], step: p.Step,
-                    info: dict) -> None:
-        """Undo one step (from this run, or from state at release)."""
-        def index(name: str) -> int | None:
-            live = kernel.get(name)
-            return live.index if live else None
-
-        if isinstance(step, (p.EnsureBridge, p.EnsureVlanLink, p.EnsureVxlan, p.CreateTap,
-                             p.CreateMacvtap)):
-            delete_quietly(kernel, step.name)
-        elif isinstance(step, p.EnslavePort):
-            port = index(step.port)
-            if port is not None:
-                kernel.call(rtnl.set_link(port, master=0))
-        elif isinstance(step, p.BridgeVlan):
-            port = index(step.port)
-            if port is not None:
-                kernel.call(rtnl.bridge_vlan(port, step.vid, access=False, add=False))
-        elif isinstance(step, p.RequireLink):
-            port = index(step.name)
-            if port is not None:
-                kernel.call(rtnl.set_link(port, up=False))
-        elif isinstance(step, p.ClaimVf) and "index" in info:
-            if step.macvtap:
-                delete_quietly(kernel, step.macvtap)
-            from netmap.netlink import open_iproute
-
-            pf = index(step.pf)
-            if pf is not None:
-                with open_iproute(kernel.netns) as ipr:
-                    ipr.link("set", index=pf, vf={"vf": int(info["index"]),
-                                                  "mac": "00:00:00:00:00:00", "vlan": 0})
-
     # --- results ----------------------------------------------------------------------------
     def verify(self) -> list[str]:
         self._vlans = None
@@ -448,41 +272,3 @@ class Transaction:
     def attachments(self) -> list[dict[str, object]]:
         return [ENDPOINTS[nic.mode].attachment(nic, self.links, self)
                 for nic in self.plan.nics]
-
-
-def delete_quietly(kernel: rtnl.Rtnl, name: str) -> None:
-    """Delete `name`; already gone is fine (undo must be repeatable)."""
-    try:
-        kernel.call(rtnl.del_link(name=name))
-    except OSError as err:
-        if err.errno != errno.ENODEV:
-            raise
-
-
-def _explain(step: p.Step, err: OSError) -> str:
-    if isinstance(step, p.EnsureVlanLink) and err.errno == errno.EOPNOTSUPP:
-        return ("this kernel has no 802.1Q VLAN support (module 8021q), so the sub-interface "
-                f"{step.name} cannot exist")
-    if isinstance(step, (p.EnsureBridge, p.BridgeVlan)) and err.errno == errno.EOPNOTSUPP:
-        return ("this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING, which "
-                "needs 802.1Q), so a bridge cannot carry the network's VLAN")
-    if isinstance(step, p.ClaimVf) and err.errno == errno.EOPNOTSUPP:
-        return f"{step.pf}'s driver does not manage VFs through netlink"
-    if err.errno == errno.EEXIST:
-        return f"{getattr(step, 'name', '')} appeared meanwhile (another tool made it)"
-    if err.errno == errno.EBUSY and isinstance(step, (p.EnslavePort, p.CreateMacvtap)):
-        return ("the uplink is busy: a bridge port and a macvtap lower device exclude each "
-                "other (one rx_handler per interface)")
-    return err.strerror or str(err)
-
-
-def _fix_for(step: p.Step, err: OSError) -> str | None:
-    if isinstance(step, p.EnsureVlanLink) and err.errno == errno.EOPNOTSUPP:
-        return ("load 8021q ('modprobe 8021q'), or bind the network in bridge mode, which "
-                "tags on a vlan-filtering bridge instead")
-    if isinstance(step, (p.EnsureBridge, p.BridgeVlan)) and err.errno == errno.EOPNOTSUPP:
-        return "use a kernel with 802.1Q and bridge VLAN filtering, or an untagged network"
-    if isinstance(step, p.ClaimVf) and err.errno == errno.EOPNOTSUPP:
-        return (f"check that {step.pf} is an SR-IOV PF whose driver sets VF MAC/VLAN "
-                "through netlink (ip link set PF vf N mac ...)")
-    return None

@@ -1,0 +1,162 @@
+"""Verdicts: what realize must do for each step, decided from live links and state before
+anything is touched.
+
+``create`` (absent), ``unchanged`` (present and as planned), ``repair`` (netmap's own
+object that drifted: MTU, master, mode, MAC, link state), ``adopt`` (a shared object someone
+else made that is exactly what the plan needs: used, never deleted), or a refusal that says
+why and how to fix it. Pure reading: the only kernel access is through the transaction's
+dumps, and SR-IOV pools come from sysfs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from netmap import plan as p
+from netmap.errors import ApplyError
+from netmap.netlink import rtnl
+from netmap.netlink.sysfs import sriov_info
+
+if TYPE_CHECKING:
+    from netmap.netlink.ensure import Transaction
+
+BATCHED = (p.CreateTap, p.CreateMacvtap)
+KIND_OF = {p.EnsureBridge: "bridge", p.EnsureVlanLink: "vlan", p.EnsureVxlan: "vxlan",
+           p.CreateTap: "tun", p.CreateMacvtap: "macvtap"}
+
+
+@dataclass
+class Action:
+    nic: int
+    step: p.Step
+    verdict: str  # create | unchanged | repair | adopt
+    repair: dict | None = None  # set_link keywords that repair it
+    undo_repair: dict | None = None
+
+
+def refuse(problem: str, fix: str) -> ApplyError:
+    return ApplyError(problem, fix=fix)
+
+
+def decide_step(txn: Transaction, nic: int, step: p.Step) -> Action:
+    host = txn.plan.host
+    if isinstance(step, p.RequireLink):
+        live = txn.links.get(step.name)
+        if live is None:
+            raise refuse(f"uplink {step.name} does not exist on {host}",
+                         "check the NIC and its driver, or fix [uplinks] in the host "
+                         "mapping")
+        return Action(nic, step, "unchanged" if live.up else "repair", {"up": True},
+                      {"up": False})
+    if isinstance(step, p.EnslavePort):
+        return _decide_port(txn, nic, step)
+    if isinstance(step, p.BridgeVlan):
+        vids = txn.bridge_vlans().get(step.port, {})
+        flags = rtnl.BRIDGE_VLAN_INFO_PVID | rtnl.BRIDGE_VLAN_INFO_UNTAGGED
+        ok = step.vid in vids and (not step.access or (vids[step.vid] & flags == flags
+                                                       and set(vids) == {step.vid}))
+        return Action(nic, step, "unchanged" if ok else "create")
+    if isinstance(step, p.ClaimVf):
+        return _decide_vf(txn, nic, step)
+    name = step.name  # type: ignore[attr-defined]
+    live = txn.links.get(name)
+    if live is None:
+        return Action(nic, step, "create")
+    want_kind = KIND_OF[type(step)]
+    mine = txn.ours(name)
+    if live.kind != want_kind:
+        raise refuse(f"{name} exists on {host} as a {live.kind or 'plain'} device, "
+                     f"not the {want_kind} netmap would create",
+                     f"remove or rename {name}, or choose another name in the mapping")
+    if isinstance(step, BATCHED) and not mine:
+        raise refuse(f"{name} exists on {host} but netmap did not make it (a foreign "
+                     "device holds the endpoint's name)",
+                     f"remove {name} if it is stale ('ip link del {name}')")
+    return _compare(txn, nic, step, live, mine)
+
+def _compare(txn: Transaction, nic: int, step: p.Step, live: rtnl.Link, mine: bool) -> Action:
+    """Same kind: what differs, repairable on netmap's own devices, else refused."""
+    want: dict[str, object] = {"up": True}
+    identity: list[str] = []
+    if isinstance(step, p.EnsureBridge):
+        want["mtu"] = step.mtu
+        if step.vlan_filtering and not live.vlan_filtering:
+            want["vlan_filtering"] = True
+    elif isinstance(step, p.EnsureVlanLink):
+        want["mtu"] = step.mtu
+        if live.vlan_id != step.vid or live.lower != txn.links[step.lower].index:
+            identity.append(f"VLAN {live.vlan_id} on ifindex {live.lower}")
+    elif isinstance(step, p.EnsureVxlan):
+        want["mtu"] = step.mtu
+        if live.vni != step.vni or live.vxlan_link != txn.links[step.underlay].index:
+            identity.append(f"VNI {live.vni} on ifindex {live.vxlan_link}")
+    elif isinstance(step, p.CreateTap):
+        want.update(mtu=step.mtu, mac=step.mac, master=step.bridge)
+    elif isinstance(step, p.CreateMacvtap):
+        want.update(mtu=step.mtu, mac=step.mac, mode=step.mode)
+        lower = txn.links.get(step.lower)
+        if lower is None or live.lower != lower.index:
+            identity.append(f"it sits on ifindex {live.lower}, not on {step.lower}")
+    name = step.name  # type: ignore[attr-defined]
+    if identity:
+        raise refuse(f"{name} exists on {txn.plan.host} but differs in what cannot be "
+                     f"changed in place: {'; '.join(identity)}",
+                     f"release the guest that uses {name} (or delete it) and realize "
+                     "again")
+    master = next((n for n, link in txn.links.items() if link.index == live.master), None)
+    have = {"up": live.up, "mtu": live.mtu, "mac": live.address,
+            "master": master, "mode": live.macvlan_mode,
+            "vlan_filtering": live.vlan_filtering}
+    diff = {k: v for k, v in want.items() if have.get(k) != v}
+    if not diff:
+        return Action(nic, step, "unchanged" if mine else "adopt")
+    if not mine and set(diff) - {"up", "vlan_filtering"}:
+        changes = ", ".join(f"{k} {have.get(k)} (want {v})" for k, v in diff.items())
+        raise refuse(f"{name} on {txn.plan.host} is not netmap's and differs: {changes}",
+                     f"make {name} match, or let netmap create its own bridge (set "
+                     "bridge = \"...\" in the binding)")
+    return Action(nic, step, "repair", diff, {k: have.get(k) for k in diff})
+
+def _decide_port(txn: Transaction, nic: int, step: p.EnslavePort) -> Action:
+    live = txn.links.get(step.port)
+    if live is None:
+        if step.port in txn.planned_names():
+            return Action(nic, step, "create")
+        raise refuse(f"{step.port} does not exist on {txn.plan.host}",
+                     "check the uplink's name in the host mapping")
+    bridge = txn.links.get(step.bridge)
+    if live.master is None:
+        return Action(nic, step, "create")
+    if bridge is not None and live.master == bridge.index:
+        return Action(nic, step, "unchanged")
+    other = next((n for n, link in txn.links.items() if link.index == live.master), "?")
+    raise refuse(f"{step.port} is already a port of {other} on {txn.plan.host}; an "
+                 f"interface has one master, so it cannot join {step.bridge}",
+                 f"take {step.port} out of {other}, or name bridge = \"{other}\" in "
+                 "the binding")
+
+def _decide_vf(txn: Transaction, nic: int, step: p.ClaimVf) -> Action:
+    claimed = txn.state.resource(step.resource)
+    info = sriov_info(step.pf, txn.sysfs_root)
+    if info is None:
+        raise refuse(f"{step.pf} on {txn.plan.host} has no SR-IOV (no "
+                     "sriov_totalvfs in sysfs)", "bind the network to an SR-IOV PF")
+    if claimed and "index" in claimed["info"]:
+        vf = info.vf(int(claimed["info"]["index"]))
+        if vf is not None:
+            txn.vfs[step.resource] = vf
+            return Action(nic, step, "unchanged")
+    taken = txn.state.claimed_vfs(step.pf)
+    taken.update({vf.index: key for key, vf in txn.vfs.items()
+                  if key.startswith(f"vf:{step.pf}:")})  # claimed earlier in this plan
+    free = [vf for vf in info.vfs if vf.index not in taken]
+    if step.macvtap:
+        free = [vf for vf in free if vf.netdev]
+    if not free:
+        raise refuse(f"no free VF on {step.pf} ({txn.plan.host}): {info.num_vfs} VF(s) "
+                     f"enabled of {info.total_vfs}, {len(taken)} claimed by netmap",
+                     f"release a guest that uses {step.pf}, or raise "
+                     f"/sys/class/net/{step.pf}/device/sriov_numvfs")
+    txn.vfs[step.resource] = free[0]
+    return Action(nic, step, "create")
