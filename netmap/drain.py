@@ -39,6 +39,7 @@ from netmap.model import Guest, Host
 WARNING_COST = 1000  # one warning outweighs any difference in load
 MAC_CODES = frozenset({"MAC_IN_USE", "MAC_DUPLICATE"})
 DETAILED_HOSTS = 10  # blocked guests: full messages for this many hosts, codes for the rest
+LISTED_HOSTS = 100  # hosts named per graph-level reason in JSON (the count is always exact)
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,11 @@ class Unfit:
         return f"network {self.network} bound to an uplink that does not reach its segment"
 
     def as_dict(self) -> dict[str, object]:
+        # a fleet-wide reason can cover thousands of hosts: the count is exact, the names
+        # are capped so that the JSON of a large drain stays readable
         return {"code": self.code, "network": self.network, "nic": self.nic,
-                "message": self.message, "hosts": list(self.hosts)}
+                "message": self.message, "count": len(self.hosts),
+                "hosts": list(self.hosts[:LISTED_HOSTS])}
 
 
 @dataclass(frozen=True)
@@ -330,7 +334,7 @@ def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] 
             surveys[guest.name] = survey
             options[guest.name] = run.options(guest, survey, conflicts, mac_blocked)
     free: dict[Resource, int] = {}
-    candidates = {o.host for opts in options.values() for o in opts}
+    candidates = sorted({o.host for opts in options.values() for o in opts})
     for name in candidates:
         free.update(run.use(name).free())
     problem = Problem(options, free, dict(run.load),
@@ -341,10 +345,13 @@ def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] 
     before, after = _summaries(run, problem, solution)
     if run.exclude:
         notes.append(f"not considered as destinations (--exclude): {', '.join(run.exclude)}")
-    unread = [p.file for p in run.fleet.problems if p.file and "/hosts/" in p.file]
-    if unread:
-        notes.append(f"{len(unread)} host file(s) could not be read and were not considered "
-                     f"(first: {unread[0]}); run 'netmap show' to see why")
+    for kind, what in (("hosts", "were not considered as destinations"),
+                       ("guests", f"are not in this plan even if they run on {host}")):
+        unread = [p.file for p in run.fleet.problems
+                  if p.file and f"/{kind}/" in p.file.replace("\\", "/")]
+        if unread:
+            notes.append(f"{len(unread)} {kind[:-1]} file(s) could not be read and {what} "
+                         f"(first: {unread[0]}); run 'netmap show' to see why")
     stats = {"guests": len(run.guests), "profiles": len(profiles), "checks": run.checks,
              "candidate_hosts": len(candidates),
              "complex_guests": solution.complex_guests, "search_nodes": solution.nodes,
@@ -399,6 +406,8 @@ def _explain(run: _Drain, guest: Guest, problem: Problem, solution: Solution,
         blocked = Blocked(guest.name, "incompatible", "", tuple(verdicts), elsewhere)
         counted = blocked.by_code.most_common()
         what = ", ".join(f"{code} on {n}" for code, n in counted) or "there is no other host"
+        if run.exclude:
+            what += f"; {len(run.exclude)} host(s) left out by --exclude"
         return replace(blocked, summary=f"no host passes the check: {what}")
     free = dict(problem.free)
     for res, amount in _used(problem, solution).items():

@@ -183,7 +183,7 @@ class _Solver:
         """groups: (supply, group); complex groups take their relaxed paths. Capacities
         come from `free`, in guests."""
         net = nx.DiGraph()
-        hosts: set[str] = set()
+        hosts: dict[str, None] = {}  # ordered: the same input gives the same plan
         supply = 0
         for index, (count, group) in enumerate(groups):
             node = ("group", index)
@@ -195,7 +195,7 @@ class _Solver:
                 entry = (self._unit_entry if group.unit else self._relaxed_entry)(option)
                 target = ("res", entry) if entry else ("host", option.host)
                 net.add_edge(node, target, capacity=count, weight=option.cost)
-                hosts.add(option.host)
+                hosts[option.host] = None
                 if entry is not None:
                     self._add_chain(net, entry, option.host, free)
         for host in hosts:

@@ -26,7 +26,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         help="print the realize / virsh migrate / release commands, in order")
     parser.add_argument("--budget", type=int, default=None, metavar="N",
                         help="search nodes for guests a single flow cannot place "
-                        "(default 2000); only matters when the plan says it is not proven")
+                        "(default 2000, and at most 5 s); only matters when the plan says "
+                        "it is not proven optimal")
     add_json(parser)
 
 
