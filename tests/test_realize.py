@@ -624,3 +624,22 @@ def test_vlan_in_bridge_mode_needs_vlan_filtering(macvtap_lab, capsys) -> None:
     assert code == 3
     assert "bridge VLAN filtering" in err and "every change was undone" in err
     assert host_dump(ns) == before
+
+
+def test_realize_converges_when_a_nic_is_dropped(lab, capsys) -> None:
+    built, root = lab
+    ns = built.hosts["host-a"]
+    before = host_dump(ns)
+    assert main(["realize", "vm5", "--host", "host-a"]) == 0
+    blue_tap = plan_for(root, "vm5", "host-a").nics[1].device
+    (root / "guests" / "vm5.toml").write_text(VM5.split("\n[[nics]]\nnetwork = \"tenant")[0])
+    capsys.readouterr()
+    assert main(["realize", "vm5", "--host", "host-a"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed link:{blue_tap} (no longer in the plan)" in out
+    links = host_dump(ns)["links"]
+    assert blue_tap not in links and "vx5001" not in links and "br-eth1" in links
+    assert main(["realize", "vm5", "--host", "host-a"]) == 0
+    assert "nothing changed" in capsys.readouterr().out
+    assert main(["release", "vm5", "--host", "host-a"]) == 0
+    assert host_dump(ns) == before

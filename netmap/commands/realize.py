@@ -122,6 +122,10 @@ def _realize(args: argparse.Namespace) -> int:
             counts[action] = counts.get(action, 0) + 1
         summary = ", ".join(f"{n} {action}" for action, n in counts.items())
         out.print(f"realized {guest.name} on {host.name} ({summary})")
+    for removed in result.removed:
+        out.print(f"  removed {removed} (no longer in the plan)", markup=False)
+    for kept in result.kept:
+        out.print(f"  kept {kept}", markup=False)
     for nic in result.nics:
         device = nic.get("device") or f"VF {nic.get('vf')} of {nic.get('pf')} ({nic.get('pci')})"
         tapdev = f" {nic['tapdev']}" if nic.get("tapdev") else ""

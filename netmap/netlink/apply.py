@@ -36,17 +36,20 @@ class RealizeResult:
     netns: str | None
     outcomes: list[tuple[int, p.Step, str]] = field(default_factory=list)
     nics: list[dict[str, object]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # stale parts of an earlier realize
+    kept: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return any(action != "unchanged" for _, _, action in self.outcomes)
+        return bool(self.removed) or any(action not in ("unchanged", "adopt")
+                                         for _, _, action in self.outcomes)
 
     def as_dict(self) -> dict[str, object]:
         return {"guest": self.guest, "host": self.host, "netns": self.netns,
                 "changed": self.changed,
                 "steps": [{"nic": nic, "do": step.describe(), "result": action,
                            "step": step.as_dict()} for nic, step, action in self.outcomes],
-                "nics": self.nics}
+                "nics": self.nics, "removed": self.removed, "kept": self.kept}
 
 
 @dataclass
@@ -127,7 +130,16 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                                  f"{_reason(err)}{tail}", fix=fix) from err
             result.outcomes = txn.outcomes
             result.nics = txn.attachments()
-            if result.changed or (state.guest(plan.guest) or {}).get("status") != REALIZED:
+            # converge: what this guest had here and the plan no longer needs (a NIC removed
+            # or moved to another network) is released; the plan itself has succeeded
+            planned = {step.resource for _, step in plan.steps}
+            stale = [k for k in (state.guest(plan.guest) or {}).get("resources", [])
+                     if k not in planned]
+            if stale:
+                problems = _release_keys(kernel, txn.links, state, plan.guest, stale, result)
+                result.kept += [f"{k}: could not be removed: {r['error']}" for k, r in problems]
+            if result.changed or stale or (state.guest(plan.guest) or {}).get(
+                    "status") != REALIZED:
                 state.set_guest(plan.guest, REALIZED, [
                     {k: v for k, v in nic.items() if k not in ("libvirt_xml", "qemu")}
                     for nic in result.nics])
@@ -146,33 +158,40 @@ def release_guest(host: str, guest: str, netns: str | None, *,
         if entry is None:
             return result
         with rtnl.Rtnl(netns) as kernel:
-            links = kernel.links()
-            keys = list(reversed(entry["resources"]))
-            undo = []
-            for key in keys:
-                record = state.drop(guest, key)
-                if record is None:
-                    result.kept.append(f"{key}: still used by {', '.join(state.users(key))}")
-                    continue
-                if not record["created"]:
-                    if not key.startswith("up:"):  # an uplink that was up stays up: no news
-                        result.kept.append(f"{key}: was there before netmap")
-                    continue
-                undo.append((key, record))
-            going = {k.split(":", 1)[1] for k, r in undo if k.startswith(("link:", "port:"))}
-            problems = _undo_records(kernel, links, undo, going, result)
-            state.forget_guest(guest)
+            problems = _release_keys(kernel, kernel.links(), state, guest,
+                                     list(entry["resources"]), result)
+            if not problems:
+                state.forget_guest(guest)
+            state.save()
             if problems:
-                # keep what failed so that a later release can finish it
-                for key, record in problems:
-                    state.resources[key] = {**record, "guests": [guest]}
-                    state.use(guest, key, step=record["step"], created=True)
-                state.save()
                 raise ApplyError(f"release {guest} on {host} left "
                                  + "; ".join(f"{k} ({r['error']})" for k, r in problems),
                                  fix="fix the cause and run release again")
-            state.save()
     return result
+
+
+def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], state: HostState,
+                  guest: str, keys: list[str], result: ReleaseResult | RealizeResult,
+                  ) -> list[tuple[str, dict]]:
+    """Drop `guest` from each resource (in reverse order) and undo those netmap made that
+    no guest uses any more; what failed stays in state for the next release."""
+    undo = []
+    for key in reversed(keys):
+        record = state.drop(guest, key)
+        if record is None:
+            result.kept.append(f"{key}: still used by {', '.join(state.users(key))}")
+            continue
+        if not record["created"]:
+            if not key.startswith("up:"):  # an uplink that was up stays up: no news
+                result.kept.append(f"{key}: was there before netmap")
+            continue
+        undo.append((key, record))
+    going = {k.split(":", 1)[1] for k, r in undo if k.startswith(("link:", "port:"))}
+    problems = _undo_records(kernel, links, undo, going, result)
+    for key, record in problems:  # keep what failed so that a later release can finish it
+        state.resources[key] = {**record, "guests": []}
+        state.use(guest, key, step=record["step"], created=True, info=record.get("info"))
+    return problems
 
 
 LINK_STEPS = {p.CreateTap: "tun", p.CreateMacvtap: "macvtap", p.EnsureBridge: "bridge",
