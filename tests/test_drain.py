@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from netmap.check import check_migration
 from netmap.cli import main
-from netmap.drain import drain
-from netmap.drain_flow import Option, Problem, solve
+from netmap.drain import Option, Problem, drain, solve
 from netmap.graph import build_graph
 from netmap.model import Binding, Fleet, Guest, GuestNic, Host, Network, SriovPool, Uplink
 

@@ -32,8 +32,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from netmap.drain import drain
-    from netmap.drain_flow import DEFAULT_BUDGET
+    from netmap.drain import DEFAULT_BUDGET, drain
 
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget {args.budget} is not a positive number of search nodes",

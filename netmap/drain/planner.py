@@ -1,0 +1,171 @@
+"""netmap drain: plan the evacuation of a whole host, as flows on the fleet graph. Pure."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import replace
+
+import networkx as nx
+
+from netmap import graph as g
+from netmap.check import Finding
+from netmap.drain.candidates import DrainContext, Survey, profile
+from netmap.drain.flow import Option, Problem, Resource, Solution
+from netmap.drain.report import Blocked, DrainPlan, HostUse, HostVerdict, Move, Unfit
+from netmap.drain.search import DEFAULT_BUDGET, solve
+from netmap.model import Guest
+
+DETAILED_HOSTS = 10  # blocked guests: full messages for this many hosts, codes for the rest
+
+
+def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] = (),
+          strict: bool = False, budget: int = DEFAULT_BUDGET) -> DrainPlan:
+    """Plan moving every guest off `host`: as many as possible, each to a host that passes
+    the check, no capacity exceeded; the rest with the reason they cannot move."""
+    started = time.perf_counter()
+    run = DrainContext(graph, host, tuple(exclude), strict)
+    profiles: dict[tuple, list[Guest]] = defaultdict(list)
+    for guest in run.guests:
+        profiles[profile(guest)].append(guest)
+    options: dict[str, tuple[Option, ...]] = {}
+    surveys: dict[str, Survey] = {}
+    conflicts: dict[str, set[str]] = defaultdict(set)
+    mac_blocked: dict[str, Finding] = {}
+    owners = g.mac_owners(graph)
+    for members in profiles.values():
+        spare = max(len({o for n in m.nics for o, _ in owners.get(n.mac, ())}) for m in members)
+        survey = run.survey(members, len(run.guests) + spare)
+        for guest in members:
+            surveys[guest.name] = survey
+            options[guest.name] = run.options(guest, survey, conflicts, mac_blocked)
+    free: dict[Resource, int] = {}
+    candidates = sorted({o.host for opts in options.values() for o in opts})
+    for name in candidates:
+        free.update(run.use(name).free())
+    problem = Problem(options, free, dict(run.load),
+                      {k: frozenset(v) for k, v in conflicts.items()})
+    solution, moves, notes = _solve_checked(run, problem, budget)
+    blocked = [_explain(run, guest, problem, solution, surveys, mac_blocked)
+               for guest in run.guests if guest.name not in solution.assignment]
+    before, after = _summaries(run, problem, solution)
+    if run.exclude:
+        notes.append(f"not considered as destinations (--exclude): {', '.join(run.exclude)}")
+    for kind, what in (("hosts", "were not considered as destinations"),
+                       ("guests", f"are not in this plan even if they run on {host}")):
+        unread = [p.file for p in run.fleet.problems
+                  if p.file and f"/{kind}/" in p.file.replace("\\", "/")]
+        if unread:
+            notes.append(f"{len(unread)} {kind[:-1]} file(s) could not be read and {what} "
+                         f"(first: {unread[0]}); run 'netmap show' to see why")
+    stats = {"guests": len(run.guests), "profiles": len(profiles), "checks": run.checks,
+             "candidate_hosts": len(candidates),
+             "complex_guests": solution.complex_guests, "search_nodes": solution.nodes,
+             "seconds": round(time.perf_counter() - started, 4)}
+    return DrainPlan(host, strict, run.exclude, tuple(moves), tuple(blocked), before, after,
+                     solution.proven, solution.upper_bound, tuple(notes), stats)
+
+
+def _solve_checked(run: DrainContext, problem: Problem,
+                   budget: int) -> tuple[Solution, list[Move], list[str]]:
+    """Solve, then check every move for real; drop what the check refuses and solve again."""
+    notes: list[str] = []
+    for _ in range(5):
+        solution = solve(problem, budget=budget)
+        moves, refused = [], []
+        for guest in sorted(solution.assignment):
+            report = run.check(guest, solution.assignment[guest])
+            if report.compatible:
+                moves.append(Move(guest, report.dest, tuple(report.warnings)))
+            else:
+                refused.append((guest, report.dest))
+        if not refused:
+            return solution, moves, notes
+        for guest, dest in refused:
+            problem.options[guest] = tuple(o for o in problem.options[guest] if o.host != dest)
+            notes.append(f"{guest} -> {dest} was refused by the final check and re-planned")
+    raise AssertionError("drain: the final check kept refusing planned moves")
+
+
+def _explain(run: DrainContext, guest: Guest, problem: Problem, solution: Solution,
+             surveys: dict[str, Survey], mac_blocked: dict[str, Finding]) -> Blocked:
+    if guest.name in mac_blocked:
+        finding = mac_blocked[guest.name]
+        return Blocked(guest.name, "incompatible", finding.message)
+    options = problem.options[guest.name]
+    if not options:
+        survey = surveys[guest.name]
+        verdicts = []
+        for index, (host, finding) in enumerate(sorted(survey.refused.items())):
+            message = None
+            if index < DETAILED_HOSTS:  # the real messages name this guest's NICs
+                errors = run.check(guest.name, host).errors
+                finding = errors[0] if errors else finding
+                message = finding.message
+            verdicts.append(HostVerdict(host, finding.code, finding.nic, message))
+        elsewhere = tuple(
+            Unfit(code, network, next(n.index for n in guest.nics if n.network == network),
+                  tuple(hosts))
+            for code, table in (("NETWORK_UNBOUND", survey.unbound),
+                                ("SEGMENT_UNREACHABLE", survey.unreachable))
+            for network, hosts in table.items() if hosts)
+        blocked = Blocked(guest.name, "incompatible", "", tuple(verdicts), elsewhere)
+        counted = blocked.by_code.most_common()
+        what = ", ".join(f"{code} on {n}" for code, n in counted) or "there is no other host"
+        if run.exclude:
+            what += f"; {len(run.exclude)} host(s) left out by --exclude"
+        return replace(blocked, summary=f"no host passes the check: {what}")
+    free = dict(problem.free)
+    for res, amount in _used(problem, solution).items():
+        free[res] -= amount
+    placed = solution.assignment
+    verdicts = []
+    for option in options:
+        rivals = [o for o in problem.conflicts.get(guest.name, ()) if placed.get(o) == option.host]
+        short = [(res, amount) for res, amount in option.demand if free[res] < amount]
+        if rivals:
+            verdicts.append(HostVerdict(option.host, "MAC_CONFLICT", None,
+                                        f"{rivals[0]}, which shares a MAC, goes there"))
+        for res, amount in short[:1]:
+            verdicts.append(HostVerdict(option.host, "CAPACITY", None,
+                                        f"{_resource_text(res)}: {max(free[res], 0)} free "
+                                        f"after the plan, needs {amount}"))
+    if not solution.proven:
+        return Blocked(guest.name, "unproven",
+                       f"not placed; the search stopped at its budget with at most "
+                       f"{solution.upper_bound} of {len(problem.options)} guests placeable, "
+                       "so a complete plan may exist (raise --budget)", tuple(verdicts))
+    kinds = Counter(v.message.split(":")[0] if v.code == "CAPACITY" else "a MAC conflict"
+                    for v in verdicts if v.message)
+    return Blocked(guest.name, "capacity",
+                   f"no room left on its {len(options)} compatible host(s): "
+                   + ", ".join(f"{k} ({n})" for k, n in kinds.most_common(3)), tuple(verdicts))
+
+
+def _resource_text(res: Resource) -> str:
+    kind, _, uplink = res
+    return {"vf": f"VFs of PF {uplink}", "whole": f"passthrough uplink {uplink}",
+            "endpoints": "endpoints (max_endpoints)", "guests": "guests (max_guests)"}[kind]
+
+
+def _used(problem: Problem, solution: Solution) -> Counter:
+    used: Counter = Counter()
+    for guest, host in solution.assignment.items():
+        option = next(o for o in problem.options[guest] if o.host == host)
+        used.update(dict(option.demand))
+    return used
+
+
+def _summaries(run: DrainContext, problem: Problem,
+               solution: Solution) -> tuple[dict[str, HostUse], dict[str, HostUse]]:
+    arriving: dict[str, list[str]] = defaultdict(list)
+    for guest, host in sorted(solution.assignment.items()):
+        arriving[host].append(guest)
+    before, after = {}, {}
+    for host in sorted(arriving):
+        guests = arriving[host]
+        demands = [next(o.demand for o in problem.options[n] if o.host == host) for n in guests]
+        nics = sum(len(run.fleet.guests[n].nics) for n in guests)
+        before[host] = run.use(host)
+        after[host] = before[host].plus(demands, nics)
+    return before, after
