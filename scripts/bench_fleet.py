@@ -56,10 +56,10 @@ CLI = "import sys; from netmap.cli import main; sys.exit(main())"
 # the collector's sight (they live until exit), hosts-for through placement.hosts_for_fleet
 # (the graph of the candidate hosts only). Commands other than hosts-for are unchanged.
 CLI_PROPOSED = """
-import gc, sys
+import sys
 from netmap.commands import _common
 from netmap import placement
-from netmap.cache import load_fleet_cached
+from netmap.cache import gc_paused, load_fleet_cached
 from netmap.graph import build_graph
 
 class FleetOnly:
@@ -67,11 +67,11 @@ class FleetOnly:
         self.graph = {"fleet": fleet}
 
 def load(args):
-    fleet = load_fleet_cached(args.mappings)
-    gc.freeze()
-    if args.command == "hosts-for":
-        return fleet, FleetOnly(fleet)
-    return fleet, build_graph(fleet)
+    with gc_paused(freeze=True):
+        fleet = load_fleet_cached(args.mappings)
+        if args.command == "hosts-for":
+            return fleet, FleetOnly(fleet)
+        return fleet, build_graph(fleet)
 
 def hosts_for(graph, guest, **options):
     return placement.hosts_for_fleet(graph.graph["fleet"], guest, **options)

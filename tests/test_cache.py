@@ -400,6 +400,25 @@ def test_each_mappings_directory_has_its_own_cache(mappings: Path, tmp_path: Pat
     assert cache.clear(other) and not cache.clear(other)
 
 
+def test_gc_pause_nests_and_restores(mappings: Path) -> None:
+    import gc
+
+    assert gc.isenabled()
+    with cache.gc_paused():
+        with cache.gc_paused():
+            load_fleet(mappings)
+        assert not gc.isenabled()  # only the outermost pause resumes
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    try:
+        with cache.gc_paused(freeze=True):
+            fleet = load_fleet(mappings)
+        assert gc.isenabled() and gc.get_freeze_count() > frozen
+        assert fleet.hosts["host-a"].name == "host-a"  # frozen objects stay usable
+    finally:
+        gc.unfreeze()
+
+
 # --- the speed edits elsewhere answer as the code they replaced -----------------------------
 
 def test_lazy_source_lines_match_line_of(mappings: Path) -> None:
