@@ -116,7 +116,19 @@ def shape(netns: str) -> dict:
 
 @pytest.fixture
 def lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """host-a and host-b of the example fleet, plus guests vm5..vm7; state in tmp_path."""
+    """host-a and host-b of the example fleet, plus guests vm5..vm7; state in tmp_path.
+
+    The example binds mgmt's bridge and tenant-blue's vxlan underlay to the same uplink
+    (eth1, eno3); realize refuses to enslave an uplink with addresses (they would stop
+    working), so here the underlay moves to the prod uplink, where macvtaps leave the
+    uplink's own addresses alone."""
+    for host, old, new in (("host-a", "eth1", "eth0"), ("host-b", "eno3", "eno2")):
+        path = mappings / "hosts" / f"{host}.toml"
+        text = path.read_text()
+        text = text.replace(f'mode = "vxlan"\nuplink = "{old}"',
+                            f'mode = "vxlan"\nuplink = "{new}"')
+        assert f'uplink = "{new}"\nvxlan' in text
+        path.write_text(text)
     (mappings / "guests" / "vm5.toml").write_text(VM5)
     (mappings / "guests" / "vm6.toml").write_text(VM6)
     (mappings / "guests" / "vm7.toml").write_text(VM7)
@@ -327,6 +339,12 @@ def test_refusals_touch_nothing(lab, capsys) -> None:
     assert "eth1 is already a port of other" in capsys.readouterr().err
     assert host_dump(ns) == before
     run("ip", "link", "del", "other", netns=ns)
+    # the uplink carries an address, which a bridge port would no longer answer for
+    run("ip", "addr", "add", "192.0.2.1/24", "dev", "eth1", netns=ns)
+    before = host_dump(ns)
+    assert main(["realize", "vm5", "--host", "host-a"]) == 3
+    assert "eth1 on host-a has addresses (192.0.2.1/24)" in capsys.readouterr().err
+    assert host_dump(ns) == before
     # the uplink vanished
     run("ip", "link", "del", "eth1", netns=ns)
     before = host_dump(ns)

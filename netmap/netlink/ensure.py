@@ -31,6 +31,7 @@ class Transaction:
         self.sysfs_root = sysfs_root
         self.links = kernel.links()
         self._vlans: dict[str, dict[int, int]] | None = None
+        self._addresses: dict[int, list[str]] | None = None
         self.actions: list[Action] = []
         self.undo: list[tuple[str, Callable[[], None]]] = []
         self.outcomes: list[tuple[int, p.Step, str]] = []
@@ -44,6 +45,12 @@ class Transaction:
         if self._vlans is None:
             self._vlans = self.kernel.bridge_vlans()
         return self._vlans
+
+    def addresses(self) -> dict[int, list[str]]:
+        """Global addresses per ifindex: one dump, only when a plan enslaves an uplink."""
+        if self._addresses is None:
+            self._addresses = self.kernel.addresses()
+        return self._addresses
 
     def index(self, name: str) -> int:
         live = self.links.get(name) or self.kernel.get(name)

@@ -24,7 +24,8 @@ NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_GETADDR = 16, 17, 18, 19, 22
+IFA_ADDRESS, IFA_LOCAL, RT_SCOPE_UNIVERSE = 1, 2, 0
 F_REQUEST, F_MULTI, F_ACK, F_DUMP = 0x1, 0x2, 0x4, 0x300
 F_EXCL, F_CREATE, F_ACK_TLVS = 0x200, 0x400, 0x200
 AF_UNSPEC, AF_BRIDGE = 0, 7
@@ -365,21 +366,38 @@ class Rtnl:
         if error is not None:
             raise error
 
-    def dump(self, *, family: int = AF_UNSPEC, ext_mask: int = 0) -> list[tuple[Link, bytes]]:
-        body = ifinfo(family=family) + (_u32(IFLA_EXT_MASK, ext_mask) if ext_mask else b"")
-        seq, message = self._pack(RTM_GETLINK, F_DUMP, body)
+    def _dump(self, kind: int, body: bytes) -> list[bytes]:
+        seq, message = self._pack(kind, F_DUMP, body)
         self.sock.send(message)
         out = []
         while True:
-            for kind, flags, got, payload in self._messages():
+            for got_kind, flags, got, payload in self._messages():
                 if got != seq:
                     continue
-                if kind == NLMSG_DONE:
+                if got_kind == NLMSG_DONE:
                     return out
-                if kind == NLMSG_ERROR:
+                if got_kind == NLMSG_ERROR:
                     code = struct.unpack_from("i", payload)[0]
                     raise NetlinkError(-code, _ext_message(flags, payload))
-                out.append((_parse_link(payload), payload))
+                out.append(payload)
+
+    def dump(self, *, family: int = AF_UNSPEC, ext_mask: int = 0) -> list[tuple[Link, bytes]]:
+        body = ifinfo(family=family) + (_u32(IFLA_EXT_MASK, ext_mask) if ext_mask else b"")
+        return [(_parse_link(payload), payload) for payload in self._dump(RTM_GETLINK, body)]
+
+    def addresses(self) -> dict[int, list[str]]:
+        """ifindex -> its addresses of global scope ("10.0.0.1/24"); link-local left out."""
+        out: dict[int, list[str]] = {}
+        for payload in self._dump(RTM_GETADDR, struct.pack("BBBBI", AF_UNSPEC, 0, 0, 0, 0)):
+            family, prefix, _flags, scope, index = struct.unpack_from("BBBBI", payload)
+            attrs = dict(_attrs(payload, 8))
+            raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+            if scope != RT_SCOPE_UNIVERSE or raw is None:
+                continue
+            address = socket.inet_ntop(socket.AF_INET if family == socket.AF_INET
+                                       else socket.AF_INET6, raw)
+            out.setdefault(index, []).append(f"{address}/{prefix}")
+        return out
 
     def get(self, name: str) -> Link | None:
         """One interface by name, or None when there is none."""

@@ -127,6 +127,17 @@ def _decide_port(txn: Transaction, nic: int, step: p.EnslavePort) -> Action:
                      "check the uplink's name in the host mapping")
     bridge = txn.links.get(step.bridge)
     if live.master is None:
+        addresses = txn.addresses().get(live.index)
+        if addresses:
+            # A bridge port hands every frame it receives to the bridge: the port's own
+            # addresses stop answering, and with them host traffic or a vxlan underlay.
+            raise refuse(f"{step.port} on {txn.plan.host} has addresses "
+                         f"({', '.join(addresses)}); as a port of {step.bridge} it would "
+                         "stop receiving for them (host traffic or a vxlan underlay on it "
+                         "would break)",
+                         f"move the addresses to bridge {step.bridge} yourself and enslave "
+                         f"{step.port} (netmap then uses that bridge), or bind the network "
+                         "to an uplink without addresses")
         return Action(nic, step, "create")
     if bridge is not None and live.master == bridge.index:
         return Action(nic, step, "unchanged")
@@ -135,6 +146,7 @@ def _decide_port(txn: Transaction, nic: int, step: p.EnslavePort) -> Action:
                  f"interface has one master, so it cannot join {step.bridge}",
                  f"take {step.port} out of {other}, or name bridge = \"{other}\" in "
                  "the binding")
+
 
 def _decide_vf(txn: Transaction, nic: int, step: p.ClaimVf) -> Action:
     claimed = txn.state.resource(step.resource)
