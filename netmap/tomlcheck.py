@@ -298,6 +298,8 @@ class Table:
         return value
 
     def done(self) -> None:
+        if self._read.issuperset(self.data):  # the usual case, answered without a loop
+            return
         unknown = [key for key in self.data if key not in self._read]
         if unknown:
             key = unknown[0]
