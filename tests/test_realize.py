@@ -661,3 +661,26 @@ def test_realize_converges_when_a_nic_is_dropped(lab, capsys) -> None:
     assert "nothing changed" in capsys.readouterr().out
     assert main(["release", "vm5", "--host", "host-a"]) == 0
     assert host_dump(ns) == before
+
+
+def test_an_existing_bridge_is_adopted_and_left_alone(lab, capsys) -> None:
+    """An admin's bridge that is exactly what the plan needs is used, never changed or
+    deleted; one that differs is refused."""
+    built, _root = lab
+    ns = built.hosts["host-a"]
+    run("ip", "link", "add", "br-eth1", "type", "bridge", netns=ns)
+    run("ip", "link", "set", "eth1", "master", "br-eth1", netns=ns)
+    run("ip", "link", "set", "br-eth1", "up", netns=ns)
+    before = host_dump(ns)
+    assert main(["realize", "vm5", "--host", "host-a", "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    verdicts = {s["step"]["kind"] + ":" + str(s["step"].get("name") or s["step"].get("port")):
+                s["result"] for s in steps}
+    assert verdicts["bridge:br-eth1"] == "adopt" and verdicts["enslave:eth1"] == "unchanged"
+    assert main(["release", "vm5", "--host", "host-a"]) == 0
+    assert "link:br-eth1: was there before netmap" in capsys.readouterr().out
+    assert host_dump(ns) == before
+    run("ip", "link", "set", "br-eth1", "mtu", "1400", netns=ns)
+    assert main(["realize", "vm5", "--host", "host-a"]) == 3
+    assert "br-eth1 on host-a is not netmap's and differs: mtu 1400 (want 1500)" in \
+        capsys.readouterr().err

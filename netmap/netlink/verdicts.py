@@ -111,7 +111,7 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtnl.Link, mine: bo
     diff = {k: v for k, v in want.items() if have.get(k) != v}
     if not diff:
         return Action(nic, step, "unchanged" if mine else "adopt")
-    if not mine and set(diff) - {"up", "vlan_filtering"}:
+    if not mine:  # someone else's: used as it is, never changed (release could not undo)
         changes = ", ".join(f"{k} {have.get(k)} (want {v})" for k, v in diff.items())
         raise refuse(f"{name} on {txn.plan.host} is not netmap's and differs: {changes}",
                      f"make {name} match, or let netmap create its own bridge (set "
