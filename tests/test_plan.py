@@ -194,4 +194,7 @@ def test_realize_refuses_before_touching_anything(mappings: Path, tmp_path: Path
     assert main(["realize", "vm4", "--host", "host-d", *common]) == 2
     err = capsys.readouterr().err
     assert "names another machine than this one" in err and "--as-host" in err
+    # told that this machine is host-d, realize gets as far as check (vm4's mgmt is unbound)
+    assert main(["realize", "vm4", "--host", "host-d", "--as-host", *common]) == 1
+    assert "NETWORK_UNBOUND" in capsys.readouterr().out
     assert not (tmp_path / "state").exists()

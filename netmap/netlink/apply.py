@@ -122,12 +122,14 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                     else:
                         state.restore(before)
                         state.save()
+                    txn.close()
                 tail = "; every change was undone" if not leftovers else (
                     "; could not undo: " + "; ".join(leftovers)
                     + " (state keeps them: 'netmap release' removes them)")
                 fix = err.fix if isinstance(err, ApplyError) else None
                 raise ApplyError(f"realize {plan.guest} on {plan.host} failed: "
                                  f"{_reason(err)}{tail}", fix=fix) from err
+            txn.close()
             result.outcomes = txn.outcomes
             result.nics = txn.attachments()
             # converge: what this guest had here and the plan no longer needs (a NIC removed

@@ -194,9 +194,17 @@ class Transaction:
         except NetlinkError as err:
             raise OSError(err.code, os.strerror(err.code)) from err
         if step.macvtap and vf.netdev:
-            self.kernel.call(rtnl.new_link(step.macvtap, "macvtap", mtu=step.mtu,
-                                           mac=step.mac, lower=self.index(vf.netdev),
-                                           data=rtnl.macvtap_data("passthru")))
+            try:
+                self.kernel.call(rtnl.new_link(step.macvtap, "macvtap", up=False, mtu=step.mtu,
+                                               lower=self.index(vf.netdev),
+                                               data=rtnl.macvtap_data("passthru")))
+            except OSError:  # the VF entry was set: give it back before reporting
+                run_inverse(self.kernel, self.links, p.ClaimVf(step.pf, step.mac, step.vlan,
+                                                               step.spoofchk), self._vf_info(step))
+                raise
+            # passthru ignores the MAC at creation (see _flush)
+            self.kernel.call(rtnl.set_link(0, name=step.macvtap, mac=step.mac, up=True,
+                                           no_ipv6=True))
 
     def pyroute(self):  # -> pyroute2.IPRoute, opened once, only for the rare calls
         if self._pyroute is None:
@@ -263,10 +271,12 @@ class Transaction:
                 undo()
             except Exception as err:  # keep undoing the rest; report each failure
                 failed.append(f"{what}: {err}")
+        return failed
+
+    def close(self) -> None:
         if self._pyroute is not None:
             self._pyroute.close()
             self._pyroute = None
-        return failed
 
     # --- results ----------------------------------------------------------------------------
     def verify(self) -> list[str]:
