@@ -202,6 +202,11 @@ def test_table_and_commands(mappings: Path, capsys) -> None:
         "virsh migrate --live vm2 qemu+ssh://host-b/system",
         " ".join([*m, "release", "vm2", "--host", "host-a"]),
     ]
+    code, out, _ = run_cli(capsys, "--mappings", str(mappings), "drain", "host-a", "--json",
+                           "--emit-commands")
+    steps = json.loads(out)["commands"]
+    assert [(s["guest"], s["step"], s["run_on"]) for s in steps[:3]] == [
+        ("vm1", "realize", "host-b"), ("vm1", "migrate", "host-a"), ("vm1", "release", "host-a")]
 
 
 def test_a_host_without_guests_is_drained_already(mappings: Path, capsys) -> None:

@@ -44,8 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         data = plan.as_dict()
         if args.emit_commands:
-            data["commands"] = [line for line in emit_commands(plan, fleet, args.mappings)
-                                if line and not line.startswith("#")]
+            data["commands"] = command_steps(plan, args.mappings)
         print_json(data)
     elif args.emit_commands:
         print("\n".join(emit_commands(plan, fleet, args.mappings)))
@@ -54,32 +53,42 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK if plan.complete else EXIT_INCOMPATIBLE
 
 
-def emit_commands(plan: DrainPlan, fleet: Fleet, mappings: str | None) -> list[str]:
+def command_steps(plan: DrainPlan, mappings: str | None) -> list[dict[str, str]]:
     """One block per guest: build the endpoints on the destination, migrate, then release
     on the source. Each move only takes capacity that is free before the drain starts, so
     the blocks are independent; warning-free moves come first so an operator can stop
     before the ones that change something."""
     base = ["netmap"] + (["--mappings", mappings] if mappings else [])
-    moves = sorted(plan.moves, key=lambda m: (bool(m.warnings), m.dest, m.guest))
+    steps = []
+    for move in sorted(plan.moves, key=lambda m: (bool(m.warnings), m.dest, m.guest)):
+        for step, where, argv in (
+                ("realize", move.dest, [*base, "realize", move.guest, "--host", move.dest]),
+                ("migrate", plan.host, ["virsh", "migrate", "--live", move.guest,
+                                        f"qemu+ssh://{move.dest}/system"]),
+                ("release", plan.host, [*base, "release", move.guest, "--host", plan.host])):
+            steps.append({"guest": move.guest, "step": step, "run_on": where,
+                          "command": shlex.join(argv)})
+    return steps
+
+
+def emit_commands(plan: DrainPlan, fleet: Fleet, mappings: str | None) -> list[str]:
+    """The steps as a commented listing, one block per guest."""
+    moves = {m.guest: m for m in plan.moves}
     proof = "proven optimal" if plan.proven else "NOT proven optimal"
     lines = [f"# netmap drain {plan.host}: {len(moves)} of {len(moves) + len(plan.blocked)} "
              f"guest(s) placed ({proof}).",
              "# Run each line on the host its comment names; release only after the "
              "migration succeeded."]
-    for number, move in enumerate(moves, 1):
-        realize = shlex.join([*base, "realize", move.guest, "--host", move.dest])
-        release = shlex.join([*base, "release", move.guest, "--host", plan.host])
-        migrate = shlex.join(["virsh", "migrate", "--live", move.guest,
-                              f"qemu+ssh://{move.dest}/system"])
-        warned = f" ({', '.join(sorted({w.code for w in move.warnings}))})" if move.warnings \
-            else ""
+    steps = command_steps(plan, mappings)
+    for number, start in enumerate(range(0, len(steps), 3), 1):
+        move = moves[steps[start]["guest"]]
+        warned = (f" ({', '.join(sorted({w.code for w in move.warnings}))})"
+                  if move.warnings else "")
         guest = fleet.guests[move.guest]
         where = guest.source.file if guest.source else f"guests/{move.guest}.toml"
-        lines += ["", f"# {number}/{len(moves)} {move.guest}: {plan.host} -> {move.dest}{warned}",
-                  f"{realize}  # on {move.dest}",
-                  f"{migrate}  # on {plan.host}",
-                  f"{release}  # on {plan.host}",
-                  f'# then set host = "{move.dest}" in {where}']
+        lines += ["", f"# {number}/{len(moves)} {move.guest}: {plan.host} -> {move.dest}{warned}"]
+        lines += [f"{step['command']}  # on {step['run_on']}" for step in steps[start:start + 3]]
+        lines.append(f'# then set host = "{move.dest}" in {where}')
     for blocked in plan.blocked:
         lines += ["", f"# {blocked.guest} stays on {plan.host}: {blocked.summary}"]
     return lines

@@ -159,7 +159,7 @@ class DrainContext:
             mac = [f for f in self.check(guest.name, reference).errors if f.code in MAC_CODES]
             if mac:  # a duplicate on the same L2 domain: the same on every host
                 blocked[guest.name] = mac[0]
-                return []
+                return ()
         for host, warnings in survey.compatible:
             if host in suspects:
                 report = self.check(guest.name, host)

@@ -75,7 +75,6 @@ class Group:
     unit: bool
 
 
-
 class FlowModel:
     """The problem's guests in groups, unit or complex, and the flow networks over them."""
 
@@ -120,10 +119,11 @@ class FlowModel:
         """Where a unit path enters the host's chain: its uplink resource, else the first
         tail resource it takes, else (no limited resource) the host itself."""
         taken = {res for res, _ in option.demand}
-        for res in option.demand:
-            if res[0][0] in UPLINK_KINDS:
-                return res[0]
-        return next((r for r in self.limited_tail.get(option.host, []) if r in taken), None)
+        uplink = next((res for res in taken if res[0] in UPLINK_KINDS), None)
+        if uplink is not None:
+            return uplink
+        return next((res for res in self.limited_tail.get(option.host, []) if res in taken),
+                    None)
 
     def _is_unit(self, option: Option) -> bool:
         if any(self.unit_amount.get(res) != amount for res, amount in option.demand):
@@ -221,25 +221,17 @@ class FlowModel:
         flow = nx.network_simplex(net)[1]
         out: dict[str, Option] = {}
         for index, group in enumerate(groups):
-            waiting = list(group.guests)
-            sent = flow[("group", index)]
+            # a group enters each host at one node: ("host", h) or ("res", (kind, h, uplink))
+            sent = {target[1] if target[0] == "host" else target[1][1]: amount
+                    for target, amount in flow[("group", index)].items() if amount}
+            waiting = iter(group.guests)
             for option in group.options:
-                for target, amount in sent.items():
-                    if amount and _host_of(target, option):
-                        for guest in waiting[:amount]:
-                            out[guest] = option
-                        waiting = waiting[amount:]
-                        sent[target] = 0
+                for _ in range(sent.get(option.host, 0)):
+                    out[next(waiting)] = option
         return out
 
     def _unit_groups(self) -> list[tuple[int, Group]]:
         return [(len(group.guests), group) for group in self.units]
-
-
-def _host_of(target: object, option: Option) -> bool:
-    if target == ("host", option.host):
-        return True
-    return (isinstance(target, tuple) and target[0] == "res" and target[1][1] == option.host)
 
 
 def take(free: dict[Resource, int], demand: Iterable[tuple[Resource, int]], sign: int) -> None:

@@ -58,7 +58,7 @@ class _Search(FlowModel):
         # fewest options (failures show early); a group's guests side by side
         self.complex = [guest for group in sorted(
             (group for group in self.groups if not group.unit),
-            key=lambda group: (_smallesttake(group), len(group.options), group.guests[0]))
+            key=lambda group: (_smallest_demand(group), len(group.options), group.guests[0]))
             for guest in group.guests]
 
     def _bound(self, start: int, free: dict[Resource, int]) -> int:
@@ -156,7 +156,8 @@ class _Search(FlowModel):
                        if o in chosen}
         hinted = [p for p in range(lowest, len(options))
                   if self.quota[id(group), options[p].host] > 0]
-        order = hinted + [p for p in range(lowest, len(options) + 1) if p not in hinted]
+        first = set(hinted)
+        order = hinted + [p for p in range(lowest, len(options) + 1) if p not in first]
         for pick in order:
             if pick == len(options):
                 self._dfs(index + 1, placed, free, chosen, [*picks, pick])
@@ -221,7 +222,7 @@ class _Search(FlowModel):
                     break
 
 
-def _smallesttake(group: Group) -> int:
+def _smallest_demand(group: Group) -> int:
     return min((sum(amount for _, amount in o.demand) for o in group.options), default=0)
 
 
