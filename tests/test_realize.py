@@ -616,6 +616,13 @@ def test_every_macvtap_mode_and_frames_through_vepa(macvtap_lab, tmp_path, capsy
         sock.close()
     assert main(["realize", "g4", "--host", "host-a"]) == 0
     assert "nothing changed" in capsys.readouterr().out
+    # drift: the vepa macvtap switched to private mode is switched back, in place
+    run("ip", "link", "set", vepa["device"], "type", "macvtap", "mode", "private", netns=ns)
+    index = json.loads(run("ip", "-j", "link", "show", vepa["device"], netns=ns))[0]["ifindex"]
+    assert main(["realize", "g4", "--host", "host-a"]) == 0
+    assert "1 repair" in capsys.readouterr().out
+    again = json.loads(run("ip", "-d", "-j", "link", "show", vepa["device"], netns=ns))[0]
+    assert again["linkinfo"]["info_data"]["mode"] == "vepa" and again["ifindex"] == index
     assert main(["release", "g4", "--host", "host-a"]) == 0
     after = host_dump(ns)
     assert after == before
