@@ -399,6 +399,17 @@ def test_many_hosts_are_examined_only_as_far_as_needed() -> None:
     assert plan.complete and plan.stats["checks"] < 40  # 5 needed, 4x that at most, + finals
 
 
+def test_warning_free_hosts_are_found_behind_emptier_ones_with_warnings() -> None:
+    # the 30 emptiest hosts lack vhost-net; the clean ones each run a guest already
+    binds = {"mgmt": "bridge"}
+    hosts = [host("src", binds), *(host(f"w{i:02}", binds, features=()) for i in range(30)),
+             *(host(f"c{i:02}", binds) for i in range(10))]
+    residents = [guest(f"r{i}", f"c{i:02}", "mgmt") for i in range(10)]
+    graph = fleet_graph(hosts, [*residents, *(guest(f"g{i}", "src", "mgmt") for i in range(3))])
+    plan = drain(graph, "src")
+    assert plan.complete and all(m.dest.startswith("c") and not m.warnings for m in plan.moves)
+
+
 def test_solver_reports_an_unproven_plan_honestly() -> None:
     # three hosts with 4 endpoint slots, guests taking 3, 3, 3, 3 and 2: only three fit, but
     # both bounds say four (the pooled slots hold 2+3+3+3), so only the full search proves 3

@@ -36,6 +36,8 @@ from netmap.load import require_host
 from netmap.model import Guest, Host
 
 WARNING_COST = 1000  # one warning outweighs any difference in load
+EXAMINE_AT_LEAST = 100  # hosts examined per profile while looking for warning-free ones
+FLEET_WIDE = frozenset({"FLEET_INCOMPLETE"})  # warnings every host gets alike
 MAC_CODES = frozenset({"MAC_IN_USE", "MAC_DUPLICATE"})
 
 
@@ -135,9 +137,11 @@ class DrainContext:
             if errors:
                 survey.refused[host] = errors[0]
                 continue
-            survey.compatible.append((host, len(report.warnings)))
-            clean += not report.warnings
-            if len(survey.compatible) >= needed and (clean >= needed or examined >= 4 * needed):
+            warnings = _distinguishing(report)
+            survey.compatible.append((host, warnings))
+            clean += not warnings
+            if len(survey.compatible) >= needed and (
+                    clean >= needed or examined >= max(4 * needed, EXAMINE_AT_LEAST)):
                 break
         return survey
 
@@ -165,7 +169,7 @@ class DrainContext:
                 report = self.check(guest.name, host)
                 if not report.compatible:
                     continue
-                warnings = len(report.warnings)
+                warnings = _distinguishing(report)
             kept.append((host, warnings))
         return self._rank(guest, kept)
 
@@ -173,3 +177,8 @@ class DrainContext:
         kept = sorted(kept, key=lambda hw: (hw[1], self.load[hw[0]], hw[0]))
         return tuple(Option(h, demand(self.fleet.hosts[h], guest), w * WARNING_COST)
                      for h, w in kept)
+
+
+def _distinguishing(report: Report) -> int:
+    """Warnings that set this destination apart (a fleet-wide one ranks no host lower)."""
+    return sum(1 for f in report.warnings if f.code not in FLEET_WIDE)
