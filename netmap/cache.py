@@ -46,6 +46,7 @@ import re
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -170,8 +171,12 @@ def gc_paused(*, freeze: bool = False) -> Iterator[None]:
             gc.enable()
 
 
-def load_fleet_cached(root: str | os.PathLike[str] | None = None) -> Fleet:
-    """`load_fleet(root)`, answered from the cache for every file that did not change."""
+def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
+                      write_behind: bool = False) -> Fleet:
+    """`load_fleet(root)`, answered from the cache for every file that did not change.
+
+    write_behind=True stores an updated cache from a detached process, so that the caller
+    does not wait for it (pickling 10k hosts takes 0.3-0.4 s); for the command line."""
     base = mappings_dir(root)
     started_ns = time.time_ns()
     with gc_paused():
@@ -201,9 +206,10 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None) -> Fleet:
             return fleet  # too recent to key a cache on; valid, but not worth storing
         if stored is None or fresh.keys() != entries.keys() or stored["networks"] != identity(
                 networks_before):
-            _write(target, fingerprint, {"root": os.path.realpath(base),
-                                         "networks": identity(networks_before),
-                                         "entries": fresh})
+            store = _write_behind if write_behind else _write
+            store(target, fingerprint, {"root": os.path.realpath(base),
+                                        "networks": identity(networks_before),
+                                        "entries": fresh})
         return fleet
 
 
@@ -288,6 +294,51 @@ def _write(target: Path, fingerprint: bytes, data: dict[str, Any]) -> bool:
             os.unlink(temporary)
         return False
     return True
+
+
+def _write_behind(target: Path, fingerprint: bytes, data: dict[str, Any]) -> bool:
+    """`_write` in a grandchild process that nobody waits for (double fork: the child exits
+    at once and is reaped here, the grandchild belongs to init). It drops every inherited
+    file descriptor first, so a pipe reading our output sees its end when we exit, not when
+    the cache is written. An older snapshot landing after a newer one is harmless: entries
+    are keyed on file identity, so it is at worst less complete, never stale.
+
+    Forking a process with threads can deadlock the child (a lock held by another thread
+    stays held); then, and where there is no fork, the cache is written in place."""
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return _write(target, fingerprint, data)
+    try:
+        child = os.fork()
+    except OSError:
+        return _write(target, fingerprint, data)
+    if child == 0:  # pragma: no cover - runs in the forked processes, which _exit
+        code = 0
+        try:
+            if os.fork() == 0:
+                _detach()
+                code = 0 if _write(target, fingerprint, data) else 1
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(child, 0)
+    return True
+
+
+def _detach() -> None:  # pragma: no cover - runs in the forked grandchild
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, _max_fd())
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 1024
 
 
 def clear(root: str | os.PathLike[str] | None = None) -> bool:

@@ -52,9 +52,10 @@ for path in paths:
 """
 CLI = "import sys; from netmap.cli import main; sys.exit(main())"
 # The wiring proposed for netmap/commands/_common.py and fleet.py, for as long as they do
-# not do it themselves: the fleet through netmap.cache, the loaded objects frozen out of
-# the collector's sight (they live until exit), hosts-for through placement.hosts_for_fleet
-# (the graph of the candidate hosts only). Commands other than hosts-for are unchanged.
+# not do it themselves: the fleet through netmap.cache (an updated cache written behind,
+# by a detached process), the loaded objects frozen out of the collector's sight (they live
+# until exit), hosts-for through placement.hosts_for_fleet (the graph of the candidate
+# hosts only). Commands other than hosts-for are unchanged.
 CLI_PROPOSED = """
 import sys
 from netmap.commands import _common
@@ -68,7 +69,7 @@ class FleetOnly:
 
 def load(args):
     with gc_paused(freeze=True):
-        fleet = load_fleet_cached(args.mappings)
+        fleet = load_fleet_cached(args.mappings, write_behind=True)
         if args.command == "hosts-for":
             return fleet, FleetOnly(fleet)
         return fleet, build_graph(fleet)
@@ -105,6 +106,16 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
+def wait_for_cache(folder: Path, timeout: float = 60.0) -> None:
+    """Until the cache file is in place (it may be written by a detached process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if folder.is_dir() and any(folder.glob("fleet-*")):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"no cache was written in {folder}: is the cache wired in?")
+
+
 def measure(root: Path, rounds: int, table: bool, env: dict[str, str], work: Path,
             entry: str) -> dict[str, float]:
     command = ["-c", entry, "--mappings", str(root), "hosts-for", GUEST]
@@ -113,11 +124,14 @@ def measure(root: Path, rounds: int, table: bool, env: dict[str, str], work: Pat
     warm_cache = work / f"cache-warm-{root.name}"
     warm_env = {**env, "NETMAP_CACHE_DIR": str(warm_cache)}
     timed(command, warm_env)  # fills the warm cache, and the page cache for everyone
+    wait_for_cache(warm_cache)
     times: dict[str, list[float]] = {"bare": [], "cold": [], "warm": []}
     for index in range(rounds):
         times["bare"].append(timed(["-c", BARE_PARSE, str(root)], env))
         cold_cache = work / f"cache-cold-{root.name}-{index}"
         times["cold"].append(timed(command, {**env, "NETMAP_CACHE_DIR": str(cold_cache)}))
+        # a cache written behind must not compete with the next measurement
+        wait_for_cache(cold_cache)
         shutil.rmtree(cold_cache, ignore_errors=True)
         times["warm"].append(timed(command, warm_env))
     return {kind: statistics.median(values) for kind, values in times.items()}

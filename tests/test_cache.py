@@ -244,6 +244,60 @@ def test_not_a_mappings_directory(tmp_path: Path, cache_dir: Path) -> None:
         load_fleet_cached(tmp_path / "nowhere")
 
 
+# --- writing behind the caller's back -------------------------------------------------------
+
+def _wait_for_cache(cache_dir: Path, timeout: float = 10.0) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in cache_dir.glob("fleet-*")] if cache_dir.is_dir() else []
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    raise AssertionError("the cache was never written")
+
+
+def test_write_behind_stores_the_same_cache(mappings: Path, cache_dir: Path,
+                                            parses: Counter[str]) -> None:
+    settle()
+    first = load_fleet_cached(mappings, write_behind=True)
+    assert snapshot(first) == snapshot(load_fleet(mappings))
+    _wait_for_cache(cache_dir)
+    parses.clear()
+    same_as_uncached(mappings)
+    assert not parses
+
+
+def test_write_behind_does_not_hold_the_callers_output(mappings: Path, cache_dir: Path) -> None:
+    """A pipe reading the command's output ends when the command exits, even though the
+    cache is still being written (here: made to take 3 s)."""
+    import subprocess
+    import sys
+
+    settle()
+    script = (
+        "import sys, time\n"
+        "from netmap import cache\n"
+        f"cache.RACY_WINDOW_NS = {WINDOW_NS}\n"
+        "real = cache._write\n"
+        "def slow(*args):\n"
+        "    time.sleep(3)\n"
+        "    return real(*args)\n"
+        "cache._write = slow\n"
+        "fleet = cache.load_fleet_cached(sys.argv[1], write_behind=True)\n"
+        "print(len(fleet.hosts))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script, str(mappings)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "4"
+    assert elapsed < 2.5, f"the caller waited {elapsed:.1f} s for the cache to be written"
+    assert not list(cache_dir.glob("fleet-*")), "written before the 3 s delay?"
+    _wait_for_cache(cache_dir)
+
+
 # --- the cache file is never trusted blindly ------------------------------------------------
 
 def _the_cache_file(cache_dir: Path) -> Path:
