@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -96,7 +97,8 @@ def host_dump(netns: str) -> dict:
         link.get("linkinfo", {}).get("info_slave_data", {}).pop("state", None)
         links[link["ifname"]] = link
     fdb = [e for e in json.loads(run("bridge", "-j", "fdb", "show", netns=netns) or "[]")
-           if e.get("state") == "permanent" or e.get("dst")]  # not what traffic taught
+           if (e.get("state") == "permanent" or e.get("dst"))  # not what traffic taught
+           and not e["mac"].startswith(("01:00:5e:", "33:33:"))]  # nor multicast joins
     return {"links": links, "vlans": run("bridge", "-j", "vlan", "show", netns=netns,
                                          check=False),
             "fdb": sorted(json.dumps(e, sort_keys=True) for e in fdb)}
@@ -163,15 +165,20 @@ def frame(dst: str, src: str, payload: bytes) -> bytes:
     return mac(dst) + mac(src) + struct.pack("!H", ETHERTYPE) + payload.ljust(46, b"\0")
 
 
-def wait_for(read, token: bytes, timeout: float = 3.0) -> bool:
-    """Read frames until one carries `token` (True) or the timeout passes (False)."""
+def wait_for(read, token: bytes, send, timeout: float = 5.0) -> bool:
+    """Send (again every 200 ms) and read frames until one carries `token` (True) or the
+    timeout passes (False). Resending, like ping, because a tap just opened becomes a
+    forwarding bridge port only when linkwatch gets to its carrier change, a moment later."""
     fileno, reader = read
     poller = select.poll()
     poller.register(fileno, select.POLLIN)
-    deadline = timeout * 1000
-    while deadline > 0:
-        if not poller.poll(100):
-            deadline -= 100
+    deadline = time.monotonic() + timeout
+    next_send = 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_send:
+            send()
+            next_send = time.monotonic() + 0.2
+        if not poller.poll(50):
             continue
         try:
             data = reader()
@@ -200,17 +207,15 @@ def exchange(tap_ns: str, tap: str, guest_mac: str, peer_ns: str, peer_if: str) 
     fd = tap_fd(tap_ns, tap)
     sock = packet_socket(peer_ns, peer_if)
     sock.setblocking(False)
-    peer_mac = Path(f"/proc/self/fd/{sock.fileno()}")  # placeholder to keep names short
-    del peer_mac
     try:
         token = uuid.uuid4().bytes
-        os.write(fd, frame("ff:ff:ff:ff:ff:ff", guest_mac, token))
-        assert wait_for((sock.fileno(), lambda: sock.recv(2048)), token), \
-            "the peer never saw the guest's broadcast"
+        out = frame("ff:ff:ff:ff:ff:ff", guest_mac, token)
+        assert wait_for((sock.fileno(), lambda: sock.recv(2048)), token,
+                        lambda: os.write(fd, out)), "the peer never saw the guest's broadcast"
         token = uuid.uuid4().bytes
-        sock.send(frame(guest_mac, "02:00:00:00:00:99", token))
-        assert wait_for((fd, lambda: os.read(fd, 2048)), token), \
-            "the guest never got the peer's unicast"
+        back = frame(guest_mac, "02:00:00:00:00:99", token)
+        assert wait_for((fd, lambda: os.read(fd, 2048)), token,
+                        lambda: sock.send(back)), "the guest never got the peer's unicast"
     finally:
         os.close(fd)
         sock.close()
@@ -263,16 +268,16 @@ def test_migration_keeps_the_segment_frames_pass(lab) -> None:
     vm6_tap = plan_for(root, "vm6", "host-a").nics[0].device
     fd = tap_fd(a, vm6_tap)
     try:
-        peer_sock_ns = a
-        del peer_sock_ns
         token = uuid.uuid4().bytes
         fd_b = tap_fd(b, blue.device)
         try:
-            os.write(fd_b, frame("ff:ff:ff:ff:ff:ff", blue.mac, token))
-            assert wait_for((fd, lambda: os.read(fd, 2048)), token)
+            out = frame("ff:ff:ff:ff:ff:ff", blue.mac, token)
+            assert wait_for((fd, lambda: os.read(fd, 2048)), token,
+                            lambda: os.write(fd_b, out))
             token = uuid.uuid4().bytes
-            os.write(fd, frame(blue.mac, "52:54:00:66:00:01", token))
-            assert wait_for((fd_b, lambda: os.read(fd_b, 2048)), token)
+            back = frame(blue.mac, "52:54:00:66:00:01", token)
+            assert wait_for((fd_b, lambda: os.read(fd_b, 2048)), token,
+                            lambda: os.write(fd, back))
         finally:
             os.close(fd_b)
     finally:
@@ -606,11 +611,12 @@ def test_every_macvtap_mode_and_frames_through_vepa(macvtap_lab, tmp_path, capsy
     sock.setblocking(False)
     try:
         token = uuid.uuid4().bytes
-        os.write(fd, frame("ff:ff:ff:ff:ff:ff", vepa["mac"], token))
-        assert wait_for((sock.fileno(), lambda: sock.recv(2048)), token)
+        out = frame("ff:ff:ff:ff:ff:ff", vepa["mac"], token)
+        assert wait_for((sock.fileno(), lambda: sock.recv(2048)), token,
+                        lambda: os.write(fd, out))
         token = uuid.uuid4().bytes
-        sock.send(frame(vepa["mac"], "02:00:00:00:00:99", token))
-        assert wait_for((fd, lambda: os.read(fd, 2048)), token)
+        back = frame(vepa["mac"], "02:00:00:00:00:99", token)
+        assert wait_for((fd, lambda: os.read(fd, 2048)), token, lambda: sock.send(back))
     finally:
         os.close(fd)
         sock.close()
@@ -691,3 +697,33 @@ def test_an_existing_bridge_is_adopted_and_left_alone(lab, capsys) -> None:
     assert main(["realize", "vm5", "--host", "host-a"]) == 3
     assert "br-eth1 on host-a is not netmap's and differs: mtu 1400 (want 1500)" in \
         capsys.readouterr().err
+
+
+def test_vxlan_with_unicast_remotes(lab) -> None:
+    """Without a multicast group: head-end replication entries toward each remote VTEP."""
+    built, root = lab
+    a, b = built.hosts["host-a"], built.hosts["host-b"]
+    under_a, under_b = built.underlay[("host-a", "eth0")], built.underlay[("host-b", "eno2")]
+    for host, peer in (("host-a", under_b), ("host-b", under_a)):
+        path = root / "hosts" / f"{host}.toml"
+        path.write_text(path.read_text().replace('vxlan = { group = "239.1.1.1" }',
+                                                 f'vxlan = {{ remotes = ["{peer}"] }}'))
+    before = host_dump(a)
+    assert main(["realize", "vm6", "--host", "host-a"]) == 0
+    assert main(["realize", "vm5", "--host", "host-b"]) == 0
+    fdb = json.loads(run("bridge", "-j", "fdb", "show", "dev", "vx5001", netns=a))
+    assert {"mac": "00:00:00:00:00:00", "dst": under_b} in [
+        {"mac": e["mac"], "dst": e.get("dst")} for e in fdb]
+    blue_b = plan_for(root, "vm5", "host-b").nics[1]
+    fd_a = tap_fd(a, plan_for(root, "vm6", "host-a").nics[0].device)
+    fd_b = tap_fd(b, blue_b.device)
+    try:
+        token = uuid.uuid4().bytes
+        out = frame("ff:ff:ff:ff:ff:ff", blue_b.mac, token)
+        assert wait_for((fd_a, lambda: os.read(fd_a, 2048)), token,
+                        lambda: os.write(fd_b, out))
+    finally:
+        os.close(fd_a)
+        os.close(fd_b)
+    assert main(["release", "vm6", "--host", "host-a"]) == 0
+    assert host_dump(a) == before

@@ -175,9 +175,11 @@ class Transaction:
             k.call(rtnl.new_link(step.name, "vxlan", mtu=step.mtu, data=rtnl.vxlan_data(
                 step.vni, self.index(step.underlay), step.port, step.group, step.local)))
             k.call(rtnl.no_ipv6(step.name))
-            for remote in step.remotes:  # unicast peers: head-end replication FDB entries
-                self.pyroute().fdb("append", ifindex=self.index(step.name),
-                                   lladdr="00:00:00:00:00:00", dst=remote)
+            if step.remotes:  # unicast peers: head-end replication FDB entries
+                vx = self.index(step.name)
+                for error in k.batch([rtnl.fdb_append(vx, r) for r in step.remotes]):
+                    if error is not None:
+                        raise error
         elif isinstance(step, p.ClaimVf):
             self._claim_vf(step)
         elif isinstance(step, p.RequireLink):
@@ -206,7 +208,7 @@ class Transaction:
             self.kernel.call(rtnl.set_link(0, name=step.macvtap, mac=step.mac, up=True,
                                            no_ipv6=True))
 
-    def pyroute(self):  # -> pyroute2.IPRoute, opened once, only for the rare calls
+    def pyroute(self):  # -> pyroute2.IPRoute, opened once, only for SR-IOV VF entries
         if self._pyroute is None:
             from netmap.netlink import open_iproute
 

@@ -26,8 +26,9 @@ NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_GETADDR = 16, 17, 18, 19, 22
 IFA_ADDRESS, IFA_LOCAL, RT_SCOPE_UNIVERSE = 1, 2, 0
+RTM_NEWNEIGH, NDA_DST, NDA_LLADDR, NUD_PERMANENT, NTF_SELF = 28, 1, 2, 0x80, 0x02
 F_REQUEST, F_MULTI, F_ACK, F_DUMP = 0x1, 0x2, 0x4, 0x300
-F_EXCL, F_CREATE, F_ACK_TLVS = 0x200, 0x400, 0x200
+F_EXCL, F_CREATE, F_APPEND, F_ACK_TLVS = 0x200, 0x400, 0x800, 0x200
 AF_UNSPEC, AF_BRIDGE = 0, 7
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
@@ -166,6 +167,15 @@ def set_link(index: int, *, name: str | None = None, up: bool | None = None,
 
 def no_ipv6(name: str) -> tuple[int, int, bytes]:
     return set_link(0, name=name, no_ipv6=True)
+
+
+def fdb_append(index: int, dst: str) -> tuple[int, int, bytes]:
+    """`bridge fdb append 00:00:00:00:00:00 dev VXLAN dst DST`: flood to a unicast peer
+    (head-end replication), for a vxlan device without a multicast group."""
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    body = struct.pack("BxxxiHBB", AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0)
+    body += _attr(NDA_LLADDR, bytes(6)) + _attr(NDA_DST, socket.inet_pton(family, dst))
+    return RTM_NEWNEIGH, F_CREATE | F_APPEND, body
 
 
 def del_link(index: int = 0, name: str | None = None) -> tuple[int, int, bytes]:
