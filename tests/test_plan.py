@@ -198,3 +198,58 @@ def test_realize_refuses_before_touching_anything(mappings: Path, tmp_path: Path
     assert main(["realize", "vm4", "--host", "host-d", "--as-host", *common]) == 1
     assert "NETWORK_UNBOUND" in capsys.readouterr().out
     assert not (tmp_path / "state").exists()
+
+
+# --- state and the host lock (pure files, no root) ----------------------------------------
+def test_state_counts_users_and_writes_atomically(tmp_path: Path) -> None:
+    from netmap.state import HostState
+
+    state = HostState.load("h", tmp_path)
+    step = BridgeVlan("eth0", 7).as_dict()
+    state.use("vm1", "link:br0", step=step, created=True)
+    state.use("vm2", "link:br0", step=step, created=False)
+    state.use("vm2", "vf:eno1:52:54:00:00:00:01", step={}, created=True, info={"index": 3})
+    state.save()
+    assert [p.name for p in tmp_path.iterdir()] == ["h.json"]  # no temporary file left
+    again = HostState.load("h", tmp_path)
+    assert again.users("link:br0") == ["vm1", "vm2"] and again.owner_of_link("br0")
+    assert again.claimed_vfs("eno1") == {3: "52:54:00:00:00:01"}
+    assert again.drop("vm1", "link:br0") is None  # vm2 still uses it
+    record = again.drop("vm2", "link:br0")
+    assert record is not None and record["created"] is True
+    assert again.guest("vm2")["resources"] == ["vf:eno1:52:54:00:00:00:01"]
+
+
+def test_state_from_another_version_is_refused(tmp_path: Path) -> None:
+    from netmap.errors import ApplyError
+    from netmap.state import HostState
+
+    (tmp_path / "h.json").write_text('{"version": 99}')
+    with pytest.raises(ApplyError, match="version 99"):
+        HostState.load("h", tmp_path)
+    (tmp_path / "h.json").write_text("{half")
+    with pytest.raises(ApplyError, match="cannot read netmap state"):
+        HostState.load("h", tmp_path)
+
+
+def test_host_lock_excludes_other_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from netmap.errors import ApplyError
+    from netmap.state import host_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, fcntl, os; fd = os.open(sys.argv[1], os.O_RDWR | "
+         "os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+         "sys.stdin.read()", str(tmp_path / "h.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ApplyError, match="another netmap run holds the lock"), \
+                host_lock("h", tmp_path, timeout=0.2):
+            pass
+    finally:
+        holder.communicate("")  # the holder exits; the kernel drops its lock
+    with host_lock("h", tmp_path, timeout=1) as path:
+        assert path == tmp_path / "h.lock"
