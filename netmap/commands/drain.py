@@ -25,22 +25,23 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--emit-commands", action="store_true",
                         help="print the realize / virsh migrate / release commands, in order")
     parser.add_argument("--budget", type=int, default=None, metavar="N",
-                        help="search nodes for guests a single flow cannot place "
-                        "(default 2000, and at most 5 s); only matters when the plan says "
-                        "it is not proven optimal")
+                        help="search nodes for guests a single flow cannot place (default "
+                        "2000, at most 1.5 s per 2000); only matters when the plan says it "
+                        "is not proven optimal")
     add_json(parser)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from netmap.drain import DEFAULT_BUDGET, drain
+    from netmap.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
 
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget {args.budget} is not a positive number of search nodes",
                          fix="pass --budget 2000 or more")
     exclude = [name for item in args.exclude for name in item.split(",") if name]
     fleet, graph = load(args)
-    plan = drain(graph, args.host, exclude=exclude, strict=args.strict,
-                 budget=args.budget or DEFAULT_BUDGET)
+    budget = args.budget or DEFAULT_BUDGET
+    plan = drain(graph, args.host, exclude=exclude, strict=args.strict, budget=budget,
+                 deadline=DEFAULT_DEADLINE * budget / DEFAULT_BUDGET)
     if args.json:
         data = plan.as_dict()
         if args.emit_commands:

@@ -13,16 +13,18 @@ from netmap.check import Finding
 from netmap.drain.candidates import DrainContext, Survey, profile
 from netmap.drain.flow import Option, Problem, Resource, Solution
 from netmap.drain.report import Blocked, DrainPlan, HostUse, HostVerdict, Move, Unfit
-from netmap.drain.search import DEFAULT_BUDGET, solve
+from netmap.drain.search import DEFAULT_BUDGET, DEFAULT_DEADLINE, solve
 from netmap.model import Guest
 
 DETAILED_HOSTS = 10  # blocked guests: full messages for this many hosts, codes for the rest
 
 
 def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] = (),
-          strict: bool = False, budget: int = DEFAULT_BUDGET) -> DrainPlan:
+          strict: bool = False, budget: int = DEFAULT_BUDGET,
+          deadline: float = DEFAULT_DEADLINE) -> DrainPlan:
     """Plan moving every guest off `host`: as many as possible, each to a host that passes
-    the check, no capacity exceeded; the rest with the reason they cannot move."""
+    the check, no capacity exceeded; the rest with the reason they cannot move. `budget`
+    (search nodes) and `deadline` (seconds) only bound the search for complex guests."""
     started = time.perf_counter()
     run = DrainContext(graph, host, tuple(exclude), strict)
     profiles: dict[tuple, list[Guest]] = defaultdict(list)
@@ -45,7 +47,7 @@ def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] 
         free.update(run.use(name).free())
     problem = Problem(options, free, dict(run.load),
                       {k: frozenset(v) for k, v in conflicts.items()})
-    solution, moves, notes = _solve_checked(run, problem, budget)
+    solution, moves, notes = _solve_checked(run, problem, budget, deadline)
     blocked = [_explain(run, guest, problem, solution, surveys, mac_blocked)
                for guest in run.guests if guest.name not in solution.assignment]
     before, after = _summaries(run, problem, solution)
@@ -66,12 +68,12 @@ def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] 
                      solution.proven, solution.upper_bound, tuple(notes), stats)
 
 
-def _solve_checked(run: DrainContext, problem: Problem,
-                   budget: int) -> tuple[Solution, list[Move], list[str]]:
+def _solve_checked(run: DrainContext, problem: Problem, budget: int,
+                   deadline: float) -> tuple[Solution, list[Move], list[str]]:
     """Solve, then check every move for real; drop what the check refuses and solve again."""
     notes: list[str] = []
     while True:  # ends: every round removes at least one option
-        solution = solve(problem, budget=budget)
+        solution = solve(problem, budget=budget, deadline=deadline)
         moves, refused = [], []
         for guest in sorted(solution.assignment):
             report = run.check(guest, solution.assignment[guest])
@@ -133,7 +135,8 @@ def _explain(run: DrainContext, guest: Guest, problem: Problem, solution: Soluti
         return Blocked(guest.name, "unproven",
                        f"not placed; the search stopped at its budget with at most "
                        f"{solution.upper_bound} of {len(problem.options)} guests placeable, "
-                       "so a complete plan may exist (raise --budget)", tuple(verdicts))
+                       "so a complete plan may exist (try a larger --budget)",
+                       tuple(verdicts))
     kinds = Counter(v.message.split(":")[0] if v.code == "CAPACITY" else "a MAC conflict"
                     for v in verdicts if v.message)
     return Blocked(guest.name, "capacity",

@@ -13,12 +13,15 @@
     max-flow on what is left. The first dive follows the relaxed plan; if it falls short,
     a packing pass (the k smallest guests, best fit decreasing, largest k that packs) gives
     a second incumbent. A node is cut when its bound cannot beat the best leaf: the least
-    of the relaxed max-flow and a knapsack bound (pool every resource of one kind: a guest
-    takes at least its smallest share of the pool, so at most the k smallest takes fit).
+    of the relaxed max-flow and a knapsack bound (pool resources of one kind, e.g. the
+    endpoint slots of the hosts one group can reach: a guest that must draw from the pool
+    takes at least its smallest share, so at most the k smallest shares fit).
     Identical guests are branched in a fixed order (symmetry breaking).
   * Proof: a plan is known optimal when it places everyone, meets the bound, or the search
     ended within its budget (nodes, and seconds). Otherwise `Solution.proven` is False and
-    `upper_bound` says how many guests might at most be placed; callers must say so.
+    `upper_bound` says how many guests might at most be placed; callers must say so. (On
+    large tight cases the incumbent is usually right but the bound too weak to show it:
+    these bounds see one resource kind at a time, an LP would see them together.)
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from netmap.drain.flow import (
 )
 
 DEFAULT_BUDGET = 2000  # branch-and-bound nodes
-DEFAULT_DEADLINE = 5.0  # seconds of search, whichever of the two ends first
+DEFAULT_DEADLINE = 1.5  # seconds of search, whichever of the two ends first
+TIGHT_POOLS = 4  # knapsack pools each search node evaluates
 
 
 def solve(problem: Problem, *, budget: int = DEFAULT_BUDGET,
@@ -67,7 +71,7 @@ class _Search(FlowModel):
         relaxed = [(left[id(group)], group) for group in self.groups
                    if not group.unit and left[id(group)]]
         groups = self._unit_groups() + relaxed
-        cheap = _knapsack_bound(groups, free)
+        cheap = _knapsack_bound(groups, free, self.tight_pools)
         return cheap if cheap == 0 else min(cheap, self._max_flow(groups, free))
 
     # --- search --------------------------------------------------------------------------
@@ -81,8 +85,12 @@ class _Search(FlowModel):
         if not self.complex or self._feasible(relaxed):
             assignment = {guest: option.host for guest, option in relaxed.items()}
             return Solution(assignment, True, len(assignment), 0, len(self.complex))
-        bound = min(len(relaxed), _knapsack_bound(
-            [(len(group.guests), group) for group in self.groups], free))
+        everyone = [(len(group.guests), group) for group in self.groups]
+        pools = _pools(everyone, free)
+        # rank the pools once; the search nodes reuse the few tightest (all would be slow)
+        ranked = sorted(pools, key=lambda pool: _knapsack_bound(everyone, free, [pool]))
+        self.tight_pools = ranked[:TIGHT_POOLS]
+        bound = min(len(relaxed), _knapsack_bound(everyone, free, ranked[:1]))
         # the search tries, for each group, the hosts the relaxation chose (as often as it
         # chose them) first: the first dive is then the relaxed plan, repaired
         self.quota: Counter = Counter((id(self.group_of[g]), o.host) for g, o in relaxed.items())
@@ -226,25 +234,46 @@ def _smallest_demand(group: Group) -> int:
     return min((sum(amount for _, amount in o.demand) for o in group.options), default=0)
 
 
-def _knapsack_bound(groups: list[tuple[int, Group]], free: dict[Resource, int]) -> int:
-    """A second bound, for what the flow relaxation misses (uneven demands): pool every
-    resource of one kind (all VF pools; all PFs named p1; all endpoint slots...). A guest
-    whose every option takes from the pool uses at least its smallest take of it, so at most
-    the k guests with the smallest takes fit into the pool's total free amount."""
-    families: dict[tuple, list[Resource]] = defaultdict(list)
+Pool = frozenset  # of Resource: capacity that several guests draw from
+
+
+def _pools(groups: list[tuple[int, Group]], free: dict[Resource, int]) -> list[Pool]:
+    """Candidate pools for the knapsack bound: every resource of one kind; every resource of
+    one kind and uplink name (all PFs called p1); and, per group, the resources of one kind
+    its options draw from (so a site's hosts are not pooled with another site's)."""
+    pools: dict[Pool, None] = {}
+    by_kind: dict[tuple, set[Resource]] = defaultdict(set)
     for res in free:
-        families["kind", res[0]].append(res)
-        families["name", res[0], res[2]].append(res)
-    best = None
-    for members in families.values():
-        pool = set(members)
-        room = sum(max(free[res], 0) for res in members)
+        by_kind["kind", res[0]].add(res)
+        by_kind["name", res[0], res[2]].add(res)
+    for members in by_kind.values():
+        pools[Pool(members)] = None
+    for _, group in groups:
+        reach: dict[str, set[Resource]] = defaultdict(set)
+        for option in group.options:
+            for res, _ in option.demand:
+                reach[res[0]].add(res)
+        for members in reach.values():
+            pools[Pool(members)] = None
+    return list(pools)
+
+
+def _knapsack_bound(groups: list[tuple[int, Group]], free: dict[Resource, int],
+                    pools: list[Pool]) -> int:
+    """A second bound, for what the flow relaxation misses (uneven demands). A guest whose
+    every option takes from a pool uses at least its smallest take of it, so at most the k
+    guests with the smallest takes fit into the pool's total free amount; the guests that
+    can avoid the pool count in full. The least over all pools bounds every plan."""
+    able = {id(group): [o for o in group.options if fits(o.demand, free)]
+            for _, group in groups}
+    best = sum(count for count, group in groups if able[id(group)])
+    for pool in pools:
+        room = sum(max(free.get(res, 0), 0) for res in pool)
         outside, takes = 0, []
         for count, group in groups:
-            able = [o for o in group.options if fits(o.demand, free)]
-            if not able:
+            if not able[id(group)]:
                 continue
-            least = min(sum(a for r, a in o.demand if r in pool) for o in able)
+            least = min(sum(a for r, a in o.demand if r in pool) for o in able[id(group)])
             if least == 0:
                 outside += count
             else:
@@ -255,7 +284,5 @@ def _knapsack_bound(groups: list[tuple[int, Group]], free: dict[Resource, int]) 
                 break
             room -= share
             fitted += 1
-        best = outside + fitted if best is None else min(best, outside + fitted)
-    if best is None:  # nothing is limited: every guest with an option fits
-        return sum(count for count, group in groups if group.options)
+        best = min(best, outside + fitted)
     return best
