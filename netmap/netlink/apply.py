@@ -21,7 +21,7 @@ from pathlib import Path
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtnl
+from netmap.netlink import rtmsg, rtnl
 from netmap.netlink.ensure import Transaction
 from netmap.netlink.kernel_steps import run_inverse
 from netmap.state import REALIZED, HostState, host_lock
@@ -172,7 +172,7 @@ def release_guest(host: str, guest: str, netns: str | None, *,
     return result
 
 
-def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], state: HostState,
+def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostState,
                   guest: str, keys: list[str], result: ReleaseResult | RealizeResult,
                   ) -> list[tuple[str, dict]]:
     """Drop `guest` from each resource (in reverse order) and undo those netmap made that
@@ -200,7 +200,7 @@ LINK_STEPS = {p.CreateTap: "tun", p.CreateMacvtap: "macvtap", p.EnsureBridge: "b
               p.EnsureVxlan: "vxlan", p.EnsureVlanLink: "vlan"}
 
 
-def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link],
+def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
                   undo: list[tuple[str, dict]], going: set[str],
                   result: ReleaseResult) -> list[tuple[str, dict]]:
     """Run the inverse of each record; return those that failed.
@@ -241,7 +241,7 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link],
     return failed
 
 
-def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], key: str, record: dict,
+def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], key: str, record: dict,
              step: p.Step, result: ReleaseResult) -> list[tuple[str, dict]]:
     try:
         run_inverse(kernel, links, step, record.get("info", {}))
@@ -251,20 +251,20 @@ def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], key: str, record: d
     return []
 
 
-def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link],
+def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
                   deletes: list[tuple[str, dict]], result: ReleaseResult,
                   ) -> list[tuple[str, dict]]:
     """Delete many links at once: tag them with an unused group, delete the group."""
     names = [str(record["step"]["name"]) for _, record in deletes]
     used = {link.group for link in links.values()}
     group = next(g for g in range(0x7E5A0000, 0x7E5B0000) if g not in used)
-    tagged = kernel.batch([rtnl.set_link(links[name].index, group=group) for name in names])
+    tagged = kernel.batch([rtmsg.set_link(links[name].index, group=group) for name in names])
     failed = []
     for (key, record), error in zip(deletes, tagged, strict=True):
         if error is not None and error.errno != errno.ENODEV:
             failed.append((key, {**record, "error": str(error)}))
     try:
-        kernel.call(rtnl.del_group(group))
+        kernel.call(rtmsg.del_group(group))
     except OSError as err:
         return [(k, {**r, "error": str(err)}) for k, r in deletes]
     done = {k for k, _ in failed}
@@ -272,7 +272,7 @@ def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link],
     return failed
 
 
-def _still_needed(step: p.Step, links: dict[str, rtnl.Link], going: set[str]) -> str | None:
+def _still_needed(step: p.Step, links: dict[str, rtmsg.Link], going: set[str]) -> str | None:
     """Why a shared object must stay although no netmap guest uses it any more."""
     if isinstance(step, p.EnsureBridge) and step.name in links:
         index = links[step.name].index

@@ -16,7 +16,7 @@ from netmap.model import MACVTAP_MODES
 
 if TYPE_CHECKING:
     from netmap.netlink.apply import Transaction
-    from netmap.netlink.rtnl import Link
+    from netmap.netlink.rtmsg import Link
 
 
 def _interface_xml(kind: str, nic: p.NicPlan, inner: list[str]) -> str:

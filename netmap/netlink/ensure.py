@@ -14,7 +14,7 @@ from pathlib import Path
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtnl
+from netmap.netlink import rtmsg, rtnl
 from netmap.netlink.endpoints import ENDPOINTS
 from netmap.netlink.kernel_steps import delete_quietly, explain, fix_for, run_inverse
 from netmap.netlink.sysfs import VirtualFunction
@@ -143,47 +143,46 @@ class Transaction:
         attrs = dict(attrs)
         kind = data = None
         if "vlan_filtering" in attrs:
-            kind, data = "bridge", rtnl._attr(rtnl.IFLA_BR_VLAN_FILTERING,
-                                              bytes([int(bool(attrs.pop("vlan_filtering")))]))
+            kind, data = "bridge", rtmsg.vlan_filtering_data(bool(attrs.pop("vlan_filtering")))
         if "mode" in attrs:
-            kind, data = "macvtap", rtnl.macvtap_data(str(attrs.pop("mode")))
+            kind, data = "macvtap", rtmsg.macvtap_data(str(attrs.pop("mode")))
         master = self.index(attrs.pop("master")) if attrs.get("master") else (
             0 if "master" in attrs else None)
         attrs.pop("master", None)
-        self.kernel.call(rtnl.set_link(self.index(name), kind=kind, data=data or b"",
+        self.kernel.call(rtmsg.set_link(self.index(name), kind=kind, data=data or b"",
                                        master=master, **attrs))
 
     def _create(self, step: p.Step) -> None:
         k = self.kernel
         if isinstance(step, p.EnsureBridge):
-            k.call(rtnl.new_link(step.name, "bridge", mtu=step.mtu,
-                                 data=rtnl.bridge_data(step.ageing, step.vlan_filtering)))
-            k.call(rtnl.no_ipv6(step.name))
+            k.call(rtmsg.new_link(step.name, "bridge", mtu=step.mtu,
+                                 data=rtmsg.bridge_data(step.ageing, step.vlan_filtering)))
+            k.call(rtmsg.no_ipv6(step.name))
         elif isinstance(step, p.EnslavePort):
-            k.call(rtnl.set_link(self.index(step.port), master=self.index(step.bridge)))
+            k.call(rtmsg.set_link(self.index(step.port), master=self.index(step.bridge)))
         elif isinstance(step, p.BridgeVlan):
-            k.call(rtnl.bridge_vlan(self.index(step.port), step.vid, access=step.access))
+            k.call(rtmsg.bridge_vlan(self.index(step.port), step.vid, access=step.access))
             vids = self.kernel.bridge_vlans().get(step.port, {}) if step.access else {}
             if step.access and p.DEFAULT_PVID in vids and step.vid != p.DEFAULT_PVID:
                 # an access port carries its one VLAN only, not the bridge's default
-                k.call(rtnl.bridge_vlan(self.index(step.port), p.DEFAULT_PVID, access=False,
+                k.call(rtmsg.bridge_vlan(self.index(step.port), p.DEFAULT_PVID, access=False,
                                         add=False))
         elif isinstance(step, p.EnsureVlanLink):
-            k.call(rtnl.new_link(step.name, "vlan", mtu=step.mtu, lower=self.index(step.lower),
-                                 data=rtnl.vlan_data(step.vid)))
+            k.call(rtmsg.new_link(step.name, "vlan", mtu=step.mtu, lower=self.index(step.lower),
+                                 data=rtmsg.vlan_data(step.vid)))
         elif isinstance(step, p.EnsureVxlan):
-            k.call(rtnl.new_link(step.name, "vxlan", mtu=step.mtu, data=rtnl.vxlan_data(
+            k.call(rtmsg.new_link(step.name, "vxlan", mtu=step.mtu, data=rtmsg.vxlan_data(
                 step.vni, self.index(step.underlay), step.port, step.group, step.local)))
-            k.call(rtnl.no_ipv6(step.name))
+            k.call(rtmsg.no_ipv6(step.name))
             if step.remotes:  # unicast peers: head-end replication FDB entries
                 vx = self.index(step.name)
-                for error in k.batch([rtnl.fdb_append(vx, r) for r in step.remotes]):
+                for error in k.batch([rtmsg.fdb_append(vx, r) for r in step.remotes]):
                     if error is not None:
                         raise error
         elif isinstance(step, p.ClaimVf):
             self._claim_vf(step)
         elif isinstance(step, p.RequireLink):
-            self.kernel.call(rtnl.set_link(self.index(step.name), up=True))
+            self.kernel.call(rtmsg.set_link(self.index(step.name), up=True))
 
     def _claim_vf(self, step: p.ClaimVf) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
@@ -197,15 +196,15 @@ class Transaction:
             raise OSError(err.code, os.strerror(err.code)) from err
         if step.macvtap and vf.netdev:
             try:
-                self.kernel.call(rtnl.new_link(step.macvtap, "macvtap", up=False, mtu=step.mtu,
+                self.kernel.call(rtmsg.new_link(step.macvtap, "macvtap", up=False, mtu=step.mtu,
                                                lower=self.index(vf.netdev),
-                                               data=rtnl.macvtap_data("passthru")))
+                                               data=rtmsg.macvtap_data("passthru")))
             except OSError:  # the VF entry was set: give it back before reporting
                 run_inverse(self.kernel, self.links, p.ClaimVf(step.pf, step.mac, step.vlan,
                                                                step.spoofchk), self._vf_info(step))
                 raise
             # passthru ignores the MAC at creation (see _flush)
-            self.kernel.call(rtnl.set_link(0, name=step.macvtap, mac=step.mac, up=True,
+            self.kernel.call(rtmsg.set_link(0, name=step.macvtap, mac=step.mac, up=True,
                                            no_ipv6=True))
 
     def pyroute(self):  # -> pyroute2.IPRoute, opened once, only for SR-IOV VF entries
@@ -235,7 +234,7 @@ class Transaction:
                 self._done(action, f"delete {step.name}",
                            lambda s=step: delete_quietly(self.kernel, s.name))
                 sent.append((action, len(requests), 1))
-                requests.append(rtnl.set_link(0, name=step.name, up=True, mtu=step.mtu,
+                requests.append(rtmsg.set_link(0, name=step.name, up=True, mtu=step.mtu,
                                               mac=step.mac, master=self.index(step.bridge),
                                               no_ipv6=True))
                 continue
@@ -245,10 +244,10 @@ class Transaction:
             # passthru macvtap ignores IFLA_ADDRESS at creation and inherits the uplink's
             # MAC, so its MAC is set again there (the kernel restores the uplink's on delete).
             sent.append((action, len(requests), 2))
-            requests.append(rtnl.new_link(step.name, "macvtap", up=False, mtu=step.mtu,
+            requests.append(rtmsg.new_link(step.name, "macvtap", up=False, mtu=step.mtu,
                                           mac=step.mac, lower=self.index(step.lower),
-                                          data=rtnl.macvtap_data(step.mode)))
-            requests.append(rtnl.set_link(0, name=step.name, up=True, no_ipv6=True,
+                                          data=rtmsg.macvtap_data(step.mode)))
+            requests.append(rtmsg.set_link(0, name=step.name, up=True, no_ipv6=True,
                                           mac=step.mac if step.mode == "passthru" else None))
         errors = self.kernel.batch(requests)
         for action, at, count in sent:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import errno
 
 from netmap import plan as p
-from netmap.netlink import rtnl
+from netmap.netlink import rtmsg, rtnl
 
 
-def run_inverse(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], step: p.Step,
+def run_inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], step: p.Step,
                 info: dict) -> None:
     """Undo one step (from this run, or from state at release)."""
     def index(name: str) -> int | None:
@@ -25,15 +25,15 @@ def run_inverse(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], step: p.Step,
     elif isinstance(step, p.EnslavePort):
         port = index(step.port)
         if port is not None:
-            kernel.call(rtnl.set_link(port, master=0))
+            kernel.call(rtmsg.set_link(port, master=0))
     elif isinstance(step, p.BridgeVlan):
         port = index(step.port)
         if port is not None:
-            kernel.call(rtnl.bridge_vlan(port, step.vid, access=False, add=False))
+            kernel.call(rtmsg.bridge_vlan(port, step.vid, access=False, add=False))
     elif isinstance(step, p.RequireLink):
         port = index(step.name)
         if port is not None:
-            kernel.call(rtnl.set_link(port, up=False))
+            kernel.call(rtmsg.set_link(port, up=False))
     elif isinstance(step, p.ClaimVf) and "index" in info:
         if step.macvtap:
             delete_quietly(kernel, step.macvtap)
@@ -49,7 +49,7 @@ def run_inverse(kernel: rtnl.Rtnl, links: dict[str, rtnl.Link], step: p.Step,
 def delete_quietly(kernel: rtnl.Rtnl, name: str) -> None:
     """Delete `name`; already gone is fine (undo must be repeatable)."""
     try:
-        kernel.call(rtnl.del_link(name=name))
+        kernel.call(rtmsg.del_link(name=name))
     except OSError as err:
         if err.errno != errno.ENODEV:
             raise

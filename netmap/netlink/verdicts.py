@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtnl
+from netmap.netlink import rtmsg
 from netmap.netlink.sysfs import sriov_info
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def decide_step(txn: Transaction, nic: int, step: p.Step) -> Action:
         return _decide_port(txn, nic, step)
     if isinstance(step, p.BridgeVlan):
         vids = txn.bridge_vlans().get(step.port, {})
-        flags = rtnl.BRIDGE_VLAN_INFO_PVID | rtnl.BRIDGE_VLAN_INFO_UNTAGGED
+        flags = rtmsg.BRIDGE_VLAN_INFO_PVID | rtmsg.BRIDGE_VLAN_INFO_UNTAGGED
         ok = step.vid in vids and (not step.access or (vids[step.vid] & flags == flags
                                                        and set(vids) == {step.vid}))
         return Action(nic, step, "unchanged" if ok else "create")
@@ -75,7 +75,7 @@ def decide_step(txn: Transaction, nic: int, step: p.Step) -> Action:
                      f"remove {name} if it is stale ('ip link del {name}')")
     return _compare(txn, nic, step, live, mine)
 
-def _compare(txn: Transaction, nic: int, step: p.Step, live: rtnl.Link, mine: bool) -> Action:
+def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: bool) -> Action:
     """Same kind: what differs, repairable on netmap's own devices, else refused."""
     want: dict[str, object] = {"up": True}
     identity: list[str] = []
