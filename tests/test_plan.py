@@ -253,3 +253,11 @@ def test_host_lock_excludes_other_processes(tmp_path: Path) -> None:
         holder.communicate("")  # the holder exits; the kernel drops its lock
     with host_lock("h", tmp_path, timeout=1) as path:
         assert path == tmp_path / "h.lock"
+
+
+def test_plan_text_prints_macs_verbatim(mappings: Path, capsys) -> None:
+    """rich would turn ':ab:' in 52:54:00:ab:00:01 into an emoji."""
+    assert main(["plan", "vm2", "--host", "host-a", "--mappings", str(mappings)]) == 0
+    out = capsys.readouterr().out
+    assert "52:54:00:ab:00:01" in out and "fe:54:00:ab:00:02" in out
+    assert "7. [nic 1] tap " in out

@@ -7,11 +7,25 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from netmap.commands._common import add_json, console, load, print_json, this_host
+from netmap.commands._common import add_json, load, print_json, this_host
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 
 if TYPE_CHECKING:
     from netmap.model import Fleet, Host
+
+
+def console():  # -> rich.console.Console
+    """Without emoji codes: a MAC such as 52:54:00:ab:00:01 holds ':ab:', which rich would
+    turn into a pictogram. Data is printed with markup=False or escaped."""
+    from rich.console import Console
+
+    return Console(highlight=False, emoji=False, soft_wrap=True)
+
+
+def _esc(text: object) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def _add_host(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +76,9 @@ def _print_plan(plan) -> None:
     where = f" (network namespace {plan.netns})" if plan.netns else ""
     out.print(f"[bold]plan[/] for {plan.guest} on {plan.host}{where}: nothing is changed")
     for line in plan.lines():
-        out.print(f"  {line}", markup=False, soft_wrap=True)
+        out.print(f"  {line}", markup=False)
     for problem in plan.problems:
-        out.print(f"  [red]cannot plan[/] {problem}")
+        out.print(f"  [red]cannot plan[/] {_esc(problem)}")
 
 
 def _configure_realize(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +127,7 @@ def _realize(args: argparse.Namespace) -> int:
     out = console()
     for f in report.findings:
         if f.severity != "info":
-            out.print(f"  [yellow]{f.severity}[/] {f.code}: {f.message}", markup=True)
+            out.print(f"  [yellow]{f.severity}[/] {f.code}: {_esc(f.message)}")
     if not result.changed:
         out.print(f"{guest.name} is already realized on {host.name}: nothing changed")
     else:
@@ -129,8 +143,8 @@ def _realize(args: argparse.Namespace) -> int:
     for nic in result.nics:
         device = nic.get("device") or f"VF {nic.get('vf')} of {nic.get('pf')} ({nic.get('pci')})"
         tapdev = f" {nic['tapdev']}" if nic.get("tapdev") else ""
-        out.print(f"\n[bold]NIC {nic['nic']}[/] {nic['network']} ({nic['mode']}): "
-                  f"{device}{tapdev}")
+        out.print(f"\n[bold]NIC {nic['nic']}[/] {_esc(nic['network'])} ({nic['mode']}): "
+                  f"{_esc(device)}{_esc(tapdev)}")
         out.print(str(nic.get("libvirt_xml", "")), markup=False)
     return EXIT_OK
 
