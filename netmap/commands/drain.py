@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from netmap.model import Fleet
 
 
+BRIEF_AFTER = 20  # moves; beyond this the table shows warning codes, not messages
+
+
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("host", metavar="HOST", help="the host to empty")
     parser.add_argument("--exclude", action="append", default=[], metavar="HOST",
@@ -103,9 +106,12 @@ def plan_view(plan: DrainPlan, fleet: Fleet) -> RenderableType:
     moves = Table(title=f"drain {plan.host}", title_justify="left")
     for column in ("guest", "NICs", "destination", "warnings / why not"):
         moves.add_column(column)
+    # a long plan shows warning codes only (the messages are in --json and `netmap check`)
+    brief = len(plan.moves) > BRIEF_AFTER
     for move in plan.moves:
         nics = str(len(fleet.guests[move.guest].nics))
-        why = Text("\n".join(f"{w.code}: {w.message}" for w in move.warnings), style="yellow")
+        why = Text("\n".join(f"{w.code} (NIC {w.nic})" if brief else f"{w.code}: {w.message}"
+                             for w in move.warnings), style="yellow")
         moves.add_row(move.guest, nics, Text(move.dest, style="green"), why)
     for blocked in plan.blocked:
         nics = str(len(fleet.guests[blocked.guest].nics))

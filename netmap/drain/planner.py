@@ -52,7 +52,9 @@ def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] 
                for guest in run.guests if guest.name not in solution.assignment]
     before, after = _summaries(run, problem, solution)
     if run.exclude:
-        notes.append(f"not considered as destinations (--exclude): {', '.join(run.exclude)}")
+        shown = ", ".join(run.exclude[:10])
+        more = f" and {len(run.exclude) - 10} more" if len(run.exclude) > 10 else ""
+        notes.append(f"not considered as destinations (--exclude): {shown}{more}")
     for kind, what in (("hosts", "were not considered as destinations"),
                        ("guests", f"are not in this plan even if they run on {host}")):
         unread = [p.file for p in run.fleet.problems
