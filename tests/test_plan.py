@@ -261,3 +261,21 @@ def test_plan_text_prints_macs_verbatim(mappings: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "52:54:00:ab:00:01" in out and "fe:54:00:ab:00:02" in out
     assert "7. [nic 1] tap " in out
+
+
+def test_release_without_the_namespace_is_a_clear_error(mappings: Path, tmp_path: Path,
+                                                         monkeypatch, capsys) -> None:
+    from netmap.state import HostState
+
+    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path))
+    host_file = mappings / "hosts" / "host-a.toml"  # a namespace that surely does not exist
+    host_file.write_text(host_file.read_text().replace("nm-lab-host-a", "nmA-absent-0"))
+    state = HostState.load("host-a")
+    state.use("vm2", "link:nm3297253281", step=CreateTap(
+        "nm3297253281", "fe:54:00:ab:00:02", "52:54:00:ab:00:02", 1500, "br-eth1").as_dict(),
+        created=True)
+    state.save()
+    assert main(["release", "vm2", "--host", "host-a", "--mappings", str(mappings)]) == 3
+    err = capsys.readouterr().err
+    assert "network namespace nmA-absent-0" in err and "scripts/lab up" in err
+    assert HostState.load("host-a").users("link:nm3297253281") == ["vm2"]  # kept for later

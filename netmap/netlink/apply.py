@@ -85,6 +85,16 @@ def _reason(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
+def _open_kernel(host: str, netns: str | None) -> rtnl.Rtnl:
+    try:
+        return rtnl.Rtnl(netns)
+    except OSError as err:
+        where = f"network namespace {netns}" if netns else "this machine"
+        raise ApplyError(f"cannot reach host {host}'s network stack ({where}): {err}",
+                         fix="run netmap on that host, or build the lab first "
+                         "(scripts/lab up)") from err
+
+
 def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                  sysfs_root: str | Path | None = None, on_step: StepHook | None = None,
                  lock_timeout: float = 60.0) -> RealizeResult:
@@ -95,12 +105,7 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
     with host_lock(plan.host, state_dir, timeout=lock_timeout):
         state = HostState.load(plan.host, state_dir)
         before = state.snapshot()
-        try:
-            kernel = rtnl.Rtnl(plan.netns)
-        except OSError as err:
-            raise ApplyError(f"cannot reach host {plan.host}'s network stack: {err}",
-                             fix="run realize on that host, or build the lab") from err
-        with kernel:
+        with _open_kernel(plan.host, plan.netns) as kernel:
             txn = Transaction(kernel, state, plan, sysfs_root)
             result = RealizeResult(plan.guest, plan.host, plan.netns)
             try:
@@ -159,7 +164,7 @@ def release_guest(host: str, guest: str, netns: str | None, *,
         entry = state.guest(guest)
         if entry is None:
             return result
-        with rtnl.Rtnl(netns) as kernel:
+        with _open_kernel(host, netns) as kernel:
             problems = _release_keys(kernel, kernel.links(), state, guest,
                                      list(entry["resources"]), result)
             if not problems:
