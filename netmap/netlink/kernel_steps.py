@@ -74,8 +74,9 @@ def explain(step: p.Step, err: OSError) -> str:
 
 def fix_for(step: p.Step, err: OSError) -> str | None:
     if isinstance(step, p.EnsureVlanLink) and err.errno == errno.EOPNOTSUPP:
-        return ("load 8021q ('modprobe 8021q'), or bind the network in bridge mode, which "
-                "tags on a vlan-filtering bridge instead")
+        return ("load the 8021q module ('modprobe 8021q'); a kernel built without "
+                "CONFIG_VLAN_8021Q cannot carry a VLAN network in any mode (bridge VLAN "
+                "filtering needs it too)")
     if isinstance(step, (p.EnsureBridge, p.BridgeVlan)) and err.errno == errno.EOPNOTSUPP:
         return "use a kernel with 802.1Q and bridge VLAN filtering, or an untagged network"
     if isinstance(step, p.ClaimVf) and err.errno == errno.EOPNOTSUPP:
