@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from netmap.errors import ApplyError, InputError
-from netmap.netlink import rtnl
+from netmap.netlink import rtmsg, rtnl
 
 if TYPE_CHECKING:
     from netmap.model import Vxlan
@@ -193,7 +193,7 @@ def netlink_step(what: str, fix: str = "check the host mapping against the live 
         raise ApplyError(f"{what}: {err.strerror}", fix=fix) from err
 
 
-def require_link(kernel: rtnl.Rtnl, name: str, role: str) -> rtnl.Link:
+def require_link(kernel: rtnl.Rtnl, name: str, role: str) -> rtmsg.Link:
     link = kernel.get(name)
     if link is None:
         raise ApplyError(f"{role} {name} does not exist on this host",
@@ -232,7 +232,7 @@ def ensure_vlan(kernel: rtnl.Rtnl, uplink: str, vlan: int, name: str) -> tuple[i
         return link.index, False
     lower = require_link(kernel, uplink, "uplink")
     made = _create(kernel, f"cannot create VLAN {vlan} interface {name} on {uplink}",
-                   rtnl.new_link(name, "vlan", lower=lower.index, data=rtnl.vlan_data(vlan)))
+                   rtmsg.new_link(name, "vlan", lower=lower.index, data=rtmsg.vlan_data(vlan)))
     return require_link(kernel, name, "vlan").index, made
 
 
@@ -249,8 +249,8 @@ def ensure_bridge(kernel: rtnl.Rtnl, name: str, port: str | None, *, mtu: int,
     created = False
     if link is None:
         what = f"cannot create bridge {name}" + (f" filtering VLAN {vlan}" if vlan else "")
-        created = _create(kernel, what, rtnl.new_link(
-            name, "bridge", mtu=mtu, data=rtnl.bridge_data(BRIDGE_AGEING, vlan is not None)))
+        created = _create(kernel, what, rtmsg.new_link(
+            name, "bridge", mtu=mtu, data=rtmsg.bridge_data(BRIDGE_AGEING, vlan is not None)))
         link = require_link(kernel, name, "bridge")
     if link.kind != "bridge":
         raise ApplyError(f"{name} exists but is not a bridge",
@@ -260,10 +260,10 @@ def ensure_bridge(kernel: rtnl.Rtnl, name: str, port: str | None, *, mtu: int,
             port_index = _enslave(kernel, name, link.index, port)
             if vlan is not None and created:
                 with netlink_step(f"cannot tag VLAN {vlan} on {port}, the port of {name}"):
-                    kernel.call(rtnl.bridge_vlan(port_index, vlan, access=False))
+                    kernel.call(rtmsg.bridge_vlan(port_index, vlan, access=False))
         if not link.up:
             with netlink_step(f"cannot bring up bridge {name}"):
-                kernel.call(rtnl.set_link(link.index, up=True))
+                kernel.call(rtmsg.set_link(link.index, up=True))
     return link.index, created
 
 
@@ -273,7 +273,7 @@ def _enslave(kernel: rtnl.Rtnl, bridge: str, index: int, port: str) -> int:
         raise ApplyError(f"{port} is already a port of another bridge",
                          fix="an uplink can belong to one bridge only")
     with netlink_step(f"cannot enslave {port} to bridge {bridge}"):
-        kernel.call(rtnl.set_link(live.index, master=index, up=True))
+        kernel.call(rtmsg.set_link(live.index, master=index, up=True))
     return live.index
 
 
@@ -282,9 +282,9 @@ def set_access_vlan(kernel: rtnl.Rtnl, port: int, vlan: int) -> None:
     from netmap.plan import DEFAULT_PVID
 
     with netlink_step(f"cannot put the tap on VLAN {vlan}"):
-        kernel.call(rtnl.bridge_vlan(port, vlan, access=True))
+        kernel.call(rtmsg.bridge_vlan(port, vlan, access=True))
         if vlan != DEFAULT_PVID:
-            kernel.call(rtnl.bridge_vlan(port, DEFAULT_PVID, access=False, add=False))
+            kernel.call(rtmsg.bridge_vlan(port, DEFAULT_PVID, access=False, add=False))
 
 
 def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
@@ -299,7 +299,7 @@ def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
         raise ApplyError(f"vxlan {name}: IPv6 underlay addresses are not supported here",
                          fix="use an IPv4 group/local, or let 'netmap realize' build it")
     created = _create(kernel, f"cannot create vxlan {name} (VNI {vni}) on {underlay}",
-                      rtnl.new_link(name, "vxlan", mtu=mtu, data=rtnl.vxlan_data(
+                      rtmsg.new_link(name, "vxlan", mtu=mtu, data=rtmsg.vxlan_data(
                           vni, lower.index, options.port if options else 4789, group, local)))
     index = require_link(kernel, name, "vxlan").index
     if created and options and options.remotes:
@@ -328,7 +328,7 @@ def attach_tap(kernel: rtnl.Rtnl, tap: str, bridge: int, mtu: int, mac: str) -> 
     """MTU, host-side MAC, bridge and up, in one request."""
     index = require_link(kernel, tap, "tap").index
     with netlink_step(f"cannot attach {tap} to its bridge (MTU {mtu}, MAC {mac})"):
-        kernel.call(rtnl.set_link(index, mtu=mtu, mac=mac, master=bridge, up=True))
+        kernel.call(rtmsg.set_link(index, mtu=mtu, mac=mac, master=bridge, up=True))
     return index
 
 
@@ -341,8 +341,8 @@ def ensure_macvtap(kernel: rtnl.Rtnl, name: str, lower: int, mode: str, mac: str
     with netlink_step(f"cannot create macvtap {name} (mode {mode})",
                       "a bridge port or a passthru macvtap's uplink takes no macvtap "
                       "(EBUSY); check the host mapping"):
-        kernel.call(rtnl.new_link(name, "macvtap", mtu=mtu, mac=mac, lower=lower,
-                                  data=rtnl.macvtap_data(mode)))
+        kernel.call(rtmsg.new_link(name, "macvtap", mtu=mtu, mac=mac, lower=lower,
+                                  data=rtmsg.macvtap_data(mode)))
     return require_link(kernel, name, "macvtap").index
 
 
@@ -350,7 +350,7 @@ def delete_links(kernel: rtnl.Rtnl, names: list[str]) -> None:
     """Remove links this helper created, newest first; a link already gone is fine."""
     for name in reversed(names):
         try:
-            kernel.call(rtnl.del_link(name=name))
+            kernel.call(rtmsg.del_link(name=name))
         except OSError as err:
             if err.errno != errno.ENODEV:
                 raise
@@ -376,6 +376,6 @@ def wait_and_delete(pid: int, index: int) -> None:
         except ProcessLookupError:
             pass  # QEMU is gone already
         with rtnl.Rtnl() as kernel:
-            kernel.call(rtnl.del_link(index))
+            kernel.call(rtmsg.del_link(index))
     finally:
         os._exit(0)
