@@ -47,6 +47,7 @@ import io
 import os
 import pickle
 import re
+import signal
 import stat
 import sys
 import tempfile
@@ -58,7 +59,7 @@ from typing import Any, TypeVar
 
 from netmap import model
 from netmap.errors import InputError
-from netmap.load import load_fleet, load_guest, load_host, mappings_dir
+from netmap.load import load_fleet, load_guest, load_host, load_networks, mappings_dir
 from netmap.model import Fleet, Network
 from netmap.tomlcheck import LazySource, LineIndex
 
@@ -178,11 +179,13 @@ def gc_paused(*, freeze: bool = False) -> Iterator[None]:
 
 
 def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
-                      write_behind: bool = False) -> Fleet:
+                      write_behind: bool = False, parallel: bool = False) -> Fleet:
     """`load_fleet(root)`, answered from the cache for every file that did not change.
 
-    write_behind=True stores an updated cache from a detached process, so that the caller
-    does not wait for it (pickling 10k hosts takes 0.3-0.4 s); for the command line."""
+    For the command line, which may fork: write_behind=True stores an updated cache from a
+    detached process, so that the caller does not wait for it (pickling 10k hosts takes
+    0.3-0.4 s); parallel=True has a forked child parse part of the files when thousands
+    must be parsed (a cold cache, a changed networks.toml) and a second CPU is there."""
     base = mappings_dir(root)
     started_ns = time.time_ns()
     with gc_paused():
@@ -198,8 +201,14 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
         if stored is not None and stored["networks"] == identity(networks_before):
             entries = stored["entries"]
         fresh: dict[str, tuple[Identity, Any]] = {}
-        fleet = load_fleet(base, host_loader=_loader(load_host, entries, fresh, started_ns),
-                           guest_loader=_loader(load_guest, entries, fresh, started_ns))
+        helper = _start_helper(base, entries) if parallel else None
+        try:
+            fleet = load_fleet(
+                base, host_loader=_loader(load_host, entries, fresh, started_ns, helper),
+                guest_loader=_loader(load_guest, entries, fresh, started_ns, helper))
+        finally:
+            if helper is not None:
+                helper.close()
         try:
             networks_after = os.stat(networks_path)
         except OSError:
@@ -221,7 +230,8 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
 
 def _loader(parse: Callable[[Path, dict[str, Network]], T],
             entries: dict[str, tuple[Identity, Any]], fresh: dict[str, tuple[Identity, Any]],
-            started_ns: int) -> Callable[[Path, dict[str, Network]], T]:
+            started_ns: int, helper: _Helper | None = None,
+            ) -> Callable[[Path, dict[str, Network]], T]:
     """A per-file loader for load_fleet: the cached object when the file's identity is the
     one it was parsed at, else a fresh parse (kept when the file is settled)."""
 
@@ -239,12 +249,120 @@ def _loader(parse: Callable[[Path, dict[str, Network]], T],
             return cached[1]
         # Only successful parses are kept: an error is rare, cheap to find again, and is
         # then raised exactly as the parser raises it.
-        value = parse(path, networks)
+        value = helper.result(key, ident) if helper is not None else _MISSING
+        if value is _MISSING:
+            value = parse(path, networks)
         if settled(st, started_ns):
             fresh[key] = (ident, value)
         return value
 
     return load
+
+
+PARALLEL_MIN_FILES = 2000
+_MISSING: Any = object()
+
+
+class _Helper:
+    """A forked child parsing the last part of the files load_fleet will ask for, while
+    this process parses the first part; its results are read when the first of them is
+    needed. Each result carries the identity the child saw; one that is not the identity
+    seen here is parsed again, so the child can only save work, never change an answer.
+    A file the child cannot parse is parsed here, to raise the error as load_fleet does."""
+
+    def __init__(self, pid: int, pipe: int, keys: set[str]) -> None:
+        self.pid, self.pipe, self.keys = pid, pipe, keys
+        self.results: dict[str, tuple[Identity, Any]] | None = None
+
+    def result(self, key: str, ident: Identity) -> Any:
+        if key not in self.keys:
+            return _MISSING
+        if self.results is None:
+            self._collect()
+        assert self.results is not None
+        got = self.results.get(key)
+        return got[1] if got is not None and got[0] == ident else _MISSING
+
+    def _collect(self) -> None:
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := os.read(self.pipe, 1 << 20):
+                chunks.append(chunk)
+        self.results = {}  # read to the end: close() waits for the child, no kill
+        self.close()
+        try:
+            results = pickle.loads(b"".join(chunks))
+        except Exception:  # the child died half-way: parse everything here
+            results = {}
+        self.results = results if isinstance(results, dict) else {}
+
+    def close(self) -> None:
+        if self.pipe < 0:
+            return
+        if self.results is None:  # not needed after all (an error ended the load early)
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+        os.close(self.pipe)
+        self.pipe = -1
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]]) -> _Helper | None:
+    if (not hasattr(os, "fork") or threading.active_count() > 1
+            or len(os.sched_getaffinity(0)) < 2):
+        return None
+    # the files in load_fleet's order that the cache does not answer
+    order = [(os.fspath(path), True)
+             for path in sorted((base / "hosts").glob("*.toml"), key=os.fspath)]
+    order += [(os.fspath(path), False) for pattern in ("*.toml", "*.xml")
+              for path in sorted((base / "guests").glob(pattern), key=os.fspath)]
+    todo = [item for item in order if item[0] not in entries]
+    if len(todo) < PARALLEL_MIN_FILES:
+        return None
+    try:
+        networks = load_networks(base / "networks.toml")
+    except InputError:
+        return None  # load_fleet reports it
+    # The child takes the last files, about 40% of the work (it also has to pickle them);
+    # a host file costs about four guest files.
+    weights = [4 if is_host else 1 for _, is_host in todo]
+    budget, cut = sum(weights) * 2 // 5, len(todo)
+    while cut > 0 and budget > 0:
+        cut -= 1
+        budget -= weights[cut]
+    share = todo[cut:]
+    reader, writer = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(reader)
+        os.close(writer)
+        return None
+    if pid == 0:  # pragma: no cover - the child, which always _exits
+        code = 0
+        try:
+            os.close(reader)
+            with os.fdopen(writer, "wb") as out:
+                out.write(pickle.dumps(_parse_share(share, networks), pickle.HIGHEST_PROTOCOL))
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(writer)
+    return _Helper(pid, reader, {key for key, _ in share})
+
+
+def _parse_share(share: list[tuple[str, bool]],
+                 networks: dict[str, Network]) -> dict[str, tuple[Identity, Any]]:
+    out = {}
+    for key, is_host in share:
+        try:
+            ident = identity(os.stat(key))  # before reading, as in _loader
+            out[key] = (ident, (load_host if is_host else load_guest)(Path(key), networks))
+        except Exception:
+            continue
+    return out
 
 
 def _read(target: Path, fingerprint: bytes, root: str) -> dict[str, Any] | None:

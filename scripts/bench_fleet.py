@@ -69,7 +69,7 @@ class FleetOnly:
 
 def load(args):
     with gc_paused(freeze=True):
-        fleet = load_fleet_cached(args.mappings, write_behind=True)
+        fleet = load_fleet_cached(args.mappings, write_behind=True, parallel=True)
         if args.command == "hosts-for":
             return fleet, FleetOnly(fleet)
         return fleet, build_graph(fleet)

@@ -96,7 +96,8 @@ def guest_toml(index: int, host: str, modes: dict[str, str], rng: random.Random)
     wanted += rng.sample(others, k=min(len(others), rng.randrange(0, 3)))
     lines = [f"# {name}", "[guest]", f'name = "{name}"', f'host = "{host}"', ""]
     for nic, network in enumerate(wanted):
-        mac = f"52:54:{(index >> 16) & 0xff:02x}:{(index >> 8) & 0xff:02x}:{index & 0xff:02x}:{nic:02x}"
+        high, middle, low = (index >> 16) & 0xFF, (index >> 8) & 0xFF, index & 0xFF
+        mac = f"52:54:{high:02x}:{middle:02x}:{low:02x}:{nic:02x}"
         lines += ["[[nics]]", f'network = "{network}"', f'mac = "{mac}"']
         if modes[network].startswith("macvtap") and rng.random() < 0.3:
             lines.append('vhost = "required"')

@@ -298,6 +298,45 @@ def test_write_behind_does_not_hold_the_callers_output(mappings: Path, cache_dir
     _wait_for_cache(cache_dir)
 
 
+# --- parsing with a helper process ----------------------------------------------------------
+
+def test_parallel_parse_gives_the_same_fleet(mappings: Path, cache_dir: Path,
+                                             parses: Counter[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
+    (mappings / "guests" / "vm3.toml").write_text("[guest]\nname = 'vm3'\nbogus = 1\n")
+    settle()
+    fleet = load_fleet_cached(mappings, parallel=True)
+    assert snapshot(fleet) == snapshot(load_fleet(mappings))
+    # the child parsed part of the files (its counts stay in the child); the broken file
+    # in its part was parsed here again, to report it as load_fleet does
+    assert 0 < sum(parses.values()) < 8
+    assert parses["vm3.toml"] == 1 and parses["host-a.toml"] == 1
+    assert fleet.problems[0].key == "guest.bogus"
+    parses.clear()
+    same_as_uncached(mappings)  # and what the child parsed went into the cache
+    assert set(parses) == {"vm3.toml"}
+
+
+def test_parallel_parse_rechecks_files_changed_meanwhile(mappings: Path, cache_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
+    settle()
+    first = []
+
+    def edit_then_parse(path, networks):  # runs here, while the child parses the guests
+        if not first:
+            first.append(path)
+            time.sleep(0.2)  # let the child read vm4.toml first
+            keep_size_and_mtime(mappings / "guests" / "vm4.toml", '"host-c"', '"host-b"')
+        return load.load_host(path, networks)
+
+    monkeypatch.setattr(cache, "load_host", edit_then_parse)
+    fleet = load_fleet_cached(mappings, parallel=True)
+    assert fleet.guests["vm4"].host == "host-b"
+    assert snapshot(fleet) == snapshot(load_fleet(mappings))
+
+
 # --- the cache file is never trusted blindly ------------------------------------------------
 
 def _the_cache_file(cache_dir: Path) -> Path:
