@@ -727,3 +727,22 @@ def test_vxlan_with_unicast_remotes(lab) -> None:
         os.close(fd_b)
     assert main(["release", "vm6", "--host", "host-a"]) == 0
     assert host_dump(a) == before
+
+
+def test_a_changed_mode_asks_for_release_first(lab, capsys) -> None:
+    built, root = lab
+    assert main(["realize", "vm5", "--host", "host-a"]) == 0
+    path = root / "hosts" / "host-a.toml"
+    path.write_text(path.read_text().replace('[networks.mgmt]\nmode = "bridge"',
+                                             '[networks.mgmt]\nmode = "macvtap-bridge"'))
+    tap = plan_for(root, "vm5", "host-a").nics[0].device
+    before = host_dump(built.hosts["host-a"])
+    capsys.readouterr()
+    assert main(["realize", "vm5", "--host", "host-a", "--force"]) == 3
+    err = capsys.readouterr().err
+    assert f"{tap} on host-a is the tun netmap made for vm5, but the plan now needs a " \
+           "macvtap" in err and "release vm5 on host-a first" in err
+    assert host_dump(built.hosts["host-a"]) == before
+    assert main(["release", "vm5", "--host", "host-a"]) == 0
+    assert main(["realize", "vm5", "--host", "host-a", "--force"]) == 0
+    assert host_dump(built.hosts["host-a"])["links"][tap]["linkinfo"]["info_kind"] == "macvtap"

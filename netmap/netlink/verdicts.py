@@ -66,6 +66,11 @@ def decide_step(txn: Transaction, nic: int, step: p.Step) -> Action:
     want_kind = KIND_OF[type(step)]
     mine = txn.ours(name)
     if live.kind != want_kind:
+        if mine:  # netmap made it for another mode: the binding changed since
+            users = ", ".join(txn.state.users(step.resource))
+            raise refuse(f"{name} on {host} is the {live.kind} netmap made for {users}, but "
+                         f"the plan now needs a {want_kind} (the binding's mode changed)",
+                         f"release {users} on {host} first ('netmap release'), then realize")
         raise refuse(f"{name} exists on {host} as a {live.kind or 'plain'} device, "
                      f"not the {want_kind} netmap would create",
                      f"remove or rename {name}, or choose another name in the mapping")
