@@ -187,9 +187,14 @@ def test_realize_refuses_before_touching_anything(mappings: Path, tmp_path: Path
     # check fails (host-c has no storage network): exit 1, no state written
     assert main(["realize", "vm1", "--host", "host-c", *common]) == 1
     assert "NETWORK_UNBOUND" in capsys.readouterr().out
-    # --dry-run prints the plan and changes nothing
+    # --dry-run prints the plan and changes nothing; without the host (here: a namespace
+    # that does not exist) it says it could not read it
+    host_file = mappings / "hosts" / "host-b.toml"
+    host_file.write_text(host_file.read_text().replace("nm-lab-host-b", "nmA-absent-1"))
     assert main(["realize", "vm2", "--host", "host-b", "--dry-run", "--json", *common]) == 0
-    assert json.loads(capsys.readouterr().out)["plan"]["guest"] == "vm2"
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["plan"]["guest"] == "vm2" and shown["verdicts"] is None
+    assert "nmA-absent-1" in shown["unreachable"]
     # host-d has no netns: it is another machine than this one
     assert main(["realize", "vm4", "--host", "host-d", *common]) == 2
     err = capsys.readouterr().err
@@ -197,7 +202,7 @@ def test_realize_refuses_before_touching_anything(mappings: Path, tmp_path: Path
     # told that this machine is host-d, realize gets as far as check (vm4's mgmt is unbound)
     assert main(["realize", "vm4", "--host", "host-d", "--as-host", *common]) == 1
     assert "NETWORK_UNBOUND" in capsys.readouterr().out
-    assert not (tmp_path / "state").exists()
+    assert not (tmp_path / "state" / "host-b.json").exists()
 
 
 # --- state and the host lock (pure files, no root) ----------------------------------------

@@ -226,6 +226,9 @@ def test_realize_twice_changes_nothing_and_release_restores(lab, capsys) -> None
     built, root = lab
     ns = built.hosts["host-a"]
     before = host_dump(ns)
+    assert main(["realize", "vm5", "--host", "host-a", "--dry-run", "--json"]) == 0
+    verdicts = [v["result"] for v in json.loads(capsys.readouterr().out)["verdicts"]]
+    assert verdicts.count("create") == 7 and host_dump(ns) == before  # read, not changed
     assert main(["realize", "vm5", "--host", "host-a"]) == 0
     first = capsys.readouterr().out
     assert "realized vm5 on host-a" in first and "managed='no'" in first
@@ -241,6 +244,8 @@ def test_realize_twice_changes_nothing_and_release_restores(lab, capsys) -> None
     assert main(["realize", "vm5", "--host", "host-a"]) == 0
     assert "already realized on host-a: nothing changed" in capsys.readouterr().out
     assert shape(ns) == made_shape
+    assert main(["realize", "vm5", "--host", "host-a", "--dry-run"]) == 0
+    assert "0 change(s), nothing done" in capsys.readouterr().out
     assert main(["release", "vm5", "--host", "host-a"]) == 0
     assert host_dump(ns) == before
     assert HostState.load("host-a").data["resources"] == {}

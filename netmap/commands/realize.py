@@ -113,11 +113,7 @@ def _realize(args: argparse.Namespace) -> int:
             out.print("  pass --force to realize anyway")
         return EXIT_INCOMPATIBLE
     if args.dry_run:
-        if args.json:
-            print_json({"dry_run": True, "check": findings, "plan": plan.as_dict()})
-        else:
-            _print_plan(plan)
-        return EXIT_OK if not plan.problems else EXIT_INCOMPATIBLE
+        return _dry_run(plan, findings, args.json)
     from netmap.netlink.apply import realize_plan
 
     result = realize_plan(plan)
@@ -147,6 +143,40 @@ def _realize(args: argparse.Namespace) -> int:
                   f"{_esc(device)}{_esc(tapdev)}")
         out.print(str(nic.get("libvirt_xml", "")), markup=False)
     return EXIT_OK
+
+
+def _dry_run(plan, findings: list[dict], as_json: bool) -> int:
+    """The plan, with what each step would do on the live host when it can be read."""
+    from netmap.errors import ApplyError
+    from netmap.netlink.apply import preview_plan
+
+    verdicts, unreachable = None, None
+    if not plan.problems:
+        try:
+            verdicts = preview_plan(plan)
+        except ApplyError as err:
+            if "cannot reach host" not in err.problem:
+                raise  # a refusal: realize would fail, exit 3 with the reason
+            unreachable = err.problem
+    if as_json:
+        data = {"dry_run": True, "check": findings, "plan": plan.as_dict(),
+                "verdicts": None if verdicts is None else [
+                    {"nic": nic, "do": step.describe(), "result": verdict}
+                    for nic, step, verdict in verdicts],
+                "unreachable": unreachable}
+        print_json(data)
+    elif verdicts is None:
+        _print_plan(plan)
+        if unreachable:
+            console().print(f"  (the host could not be read: {unreachable})", markup=False)
+    else:
+        out = console()
+        changes = sum(verdict in ("create", "repair") for _, _, verdict in verdicts)
+        out.print(f"[bold]dry run[/] of {plan.guest} on {plan.host}: {changes} change(s), "
+                  "nothing done")
+        for n, (nic, step, verdict) in enumerate(verdicts, 1):
+            out.print(f"  {n}. [nic {nic}] {verdict:9} {step.describe()}", markup=False)
+    return EXIT_OK if not plan.problems else EXIT_INCOMPATIBLE
 
 
 def _configure_release(parser: argparse.ArgumentParser) -> None:

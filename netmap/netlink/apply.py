@@ -154,6 +154,20 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
             return result
 
 
+def preview_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
+                 sysfs_root: str | Path | None = None) -> list[tuple[int, p.Step, str]]:
+    """What realize would do with each step on the live host, changing nothing: the
+    verdicts (create, unchanged, repair, adopt); a refusal raises as realize would."""
+    with host_lock(plan.host, state_dir), _open_kernel(plan.host, plan.netns) as kernel:
+        txn = Transaction(kernel, HostState.load(plan.host, state_dir), plan, sysfs_root)
+        try:
+            txn.decide()
+        except ApplyError as err:
+            raise ApplyError(f"realize {plan.guest} on {plan.host} would fail: {err.problem}",
+                             fix=err.fix) from err
+        return [(a.nic, a.step, a.verdict) for a in txn.actions]
+
+
 def release_guest(host: str, guest: str, netns: str | None, *,
                   state_dir: str | Path | None = None, lock_timeout: float = 60.0,
                   ) -> ReleaseResult:
