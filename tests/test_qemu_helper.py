@@ -172,7 +172,7 @@ def test_vxlan_mode_tap_on_the_vni_bridge(host_a) -> None:
         assert f"network tenant-blue: {name} on bridge brvx5001, MTU 1450" in got.stderr
         now = links(netns)
         assert now["vx5001"]["kind"] == "vxlan" and now["vx5001"]["vni"] == 5001
-        assert now["vx5001"]["underlay"] == now["eth1"]["index"]  # the mapped underlay
+        assert now["vx5001"]["underlay"] == now["eth0"]["index"]  # the mapped underlay
         assert now["vx5001"]["master"] == now["brvx5001"]["index"]
         assert now[name]["master"] == now["brvx5001"]["index"]
         assert now[name]["mtu"] == 1450
