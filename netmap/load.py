@@ -200,6 +200,13 @@ def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
                             f"uses {uplink}, which network {passthrough[0].network} hands to one "
                             "guest whole (macvtap-passthrough)",
                             "give the passthrough network an uplink of its own")
+        underlay = [b for b in users if b.mode == "vxlan"]
+        if bridged and underlay:
+            raise doc.error(("networks", underlay[0].network, "uplink"),
+                            f"uses {uplink} as vxlan underlay, which network "
+                            f"{bridged[0].network} enslaves to a bridge; a bridge port "
+                            "stops receiving for its own address, so the overlay would die",
+                            "use another uplink as underlay")
         if bridged and macvtap:
             raise doc.error(("networks", macvtap[0].network, "uplink"),
                             f"puts a macvtap on {uplink}, which network {bridged[0].network} "

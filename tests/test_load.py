@@ -187,13 +187,17 @@ def test_guest_invalid_mac(tmp_path: Path, networks, mac: str, problem: str):
 def test_macvtap_and_bridge_cannot_share_an_uplink(tmp_path: Path, networks):
     extra = '\n[networks.blue]\nmode = "vxlan"\nuplink = "eth0"\n'
     load_host(write(tmp_path, "hosts/h1.toml", HOST + extra), networks)  # underlay: fine
-    bridged = HOST.replace("[networks.prod]", "[networks.blue]").replace(
-        'mode = "macvtap-vepa"', 'mode = "vxlan"')
     networks3 = {**networks, "mgmt": networks["prod"].__class__("mgmt", 1500, "dc1-fabric")}
-    text = (bridged + '\n[networks.mgmt]\nmode = "bridge"\nuplink = "eth0"\n'
-            + '\n[networks.prod]\nmode = "macvtap-bridge"\nuplink = "eth0"\n')
+    text = HOST + '\n[networks.mgmt]\nmode = "bridge"\nuplink = "eth0"\n'
     err = host_error(tmp_path, networks3, text)
     assert err.key == "networks.prod.uplink" and "bridge" in err.problem
+
+
+def test_vxlan_underlay_cannot_be_a_bridge_port(tmp_path: Path, networks):
+    text = HOST.replace('mode = "macvtap-vepa"', 'mode = "bridge"')
+    text += '\n[networks.blue]\nmode = "vxlan"\nuplink = "eth0"\n'
+    err = host_error(tmp_path, networks, text)
+    assert err.key == "networks.blue.uplink" and "underlay" in err.problem
 
 
 def test_passthrough_owns_its_uplink(tmp_path: Path, networks):
