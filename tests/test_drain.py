@@ -410,6 +410,26 @@ def test_warning_free_hosts_are_found_behind_emptier_ones_with_warnings() -> Non
     assert plan.complete and all(m.dest.startswith("c") and not m.warnings for m in plan.moves)
 
 
+def test_a_short_look_is_widened_when_a_guest_is_left_out() -> None:
+    # "a" is surveyed first and sees only the 16 emptiest hosts, the w-hosts; the 17 b-guests
+    # need every w-host's single VF. Only after widening does "a" find the busier p-hosts.
+    vf = {"stor1": "sriov-vf"}
+    wired = {**vf, "wire": "bridge"}
+    hosts = [host("src", {**wired, "mgmt": "bridge"}, pfs={"pf": 32}, sriov_on={"stor1": "pf"})]
+    hosts += [host(f"w{i:02}", wired, pfs={"pf": 1}, sriov_on={"stor1": "pf"}) for i in range(17)]
+    hosts += [host(f"p{i:02}", {**vf, "mgmt": "bridge"}, pfs={"pf": 1},
+                   sriov_on={"stor1": "pf"}) for i in range(20)]
+    residents = [guest(f"r{i}", f"p{i:02}", "mgmt") for i in range(20) for _ in range(2)]
+    residents = [replace(r, name=f"r{n}") for n, r in enumerate(residents)]
+    moving = [guest("a", "src", "stor1"), *(guest(f"b{i:02}", "src", "stor1", "wire")
+                                            for i in range(17))]
+    graph = fleet_graph(hosts, [*residents, *moving])
+    plan = drain(graph, "src")
+    assert plan.complete and plan.proven
+    assert next(m.dest for m in plan.moves if m.guest == "a").startswith("p")
+    assert_sound(graph, plan)
+
+
 def test_solver_reports_an_unproven_plan_honestly() -> None:
     # three hosts with 4 endpoint slots, guests taking 3, 3, 3, 3 and 2: only three fit, but
     # both bounds say four (the pooled slots hold 2+3+3+3), so only the full search proves 3

@@ -11,9 +11,11 @@ and the plan is solved again, so the plan never rests on the shortcut alone.
 
 Fewer hosts, same answer. A guest with at least N compatible hosts (N = guests to drain)
 can always be placed: the other N - 1 guests occupy at most N - 1 hosts, and the check
-already vouches that the guest fits alone on any of them. So examining hosts stops once a
-profile has enough of them (least loaded first; further on while they carry warnings, to
-find warning-free ones), which keeps a 2,000-host fleet cheap without losing any plan.
+already vouches that the guest fits alone on any of them. So examining hosts (least loaded
+first; further on while they carry warnings, to find warning-free ones) can stop once a
+profile has N of them without losing any plan. The planner looks at even fewer first (a few
+per guest) and widens every profile that was cut short to N as soon as a guest is left out,
+so a 2,000-host fleet stays cheap and no plan is lost.
 
 Capacity the check cannot see (what other drained guests will take: VFs per PF, uplinks
 held in macvtap passthrough, max_guests, max_endpoints) lives in the flow, not in a mutated
@@ -83,6 +85,7 @@ class Survey:
     unbound: dict[str, list[str]] = field(default_factory=dict)  # network -> hosts
     unreachable: dict[str, list[str]] = field(default_factory=dict)
     shared: tuple[Option, ...] | None = None  # the options of members with unique MACs
+    truncated: bool = False  # stopped before examining every host that binds the networks
 
 
 class DrainContext:
@@ -105,6 +108,7 @@ class DrainContext:
         self.load = Counter(guest.host for guest in fleet.guests.values() if guest.host)
         self.checks = 0
         self.uses: dict[str, HostUse] = {}
+        self.expected: Counter = Counter()  # guests earlier surveys may send to each host
 
     def check(self, guest: str, dest: str) -> Report:
         self.checks += 1
@@ -131,7 +135,10 @@ class DrainContext:
             survey.unreachable[network] = sorted(far)
             able -= far
         clean = 0
-        for examined, host in enumerate(sorted(able, key=lambda h: (self.load[h], h)), 1):
+        # least loaded first, counting what earlier profiles may send there, so that
+        # profiles do not all look at the same few hosts
+        order = sorted(able, key=lambda h: (self.load[h] + self.expected[h], h))
+        for examined, host in enumerate(order, 1):
             report = self.check(members[0].name, host)
             errors = [f for f in report.errors if f.code not in MAC_CODES]
             if errors:
@@ -142,7 +149,10 @@ class DrainContext:
             clean += not warnings
             if len(survey.compatible) >= needed and (
                     clean >= needed or examined >= max(4 * needed, EXAMINE_AT_LEAST)):
+                survey.truncated = examined < len(order)
                 break
+        for host, _ in survey.compatible:
+            self.expected[host] += len(members) / len(survey.compatible)
         return survey
 
     def options(self, guest: Guest, survey: Survey, conflicts: dict[str, set[str]],

@@ -17,6 +17,8 @@ from netmap.drain.search import DEFAULT_BUDGET, DEFAULT_DEADLINE, solve
 from netmap.model import Guest
 
 DETAILED_HOSTS = 10  # blocked guests: full messages for this many hosts, codes for the rest
+FIRST_LOOK = 16  # hosts examined per profile at first ...
+SPREAD = 3  # ... or this many per guest of the profile, whichever is more
 
 
 def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] = (),
@@ -30,24 +32,38 @@ def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] 
     profiles: dict[tuple, list[Guest]] = defaultdict(list)
     for guest in run.guests:
         profiles[profile(guest)].append(guest)
-    options: dict[str, tuple[Option, ...]] = {}
-    surveys: dict[str, Survey] = {}
-    conflicts: dict[str, set[str]] = defaultdict(set)
-    mac_blocked: dict[str, Finding] = {}
     owners = g.mac_owners(graph)
-    for members in profiles.values():
-        spare = max(len({o for n in m.nics for o, _ in owners.get(n.mac, ())}) for m in members)
-        survey = run.survey(members, len(run.guests) + spare)
-        for guest in members:
-            surveys[guest.name] = survey
-            options[guest.name] = run.options(guest, survey, conflicts, mac_blocked)
-    free: dict[Resource, int] = {}
-    candidates = sorted({o.host for opts in options.values() for o in opts})
-    for name in candidates:
-        free.update(run.use(name).free())
-    problem = Problem(options, free, dict(run.load),
-                      {k: frozenset(v) for k, v in conflicts.items()})
-    solution, moves, notes = _solve_checked(run, problem, budget, deadline)
+    # enough hosts per profile that the answer cannot change (see candidates.py) ...
+    needed = {key: len(run.guests) + max(len({o for n in m.nics for o, _ in owners.get(
+        n.mac, ())}) for m in members) for key, members in profiles.items()}
+    # ... but first only a few per guest: most drains fit there, and many distinct profiles
+    # would otherwise each examine hundreds of hosts
+    limits = {key: min(needed[key], max(FIRST_LOOK, SPREAD * len(members)))
+              for key, members in profiles.items()}
+    cands = _Candidates(run)
+    for key, members in profiles.items():
+        cands.survey(members, limits[key])
+    final = False
+    while True:
+        problem = cands.problem()
+        # until the candidates are final, a quick solve (the flow, one dive, packing) shows
+        # whether anyone is left out; only the final problem gets the full search
+        solution, moves, notes = _solve_checked(run, problem, budget if final else 1,
+                                                deadline if final else 0.0)
+        short = any(name not in solution.assignment and options
+                    for name, options in problem.options.items())
+        # a guest left out for want of room may fit on a host not examined yet, or another
+        # guest may make room for it by moving to one: widen every profile that was cut
+        # short to the full count, so the short look never costs a move
+        widen = [key for key in profiles if short and limits[key] < needed[key]
+                 and cands.surveys[profiles[key][0].name].truncated]
+        if final or not short or (solution.proven and not widen):
+            break
+        for key in widen:
+            limits[key] = needed[key]
+            cands.survey(profiles[key], needed[key])
+        final = True
+    surveys, mac_blocked = cands.surveys, cands.mac_blocked
     blocked = [_explain(run, guest, problem, solution, surveys, mac_blocked)
                for guest in run.guests if guest.name not in solution.assignment]
     before, after = _summaries(run, problem, solution)
@@ -63,11 +79,36 @@ def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] 
             notes.append(f"{len(unread)} {kind[:-1]} file(s) could not be read and {what} "
                          f"(first: {unread[0]}); run 'netmap show' to see why")
     stats = {"guests": len(run.guests), "profiles": len(profiles), "checks": run.checks,
-             "candidate_hosts": len(candidates),
+             "candidate_hosts": len({o.host for opts in problem.options.values() for o in opts}),
              "complex_guests": solution.complex_guests, "search_nodes": solution.nodes,
              "seconds": round(time.perf_counter() - started, 4)}
     return DrainPlan(host, strict, run.exclude, tuple(moves), tuple(blocked), before, after,
                      solution.proven, solution.upper_bound, tuple(notes), stats)
+
+
+class _Candidates:
+    """Per profile: the survey of its hosts; per guest: the options that follow from it."""
+
+    def __init__(self, run: DrainContext) -> None:
+        self.run = run
+        self.options: dict[str, tuple[Option, ...]] = {}
+        self.surveys: dict[str, Survey] = {}
+        self.conflicts: dict[str, set[str]] = defaultdict(set)
+        self.mac_blocked: dict[str, Finding] = {}
+
+    def survey(self, members: list[Guest], limit: int) -> None:
+        survey = self.run.survey(members, limit)
+        for guest in members:
+            self.surveys[guest.name] = survey
+            self.options[guest.name] = self.run.options(guest, survey, self.conflicts,
+                                                        self.mac_blocked)
+
+    def problem(self) -> Problem:
+        free: dict[Resource, int] = {}
+        for name in sorted({o.host for opts in self.options.values() for o in opts}):
+            free.update(self.run.use(name).free())
+        return Problem(dict(self.options), free, dict(self.run.load),
+                       {k: frozenset(v) for k, v in self.conflicts.items()})
 
 
 def _solve_checked(run: DrainContext, problem: Problem, budget: int,
