@@ -9,13 +9,13 @@ plan lists each once and state can count who still uses it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
 import networkx as nx
 
 from netmap import graph as g
-from netmap.model import MACVTAP_MODES, Guest, Host
+from netmap.model import MACVTAP_MODES, VXLAN_OVERHEAD, Guest, Host
 
 # Bridge FDB ageing, in clock_t (1/100 s), as IFLA_BR_AGEING_TIME wants it. Not 0: os-vif
 # set 0 so frames were not lost while a live-migrated guest's MAC moved (LP #1715317) and
@@ -56,13 +56,15 @@ class RequireLink(Step):
     kind: ClassVar[str] = "require-link"
     shared: ClassVar[bool] = True
     name: str
+    mtu: int = 0  # the MTU the endpoints need through it (vxlan: plus its overhead)
 
     @property
     def resource(self) -> str:
         return f"up:{self.name}"
 
     def describe(self) -> str:
-        return f"uplink {self.name} must exist; bring it up if it is down"
+        need = f" with MTU >= {self.mtu}" if self.mtu else ""
+        return f"uplink {self.name} must exist{need}; bring it up if it is down"
 
     def inverse(self) -> Step | None:
         return SetDown(self.name)
@@ -423,7 +425,8 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
     mtu = view.mtu or 1500
     base = {"nic": nic.index, "network": nic.network, "mode": view.mode, "mac": nic.mac,
             "model": nic.model, "uplink": view.uplink, "vlan": view.vlan, "mtu": mtu}
-    steps: list[Step] = [RequireLink(view.uplink)]
+    through = mtu + VXLAN_OVERHEAD if view.mode == "vxlan" else mtu
+    steps: list[Step] = [RequireLink(view.uplink, 0 if view.mode == "sriov-vf" else through)]
     device: str | None = devices.get("tap") or devices.get("macvtap")
     bridge = devices.get("bridge")
     if view.mode == "bridge":
@@ -464,4 +467,13 @@ def build_plan(graph: nx.DiGraph, guest: Guest, host: Host) -> Plan:
             problems.append(planned)
         else:
             nics.append(planned)
+    # an uplink shared by several NICs must carry the largest MTU any of them needs
+    need: dict[str, int] = {}
+    for nic in nics:
+        for step in nic.steps:
+            if isinstance(step, RequireLink):
+                need[step.name] = max(need.get(step.name, 0), step.mtu)
+    nics = [replace(nic, steps=tuple(
+        RequireLink(s.name, need[s.name]) if isinstance(s, RequireLink) else s
+        for s in nic.steps)) for nic in nics]
     return Plan(guest.name, host.name, host.netns, tuple(nics), tuple(problems))

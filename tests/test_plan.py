@@ -110,7 +110,7 @@ def test_bridge_mode_with_vlan_shared_steps_once(fleet_dir: Path) -> None:
         assert BridgeVlan(tap.name, 100, access=True) in steps
         assert steps.index(BridgeVlan(tap.name, 100, access=True)) > steps.index(tap)
         assert tap.mac == host_side_mac(tap.guest_mac) and tap.mac.startswith("fe:")
-    assert steps.index(RequireLink("ens3")) < steps.index(prod_bridge)
+    assert steps.index(RequireLink("ens3", 9000)) < steps.index(prod_bridge)
 
 
 def test_sriov_vf_as_macvtap_and_vxlan_unicast(fleet_dir: Path) -> None:
@@ -125,6 +125,8 @@ def test_sriov_vf_as_macvtap_and_vxlan_unicast(fleet_dir: Path) -> None:
     assert vx.mtu == 1450 and blue.bridge == "brvx5001"
     kinds = [s.kind for s in blue.steps]
     assert kinds == ["require-link", "vxlan", "bridge", "enslave", "tap"]
+    assert blue.steps[0] == RequireLink("ens5", 1450 + 50)  # the underlay carries vxlan
+    assert storage.steps[0] == RequireLink("ens4", 0)  # a VF's MTU is the VF's
 
 
 def test_macvtap_with_vlan_needs_a_sub_interface(mappings: Path) -> None:

@@ -355,6 +355,14 @@ def test_refusals_touch_nothing(lab, capsys) -> None:
     assert main(["realize", "vm5", "--host", "host-a"]) == 3
     assert "eth1 on host-a has addresses (192.0.2.1/24)" in capsys.readouterr().err
     assert host_dump(ns) == before
+    # the uplink's MTU is smaller than the mapping says
+    run("ip", "addr", "flush", "dev", "eth1", netns=ns)
+    run("ip", "link", "set", "eth1", "mtu", "1400", netns=ns)
+    before = host_dump(ns)
+    assert main(["realize", "vm5", "--host", "host-a"]) == 3
+    assert "uplink eth1 on host-a has MTU 1400; the guest's endpoints need 1500" in \
+        capsys.readouterr().err
+    assert host_dump(ns) == before
     # the uplink vanished
     run("ip", "link", "del", "eth1", netns=ns)
     before = host_dump(ns)

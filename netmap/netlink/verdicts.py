@@ -47,6 +47,12 @@ def decide_step(txn: Transaction, nic: int, step: p.Step) -> Action:
             raise refuse(f"uplink {step.name} does not exist on {host}",
                          "check the NIC and its driver, or fix [uplinks] in the host "
                          "mapping")
+        if live.mtu < step.mtu:  # else the kernel only says EINVAL, or drops big frames
+            raise refuse(f"uplink {step.name} on {host} has MTU {live.mtu}; the guest's "
+                         f"endpoints need {step.mtu} through it",
+                         f"raise it ('ip link set {step.name} mtu {step.mtu}') or correct "
+                         f"[uplinks.{step.name}] mtu in the host mapping, which says more "
+                         "than the NIC has")
         return Action(nic, step, "unchanged" if live.up else "repair", {"up": True},
                       {"up": False})
     if isinstance(step, p.EnslavePort):
