@@ -1,38 +1,32 @@
 """A cache of the loaded fleet, for mappings directories of thousands of files.
 
-`load_fleet_cached(root)` returns what `netmap.load.load_fleet(root)` returns, raises what
-it raises, and never serves data older than the files. It keeps, per host or guest file,
-the parsed model object and the file's identity; a file whose identity changed is parsed
-again, alone (editing one host of 10,000 re-reads one file). The fleet is assembled by
-`load_fleet` itself, through loader hooks, so duplicate names, guests on unknown hosts and
-unreadable files are judged exactly as without a cache.
+`load_fleet_cached(root)` returns what `load_fleet(root)` returns, raises what it raises,
+and never serves data older than the files. Per host/guest file it keeps the parsed object
+and the file's identity; a file whose identity moved is parsed again, alone. `load_fleet`
+itself assembles the fleet (through loader hooks), so duplicates, guests on unknown hosts
+and unreadable files are judged as without a cache.
 
-Why file identity and not content hashes: hashing means reading every file on every run;
-`stat` is a tenth of that. The identity is (size, mtime_ns, ctime_ns, inode, device).
-ctime cannot be set from user space (`touch -d`, `os.utime`, `cp -p`, `tar x` and rsync
-restore mtime but the kernel sets ctime to "now"), and every write, rename, chmod or link
-change moves it, so an edit that keeps size and mtime still shows. A rename changes the
-path (and replacing a file changes the inode). A deleted file is simply not asked for.
+Identity, not content hashes (which would read every file on every run; stat costs a
+tenth): (size, mtime_ns, ctime_ns, inode, device). User space cannot set ctime (`touch -d`,
+`os.utime`, `cp -p`, tar and rsync restore mtime; the kernel sets ctime to now) and every
+write, rename or chmod moves it, so an edit keeping size and mtime still shows; a rename
+changes the path, a replaced file the inode.
 
-The classic trap is timestamp granularity: a file written twice within one tick of the
-filesystem clock (a jiffy for ext4/xfs/tmpfs without fine-grained timestamps, a whole
-second on ext3 and NFS servers without nanoseconds, two seconds on FAT) keeps its ctime.
-So a file is cached only when its ctime and mtime are older than the start of this load by
-more than `RACY_WINDOW_NS` (2 s, the coarsest granularity above). A later write then lands
-in a later tick and gets a different ctime, by construction. A file changed within the
-window is parsed again on every run until it ages out ("racily clean" in git's words);
-that costs one parse, never a stale answer. networks.toml is kept the same way, and every
-entry belongs to the networks.toml it was validated against: if that changes, or changes
-while we read, nothing cached is used.
+The trap is timestamp granularity: two writes within one tick of the filesystem clock (a
+jiffy on ext4/xfs/tmpfs without fine-grained timestamps, 1 s on ext3 and some NFS servers,
+2 s on FAT) leave ctime alone. So a file is cached only when its ctime and mtime are older
+than the start of the load by more than RACY_WINDOW_NS (2 s): a later write lands in a
+later tick, a different ctime by construction. A file changed within the window is parsed
+on every run until it ages out (git's "racily clean"): one parse, never a stale answer.
+Every entry belongs to the networks.toml it was validated against, held the same way: if
+that changes, or changes while we read, nothing cached is used.
 
-The cache file: $NETMAP_CACHE_DIR, else $XDG_CACHE_HOME/netmap, else ~/.cache/netmap; one
-file per mappings directory, written to a temporary file and renamed into place. It is
-read only when it is a regular file owned by this user and writable by no one else (it is
-a pickle, and unpickling runs code), when its checksum matches, and when it was written by
-this Python and by exactly this loader (a digest of the sources of netmap.load and of every
-netmap module it names, lazy imports included; see `loader_sources`): anything else is a
-miss, refused before it is unpickled. A cache directory that cannot be created or written
-disables the cache.
+The file: $NETMAP_CACHE_DIR, else $XDG_CACHE_HOME/netmap, else ~/.cache/netmap, one per
+mappings directory, written to a temporary file and renamed into place. It is a pickle, so
+it is read only when it is a regular file of this user that nobody else may write, its
+checksum matches, and this Python with exactly this loader wrote it (a digest of netmap.load
+and every netmap module it names, `loader_sources`), checked before anything is unpickled.
+Anything else is a miss; a cache directory that cannot be written disables the cache.
 """
 
 from __future__ import annotations
@@ -103,10 +97,9 @@ _NETMAP_REFERENCE = re.compile(
 
 
 def loader_sources(package: Path | None = None) -> list[Path]:
-    """The source files of netmap.cache, netmap.load and every netmap module they name,
-    transitively: what can change the objects a load produces. Names are found by a plain
-    text search (`netmap.x.y`, `from netmap import x`), which may find more modules than
-    are imported (a needless miss, harmless) but never fewer, lazy imports included."""
+    """netmap.cache, netmap.load and every netmap module they name, transitively: what can
+    change the objects a load makes. A text search (`netmap.x.y`, `from netmap import x`)
+    may find more than is imported (a needless miss) but never less, lazy imports too."""
     package = package or Path(__file__).resolve().parent
     found: dict[Path, None] = {}
     todo = [("cache",), ("load",)]
@@ -142,9 +135,7 @@ def _module_file(package: Path, parts: tuple[str, ...]) -> Path | None:
 
 
 def code_fingerprint() -> bytes:
-    """A digest of this Python and of the netmap sources that produce the loaded model: a
-    cache written by other code (another version, a tree edited since) may hold objects
-    that the loader would no longer make."""
+    """This Python and the loader's sources: other code may have made other objects."""
     package = Path(__file__).resolve().parent
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{FORMAT} {sys.version} {pickle.HIGHEST_PROTOCOL}".encode())
@@ -157,16 +148,11 @@ def code_fingerprint() -> bytes:
 
 @contextlib.contextmanager
 def gc_paused(*, freeze: bool = False) -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many objects that all survive.
-
-    Without a pause, every few hundred allocations trigger a collection that walks the
-    young objects again, and full collections walk the whole growing heap: loading 10k
-    hosts took 1.9 s with the collector and 1.2 s without. The pause alone still leaves one
-    walk over everything built, at the first allocation after it ends (0.25 s for a warm
-    10k-host fleet). A caller that keeps what it loaded until it exits (the command line)
-    passes freeze=True: everything alive then moves to the collector's permanent
-    generation (gc.freeze), which it never walks again. That is process-wide, so library
-    calls leave it off. Nested pauses are fine: only the outermost one resumes."""
+    """Pause the cyclic collector while building many objects that all survive (10k hosts:
+    1.9 s with it, 1.2 s without). One walk over what was built remains, at the first
+    allocation after the pause (0.25 s, warm 10k hosts); a caller keeping the objects until
+    exit (the command line) passes freeze=True to move them to the permanent generation
+    (gc.freeze, process-wide, hence off for libraries). Only the outermost pause resumes."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -182,10 +168,9 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                       write_behind: bool = False, parallel: bool = False) -> Fleet:
     """`load_fleet(root)`, answered from the cache for every file that did not change.
 
-    For the command line, which may fork: write_behind=True stores an updated cache from a
-    detached process, so that the caller does not wait for it (pickling 10k hosts takes
-    0.3-0.4 s); parallel=True has a forked child parse part of the files when thousands
-    must be parsed (a cold cache, a changed networks.toml) and a second CPU is there."""
+    For the command line, which may fork: write_behind=True writes an updated cache from a
+    detached process (pickling 10k hosts takes 0.3-0.4 s); parallel=True has a child parse
+    part of the files when thousands must be parsed and a second CPU is there."""
     base = mappings_dir(root)
     started_ns = time.time_ns()
     with gc_paused():
@@ -264,11 +249,10 @@ _MISSING: Any = object()
 
 
 class _Helper:
-    """A forked child parsing the last part of the files load_fleet will ask for, while
-    this process parses the first part; its results are read when the first of them is
-    needed. Each result carries the identity the child saw; one that is not the identity
-    seen here is parsed again, so the child can only save work, never change an answer.
-    A file the child cannot parse is parsed here, to raise the error as load_fleet does."""
+    """A forked child parsing the last files load_fleet will ask for while we parse the
+    first ones. Each result carries the identity the child saw and is parsed here again
+    when ours differs, so the child saves work and never changes an answer; a file it
+    cannot parse is parsed here, to raise the error as load_fleet does."""
 
     def __init__(self, pid: int, pipe: int, keys: set[str]) -> None:
         self.pid, self.pipe, self.keys = pid, pipe, keys
@@ -396,11 +380,9 @@ def _read(target: Path, fingerprint: bytes, root: str) -> dict[str, Any] | None:
 
 
 def _dump(data: dict[str, Any]) -> bytes:
-    """Pickle the model objects as calls of their constructors, not as bare instance dicts.
-
-    Unpickling takes as long either way, but objects built by their constructor keep
-    Python's compact per-class attribute layout, and the query that follows a warm load
-    ran 20% faster on them (hosts-for over 10k hosts: 0.44 s -> 0.35 s)."""
+    """Pickle model objects as constructor calls, not instance dicts: as fast to load, but
+    they keep the compact attribute layout, and hosts-for on 10k warm hosts ran 0.44 s ->
+    0.29 s on them."""
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.dispatch_table = _dispatch_table()
@@ -457,14 +439,10 @@ def _write(target: Path, fingerprint: bytes, data: dict[str, Any]) -> bool:
 
 
 def _write_behind(target: Path, fingerprint: bytes, data: dict[str, Any]) -> bool:
-    """`_write` in a grandchild process that nobody waits for (double fork: the child exits
-    at once and is reaped here, the grandchild belongs to init). It drops every inherited
-    file descriptor first, so a pipe reading our output sees its end when we exit, not when
-    the cache is written. An older snapshot landing after a newer one is harmless: entries
-    are keyed on file identity, so it is at worst less complete, never stale.
-
-    Forking a process with threads can deadlock the child (a lock held by another thread
-    stays held); then, and where there is no fork, the cache is written in place."""
+    """`_write` in a double-forked grandchild nobody waits for. It drops inherited file
+    descriptors, so a pipe reading our output ends when we exit. An older snapshot landing
+    after a newer one is only less complete, never stale (entries are keyed on identity).
+    With threads (a forked child may inherit a held lock) or no fork, write in place."""
     if not hasattr(os, "fork") or threading.active_count() > 1:
         return _write(target, fingerprint, data)
     try:

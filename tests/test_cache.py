@@ -323,9 +323,10 @@ def test_parallel_parse_rechecks_files_changed_meanwhile(mappings: Path, cache_d
     monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
     settle()
     first = []
+    here = os.getpid()
 
-    def edit_then_parse(path, networks):  # runs here, while the child parses the guests
-        if not first:
+    def edit_then_parse(path, networks):  # here (not in the child), while the child parses
+        if not first and os.getpid() == here:
             first.append(path)
             time.sleep(0.2)  # let the child read vm4.toml first
             keep_size_and_mtime(mappings / "guests" / "vm4.toml", '"host-c"', '"host-b"')
