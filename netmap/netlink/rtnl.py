@@ -2,10 +2,10 @@
 
 Why not pyroute2 for these: realizing 1000 endpoints through `IPRoute.link()` costs one
 round trip plus pyroute2's generic encoder per call (≈1.4 ms each, issue 3), three times
-`ip -batch`. Here each request is packed with struct, a whole batch goes to the kernel in
-one sendmsg (rtnetlink handles every message of a datagram in turn, acking each), and the
-acks are matched back by sequence number. Only the few attributes realize needs are encoded
-or decoded; pyroute2 still does the rare calls (SR-IOV VF entries, vxlan FDB).
+`ip -batch`. Here each request is packed with struct (rtmsg.py), a whole batch goes to the
+kernel in one sendmsg (rtnetlink handles every message of a datagram in turn, acking each),
+and the acks are matched back by sequence number. Only the few attributes realize needs are
+encoded or decoded; pyroute2 still does the one rare call (SR-IOV VF entries on a PF).
 """
 
 from __future__ import annotations
