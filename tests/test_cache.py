@@ -162,6 +162,20 @@ def test_added_removed_and_renamed_files(mappings: Path, cache_dir: Path) -> Non
     same_as_uncached(mappings)
 
 
+def test_libvirt_xml_guest_is_cached_too(mappings: Path, cache_dir: Path,
+                                         parses: Counter[str]) -> None:
+    (mappings / "guests" / "vm9.xml").write_text(
+        "<domain type='kvm'><name>vm9</name><devices>"
+        "<interface type='direct'><mac address='52:54:00:99:00:01'/>"
+        "<source dev='eth0' mode='vepa'/><model type='virtio'/></interface>"
+        "</devices></domain>\n")
+    settle()
+    assert "vm9" in same_as_uncached(mappings).guests
+    parses.clear()
+    warm = same_as_uncached(mappings)
+    assert not parses and warm.guests["vm9"].nics[0].network == "prod"
+
+
 def test_duplicate_made_by_a_new_file_is_reported(mappings: Path, cache_dir: Path) -> None:
     settle()
     load_fleet_cached(mappings)
