@@ -30,40 +30,15 @@ def _split_dotted(text: str) -> list[str]:
 
 def line_of(text: str, path: KeyPath) -> int | None:
     """The 1-based line that defines `path` (or its nearest enclosing table), if found."""
-    best_line, best_depth = None, 0
-    current: list[str | int] = []
-    array_counts: dict[tuple[str | int, ...], int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        header = _HEADER.match(raw)
-        if header:
-            current = list(_split_dotted(header.group(2)))
-            if header.group(1) == "[[":
-                key = tuple(current)
-                array_counts[key] = array_counts.get(key, -1) + 1
-                current.append(array_counts[key])
-            candidate: list[str | int] = current
-        else:
-            key_match = _KEY.match(raw)
-            if not key_match:
-                continue
-            candidate = current + _split_dotted(key_match.group(1))
-        depth = 0
-        for want, have in zip(path, candidate, strict=False):
-            if want != have:
-                break
-            depth += 1
-        if depth == len(candidate) and depth > best_depth:
-            best_line, best_depth = number, depth
-    return best_line
+    return LineIndex(text).line_of(path)
 
 
 class LineIndex:
     """Where each table and key of one document starts, built on first use.
 
-    `line_of` scans the whole text for one path; a model object per table made that the
-    larger part of loading a big fleet (86k scans for 10k hosts). The index is one scan,
-    done only when a line is actually asked for, and answers exactly as `line_of` does:
-    the first line whose table/key path is the longest prefix of the path asked for.
+    One scan of the text, done only when a line is actually asked for (a scan per table
+    made that the larger part of loading a big fleet: 86k scans for 10k hosts). It answers
+    with the first line whose table/key path is the longest prefix of the path asked for.
     """
 
     def __init__(self, text: str) -> None:
