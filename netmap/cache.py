@@ -296,6 +296,13 @@ def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]]) -> _Help
     if (not hasattr(os, "fork") or threading.active_count() > 1
             or len(os.sched_getaffinity(0)) < 2):
         return None
+    # A cheap count first: on a warm load the listing below would be time thrown away.
+    listed = 0
+    for folder in ("hosts", "guests"):
+        with contextlib.suppress(OSError):
+            listed += sum(name.endswith((".toml", ".xml")) for name in os.listdir(base / folder))
+    if listed - len(entries) < PARALLEL_MIN_FILES:
+        return None
     # the files in load_fleet's order that the cache does not answer
     order = [(os.fspath(path), True)
              for path in sorted((base / "hosts").glob("*.toml"), key=os.fspath)]
