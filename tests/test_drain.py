@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from netmap.check import check_migration
 from netmap.cli import main
-from netmap.drain import Option, Problem, drain, solve
+from netmap.drain import Option, Problem, drain, planner, solve
 from netmap.graph import build_graph
 from netmap.model import Binding, Fleet, Guest, GuestNic, Host, Network, SriovPool, Uplink
 
@@ -581,3 +581,37 @@ def test_property_solver_is_exact_and_within_capacity(problem: Problem) -> None:
     event(f"complex guests: {min(solution.complex_guests, 3)}+")
     assert solution.proven
     assert len(solution.assignment) == brute_force(problem)
+
+
+@st.composite
+def wide_fleets(draw):
+    """Many hosts with little room each: the planner's short first look matters here."""
+    hosts = [host("src", {n: m[0] for n, m in MODES_FOR.items()}, pfs={"p": 64, "q": 64},
+                  sriov_on={n: "p" for n in MODES_FOR})]
+    for i in range(draw(st.integers(17, 30))):
+        binds = {n: m[0] for n, m in MODES_FOR.items() if draw(st.integers(0, 3))}
+        hosts.append(host(f"h{i:02}", binds, pfs={"p": draw(st.integers(1, 2)), "q": 1},
+                          sriov_on={n: draw(st.sampled_from(["p", "q"])) for n in binds},
+                          max_guests=draw(st.none() | st.integers(1, 2))))
+    movers = [guest(f"g{i:02}", "src", *draw(st.lists(st.sampled_from(["stor1", "stor2",
+                                                                       "mgmt"]),
+                                                       min_size=1, max_size=2, unique=True)))
+              for i in range(draw(st.integers(12, 40)))]
+    return fleet_graph(hosts, movers)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wide_fleets())
+def test_property_the_short_first_look_never_costs_a_move(graph) -> None:
+    short = drain(graph, "src", deadline=0.2)
+    assert_sound(graph, short)
+    saved = planner.FIRST_LOOK, planner.SPREAD
+    planner.FIRST_LOOK, planner.SPREAD = 10**6, 1  # examine every host from the start
+    try:
+        full = drain(graph, "src", deadline=0.2)
+    finally:
+        planner.FIRST_LOOK, planner.SPREAD = saved
+    event("complete" if full.complete else "some guests stay")
+    event("compared" if short.proven and full.proven else "not proven: not compared")
+    if short.proven and full.proven:
+        assert len(short.moves) == len(full.moves)
