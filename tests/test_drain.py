@@ -430,6 +430,25 @@ def test_a_short_look_is_widened_when_a_guest_is_left_out() -> None:
     assert_sound(graph, plan)
 
 
+def test_the_final_check_overrules_a_wrong_candidate(monkeypatch) -> None:
+    # simulate a shortcut that went wrong: offer a host the check refuses (it does not bind
+    # the guest's network), first in line; the plan must re-plan around it and say so
+    from netmap.drain import candidates
+
+    binds = {"mgmt": "bridge"}
+    graph = fleet_graph([host("src", binds), host("a", binds), host("bad", {})],
+                        [guest("g", "src", "mgmt")])
+    honest = candidates.DrainContext.options
+
+    def with_a_wrong_one(self, guest_obj, survey, conflicts, blocked):
+        return (Option("bad"), *honest(self, guest_obj, survey, conflicts, blocked))
+
+    monkeypatch.setattr(candidates.DrainContext, "options", with_a_wrong_one)
+    plan = drain(graph, "src")
+    assert [(m.guest, m.dest) for m in plan.moves] == [("g", "a")]
+    assert any("g -> bad was refused by the final check" in note for note in plan.notes)
+
+
 def test_solver_reports_an_unproven_plan_honestly() -> None:
     # three hosts with 4 endpoint slots, guests taking 3, 3, 3, 3 and 2: only three fit, but
     # both bounds say four (the pooled slots hold 2+3+3+3), so only the full search proves 3

@@ -109,6 +109,7 @@ class DrainContext:
         self.checks = 0
         self.uses: dict[str, HostUse] = {}
         self.expected: Counter = Counter()  # guests earlier surveys may send to each host
+        self.refused: set[tuple[str, str]] = set()  # (guest, host) the final check refused
 
     def check(self, guest: str, dest: str) -> Report:
         self.checks += 1

@@ -107,7 +107,9 @@ class _Candidates:
         free: dict[Resource, int] = {}
         for name in sorted({o.host for opts in self.options.values() for o in opts}):
             free.update(self.run.use(name).free())
-        return Problem(dict(self.options), free, dict(self.run.load),
+        options = {guest: tuple(o for o in opts if (guest, o.host) not in self.run.refused)
+                   if self.run.refused else opts for guest, opts in self.options.items()}
+        return Problem(options, free, dict(self.run.load),
                        {k: frozenset(v) for k, v in self.conflicts.items()})
 
 
@@ -127,6 +129,7 @@ def _solve_checked(run: DrainContext, problem: Problem, budget: int,
         if not refused:
             return solution, moves, notes
         for guest, dest in refused:
+            run.refused.add((guest, dest))  # for every later problem too
             problem.options[guest] = tuple(o for o in problem.options[guest] if o.host != dest)
             notes.append(f"{guest} -> {dest} was refused by the final check and re-planned")
 
