@@ -74,7 +74,8 @@ def host_toml(rng: random.Random, name: str, site: str, source: bool,
             f'mode = "{"macvtap-vepa" if vepa else "macvtap-bridge"}"', f'uplink = "{fab}"', "",
             f"[networks.{site}-mgmt]", 'mode = "bridge"', f'uplink = "{mgmt}"', ""]
     for overlay, vni in OVERLAYS.items():
-        out += [f"[networks.{overlay}]", 'mode = "vxlan"', f'uplink = "{mgmt}"',
+        # the underlay needs its own address: the fabric uplink, not the bridged mgmt one
+        out += [f"[networks.{overlay}]", 'mode = "vxlan"', f'uplink = "{fab}"',
                 f'vxlan = {{ group = "239.1.{vni % 256}.1" }}', ""]
     for index, pf in enumerate((pf1, pf2)[:pfs]):
         network = f"{site}-storage" if index == 0 else f"{site}-backup"
