@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget {args.budget} is not a positive number of search nodes",
                          fix="pass --budget 2000 or more")
-    exclude = [name for item in args.exclude for name in item.split(",") if name]
+    exclude = [name.strip() for item in args.exclude for name in item.split(",") if name.strip()]
     fleet, graph = load(args)
     budget = args.budget or DEFAULT_BUDGET
     plan = drain(graph, args.host, exclude=exclude, strict=args.strict, budget=budget,
