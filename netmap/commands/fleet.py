@@ -101,17 +101,19 @@ def _configure_hosts_for(parser: argparse.ArgumentParser) -> None:
 
 
 def _hosts_for(args: argparse.Namespace) -> int:
-    from netmap import render
+    from netmap.commands._common import load_fleet_for_cli
     from netmap.load import require_guest
-    from netmap.placement import hosts_for
+    from netmap.placement import hosts_for_fleet
 
-    fleet, graph = load(args)
+    fleet = load_fleet_for_cli(args)
     guest = require_guest(fleet, args.guest)
-    candidates = hosts_for(graph, guest.name, strict=args.strict)
+    candidates = hosts_for_fleet(fleet, guest.name, strict=args.strict)
     if args.json:
         print_json({"guest": guest.name, "source": guest.host,
                     "hosts": [c.as_dict() for c in candidates]})
     else:
+        from netmap import render
+
         console().print(render.hosts_for_view(guest.name, candidates))
     return EXIT_OK if any(c.compatible for c in candidates) else EXIT_INCOMPATIBLE
 
