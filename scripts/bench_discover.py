@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: netmap's discovery of ~1,000 links against `ip -j -d link show` + json.loads.
 
-Builds a throw-away network namespace (prefix nmB) holding LINKS links (veth pairs), measures
+Builds a throw-away network namespace (prefix nmB, or --prefix) holding LINKS links (veth
+pairs), measures
 in the same run:
 
   baseline   `ip -n NS -j -d link show` as a subprocess, plus json.loads of its output
@@ -55,8 +56,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--links", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--prefix", default="nmB",
+                        help="namespace name prefix (only the namespace this run made is deleted)")
     args = parser.parse_args()
-    netns = f"nmB-bench-{uuid.uuid4().hex[:6]}"
+    netns = f"{args.prefix}-bench-{uuid.uuid4().hex[:6]}"
     try:
         build(netns, args.links)
 

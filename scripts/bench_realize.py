@@ -2,7 +2,7 @@
 """Benchmark realize/release against iproute2, measured in the same run (needs root).
 
 For N = 10, 100, 1000 macvtap endpoints (add + up) on one uplink in a throw-away network
-namespace (prefix nmA-bench):
+namespace (prefix nmA-bench, or --prefix):
   netmap      realize_plan() of one guest with N NICs: lock, state (2 atomic writes), one
               link dump, pipelined requests, read-back and verify
   ip -batch   the same operations from one `ip -batch` process (the practical floor)
@@ -106,8 +106,8 @@ def plan_of(root: Path, guest: str):
     return build_plan(build_graph(fleet), fleet.guests[guest], fleet.hosts["bench"])
 
 
-def one_size(n: int, work: Path, per_op: bool) -> dict[str, float]:
-    netns = f"nmA-bench-{uuid.uuid4().hex[:6]}"
+def one_size(n: int, work: Path, per_op: bool, prefix: str = "nmA") -> dict[str, float]:
+    netns = f"{prefix}-bench-{uuid.uuid4().hex[:6]}"
     sh(["ip", "netns", "add", netns])
     try:
         sh(["ip", "-n", netns, "-batch", "-"], "link set lo up\n"
@@ -137,8 +137,8 @@ def one_size(n: int, work: Path, per_op: bool) -> dict[str, float]:
         sh(["ip", "netns", "del", netns])
 
 
-def four_nic(work: Path, runs: int) -> tuple[float, float]:
-    netns = f"nmA-bench-{uuid.uuid4().hex[:6]}"
+def four_nic(work: Path, runs: int, prefix: str = "nmA") -> tuple[float, float]:
+    netns = f"{prefix}-bench-{uuid.uuid4().hex[:6]}"
     sh(["ip", "netns", "add", netns])
     try:
         sh(["ip", "-n", netns, "-batch", "-"], "\n".join(
@@ -164,6 +164,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--no-per-op", action="store_true", help="skip one-ip-per-operation")
+    parser.add_argument("--prefix", default="nmA",
+                        help="namespace name prefix (only namespaces this run made are deleted)")
     args = parser.parse_args()
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None  # like /run: tmpfs
     with tempfile.TemporaryDirectory(prefix="nmA-bench", dir=shm) as tmp:
@@ -172,7 +174,7 @@ def main() -> int:
               f"{'x ip/op':>7} || {'release':>9} {'ip -batch':>9} {'x batch':>7}"
               "    (ms per endpoint)")
         for n in (int(s) for s in args.sizes.split(",")):
-            r = one_size(n, work, not args.no_per_op)
+            r = one_size(n, work, not args.no_per_op, args.prefix)
             per = {k: v / n * 1000 for k, v in r.items()}
             op = per.get("ip per op create", float("nan"))
             print(f"{n:>5} | {per['netmap create']:9.3f} {per['ip -batch create']:9.3f} "
@@ -180,7 +182,7 @@ def main() -> int:
                   f"{r['netmap create'] / r.get('ip per op create', float('nan')):7.2f} || "
                   f"{per['netmap release']:9.3f} {per['ip -batch release']:9.3f} "
                   f"{r['netmap release'] / r['ip -batch release']:7.2f}")
-        create, release = four_nic(work, 20)
+        create, release = four_nic(work, 20, args.prefix)
         print(f"4-NIC guest (bridge + vxlan + 2 macvtap), in-process, median of 20: realize "
               f"{create * 1000:.1f} ms, release {release * 1000:.1f} ms")
     return 0
