@@ -248,7 +248,8 @@ def test_parser_decodes_kinds_this_kernel_cannot_build() -> None:
     neither module, so the parser is fed the message a kernel that has them sends."""
     import struct
 
-    from netmap.netlink import linkdump as d
+    from netmap.netlink import rtmsg as d
+    from netmap.netlink.linkdump import _resolve
 
     def message(index: int, name: str, kind: str, data: bytes, link: int = 0,
                 master: int = 0) -> bytes:
@@ -270,8 +271,8 @@ def test_parser_decodes_kinds_this_kernel_cannot_build() -> None:
         + rtattr(d.IFLA_MASTER, struct.pack("=I", 4))
     vlan = message(3, "eth0.100", "vlan", rtattr(d.IFLA_VLAN_ID, struct.pack("=H", 100)), link=2)
     bond = message(4, "bond0", "bond", rtattr(d.IFLA_BOND_MODE, bytes([4])))
-    raw = [d._parse_link(buf, 0, len(buf)) for buf in (eth0, vlan, bond)]
-    links = {link.name: link for link in d._resolve(raw)}
+    raw = [d.link_fields(buf, 0, len(buf)) for buf in (eth0, vlan, bond)]
+    links = {link.name: link for link in _resolve(raw)}
     assert (links["eth0"].kind, links["eth0"].lower, links["eth0"].master) == (
         "physical", None, "bond0")
     assert (links["eth0.100"].kind, links["eth0.100"].vlan_id, links["eth0.100"].lower) == (
