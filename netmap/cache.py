@@ -47,18 +47,25 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from netmap import model
 from netmap.errors import InputError
-from netmap.load import load_fleet, load_guest, load_host, load_networks, mappings_dir
+from netmap.load import (
+    fleet_file_names,
+    load_fleet,
+    load_guest,
+    load_host,
+    load_networks,
+    mappings_dir,
+)
 from netmap.model import Fleet, Network
 from netmap.tomlcheck import LazySource, LineIndex
 
 RACY_WINDOW_NS = 2_000_000_000
-FORMAT = 1
+FORMAT = 2
 MAGIC = b"netmap-fleet-cache\x00"
 DIGEST_SIZE = 32
 
@@ -165,12 +172,17 @@ def gc_paused(*, freeze: bool = False) -> Iterator[None]:
 
 
 def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
-                      write_behind: bool = False, parallel: bool = False) -> Fleet:
+                      write_behind: bool = False, parallel: bool = False,
+                      lazy: bool = False) -> Fleet:
     """`load_fleet(root)`, answered from the cache for every file that did not change.
 
     For the command line, which may fork: write_behind=True writes an updated cache from a
     detached process (pickling 10k hosts takes 0.3-0.4 s); parallel=True has a child parse
-    part of the files when thousands must be parsed and a second CPU is there."""
+    part of the files when thousands must be parsed and a second CPU is there.
+
+    When no file changed at all, the fleet a previous load assembled is returned without
+    assembling it again. lazy=True then makes `fleet.hosts` a LazyHosts mapping, which
+    unpickles a host only when it is asked for (a placement query needs a fifth of them)."""
     base = mappings_dir(root)
     started_ns = time.time_ns()
     with gc_paused():
@@ -185,12 +197,17 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
         entries: dict[str, tuple[Identity, Any]] = {}
         if stored is not None and stored["networks"] == identity(networks_before):
             entries = stored["entries"]
+            whole = _unchanged_fleet(base, stored.get("fleet"), entries, lazy)
+            if whole is not None and _same_file(networks_path, networks_before):
+                return whole
         fresh: dict[str, tuple[Identity, Any]] = {}
+        loaded: list[str] = []
         helper = _start_helper(base, entries) if parallel else None
         try:
             fleet = load_fleet(
-                base, host_loader=_loader(load_host, entries, fresh, started_ns, helper),
-                guest_loader=_loader(load_guest, entries, fresh, started_ns, helper))
+                base,
+                host_loader=_loader(load_host, entries, fresh, started_ns, helper, loaded),
+                guest_loader=_loader(load_guest, entries, fresh, started_ns, helper, loaded))
         finally:
             if helper is not None:
                 helper.close()
@@ -204,24 +221,122 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
             return load_fleet(base)
         if not settled(networks_before, started_ns):
             return fleet  # too recent to key a cache on; valid, but not worth storing
-        if stored is None or fresh.keys() != entries.keys() or stored["networks"] != identity(
-                networks_before):
+        whole_index = _fleet_index(fleet, loaded, fresh)
+        if (stored is None or fresh.keys() != entries.keys()
+                or stored["networks"] != identity(networks_before)
+                or (stored.get("fleet") is None) != (whole_index is None)):
             store = _write_behind if write_behind else _write
             store(target, fingerprint, {"root": os.path.realpath(base),
                                         "networks": identity(networks_before),
-                                        "entries": fresh})
+                                        "entries": fresh, "fleet": whole_index})
         return fleet
+
+
+def _same_file(path: Path, before: os.stat_result) -> bool:
+    try:
+        return identity(os.stat(path)) == identity(before)
+    except OSError:
+        return False
+
+
+def _fleet_index(fleet: Fleet, loaded: list[str],
+                 fresh: dict[str, tuple[Identity, Any]]) -> dict[str, Any] | None:
+    """What answers the next load without assembling it again, when that load finds every
+    file as this one did: kept only for a fleet without problems whose every file is
+    cached, so that each host and guest is the object of exactly one file, in order."""
+    if fleet.problems or len(loaded) != len(fleet.hosts) + len(fleet.guests):
+        return None
+    if not all(key in fresh for key in loaded):
+        return None  # a file too recent to cache: the next load reads it again
+    host_keys = loaded[:len(fleet.hosts)]
+    return {
+        "networks": fleet.networks,
+        "hosts": tuple(host_keys), "guests": tuple(loaded[len(fleet.hosts):]),
+        # per host, in order: its name, which networks it binds and its mapping's file,
+        # what a placement query needs of the hosts it does not check
+        "summaries": tuple((host.name, tuple(host.bindings), _mapping_file(host))
+                           for host in fleet.hosts.values()),
+    }
+
+
+def _mapping_file(host: model.Host) -> str:
+    return host.source.file if host.source else f"hosts/{host.name}.toml"
+
+
+def _unchanged_fleet(base: Path, index: dict[str, Any] | None,
+                     entries: dict[str, tuple[Identity, Any]], lazy: bool) -> Fleet | None:
+    """The fleet the stored load assembled, when the directory lists the same files and
+    each has the identity it was read at (an edit moves it: see the module doc); else None.
+    load_fleet would assemble the same fleet again from the same files."""
+    if index is None:
+        return None
+    host_keys, guest_keys = index["hosts"], index["guests"]
+    if fleet_file_names(base) != (list(host_keys), list(guest_keys)):
+        return None  # a file added, removed or renamed (or the directory named otherwise)
+    stat = os.stat
+    for key in (*host_keys, *guest_keys):
+        cached = entries.get(key)
+        try:
+            if cached is None or identity(stat(key)) != cached[0]:
+                return None
+        except OSError:
+            return None
+    try:
+        guests = {}
+        for key in guest_keys:
+            guest = pickle.loads(entries[key][1])
+            guests[guest.name] = guest
+        blobs = {summary[0]: entries[key][1]
+                 for key, summary in zip(host_keys, index["summaries"], strict=True)}
+        hosts = LazyHosts(blobs, index["summaries"])
+        return Fleet(index["networks"], hosts if lazy else dict(hosts.items()), guests, (),
+                     str(base))
+    except Exception:  # a checksummed file from other code may fail in any way: a miss
+        return None
+
+
+class LazyHosts(Mapping[str, model.Host]):
+    """`Fleet.hosts` of an unchanged cached fleet: a host is unpickled on first access.
+    `summaries` tells, without unpickling, what each host binds and its mapping's file."""
+
+    def __init__(self, blobs: dict[str, bytes],
+                 summaries: tuple[tuple[str, tuple[str, ...], str], ...]) -> None:
+        self._blobs = blobs
+        self._hosts: dict[str, model.Host] = {}
+        self.summaries = {name: (frozenset(bound), mapping)
+                          for name, bound, mapping in summaries}
+
+    def __getitem__(self, name: str) -> model.Host:
+        host = self._hosts.get(name)
+        if host is None:
+            host = self._hosts[name] = pickle.loads(self._blobs[name])
+        return host
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._blobs)
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._blobs
+
+    def __repr__(self) -> str:
+        return f"LazyHosts({len(self)} hosts, {len(self._hosts)} loaded)"
 
 
 def _loader(parse: Callable[[Path, dict[str, Network]], T],
             entries: dict[str, tuple[Identity, Any]], fresh: dict[str, tuple[Identity, Any]],
-            started_ns: int, helper: _Helper | None = None,
+            started_ns: int, helper: _Helper | None = None, loaded: list[str] | None = None,
             ) -> Callable[[Path, dict[str, Network]], T]:
     """A per-file loader for load_fleet: the cached object when the file's identity is the
-    one it was parsed at, else a fresh parse (kept when the file is settled)."""
+    one it was parsed at, else a fresh parse (kept when the file is settled). Entries hold
+    each object pickled alone (bytes), fresh ones the object until they are stored."""
 
     def load(path: Path, networks: dict[str, Network]) -> T:
         key = os.fspath(path)
+        if loaded is not None:
+            loaded.append(key)
         try:
             # stat BEFORE reading: a change after this point moves the identity we keep
             st = os.stat(key)
@@ -230,8 +345,13 @@ def _loader(parse: Callable[[Path, dict[str, Network]], T],
         ident = identity(st)
         cached = entries.get(key)
         if cached is not None and cached[0] == ident:
-            fresh[key] = cached
-            return cached[1]
+            try:
+                value = pickle.loads(cached[1])
+            except Exception:  # checksummed, from this code: not expected, but only a miss
+                value = _MISSING
+            if value is not _MISSING:
+                fresh[key] = cached
+                return value
         # Only successful parses are kept: an error is rare, cheap to find again, and is
         # then raised exactly as the parser raises it.
         value = helper.result(key, ident) if helper is not None else _MISSING
@@ -387,13 +507,21 @@ def _read(target: Path, fingerprint: bytes, root: str) -> dict[str, Any] | None:
 
 
 def _dump(data: dict[str, Any]) -> bytes:
+    """The payload: each entry's object pickled alone (a load unpickles only what it uses),
+    entries that come from the cache kept as the bytes they are."""
+    entries = {key: (ident, value if isinstance(value, bytes) else _pickled(value))
+               for key, (ident, value) in data["entries"].items()}
+    return _pickled({**data, "entries": entries})
+
+
+def _pickled(value: Any) -> bytes:
     """Pickle model objects as constructor calls, not instance dicts: as fast to load, but
     they keep the compact attribute layout, and hosts-for on 10k warm hosts ran 0.44 s ->
     0.29 s on them."""
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.dispatch_table = _dispatch_table()
-    pickler.dump(data)
+    pickler.dump(value)
     return buffer.getvalue()
 
 

@@ -78,8 +78,8 @@ def check_migration(graph: nx.DiGraph, guest_name: str, dest: str, *,
         findings.append(Finding("SAME_HOST", INFO, None,
                                 f"{guest.name} already runs on {dest}; checked in place.",
                                 "name another host with --to to check a migration"))
-    for nic in guest.nics:
-        before = g.nic_view(graph, guest.name, nic, src) if src else None
+    before_views = _views_on(graph, guest, src) if src else [None] * len(guest.nics)
+    for nic, before in zip(guest.nics, before_views, strict=True):
         after = g.nic_view(graph, guest.name, nic, dest)
         pairs.append((before, after))
         findings.extend(_nic_findings(graph, guest, nic, before, after, host, strict))
@@ -92,6 +92,16 @@ def check_migration(graph: nx.DiGraph, guest_name: str, dest: str, *,
             "MACs and capacity used by those guests were not counted.",
             "run 'netmap show' to see what is wrong in them and fix it"))
     return Report(guest.name, src, dest, strict, tuple(pairs), tuple(findings))
+
+
+def _views_on(graph: nx.DiGraph, guest: Guest, host: str) -> list[g.NicView]:
+    """The guest's views on its source host, computed once per graph: a placement query
+    compares them with every candidate host."""
+    memo = graph.graph.setdefault("source_views", {})
+    views = memo.get((guest.name, host))
+    if views is None:
+        views = memo[guest.name, host] = g.guest_view(graph, guest, host)
+    return views
 
 
 def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicView | None,
@@ -168,9 +178,14 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
 
 def unbound_finding(network: Network, nic: GuestNic, host: Host) -> Finding:
     mapping = host.source.file if host.source else f"hosts/{host.name}.toml"
+    return unbound_finding_at(network, nic, host.name, mapping)
+
+
+def unbound_finding_at(network: Network, nic: GuestNic, host: str, mapping: str) -> Finding:
+    """`unbound_finding` from the host's name and mapping file alone."""
     return Finding(
         "NETWORK_UNBOUND", ERROR, nic.index,
-        f"{_nic_label(nic)}: {host.name} has no binding for network {nic.network}, so the "
+        f"{_nic_label(nic)}: {host} has no binding for network {nic.network}, so the "
         "guest would lose this link.",
         f"add [networks.{nic.network}] (mode, uplink reaching {network.segment_id}) to "
         f"{mapping}, or pick another host")

@@ -49,59 +49,44 @@ def build_graph(fleet: Fleet) -> nx.DiGraph:
 
 
 def _build_graph(fleet: Fleet) -> nx.DiGraph:
+    """Written straight into the DiGraph's node/succ/pred dicts, all nodes first and then
+    all edges: the same graph (order included) as `add_nodes_from(nodes)` then
+    `add_edges_from(edges)`, without networkx's per-item bookkeeping, nor the lists of
+    tuples that fed it (a 10k-host graph: 0.2 s -> 0.1 s)."""
     graph = nx.DiGraph(fleet=fleet)
-    nodes: list[tuple[str, dict]] = []
-    edges: list[tuple[str, str, dict]] = []
-    for network in fleet.networks.values():
-        nodes.append((f"network:{network.name}", {"kind": "network", "obj": network}))
-        nodes.append((f"segment:{network.segment_id}", {"kind": "segment"}))
-        edges.append((f"network:{network.name}", f"segment:{network.segment_id}",
-                      {"rel": "lives-on"}))
-    for host in fleet.hosts.values():
-        hid = host_id(host.name)
-        nodes.append((hid, {"kind": "host", "obj": host}))
-        for uplink in host.uplinks.values():
-            uid = uplink_id(host.name, uplink.name)
-            nodes.append((uid, {"kind": "uplink", "obj": uplink, "host": host.name}))
-            edges.append((hid, uid, {"rel": "has"}))
-            for segment in uplink.segments:
-                nodes.append((f"segment:{segment}", {"kind": "segment"}))
-                edges.append((uid, f"segment:{segment}", {"rel": "reaches"}))
-        for binding in host.bindings.values():
-            bid = binding_id(host.name, binding.network)
-            nodes.append((bid, {"kind": "binding", "obj": binding, "host": host.name}))
-            edges.append((hid, bid, {"rel": "has"}))
-            edges.append((bid, f"network:{binding.network}", {"rel": "realizes"}))
-            edges.append((bid, uplink_id(host.name, binding.uplink), {"rel": "via"}))
-    for guest in fleet.guests.values():
-        gid = f"guest:{guest.name}"
-        nodes.append((gid, {"kind": "guest", "obj": guest}))
-        if guest.host is not None:
-            edges.append((gid, host_id(guest.host), {"rel": "runs-on"}))
-        for nic in guest.nics:
-            nid = f"nic:{guest.name}/{nic.index}"
-            nodes.append((nid, {"kind": "nic", "obj": nic, "guest": guest.name}))
-            edges.append((gid, nid, {"rel": "has"}))
-            edges.append((nid, f"network:{nic.network}", {"rel": "attaches"}))
-    _insert(graph, nodes, edges)
-    return graph
-
-
-def _insert(graph: nx.DiGraph, nodes: list[tuple[str, dict]],
-            edges: list[tuple[str, str, dict]]) -> None:
-    """`add_nodes_from(nodes)` then `add_edges_from(edges)` on a new, empty DiGraph, with
-    the same result (order included), written straight into the DiGraph's node/succ/pred
-    dicts: networkx's per-item bookkeeping was a third of building a 10k-host graph."""
     node, succ, pred = graph._node, graph._succ, graph._pred
-    for name, attrs in nodes:
+
+    def add_node(name: str, attrs: dict) -> None:
         have = node.get(name)
         if have is None:
-            node[name] = dict(attrs)
+            node[name] = attrs
             succ[name] = {}
             pred[name] = {}
         else:
             have.update(attrs)
-    for u, v, attrs in edges:
+
+    for network in fleet.networks.values():
+        add_node(f"network:{network.name}", {"kind": "network", "obj": network})
+        add_node(f"segment:{network.segment_id}", {"kind": "segment"})
+    hosts = fleet.hosts.values()
+    for host in hosts:
+        name = host.name
+        add_node(f"host:{name}", {"kind": "host", "obj": host})
+        for uplink in host.uplinks.values():
+            add_node(f"uplink:{name}/{uplink.name}", {"kind": "uplink", "obj": uplink,
+                                                      "host": name})
+            for segment in uplink.segments:
+                add_node(f"segment:{segment}", {"kind": "segment"})
+        for binding in host.bindings.values():
+            add_node(f"binding:{name}/{binding.network}", {"kind": "binding", "obj": binding,
+                                                           "host": name})
+    for guest in fleet.guests.values():
+        add_node(f"guest:{guest.name}", {"kind": "guest", "obj": guest})
+        for nic in guest.nics:
+            add_node(f"nic:{guest.name}/{nic.index}", {"kind": "nic", "obj": nic,
+                                                       "guest": guest.name})
+
+    def add_edge(u: str, v: str, rel: str) -> None:
         for end in (u, v):
             if end not in node:
                 node[end] = {}
@@ -109,8 +94,34 @@ def _insert(graph: nx.DiGraph, nodes: list[tuple[str, dict]],
                 pred[end] = {}
         data = succ[u].get(v)
         if data is None:
-            data = succ[u][v] = pred[v][u] = {}
-        data.update(attrs)
+            succ[u][v] = pred[v][u] = {"rel": rel}
+        else:
+            data["rel"] = rel
+
+    for network in fleet.networks.values():
+        add_edge(f"network:{network.name}", f"segment:{network.segment_id}", "lives-on")
+    for host in hosts:
+        name = host.name
+        hid = f"host:{name}"
+        for uplink in host.uplinks.values():
+            uid = f"uplink:{name}/{uplink.name}"
+            add_edge(hid, uid, "has")
+            for segment in uplink.segments:
+                add_edge(uid, f"segment:{segment}", "reaches")
+        for binding in host.bindings.values():
+            bid = f"binding:{name}/{binding.network}"
+            add_edge(hid, bid, "has")
+            add_edge(bid, f"network:{binding.network}", "realizes")
+            add_edge(bid, f"uplink:{name}/{binding.uplink}", "via")
+    for guest in fleet.guests.values():
+        gid = f"guest:{guest.name}"
+        if guest.host is not None:
+            add_edge(gid, f"host:{guest.host}", "runs-on")
+        for nic in guest.nics:
+            nid = f"nic:{guest.name}/{nic.index}"
+            add_edge(gid, nid, "has")
+            add_edge(nid, f"network:{nic.network}", "attaches")
+    return graph
 
 
 def fleet_of(graph: nx.DiGraph) -> Fleet:

@@ -305,8 +305,8 @@ def load_fleet(root: str | os.PathLike[str] | None = None, *,
     networks = load_networks(base / "networks.toml")
     problems: list[InputError] = []
     hosts: dict[str, Host] = {}
-    # key=os.fspath: the same order as sorting the Paths, without 10k Path.__lt__ calls
-    for path in sorted((base / "hosts").glob("*.toml"), key=os.fspath):
+    host_files, guest_files = fleet_files(base)
+    for path in host_files:
         try:
             host = host_loader(path, networks)
         except InputError as err:
@@ -319,8 +319,6 @@ def load_fleet(root: str | os.PathLike[str] | None = None, *,
             continue
         hosts[host.name] = host
     guests: dict[str, Guest] = {}
-    guest_files = (sorted((base / "guests").glob("*.toml"), key=os.fspath)
-                   + sorted((base / "guests").glob("*.xml"), key=os.fspath))
     for path in guest_files:
         try:
             guest = guest_loader(path, networks)
@@ -338,6 +336,31 @@ def load_fleet(root: str | os.PathLike[str] | None = None, *,
             continue
         guests[guest.name] = guest
     return Fleet(networks, hosts, guests, tuple(problems), str(base))
+
+
+def fleet_files(base: Path) -> tuple[list[Path], list[Path]]:
+    """The host files and the guest files of a mappings directory, in the order load_fleet
+    reads them."""
+    hosts, guests = fleet_file_names(base)
+    return [Path(name) for name in hosts], [Path(name) for name in guests]
+
+
+def fleet_file_names(base: Path) -> tuple[list[str], list[str]]:
+    """`fleet_files` as strings (netmap.cache lists them so to know the directory
+    unchanged, without 12k Path objects): what `glob("*.toml")` (and `*.xml`) matches,
+    any entry whose name ends so, sorted as the Paths would be."""
+    return (_listed(base / "hosts", (".toml",)),
+            _listed(base / "guests", (".toml",)) + _listed(base / "guests", (".xml",)))
+
+
+def _listed(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
+    try:
+        names = os.listdir(folder)
+    except OSError:  # as glob: a missing or unreadable folder has no files
+        return []
+    prefix = os.fspath(folder) + os.sep
+    # one folder, so sorting the names sorts the paths
+    return [prefix + name for name in sorted(names) if name.endswith(suffixes)]
 
 
 def require_host(fleet: Fleet, name: str) -> Host:

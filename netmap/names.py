@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -31,6 +32,7 @@ def _short_hash(text: str, size: int) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()[:size]
 
 
+@functools.lru_cache(maxsize=4096)  # a placement query asks it per NIC and candidate host
 def tap_name(guest: str, index: int) -> str:
     """The guest NIC's endpoint (tap, macvtap): `nm` + a hash of guest and NIC index."""
     return f"nm{_short_hash(f'{guest}#{index}', 9)}{index % 10}"

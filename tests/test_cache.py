@@ -555,19 +555,70 @@ def test_lazy_source_lines_match_line_of(mappings: Path) -> None:
         assert str(source) == str(plain) and repr(source) == repr(plain)
 
 
-def test_fast_graph_insert_matches_networkx(mappings: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def naive_graph(fleet: Fleet):
+    """The fleet graph as graph.py's docstring describes it, through networkx's own API."""
+    import networkx as nx
+
+    nodes, edges = [], []
+    for net in fleet.networks.values():
+        nodes += [(f"network:{net.name}", {"kind": "network", "obj": net}),
+                  (f"segment:{net.segment_id}", {"kind": "segment"})]
+        edges.append((f"network:{net.name}", f"segment:{net.segment_id}", {"rel": "lives-on"}))
+    for host in fleet.hosts.values():
+        hid = f"host:{host.name}"
+        nodes.append((hid, {"kind": "host", "obj": host}))
+        for up in host.uplinks.values():
+            uid = f"uplink:{host.name}/{up.name}"
+            nodes.append((uid, {"kind": "uplink", "obj": up, "host": host.name}))
+            edges.append((hid, uid, {"rel": "has"}))
+            for segment in up.segments:
+                nodes.append((f"segment:{segment}", {"kind": "segment"}))
+                edges.append((uid, f"segment:{segment}", {"rel": "reaches"}))
+        for bind in host.bindings.values():
+            bid = f"binding:{host.name}/{bind.network}"
+            nodes.append((bid, {"kind": "binding", "obj": bind, "host": host.name}))
+            edges += [(hid, bid, {"rel": "has"}),
+                      (bid, f"network:{bind.network}", {"rel": "realizes"}),
+                      (bid, f"uplink:{host.name}/{bind.uplink}", {"rel": "via"})]
+    for guest in fleet.guests.values():
+        gid = f"guest:{guest.name}"
+        nodes.append((gid, {"kind": "guest", "obj": guest}))
+        if guest.host is not None:
+            edges.append((gid, f"host:{guest.host}", {"rel": "runs-on"}))
+        for nic in guest.nics:
+            nid = f"nic:{guest.name}/{nic.index}"
+            nodes.append((nid, {"kind": "nic", "obj": nic, "guest": guest.name}))
+            edges += [(gid, nid, {"rel": "has"}),
+                      (nid, f"network:{nic.network}", {"rel": "attaches"})]
+    graph = nx.DiGraph(fleet=fleet)
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from(edges)
+    return graph
+
+
+def test_fast_graph_build_matches_networkx(mappings: Path, tmp_path: Path) -> None:
     from netmap import graph as g
 
-    fleet = load_fleet(mappings)
-    fast = g.build_graph(fleet)
-    monkeypatch.setattr(g, "_insert", lambda graph, nodes, edges: (
-        graph.add_nodes_from(nodes), graph.add_edges_from(edges)))
-    slow = g.build_graph(fleet)
-    assert list(fast.nodes(data=True)) == list(slow.nodes(data=True))
-    assert list(fast.edges(data=True)) == list(slow.edges(data=True))
-    assert {n: list(p) for n, p in fast.pred.items()} == {
-        n: list(p) for n, p in slow.pred.items()}
+    generated = tmp_path / "generated"
+    generate_fleet(generated, 60, 20)
+    for fleet in (load_fleet(mappings), load_fleet(generated),
+                  # a guest on a host that is not in the graph gets a bare node, as in networkx
+                  Fleet(load_fleet(mappings).networks, {}, load_fleet(mappings).guests)):
+        fast, slow = g.build_graph(fleet), naive_graph(fleet)
+        assert list(fast.nodes(data=True)) == list(slow.nodes(data=True))
+        assert list(fast.edges(data=True)) == list(slow.edges(data=True))
+        assert {n: list(p) for n, p in fast.pred.items()} == {
+            n: list(p) for n, p in slow.pred.items()}
+        assert fast.graph == slow.graph
+
+
+def generate_fleet(root: Path, hosts: int, guests: int, seed: int = 7) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import gen_fleet
+
+    gen_fleet.generate(root, hosts, guests, seed=seed)
 
 
 def test_hosts_for_fleet_answers_as_hosts_for(mappings: Path, tmp_path: Path) -> None:
@@ -590,3 +641,50 @@ def test_hosts_for_fleet_answers_as_hosts_for(mappings: Path, tmp_path: Path) ->
                 full = hosts_for(graph, guest, strict=strict, include_current=strict)
                 part = hosts_for_fleet(fleet, guest, strict=strict, include_current=strict)
                 assert [c.as_dict() for c in part] == [c.as_dict() for c in full]
+
+
+def test_unchanged_fleet_from_the_cache_answers_hosts_for_the_same(
+        tmp_path: Path, cache_dir: Path, parses: Counter[str]) -> None:
+    """The warm path of `netmap hosts-for`: an unchanged fleet from the cache, its hosts
+    unpickled only where asked for, answers as the full graph of a plain load does."""
+    from netmap.graph import build_graph
+    from netmap.placement import hosts_for, hosts_for_fleet
+
+    root = tmp_path / "generated"
+    generate_fleet(root, 300, 80, seed=11)
+    settle()
+    load_fleet_cached(root)
+    files = sum(parses.values())
+    lazy = load_fleet_cached(root, lazy=True)
+    assert sum(parses.values()) == files, "an unchanged fleet is not parsed again"
+    assert isinstance(lazy.hosts, cache.LazyHosts)
+    plain = load_fleet(root)
+    graph = build_graph(plain)
+    for guest in list(plain.guests)[:25]:
+        for strict in (False, True):
+            want = [c.as_dict() for c in hosts_for(graph, guest, strict=strict)]
+            assert [c.as_dict() for c in hosts_for_fleet(lazy, guest, strict=strict)] == want
+    assert snapshot(lazy) == snapshot(plain)
+    assert list(lazy.hosts) == list(plain.hosts) and len(lazy.hosts) == len(plain.hosts)
+    assert "no-such-host" not in lazy.hosts and lazy.hosts.get("no-such-host") is None
+
+
+def test_unchanged_fleet_is_rechecked_file_by_file(mappings: Path, cache_dir: Path,
+                                                   parses: Counter[str]) -> None:
+    """A whole-fleet answer is given only while every file keeps its identity and the
+    directory lists the same files; any change falls back to the per-file cache."""
+    vm1 = mappings / "guests" / "vm1.toml"
+    for change in (lambda: keep_size_and_mtime(vm1, "52:54:00", "52:54:01"),
+                   lambda: (mappings / "guests" / "copy.toml").write_text(
+                       vm1.read_text().replace('"vm1"', '"vm9"').replace("52:54:01", "52:54:09")),
+                   lambda: (mappings / "guests" / "copy.toml").unlink()):
+        settle()
+        load_fleet_cached(mappings)  # stores what the last change made
+        parses.clear()
+        warm = load_fleet_cached(mappings, lazy=True)
+        assert sum(parses.values()) == 0 and isinstance(warm.hosts, cache.LazyHosts)
+        change()
+        changed = load_fleet_cached(mappings, lazy=True)
+        assert snapshot(changed) == snapshot(load_fleet(mappings))
+        assert not isinstance(changed.hosts, cache.LazyHosts), "assembled by load_fleet"
+        assert snapshot(warm) != snapshot(changed)

@@ -25,8 +25,9 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 CACHE_MIN_FILES = 500
 
 
-def load_fleet_for_cli(args: argparse.Namespace) -> Fleet:
-    """The fleet, through the cache (netmap/cache.py) when the mappings are large."""
+def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False) -> Fleet:
+    """The fleet, through the cache (netmap/cache.py) when the mappings are large; lazy:
+    hosts of an unchanged cached fleet are unpickled when used (cache.LazyHosts)."""
     from netmap.load import load_fleet, mappings_dir
 
     base = mappings_dir(args.mappings)
@@ -38,7 +39,7 @@ def load_fleet_for_cli(args: argparse.Namespace) -> Fleet:
 
     # the loaded fleet lives until exit: keep the collector off its objects
     with gc_paused(freeze=True):
-        return load_fleet_cached(base, write_behind=True, parallel=True)
+        return load_fleet_cached(base, write_behind=True, parallel=True, lazy=lazy)
 
 
 def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:

@@ -105,7 +105,7 @@ def _hosts_for(args: argparse.Namespace) -> int:
     from netmap.load import require_guest
     from netmap.placement import hosts_for_fleet
 
-    fleet = load_fleet_for_cli(args)
+    fleet = load_fleet_for_cli(args, lazy=True)
     guest = require_guest(fleet, args.guest)
     candidates = hosts_for_fleet(fleet, guest.name, strict=args.strict)
     if args.json:
