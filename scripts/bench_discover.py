@@ -2,8 +2,7 @@
 """Benchmark: netmap's discovery of ~1,000 links against `ip -j -d link show` + json.loads.
 
 Builds a throw-away network namespace (prefix nmB, or --prefix) holding LINKS links (veth
-pairs), measures
-in the same run:
+pairs), and measures in the same run:
 
   baseline   `ip -n NS -j -d link show` as a subprocess, plus json.loads of its output
   netmap     netmap.netlink.discover.discover(NS): socket in NS, RTM_GETLINK dump, parse,
