@@ -16,7 +16,14 @@ from netmap import plan as p
 from netmap.errors import ApplyError
 from netmap.netlink import rtmsg, rtnl
 from netmap.netlink.endpoints import ENDPOINTS
-from netmap.netlink.kernel_steps import delete_quietly, explain, fix_for, run_inverse
+from netmap.netlink.kernel_steps import (
+    add_vxlan_remotes,
+    delete_quietly,
+    explain,
+    fix_for,
+    make_access_port,
+    run_inverse,
+)
 from netmap.netlink.sysfs import VirtualFunction
 from netmap.netlink.verdicts import BATCHED, Action, decide_step
 from netmap.state import PENDING, HostState
@@ -160,13 +167,12 @@ class Transaction:
             k.call(rtmsg.no_ipv6(step.name))
         elif isinstance(step, p.EnslavePort):
             k.call(rtmsg.set_link(self.index(step.port), master=self.index(step.bridge)))
+        elif isinstance(step, p.BridgeVlan) and step.access:
+            vids = self.kernel.bridge_vlans().get(step.port, {})
+            make_access_port(k, self.index(step.port), step.vid,
+                             drop_default=p.DEFAULT_PVID in vids)
         elif isinstance(step, p.BridgeVlan):
-            k.call(rtmsg.bridge_vlan(self.index(step.port), step.vid, access=step.access))
-            vids = self.kernel.bridge_vlans().get(step.port, {}) if step.access else {}
-            if step.access and p.DEFAULT_PVID in vids and step.vid != p.DEFAULT_PVID:
-                # an access port carries its one VLAN only, not the bridge's default
-                k.call(rtmsg.bridge_vlan(self.index(step.port), p.DEFAULT_PVID, access=False,
-                                        add=False))
+            k.call(rtmsg.bridge_vlan(self.index(step.port), step.vid, access=False))
         elif isinstance(step, p.EnsureVlanLink):
             k.call(rtmsg.new_link(step.name, "vlan", mtu=step.mtu, lower=self.index(step.lower),
                                  data=rtmsg.vlan_data(step.vid)))
@@ -175,10 +181,8 @@ class Transaction:
                 step.vni, self.index(step.underlay), step.port, step.group, step.local)))
             k.call(rtmsg.no_ipv6(step.name))
             if step.remotes:  # unicast peers: head-end replication FDB entries
-                vx = self.index(step.name)
-                for error in k.batch([rtmsg.fdb_append(vx, r) for r in step.remotes]):
-                    if error is not None:
-                        raise error
+                for _remote, error in add_vxlan_remotes(k, self.index(step.name), step.remotes):
+                    raise error
         elif isinstance(step, p.ClaimVf):
             self._claim_vf(step)
         elif isinstance(step, p.RequireLink):

@@ -7,6 +7,7 @@ here runs once per shared object, per repair, per rollback, or per release.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 
 from netmap import plan as p
 from netmap.netlink import rtmsg, rtnl
@@ -53,6 +54,25 @@ def delete_quietly(kernel: rtnl.Rtnl, name: str) -> None:
     except OSError as err:
         if err.errno != errno.ENODEV:
             raise
+
+
+def add_vxlan_remotes(kernel: rtnl.Rtnl, index: int, remotes: Sequence[str],
+                      ) -> list[tuple[str, OSError]]:
+    """Head-end replication for vxlan device `index` without a multicast group: broadcast
+    and unknown frames go to every remote (FDB entries of the all-zero MAC), one pipelined
+    batch. Returns the (remote, error) pairs the kernel refused."""
+    errors = kernel.batch([rtmsg.fdb_append(index, remote) for remote in remotes])
+    return [(remote, error) for remote, error in zip(remotes, errors, strict=True)
+            if error is not None]
+
+
+def make_access_port(kernel: rtnl.Rtnl, port: int, vid: int, *, drop_default: bool) -> None:
+    """Bridge port `port` carries `vid` as PVID, untagged; an access port carries its one
+    VLAN only, so the bridge's default VLAN, which every new port gets, is dropped (when
+    `drop_default` says the port has it)."""
+    kernel.call(rtmsg.bridge_vlan(port, vid, access=True))
+    if drop_default and vid != p.DEFAULT_PVID:
+        kernel.call(rtmsg.bridge_vlan(port, p.DEFAULT_PVID, access=False, add=False))
 
 
 def explain(step: p.Step, err: OSError) -> str:

@@ -1,17 +1,17 @@
 """Kernel work for the QEMU bridge helper: enter the host's namespace, open a tap (or a
-macvtap queue) as a file descriptor, ensure the bridge it joins, hand the fd over a socket.
+macvtap queue) as a file descriptor, ensure the bridge it joins (the fd is sent by
+netmap/qemu/helper.py).
 
 Every `ensure_*` leaves alone what exists and says whether it created something, so the
 caller can undo exactly what it made when a later step fails. A tap opened from
 /dev/net/tun without TUNSETPERSIST lives as long as its last fd: when QEMU exits, the kernel
 removes it, and a failed helper leaves nothing by closing the fd.
 
-Links are made with realize's own rtnetlink encoder (netmap/netlink/rtnl.py) and realize's
-parameters (netmap/plan.py: FDB ageing, VLAN filtering, host-side MAC), so a bridge the
-helper makes is the bridge realize would make; pyroute2 is not imported on this path
-(it would cost the helper ~90 ms at every guest start).
-TODO(merge): ensure.Transaction does the same for realize but is bound to realize's
-per-guest state; a state-free entry point for shared steps there could replace these.
+Namespace, tun device, socket, messages, deletes, vxlan remotes and access ports are
+realize's (rtnl, rtmsg, kernel_steps), with realize's parameters (plan.py), so a bridge the
+helper makes is the one realize would make; no pyroute2 (~90 ms per guest start). Unlike
+realize's Transaction: no per-guest state, and a link another helper made a moment earlier
+(EEXIST: QEMUs starting together on one network) is used, not an error.
 """
 
 from __future__ import annotations
@@ -23,32 +23,21 @@ import fcntl
 import os
 import random
 import select
-import socket
 import stat
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from netmap.errors import ApplyError, InputError
 from netmap.netlink import rtmsg, rtnl
+from netmap.netlink.kernel_steps import add_vxlan_remotes, delete_quietly, make_access_port
+from netmap.netlink.rtmsg import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFREQ, TUNGETFEATURES, TUNGETIFF
+from netmap.netlink.rtnl import TUN_DEVICE
 
 if TYPE_CHECKING:
     from netmap.model import Vxlan
 
-TUN_DEVICE = "/dev/net/tun"
-NETNS_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
-
-# <linux/if_tun.h>
-TUNSETIFF = 0x400454CA
-TUNGETFEATURES = 0x800454CF
-TUNGETIFF = 0x800454D2
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
-IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, union padding (40 bytes)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -63,21 +52,17 @@ def _os_error(what: str) -> ApplyError:
 def enter_netns(name: str) -> None:
     """Move this short-lived process into the named network namespace, for good: all it
     opens from now on (the tun fd, netlink sockets) belongs to the host's namespace."""
-    path = os.path.join(NETNS_DIR, name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as err:
-        raise InputError(f"network namespace {name!r} does not exist ({path})",
-                         key="host.netns",
-                         fix="build the lab first (scripts/lab up) or remove netns from the "
-                         "host mapping") from err
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise ApplyError(f"cannot enter network namespace {name!r}: "
-                             f"{os.strerror(ctypes.get_errno())}",
-                             fix="run the helper as root (CAP_SYS_ADMIN)")
-    finally:
-        os.close(fd)
+        rtnl.enter_netns(name)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            raise InputError(f"network namespace {name!r} does not exist "
+                             f"({rtnl.netns_path(name)})", key="host.netns",
+                             fix="build the lab first (scripts/lab up) or remove netns from "
+                             "the host mapping") from err
+        raise ApplyError(f"cannot enter network namespace {name!r}: "
+                         f"{os.strerror(err.errno)}",
+                         fix="run the helper as root (CAP_SYS_ADMIN)") from err
 
 
 def private_sysfs() -> None:
@@ -109,20 +94,15 @@ def tun_features() -> int:
 
 def open_tap(name: str, *, vnet_hdr: bool) -> int:
     """A new tap named `name`, as an fd; it vanishes when the last copy of the fd closes."""
-    flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
     try:
-        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+        return rtnl.open_tun(name, IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0))
     except OSError as err:
-        raise ApplyError(f"cannot open {TUN_DEVICE}: {err.strerror}",
-                         fix="load the tun module (modprobe tun) and run the helper as root"
-                         ) from err
-    try:
-        fcntl.ioctl(fd, TUNSETIFF, IFREQ.pack(name.encode(), flags))
-    except OSError as err:
-        os.close(fd)
+        if err.filename:  # the open of /dev/net/tun, not the ioctl
+            raise ApplyError(f"cannot open {TUN_DEVICE}: {err.strerror}",
+                             fix="load the tun module (modprobe tun) and run the helper as "
+                             "root") from err
         raise ApplyError(f"cannot create tap {name}: TUNSETIFF: {err.strerror}",
                          fix="run the helper as root (CAP_NET_ADMIN)") from err
-    return fd
 
 
 def tap_info(fd: int) -> tuple[str, int]:
@@ -170,17 +150,6 @@ def random_tap_mac() -> str:
     return "fe:" + ":".join(f"{random.randrange(256):02x}" for _ in range(5))
 
 
-def send_fd(sock: socket.socket, fd: int) -> None:
-    """One byte with one SCM_RIGHTS fd: what QEMU's net/tap.c recv_fd() reads."""
-    sock.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-
-
-def peer_pid(sock: socket.socket) -> int:
-    """The process at the other end: for a socketpair, the one that made it (QEMU)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", raw)[0]
-
-
 # --- links ---------------------------------------------------------------------------------
 
 @contextmanager
@@ -202,8 +171,7 @@ def require_link(kernel: rtnl.Rtnl, name: str, role: str) -> rtmsg.Link:
 
 
 def _create(kernel: rtnl.Rtnl, what: str, request: tuple[int, int, bytes]) -> bool:
-    """RTM_NEWLINK; False when another helper made the same link a moment ago (EEXIST):
-    several QEMUs starting on one network race to make its bridge."""
+    """RTM_NEWLINK; False when another helper made the same link a moment ago (EEXIST)."""
     try:
         with netlink_step(what):
             kernel.call(request)
@@ -230,9 +198,9 @@ def ensure_vlan(kernel: rtnl.Rtnl, uplink: str, vlan: int, name: str) -> tuple[i
     link = kernel.get(name)
     if link is not None:
         return link.index, False
-    lower = require_link(kernel, uplink, "uplink")
+    lower = require_link(kernel, uplink, "uplink").index
     made = _create(kernel, f"cannot create VLAN {vlan} interface {name} on {uplink}",
-                   rtmsg.new_link(name, "vlan", lower=lower.index, data=rtmsg.vlan_data(vlan)))
+                   rtmsg.new_link(name, "vlan", lower=lower, data=rtmsg.vlan_data(vlan)))
     return require_link(kernel, name, "vlan").index, made
 
 
@@ -278,13 +246,9 @@ def _enslave(kernel: rtnl.Rtnl, bridge: str, index: int, port: str) -> int:
 
 
 def set_access_vlan(kernel: rtnl.Rtnl, port: int, vlan: int) -> None:
-    """Make a bridge port an access port of `vlan`: PVID and untagged, without VLAN 1."""
-    from netmap.plan import DEFAULT_PVID
-
+    """Make a new tap an access port of `vlan` (realize's BridgeVlan, access)."""
     with netlink_step(f"cannot put the tap on VLAN {vlan}"):
-        kernel.call(rtmsg.bridge_vlan(port, vlan, access=True))
-        if vlan != DEFAULT_PVID:
-            kernel.call(rtmsg.bridge_vlan(port, DEFAULT_PVID, access=False, add=False))
+        make_access_port(kernel, port, vlan, drop_default=True)  # a new port has VLAN 1
 
 
 def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
@@ -304,24 +268,10 @@ def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
     index = require_link(kernel, name, "vxlan").index
     if created and options and options.remotes:
         with _undo_on_error(kernel, name):
-            _add_remotes(name, index, options.remotes)
-    return index, created
-
-
-def _add_remotes(name: str, index: int, remotes: tuple[str, ...]) -> None:
-    """Head-end replication: broadcast and unknown frames go to every remote (FDB entries
-    of the all-zero MAC). The rare case: pyroute2 does it, as it does for realize."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    from netmap.netlink import open_iproute
-
-    with open_iproute() as ipr:
-        for remote in remotes:
-            try:
-                ipr.fdb("append", ifindex=index, lladdr="00:00:00:00:00:00", dst=remote)
-            except NetlinkError as err:
+            for remote, err in add_vxlan_remotes(kernel, index, options.remotes):
                 raise ApplyError(f"cannot add vxlan remote {remote} to {name}: "
-                                 f"{os.strerror(err.code)}") from err
+                                 f"{os.strerror(err.errno)}") from err
+    return index, created
 
 
 def attach_tap(kernel: rtnl.Rtnl, tap: str, bridge: int, mtu: int, mac: str) -> int:
@@ -349,11 +299,7 @@ def ensure_macvtap(kernel: rtnl.Rtnl, name: str, lower: int, mode: str, mac: str
 def delete_links(kernel: rtnl.Rtnl, names: list[str]) -> None:
     """Remove links this helper created, newest first; a link already gone is fine."""
     for name in reversed(names):
-        try:
-            kernel.call(rtmsg.del_link(name=name))
-        except OSError as err:
-            if err.errno != errno.ENODEV:
-                raise
+        delete_quietly(kernel, name)
 
 
 def wait_and_delete(pid: int, index: int) -> None:

@@ -25,8 +25,10 @@ after that undoes what this run created. Exit codes: 0 fd sent, 1 denied by the 
 from __future__ import annotations
 
 import argparse
+import array
 import os
 import socket
+import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,6 +125,17 @@ def check_socket(fd: int) -> socket.socket:
     return sock
 
 
+def send_fd(sock: socket.socket, fd: int) -> None:
+    """One byte with one SCM_RIGHTS fd: what QEMU's net/tap.c recv_fd() reads."""
+    sock.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+
+
+def peer_pid(sock: socket.socket) -> int:
+    """The process at the other end: for a socketpair, the one that made it (QEMU)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)[0]
+
+
 def serve(request: Request) -> Endpoint:
     """Check everything, then build the endpoint and send its fd. Raises NetmapError."""
     from netmap.commands._common import this_host
@@ -176,12 +189,12 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
                 tap = k.attach_tap(kernel, endpoint.ifname, bridge, endpoint.mtu, mac)
                 _tap_vlan(kernel, endpoint, bridge, tap)
             try:
-                k.send_fd(sock, fd)
+                send_fd(sock, fd)
             except OSError as err:
                 raise ApplyError(f"cannot send the fd to the caller: {err.strerror}",
                                  fix="the caller (QEMU) went away; nothing was kept") from err
             if macvtap:
-                k.wait_and_delete(k.peer_pid(sock), require_index(kernel, endpoint.ifname))
+                k.wait_and_delete(peer_pid(sock), require_index(kernel, endpoint.ifname))
         except BaseException:
             if fd >= 0:
                 os.close(fd)  # a tap goes with its last fd
