@@ -24,6 +24,7 @@ from netmap.errors import ApplyError
 from netmap.netlink import rtmsg, rtnl
 from netmap.netlink.ensure import Transaction
 from netmap.netlink.kernel_steps import run_inverse
+from netmap.netlink.verdicts import KIND_OF
 from netmap.state import REALIZED, HostState, host_lock
 
 StepHook = Callable[[int, p.Step], None]
@@ -215,8 +216,7 @@ def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostSt
     return problems
 
 
-LINK_STEPS = {p.CreateTap: "tun", p.CreateMacvtap: "macvtap", p.EnsureBridge: "bridge",
-              p.EnsureVxlan: "vxlan", p.EnsureVlanLink: "vlan"}
+LINK_STEPS = KIND_OF  # the steps that make a link: the kind it has
 
 
 def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],

@@ -19,10 +19,18 @@ if TYPE_CHECKING:
     from netmap.netlink.rtmsg import Link
 
 
-def _interface_xml(kind: str, nic: p.NicPlan, inner: list[str]) -> str:
-    body = [f"  <mac address={quoteattr(nic.mac)}/>", *inner,
-            f"  <model type={quoteattr(nic.model)}/>", f"  <mtu size='{nic.mtu}'/>"]
-    return "\n".join([f"<interface type='{kind}'>", *body, "</interface>"])
+def _ethernet_xml(nic: p.NicPlan) -> str:
+    """<interface type='ethernet'> on the device netmap made: libvirt must use it as it is
+    (managed='no', libvirt >= 5.7) rather than create its own and plug it in itself."""
+    return "\n".join([
+        "<interface type='ethernet'>", f"  <mac address={quoteattr(nic.mac)}/>",
+        f"  <target dev={quoteattr(str(nic.device))} managed='no'/>",
+        f"  <model type={quoteattr(nic.model)}/>", f"  <mtu size='{nic.mtu}'/>", "</interface>"])
+
+
+def _described(nic: p.NicPlan, **more: object) -> dict[str, object]:
+    """What every attachment says: the NIC, its network and mode, the guest's MAC."""
+    return {"nic": nic.nic, "network": nic.network, "mode": nic.mode, **more, "mac": nic.mac}
 
 
 class Endpoint:
@@ -76,15 +84,10 @@ class BridgeTap(Endpoint):
 
     def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
                    ) -> dict[str, object]:
-        # The tap already exists: libvirt must use it as is (managed='no', libvirt >= 5.7)
-        # rather than create its own and enslave it itself.
-        xml = _interface_xml("ethernet", nic, [
-            f"  <target dev={quoteattr(str(nic.device))} managed='no'/>"])
-        return {"nic": nic.nic, "network": nic.network, "mode": nic.mode,
-                "device": nic.device, "bridge": nic.bridge, "mac": nic.mac,
+        return {**_described(nic, device=nic.device, bridge=nic.bridge),
                 "qemu": f"-netdev tap,id=net{nic.nic},ifname={nic.device},script=no,"
                         "downscript=no,vhost=on",
-                "libvirt_xml": xml}
+                "libvirt_xml": _ethernet_xml(nic)}
 
 
 class VxlanBridgeTap(BridgeTap):
@@ -123,13 +126,10 @@ class Macvtap(Endpoint):
                    ) -> dict[str, object]:
         live = links.get(str(nic.device))
         tapdev = f"/dev/tap{live.index}" if live else None
-        xml = _interface_xml("ethernet", nic, [
-            f"  <target dev={quoteattr(str(nic.device))} managed='no'/>"])
-        return {"nic": nic.nic, "network": nic.network, "mode": nic.mode,
-                "device": nic.device, "tapdev": tapdev, "mac": nic.mac,
+        return {**_described(nic, device=nic.device, tapdev=tapdev),
                 "qemu": f"-netdev tap,id=net{nic.nic},fd=N,vhost=on  (N: {tapdev} opened "
                         "read-write)",
-                "libvirt_xml": xml}
+                "libvirt_xml": _ethernet_xml(nic)}
 
 
 class SriovVf(Endpoint):
@@ -142,15 +142,12 @@ class SriovVf(Endpoint):
     def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
                    ) -> dict[str, object]:
         vf = txn.vf_for(nic)
-        out: dict[str, object] = {"nic": nic.nic, "network": nic.network, "mode": nic.mode,
-                                  "pf": nic.uplink, "mac": nic.mac,
-                                  "vf": vf.index if vf else None,
-                                  "pci": vf.pci if vf else None}
+        out = _described(nic, pf=nic.uplink)
+        out.update(vf=vf.index if vf else None, pci=vf.pci if vf else None)
         if nic.device:  # the VF netdev as macvtap passthru
             live = links.get(nic.device)
             out.update(device=nic.device, tapdev=f"/dev/tap{live.index}" if live else None,
-                       libvirt_xml=_interface_xml("ethernet", nic, [
-                           f"  <target dev={quoteattr(nic.device)} managed='no'/>"]))
+                       libvirt_xml=_ethernet_xml(nic))
             return out
         pci = vf.pci if vf else "0000:00:00.0"
         domain, bus, slot_fn = pci.split(":")
