@@ -410,10 +410,9 @@ def test_valid_pickle_that_is_not_ours_is_not_loaded(mappings: Path, cache_dir: 
     target = _the_cache_file(cache_dir)
     # a well-formed file whose payload names another mappings directory
     payload = pickle.dumps({"root": "/elsewhere", "networks": (), "entries": {}})
-    import hashlib
 
     head = cache.MAGIC + cache.code_fingerprint()
-    target.write_bytes(head + hashlib.blake2b(payload, digest_size=cache.DIGEST_SIZE).digest()
+    target.write_bytes(head + cache.checksum(payload)
                        + payload)
     parses.clear()
     same_as_uncached(mappings)
