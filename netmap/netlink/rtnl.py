@@ -179,6 +179,7 @@ class Rtnl:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self.sock.bind((0, 0))
         self.seq = 0
+        self._view = memoryview(bytearray(RECV_BUFFER))
 
     def close(self) -> None:
         self.sock.close()
@@ -194,13 +195,23 @@ class Rtnl:
         return self.seq, NLMSGHDR.pack(16 + len(body), kind, flags | F_REQUEST,
                                        self.seq, 0) + body
 
-    def _messages(self) -> Iterator[tuple[int, int, int, bytes]]:
-        data = self.sock.recv(RECV_BUFFER)
+    def _messages(self) -> Iterator[tuple[int, int, int, bytes, int, int]]:
+        """The messages of one datagram: (type, flags, seq, buffer, payload start, end).
+        Payloads are read in place, never copied out one by one."""
+        size = self.sock.recv_into(self._view)
+        data = bytes(self._view[:size])
         offset = 0
-        while offset + 16 <= len(data):
-            size, kind, flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
-            yield kind, flags, seq, data[offset + 16:offset + size]
-            offset += (size + 3) & ~3
+        while offset + 16 <= size:
+            length, kind, flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+            if length < 16:
+                return
+            yield kind, flags, seq, data, offset + 16, offset + length
+            offset += (length + 3) & ~3
+
+    def _error(self, flags: int, data: bytes, start: int, end: int) -> NetlinkError | None:
+        """The refusal an NLMSG_ERROR carries, or None for an ack (error code 0)."""
+        code = struct.unpack_from("i", data, start)[0]
+        return NetlinkError(-code, _ext_message(flags, data[start:end])) if code else None
 
     def batch(self, requests: Sequence[tuple[int, int, bytes]]) -> list[NetlinkError | None]:
         """Send every request, acked, pipelined; one result per request, in order."""
@@ -227,13 +238,9 @@ class Rtnl:
         if keep:
             self.sock.setblocking(False)
         try:
-            for kind, flags, seq, payload in self._messages():
-                if kind != NLMSG_ERROR or seq not in pending:
-                    continue
-                code = struct.unpack_from("i", payload)[0]
-                position = pending.pop(seq)
-                if code:
-                    results[position] = NetlinkError(-code, _ext_message(flags, payload))
+            for kind, flags, seq, data, start, end in self._messages():
+                if kind == NLMSG_ERROR and seq in pending:
+                    results[pending.pop(seq)] = self._error(flags, data, start, end)
         except BlockingIOError:
             pass
         finally:
@@ -263,28 +270,19 @@ class Rtnl:
         reply = kind - 2  # RTM_GETLINK is answered by RTM_NEWLINK messages, and so on
         out: list[T] = []
         interrupted = False
-        view = memoryview(bytearray(RECV_BUFFER))
-        unpack = NLMSGHDR.unpack_from
         while True:
-            size = self.sock.recv_into(view)
-            chunk = bytes(view[:size])
-            offset = 0
-            while offset + 16 <= size:
-                length, got_kind, flags, got, _pid = unpack(chunk, offset)
-                if length < 16:
-                    break
-                if got == seq:
-                    interrupted = interrupted or bool(flags & F_DUMP_INTR)
-                    if got_kind == NLMSG_DONE:
-                        return out, interrupted
-                    if got_kind == NLMSG_ERROR:
-                        code = struct.unpack_from("i", chunk, offset + 16)[0]
-                        if code:
-                            raise NetlinkError(-code, _ext_message(
-                                flags, chunk[offset + 16:offset + length]))
-                    elif got_kind == reply:
-                        out.append(parse(chunk, offset + 16, offset + length))
-                offset += (length + 3) & ~3
+            for got_kind, flags, got, data, start, end in self._messages():
+                if got != seq:
+                    continue
+                interrupted = interrupted or bool(flags & F_DUMP_INTR)
+                if got_kind == NLMSG_DONE:
+                    return out, interrupted
+                if got_kind == NLMSG_ERROR:
+                    error = self._error(flags, data, start, end)
+                    if error is not None:
+                        raise error
+                elif got_kind == reply:
+                    out.append(parse(data, start, end))
 
     def dump_links(self, parse: Callable[[bytes, int, int], T] = parse_link,
                    *, family: int = AF_UNSPEC, ext_mask: int = RTEXT_FILTER_SKIP_STATS,
@@ -309,15 +307,15 @@ class Rtnl:
         seq, message = self._pack(RTM_GETLINK, 0, ifinfo() + _str(IFLA_IFNAME, name))
         self.sock.send(message)
         while True:
-            for kind, flags, got, payload in self._messages():
+            for kind, flags, got, data, start, end in self._messages():
                 if got != seq:
                     continue
                 if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("i", payload)[0]
-                    if code == errno.ENODEV:
+                    error = self._error(flags, data, start, end)
+                    if error is None or error.errno == errno.ENODEV:
                         return None
-                    raise NetlinkError(code, _ext_message(flags, payload))
-                return parse_link(payload, 0, len(payload))
+                    raise error
+                return parse_link(data, start, end)
 
     def links(self) -> dict[str, Link]:
         """Every interface of the namespace by name: one dump, without the counters."""
