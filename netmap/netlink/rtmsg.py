@@ -1,10 +1,9 @@
-"""rtnetlink messages, packed and parsed with struct: the one encoder and decoder netmap has.
+"""rtnetlink messages, packed and parsed with struct: netmap's one encoder and decoder.
 
 Requests are (message type, extra flags, body) tuples that Rtnl.batch() numbers and sends.
-Replies are read in place: attr_spans() maps each attribute of one nesting level to its
-(start, end) in the receive buffer, and only the attributes a caller keeps are decoded
-(discover reads 1,000 links in about the time `ip -j -d link show` takes). link_fields()
-is the one link parser: realize wraps its result in a Link, discover in an Interface.
+Replies are read in place (attr_spans: attribute -> (start, end) in the receive buffer),
+decoding only what a caller keeps. link_fields() is the one link parser: realize wraps its
+result in a Link, discover in an Interface.
 """
 
 from __future__ import annotations
