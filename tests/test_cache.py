@@ -687,3 +687,37 @@ def test_unchanged_fleet_is_rechecked_file_by_file(mappings: Path, cache_dir: Pa
         assert snapshot(changed) == snapshot(load_fleet(mappings))
         assert not isinstance(changed.hosts, cache.LazyHosts), "assembled by load_fleet"
         assert snapshot(warm) != snapshot(changed)
+
+
+def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """parallel=True: a forked child checks half of the candidates; when it fails, its half
+    is checked here, and either way the answer is the one of the plain graph."""
+    from netmap import placement
+    from netmap.graph import build_graph
+
+    root = tmp_path / "generated"
+    generate_fleet(root, 200, 60, seed=5)
+    fleet = load_fleet(root)
+    graph = build_graph(fleet)
+    monkeypatch.setattr(placement, "PARALLEL_MIN_CANDIDATES", 2)
+    guests = list(fleet.guests)[:6]
+    want = {(guest, strict): [c.as_dict() for c in placement.hosts_for(
+        graph, guest, strict=strict, include_current=strict)]
+        for guest in guests for strict in (False, True)}
+
+    def answers() -> dict:
+        return {(guest, strict): [c.as_dict() for c in placement.hosts_for_fleet(
+            fleet, guest, strict=strict, include_current=strict, parallel=True)]
+            for guest in guests for strict in (False, True)}
+
+    assert answers() == want
+    parent, real = os.getpid(), placement._checked
+
+    def dies_in_the_child(*args):
+        if os.getpid() != parent:
+            raise RuntimeError("the child fails")
+        return real(*args)
+
+    monkeypatch.setattr(placement, "_checked", dies_in_the_child)
+    assert answers() == want
