@@ -1,7 +1,7 @@
 """Benchmark: netmap-qemu-helper against QEMU's own qemu-bridge-helper (the raw baseline),
 both measured in the same run, in one lab namespace, on an existing bridge: wall time from
 exec to the tap fd received, as QEMU sees it. Needs root; builds and removes its own lab
-(prefix nmDb); QEMU's ACL lives in a private mount namespace (tmpfs over /etc)."""
+(prefix nmDb, or $PREFIX); QEMU's ACL lives in a private mount namespace (tmpfs over /etc)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 QEMU_HELPER = "/usr/lib/qemu/qemu-bridge-helper"
 RUNS = int(os.environ.get("RUNS", "30"))
+PREFIX = os.environ.get("PREFIX", "nmDb")  # the lab's namespace names; only those are deleted
 
 
 def call(argv: list[str], env: dict[str, str]) -> float:
@@ -48,9 +49,9 @@ def main() -> int:
     shutil.copytree(REPO / "mappings", work / "m")
     host_file = work / "m" / "hosts" / "host-a.toml"
     host_file.write_text(host_file.read_text().replace('netns = "nm-lab-host-a"',
-                                                       'netns = "nmDb-host-a"'))
+                                                       f'netns = "{PREFIX}-host-a"'))
     (work / "acl.conf").write_text("allow mgmt\n")
-    lab = build_lab(load_fleet(work / "m"), "nmDb", ["host-a"])
+    lab = build_lab(load_fleet(work / "m"), PREFIX, ["host-a"])
     try:
         env = {**os.environ, "PYTHONPATH": str(REPO), "NETMAP_MAPPINGS": str(work / "m"),
                "NETMAP_HOST": "host-a", "NETMAP_QEMU_ACL": str(work / "acl.conf"),
