@@ -99,6 +99,35 @@ def test_kinds_relations_and_state_match_iproute2(zoo: str) -> None:
 
 
 @needs_netns
+def test_realize_reads_the_same_links_through_the_same_parser(zoo: str) -> None:
+    """realize's Rtnl.links() and discover() share one dump and one parser (link_fields):
+    the same facts, realize's kept as the kernel gives them (ifindexes, not names; a tap
+    is "tun"; a NIC and lo have no kind)."""
+    from netmap.netlink.rtnl import Rtnl
+
+    with Rtnl(zoo) as kernel:
+        raw = kernel.links()
+        addresses = kernel.addresses()
+    links = {link.name: link for link in discover(zoo).interfaces}
+    assert set(raw) == set(links)
+    name_of = {link.index: name for name, link in raw.items()}
+    for name, link in links.items():
+        live = raw[name]
+        assert (live.index, live.mtu, live.address, live.up, name_of.get(live.master)) == (
+            link.index, link.mtu, link.mac, link.admin_up, link.master)
+    assert (raw["tp0"].kind, raw["tn0"].kind, raw["up0"].kind, raw["lo"].kind) == (
+        "tun", "tun", "veth", None)
+    assert (raw["mvt0"].macvlan_mode, name_of[raw["mvt0"].lower]) == ("vepa", "up0")
+    vx = raw["vx5001"]
+    assert (vx.vni, name_of[vx.vxlan_link], vx.vxlan_port, vx.vxlan_group) == (
+        5001, "up0", 4790, "239.1.1.1")
+    assert (raw["br-up0"].vlan_filtering, raw["br-up0"].ageing) == (False, 30000)
+    # realize asks for global scope only: the same two as discover, not lo's 127.0.0.1
+    assert sorted(addresses[raw["up0"].index]) == ["10.250.9.1/24", "2001:db8::1/64"]
+    assert raw["lo"].index not in addresses
+
+
+@needs_netns
 def test_uplink_candidates_leave_out_endpoints_and_bridges(zoo: str) -> None:
     names = {link.name for link in discover(zoo).uplink_candidates()}
     assert {"up0", "up1", "lonely"} <= names
