@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import socket
@@ -39,7 +40,8 @@ def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False) -> Fleet
 
     # the loaded fleet lives until exit: keep the collector off its objects
     with gc_paused(freeze=True):
-        return load_fleet_cached(base, write_behind=True, parallel=True, lazy=lazy)
+        # an updated cache is written behind, once the command is done (see load_fleet_cached)
+        return load_fleet_cached(base, write_behind=atexit.register, parallel=True, lazy=lazy)
 
 
 def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
