@@ -271,13 +271,15 @@ def _fleet_index(fleet: Fleet, loaded: list[str],
     if not all(key in fresh for key in loaded):
         return None  # a file too recent to cache: the next load reads it again
     host_keys = loaded[:len(fleet.hosts)]
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # hosts alike bind alike: one copy
     return {
         "networks": fleet.networks,
         "hosts": tuple(host_keys), "guests": tuple(loaded[len(fleet.hosts):]),
         # per host, in order: its name, which networks it binds and its mapping's file,
         # what a placement query needs of the hosts it does not check
-        "summaries": tuple((host.name, tuple(host.bindings), _mapping_file(host))
-                           for host in fleet.hosts.values()),
+        "summaries": tuple((host.name, shared.setdefault(tuple(host.bindings),
+                                                         tuple(host.bindings)),
+                            _mapping_file(host)) for host in fleet.hosts.values()),
         # every guest is needed (MACs, load), and one pickle loads faster than 2.5k
         "guests_blob": _pickled(fleet.guests),
     }
@@ -324,8 +326,9 @@ class LazyHosts(Mapping[str, model.Host]):
                  summaries: tuple[tuple[str, tuple[str, ...], str], ...]) -> None:
         self._blobs = blobs
         self._hosts: dict[str, model.Host] = {}
-        self.summaries = {name: (frozenset(bound), mapping)
-                          for name, bound, mapping in summaries}
+        sets: dict[tuple[str, ...], frozenset[str]] = {}
+        self.summaries = {name: (sets.get(bound) or sets.setdefault(bound, frozenset(bound)),
+                                 mapping) for name, bound, mapping in summaries}
 
     def __getitem__(self, name: str) -> model.Host:
         host = self._hosts.get(name)

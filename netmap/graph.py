@@ -87,14 +87,14 @@ def _build_graph(fleet: Fleet) -> nx.DiGraph:
                                                        "guest": guest.name})
 
     def add_edge(u: str, v: str, rel: str) -> None:
-        for end in (u, v):
-            if end not in node:
-                node[end] = {}
-                succ[end] = {}
-                pred[end] = {}
-        data = succ[u].get(v)
+        if u not in node:
+            node[u], succ[u], pred[u] = {}, {}, {}
+        if v not in node:
+            node[v], succ[v], pred[v] = {}, {}, {}
+        out = succ[u]
+        data = out.get(v)
         if data is None:
-            succ[u][v] = pred[v][u] = {"rel": rel}
+            out[v] = pred[v][u] = {"rel": rel}
         else:
             data["rel"] = rel
 
