@@ -280,8 +280,9 @@ def _fleet_index(fleet: Fleet, loaded: list[str],
         "summaries": tuple((host.name, shared.setdefault(tuple(host.bindings),
                                                          tuple(host.bindings)),
                             _mapping_file(host)) for host in fleet.hosts.values()),
-        # every guest is needed (MACs, load), and one pickle loads faster than 2.5k
-        "guests_blob": _pickled(fleet.guests),
+        # every guest is needed (MACs, load), and one pickle loads faster than 2.5k; the
+        # writer pickles it (_dump), not the command that is waiting for its answer
+        "guests_blob": fleet.guests,
     }
 
 
@@ -535,7 +536,10 @@ def _dump(data: dict[str, Any]) -> bytes:
     entries that come from the cache kept as the bytes they are."""
     entries = {key: (ident, value if isinstance(value, bytes) else _pickled(value))
                for key, (ident, value) in data["entries"].items()}
-    return _pickled({**data, "entries": entries})
+    index = data.get("fleet")
+    if index is not None and not isinstance(index["guests_blob"], bytes):
+        index = {**index, "guests_blob": _pickled(index["guests_blob"])}
+    return _pickled({**data, "entries": entries, "fleet": index})
 
 
 def _pickled(value: Any) -> bytes:
