@@ -57,14 +57,14 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from netmap import model
+from netmap.cache_index import Identity, fleet_index, identity, unchanged_fleet
 from netmap.errors import InputError
 from netmap.load import (
-    fleet_file_names,
     load_fleet,
     load_guest,
     load_host,
@@ -85,7 +85,6 @@ def checksum(payload: bytes | memoryview) -> bytes:
     CRC-32 reads the 20 MB of a 10k-host cache in 3 ms, BLAKE2b took 15 ms."""
     return zlib.crc32(payload).to_bytes(DIGEST_SIZE, "big")
 
-Identity = tuple[int, int, int, int, int]
 T = TypeVar("T")
 
 
@@ -104,10 +103,6 @@ def cache_file(base: Path) -> Path:
     """The cache file of one mappings directory (its real path, hashed)."""
     real = os.path.realpath(base)
     return cache_dir() / f"fleet-{hashlib.blake2b(real.encode(), digest_size=10).hexdigest()}"
-
-
-def identity(st: os.stat_result) -> Identity:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def settled(st: os.stat_result, started_ns: int) -> bool:
@@ -217,7 +212,7 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
         entries: dict[str, tuple[Identity, Any]] = {}
         if stored is not None and stored["networks"] == identity(networks_before):
             entries = stored["entries"]
-            whole = _unchanged_fleet(base, stored.get("fleet"), entries, lazy)
+            whole = unchanged_fleet(base, stored.get("fleet"), entries, lazy)
             if whole is not None and _same_file(networks_path, networks_before):
                 return whole
         fresh: dict[str, tuple[Identity, Any]] = {}
@@ -241,7 +236,7 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
             return load_fleet(base)
         if not settled(networks_before, started_ns):
             return fleet  # too recent to key a cache on; valid, but not worth storing
-        whole_index = _fleet_index(fleet, loaded, fresh)
+        whole_index = fleet_index(fleet, loaded, fresh)
         if (stored is None or fresh.keys() != entries.keys()
                 or stored["networks"] != identity(networks_before)
                 or (stored.get("fleet") is None) != (whole_index is None)):
@@ -259,95 +254,6 @@ def _same_file(path: Path, before: os.stat_result) -> bool:
         return identity(os.stat(path)) == identity(before)
     except OSError:
         return False
-
-
-def _fleet_index(fleet: Fleet, loaded: list[str],
-                 fresh: dict[str, tuple[Identity, Any]]) -> dict[str, Any] | None:
-    """What answers the next load without assembling it again, when that load finds every
-    file as this one did: kept only for a fleet without problems whose every file is
-    cached, so that each host and guest is the object of exactly one file, in order."""
-    if fleet.problems or len(loaded) != len(fleet.hosts) + len(fleet.guests):
-        return None
-    if not all(key in fresh for key in loaded):
-        return None  # a file too recent to cache: the next load reads it again
-    host_keys = loaded[:len(fleet.hosts)]
-    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # hosts alike bind alike: one copy
-    return {
-        "networks": fleet.networks,
-        "hosts": tuple(host_keys), "guests": tuple(loaded[len(fleet.hosts):]),
-        # per host, in order: its name, which networks it binds and its mapping's file,
-        # what a placement query needs of the hosts it does not check
-        "summaries": tuple((host.name, shared.setdefault(tuple(host.bindings),
-                                                         tuple(host.bindings)),
-                            _mapping_file(host)) for host in fleet.hosts.values()),
-        # every guest is needed (MACs, load), and one pickle loads faster than 2.5k; the
-        # writer pickles it (_dump), not the command that is waiting for its answer
-        "guests_blob": fleet.guests,
-    }
-
-
-def _mapping_file(host: model.Host) -> str:
-    return host.source.file if host.source else f"hosts/{host.name}.toml"
-
-
-def _unchanged_fleet(base: Path, index: dict[str, Any] | None,
-                     entries: dict[str, tuple[Identity, Any]], lazy: bool) -> Fleet | None:
-    """The fleet the stored load assembled, when the directory lists the same files and
-    each has the identity it was read at (an edit moves it: see the module doc); else None.
-    load_fleet would assemble the same fleet again from the same files."""
-    if index is None:
-        return None
-    host_keys, guest_keys = index["hosts"], index["guests"]
-    if fleet_file_names(base) != (list(host_keys), list(guest_keys)):
-        return None  # a file added, removed or renamed (or the directory named otherwise)
-    stat = os.stat
-    for key in (*host_keys, *guest_keys):
-        cached = entries.get(key)
-        try:
-            if cached is None or identity(stat(key)) != cached[0]:
-                return None
-        except OSError:
-            return None
-    try:
-        guests = pickle.loads(index["guests_blob"])
-        blobs = {summary[0]: entries[key][1]
-                 for key, summary in zip(host_keys, index["summaries"], strict=True)}
-        hosts = LazyHosts(blobs, index["summaries"])
-        return Fleet(index["networks"], hosts if lazy else dict(hosts.items()), guests, (),
-                     str(base))
-    except Exception:  # a checksummed file from other code may fail in any way: a miss
-        return None
-
-
-class LazyHosts(Mapping[str, model.Host]):
-    """`Fleet.hosts` of an unchanged cached fleet: a host is unpickled on first access.
-    `summaries` tells, without unpickling, what each host binds and its mapping's file."""
-
-    def __init__(self, blobs: dict[str, bytes],
-                 summaries: tuple[tuple[str, tuple[str, ...], str], ...]) -> None:
-        self._blobs = blobs
-        self._hosts: dict[str, model.Host] = {}
-        sets: dict[tuple[str, ...], frozenset[str]] = {}
-        self.summaries = {name: (sets.get(bound) or sets.setdefault(bound, frozenset(bound)),
-                                 mapping) for name, bound, mapping in summaries}
-
-    def __getitem__(self, name: str) -> model.Host:
-        host = self._hosts.get(name)
-        if host is None:
-            host = self._hosts[name] = pickle.loads(self._blobs[name])
-        return host
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._blobs)
-
-    def __len__(self) -> int:
-        return len(self._blobs)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._blobs
-
-    def __repr__(self) -> str:
-        return f"LazyHosts({len(self)} hosts, {len(self._hosts)} loaded)"
 
 
 def _loader(parse: Callable[[Path, dict[str, Network]], T],

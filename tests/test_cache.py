@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netmap import cache, load
+from netmap import cache, cache_index, load
 from netmap.cache import load_fleet_cached
 from netmap.errors import InputError
 from netmap.load import load_fleet
@@ -656,7 +656,7 @@ def test_unchanged_fleet_from_the_cache_answers_hosts_for_the_same(
     files = sum(parses.values())
     lazy = load_fleet_cached(root, lazy=True)
     assert sum(parses.values()) == files, "an unchanged fleet is not parsed again"
-    assert isinstance(lazy.hosts, cache.LazyHosts)
+    assert isinstance(lazy.hosts, cache_index.LazyHosts)
     plain = load_fleet(root)
     graph = build_graph(plain)
     for guest in list(plain.guests)[:25]:
@@ -681,11 +681,11 @@ def test_unchanged_fleet_is_rechecked_file_by_file(mappings: Path, cache_dir: Pa
         load_fleet_cached(mappings)  # stores what the last change made
         parses.clear()
         warm = load_fleet_cached(mappings, lazy=True)
-        assert sum(parses.values()) == 0 and isinstance(warm.hosts, cache.LazyHosts)
+        assert sum(parses.values()) == 0 and isinstance(warm.hosts, cache_index.LazyHosts)
         change()
         changed = load_fleet_cached(mappings, lazy=True)
         assert snapshot(changed) == snapshot(load_fleet(mappings))
-        assert not isinstance(changed.hosts, cache.LazyHosts), "assembled by load_fleet"
+        assert not isinstance(changed.hosts, cache_index.LazyHosts), "assembled by load_fleet"
         assert snapshot(warm) != snapshot(changed)
 
 
