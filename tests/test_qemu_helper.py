@@ -70,6 +70,16 @@ def call_helper(args: list[str], env: dict[str, str], *, close_caller: bool = Fa
     return Outcome(done.returncode, done.stderr, fd)
 
 
+def addrgen_modes(netns: str, *names: str) -> list[str]:
+    """IPv6 address generation mode of each link (none: no link-local address)."""
+    import json
+
+    out = subprocess.run(["ip", "-n", netns, "-j", "-d", "link", "show"], capture_output=True,
+                         text=True, check=True).stdout
+    modes = {link["ifname"]: link.get("inet6_addr_gen_mode") for link in json.loads(out)}
+    return [modes[name] for name in names]
+
+
 def links(netns: str) -> dict[str, dict]:
     from netmap.netlink import open_iproute
 
@@ -129,6 +139,7 @@ def test_bridge_mode_tap_on_the_mapped_bridge(host_a) -> None:
         tap = now[name]
         assert tap["master"] == bridge["index"] and tap["up"] and tap["mtu"] == 1500
         assert tap["mac"].startswith("fe:")
+        assert addrgen_modes(netns, "br-eth1", name) == ["none", "none"]  # as realize does
     finally:
         got.close()
     # the tap lives as long as the fd: QEMU exiting removes it; the bridge stays

@@ -170,11 +170,15 @@ def require_link(kernel: rtnl.Rtnl, name: str, role: str) -> rtmsg.Link:
     return link
 
 
-def _create(kernel: rtnl.Rtnl, what: str, request: tuple[int, int, bytes]) -> bool:
-    """RTM_NEWLINK; False when another helper made the same link a moment ago (EEXIST)."""
+def _create(kernel: rtnl.Rtnl, what: str, request: tuple[int, int, bytes], name: str) -> bool:
+    """RTM_NEWLINK; False when another helper made the same link a moment ago (EEXIST).
+
+    Like realize, no IPv6 address generation on L2 plumbing: a link-local address on a
+    bridge or vxlan would make the host answer on the guests' segment."""
     try:
         with netlink_step(what):
             kernel.call(request)
+            kernel.call(rtmsg.no_ipv6(name))
     except ApplyError as err:
         if isinstance(err.__cause__, OSError) and err.__cause__.errno == errno.EEXIST:
             return False
@@ -200,7 +204,7 @@ def ensure_vlan(kernel: rtnl.Rtnl, uplink: str, vlan: int, name: str) -> tuple[i
         return link.index, False
     lower = require_link(kernel, uplink, "uplink").index
     made = _create(kernel, f"cannot create VLAN {vlan} interface {name} on {uplink}",
-                   rtmsg.new_link(name, "vlan", lower=lower, data=rtmsg.vlan_data(vlan)))
+                   rtmsg.new_link(name, "vlan", lower=lower, data=rtmsg.vlan_data(vlan)), name)
     return require_link(kernel, name, "vlan").index, made
 
 
@@ -218,7 +222,8 @@ def ensure_bridge(kernel: rtnl.Rtnl, name: str, port: str | None, *, mtu: int,
     if link is None:
         what = f"cannot create bridge {name}" + (f" filtering VLAN {vlan}" if vlan else "")
         created = _create(kernel, what, rtmsg.new_link(
-            name, "bridge", mtu=mtu, data=rtmsg.bridge_data(BRIDGE_AGEING, vlan is not None)))
+            name, "bridge", mtu=mtu, data=rtmsg.bridge_data(BRIDGE_AGEING, vlan is not None)),
+            name)
         link = require_link(kernel, name, "bridge")
     if link.kind != "bridge":
         raise ApplyError(f"{name} exists but is not a bridge",
@@ -264,7 +269,8 @@ def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
                          fix="use an IPv4 group/local, or let 'netmap realize' build it")
     created = _create(kernel, f"cannot create vxlan {name} (VNI {vni}) on {underlay}",
                       rtmsg.new_link(name, "vxlan", mtu=mtu, data=rtmsg.vxlan_data(
-                          vni, lower.index, options.port if options else 4789, group, local)))
+                          vni, lower.index, options.port if options else 4789, group, local)),
+                      name)
     index = require_link(kernel, name, "vxlan").index
     if created and options and options.remotes:
         with _undo_on_error(kernel, name):
@@ -278,7 +284,8 @@ def attach_tap(kernel: rtnl.Rtnl, tap: str, bridge: int, mtu: int, mac: str) -> 
     """MTU, host-side MAC, bridge and up, in one request."""
     index = require_link(kernel, tap, "tap").index
     with netlink_step(f"cannot attach {tap} to its bridge (MTU {mtu}, MAC {mac})"):
-        kernel.call(rtmsg.set_link(index, mtu=mtu, mac=mac, master=bridge, up=True))
+        kernel.call(rtmsg.set_link(index, mtu=mtu, mac=mac, master=bridge, up=True,
+                                   no_ipv6=True))
     return index
 
 
@@ -291,8 +298,9 @@ def ensure_macvtap(kernel: rtnl.Rtnl, name: str, lower: int, mode: str, mac: str
     with netlink_step(f"cannot create macvtap {name} (mode {mode})",
                       "a bridge port or a passthru macvtap's uplink takes no macvtap "
                       "(EBUSY); check the host mapping"):
-        kernel.call(rtmsg.new_link(name, "macvtap", mtu=mtu, mac=mac, lower=lower,
+        kernel.call(rtmsg.new_link(name, "macvtap", up=False, mtu=mtu, mac=mac, lower=lower,
                                   data=rtmsg.macvtap_data(mode)))
+        kernel.call(rtmsg.set_link(0, name=name, up=True, no_ipv6=True))
     return require_link(kernel, name, "macvtap").index
 
 
