@@ -191,6 +191,8 @@ def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
     for binding in bindings.values():
         by_uplink.setdefault(binding.uplink, []).append(binding)
     for uplink, users in by_uplink.items():
+        if len(users) < 2:
+            continue  # every conflict below takes two bindings on one uplink
         passthrough = [b for b in users if b.mode == "macvtap-passthrough"]
         bridged = [b for b in users if b.mode == "bridge"]
         macvtap = [b for b in users if b.mode.startswith("macvtap-")]

@@ -134,7 +134,11 @@ class Document:
         """Where `path` is defined, for messages; the line is found only when asked for."""
         if self._lines is None:
             self._lines = LineIndex(self.text)
-        return LazySource(self._file, index=self._lines, path=path)
+        # LazySource(self._file, index=..., path=path) without its four object.__setattr__
+        # calls (frozen dataclass): ten per host file
+        source = object.__new__(LazySource)
+        source.__dict__.update(file=self._file, _index=self._lines, _path=path, _line=None)
+        return source
 
     @classmethod
     def read(cls, path: Path) -> Document:
@@ -177,6 +181,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"one of: {', '.join(choices)}" if choices else "none is defined"
 
 
+_ABSENT: Any = object()
+
+
 class Table:
     """A TOML table being read: typed getters, and `done()` refuses keys nobody read."""
 
@@ -199,7 +206,8 @@ class Table:
     def _get(self, key: str, types: tuple[type, ...], what: str, required: bool,
              default: Any) -> Any:
         self._read.add(key)
-        if key not in self.data:
+        value = self.data.get(key, _ABSENT)  # one lookup: a big fleet makes 60 per host
+        if value is _ABSENT:
             if required:
                 typo = difflib.get_close_matches(key, [k for k in self.data if k != key], n=1)
                 if typo:  # say "uplnk is not known" rather than "uplink is missing"
@@ -207,7 +215,6 @@ class Table:
                                      f"did you mean {key!r}?")
                 raise self.error(key, "is missing", f"add {key} = <{what}>")
             return default
-        value = self.data[key]
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             raise self.error(key, f"must be {what}, not {_kind(value)}",
                              f"write {key} = <{what}>")
