@@ -721,3 +721,20 @@ def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
 
     monkeypatch.setattr(placement, "_checked", dies_in_the_child)
     assert answers() == want
+
+
+def test_fleet_file_names_list_what_glob_lists(mappings: Path) -> None:
+    """The cache knows the directory unchanged by listing it as load_fleet reads it."""
+    (mappings / "hosts" / ".hidden.toml").write_text("")
+    (mappings / "hosts" / "dir.toml").mkdir()
+    (mappings / "hosts" / "upper.TOML").write_text("")
+    (mappings / "hosts" / "notes.txt").write_text("")
+    (mappings / "guests" / "vm0.xml").write_text("")
+    for base in (mappings, Path(os.path.relpath(mappings)), Path(f"{mappings}/")):
+        globbed = (sorted(map(str, (base / "hosts").glob("*.toml"))),
+                   sorted(map(str, (base / "guests").glob("*.toml")))
+                   + sorted(map(str, (base / "guests").glob("*.xml"))))
+        assert load.fleet_file_names(base) == globbed
+        assert load.fleet_files(base) == tuple([Path(name) for name in names]
+                                               for names in globbed)
+    assert load.fleet_file_names(mappings / "nowhere") == ([], [])
