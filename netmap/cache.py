@@ -65,6 +65,7 @@ from netmap import model
 from netmap.cache_index import Identity, fleet_index, identity, unchanged_fleet
 from netmap.errors import InputError
 from netmap.load import (
+    fleet_file_names,
     load_fleet,
     load_guest,
     load_host,
@@ -355,10 +356,8 @@ def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]]) -> _Help
     if listed - len(entries) < PARALLEL_MIN_FILES:
         return None
     # the files in load_fleet's order that the cache does not answer
-    order = [(os.fspath(path), True)
-             for path in sorted((base / "hosts").glob("*.toml"), key=os.fspath)]
-    order += [(os.fspath(path), False) for pattern in ("*.toml", "*.xml")
-              for path in sorted((base / "guests").glob(pattern), key=os.fspath)]
+    host_files, guest_files = fleet_file_names(base)
+    order = [(key, True) for key in host_files] + [(key, False) for key in guest_files]
     todo = [item for item in order if item[0] not in entries]
     if len(todo) < PARALLEL_MIN_FILES:
         return None
