@@ -189,7 +189,7 @@ def hosts_for_view(guest: str, candidates: list[Candidate]) -> RenderableType:
         else:
             verdict = Text("no", style=STYLE[ERROR])
             why = f"{cand.blocking.code}: {cand.blocking.message}" if cand.blocking else ""
-        table.add_row(cand.host, verdict, str(cand.guests), why)
+        table.add_row(cand.host, verdict, str(cand.guests), Text(why))
     return table
 
 

@@ -71,7 +71,9 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2 if sys.stdout.isatty() else None))
 
 
-def console():  # -> rich.console.Console
+def console(*, soft_wrap: bool = False):  # -> rich.console.Console
+    """Without emoji codes: a MAC such as 52:54:00:cd:00:01 holds ':cd:', which rich would
+    turn into a pictogram. Data goes into rich.text.Text (or is escaped), never markup."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, emoji=False, soft_wrap=soft_wrap)

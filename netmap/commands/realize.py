@@ -7,6 +7,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from netmap.commands import _common
 from netmap.commands._common import add_json, load, print_json, this_host
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 
@@ -15,11 +16,7 @@ if TYPE_CHECKING:
 
 
 def console():  # -> rich.console.Console
-    """Without emoji codes: a MAC such as 52:54:00:ab:00:01 holds ':ab:', which rich would
-    turn into a pictogram. Data is printed with markup=False or escaped."""
-    from rich.console import Console
-
-    return Console(highlight=False, emoji=False, soft_wrap=True)
+    return _common.console(soft_wrap=True)
 
 
 def _esc(text: object) -> str:
