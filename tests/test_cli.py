@@ -145,6 +145,6 @@ def test_check_live_folds_in_the_destinations_drift(capsys, lab_factory):
 def test_macs_are_printed_as_they_are(capsys):
     # ':cd:' in a MAC is an emoji code to rich; hints hold [networks.x], which is markup
     code, out, _ = run(capsys, "hosts-for", "vm3")
-    assert "52:54:00:cd:00:01" in out
+    assert code == 0 and "52:54:00:cd:00:01" in out
     code, out, _ = run(capsys, "check", "vm3", "--to", "host-c")
-    assert "52:54:00:cd:00:01" in out and "[networks.tenant-blue]" in out
+    assert code == 1 and "52:54:00:cd:00:01" in out and "[networks.tenant-blue]" in out
