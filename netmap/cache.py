@@ -50,7 +50,6 @@ import io
 import os
 import pickle
 import re
-import signal
 import stat
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from typing import Any, TypeVar
 from netmap import model
 from netmap.cache_index import Identity, fleet_index, identity, unchanged_fleet
 from netmap.errors import InputError
+from netmap.forked import ForkedWork, can_fork_work
 from netmap.load import (
     fleet_file_names,
     load_fleet,
@@ -306,47 +306,26 @@ class _Helper:
     when ours differs, so the child saves work and never changes an answer; a file it
     cannot parse is parsed here, to raise the error as load_fleet does."""
 
-    def __init__(self, pid: int, pipe: int, keys: set[str]) -> None:
-        self.pid, self.pipe, self.keys = pid, pipe, keys
+    def __init__(self, work: ForkedWork, keys: set[str]) -> None:
+        self.work, self.keys = work, keys
         self.results: dict[str, tuple[Identity, Any]] | None = None
 
     def result(self, key: str, ident: Identity) -> Any:
         if key not in self.keys:
             return _MISSING
         if self.results is None:
-            self._collect()
-        assert self.results is not None
+            got = self.work.result()  # None: the child died half-way, parse it all here
+            self.results = got if isinstance(got, dict) else {}
         got = self.results.get(key)
         return got[1] if got is not None and got[0] == ident else _MISSING
 
-    def _collect(self) -> None:
-        chunks = []
-        with contextlib.suppress(OSError):
-            while chunk := os.read(self.pipe, 1 << 20):
-                chunks.append(chunk)
-        self.results = {}  # read to the end: close() waits for the child, no kill
-        self.close()
-        try:
-            results = pickle.loads(b"".join(chunks))
-        except Exception:  # the child died half-way: parse everything here
-            results = {}
-        self.results = results if isinstance(results, dict) else {}
-
     def close(self) -> None:
-        if self.pipe < 0:
-            return
         if self.results is None:  # not needed after all (an error ended the load early)
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
-        os.close(self.pipe)
-        self.pipe = -1
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+            self.work.cancel()
 
 
 def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]]) -> _Helper | None:
-    if (not hasattr(os, "fork") or threading.active_count() > 1
-            or len(os.sched_getaffinity(0)) < 2):
+    if not can_fork_work():
         return None
     # A cheap count first: on a warm load the listing below would be time thrown away.
     listed = 0
@@ -373,25 +352,8 @@ def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]]) -> _Help
         cut -= 1
         budget -= weights[cut]
     share = todo[cut:]
-    reader, writer = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(reader)
-        os.close(writer)
-        return None
-    if pid == 0:  # pragma: no cover - the child, which always _exits
-        code = 0
-        try:
-            os.close(reader)
-            with os.fdopen(writer, "wb") as out:
-                out.write(pickle.dumps(_parse_share(share, networks), pickle.HIGHEST_PROTOCOL))
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(writer)
-    return _Helper(pid, reader, {key for key, _ in share})
+    work = ForkedWork.start(lambda: _parse_share(share, networks))
+    return _Helper(work, {key for key, _ in share}) if work else None
 
 
 def _parse_share(share: list[tuple[str, bool]],

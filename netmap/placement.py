@@ -7,20 +7,16 @@ other host gets its first blocking reason without one.
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import pickle
-import threading
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import networkx as nx
 
 from netmap import graph as g
 from netmap.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
+from netmap.forked import ForkedWork
 from netmap.model import Fleet, Guest, Host
 
 
@@ -87,7 +83,7 @@ def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
         # the memory it shares with us copy-on-write (10k hosts: 0.1 s of 0.2 s each).
         child, cut = None, len(to_check) // 2
         if parallel and len(to_check) >= PARALLEL_MIN_CANDIDATES:
-            child = _Child.start(lambda: _checked(fleet, guest, to_check[cut:], strict, load))
+            child = ForkedWork.start(lambda: _checked(fleet, guest, to_check[cut:], strict, load))
         checked = _checked(fleet, guest, to_check[:cut] if child else to_check, strict, load)
         pending = set(to_check)
         out: list[Candidate | str] = []  # a host's name stands for its check, filled below
@@ -133,54 +129,6 @@ def _checked(fleet: Fleet, guest: Guest, hosts: list[str], strict: bool,
 
 # Below this many hosts to check, a child costs more than it saves (fork, pickled answer).
 PARALLEL_MIN_CANDIDATES = 400
-
-
-class _Child:
-    """A forked child computing one value, which it sends back pickled. Any failure (no
-    fork, threads, one CPU, a child that dies) is a None result: the caller computes the
-    value itself, so the child saves time and never changes an answer."""
-
-    def __init__(self, pid: int, pipe: int) -> None:
-        self.pid, self.pipe = pid, pipe
-
-    @classmethod
-    def start(cls, work: Callable[[], object]) -> _Child | None:
-        if (not hasattr(os, "fork") or threading.active_count() > 1
-                or len(os.sched_getaffinity(0)) < 2):
-            return None
-        reader, writer = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(reader)
-            os.close(writer)
-            return None
-        if pid == 0:  # pragma: no cover - the child, which always _exits
-            code = 0
-            try:
-                os.close(reader)
-                with os.fdopen(writer, "wb") as out:
-                    out.write(pickle.dumps(work(), pickle.HIGHEST_PROTOCOL))
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(writer)
-        return cls(pid, reader)
-
-    def result(self) -> Any:
-        chunks = []
-        with contextlib.suppress(OSError):
-            while chunk := os.read(self.pipe, 1 << 20):
-                chunks.append(chunk)
-        os.close(self.pipe)
-        _, status = os.waitpid(self.pid, 0)
-        if status != 0:
-            return None
-        try:
-            return pickle.loads(b"".join(chunks))
-        except Exception:
-            return None
 
 
 HostSummary = tuple[Collection[str], str]  # the networks a host binds, its mapping's file
