@@ -15,6 +15,7 @@ the pid files in the private run dir), namespaces and the tree are removed even 
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -37,6 +38,11 @@ VIRSH = shutil.which("virsh")
 QEMU = shutil.which("qemu-system-x86_64")
 UNSHARE = shutil.which("unshare")
 HAS_TUN = Path("/dev/net/tun").exists()
+# libvirtd starts without its QEMU driver (Debian: libvirt-daemon-driver-qemu) and then
+# answers every qemu:/// connection with "no connection driver available"
+QEMU_DRIVER = any(glob.glob(pattern) for pattern in (
+    "/usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so",
+    "/usr/lib*/libvirt/connection-driver/libvirt_driver_qemu.so"))
 
 pytestmark = [
     pytest.mark.netns,
@@ -50,11 +56,15 @@ pytestmark = [
                        "libvirt-clients)"),
     pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed (Debian: "
                        "apt-get install qemu-system-x86)"),
-    pytest.mark.skipif(UNSHARE is None, reason="unshare (util-linux) is not installed"),
+    pytest.mark.skipif(not QEMU_DRIVER, reason="libvirt's QEMU driver is not installed "
+                       "(Debian: apt-get install libvirt-daemon-driver-qemu)"),
+    pytest.mark.skipif(UNSHARE is None or shutil.which("hostname") is None,
+                       reason="unshare (util-linux) or hostname is not installed"),
     pytest.mark.skipif(not HAS_TUN, reason="/dev/net/tun is missing: libvirt cannot make taps"),
 ]
 
-VM2_MGMT_MAC = "52:54:00:ab:00:02"  # vm2's mgmt NIC in mappings/guests/vm2.toml
+VM2_MGMT_MAC = "52:54:00:ab:00:02"  # vm2's NICs in mappings/guests/vm2.toml
+VM2_PROD_MAC = "52:54:00:ab:00:01"
 MIGRATION_PORT = 49152
 
 # The domain as an operator would define it on host-a: mgmt is a bridge-mode network on eth1,
@@ -68,16 +78,19 @@ DOMAIN_XML = f"""<domain type='qemu'>
   <on_poweroff>destroy</on_poweroff>
   <devices>
     <emulator>{QEMU}</emulator>
-    <interface type='bridge'>
-      <mac address='{VM2_MGMT_MAC}'/>
-      <source bridge='br-eth1'/>
-      <model type='virtio'/>
-      <rom enabled='no'/>
-    </interface>
-    <memballoon model='none'/>
+{{interfaces}}    <memballoon model='none'/>
   </devices>
 </domain>
 """
+
+INTERFACE_XML = """    <interface type='{kind}'>
+      <mac address='{mac}'/>
+      <source {source}/>
+      <model type='virtio'/>
+      <rom enabled='no'/>
+    </interface>
+"""
+MGMT_ON_BR_ETH1 = INTERFACE_XML.format(kind="bridge", mac=VM2_MGMT_MAC, source="bridge='br-eth1'")
 
 LIBVIRTD_CONF = """# private test daemon: local socket only, no authentication, its own host UUID
 auth_unix_ro = "none"
@@ -240,9 +253,20 @@ def ip_json(netns: str, *args: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def capabilities() -> Iterator[Path]:
+    """The shared QEMU capabilities cache; first checks that a daemon can get a private
+    mount and UTS namespace here (a container may forbid both even to root)."""
     cache = Path(tempfile.mkdtemp(prefix="nmK-qemucaps-"))
-    yield cache
-    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        probe = subprocess.run(
+            [UNSHARE, "--mount", "--uts", "--propagation", "private", "sh", "-c",
+             'mount --bind "$1" "$1" && hostname nmK-probe', "probe", str(cache)],
+            capture_output=True, text=True, timeout=30, check=False)
+        if probe.returncode != 0:
+            pytest.skip("cannot give libvirtd a private mount and UTS namespace (unshare "
+                        f"--mount --uts, mount --bind): {probe.stderr.strip()}")
+        yield cache
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture
@@ -271,17 +295,20 @@ def libvirt_pair(lab_factory, capabilities: Path) -> Iterator[dict]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _define_and_start(daemon: PrivateLibvirtd, pair: dict) -> None:
+def _define_and_start(daemon: PrivateLibvirtd, pair: dict,
+                      interfaces: str = MGMT_ON_BR_ETH1) -> None:
     xml = pair["root"] / "vm2.xml"
-    xml.write_text(DOMAIN_XML.replace("{uuid}", str(uuid.uuid4())))
+    xml.write_text(DOMAIN_XML.replace("{uuid}", str(uuid.uuid4())).replace(
+        "{interfaces}", interfaces))
     daemon.virsh("define", str(xml))
     pair["defined"]["vm2"] = daemon.virsh("dumpxml", "--inactive", "vm2").stdout
     daemon.virsh("start", "vm2")
 
 
-def _interface(daemon: PrivateLibvirtd, *flags: str) -> ET.Element:
-    domain = ET.fromstring(daemon.virsh("dumpxml", "vm2", *flags).stdout)
-    (interface,) = domain.findall("devices/interface")
+def _interface(daemon: PrivateLibvirtd, mac: str = VM2_MGMT_MAC) -> ET.Element:
+    domain = ET.fromstring(daemon.virsh("dumpxml", "vm2").stdout)
+    (interface,) = [nic for nic in domain.findall("devices/interface")
+                    if nic.find("mac").get("address") == mac]
     return interface
 
 
@@ -410,3 +437,76 @@ def test_persistent_definition_rewritten_by_the_hook_survives_a_restart(libvirt_
     tap = _tap_of(_interface(target))
     (link,) = ip_json(target.netns, "link", "show", "dev", tap)
     assert link.get("master") == "br-eno3"
+
+
+def test_libvirt_networks_from_netmap_carry_a_guest_across_unchanged(libvirt_pair) -> None:
+    """`netmap libvirt-networks --host H` on each host, loaded with net-define: a guest on
+    <source network='mgmt'/> lands on each host's own bridge and migrates without any
+    rewrite, because the network's name means the same on both hosts."""
+    source: PrivateLibvirtd = libvirt_pair["daemons"]["host-a"]
+    target: PrivateLibvirtd = libvirt_pair["daemons"]["host-b"]
+    for daemon in (source, target):
+        out = libvirt_pair["root"] / f"networks-{daemon.host}"
+        made = subprocess.run(
+            [sys.executable, "-m", "netmap", "libvirt-networks", "--host", daemon.host,
+             "--mappings", str(libvirt_pair["mappings"]), "--out", str(out)],
+            capture_output=True, text=True, check=False, cwd=REPO)
+        assert made.returncode == 0, made.stderr
+        defined = sorted(path.stem for path in out.glob("*.xml"))
+        assert "mgmt" in defined and "prod" in defined
+        for name in defined:  # the real parser accepts every definition, VF pools included
+            daemon.virsh("net-define", str(out / f"{name}.xml"))
+        # only mgmt can start in the lab: prod needs eth0.100 (no 802.1q in this kernel),
+        # the VF pools need SR-IOV, tenant-blue needs `netmap realize` to build its vxlan
+        daemon.virsh("net-start", "mgmt")
+        assert set(daemon.virsh("net-list", "--all", "--name").stdout.split()) == set(defined)
+    _define_and_start(source, libvirt_pair, INTERFACE_XML.format(
+        kind="network", mac=VM2_MGMT_MAC, source="network='mgmt'"))
+    assert ip_json(source.netns, "link", "show", "dev", _tap_of(_interface(source)))[0][
+        "master"] == "br-eth1"
+    before = source.virsh("dumpxml", "--migratable", "vm2").stdout
+
+    done = _migrate(source, target)
+    assert done.returncode == 0, done.stderr + target.log_tail()
+
+    assert target.hook_calls()[0] == "vm2 migrate begin -"
+    assert target.virsh("dumpxml", "--migratable", "vm2").stdout == before  # nothing to rewrite
+    interface = _interface(target)
+    assert interface.find("source").get("network") == "mgmt"
+    (link,) = ip_json(target.netns, "link", "show", "dev", _tap_of(interface))
+    assert link.get("master") == "br-eno3"
+
+
+def test_macvtap_and_bridge_nics_both_follow_the_mapping(libvirt_pair) -> None:
+    """vm2 as its guest file says: prod as a vepa macvtap on eth0, mgmt on br-eth1. This
+    kernel has no 802.1q, so prod loses its VLAN in this test's copy of the fleet; then host-b
+    realizes prod on eno2, and the hook must move the macvtap there."""
+    source: PrivateLibvirtd = libvirt_pair["daemons"]["host-a"]
+    target: PrivateLibvirtd = libvirt_pair["daemons"]["host-b"]
+    networks = libvirt_pair["mappings"] / "networks.toml"
+    networks.write_text(networks.read_text().replace("vlan = 100\n", "", 1))
+    prod = INTERFACE_XML.format(kind="direct", mac=VM2_PROD_MAC,
+                                source="dev='eth0' mode='vepa'")
+    _define_and_start(source, libvirt_pair, prod + MGMT_ON_BR_ETH1)
+    (macvtap,) = ip_json(source.netns, "-d", "link", "show", "dev",
+                         _tap_of(_interface(source, VM2_PROD_MAC)))
+    assert macvtap["link"] == "eth0"
+    assert macvtap["linkinfo"]["info_kind"] == "macvtap"
+    assert macvtap["linkinfo"]["info_data"]["mode"] == "vepa"
+    assert macvtap["address"] == VM2_PROD_MAC  # a macvtap carries the guest's own MAC
+    before = source.virsh("dumpxml", "--migratable", "vm2").stdout
+
+    done = _migrate(source, target)
+    assert done.returncode == 0, done.stderr + target.log_tail()
+
+    after = target.virsh("dumpxml", "--migratable", "vm2").stdout
+    assert after == before.replace("br-eth1", "br-eno3").replace("dev='eth0'", "dev='eno2'")
+    (macvtap,) = ip_json(target.netns, "-d", "link", "show", "dev",
+                         _tap_of(_interface(target, VM2_PROD_MAC)))
+    assert macvtap["link"] == "eno2"
+    assert macvtap["linkinfo"]["info_data"]["mode"] == "vepa"
+    (tap,) = ip_json(target.netns, "link", "show", "dev", _tap_of(_interface(target)))
+    assert tap.get("master") == "br-eno3"
+    # and nothing of vm2 is left on host-a
+    assert not [link for link in ip_json(source.netns, "-d", "link", "show")
+                if link.get("linkinfo", {}).get("info_kind") == "macvtap"]
