@@ -1,12 +1,10 @@
 """netmap's qemu hook under a real libvirt daemon (Debian's libvirtd + qemu-system-x86).
 
-Each lab host namespace (prefix nmK) gets a private libvirtd: it runs as root inside
-`ip netns exec NS unshare --mount --uts`, with a private hostname and, bind-mounted over
-/etc/libvirt, /var and /run inside that mount namespace only, directories of a temporary
-tree. So it reads its own libvirtd.conf/qemu.conf and its own hooks dir
-(/etc/libvirt/hooks/qemu.d/netmap, a wrapper that logs its argv and execs
-netmap-libvirt-hook with NETMAP_MAPPINGS/NETMAP_HOST), and the machine's /etc, /var and /run
-are never touched. virsh reaches each daemon through its socket in the temporary tree.
+host-a's and host-b's lab namespaces (prefix nmK) each get a private libvirtd from
+scripts/libvirt_lab.py: its own mount and UTS namespace, its own /etc/libvirt with netmap's
+hook as qemu.d/netmap, nothing of the machine's /etc, /var or /run touched. The mgmt bridge
+(br-eth1, br-eno3: what `netmap realize` builds for a bridge-mode network) carries a lab
+address on each side for QEMU's migration stream; virsh drives both daemons by their sockets.
 
 Guests are TCG `pc` machines with 32 MiB, no disk and no option ROM: SeaBIOS finds nothing to
 boot and idles, which is all a live migration needs. Daemons, the QEMUs they started (found by
@@ -15,15 +13,12 @@ the pid files in the private run dir), namespaces and the tree are removed even 
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,34 +28,15 @@ import pytest
 
 from tests.conftest import REPO, needs_netns
 
-LIBVIRTD = shutil.which("libvirtd") or shutil.which("libvirtd", path="/usr/sbin:/sbin")
-VIRSH = shutil.which("virsh")
-QEMU = shutil.which("qemu-system-x86_64")
-UNSHARE = shutil.which("unshare")
-HAS_TUN = Path("/dev/net/tun").exists()
-# libvirtd starts without its QEMU driver (Debian: libvirt-daemon-driver-qemu) and then
-# answers every qemu:/// connection with "no connection driver available"
-QEMU_DRIVER = any(glob.glob(pattern) for pattern in (
-    "/usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so",
-    "/usr/lib*/libvirt/connection-driver/libvirt_driver_qemu.so"))
+sys.path.insert(0, str(REPO / "scripts"))
+import libvirt_lab  # scripts/ is not a package
+from libvirt_lab import QEMU, PrivateLibvirtd, ip_json
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.qemu,
     needs_netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="a private libvirtd must run as root (it "
-                       "creates taps and bind-mounts its own /etc/libvirt in a mount namespace)"),
-    pytest.mark.skipif(LIBVIRTD is None, reason="libvirtd is not installed (Debian: apt-get "
-                       "install libvirt-daemon libvirt-daemon-driver-qemu)"),
-    pytest.mark.skipif(VIRSH is None, reason="virsh is not installed (Debian: apt-get install "
-                       "libvirt-clients)"),
-    pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed (Debian: "
-                       "apt-get install qemu-system-x86)"),
-    pytest.mark.skipif(not QEMU_DRIVER, reason="libvirt's QEMU driver is not installed "
-                       "(Debian: apt-get install libvirt-daemon-driver-qemu)"),
-    pytest.mark.skipif(UNSHARE is None or shutil.which("hostname") is None,
-                       reason="unshare (util-linux) or hostname is not installed"),
-    pytest.mark.skipif(not HAS_TUN, reason="/dev/net/tun is missing: libvirt cannot make taps"),
+    pytest.mark.skipif(libvirt_lab.missing() is not None, reason=str(libvirt_lab.missing())),
 ]
 
 VM2_MGMT_MAC = "52:54:00:ab:00:02"  # vm2's NICs in mappings/guests/vm2.toml
@@ -92,181 +68,16 @@ INTERFACE_XML = """    <interface type='{kind}'>
 """
 MGMT_ON_BR_ETH1 = INTERFACE_XML.format(kind="bridge", mac=VM2_MGMT_MAC, source="bridge='br-eth1'")
 
-LIBVIRTD_CONF = """# private test daemon: local socket only, no authentication, its own host UUID
-auth_unix_ro = "none"
-auth_unix_rw = "none"
-unix_sock_rw_perms = "0700"
-host_uuid = "{host_uuid}"
-log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
-"""
-
-# no libvirt-qemu user, no security driver, no cgroups or /dev namespace, no virtlogd:
-# nothing of the machine beyond the binaries
-QEMU_CONF = """user = "root"
-group = "root"
-dynamic_ownership = 0
-remember_owner = 0
-security_driver = "none"
-cgroup_controllers = [ ]
-namespaces = [ ]
-stdio_handler = "file"
-"""
-
-HOOK_WRAPPER = """#!/bin/sh
-# libvirt runs every executable in /etc/libvirt/hooks/qemu.d/ as `GUEST OP SUBOP EXTRA`
-echo "$*" >> {log}
-NETMAP_MAPPINGS={mappings} NETMAP_HOST=$(cat {host_file}) PYTHONPATH={repo} \\
-  exec {python} -c 'from netmap.libvirt.hook import main; raise SystemExit(main())' "$@"
-"""
-
-# inside `ip netns exec NS unshare --mount --uts --propagation private`: our own hostname and
-# libvirt directories, visible to this daemon and the QEMUs it starts, nobody else
-LAUNCH = """set -e
-hostname "$1"
-mount --bind "$2/etc" /etc/libvirt
-mount --bind "$2/var" /var
-mount --bind "$2/run" /run
-mount --bind "$2/passwd" /etc/passwd
-mount --bind "$2/group" /etc/group
-exec "$3" --pid-file /run/libvirtd.pid
-"""
-
-
-class PrivateLibvirtd:
-    """One libvirtd for one lab host namespace, with netmap's hook installed."""
-
-    def __init__(self, root: Path, netns: str, host: str, mappings: Path) -> None:
-        self.root, self.netns, self.host = root, netns, host
-        self.hook_log = root / "hook.log"
-        self.host_file = root / "netmap-host"
-        for sub in ("etc/hooks/qemu.d", "etc/qemu", "var/lib/libvirt", "var/cache/libvirt",
-                    "var/log/libvirt", "var/tmp", "run/libvirt"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        (root / "var/run").symlink_to("/run")
-        (root / "etc/libvirtd.conf").write_text(LIBVIRTD_CONF.format(host_uuid=uuid.uuid4()))
-        (root / "etc/qemu.conf").write_text(QEMU_CONF)
-        self.host_file.write_text(host + "\n")
-        # libvirtd resolves its built-in QEMU user before it reads qemu.conf; Debian's
-        # libvirt-daemon-system would create it, so this namespace alone gets one
-        for name, line in (("passwd", "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/bin/false"),
-                           ("group", "libvirt-qemu:x:64055:")):
-            text = Path(f"/etc/{name}").read_text()
-            (root / name).write_text(text if "\nlibvirt-qemu:" in "\n" + text
-                                     else text.rstrip("\n") + "\n" + line + "\n")
-        hook = root / "etc/hooks/qemu.d/netmap"
-        hook.write_text(HOOK_WRAPPER.format(log=self.hook_log, mappings=mappings,
-                                            host_file=self.host_file, repo=REPO,
-                                            python=sys.executable))
-        hook.chmod(0o755)
-        self.socket = root / "run/libvirt/libvirt-sock"
-        self.uri = f"qemu+unix:///system?socket={self.socket}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, capabilities: Path, timeout: float = 30.0) -> None:
-        """Start and wait for the socket. `capabilities` holds the QEMU capabilities that
-        libvirt probes at start (seconds per binary): shared so that only the first daemon
-        of the module probes; libvirt itself checks the copies against binaries and kernel."""
-        cache = self.root / "var/cache/libvirt/qemu/capabilities"
-        shutil.copytree(capabilities, cache, dirs_exist_ok=True)
-        self.process = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, UNSHARE, "--mount", "--uts",
-             "--propagation", "private", "sh", "-c", LAUNCH, "launch", self.host,
-             str(self.root), LIBVIRTD],
-            stdout=subprocess.DEVNULL, stderr=(self.root / "libvirtd.stderr").open("wb"))
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"libvirtd in {self.netns} exited: {self.log_tail()}")
-            if self.socket.exists() and self.virsh("version", check=False).returncode == 0:
-                shutil.copytree(cache, capabilities, dirs_exist_ok=True)
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"libvirtd in {self.netns} did not answer: {self.log_tail()}")
-            time.sleep(0.1)
-
-    def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([VIRSH, "-q", "-c", self.uri, *args], capture_output=True,
-                              text=True, timeout=60, check=False)
-        if check and done.returncode != 0:
-            raise AssertionError(f"virsh {' '.join(args)} on {self.host}: {done.stderr}\n"
-                                 f"{self.log_tail()}")
-        return done
-
-    def hook_calls(self) -> list[str]:
-        return self.hook_log.read_text().splitlines() if self.hook_log.exists() else []
-
-    def log_tail(self, lines: int = 15) -> str:
-        texts = []
-        for path in (self.root / "libvirtd.stderr", self.root / "var/log/libvirt/libvirtd.log"):
-            if path.exists():
-                texts += path.read_text(errors="replace").splitlines()[-lines:]
-        return "\n".join(texts)
-
-    def stop(self) -> None:
-        """Kill the QEMUs this daemon started (by its private pid files), then the daemon.
-        libvirt leaves QEMU running when the daemon exits, by design."""
-        if self.process is not None and self.process.poll() is None:
-            # the polite way first: libvirtd destroys, reaps and unplugs its own guests
-            running = self.virsh("list", "--name", check=False).stdout.split()
-            for name in running:
-                self.virsh("destroy", name, check=False)
-        for pidfile in (self.root / "run/libvirt/qemu").glob("*.pid"):
-            if pidfile.name != "driver.pid":  # that one is libvirtd's own lock
-                _kill(pidfile)
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                # libvirtd 9.0 can sit out a 10 s shutdown timeout; it holds nothing to save
-                self.process.wait(2)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
-def _kill(pidfile: Path) -> None:
-    try:
-        pid = int(pidfile.read_text().strip())
-        os.kill(pid, signal.SIGKILL)
-    except (OSError, ValueError):
-        return
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (a dead QEMU whose daemon is gone may wait long to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def ip_json(netns: str, *args: str) -> list[dict]:
-    import json
-
-    done = subprocess.run(["ip", "-j", "-n", netns, *args], capture_output=True, text=True,
-                          check=True)
-    return json.loads(done.stdout or "[]")
-
-
 @pytest.fixture(scope="module")
 def capabilities() -> Iterator[Path]:
-    """The shared QEMU capabilities cache; first checks that a daemon can get a private
-    mount and UTS namespace here (a container may forbid both even to root)."""
+    """The QEMU capabilities cache all daemons of this module share (libvirt probes each
+    QEMU binary for seconds at start), after checking that daemons can be isolated here."""
+    problem = libvirt_lab.isolation_problem()
+    if problem:
+        pytest.skip(problem)
     cache = Path(tempfile.mkdtemp(prefix="nmK-qemucaps-"))
-    try:
-        probe = subprocess.run(
-            [UNSHARE, "--mount", "--uts", "--propagation", "private", "sh", "-c",
-             'mount --bind "$1" "$1" && hostname nmK-probe', "probe", str(cache)],
-            capture_output=True, text=True, timeout=30, check=False)
-        if probe.returncode != 0:
-            pytest.skip("cannot give libvirtd a private mount and UTS namespace (unshare "
-                        f"--mount --uts, mount --bind): {probe.stderr.strip()}")
-        yield cache
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,0 +1,275 @@
+"""Private libvirt daemons inside lab host namespaces, with netmap's qemu hook installed.
+
+Each daemon is Debian's libvirtd, run as root through
+`ip netns exec NS unshare --mount --uts --propagation private`: it gets the lab host's
+network namespace, its own hostname (libvirt refuses to migrate to a host with its own
+name or host UUID) and, bind-mounted over /etc/libvirt, /var, /run, /etc/passwd and
+/etc/group inside that mount namespace only, files of a private tree. So it reads its own
+libvirtd.conf and qemu.conf, finds netmap's hook as /etc/libvirt/hooks/qemu.d/netmap (a
+wrapper that logs its argv and execs the hook with NETMAP_MAPPINGS and NETMAP_HOST, since
+libvirt gives hooks an almost empty environment), and the machine's own files are never
+touched. virsh reaches a daemon through the socket in its tree (`.uri`).
+
+Used by tests/test_libvirt_real.py; by hand:
+
+    python3 scripts/libvirt_lab.py up --mappings DIR --prefix P host-a host-b
+
+builds the lab for those hosts (scripts/lab), starts one daemon per host, prints the virsh
+URIs and, on Ctrl-C, destroys their guests, stops the daemons and removes the lab.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parent.parent
+LIBVIRTD = shutil.which("libvirtd") or shutil.which("libvirtd", path="/usr/sbin:/sbin")
+VIRSH = shutil.which("virsh")
+QEMU = shutil.which("qemu-system-x86_64")
+UNSHARE = shutil.which("unshare")
+# libvirtd starts without its QEMU driver (Debian: libvirt-daemon-driver-qemu) and then
+# answers every qemu:/// connection with "no connection driver available"
+QEMU_DRIVER = any(glob.glob(pattern) for pattern in (
+    "/usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so",
+    "/usr/lib*/libvirt/connection-driver/libvirt_driver_qemu.so"))
+
+
+def missing() -> str | None:
+    """Why private daemons cannot run here, or None."""
+    if os.geteuid() != 0:
+        return ("a private libvirtd must run as root (it makes taps and mounts its own "
+                "/etc/libvirt in a mount namespace)")
+    for found, what in ((LIBVIRTD, "libvirtd (Debian: libvirt-daemon)"),
+                        (QEMU_DRIVER, "libvirt's QEMU driver (Debian: "
+                         "libvirt-daemon-driver-qemu)"),
+                        (VIRSH, "virsh (Debian: libvirt-clients)"),
+                        (QEMU, "qemu-system-x86_64 (Debian: qemu-system-x86)"),
+                        (UNSHARE and shutil.which("hostname"), "unshare and hostname"),
+                        (Path("/dev/net/tun").exists(), "/dev/net/tun")):
+        if not found:
+            return f"{what} is not installed"
+    return None
+
+
+def isolation_problem() -> str | None:
+    """Can a daemon get a private mount and UTS namespace here? (A container may forbid
+    both even to root.) None when it can."""
+    with tempfile.TemporaryDirectory(prefix="nmK-probe-") as scratch:
+        probe = subprocess.run(
+            [UNSHARE, "--mount", "--uts", "--propagation", "private", "sh", "-c",
+             'mount --bind "$1" "$1" && hostname nmK-probe', "probe", scratch],
+            capture_output=True, text=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        return ("cannot give libvirtd a private mount and UTS namespace (unshare --mount "
+                f"--uts, mount --bind): {probe.stderr.strip()}")
+    return None
+
+
+LIBVIRTD_CONF = """# private test daemon: local socket only, no authentication, its own host UUID
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+unix_sock_rw_perms = "0700"
+host_uuid = "{host_uuid}"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+"""
+
+# no libvirt-qemu user, no security driver, no cgroups or /dev namespace, no virtlogd:
+# nothing of the machine beyond the binaries
+QEMU_CONF = """user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+stdio_handler = "file"
+"""
+
+HOOK_WRAPPER = """#!/bin/sh
+# libvirt runs every executable in /etc/libvirt/hooks/qemu.d/ as `GUEST OP SUBOP EXTRA`
+echo "$*" >> {log}
+NETMAP_MAPPINGS={mappings} NETMAP_HOST=$(cat {host_file}) PYTHONPATH={repo} \\
+  exec {python} -c 'from netmap.libvirt.hook import main; raise SystemExit(main())' "$@"
+"""
+
+# inside `ip netns exec NS unshare --mount --uts --propagation private`: our own hostname and
+# libvirt directories, visible to this daemon and the QEMUs it starts, nobody else
+LAUNCH = """set -e
+hostname "$1"
+mount --bind "$2/etc" /etc/libvirt
+mount --bind "$2/var" /var
+mount --bind "$2/run" /run
+mount --bind "$2/passwd" /etc/passwd
+mount --bind "$2/group" /etc/group
+exec "$3" --pid-file /run/libvirtd.pid
+"""
+
+
+class PrivateLibvirtd:
+    """One libvirtd for one lab host namespace, with netmap's hook installed."""
+
+    def __init__(self, root: Path, netns: str, host: str, mappings: Path) -> None:
+        """Lay out the daemon's private tree under `root` (created if missing)."""
+        self.root, self.netns, self.host = root, netns, host
+        self.hook_log = root / "hook.log"
+        self.host_file = root / "netmap-host"
+        for sub in ("etc/hooks/qemu.d", "etc/qemu", "var/lib/libvirt", "var/cache/libvirt",
+                    "var/log/libvirt", "var/tmp", "run/libvirt"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "var/run").symlink_to("/run")
+        (root / "etc/libvirtd.conf").write_text(LIBVIRTD_CONF.format(host_uuid=uuid.uuid4()))
+        (root / "etc/qemu.conf").write_text(QEMU_CONF)
+        self.host_file.write_text(host + "\n")
+        # libvirtd resolves its built-in QEMU user before it reads qemu.conf; Debian's
+        # libvirt-daemon-system would create it, so this namespace alone gets one
+        for name, line in (("passwd", "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/bin/false"),
+                           ("group", "libvirt-qemu:x:64055:")):
+            text = Path(f"/etc/{name}").read_text()
+            (root / name).write_text(text if "\nlibvirt-qemu:" in "\n" + text
+                                     else text.rstrip("\n") + "\n" + line + "\n")
+        hook = root / "etc/hooks/qemu.d/netmap"
+        hook.write_text(HOOK_WRAPPER.format(log=self.hook_log, mappings=mappings,
+                                            host_file=self.host_file, repo=_REPO,
+                                            python=sys.executable))
+        hook.chmod(0o755)
+        self.socket = root / "run/libvirt/libvirt-sock"
+        self.uri = f"qemu+unix:///system?socket={self.socket}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, capabilities: Path, timeout: float = 30.0) -> None:
+        """Start and wait for the socket. `capabilities` holds the QEMU capabilities that
+        libvirt probes at start (seconds per binary): shared so that only the first daemon
+        of a session probes; libvirt itself checks the copies against binaries and kernel."""
+        cache = self.root / "var/cache/libvirt/qemu/capabilities"
+        capabilities.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(capabilities, cache, dirs_exist_ok=True)
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, UNSHARE, "--mount", "--uts",
+             "--propagation", "private", "sh", "-c", LAUNCH, "launch", self.host,
+             str(self.root), LIBVIRTD],
+            stdout=subprocess.DEVNULL, stderr=(self.root / "libvirtd.stderr").open("wb"))
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"libvirtd in {self.netns} exited: {self.log_tail()}")
+            if self.socket.exists() and self.virsh("version", check=False).returncode == 0:
+                shutil.copytree(cache, capabilities, dirs_exist_ok=True)
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"libvirtd in {self.netns} did not answer: {self.log_tail()}")
+            time.sleep(0.1)
+
+    def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([VIRSH, "-q", "-c", self.uri, *args], capture_output=True,
+                              text=True, timeout=60, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"virsh {' '.join(args)} on {self.host}: {done.stderr}\n"
+                                 f"{self.log_tail()}")
+        return done
+
+    def hook_calls(self) -> list[str]:
+        return self.hook_log.read_text().splitlines() if self.hook_log.exists() else []
+
+    def log_tail(self, lines: int = 15) -> str:
+        texts = []
+        for path in (self.root / "libvirtd.stderr", self.root / "var/log/libvirt/libvirtd.log"):
+            if path.exists():
+                texts += path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(texts)
+
+    def stop(self) -> None:
+        """Kill the QEMUs this daemon started (by its private pid files), then the daemon.
+        libvirt leaves QEMU running when the daemon exits, by design."""
+        if self.process is not None and self.process.poll() is None:
+            # the polite way first: libvirtd destroys, reaps and unplugs its own guests
+            running = self.virsh("list", "--name", check=False).stdout.split()
+            for name in running:
+                self.virsh("destroy", name, check=False)
+        for pidfile in (self.root / "run/libvirt/qemu").glob("*.pid"):
+            if pidfile.name != "driver.pid":  # that one is libvirtd's own lock
+                _kill(pidfile)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)  # prompt once its guests are gone; nothing to save
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def _kill(pidfile: Path) -> None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a dead QEMU whose daemon is gone may wait long to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def ip_json(netns: str, *args: str) -> list[dict]:
+    done = subprocess.run(["ip", "-j", "-n", netns, *args], capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout or "[]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    sys.path.insert(0, str(_REPO))
+    from netmap.lab import build_lab, teardown_lab
+    from netmap.load import load_fleet
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up"])
+    parser.add_argument("hosts", nargs="+")
+    parser.add_argument("--mappings", default=str(_REPO / "mappings"))
+    parser.add_argument("--prefix", default="nm-virt")
+    args = parser.parse_args(argv)
+    problem = missing() or isolation_problem()
+    if problem:
+        print(f"libvirt_lab: {problem}", file=sys.stderr)
+        return 2
+    lab = build_lab(load_fleet(args.mappings), args.prefix, args.hosts)
+    root = Path(tempfile.mkdtemp(prefix=f"{args.prefix}-libvirt-"))
+    daemons = []
+    try:
+        for host, netns in lab.hosts.items():
+            daemons.append(PrivateLibvirtd(root / host, netns, host, Path(args.mappings)))
+            daemons[-1].start(root / "capabilities")
+            print(f"{host}: virsh -c '{daemons[-1].uri}'   (hook log {daemons[-1].hook_log})")
+        print("Ctrl-C stops the daemons and removes the lab")
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        teardown_lab(lab)
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
