@@ -14,7 +14,8 @@ Used by tests/test_libvirt_real.py; by hand:
 
     python3 scripts/libvirt_lab.py up --mappings DIR --prefix P host-a host-b
 
-builds the lab for those hosts (scripts/lab), starts one daemon per host, prints the virsh
+builds the lab for those hosts (scripts/lab: a host's namespace is its mapping's `netns`,
+else P-HOST), starts one daemon per host, prints the virsh
 URIs and, on Ctrl-C, destroys their guests, stops the daemons and removes the lab.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -98,7 +100,7 @@ stdio_handler = "file"
 HOOK_WRAPPER = """#!/bin/sh
 # libvirt runs every executable in /etc/libvirt/hooks/qemu.d/ as `GUEST OP SUBOP EXTRA`
 echo "$*" >> {log}
-NETMAP_MAPPINGS={mappings} NETMAP_HOST=$(cat {host_file}) PYTHONPATH={repo} \\
+NETMAP_MAPPINGS={mappings} NETMAP_HOST={host} PYTHONPATH={repo} \\
   exec {python} -c 'from netmap.libvirt.hook import main; raise SystemExit(main())' "$@"
 """
 
@@ -122,14 +124,12 @@ class PrivateLibvirtd:
         """Lay out the daemon's private tree under `root` (created if missing)."""
         self.root, self.netns, self.host = root, netns, host
         self.hook_log = root / "hook.log"
-        self.host_file = root / "netmap-host"
         for sub in ("etc/hooks/qemu.d", "etc/qemu", "var/lib/libvirt", "var/cache/libvirt",
                     "var/log/libvirt", "var/tmp", "run/libvirt"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / "var/run").symlink_to("/run")
         (root / "etc/libvirtd.conf").write_text(LIBVIRTD_CONF.format(host_uuid=uuid.uuid4()))
         (root / "etc/qemu.conf").write_text(QEMU_CONF)
-        self.host_file.write_text(host + "\n")
         # libvirtd resolves its built-in QEMU user before it reads qemu.conf; Debian's
         # libvirt-daemon-system would create it, so this namespace alone gets one
         for name, line in (("passwd", "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/bin/false"),
@@ -138,9 +138,9 @@ class PrivateLibvirtd:
             (root / name).write_text(text if "\nlibvirt-qemu:" in "\n" + text
                                      else text.rstrip("\n") + "\n" + line + "\n")
         hook = root / "etc/hooks/qemu.d/netmap"
-        hook.write_text(HOOK_WRAPPER.format(log=self.hook_log, mappings=mappings,
-                                            host_file=self.host_file, repo=_REPO,
-                                            python=sys.executable))
+        hook.write_text(HOOK_WRAPPER.format(**{key: shlex.quote(str(value)) for key, value in (
+            ("log", self.hook_log), ("mappings", mappings), ("host", host), ("repo", _REPO),
+            ("python", sys.executable))}))
         hook.chmod(0o755)
         self.socket = root / "run/libvirt/libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
