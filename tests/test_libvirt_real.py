@@ -341,3 +341,39 @@ def test_restore_passes_the_saved_definition_through_untouched(libvirt_pair) -> 
     assert source.virsh("dumpxml", "--migratable", "vm2").stdout == before
     (link,) = ip_json(source.netns, "link", "show", "dev", _tap_of(_interface(source)))
     assert link.get("master") == "br-eth1"
+
+
+CHAIN_FIRST = """#!/bin/sh
+# an operator's hook that runs before netmap: for migrate begin it adds a comment
+if [ "$2 $3" = "migrate begin" ]; then
+  sed 's|<devices>|<devices><!-- checked by 00-first -->|'
+fi
+"""
+CHAIN_LAST = """#!/bin/sh
+# and one after netmap: records what it was handed, passes it on
+if [ "$2 $3" = "migrate begin" ]; then
+  tee {record}
+fi
+"""
+
+
+def test_netmap_filters_its_part_of_a_qemu_d_chain(libvirt_pair) -> None:
+    """libvirt (>= 6.5) pipes the migrate XML through every qemu.d script in name order:
+    netmap must take the previous script's output and hand the next one its rewrite."""
+    source: PrivateLibvirtd = libvirt_pair["daemons"]["host-a"]
+    target: PrivateLibvirtd = libvirt_pair["daemons"]["host-b"]
+    record = libvirt_pair["root"] / "seen-by-zz-last.xml"
+    hooks = target.root / "etc/hooks/qemu.d"
+    for name, text in (("00-first", CHAIN_FIRST), ("zz-last", CHAIN_LAST)):
+        (hooks / name).write_text(text.format(record=record))
+        (hooks / name).chmod(0o755)
+    _define_and_start(source, libvirt_pair)
+
+    done = _migrate(source, target)
+    assert done.returncode == 0, done.stderr + target.log_tail()
+
+    seen = record.read_text()
+    assert "<devices><!-- checked by 00-first -->" in seen  # netmap kept the first's edit
+    assert "<source bridge='br-eno3'/>" in seen and "br-eth1" not in seen
+    (link,) = ip_json(target.netns, "link", "show", "dev", _tap_of(_interface(target)))
+    assert link.get("master") == "br-eno3"
