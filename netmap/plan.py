@@ -50,6 +50,21 @@ class Step:
 
 
 @dataclass(frozen=True)
+class LinkStep(Step):
+    """A step that creates the link `name`; deleting that link undoes it."""
+
+    link_kind: ClassVar[str] = ""  # the kind DeleteLink names ("bridge", "tun", ...)
+    name: str
+
+    @property
+    def resource(self) -> str:
+        return f"link:{self.name}"
+
+    def inverse(self) -> Step | None:
+        return DeleteLink(self.name, self.link_kind)
+
+
+@dataclass(frozen=True)
 class RequireLink(Step):
     """An interface the host must already have (an uplink): up, or brought up."""
 
@@ -84,25 +99,18 @@ class SetDown(Step):
 
 
 @dataclass(frozen=True)
-class EnsureBridge(Step):
+class EnsureBridge(LinkStep):
     kind: ClassVar[str] = "bridge"
+    link_kind: ClassVar[str] = "bridge"
     shared: ClassVar[bool] = True
-    name: str
     mtu: int
     vlan_filtering: bool = False
     ageing: int = BRIDGE_AGEING
-
-    @property
-    def resource(self) -> str:
-        return f"link:{self.name}"
 
     def describe(self) -> str:
         extra = ", vlan_filtering" if self.vlan_filtering else ""
         return (f"bridge {self.name} (mtu {self.mtu}, ageing {self.ageing // 100}s{extra}), "
                 "up")
-
-    def inverse(self) -> Step | None:
-        return DeleteLink(self.name, "bridge")
 
 
 @dataclass(frozen=True)
@@ -177,32 +185,25 @@ class DropBridgeVlan(Step):
 
 
 @dataclass(frozen=True)
-class EnsureVlanLink(Step):
+class EnsureVlanLink(LinkStep):
     """An 802.1Q sub-interface, the lower device of a macvtap on a VLAN."""
 
     kind: ClassVar[str] = "vlan-link"
+    link_kind: ClassVar[str] = "vlan"
     shared: ClassVar[bool] = True
-    name: str
     lower: str
     vid: int
     mtu: int
 
-    @property
-    def resource(self) -> str:
-        return f"link:{self.name}"
-
     def describe(self) -> str:
         return f"802.1Q {self.name} on {self.lower} (VLAN {self.vid}, mtu {self.mtu}), up"
 
-    def inverse(self) -> Step | None:
-        return DeleteLink(self.name, "vlan")
-
 
 @dataclass(frozen=True)
-class EnsureVxlan(Step):
+class EnsureVxlan(LinkStep):
     kind: ClassVar[str] = "vxlan"
+    link_kind: ClassVar[str] = "vxlan"
     shared: ClassVar[bool] = True
-    name: str
     vni: int
     underlay: str
     mtu: int
@@ -211,62 +212,41 @@ class EnsureVxlan(Step):
     remotes: tuple[str, ...] = ()
     local: str | None = None
 
-    @property
-    def resource(self) -> str:
-        return f"link:{self.name}"
-
     def describe(self) -> str:
         where = (f"group {self.group}" if self.group
                  else f"remotes {', '.join(self.remotes)}" if self.remotes else "no peers")
         return (f"vxlan {self.name} VNI {self.vni} on {self.underlay} port {self.port}, "
                 f"{where} (mtu {self.mtu}), up")
 
-    def inverse(self) -> Step | None:
-        return DeleteLink(self.name, "vxlan")
-
 
 @dataclass(frozen=True)
-class CreateTap(Step):
+class CreateTap(LinkStep):
     """The guest's tap, persistent, IFF_TAP|IFF_NO_PI|IFF_VNET_HDR as QEMU opens it."""
 
     kind: ClassVar[str] = "tap"
-    name: str
+    link_kind: ClassVar[str] = "tun"
     mac: str  # the host side's MAC (see host_side_mac)
     guest_mac: str
     mtu: int
     bridge: str
 
-    @property
-    def resource(self) -> str:
-        return f"link:{self.name}"
-
     def describe(self) -> str:
         return (f"tap {self.name} for {self.guest_mac} (host side {self.mac}, mtu {self.mtu}) "
                 f"in bridge {self.bridge}, up")
 
-    def inverse(self) -> Step | None:
-        return DeleteLink(self.name, "tun")
-
 
 @dataclass(frozen=True)
-class CreateMacvtap(Step):
+class CreateMacvtap(LinkStep):
     kind: ClassVar[str] = "macvtap"
-    name: str
+    link_kind: ClassVar[str] = "macvtap"
     lower: str
     mode: str  # bridge | vepa | private | passthru (the kernel's names)
     mac: str
     mtu: int
 
-    @property
-    def resource(self) -> str:
-        return f"link:{self.name}"
-
     def describe(self) -> str:
         return f"macvtap {self.name} on {self.lower}, mode {self.mode}, {self.mac}, " \
                f"mtu {self.mtu}, up"
-
-    def inverse(self) -> Step | None:
-        return DeleteLink(self.name, "macvtap")
 
 
 @dataclass(frozen=True)
