@@ -115,9 +115,16 @@ def fds_of(pid: int) -> list[str]:
     return found
 
 
+def quit_qemu(qemu: subprocess.Popen, qmp: Qmp) -> None:
+    """Ask QEMU to quit through QMP, as libvirt does, and expect a clean exit."""
+    qmp.command("quit")
+    qmp.close()
+    assert qemu.wait(timeout=20) == 0
+
+
 @pytest.mark.parametrize(("network", "bridge", "mtu"), [
     ("mgmt", "br-eth1", 1500),  # bridge mode on eth1
-    ("tenant-blue", "brvx5001", 1450),  # vxlan over eth1: the VNI's bridge
+    ("tenant-blue", "brvx5001", 1450),  # vxlan over eth0: the VNI's bridge
 ])
 def test_qemu_gets_a_tap_on_the_mapped_bridge(lab, network: str, bridge: str,
                                               mtu: int) -> None:
@@ -136,9 +143,7 @@ def test_qemu_gets_a_tap_on_the_mapped_bridge(lab, network: str, bridge: str,
         assert now[tap]["master"] == now[bridge]["index"]
         assert now[tap]["up"] and now[tap]["mtu"] == mtu
         assert f"/dev/net/tun {tap}" in fds_of(qemu.pid)  # QEMU holds the tap
-        qmp.command("quit")
-        qmp.close()
-        assert qemu.wait(timeout=20) == 0
+        quit_qemu(qemu, qmp)
     finally:
         if qemu.poll() is None:
             qemu.kill()
@@ -167,9 +172,7 @@ def test_qemu_gets_a_macvtap_and_it_goes_with_qemu(lab) -> None:
         assert macvtap["link"] == links(netns)["eth1"]["index"]
         # the helper opened the macvtap through a private node /tmp/NAME, then removed it
         assert f"/tmp/{name} (deleted)" in fds_of(qemu.pid), "QEMU holds no macvtap fd"
-        qmp.command("quit")
-        qmp.close()
-        assert qemu.wait(timeout=20) == 0
+        quit_qemu(qemu, qmp)
     finally:
         if qemu.poll() is None:
             qemu.kill()
