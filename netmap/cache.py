@@ -44,7 +44,6 @@ import contextlib
 import copyreg
 import dataclasses
 import functools
-import gc
 import hashlib
 import io
 import os
@@ -56,7 +55,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,6 +63,7 @@ from netmap import model
 from netmap.cache_index import Identity, fleet_index, identity, unchanged_fleet
 from netmap.errors import InputError
 from netmap.forked import ForkedWork, can_fork_work
+from netmap.gcpause import gc_paused
 from netmap.load import (
     fleet_file_names,
     load_fleet,
@@ -163,24 +163,6 @@ def code_fingerprint() -> bytes:
         with contextlib.suppress(OSError):
             digest.update(path.read_bytes())
     return digest.digest()
-
-
-@contextlib.contextmanager
-def gc_paused(*, freeze: bool = False) -> Iterator[None]:
-    """Pause the cyclic collector while building many objects that all survive (10k hosts:
-    1.9 s with it, 1.2 s without). One walk over what was built remains, at the first
-    allocation after the pause (0.25 s, warm 10k hosts); a caller keeping the objects until
-    exit (the command line) passes freeze=True to move them to the permanent generation
-    (gc.freeze, process-wide, hence off for libraries). Only the outermost pause resumes."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if freeze:
-            gc.freeze()
-        if was_enabled:
-            gc.enable()
 
 
 def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,

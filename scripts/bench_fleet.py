@@ -60,7 +60,8 @@ CLI_PROPOSED = """
 import sys
 from netmap.commands import _common
 from netmap import placement
-from netmap.cache import gc_paused, load_fleet_cached
+from netmap.cache import load_fleet_cached
+from netmap.gcpause import gc_paused
 from netmap.graph import build_graph
 
 class FleetOnly:

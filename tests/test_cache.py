@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netmap import cache, cache_index, load
+from netmap import cache, cache_index, gcpause, load
 from netmap.cache import load_fleet_cached
 from netmap.errors import InputError
 from netmap.load import load_fleet
@@ -519,14 +519,14 @@ def test_gc_pause_nests_and_restores(mappings: Path) -> None:
     import gc
 
     assert gc.isenabled()
-    with cache.gc_paused():
-        with cache.gc_paused():
+    with gcpause.gc_paused():
+        with gcpause.gc_paused():
             load_fleet(mappings)
         assert not gc.isenabled()  # only the outermost pause resumes
     assert gc.isenabled()
     frozen = gc.get_freeze_count()
     try:
-        with cache.gc_paused(freeze=True):
+        with gcpause.gc_paused(freeze=True):
             fleet = load_fleet(mappings)
         assert gc.isenabled() and gc.get_freeze_count() > frozen
         assert fleet.hosts["host-a"].name == "host-a"  # frozen objects stay usable

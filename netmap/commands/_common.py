@@ -36,7 +36,8 @@ def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False) -> Fleet
                 for _ in os.scandir(base / sub))
     if count < CACHE_MIN_FILES:
         return load_fleet(base)
-    from netmap.cache import gc_paused, load_fleet_cached
+    from netmap.cache import load_fleet_cached
+    from netmap.gcpause import gc_paused
 
     # the loaded fleet lives until exit: keep the collector off its objects
     with gc_paused(freeze=True):
