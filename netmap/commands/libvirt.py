@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from netmap.commands._common import add_json, print_json
+from netmap.commands._common import add_json, load_fleet_for_cli, print_json
 from netmap.errors import EXIT_INPUT, EXIT_OK, InputError
 
 
@@ -26,9 +26,8 @@ def _import(args: argparse.Namespace) -> int:
 
     from netmap.libvirt.domain import import_domain
     from netmap.libvirt.xmlsafe import parse_untrusted, read_untrusted
-    from netmap.load import load_fleet
 
-    fleet = load_fleet(args.mappings)
+    fleet = load_fleet_for_cli(args)
     if args.domain == "-":
         doc = parse_untrusted(sys.stdin.buffer.read(), "<stdin>")
     else:
@@ -127,9 +126,8 @@ def _configure_networks(parser: argparse.ArgumentParser) -> None:
 def _networks(args: argparse.Namespace) -> int:
     from netmap.commands._common import this_host
     from netmap.libvirt.networks import host_networks
-    from netmap.load import load_fleet
 
-    fleet = load_fleet(args.mappings)
+    fleet = load_fleet_for_cli(args)
     host = this_host(args, fleet)
     networks = host_networks(fleet, host)
     if args.out:
