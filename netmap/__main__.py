@@ -1,5 +1,3 @@
-import sys
+from netmap.cli import run
 
-from netmap.cli import main
-
-sys.exit(main())
+run()

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from netmap import __version__
 from netmap.errors import EXIT_INPUT, NetmapError
@@ -89,6 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_INPUT
+
+
+def run() -> NoReturn:
+    """The console script: main(), then a quick exit (netmap/finish.py)."""
+    from netmap.finish import exit_now
+
+    exit_now(main())
 
 
 def _report(err: NetmapError, as_json: bool) -> None:

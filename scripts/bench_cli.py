@@ -53,7 +53,7 @@ class Case:
 
 def cases() -> list[Case]:
     mappings = str(REPO / "mappings")
-    cli = entry("netmap.cli")
+    cli = entry("netmap.cli", "run")  # the console script
     out = [
         Case("netmap check vm1 --to host-b", ["-c", cli, "--mappings", mappings, "check", "vm1",
                                               "--to", "host-b"], BARE_IMPORT, 1.25, False),

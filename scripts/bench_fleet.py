@@ -50,7 +50,7 @@ for path in paths:
     with open(path, "rb") as handle:
         tomli.load(handle)
 """
-CLI = "import sys; from netmap.cli import main; sys.exit(main())"
+CLI = "from netmap.cli import run; run()"  # what the console script does
 # The wiring proposed for netmap/commands/_common.py and fleet.py, for as long as they do
 # not do it themselves: the fleet through netmap.cache (an updated cache written behind,
 # by a detached process), the loaded objects frozen out of the collector's sight (they live

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import socket
@@ -37,12 +36,13 @@ def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False) -> Fleet
     if count < CACHE_MIN_FILES:
         return load_fleet(base)
     from netmap.cache import load_fleet_cached
+    from netmap.finish import later
     from netmap.gcpause import gc_paused
 
     # the loaded fleet lives until exit: keep the collector off its objects
     with gc_paused(freeze=True):
         # an updated cache is written behind, once the command is done (see load_fleet_cached)
-        return load_fleet_cached(base, write_behind=atexit.register, parallel=True, lazy=lazy)
+        return load_fleet_cached(base, write_behind=later, parallel=True, lazy=lazy)
 
 
 def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
