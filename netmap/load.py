@@ -26,7 +26,19 @@ from netmap.model import (
     Uplink,
     Vxlan,
 )
-from netmap.tomlcheck import Document, Table, did_you_mean
+from netmap.tomlcheck import (
+    Document,
+    Schema,
+    Table,
+    did_you_mean,
+    flag,
+    named_tables,
+    number,
+    subtable,
+    table_array,
+    text,
+    texts,
+)
 
 DEFAULT_DIRS = (Path("/etc/netmap"), Path("mappings"))
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -78,29 +90,53 @@ def _source(table: Table) -> Source:
     return table.doc.source(table.path)
 
 
+# What each kind of table may hold, in the order its keys are checked (tomlcheck.Schema).
+# A file's first mistake in this order is the one reported.
+MTU = number(low=MTU_RANGE[0], high=MTU_RANGE[1])
+NETWORKS_FILE = Schema(networks=named_tables())
+NETWORK = Schema(segment=text(), vni=number(low=VNI_RANGE[0], high=VNI_RANGE[1]),
+                 vlan=number(low=VLAN_RANGE[0], high=VLAN_RANGE[1]),
+                 mtu=number(default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1]),
+                 description=text(default=""))
+HOST_FILE = Schema(host=subtable(required=True), uplinks=named_tables(),
+                   networks=named_tables())
+HOST = Schema(name=text(required=True), features=texts(), netns=text(),
+              max_guests=number(low=0, high=100_000),
+              max_endpoints=number(low=0, high=1_000_000))
+UPLINK = Schema(segments=texts(), mtu=number(default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1]),
+                sriov=subtable(), mac=text())
+SRIOV = Schema(total_vfs=number(required=True, low=1, high=4096))
+BINDING = Schema(mode=text(required=True, choices=MODES), uplink=text(required=True),
+                 bridge=text(), vlan=number(low=VLAN_RANGE[0], high=VLAN_RANGE[1]), mtu=MTU,
+                 vf_attach=text(default="hostdev", choices=VF_ATTACH),
+                 spoofchk=flag(default=True), vxlan=subtable())
+VXLAN = Schema(port=number(default=4789, low=1, high=65535), group=text(), remotes=texts(),
+               local=text())
+GUEST_FILE = Schema(guest=subtable(required=True), nics=table_array())
+GUEST = Schema(name=text(required=True), host=text())
+NIC = Schema(network=text(required=True), mac=text(required=True), model=text(default="virtio"),
+             vhost=text(default="preferred", choices=VHOST_POLICIES),
+             semantic=text(choices=SEMANTIC_CLASSES), mtu=MTU)
+
+
 # --- networks.toml --------------------------------------------------------------------------
 
 def load_networks(path: Path) -> dict[str, Network]:
     doc = Document.read(path)
-    top = doc.table()
     networks: dict[str, Network] = {}
-    for name, table in top.items("networks"):
+    for name, table in doc.table().read(NETWORKS_FILE)["networks"]:
         if _name_problem(name):
             raise table.error(None, _name_problem(name), "rename the network")
-        segment = table.str("segment")
-        vni = table.int("vni", low=VNI_RANGE[0], high=VNI_RANGE[1])
-        vlan = table.int("vlan", low=VLAN_RANGE[0], high=VLAN_RANGE[1])
-        mtu = table.int("mtu", default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1])
-        description = table.str("description", default="")
-        table.done()
+        values = table.read(NETWORK)
+        segment, vni, vlan = values["segment"], values["vni"], values["vlan"]
         if (segment is None) == (vni is None):
             raise table.error(None, "needs exactly one of segment (a physical L2 domain) "
                               "or vni (an overlay)", 'add segment = "..." or vni = N')
         if vni is not None and vlan is not None:
             raise table.error("vlan", "an overlay (vni) network has no VLAN",
                               "remove vlan, or use segment instead of vni")
-        networks[name] = Network(name, mtu, segment, vlan, vni, description, _source(table))
-    top.done()
+        networks[name] = Network(name, values["mtu"], segment, vlan, vni,
+                                 values["description"], _source(table))
     if not networks:
         raise InputError("defines no networks", file=path, key="networks",
                          fix='add a [networks.NAME] table with segment = "..." or vni = N')
@@ -109,64 +145,48 @@ def load_networks(path: Path) -> dict[str, Network]:
 
 # --- hosts/*.toml ---------------------------------------------------------------------------
 
-def load_host(path: Path, networks: dict[str, Network]) -> Host:
+def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
     doc = Document.read(path)
-    top = doc.table()
-    head = top.sub("host", required=True)
-    assert head is not None
-    name = head.str("name", required=True)
-    head.check("name", name, _name_problem, "use a plain host name")
-    features = head.str_list("features")
+    top = doc.table().read(HOST_FILE)
+    head = top["host"]
+    about = head.read(HOST)
+    name = head.check("name", about["name"], _name_problem, "use a plain host name")
+    features = about["features"]
     for index, feature in enumerate(features):
         if feature not in KNOWN_FEATURES:
             raise doc.error(("host", "features", index), f"{feature!r} is not a known feature",
                             did_you_mean(feature, KNOWN_FEATURES))
-    netns = head.str("netns")
-    max_guests = head.int("max_guests", low=0, high=100_000)
-    max_endpoints = head.int("max_endpoints", low=0, high=1_000_000)
-    head.done()
 
     uplinks: dict[str, Uplink] = {}
-    for uplink_name, table in top.items("uplinks"):
+    for uplink_name, table in top["uplinks"]:
         problem = names.ifname_problem(uplink_name)
         if problem:
             raise table.error(None, f"uplink name {problem}", "use the interface's real name")
-        segments = table.str_list("segments")
-        mtu = table.int("mtu", default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1])
-        sriov = None
-        pool = table.sub("sriov")
-        if pool is not None:
-            sriov = SriovPool(pool.int("total_vfs", required=True, low=1, high=4096))
-            pool.done()
-        mac = table.str("mac")
+        link = table.read(UPLINK)
+        pool = link["sriov"]
+        sriov = SriovPool(pool.read(SRIOV)["total_vfs"]) if pool is not None else None
+        mac = link["mac"]
         if mac is not None:
-            mac = mac.lower()
-            table.check("mac", mac, mac_problem, 'write it as "aa:bb:cc:dd:ee:ff"')
-        table.done()
-        uplinks[uplink_name] = Uplink(uplink_name, segments, mtu, sriov, _source(table), mac)
+            mac = table.check("mac", mac.lower(), mac_problem, 'write it as "aa:bb:cc:dd:ee:ff"')
+        uplinks[uplink_name] = Uplink(uplink_name, link["segments"], link["mtu"], sriov,
+                                      _source(table), mac)
 
     bindings: dict[str, Binding] = {}
     bridge_of_uplink: dict[str, tuple[str, str]] = {}
-    for network_name, table in top.items("networks"):
+    for network_name, table in top["networks"]:
         if network_name not in networks:
             raise table.error(None, f"binds {network_name!r}, which networks.toml does not define",
                               f"define [networks.{network_name}] in networks.toml, or "
                               + did_you_mean(network_name, networks))
         network = networks[network_name]
-        mode = table.str("mode", required=True, choices=MODES)
-        uplink = table.str("uplink", required=True)
+        values = table.read(BINDING)
+        mode, uplink, bridge = values["mode"], values["uplink"], values["bridge"]
         if uplink not in uplinks:
             raise table.error("uplink", f"names {uplink!r}, which this host does not define",
                               f"add [uplinks.{uplink}] or " + did_you_mean(uplink, uplinks))
-        bridge = table.str("bridge")
         if bridge is not None:
             table.check("bridge", bridge, _ifname_check, "use a name of at most 15 bytes")
-        vlan = table.int("vlan", low=VLAN_RANGE[0], high=VLAN_RANGE[1])
-        mtu = table.int("mtu", low=MTU_RANGE[0], high=MTU_RANGE[1])
-        vf_attach = table.str("vf_attach", default="hostdev", choices=VF_ATTACH)
-        spoofchk = table.bool("spoofchk", default=True)
-        vxlan = _vxlan(table.sub("vxlan"))
-        table.done()
+        vxlan = _vxlan(values["vxlan"])
         _check_binding_fits(table, network, mode, uplinks[uplink], bridge, vxlan)
         if mode == "bridge":
             chosen = names.bridge_name(uplink, bridge)
@@ -175,12 +195,12 @@ def load_host(path: Path, networks: dict[str, Network]) -> Host:
                 raise table.error("bridge", f"puts uplink {uplink} in bridge {chosen}, but "
                                   f"network {other[1]} puts it in {other[0]}",
                                   "an interface has one master: use the same bridge for both")
-        bindings[network_name] = Binding(network_name, mode, uplink, bridge, vlan, mtu,
-                                         vf_attach, spoofchk, vxlan, _source(table))
-    top.done()
+        bindings[network_name] = Binding(network_name, mode, uplink, bridge, values["vlan"],
+                                         values["mtu"], values["vf_attach"], values["spoofchk"],
+                                         vxlan, _source(table))
     _check_uplink_sharing(doc, bindings)
-    return Host(name, uplinks, bindings, frozenset(features), netns, max_guests, max_endpoints,
-                Source(str(path)))
+    return Host(name, uplinks, bindings, frozenset(features), about["netns"],
+                about["max_guests"], about["max_endpoints"], Source(str(path)))
 
 
 def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
@@ -224,15 +244,11 @@ def _ifname_check(name: str) -> str | None:
 def _vxlan(table: Table | None) -> Vxlan | None:
     if table is None:
         return None
-    port = table.int("port", default=4789, low=1, high=65535)
-    group = table.str("group")
-    remotes = table.str_list("remotes")
-    local = table.str("local")
-    table.done()
-    if group and remotes:
+    values = table.read(VXLAN)
+    if values["group"] and values["remotes"]:
         raise table.error("remotes", "a vxlan binding uses a multicast group or unicast "
                           "remotes, not both", "remove group or remotes")
-    return Vxlan(port, group, remotes, local)
+    return Vxlan(values["port"], values["group"], values["remotes"], values["local"])
 
 
 def _check_binding_fits(table: Table, network: Network, mode: str, uplink: Uplink,
@@ -256,47 +272,40 @@ def _check_binding_fits(table: Table, network: Network, mode: str, uplink: Uplin
 
 # --- guests/*.toml --------------------------------------------------------------------------
 
-def load_guest(path: Path, networks: dict[str, Network]) -> Guest:
-    if path.suffix == ".xml":
+def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
+    if os.fspath(path).endswith(".xml"):
         from netmap.libvirt.domain import guest_from_domain_file
 
-        return guest_from_domain_file(path, networks)
+        return guest_from_domain_file(Path(path), networks)
     doc = Document.read(path)
-    top = doc.table()
-    head = top.sub("guest", required=True)
-    assert head is not None
-    name = head.str("name", required=True)
-    head.check("name", name, _name_problem, "use a plain guest name")
-    host = head.str("host")
-    head.done()
+    top = doc.table().read(GUEST_FILE)
+    head = top["guest"]
+    about = head.read(GUEST)
+    name = head.check("name", about["name"], _name_problem, "use a plain guest name")
     nics: list[GuestNic] = []
     seen_macs: dict[str, int] = {}
-    for index, table in enumerate(top.array("nics")):
-        network = table.str("network", required=True)
+    for index, table in enumerate(top["nics"]):
+        values = table.read(NIC)
+        network = values["network"]
         if network not in networks:
             raise table.error("network", f"names {network!r}, which networks.toml does not "
                               "define", did_you_mean(network, networks))
-        mac = table.str("mac", required=True).lower()
-        table.check("mac", mac, mac_problem, 'write it as "52:54:00:xx:xx:xx"')
+        mac = table.check("mac", values["mac"].lower(), mac_problem,
+                          'write it as "52:54:00:xx:xx:xx"')
         if mac in seen_macs:
             raise table.error("mac", f"{mac} is already the MAC of nics[{seen_macs[mac]}]",
                               "give every NIC of a guest its own MAC")
         seen_macs[mac] = index
-        model = table.str("model", default="virtio")
-        vhost = table.str("vhost", default="preferred", choices=VHOST_POLICIES)
-        semantic = table.str("semantic", choices=SEMANTIC_CLASSES)
-        mtu = table.int("mtu", low=MTU_RANGE[0], high=MTU_RANGE[1])
-        table.done()
-        nics.append(GuestNic(index, network, mac, model, vhost, semantic, mtu, _source(table)))
-    top.done()
-    return Guest(name, host, tuple(nics), Source(str(path)))
+        nics.append(GuestNic(index, network, mac, values["model"], values["vhost"],
+                             values["semantic"], values["mtu"], _source(table)))
+    return Guest(name, about["host"], tuple(nics), Source(str(path)))
 
 
 # --- the whole directory --------------------------------------------------------------------
 
 def load_fleet(root: str | os.PathLike[str] | None = None, *,
-               host_loader: Callable[[Path, dict[str, Network]], Host] = load_host,
-               guest_loader: Callable[[Path, dict[str, Network]], Guest] = load_guest,
+               host_loader: Callable[[str, dict[str, Network]], Host] = load_host,
+               guest_loader: Callable[[str, dict[str, Network]], Guest] = load_guest,
                ) -> Fleet:
     """Load a mappings directory. A broken networks.toml is fatal (everything names it);
     a broken host or guest file lands in `Fleet.problems` and the rest loads.
@@ -307,7 +316,7 @@ def load_fleet(root: str | os.PathLike[str] | None = None, *,
     networks = load_networks(base / "networks.toml")
     problems: list[InputError] = []
     hosts: dict[str, Host] = {}
-    host_files, guest_files = fleet_files(base)
+    host_files, guest_files = fleet_file_names(base)
     for path in host_files:
         try:
             host = host_loader(path, networks)
@@ -340,17 +349,11 @@ def load_fleet(root: str | os.PathLike[str] | None = None, *,
     return Fleet(networks, hosts, guests, tuple(problems), str(base))
 
 
-def fleet_files(base: Path) -> tuple[list[Path], list[Path]]:
-    """The host files and the guest files of a mappings directory, in the order load_fleet
-    reads them."""
-    hosts, guests = fleet_file_names(base)
-    return [Path(name) for name in hosts], [Path(name) for name in guests]
-
-
 def fleet_file_names(base: Path) -> tuple[list[str], list[str]]:
-    """`fleet_files` as strings (netmap.cache lists them so to know the directory
-    unchanged, without 12k Path objects): what `glob("*.toml")` (and `*.xml`) matches,
-    any entry whose name ends so, sorted as the Paths would be."""
+    """The host files and the guest files of a mappings directory, in the order load_fleet
+    reads them: what `glob("*.toml")` (and `*.xml`) matches, any entry whose name ends so,
+    sorted as the Paths would be. Strings, not Paths: 12k Path objects cost more than
+    parsing a tenth of the files."""
     return (_listed(base / "hosts", (".toml",)),
             _listed(base / "guests", (".toml",)) + _listed(base / "guests", (".xml",)))
 

@@ -123,7 +123,7 @@ def key_text(path: KeyPath) -> str:
 class Document:
     """One TOML file: its path, text and parsed data."""
 
-    def __init__(self, path: Path, text: str, data: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, text: str, data: dict[str, Any]) -> None:
         self.path = path
         self.text = text
         self.data = data
@@ -141,9 +141,10 @@ class Document:
         return source
 
     @classmethod
-    def read(cls, path: Path) -> Document:
+    def read(cls, path: str | Path) -> Document:
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as handle:
+                raw = handle.read()
         except OSError as err:
             raise InputError(
                 f"cannot read the file: {err.strerror}", file=path, fix="check the path"
@@ -181,97 +182,23 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f"one of: {', '.join(choices)}" if choices else "none is defined"
 
 
-_ABSENT: Any = object()
-
-
 class Table:
-    """A TOML table being read: typed getters, and `done()` refuses keys nobody read."""
+    """One TOML table of a document: its key path and data, read through a Schema."""
+
+    __slots__ = ("data", "doc", "path")
 
     def __init__(self, doc: Document, path: KeyPath, data: Any) -> None:
-        self.doc = doc
-        self.path = path
-        if not isinstance(data, dict):
+        if type(data) is not dict:
             raise doc.error(path, f"must be a table, not {_kind(data)}",
                             f"write it as [{key_text(path)}] with keys below it")
-        self.data: dict[str, Any] = data
-        self._read: set[str] = set()
+        self.doc, self.path, self.data = doc, path, data
 
     def error(self, key: str | int | None, problem: str, fix: str | None = None) -> InputError:
         path = self.path if key is None else (*self.path, key)
         return self.doc.error(path, problem, fix)
 
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def _get(self, key: str, types: tuple[type, ...], what: str, required: bool,
-             default: Any) -> Any:
-        self._read.add(key)
-        value = self.data.get(key, _ABSENT)  # one lookup: a big fleet makes 60 per host
-        if value is _ABSENT:
-            if required:
-                typo = difflib.get_close_matches(key, [k for k in self.data if k != key], n=1)
-                if typo:  # say "uplnk is not known" rather than "uplink is missing"
-                    raise self.error(typo[0], "is not a known key here",
-                                     f"did you mean {key!r}?")
-                raise self.error(key, "is missing", f"add {key} = <{what}>")
-            return default
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            raise self.error(key, f"must be {what}, not {_kind(value)}",
-                             f"write {key} = <{what}>")
-        return value
-
-    def str(self, key: str, *, required: bool = False, default: str | None = None,
-            choices: Iterable[str] | None = None) -> Any:
-        value = self._get(key, (str,), "a string", required, default)
-        if value is not None and choices is not None and value not in choices:
-            raise self.error(key, f"{value!r} is not known", did_you_mean(value, choices))
-        return value
-
-    def int(self, key: str, *, required: bool = False, default: int | None = None,
-            low: int | None = None, high: int | None = None) -> Any:
-        value = self._get(key, (int,), "a whole number", required, default)
-        out_of_range = value is not None and (
-            (low is not None and value < low) or (high is not None and value > high))
-        if out_of_range and key in self.data:
-            raise self.error(key, f"{value} is out of range",
-                             f"use a number from {low} to {high}")
-        return value
-
-    def bool(self, key: str, *, default: bool) -> bool:
-        return self._get(key, (bool,), "true or false", False, default)
-
-    def str_list(self, key: str, *, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        value = self._get(key, (list,), "a list of strings", False, None)
-        if value is None:
-            return default
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise self.doc.error((*self.path, key, index),
-                                     f"must be a string, not {_kind(item)}",
-                                     f'quote it: "{item}"')
-        return tuple(value)
-
-    def sub(self, key: str, *, required: bool = False) -> Table | None:
-        self._read.add(key)
-        if key not in self.data:
-            if required:
-                raise self.error(key, "is missing", f"add a [{key_text((*self.path, key))}] table")
-            return None
-        return Table(self.doc, (*self.path, key), self.data[key])
-
-    def items(self, key: str) -> list[tuple[str, Table]]:
-        """The sub-tables of `key` (e.g. every [uplinks.NAME]), in file order."""
-        parent = self.sub(key)
-        if parent is None:
-            return []
-        parent._read.update(parent.data)
-        return [(name, Table(self.doc, (*parent.path, name), value))
-                for name, value in parent.data.items()]
-
-    def array(self, key: str) -> list[Table]:
-        """Each table of an array of tables (e.g. every [[nics]])."""
-        value = self._get(key, (list,), "an array of tables ([[...]])", False, [])
-        return [Table(self.doc, (*self.path, key, index), item) for index, item in enumerate(value)]
+    def read(self, schema: Schema) -> dict[str, Any]:
+        return schema.read(self)
 
     def check(self, key: str, value: T, test: Callable[[T], str | None], fix: str) -> T:
         problem = test(value)
@@ -279,15 +206,165 @@ class Table:
             raise self.error(key, problem, fix)
         return value
 
-    def done(self) -> None:
-        if self._read.issuperset(self.data):  # the usual case, answered without a loop
-            return
-        unknown = [key for key in self.data if key not in self._read]
-        if unknown:
-            key = unknown[0]
-            known = [k for k in self._read]
-            raise self.error(key, "is not a known key here",
-                             f"remove it or {did_you_mean(key, known)}")
+
+Problem = tuple[KeyPath, str, str]  # where below the key, what is wrong, how to fix it
+
+
+class Field:
+    """One key a table may hold: its default, a quick test of a good value, and for a
+    value failing it, the exact problem. `convert` turns a good value into what the
+    loader uses (a tuple, a sub-Table)."""
+
+    __slots__ = ("convert", "default", "ok", "problem", "required", "what")
+
+    def __init__(self, what: str, ok: Callable[[Any], bool],
+                 problem: Callable[[KeyPath, Any], Problem], *, default: Any = None,
+                 required: bool = False,
+                 convert: Callable[[Table, str, Any], Any] | None = None) -> None:
+        self.what, self.ok, self.problem = what, ok, problem
+        self.default, self.required, self.convert = default, required, convert
+
+
+def _wrong_type(what: str) -> Callable[[KeyPath, Any], Problem]:
+    return lambda path, value: ((), f"must be {what}, not {_kind(value)}",
+                                f"write {path[-1]} = <{what}>")
+
+
+def _not_a_table(path: KeyPath, value: Any) -> Problem:
+    return (), f"must be a table, not {_kind(value)}", \
+        f"write it as [{key_text(path)}] with keys below it"
+
+
+def text(*, required: bool = False, default: str | None = None,
+         choices: Iterable[str] | None = None) -> Field:
+    """A string, one of `choices` when given."""
+    if choices is None:
+        return Field("a string", lambda v: type(v) is str, _wrong_type("a string"),
+                     default=default, required=required)
+    known = frozenset(choices)
+    wrong = _wrong_type("a string")
+
+    def problem(path: KeyPath, value: Any) -> Problem:
+        if type(value) is not str:
+            return wrong(path, value)
+        return (), f"{value!r} is not known", did_you_mean(value, known)
+
+    return Field("a string", lambda v: type(v) is str and v in known, problem,
+                 default=default, required=required)
+
+
+def number(*, low: int, high: int, required: bool = False, default: int | None = None,
+           ) -> Field:
+    """A whole number from low to high (true/false is not one)."""
+    wrong = _wrong_type("a whole number")
+
+    def problem(path: KeyPath, value: Any) -> Problem:
+        if type(value) is not int:
+            return wrong(path, value)
+        return (), f"{value} is out of range", f"use a number from {low} to {high}"
+
+    return Field("a whole number", lambda v: type(v) is int and low <= v <= high, problem,
+                 default=default, required=required)
+
+
+def flag(*, default: bool) -> Field:
+    return Field("true or false", lambda v: type(v) is bool, _wrong_type("true or false"),
+                 default=default)
+
+
+def texts(*, default: tuple[str, ...] = ()) -> Field:
+    """A list of strings, read as a tuple."""
+    wrong = _wrong_type("a list of strings")
+
+    def problem(path: KeyPath, value: Any) -> Problem:
+        if type(value) is not list:
+            return wrong(path, value)
+        index, item = next((i, x) for i, x in enumerate(value) if type(x) is not str)
+        return (index,), f"must be a string, not {_kind(item)}", f'quote it: "{item}"'
+
+    return Field("a list of strings",
+                 lambda v: type(v) is list and all(type(x) is str for x in v), problem,
+                 default=default, convert=lambda table, key, value: tuple(value))
+
+
+def subtable(*, required: bool = False) -> Field:
+    """A sub-table ([a.b] or an inline { }), read as a Table (None when absent)."""
+    return Field("a table", lambda v: type(v) is dict, _not_a_table, required=required,
+                 convert=lambda parent, key, value: Table(parent.doc, (*parent.path, key),
+                                                          value))
+
+
+def named_tables() -> Field:
+    """A table of tables ([uplinks.NAME]), read as [(NAME, Table), ...] in file order."""
+    def convert(parent: Table, key: str, value: dict[str, Any]) -> list[tuple[str, Table]]:
+        path = (*parent.path, key)
+        return [(name, Table(parent.doc, (*path, name), item)) for name, item in value.items()]
+
+    return Field("a table", lambda v: type(v) is dict, _not_a_table, default=[],
+                 convert=convert)
+
+
+def table_array() -> Field:
+    """An array of tables ([[nics]]), read as [Table, ...]."""
+    def convert(parent: Table, key: str, value: list[Any]) -> list[Table]:
+        return [Table(parent.doc, (*parent.path, key, index), item)
+                for index, item in enumerate(value)]
+
+    return Field("an array of tables ([[...]])", lambda v: type(v) is list,
+                 _wrong_type("an array of tables ([[...]])"), default=[], convert=convert)
+
+
+class Schema:
+    """The keys one kind of table may hold. `read` answers the usual, valid table with a
+    test per key present; anything else is looked at again, key by key in the order the
+    fields are declared, to name the first problem exactly (a file with several mistakes
+    is corrected one message at a time)."""
+
+    def __init__(self, **fields: Field) -> None:
+        self.fields = fields
+        self._tests = {key: field.ok for key, field in fields.items()}
+        self._defaults = {key: field.default for key, field in fields.items()}
+        self._required = frozenset(key for key, field in fields.items() if field.required)
+        self._converts = [(key, field.convert) for key, field in fields.items()
+                          if field.convert is not None]
+
+    def read(self, table: Table) -> dict[str, Any]:
+        data = table.data
+        tests = self._tests
+        for key, value in data.items():
+            ok = tests.get(key)
+            if ok is None or not ok(value):
+                raise self._first_problem(table)
+        if self._required and not self._required <= data.keys():
+            raise self._first_problem(table)
+        values = self._defaults | data
+        for key, convert in self._converts:
+            if key in data:
+                values[key] = convert(table, key, data[key])
+        return values
+
+    def _first_problem(self, table: Table) -> InputError:
+        data = table.data
+        for key, field in self.fields.items():
+            if key in data:
+                value = data[key]
+                if field.ok(value):
+                    continue
+                path = (*table.path, key)
+                below, problem, fix = field.problem(path, value)
+                return table.doc.error((*path, *below), problem, fix)
+            if field.required:
+                typo = difflib.get_close_matches(key, [k for k in data if k != key], n=1)
+                if typo:  # say "uplnk is not known" rather than "uplink is missing"
+                    return table.error(typo[0], "is not a known key here",
+                                       f"did you mean {key!r}?")
+                if field.what == "a table":
+                    return table.error(key, "is missing",
+                                       f"add a [{key_text((*table.path, key))}] table")
+                return table.error(key, "is missing", f"add {key} = <{field.what}>")
+        unknown = next(key for key in data if key not in self.fields)
+        return table.error(unknown, "is not a known key here",
+                           f"remove it or {did_you_mean(unknown, self.fields)}")
 
 
 def _kind(value: Any) -> str:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from netmap import cache, cache_index, gcpause, load
+from netmap import cache, cache_index, gcpause, load, placement
 from netmap.cache import load_fleet_cached
 from netmap.errors import InputError
+from netmap.graph import build_graph
 from netmap.load import load_fleet
-from netmap.model import Fleet
+from netmap.model import Fleet, Host
 
 WINDOW_NS = 50_000_000
 
@@ -350,14 +351,72 @@ def test_parallel_parse_rechecks_files_changed_meanwhile(mappings: Path, cache_d
     def edit_then_parse(path, networks):  # here (not in the child), while the child parses
         if not first and os.getpid() == here:
             first.append(path)
-            time.sleep(0.2)  # let the child read vm4.toml first
-            keep_size_and_mtime(mappings / "guests" / "vm4.toml", '"host-c"', '"host-b"')
+            time.sleep(0.2)  # let the child read host-d.toml (the last host file) first
+            keep_size_and_mtime(mappings / "hosts" / "host-d.toml", "mtu = 9000", "mtu = 1500")
         return load.load_host(path, networks)
 
     monkeypatch.setattr(cache, "load_host", edit_then_parse)
     fleet = load_fleet_cached(mappings, parallel=True)
-    assert fleet.guests["vm4"].host == "host-b"
+    assert first == [str(mappings / "hosts" / "host-a.toml")]  # the child had the others
+    assert fleet.hosts["host-d"].uplinks["enp65s0f0"].mtu == 1500
     assert snapshot(fleet) == snapshot(load_fleet(mappings))
+
+
+@single_threaded
+def test_parallel_lazy_load_sends_first_the_hosts_a_placement_needs(
+        mappings: Path, cache_dir: Path, parses: Counter[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child parses the last hosts; placing vm1 (prod + storage) it sends host-b, which
+    binds both, at once, and host-c and host-d after, for the cache writer."""
+    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
+    settle()
+    fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1")
+    assert isinstance(fleet.hosts, cache_index.LazyHosts)
+    stored = fleet.hosts._blobs
+    assert isinstance(stored["host-a"], Host)  # parsed here
+    assert isinstance(stored["host-b"], bytes)  # from the child, needed by the query
+    assert isinstance(stored["host-c"], cache._Deferred)  # from the child, later
+    assert set(parses) == {"host-a.toml", "vm1.toml", "vm2.toml", "vm3.toml", "vm4.toml"}
+    assert snapshot(fleet) == snapshot(load_fleet(mappings))
+    assert placement.hosts_for_fleet(fleet, "vm1") == placement.hosts_for(
+        build_graph(load_fleet(mappings)), "vm1")
+    parses.clear()
+    same_as_uncached(mappings)  # the cache holds every host, the child's last ones too
+    assert not parses
+
+
+@single_threaded
+def test_child_dying_before_its_last_hosts_costs_a_parse_not_an_answer(
+        mappings: Path, cache_dir: Path, parses: Counter[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
+    real = cache._parse_share
+
+    def dies_after_the_first_message(*args):
+        real(*args)
+        os._exit(1)  # the pickles of host-c and host-d never come
+
+    monkeypatch.setattr(cache, "_parse_share", dies_after_the_first_message)
+    settle()
+    fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1")
+    assert snapshot(fleet) == snapshot(load_fleet(mappings))
+    assert parses["host-c.toml"] == parses["host-d.toml"] == 1  # parsed here instead
+    assert parses["host-b.toml"] == 0
+
+
+@single_threaded
+def test_cache_written_behind_waits_for_the_childs_last_hosts(
+        mappings: Path, cache_dir: Path, parses: Counter[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer, forked as we finish, reads the child's last message itself."""
+    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
+    settle()
+    load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1", write_behind=True)
+    _wait_for_cache(cache_dir)
+    time.sleep(0.2)  # renamed into place whole, but let it finish before reading
+    parses.clear()
+    same_as_uncached(mappings)
+    assert not parses
 
 
 # --- the cache file is never trusted blindly ------------------------------------------------
@@ -735,6 +794,4 @@ def test_fleet_file_names_list_what_glob_lists(mappings: Path) -> None:
                    sorted(map(str, (base / "guests").glob("*.toml")))
                    + sorted(map(str, (base / "guests").glob("*.xml"))))
         assert load.fleet_file_names(base) == globbed
-        assert load.fleet_files(base) == tuple([Path(name) for name in names]
-                                               for names in globbed)
     assert load.fleet_file_names(mappings / "nowhere") == ([], [])
