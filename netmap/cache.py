@@ -57,12 +57,12 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from netmap import model
-from netmap.cache_index import Identity, fleet_index, identity, unchanged_fleet
+from netmap.cache_index import Identity, LazyHosts, fleet_index, identity, unchanged_fleet
 from netmap.errors import InputError
-from netmap.forked import ForkedWork, can_fork_work
+from netmap.forked import ChildFailed, ForkedWork, Link, can_fork_work
 from netmap.gcpause import gc_paused
 from netmap.load import (
     fleet_file_names,
@@ -72,7 +72,7 @@ from netmap.load import (
     load_networks,
     mappings_dir,
 )
-from netmap.model import Fleet, Network
+from netmap.model import Fleet, Host, Network, Source
 from netmap.tomlcheck import LazySource
 
 RACY_WINDOW_NS = 2_000_000_000
@@ -168,7 +168,7 @@ def code_fingerprint() -> bytes:
 def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                       write_behind: bool | Callable[[Callable[[], object]], object] = False,
                       parallel: bool = False,
-                      lazy: bool = False) -> Fleet:
+                      lazy: bool = False, placing: str | None = None) -> Fleet:
     """`load_fleet(root)`, answered from the cache for every file that did not change.
 
     For the command line, which may fork: write_behind=True writes an updated cache from a
@@ -180,7 +180,13 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
 
     When no file changed at all, the fleet a previous load assembled is returned without
     assembling it again. lazy=True then makes `fleet.hosts` a LazyHosts mapping, which
-    unpickles a host only when it is asked for (a placement query needs a fifth of them)."""
+    unpickles a host only when it is asked for (a placement query needs a fifth of them).
+
+    The same holds for the hosts a parsing child read (parallel=True): they come back
+    pickled, as the cache keeps them, with what load_fleet and a placement query ask of
+    every host (name, mapping file, networks bound). placing=GUEST (a placement query for
+    GUEST) has the guest files read first, so that the child sends at once only the hosts
+    binding every network of GUEST, and the others after, for the cache writer."""
     base = mappings_dir(root)
     started_ns = time.time_ns()
     with gc_paused():
@@ -202,10 +208,16 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
         loaded: list[str] = []
         helper = _start_helper(base, entries) if parallel else None
         try:
+            guest_loader = _loader(load_guest, entries, fresh, started_ns, None, loaded)
+            if helper is not None:
+                guest_loader = _read_first(
+                    _loader(load_guest, entries, fresh, started_ns), fleet_file_names(base)[1],
+                    helper.networks, loaded)
+                helper.hint(_networks_of(guest_loader.values, placing) if lazy else None)
             fleet = load_fleet(
                 base,
                 host_loader=_loader(load_host, entries, fresh, started_ns, helper, loaded),
-                guest_loader=_loader(load_guest, entries, fresh, started_ns, helper, loaded))
+                guest_loader=guest_loader)
         finally:
             if helper is not None:
                 helper.close()
@@ -220,15 +232,20 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
         if not settled(networks_before, started_ns):
             return fleet  # too recent to key a cache on; valid, but not worth storing
         whole_index = fleet_index(fleet, loaded, fresh)
+        if helper is not None:
+            fleet = _with_lazy_hosts(fleet, helper, lazy)
         if (stored is None or fresh.keys() != entries.keys()
                 or stored["networks"] != identity(networks_before)
                 or (stored.get("fleet") is None) != (whole_index is None)):
             data = {"root": os.path.realpath(base), "networks": identity(networks_before),
                     "entries": fresh, "fleet": whole_index}
+            keep = helper.fds() if helper is not None else ()
             if callable(write_behind):
-                write_behind(functools.partial(_write_behind, target, fingerprint, data))
+                write_behind(functools.partial(_write_behind, target, fingerprint, data, keep))
+            elif write_behind:
+                _write_behind(target, fingerprint, data, keep)
             else:
-                (_write_behind if write_behind else _write)(target, fingerprint, data)
+                _write(target, fingerprint, data)
         return fleet
 
 
@@ -239,15 +256,15 @@ def _same_file(path: Path, before: os.stat_result) -> bool:
         return False
 
 
-def _loader(parse: Callable[[Path, dict[str, Network]], T],
+def _loader(parse: Callable[[str, dict[str, Network]], T],
             entries: dict[str, tuple[Identity, Any]], fresh: dict[str, tuple[Identity, Any]],
             started_ns: int, helper: _Helper | None = None, loaded: list[str] | None = None,
-            ) -> Callable[[Path, dict[str, Network]], T]:
+            ) -> Callable[[str, dict[str, Network]], T]:
     """A per-file loader for load_fleet: the cached object when the file's identity is the
     one it was parsed at, else a fresh parse (kept when the file is settled). Entries hold
     each object pickled alone (bytes), fresh ones the object until they are stored."""
 
-    def load(path: Path, networks: dict[str, Network]) -> T:
+    def load(path: str, networks: dict[str, Network]) -> T:
         key = os.fspath(path)
         if loaded is not None:
             loaded.append(key)
@@ -272,34 +289,98 @@ def _loader(parse: Callable[[Path, dict[str, Network]], T],
         if value is _MISSING:
             value = parse(path, networks)
         if settled(st, started_ns):
-            fresh[key] = (ident, value)
+            # a host from the child is kept as the pickle it came as (or will come as)
+            fresh[key] = (ident, value.stored if isinstance(value, PickledHost) else value)
         return value
 
     return load
 
 
 PARALLEL_MIN_FILES = 2000
+# The child's part of the host files: it also pickles what it sends, while we read
+# every guest file and unpickle only the hosts a query checks.
+CHILD_SHARE = 0.50
 _MISSING: Any = object()
 
 
-class _Helper:
-    """A forked child parsing the last files load_fleet will ask for while we parse the
-    first ones. Each result carries the identity the child saw and is parsed here again
-    when ours differs, so the child saves work and never changes an answer; a file it
-    cannot parse is parsed here, to raise the error as load_fleet does."""
+class PickledHost(NamedTuple):
+    """A host the parsing child read, as load_fleet sees it: its name and source (what
+    the loader checks of every host) and the networks it binds (`bindings`, names only,
+    what a placement query asks of every host); the host itself stays pickled until used
+    (`stored`: its pickle, or a _Deferred when the child sends it after the others)."""
 
-    def __init__(self, work: ForkedWork, keys: set[str]) -> None:
-        self.work, self.keys = work, keys
-        self.results: dict[str, tuple[Identity, Any]] | None = None
+    name: str
+    source: Source | None
+    bindings: tuple[str, ...]
+    stored: bytes | _Deferred
+
+
+class _Deferred:
+    """A child's host sent after the others (a placement query does not need it): the
+    cache writer or an access through LazyHosts waits for it, or, should the child have
+    died, parses its file again."""
+
+    def __init__(self, helper: _Helper, key: str) -> None:
+        self.helper, self.key = helper, key
+        self._parsed: Host | None = None
+
+    def blob(self) -> bytes:
+        got = self.helper.later(self.key)
+        return got if got is not None else _pickled(self.host())
+
+    def host(self) -> Host:
+        got = self.helper.later(self.key)
+        if got is not None:
+            return pickle.loads(got)
+        if self._parsed is None:
+            self._parsed = load_host(self.key, self.helper.networks)
+        return self._parsed
+
+
+class _Helper:
+    """A forked child parsing the last host files while we parse the first ones and the
+    guests. It sends what it parsed in two messages: first every host's summary, with
+    the pickle of the hosts a query needs (`hint`), then the other pickles. Each result
+    carries the identity the child saw and is parsed here again when ours differs, so the
+    child saves work and never changes an answer; a file it cannot parse is parsed here,
+    to raise the error as load_fleet does."""
+
+    def __init__(self, work: ForkedWork, keys: set[str], networks: dict[str, Network]) -> None:
+        self.work, self.keys, self.networks = work, keys, networks
+        self.results: dict[str, tuple[Identity, PickledHost]] | None = None
+        self._hinted = False
+        self._later: dict[str, bytes] | None = None
+
+    def hint(self, wanted: frozenset[str] | None) -> None:
+        """The networks every host a query checks binds (None: all hosts are needed)."""
+        if not self._hinted:
+            self._hinted = True
+            self.work.send(wanted)
 
     def result(self, key: str, ident: Identity) -> Any:
         if key not in self.keys:
             return _MISSING
         if self.results is None:
-            got = self.work.result()  # None: the child died half-way, parse it all here
-            self.results = got if isinstance(got, dict) else {}
+            self.hint(None)
+            try:
+                sent = self.work.receive()
+            except ChildFailed:  # the child died half-way: parse it all here
+                sent = {}
+            self.results = {key: (ident, PickledHost(name, source, bound, blob or
+                                                     _Deferred(self, key)))
+                            for key, (ident, name, source, bound, blob) in sent.items()}
         got = self.results.get(key)
         return got[1] if got is not None and got[0] == ident else _MISSING
+
+    def later(self, key: str) -> bytes | None:
+        """The pickle of a host the child sent after the others; None if it died."""
+        if self._later is None:
+            self._later = self.work.result() or {}
+        return self._later.get(key)
+
+    def fds(self) -> tuple[int, ...]:
+        """The pipes a cache writer forked from us reads the child's last message from."""
+        return (self.work.pipe,) if self.work.pipe >= 0 else ()
 
     def close(self) -> None:
         if self.results is None:  # not needed after all (an error ended the load early)
@@ -316,38 +397,95 @@ def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]]) -> _Help
             listed += sum(name.endswith((".toml", ".xml")) for name in os.listdir(base / folder))
     if listed - len(entries) < PARALLEL_MIN_FILES:
         return None
-    # the files in load_fleet's order that the cache does not answer
     host_files, guest_files = fleet_file_names(base)
-    order = [(key, True) for key in host_files] + [(key, False) for key in guest_files]
-    todo = [item for item in order if item[0] not in entries]
-    if len(todo) < PARALLEL_MIN_FILES:
+    todo = [key for key in host_files if key not in entries]
+    if len(todo) + len(guest_files) < PARALLEL_MIN_FILES:
         return None
     try:
         networks = load_networks(base / "networks.toml")
     except InputError:
         return None  # load_fleet reports it
-    # The child takes the last files, about 45% of the work (it also has to pickle them,
-    # we unpickle them); a generated host file (40 lines) costs about two guest files.
-    weights = [2 if is_host else 1 for _, is_host in todo]
-    budget, cut = sum(weights) * 9 // 20, len(todo)
-    while cut > 0 and budget > 0:
-        cut -= 1
-        budget -= weights[cut]
-    share = todo[cut:]
-    work = ForkedWork.start(lambda: _parse_share(share, networks))
-    return _Helper(work, {key for key, _ in share}) if work else None
+    # the last host files the cache does not answer, a generated host file (40 lines)
+    # costing about two guest files
+    share = todo[len(todo) - min(len(todo), int((len(todo) * 2 + len(guest_files))
+                                                 * CHILD_SHARE / 2)):]
+    work = ForkedWork.start(lambda link: _parse_share(link, share, networks), talk=True)
+    return _Helper(work, set(share), networks) if work else None
 
 
-def _parse_share(share: list[tuple[str, bool]],
-                 networks: dict[str, Network]) -> dict[str, tuple[Identity, Any]]:
-    out = {}
-    for key, is_host in share:
+def _parse_share(link: Link, share: list[str], networks: dict[str, Network],
+                 ) -> dict[str, bytes]:
+    """In the child: parse, then send (see _Helper) and return the pickles left."""
+    parsed = []
+    for key in share:
         try:
             ident = identity(os.stat(key))  # before reading, as in _loader
-            out[key] = (ident, (load_host if is_host else load_guest)(Path(key), networks))
+            parsed.append((key, ident, load_host(key, networks)))
         except Exception:
             continue
-    return out
+    wanted = link.receive()
+    first, left = {}, []
+    for key, ident, host in parsed:
+        now = wanted is None or wanted <= host.bindings.keys()
+        first[key] = (ident, host.name, host.source, tuple(host.bindings),
+                      _pickled(host) if now else None)
+        if not now:
+            left.append((key, host))
+    link.send(first)
+    return {key: _pickled(host) for key, host in left}
+
+
+def _read_first(load: Callable[[str, dict[str, Network]], T], keys: list[str],
+                networks: dict[str, Network], loaded: list[str],
+                ) -> Callable[[str, dict[str, Network]], T]:
+    """`load` run over `keys` now, its answers (and errors) given to load_fleet later, in
+    load_fleet's order (`loaded`)."""
+    values: dict[str, tuple[bool, Any]] = {}
+    for key in keys:
+        try:
+            values[key] = (True, load(key, networks))
+        except InputError as err:
+            values[key] = (False, err)
+
+    def replay(path: str, networks: dict[str, Network]) -> T:
+        key = os.fspath(path)
+        loaded.append(key)
+        got = values.get(key)
+        if got is None:
+            return load(path, networks)
+        ok, value = got
+        if not ok:
+            raise value
+        return value
+
+    replay.values = values  # type: ignore[attr-defined]
+    return replay
+
+
+def _networks_of(guests: dict[str, tuple[bool, Any]], name: str | None) -> frozenset[str] | None:
+    """The networks of the first guest file naming `name` (the one load_fleet keeps)."""
+    if name is None:
+        return None
+    for ok, guest in guests.values():
+        if ok and guest.name == name:
+            return frozenset(nic.network for nic in guest.nics)
+    return None
+
+
+def _with_lazy_hosts(fleet: Fleet, helper: _Helper, lazy: bool) -> Fleet:
+    """The fleet with the child's hosts unpickled when used (all at once unless lazy)."""
+    values: dict[str, Host | bytes | _Deferred] = {}
+    summaries = []
+    for name, host in fleet.hosts.items():
+        if isinstance(host, PickledHost):
+            values[name] = host.stored
+        else:
+            values[name] = host
+        source = host.source
+        summaries.append((name, tuple(host.bindings),
+                          source.file if source else f"hosts/{name}.toml"))
+    hosts = LazyHosts(values, tuple(summaries))
+    return dataclasses.replace(fleet, hosts=hosts if lazy else dict(hosts.items()))
 
 
 def _read(target: Path, fingerprint: bytes, root: str) -> dict[str, Any] | None:
@@ -383,7 +521,8 @@ def _read(target: Path, fingerprint: bytes, root: str) -> dict[str, Any] | None:
 def _dump(data: dict[str, Any]) -> bytes:
     """The payload: each entry's object pickled alone (a load unpickles only what it uses),
     entries that come from the cache kept as the bytes they are."""
-    entries = {key: (ident, value if isinstance(value, bytes) else _pickled(value))
+    entries = {key: (ident, value if isinstance(value, bytes) else
+                     value.blob() if isinstance(value, _Deferred) else _pickled(value))
                for key, (ident, value) in data["entries"].items()}
     index = data.get("fleet")
     if index is not None and not isinstance(index["guests_blob"], bytes):
@@ -448,11 +587,13 @@ def _write(target: Path, fingerprint: bytes, data: dict[str, Any]) -> bool:
     return True
 
 
-def _write_behind(target: Path, fingerprint: bytes, data: dict[str, Any]) -> bool:
+def _write_behind(target: Path, fingerprint: bytes, data: dict[str, Any],
+                  keep: tuple[int, ...] = ()) -> bool:
     """`_write` in a double-forked grandchild nobody waits for. It drops inherited file
     descriptors, so a pipe reading our output ends when we exit. An older snapshot landing
     after a newer one is only less complete, never stale (entries are keyed on identity).
-    With threads (a forked child may inherit a held lock) or no fork, write in place."""
+    With threads (a forked child may inherit a held lock) or no fork, write in place.
+    `keep`: descriptors the writer still reads from (a parsing child's last message)."""
     if not hasattr(os, "fork") or threading.active_count() > 1:
         return _write(target, fingerprint, data)
     try:
@@ -463,7 +604,7 @@ def _write_behind(target: Path, fingerprint: bytes, data: dict[str, Any]) -> boo
         code = 0
         try:
             if os.fork() == 0:
-                _detach()
+                _detach(keep)
                 code = 0 if _write(target, fingerprint, data) else 1
         except BaseException:
             code = 1
@@ -474,7 +615,7 @@ def _write_behind(target: Path, fingerprint: bytes, data: dict[str, Any]) -> boo
     return True
 
 
-def _detach() -> None:  # pragma: no cover - runs in the forked grandchild
+def _detach(keep: tuple[int, ...] = ()) -> None:  # pragma: no cover - in the grandchild
     os.setsid()
     # Lowest CPU priority: the command that forked us goes on (hosts-for checks on both
     # CPUs right after loading) and must not wait for a cache only the next run needs.
@@ -483,7 +624,11 @@ def _detach() -> None:  # pragma: no cover - runs in the forked grandchild
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    os.closerange(3, _max_fd())
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _max_fd())
 
 
 def _max_fd() -> int:

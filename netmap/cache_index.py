@@ -85,9 +85,12 @@ def unchanged_fleet(base: Path, index: dict[str, Any] | None,
 
 class LazyHosts(Mapping[str, model.Host]):
     """`Fleet.hosts` of an unchanged cached fleet: a host is unpickled on first access.
-    `summaries` tells, without unpickling, what each host binds and its mapping's file."""
+    `summaries` tells, without unpickling, what each host binds and its mapping's file.
 
-    def __init__(self, blobs: dict[str, bytes],
+    A value may also be a host already (one this process parsed), or an object whose
+    host() gives it (netmap.cache: one a parsing child sends later)."""
+
+    def __init__(self, blobs: dict[str, Any],
                  summaries: tuple[tuple[str, tuple[str, ...], str], ...]) -> None:
         self._blobs = blobs
         self._hosts: dict[str, model.Host] = {}
@@ -98,7 +101,14 @@ class LazyHosts(Mapping[str, model.Host]):
     def __getitem__(self, name: str) -> model.Host:
         host = self._hosts.get(name)
         if host is None:
-            host = self._hosts[name] = pickle.loads(self._blobs[name])
+            stored = self._blobs[name]
+            if isinstance(stored, bytes):
+                host = pickle.loads(stored)
+            elif isinstance(stored, model.Host):
+                host = stored
+            else:
+                host = stored.host()
+            self._hosts[name] = host
         return host
 
     def __iter__(self) -> Iterator[str]:

@@ -25,9 +25,11 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 CACHE_MIN_FILES = 500
 
 
-def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False) -> Fleet:
+def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False,
+                       placing: str | None = None) -> Fleet:
     """The fleet, through the cache (netmap/cache.py) when the mappings are large; lazy:
-    hosts of an unchanged cached fleet are unpickled when used (cache.LazyHosts)."""
+    hosts are unpickled when used (cache.LazyHosts), first those that could take the
+    guest `placing`."""
     from netmap.load import load_fleet, mappings_dir
 
     base = mappings_dir(args.mappings)
@@ -42,7 +44,8 @@ def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False) -> Fleet
     # the loaded fleet lives until exit: keep the collector off its objects
     with gc_paused(freeze=True):
         # an updated cache is written behind, once the command is done (see load_fleet_cached)
-        return load_fleet_cached(base, write_behind=later, parallel=True, lazy=lazy)
+        return load_fleet_cached(base, write_behind=later, parallel=True, lazy=lazy,
+                                 placing=placing)
 
 
 def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:

@@ -114,7 +114,7 @@ def _hosts_for_answer(args: argparse.Namespace) -> int:
     from netmap.load import require_guest
     from netmap.placement import hosts_for_fleet
 
-    fleet = load_fleet_for_cli(args, lazy=True)
+    fleet = load_fleet_for_cli(args, lazy=True, placing=args.guest)
     guest = require_guest(fleet, args.guest)
     candidates = hosts_for_fleet(fleet, guest.name, strict=args.strict, parallel=True)
     if args.json:
