@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -182,11 +182,12 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
     assembling it again. lazy=True then makes `fleet.hosts` a LazyHosts mapping, which
     unpickles a host only when it is asked for (a placement query needs a fifth of them).
 
-    The same holds for the hosts a parsing child read (parallel=True): they come back
-    pickled, as the cache keeps them, with what load_fleet and a placement query ask of
-    every host (name, mapping file, networks bound). placing=GUEST (a placement query for
-    GUEST) has the guest files read first, so that the child sends at once only the hosts
-    binding every network of GUEST, and the others after, for the cache writer."""
+    The same holds for the hosts a parsing child read (parallel=True, see _Helper): only
+    what load_fleet and a placement query ask of every host (name, mapping file, networks
+    bound) comes back at once; the hosts themselves stay in the child, which can run a
+    query over them (`LazyHosts.elsewhere`), and come pickled after, for the cache writer
+    or when used. placing=GUEST: the child sends GUEST's host at once (a placement query
+    compares every candidate with it)."""
     base = mappings_dir(root)
     started_ns = time.time_ns()
     with gc_paused():
@@ -206,18 +207,15 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                 return whole
         fresh: dict[str, tuple[Identity, Any]] = {}
         loaded: list[str] = []
-        helper = _start_helper(base, entries) if parallel else None
+        helper = _start_helper(base, entries, placing if lazy else None) if parallel else None
         try:
-            guest_loader = _loader(load_guest, entries, fresh, started_ns, None, loaded)
-            if helper is not None:
-                guest_loader = _read_first(
-                    _loader(load_guest, entries, fresh, started_ns), fleet_file_names(base)[1],
-                    helper.networks, loaded)
-                helper.hint(_networks_of(guest_loader.values, placing) if lazy else None)
+            host_loader = _loader(load_host, entries, fresh, started_ns, helper, loaded)
+            if helper is not None:  # ours first, not waiting for the child at its first file
+                host_loader = _ahead(_loader(load_host, entries, fresh, started_ns),
+                                     helper.ours, helper.networks, loaded, host_loader)
             fleet = load_fleet(
-                base,
-                host_loader=_loader(load_host, entries, fresh, started_ns, helper, loaded),
-                guest_loader=guest_loader)
+                base, host_loader=host_loader,
+                guest_loader=_loader(load_guest, entries, fresh, started_ns, helper, loaded))
         finally:
             if helper is not None:
                 helper.close()
@@ -239,14 +237,24 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                 or (stored.get("fleet") is None) != (whole_index is None)):
             data = {"root": os.path.realpath(base), "networks": identity(networks_before),
                     "entries": fresh, "fleet": whole_index}
-            keep = helper.fds() if helper is not None else ()
+            store = functools.partial(_store, target, fingerprint, data, helper,
+                                      behind=bool(write_behind))
             if callable(write_behind):
-                write_behind(functools.partial(_write_behind, target, fingerprint, data, keep))
-            elif write_behind:
-                _write_behind(target, fingerprint, data, keep)
+                write_behind(store)
             else:
-                _write(target, fingerprint, data)
+                store()
         return fleet
+
+
+def _store(target: Path, fingerprint: bytes, data: dict[str, Any], helper: _Helper | None,
+           *, behind: bool) -> bool:
+    keep: tuple[int, ...] = ()
+    if helper is not None:  # nothing more to ask of the child: let it send its last hosts
+        helper.release()
+        keep = helper.fds()
+    if behind:
+        return _write_behind(target, fingerprint, data, keep)
+    return _write(target, fingerprint, data)
 
 
 def _same_file(path: Path, before: os.stat_result) -> bool:
@@ -297,17 +305,16 @@ def _loader(parse: Callable[[str, dict[str, Network]], T],
 
 
 PARALLEL_MIN_FILES = 2000
-# The child's part of the host files: it also pickles what it sends, while we read
-# every guest file and unpickle only the hosts a query checks.
-CHILD_SHARE = 0.50
+# The child's part of the work (it reads every guest file and the last host files): it
+# also pickles what it sends, and we unpickle only what a query uses.
+CHILD_SHARE = 0.44
 _MISSING: Any = object()
 
 
 class PickledHost(NamedTuple):
     """A host the parsing child read, as load_fleet sees it: its name and source (what
     the loader checks of every host) and the networks it binds (`bindings`, names only,
-    what a placement query asks of every host); the host itself stays pickled until used
-    (`stored`: its pickle, or a _Deferred when the child sends it after the others)."""
+    what a placement query asks of every host); the host itself stays in the child."""
 
     name: str
     source: Source | None
@@ -316,9 +323,8 @@ class PickledHost(NamedTuple):
 
 
 class _Deferred:
-    """A child's host sent after the others (a placement query does not need it): the
-    cache writer or an access through LazyHosts waits for it, or, should the child have
-    died, parses its file again."""
+    """A host the child keeps: it sends its pickle last (for the cache writer, or when we
+    use it after all); should the child have died, its file is parsed again here."""
 
     def __init__(self, helper: _Helper, key: str) -> None:
         self.helper, self.key = helper, key
@@ -338,56 +344,98 @@ class _Deferred:
 
 
 class _Helper:
-    """A forked child parsing the last host files while we parse the first ones and the
-    guests. It sends what it parsed in two messages: first every host's summary, with
-    the pickle of the hosts a query needs (`hint`), then the other pickles. Each result
-    carries the identity the child saw and is parsed here again when ours differs, so the
-    child saves work and never changes an answer; a file it cannot parse is parsed here,
-    to raise the error as load_fleet does."""
+    """A forked child reading every guest file and part of the host files while we read
+    the others. It talks in this order:
 
-    def __init__(self, work: ForkedWork, keys: set[str], networks: dict[str, Network]) -> None:
+    1. it sends the guests it parsed, and of each host its name, source and the networks
+       it binds (the pickle only of the host the guest being placed runs on);
+    2. it waits for one request: a function to run over what it parsed (`ask`; a
+       placement query checks the child's candidates there) or none (`release`);
+    3. it sends the pickles of its hosts, which the cache writer (forked from us) or a
+       later use of one of them reads.
+
+    Each result carries the identity the child saw and is parsed here again when ours
+    differs, so the child saves work and never changes an answer; a file it cannot parse
+    is parsed here, to raise the error as load_fleet does."""
+
+    def __init__(self, work: ForkedWork, keys: set[str], networks: dict[str, Network],
+                 ours: list[str]) -> None:
         self.work, self.keys, self.networks = work, keys, networks
-        self.results: dict[str, tuple[Identity, PickledHost]] | None = None
-        self._hinted = False
+        self.ours = ours  # the host files we parse
+        self.results: dict[str, tuple[Identity, Any]] | None = None
+        self._delivered: dict[int, str] = {}  # id of a guest it sent -> its file
+        self._asked = False
         self._later: dict[str, bytes] | None = None
-
-    def hint(self, wanted: frozenset[str] | None) -> None:
-        """The networks every host a query checks binds (None: all hosts are needed)."""
-        if not self._hinted:
-            self._hinted = True
-            self.work.send(wanted)
 
     def result(self, key: str, ident: Identity) -> Any:
         if key not in self.keys:
             return _MISSING
         if self.results is None:
-            self.hint(None)
-            try:
-                sent = self.work.receive()
-            except ChildFailed:  # the child died half-way: parse it all here
-                sent = {}
-            self.results = {key: (ident, PickledHost(name, source, bound, blob or
-                                                     _Deferred(self, key)))
-                            for key, (ident, name, source, bound, blob) in sent.items()}
+            self.results = self._first_message()
         got = self.results.get(key)
-        return got[1] if got is not None and got[0] == ident else _MISSING
+        if got is None or got[0] != ident:
+            return _MISSING
+        if isinstance(got[1], model.Guest):
+            self._delivered[id(got[1])] = key
+        return got[1]
+
+    def _first_message(self) -> dict[str, tuple[Identity, Any]]:
+        try:
+            guests, hosts = self.work.receive()
+        except ChildFailed:  # the child died half-way: parse it all here
+            return {}
+        results: dict[str, tuple[Identity, Any]] = pickle.loads(guests)
+        for key, (ident, name, source, bound, blob) in hosts.items():
+            results[key] = (ident, PickledHost(name, source, bound, blob or _Deferred(self, key)))
+        return results
+
+    def guest_refs(self, guests: Mapping[str, model.Guest]) -> dict[str, str | model.Guest]:
+        """Each guest as the child can find it (its file) when it sent it, else itself."""
+        return {name: self._delivered.get(id(guest), guest) for name, guest in guests.items()}
+
+    def ask(self, work: Callable[..., Any], *args: Any) -> bool:
+        """Have the child run work(hosts, guests, *args) over the hosts and guests it
+        parsed (by file); once per child. False when it cannot (asked, or gone)."""
+        if self._asked or self.results is None:
+            return False
+        self._asked = True
+        return self.work.send((work, args))
+
+    def answer(self) -> Any:
+        """What the asked work returned; None when the child failed."""
+        try:
+            return self.work.receive()
+        except ChildFailed:
+            return None
+
+    def release(self) -> None:
+        """Nothing to ask: the child goes on to send its hosts' pickles."""
+        if not self._asked:
+            self._asked = True
+            self.work.send(None)
 
     def later(self, key: str) -> bytes | None:
-        """The pickle of a host the child sent after the others; None if it died."""
+        """The pickle of a host the child kept; None if it died."""
         if self._later is None:
+            self.release()
             self._later = self.work.result() or {}
         return self._later.get(key)
 
     def fds(self) -> tuple[int, ...]:
-        """The pipes a cache writer forked from us reads the child's last message from."""
+        """The pipe a cache writer forked from us reads the child's last message from."""
         return (self.work.pipe,) if self.work.pipe >= 0 else ()
 
     def close(self) -> None:
         if self.results is None:  # not needed after all (an error ended the load early)
             self.work.cancel()
 
+    def __del__(self) -> None:  # a child still waiting for a request would wait forever
+        with contextlib.suppress(Exception):
+            self.release()
 
-def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]]) -> _Helper | None:
+
+def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]],
+                  placing: str | None) -> _Helper | None:
     if not can_fork_work():
         return None
     # A cheap count first: on a warm load the listing below would be time thrown away.
@@ -398,78 +446,81 @@ def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]]) -> _Help
     if listed - len(entries) < PARALLEL_MIN_FILES:
         return None
     host_files, guest_files = fleet_file_names(base)
-    todo = [key for key in host_files if key not in entries]
-    if len(todo) + len(guest_files) < PARALLEL_MIN_FILES:
+    hosts = [key for key in host_files if key not in entries]
+    guests = [key for key in guest_files if key not in entries]
+    if len(hosts) + len(guests) < PARALLEL_MIN_FILES:
         return None
     try:
         networks = load_networks(base / "networks.toml")
     except InputError:
         return None  # load_fleet reports it
-    # the last host files the cache does not answer, a generated host file (40 lines)
-    # costing about two guest files
-    share = todo[len(todo) - min(len(todo), int((len(todo) * 2 + len(guest_files))
-                                                 * CHILD_SHARE / 2)):]
-    work = ForkedWork.start(lambda link: _parse_share(link, share, networks), talk=True)
-    return _Helper(work, set(share), networks) if work else None
+    # A generated host file (40 lines) costs about three guest files. Every so many host
+    # files, not the last ones: a fleet's files sort by site and rack, and a placement's
+    # candidates, which the child checks when it holds them, are often one site's.
+    wanted = (3 * len(hosts) + len(guests)) * CHILD_SHARE - len(guests)
+    fraction = max(0.0, min(1.0, wanted / 3 / len(hosts))) if hosts else 0.0
+    share = [key for index, key in enumerate(hosts)
+             if int((index + 1) * fraction) > int(index * fraction)]
+    work = ForkedWork.start(
+        lambda link: _in_child(link, share, guests, networks, placing), talk=True)
+    theirs = set(share)
+    ours = [key for key in host_files if key not in theirs]
+    return _Helper(work, {*theirs, *guests}, networks, ours) if work else None
 
 
-def _parse_share(link: Link, share: list[str], networks: dict[str, Network],
-                 ) -> dict[str, bytes]:
-    """In the child: parse, then send (see _Helper) and return the pickles left."""
-    parsed = []
-    for key in share:
-        try:
-            ident = identity(os.stat(key))  # before reading, as in _loader
-            parsed.append((key, ident, load_host(key, networks)))
-        except Exception:
-            continue
-    wanted = link.receive()
-    first, left = {}, []
-    for key, ident, host in parsed:
-        now = wanted is None or wanted <= host.bindings.keys()
-        first[key] = (ident, host.name, host.source, tuple(host.bindings),
-                      _pickled(host) if now else None)
-        if not now:
-            left.append((key, host))
-    link.send(first)
-    return {key: _pickled(host) for key, host in left}
+def _in_child(link: Link, host_keys: list[str], guest_keys: list[str],
+              networks: dict[str, Network], placing: str | None) -> dict[str, bytes]:
+    """The child's side of _Helper."""
+    guests = dict(_parsed(guest_keys, load_guest, networks))
+    hosts = dict(_parsed(host_keys, load_host, networks))
+    source = next((guest.host for _, guest in guests.values() if guest.name == placing), None)
+    link.send((_pickled(guests), {
+        key: (ident, host.name, host.source, tuple(host.bindings),
+              _pickled(host) if host.name == source else None)
+        for key, (ident, host) in hosts.items()}))
+    request = link.receive()
+    if request is not None:
+        work, args = request
+        link.send(work({key: host for key, (_, host) in hosts.items()},
+                       {key: guest for key, (_, guest) in guests.items()}, *args))
+    return {key: _pickled(host) for key, (_, host) in hosts.items()}
 
 
-def _read_first(load: Callable[[str, dict[str, Network]], T], keys: list[str],
-                networks: dict[str, Network], loaded: list[str],
-                ) -> Callable[[str, dict[str, Network]], T]:
-    """`load` run over `keys` now, its answers (and errors) given to load_fleet later, in
-    load_fleet's order (`loaded`)."""
-    values: dict[str, tuple[bool, Any]] = {}
+def _ahead(load: Callable[[str, dict[str, Network]], T], keys: list[str],
+           networks: dict[str, Network], loaded: list[str],
+           otherwise: Callable[[str, dict[str, Network]], T],
+           ) -> Callable[[str, dict[str, Network]], T]:
+    """`load` run over `keys` now; load_fleet later gets those answers (and errors) in
+    its order, and `otherwise`'s for the other files."""
+    done: dict[str, tuple[bool, Any]] = {}
     for key in keys:
         try:
-            values[key] = (True, load(key, networks))
+            done[key] = (True, load(key, networks))
         except InputError as err:
-            values[key] = (False, err)
+            done[key] = (False, err)
 
     def replay(path: str, networks: dict[str, Network]) -> T:
         key = os.fspath(path)
-        loaded.append(key)
-        got = values.get(key)
+        got = done.get(key)
         if got is None:
-            return load(path, networks)
+            return otherwise(path, networks)
+        loaded.append(key)
         ok, value = got
         if not ok:
             raise value
         return value
 
-    replay.values = values  # type: ignore[attr-defined]
     return replay
 
 
-def _networks_of(guests: dict[str, tuple[bool, Any]], name: str | None) -> frozenset[str] | None:
-    """The networks of the first guest file naming `name` (the one load_fleet keeps)."""
-    if name is None:
-        return None
-    for ok, guest in guests.values():
-        if ok and guest.name == name:
-            return frozenset(nic.network for nic in guest.nics)
-    return None
+def _parsed(keys: list[str], parse: Callable[[str, dict[str, Network]], T],
+            networks: dict[str, Network]) -> Iterator[tuple[str, tuple[Identity, T]]]:
+    for key in keys:
+        try:
+            ident = identity(os.stat(key))  # before reading, as in _loader
+            yield key, (ident, parse(key, networks))
+        except Exception:
+            continue
 
 
 def _with_lazy_hosts(fleet: Fleet, helper: _Helper, lazy: bool) -> Fleet:
@@ -477,10 +528,7 @@ def _with_lazy_hosts(fleet: Fleet, helper: _Helper, lazy: bool) -> Fleet:
     values: dict[str, Host | bytes | _Deferred] = {}
     summaries = []
     for name, host in fleet.hosts.items():
-        if isinstance(host, PickledHost):
-            values[name] = host.stored
-        else:
-            values[name] = host
+        values[name] = host.stored if isinstance(host, PickledHost) else host
         source = host.source
         summaries.append((name, tuple(host.bindings),
                           source.file if source else f"hosts/{name}.toml"))

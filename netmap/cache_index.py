@@ -111,6 +111,17 @@ class LazyHosts(Mapping[str, model.Host]):
             self._hosts[name] = host
         return host
 
+    def elsewhere(self) -> tuple[Any, dict[str, str]]:
+        """Hosts another process holds (netmap.cache: the parsing child), by name -> file,
+        with that process's handle (it can run a query over them: cache._Helper.ask);
+        (None, {}) when every host is here."""
+        holder, there = None, {}
+        for name, stored in self._blobs.items():
+            helper = getattr(stored, "helper", None)
+            if helper is not None and name not in self._hosts:
+                holder, there[name] = helper, stored.key
+        return holder, there
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._blobs)
 

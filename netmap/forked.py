@@ -143,6 +143,22 @@ class ForkedWork:
             os.kill(self.pid, signal.SIGKILL)
         self._reap()
 
+    def close(self) -> None:
+        """Let go of the child without waiting: it ends on its own (a child that finds
+        nobody reading its pipe ends there) and is reaped here if it already has."""
+        for fd in (self.pipe, self.to_child):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.pipe = self.to_child = -1
+        if self._status is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self._status = status
+
+    __del__ = close
+
     def _reap(self) -> int:
         for fd in (self.pipe, self.to_child):
             if fd >= 0:

@@ -124,10 +124,10 @@ NIC = Schema(network=text(required=True), mac=text(required=True), model=text(de
 def load_networks(path: Path) -> dict[str, Network]:
     doc = Document.read(path)
     networks: dict[str, Network] = {}
-    for name, table in doc.table().read(NETWORKS_FILE)["networks"]:
+    for name, table in NETWORKS_FILE.read(doc.table())["networks"]:
         if _name_problem(name):
             raise table.error(None, _name_problem(name), "rename the network")
-        values = table.read(NETWORK)
+        values = NETWORK.read(table)
         segment, vni, vlan = values["segment"], values["vni"], values["vlan"]
         if (segment is None) == (vni is None):
             raise table.error(None, "needs exactly one of segment (a physical L2 domain) "
@@ -147,9 +147,9 @@ def load_networks(path: Path) -> dict[str, Network]:
 
 def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
     doc = Document.read(path)
-    top = doc.table().read(HOST_FILE)
+    top = HOST_FILE.read(doc.table())
     head = top["host"]
-    about = head.read(HOST)
+    about = HOST.read(head)
     name = head.check("name", about["name"], _name_problem, "use a plain host name")
     features = about["features"]
     for index, feature in enumerate(features):
@@ -162,9 +162,9 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
         problem = names.ifname_problem(uplink_name)
         if problem:
             raise table.error(None, f"uplink name {problem}", "use the interface's real name")
-        link = table.read(UPLINK)
+        link = UPLINK.read(table)
         pool = link["sriov"]
-        sriov = SriovPool(pool.read(SRIOV)["total_vfs"]) if pool is not None else None
+        sriov = SriovPool(SRIOV.read(pool)["total_vfs"]) if pool is not None else None
         mac = link["mac"]
         if mac is not None:
             mac = table.check("mac", mac.lower(), mac_problem, 'write it as "aa:bb:cc:dd:ee:ff"')
@@ -179,7 +179,7 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
                               f"define [networks.{network_name}] in networks.toml, or "
                               + did_you_mean(network_name, networks))
         network = networks[network_name]
-        values = table.read(BINDING)
+        values = BINDING.read(table)
         mode, uplink, bridge = values["mode"], values["uplink"], values["bridge"]
         if uplink not in uplinks:
             raise table.error("uplink", f"names {uplink!r}, which this host does not define",
@@ -244,7 +244,7 @@ def _ifname_check(name: str) -> str | None:
 def _vxlan(table: Table | None) -> Vxlan | None:
     if table is None:
         return None
-    values = table.read(VXLAN)
+    values = VXLAN.read(table)
     if values["group"] and values["remotes"]:
         raise table.error("remotes", "a vxlan binding uses a multicast group or unicast "
                           "remotes, not both", "remove group or remotes")
@@ -278,14 +278,14 @@ def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
 
         return guest_from_domain_file(Path(path), networks)
     doc = Document.read(path)
-    top = doc.table().read(GUEST_FILE)
+    top = GUEST_FILE.read(doc.table())
     head = top["guest"]
-    about = head.read(GUEST)
+    about = GUEST.read(head)
     name = head.check("name", about["name"], _name_problem, "use a plain guest name")
     nics: list[GuestNic] = []
     seen_macs: dict[str, int] = {}
     for index, table in enumerate(top["nics"]):
-        values = table.read(NIC)
+        values = NIC.read(table)
         network = values["network"]
         if network not in networks:
             raise table.error("network", f"names {network!r}, which networks.toml does not "

@@ -8,16 +8,17 @@ other host gets its first blocking reason without one.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import networkx as nx
 
 from netmap import graph as g
+from netmap.cache_index import LazyHosts
 from netmap.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
 from netmap.forked import ForkedWork
 from netmap.gcpause import gc_paused
-from netmap.model import Fleet, Guest, Host
+from netmap.model import Fleet, Guest, Host, Network
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,10 @@ def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
     `fleet.hosts` may be a netmap.cache.LazyHosts: what each host binds and its mapping's
     file then come from its `summaries`, and only the candidates are unpickled.
 
-    parallel=True (the command line, which may fork) has a forked child check half of the
-    candidates when there are many and a second CPU is there; the answer is the same."""
+    parallel=True (the command line, which may fork) has another process check part of
+    the candidates (_share_out): the parsing child of netmap.cache those it holds, else a
+    child forked for half of them when there are many and a second CPU is there. The
+    answer is the same."""
     # Everything built here is garbage only at the end: a collection in between would
     # walk every object of the fleet again (pausing saved a tenth of a warm 10k query).
     with gc_paused():
@@ -77,13 +80,11 @@ def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
         load = Counter(other.host for other in fleet.guests.values())
         to_check = [name for name, (bound, _) in summaries.items() if needed <= bound
                     and (include_current or name != guest.host)]
-        # Half each: we also answer the hosts not checked, but the child runs slower on
-        # the memory it shares with us copy-on-write (10k hosts: 0.1 s of 0.2 s each).
-        child, cut = None, len(to_check) // 2
-        if parallel and len(to_check) >= PARALLEL_MIN_CANDIDATES:
-            child = ForkedWork.start(lambda: _checked(fleet, guest, to_check[cut:], strict, load))
-        checked = _checked(fleet, guest, to_check[:cut] if child else to_check, strict, load)
         pending = set(to_check)
+        theirs, elsewhere = _share_out(fleet, guest, to_check, strict, load) if parallel \
+            else (None, [])
+        away = set(elsewhere)
+        checked = _checked(fleet, guest, [n for n in to_check if n not in away], strict, load)
         out: list[Candidate | str] = []  # a host's name stands for its check, filled below
         for host, (bound, mapping) in summaries.items():
             if host in pending:
@@ -92,10 +93,10 @@ def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
                 nic = next(n for n in guest.nics if n.network not in bound)
                 out.append(Candidate(host, False, 0, load[host], None, unbound_finding_at(
                     fleet.networks[nic.network], nic, host, mapping)))
-        if child is not None:
-            theirs = child.result()
-            checked.update(theirs if theirs is not None
-                           else _checked(fleet, guest, to_check[cut:], strict, load))
+        if theirs is not None:
+            answer = theirs()
+            checked.update(answer if answer is not None
+                           else _checked(fleet, guest, elsewhere, strict, load))
         ranked = [checked[c] if isinstance(c, str) else c for c in out]
         ranked.sort(key=lambda c: (not c.compatible, c.warnings, c.guests, c.host))
         return ranked
@@ -120,6 +121,46 @@ def _checked(fleet: Fleet, guest: Guest, hosts: list[str], strict: bool,
         out[host] = Candidate(host, not errors, len(report.warnings), load[host], report,
                               errors[0] if errors else None)
     return out
+
+
+def _share_out(fleet: Fleet, guest: Guest, to_check: list[str], strict: bool,
+               load: Counter[str]) -> tuple[Callable[[], dict[str, Candidate] | None] | None,
+                                            list[str]]:
+    """Hand part of the check to another process, and say which part: the hosts a
+    parsing child still holds (netmap.cache) are checked there; else, with many to
+    check, a child forked now takes half (it runs slower on the memory it shares with us
+    copy-on-write: 10k hosts, 0.1 s of 0.2 s each). Returns how to wait for its answer
+    (None when it failed: check them here), or (None, []) when nothing was handed out."""
+    holder, there = fleet.hosts.elsewhere() if isinstance(fleet.hosts, LazyHosts) \
+        else (None, {})
+    remote = {name: there[name] for name in to_check if name in there}
+    if remote:
+        source = fleet.hosts.get(guest.host) if guest.host else None
+        if holder.ask(_checked_there, remote, guest.name, holder.guest_refs(fleet.guests),
+                      source, fleet.networks, fleet.problems, fleet.root, strict):
+            return holder.answer, list(remote)
+    if len(to_check) >= PARALLEL_MIN_CANDIDATES:
+        half = to_check[len(to_check) // 2:]
+        child = ForkedWork.start(lambda: _checked(fleet, guest, half, strict, load))
+        if child is not None:
+            return child.result, half
+    return None, []
+
+
+def _checked_there(hosts: dict[str, Host], guests: dict[str, Guest], remote: dict[str, str],
+                   guest_name: str, guest_refs: dict[str, str | Guest], source: Host | None,
+                   networks: dict[str, Network], problems: tuple, root: str,
+                   strict: bool) -> dict[str, Candidate]:
+    """`_checked` in the process that parsed `hosts` and `guests` (by file): the fleet's
+    guests are those files' or, where the fleet has another, the one sent."""
+    fleet_guests = {name: guests[ref] if isinstance(ref, str) else ref
+                    for name, ref in guest_refs.items()}
+    kept = {name: hosts[key] for name, key in remote.items()}
+    if source is not None:
+        kept.setdefault(source.name, source)
+    load = Counter(other.host for other in fleet_guests.values())
+    fleet = Fleet(networks, kept, fleet_guests, problems, root)
+    return _checked(fleet, fleet_guests[guest_name], list(remote), strict, load)
 
 
 # Below this many hosts to check, a child costs more than it saves (fork, pickled answer).
