@@ -106,9 +106,10 @@ def cache_file(base: Path) -> Path:
     return cache_dir() / f"fleet-{hashlib.blake2b(real.encode(), digest_size=10).hexdigest()}"
 
 
-def settled(st: os.stat_result, started_ns: int) -> bool:
+def settled(ident: Identity, started_ns: int) -> bool:
     """Whether any later change of the file must change its identity (see module doc)."""
-    return max(st.st_mtime_ns, st.st_ctime_ns) < started_ns - RACY_WINDOW_NS
+    _, mtime_ns, ctime_ns, _, _ = ident
+    return max(mtime_ns, ctime_ns) < started_ns - RACY_WINDOW_NS
 
 
 _NETMAP_REFERENCE = re.compile(
@@ -174,9 +175,9 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
     For the command line, which may fork: write_behind=True writes an updated cache from a
     detached process (pickling 10k hosts takes 0.3-0.4 s); parallel=True has a child parse
     part of the files when thousands must be parsed and a second CPU is there. A callable
-    write_behind (atexit.register) is handed that write to run later: until the writer
-    ends, every object we touch costs a copy-on-write page fault (a cold 10k-host hosts-for
-    ran its query 0.24 s instead of 0.13 s next to it).
+    write_behind (finish.later) is handed that write to run as the process ends: until the
+    writer ends, every object we touch costs a copy-on-write page fault (a cold 10k-host
+    hosts-for ran its query 0.24 s instead of 0.13 s next to it).
 
     When no file changed at all, the fleet a previous load assembled is returned without
     assembling it again. lazy=True then makes `fleet.hosts` a LazyHosts mapping, which
@@ -227,7 +228,7 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
             # networks.toml changed while we read: the cached files were validated against
             # another version of it, so read everything again
             return load_fleet(base)
-        if not settled(networks_before, started_ns):
+        if not settled(identity(networks_before), started_ns):
             return fleet  # too recent to key a cache on; valid, but not worth storing
         whole_index = fleet_index(fleet, loaded, fresh)
         if helper is not None:
@@ -237,23 +238,22 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                 or (stored.get("fleet") is None) != (whole_index is None)):
             data = {"root": os.path.realpath(base), "networks": identity(networks_before),
                     "entries": fresh, "fleet": whole_index}
-            store = functools.partial(_store, target, fingerprint, data, helper,
-                                      behind=bool(write_behind))
-            if callable(write_behind):
-                write_behind(store)
+            if callable(write_behind):  # run as the process ends (finish.later)
+                write_behind(functools.partial(_store, target, fingerprint, data, helper,
+                                               behind=True, exiting=True))
             else:
-                store()
+                _store(target, fingerprint, data, helper, behind=bool(write_behind))
         return fleet
 
 
 def _store(target: Path, fingerprint: bytes, data: dict[str, Any], helper: _Helper | None,
-           *, behind: bool) -> bool:
+           *, behind: bool, exiting: bool = False) -> bool:
     keep: tuple[int, ...] = ()
     if helper is not None:  # nothing more to ask of the child: let it send its last hosts
         helper.release()
         keep = helper.fds()
     if behind:
-        return _write_behind(target, fingerprint, data, keep)
+        return _write_behind(target, fingerprint, data, keep, exiting=exiting)
     return _write(target, fingerprint, data)
 
 
@@ -276,6 +276,15 @@ def _loader(parse: Callable[[str, dict[str, Network]], T],
         key = os.fspath(path)
         if loaded is not None:
             loaded.append(key)
+        if helper is not None:
+            # The child's answer, with the identity it saw before reading: the file as it
+            # was then, as if read then; a later change moves the identity we keep.
+            ident, value = helper.result(key)
+            if value is not _MISSING:
+                if settled(ident, started_ns):
+                    fresh[key] = (ident, value.stored if isinstance(value, PickledHost)
+                                  else value)
+                return value
         try:
             # stat BEFORE reading: a change after this point moves the identity we keep
             st = os.stat(key)
@@ -293,12 +302,9 @@ def _loader(parse: Callable[[str, dict[str, Network]], T],
                 return value
         # Only successful parses are kept: an error is rare, cheap to find again, and is
         # then raised exactly as the parser raises it.
-        value = helper.result(key, ident) if helper is not None else _MISSING
-        if value is _MISSING:
-            value = parse(path, networks)
-        if settled(st, started_ns):
-            # a host from the child is kept as the pickle it came as (or will come as)
-            fresh[key] = (ident, value.stored if isinstance(value, PickledHost) else value)
+        value = parse(path, networks)
+        if settled(ident, started_ns):
+            fresh[key] = (ident, value)
         return value
 
     return load
@@ -354,9 +360,10 @@ class _Helper:
     3. it sends the pickles of its hosts, which the cache writer (forked from us) or a
        later use of one of them reads.
 
-    Each result carries the identity the child saw and is parsed here again when ours
-    differs, so the child saves work and never changes an answer; a file it cannot parse
-    is parsed here, to raise the error as load_fleet does."""
+    Each result carries the identity the child saw before reading the file, which is what
+    the cache keeps: a change after it moves the identity, so a later load reads the file
+    again, as after a change we did not see in a load of our own. A file the child cannot
+    parse is parsed here, to raise the error as load_fleet does."""
 
     def __init__(self, work: ForkedWork, keys: set[str], networks: dict[str, Network],
                  ours: list[str]) -> None:
@@ -367,17 +374,20 @@ class _Helper:
         self._asked = False
         self._later: dict[str, bytes] | None = None
 
-    def result(self, key: str, ident: Identity) -> Any:
+    def result(self, key: str) -> tuple[Identity | None, Any]:
+        """The identity the child saw and what it parsed, or (None, _MISSING) when the
+        file is not its part or it could not parse it (parsed here, to raise the error
+        as load_fleet does)."""
         if key not in self.keys:
-            return _MISSING
+            return None, _MISSING
         if self.results is None:
             self.results = self._first_message()
         got = self.results.get(key)
-        if got is None or got[0] != ident:
-            return _MISSING
+        if got is None:
+            return None, _MISSING
         if isinstance(got[1], model.Guest):
             self._delivered[id(got[1])] = key
-        return got[1]
+        return got
 
     def _first_message(self) -> dict[str, tuple[Identity, Any]]:
         try:
@@ -636,12 +646,14 @@ def _write(target: Path, fingerprint: bytes, data: dict[str, Any]) -> bool:
 
 
 def _write_behind(target: Path, fingerprint: bytes, data: dict[str, Any],
-                  keep: tuple[int, ...] = ()) -> bool:
+                  keep: tuple[int, ...] = (), *, exiting: bool = False) -> bool:
     """`_write` in a double-forked grandchild nobody waits for. It drops inherited file
     descriptors, so a pipe reading our output ends when we exit. An older snapshot landing
     after a newer one is only less complete, never stale (entries are keyed on identity).
     With threads (a forked child may inherit a held lock) or no fork, write in place.
-    `keep`: descriptors the writer still reads from (a parsing child's last message)."""
+    `keep`: descriptors the writer still reads from (a parsing child's last message).
+    exiting: we end right after this, so one fork does (init reaps the orphan), at half
+    the cost of forking a large process twice."""
     if not hasattr(os, "fork") or threading.active_count() > 1:
         return _write(target, fingerprint, data)
     try:
@@ -651,15 +663,16 @@ def _write_behind(target: Path, fingerprint: bytes, data: dict[str, Any],
     if child == 0:  # pragma: no cover - runs in the forked processes, which _exit
         code = 0
         try:
-            if os.fork() == 0:
+            if exiting or os.fork() == 0:
                 _detach(keep)
                 code = 0 if _write(target, fingerprint, data) else 1
         except BaseException:
             code = 1
         finally:
             os._exit(code)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(child, 0)
+    if not exiting:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)
     return True
 
 
