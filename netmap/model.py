@@ -2,7 +2,50 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+try:  # tells type checkers that @frozen makes a dataclass (Python >= 3.11)
+    from typing import dataclass_transform
+except ImportError:  # pragma: no cover - Python 3.10
+    def dataclass_transform(**_: Any) -> Any:
+        return lambda decorator: decorator
+
+T = TypeVar("T")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def frozen(cls: type[T]) -> type[T]:
+    """dataclass(frozen=True), with an __init__ that fills the instance dict at once.
+
+    A frozen dataclass's generated __init__ sets each field through object.__setattr__,
+    a call per field: a third of the time spent building a host file's model (Binding:
+    0.8 us, 0.35 us so). Instances are as frozen as before (assigning a field raises);
+    the parameters, defaults and default factories are the dataclass's own."""
+    cls = dataclass(frozen=True)(cls)
+    names, params = [], []
+    scope: dict[str, Any] = {"MISSING": dataclasses.MISSING}
+    lines = []
+    for spec in dataclasses.fields(cls):
+        names.append(spec.name)
+        if spec.default is not dataclasses.MISSING:
+            scope[f"default_{spec.name}"] = spec.default
+            params.append(f"{spec.name}=default_{spec.name}")
+        elif spec.default_factory is not dataclasses.MISSING:
+            scope[f"factory_{spec.name}"] = spec.default_factory
+            params.append(f"{spec.name}=MISSING")
+            lines.append(f" if {spec.name} is MISSING: {spec.name} = factory_{spec.name}()")
+        else:
+            params.append(spec.name)
+    lines.append(f" self.__dict__.update({', '.join(f'{n}={n}' for n in names)})")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(lines), scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__annotations__ = cls.__init__.__annotations__
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
 
 # mode -> forwarding semantic class (DESIGN.md, "Modes and their forwarding semantics")
 SEMANTIC_CLASS: dict[str, str] = {
@@ -32,7 +75,7 @@ VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 IFNAMSIZ = 16  # the kernel's limit includes the NUL: names have at most 15 bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class Source:
     """Where a piece of the model came from, for messages."""
 
@@ -43,7 +86,7 @@ class Source:
         return f"{self.file}:{self.line}" if self.line else self.file
 
 
-@dataclass(frozen=True)
+@frozen
 class Network:
     """A fleet-wide logical network: its identity is a segment + VLAN, or a VNI."""
 
@@ -65,12 +108,12 @@ class Network:
         return f"vni:{self.vni}" if self.vni is not None else f"{self.segment}"
 
 
-@dataclass(frozen=True)
+@frozen
 class SriovPool:
     total_vfs: int
 
 
-@dataclass(frozen=True)
+@frozen
 class Uplink:
     name: str
     segments: tuple[str, ...] = ()
@@ -80,7 +123,7 @@ class Uplink:
     mac: str | None = None  # the NIC's hardware address: finds the uplink again after a rename
 
 
-@dataclass(frozen=True)
+@frozen
 class Vxlan:
     """Underlay parameters of a vxlan binding: a multicast group or unicast remotes."""
 
@@ -90,7 +133,7 @@ class Vxlan:
     local: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Binding:
     """How one host realizes one logical network."""
 
@@ -110,7 +153,7 @@ class Binding:
         return SEMANTIC_CLASS[self.mode]
 
 
-@dataclass(frozen=True)
+@frozen
 class Host:
     name: str
     uplinks: dict[str, Uplink] = field(default_factory=dict)
@@ -122,7 +165,7 @@ class Host:
     source: Source | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class GuestNic:
     index: int
     network: str
@@ -134,7 +177,7 @@ class GuestNic:
     source: Source | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class Guest:
     name: str
     host: str | None
@@ -142,7 +185,7 @@ class Guest:
     source: Source | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True)
+@frozen
 class Fleet:
     """Everything the mappings directory says, plus the files that could not be read.
 
