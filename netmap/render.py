@@ -175,22 +175,46 @@ def check_view(report: Report) -> RenderableType:
 
 # --- hosts-for ------------------------------------------------------------------------------
 
+# Beyond this many hosts that cannot take the guest, the table gives one row per reason
+# (the same blocking code on the same NIC) instead of one per host; --json lists them all.
+REFUSALS_LISTED = 20
+
+
 def hosts_for_view(guest: str, candidates: list[Candidate]) -> RenderableType:
     table = Table(title=f"hosts for {guest}", title_justify="left")
     table.add_column("host")
     table.add_column("verdict")
     table.add_column("guests", justify="right")
     table.add_column("why")
+    refused = [cand for cand in candidates if not cand.compatible]
     for cand in candidates:
         if cand.compatible:
             verdict = Text("ok" if not cand.warnings else f"ok, {cand.warnings} warning(s)",
                            style="green" if not cand.warnings else "yellow")
             why = "; ".join(f.code for f in cand.report.warnings) if cand.report else ""
-        else:
-            verdict = Text("no", style=STYLE[ERROR])
+            table.add_row(cand.host, verdict, str(cand.guests), Text(why))
+        elif len(refused) <= REFUSALS_LISTED:
             why = f"{cand.blocking.code}: {cand.blocking.message}" if cand.blocking else ""
-        table.add_row(cand.host, verdict, str(cand.guests), Text(why))
+            table.add_row(cand.host, Text("no", style=STYLE[ERROR]), str(cand.guests), Text(why))
+    if len(refused) > REFUSALS_LISTED:
+        for hosts, example in _refusals_by_reason(refused):
+            names = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3:,} more" if len(hosts) > 3
+                                             else "")
+            why = f"{example.code}: {example.message}" if example else ""
+            count = f"{len(hosts):,} host" + ("s" if len(hosts) != 1 else "")
+            table.add_row(Text(count), Text("no", style=STYLE[ERROR]), "",
+                          Text(f"{why}\n({names})"))
     return table
+
+
+def _refusals_by_reason(refused: list[Candidate]) -> list[tuple[list[str], Finding | None]]:
+    """Hosts that cannot take the guest grouped by blocking code and NIC, largest first;
+    each group with its first host's finding as the example."""
+    groups: dict[tuple[str, int | None], tuple[list[str], Finding | None]] = {}
+    for cand in refused:
+        key = (cand.blocking.code, cand.blocking.nic) if cand.blocking else ("", None)
+        groups.setdefault(key, ([], cand.blocking))[0].append(cand.host)
+    return sorted(groups.values(), key=lambda group: -len(group[0]))
 
 
 # --- diff -----------------------------------------------------------------------------------

@@ -94,6 +94,17 @@ def test_hosts_for(capsys):
     assert all(h["blocking"] for h in data["hosts"][1:])
 
 
+def test_hosts_for_table_lists_each_refusal_or_groups_many(capsys, monkeypatch):
+    code, out, _ = run(capsys, "hosts-for", "vm1")
+    assert code == 0 and "host-c" in out and "host-d" in out and "SEGMENT_UNREACHABLE" not in out
+    from netmap import render
+
+    monkeypatch.setattr(render, "REFUSALS_LISTED", 1)  # host-c and host-d: grouped
+    code, out, _ = run(capsys, "hosts-for", "vm1")
+    assert code == 0 and "host-b" in out and "NETWORK_UNBOUND" in out
+    assert "2 hosts" in out and "(host-d, host-c)" in out  # in the order ranked
+
+
 def test_diff_highlights_differences(capsys):
     code, out, _ = run(capsys, "diff", "host-a", "host-c", "--json")
     rows = {r["network"]: r for r in json.loads(out)["networks"]}
