@@ -340,14 +340,21 @@ def test_parallel_parse_gives_the_same_fleet(mappings: Path, cache_dir: Path,
     assert set(parses) == {"vm3.toml"}
 
 
+@pytest.fixture
+def child_has_b_to_d(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parsing child even for these 8 files: it reads the guests and host-b..d, we
+    read host-a."""
+    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
+    monkeypatch.setattr(cache, "CHILD_SHARE", 0.85)
+
+
 @single_threaded
+@pytest.mark.usefixtures("child_has_b_to_d")
 def test_file_changed_after_the_child_read_it_is_read_again_next_time(
         mappings: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The child's answer is the file as it read it; the cache keeps the identity the
     child saw before reading, so an edit after that (here keeping size and mtime) is
     never served from the cache."""
-    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
-    monkeypatch.setattr(cache, "CHILD_SHARE", 0.85)  # the child reads host-b..d
     settle()
     first = []
     here = os.getpid()
@@ -368,14 +375,12 @@ def test_file_changed_after_the_child_read_it_is_read_again_next_time(
 
 
 @single_threaded
+@pytest.mark.usefixtures("child_has_b_to_d")
 def test_placement_checks_the_childs_hosts_in_the_child(
-        mappings: Path, cache_dir: Path, parses: Counter[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        mappings: Path, cache_dir: Path, parses: Counter[str]) -> None:
     """The child reads the guests and host-b..d and keeps those hosts: placing vm1 (on
     host-a, here) checks host-b, its one candidate, in the child and never unpickles it
     here; everything else comes after, for the cache."""
-    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
-    monkeypatch.setattr(cache, "CHILD_SHARE", 0.85)
     settle()
     after_the_answer: list = []  # as the command line writes the cache: once it answered
     fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1",
@@ -400,10 +405,9 @@ def test_placement_checks_the_childs_hosts_in_the_child(
 
 
 @single_threaded
+@pytest.mark.usefixtures("child_has_b_to_d")
 def test_childs_host_a_placement_compares_with_comes_at_once(
-        mappings: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
-    monkeypatch.setattr(cache, "CHILD_SHARE", 0.85)
+        mappings: Path, cache_dir: Path) -> None:
     settle()
     fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm3",  # on host-b
                               write_behind=[].append)
@@ -414,11 +418,10 @@ def test_childs_host_a_placement_compares_with_comes_at_once(
 
 
 @single_threaded
+@pytest.mark.usefixtures("child_has_b_to_d")
 def test_child_dying_before_its_last_hosts_costs_a_parse_not_an_answer(
         mappings: Path, cache_dir: Path, parses: Counter[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
-    monkeypatch.setattr(cache, "CHILD_SHARE", 0.85)
     real = cache._in_child
 
     def dies_after_the_first_message(*args):
@@ -434,12 +437,10 @@ def test_child_dying_before_its_last_hosts_costs_a_parse_not_an_answer(
 
 
 @single_threaded
+@pytest.mark.usefixtures("child_has_b_to_d")
 def test_cache_written_behind_waits_for_the_childs_last_hosts(
-        mappings: Path, cache_dir: Path, parses: Counter[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        mappings: Path, cache_dir: Path, parses: Counter[str]) -> None:
     """The writer, forked as we finish, reads the child's last message itself."""
-    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
-    monkeypatch.setattr(cache, "CHILD_SHARE", 0.85)
     settle()
     load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1", write_behind=True)
     _wait_for_cache(cache_dir)
