@@ -9,11 +9,7 @@ and the marginal cost per 1,000 hosts between sizes (linear: about the same for 
 and 5k->10k).
 
     python scripts/bench_fleet.py [--sizes 1000,5000,10000] [--rounds 3] [--table]
-                                  [--keep DIR] [--mode shipped|proposed]
-
---mode shipped runs the command line as it is; proposed runs it with the wiring proposed
-for netmap/commands (cache, gc.freeze, hosts_for_fleet; CLI_PROPOSED below), the default
-until the shipped commands load through the cache.
+                                  [--keep DIR]
 
 Fleets come from scripts/gen_fleet.py (about 40 lines per host file, a guest per four
 hosts). Every figure is the median of interleaved rounds of fresh processes started with
@@ -51,43 +47,6 @@ for path in paths:
         tomli.load(handle)
 """
 CLI = "from netmap.cli import run; run()"  # what the console script does
-# The wiring proposed for netmap/commands/_common.py and fleet.py, for as long as they do
-# not do it themselves: the fleet through netmap.cache (an updated cache written behind,
-# by a detached process), the loaded objects frozen out of the collector's sight (they live
-# until exit), hosts-for through placement.hosts_for_fleet (the graph of the candidate
-# hosts only). Commands other than hosts-for are unchanged.
-CLI_PROPOSED = """
-import sys
-from netmap.commands import _common
-from netmap import placement
-from netmap.cache import load_fleet_cached
-from netmap.gcpause import gc_paused
-from netmap.graph import build_graph
-
-class FleetOnly:
-    def __init__(self, fleet):
-        self.graph = {"fleet": fleet}
-
-def load(args):
-    with gc_paused(freeze=True):
-        fleet = load_fleet_cached(args.mappings, write_behind=True, parallel=True)
-        if args.command == "hosts-for":
-            return fleet, FleetOnly(fleet)
-        return fleet, build_graph(fleet)
-
-def hosts_for(graph, guest, **options):
-    return placement.hosts_for_fleet(graph.graph["fleet"], guest, **options)
-
-_common.load = load
-placement.hosts_for = hosts_for
-from netmap.cli import main
-sys.exit(main())
-"""
-
-
-def wired() -> bool:
-    """Whether the shipped commands already load through the cache."""
-    return "load_fleet_cached" in (REPO / "netmap" / "commands" / "_common.py").read_text()
 
 
 def environment() -> dict[str, str]:
@@ -114,26 +73,24 @@ def wait_for_cache(folder: Path, timeout: float = 60.0) -> None:
         if folder.is_dir() and any(folder.glob("fleet-*")):
             return
         time.sleep(0.05)
-    raise SystemExit(f"no cache was written in {folder}: is the cache wired in?")
+    raise SystemExit(f"no cache was written in {folder}")
 
 
 def measure(root: Path, rounds: int, table: bool, env: dict[str, str], work: Path,
-            entry: str, cached: bool) -> dict[str, float]:
-    command = ["-c", entry, "--mappings", str(root), "hosts-for", GUEST]
+            ) -> dict[str, float]:
+    command = ["-c", CLI, "--mappings", str(root), "hosts-for", GUEST]
     if not table:
         command.append("--json")
     warm_cache = work / f"cache-warm-{root.name}"
     warm_env = {**env, "NETMAP_CACHE_DIR": str(warm_cache)}
     timed(command, warm_env)  # fills the warm cache, and the page cache for everyone
-    if cached:
-        wait_for_cache(warm_cache)
+    wait_for_cache(warm_cache)
     times: dict[str, list[float]] = {"bare": [], "cold": [], "warm": []}
     for index in range(rounds):
         times["bare"].append(timed(["-c", BARE_PARSE, str(root)], env))
         cold_cache = work / f"cache-cold-{root.name}-{index}"
         times["cold"].append(timed(command, {**env, "NETMAP_CACHE_DIR": str(cold_cache)}))
-        if cached:  # a cache written behind must not compete with the next measurement
-            wait_for_cache(cold_cache)
+        wait_for_cache(cold_cache)  # written behind: it must not compete with what follows
         shutil.rmtree(cold_cache, ignore_errors=True)
         times["warm"].append(timed(command, warm_env))
     return {kind: statistics.median(values) for kind, values in times.items()}
@@ -145,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--table", action="store_true", help="time the rich table, not --json")
     parser.add_argument("--keep", type=Path, help="generate the fleets here and keep them")
-    parser.add_argument("--mode", choices=("shipped", "proposed"),
-                        help="run the CLI as shipped, or with the proposed wiring "
-                        "(CLI_PROPOSED); default: shipped once it loads through the cache")
     args = parser.parse_args(argv)
-    mode = args.mode or ("shipped" if wired() else "proposed")
-    entry = CLI if mode == "shipped" else CLI_PROPOSED
     sizes = sorted(int(size) for size in args.sizes.split(","))
     env = environment()
     with tempfile.TemporaryDirectory(prefix="nmF-fleet-") as scratch:
@@ -162,14 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             gen_fleet.generate(roots[size], size, size // 4)
         # Files younger than the cache's racy window (2 s) are, rightly, never cached.
         time.sleep(2.2)
-        cached = mode == "proposed" or wired()
-        results = {size: measure(roots[size], args.rounds, args.table, env, work, entry, cached)
+        results = {size: measure(roots[size], args.rounds, args.table, env, work)
                    for size in sizes}
     output = "rich table" if args.table else "--json"
-    print(f"netmap hosts-for {GUEST} {output}; CLI {mode}"
-          + ("" if mode == "shipped" else " (wiring emulated: see CLI_PROPOSED)")
-          + f"; median of {args.rounds} rounds; python {sys.version.split()[0]}; "
-          f"{os.cpu_count()} CPUs")
+    print(f"netmap hosts-for {GUEST} {output}; median of {args.rounds} rounds; "
+          f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
     header = ("hosts", "bare tomli", "cold", "cold/bare", "target", "warm", "target")
     rows = [header]
     for size in sizes:
