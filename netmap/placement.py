@@ -105,15 +105,7 @@ def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
 def _checked(fleet: Fleet, guest: Guest, hosts: list[str], strict: bool,
              load: Counter[str]) -> dict[str, Candidate]:
     """The full check of `guest` against each of `hosts`, on the graph of those hosts."""
-    keep = {*hosts, guest.host}
-    kept = {name: fleet.hosts[name] for name in fleet.hosts if name in keep}
-    # The graph holds the guests of those hosts, which the check counts (guests_on);
-    # MACs are looked up in graph.graph["fleet"].guests, which keeps them all.
-    graph = g.build_graph(Fleet(
-        fleet.networks, kept, {name: other for name, other in fleet.guests.items()
-                               if other.host in keep or name == guest.name}))
-    graph.graph["fleet"] = Fleet(fleet.networks, kept, fleet.guests, fleet.problems,
-                                 fleet.root)
+    graph = g.build_graph_of(fleet, {*hosts, guest.host}, guest.name)
     out = {}
     for host in hosts:
         report = check_migration(graph, guest.name, host, strict=strict)

@@ -9,6 +9,7 @@ from conftest import EXAMPLE_MAPPINGS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netmap import graph as g
 from netmap.check import check_migration
 from netmap.graph import build_graph, guest_view
 from netmap.load import load_fleet
@@ -201,6 +202,22 @@ def test_host_full(tmp_path: Path):
     hosts = {"a": prod_host("a"), "b": prod_host("b", extra="max_guests = 1")}
     guests = {"g": guest("g", "a", nic()), "x": guest("x", "b", nic(mac="52:54:00:00:00:02"))}
     assert "HOST_FULL" in codes(check_migration(fleet(tmp_path, hosts, guests), "g", "b"))
+
+
+def test_check_on_the_graph_of_its_two_hosts_is_the_check_on_the_whole(tmp_path: Path):
+    """`netmap check` builds the graph of the source and destination alone."""
+    pool = "sriov = { total_vfs = 1 }"
+    hosts = {"a": prod_host("a"), "b": prod_host("b", extra="max_guests = 1"),
+             "c": prod_host("c"), "d": prod_host("d", mode="sriov-vf", sriov=pool)}
+    guests = {"g": guest("g", "a", nic()), "x": guest("x", "c", nic()),
+              "y": guest("y", "b", nic(mac="52:54:00:00:00:02")),
+              "z": guest("z", "d", nic(mac="52:54:00:00:00:03"))}
+    for graph in (fleet(tmp_path, hosts, guests), build_graph(load_fleet(EXAMPLE_MAPPINGS))):
+        whole = g.fleet_of(graph)
+        for name, one in whole.guests.items():
+            for dest in whole.hosts:
+                part = g.build_graph_of(whole, {dest, one.host}, name)
+                assert check_migration(part, name, dest) == check_migration(graph, name, dest)
 
 
 def test_hosts_for_ranks_clean_hosts_first(example):

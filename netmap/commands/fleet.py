@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from netmap.commands._common import add_json, console, load, print_json
+from netmap.commands._common import add_json, console, load, load_fleet_for_cli, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
 
 
@@ -75,12 +75,15 @@ def _live_findings(fleet, guest, dest) -> tuple:
 def _check(args: argparse.Namespace) -> int:
     from netmap import render
     from netmap.check import check_migration
+    from netmap.graph import build_graph_of
     from netmap.load import require_guest, require_host
 
-    fleet, graph = load(args)
+    # the graph of the two hosts: a large fleet's other hosts stay unread (from the cache)
+    fleet = load_fleet_for_cli(args, lazy=True)
     guest = require_guest(fleet, args.guest)
     dest = require_host(fleet, args.to)
     source = require_host(fleet, args.source).name if args.source else None
+    graph = build_graph_of(fleet, {dest.name, source or guest.host}, guest.name)
     report = check_migration(graph, guest.name, dest.name, source=source, strict=args.strict)
     if args.live:
         import dataclasses
@@ -110,7 +113,6 @@ def _hosts_for(args: argparse.Namespace) -> int:
 
 
 def _hosts_for_answer(args: argparse.Namespace) -> int:
-    from netmap.commands._common import load_fleet_for_cli
     from netmap.load import require_guest
     from netmap.placement import hosts_for_fleet
 
@@ -137,7 +139,7 @@ def _diff(args: argparse.Namespace) -> int:
     from netmap import render
     from netmap.load import require_host
 
-    fleet, _ = load(args)
+    fleet = load_fleet_for_cli(args, lazy=True)
     a, b = require_host(fleet, args.host_a), require_host(fleet, args.host_b)
     rows = render.diff_rows(fleet, a, b)
     if args.json:
