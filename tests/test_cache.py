@@ -376,6 +376,24 @@ def test_file_changed_after_the_child_read_it_is_read_again_next_time(
 
 @single_threaded
 @pytest.mark.usefixtures("child_has_b_to_d")
+def test_childs_broken_and_duplicate_hosts_are_reported_as_load_fleet_does(
+        mappings: Path, cache_dir: Path) -> None:
+    text = (mappings / "hosts" / "host-a.toml").read_text()
+    (mappings / "hosts" / "host-e.toml").write_text(text)  # host-a again, in the child's part
+    (mappings / "hosts" / "host-c.toml").write_text(text.replace("mtu = 9000", "mtu = 9"))
+    settle()
+    fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1",
+                              write_behind=[].append)
+    expected = load_fleet(mappings)
+    assert snapshot(fleet) == snapshot(expected)
+    assert {p.key for p in fleet.problems} >= {"host.name"}  # the duplicate, named
+    assert any("out of range" in str(p) for p in fleet.problems)
+    assert placement.hosts_for_fleet(fleet, "vm1", parallel=True) == placement.hosts_for(
+        build_graph(expected), "vm1")
+
+
+@single_threaded
+@pytest.mark.usefixtures("child_has_b_to_d")
 def test_placement_checks_the_childs_hosts_in_the_child(
         mappings: Path, cache_dir: Path, parses: Counter[str]) -> None:
     """The child reads the guests and host-b..d and keeps those hosts: placing vm1 (on
