@@ -311,8 +311,8 @@ def _loader(parse: Callable[[str, dict[str, Network]], T],
 
 
 PARALLEL_MIN_FILES = 2000
-# The child's part of the work (it reads every guest file and the last host files): it
-# also pickles what it sends, and we unpickle only what a query uses.
+# The child's part of the parsing (it reads every guest file and some host files): it
+# also pickles what it sends, and we do the rest of the command after it.
 CHILD_SHARE = 0.44
 _MISSING: Any = object()
 

@@ -28,8 +28,8 @@ CACHE_MIN_FILES = 500
 def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False,
                        placing: str | None = None) -> Fleet:
     """The fleet, through the cache (netmap/cache.py) when the mappings are large; lazy:
-    hosts are unpickled when used (cache.LazyHosts), first those that could take the
-    guest `placing`."""
+    hosts are unpickled when used (cache.LazyHosts); placing: the guest a placement query
+    is for (the parsing child sends that guest's host at once)."""
     from netmap.load import load_fleet, mappings_dir
 
     base = mappings_dir(args.mappings)
