@@ -41,11 +41,8 @@ Anything else is a miss; a cache directory that cannot be written disables the c
 from __future__ import annotations
 
 import contextlib
-import copyreg
-import dataclasses
 import functools
 import hashlib
-import io
 import os
 import pickle
 import re
@@ -55,27 +52,20 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-from netmap import model
-from netmap.cache_index import Identity, LazyHosts, fleet_index, identity, unchanged_fleet
+from netmap import cache_child
+from netmap.cache_index import Identity, fleet_index, identity, unchanged_fleet
+from netmap.cache_pickle import pickled
 from netmap.errors import InputError
-from netmap.forked import ChildFailed, ForkedWork, Link, can_fork_work
 from netmap.gcpause import gc_paused
-from netmap.load import (
-    fleet_file_names,
-    load_fleet,
-    load_guest,
-    load_host,
-    load_networks,
-    mappings_dir,
-)
-from netmap.model import Fleet, Host, Network, Source
-from netmap.tomlcheck import LazySource
+from netmap.load import load_fleet, load_guest, load_host, mappings_dir
+from netmap.model import Fleet, Network
 
 RACY_WINDOW_NS = 2_000_000_000
+_MISSING: Any = object()
 FORMAT = 2
 MAGIC = b"netmap-fleet-cache\x00"
 DIGEST_SIZE = 4
@@ -183,8 +173,8 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
     assembling it again. lazy=True then makes `fleet.hosts` a LazyHosts mapping, which
     unpickles a host only when it is asked for (a placement query needs a fifth of them).
 
-    The same holds for the hosts a parsing child read (parallel=True, see _Helper): only
-    what load_fleet and a placement query ask of every host (name, mapping file, networks
+    The same holds for the hosts a parsing child read (parallel=True, netmap/cache_child.py):
+    only what load_fleet and a placement query ask of every host (name, mapping file, networks
     bound) comes back at once; the hosts themselves stay in the child, which can run a
     query over them (`LazyHosts.elsewhere`), and come pickled after, for the cache writer
     or when used. placing=GUEST: the child sends GUEST's host at once (a placement query
@@ -208,12 +198,14 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                 return whole
         fresh: dict[str, tuple[Identity, Any]] = {}
         loaded: list[str] = []
-        helper = _start_helper(base, entries, placing if lazy else None) if parallel else None
+        helper = cache_child.start(base, entries, placing if lazy else None) \
+            if parallel else None
         try:
             host_loader = _loader(load_host, entries, fresh, started_ns, helper, loaded)
             if helper is not None:  # ours first, not waiting for the child at its first file
-                host_loader = _ahead(_loader(load_host, entries, fresh, started_ns),
-                                     helper.ours, helper.networks, loaded, host_loader)
+                host_loader = cache_child.parse_ahead(
+                    _loader(load_host, entries, fresh, started_ns), helper.ours,
+                    helper.networks, loaded, host_loader)
             fleet = load_fleet(
                 base, host_loader=host_loader,
                 guest_loader=_loader(load_guest, entries, fresh, started_ns, helper, loaded))
@@ -232,7 +224,7 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
             return fleet  # too recent to key a cache on; valid, but not worth storing
         whole_index = fleet_index(fleet, loaded, fresh)
         if helper is not None:
-            fleet = _with_lazy_hosts(fleet, helper, lazy)
+            fleet = cache_child.with_lazy_hosts(fleet, lazy)
         if (stored is None or fresh.keys() != entries.keys()
                 or stored["networks"] != identity(networks_before)
                 or (stored.get("fleet") is None) != (whole_index is None)):
@@ -246,7 +238,8 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
         return fleet
 
 
-def _store(target: Path, fingerprint: bytes, data: dict[str, Any], helper: _Helper | None,
+def _store(target: Path, fingerprint: bytes, data: dict[str, Any],
+           helper: cache_child.ParsingChild | None,
            *, behind: bool, exiting: bool = False) -> bool:
     keep: tuple[int, ...] = ()
     if helper is not None:  # nothing more to ask of the child: let it send its last hosts
@@ -266,7 +259,8 @@ def _same_file(path: Path, before: os.stat_result) -> bool:
 
 def _loader(parse: Callable[[str, dict[str, Network]], T],
             entries: dict[str, tuple[Identity, Any]], fresh: dict[str, tuple[Identity, Any]],
-            started_ns: int, helper: _Helper | None = None, loaded: list[str] | None = None,
+            started_ns: int, helper: cache_child.ParsingChild | None = None,
+            loaded: list[str] | None = None,
             ) -> Callable[[str, dict[str, Network]], T]:
     """A per-file loader for load_fleet: the cached object when the file's identity is the
     one it was parsed at, else a fresh parse (kept when the file is settled). Entries hold
@@ -276,15 +270,15 @@ def _loader(parse: Callable[[str, dict[str, Network]], T],
         key = os.fspath(path)
         if loaded is not None:
             loaded.append(key)
-        if helper is not None:
+        got = helper.result(key) if helper is not None else None
+        if got is not None:
             # The child's answer, with the identity it saw before reading: the file as it
             # was then, as if read then; a later change moves the identity we keep.
-            ident, value = helper.result(key)
-            if value is not _MISSING:
-                if settled(ident, started_ns):
-                    fresh[key] = (ident, value.stored if isinstance(value, PickledHost)
-                                  else value)
-                return value
+            ident, value = got
+            if settled(ident, started_ns):
+                stored = value.stored if isinstance(value, cache_child.PickledHost) else value
+                fresh[key] = (ident, stored)
+            return value
         try:
             # stat BEFORE reading: a change after this point moves the identity we keep
             st = os.stat(key)
@@ -308,242 +302,6 @@ def _loader(parse: Callable[[str, dict[str, Network]], T],
         return value
 
     return load
-
-
-PARALLEL_MIN_FILES = 2000
-# The child's part of the parsing (it reads every guest file and some host files): it
-# also pickles what it sends, and we do the rest of the command after it.
-CHILD_SHARE = 0.44
-_MISSING: Any = object()
-
-
-class PickledHost(NamedTuple):
-    """A host the parsing child read, as load_fleet sees it: its name and source (what
-    the loader checks of every host) and the networks it binds (`bindings`, names only,
-    what a placement query asks of every host); the host itself stays in the child."""
-
-    name: str
-    source: Source | None
-    bindings: tuple[str, ...]
-    stored: bytes | _Deferred
-
-
-class _Deferred:
-    """A host the child keeps: it sends its pickle last (for the cache writer, or when we
-    use it after all); should the child have died, its file is parsed again here."""
-
-    def __init__(self, helper: _Helper, key: str) -> None:
-        self.helper, self.key = helper, key
-        self._parsed: Host | None = None
-
-    def blob(self) -> bytes:
-        got = self.helper.later(self.key)
-        return got if got is not None else _pickled(self.host())
-
-    def host(self) -> Host:
-        got = self.helper.later(self.key)
-        if got is not None:
-            return pickle.loads(got)
-        if self._parsed is None:
-            self._parsed = load_host(self.key, self.helper.networks)
-        return self._parsed
-
-
-class _Helper:
-    """A forked child reading every guest file and part of the host files while we read
-    the others. It talks in this order:
-
-    1. it sends the guests it parsed, and of each host its name, source and the networks
-       it binds (the pickle only of the host the guest being placed runs on);
-    2. it waits for one request: a function to run over what it parsed (`ask`; a
-       placement query checks the child's candidates there) or none (`release`);
-    3. it sends the pickles of its hosts, which the cache writer (forked from us) or a
-       later use of one of them reads.
-
-    Each result carries the identity the child saw before reading the file, which is what
-    the cache keeps: a change after it moves the identity, so a later load reads the file
-    again, as after a change we did not see in a load of our own. A file the child cannot
-    parse is parsed here, to raise the error as load_fleet does."""
-
-    def __init__(self, work: ForkedWork, keys: set[str], networks: dict[str, Network],
-                 ours: list[str]) -> None:
-        self.work, self.keys, self.networks = work, keys, networks
-        self.ours = ours  # the host files we parse
-        self.results: dict[str, tuple[Identity, Any]] | None = None
-        self._delivered: dict[int, str] = {}  # id of a guest it sent -> its file
-        self._asked = False
-        self._later: dict[str, bytes] | None = None
-
-    def result(self, key: str) -> tuple[Identity | None, Any]:
-        """The identity the child saw and what it parsed, or (None, _MISSING) when the
-        file is not its part or it could not parse it (parsed here, to raise the error
-        as load_fleet does)."""
-        if key not in self.keys:
-            return None, _MISSING
-        if self.results is None:
-            self.results = self._first_message()
-        got = self.results.get(key)
-        if got is None:
-            return None, _MISSING
-        if isinstance(got[1], model.Guest):
-            self._delivered[id(got[1])] = key
-        return got
-
-    def _first_message(self) -> dict[str, tuple[Identity, Any]]:
-        try:
-            guests, hosts = self.work.receive()
-        except ChildFailed:  # the child died half-way: parse it all here
-            return {}
-        results: dict[str, tuple[Identity, Any]] = pickle.loads(guests)
-        for key, (ident, name, source, bound, blob) in hosts.items():
-            results[key] = (ident, PickledHost(name, source, bound, blob or _Deferred(self, key)))
-        return results
-
-    def guest_refs(self, guests: Mapping[str, model.Guest]) -> dict[str, str | model.Guest]:
-        """Each guest as the child can find it (its file) when it sent it, else itself."""
-        return {name: self._delivered.get(id(guest), guest) for name, guest in guests.items()}
-
-    def ask(self, work: Callable[..., Any], *args: Any) -> bool:
-        """Have the child run work(hosts, guests, *args) over the hosts and guests it
-        parsed (by file); once per child. False when it cannot (asked, or gone)."""
-        if self._asked or self.results is None:
-            return False
-        self._asked = True
-        return self.work.send((work, args))
-
-    def answer(self) -> Any:
-        """What the asked work returned; None when the child failed."""
-        try:
-            return self.work.receive()
-        except ChildFailed:
-            return None
-
-    def release(self) -> None:
-        """Nothing to ask: the child goes on to send its hosts' pickles."""
-        if not self._asked:
-            self._asked = True
-            self.work.send(None)
-
-    def later(self, key: str) -> bytes | None:
-        """The pickle of a host the child kept; None if it died."""
-        if self._later is None:
-            self.release()
-            self._later = self.work.result() or {}
-        return self._later.get(key)
-
-    def fds(self) -> tuple[int, ...]:
-        """The pipe a cache writer forked from us reads the child's last message from."""
-        return (self.work.pipe,) if self.work.pipe >= 0 else ()
-
-    def close(self) -> None:
-        if self.results is None:  # not needed after all (an error ended the load early)
-            self.work.cancel()
-
-    def __del__(self) -> None:  # a child still waiting for a request would wait forever
-        with contextlib.suppress(Exception):
-            self.release()
-
-
-def _start_helper(base: Path, entries: dict[str, tuple[Identity, Any]],
-                  placing: str | None) -> _Helper | None:
-    if not can_fork_work():
-        return None
-    # A cheap count first: on a warm load the listing below would be time thrown away.
-    listed = 0
-    for folder in ("hosts", "guests"):
-        with contextlib.suppress(OSError):
-            listed += sum(name.endswith((".toml", ".xml")) for name in os.listdir(base / folder))
-    if listed - len(entries) < PARALLEL_MIN_FILES:
-        return None
-    host_files, guest_files = fleet_file_names(base)
-    hosts = [key for key in host_files if key not in entries]
-    guests = [key for key in guest_files if key not in entries]
-    if len(hosts) + len(guests) < PARALLEL_MIN_FILES:
-        return None
-    try:
-        networks = load_networks(base / "networks.toml")
-    except InputError:
-        return None  # load_fleet reports it
-    # A generated host file (40 lines) costs about three guest files. Every so many host
-    # files, not the last ones: a fleet's files sort by site and rack, and a placement's
-    # candidates, which the child checks when it holds them, are often one site's.
-    wanted = (3 * len(hosts) + len(guests)) * CHILD_SHARE - len(guests)
-    fraction = max(0.0, min(1.0, wanted / 3 / len(hosts))) if hosts else 0.0
-    share = [key for index, key in enumerate(hosts)
-             if int((index + 1) * fraction) > int(index * fraction)]
-    work = ForkedWork.start(
-        lambda link: _in_child(link, share, guests, networks, placing), talk=True)
-    theirs = set(share)
-    ours = [key for key in host_files if key not in theirs]
-    return _Helper(work, {*theirs, *guests}, networks, ours) if work else None
-
-
-def _in_child(link: Link, host_keys: list[str], guest_keys: list[str],
-              networks: dict[str, Network], placing: str | None) -> dict[str, bytes]:
-    """The child's side of _Helper."""
-    guests = dict(_parsed(guest_keys, load_guest, networks))
-    hosts = dict(_parsed(host_keys, load_host, networks))
-    source = next((guest.host for _, guest in guests.values() if guest.name == placing), None)
-    link.send((_pickled(guests), {
-        key: (ident, host.name, host.source, tuple(host.bindings),
-              _pickled(host) if host.name == source else None)
-        for key, (ident, host) in hosts.items()}))
-    request = link.receive()
-    if request is not None:
-        work, args = request
-        link.send(work({key: host for key, (_, host) in hosts.items()},
-                       {key: guest for key, (_, guest) in guests.items()}, *args))
-    return {key: _pickled(host) for key, (_, host) in hosts.items()}
-
-
-def _ahead(load: Callable[[str, dict[str, Network]], T], keys: list[str],
-           networks: dict[str, Network], loaded: list[str],
-           otherwise: Callable[[str, dict[str, Network]], T],
-           ) -> Callable[[str, dict[str, Network]], T]:
-    """`load` run over `keys` now; load_fleet later gets those answers (and errors) in
-    its order, and `otherwise`'s for the other files."""
-    done: dict[str, tuple[bool, Any]] = {}
-    for key in keys:
-        try:
-            done[key] = (True, load(key, networks))
-        except InputError as err:
-            done[key] = (False, err)
-
-    def replay(path: str, networks: dict[str, Network]) -> T:
-        key = os.fspath(path)
-        got = done.get(key)
-        if got is None:
-            return otherwise(path, networks)
-        loaded.append(key)
-        ok, value = got
-        if not ok:
-            raise value
-        return value
-
-    return replay
-
-
-def _parsed(keys: list[str], parse: Callable[[str, dict[str, Network]], T],
-            networks: dict[str, Network]) -> Iterator[tuple[str, tuple[Identity, T]]]:
-    for key in keys:
-        try:
-            ident = identity(os.stat(key))  # before reading, as in _loader
-            yield key, (ident, parse(key, networks))
-        except Exception:
-            continue
-
-
-def _with_lazy_hosts(fleet: Fleet, helper: _Helper, lazy: bool) -> Fleet:
-    """The fleet with the child's hosts unpickled when used (all at once unless lazy)."""
-    values: dict[str, Host | bytes | _Deferred] = {}
-    summaries = []
-    for name, host in fleet.hosts.items():
-        values[name] = host.stored if isinstance(host, PickledHost) else host
-        source = host.source
-        summaries.append((name, tuple(host.bindings),
-                          source.file if source else f"hosts/{name}.toml"))
-    hosts = LazyHosts(values, tuple(summaries))
-    return dataclasses.replace(fleet, hosts=hosts if lazy else dict(hosts.items()))
 
 
 def _read(target: Path, fingerprint: bytes, root: str) -> dict[str, Any] | None:
@@ -579,45 +337,20 @@ def _read(target: Path, fingerprint: bytes, root: str) -> dict[str, Any] | None:
 def _dump(data: dict[str, Any]) -> bytes:
     """The payload: each entry's object pickled alone (a load unpickles only what it uses),
     entries that come from the cache kept as the bytes they are."""
-    entries = {key: (ident, value if isinstance(value, bytes) else
-                     value.blob() if isinstance(value, _Deferred) else _pickled(value))
+    entries = {key: (ident, _entry_bytes(value))
                for key, (ident, value) in data["entries"].items()}
     index = data.get("fleet")
     if index is not None and not isinstance(index["guests_blob"], bytes):
-        index = {**index, "guests_blob": _pickled(index["guests_blob"])}
-    return _pickled({**data, "entries": entries, "fleet": index})
+        index = {**index, "guests_blob": pickled(index["guests_blob"])}
+    return pickled({**data, "entries": entries, "fleet": index})
 
 
-def _pickled(value: Any) -> bytes:
-    """Pickle model objects as constructor calls, not instance dicts: as fast to load, but
-    they keep the compact attribute layout, and hosts-for on 10k warm hosts ran 0.44 s ->
-    0.29 s on them."""
-    buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.dispatch_table = _dispatch_table()
-    pickler.dump(value)
-    return buffer.getvalue()
-
-
-@functools.lru_cache(maxsize=1)
-def _dispatch_table() -> dict[type, Callable[[Any], tuple[Any, ...]]]:
-    table: dict[type, Callable[[Any], tuple[Any, ...]]] = dict(copyreg.dispatch_table)
-    for value in vars(model).values():
-        if isinstance(value, type) and dataclasses.is_dataclass(value):
-            fields = dataclasses.fields(value)
-            # only where the constructor takes every field and does nothing else with it
-            if all(field.init for field in fields) and not hasattr(value, "__post_init__"):
-                table[value] = _constructor_reducer(tuple(field.name for field in fields))
-    # rebuilt by pickle itself (object.__new__, then its __dict__), not by a Python call:
-    # ten per host, a fifth of unpickling one
-    table[LazySource] = lambda source: (copyreg.__newobj__, (LazySource,), {
-        "file": source.file, "_index": source._index, "_path": source._path,
-        "_line": source._line})
-    return table
-
-
-def _constructor_reducer(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    return lambda obj: (type(obj), tuple(getattr(obj, name) for name in names))
+def _entry_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):  # as it came from the cache or the parsing child
+        return value
+    if isinstance(value, cache_child.Deferred):  # the child sends it last
+        return value.blob()
+    return pickled(value)
 
 
 def _write(target: Path, fingerprint: bytes, data: dict[str, Any]) -> bool:

@@ -88,7 +88,7 @@ class LazyHosts(Mapping[str, model.Host]):
     `summaries` tells, without unpickling, what each host binds and its mapping's file.
 
     A value may also be a host already (one this process parsed), or an object whose
-    host() gives it (netmap.cache: one a parsing child sends later)."""
+    host() gives it (cache_child.py: one a parsing child sends later)."""
 
     def __init__(self, blobs: dict[str, Any],
                  summaries: tuple[tuple[str, tuple[str, ...], str], ...]) -> None:
@@ -112,14 +112,14 @@ class LazyHosts(Mapping[str, model.Host]):
         return host
 
     def elsewhere(self) -> tuple[Any, dict[str, str]]:
-        """Hosts another process holds (netmap.cache: the parsing child), by name -> file,
-        with that process's handle (it can run a query over them: cache._Helper.ask);
+        """Hosts another process holds (cache_child.py: the parsing child), by name -> file,
+        with that process's handle (it can run a query over them: cache_child.ParsingChild.ask);
         (None, {}) when every host is here."""
         holder, there = None, {}
         for name, stored in self._blobs.items():
-            helper = getattr(stored, "helper", None)
-            if helper is not None and name not in self._hosts:
-                holder, there[name] = helper, stored.key
+            child = getattr(stored, "child", None)
+            if child is not None and name not in self._hosts:
+                holder, there[name] = child, stored.key
         return holder, there
 
     def __iter__(self) -> Iterator[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netmap import cache, cache_index, gcpause, load, placement
+from netmap import cache, cache_child, cache_index, gcpause, load, placement
 from netmap.cache import load_fleet_cached
 from netmap.errors import InputError
 from netmap.graph import build_graph
@@ -46,8 +46,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
             return real(path, networks)
         return parse
 
-    monkeypatch.setattr(cache, "load_host", counting(load.load_host))
-    monkeypatch.setattr(cache, "load_guest", counting(load.load_guest))
+    for module in (cache, cache_child):
+        monkeypatch.setattr(module, "load_host", counting(load.load_host))
+        monkeypatch.setattr(module, "load_guest", counting(load.load_guest))
     return counts
 
 
@@ -325,7 +326,7 @@ single_threaded = pytest.mark.skipif(
 def test_parallel_parse_gives_the_same_fleet(mappings: Path, cache_dir: Path,
                                              parses: Counter[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
+    monkeypatch.setattr(cache_child, "PARALLEL_MIN_FILES", 2)
     (mappings / "guests" / "vm3.toml").write_text("[guest]\nname = 'vm3'\nbogus = 1\n")
     settle()
     fleet = load_fleet_cached(mappings, parallel=True)
@@ -344,8 +345,8 @@ def test_parallel_parse_gives_the_same_fleet(mappings: Path, cache_dir: Path,
 def child_has_b_to_d(monkeypatch: pytest.MonkeyPatch) -> None:
     """A parsing child even for these 8 files: it reads the guests and host-b..d, we
     read host-a."""
-    monkeypatch.setattr(cache, "PARALLEL_MIN_FILES", 2)
-    monkeypatch.setattr(cache, "CHILD_SHARE", 0.85)
+    monkeypatch.setattr(cache_child, "PARALLEL_MIN_FILES", 2)
+    monkeypatch.setattr(cache_child, "CHILD_SHARE", 0.85)
 
 
 @single_threaded
@@ -406,7 +407,7 @@ def test_placement_checks_the_childs_hosts_in_the_child(
     assert isinstance(fleet.hosts, cache_index.LazyHosts)
     stored = fleet.hosts._blobs
     assert isinstance(stored["host-a"], Host)  # parsed here
-    assert all(isinstance(stored[h], cache._Deferred) for h in ("host-b", "host-c", "host-d"))
+    assert all(isinstance(stored[h], cache_child.Deferred) for h in ("host-b", "host-c", "host-d"))
     assert set(parses) == {"host-a.toml"}
     answer = placement.hosts_for_fleet(fleet, "vm1", parallel=True)
     assert "host-b" not in fleet.hosts._hosts  # checked where it was parsed
@@ -430,7 +431,7 @@ def test_childs_host_a_placement_compares_with_comes_at_once(
     fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm3",  # on host-b
                               write_behind=[].append)
     assert isinstance(fleet.hosts._blobs["host-b"], bytes)
-    assert isinstance(fleet.hosts._blobs["host-c"], cache._Deferred)
+    assert isinstance(fleet.hosts._blobs["host-c"], cache_child.Deferred)
     answer = placement.hosts_for_fleet(fleet, "vm3", parallel=True)
     assert answer == placement.hosts_for(build_graph(load_fleet(mappings)), "vm3")
 
@@ -440,13 +441,13 @@ def test_childs_host_a_placement_compares_with_comes_at_once(
 def test_child_dying_before_its_last_hosts_costs_a_parse_not_an_answer(
         mappings: Path, cache_dir: Path, parses: Counter[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = cache._in_child
+    real = cache_child._in_child
 
     def dies_after_the_first_message(*args):
         real(*args)
         os._exit(1)  # the pickles of host-b..d never come
 
-    monkeypatch.setattr(cache, "_in_child", dies_after_the_first_message)
+    monkeypatch.setattr(cache_child, "_in_child", dies_after_the_first_message)
     settle()
     fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1")
     assert snapshot(fleet) == snapshot(load_fleet(mappings))
