@@ -210,9 +210,6 @@ class Table:
         path = self.path if key is None else (*self.path, key)
         return self.doc.error(path, problem, fix)
 
-    def read(self, schema: Schema) -> dict[str, Any]:
-        return schema.read(self)
-
     def check(self, key: str, value: T, test: Callable[[T], str | None], fix: str) -> T:
         problem = test(value)
         if problem:
