@@ -252,9 +252,7 @@ def with_lazy_hosts(fleet: Fleet, lazy: bool) -> Fleet:
     summaries = []
     for name, host in fleet.hosts.items():
         values[name] = host.stored if isinstance(host, PickledHost) else host
-        source = host.source
-        summaries.append((name, tuple(host.bindings),
-                          source.file if source else f"hosts/{name}.toml"))
+        summaries.append((name, tuple(host.bindings), model.mapping_file(host)))
     hosts = LazyHosts(values, tuple(summaries))
     return dataclasses.replace(fleet, hosts=hosts if lazy else dict(hosts.items()))
 

@@ -43,15 +43,11 @@ def fleet_index(fleet: Fleet, loaded: list[str],
         # what a placement query needs of the hosts it does not check
         "summaries": tuple((host.name, shared.setdefault(tuple(host.bindings),
                                                          tuple(host.bindings)),
-                            _mapping_file(host)) for host in fleet.hosts.values()),
+                            model.mapping_file(host)) for host in fleet.hosts.values()),
         # every guest is needed (MACs, load), and one pickle loads faster than 2.5k; the
         # writer pickles it (_dump), not the command that is waiting for its answer
         "guests_blob": fleet.guests,
     }
-
-
-def _mapping_file(host: model.Host) -> str:
-    return host.source.file if host.source else f"hosts/{host.name}.toml"
 
 
 def unchanged_fleet(base: Path, index: dict[str, Any] | None,

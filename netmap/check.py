@@ -9,7 +9,7 @@ import networkx as nx
 
 from netmap import graph as g
 from netmap import names
-from netmap.model import Guest, GuestNic, Host, Network
+from netmap.model import Guest, GuestNic, Host, Network, mapping_file
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITIES = (ERROR, WARNING, INFO)
@@ -109,7 +109,7 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
     fleet = g.fleet_of(graph)
     network = fleet.networks[nic.network]
     label = _nic_label(nic)
-    mapping = host.source.file if host.source else f"hosts/{host.name}.toml"
+    mapping = mapping_file(host)
     out: list[Finding] = []
     reference = before if before is not None and before.bound else None
     if before is not None and not before.bound:
@@ -177,7 +177,7 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
 
 
 def unbound_finding(network: Network, nic: GuestNic, host: Host) -> Finding:
-    mapping = host.source.file if host.source else f"hosts/{host.name}.toml"
+    mapping = mapping_file(host)
     return unbound_finding_at(network, nic, host.name, mapping)
 
 

@@ -9,13 +9,10 @@ from typing import TYPE_CHECKING
 from netmap import names
 from netmap.check import ERROR, WARNING, Finding
 from netmap.inventory import UPLINK_KINDS, Interface, Inventory
-from netmap.model import Binding, Host, Network, Uplink
+from netmap.model import Binding, Host, Network, Uplink, mapping_file
 
 if TYPE_CHECKING:
     from netmap.drift import TrackedDevice
-
-def _mapping(host: Host) -> str:
-    return host.source.file if host.source else f"hosts/{host.name}.toml"
 
 
 def _describe(link: Interface) -> str:
@@ -31,7 +28,7 @@ class LinkDrift:
                  networks: dict[str, Network] | None) -> None:
         self.host, self.inv, self.tracked = host, inventory, tracked
         self.networks = networks or {}
-        self.mapping = _mapping(host)
+        self.mapping = mapping_file(host)
         self.findings: list[Finding] = []
         self.live: dict[str, Interface | None] = {}
 

@@ -165,6 +165,12 @@ class Host:
     source: Source | None = field(default=None, compare=False)
 
 
+def mapping_file(host: Host) -> str:
+    """The file a user edits to change `host`: the one it was read from, else the file
+    hosts/NAME.toml it would be read from. (Anything with a name and a source will do.)"""
+    return host.source.file if host.source else f"hosts/{host.name}.toml"
+
+
 @frozen
 class GuestNic:
     index: int

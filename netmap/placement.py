@@ -18,7 +18,7 @@ from netmap.cache_index import LazyHosts
 from netmap.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
 from netmap.forked import ForkedWork
 from netmap.gcpause import gc_paused
-from netmap.model import Fleet, Guest, Host, Network
+from netmap.model import Fleet, Guest, Host, Network, mapping_file
 
 
 @dataclass(frozen=True)
@@ -168,11 +168,6 @@ def _summaries(fleet: Fleet) -> Mapping[str, HostSummary]:
         return known
     return {name: (host.bindings.keys(), mapping_file(host))
             for name, host in fleet.hosts.items()}
-
-
-def mapping_file(host: Host) -> str:
-    """The file a host's findings tell the user to edit (as check.unbound_finding does)."""
-    return host.source.file if host.source else f"hosts/{host.name}.toml"
 
 
 def _rank(fleet: Fleet, graph: nx.DiGraph, guest: Guest, able: set[str], strict: bool,
