@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from netmap import names
 from netmap.errors import InputError
@@ -28,8 +29,8 @@ from netmap.model import (
 )
 from netmap.tomlcheck import (
     Document,
+    KeyPath,
     Schema,
-    Table,
     did_you_mean,
     flag,
     named_tables,
@@ -86,37 +87,35 @@ def _name_problem(name: str) -> str | None:
     )
 
 
-def _source(table: Table) -> Source:
-    return table.doc.source(table.path)
-
-
 # What each kind of table may hold, in the order its keys are checked (tomlcheck.Schema).
 # A file's first mistake in this order is the one reported.
 MTU = number(low=MTU_RANGE[0], high=MTU_RANGE[1])
-NETWORKS_FILE = Schema(networks=named_tables())
-NETWORK = Schema(segment=text(), vni=number(low=VNI_RANGE[0], high=VNI_RANGE[1]),
+NETWORK = Schema("Network", segment=text(), vni=number(low=VNI_RANGE[0], high=VNI_RANGE[1]),
                  vlan=number(low=VLAN_RANGE[0], high=VLAN_RANGE[1]),
                  mtu=number(default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1]),
                  description=text(default=""))
-HOST_FILE = Schema(host=subtable(required=True), uplinks=named_tables(),
-                   networks=named_tables())
-HOST = Schema(name=text(required=True), features=texts(), netns=text(),
+NETWORKS_FILE = Schema("NetworksFile", networks=named_tables(NETWORK))
+HOST = Schema("Host", name=text(required=True), features=texts(), netns=text(),
               max_guests=number(low=0, high=100_000),
               max_endpoints=number(low=0, high=1_000_000))
-UPLINK = Schema(segments=texts(), mtu=number(default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1]),
-                sriov=subtable(), mac=text())
-SRIOV = Schema(total_vfs=number(required=True, low=1, high=4096))
-BINDING = Schema(mode=text(required=True, choices=MODES), uplink=text(required=True),
-                 bridge=text(), vlan=number(low=VLAN_RANGE[0], high=VLAN_RANGE[1]), mtu=MTU,
+SRIOV = Schema("Sriov", total_vfs=number(required=True, low=1, high=4096))
+UPLINK = Schema("Uplink", segments=texts(),
+                mtu=number(default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1]),
+                sriov=subtable(SRIOV), mac=text())
+VXLAN = Schema("Vxlan", port=number(default=4789, low=1, high=65535), group=text(),
+               remotes=texts(), local=text())
+BINDING = Schema("Binding", mode=text(required=True, choices=MODES),
+                 uplink=text(required=True), bridge=text(),
+                 vlan=number(low=VLAN_RANGE[0], high=VLAN_RANGE[1]), mtu=MTU,
                  vf_attach=text(default="hostdev", choices=VF_ATTACH),
-                 spoofchk=flag(default=True), vxlan=subtable())
-VXLAN = Schema(port=number(default=4789, low=1, high=65535), group=text(), remotes=texts(),
-               local=text())
-GUEST_FILE = Schema(guest=subtable(required=True), nics=table_array())
-GUEST = Schema(name=text(required=True), host=text())
-NIC = Schema(network=text(required=True), mac=text(required=True), model=text(default="virtio"),
-             vhost=text(default="preferred", choices=VHOST_POLICIES),
+                 spoofchk=flag(default=True), vxlan=subtable(VXLAN))
+HOST_FILE = Schema("HostFile", host=subtable(HOST, required=True),
+                   uplinks=named_tables(UPLINK), networks=named_tables(BINDING))
+GUEST = Schema("Guest", name=text(required=True), host=text())
+NIC = Schema("Nic", network=text(required=True), mac=text(required=True),
+             model=text(default="virtio"), vhost=text(default="preferred", choices=VHOST_POLICIES),
              semantic=text(choices=SEMANTIC_CLASSES), mtu=MTU)
+GUEST_FILE = Schema("GuestFile", guest=subtable(GUEST, required=True), nics=table_array(NIC))
 
 
 # --- networks.toml --------------------------------------------------------------------------
@@ -124,19 +123,19 @@ NIC = Schema(network=text(required=True), mac=text(required=True), model=text(de
 def load_networks(path: Path) -> dict[str, Network]:
     doc = Document.read(path)
     networks: dict[str, Network] = {}
-    for name, table in NETWORKS_FILE.read(doc.table())["networks"]:
+    for name, values in NETWORKS_FILE.read(doc).networks.items():
+        where = ("networks", name)
         if _name_problem(name):
-            raise table.error(None, _name_problem(name), "rename the network")
-        values = NETWORK.read(table)
-        segment, vni, vlan = values["segment"], values["vni"], values["vlan"]
+            raise doc.error(where, _name_problem(name), "rename the network")
+        segment, vni, vlan = values.segment, values.vni, values.vlan
         if (segment is None) == (vni is None):
-            raise table.error(None, "needs exactly one of segment (a physical L2 domain) "
-                              "or vni (an overlay)", 'add segment = "..." or vni = N')
+            raise doc.error(where, "needs exactly one of segment (a physical L2 domain) "
+                            "or vni (an overlay)", 'add segment = "..." or vni = N')
         if vni is not None and vlan is not None:
-            raise table.error("vlan", "an overlay (vni) network has no VLAN",
-                              "remove vlan, or use segment instead of vni")
-        networks[name] = Network(name, values["mtu"], segment, vlan, vni,
-                                 values["description"], _source(table))
+            raise doc.error((*where, "vlan"), "an overlay (vni) network has no VLAN",
+                            "remove vlan, or use segment instead of vni")
+        networks[name] = Network(name, values.mtu, segment, vlan, vni, values.description,
+                                 doc.source(where))
     if not networks:
         raise InputError("defines no networks", file=path, key="networks",
                          fix='add a [networks.NAME] table with segment = "..." or vni = N')
@@ -147,60 +146,59 @@ def load_networks(path: Path) -> dict[str, Network]:
 
 def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
     doc = Document.read(path)
-    top = HOST_FILE.read(doc.table())
-    head = top["host"]
-    about = HOST.read(head)
-    name = head.check("name", about["name"], _name_problem, "use a plain host name")
-    features = about["features"]
+    top = HOST_FILE.read(doc)
+    about = top.host
+    name = doc.check(("host", "name"), about.name, _name_problem, "use a plain host name")
+    features = about.features
     for index, feature in enumerate(features):
         if feature not in KNOWN_FEATURES:
             raise doc.error(("host", "features", index), f"{feature!r} is not a known feature",
                             did_you_mean(feature, KNOWN_FEATURES))
 
     uplinks: dict[str, Uplink] = {}
-    for uplink_name, table in top["uplinks"]:
+    for uplink_name, link in top.uplinks.items():
+        where = ("uplinks", uplink_name)
         problem = names.ifname_problem(uplink_name)
         if problem:
-            raise table.error(None, f"uplink name {problem}", "use the interface's real name")
-        link = UPLINK.read(table)
-        pool = link["sriov"]
-        sriov = SriovPool(SRIOV.read(pool)["total_vfs"]) if pool is not None else None
-        mac = link["mac"]
+            raise doc.error(where, f"uplink name {problem}", "use the interface's real name")
+        sriov = SriovPool(link.sriov.total_vfs) if link.sriov is not None else None
+        mac = link.mac
         if mac is not None:
-            mac = table.check("mac", mac.lower(), mac_problem, 'write it as "aa:bb:cc:dd:ee:ff"')
-        uplinks[uplink_name] = Uplink(uplink_name, link["segments"], link["mtu"], sriov,
-                                      _source(table), mac)
+            mac = doc.check((*where, "mac"), mac.lower(), mac_problem,
+                            'write it as "aa:bb:cc:dd:ee:ff"')
+        uplinks[uplink_name] = Uplink(uplink_name, link.segments, link.mtu, sriov,
+                                      doc.source(where), mac)
 
     bindings: dict[str, Binding] = {}
     bridge_of_uplink: dict[str, tuple[str, str]] = {}
-    for network_name, table in top["networks"]:
+    for network_name, values in top.networks.items():
+        where = ("networks", network_name)
         if network_name not in networks:
-            raise table.error(None, f"binds {network_name!r}, which networks.toml does not define",
-                              f"define [networks.{network_name}] in networks.toml, or "
-                              + did_you_mean(network_name, networks))
+            raise doc.error(where, f"binds {network_name!r}, which networks.toml does not "
+                            f"define", f"define [networks.{network_name}] in networks.toml, "
+                            "or " + did_you_mean(network_name, networks))
         network = networks[network_name]
-        values = BINDING.read(table)
-        mode, uplink, bridge = values["mode"], values["uplink"], values["bridge"]
+        mode, uplink, bridge = values.mode, values.uplink, values.bridge
         if uplink not in uplinks:
-            raise table.error("uplink", f"names {uplink!r}, which this host does not define",
-                              f"add [uplinks.{uplink}] or " + did_you_mean(uplink, uplinks))
+            raise doc.error((*where, "uplink"), f"names {uplink!r}, which this host does not "
+                            "define", f"add [uplinks.{uplink}] or " + did_you_mean(uplink, uplinks))
         if bridge is not None:
-            table.check("bridge", bridge, _ifname_check, "use a name of at most 15 bytes")
-        vxlan = _vxlan(values["vxlan"])
-        _check_binding_fits(table, network, mode, uplinks[uplink], bridge, vxlan)
+            doc.check((*where, "bridge"), bridge, _ifname_check, "use a name of at most 15 bytes")
+        vxlan = _vxlan(doc, where, values.vxlan)
+        _check_binding_fits(doc, where, network, mode, uplinks[uplink], bridge, vxlan)
         if mode == "bridge":
             chosen = names.bridge_name(uplink, bridge)
             other = bridge_of_uplink.setdefault(uplink, (chosen, network_name))
             if other[0] != chosen:
-                raise table.error("bridge", f"puts uplink {uplink} in bridge {chosen}, but "
-                                  f"network {other[1]} puts it in {other[0]}",
-                                  "an interface has one master: use the same bridge for both")
-        bindings[network_name] = Binding(network_name, mode, uplink, bridge, values["vlan"],
-                                         values["mtu"], values["vf_attach"], values["spoofchk"],
-                                         vxlan, _source(table))
+                raise doc.error((*where, "bridge"), f"puts uplink {uplink} in bridge {chosen}, "
+                                f"but network {other[1]} puts it in {other[0]}",
+                                "an interface has one master: use the same bridge for both")
+        bindings[network_name] = Binding(network_name, mode, uplink, bridge, values.vlan,
+                                         values.mtu, values.vf_attach, values.spoofchk, vxlan,
+                                         doc.source(where))
     _check_uplink_sharing(doc, bindings)
-    return Host(name, uplinks, bindings, frozenset(features), about["netns"],
-                about["max_guests"], about["max_endpoints"], Source(str(path)))
+    return Host(name, uplinks, bindings, frozenset(features), about.netns, about.max_guests,
+                about.max_endpoints, Source(str(path)))
 
 
 def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
@@ -241,33 +239,32 @@ def _ifname_check(name: str) -> str | None:
     return f"interface name {problem}" if problem else None
 
 
-def _vxlan(table: Table | None) -> Vxlan | None:
-    if table is None:
+def _vxlan(doc: Document, where: KeyPath, values: Any) -> Vxlan | None:
+    if values is None:
         return None
-    values = VXLAN.read(table)
-    if values["group"] and values["remotes"]:
-        raise table.error("remotes", "a vxlan binding uses a multicast group or unicast "
-                          "remotes, not both", "remove group or remotes")
-    return Vxlan(values["port"], values["group"], values["remotes"], values["local"])
+    if values.group and values.remotes:
+        raise doc.error((*where, "vxlan", "remotes"), "a vxlan binding uses a multicast group "
+                        "or unicast remotes, not both", "remove group or remotes")
+    return Vxlan(values.port, values.group, values.remotes, values.local)
 
 
-def _check_binding_fits(table: Table, network: Network, mode: str, uplink: Uplink,
-                        bridge: str | None, vxlan: Vxlan | None) -> None:
+def _check_binding_fits(doc: Document, where: KeyPath, network: Network, mode: str,
+                        uplink: Uplink, bridge: str | None, vxlan: Vxlan | None) -> None:
     if mode == "vxlan" and not network.is_overlay:
-        raise table.error("mode", f"is vxlan, but network {network.name} is a VLAN network "
-                          f"on segment {network.segment}", "use bridge or a macvtap mode")
+        raise doc.error((*where, "mode"), f"is vxlan, but network {network.name} is a VLAN "
+                        f"network on segment {network.segment}", "use bridge or a macvtap mode")
     if mode != "vxlan" and network.is_overlay:
-        raise table.error("mode", f"is {mode}, but network {network.name} is an overlay "
-                          f"(vni {network.vni})", 'use mode = "vxlan"')
+        raise doc.error((*where, "mode"), f"is {mode}, but network {network.name} is an "
+                        f"overlay (vni {network.vni})", 'use mode = "vxlan"')
     if mode == "sriov-vf" and uplink.sriov is None:
-        raise table.error("mode", f"is sriov-vf, but uplink {uplink.name} has no VF pool",
-                          f"add sriov = {{ total_vfs = N }} to [uplinks.{uplink.name}]")
+        raise doc.error((*where, "mode"), f"is sriov-vf, but uplink {uplink.name} has no VF "
+                        f"pool", f"add sriov = {{ total_vfs = N }} to [uplinks.{uplink.name}]")
     if bridge is not None and mode not in ("bridge", "vxlan"):
-        raise table.error("bridge", f"only bridge and vxlan modes use a bridge, not {mode}",
-                          "remove bridge")
+        raise doc.error((*where, "bridge"), f"only bridge and vxlan modes use a bridge, not "
+                        f"{mode}", "remove bridge")
     if vxlan is not None and mode != "vxlan":
-        raise table.error("vxlan", f"only vxlan mode takes vxlan options, not {mode}",
-                          "remove the vxlan table")
+        raise doc.error((*where, "vxlan"), f"only vxlan mode takes vxlan options, not {mode}",
+                        "remove the vxlan table")
 
 
 # --- guests/*.toml --------------------------------------------------------------------------
@@ -278,27 +275,26 @@ def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
 
         return guest_from_domain_file(Path(path), networks)
     doc = Document.read(path)
-    top = GUEST_FILE.read(doc.table())
-    head = top["guest"]
-    about = GUEST.read(head)
-    name = head.check("name", about["name"], _name_problem, "use a plain guest name")
+    top = GUEST_FILE.read(doc)
+    name = doc.check(("guest", "name"), top.guest.name, _name_problem,
+                     "use a plain guest name")
     nics: list[GuestNic] = []
     seen_macs: dict[str, int] = {}
-    for index, table in enumerate(top["nics"]):
-        values = NIC.read(table)
-        network = values["network"]
+    for index, values in enumerate(top.nics):
+        where = ("nics", index)
+        network = values.network
         if network not in networks:
-            raise table.error("network", f"names {network!r}, which networks.toml does not "
-                              "define", did_you_mean(network, networks))
-        mac = table.check("mac", values["mac"].lower(), mac_problem,
-                          'write it as "52:54:00:xx:xx:xx"')
+            raise doc.error((*where, "network"), f"names {network!r}, which networks.toml does "
+                            "not define", did_you_mean(network, networks))
+        mac = doc.check((*where, "mac"), values.mac.lower(), mac_problem,
+                        'write it as "52:54:00:xx:xx:xx"')
         if mac in seen_macs:
-            raise table.error("mac", f"{mac} is already the MAC of nics[{seen_macs[mac]}]",
-                              "give every NIC of a guest its own MAC")
+            raise doc.error((*where, "mac"), f"{mac} is already the MAC of nics[{seen_macs[mac]}]",
+                            "give every NIC of a guest its own MAC")
         seen_macs[mac] = index
-        nics.append(GuestNic(index, network, mac, values["model"], values["vhost"],
-                             values["semantic"], values["mtu"], _source(table)))
-    return Guest(name, about["host"], tuple(nics), Source(str(path)))
+        nics.append(GuestNic(index, network, mac, values.model, values.vhost, values.semantic,
+                             values.mtu, doc.source(where)))
+    return Guest(name, top.guest.host, tuple(nics), Source(str(path)))
 
 
 # --- the whole directory --------------------------------------------------------------------

@@ -235,3 +235,34 @@ def test_line_of_finds_nested_keys():
     assert line_of(text, ("a", "x")) == 2
     assert line_of(text, ("nics", 1, "m")) == 6
     assert line_of(text, ("nics", 0)) == 3
+
+
+@pytest.mark.parametrize("change, key, problem", [
+    (("mtu = 9000\n", "mtu = 9000\nsriov = { total_vfs = 0 }\n"), "uplinks.eth0.sriov.total_vfs",
+     "0 is out of range"),
+    (('uplink = "eth0"', 'uplink = "eth0"\nvxlan = { port = "x" }'), "networks.prod.vxlan.port",
+     "must be a whole number, not a string"),
+    (('features = ["vhost-net"]', "features = [1]"), "host.features[0]",
+     "must be a string, not a number"),
+    (("[uplinks.eth0]", "[uplinks.eth0.x]"), "uplinks.eth0.x", "is not a known key here"),
+    (("mtu = 9000", "mtu = true"), "uplinks.eth0.mtu", "must be a whole number, not true/false"),
+])
+def test_a_problem_below_the_top_is_named_exactly(tmp_path: Path, networks, change, key,
+                                                  problem):
+    """msgspec refuses the file at once; the Python tests then name the first problem."""
+    err = host_error(tmp_path, networks, HOST.replace(*change))
+    assert (err.key, err.problem) == (key, problem)
+
+
+def test_a_refusal_the_tests_do_not_explain_still_names_the_key(tmp_path: Path, networks,
+                                                               monkeypatch):
+    """Should msgspec refuse what the per-key tests accept, its own words and path are told
+    (never a traceback)."""
+    from netmap.tomlcheck import Schema
+
+    monkeypatch.setattr(Schema, "first_problem", lambda self, table: None)
+    err = host_error(tmp_path, networks, HOST.replace("mtu = 9000", "mtu = 70000"))
+    # msgspec does not name the keys of a table of tables: the message names the table
+    assert err.key == "uplinks" and "<= 65535" in err.problem
+    err = guest_error(tmp_path, networks, GUEST.replace('"52:54:00:00:00:01"', '52'))
+    assert err.key == "nics[0].mac" and err.line == 8 and "got `int`" in err.problem
