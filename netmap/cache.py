@@ -224,7 +224,8 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
             return fleet  # too recent to key a cache on; valid, but not worth storing
         whole_index = fleet_index(fleet, loaded, fresh)
         if helper is not None:
-            fleet = cache_child.with_lazy_hosts(fleet, lazy)
+            fleet = cache_child.with_lazy_hosts(
+                fleet, lazy, whole_index["summaries"] if whole_index else None)
         if (stored is None or fresh.keys() != entries.keys()
                 or stored["networks"] != identity(networks_before)
                 or (stored.get("fleet") is None) != (whole_index is None)):

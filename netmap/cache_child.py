@@ -246,14 +246,16 @@ def _parsed(keys: list[str], parse: Callable[[str, dict[str, Network]], T],
             continue
 
 
-def with_lazy_hosts(fleet: Fleet, lazy: bool) -> Fleet:
-    """The fleet with the child's hosts unpickled when used (all at once unless lazy)."""
-    values: dict[str, Host | bytes | Deferred] = {}
-    summaries = []
-    for name, host in fleet.hosts.items():
-        values[name] = host.stored if isinstance(host, PickledHost) else host
-        summaries.append((name, tuple(host.bindings), model.mapping_file(host)))
-    hosts = LazyHosts(values, tuple(summaries))
+def with_lazy_hosts(fleet: Fleet, lazy: bool,
+                    summaries: tuple[tuple[str, tuple[str, ...], str], ...] | None = None,
+                    ) -> Fleet:
+    """The fleet with the child's hosts unpickled when used (all at once unless lazy).
+    `summaries`: the cache index's, when it was made (cache_index.fleet_index)."""
+    values: dict[str, Host | bytes | Deferred] = {
+        name: host.stored if isinstance(host, PickledHost) else host
+        for name, host in fleet.hosts.items()}
+    if summaries is None:
+        summaries = tuple((name, tuple(host.bindings), model.mapping_file(host))
+                          for name, host in fleet.hosts.items())
+    hosts = LazyHosts(values, summaries)
     return dataclasses.replace(fleet, hosts=hosts if lazy else dict(hosts.items()))
-
-
