@@ -37,7 +37,10 @@ from netmap.model import Fleet, Host, Network, Source
 
 T = TypeVar("T")
 
-PARALLEL_MIN_FILES = 2000
+# Files to parse from which a child shares the work: measured on generated fleets, a child
+# saves 0.03 s of 0.21 s at 1,250 files and costs nothing at 625 (below 500 the command
+# line loads without the cache, in one process).
+PARALLEL_MIN_FILES = 500
 # The child's part of the parsing (it reads every guest file and some host files): it
 # also pickles what it sends, and we do the rest of the command after it.
 CHILD_SHARE = 0.44
