@@ -36,14 +36,17 @@ def fleet_index(fleet: Fleet, loaded: list[str],
         return None  # a file too recent to cache: the next load reads it again
     host_keys = loaded[:len(fleet.hosts)]
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # hosts alike bind alike: one copy
+    summaries = []
+    for host in fleet.hosts.values():
+        bound = tuple(host.bindings)
+        summaries.append((host.name, shared.setdefault(bound, bound),
+                          model.mapping_file(host)))
     return {
         "networks": fleet.networks,
         "hosts": tuple(host_keys), "guests": tuple(loaded[len(fleet.hosts):]),
         # per host, in order: its name, which networks it binds and its mapping's file,
         # what a placement query needs of the hosts it does not check
-        "summaries": tuple((host.name, shared.setdefault(tuple(host.bindings),
-                                                         tuple(host.bindings)),
-                            model.mapping_file(host)) for host in fleet.hosts.values()),
+        "summaries": tuple(summaries),
         # every guest is needed (MACs, load), and one pickle loads faster than 2.5k; the
         # writer pickles it (_dump), not the command that is waiting for its answer
         "guests_blob": fleet.guests,
