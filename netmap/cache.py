@@ -208,7 +208,8 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                     helper.networks, loaded, host_loader)
             fleet = load_fleet(
                 base, host_loader=host_loader,
-                guest_loader=_loader(load_guest, entries, fresh, started_ns, helper, loaded))
+                guest_loader=_loader(load_guest, entries, fresh, started_ns, helper, loaded),
+                read=(helper.networks, helper.files) if helper is not None else None)
         finally:
             if helper is not None:
                 helper.close()

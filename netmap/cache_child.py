@@ -82,9 +82,10 @@ class ParsingChild:
     """Our side of the child (see the module's doc)."""
 
     def __init__(self, work: ForkedWork, keys: set[str], networks: dict[str, Network],
-                 ours: list[str]) -> None:
+                 ours: list[str], files: tuple[list[str], list[str]]) -> None:
         self.work, self.keys, self.networks = work, keys, networks
         self.ours = ours  # the host files we parse
+        self.files = files  # fleet_file_names, as listed before the child started
         self.results: dict[str, tuple[Identity, Any]] | None = None
         self._delivered: dict[int, str] = {}  # id of a guest it sent -> its file
         self._asked = False
@@ -191,7 +192,8 @@ def start(base: Path, entries: dict[str, tuple[Identity, Any]],
         lambda link: _in_child(link, share, guests, networks, placing), talk=True)
     theirs = set(share)
     ours = [key for key in host_files if key not in theirs]
-    return ParsingChild(work, {*theirs, *guests}, networks, ours) if work else None
+    return ParsingChild(work, {*theirs, *guests}, networks, ours,
+                        (host_files, guest_files)) if work else None
 
 
 def _in_child(link: Link, host_keys: list[str], guest_keys: list[str],

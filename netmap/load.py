@@ -302,17 +302,20 @@ def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
 def load_fleet(root: str | os.PathLike[str] | None = None, *,
                host_loader: Callable[[str, dict[str, Network]], Host] = load_host,
                guest_loader: Callable[[str, dict[str, Network]], Guest] = load_guest,
+               read: tuple[dict[str, Network], tuple[list[str], list[str]]] | None = None,
                ) -> Fleet:
     """Load a mappings directory. A broken networks.toml is fatal (everything names it);
     a broken host or guest file lands in `Fleet.problems` and the rest loads.
 
     `host_loader`/`guest_loader` read one file; netmap.cache passes loaders that answer
-    from its cache, so that cached and uncached loads assemble the fleet in one place."""
+    from its cache, so that cached and uncached loads assemble the fleet in one place,
+    and `read`: the networks and fleet_file_names it already read."""
     base = mappings_dir(root)
-    networks = load_networks(base / "networks.toml")
+    if read is None:
+        read = load_networks(base / "networks.toml"), fleet_file_names(base)
+    networks, (host_files, guest_files) = read
     problems: list[InputError] = []
     hosts: dict[str, Host] = {}
-    host_files, guest_files = fleet_file_names(base)
     for path in host_files:
         try:
             host = host_loader(path, networks)
