@@ -223,14 +223,15 @@ Problem = tuple[KeyPath, str, str]  # where below the key, what is wrong, how to
 
 class Field:
     """One key a table may hold: its default, the type of a good value (`kind()`, for
-    msgspec: built when first needed), a quick test of a good value and, for a value
-    failing it, the exact problem. `schema`: what the tables below the key hold; `shape`:
-    how many, "one" table, tables by "named" key, or an "array" of them."""
+    msgspec, built when first needed; None where `schema` says it), a quick test of a
+    good value and, for a value failing it, the exact problem. `schema`: what the tables
+    below the key hold; `shape`: how many, "one" table, tables by "named" key, or an
+    "array" of them."""
 
     __slots__ = ("default", "kind", "ok", "problem", "required", "schema", "shape",
                  "what")
 
-    def __init__(self, what: str, kind: Callable[[], Any], ok: Callable[[Any], bool],
+    def __init__(self, what: str, kind: Callable[[], Any] | None, ok: Callable[[Any], bool],
                  problem: Callable[[KeyPath, Any], Problem], *, default: Any = None,
                  required: bool = False, schema: Schema | None = None,
                  shape: str | None = None) -> None:
@@ -304,20 +305,20 @@ def texts(*, default: tuple[str, ...] = ()) -> Field:
 
 def subtable(schema: Schema, *, required: bool = False) -> Field:
     """A sub-table ([a.b] or an inline { }) holding what `schema` says (None when absent)."""
-    return Field("a table", lambda: dict, lambda v: type(v) is dict, _not_a_table,
+    return Field("a table", None, lambda v: type(v) is dict, _not_a_table,
                  required=required, schema=schema, shape="one")
 
 
 def named_tables(schema: Schema) -> Field:
     """A table of tables ([uplinks.NAME]), read as {NAME: what `schema` says} in file
     order."""
-    return Field("a table", lambda: dict, lambda v: type(v) is dict, _not_a_table, default={},
+    return Field("a table", None, lambda v: type(v) is dict, _not_a_table, default={},
                  schema=schema, shape="named")
 
 
 def table_array(schema: Schema) -> Field:
     """An array of tables ([[nics]]), read as a tuple of what `schema` says."""
-    return Field("an array of tables ([[...]])", lambda: tuple,
+    return Field("an array of tables ([[...]])", None,
                  lambda v: type(v) is list, _wrong_type("an array of tables ([[...]])"),
                  default=(), schema=schema, shape="array")
 
@@ -345,8 +346,9 @@ class Schema:
             import msgspec
 
             def spec(key: str, field: Field) -> tuple[Any, ...]:
-                kind = field.kind()
-                if field.schema is not None:
+                if field.schema is None:
+                    kind = field.kind()
+                else:
                     inner = field.schema.struct
                     kind = {"one": inner, "named": dict[str, inner],  # type: ignore[valid-type]
                             "array": tuple[inner, ...]}[field.shape]  # type: ignore[valid-type]
