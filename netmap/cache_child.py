@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from netmap import model
-from netmap.cache_index import Identity, LazyHosts, identity
+from netmap.cache_index import HostSummary, Identity, LazyHosts, host_summaries, identity
 from netmap.cache_pickle import pickled
 from netmap.errors import InputError
 from netmap.forked import ChildFailed, ForkedWork, Link, can_fork_work
@@ -252,15 +252,11 @@ def _parsed(keys: list[str], parse: Callable[[str, dict[str, Network]], T],
 
 
 def with_lazy_hosts(fleet: Fleet, lazy: bool,
-                    summaries: tuple[tuple[str, tuple[str, ...], str], ...] | None = None,
-                    ) -> Fleet:
+                    summaries: tuple[HostSummary, ...] | None = None) -> Fleet:
     """The fleet with the child's hosts unpickled when used (all at once unless lazy).
     `summaries`: the cache index's, when it was made (cache_index.fleet_index)."""
     values: dict[str, Host | bytes | Deferred] = {
         name: host.stored if isinstance(host, PickledHost) else host
         for name, host in fleet.hosts.items()}
-    if summaries is None:
-        summaries = tuple((name, tuple(host.bindings), model.mapping_file(host))
-                          for name, host in fleet.hosts.items())
-    hosts = LazyHosts(values, summaries)
+    hosts = LazyHosts(values, summaries or host_summaries(fleet.hosts.values()))
     return dataclasses.replace(fleet, hosts=hosts if lazy else dict(hosts.items()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +35,29 @@ def fleet_index(fleet: Fleet, loaded: list[str],
     if not all(key in fresh for key in loaded):
         return None  # a file too recent to cache: the next load reads it again
     host_keys = loaded[:len(fleet.hosts)]
-    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # hosts alike bind alike: one copy
-    summaries = []
-    for host in fleet.hosts.values():
-        bound = tuple(host.bindings)
-        summaries.append((host.name, shared.setdefault(bound, bound),
-                          model.mapping_file(host)))
     return {
         "networks": fleet.networks,
         "hosts": tuple(host_keys), "guests": tuple(loaded[len(fleet.hosts):]),
-        # per host, in order: its name, which networks it binds and its mapping's file,
-        # what a placement query needs of the hosts it does not check
-        "summaries": tuple(summaries),
+        "summaries": host_summaries(fleet.hosts.values()),
         # every guest is needed (MACs, load), and one pickle loads faster than 2.5k; the
         # writer pickles it (_dump), not the command that is waiting for its answer
         "guests_blob": fleet.guests,
     }
+
+
+HostSummary = tuple[str, tuple[str, ...], str]
+
+
+def host_summaries(hosts: Iterable[Any]) -> tuple[HostSummary, ...]:
+    """Per host, in order: its name, which networks it binds and its mapping's file,
+    what a placement query needs of the hosts it does not check. (A host, or anything
+    with its name, bindings and source.)"""
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # hosts alike bind alike: one copy
+    out = []
+    for host in hosts:
+        bound = tuple(host.bindings)
+        out.append((host.name, shared.setdefault(bound, bound), model.mapping_file(host)))
+    return tuple(out)
 
 
 def unchanged_fleet(base: Path, index: dict[str, Any] | None,

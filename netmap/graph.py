@@ -22,7 +22,16 @@ import networkx as nx
 
 from netmap import names
 from netmap.gcpause import gc_paused
-from netmap.model import VXLAN_OVERHEAD, Binding, Fleet, Guest, GuestNic, Host, Network
+from netmap.model import (
+    VXLAN_OVERHEAD,
+    Binding,
+    Fleet,
+    Guest,
+    GuestNic,
+    Host,
+    Network,
+    Uplink,
+)
 
 
 def host_id(host: str) -> str:
@@ -84,11 +93,14 @@ def _build_graph(fleet: Fleet, networks: Collection[str] | None = None) -> nx.Di
         add_node(f"network:{network.name}", {"kind": "network", "obj": network})
         add_node(f"segment:{network.segment_id}", {"kind": "segment"})
     hosts = fleet.hosts.values()
-    bindings_of = {host.name: [b for b in host.bindings.values() if networks is None
-                               or b.network in networks] for host in hosts}
-    uplinks_of = {host.name: [u for u in host.uplinks.values() if networks is None
-                              or any(b.uplink == u.name for b in bindings_of[host.name])]
-                  for host in hosts}
+    bindings_of: dict[str, list[Binding]] = {}
+    uplinks_of: dict[str, list[Uplink]] = {}
+    for host in hosts:
+        chosen = [b for b in host.bindings.values() if networks is None or b.network in networks]
+        used = {b.uplink for b in chosen}
+        bindings_of[host.name] = chosen
+        uplinks_of[host.name] = [u for u in host.uplinks.values()
+                                 if networks is None or u.name in used]
     for host in hosts:
         name = host.name
         add_node(f"host:{name}", {"kind": "host", "obj": host})
