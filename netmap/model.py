@@ -17,18 +17,20 @@ T = TypeVar("T")
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
 def frozen(cls: type[T]) -> type[T]:
-    """dataclass(frozen=True), with an __init__ that fills the instance dict at once.
+    """dataclass(frozen=True, slots=True), with an __init__ that sets each slot directly.
 
-    A frozen dataclass's generated __init__ sets each field through object.__setattr__,
-    a call per field: a third of the time spent building a host file's model (Binding:
-    0.8 us, 0.35 us so). Instances are as frozen as before (assigning a field raises);
-    the parameters, defaults and default factories are the dataclass's own."""
-    cls = dataclass(frozen=True)(cls)
-    names, params = [], []
+    Slots, not an instance dict: a 10k-host fleet is a quarter of a million of these
+    objects (a Binding takes 120 bytes, 336 with its dict), and memory first touched is
+    paid in page faults. A frozen dataclass's generated __init__ sets each field through
+    object.__setattr__; the slot's own descriptor does it in half the time (Binding:
+    0.73 us against 0.40 us). Instances are as frozen as before (assigning a field
+    raises); the parameters, defaults and default factories are the dataclass's own."""
+    cls = dataclass(frozen=True, slots=True)(cls)
+    params = []
     scope: dict[str, Any] = {"MISSING": dataclasses.MISSING}
     lines = []
     for spec in dataclasses.fields(cls):
-        names.append(spec.name)
+        scope[f"set_{spec.name}"] = getattr(cls, spec.name).__set__
         if spec.default is not dataclasses.MISSING:
             scope[f"default_{spec.name}"] = spec.default
             params.append(f"{spec.name}=default_{spec.name}")
@@ -38,7 +40,7 @@ def frozen(cls: type[T]) -> type[T]:
             lines.append(f" if {spec.name} is MISSING: {spec.name} = factory_{spec.name}()")
         else:
             params.append(spec.name)
-    lines.append(f" self.__dict__.update({', '.join(f'{n}={n}' for n in names)})")
+    lines += [f" set_{spec.name}(self, {spec.name})" for spec in dataclasses.fields(cls)]
     exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(lines), scope)
     init = scope["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"

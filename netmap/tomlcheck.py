@@ -84,17 +84,22 @@ def _first_lines(text: str) -> dict[tuple[str | int, ...], int]:
 class LazySource(Source):
     """A Source whose line is looked up in the document's LineIndex when first read."""
 
+    __slots__ = ("_index", "_line", "_path")
+
     def __init__(self, file: str, line: int | None = None, *, index: LineIndex | None = None,
                  path: KeyPath = ()) -> None:
-        object.__setattr__(self, "file", file)
-        object.__setattr__(self, "_index", index)
-        object.__setattr__(self, "_path", path)
-        object.__setattr__(self, "_line", line)
+        _set_file(self, file)
+        _set_index(self, index)
+        _set_path(self, path)
+        _set_line(self, line)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _lazy_source, (self.file, self._line, self._index, self._path)
 
     @property  # type: ignore[override]
     def line(self) -> int | None:
         if self._line is None and self._index is not None:
-            object.__setattr__(self, "_line", self._index.line_of(self._path))
+            _set_line(self, self._index.line_of(self._path))
         return self._line
 
     def __repr__(self) -> str:
@@ -108,6 +113,23 @@ class LazySource(Source):
 
     def __hash__(self) -> int:
         return hash((self.file, self.line))
+
+
+# The slots' own setters: a frozen Source refuses setattr, and a host file makes ten of these.
+_set_file = Source.file.__set__  # type: ignore[attr-defined]
+_set_index = LazySource._index.__set__  # type: ignore[attr-defined]
+_set_path = LazySource._path.__set__  # type: ignore[attr-defined]
+_set_line = LazySource._line.__set__  # type: ignore[attr-defined]
+
+
+def _lazy_source(file: str, line: int | None, index: LineIndex | None,
+                 path: KeyPath) -> LazySource:
+    source = object.__new__(LazySource)
+    _set_file(source, file)
+    _set_index(source, index)
+    _set_path(source, path)
+    _set_line(source, line)
+    return source
 
 
 def key_text(path: KeyPath) -> str:
@@ -135,11 +157,7 @@ class Document:
         """Where `path` is defined, for messages; the line is found only when asked for."""
         if self._lines is None:
             self._lines = LineIndex(self.text)
-        # LazySource(self._file, index=..., path=path) without its four object.__setattr__
-        # calls (frozen dataclass): ten per host file
-        source = object.__new__(LazySource)
-        source.__dict__.update(file=self._file, _index=self._lines, _path=path, _line=None)
-        return source
+        return _lazy_source(self._file, None, self._lines, path)
 
     @classmethod
     def read(cls, path: str | Path) -> Document:
