@@ -61,7 +61,7 @@ from netmap.cache_index import Identity, fleet_index, identity, unchanged_fleet
 from netmap.cache_pickle import pickled
 from netmap.errors import InputError
 from netmap.gcpause import gc_paused
-from netmap.load import load_fleet, load_guest, load_host, mappings_dir
+from netmap.load import fleet_file_names, load_fleet, load_guest, load_host, mappings_dir
 from netmap.model import Fleet, Network
 
 RACY_WINDOW_NS = 2_000_000_000
@@ -159,7 +159,9 @@ def code_fingerprint() -> bytes:
 def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                       write_behind: bool | Callable[[Callable[[], object]], object] = False,
                       parallel: bool = False,
-                      lazy: bool = False, placing: str | None = None) -> Fleet:
+                      lazy: bool = False, placing: str | None = None,
+                      prepare: Callable[[], object] | None = None,
+                      files: tuple[list[str], list[str]] | None = None) -> Fleet:
     """`load_fleet(root)`, answered from the cache for every file that did not change.
 
     For the command line, which may fork: write_behind=True writes an updated cache from a
@@ -178,7 +180,14 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
     bound) comes back at once; the hosts themselves stay in the child, which can run a
     query over them (`LazyHosts.elsewhere`), and come pickled after, for the cache writer
     or when used. placing=GUEST: the child sends GUEST's host at once (a placement query
-    compares every candidate with it)."""
+    compares every candidate with it).
+
+    prepare: what the command needs next (its imports), run while the child finishes its
+    share of the files: by us once ours are parsed, and by the child, once it has sent
+    them, when a query is to be asked of it (placing). Run only when a child parses.
+
+    files: the directory's load.fleet_file_names, when the caller listed it already (a
+    listing of 10k files takes 5 ms)."""
     base = mappings_dir(root)
     started_ns = time.time_ns()
     with gc_paused():
@@ -190,15 +199,17 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
             networks_before = os.stat(networks_path)
         except OSError:
             return load_fleet(base)  # load_fleet names the problem
+        if files is None:
+            files = fleet_file_names(base)
         entries: dict[str, tuple[Identity, Any]] = {}
         if stored is not None and stored["networks"] == identity(networks_before):
             entries = stored["entries"]
-            whole = unchanged_fleet(base, stored.get("fleet"), entries, lazy)
+            whole = unchanged_fleet(base, files, stored.get("fleet"), entries, lazy)
             if whole is not None and _same_file(networks_path, networks_before):
                 return whole
         fresh: dict[str, tuple[Identity, Any]] = {}
         loaded: list[str] = []
-        helper = cache_child.start(base, entries, placing if lazy else None) \
+        helper = cache_child.start(base, files, entries, placing if lazy else None, prepare) \
             if parallel else None
         try:
             host_loader = _loader(load_host, entries, fresh, started_ns, helper, loaded)
@@ -206,6 +217,8 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                 host_loader = cache_child.parse_ahead(
                     _loader(load_host, entries, fresh, started_ns), helper.ours,
                     helper.networks, loaded, host_loader)
+                if prepare is not None:
+                    prepare()
             fleet = load_fleet(
                 base, host_loader=host_loader,
                 guest_loader=_loader(load_guest, entries, fresh, started_ns, helper, loaded),

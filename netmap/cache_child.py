@@ -32,7 +32,7 @@ from netmap.cache_index import HostSummary, Identity, LazyHosts, host_summaries,
 from netmap.cache_pickle import pickled
 from netmap.errors import InputError
 from netmap.forked import ChildFailed, ForkedWork, Link, can_fork_work
-from netmap.load import fleet_file_names, load_guest, load_host, load_networks
+from netmap.load import load_guest, load_host, load_networks
 from netmap.model import Fleet, Host, Network, Source
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ T = TypeVar("T")
 PARALLEL_MIN_FILES = 500
 # The child's part of the parsing (it reads every guest file and some host files): it
 # also pickles what it sends, and we do the rest of the command after it.
-CHILD_SHARE = 0.44
+CHILD_SHARE = 0.53
 
 
 class PickledHost(NamedTuple):
@@ -161,26 +161,19 @@ class ParsingChild:
             self.release()
 
 
-def start(base: Path, entries: dict[str, tuple[Identity, Any]],
-                  placing: str | None) -> ParsingChild | None:
-    if not can_fork_work():
+def start(base: Path, files: tuple[list[str], list[str]],
+          entries: dict[str, tuple[Identity, Any]], placing: str | None,
+          prepare: Callable[[], object] | None = None) -> ParsingChild | None:
+    """A child parsing part of `files` (fleet_file_names(base)) not in `entries`, or None
+    when too few are left to parse or it cannot fork."""
+    host_files, guest_files = files
+    if len(host_files) + len(guest_files) - len(entries) < PARALLEL_MIN_FILES \
+            or not can_fork_work():
         return None
-    # A cheap count first: on a warm load the listing below would be time thrown away.
-    listed = 0
-    for folder in ("hosts", "guests"):
-        with contextlib.suppress(OSError):
-            listed += sum(name.endswith((".toml", ".xml")) for name in os.listdir(base / folder))
-    if listed - len(entries) < PARALLEL_MIN_FILES:
-        return None
-    host_files, guest_files = fleet_file_names(base)
     hosts = [key for key in host_files if key not in entries]
     guests = [key for key in guest_files if key not in entries]
     if len(hosts) + len(guests) < PARALLEL_MIN_FILES:
         return None
-    try:
-        networks = load_networks(base / "networks.toml")
-    except InputError:
-        return None  # load_fleet reports it
     # A generated host file (40 lines) costs about three guest files. Every so many host
     # files, not the last ones: a fleet's files sort by site and rack, and a placement's
     # candidates, which the child checks when it holds them, are often one site's.
@@ -188,17 +181,26 @@ def start(base: Path, entries: dict[str, tuple[Identity, Any]],
     fraction = max(0.0, min(1.0, wanted / 3 / len(hosts))) if hosts else 0.0
     share = [key for index, key in enumerate(hosts)
              if int((index + 1) * fraction) > int(index * fraction)]
-    work = ForkedWork.start(
-        lambda link: _in_child(link, share, guests, networks, placing), talk=True)
+    # Both read networks.toml, after the fork: half a fleet's parse can start that much
+    # sooner (it imports msgspec). load_fleet_cached sees any change to it in between.
+    work = ForkedWork.start(lambda link: _in_child(
+        link, base / "networks.toml", share, guests, placing, prepare), talk=True)
+    if work is None:
+        return None
+    try:
+        networks = load_networks(base / "networks.toml")
+    except InputError:
+        work.cancel()
+        return None  # load_fleet reports it
     theirs = set(share)
     ours = [key for key in host_files if key not in theirs]
-    return ParsingChild(work, {*theirs, *guests}, networks, ours,
-                        (host_files, guest_files)) if work else None
+    return ParsingChild(work, {*theirs, *guests}, networks, ours, (host_files, guest_files))
 
 
-def _in_child(link: Link, host_keys: list[str], guest_keys: list[str],
-              networks: dict[str, Network], placing: str | None) -> dict[str, bytes]:
+def _in_child(link: Link, networks_file: Path, host_keys: list[str], guest_keys: list[str],
+              placing: str | None, prepare: Callable[[], object] | None) -> dict[str, bytes]:
     """The child's side of ParsingChild."""
+    networks = load_networks(networks_file)
     guests = dict(_parsed(guest_keys, load_guest, networks))
     hosts = dict(_parsed(host_keys, load_host, networks))
     source = next((guest.host for _, guest in guests.values() if guest.name == placing), None)
@@ -206,6 +208,8 @@ def _in_child(link: Link, host_keys: list[str], guest_keys: list[str],
         key: (ident, host.name, host.source, tuple(host.bindings),
               pickled(host) if host.name == source else None)
         for key, (ident, host) in hosts.items()}))
+    if placing is not None and prepare is not None:  # while we assemble the fleet
+        prepare()
     request = link.receive()
     if request is not None:
         work, args = request

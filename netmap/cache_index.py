@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from netmap import model
-from netmap.load import fleet_file_names
 from netmap.model import Fleet
 
 Identity = tuple[int, int, int, int, int]
@@ -60,15 +59,17 @@ def host_summaries(hosts: Iterable[Any]) -> tuple[HostSummary, ...]:
     return tuple(out)
 
 
-def unchanged_fleet(base: Path, index: dict[str, Any] | None,
-                     entries: dict[str, tuple[Identity, Any]], lazy: bool) -> Fleet | None:
-    """The fleet the stored load assembled, when the directory lists the same files and
-    each has the identity it was read at (an edit moves it: see the module doc); else None.
-    load_fleet would assemble the same fleet again from the same files."""
+def unchanged_fleet(base: Path, files: tuple[list[str], list[str]],
+                    index: dict[str, Any] | None,
+                    entries: dict[str, tuple[Identity, Any]], lazy: bool) -> Fleet | None:
+    """The fleet the stored load assembled, when the directory lists the same files
+    (`files`: its fleet_file_names) and each has the identity it was read at (an edit
+    moves it: see the module doc); else None. load_fleet would assemble the same fleet
+    again from the same files."""
     if index is None:
         return None
     host_keys, guest_keys = index["hosts"], index["guests"]
-    if fleet_file_names(base) != (list(host_keys), list(guest_keys)):
+    if files != (list(host_keys), list(guest_keys)):
         return None  # a file added, removed or renamed (or the directory named otherwise)
     stat = os.stat
     for key in (*host_keys, *guest_keys):

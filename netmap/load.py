@@ -353,18 +353,17 @@ def fleet_file_names(base: Path) -> tuple[list[str], list[str]]:
     reads them: what `glob("*.toml")` (and `*.xml`) matches, any entry whose name ends so,
     sorted as the Paths would be. Strings, not Paths: 12k Path objects cost more than
     parsing a tenth of the files."""
-    return (_listed(base / "hosts", (".toml",)),
-            _listed(base / "guests", (".toml",)) + _listed(base / "guests", (".xml",)))
+    return _listed(base / "hosts", (".toml",)), _listed(base / "guests", (".toml", ".xml"))
 
 
 def _listed(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """The folder's files with each suffix in turn (all of the first, then the next)."""
     try:
-        names = os.listdir(folder)
+        names = sorted(os.listdir(folder))  # one folder: sorting the names sorts the paths
     except OSError:  # as glob: a missing or unreadable folder has no files
         return []
     prefix = os.fspath(folder) + os.sep
-    # one folder, so sorting the names sorts the paths
-    return [prefix + name for name in sorted(names) if name.endswith(suffixes)]
+    return [prefix + name for suffix in suffixes for name in names if name.endswith(suffix)]
 
 
 def require_host(fleet: Fleet, name: str) -> Host:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from netmap.errors import InputError
@@ -26,16 +26,17 @@ CACHE_MIN_FILES = 500
 
 
 def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False,
-                       placing: str | None = None) -> Fleet:
+                       placing: str | None = None,
+                       prepare: Callable[[], object] | None = None) -> Fleet:
     """The fleet, through the cache (netmap/cache.py) when the mappings are large; lazy:
     hosts are unpickled when used (cache.LazyHosts); placing: the guest a placement query
-    is for (the parsing child sends that guest's host at once)."""
-    from netmap.load import load_fleet, mappings_dir
+    is for (the parsing child sends that guest's host at once); prepare: the command's
+    imports, run while a parsing child finishes (cache.load_fleet_cached)."""
+    from netmap.load import fleet_file_names, load_fleet, mappings_dir
 
     base = mappings_dir(args.mappings)
-    count = sum(1 for sub in ("hosts", "guests") if (base / sub).is_dir()
-                for _ in os.scandir(base / sub))
-    if count < CACHE_MIN_FILES:
+    files = fleet_file_names(base)
+    if len(files[0]) + len(files[1]) < CACHE_MIN_FILES:
         return load_fleet(base)
     from netmap.cache import load_fleet_cached
     from netmap.finish import later
@@ -45,7 +46,7 @@ def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False,
     with gc_paused(freeze=True):
         # an updated cache is written behind, once the command is done (see load_fleet_cached)
         return load_fleet_cached(base, write_behind=later, parallel=True, lazy=lazy,
-                                 placing=placing)
+                                 placing=placing, prepare=prepare, files=files)
 
 
 def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
@@ -57,6 +58,8 @@ def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
 
 def this_host(args: argparse.Namespace, fleet: Fleet) -> Host:
     """--host NAME, else $NETMAP_HOST, else the machine's hostname (DESIGN.md)."""
+    import socket
+
     from netmap.load import require_host
 
     name = getattr(args, "host", None) or os.environ.get("NETMAP_HOST") or socket.gethostname()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
 from netmap.commands._common import add_json, console, load, load_fleet_for_cli, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
@@ -114,9 +115,12 @@ def _hosts_for(args: argparse.Namespace) -> int:
 
 def _hosts_for_answer(args: argparse.Namespace) -> int:
     from netmap.load import require_guest
+
+    # networkx is imported while the parsing child reads its last files
+    fleet = load_fleet_for_cli(args, lazy=True, placing=args.guest,
+                               prepare=lambda: importlib.import_module("netmap.placement"))
     from netmap.placement import hosts_for_fleet
 
-    fleet = load_fleet_for_cli(args, lazy=True, placing=args.guest)
     guest = require_guest(fleet, args.guest)
     candidates = hosts_for_fleet(fleet, guest.name, strict=args.strict, parallel=True)
     if args.json:
