@@ -184,7 +184,7 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
                             "define", f"add [uplinks.{uplink}] or " + did_you_mean(uplink, uplinks))
         if bridge is not None:
             doc.check((*where, "bridge"), bridge, _ifname_check, "use a name of at most 15 bytes")
-        vxlan = _vxlan(doc, where, values.vxlan)
+        vxlan = _vxlan(doc, where, values.vxlan) if values.vxlan is not None else None
         _check_binding_fits(doc, where, network, mode, uplinks[uplink], bridge, vxlan)
         if mode == "bridge":
             chosen = names.bridge_name(uplink, bridge)
@@ -211,6 +211,9 @@ def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
     for uplink, users in by_uplink.items():
         if len(users) < 2:
             continue  # every conflict below takes two bindings on one uplink
+        modes = {b.mode for b in users}
+        if "bridge" not in modes and "macvtap-passthrough" not in modes:
+            continue  # every conflict below takes one of these
         passthrough = [b for b in users if b.mode == "macvtap-passthrough"]
         bridged = [b for b in users if b.mode == "bridge"]
         macvtap = [b for b in users if b.mode.startswith("macvtap-")]
@@ -239,9 +242,7 @@ def _ifname_check(name: str) -> str | None:
     return f"interface name {problem}" if problem else None
 
 
-def _vxlan(doc: Document, where: KeyPath, values: Any) -> Vxlan | None:
-    if values is None:
-        return None
+def _vxlan(doc: Document, where: KeyPath, values: Any) -> Vxlan:
     if values.group and values.remotes:
         raise doc.error((*where, "vxlan", "remotes"), "a vxlan binding uses a multicast group "
                         "or unicast remotes, not both", "remove group or remotes")
@@ -250,10 +251,11 @@ def _vxlan(doc: Document, where: KeyPath, values: Any) -> Vxlan | None:
 
 def _check_binding_fits(doc: Document, where: KeyPath, network: Network, mode: str,
                         uplink: Uplink, bridge: str | None, vxlan: Vxlan | None) -> None:
-    if mode == "vxlan" and not network.is_overlay:
+    overlay = network.vni is not None
+    if mode == "vxlan" and not overlay:
         raise doc.error((*where, "mode"), f"is vxlan, but network {network.name} is a VLAN "
                         f"network on segment {network.segment}", "use bridge or a macvtap mode")
-    if mode != "vxlan" and network.is_overlay:
+    if mode != "vxlan" and overlay:
         raise doc.error((*where, "mode"), f"is {mode}, but network {network.name} is an "
                         f"overlay (vni {network.vni})", 'use mode = "vxlan"')
     if mode == "sriov-vf" and uplink.sriov is None:

@@ -14,6 +14,7 @@ MAX_IFNAME = IFNAMSIZ - 1
 _ILLEGAL = re.compile(r"[/:%\s]")
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet's hosts repeat a few names (eno1, eth0...)
 def ifname_problem(name: str) -> str | None:
     """Why `name` cannot be a Linux interface name, or None when it can."""
     if not name:
