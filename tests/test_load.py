@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,17 @@ def test_valid_host_and_guest(tmp_path: Path, networks):
     assert host.features == {"vhost-net"}
     guest = load_guest(write(tmp_path, "guests/g1.toml", GUEST), networks)
     assert guest.nics[0].vhost == "preferred" and guest.nics[0].model == "virtio"
+
+
+def test_sources_find_their_line_when_asked_even_after_pickling(tmp_path: Path, networks):
+    path = write(tmp_path, "hosts/h1.toml", HOST)
+    binding = load_host(path, networks).bindings["prod"]
+    # pickled before its line was looked up: it travels with the text to find it in
+    again = pickle.loads(pickle.dumps(binding))
+    assert again == binding
+    lines = path.read_text().splitlines()
+    assert lines[again.source.line - 1].strip() == "[networks.prod]"
+    assert str(again.source) == f"{path}:{again.source.line}"
 
 
 def test_malformed_toml_names_file_and_line(tmp_path: Path, networks):

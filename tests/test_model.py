@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from netmap.model import Binding, Host, Source, Uplink, frozen
+from netmap.model import Binding, Host, Source, SriovPool, Uplink, frozen
 
 
 def test_frozen_init_is_the_dataclass_init() -> None:
@@ -46,3 +46,14 @@ def test_frozen_keeps_field_options() -> None:
     assert Thing("x", note="a") == Thing("x", note="b")
     assert Thing("x").tags == ()
     assert repr(Thing("x")).endswith("Thing(name='x', tags=(), note='')")
+
+
+def test_instances_pickle_as_constructor_calls() -> None:
+    binding = Binding("prod", "bridge", "eth0", vlan=100, source=Source("hosts/a.toml", 9))
+    rebuild, args = binding.__reduce__()
+    assert rebuild is Binding and args == ("prod", "bridge", "eth0", None, 100, None,
+                                           "hostdev", True, None, Source("hosts/a.toml", 9))
+    assert pickle.loads(pickle.dumps(binding)) == binding
+    pool = SriovPool(8)  # one field: still a tuple of arguments
+    assert pool.__reduce__() == (SriovPool, (8,))
+    assert pickle.loads(pickle.dumps(pool)) == pool
