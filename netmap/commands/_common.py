@@ -73,9 +73,21 @@ def this_host(args: argparse.Namespace, fleet: Fleet) -> Host:
 
 
 def print_json(data: Any) -> None:
-    """Indented for a person at a terminal; compact (and several times faster: only then
-    does the json module use its C encoder) for a program reading a pipe."""
-    print(json.dumps(data, indent=2 if sys.stdout.isatty() else None))
+    """Indented for a person at a terminal; compact, UTF-8, for a program reading a pipe.
+    That one is msgspec's encoder, which the loader has imported: hosts-for's answer for
+    10k hosts (4 MB) takes it 6 ms, the json module's C encoder 25 ms."""
+    if sys.stdout.isatty():
+        print(json.dumps(data, indent=2))
+        return
+    import msgspec
+
+    encoded = msgspec.json.encode(data) + b"\n"
+    binary = getattr(sys.stdout, "buffer", None)
+    if binary is None:  # a text stream only (a test's StringIO)
+        sys.stdout.write(encoded.decode())
+    else:
+        sys.stdout.flush()  # what was printed before comes first
+        binary.write(encoded)
 
 
 def console(*, soft_wrap: bool = False):  # -> rich.console.Console
