@@ -184,7 +184,9 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
 
     prepare: what the command needs next (its imports), run while the child finishes its
     share of the files: by us once ours are parsed, and by the child, once it has sent
-    them, when a query is to be asked of it (placing). Run only when a child parses.
+    them, when a query is to be asked of it (placing); when there are few files to
+    parse, once before the fork instead (cache_child.PREPARE_BEFORE_FORK_FILES). Run only
+    when a child parses.
 
     files: the directory's load.fleet_file_names, when the caller listed it already (a
     listing of 10k files takes 5 ms)."""
@@ -217,8 +219,8 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
                 host_loader = cache_child.parse_ahead(
                     _loader(load_host, entries, fresh, started_ns), helper.ours,
                     helper.networks, loaded, host_loader)
-                if prepare is not None:
-                    prepare()
+                if helper.prepare is not None:
+                    helper.prepare()
             fleet = load_fleet(
                 base, host_loader=host_loader,
                 guest_loader=_loader(load_guest, entries, fresh, started_ns, helper, loaded),

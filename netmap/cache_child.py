@@ -42,8 +42,12 @@ T = TypeVar("T")
 # line loads without the cache, in one process).
 PARALLEL_MIN_FILES = 500
 # The child's part of the parsing (it reads every guest file and some host files): it
-# also pickles what it sends, and we do the rest of the command after it.
+# also pickles what it sends, and we do the rest of the command after it. More than half
+# since we also import networkx after our part (10k hosts: 0.44 left us 60 ms behind it).
 CHILD_SHARE = 0.53
+# Below this many files to parse, the command's `prepare` (its imports: networkx, 70 ms)
+# runs before the fork, once for both; above, each process runs it after its parsing.
+PREPARE_BEFORE_FORK_FILES = 4000
 
 
 class PickledHost(NamedTuple):
@@ -82,10 +86,12 @@ class ParsingChild:
     """Our side of the child (see the module's doc)."""
 
     def __init__(self, work: ForkedWork, keys: set[str], networks: dict[str, Network],
-                 ours: list[str], files: tuple[list[str], list[str]]) -> None:
+                 ours: list[str], files: tuple[list[str], list[str]],
+                 prepare: Callable[[], object] | None) -> None:
         self.work, self.keys, self.networks = work, keys, networks
         self.ours = ours  # the host files we parse
         self.files = files  # fleet_file_names, as listed before the child started
+        self.prepare = prepare  # to run once ours are parsed (None: it ran before the fork)
         self.results: dict[str, tuple[Identity, Any]] | None = None
         self._delivered: dict[int, str] = {}  # id of a guest it sent -> its file
         self._asked = False
@@ -174,6 +180,9 @@ def start(base: Path, files: tuple[list[str], list[str]],
     guests = [key for key in guest_files if key not in entries]
     if len(hosts) + len(guests) < PARALLEL_MIN_FILES:
         return None
+    if prepare is not None and len(hosts) + len(guests) < PREPARE_BEFORE_FORK_FILES:
+        prepare()  # so the child has it too: too few files to hide its own import behind
+        prepare = None
     # A generated host file (40 lines) costs about three guest files. Every so many host
     # files, not the last ones: a fleet's files sort by site and rack, and a placement's
     # candidates, which the child checks when it holds them, are often one site's.
@@ -194,7 +203,8 @@ def start(base: Path, files: tuple[list[str], list[str]],
         return None  # load_fleet reports it
     theirs = set(share)
     ours = [key for key in host_files if key not in theirs]
-    return ParsingChild(work, {*theirs, *guests}, networks, ours, (host_files, guest_files))
+    return ParsingChild(work, {*theirs, *guests}, networks, ours, (host_files, guest_files),
+                        prepare)
 
 
 def _in_child(link: Link, networks_file: Path, host_keys: list[str], guest_keys: list[str],

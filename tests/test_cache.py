@@ -425,6 +425,35 @@ def test_placement_checks_the_childs_hosts_in_the_child(
 
 @single_threaded
 @pytest.mark.usefixtures("child_has_b_to_d")
+@pytest.mark.parametrize("before_fork", [False, True])
+def test_prepare_runs_while_the_child_parses_or_once_before(
+        mappings: Path, cache_dir: Path, parses: Counter[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, before_fork: bool) -> None:
+    """A command's imports (prepare) run where they cost least: each process after its
+    part of the files, or, with few files, once before the fork."""
+    monkeypatch.setattr(cache_child, "PREPARE_BEFORE_FORK_FILES", 10**6 if before_fork else 0)
+    log = tmp_path / "prepared"
+
+    def prepare() -> None:  # which process, after how many of our parses
+        with log.open("a") as out:
+            out.write(f"{os.getpid()} {sum(parses.values())}\n")
+
+    settle()
+    fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1",
+                              prepare=prepare, write_behind=[].append)
+    answer = placement.hosts_for_fleet(fleet, "vm1", parallel=True)  # the child's answer too
+    assert answer == placement.hosts_for(build_graph(load_fleet(mappings)), "vm1")
+    runs = [line.split() for line in log.read_text().splitlines()]
+    here = str(os.getpid())
+    if before_fork:
+        assert runs == [[here, "0"]]
+    else:  # we ran it after parsing host-a; the child after its part (7 files)
+        ours, theirs = sorted(runs, key=lambda run: run[0] != here)
+        assert ours == [here, "1"] and theirs[0] != here and int(theirs[1]) == 7
+
+
+@single_threaded
+@pytest.mark.usefixtures("child_has_b_to_d")
 def test_childs_host_a_placement_compares_with_comes_at_once(
         mappings: Path, cache_dir: Path) -> None:
     settle()
