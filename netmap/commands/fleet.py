@@ -74,13 +74,15 @@ def _live_findings(fleet, guest, dest) -> tuple:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from netmap import render
-    from netmap.check import check_migration
-    from netmap.graph import build_graph_of
     from netmap.load import require_guest, require_host
 
-    # the graph of the two hosts: a large fleet's other hosts stay unread (from the cache)
-    fleet = load_fleet_for_cli(args, lazy=True)
+    # the graph of the two hosts: a large fleet's other hosts stay unread (from the cache);
+    # networkx is imported while a parsing child reads its last files
+    fleet = load_fleet_for_cli(args, lazy=True,
+                               prepare=lambda: importlib.import_module("netmap.check"))
+    from netmap.check import check_migration
+    from netmap.graph import build_graph_of
+
     guest = require_guest(fleet, args.guest)
     dest = require_host(fleet, args.to)
     source = require_host(fleet, args.source).name if args.source else None
@@ -94,6 +96,8 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.as_dict())
     else:
+        from netmap import render
+
         console().print(render.check_view(report))
     return EXIT_OK if report.compatible else EXIT_INCOMPATIBLE
 
