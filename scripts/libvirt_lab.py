@@ -170,12 +170,37 @@ class PrivateLibvirtd:
             time.sleep(0.1)
 
     def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([VIRSH, "-q", "-c", self.uri, *args], capture_output=True,
-                              text=True, timeout=60, check=False)
+        try:
+            done = subprocess.run([VIRSH, "-q", "-c", self.uri, *args], capture_output=True,
+                                  text=True, timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"virsh {' '.join(args)} on {self.host}: no answer in 60 s\n"
+                                 f"{self.state()}") from None
         if check and done.returncode != 0:
             raise AssertionError(f"virsh {' '.join(args)} on {self.host}: {done.stderr}\n"
                                  f"{self.log_tail()}")
         return done
+
+    def state(self) -> str:
+        """What a hung call may be waiting on: this namespace's TCP sockets (a migration
+        stream that never connected, or stopped moving), each QEMU's state and kernel wait
+        channel, and the daemon's log."""
+        sockets = subprocess.run(["ip", "netns", "exec", self.netns, "ss", "-tinp"],
+                                 capture_output=True, text=True, check=False).stdout
+        qemus = []
+        for pidfile in (self.root / "run/libvirt/qemu").glob("*.pid"):
+            pid = pidfile.read_text().strip()
+            for name in ("status", "wchan"):
+                try:
+                    text = Path(f"/proc/{pid}/{name}").read_text()
+                except OSError as err:
+                    text = str(err)
+                if name == "status":
+                    text = " ".join(line for line in text.splitlines()
+                                    if line.startswith(("State", "Threads")))
+                qemus.append(f"{pidfile.name} {name}: {text}")
+        return (f"sockets in {self.netns}:\n{sockets}\n" + "\n".join(qemus)
+                + f"\n{self.log_tail(40)}")
 
     def hook_calls(self) -> list[str]:
         return self.hook_log.read_text().splitlines() if self.hook_log.exists() else []

@@ -161,8 +161,12 @@ def test_hook_runs_for_every_lifecycle_step_and_the_tap_sits_on_the_mapped_bridg
 def _migrate(source: PrivateLibvirtd, target: PrivateLibvirtd,
              *extra: str) -> subprocess.CompletedProcess:
     """virsh drives both daemons (their sockets); QEMU streams over the lab's mgmt segment."""
-    return source.virsh("migrate", "--live", "--persistent", "--undefinesource", *extra,
-                        "vm2", target.uri, f"tcp://10.251.0.2:{MIGRATION_PORT}", check=False)
+    try:
+        return source.virsh("migrate", "--live", "--persistent", "--undefinesource", *extra,
+                            "vm2", target.uri, f"tcp://10.251.0.2:{MIGRATION_PORT}",
+                            check=False)
+    except AssertionError as hung:  # no answer: say what the destination was doing too
+        raise AssertionError(f"{hung}\n--- {target.host}:\n{target.state()}") from None
 
 
 def test_live_migration_rewrites_the_bridge_on_the_destination(libvirt_pair) -> None:
