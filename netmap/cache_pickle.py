@@ -9,6 +9,5 @@ from typing import Any
 
 def pickled(value: Any) -> bytes:
     """`value` pickled alone. Model objects pickle as calls of their constructors
-    (model.frozen), the TOML loader's lazy sources as calls of one function
-    (tomlcheck.LazySource.__reduce__)."""
+    (model.frozen), the TOML loader's lazy sources too (tomlcheck.LazySource)."""
     return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)

@@ -86,15 +86,15 @@ class LazySource(Source):
 
     __slots__ = ("_index", "_line", "_path")
 
-    def __init__(self, file: str, line: int | None = None, *, index: LineIndex | None = None,
-                 path: KeyPath = ()) -> None:
+    def __init__(self, file: str, line: int | None, index: LineIndex | None,
+                 path: KeyPath) -> None:
         _set_file(self, file)
         _set_index(self, index)
         _set_path(self, path)
         _set_line(self, line)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _lazy_source, (self.file, self._line, self._index, self._path)
+        return LazySource, (self.file, self._line, self._index, self._path)
 
     @property  # type: ignore[override]
     def line(self) -> int | None:
@@ -122,16 +122,6 @@ _set_path = LazySource._path.__set__  # type: ignore[attr-defined]
 _set_line = LazySource._line.__set__  # type: ignore[attr-defined]
 
 
-def _lazy_source(file: str, line: int | None, index: LineIndex | None,
-                 path: KeyPath) -> LazySource:
-    source = object.__new__(LazySource)
-    _set_file(source, file)
-    _set_index(source, index)
-    _set_path(source, path)
-    _set_line(source, line)
-    return source
-
-
 def key_text(path: KeyPath) -> str:
     """`("nics", 1, "mac")` -> `nics[1].mac`, as a user finds it in the file."""
     out = ""
@@ -157,7 +147,7 @@ class Document:
         """Where `path` is defined, for messages; the line is found only when asked for."""
         if self._lines is None:
             self._lines = LineIndex(self.text)
-        return _lazy_source(self._file, None, self._lines, path)
+        return LazySource(self._file, None, self._lines, path)
 
     @classmethod
     def read(cls, path: str | Path) -> Document:
