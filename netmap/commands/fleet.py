@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from netmap.commands._common import add_json, console, load, load_fleet_for_cli, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
@@ -76,10 +75,8 @@ def _live_findings(fleet, guest, dest) -> tuple:
 def _check(args: argparse.Namespace) -> int:
     from netmap.load import require_guest, require_host
 
-    # the graph of the two hosts: a large fleet's other hosts stay unread (from the cache);
-    # networkx is imported while a parsing child reads its last files
-    fleet = load_fleet_for_cli(args, lazy=True,
-                               prepare=lambda: importlib.import_module("netmap.check"))
+    # the graph of the two hosts: a large fleet's other hosts stay unread (from the cache)
+    fleet = load_fleet_for_cli(args, lazy=True, imports="netmap.check")
     from netmap.check import check_migration
     from netmap.graph import build_graph_of
 
@@ -120,9 +117,7 @@ def _hosts_for(args: argparse.Namespace) -> int:
 def _hosts_for_answer(args: argparse.Namespace) -> int:
     from netmap.load import require_guest
 
-    # networkx is imported while the parsing child reads its last files
-    fleet = load_fleet_for_cli(args, lazy=True, placing=args.guest,
-                               prepare=lambda: importlib.import_module("netmap.placement"))
+    fleet = load_fleet_for_cli(args, lazy=True, placing=args.guest, imports="netmap.placement")
     from netmap.placement import hosts_for_fleet
 
     guest = require_guest(fleet, args.guest)
