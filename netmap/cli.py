@@ -7,13 +7,14 @@ command runs, so `--help`, `--version` and hooks that pass through start fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from netmap import __version__
-from netmap.errors import EXIT_INPUT, NetmapError
+from netmap.errors import EXIT_BUG, EXIT_INPUT, EXIT_OK, NetmapError
 
 # command -> (module under netmap.commands, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,22 +35,43 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXIT_CODES = ("exit codes: 0 ok, 1 incompatible or drift, 2 bad input or usage (or output that\n"
+              "cannot be written), 3 apply failed (rolled back), 4 a bug in netmap")
+
+
 def _top_parser() -> argparse.ArgumentParser:
     width = max(map(len, COMMANDS))
     listing = "\n".join(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="netmap",
+        usage="netmap [-h] [--version] [--mappings DIR] [--debug] COMMAND [ARGS...]",
         description="Migration-aware networking for virtual machines.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"commands:\n{listing}\n\n'netmap COMMAND --help' shows a command's options.\n"
-        "exit codes: 0 ok, 1 incompatible or drift, 2 bad input or usage, "
-        "3 apply failed (rolled back)",
+        f"{EXIT_CODES}",
     )
     parser.add_argument("--version", action="version", version=f"netmap {__version__}")
     _add_common(parser)
-    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND")
+    # checked here, not by argparse: a mistyped command gets a did-you-mean, a missing one
+    # the list of commands
+    parser.add_argument("command", nargs="?", metavar="COMMAND",
+                        help="one of the commands below")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
+
+
+def _require_command(parser: argparse.ArgumentParser, name: str | None) -> str:
+    if name in COMMANDS:
+        return name
+    if name is None:
+        parser.print_help(sys.stderr)
+        parser.exit(EXIT_INPUT, "\nnetmap: error: name a COMMAND (listed above)\n")
+    import difflib
+
+    close = difflib.get_close_matches(name, COMMANDS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "'netmap --help' lists the commands"
+    parser.print_usage(sys.stderr)
+    parser.exit(EXIT_INPUT, f"netmap: error: unknown command {name!r}; {hint}\n")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -70,11 +92,26 @@ def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    top = _top_parser().parse_args(argv)
-    parser, run = command_parser(top.command)
+    """Run one command; its exit code. Usage errors, --help and --version raise SystemExit
+    as argparse does. stdout is guarded meanwhile (netmap/output.py): a reader that went
+    away, a full disk or an encoding without netmap's symbols never ends in a traceback."""
+    from netmap.output import guarded_stdout
+
+    with guarded_stdout() as out:
+        try:
+            code = _main(list(sys.argv[1:] if argv is None else argv))
+        except SystemExit as done:
+            raise SystemExit(_finish(_exit_code(done), out.error)) from None
+        return _finish(code, out.error)
+
+
+def _main(argv: list[str]) -> int:
+    top_parser = _top_parser()
+    top = top_parser.parse_args(argv)
+    name = _require_command(top_parser, top.command)
+    parser, run = command_parser(name)
     args = parser.parse_args(top.args)
-    args.command = top.command
+    args.command = name
     for key in ("mappings", "debug"):
         if not hasattr(args, key):
             setattr(args, key, getattr(top, key, None))
@@ -86,21 +123,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(err, getattr(args, "json", False))
         return err.exit_code
     except KeyboardInterrupt:
-        print("netmap: interrupted", file=sys.stderr)
+        _say("netmap: interrupted")
         return 130
-    except BrokenPipeError:
-        return EXIT_INPUT
+    except Exception as err:
+        if args.debug:
+            raise
+        _say(f"netmap: error: internal error: {type(err).__name__}: {err}\n"
+             "  this is a bug in netmap; rerun with --debug to see where it happened, "
+             "and report it")
+        return EXIT_BUG
+
+
+def _exit_code(done: SystemExit) -> int:
+    if done.code is None:
+        return EXIT_OK
+    return done.code if isinstance(done.code, int) else EXIT_INPUT
+
+
+def _finish(code: int, error: OSError | None) -> int:
+    """The exit code once stdout's fate is known (netmap/output.py): a reader that went
+    away changes nothing; output that could not be written is an error, unless the
+    command already failed for a graver reason."""
+    from netmap.output import is_closed_pipe
+
+    if error is None or is_closed_pipe(error):
+        return code
+    _say(f"netmap: error: cannot write the output ({error.strerror or error}); what was "
+         f"printed is incomplete (the command itself ended with exit code {code})")
+    return code if code > EXIT_INPUT else EXIT_INPUT
 
 
 def run() -> NoReturn:
-    """The console script: main(), then a quick exit (netmap/finish.py)."""
+    """The console script (and `python -m netmap`): main(), then a quick exit
+    (netmap/finish.py)."""
     from netmap.finish import exit_now
 
     exit_now(main())
 
 
+def _say(message: str) -> None:
+    """A line on stderr, which may itself be closed or full: then there is no one to tell."""
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=sys.stderr)
+
+
 def _report(err: NetmapError, as_json: bool) -> None:
-    print(f"netmap: error: {err}", file=sys.stderr)
+    _say(f"netmap: error: {err}")
     if as_json:
         import json
 

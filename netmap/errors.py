@@ -1,6 +1,10 @@
 """netmap's exceptions, grouped by what the user must do; each carries its exit code.
 
-0 ok / compatible, 1 incompatible or drift, 2 bad input or usage, 3 apply failed (rolled back).
+0 ok / compatible, 1 incompatible or drift, 2 bad input or usage, 3 apply failed (rolled back),
+4 a bug in netmap: any other exception, so that a script never reads a crash as a verdict
+(netmap/cli.py says "this is a bug"; --debug shows the traceback). Output that cannot be
+written (a full disk) is 2, like a bad destination on the command line; a reader that went
+away (`| head`) changes no exit code (netmap/output.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ EXIT_OK = 0
 EXIT_INCOMPATIBLE = 1
 EXIT_INPUT = 2
 EXIT_APPLY = 3
+EXIT_BUG = 4
 
 
 class NetmapError(Exception):

@@ -43,6 +43,8 @@ def run_pending() -> None:
 def exit_now(code: int) -> NoReturn:
     """Flush, run what was left for later, and end the process without tearing it down."""
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the fd closed (`>&-`)
+            continue
         # a reader that went away (| head): nothing more to say
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
