@@ -127,7 +127,8 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
             f"{label}: {host.name} binds {nic.network} to uplink {after.uplink}, which does "
             f"not reach segment {network.segment_id}; frames would land on another L2 domain.",
             f'add "{network.segment_id}" to [uplinks.{after.uplink}] segments in {mapping} if '
-            "it is cabled there, else bind the network to an uplink that is"))
+            f"it is cabled there, else bind {nic.network} to an uplink that reaches "
+            f"{network.segment_id}"))
     want_vlan = reference.vlan if reference else network.vlan
     if after.vlan != want_vlan:
         out.append(Finding(

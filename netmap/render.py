@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import networkx as nx
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -17,6 +19,33 @@ from netmap.placement import Candidate
 
 STYLE = {ERROR: "bold red", WARNING: "yellow", INFO: "cyan"}
 MARK = {ERROR: "✗", WARNING: "!", INFO: "i"}
+DIFFERS = "≠"  # diff's marker column: the difference stays visible without colour
+
+
+class Hanging:
+    """`lead`, then `body` wrapped to the width that is left, its further lines indented
+    by the lead's width. No line ends in a space (rich pads a wrapped Text to the width),
+    and a word longer than a line is folded, never cut."""
+
+    def __init__(self, lead: Text, body: Text) -> None:
+        self.lead = lead
+        self.body = body
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        indent = self.lead.cell_len
+        lines = self.body.wrap(console, max(options.max_width - indent, 8),
+                               justify="default", overflow="fold")
+        for number, line in enumerate(lines):
+            line.rstrip()
+            head = self.lead if number == 0 else Text(" " * indent)
+            yield from Text.assemble(head, line).render(console)
+            yield Segment.line()
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        widest = self.lead.cell_len + max((len(line) for line in self.body.plain.split("\n")),
+                                          default=0)
+        return Measurement(min(self.lead.cell_len + 8, options.max_width),
+                           min(widest, options.max_width))
 
 
 def _vlan(vlan: int | None) -> str:
@@ -145,19 +174,22 @@ def path_text(view: g.NicView | None) -> Text:
     return text
 
 
+def finding_view(finding: Finding) -> RenderableType:
+    """`✗ CODE message` and `fix: hint` below it, each wrapped under its own start."""
+    style = STYLE[finding.severity]
+    body = Text(finding.code, style=style)
+    body.append(f" {finding.message}")
+    return Group(Hanging(Text(f"{MARK[finding.severity]} ", style=style), body),
+                 Hanging(Text("    fix: ", style="dim"), Text(finding.hint, style="dim")))
+
+
 def findings_list(findings: Iterable[Finding]) -> RenderableType:
-    lines = []
-    for finding in findings:
-        text = Text(f"{MARK[finding.severity]} {finding.code} ", style=STYLE[finding.severity])
-        text.append(finding.message)
-        text.append(f"\n    fix: {finding.hint}", style="dim")
-        lines.append(text)
-    return Group(*lines)
+    return Group(*(finding_view(finding) for finding in findings))
 
 
 def check_view(report: Report) -> RenderableType:
     table = Table(title=f"{report.guest}: {report.source or '(nowhere)'} → {report.dest}",
-                  title_justify="left", expand=False)
+                  title_justify="default", expand=False)
     table.add_column("NIC", justify="right")
     table.add_column(f"source {report.source or ''}".strip())
     table.add_column(f"destination {report.dest}")
@@ -181,7 +213,7 @@ REFUSALS_LISTED = 20
 
 
 def hosts_for_view(guest: str, candidates: list[Candidate]) -> RenderableType:
-    table = Table(title=f"hosts for {guest}", title_justify="left")
+    table = Table(title=f"hosts for {guest}", title_justify="default")
     table.add_column("host")
     table.add_column("verdict")
     table.add_column("guests", justify="right")
@@ -243,7 +275,8 @@ def diff_rows(fleet: Fleet, a: Host, b: Host) -> list[dict[str, object]]:
 
 
 def diff_view(a: str, b: str, rows: list[dict]) -> RenderableType:
-    table = Table(title=f"{a} vs {b}", title_justify="left")
+    table = Table(title=f"{a} vs {b}", title_justify="default")
+    table.add_column(DIFFERS, justify="center")  # marks a row whose hosts differ
     table.add_column("network")
     table.add_column("segment")
     for host in (a, b):
@@ -264,5 +297,6 @@ def diff_view(a: str, b: str, rows: list[dict]) -> RenderableType:
                 text.append("✗ segment unreachable", style=STYLE[ERROR])
             cells.append(text)
         name = Text(row["network"], style="bold yellow" if row["differs"] else None)
-        table.add_row(name, row["segment"], *cells)
+        table.add_row(Text(DIFFERS if row["differs"] else "", style="bold yellow"), name,
+                      row["segment"], *cells)
     return table

@@ -95,7 +95,11 @@ def print_json(data: Any) -> None:
 
 def console(*, soft_wrap: bool = False):  # -> rich.console.Console
     """Without emoji codes: a MAC such as 52:54:00:cd:00:01 holds ':cd:', which rich would
-    turn into a pictogram. Data goes into rich.text.Text (or is escaped), never markup."""
+    turn into a pictogram. Data goes into rich.text.Text (or is escaped), never markup.
+    NO_COLOR (no-color.org) turns off every style, not only colours (rich alone keeps bold
+    and dim), and wins over FORCE_COLOR."""
     from rich.console import Console
 
-    return Console(highlight=False, emoji=False, soft_wrap=soft_wrap)
+    plain = os.environ.get("NO_COLOR", "") != ""
+    return Console(highlight=False, emoji=False, soft_wrap=soft_wrap,
+                   color_system=None if plain else "auto")

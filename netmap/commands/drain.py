@@ -103,7 +103,7 @@ def plan_view(plan: DrainPlan, fleet: Fleet) -> RenderableType:
     from rich.table import Table
     from rich.text import Text
 
-    moves = Table(title=f"drain {plan.host}", title_justify="left")
+    moves = Table(title=f"drain {plan.host}", title_justify="default")
     for column in ("guest", "NICs", "destination", "warnings / why not"):
         moves.add_column(column)
     # a long plan shows warning codes only (the messages are in --json and `netmap check`)
@@ -146,7 +146,7 @@ def _names(hosts: tuple[str, ...], shown: int = 4) -> str:
 def _capacity_table(plan: DrainPlan) -> RenderableType:
     from rich.table import Table
 
-    table = Table(title="destinations: before -> after", title_justify="left")
+    table = Table(title="destinations: before -> after", title_justify="default")
     for column in ("host", "guests", "endpoints", "SR-IOV VFs used", "passthrough"):
         table.add_column(column)
     for host, before in plan.before.items():
