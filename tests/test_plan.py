@@ -190,13 +190,19 @@ def test_realize_refuses_before_touching_anything(mappings: Path, tmp_path: Path
     assert main(["realize", "vm1", "--host", "host-c", *common]) == 1
     assert "NETWORK_UNBOUND" in capsys.readouterr().out
     # --dry-run prints the plan and changes nothing; without the host (here: a namespace
-    # that does not exist) it says it could not read it
+    # that does not exist) it says it could not read it, and has not answered: exit 3, as
+    # realize would
     host_file = mappings / "hosts" / "host-b.toml"
     host_file.write_text(host_file.read_text().replace("nm-lab-host-b", "nmA-absent-1"))
-    assert main(["realize", "vm2", "--host", "host-b", "--dry-run", "--json", *common]) == 0
-    shown = json.loads(capsys.readouterr().out)
+    assert main(["realize", "vm2", "--host", "host-b", "--dry-run", "--json", *common]) == 3
+    printed = capsys.readouterr()
+    shown = json.loads(printed.out)
     assert shown["plan"]["guest"] == "vm2" and shown["verdicts"] is None
     assert "nmA-absent-1" in shown["unreachable"]
+    assert "could not read the host" in printed.err and "nmA-absent-1" in printed.err
+    assert main(["realize", "vm2", "--host", "host-b", "--dry-run", *common]) == 3
+    printed = capsys.readouterr()
+    assert "plan for vm2" in printed.out and "nmA-absent-1" in printed.err
     # host-d has no netns: it is another machine than this one
     assert main(["realize", "vm4", "--host", "host-d", *common]) == 2
     err = capsys.readouterr().err

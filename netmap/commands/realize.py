@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netmap.commands import _common
@@ -102,11 +104,12 @@ def _realize(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"realized": False, "check": findings, "plan": plan.as_dict()})
         else:
+            from netmap.render import findings_list
+
             out = console()
             out.print(f"[red]refused[/]: {guest.name} cannot keep its topology on {host.name}"
                       " (nothing was changed):")
-            for f in report.errors:
-                out.print(f"  {f.code}: {f.message}\n    fix: {f.hint}", markup=False)
+            _common.console().print(findings_list(report.errors))  # wrapped, indented
             out.print("  pass --force to realize anyway")
         return EXIT_INCOMPATIBLE
     if args.dry_run:
@@ -147,14 +150,14 @@ def _dry_run(plan, findings: list[dict], as_json: bool) -> int:
     from netmap.errors import ApplyError
     from netmap.netlink.apply import preview_plan
 
-    verdicts, unreachable = None, None
+    verdicts, unreachable, cannot_read = None, None, None
     if not plan.problems:
         try:
             verdicts = preview_plan(plan)
         except ApplyError as err:
             if "cannot reach host" not in err.problem:
                 raise  # a refusal: realize would fail, exit 3 with the reason
-            unreachable = err.problem
+            unreachable, cannot_read = err.problem, err
     if as_json:
         data = {"dry_run": True, "check": findings, "plan": plan.as_dict(),
                 "verdicts": None if verdicts is None else [
@@ -164,8 +167,6 @@ def _dry_run(plan, findings: list[dict], as_json: bool) -> int:
         print_json(data)
     elif verdicts is None:
         _print_plan(plan)
-        if unreachable:
-            console().print(f"  (the host could not be read: {unreachable})", markup=False)
     else:
         out = console()
         changes = sum(verdict in ("create", "repair") for _, _, verdict in verdicts)
@@ -173,6 +174,12 @@ def _dry_run(plan, findings: list[dict], as_json: bool) -> int:
                   "nothing done")
         for n, (nic, step, verdict) in enumerate(verdicts, 1):
             out.print(f"  {n}. [nic {nic}] {verdict:9} {step.describe()}", markup=False)
+    if cannot_read is not None:
+        # the plan alone says nothing about this host: a dry run that could not read it
+        # has not answered (realize would fail the same way)
+        print(f"netmap: error: the dry run could not read the host: {cannot_read}",
+              file=sys.stderr)
+        return cannot_read.exit_code
     return EXIT_OK if not plan.problems else EXIT_INCOMPATIBLE
 
 
@@ -186,6 +193,7 @@ def _release(args: argparse.Namespace) -> int:
 
     fleet, _graph = load(args)
     host = _target_host(args, fleet)
+    _require_releasable(fleet, host, args.guest)
     # the guest's file may be gone already: state, not the mappings, says what to remove
     result = release_guest(host.name, args.guest, host.netns)
     if args.json:
@@ -200,6 +208,28 @@ def _release(args: argparse.Namespace) -> int:
     for kept in result.kept:
         out.print(f"  kept {kept}", markup=False)
     return EXIT_OK
+
+
+def _require_releasable(fleet: Fleet, host: Host, name: str) -> None:
+    """A guest of the mappings, or one that netmap's state on this host still names (its
+    guest file may be gone, and what was made for it must still be removable). Any other
+    name is a typo: refused with a did-you-mean, as every command refuses one."""
+    from netmap.load import require_guest
+    from netmap.state import HostState
+    from netmap.tomlcheck import did_you_mean
+
+    if name in fleet.guests:
+        return
+    state = HostState.load(host.name)
+    if state.guest(name) is not None:
+        return
+    if any(problem.file and Path(problem.file).stem == name for problem in fleet.problems):
+        require_guest(fleet, name)  # raises the broken guest file's own error
+    known = set(fleet.guests) | set(state.guests)
+    raise InputError(f"unknown guest {name!r}: no guest file, and netmap's state on "
+                     f"{host.name} names no such guest",
+                     fix=f"{did_you_mean(name, known)} (guests are defined in "
+                     f"{fleet.root}/guests/; {state.path} names those netmap built here)")
 
 
 COMMANDS = {
