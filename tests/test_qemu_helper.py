@@ -442,6 +442,7 @@ def test_fd_that_is_not_the_callers_socket(host_a, fd_kind: str) -> None:
     (["--fd=x", "--br=mgmt"], "argument --fd: invalid int value: 'x'"),
     (["--fd=3", "--fd=4", "--br=mgmt"], "--fd given twice"),
     (["--fd=3", "--br=mgmt", "extra"], "unrecognized arguments: extra"),
+    (["--fd=-1", "--br=mgmt"], "--fd: --fd=-1 is not a file descriptor"),
 ])
 def test_missing_or_malformed_fd(host_a, argv: list[str], message: str) -> None:
     netns, mappings, acl = host_a

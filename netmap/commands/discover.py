@@ -188,9 +188,10 @@ def inventory_tree(inventory: Inventory) -> RenderableType:
 
 def _configure_drift(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("host", nargs="?", metavar="HOST",
-                        help="the host's mapping to compare (default: --host, $NETMAP_HOST, "
-                        "the hostname)")
-    parser.add_argument("--host", dest="host_option", metavar="NAME", help=argparse.SUPPRESS)
+                        help="the host's mapping to compare (default: $NETMAP_HOST, else the "
+                        "hostname)")
+    parser.add_argument("--host", dest="host_option", metavar="HOST",
+                        help="the same as HOST, as realize and release spell it")
     _add_sources(parser)
     parser.add_argument("--state-dir", metavar="DIR",
                         help="netmap's state (default: $NETMAP_STATE_DIR or /run/netmap)")

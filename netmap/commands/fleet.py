@@ -101,7 +101,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _configure_hosts_for(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("guest", metavar="GUEST")
-    parser.add_argument("--strict", action="store_true")
+    parser.add_argument("--strict", action="store_true",
+                        help="a change of forwarding semantic rules a host out, instead of "
+                        "being a warning")
     add_json(parser)
 
 

@@ -36,17 +36,26 @@ class HookResult:
         self.messages = messages or []
 
 
+USAGE = ("usage: netmap-libvirt-hook GUEST OPERATION SUBOP [EXTRA]\n"
+         "  libvirt's qemu hook: libvirt runs it, with the domain XML on stdin for\n"
+         "  'GUEST migrate begin -'; install it through a wrapper such as\n"
+         "  /etc/libvirt/hooks/qemu.d/50-netmap (README: libvirt integration).\n"
+         "  Configured by $NETMAP_MAPPINGS, $NETMAP_HOST and $NETMAP_STRICT.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: libvirt's calling convention, configured by the environment
     ($NETMAP_MAPPINGS, $NETMAP_HOST, $NETMAP_STRICT)."""
-    return run(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):  # libvirt never passes an option first
+        print(USAGE)
+        return 0
+    return run(args)
 
 
 def run(args: list[str], *, mappings: str | None = None, host: str | None = None) -> int:
     if len(args) < 3:
-        print("netmap-libvirt-hook: usage: netmap-libvirt-hook GUEST OPERATION SUBOP [EXTRA]\n"
-              "  (libvirt runs it; install it as /etc/libvirt/hooks/qemu.d/netmap)",
-              file=sys.stderr)
+        print(f"netmap-libvirt-hook: {USAGE}", file=sys.stderr)
         return 2
     guest, operation, subop = args[0], args[1], args[2]
     if (operation, subop) not in _XML_FILTERS:

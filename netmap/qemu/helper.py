@@ -91,6 +91,9 @@ def request_from(args: argparse.Namespace) -> Request:
     if args.fd is None:
         raise InputError("missing --fd=N (the unix socket QEMU passes)",
                          fix="QEMU runs the helper as: HELPER --use-vnet --fd=N --br=NETWORK")
+    if args.fd < 0:  # socket.socket(fileno=-1) would raise ValueError, not say this
+        raise InputError(f"--fd={args.fd} is not a file descriptor", key="--fd",
+                         fix="QEMU passes the number of its end of a socketpair: --fd=N, N >= 0")
     if args.br is None:
         raise InputError("missing --br=NETWORK (the logical network)",
                          fix="use -netdev bridge,id=ID,br=NETWORK,helper=HELPER")
