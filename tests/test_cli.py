@@ -176,3 +176,37 @@ def test_console_script_prints_everything_and_keeps_the_exit_code(tmp_path):
     assert done.returncode == 1  # vm1 -> host-c is not compatible
     assert json.loads(done.stdout)["compatible"] is False
     assert marker.read_text() == "ran"
+
+
+
+def test_release_of_an_unknown_guest_is_an_error_with_did_you_mean(capsys, mappings: Path,
+                                                                   tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+    common = ["--mappings", str(mappings), "release"]
+    assert main([*common, "vm11", "--host", "host-a"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown guest 'vm11'" in err and "did you mean 'vm1'?" in err
+    # a guest of the mappings that has nothing on this host: nothing to do, and fine
+    assert main([*common, "vm3", "--host", "host-a"]) == 0
+    assert "nothing to release" in capsys.readouterr().out
+
+
+@needs_netns
+def test_release_by_the_name_in_state_after_the_guest_file_is_gone(capsys, lab_factory,
+                                                                   tmp_path: Path, monkeypatch):
+    """What an operator expects: the guest file deleted first, release still removes what
+    netmap built for the guest, by the name netmap's state knows it under."""
+    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+    lab, mappings = lab_factory("nmhc", ["host-c"])
+    common = ["--mappings", str(mappings)]
+    assert main([*common, "realize", "vm4", "--host", "host-c"]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    (mappings / "guests" / "vm4.toml").unlink()
+    assert main([*common, "release", "vm44", "--host", "host-c"]) == 2  # a typo of it
+    assert "did you mean 'vm4'?" in capsys.readouterr().err
+    assert main([*common, "release", "vm4", "--host", "host-c"]) == 0
+    out = capsys.readouterr().out
+    assert "released vm4 on host-c" in out and "br-ens1f1" in out
+    links = subprocess.run(["ip", "-n", lab.hosts["host-c"], "-o", "link"], check=True,
+                           capture_output=True, text=True).stdout
+    assert "br-ens1f1" not in links
