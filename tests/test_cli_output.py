@@ -92,7 +92,9 @@ def test_an_ascii_only_stream_gets_ascii(argv: list[str], code: int,
     assert done.stdout.isascii()
     out = done.stdout.decode()
     if argv[0] == "check":  # netmap's arrows and rich's boxes, each of the same width
-        assert "prod > macvtap-vepa > eth0 >" in out and "| NIC |" in out
+        assert "prod > macvtap-vepa > eth0 >" in out and "| NIC |" in out and "\n+--" in out
+    if argv[:2] == ["check", "vm1"]:
+        assert "\nx NETWORK_UNBOUND NIC 1" in out
     if argv[0] == "diff":  # the marker column, in ASCII
         assert re.search(r"^\| ! +\| prod ", out, re.M)
         assert re.search(r"^\| {2,}\| mgmt ", out, re.M)
