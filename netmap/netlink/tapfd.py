@@ -264,12 +264,10 @@ def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
         return link.index, False
     lower = require_link(kernel, underlay, "underlay uplink")
     group, local = (options.group, options.local) if options else (None, None)
-    if any(address and ":" in address for address in (group, local)):
-        raise ApplyError(f"vxlan {name}: IPv6 underlay addresses are not supported here",
-                         fix="use an IPv4 group/local, or let 'netmap realize' build it")
     created = _create(kernel, f"cannot create vxlan {name} (VNI {vni}) on {underlay}",
                       rtmsg.new_link(name, "vxlan", mtu=mtu, data=rtmsg.vxlan_data(
-                          vni, lower.index, options.port if options else 4789, group, local)),
+                          vni, lower.index, options.port if options else 4789, group, local,
+                          options.remotes if options else ())),
                       name)
     index = require_link(kernel, name, "vxlan").index
     if created and options and options.remotes:

@@ -1,0 +1,177 @@
+"""vxlan bindings: underlay addresses checked at load, IPv6 underlays realized for real,
+VTEPs that must agree (VNI, port, group or remotes) in check, realize and drift."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import needs_netns
+from test_realize import frame, plan_for, run, tap_fd, wait_for
+
+from netmap.cli import main
+from netmap.errors import InputError
+from netmap.load import load_host, load_networks
+
+PREFIX = "nmhv"
+DEFAULT_VXLAN = 'vxlan = { group = "239.1.1.1" }'
+
+
+def with_vxlan(mappings: Path, host: str, table: str) -> Path:
+    """Replace the tenant-blue binding's vxlan table on `host` (host-a or host-b)."""
+    path = mappings / "hosts" / f"{host}.toml"
+    text = path.read_text()
+    assert DEFAULT_VXLAN in text
+    path.write_text(text.replace(DEFAULT_VXLAN, table))
+    return path
+
+
+def load_error(mappings: Path, table: str) -> InputError:
+    path = with_vxlan(mappings, "host-a", table)
+    with pytest.raises(InputError) as caught:
+        load_host(path, load_networks(mappings / "networks.toml"))
+    return caught.value
+
+
+# --- load ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("table", "key", "problem"), [
+    ('vxlan = { group = "not-an-ip" }', "group", "'not-an-ip' is not an IPv4 or IPv6 address"),
+    ('vxlan = { group = "10.0.0.1" }', "group", "10.0.0.1 is not a multicast address"),
+    ('vxlan = { group = "fd00::1" }', "group", "fd00::1 is not a multicast address"),
+    ('vxlan = { remotes = ["999.1.1.1"] }', "remotes", "'999.1.1.1' is not an IPv4 or IPv6"),
+    ('vxlan = { remotes = ["239.1.1.2"] }', "remotes", "239.1.1.2 is a multicast address"),
+    ('vxlan = { remotes = ["10.0.0.2", "10.0.0.2"] }', "remotes", "10.0.0.2 is listed twice"),
+    ('vxlan = { remotes = ["0.0.0.0"] }', "remotes", "0.0.0.0 is not an address another"),
+    ('vxlan = { local = "ff05::100" }', "local", "ff05::100 is a multicast address"),
+    ('vxlan = { local = "10.0.0.300" }', "local", "'10.0.0.300' is not an IPv4 or IPv6"),
+    ('vxlan = { group = "239.1.1.1", local = "fd00::1" }', "local",
+     "mixes IPv4 (group 239.1.1.1) and IPv6 (local fd00::1)"),
+    ('vxlan = { remotes = ["10.0.0.2", "fd00::2"] }', "remotes", "mixes IPv4 (remotes 10.0.0.2)"),
+    ('vxlan = { group = "ff05::100", remotes = ["fd00::2"] }', "remotes", "not both"),
+])
+def test_underlay_addresses_are_checked_at_load(mappings: Path, table: str, key: str,
+                                                problem: str) -> None:
+    err = load_error(mappings, table)
+    assert err.key == f"networks.tenant-blue.vxlan.{key}"
+    assert err.file is not None and str(err.file).endswith("host-a.toml")
+    assert err.line is not None and err.line > 1
+    assert problem in err.problem and err.fix
+
+
+def test_a_bad_group_is_an_input_error_for_check(mappings: Path, capsys) -> None:
+    with_vxlan(mappings, "host-a", 'vxlan = { group = "not-an-ip" }')
+    assert main(["--mappings", str(mappings), "check", "vm3", "--to", "host-a"]) == 2
+    err = capsys.readouterr().err
+    assert "host-a.toml" in err and "not-an-ip" in err and "fix:" in err
+
+
+def test_ipv6_underlays_load_in_canonical_form_and_cost_70_bytes(mappings: Path) -> None:
+    networks = load_networks(mappings / "networks.toml")
+    path = with_vxlan(mappings, "host-a", 'vxlan = { group = "FF05::0100", local = "FD00::A" }')
+    binding = load_host(path, networks).bindings["tenant-blue"]
+    assert binding.vxlan is not None
+    assert (binding.vxlan.group, binding.vxlan.local) == ("ff05::100", "fd00::a")
+    assert binding.vxlan.overhead == 70
+    path = with_vxlan(mappings, "host-b", 'vxlan = { remotes = ["fd00::a"] }')
+    assert load_host(path, networks).bindings["tenant-blue"].vxlan.overhead == 70  # type: ignore[union-attr]
+
+
+# --- realize over an IPv6 underlay, for real ---------------------------------------------------
+GUEST = """[guest]
+name = "{name}"
+host = "{host}"
+
+[[nics]]
+network = "tenant-blue"
+mac = "{mac}"
+"""
+V6 = {"host-a": ("eth0", "fd00:4d48::a"), "host-b": ("eno2", "fd00:4d48::b")}
+
+
+@pytest.fixture
+def v6lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """host-a and host-b with IPv6 addresses on their vxlan underlays, a guest on each."""
+    for name, host, mac in (("vxa", "host-a", "52:54:00:4d:00:0a"),
+                            ("vxb", "host-b", "52:54:00:4d:00:0b")):
+        (mappings / "guests" / f"{name}.toml").write_text(
+            GUEST.format(name=name, host=host, mac=mac))
+    built, root = lab_factory(PREFIX, ["host-a", "host-b"])
+    for host, (uplink, address) in V6.items():
+        ns = built.hosts[host]
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        f"net.ipv6.conf.{uplink}.disable_ipv6=0"], check=True)
+        run("ip", "-6", "addr", "add", f"{address}/64", "dev", uplink, "nodad", netns=ns)
+    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
+    return built, root
+
+
+def frames_pass(built, root: Path) -> None:
+    """Broadcast from vxb's tap on host-b reaches vxa's tap on host-a; a unicast answers."""
+    a, b = built.hosts["host-a"], built.hosts["host-b"]
+    nic_a, nic_b = plan_for(root, "vxa", "host-a").nics[0], plan_for(root, "vxb", "host-b").nics[0]
+    fd_a, fd_b = tap_fd(a, nic_a.device), tap_fd(b, nic_b.device)
+    try:
+        token = uuid.uuid4().bytes
+        out = frame("ff:ff:ff:ff:ff:ff", nic_b.mac, token)
+        assert wait_for((fd_a, lambda: os.read(fd_a, 2048)), token,
+                        lambda: os.write(fd_b, out)), "host-a never saw host-b's broadcast"
+        token = uuid.uuid4().bytes
+        back = frame(nic_b.mac, nic_a.mac, token)
+        assert wait_for((fd_b, lambda: os.read(fd_b, 2048)), token,
+                        lambda: os.write(fd_a, back)), "host-b never got host-a's unicast"
+    finally:
+        os.close(fd_a)
+        os.close(fd_b)
+
+
+def vxlan_info(netns: str) -> dict:
+    return json.loads(run("ip", "-d", "-j", "link", "show", "vx5001", netns=netns)
+                      )[0]["linkinfo"]["info_data"]
+
+
+@needs_netns
+def test_ipv6_multicast_group_underlay_passes_frames(v6lab) -> None:
+    built, root = v6lab
+    for host in ("host-a", "host-b"):
+        with_vxlan(root, host, 'vxlan = { group = "ff05::100" }')
+    assert main(["realize", "vxa", "--host", "host-a"]) == 0
+    assert main(["realize", "vxb", "--host", "host-b"]) == 0
+    info = vxlan_info(built.hosts["host-a"])
+    assert info["group6"] == "ff05::100" and info["port"] == 4789
+    mtu = json.loads(run("ip", "-j", "link", "show", "vx5001", netns=built.hosts["host-a"]))
+    assert mtu[0]["mtu"] == 1450  # the network's MTU: underlay 9000 - 70 leaves room
+    frames_pass(built, root)
+    assert main(["release", "vxa", "--host", "host-a"]) == 0
+    assert not run("ip", "link", "show", "vx5001", netns=built.hosts["host-a"], check=False)
+
+
+@needs_netns
+def test_ipv6_unicast_remotes_underlay_passes_frames(v6lab) -> None:
+    built, root = v6lab
+    for host, peer in (("host-a", "host-b"), ("host-b", "host-a")):
+        with_vxlan(root, host, f'vxlan = {{ remotes = ["{V6[peer][1]}"] }}')
+    assert main(["realize", "vxa", "--host", "host-a"]) == 0
+    assert main(["realize", "vxb", "--host", "host-b"]) == 0
+    fdb = json.loads(run("bridge", "-j", "fdb", "show", "dev", "vx5001",
+                         netns=built.hosts["host-a"]))
+    assert {"mac": "00:00:00:00:00:00", "dst": V6["host-b"][1]} in [
+        {"mac": e["mac"], "dst": e.get("dst")} for e in fdb]
+    frames_pass(built, root)
+
+
+def test_an_ipv6_underlay_leaves_70_bytes_less_for_the_guest(mappings: Path) -> None:
+    from netmap.graph import effective_mtu
+
+    networks = load_networks(mappings / "networks.toml")
+    path = with_vxlan(mappings, "host-b", 'vxlan = { group = "ff05::100" }')
+    text = path.read_text()
+    path.write_text(text.replace('[uplinks.eno2]\nsegments = ["dc1-fabric"]\nmtu = 9000',
+                                 '[uplinks.eno2]\nsegments = ["dc1-fabric"]\nmtu = 1500'))
+    host = load_host(path, networks)
+    mtu, why = effective_mtu(networks["tenant-blue"], host.bindings["tenant-blue"], host)
+    assert (mtu, why) == (1430, "underlay eno2 MTU 1500 - 70 vxlan overhead")
