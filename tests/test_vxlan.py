@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -93,37 +94,47 @@ V6 = {"host-a": ("eth0", "fd00:4d48::a"), "host-b": ("eno2", "fd00:4d48::b")}
 
 
 @pytest.fixture
-def v6lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """host-a and host-b with IPv6 addresses on their vxlan underlays, a guest on each."""
+def vxlab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """host-a and host-b as namespaces (IPv4 underlay), guest vxa on host-a's tenant-blue
+    and vxb on host-b's."""
     for name, host, mac in (("vxa", "host-a", "52:54:00:4d:00:0a"),
                             ("vxb", "host-b", "52:54:00:4d:00:0b")):
         (mappings / "guests" / f"{name}.toml").write_text(
             GUEST.format(name=name, host=host, mac=mac))
     built, root = lab_factory(PREFIX, ["host-a", "host-b"])
-    for host, (uplink, address) in V6.items():
-        ns = built.hosts[host]
-        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                        f"net.ipv6.conf.{uplink}.disable_ipv6=0"], check=True)
-        run("ip", "-6", "addr", "add", f"{address}/64", "dev", uplink, "nodad", netns=ns)
     monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
     return built, root
 
 
-def frames_pass(built, root: Path) -> None:
-    """Broadcast from vxb's tap on host-b reaches vxa's tap on host-a; a unicast answers."""
+@pytest.fixture
+def v6lab(vxlab):
+    """vxlab with IPv6 addresses on both underlays."""
+    built, root = vxlab
+    for host, (uplink, address) in V6.items():
+        ns = built.hosts[host]
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        f"net.ipv6.conf.{uplink}.disable_ipv6=0"], check=True)
+        run("ip", "-6", "addr", "add", f"{address}/64", "dev", uplink, "nodad", netns=ns)
+    return built, root
+
+
+def frames_pass(built, root: Path, timeout: float = 5.0) -> bool:
+    """Broadcast from vxb's tap on host-b reaches vxa's tap on host-a, and a unicast
+    answers (True), or one of them is lost (False)."""
     a, b = built.hosts["host-a"], built.hosts["host-b"]
     nic_a, nic_b = plan_for(root, "vxa", "host-a").nics[0], plan_for(root, "vxb", "host-b").nics[0]
     fd_a, fd_b = tap_fd(a, nic_a.device), tap_fd(b, nic_b.device)
     try:
         token = uuid.uuid4().bytes
         out = frame("ff:ff:ff:ff:ff:ff", nic_b.mac, token)
-        assert wait_for((fd_a, lambda: os.read(fd_a, 2048)), token,
-                        lambda: os.write(fd_b, out)), "host-a never saw host-b's broadcast"
+        if not wait_for((fd_a, lambda: os.read(fd_a, 2048)), token,
+                        lambda: os.write(fd_b, out), timeout):
+            return False
         token = uuid.uuid4().bytes
         back = frame(nic_b.mac, nic_a.mac, token)
-        assert wait_for((fd_b, lambda: os.read(fd_b, 2048)), token,
-                        lambda: os.write(fd_a, back)), "host-b never got host-a's unicast"
+        return wait_for((fd_b, lambda: os.read(fd_b, 2048)), token,
+                        lambda: os.write(fd_a, back), timeout)
     finally:
         os.close(fd_a)
         os.close(fd_b)
@@ -145,7 +156,7 @@ def test_ipv6_multicast_group_underlay_passes_frames(v6lab) -> None:
     assert info["group6"] == "ff05::100" and info["port"] == 4789
     mtu = json.loads(run("ip", "-j", "link", "show", "vx5001", netns=built.hosts["host-a"]))
     assert mtu[0]["mtu"] == 1450  # the network's MTU: underlay 9000 - 70 leaves room
-    frames_pass(built, root)
+    assert frames_pass(built, root), "frames did not pass over the IPv6 underlay"
     assert main(["release", "vxa", "--host", "host-a"]) == 0
     assert not run("ip", "link", "show", "vx5001", netns=built.hosts["host-a"], check=False)
 
@@ -161,7 +172,7 @@ def test_ipv6_unicast_remotes_underlay_passes_frames(v6lab) -> None:
                          netns=built.hosts["host-a"]))
     assert {"mac": "00:00:00:00:00:00", "dst": V6["host-b"][1]} in [
         {"mac": e["mac"], "dst": e.get("dst")} for e in fdb]
-    frames_pass(built, root)
+    assert frames_pass(built, root), "frames did not pass over the IPv6 underlay"
 
 
 def test_an_ipv6_underlay_leaves_70_bytes_less_for_the_guest(mappings: Path) -> None:
@@ -175,3 +186,82 @@ def test_an_ipv6_underlay_leaves_70_bytes_less_for_the_guest(mappings: Path) -> 
     host = load_host(path, networks)
     mtu, why = effective_mtu(networks["tenant-blue"], host.bindings["tenant-blue"], host)
     assert (mtu, why) == (1430, "underlay eno2 MTU 1500 - 70 vxlan overhead")
+
+
+# --- check: VTEPs of one VNI must agree --------------------------------------------------------
+def overlay_codes(mappings: Path, table_a: str, table_b: str = DEFAULT_VXLAN) -> dict[str, str]:
+    """Finding code -> message for vm3 (tenant-blue, on host-b) checked towards host-a."""
+    from netmap.check import check_migration
+    from netmap.graph import build_graph
+    from netmap.load import load_fleet
+
+    with_vxlan(mappings, "host-a", table_a)
+    if table_b != DEFAULT_VXLAN:
+        with_vxlan(mappings, "host-b", table_b)
+    report = check_migration(build_graph(load_fleet(mappings)), "vm3", "host-a")
+    return {f.code: f"{f.severity}: {f.message} fix: {f.hint}" for f in report.findings
+            if f.code.startswith("VXLAN")}
+
+
+@pytest.mark.parametrize(("table_a", "table_b"), [
+    ('vxlan = { group = "239.1.1.1", port = 4789 }', DEFAULT_VXLAN),
+    ('vxlan = { remotes = ["10.0.0.2"] }', 'vxlan = { remotes = ["10.0.0.1"] }'),
+])
+def test_equal_overlays_are_compatible(mappings: Path, table_a: str, table_b: str) -> None:
+    assert overlay_codes(mappings, table_a, table_b) == {}
+
+
+def test_a_port_mismatch_is_an_error(mappings: Path) -> None:
+    codes = overlay_codes(mappings, 'vxlan = { group = "239.1.1.1", port = 8472 }')
+    assert set(codes) == {"VXLAN_PORT_MISMATCH"}
+    assert codes["VXLAN_PORT_MISMATCH"].startswith("error: NIC 0")
+    assert "host-b's VTEP uses UDP port 4789, host-a's 8472" in codes["VXLAN_PORT_MISMATCH"]
+    assert "set port = 4789 in [networks.tenant-blue] vxlan in" in codes["VXLAN_PORT_MISMATCH"]
+
+
+@pytest.mark.parametrize(("table_a", "table_b", "said"), [
+    ('vxlan = { group = "239.1.1.2" }', DEFAULT_VXLAN, "multicast group 239.1.1.2"),
+    ('vxlan = { remotes = ["10.0.0.2"] }', DEFAULT_VXLAN, "unicast remotes (IPv4) 10.0.0.2"),
+    (DEFAULT_VXLAN, 'vxlan = { remotes = ["10.0.0.1"] }', "multicast group 239.1.1.1"),
+    ('vxlan = { remotes = ["fd00::2"] }', 'vxlan = { remotes = ["10.0.0.1"] }',
+     "unicast remotes (IPv6) fd00::2"),
+    ("vxlan = { port = 4789 }", DEFAULT_VXLAN, "no peers"),
+])
+def test_vteps_that_flood_to_different_peers_are_an_error(mappings: Path, table_a: str,
+                                                          table_b: str, said: str) -> None:
+    codes = overlay_codes(mappings, table_a, table_b)
+    assert set(codes) == {"VXLAN_PEERS_MISMATCH"}
+    assert codes["VXLAN_PEERS_MISMATCH"].startswith("error: ") and said in codes[
+        "VXLAN_PEERS_MISMATCH"]
+
+
+def test_the_cli_exits_1_on_a_port_mismatch(mappings: Path, capsys) -> None:
+    with_vxlan(mappings, "host-a", 'vxlan = { group = "239.1.1.1", port = 8472 }')
+    assert main(["--mappings", str(mappings), "check", "vm3", "--to", "host-a", "--json"]) == 1
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    assert [f["code"] for f in findings if f["severity"] == "error"] == ["VXLAN_PORT_MISMATCH"]
+
+
+@needs_netns
+def test_vteps_on_different_ports_lose_frames_that_equal_ports_pass(vxlab, capsys) -> None:
+    """What VXLAN_PORT_MISMATCH says, built for real: 4789 on host-a, 8472 on host-b."""
+    built, root = vxlab
+    with_vxlan(root, "host-b", 'vxlan = { group = "239.1.1.1", port = 8472 }')
+    assert main(["realize", "vxa", "--host", "host-a"]) == 0
+    assert main(["realize", "vxb", "--host", "host-b"]) == 0
+    assert vxlan_info(built.hosts["host-b"])["port"] == 8472
+    assert not frames_pass(built, root, timeout=1.5)
+    assert main(["check", "vxa", "--to", "host-b"]) == 1
+    assert "VXLAN_PORT_MISMATCH" in capsys.readouterr().out
+    assert main(["release", "vxb", "--host", "host-b"]) == 0
+    with_vxlan_port(root, "host-b", 4789)
+    assert main(["realize", "vxb", "--host", "host-b"]) == 0
+    assert frames_pass(built, root)
+    assert main(["check", "vxa", "--to", "host-b"]) == 0
+
+
+def with_vxlan_port(mappings: Path, host: str, port: int) -> None:
+    path = mappings / "hosts" / f"{host}.toml"
+    text = path.read_text()
+    assert "port = " in text
+    path.write_text(re.sub(r"port = \d+", f"port = {port}", text))
