@@ -265,3 +265,111 @@ def with_vxlan_port(mappings: Path, host: str, port: int) -> None:
     text = path.read_text()
     assert "port = " in text
     path.write_text(re.sub(r"port = \d+", f"port = {port}", text))
+
+
+# --- drift: a vxlan device on another port, group or source ------------------------------------
+@pytest.mark.parametrize(("table", "live", "said"), [
+    ('vxlan = { group = "239.1.1.1" }', {"vxlan_port": 8472, "vxlan_group": "239.1.1.1"},
+     "uses UDP port 8472, not 4789"),
+    ('vxlan = { group = "239.1.1.1", port = 8472 }',
+     {"vxlan_port": 4789, "vxlan_group": "239.1.1.1"}, "uses UDP port 4789, not 8472"),
+    ('vxlan = { group = "239.1.1.1" }', {"vxlan_port": 4789, "vxlan_group": "239.9.9.9"},
+     "floods to group 239.9.9.9, not 239.1.1.1"),
+    ('vxlan = { remotes = ["10.250.0.2"] }', {"vxlan_port": 4789, "vxlan_group": "239.1.1.1"},
+     "floods to group 239.1.1.1, not to unicast remotes"),
+    ('vxlan = { group = "ff05::100" }', {"vxlan_port": 4789}, "joins no group, not ff05::100"),
+    ('vxlan = { group = "239.1.1.1", local = "10.250.0.1" }',
+     {"vxlan_port": 4789, "vxlan_group": "239.1.1.1", "vxlan_local": "10.250.0.9"},
+     "sends from 10.250.0.9, not 10.250.0.1"),
+])
+def test_drift_reports_a_vxlan_on_another_port_group_or_source(tmp_path: Path, table: str,
+                                                               live: dict, said: str) -> None:
+    from test_drift import HOST, NETWORKS, healthy, host_from, link
+
+    from netmap.drift import drift_findings
+
+    host = host_from(tmp_path, HOST + f'\n[networks.tenant-blue]\nmode = "vxlan"\n'
+                                      f'uplink = "eth0"\n{table}\n')
+    links = {"brvx5001": link(11, "brvx5001", "bridge"),
+             "eth0": link(2, "eth0", mtu=9000, mac="52:54:00:00:00:01",
+                          addresses=("10.250.0.1/24", "fd00::1/64"))}
+    same = {"vxlan_port": host.bindings["tenant-blue"].vxlan.port,  # type: ignore[union-attr]
+            "vxlan_group": host.bindings["tenant-blue"].vxlan.group}  # type: ignore[union-attr]
+    same["vxlan_local"] = host.bindings["tenant-blue"].vxlan.local  # type: ignore[union-attr]
+    as_mapped = dict(links, vx5001=link(10, "vx5001", "vxlan", vni=5001, lower="eth0",
+                                        master="brvx5001", **same))
+    assert not [f for f in drift_findings(host, healthy(links=as_mapped), networks=NETWORKS)
+                if f.severity == "error"]
+    drifted = dict(links, vx5001=link(10, "vx5001", "vxlan", vni=5001, lower="eth0",
+                                      master="brvx5001", **live))
+    found = [f for f in drift_findings(host, healthy(links=drifted), networks=NETWORKS)
+             if f.code == "VXLAN_MISMATCH"]
+    assert len(found) == 1 and found[0].severity == "error" and said in found[0].message
+
+
+# --- realize and drift against a live vxlan device that differs ---------------------------------
+def drift_of(root: Path, tmp_path: Path, capsys) -> tuple[int, list[str]]:
+    """`netmap drift host-a`: exit code and the VXLAN_MISMATCH messages."""
+    from test_drift import lab_sysfs
+
+    sysfs, dev = lab_sysfs(tmp_path / uuid.uuid4().hex)
+    capsys.readouterr()
+    code = main(["--mappings", str(root), "drift", "host-a", "--sysfs-root", str(sysfs),
+                 "--dev-root", str(dev), "--json"])
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    return code, [f["message"] for f in findings if f["code"] == "VXLAN_MISMATCH"]
+
+
+def link_of(netns: str, name: str) -> dict:
+    return json.loads(run("ip", "-d", "-j", "link", "show", name, netns=netns))[0]
+
+
+@needs_netns
+def test_a_foreign_vxlan_on_another_port_and_group_is_refused_not_adopted(
+        vxlab, tmp_path: Path, capsys) -> None:
+    built, root = vxlab
+    ns = built.hosts["host-a"]
+    run("ip", "link", "add", "vx5001", "mtu", "1450", "type", "vxlan", "id", "5001", "dev",
+        "eth0", "group", "239.9.9.9", "dstport", "8472", netns=ns)
+    run("ip", "link", "set", "vx5001", "up", netns=ns)
+    foreign = link_of(ns, "vx5001")
+    capsys.readouterr()
+    assert main(["realize", "vxa", "--host", "host-a"]) == 3
+    err = capsys.readouterr().err
+    assert "vx5001 exists on host-a, not made by netmap, but differs" in err
+    assert "port 8472 (want 4789)" in err and "group 239.9.9.9 (want 239.1.1.1)" in err
+    assert "ip link del vx5001" in err
+    assert link_of(ns, "vx5001") == foreign  # untouched
+    code, mismatches = drift_of(root, tmp_path, capsys)
+    assert code == 1 and len(mismatches) == 1
+    assert "uses UDP port 8472, not 4789" in mismatches[0]
+    assert "floods to group 239.9.9.9, not 239.1.1.1" in mismatches[0]
+
+    # the same device as the mapping says is used, never changed, and kept at release
+    run("ip", "link", "del", "vx5001", netns=ns)
+    run("ip", "link", "add", "vx5001", "mtu", "1450", "type", "vxlan", "id", "5001", "dev",
+        "eth0", "group", "239.1.1.1", "dstport", "4789", netns=ns)
+    run("ip", "link", "set", "vx5001", "up", netns=ns)
+    index = link_of(ns, "vx5001")["ifindex"]
+    assert main(["realize", "vxa", "--host", "host-a", "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert [s["result"] for s in steps if s["step"]["kind"] == "vxlan"] == ["adopt"]
+    assert drift_of(root, tmp_path, capsys) == (0, [])
+    assert main(["release", "vxa", "--host", "host-a"]) == 0
+    assert link_of(ns, "vx5001")["ifindex"] == index
+
+
+@needs_netns
+def test_netmaps_own_vxlan_left_on_an_old_port_is_drift_and_not_reused(
+        vxlab, tmp_path: Path, capsys) -> None:
+    _built, root = vxlab
+    assert main(["realize", "vxa", "--host", "host-a"]) == 0
+    assert drift_of(root, tmp_path, capsys) == (0, [])
+    with_vxlan(root, "host-a", 'vxlan = { group = "239.1.1.1", port = 8472 }')
+    code, mismatches = drift_of(root, tmp_path, capsys)
+    assert code == 1 and len(mismatches) == 1
+    assert "uses UDP port 4789, not 8472" in mismatches[0]
+    assert main(["realize", "vxa", "--host", "host-a"]) == 3
+    err = capsys.readouterr().err
+    assert "vx5001 exists on host-a but differs in what cannot be changed in place: port " \
+           "4789 (want 8472)" in err and "release the guest that uses vx5001" in err

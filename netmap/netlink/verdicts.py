@@ -10,6 +10,7 @@ dumps, and SR-IOV pools come from sysfs.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -100,8 +101,7 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
             identity.append(f"VLAN {live.vlan_id} on ifindex {live.lower}")
     elif isinstance(step, p.EnsureVxlan):
         want["mtu"] = step.mtu
-        if live.vni != step.vni or live.vxlan_link != txn.links[step.underlay].index:
-            identity.append(f"VNI {live.vni} on ifindex {live.vxlan_link}")
+        identity += _vxlan_differences(txn, step, live)
     elif isinstance(step, p.CreateTap):
         want.update(mtu=step.mtu, mac=step.mac, master=step.bridge)
     elif isinstance(step, p.CreateMacvtap):
@@ -111,10 +111,11 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
             identity.append(f"it sits on ifindex {live.lower}, not on {step.lower}")
     name = step.name  # type: ignore[attr-defined]
     if identity:
-        raise refuse(f"{name} exists on {txn.plan.host} but differs in what cannot be "
-                     f"changed in place: {'; '.join(identity)}",
-                     f"release the guest that uses {name} (or delete it) and realize "
-                     "again")
+        raise refuse(f"{name} exists on {txn.plan.host}{'' if mine else ', not made by netmap,'}"
+                     f" but differs in what cannot be changed in place: {'; '.join(identity)}",
+                     f"release the guest that uses {name} (or delete it) and realize again"
+                     if mine else f"delete {name} if nothing uses it ('ip link del {name}'), "
+                     "or make the binding in the host mapping say what it is")
     master = next((n for n, link in txn.links.items() if link.index == live.master), None)
     have = {"up": live.up, "mtu": live.mtu, "mac": live.address,
             "master": master, "mode": live.macvlan_mode,
@@ -128,6 +129,28 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
                      f"make {name} match, or let netmap create its own bridge (set "
                      "bridge = \"...\" in the binding)")
     return Action(nic, step, "repair", diff, {k: have.get(k) for k in diff})
+
+def _vxlan_differences(txn: Transaction, step: p.EnsureVxlan, live: rtmsg.Link) -> list[str]:
+    """What a vxlan device must be for its VTEP to reach the VNI's others: VNI, underlay,
+    UDP port, multicast group (none with unicast remotes) and source address. The kernel
+    changes none of them on a live device; adopting one that differs would leave the
+    guest's frames on another overlay or lost."""
+    underlay = txn.links.get(step.underlay)
+    have = {"VNI": live.vni, "underlay": live.vxlan_link, "port": live.vxlan_port,
+            "group": _address(live.vxlan_group), "local": _address(live.vxlan_local)}
+    want = {"VNI": step.vni, "underlay": underlay.index if underlay else None,
+            "port": step.port, "group": _address(step.group), "local": _address(step.local)}
+    shown = {"underlay": lambda index: next(
+        (n for n, link in txn.links.items() if link.index == index), f"ifindex {index}")}
+    return [f"{key} {shown.get(key, str)(have[key])} (want "
+            f"{shown.get(key, str)(want[key]) if want[key] is not None else 'none'})"
+            for key in want if have[key] != want[key]]
+
+
+def _address(text: str | None) -> str | None:
+    """Canonical text: the kernel and the mapping may spell one IPv6 address differently."""
+    return str(ipaddress.ip_address(text)) if text else None
+
 
 def _decide_port(txn: Transaction, nic: int, step: p.EnslavePort) -> Action:
     live = txn.links.get(step.port)
