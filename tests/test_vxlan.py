@@ -373,3 +373,36 @@ def test_netmaps_own_vxlan_left_on_an_old_port_is_drift_and_not_reused(
     err = capsys.readouterr().err
     assert "vx5001 exists on host-a but differs in what cannot be changed in place: port " \
            "4789 (want 8472)" in err and "release the guest that uses vx5001" in err
+
+
+@needs_netns
+def test_a_foreign_vxlan_flooding_to_other_remotes_is_refused(vxlab, capsys) -> None:
+    built, root = vxlab
+    ns, peer = built.hosts["host-a"], built.underlay[("host-b", "eno2")]
+    with_vxlan(root, "host-a", f'vxlan = {{ remotes = ["{peer}"] }}')
+    run("ip", "link", "add", "vx5001", "mtu", "1450", "type", "vxlan", "id", "5001", "dev",
+        "eth0", "dstport", "4789", netns=ns)
+    run("ip", "link", "set", "vx5001", "up", netns=ns)
+    run("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx5001", "dst", "10.99.0.1",
+        netns=ns)
+    capsys.readouterr()
+    assert main(["realize", "vxa", "--host", "host-a"]) == 3
+    assert f"remotes 10.99.0.1 (want {peer})" in capsys.readouterr().err
+    run("bridge", "fdb", "del", "00:00:00:00:00:00", "dev", "vx5001", "dst", "10.99.0.1",
+        netns=ns)
+    run("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx5001", "dst", peer, netns=ns)
+    assert main(["realize", "vxa", "--host", "host-a", "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert [s["result"] for s in steps if s["step"]["kind"] == "vxlan"] == ["adopt"]
+
+
+@needs_netns
+def test_netmaps_own_vxlan_with_remotes_is_left_alone_by_a_second_realize(vxlab,
+                                                                          capsys) -> None:
+    built, root = vxlab
+    peer = built.underlay[("host-b", "eno2")]
+    with_vxlan(root, "host-a", f'vxlan = {{ remotes = ["{peer}"] }}')
+    assert main(["realize", "vxa", "--host", "host-a"]) == 0
+    capsys.readouterr()
+    assert main(["realize", "vxa", "--host", "host-a"]) == 0
+    assert "nothing changed" in capsys.readouterr().out

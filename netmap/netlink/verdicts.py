@@ -142,9 +142,21 @@ def _vxlan_differences(txn: Transaction, step: p.EnsureVxlan, live: rtmsg.Link) 
             "port": step.port, "group": _address(step.group), "local": _address(step.local)}
     shown = {"underlay": lambda index: next(
         (n for n, link in txn.links.items() if link.index == index), f"ifindex {index}")}
-    return [f"{key} {shown.get(key, str)(have[key])} (want "
-            f"{shown.get(key, str)(want[key]) if want[key] is not None else 'none'})"
-            for key in want if have[key] != want[key]]
+    differences = [f"{key} {shown.get(key, str)(have[key])} (want "
+                   f"{shown.get(key, str)(want[key]) if want[key] is not None else 'none'})"
+                   for key in want if have[key] != want[key]]
+    remotes = _flood_remotes(txn, live) - {have["group"]}  # a group is a flood entry too
+    if remotes != {_address(r) for r in step.remotes}:
+        differences.append(f"remotes {', '.join(sorted(map(str, remotes))) or 'none'} (want "
+                           f"{', '.join(step.remotes) or 'none'})")
+    return differences
+
+
+def _flood_remotes(txn: Transaction, live: rtmsg.Link) -> set[str | None]:
+    """The underlay addresses `live` floods to (its all-zero-MAC FDB entries)."""
+    entries = txn.kernel.dump(rtmsg.RTM_GETNEIGH, rtmsg.fdb_dump_request(),
+                              rtmsg.parse_flood_entry)
+    return {_address(dst) for index, dst in entries if index == live.index and dst}
 
 
 def _address(text: str | None) -> str | None:
