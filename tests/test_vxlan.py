@@ -406,3 +406,27 @@ def test_netmaps_own_vxlan_with_remotes_is_left_alone_by_a_second_realize(vxlab,
     capsys.readouterr()
     assert main(["realize", "vxa", "--host", "host-a"]) == 0
     assert "nothing changed" in capsys.readouterr().out
+
+
+@needs_netns
+def test_the_qemu_helper_uses_an_existing_vxlan_only_when_it_matches(netns_factory) -> None:
+    from netmap.errors import ApplyError
+    from netmap.model import Vxlan
+    from netmap.netlink.rtnl import Rtnl
+    from netmap.netlink.tapfd import ensure_vxlan
+
+    ns = netns_factory(PREFIX)
+    run("ip", "link", "add", "und0", "type", "veth", "peer", "name", "und1", netns=ns)
+    run("ip", "link", "set", "und0", "up", netns=ns)
+    run("ip", "link", "add", "vx5001", "type", "vxlan", "id", "5001", "dev", "und0", "group",
+        "239.9.9.9", "dstport", "8472", netns=ns)
+    before = link_of(ns, "vx5001")
+    with Rtnl(ns) as kernel:
+        with pytest.raises(ApplyError) as caught:
+            ensure_vxlan(kernel, "vx5001", 5001, "und0", Vxlan(group="239.1.1.1"), 1450)
+        assert "port 8472 (want 4789)" in caught.value.problem
+        assert "group 239.9.9.9 (want 239.1.1.1)" in caught.value.problem
+        assert link_of(ns, "vx5001") == before
+        index, created = ensure_vxlan(kernel, "vx5001", 5001, "und0",
+                                      Vxlan(port=8472, group="239.9.9.9"), 1450)
+        assert (index, created) == (before["ifindex"], False)

@@ -10,13 +10,12 @@ dumps, and SR-IOV pools come from sysfs.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg
+from netmap.netlink import rtmsg, vxlan_match
 from netmap.netlink.sysfs import sriov_info
 
 if TYPE_CHECKING:
@@ -131,37 +130,12 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
     return Action(nic, step, "repair", diff, {k: have.get(k) for k in diff})
 
 def _vxlan_differences(txn: Transaction, step: p.EnsureVxlan, live: rtmsg.Link) -> list[str]:
-    """What a vxlan device must be for its VTEP to reach the VNI's others: VNI, underlay,
-    UDP port, multicast group (none with unicast remotes) and source address. The kernel
-    changes none of them on a live device; adopting one that differs would leave the
-    guest's frames on another overlay or lost."""
     underlay = txn.links.get(step.underlay)
-    have = {"VNI": live.vni, "underlay": live.vxlan_link, "port": live.vxlan_port,
-            "group": _address(live.vxlan_group), "local": _address(live.vxlan_local)}
-    want = {"VNI": step.vni, "underlay": underlay.index if underlay else None,
-            "port": step.port, "group": _address(step.group), "local": _address(step.local)}
-    shown = {"underlay": lambda index: next(
-        (n for n, link in txn.links.items() if link.index == index), f"ifindex {index}")}
-    differences = [f"{key} {shown.get(key, str)(have[key])} (want "
-                   f"{shown.get(key, str)(want[key]) if want[key] is not None else 'none'})"
-                   for key in want if have[key] != want[key]]
-    remotes = _flood_remotes(txn, live) - {have["group"]}  # a group is a flood entry too
-    if remotes != {_address(r) for r in step.remotes}:
-        differences.append(f"remotes {', '.join(sorted(map(str, remotes))) or 'none'} (want "
-                           f"{', '.join(step.remotes) or 'none'})")
-    return differences
-
-
-def _flood_remotes(txn: Transaction, live: rtmsg.Link) -> set[str | None]:
-    """The underlay addresses `live` floods to (its all-zero-MAC FDB entries)."""
-    entries = txn.kernel.dump(rtmsg.RTM_GETNEIGH, rtmsg.fdb_dump_request(),
-                              rtmsg.parse_flood_entry)
-    return {_address(dst) for index, dst in entries if index == live.index and dst}
-
-
-def _address(text: str | None) -> str | None:
-    """Canonical text: the kernel and the mapping may spell one IPv6 address differently."""
-    return str(ipaddress.ip_address(text)) if text else None
+    return vxlan_match.differences(
+        txn.kernel, live, vni=step.vni, underlay=underlay.index if underlay else None,
+        port=step.port, group=step.group, local=step.local, remotes=step.remotes,
+        name_of=lambda index: next((n for n, link in txn.links.items() if link.index == index),
+                                   f"ifindex {index}"))
 
 
 def _decide_port(txn: Transaction, nic: int, step: p.EnslavePort) -> Action:

@@ -1,0 +1,44 @@
+"""Whether a live vxlan device is the one a binding needs: VNI, underlay device, UDP port,
+multicast group, source address and unicast remotes. The kernel changes none of these on
+a live device, and a VTEP that differs in any of them reaches another overlay or none, so
+realize and the QEMU helper use a device only when every one of them matches."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+
+from netmap.netlink import rtmsg, rtnl
+
+
+def address(text: str | None) -> str | None:
+    """Canonical text: the kernel and the mapping may spell one IPv6 address differently."""
+    return str(ipaddress.ip_address(text)) if text else None
+
+
+def flood_remotes(kernel: rtnl.Rtnl, index: int) -> set[str]:
+    """The underlay addresses device `index` floods to (its all-zero-MAC FDB entries)."""
+    entries = kernel.dump(rtmsg.RTM_GETNEIGH, rtmsg.fdb_dump_request(),
+                          rtmsg.parse_flood_entry)
+    return {str(address(dst)) for owner, dst in entries if owner == index and dst}
+
+
+def differences(kernel: rtnl.Rtnl, live: rtmsg.Link, *, vni: int, underlay: int | None,
+                port: int, group: str | None, local: str | None, remotes: Sequence[str],
+                name_of: Callable[[int | None], str]) -> list[str]:
+    """What differs between `live` and the device wanted, as "key have (want X)" texts."""
+    have: dict[str, object] = {
+        "VNI": live.vni, "underlay": live.vxlan_link, "port": live.vxlan_port,
+        "group": address(live.vxlan_group), "local": address(live.vxlan_local)}
+    want: dict[str, object] = {"VNI": vni, "underlay": underlay, "port": port,
+                               "group": address(group), "local": address(local)}
+    shown: dict[str, Callable] = {"underlay": name_of}
+    out = [f"{key} {shown.get(key, str)(have[key])} (want "
+           f"{shown.get(key, str)(want[key]) if want[key] is not None else 'none'})"
+           for key in want if have[key] != want[key]]
+    # a group's own default entry floods too: it is not a remote
+    found = flood_remotes(kernel, live.index) - {have["group"]}
+    if found != {address(remote) for remote in remotes}:
+        out.append(f"remotes {', '.join(sorted(found)) or 'none'} (want "
+                   f"{', '.join(remotes) or 'none'})")
+    return out
