@@ -130,6 +130,9 @@ def _underlay_differences(want: Vxlan, live: Interface) -> list[str]:
         wrong.append(f"floods to group {group}, not {want.group}" if group and want.group
                      else f"floods to group {group}, not to unicast remotes" if group
                      else f"joins no group, not {want.group}")
+    if not group and set(live.vxlan_remotes) != set(want.remotes):
+        wrong.append(f"floods to remotes {', '.join(live.vxlan_remotes) or 'none'}, not "
+                     f"{', '.join(want.remotes) or 'none'}")
     local = _canonical(live.vxlan_local)
     if local != want.local:
         wrong.append(f"sends from {local or 'any address'}, not "

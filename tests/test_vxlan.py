@@ -281,6 +281,9 @@ def with_vxlan_port(mappings: Path, host: str, port: int) -> None:
     ('vxlan = { group = "239.1.1.1", local = "10.250.0.1" }',
      {"vxlan_port": 4789, "vxlan_group": "239.1.1.1", "vxlan_local": "10.250.0.9"},
      "sends from 10.250.0.9, not 10.250.0.1"),
+    ('vxlan = { remotes = ["10.250.0.2", "10.250.0.3"] }',
+     {"vxlan_port": 4789, "vxlan_remotes": ("10.250.0.2", "10.250.0.4")},
+     "floods to remotes 10.250.0.2, 10.250.0.4, not 10.250.0.2, 10.250.0.3"),
 ])
 def test_drift_reports_a_vxlan_on_another_port_group_or_source(tmp_path: Path, table: str,
                                                                live: dict, said: str) -> None:
@@ -296,6 +299,7 @@ def test_drift_reports_a_vxlan_on_another_port_group_or_source(tmp_path: Path, t
     same = {"vxlan_port": host.bindings["tenant-blue"].vxlan.port,  # type: ignore[union-attr]
             "vxlan_group": host.bindings["tenant-blue"].vxlan.group}  # type: ignore[union-attr]
     same["vxlan_local"] = host.bindings["tenant-blue"].vxlan.local  # type: ignore[union-attr]
+    same["vxlan_remotes"] = host.bindings["tenant-blue"].vxlan.remotes  # type: ignore[union-attr]
     as_mapped = dict(links, vx5001=link(10, "vx5001", "vxlan", vni=5001, lower="eth0",
                                         master="brvx5001", **same))
     assert not [f for f in drift_findings(host, healthy(links=as_mapped), networks=NETWORKS)
@@ -376,7 +380,8 @@ def test_netmaps_own_vxlan_left_on_an_old_port_is_drift_and_not_reused(
 
 
 @needs_netns
-def test_a_foreign_vxlan_flooding_to_other_remotes_is_refused(vxlab, capsys) -> None:
+def test_a_foreign_vxlan_flooding_to_other_remotes_is_refused(vxlab, tmp_path: Path,
+                                                              capsys) -> None:
     built, root = vxlab
     ns, peer = built.hosts["host-a"], built.underlay[("host-b", "eno2")]
     with_vxlan(root, "host-a", f'vxlan = {{ remotes = ["{peer}"] }}')
@@ -394,6 +399,12 @@ def test_a_foreign_vxlan_flooding_to_other_remotes_is_refused(vxlab, capsys) -> 
     assert main(["realize", "vxa", "--host", "host-a", "--json"]) == 0
     steps = json.loads(capsys.readouterr().out)["steps"]
     assert [s["result"] for s in steps if s["step"]["kind"] == "vxlan"] == ["adopt"]
+    assert drift_of(root, tmp_path, capsys) == (0, [])
+    run("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx5001", "dst", "10.99.0.1",
+        netns=ns)
+    code, mismatches = drift_of(root, tmp_path, capsys)
+    assert code == 1 and len(mismatches) == 1
+    assert f"floods to remotes 10.99.0.1, {peer}, not {peer}" in mismatches[0]
 
 
 @needs_netns

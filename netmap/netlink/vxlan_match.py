@@ -16,11 +16,20 @@ def address(text: str | None) -> str | None:
     return str(ipaddress.ip_address(text)) if text else None
 
 
+def flood_table(kernel: rtnl.Rtnl) -> dict[int, set[str]]:
+    """ifindex -> the underlay addresses it floods to (its all-zero-MAC FDB entries): a
+    vxlan device's remotes, and its group's own default entry."""
+    table: dict[int, set[str]] = {}
+    for owner, dst in kernel.dump(rtmsg.RTM_GETNEIGH, rtmsg.fdb_dump_request(),
+                                  rtmsg.parse_flood_entry):
+        if dst:
+            table.setdefault(owner, set()).add(str(address(dst)))
+    return table
+
+
 def flood_remotes(kernel: rtnl.Rtnl, index: int) -> set[str]:
-    """The underlay addresses device `index` floods to (its all-zero-MAC FDB entries)."""
-    entries = kernel.dump(rtmsg.RTM_GETNEIGH, rtmsg.fdb_dump_request(),
-                          rtmsg.parse_flood_entry)
-    return {str(address(dst)) for owner, dst in entries if owner == index and dst}
+    """The underlay addresses device `index` floods to."""
+    return flood_table(kernel).get(index, set())
 
 
 def differences(kernel: rtnl.Rtnl, live: rtmsg.Link, *, vni: int, underlay: int | None,
