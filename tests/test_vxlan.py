@@ -441,3 +441,16 @@ def test_the_qemu_helper_uses_an_existing_vxlan_only_when_it_matches(netns_facto
         index, created = ensure_vxlan(kernel, "vx5001", 5001, "und0",
                                       Vxlan(port=8472, group="239.9.9.9"), 1450)
         assert (index, created) == (before["ifindex"], False)
+
+
+def test_diff_shows_the_vtep_settings_that_differ(mappings: Path, capsys) -> None:
+    with_vxlan(mappings, "host-b", 'vxlan = { group = "239.1.1.1", port = 8472 }')
+    assert main(["--mappings", str(mappings), "diff", "host-a", "host-b", "--json"]) == 0
+    rows = {r["network"]: r for r in json.loads(capsys.readouterr().out)["networks"]}
+    blue = rows["tenant-blue"]
+    assert blue["differs"] == ["vxlan"]
+    assert (blue["host-a"]["vxlan"], blue["host-b"]["vxlan"]) == (
+        "port 4789 group 239.1.1.1", "port 8472 group 239.1.1.1")
+    assert rows["mgmt"]["host-a"]["vxlan"] is None
+    assert main(["--mappings", str(mappings), "diff", "host-a", "host-b"]) == 0
+    assert "port 8472" in capsys.readouterr().out
