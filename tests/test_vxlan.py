@@ -454,3 +454,22 @@ def test_diff_shows_the_vtep_settings_that_differ(mappings: Path, capsys) -> Non
     assert rows["mgmt"]["host-a"]["vxlan"] is None
     assert main(["--mappings", str(mappings), "diff", "host-a", "host-b"]) == 0
     assert "port 8472" in capsys.readouterr().out
+
+
+def test_discover_drafts_the_remotes_of_a_vxlan_without_group(tmp_path: Path) -> None:
+    from test_draft import NETWORKS, load_draft, nic
+
+    from netmap.draft import draft_host
+    from netmap.inventory import Inventory
+
+    inv = Inventory("node8", None, (
+        nic(9, "eth4", mtu=9000, addresses=("fd00::a/64",)),
+        nic(10, "vx5001", "vxlan", vni=5001, lower="eth4", master="brvx5001", vxlan_port=8472,
+            vxlan_remotes=("fd00::b", "fd00::c")),
+        nic(11, "brvx5001", "bridge"),
+    ))
+    blue = load_draft(tmp_path, draft_host(inv, networks=NETWORKS, host_name="node8")
+                      ).bindings["tenant-blue"]
+    assert blue.vxlan is not None
+    assert (blue.vxlan.port, blue.vxlan.group, blue.vxlan.remotes) == (
+        8472, None, ("fd00::b", "fd00::c"))
