@@ -228,25 +228,6 @@ def fdb_append(index: int, dst: str) -> tuple[int, int, bytes]:
     return RTM_NEWNEIGH, F_CREATE | F_APPEND, body
 
 
-RTM_GETNEIGH = 30
-NDMSG = struct.Struct("BxxxiHBB")  # family, ifindex, state, flags, type
-
-
-def fdb_dump_request() -> bytes:
-    """The body of an RTM_GETNEIGH dump of every bridge FDB, vxlan devices' own included."""
-    return NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
-
-
-def parse_flood_entry(buf: bytes, offset: int, end: int) -> tuple[int, str | None]:
-    """An FDB entry as (ifindex, destination) when it floods (the all-zero MAC) to an
-    underlay address, else (ifindex, None): what a vxlan device's remotes are."""
-    _family, index, _state, _flags, _type = NDMSG.unpack_from(buf, offset)
-    attrs = attr_spans(buf, offset + NDMSG.size, end)
-    if span_mac(buf, attrs.get(NDA_LLADDR)) != "00:00:00:00:00:00":
-        return index, None
-    return index, span_ip(buf, attrs.get(NDA_DST))
-
-
 def del_link(index: int = 0, name: str | None = None) -> tuple[int, int, bytes]:
     """Delete by index, or by name (index 0), so a batch needs no lookup first."""
     return RTM_DELLINK, 0, ifinfo(index) + (_str(IFLA_IFNAME, name) if name else b"")

@@ -6,9 +6,28 @@ realize and the QEMU helper use a device only when every one of them matches."""
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable, Sequence
 
 from netmap.netlink import rtmsg, rtnl
+
+RTM_GETNEIGH = 30
+NDMSG = struct.Struct("BxxxiHBB")  # family, ifindex, state, flags, type
+
+
+def fdb_dump_request() -> bytes:
+    """The body of an RTM_GETNEIGH dump of every bridge FDB, vxlan devices' own included."""
+    return NDMSG.pack(rtmsg.AF_BRIDGE, 0, 0, 0, 0)
+
+
+def parse_flood_entry(buf: bytes, offset: int, end: int) -> tuple[int, str | None]:
+    """An FDB entry as (ifindex, destination) when it floods (the all-zero MAC) to an
+    underlay address, else (ifindex, None): what a vxlan device's remotes are."""
+    _family, index, _state, _flags, _type = NDMSG.unpack_from(buf, offset)
+    attrs = rtmsg.attr_spans(buf, offset + NDMSG.size, end)
+    if rtmsg.span_mac(buf, attrs.get(rtmsg.NDA_LLADDR)) != "00:00:00:00:00:00":
+        return index, None
+    return index, rtmsg.span_ip(buf, attrs.get(rtmsg.NDA_DST))
 
 
 def address(text: str | None) -> str | None:
@@ -20,8 +39,7 @@ def flood_table(kernel: rtnl.Rtnl) -> dict[int, set[str]]:
     """ifindex -> the underlay addresses it floods to (its all-zero-MAC FDB entries): a
     vxlan device's remotes, and its group's own default entry."""
     table: dict[int, set[str]] = {}
-    for owner, dst in kernel.dump(rtmsg.RTM_GETNEIGH, rtmsg.fdb_dump_request(),
-                                  rtmsg.parse_flood_entry):
+    for owner, dst in kernel.dump(RTM_GETNEIGH, fdb_dump_request(), parse_flood_entry):
         if dst:
             table.setdefault(owner, set()).add(str(address(dst)))
     return table
