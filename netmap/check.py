@@ -9,7 +9,15 @@ import networkx as nx
 
 from netmap import graph as g
 from netmap import names
-from netmap.model import Guest, GuestNic, Host, Network, mapping_file
+from netmap.model import (
+    VXLAN_OVERHEAD,
+    Guest,
+    GuestNic,
+    Host,
+    Network,
+    Vxlan,
+    mapping_file,
+)
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITIES = (ERROR, WARNING, INFO)
@@ -143,7 +151,9 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
             f"{label}: the guest uses MTU {need_mtu}, but {host.name} gives at most "
             f"{after.mtu} (limited by {after.mtu_reason}); larger frames would be dropped.",
             f"raise the MTU of {after.mtu_reason.split(' MTU')[0]} on {host.name} to "
-            f"{need_mtu}{' + 50' if after.mode == 'vxlan' else ''}, or lower the guest's MTU"))
+            f"{need_mtu}{_overhead(host, nic.network)}, or lower the guest's MTU"))
+    if reference is not None and reference.mode == after.mode == "vxlan":
+        out.extend(_overlay_findings(fleet.hosts[reference.host], host, nic, label))
     want_class = nic.semantic or (reference.semantic if reference else None)
     if want_class and after.semantic != want_class:
         pinned = nic.semantic is not None
@@ -174,6 +184,44 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
                 f"{label}: the {role} device realize would create on {host.name}: {problem}.",
                 f"rename uplink {after.uplink} or set bridge = \"...\" in the binding"))
     out.extend(_mac_findings(graph, guest, nic, host, label))
+    return out
+
+
+def _peers(vxlan: Vxlan) -> str:
+    family = "IPv6" if vxlan.ipv6 else "IPv4"
+    if vxlan.group:
+        return f"multicast group {vxlan.group}"
+    if vxlan.remotes:
+        return f"unicast remotes ({family}) {', '.join(vxlan.remotes)}"
+    return "no peers (neither group nor remotes)"
+
+
+def _overlay_findings(source: Host, dest: Host, nic: GuestNic, label: str) -> list[Finding]:
+    """VTEPs of one VNI exchange frames only when they agree on the UDP port and on where
+    broadcast and unknown frames go (the same multicast group, or unicast remotes of the
+    same address family). Which remotes list reaches which host, and whether the underlay
+    routes a group between hosts, the mappings cannot tell: netmap assumes a routed
+    underlay that connects every host's VTEP."""
+    was = source.bindings[nic.network].vxlan or Vxlan()
+    now = dest.bindings[nic.network].vxlan or Vxlan()
+    table = f"[networks.{nic.network}] vxlan in {mapping_file(dest)}"
+    out: list[Finding] = []
+    if was.port != now.port:
+        out.append(Finding(
+            "VXLAN_PORT_MISMATCH", ERROR, nic.index,
+            f"{label}: {source.name}'s VTEP uses UDP port {was.port}, {dest.name}'s "
+            f"{now.port}; VTEPs of one VNI must agree on VNI and port, so the guest's frames "
+            "would be lost both ways.",
+            f"set port = {was.port} in {table} (or change every host of the VNI)"))
+    unicast = not was.group and not now.group and was.remotes and now.remotes
+    if (was.group != now.group or (not was.remotes) != (not now.remotes)
+            or (unicast and was.ipv6 != now.ipv6)):
+        out.append(Finding(
+            "VXLAN_PEERS_MISMATCH", ERROR, nic.index,
+            f"{label}: on {source.name} the VNI floods to {_peers(was)}, on {dest.name} to "
+            f"{_peers(now)}; {dest.name}'s VTEP would not reach the guest's peers (broadcast "
+            "and ARP would be lost).",
+            f"use the same {'group' if was.group else 'kind of peers'} in {table}"))
     return out
 
 
@@ -270,6 +318,14 @@ def _capacity_findings(graph: nx.DiGraph, guest: Guest, host: Host) -> list[Find
                 f"{host.max_endpoints}; {guest.name} needs {len(guest.nics)}.",
                 f"raise max_endpoints in {host.name}'s mapping or pick another host"))
     return out
+
+
+def _overhead(host: Host, network: str) -> str:
+    """' + N' for the vxlan overhead the underlay carries on top of the guest's MTU."""
+    binding = host.bindings.get(network)
+    if binding is None or binding.mode != "vxlan":
+        return ""
+    return f" + {binding.vxlan.overhead if binding.vxlan else VXLAN_OVERHEAD}"
 
 
 def _vlan(vlan: int | None) -> str:

@@ -97,6 +97,8 @@ class _Draft:
                 options.append(f"group = {_str(vxlan.vxlan_group)}")
             if vxlan.vxlan_local:
                 options.append(f"local = {_str(vxlan.vxlan_local)}")
+            if vxlan.vxlan_remotes and not vxlan.vxlan_group:
+                options.append(f"remotes = [{', '.join(map(_str, vxlan.vxlan_remotes))}]")
             if options:
                 lines.append("vxlan = { " + ", ".join(options) + " }")
             self.bindings.append(lines)

@@ -4,12 +4,14 @@ and the vxlan underlay's address. Pure; extends drift_links.LinkDrift.
 
 from __future__ import annotations
 
+import ipaddress
+
 from netmap import names
 from netmap.check import ERROR, INFO, WARNING
 from netmap.drift_links import LinkDrift
 from netmap.graph import effective_mtu
 from netmap.inventory import UPLINK_KINDS, Interface
-from netmap.model import Binding, Network
+from netmap.model import Binding, Network, Vxlan
 
 
 class BindingDrift(LinkDrift):
@@ -72,11 +74,15 @@ class BindingDrift(LinkDrift):
             if uplink is not None and live.kind == "vxlan" and live.lower not in (None,
                                                                                   uplink.name):
                 wrong.append(f"runs over {live.lower}, not {uplink.name}")
+            if live.kind == "vxlan":
+                wrong += _underlay_differences(binding.vxlan or Vxlan(), live)
             if wrong:
                 self.add("VXLAN_MISMATCH", ERROR,
                          f"{device}, the vxlan device of network {binding.network} (VNI "
-                         f"{network.vni}), {' and '.join(wrong)}.",
-                         f"remove {device} ('ip link del {device}') and realize again")
+                         f"{network.vni}), {' and '.join(wrong)}; its VTEP does not reach "
+                         "the VNI's others as the mapping says.",
+                         f"remove {device} ('ip link del {device}') and realize again, or "
+                         f"make [networks.{binding.network}] vxlan say what it is")
             elif live.master != bridge:
                 self.add("VXLAN_DETACHED", ERROR,
                          f"{device} is not a port of {bridge}; guests on {binding.network} "
@@ -111,3 +117,28 @@ class BindingDrift(LinkDrift):
                      f"{uplink.name} does not have (it has {', '.join(uplink.addresses)}).",
                      f"set vxlan.local in [networks.{binding.network}] to one of them, or "
                      f"add {local} to {uplink.name}")
+
+
+def _underlay_differences(want: Vxlan, live: Interface) -> list[str]:
+    """The UDP port, multicast group and source address a live vxlan device uses, where
+    they differ from its binding (a group where the binding has unicast remotes too)."""
+    wrong = []
+    if live.vxlan_port is not None and live.vxlan_port != want.port:
+        wrong.append(f"uses UDP port {live.vxlan_port}, not {want.port}")
+    group = _canonical(live.vxlan_group)
+    if group != want.group:
+        wrong.append(f"floods to group {group}, not {want.group}" if group and want.group
+                     else f"floods to group {group}, not to unicast remotes" if group
+                     else f"joins no group, not {want.group}")
+    if not group and set(live.vxlan_remotes) != set(want.remotes):
+        wrong.append(f"floods to remotes {', '.join(live.vxlan_remotes) or 'none'}, not "
+                     f"{', '.join(want.remotes) or 'none'}")
+    local = _canonical(live.vxlan_local)
+    if local != want.local:
+        wrong.append(f"sends from {local or 'any address'}, not "
+                     f"{want.local or 'any address (no vxlan.local)'}")
+    return wrong
+
+
+def _canonical(address: str | None) -> str | None:
+    return str(ipaddress.ip_address(address)) if address else None

@@ -219,8 +219,9 @@ def effective_mtu(network: Network, binding: Binding, host: Host) -> tuple[int, 
     uplink = host.uplinks[binding.uplink]
     ceiling, why = uplink.mtu, f"uplink {uplink.name} MTU {uplink.mtu}"
     if binding.mode == "vxlan":
-        ceiling -= VXLAN_OVERHEAD
-        why = f"underlay {uplink.name} MTU {uplink.mtu} - {VXLAN_OVERHEAD} vxlan overhead"
+        overhead = binding.vxlan.overhead if binding.vxlan else VXLAN_OVERHEAD
+        ceiling -= overhead
+        why = f"underlay {uplink.name} MTU {uplink.mtu} - {overhead} vxlan overhead"
     if ceiling < mtu:
         mtu, reason = ceiling, why
     return mtu, reason

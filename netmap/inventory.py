@@ -45,6 +45,7 @@ class Interface:
     vxlan_port: int | None = None
     vxlan_group: str | None = None
     vxlan_local: str | None = None
+    vxlan_remotes: tuple[str, ...] = ()  # unicast peers it floods to (FDB), sorted
     bond_mode: int | None = None
     vlan_id: int | None = None  # an 802.1Q sub-interface's VLAN, on `lower`
     perm_mac: str | None = None  # the NIC's burnt-in address: survives renames and MAC changes
@@ -87,6 +88,8 @@ class Interface:
             data["altnames"] = list(self.altnames)
         if self.addresses:
             data["addresses"] = list(self.addresses)
+        if self.vxlan_remotes:
+            data["vxlan_remotes"] = list(self.vxlan_remotes)
         return data
 
 

@@ -40,6 +40,8 @@ from netmap.tomlcheck import (
     text,
     texts,
 )
+from netmap.vxlan_options import Problem as UnderlayProblem
+from netmap.vxlan_options import check_underlay
 
 DEFAULT_DIRS = (Path("/etc/netmap"), Path("mappings"))
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -243,10 +245,10 @@ def _ifname_check(name: str) -> str | None:
 
 
 def _vxlan(doc: Document, where: KeyPath, values: Any) -> Vxlan:
-    if values.group and values.remotes:
-        raise doc.error((*where, "vxlan", "remotes"), "a vxlan binding uses a multicast group "
-                        "or unicast remotes, not both", "remove group or remotes")
-    return Vxlan(values.port, values.group, values.remotes, values.local)
+    underlay = check_underlay(values.group, values.local, values.remotes)
+    if isinstance(underlay, UnderlayProblem):
+        raise doc.error((*where, "vxlan", underlay.key), underlay.problem, underlay.fix)
+    return Vxlan(values.port, underlay.group, underlay.remotes, underlay.local)
 
 
 def _check_binding_fits(doc: Document, where: KeyPath, network: Network, mode: str,

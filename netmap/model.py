@@ -85,6 +85,7 @@ KNOWN_FEATURES = ("vhost-net", "tun", "macvtap", "vxlan", "bridge", "sriov")
 VF_ATTACH = ("hostdev", "macvtap")
 
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+VXLAN6_OVERHEAD = 70  # the same over IPv6: its header is 40 bytes, not 20
 IFNAMSIZ = 16  # the kernel's limit includes the NUL: names have at most 15 bytes
 
 
@@ -144,6 +145,16 @@ class Vxlan:
     group: str | None = None
     remotes: tuple[str, ...] = ()
     local: str | None = None
+
+    @property
+    def ipv6(self) -> bool:
+        """Whether the underlay is IPv6 (load makes group, local and remotes agree)."""
+        return any(":" in address for address in (self.group or "", self.local or "",
+                                                      *self.remotes))
+
+    @property
+    def overhead(self) -> int:
+        return VXLAN6_OVERHEAD if self.ipv6 else VXLAN_OVERHEAD
 
 
 @frozen

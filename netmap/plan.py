@@ -405,7 +405,8 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
     mtu = view.mtu or 1500
     base = {"nic": nic.index, "network": nic.network, "mode": view.mode, "mac": nic.mac,
             "model": nic.model, "uplink": view.uplink, "vlan": view.vlan, "mtu": mtu}
-    through = mtu + VXLAN_OVERHEAD if view.mode == "vxlan" else mtu
+    overhead = binding.vxlan.overhead if binding.vxlan else VXLAN_OVERHEAD
+    through = mtu + overhead if view.mode == "vxlan" else mtu
     steps: list[Step] = [RequireLink(view.uplink, 0 if view.mode == "sriov-vf" else through)]
     device: str | None = devices.get("tap") or devices.get("macvtap")
     bridge = devices.get("bridge")

@@ -14,7 +14,7 @@ from rich.tree import Tree
 
 from netmap import graph as g
 from netmap.check import ERROR, INFO, WARNING, Finding, Report
-from netmap.model import Fleet, Host
+from netmap.model import Fleet, Host, Vxlan
 from netmap.placement import Candidate
 
 STYLE = {ERROR: "bold red", WARNING: "yellow", INFO: "cyan"}
@@ -266,12 +266,22 @@ def diff_rows(fleet: Fleet, a: Host, b: Host) -> list[dict[str, object]]:
                 "mode": binding.mode, "semantic": binding.semantic, "uplink": binding.uplink,
                 "vlan": binding.vlan if binding.vlan is not None else network.vlan, "mtu": mtu,
                 "reaches_segment": network.is_overlay or network.segment in uplink.segments,
+                "vxlan": _vtep(binding.vxlan) if binding.mode == "vxlan" else None,
             })
-        differs = sorted(k for k in ("mode", "semantic", "vlan", "mtu", "reaches_segment")
+        differs = sorted(k for k in ("mode", "semantic", "vlan", "mtu", "reaches_segment",
+                                     "vxlan")
                          if (sides[0] or {}).get(k) != (sides[1] or {}).get(k))
         rows.append({"network": name, "segment": network.segment_id, a.name: sides[0],
                      b.name: sides[1], "differs": differs})
     return rows
+
+
+def _vtep(vxlan: Vxlan | None) -> str:
+    """What VTEPs of one VNI must agree on besides the VNI: port and flooding peers."""
+    vxlan = vxlan or Vxlan()
+    peers = (f"group {vxlan.group}" if vxlan.group else
+             f"remotes {', '.join(vxlan.remotes)}" if vxlan.remotes else "no peers")
+    return f"port {vxlan.port} {peers}"
 
 
 def diff_view(a: str, b: str, rows: list[dict]) -> RenderableType:
@@ -293,6 +303,9 @@ def diff_view(a: str, b: str, rows: list[dict]) -> RenderableType:
                                ("vlan", _vlan(side["vlan"])), ("mtu", f"MTU {side['mtu']}")):
                 style = "bold yellow" if key in row["differs"] else None
                 text.append(f"{value} ", style=style)
+            if side.get("vxlan"):
+                text.append(f"{side['vxlan']} ",
+                            style="bold yellow" if "vxlan" in row["differs"] else None)
             if not side["reaches_segment"]:
                 text.append("✗ segment unreachable", style=STYLE[ERROR])
             cells.append(text)

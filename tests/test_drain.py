@@ -218,6 +218,9 @@ def test_a_host_without_guests_is_drained_already(mappings: Path, capsys) -> Non
     (["drain", "host-z"], "unknown host 'host-z'"),
     (["drain", "host-a", "--exclude", "host-q"], "--exclude host-q: unknown host"),
     (["drain", "host-a", "--budget", "0"], "--budget 0"),
+    (["drain", "host-a", "--exclude", "host-a"], "--exclude host-a: host-a is the host being "
+                                                 "drained"),
+    (["drain", "host-a", "--exclude", "host-b,host-a"], "remove host-a from --exclude"),
 ])
 def test_bad_input_exits_2_with_a_reason(mappings: Path, capsys, argv, words) -> None:
     code, _, err = run_cli(capsys, "--mappings", str(mappings), *argv)
@@ -284,6 +287,35 @@ def test_infeasible_plan_names_the_capacity_that_runs_out(capsys, tmp_path: Path
     assert {(v.host, v.code) for v in blocked.hosts} == {("a", "CAPACITY"), ("b", "CAPACITY")}
     assert all("0 free after the plan, needs 1" in v.message for v in blocked.hosts)
     assert_sound(graph, plan)
+
+
+@pytest.mark.parametrize(("bindings", "limits", "said"), [
+    ({"stor1": "sriov-vf"}, {"pfs": {"pf": 1}, "sriov_on": {"stor1": "pf"}},
+     "VFs of PF pf: 0 free before the drain, needs 1"),
+    ({"wire": "macvtap-passthrough"}, {}, "passthrough uplink e2: 0 free before the drain"),
+    ({"mgmt": "bridge"}, {"max_guests": 1}, "guests (max_guests): 0 free before the drain"),
+    ({"mgmt": "bridge"}, {"max_endpoints": 1},
+     "endpoints (max_endpoints): 0 free before the drain, needs 1"),
+])
+def test_a_guest_whose_compatible_hosts_are_full_names_the_capacity(bindings, limits,
+                                                                    said) -> None:
+    """Full before the drain starts (the check already says NO_FREE_VF, UPLINK_TAKEN or
+    HOST_FULL): that is capacity, not incompatibility, and the plan says which one."""
+    network = next(iter(bindings))
+    src = host("src", {**bindings, "front": "macvtap-vepa"}, pfs={"pf": 8},
+               sriov_on={"stor1": "pf"})
+    full = host("full", bindings, **limits)
+    other = host("other", {"front": "macvtap-vepa"})  # binds none of the guest's networks
+    graph = fleet_graph([src, full, other], [guest("there", "full", network),
+                                             guest("g", "src", network)])
+    plan = drain(graph, "src")
+    (blocked,) = plan.blocked
+    assert blocked.reason == "capacity"
+    assert blocked.summary == (f"its 1 compatible host(s) are full before the drain (full: "
+                               f"{blocked.hosts[0].message})") and said in blocked.summary
+    assert [(v.host, v.code) for v in blocked.hosts] == [("full", "CAPACITY")]
+    assert [(u.code, u.hosts) for u in blocked.elsewhere] == [("NETWORK_UNBOUND", ("other",))]
+    assert plan.proven and not plan.moves
 
 
 def test_passthrough_uplinks_and_guest_limits() -> None:

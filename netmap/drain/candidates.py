@@ -97,6 +97,12 @@ class DrainContext:
         self.fleet = fleet = g.fleet_of(graph)
         self.source = require_host(fleet, host)
         for name in exclude:
+            if name == self.source.name:
+                raise InputError(f"--exclude {name}: {name} is the host being drained; no "
+                                 "guest is ever moved to it, so excluding it means nothing "
+                                 "(a typo for another host?)",
+                                 fix=f"remove {name} from --exclude, or name the host you "
+                                 "meant to keep free")
             try:
                 require_host(fleet, name)
             except InputError as err:

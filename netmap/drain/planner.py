@@ -10,12 +10,13 @@ import networkx as nx
 
 from netmap import graph as g
 from netmap.check import Finding
-from netmap.drain.candidates import DrainContext, Survey, profile
+from netmap.drain.candidates import DrainContext, Survey, demand, profile
 from netmap.drain.flow import Option, Problem, Resource, Solution
 from netmap.drain.report import Blocked, DrainPlan, HostUse, HostVerdict, Move, Unfit
 from netmap.drain.search import DEFAULT_BUDGET, DEFAULT_DEADLINE, solve
 from netmap.model import Guest
 
+CAPACITY_CODES = frozenset({"NO_FREE_VF", "UPLINK_TAKEN", "HOST_FULL"})  # check's, not topology
 DETAILED_HOSTS = 10  # blocked guests: full messages for this many hosts, codes for the rest
 FIRST_LOOK = 16  # hosts examined per profile at first ...
 SPREAD = 3  # ... or this many per guest of the profile, whichever is more
@@ -143,7 +144,11 @@ def _explain(run: DrainContext, guest: Guest, problem: Problem, solution: Soluti
     if not options:
         survey = surveys[guest.name]
         verdicts = []
+        full = []
         for index, (host, finding) in enumerate(sorted(survey.refused.items())):
+            if finding.code in CAPACITY_CODES:  # the first error: compatible, but full
+                full.append(_full_before(run, guest, host, finding))
+                continue
             message = None
             if index < DETAILED_HOSTS:  # the real messages name this guest's NICs
                 errors = run.check(guest.name, host).errors
@@ -156,6 +161,12 @@ def _explain(run: DrainContext, guest: Guest, problem: Problem, solution: Soluti
             for code, table in (("NETWORK_UNBOUND", survey.unbound),
                                 ("SEGMENT_UNREACHABLE", survey.unreachable))
             for network, hosts in table.items() if hosts)
+        if full:
+            what = "; ".join(f"{v.host}: {v.message}" for v in full[:3])
+            more = f" and {len(full) - 3} more" if len(full) > 3 else ""
+            return Blocked(guest.name, "capacity",
+                           f"its {len(full)} compatible host(s) are full before the drain "
+                           f"({what}{more})", (*full, *verdicts), elsewhere)
         blocked = Blocked(guest.name, "incompatible", "", tuple(verdicts), elsewhere)
         counted = blocked.by_code.most_common()
         what = ", ".join(f"{code} on {n}" for code, n in counted) or "there is no other host"
@@ -188,6 +199,19 @@ def _explain(run: DrainContext, guest: Guest, problem: Problem, solution: Soluti
     return Blocked(guest.name, "capacity",
                    f"no room left on its {len(options)} compatible host(s): "
                    + ", ".join(f"{k} ({n})" for k, n in kinds.most_common(3)), tuple(verdicts))
+
+
+def _full_before(run: DrainContext, guest: Guest, host: str, finding: Finding) -> HostVerdict:
+    """Which of `host`'s resources `guest` finds exhausted before any guest moves."""
+    free = run.use(host).free()
+    short = [(res, amount) for res, amount in demand(run.fleet.hosts[host], guest)
+             if free.get(res, 0) < amount]
+    if not short:  # the check counts what the flow does; its own words if they differ
+        return HostVerdict(host, "CAPACITY", finding.nic, finding.message)
+    res, amount = short[0]
+    return HostVerdict(host, "CAPACITY", finding.nic,
+                       f"{_resource_text(res)}: {max(free.get(res, 0), 0)} free before the "
+                       f"drain, needs {amount}")
 
 
 def _resource_text(res: Resource) -> str:

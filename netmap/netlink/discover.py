@@ -5,6 +5,7 @@ point at fake trees.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import replace
@@ -13,6 +14,7 @@ from pathlib import Path
 from netmap.inventory import PHYSICAL, Interface, Inventory, SriovPf, VirtualFunctionUse
 from netmap.netlink import sysfs
 from netmap.netlink.linkdump import dump_addresses, dump_links, netns_path, open_route_socket
+from netmap.netlink.vxlan_match import address, flood_table
 
 __all__ = ["discover", "dump_addresses", "dump_links", "netns_path", "open_route_socket",
            "read_features", "read_sriov"]
@@ -76,6 +78,13 @@ def read_features(sriov: dict[str, SriovPf], *, sysfs_root: str | Path | None = 
     return frozenset(found)
 
 
+def _with_remotes(link: Interface, floods: set[str]) -> Interface:
+    """A vxlan device's unicast remotes: what it floods to, but its group's own entry."""
+    group = address(link.vxlan_group)
+    return replace(link, vxlan_remotes=tuple(sorted((d for d in floods if d != group),
+                                                    key=ipaddress.ip_address)))
+
+
 def discover(netns: str | None = None, *, sysfs_root: str | Path | None = None,
              dev_root: str | Path = "/dev", hostname: str | None = None) -> Inventory:
     """The whole inventory of this host, or of network namespace `netns`.
@@ -88,10 +97,14 @@ def discover(netns: str | None = None, *, sysfs_root: str | Path | None = None,
     try:
         links = dump_links(sock)
         addresses = dump_addresses(sock)
+        # the FDB only when there is a vxlan device to read remotes for: it can be large
+        floods = flood_table(sock) if any(link.kind == "vxlan" for link in links) else {}
     finally:
         sock.close()
     links = [replace(link, addresses=addresses[link.index]) if link.index in addresses
              else link for link in links]
+    links = [_with_remotes(link, floods[link.index])
+             if link.kind == "vxlan" and link.index in floods else link for link in links]
     explicit_root = sysfs_root is not None or bool(os.environ.get("NETMAP_SYSFS"))
     # The machine's own /sys lists the root namespace's links: reading it for a namespace's
     # link of the same name would describe another device.

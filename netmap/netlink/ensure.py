@@ -178,7 +178,8 @@ class Transaction:
                                  data=rtmsg.vlan_data(step.vid)))
         elif isinstance(step, p.EnsureVxlan):
             k.call(rtmsg.new_link(step.name, "vxlan", mtu=step.mtu, data=rtmsg.vxlan_data(
-                step.vni, self.index(step.underlay), step.port, step.group, step.local)))
+                step.vni, self.index(step.underlay), step.port, step.group, step.local,
+                step.remotes)))
             k.call(rtmsg.no_ipv6(step.name))
             if step.remotes:  # unicast peers: head-end replication FDB entries
                 for _remote, error in add_vxlan_remotes(k, self.index(step.name), step.remotes):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 NETLINK_ROUTE = 0
@@ -266,14 +266,27 @@ def vlan_data(vid: int) -> bytes:
     return _attr(IFLA_VLAN_ID, struct.pack("H", vid))
 
 
-def vxlan_data(vni: int, lower: int, port: int, group: str | None, local: str | None) -> bytes:
+def vxlan_data(vni: int, lower: int, port: int, group: str | None, local: str | None,
+               remotes: Sequence[str] = ()) -> bytes:
+    """IFLA_INFO_DATA of a vxlan device; an IPv6 underlay takes the *6 attributes."""
     data = _u32(IFLA_VXLAN_ID, vni) + _u32(IFLA_VXLAN_LINK, lower)
     data += _attr(IFLA_VXLAN_PORT, struct.pack("!H", port))
     if group:
-        data += _attr(IFLA_VXLAN_GROUP, socket.inet_aton(group))
+        data += _ip_attr(IFLA_VXLAN_GROUP, IFLA_VXLAN_GROUP6, group)
     if local:
-        data += _attr(IFLA_VXLAN_LOCAL, socket.inet_aton(local))
+        data += _ip_attr(IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6, local)
+    elif not group and any(":" in remote for remote in remotes):
+        # The kernel opens an IPv6 socket only for a device whose group or local is IPv6;
+        # without one, frames to IPv6 remotes (FDB entries) are dropped. "::" says IPv6
+        # and still lets the route choose the source address.
+        data += _attr(IFLA_VXLAN_LOCAL6, bytes(16))
     return data
+
+
+def _ip_attr(v4_kind: int, v6_kind: int, address: str) -> bytes:
+    if ":" in address:
+        return _attr(v6_kind, socket.inet_pton(socket.AF_INET6, address))
+    return _attr(v4_kind, socket.inet_pton(socket.AF_INET, address))
 
 
 def link_fields(buf: bytes, offset: int, end: int) -> dict[str, object]:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from netmap.errors import ApplyError, InputError
-from netmap.netlink import rtmsg, rtnl
+from netmap.netlink import rtmsg, rtnl, vxlan_match
 from netmap.netlink.kernel_steps import add_vxlan_remotes, delete_quietly, make_access_port
 from netmap.netlink.rtmsg import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFREQ, TUNGETFEATURES, TUNGETIFF
 from netmap.netlink.rtnl import TUN_DEVICE
@@ -259,22 +259,29 @@ def set_access_vlan(kernel: rtnl.Rtnl, port: int, vlan: int) -> None:
 def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
                  options: Vxlan | None, mtu: int) -> tuple[int, bool]:
     """vxlan device `name` for `vni` over `underlay`, up: (index, created)."""
-    link = kernel.get(name)
-    if link is not None:
-        return link.index, False
     lower = require_link(kernel, underlay, "underlay uplink")
     group, local = (options.group, options.local) if options else (None, None)
-    if any(address and ":" in address for address in (group, local)):
-        raise ApplyError(f"vxlan {name}: IPv6 underlay addresses are not supported here",
-                         fix="use an IPv4 group/local, or let 'netmap realize' build it")
+    port, remotes = (options.port, options.remotes) if options else (4789, ())
+    link = kernel.get(name)
+    if link is not None:
+        wrong = [f"kind {link.kind}"] if link.kind != "vxlan" else vxlan_match.differences(
+            kernel, link, vni=vni, underlay=lower.index, port=port, group=group, local=local,
+            remotes=remotes, name_of=lambda index: underlay if index == lower.index
+            else f"ifindex {index}")
+        if wrong:
+            raise ApplyError(f"{name} exists but is not the vxlan the binding needs: "
+                             f"{'; '.join(wrong)}",
+                             fix=f"delete {name} if nothing uses it ('ip link del {name}'), "
+                             "or make the binding in the host mapping say what it is")
+        return link.index, False
     created = _create(kernel, f"cannot create vxlan {name} (VNI {vni}) on {underlay}",
                       rtmsg.new_link(name, "vxlan", mtu=mtu, data=rtmsg.vxlan_data(
-                          vni, lower.index, options.port if options else 4789, group, local)),
+                          vni, lower.index, port, group, local, remotes)),
                       name)
     index = require_link(kernel, name, "vxlan").index
-    if created and options and options.remotes:
+    if created and remotes:
         with _undo_on_error(kernel, name):
-            for remote, err in add_vxlan_remotes(kernel, index, options.remotes):
+            for remote, err in add_vxlan_remotes(kernel, index, remotes):
                 raise ApplyError(f"cannot add vxlan remote {remote} to {name}: "
                                  f"{os.strerror(err.errno)}") from err
     return index, created

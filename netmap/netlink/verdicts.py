@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg
+from netmap.netlink import rtmsg, vxlan_match
 from netmap.netlink.sysfs import sriov_info
 
 if TYPE_CHECKING:
@@ -100,8 +100,7 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
             identity.append(f"VLAN {live.vlan_id} on ifindex {live.lower}")
     elif isinstance(step, p.EnsureVxlan):
         want["mtu"] = step.mtu
-        if live.vni != step.vni or live.vxlan_link != txn.links[step.underlay].index:
-            identity.append(f"VNI {live.vni} on ifindex {live.vxlan_link}")
+        identity += _vxlan_differences(txn, step, live)
     elif isinstance(step, p.CreateTap):
         want.update(mtu=step.mtu, mac=step.mac, master=step.bridge)
     elif isinstance(step, p.CreateMacvtap):
@@ -111,10 +110,11 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
             identity.append(f"it sits on ifindex {live.lower}, not on {step.lower}")
     name = step.name  # type: ignore[attr-defined]
     if identity:
-        raise refuse(f"{name} exists on {txn.plan.host} but differs in what cannot be "
-                     f"changed in place: {'; '.join(identity)}",
-                     f"release the guest that uses {name} (or delete it) and realize "
-                     "again")
+        raise refuse(f"{name} exists on {txn.plan.host}{'' if mine else ', not made by netmap,'}"
+                     f" but differs in what cannot be changed in place: {'; '.join(identity)}",
+                     f"release the guest that uses {name} (or delete it) and realize again"
+                     if mine else f"delete {name} if nothing uses it ('ip link del {name}'), "
+                     "or make the binding in the host mapping say what it is")
     master = next((n for n, link in txn.links.items() if link.index == live.master), None)
     have = {"up": live.up, "mtu": live.mtu, "mac": live.address,
             "master": master, "mode": live.macvlan_mode,
@@ -128,6 +128,15 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
                      f"make {name} match, or let netmap create its own bridge (set "
                      "bridge = \"...\" in the binding)")
     return Action(nic, step, "repair", diff, {k: have.get(k) for k in diff})
+
+def _vxlan_differences(txn: Transaction, step: p.EnsureVxlan, live: rtmsg.Link) -> list[str]:
+    underlay = txn.links.get(step.underlay)
+    return vxlan_match.differences(
+        txn.kernel, live, vni=step.vni, underlay=underlay.index if underlay else None,
+        port=step.port, group=step.group, local=step.local, remotes=step.remotes,
+        name_of=lambda index: next((n for n, link in txn.links.items() if link.index == index),
+                                   f"ifindex {index}"))
+
 
 def _decide_port(txn: Transaction, nic: int, step: p.EnslavePort) -> Action:
     live = txn.links.get(step.port)
