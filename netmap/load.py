@@ -42,8 +42,9 @@ from netmap.tomlcheck import (
 )
 
 DEFAULT_DIRS = (Path("/etc/netmap"), Path("mappings"))
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# used with fullmatch: match() with $ would accept a trailing newline ("vm1\n")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 MTU_RANGE = (68, 65535)
 VLAN_RANGE = (1, 4094)
@@ -71,7 +72,7 @@ def mappings_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def mac_problem(mac: str) -> str | None:
-    if not _MAC.match(mac.lower()):
+    if not _MAC.fullmatch(mac.lower()):
         return f"{mac!r} is not a MAC address"
     first = int(mac[:2], 16)
     if first & 1:
@@ -82,7 +83,7 @@ def mac_problem(mac: str) -> str | None:
 
 
 def _name_problem(name: str) -> str | None:
-    return None if _NAME.match(name) else (
+    return None if _NAME.fullmatch(name) else (
         f"{name!r} must start with a letter or digit and hold only letters, digits, '_', '.', '-'"
     )
 
