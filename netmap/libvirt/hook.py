@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 # (operation, sub-operation) whose stdout libvirt reads as the domain XML
 _XML_FILTERS = {("migrate", "begin"), ("restore", "begin")}
-_MAX_INPUT = 8 * 1024 * 1024
+_MAX_INPUT = 8 * 1024 * 1024  # xmlsafe.MAX_BYTES, not imported: pass-through stays light
 
 
 class HookResult:
