@@ -162,6 +162,18 @@ def build_lab(fleet: Fleet, prefix: str = DEFAULT_PREFIX,
     return lab
 
 
+def add_namespace(lab: Lab, role: str) -> str:
+    """One more namespace for `lab`, PREFIX-ROLE (a stand-in peer, in tests), marked like
+    the lab's own so that tearing the lab down removes it too."""
+    netns = host_namespace(lab.prefix, role)
+    if netns in namespaces():
+        raise InputError(f"network namespace {netns} exists already",
+                         fix=f"scripts/lab down --prefix {lab.prefix}, or another role name")
+    _add_namespace(netns, lab.prefix, [])
+    lab.hosts[role] = netns
+    return netns
+
+
 def _add_namespace(netns: str, prefix: str, created: list[str]) -> None:
     done = subprocess.run(["ip", "netns", "add", netns], capture_output=True, text=True,
                           check=False)
