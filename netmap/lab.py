@@ -5,18 +5,28 @@ per uplink, named as that host's mapping says (eth0 on host-a, eno2 on host-b), 
 is enslaved to the bridge of the uplink's first segment. Uplinks used as a vxlan underlay
 get an address on a lab-only subnet so the overlay can run between host namespaces.
 
+Every namespace is named PREFIX-HOST (and PREFIX-fabric), and marked as the lab's: its
+loopback's alias says `netmap-lab:PREFIX`. The marker lives inside the namespace, so it
+goes with it: a namespace someone else makes later under the same name is unmarked, and
+tearing down deletes only marked namespaces, never another's that happens to be named alike.
+
 Built with iproute2's `ip -batch` (one process per namespace); SR-IOV cannot be faked here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
+import sys
 from dataclasses import dataclass, field
 
-from netmap.model import Fleet
+from netmap.errors import ApplyError, InputError, NetmapError
+from netmap.model import Fleet, Host, mapping_file
 
 UNDERLAY_NET = "10.250"  # lab-only addresses, inside namespaces the lab creates
+MARK = "netmap-lab:"  # + prefix: the alias of `lo` in every namespace the lab made
+DEFAULT_PREFIX = "nm-lab"
 
 
 @dataclass
@@ -38,25 +48,80 @@ def _ip_batch(netns: str | None, commands: list[str]) -> None:
     done = subprocess.run(argv, input="\n".join(commands) + "\n", text=True,
                           capture_output=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+        raise ApplyError(f"{' '.join(argv)} failed: {done.stderr.strip()}",
+                         fix="see iproute2's message; every namespace of this run was removed")
 
 
 def _short(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
-def namespace_exists(name: str) -> bool:
+def namespaces() -> list[str]:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                              check=False).stdout
-    return any(line.split()[0] == name for line in listing.splitlines() if line.strip())
+    return [line.split()[0] for line in listing.splitlines() if line.strip()]
 
 
-def build_lab(fleet: Fleet, prefix: str = "nm-lab", hosts: list[str] | None = None) -> Lab:
-    """Create the namespaces; on any failure everything created so far is removed."""
-    lab = Lab(prefix, f"{prefix}-fabric")
-    chosen = [fleet.hosts[name] for name in (hosts or sorted(fleet.hosts))]
+def namespace_exists(name: str) -> bool:
+    return name in namespaces()
+
+
+def lab_mark(netns: str) -> str | None:
+    """The prefix of the lab that made `netns`, or None if no lab made it."""
+    done = subprocess.run(["ip", "-n", netns, "-j", "link", "show", "lo"],
+                          capture_output=True, text=True, check=False)
     try:
-        subprocess.run(["ip", "netns", "add", lab.fabric], check=True, capture_output=True)
+        alias = json.loads(done.stdout)[0].get("ifalias", "") if done.returncode == 0 else ""
+    except (ValueError, IndexError, AttributeError):
+        return None
+    return alias[len(MARK):] if alias.startswith(MARK) else None
+
+
+def host_namespace(prefix: str, host: str) -> str:
+    return f"{prefix}-{host}"
+
+
+def _check_prefix(prefix: str, hosts: list[Host]) -> None:
+    """A host's namespace is PREFIX-HOST; its mapping's netns must name it, or netmap would
+    act in another namespace than the one the lab built (or on nothing)."""
+    from netmap.load import name_problem
+
+    problem = name_problem(prefix)
+    if problem:
+        raise InputError(f"lab prefix {problem}", key="--prefix", fix="use a plain name")
+    for host in hosts:
+        wanted = host_namespace(prefix, host.name)
+        if host.netns is not None and host.netns != wanted:
+            suffix = f"-{host.name}"
+            their = host.netns.removesuffix(suffix) if host.netns.endswith(suffix) else None
+            fix = f'set netns = "{wanted}" in it'
+            if their:
+                fix += f", or build the lab with --prefix {their}"
+            raise InputError(f"host {host.name} names namespace {host.netns!r}, but the lab "
+                             f"with prefix {prefix!r} builds {wanted!r}",
+                             file=mapping_file(host), key="host.netns", fix=fix)
+
+
+def build_lab(fleet: Fleet, prefix: str = DEFAULT_PREFIX,
+              hosts: list[str] | None = None) -> Lab:
+    """Create the namespaces; on any failure every namespace this call created is removed.
+    Refuses, before creating anything, a namespace name that is already taken."""
+    unknown = [name for name in hosts or () if name not in fleet.hosts]
+    if unknown:
+        raise InputError(f"unknown host(s) {', '.join(unknown)}",
+                         fix="name hosts of the mappings: " + ", ".join(sorted(fleet.hosts)))
+    chosen = [fleet.hosts[name] for name in (hosts or sorted(fleet.hosts))]
+    _check_prefix(prefix, chosen)
+    lab = Lab(prefix, f"{prefix}-fabric")
+    planned = [lab.fabric, *(host_namespace(prefix, h.name) for h in chosen)]
+    taken = [name for name in planned if name in namespaces()]
+    if taken:
+        raise InputError(f"network namespace(s) {', '.join(taken)} exist already",
+                         fix=f"scripts/lab down --prefix {prefix} removes a lab built before "
+                         "(only namespaces the lab made); or choose another --prefix")
+    created: list[str] = []
+    try:
+        _add_namespace(lab.fabric, prefix, created)
         segments = sorted({s for h in chosen for u in h.uplinks.values() for s in u.segments})
         fabric_cmds = ["link set lo up"]
         for index, segment in enumerate(segments):
@@ -69,8 +134,8 @@ def build_lab(fleet: Fleet, prefix: str = "nm-lab", hosts: list[str] | None = No
         underlays = {(h.name, b.uplink) for h in chosen for b in h.bindings.values()
                      if b.mode == "vxlan"}
         for host_index, host in enumerate(chosen, start=1):
-            netns = host.netns or f"{prefix}-{host.name}"
-            subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True)
+            netns = host_namespace(prefix, host.name)
+            _add_namespace(netns, prefix, created)
             lab.hosts[host.name] = netns
             host_cmds, fabric_cmds = ["link set lo up"], []
             for uplink in host.uplinks.values():
@@ -91,9 +156,32 @@ def build_lab(fleet: Fleet, prefix: str = "nm-lab", hosts: list[str] | None = No
             _ip_batch(lab.fabric, fabric_cmds)
         _raise_bridge_mtu(lab, chosen)
     except BaseException:
-        teardown_lab(lab)
+        for netns in reversed(created):  # only what this call made, marked or not yet
+            subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
         raise
     return lab
+
+
+def add_namespace(lab: Lab, role: str) -> str:
+    """One more namespace for `lab`, PREFIX-ROLE (a stand-in peer, in tests), marked like
+    the lab's own so that tearing the lab down removes it too."""
+    netns = host_namespace(lab.prefix, role)
+    if netns in namespaces():
+        raise InputError(f"network namespace {netns} exists already",
+                         fix=f"scripts/lab down --prefix {lab.prefix}, or another role name")
+    _add_namespace(netns, lab.prefix, [])
+    lab.hosts[role] = netns
+    return netns
+
+
+def _add_namespace(netns: str, prefix: str, created: list[str]) -> None:
+    done = subprocess.run(["ip", "netns", "add", netns], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:  # e.g. made by someone else since the check: not ours
+        raise ApplyError(f"cannot create network namespace {netns}: {done.stderr.strip()}",
+                         fix="every namespace of this run was removed; try again")
+    created.append(netns)
+    _ip_batch(netns, [f"link set lo alias {MARK}{prefix}"])
 
 
 def _raise_bridge_mtu(lab: Lab, hosts: list) -> None:
@@ -107,34 +195,76 @@ def _raise_bridge_mtu(lab: Lab, hosts: list) -> None:
     _ip_batch(lab.fabric, cmds)
 
 
-def teardown_lab(lab: Lab) -> None:
+def teardown_lab(lab: Lab) -> list[str]:
+    """Delete the lab's namespaces that carry its mark; return the names left alone."""
+    left = []
     for netns in lab.namespaces():
-        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
+        if lab_mark(netns) == lab.prefix:
+            subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
+        elif namespace_exists(netns):
+            left.append(netns)
+    return left
+
+
+def teardown_prefix(prefix: str) -> tuple[list[str], list[str]]:
+    """Delete every namespace the lab with `prefix` made, whatever hosts it had; return
+    (deleted, left alone: named PREFIX-... but not marked by that lab)."""
+    deleted, left = [], []
+    for netns in namespaces():
+        if not netns.startswith(f"{prefix}-"):
+            continue
+        if lab_mark(netns) == prefix:
+            subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
+            deleted.append(netns)
+        else:
+            left.append(netns)
+    return deleted, left
 
 
 def lab_for(fleet: Fleet, prefix: str) -> Lab:
     """The Lab that `build_lab` would make, for tearing down one built by another process."""
     lab = Lab(prefix, f"{prefix}-fabric")
     for host in fleet.hosts.values():
-        lab.hosts[host.name] = host.netns or f"{prefix}-{host.name}"
+        lab.hosts[host.name] = host_namespace(prefix, host.name)
     return lab
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from netmap.load import load_fleet
-
     parser = argparse.ArgumentParser(prog="scripts/lab", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--mappings", default="mappings")
-    parser.add_argument("--prefix", default="nm-lab")
-    parser.add_argument("hosts", nargs="*", help="hosts to build (default: all with uplinks)")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX,
+                        help="namespaces are PREFIX-HOST and PREFIX-fabric; each host's "
+                        "mapping must say netns = \"PREFIX-HOST\" (default: %(default)s)")
+    parser.add_argument("hosts", nargs="*", help="hosts to build (default: all)")
     args = parser.parse_intermixed_args(argv)
+    try:
+        return _down(args.prefix) if args.action == "down" else _up(args)
+    except NetmapError as err:
+        print(f"scripts/lab: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _down(prefix: str) -> int:
+    deleted, left = teardown_prefix(prefix)
+    for netns in deleted:
+        print(f"removed netns {netns}")
+    for netns in left:
+        made_by = lab_mark(netns)
+        why = (f"made by the lab with --prefix {made_by}" if made_by is not None
+               else "not made by scripts/lab (no lab mark on its lo)")
+        print(f"left netns {netns} alone: {why}", file=sys.stderr)
+    if not deleted and not left:
+        print(f"no lab namespaces with prefix {prefix}")
+    return 0
+
+
+def _up(args) -> int:
+    from netmap.load import load_fleet
+
     fleet = load_fleet(args.mappings)
-    if args.action == "down":
-        teardown_lab(lab_for(fleet, args.prefix))
-        return 0
     lab = build_lab(fleet, args.prefix, args.hosts or None)
     for host, netns in lab.hosts.items():
         uplinks = ", ".join(fleet.hosts[host].uplinks)

@@ -44,8 +44,9 @@ from netmap.vxlan_options import Problem as UnderlayProblem
 from netmap.vxlan_options import check_underlay
 
 DEFAULT_DIRS = (Path("/etc/netmap"), Path("mappings"))
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# used with fullmatch: match() with $ would accept a trailing newline ("vm1\n")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 MTU_RANGE = (68, 65535)
 VLAN_RANGE = (1, 4094)
@@ -73,7 +74,7 @@ def mappings_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def mac_problem(mac: str) -> str | None:
-    if not _MAC.match(mac.lower()):
+    if not _MAC.fullmatch(mac.lower()):
         return f"{mac!r} is not a MAC address"
     first = int(mac[:2], 16)
     if first & 1:
@@ -83,8 +84,8 @@ def mac_problem(mac: str) -> str | None:
     return None
 
 
-def _name_problem(name: str) -> str | None:
-    return None if _NAME.match(name) else (
+def name_problem(name: str) -> str | None:
+    return None if _NAME.fullmatch(name) else (
         f"{name!r} must start with a letter or digit and hold only letters, digits, '_', '.', '-'"
     )
 
@@ -127,8 +128,8 @@ def load_networks(path: Path) -> dict[str, Network]:
     networks: dict[str, Network] = {}
     for name, values in NETWORKS_FILE.read(doc).networks.items():
         where = ("networks", name)
-        if _name_problem(name):
-            raise doc.error(where, _name_problem(name), "rename the network")
+        if name_problem(name):
+            raise doc.error(where, name_problem(name), "rename the network")
         segment, vni, vlan = values.segment, values.vni, values.vlan
         if (segment is None) == (vni is None):
             raise doc.error(where, "needs exactly one of segment (a physical L2 domain) "
@@ -150,7 +151,7 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
     doc = Document.read(path)
     top = HOST_FILE.read(doc)
     about = top.host
-    name = doc.check(("host", "name"), about.name, _name_problem, "use a plain host name")
+    name = doc.check(("host", "name"), about.name, name_problem, "use a plain host name")
     features = about.features
     for index, feature in enumerate(features):
         if feature not in KNOWN_FEATURES:
@@ -280,7 +281,7 @@ def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
         return guest_from_domain_file(Path(path), networks)
     doc = Document.read(path)
     top = GUEST_FILE.read(doc)
-    name = doc.check(("guest", "name"), top.guest.name, _name_problem,
+    name = doc.check(("guest", "name"), top.guest.name, name_problem,
                      "use a plain guest name")
     nics: list[GuestNic] = []
     seen_macs: dict[str, int] = {}

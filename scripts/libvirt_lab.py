@@ -14,8 +14,8 @@ Used by tests/test_libvirt_real.py; by hand:
 
     python3 scripts/libvirt_lab.py up --mappings DIR --prefix P host-a host-b
 
-builds the lab for those hosts (scripts/lab: a host's namespace is its mapping's `netns`,
-else P-HOST), starts one daemon per host, prints the virsh
+builds the lab for those hosts (scripts/lab: a host's namespace is P-HOST, which its
+mapping's `netns`, if any, must name), starts one daemon per host, prints the virsh
 URIs and, on Ctrl-C, destroys their guests, stops the daemons and removes the lab.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,66 @@ def test_import_command_json_and_write(mappings: Path, tmp_path: Path, capsys) -
         ("prod", "required", 9000), ("storage", "preferred", None)]
     assert cli_main(["--mappings", str(mappings), "import", str(domain), "--write"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def _tree(top: Path) -> dict[str, tuple[int, bytes | str]]:
+    """Every path under top with its type and content (or link target)."""
+    found: dict[str, tuple[int, bytes | str]] = {}
+    for path in sorted(top.rglob("*")):
+        mode = path.lstat().st_mode
+        content: bytes | str = (os.readlink(path) if path.is_symlink() else
+                                path.read_bytes() if path.is_file() else b"")
+        found[str(path.relative_to(top))] = (mode, content)
+    return found
+
+
+@pytest.mark.parametrize("name", ["../../x/evil", "../evil", "a/b", "/abs/evil", ".hidden",
+                                  "vm 7", "-vm7"])
+def test_import_write_refuses_a_bad_name_before_touching_anything(
+        mappings: Path, tmp_path: Path, capsys, name: str) -> None:
+    domain = tmp_path / "in" / "evil.xml"
+    domain.parent.mkdir()
+    domain.write_text(VM1.replace("<name>vm1</name>", f"<name>{name}</name>"))
+    before = _tree(tmp_path)
+    code = cli_main(["--mappings", str(mappings), "import", str(domain), "--write"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{domain}:2: domain.name: the domain's name {name!r} must start" in err
+    assert "fix:" in err and "Traceback" not in err
+    assert _tree(tmp_path) == before  # no directory, no temporary file, anywhere
+
+
+def test_import_write_does_not_follow_links_out_of_guests(mappings: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    domain = tmp_path / "vm7.xml"
+    domain.write_text(VM1.replace("<name>vm1</name>", "<name>vm7</name>")
+                      .replace("52:54:00:12:34", "52:54:00:77:34"))
+    outside = tmp_path / "outside.toml"
+    outside.write_text("precious\n")
+    planted = mappings / "guests" / "vm7.toml.tmp"  # where the old temporary file went
+    planted.symlink_to(outside)
+    assert cli_main(["--mappings", str(mappings), "import", str(domain), "--write"]) == 0
+    assert outside.read_text() == "precious\n"
+    assert load_fleet(mappings).guests["vm7"].nics
+    target = mappings / "guests" / "vm7.toml"
+    target.unlink()
+    target.symlink_to(outside)
+    capsys.readouterr()
+    code = cli_main(["--mappings", str(mappings), "import", str(domain), "--write", "--force"])
+    assert code == 2 and "leads out of" in capsys.readouterr().err
+    assert outside.read_text() == "precious\n"
+    assert sorted(p.name for p in (mappings / "guests").iterdir()) == sorted(
+        ["vm1.toml", "vm2.toml", "vm3.toml", "vm4.toml", "vm7.toml", "vm7.toml.tmp"])
+
+
+def test_guest_names_are_checked_whole(mappings: Path) -> None:
+    from netmap.load import load_guest, name_problem
+
+    assert name_problem("vm1\n") and name_problem("vm1") is None
+    path = mappings / "guests" / "vm1.toml"
+    path.write_text(path.read_text().replace('name = "vm1"', 'name = "vm1\\n"'))
+    with pytest.raises(InputError, match="must start with a letter"):
+        load_guest(path, load_fleet(EXAMPLE_MAPPINGS).networks)
 
 
 def test_import_command_bad_input_exits_2(mappings: Path, tmp_path: Path, capsys) -> None:

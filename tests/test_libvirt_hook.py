@@ -339,3 +339,119 @@ def test_vf_by_pci_address_cannot_follow_the_guest() -> None:
     result = run_hook(["vm1", "migrate", "begin", "-"], xml)
     assert result.returncode == 1 and result.stdout == b""
     assert b"[CANNOT_REWRITE]" in result.stderr and b"PCI address" in result.stderr
+
+
+# --- size: never a cut document ---------------------------------------------------------
+
+def _padded(size: int) -> bytes:
+    """VM1_ON_HOST_A grown to `size` bytes with a long <description>."""
+    head, tail = VM1_ON_HOST_A.split(b"</description>")
+    return head + b"x" * (size - len(VM1_ON_HOST_A)) + b"</description>" + tail
+
+
+@pytest.mark.parametrize("operation", ["restore", "migrate"])
+def test_domain_larger_than_netmap_reads_is_refused_never_cut(operation: str) -> None:
+    result = run_hook(["vm1", operation, "begin", "-"], _padded(9 * 1024 * 1024))
+    assert result.returncode == 2 and result.stdout == b""
+    assert b"larger than 8 MiB" in result.stderr and b"fix:" in result.stderr
+
+
+def test_restore_of_a_domain_at_the_limit_is_handed_on_whole() -> None:
+    at_limit = _padded(8 * 1024 * 1024)
+    result = run_hook(["vm1", "restore", "begin", "-"], at_limit)
+    assert result.returncode == 0 and result.stdout == at_limit
+
+
+# --- one parser, one verdict: the hook refuses what import refuses ------------------------
+
+# vm88: in no guest file; netmap knows it only from the domain
+VM88 = b"""<domain type='kvm'>
+  <name>vm88</name>
+  <metadata>
+    <netmap:guest xmlns:netmap="https://netmap.dev/xmlns/1">
+      <netmap:nic mac="52:54:00:88:00:01" network="mgmt"/>
+    </netmap:guest>
+  </metadata>
+  <devices>
+    <interface type='bridge'>
+      <mac address='52:54:00:88:00:01'/>
+      <source bridge='br-eth1'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>
+"""
+
+
+def _import_exit(xml: bytes, tmp_path: Path) -> int:
+    domain = tmp_path / "domain.xml"
+    domain.write_bytes(xml)
+    return cli_main(["--mappings", str(EXAMPLE_MAPPINGS), "import", str(domain)])
+
+
+@pytest.mark.parametrize(("change", "code"), [
+    ((b"<mac address='52:54:00:88:00:01'/>", b""), b"[MAC_MISSING]"),
+    ((b"<mac address='52:54:00:88:00:01'/>", b"<mac address='52:54:00:88:00'/>"),
+     b"[MAC_INVALID]"),
+    ((b"<mac address='52:54:00:88:00:01'/>", b"<mac address='01:54:00:88:00:01'/>"),
+     b"[MAC_INVALID]"),
+    ((b'network="mgmt"', b'network="nowhere"'), b"[METADATA_INVALID]"),
+])
+def test_guest_with_netmap_metadata_and_a_bad_nic_is_refused_as_import_refuses_it(
+        change: tuple[bytes, bytes], code: bytes, tmp_path: Path, capsys) -> None:
+    xml = VM88.replace(*change)
+    assert _import_exit(xml, tmp_path) == 2
+    capsys.readouterr()
+    result = run_hook(["vm88", "migrate", "begin", "-"], xml)
+    assert result.returncode == 2 and result.stdout == b""
+    assert code in result.stderr and b"refusing to migrate vm88 to host-b" in result.stderr
+
+
+def test_guest_with_netmap_metadata_migrates_when_it_is_sound(tmp_path: Path) -> None:
+    assert _import_exit(VM88, tmp_path) == 0
+    result = run_hook(["vm88", "migrate", "begin", "-"], VM88)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == VM88.replace(b"br-eth1", b"br-eno3")
+
+
+# --- a guest netmap has no file or metadata for ---------------------------------------------
+
+# vm77 as it runs on host-a: prod as a macvtap on host-a's VLAN device; no netmap metadata,
+# no guests/vm77.toml. host-a's mapping explains the interface, so netmap knows its network.
+VM77 = b"""<domain type='kvm'>
+  <name>vm77</name>
+  <devices>
+    <interface type='direct'>
+      <mac address='52:54:00:77:00:01'/>
+      <source dev='eth0.100' mode='vepa'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>
+"""
+
+
+def test_unknown_guest_whose_interfaces_a_mapping_explains_is_checked_and_rewritten() -> None:
+    result = run_hook(["vm77", "migrate", "begin", "-"], VM77)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == VM77.replace(b"eth0.100", b"eno2.100")
+    # and refused where the check fails: host-c's prod is another forwarding class, strict
+    strict = run_hook(["vm77", "migrate", "begin", "-"], VM77, host="host-c",
+                      NETMAP_STRICT="1")
+    assert strict.returncode == 1 and b"[SEMANTIC_CHANGED]" in strict.stderr
+
+
+def test_unknown_guest_with_an_explained_interface_but_no_mac_is_refused(tmp_path: Path,
+                                                                      capsys) -> None:
+    xml = VM77.replace(b"<mac address='52:54:00:77:00:01'/>", b"")
+    assert _import_exit(xml, tmp_path) == 2
+    capsys.readouterr()
+    result = run_hook(["vm77", "migrate", "begin", "-"], xml)
+    assert result.returncode == 2 and b"[MAC_MISSING]" in result.stderr
+
+
+def test_unknown_guest_without_a_mac_on_an_unknown_bridge_passes_through() -> None:
+    foreign = (b"<domain><name>other</name><devices><interface type='bridge'>"
+               b"<source bridge='virbr7'/></interface></devices></domain>\n")
+    result = run_hook(["other", "migrate", "begin", "-"], foreign)
+    assert result.returncode == 0 and result.stdout == foreign and result.stderr == b""

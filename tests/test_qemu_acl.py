@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from netmap.errors import EXIT_INCOMPATIBLE, InputError
+from netmap.qemu import network_name_problem
 from netmap.qemu.acl import AccessDenied, acl_path, load_acl, parse_acl
 
 
@@ -146,7 +149,7 @@ def test_world_writable_acl_is_not_trusted(tmp_path: Path) -> None:
     top.chmod(0o666)
     with pytest.raises(InputError, match="writable by everyone") as info:
         load_acl(top)
-    assert info.value.fix == f"chmod o-w {top}"
+    assert info.value.fix == f"chmod go-w {top}"
 
 
 def test_not_utf8(tmp_path: Path) -> None:
@@ -162,3 +165,116 @@ def test_acl_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NETMAP_QEMU_ACL", "/srv/acl.conf")
     assert acl_path() == Path("/srv/acl.conf")
     assert acl_path("/x.conf") == Path("/x.conf")
+
+
+# --- whom the ACL trusts: root-owned files and directories nobody else can write ---------
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+@needs_root
+@pytest.mark.parametrize(("uid", "mode", "message"), [
+    (NOBODY, 0o664, "owned by uid 65534, not by root"),
+    (NOBODY, 0o644, "owned by uid 65534, not by root"),
+    (0, 0o664, "writable by its group"),
+    (0, 0o646, "writable by everyone"),
+])
+def test_acl_file_someone_else_can_change_is_not_trusted(tmp_path: Path, uid: int, mode: int,
+                                                        message: str) -> None:
+    top = write(tmp_path / "acl.conf", "allow all\n")
+    os.chown(top, uid, 0)
+    top.chmod(mode)
+    with pytest.raises(InputError, match=message) as info:
+        load_acl(top)
+    assert str(top) in info.value.problem and info.value.fix
+
+
+@needs_root
+@pytest.mark.parametrize(("uid", "mode", "message"), [
+    (0, 0o777, "writable by everyone"),
+    (0, 0o775, "writable by its group"),
+    (NOBODY, 0o755, "owned by uid 65534"),
+])
+def test_include_from_a_directory_others_control_is_not_trusted(
+        tmp_path: Path, uid: int, mode: int, message: str) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    write(shared / "tenants.conf", "allow all\n")
+    os.chown(shared, uid, 0)
+    shared.chmod(mode)
+    top = write(tmp_path / "acl.conf", "deny storage\ninclude shared/tenants.conf\n")
+    with pytest.raises(InputError, match=message) as info:
+        load_acl(top)
+    assert f"directory {shared}, which holds ACL file" in info.value.problem
+    assert (info.value.file, info.value.line) == (str(top), 2)
+
+
+@needs_root
+def test_a_loose_directory_higher_up_is_not_trusted_either(tmp_path: Path) -> None:
+    loose = tmp_path / "loose"
+    (loose / "etc").mkdir(parents=True)
+    loose.chmod(0o777)
+    top = write(loose / "etc" / "acl.conf", "allow all\n")
+    with pytest.raises(InputError, match=f"directory {loose}, which holds"):
+        load_acl(top)
+
+
+@needs_root
+def test_a_symlink_in_a_loose_directory_is_not_trusted(tmp_path: Path) -> None:
+    real = write(tmp_path / "acl.conf", "allow all\n")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    (loose / "acl.conf").symlink_to(real)
+    with pytest.raises(InputError, match=f"directory {loose}, which holds"):
+        load_acl(loose / "acl.conf")
+
+
+def test_a_sticky_directory_like_tmp_is_trusted(tmp_path: Path) -> None:
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # others may add entries, but cannot swap this one
+    top = write(sticky / "acl.conf", "allow prod\n")
+    assert load_acl(top).decide("prod")[0]
+
+
+def _load_in_child(path: Path) -> subprocess.CompletedProcess[str]:
+    code = ("import sys; from netmap.qemu.acl import load_acl\n"
+            "from netmap.errors import InputError\n"
+            "try: load_acl(sys.argv[1])\n"
+            "except InputError as err: print(err); sys.exit(2)\n")
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+@pytest.mark.parametrize("as_include", [False, True])
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path,
+                                                       as_include: bool) -> None:
+    fifo = tmp_path / "fifo.conf"
+    os.mkfifo(fifo, 0o644)
+    top = write(tmp_path / "acl.conf", "include fifo.conf\n") if as_include else fifo
+    got = _load_in_child(top)  # a hang fails through the timeout
+    assert got.returncode == 2 and f"ACL {fifo} is not a regular file" in got.stdout
+
+
+def test_a_device_or_a_huge_file_is_not_read_whole(tmp_path: Path) -> None:
+    zero = tmp_path / "zero.conf"
+    zero.symlink_to("/dev/zero")
+    assert "is not a regular file" in _load_in_child(zero).stdout
+    huge = tmp_path / "huge.conf"
+    with open(huge, "wb") as handle:
+        handle.truncate(64 * 1024 * 1024)  # sparse: costs no disk
+    got = _load_in_child(huge)
+    assert got.returncode == 2 and "is larger than 1024 KiB" in got.stdout
+
+
+@pytest.mark.parametrize("name", ["mgmt\n", "mgmt\r", "\nmgmt", "mg\nmt", "../mgmt", ".mgmt",
+                                  "mgmt/x", "m" * 16, ""])
+def test_network_name_check_takes_the_whole_name(name: str) -> None:
+    assert network_name_problem(name)
+
+
+@pytest.mark.parametrize("name", ["mgmt", "tenant-blue", "a.b_c", "m" * 15])
+def test_network_names_that_pass(name: str) -> None:
+    assert network_name_problem(name) is None

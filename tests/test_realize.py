@@ -25,6 +25,7 @@ from conftest import needs_netns
 from netmap.cli import main
 from netmap.errors import ApplyError
 from netmap.graph import build_graph
+from netmap.lab import add_namespace
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
 from netmap.netlink.rtnl import entered_netns
@@ -191,9 +192,7 @@ def wait_for(read, token: bytes, send, timeout: float = 5.0) -> bool:
 
 def stand_in_peer(lab_obj, segment: str) -> tuple[str, str]:
     """A namespace with one veth plugged into the fabric bridge of `segment`."""
-    ns = f"{lab_obj.prefix}-peer"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    lab_obj.hosts["peer"] = ns  # torn down with the lab
+    ns = add_namespace(lab_obj, "peer")  # marked as the lab's: torn down with it
     bridge = lab_obj.segment_bridges[segment]
     run("ip", "link", "add", "peer0", "type", "veth", "peer", "name", "pp0", "netns",
         lab_obj.fabric, netns=ns)

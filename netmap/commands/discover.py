@@ -93,6 +93,9 @@ def _write_draft(args: argparse.Namespace, inventory: Inventory) -> None:
         raise InputError(f"{path} exists; the draft would replace it",
                          fix="pass --force, or write to another file and compare")
     try:
+        if not path.parent.is_dir():  # README's `--write hosts/NAME.toml` in a new directory
+            path.parent.mkdir(parents=True)
+            print(f"created directory {path.parent} for the draft", file=sys.stderr)
         path.write_text(text)
     except OSError as err:
         raise InputError(f"cannot write {path}: {err.strerror}",

@@ -37,7 +37,7 @@ def _import(args: argparse.Namespace) -> int:
     blocking = [f for f in result.findings
                 if f.severity == "error" or f.code == "INTERFACE_UNMAPPED"]
     if args.write and not blocking:
-        written = _write_guest(Path(fleet.root), result.guest, doc.file, args.force)
+        written = _write_guest(Path(fleet.root), result, args.force)
     if args.json:
         print_json({**result.as_dict(), "written": str(written) if written else None})
     else:
@@ -80,22 +80,43 @@ def guest_toml(guest, origin: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_guest(root: Path, guest, origin: str, force: bool) -> Path:
-    from netmap.load import load_guest, load_networks
+def _write_guest(root: Path, imported, force: bool) -> Path:
+    """guests/NAME.toml, written whole or not at all, and never anywhere else: the name
+    comes from an untrusted document, so it is checked before the file system is touched."""
+    import os
+    import tempfile
 
-    target = root / "guests" / f"{guest.name}.toml"
-    if target.exists() and not force:
+    from netmap.load import load_guest, load_networks, name_problem
+
+    guest, doc = imported.guest, imported.document
+    problem = name_problem(guest.name)
+    if problem:
+        raise doc.error(doc.root.find("name"), f"the domain's name {problem}",
+                        "import it under a plain name: change <name> (virsh domrename) or "
+                        "write guests/NAME.toml by hand", key="domain.name")
+    guests = root / "guests"
+    target = guests / f"{guest.name}.toml"
+    if target.resolve().parent != guests.resolve():
+        raise InputError(f"{target} is a link that leads out of {guests}; refusing to "
+                         "write through it", file=target, fix="remove the link")
+    if (target.exists() or target.is_symlink()) and not force:
         raise InputError("already exists", file=target,
                          fix="pass --force to overwrite it, or remove it first")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(".toml.tmp")
-    temporary.write_text(guest_toml(guest, origin))
-    try:  # what we write must load again, or it is not written at all
+    guests.mkdir(exist_ok=True)  # the mappings directory itself exists: it was loaded
+    # a fresh name of our own (O_EXCL): a planted NAME.toml.tmp link cannot redirect it
+    handle, temporary_name = tempfile.mkstemp(prefix=f".{guest.name}.", suffix=".tmp",
+                                              dir=guests)
+    temporary = Path(temporary_name)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(guest_toml(guest, doc.file))
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; the mappings are read by all
+        # what we write must load again, or it is not written at all
         load_guest(temporary, load_networks(root / "networks.toml"))
-    except InputError:
-        temporary.unlink()
+        temporary.replace(target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
         raise
-    temporary.replace(target)
     return target
 
 

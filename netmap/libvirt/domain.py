@@ -43,6 +43,13 @@ class DomainImport:
     document: XmlDocument
 
     @property
+    def has_metadata(self) -> bool:
+        """Whether the domain carries netmap's metadata element (valid or not)."""
+        metadata = self.document.root.find("metadata")
+        return metadata is not None and any(
+            element.tag.startswith("{" + NAMESPACE + "}") for element in metadata.iter())
+
+    @property
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == ERROR]
 
@@ -111,7 +118,7 @@ def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: dict[st
     nics: list[GuestNic] = []
     for iface in parsed:
         iface = _map(iface, by_mac, networks, hosts.get(chosen) if chosen else None, findings)
-        if iface.network is not None and iface.mac is not None:
+        if iface.network is not None and iface.mac is not None and not mac_problem(iface.mac):
             meta = by_mac.get(iface.mac, {})
             iface = replace(iface, nic=len(nics))
             vhost = meta.get("vhost") or iface.vhost
@@ -241,14 +248,19 @@ def _map(iface: Interface, by_mac: dict[str, dict[str, str]], networks: dict[str
                                 f"{iface.label}: {why}; netmap leaves it alone.",
                                 "nothing to do"))
         return iface
-    if iface.type not in LIBVIRT_TYPES or iface.mac is None or mac_problem(iface.mac):
+    if iface.type not in LIBVIRT_TYPES:
         return iface  # already reported
-    meta = by_mac.get(iface.mac)
+    meta = by_mac.get(iface.mac) if iface.mac else None
     if meta is not None:
         return replace(iface, network=meta["network"], how="netmap metadata")
     if iface.type == "network" and iface.source.get("network") in networks:
         return replace(iface, network=iface.source["network"], how="libvirt network name")
     network, how, why = _resolve(iface, host, networks)
+    # An interface without a usable MAC (already an error) is still mapped when its source
+    # says where it is: the hook then knows the guest is netmap's and refuses it, as import
+    # does, instead of passing it on unchecked. It never becomes a NIC.
+    if network is None and (iface.mac is None or mac_problem(iface.mac)):
+        return iface
     if network is None:
         findings.append(Finding(
             "INTERFACE_UNMAPPED", WARNING, None,

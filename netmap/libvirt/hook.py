@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 # (operation, sub-operation) whose stdout libvirt reads as the domain XML
 _XML_FILTERS = {("migrate", "begin"), ("restore", "begin")}
-_MAX_INPUT = 8 * 1024 * 1024
+_MAX_INPUT = 8 * 1024 * 1024  # xmlsafe.MAX_BYTES, not imported: pass-through stays light
 
 
 class HookResult:
@@ -61,6 +61,14 @@ def run(args: list[str], *, mappings: str | None = None, host: str | None = None
     if (operation, subop) not in _XML_FILTERS:
         return 0  # nothing to filter: do not even read stdin (libvirt ignores EPIPE)
     data = sys.stdin.buffer.read(_MAX_INPUT + 1)
+    if len(data) > _MAX_INPUT:
+        # only part of it was read: handing that on would make libvirt start a cut document
+        print(f"netmap: refusing to {operation} {guest}: its domain XML is larger than "
+              f"{_MAX_INPUT // (1024 * 1024)} MiB, more than netmap reads, and a cut "
+              "document must not reach libvirt\n  fix: keep the domain XML under "
+              f"{_MAX_INPUT // (1024 * 1024)} MiB (a domain is usually well under 100 KB: "
+              "look for a huge <description> or <metadata>)", file=sys.stderr)
+        return 2
     if operation != "migrate":
         sys.stdout.buffer.write(data)  # restore: pass the (maybe chained) XML on as it is
         return 0
@@ -107,10 +115,13 @@ def _migrate_begin(guest_arg: str, data: bytes, mappings: str | None, host_name:
     imported = import_domain(doc, fleet.networks, fleet.hosts, avoid_host=this.name,
                              prefer_host=known.host if known else None)
     guest = imported.guest
-    managed = (known is not None or bool(guest.nics)
-               or any(f.code == "METADATA_INVALID" for f in imported.findings))
+    # netmap's guest: in the mappings, carrying netmap's metadata, or with an interface a
+    # host mapping explains (direct on eth0.100 is prod on host-a). Passing the last kind on
+    # unchanged would start it on whatever eth0.100 means here, maybe another segment.
+    managed = (known is not None or imported.has_metadata
+               or any(iface.network is not None for iface in imported.interfaces))
     if not managed:
-        return HookResult(0, data, [])  # not netmap's guest: hand it on untouched
+        return HookResult(0, data, [])  # nothing here names a host network netmap knows
     messages: list[str] = []
     refusing = [f for f in imported.findings
                 if f.severity == ERROR or f.code == "INTERFACE_UNMAPPED"]

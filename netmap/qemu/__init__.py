@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from netmap.qemu.helper import Request
 
 # A logical network name as load.py accepts it: no '/', no leading '.', nothing to escape.
-_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 TAP_PREFIX = "nmq"  # helper-made taps: nmq + 8 hex (realize's are nm + 10, never equal)
 
 
@@ -52,7 +52,7 @@ def network_name_problem(name: str) -> str | None:
         # passed the ACL and was copied past the end of the ifreq (an ACL bypass). Refuse.
         return (f"{name!r} has {size} bytes; names of {IFNAMSIZ} bytes or more are refused "
                 "(they would be cut to the kernel's IFNAMSIZ)")
-    if not _NETWORK_NAME.match(name):
+    if not _NETWORK_NAME.fullmatch(name):  # not match: its $ accepts a final newline
         return (f"{name!r} is not a logical network name (letters, digits, '_', '.', '-', "
                 "not starting with '.' or '-', no '/')")
     return None

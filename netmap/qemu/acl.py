@@ -23,6 +23,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from netmap.errors import EXIT_INCOMPATIBLE, InputError, NetmapError
 
@@ -30,6 +31,7 @@ DEFAULT_ACL = Path("/etc/netmap/qemu-helper.conf")
 ACL_ENV = "NETMAP_QEMU_ACL"
 ALL = "all"
 MAX_INCLUDE_DEPTH = 16  # deeper than any sane layout; stops runaway include chains
+MAX_ACL_BYTES = 1024 * 1024  # an ACL is a few lines; a bigger "file" is a mistake or /dev/zero
 
 
 class AccessDenied(NetmapError):
@@ -125,7 +127,8 @@ def _lines(text: str, file: str):
 
 def _read(path: Path, rules: list[Rule], files: list[str], chain: tuple[Path, ...],
           include_line: tuple[str, int] | None) -> None:
-    where = {"file": include_line[0], "line": include_line[1]} if include_line else {}
+    where: dict[str, Any] = ({"file": include_line[0], "line": include_line[1]}
+                             if include_line else {})  # InputError's file= and line=
     try:
         real = path.resolve()
     except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop
@@ -138,30 +141,7 @@ def _read(path: Path, rules: list[Rule], files: list[str], chain: tuple[Path, ..
     if len(chain) >= MAX_INCLUDE_DEPTH:
         raise InputError(f"ACL includes nest deeper than {MAX_INCLUDE_DEPTH} files", **where,
                          fix="flatten the include chain")
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"ACL {path} is not a regular file", **where,
-                             fix="point at a file of allow/deny/include lines")
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        fix = (f"create it with a line 'allow NETWORK' per network QEMU guests may use, "
-               f"or set ${ACL_ENV}") if not include_line else "fix or remove the include"
-        raise InputError(f"ACL file {path} does not exist", **where, fix=fix) from err
-    except PermissionError as err:
-        raise InputError(f"ACL file {path} is not readable: {err.strerror}", **where,
-                         fix="make it readable by the user the helper runs as") from err
-    except UnicodeDecodeError as err:
-        raise InputError(f"ACL file {path} is not UTF-8 text", **where,
-                         fix="write the ACL as plain text") from err
-    except OSError as err:
-        raise InputError(f"cannot read ACL file {path}: {err.strerror or err}", **where,
-                         fix="check the path") from err
-    # The helper runs with root's rights on behalf of any user who may start QEMU: an ACL
-    # that anyone can edit would let anyone open every network (the sudoers rule).
-    if info.st_mode & stat.S_IWOTH:
-        raise InputError(f"ACL file {path} is writable by everyone; refusing to trust it",
-                         **where, fix=f"chmod o-w {path}")
+    text = _read_trusted(path, real, where, is_include=include_line is not None)
     files.append(str(path))
     for number, action, arg in _lines(text, str(path)):
         if action == "include":
@@ -169,3 +149,95 @@ def _read(path: Path, rules: list[Rule], files: list[str], chain: tuple[Path, ..
             _read(target, rules, files, (*chain, real), (str(path), number))
         else:
             rules.append(Rule(action, arg, str(path), number))
+
+
+def _read_trusted(path: Path, real: Path, where: dict[str, Any], *, is_include: bool) -> str:
+    """The text of one ACL file, after making sure only a trusted user could have written it.
+
+    The helper runs with root's rights on behalf of anyone who may start QEMU, so an ACL
+    that someone else can change lets them open every network. Trusted, as sshd's
+    StrictModes and sudo judge it: owned by root (or by the user the helper runs as), not
+    writable by group or others, and so is every directory above it, else the file could
+    be swapped. Opened without blocking (a FIFO must not hang the helper) and read only if
+    it is a regular file, up to MAX_ACL_BYTES.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError as err:
+        fix = (f"create it with a line 'allow NETWORK' per network QEMU guests may use, "
+               f"or set ${ACL_ENV}") if not is_include else "fix or remove the include"
+        raise InputError(f"ACL file {path} does not exist", **where, fix=fix) from err
+    except PermissionError as err:
+        raise InputError(f"ACL file {path} is not readable: {err.strerror}", **where,
+                         fix="make it readable by the user the helper runs as") from err
+    except OSError as err:
+        raise InputError(f"cannot read ACL file {path}: {err.strerror or err}", **where,
+                         fix="check the path") from err
+    try:
+        info = os.fstat(fd)  # the file we read, not whatever the path names a moment later
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"ACL {path} is not a regular file", **where,
+                             fix="point at a file of allow/deny/include lines")
+        _require_trusted(f"ACL file {path}", info, path, where)
+        for directory in _directories(path, real):
+            try:
+                dir_info = os.stat(directory)
+            except OSError as err:
+                raise InputError(f"cannot check directory {directory} of ACL file {path}: "
+                                 f"{err.strerror or err}", **where, fix="check the path"
+                                 ) from err
+            _require_trusted(f"directory {directory}, which holds ACL file {path},",
+                             dir_info, directory, where)
+        data = _read_at_most(fd, MAX_ACL_BYTES + 1)
+    except OSError as err:
+        raise InputError(f"cannot read ACL file {path}: {err.strerror or err}", **where,
+                         fix="check the path") from err
+    finally:
+        os.close(fd)
+    if len(data) > MAX_ACL_BYTES:
+        raise InputError(f"ACL file {path} is larger than {MAX_ACL_BYTES // 1024} KiB",
+                         **where, fix="an ACL holds a few allow/deny/include lines; "
+                         "point at the right file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"ACL file {path} is not UTF-8 text", **where,
+                         fix="write the ACL as plain text") from err
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _directories(path: Path, real: Path) -> list[Path]:
+    """Every directory from / down to the file, both where the path's last link lives and
+    where the file really is: whoever can write to either can swap what is read."""
+    chains: list[Path] = []
+    for leaf_dir in (Path(os.path.realpath(os.path.abspath(path.parent))), real.parent):
+        for directory in (*reversed(leaf_dir.parents), leaf_dir):
+            if directory not in chains:
+                chains.append(directory)
+    return chains
+
+
+def _require_trusted(what: str, info: os.stat_result, path: Path, where: dict[str, Any]) -> None:
+    trusted_owners = {0, os.geteuid()}
+    if info.st_uid not in trusted_owners:
+        raise InputError(f"{what} is owned by uid {info.st_uid}, not by root; refusing to "
+                         "trust it", **where, fix=f"chown root {path}")
+    writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    # A sticky directory (/tmp) lets others add entries but not rename or remove one they
+    # do not own, so a trusted entry inside it cannot be swapped.
+    if writable and not (stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX):
+        who = "everyone" if info.st_mode & stat.S_IWOTH else "its group"
+        raise InputError(f"{what} is writable by {who} (mode "
+                         f"{stat.S_IMODE(info.st_mode):04o}); refusing to trust it", **where,
+                         fix=f"chmod go-w {path}")

@@ -1,0 +1,139 @@
+"""scripts/lab: it builds namespaces under its prefix, marks them, and tears down only what it
+marked; and the README's lab and install examples say what the files do."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_MAPPINGS, REPO, lab_mappings, needs_netns
+
+from netmap.cli import main as netmap_main
+from netmap.lab import DEFAULT_PREFIX, lab_for, lab_mark, main, namespaces
+from netmap.load import load_fleet
+
+_COUNTER = itertools.count()
+
+
+@pytest.fixture
+def prefix() -> Iterator[Callable[[], str]]:
+    """make() -> a fresh lab prefix nmhi...; every namespace under any of them is deleted
+    afterwards, whoever made it (the test made them all)."""
+    base = f"nmhi{os.getpid() % 10000}x"
+    yield lambda: f"{base}{next(_COUNTER)}"
+    for netns in namespaces():
+        if netns.startswith(base):
+            subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
+
+
+def _add_foreign(name: str) -> None:
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+
+
+def _ours(start: str) -> set[str]:
+    return {n for n in namespaces() if n.startswith(start)}
+
+
+@needs_netns
+def test_up_marks_its_namespaces_and_down_removes_only_those(mappings: Path, prefix,
+                                                             capsys) -> None:
+    mine = prefix()
+    lab_mappings(mappings, mine)
+    assert main(["up", "--mappings", str(mappings), "--prefix", mine]) == 0
+    built = {f"{mine}-fabric"} | {f"{mine}-{h}" for h in load_fleet(mappings).hosts}
+    assert _ours(mine) == built
+    assert all(lab_mark(netns) == mine for netns in built)
+    # a namespace someone else made with a lab-like name, and one of another lab whose
+    # prefix starts like ours
+    _add_foreign(f"{mine}-host-z")
+    _add_foreign(f"{mine}-fabric2")
+    lab_mappings(mappings, f"{mine}-o")
+    assert main(["up", "--mappings", str(mappings), "--prefix", f"{mine}-o", "host-a"]) == 0
+    capsys.readouterr()
+    assert main(["down", "--prefix", mine]) == 0
+    out, err = capsys.readouterr()
+    assert _ours(mine) == {f"{mine}-host-z", f"{mine}-fabric2", f"{mine}-o-fabric",
+                           f"{mine}-o-host-a"}
+    assert f"removed netns {mine}-host-a" in out
+    assert f"left netns {mine}-host-z alone: not made by scripts/lab" in err
+    assert f"left netns {mine}-o-host-a alone: made by the lab with --prefix {mine}-o" in err
+    assert main(["down", "--prefix", f"{mine}-o"]) == 0
+    assert _ours(mine) == {f"{mine}-host-z", f"{mine}-fabric2"}
+
+
+@needs_netns
+def test_up_refuses_a_taken_name_and_leaves_the_other_namespace_alone(mappings: Path, prefix,
+                                                                      capsys) -> None:
+    mine = prefix()
+    lab_mappings(mappings, mine)
+    _add_foreign(f"{mine}-fabric")
+    assert main(["up", "--mappings", str(mappings), "--prefix", mine]) == 2
+    err = capsys.readouterr().err
+    assert f"network namespace(s) {mine}-fabric exist already" in err and "fix:" in err
+    assert _ours(mine) == {f"{mine}-fabric"}  # still there, and nothing else was made
+    assert lab_mark(f"{mine}-fabric") is None
+
+
+@needs_netns
+def test_prefix_applies_to_every_host_or_the_lab_says_why_not(mappings: Path, prefix,
+                                                              capsys) -> None:
+    named, asked = prefix(), prefix()
+    lab_mappings(mappings, named)  # the mappings say netns = "NAMED-host-x"
+    assert main(["up", "--mappings", str(mappings), "--prefix", asked]) == 2
+    err = capsys.readouterr().err
+    assert (f"hosts/host-a.toml: host.netns: host host-a names namespace '{named}-host-a', "
+            f"but the lab with prefix '{asked}' builds '{asked}-host-a'") in err
+    assert f'set netns = "{asked}-host-a" in it, or build the lab with --prefix {named}' in err
+    assert not _ours(named) and not _ours(asked)
+    # a host whose mapping names no namespace gets PREFIX-HOST too
+    host_d = mappings / "hosts" / "host-d.toml"
+    host_d.write_text(re.sub(r'^netns = ".*"\n', "", host_d.read_text(), flags=re.M))
+    assert main(["up", "--mappings", str(mappings), "--prefix", asked, "host-d"]) == 0
+    assert _ours(asked) == {f"{asked}-fabric", f"{asked}-host-d"}
+    assert main(["down", "--prefix", asked]) == 0 and not _ours(asked)
+
+
+@needs_netns
+def test_discover_write_creates_the_missing_directory_and_says_so(lab_factory, tmp_path: Path,
+                                                                  monkeypatch, capsys) -> None:
+    lab, _ = lab_factory("nmhi", ["host-a"])
+    work = tmp_path / "fresh"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = netmap_main(["discover", "--netns", lab.hosts["host-a"], "--host", "host-a",
+                        "--write", "hosts/host-a.toml"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "created directory hosts for the draft" in err
+    assert "[uplinks.eth0]" in (work / "hosts" / "host-a.toml").read_text()
+
+
+# --- the README says what the files do ------------------------------------------------------
+
+README = (REPO / "README.rst").read_text()
+
+
+def test_readme_netns_examples_name_namespaces_the_lab_makes() -> None:
+    fleet = load_fleet(EXAMPLE_MAPPINGS)
+    default_lab = lab_for(fleet, DEFAULT_PREFIX).namespaces()
+    named = re.findall(r"--netns (\S+)", README)
+    assert named
+    for netns in named:
+        assert netns in default_lab, f"README's --netns {netns}: scripts/lab up makes no such"
+    # and the shipped mappings act in the namespaces the default lab builds
+    for host in fleet.hosts.values():
+        assert host.netns in (None, lab_for(fleet, DEFAULT_PREFIX).hosts[host.name])
+
+
+def test_readme_describes_ci_run() -> None:
+    ci = (REPO / ".ci" / "run").read_text()
+    test_command = "pip install '.[test]' && python3 -m pytest -q"
+    assert test_command in README and test_command in ci
+    for package in ("iproute2", "qemu-system-x86", "libvirt-clients"):
+        assert package in ci
+    assert "ruff check" in ci and "static checks" in README
