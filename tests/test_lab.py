@@ -121,7 +121,7 @@ README = (REPO / "README.rst").read_text()
 def test_readme_netns_examples_name_namespaces_the_lab_makes() -> None:
     fleet = load_fleet(EXAMPLE_MAPPINGS)
     default_lab = lab_for(fleet, DEFAULT_PREFIX).namespaces()
-    named = re.findall(r"--netns (\S+)", README)
+    named = re.findall(r"^\s*netmap .*--netns (\S+)", README, re.M)  # the example command lines
     assert named
     for netns in named:
         assert netns in default_lab, f"README's --netns {netns}: scripts/lab up makes no such"
