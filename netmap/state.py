@@ -10,6 +10,10 @@ then may the last guest's release undo it). Before touching the kernel, realize 
 guest as ``pending`` with every resource it is about to create; a crash mid-way therefore
 leaves a record from which the next realize finishes or release undoes, and nothing
 netmap did is ever mistaken for a foreign device.
+
+A state file of the wrong shape is refused whole (never half read: the guests it would drop
+are the records that let release undo their devices), and a state directory netmap cannot
+use is named with the reason, before anything is changed.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from netmap.errors import ApplyError
+from netmap.errors import ApplyError, InputError, NetmapError, PrivilegeError
 
 DEFAULT_STATE_DIR = "/run/netmap"
 VERSION = 1
@@ -33,6 +38,84 @@ PENDING, REALIZED = "pending", "realized"
 
 def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get("NETMAP_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def _chosen_by(explicit: str | os.PathLike[str] | None) -> str | None:
+    """Where the state directory was named: the key a user changes to move it."""
+    if explicit:
+        return "--state-dir"
+    return "$NETMAP_STATE_DIR" if os.environ.get("NETMAP_STATE_DIR") else None
+
+
+def dir_error(directory: Path, err: OSError, explicit: str | os.PathLike[str] | None = None,
+              ) -> NetmapError:
+    """Why netmap cannot keep its lock and records in `directory`, and what to do."""
+    chosen = _chosen_by(explicit)
+    elsewhere = ("set $NETMAP_STATE_DIR (or --state-dir) to a directory on a writable, "
+                 f"local file system (the default is {DEFAULT_STATE_DIR}, a tmpfs)")
+    who = _unprivileged()
+    if err.errno in (errno.EACCES, errno.EPERM) and who:
+        return PrivilegeError(
+            f"netmap may not write its state directory {directory}: {err.strerror} for "
+            f"{who}; realize and release keep a per-host lock and records there",
+            fix=f"run netmap as root (the owner of {directory}), or {elsewhere}")
+    if err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        culprit = _not_a_directory(Path(err.filename or directory))
+        problem = f"is not a directory netmap can use: {culprit} is {_kind_of(culprit)}"
+        fix = f"move {culprit} aside, or {elsewhere}"
+    elif err.errno == errno.EROFS:
+        problem = "is on a read-only file system"
+        fix = elsewhere
+    elif err.errno in (errno.ENOENT, errno.EACCES, errno.EPERM):
+        # mkdir -p fails so, and root is refused, only where nothing may be made
+        problem = (f"cannot be made or written there: its file system refuses new files "
+                   f"({err.strerror}), as /proc and /sys do")
+        fix = elsewhere
+    else:  # ENOSPC, ELOOP, EIO...: the kernel's reason says it
+        problem = f"cannot hold netmap's lock and records: {err.strerror or err}"
+        fix = elsewhere
+    return InputError(f"netmap's state directory {problem}", file=directory, key=chosen,
+                      fix=fix)
+
+
+def _unprivileged() -> str | None:
+    """Who this process is when file permissions bind it (not root with CAP_DAC_OVERRIDE,
+    which only a file system itself refuses: /proc, /sys)."""
+    from netmap.netlink.privileges import CAP_DAC_OVERRIDE, effective_capabilities
+
+    uid = os.geteuid()
+    if uid != 0:
+        return f"user id {uid}"
+    caps = effective_capabilities()
+    return None if caps is None or caps & (1 << CAP_DAC_OVERRIDE) else (
+        "root without CAP_DAC_OVERRIDE")
+
+
+def _not_a_directory(path: Path) -> Path:
+    """The part of `path` that exists and is no directory (what stops mkdir -p)."""
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            return path if part.is_dir() else part
+    return path
+
+
+def _kind_of(path: Path) -> str:
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
+
+
+def _damaged(path: Path, host: str, key: str, problem: str) -> InputError:
+    return InputError(
+        f"netmap's state file is damaged: {key or 'the file'} {problem}; nothing was changed",
+        file=path, key=key or None,
+        fix=f"repair the entry if you know what it held; else move the file aside (mv {path} "
+        f"{path}.damaged): netmap then forgets what it made on {host}, and 'netmap drift' "
+        "lists those devices as untracked, to remove by hand")
 
 
 def _empty(host: str) -> dict[str, Any]:
@@ -52,16 +135,27 @@ class HostState:
     def load(cls, host: str, directory: str | os.PathLike[str] | None = None) -> HostState:
         path = state_dir(directory) / f"{host}.json"
         try:
-            data = json.loads(path.read_text())
+            raw = _read_regular(path)
         except FileNotFoundError:
-            data = _empty(host)
-        except (OSError, ValueError) as err:
-            raise ApplyError(f"cannot read netmap state {path}: {err}",
-                             fix="inspect the file; if the host was rebooted, remove it") from err
-        if data.get("version") != VERSION:
-            raise ApplyError(f"netmap state {path} has version {data.get('version')!r}, "
-                             f"this netmap reads {VERSION}",
+            return cls(host, path, _empty(host))
+        except NotADirectoryError as err:
+            raise dir_error(path.parent, err, directory) from err
+        except PermissionError as err:
+            raise PrivilegeError(f"netmap may not read its state file {path}: {err.strerror}",
+                                 fix="run netmap as root, the owner of the file") from err
+        except OSError as err:
+            raise _damaged(path, host, "", f"cannot be read: {err.strerror or err}") from err
+        try:
+            data = json.loads(raw)
+        except ValueError as err:  # UnicodeDecodeError included
+            raise _damaged(path, host, "", f"is not JSON: {err}") from err
+        if isinstance(data, dict) and data.get("version") != VERSION:
+            raise InputError(f"netmap state has version {_shown(data.get('version'))}, "
+                             f"this netmap reads {VERSION}", file=path, key="version",
                              fix="release the guests with the netmap that realized them")
+        wrong = shape_problem(data, host)
+        if wrong:
+            raise _damaged(path, host, *wrong)
         return cls(host, path, data)
 
     def snapshot(self) -> str:
@@ -73,21 +167,28 @@ class HostState:
 
     def save(self) -> None:
         """Write atomically: a crash leaves the old file or the new one, whole."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         payload = json.dumps(self.data, separators=(",", ":")).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(payload)
+                while view:  # a short write (a full disk) must not pass for a whole file
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # make the rename itself durable
+            finally:
+                os.close(dir_fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise dir_error(self.path.parent, err) from err
 
     # --- resources --------------------------------------------------------------------------
     @property
@@ -168,22 +269,143 @@ class HostState:
         self._known.pop(guest, None)
 
 
+MAX_STATE_BYTES = 256 << 20  # ~ a million resources; more is not a state netmap wrote
+
+
+def _read_regular(path: Path) -> bytes:
+    """The file's bytes; a FIFO, device or directory in its place is refused, not read
+    (O_NONBLOCK: opening a FIFO never waits for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, f"{_kind_of(path)}, not a regular file")
+        if info.st_size > MAX_STATE_BYTES:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes, more than netmap ever writes")
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            return stream.read()
+    finally:
+        os.close(fd)
+
+
+def _key(*parts: str) -> str:
+    """A JSON path a person can find in the file: guests["vm1"].resources."""
+    out = parts[0]
+    for part in parts[1:]:
+        out += f".{part}" if part.isidentifier() else f"[{json.dumps(part)}]"
+    return out
+
+
+def _is_strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_object(value: object) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_objects(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+Field = tuple[str, Callable[[object], bool], str, bool]  # name, test, what it must be, required
+_RESOURCE_FIELDS: tuple[Field, ...] = (
+    ("guests", _is_strings, "a list of guest names", True),
+    ("created", lambda v: isinstance(v, bool), "true or false", True),
+    ("step", _is_object, "an object (the plan step)", True),
+    ("info", _is_object, "an object", False))
+_GUEST_FIELDS: tuple[Field, ...] = (
+    ("status", lambda v: v in (PENDING, REALIZED), f"{PENDING!r} or {REALIZED!r}", True),
+    ("resources", _is_strings, "a list of resource keys", True),
+    ("nics", _is_objects, "a list of objects", False))
+
+
+def shape_problem(data: object, host: str) -> tuple[str, str] | None:
+    """(key, what is wrong) for a state document this netmap cannot use as it is, else None.
+    Only what the code relies on is checked: fields it does not know are kept as they are."""
+    if not isinstance(data, dict):
+        return "", f"is {_shown(data)}, not a JSON object"
+    if data.get("host", host) != host:
+        return "host", f"is {data['host']!r}: these are the records of another host"
+    for table in ("resources", "guests"):
+        if table not in data:
+            return table, "is missing"
+        if not isinstance(data[table], dict):
+            return table, f"is {_shown(data[table])}, not an object keyed by name"
+    for key, record in data["resources"].items():
+        wrong = _fields_problem(record, _RESOURCE_FIELDS, ("resources", key))
+        if wrong:
+            return wrong
+    for name, entry in data["guests"].items():
+        wrong = _fields_problem(entry, _GUEST_FIELDS, ("guests", name))
+        if wrong:
+            return wrong
+    return None
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _fields_problem(record: object, fields: tuple[Field, ...], where: tuple[str, ...],
+                    ) -> tuple[str, str] | None:
+    if not isinstance(record, dict):
+        return _key(*where), f"is {_shown(record)}, not an object"
+    for name, good, what, required in fields:
+        if name not in record:
+            if required:
+                return _key(*where, name), "is missing"
+        elif not good(record[name]):
+            return _key(*where, name), f"is {_shown(record[name])}, not {what}"
+    return None
+
+
+def _open_lock(path: Path, directory: str | os.PathLike[str] | None, *, write: bool,
+               ) -> int | None:
+    """The lock file's descriptor. A reader (a dry run) that may not create or write it
+    takes it read-only if it exists, else goes without: no writer can be working then."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if write or err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise dir_error(path.parent, err, directory) from err
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as again:
+            raise dir_error(path.parent, again, directory) from again
+    if write and not os.access(path.parent, os.W_OK | os.X_OK):
+        # a lock that exists in a directory we cannot write: the state file could not be
+        # saved after the kernel was changed; say so now, before anything is touched
+        os.close(fd)
+        code = errno.EROFS if os.statvfs(path.parent).f_flag & os.ST_RDONLY else errno.EACCES
+        raise dir_error(path.parent, OSError(code, os.strerror(code)), directory)
+    return fd
+
+
 @contextlib.contextmanager
 def host_lock(host: str, directory: str | os.PathLike[str] | None = None, *,
-              timeout: float = 60.0) -> Iterator[Path]:
+              timeout: float = 60.0, write: bool = True) -> Iterator[Path]:
     """Hold the host's lock: one realize or release at a time per host, across processes.
 
     flock on a lock file next to the state: the kernel drops it when the holder dies, so a
-    crashed run never leaves the host locked.
+    crashed run never leaves the host locked. `write=False` (a dry run) shares the lock with
+    other readers and needs no right to write the state directory.
     """
     path = state_dir(directory) / f"{host}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path, directory, write=write)
+    if fd is None:
+        yield path
+        return
     try:
         deadline = time.monotonic() + timeout
+        mode = fcntl.LOCK_EX if write else fcntl.LOCK_SH
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except OSError as err:
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
