@@ -189,6 +189,8 @@ def test_a_300_character_host_name_never_reaches_the_file_system(mappings: Path,
     path = mappings / "hosts" / "host-a.toml"
     text = path.read_text().replace('name = "host-a"', f'name = "{long}"')
     path.write_text(re.sub(r'^netns = ".*?"', f'netns = "{ABSENT}"', text, flags=re.M))
+    guest = mappings / "guests" / "vm2.toml"
+    guest.write_text(guest.read_text().replace('host = "host-a"', f'host = "{long}"'))
     monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
     assert main(["--mappings", str(mappings), "realize", "vm2", "--host", long,
                  "--dry-run"]) == 2
