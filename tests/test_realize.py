@@ -344,7 +344,8 @@ def test_refusals_touch_nothing(lab, capsys) -> None:
     run("ip", "link", "add", tap, "type", "veth", "peer", "name", "x0", netns=ns)
     before = host_dump(ns)
     assert main(["realize", "vm5", "--host", "host-a"]) == 3
-    assert f"{tap} exists on host-a as a veth" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{tap} exists on host-a as a veth" in err and "nothing was changed" in err
     assert host_dump(ns) == before
     run("ip", "link", "del", tap, netns=ns)
     # the uplink is enslaved to a bridge netmap does not know
