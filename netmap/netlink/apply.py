@@ -147,7 +147,8 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                         state.save()  # the pending record still names what is left
                     else:
                         state.restore(before)
-                        state.save()
+                        if touched:  # refused while deciding: the file was not written
+                            state.save()
                     txn.close()
                 tail = "; every change was undone" if not leftovers else (
                     "; could not undo: " + "; ".join(leftovers)
