@@ -62,7 +62,9 @@ def dir_error(directory: Path, err: OSError, explicit: str | os.PathLike[str] | 
     if err.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         culprit = _not_a_directory(Path(err.filename or directory))
         problem = f"is not a directory netmap can use: {culprit} is {_kind_of(culprit)}"
-        fix = f"move {culprit} aside, or {elsewhere}"
+        # a path the user chose is corrected there; only what sits in the default's way
+        # is moved
+        fix = elsewhere if chosen else f"move {culprit} aside, or {elsewhere}"
     elif err.errno == errno.EROFS:
         problem = "is on a read-only file system"
         fix = elsewhere

@@ -70,7 +70,8 @@ def test_state_dir_that_is_no_directory(fleet: Path, tmp_path: Path, monkeypatch
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert f"{chosen}: $NETMAP_STATE_DIR: netmap's state directory is not a directory" in err
-        assert f"{blocker} is a regular file" in err and f"move {blocker} aside" in err
+        assert f"{blocker} is a regular file" in err and "set $NETMAP_STATE_DIR" in err
+        assert "aside" not in err  # a path the user chose is never to be moved
     assert blocker.read_text() == "not a directory\n"
 
 
@@ -88,6 +89,19 @@ def test_explicit_state_dir_is_named_as_the_option(tmp_path: Path) -> None:
     with pytest.raises(InputError) as caught, host_lock("h", tmp_path / "f"):
         pass
     assert caught.value.key == "--state-dir" and caught.value.file == str(tmp_path / "f")
+
+
+def test_a_file_in_the_default_state_dirs_way_is_moved_aside(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    import netmap.state
+
+    monkeypatch.delenv("NETMAP_STATE_DIR", raising=False)
+    monkeypatch.setattr(netmap.state, "DEFAULT_STATE_DIR", str(tmp_path / "run-netmap"))
+    (tmp_path / "run-netmap").write_text("")
+    with pytest.raises(InputError) as caught, host_lock("h"):
+        pass
+    assert caught.value.key is None
+    assert f"move {tmp_path / 'run-netmap'} aside" in (caught.value.fix or "")
 
 
 @needs_root
