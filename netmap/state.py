@@ -379,7 +379,7 @@ def _open_lock(path: Path, directory: str | os.PathLike[str] | None, *, write: b
             return None
         except OSError as again:
             raise dir_error(path.parent, again, directory) from again
-    if write and not os.access(path.parent, os.W_OK | os.X_OK):
+    if write and not os.access(path.parent, os.W_OK | os.X_OK, effective_ids=True):
         # a lock that exists in a directory we cannot write: the state file could not be
         # saved after the kernel was changed; say so now, before anything is touched
         os.close(fd)

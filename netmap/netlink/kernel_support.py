@@ -173,9 +173,12 @@ def refuse_unsupported(decided: Sequence[tuple[p.Step, str, dict | None]],
                        probe: KernelProbe, host: str) -> None:
     """Raise for the first (step, verdict, repair) realize decided that needs what the
     kernel lacks, naming the step that would fail and how to get the support."""
+    answers: dict[str, str | None] = {}  # one probe per kind, not per device (1000 taps)
     for step, verdict, repair in decided:
         for key in features_needed(step, verdict, repair):
-            reason = probe.lacks(key)
+            if key not in answers:
+                answers[key] = probe.lacks(key)
+            reason = answers[key]
             if reason:
                 raise ApplyError(
                     f"step '{verdict} {step.describe()}' needs {FEATURES[key].what}, which "
