@@ -191,11 +191,11 @@ def test_entering_a_namespace_without_privilege_is_not_a_missing_namespace(
     """EPERM from setns names the privilege; ENOENT (no such namespace) keeps the lab
     hint. The namespace exists here, so only the privilege can be missing."""
     ns = netns_factory(PREFIX)
-    script = ("from netmap.netlink.apply import _open_kernel\n"
+    script = ("from netmap.netlink.access import open_kernel\n"
               "from netmap.errors import NetmapError\n"
               "import sys\n"
               "try:\n"
-              "    _open_kernel('host-a', sys.argv[1])\n"
+              "    open_kernel('host-a', sys.argv[1])\n"
               "except NetmapError as err:\n"
               "    print(type(err).__name__, err.exit_code); print(err)\n")
     for netns, kind in ((ns, "PrivilegeError 2"), (f"{PREFIX}-absent-1", "ApplyError 3")):
@@ -212,7 +212,7 @@ def test_entering_a_namespace_without_privilege_is_not_a_missing_namespace(
 
 
 def test_capabilities_are_read_from_the_process_status(tmp_path: Path) -> None:
-    from netmap.netlink.privileges import missing_capabilities, require_capabilities
+    from netmap.netlink.access import missing_capabilities, require_capabilities
 
     status = tmp_path / "status"
     status.write_text("Name:\tx\nCapEff:\t0000000000001000\n")  # CAP_NET_ADMIN only

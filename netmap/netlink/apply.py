@@ -21,7 +21,8 @@ from pathlib import Path
 
 from netmap import plan as p
 from netmap.errors import ApplyError, NetmapError
-from netmap.netlink import privileges, rtmsg, rtnl
+from netmap.netlink import rtmsg, rtnl
+from netmap.netlink.access import open_kernel, require_capabilities
 from netmap.netlink.ensure import Transaction
 from netmap.netlink.kernel_steps import run_inverse
 from netmap.netlink.kernel_support import KernelProbe, refuse_unsupported
@@ -87,22 +88,6 @@ def _reason(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _open_kernel(host: str, netns: str | None) -> rtnl.Rtnl:
-    try:
-        return rtnl.Rtnl(netns)
-    except OSError as err:
-        if netns and privileges.is_denied(err):  # not a missing namespace: the lab is there
-            raise privileges.namespace_denied(host, netns, err) from err
-        if netns and err.errno == errno.ENOENT:
-            raise ApplyError(f"cannot reach host {host}'s network stack: network namespace "
-                             f"{netns} does not exist",
-                             fix="build the lab first (scripts/lab up), or correct netns in "
-                             f"{host}'s mapping") from err
-        where = f"network namespace {netns}" if netns else "this machine"
-        raise ApplyError(f"cannot reach host {host}'s network stack ({where}): "
-                         f"{err.strerror or err}") from err
-
-
 def _refuse_unsupported(txn: Transaction, probe: KernelProbe | None) -> None:
     """After decide, before any change: a device kind this kernel cannot make."""
     refuse_unsupported([(a.step, a.verdict, a.repair) for a in txn.actions],
@@ -118,12 +103,12 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
     if plan.problems:
         raise ApplyError(f"cannot realize {plan.guest} on {plan.host}: "
                          + "; ".join(plan.problems), fix="run 'netmap check' for details")
-    privileges.require_capabilities(f"realize {plan.guest}", plan.host, plan.netns,
+    require_capabilities(f"realize {plan.guest}", plan.host, plan.netns,
                                     changes=True)
     with host_lock(plan.host, state_dir, timeout=lock_timeout):
         state = HostState.load(plan.host, state_dir)
         before = state.snapshot()
-        with _open_kernel(plan.host, plan.netns) as kernel:
+        with open_kernel(plan.host, plan.netns) as kernel:
             txn = Transaction(kernel, state, plan, sysfs_root)
             result = RealizeResult(plan.guest, plan.host, plan.netns)
             touched = False
@@ -184,10 +169,10 @@ def preview_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
     """What realize would do with each step on the live host, changing nothing: the
     verdicts (create, unchanged, repair, adopt); a refusal raises as realize would, a
     kind of device this kernel cannot make included."""
-    privileges.require_capabilities(f"a dry run of {plan.guest}", plan.host, plan.netns,
+    require_capabilities(f"a dry run of {plan.guest}", plan.host, plan.netns,
                                     changes=False)
     with host_lock(plan.host, state_dir, write=False), \
-            _open_kernel(plan.host, plan.netns) as kernel:
+            open_kernel(plan.host, plan.netns) as kernel:
         txn = Transaction(kernel, HostState.load(plan.host, state_dir), plan, sysfs_root)
         try:
             txn.decide()
@@ -203,13 +188,13 @@ def release_guest(host: str, guest: str, netns: str | None, *,
                   ) -> ReleaseResult:
     """Remove what netmap made for `guest` on `host` that no other guest uses."""
     result = ReleaseResult(guest, host)
-    privileges.require_capabilities(f"release {guest}", host, netns, changes=True)
+    require_capabilities(f"release {guest}", host, netns, changes=True)
     with host_lock(host, state_dir, timeout=lock_timeout):
         state = HostState.load(host, state_dir)
         entry = state.guest(guest)
         if entry is None:
             return result
-        with _open_kernel(host, netns) as kernel:
+        with open_kernel(host, netns) as kernel:
             problems = _release_keys(kernel, kernel.links(), state, guest,
                                      list(entry["resources"]), result)
             if not problems:

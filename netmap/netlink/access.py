@@ -1,4 +1,5 @@
-"""What this process may do to the host's network, asked before the kernel says EPERM.
+"""Reaching a host's network stack: what this process may do there, asked before the
+kernel says EPERM, and the socket, with an error that says why it cannot be had.
 
 Changing links needs CAP_NET_ADMIN; entering another network namespace (setns) needs
 CAP_SYS_ADMIN. Without them the kernel refuses mid-way with EPERM, which reads like a
@@ -15,7 +16,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from netmap.errors import PrivilegeError
+from netmap.errors import ApplyError, PrivilegeError
+from netmap.netlink import rtnl
 
 CAP_DAC_OVERRIDE = 1
 CAP_NET_ADMIN = 12
@@ -64,8 +66,21 @@ def grant(names: Iterable[str]) -> str:
     return GRANT.format(caps=" ".join(names))
 
 
-def is_denied(err: OSError) -> bool:
-    return err.errno in (errno.EPERM, errno.EACCES)
+def open_kernel(host: str, netns: str | None) -> rtnl.Rtnl:
+    """An rtnetlink socket in `host`'s namespace (`netns`, else this one's)."""
+    try:
+        return rtnl.Rtnl(netns)
+    except OSError as err:
+        if netns and err.errno in (errno.EPERM, errno.EACCES):  # there, but not for us
+            raise namespace_denied(host, netns, err) from err
+        if netns and err.errno == errno.ENOENT:
+            raise ApplyError(f"cannot reach host {host}'s network stack: network namespace "
+                             f"{netns} does not exist",
+                             fix="build the lab first (scripts/lab up), or correct netns in "
+                             f"{host}'s mapping") from err
+        where = f"network namespace {netns}" if netns else "this machine"
+        raise ApplyError(f"cannot reach host {host}'s network stack ({where}): "
+                         f"{err.strerror or err}") from err
 
 
 def namespace_denied(host: str, netns: str, err: OSError) -> PrivilegeError:
