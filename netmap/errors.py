@@ -84,3 +84,10 @@ class ApplyError(NetmapError):
     """Changing the host failed; every step already done was undone: exit 3."""
 
     exit_code = EXIT_APPLY
+
+
+class PrivilegeError(NetmapError):
+    """This process lacks a privilege the command needs (a capability, access to netmap's
+    state directory); nothing was changed: exit 2, a usage error — run it as root."""
+
+    exit_code = EXIT_INPUT

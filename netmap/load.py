@@ -90,6 +90,47 @@ def name_problem(name: str) -> str | None:
     )
 
 
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
+MAX_HOSTNAME, MAX_LABEL = 253, 63
+NAME_MAX = 255  # bytes in a file name: /run/netns/NAME, netmap's state file HOST.json
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a host's name (what `hostname` and DNS accept), or None.
+
+    netmap names files after it (state, lock), so a name no host can have is refused here,
+    not as ENAMETOOLONG in the middle of a realize."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_HOSTNAME:
+        return f"has {len(name)} characters; a host name has at most {MAX_HOSTNAME}"
+    for label in name.split("."):
+        if len(label) > MAX_LABEL:
+            return (f"has a part of {len(label)} characters ({label[:20]}...); each "
+                    f"dot-separated part of a host name has at most {MAX_LABEL}")
+        if not _LABEL.match(label):
+            return (f"{name!r} is not a host name: each dot-separated part holds letters, "
+                    "digits and '-', and neither starts nor ends with '-'")
+    return None
+
+
+def netns_problem(name: str) -> str | None:
+    """Why `name` cannot be a network namespace name, or None: the rules of `ip netns add`
+    (a file name in /run/netns; a path would let a mapping point realize at any process's
+    namespace, and "" at this machine's own), plus no control characters."""
+    if not name:
+        return "is empty; an empty netns would mean this machine's own namespace"
+    if name in (".", ".."):
+        return f"{name!r} is not a name"
+    if "/" in name:
+        return f"{name!r} is a path; netns takes the name of a namespace in /run/netns"
+    if len(name.encode()) > NAME_MAX:
+        return f"has {len(name.encode())} bytes; a namespace name has at most {NAME_MAX}"
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        return f"{name!r} holds control characters"
+    return None
+
+
 # What each kind of table may hold, in the order its keys are checked (tomlcheck.Schema).
 # A file's first mistake in this order is the one reported.
 MTU = number(low=MTU_RANGE[0], high=MTU_RANGE[1])
@@ -151,7 +192,12 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
     doc = Document.read(path)
     top = HOST_FILE.read(doc)
     about = top.host
-    name = doc.check(("host", "name"), about.name, name_problem, "use a plain host name")
+    name = doc.check(("host", "name"), about.name, host_name_problem,
+                     "use the machine's host name (letters, digits, '-' and dots)")
+    if about.netns is not None:
+        doc.check(("host", "netns"), about.netns, netns_problem,
+                  "name the namespace as 'ip netns list' shows it (e.g. \"lab-host-a\"), or "
+                  "remove netns: a real host is realized in its own namespace")
     features = about.features
     for index, feature in enumerate(features):
         if feature not in KNOWN_FEATURES:

@@ -10,6 +10,8 @@ then may the last guest's release undo it). Before touching the kernel, realize 
 guest as ``pending`` with every resource it is about to create; a crash mid-way therefore
 leaves a record from which the next realize finishes or release undoes, and nothing
 netmap did is ever mistaken for a foreign device.
+
+What makes the directory or a file unusable, and the error that says so: state_check.py.
 """
 
 from __future__ import annotations
@@ -24,11 +26,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from netmap.errors import ApplyError
+from netmap.errors import ApplyError, InputError, PrivilegeError
+from netmap.state_check import (
+    DEFAULT_STATE_DIR,
+    PENDING,
+    REALIZED,
+    VERSION,
+    damaged,
+    dir_error,
+    read_regular,
+    shape_problem,
+    shown,
+)
 
-DEFAULT_STATE_DIR = "/run/netmap"
-VERSION = 1
-PENDING, REALIZED = "pending", "realized"
+__all__ = ["DEFAULT_STATE_DIR", "PENDING", "REALIZED", "VERSION", "HostState", "host_lock",
+           "state_dir"]
+
 
 
 def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -52,16 +65,27 @@ class HostState:
     def load(cls, host: str, directory: str | os.PathLike[str] | None = None) -> HostState:
         path = state_dir(directory) / f"{host}.json"
         try:
-            data = json.loads(path.read_text())
+            raw = read_regular(path)
         except FileNotFoundError:
-            data = _empty(host)
-        except (OSError, ValueError) as err:
-            raise ApplyError(f"cannot read netmap state {path}: {err}",
-                             fix="inspect the file; if the host was rebooted, remove it") from err
-        if data.get("version") != VERSION:
-            raise ApplyError(f"netmap state {path} has version {data.get('version')!r}, "
-                             f"this netmap reads {VERSION}",
+            return cls(host, path, _empty(host))
+        except NotADirectoryError as err:
+            raise dir_error(path.parent, err, directory) from err
+        except PermissionError as err:
+            raise PrivilegeError(f"netmap may not read its state file {path}: {err.strerror}",
+                                 fix="run netmap as root, the owner of the file") from err
+        except OSError as err:
+            raise damaged(path, host, "", f"cannot be read: {err.strerror or err}") from err
+        try:
+            data = json.loads(raw)
+        except ValueError as err:  # UnicodeDecodeError included
+            raise damaged(path, host, "", f"is not JSON: {err}") from err
+        if isinstance(data, dict) and data.get("version") != VERSION:
+            raise InputError(f"netmap state has version {shown(data.get('version'))}, "
+                             f"this netmap reads {VERSION}", file=path, key="version",
                              fix="release the guests with the netmap that realized them")
+        wrong = shape_problem(data, host)
+        if wrong:
+            raise damaged(path, host, *wrong)
         return cls(host, path, data)
 
     def snapshot(self) -> str:
@@ -73,21 +97,28 @@ class HostState:
 
     def save(self) -> None:
         """Write atomically: a crash leaves the old file or the new one, whole."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         payload = json.dumps(self.data, separators=(",", ":")).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(payload)
+                while view:  # a short write (a full disk) must not pass for a whole file
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # make the rename itself durable
+            finally:
+                os.close(dir_fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise dir_error(self.path.parent, err) from err
 
     # --- resources --------------------------------------------------------------------------
     @property
@@ -168,22 +199,51 @@ class HostState:
         self._known.pop(guest, None)
 
 
+def _open_lock(path: Path, directory: str | os.PathLike[str] | None, *, write: bool,
+               ) -> int | None:
+    """The lock file's descriptor. A reader (a dry run) that may not create or write it
+    takes it read-only if it exists, else goes without: no writer can be working then."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if write or err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise dir_error(path.parent, err, directory) from err
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as again:
+            raise dir_error(path.parent, again, directory) from again
+    if write and not os.access(path.parent, os.W_OK | os.X_OK, effective_ids=True):
+        # a lock that exists in a directory we cannot write: the state file could not be
+        # saved after the kernel was changed; say so now, before anything is touched
+        os.close(fd)
+        code = errno.EROFS if os.statvfs(path.parent).f_flag & os.ST_RDONLY else errno.EACCES
+        raise dir_error(path.parent, OSError(code, os.strerror(code)), directory)
+    return fd
+
+
 @contextlib.contextmanager
 def host_lock(host: str, directory: str | os.PathLike[str] | None = None, *,
-              timeout: float = 60.0) -> Iterator[Path]:
+              timeout: float = 60.0, write: bool = True) -> Iterator[Path]:
     """Hold the host's lock: one realize or release at a time per host, across processes.
 
     flock on a lock file next to the state: the kernel drops it when the holder dies, so a
-    crashed run never leaves the host locked.
+    crashed run never leaves the host locked. `write=False` (a dry run) shares the lock with
+    other readers and needs no right to write the state directory.
     """
     path = state_dir(directory) / f"{host}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path, directory, write=write)
+    if fd is None:
+        yield path
+        return
     try:
         deadline = time.monotonic() + timeout
+        mode = fcntl.LOCK_EX if write else fcntl.LOCK_SH
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except OSError as err:
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):

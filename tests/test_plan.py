@@ -234,14 +234,14 @@ def test_state_counts_users_and_writes_atomically(tmp_path: Path) -> None:
 
 
 def test_state_from_another_version_is_refused(tmp_path: Path) -> None:
-    from netmap.errors import ApplyError
+    from netmap.errors import InputError
     from netmap.state import HostState
 
     (tmp_path / "h.json").write_text('{"version": 99}')
-    with pytest.raises(ApplyError, match="version 99"):
+    with pytest.raises(InputError, match="version 99"):
         HostState.load("h", tmp_path)
     (tmp_path / "h.json").write_text("{half")
-    with pytest.raises(ApplyError, match="cannot read netmap state"):
+    with pytest.raises(InputError, match="state file is damaged: the file is not JSON"):
         HostState.load("h", tmp_path)
 
 

@@ -31,9 +31,22 @@ def _add_sources(parser: argparse.ArgumentParser) -> None:
                         help="look for vhost-net and net/tun under DIR (default: /dev)")
 
 
+def checked_netns(netns: str | None) -> str | None:
+    """--netns as given, once it is a namespace name (as a mapping's netns must be)."""
+    from netmap.load import netns_problem
+
+    problem = None if netns is None else netns_problem(netns)
+    if problem:
+        raise InputError(problem, key="--netns",
+                         fix="name a namespace as 'ip netns list' shows it, e.g. "
+                         "--netns nm-lab-host-a")
+    return netns
+
+
 def _read(args: argparse.Namespace, netns: str | None, hostname: str | None = None) -> Inventory:
     from netmap.netlink.discover import discover
 
+    netns = checked_netns(netns)
     try:
         return discover(netns, sysfs_root=args.sysfs_root, dev_root=args.dev_root,
                         hostname=hostname)
@@ -230,7 +243,8 @@ def _drift(args: argparse.Namespace) -> int:
         host = require_host(fleet, args.host or args.host_option)
     else:
         host = this_host(args, fleet)
-    report = live_drift(host, fleet.networks, netns=args.netns, state_dir=args.state_dir,
+    report = live_drift(host, fleet.networks, netns=checked_netns(args.netns),
+                        state_dir=args.state_dir,
                         sysfs_root=args.sysfs_root, dev_root=args.dev_root)
     here = socket.gethostname()
     if report.netns is None and host.name != here and not os.environ.get("NETMAP_HOST"):

@@ -42,7 +42,9 @@ def _target_host(args: argparse.Namespace, fleet: Fleet) -> Host:
     host = this_host(args, fleet)
     me = {socket.gethostname(), socket.gethostname().split(".")[0],
           os.environ.get("NETMAP_HOST") or ""}
-    if host.netns is None and host.name not in me and not args.as_host:
+    # `not host.netns`: an empty name would be this machine's own namespace (load refuses
+    # it; a Host built elsewhere must not pass the guard with one either)
+    if not host.netns and host.name not in me and not args.as_host:
         raise InputError(
             f"--host {host.name} names another machine than this one ({socket.gethostname()});"
             " realize and release change the machine they run on",

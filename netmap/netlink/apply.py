@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from netmap import plan as p
-from netmap.errors import ApplyError
+from netmap.errors import ApplyError, NetmapError
 from netmap.netlink import rtmsg, rtnl
+from netmap.netlink.access import open_kernel, require_capabilities
 from netmap.netlink.ensure import Transaction
 from netmap.netlink.kernel_steps import run_inverse
+from netmap.netlink.kernel_support import KernelProbe, refuse_unsupported
 from netmap.netlink.verdicts import KIND_OF
 from netmap.state import REALIZED, HostState, host_lock
 
@@ -86,31 +88,34 @@ def _reason(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _open_kernel(host: str, netns: str | None) -> rtnl.Rtnl:
-    try:
-        return rtnl.Rtnl(netns)
-    except OSError as err:
-        where = f"network namespace {netns}" if netns else "this machine"
-        raise ApplyError(f"cannot reach host {host}'s network stack ({where}): {err}",
-                         fix="run netmap on that host, or build the lab first "
-                         "(scripts/lab up)") from err
+def _refuse_unsupported(txn: Transaction, probe: KernelProbe | None) -> None:
+    """After decide, before any change: a device kind this kernel cannot make."""
+    refuse_unsupported([(a.step, a.verdict, a.repair) for a in txn.actions],
+                       probe or KernelProbe(), txn.plan.host)
 
 
 def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                  sysfs_root: str | Path | None = None, on_step: StepHook | None = None,
-                 lock_timeout: float = 60.0) -> RealizeResult:
-    """Build every endpoint of `plan` on its host, or change nothing (ApplyError)."""
+                 lock_timeout: float = 60.0, kernel_probe: KernelProbe | None = None,
+                 ) -> RealizeResult:
+    """Build every endpoint of `plan` on its host, or change nothing (ApplyError).
+    `kernel_probe` reads what the kernel supports (default: this machine's)."""
     if plan.problems:
         raise ApplyError(f"cannot realize {plan.guest} on {plan.host}: "
                          + "; ".join(plan.problems), fix="run 'netmap check' for details")
+    require_capabilities(f"realize {plan.guest}", plan.host, plan.netns,
+                                    changes=True)
     with host_lock(plan.host, state_dir, timeout=lock_timeout):
         state = HostState.load(plan.host, state_dir)
         before = state.snapshot()
-        with _open_kernel(plan.host, plan.netns) as kernel:
+        with open_kernel(plan.host, plan.netns) as kernel:
             txn = Transaction(kernel, state, plan, sysfs_root)
             result = RealizeResult(plan.guest, plan.host, plan.netns)
+            touched = False
             try:
                 txn.decide()  # refusals happen here, before anything is touched
+                _refuse_unsupported(txn, kernel_probe)
+                touched = True
                 if txn.changes_planned():
                     txn.record_pending()
                     state.save()
@@ -127,12 +132,15 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                         state.save()  # the pending record still names what is left
                     else:
                         state.restore(before)
-                        state.save()
+                        if touched:  # refused while deciding: the file was not written
+                            state.save()
                     txn.close()
                 tail = "; every change was undone" if not leftovers else (
                     "; could not undo: " + "; ".join(leftovers)
                     + " (state keeps them: 'netmap release' removes them)")
-                fix = err.fix if isinstance(err, ApplyError) else None
+                if not touched and not leftovers:
+                    tail = "; nothing was changed"
+                fix = err.fix if isinstance(err, NetmapError) else None
                 raise ApplyError(f"realize {plan.guest} on {plan.host} failed: "
                                  f"{_reason(err)}{tail}", fix=fix) from err
             txn.close()
@@ -156,13 +164,19 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
 
 
 def preview_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
-                 sysfs_root: str | Path | None = None) -> list[tuple[int, p.Step, str]]:
+                 sysfs_root: str | Path | None = None, kernel_probe: KernelProbe | None = None,
+                 ) -> list[tuple[int, p.Step, str]]:
     """What realize would do with each step on the live host, changing nothing: the
-    verdicts (create, unchanged, repair, adopt); a refusal raises as realize would."""
-    with host_lock(plan.host, state_dir), _open_kernel(plan.host, plan.netns) as kernel:
+    verdicts (create, unchanged, repair, adopt); a refusal raises as realize would, a
+    kind of device this kernel cannot make included."""
+    require_capabilities(f"a dry run of {plan.guest}", plan.host, plan.netns,
+                                    changes=False)
+    with host_lock(plan.host, state_dir, write=False), \
+            open_kernel(plan.host, plan.netns) as kernel:
         txn = Transaction(kernel, HostState.load(plan.host, state_dir), plan, sysfs_root)
         try:
             txn.decide()
+            _refuse_unsupported(txn, kernel_probe)
         except ApplyError as err:
             raise ApplyError(f"realize {plan.guest} on {plan.host} would fail: {err.problem}",
                              fix=err.fix) from err
@@ -174,12 +188,13 @@ def release_guest(host: str, guest: str, netns: str | None, *,
                   ) -> ReleaseResult:
     """Remove what netmap made for `guest` on `host` that no other guest uses."""
     result = ReleaseResult(guest, host)
+    require_capabilities(f"release {guest}", host, netns, changes=True)
     with host_lock(host, state_dir, timeout=lock_timeout):
         state = HostState.load(host, state_dir)
         entry = state.guest(guest)
         if entry is None:
             return result
-        with _open_kernel(host, netns) as kernel:
+        with open_kernel(host, netns) as kernel:
             problems = _release_keys(kernel, kernel.links(), state, guest,
                                      list(entry["resources"]), result)
             if not problems:
