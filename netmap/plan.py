@@ -376,8 +376,14 @@ class Plan:
                 "problems": list(self.problems)}
 
     def lines(self) -> list[str]:
-        """The plan as numbered text lines, for --dry-run."""
-        return [f"{n}. [nic {i}] {s.describe()}" for n, (i, s) in enumerate(self.steps, 1)]
+        """The plan as numbered text lines, each step followed by its undo where it has one."""
+        lines = []
+        for n, (i, step) in enumerate(self.steps, 1):
+            lines.append(f"{n}. [nic {i}] {step.describe()}")
+            undo = step.inverse()
+            if undo is not None:
+                lines.append(f"{' ' * len(str(n))}  undo: {undo.describe()}")
+        return lines
 
 
 def _bridged_steps(nic_plan: dict, view: g.NicView, host: Host, port: str,

@@ -276,6 +276,27 @@ def test_plan_text_prints_macs_verbatim(mappings: Path, capsys) -> None:
     assert "7. [nic 1] tap " in out
 
 
+def test_plan_text_shows_each_steps_undo(mappings: Path, capsys) -> None:
+    """README: each step with its undo; a step with nothing to undo has no undo line."""
+    from netmap.graph import build_graph
+    from netmap.load import load_fleet, require_guest
+    from netmap.plan import build_plan
+
+    assert main(["plan", "vm2", "--host", "host-a", "--mappings", str(mappings)]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    fleet = load_fleet(mappings)
+    plan = build_plan(build_graph(fleet), require_guest(fleet, "vm2"), fleet.hosts["host-a"])
+    for number, (_, step) in enumerate(plan.steps, 1):
+        at = next(k for k, line in enumerate(lines) if line.lstrip().startswith(f"{number}. "))
+        undo = step.inverse()
+        follows = lines[at + 1].strip() if at + 1 < len(lines) else ""
+        if undo is None:
+            assert not follows.startswith("undo:")
+        else:
+            assert follows == f"undo: {undo.describe()}"
+    assert any(line.strip() == "undo: delete bridge br-eth1" for line in lines)
+
+
 def test_release_without_the_namespace_is_a_clear_error(mappings: Path, tmp_path: Path,
                                                          monkeypatch, capsys) -> None:
     from netmap.state import HostState
