@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -78,7 +79,7 @@ def test_a_dump_interrupted_every_time_is_an_error_not_a_stale_answer() -> None:
 class RefusingSocket:
     """A socket whose option `refused` fails, as on a kernel without NETLINK_EXT_ACK."""
 
-    instances: list[RefusingSocket] = []
+    instances: ClassVar[list[RefusingSocket]] = []
 
     def __init__(self, *_args: object, refused: int = rtnl.NETLINK_EXT_ACK) -> None:
         self.refused, self.closed = refused, False
