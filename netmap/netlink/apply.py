@@ -115,6 +115,7 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                     txn.record_pending()
                     state.save()
                 txn.execute(on_step)
+                identified = txn.record_identities()
                 problems = txn.verify()
                 if problems:
                     raise ApplyError("the host does not match the plan after applying it: "
@@ -143,10 +144,10 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
             planned = {step.resource for _, step in plan.steps}
             stale = [k for k in (state.guest(plan.guest) or {}).get("resources", [])
                      if k not in planned]
-            if stale:
+            if stale or state.unowned():  # and what netmap kept earlier, once it is free
                 problems = _release_keys(kernel, txn.links, state, plan.guest, stale, result)
                 result.kept += [f"{k}: could not be removed: {r['error']}" for k, r in problems]
-            if result.changed or stale or (state.guest(plan.guest) or {}).get(
+            if result.changed or stale or identified or (state.guest(plan.guest) or {}).get(
                     "status") != REALIZED:
                 state.set_guest(plan.guest, REALIZED, [
                     {k: v for k, v in nic.items() if k not in ("libvirt_xml", "qemu")}
@@ -196,9 +197,12 @@ def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostSt
                   guest: str, keys: list[str], result: ReleaseResult | RealizeResult,
                   ) -> list[tuple[str, dict]]:
     """Drop `guest` from each resource (in reverse order) and undo those netmap made that
-    no guest uses any more; what failed stays in state for the next release."""
+    no guest uses any more; what failed stays in state for the next release. What netmap
+    made but must keep (a bridge with someone else's port) stays in state, owned by no
+    guest, and is tried again here at every later release or realize on the host."""
     undo = []
-    for key in reversed(keys):
+    unowned = [key for key in state.unowned() if key not in keys]
+    for key in reversed(unowned + keys):
         record = state.drop(guest, key)
         if record is None:
             result.kept.append(f"{key}: still used by {', '.join(state.users(key))}")
@@ -209,7 +213,11 @@ def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostSt
             continue
         undo.append((key, record))
     going = {k.split(":", 1)[1] for k, r in undo if k.startswith(("link:", "port:"))}
-    problems = _undo_records(kernel, links, undo, going, result)
+    made = {key[5:] for key, record in [*state.resources.items(), *undo]
+            if key.startswith("link:") and record["created"]}
+    problems, kept = _undo_records(kernel, links, undo, going, made, result)
+    for key, record in kept:
+        state.keep_unowned(key, record)
     for key, record in problems:  # keep what failed so that a later release can finish it
         state.resources[key] = {**record, "guests": []}
         state.use(guest, key, step=record["step"], created=True, info=record.get("info"))
@@ -219,32 +227,60 @@ def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostSt
 LINK_STEPS = KIND_OF  # the steps that make a link: the kind it has
 
 
+def _replaced(step: p.Step, record: dict, links: dict[str, rtmsg.Link]) -> str | None:
+    """Why the live device named as netmap's is someone else's (None: it is netmap's)."""
+    live = links.get(step.name)  # type: ignore[attr-defined]
+    if live is None:
+        return None
+    if live.kind != LINK_STEPS[type(step)]:
+        return f"now a {live.kind}, not netmap's"
+    made = record.get("info", {}).get("ifindex")
+    if made is not None and live.index != made:
+        return (f"now another {live.kind} (ifindex {live.index}; netmap's was ifindex "
+                f"{made}): not netmap's, left alone")
+    return None
+
+
 def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
-                  undo: list[tuple[str, dict]], going: set[str],
-                  result: ReleaseResult) -> list[tuple[str, dict]]:
-    """Run the inverse of each record; return those that failed.
+                  undo: list[tuple[str, dict]], going: set[str], made: set[str],
+                  result: ReleaseResult) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """Run the inverse of each record; return those that failed, and those netmap made
+    that must stay for now (kept in state).
 
     Every link to delete (endpoints, and bridges or vxlan devices no one uses any more) goes
     in one group delete: the kernel unregisters them as one batch. A port of a bridge that
-    is deleted leaves it with the bridge; other inverses run first, uplinks go down last.
+    is deleted leaves it with the bridge; a port netmap put into a bridge it did not make
+    (one it adopted) is taken out again; other inverses run first, uplinks go down last.
     """
     steps = [(key, record, p.step_from_dict(record["step"])) for key, record in undo]
+    foreign = {step.name: why for _key, record, step in steps  # type: ignore[attr-defined]
+               if type(step) in LINK_STEPS and (why := _replaced(step, record, links))}
+    going -= set(foreign)
+    made -= set(foreign)
     for _key, _record, step in steps:  # a bridge that stays keeps its uplink, and it up
-        if isinstance(step, p.EnsureBridge) and _still_needed(step, links, going):
+        if isinstance(step, p.EnsureBridge) and _still_needed(step, links, going, set()):
             going.discard(step.name)
+    leaving = {step.port for _k, _r, step in steps if isinstance(step, p.EnslavePort)
+               and step.bridge not in going and step.bridge not in made}
     failed: list[tuple[str, dict]] = []
+    kept: list[tuple[str, dict]] = []
     deletes: list[tuple[str, dict]] = []
     first, last = [], []
     for key, record, step in steps:
-        keep_reason = _still_needed(step, links, going)
+        name = getattr(step, "name", None)
+        if name in foreign and type(step) in LINK_STEPS:
+            result.kept.append(f"{key}: {foreign[name]}")
+            continue
+        if isinstance(step, p.EnslavePort) and not _is_port_of(links, step.port, step.bridge):
+            result.removed.append(f"{key} (no longer a port of {step.bridge})")
+            continue
+        keep_reason = _still_needed(step, links, going, leaving)
         if keep_reason:
             result.kept.append(f"{key}: {keep_reason}")
+            kept.append((key, record))
         elif type(step) in LINK_STEPS:
-            live = links.get(step.name)  # type: ignore[attr-defined]
-            if live is None:
+            if name not in links:
                 result.removed.append(f"{key} (already gone)")
-            elif live.kind != LINK_STEPS[type(step)]:
-                result.kept.append(f"{key}: now a {live.kind}, not netmap's")
             else:
                 deletes.append((key, record))
         elif isinstance(step, p.EnslavePort) and step.bridge in going:
@@ -257,7 +293,12 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
         failed += _delete_links(kernel, links, deletes, result)
     for key, record, step in last:
         failed += _inverse(kernel, links, key, record, step, result)
-    return failed
+    return failed, kept
+
+
+def _is_port_of(links: dict[str, rtmsg.Link], port: str, bridge: str) -> bool:
+    live, master = links.get(port), links.get(bridge)
+    return live is not None and master is not None and live.master == master.index
 
 
 def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], key: str, record: dict,
@@ -291,22 +332,26 @@ def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     return failed
 
 
-def _still_needed(step: p.Step, links: dict[str, rtmsg.Link], going: set[str]) -> str | None:
-    """Why a shared object must stay although no netmap guest uses it any more."""
+def _still_needed(step: p.Step, links: dict[str, rtmsg.Link], going: set[str],
+                  leaving: set[str]) -> str | None:
+    """Why a shared object must stay although no netmap guest uses it any more. `going`:
+    links deleted and ports leaving with their bridge; `leaving`: ports netmap takes out
+    of a bridge it did not make."""
     if isinstance(step, p.EnsureBridge) and step.name in links:
         index = links[step.name].index
         others = sorted(link.name for link in links.values()
                         if link.master == index and link.name not in going)
         if others:
             return f"bridge still has ports netmap did not make: {', '.join(others)}"
-    if isinstance(step, p.EnslavePort) and step.bridge not in going:
+    if isinstance(step, p.EnslavePort) and step.bridge not in going and \
+            step.port not in leaving:
         return f"bridge {step.bridge} stays"
     if isinstance(step, p.RequireLink) and step.name in links:
         uplink = links[step.name]
         users = sorted(link.name for link in links.values() if link.name not in going and (
             link.lower == uplink.index or link.vxlan_link == uplink.index))
         master = next((n for n, link in links.items() if link.index == uplink.master), None)
-        if master and master not in going:
+        if master and master not in going and uplink.name not in leaving:
             users.append(f"bridge {master}")
         if users:
             return f"still carries {', '.join(users)}"

@@ -31,7 +31,7 @@ from netmap.netlink.kernel_steps import (
     run_inverse,
 )
 from netmap.netlink.sysfs import VirtualFunction
-from netmap.netlink.verdicts import BATCHED, Action, decide_step
+from netmap.netlink.verdicts import BATCHED, KIND_OF, Action, decide_step
 from netmap.state import PENDING, HostState
 
 Undo = tuple[str, Callable[[], None]]
@@ -75,7 +75,11 @@ class Transaction:
         return live.index
 
     def ours(self, name: str) -> bool:
-        return self.state.owner_of_link(name) is not None
+        """State says netmap made `name`, and the live device is that one (its ifindex)."""
+        if self.state.owner_of_link(name) is None:
+            return False
+        made, live = self.state.made_ifindex(f"link:{name}"), self.links.get(name)
+        return made is None or live is None or live.index == made
 
     def vf_for(self, nic: p.NicPlan) -> VirtualFunction | None:
         return next((self.vfs[s.resource] for s in nic.steps if s.resource in self.vfs), None)
@@ -113,6 +117,17 @@ class Transaction:
                 info = {"index": vf.index, "pci": vf.pci, "netdev": vf.netdev}
             self.state.use(self.plan.guest, step.resource, step=step.as_dict(),
                            created=created, info=info)
+
+    def record_identities(self) -> bool:
+        """After the changes: which device is netmap's, for every link it made (also one a
+        crashed run made, finished now). Returns whether state changed."""
+        changed = False
+        for action in self.actions:
+            kind = KIND_OF.get(type(action.step))
+            live = self.links.get(getattr(action.step, "name", ""))
+            if kind and live is not None and live.kind == kind and action.verdict != "adopt":
+                changed = self.state.record_identity(action.step.resource, live.index) or changed
+        return changed
 
     # --- execute ----------------------------------------------------------------------------
     def execute(self, on_step: Callable[[int, p.Step], None] | None = None) -> None:
@@ -178,6 +193,9 @@ class Transaction:
         kind = data = None
         if "vlan_filtering" in attrs:
             kind, data = "bridge", rtmsg.vlan_filtering_data(bool(attrs.pop("vlan_filtering")))
+        if "ageing" in attrs:
+            kind = "bridge"
+            data = (data or b"") + rtmsg._u32(rtmsg.IFLA_BR_AGEING_TIME, int(attrs.pop("ageing")))
         if "mode" in attrs:
             kind, data = "macvtap", rtmsg.macvtap_data(str(attrs.pop("mode")))
         master = self.index(attrs.pop("master")) if attrs.get("master") else (
