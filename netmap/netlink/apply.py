@@ -261,7 +261,8 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
         if isinstance(step, p.EnsureBridge) and _still_needed(step, links, going, set()):
             going.discard(step.name)
     leaving = {step.port for _k, _r, step in steps if isinstance(step, p.EnslavePort)
-               and step.bridge not in going and step.bridge not in made}
+               and step.bridge not in going and step.bridge not in made
+               and step.bridge not in foreign}
     failed: list[tuple[str, dict]] = []
     kept: list[tuple[str, dict]] = []
     deletes: list[tuple[str, dict]] = []
@@ -271,8 +272,9 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
         if name in foreign and type(step) in LINK_STEPS:
             result.kept.append(f"{key}: {foreign[name]}")
             continue
-        if isinstance(step, p.EnslavePort) and not _is_port_of(links, step.port, step.bridge):
-            result.removed.append(f"{key} (no longer a port of {step.bridge})")
+        if isinstance(step, p.EnslavePort) and (step.bridge in foreign or not _is_port_of(
+                links, step.port, step.bridge)):  # what netmap did went with its bridge
+            result.removed.append(f"{key} (no longer a port of netmap's {step.bridge})")
             continue
         keep_reason = _still_needed(step, links, going, leaving)
         if keep_reason:
