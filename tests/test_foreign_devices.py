@@ -157,3 +157,35 @@ def test_a_kept_bridge_stays_in_state_until_it_is_free(lab, capsys) -> None:
     assert main(["release", "vm6", "--host", "host-a"]) == 0
     assert host_dump(ns) == before
     assert HostState.load("host-a").data["resources"] == {}
+
+
+def test_the_qemu_helpers_bridge_is_recorded_and_removed_once_unused(lab, tmp_path) -> None:
+    """The helper makes br-eth1 for QEMU's tap; the tap goes with QEMU, the bridge stays,
+    recorded in state for no guest, and the next run on the host removes it once free."""
+    from netmap.netlink.tapfd import tap_info
+    from tests.test_qemu_helper import call_helper, helper_env, wait_gone
+
+    built, root = lab
+    ns = built.hosts["host-a"]
+    before = host_dump(ns)
+    acl = tmp_path / "qemu-helper.conf"
+    acl.write_text("allow mgmt\n")
+    env = helper_env(root, acl)
+    assert env["NETMAP_STATE_DIR"] == str(tmp_path / "state")  # the state realize uses
+    got = call_helper(["--br=mgmt"], env)
+    assert got.code == 0, got.stderr
+    assert got.fd is not None
+    try:
+        tap = tap_info(got.fd)[0]
+        state = HostState.load("host-a")
+        assert state.users("link:br-eth1") == []
+        assert state.made_ifindex("link:br-eth1") == json.loads(
+            run("ip", "-j", "link", "show", "br-eth1", netns=ns))[0]["ifindex"]
+        assert main(["realize", "vm6", "--host", "host-a"]) == 0  # QEMU still has its tap
+        assert link(ns, tap)["master"] == "br-eth1"
+    finally:
+        got.close()
+    assert wait_gone(ns, tap)
+    assert main(["release", "vm6", "--host", "host-a"]) == 0
+    assert host_dump(ns) == before
+    assert HostState.load("host-a").data["resources"] == {}

@@ -193,6 +193,20 @@ def release_guest(host: str, guest: str, netns: str | None, *,
     return result
 
 
+def record_unowned_links(host: str, kernel: rtnl.Rtnl, steps: list[p.Step], *,
+                         state_dir: str | Path | None = None) -> None:
+    """Record what netmap made outside a realize, for no guest in particular (the QEMU
+    helper's bridge, which outlives the tap): owned by no guest, so the next realize or
+    release on the host removes it once nothing uses it. The caller holds the host lock."""
+    state = HostState.load(host, state_dir)
+    for step in steps:
+        state.keep_unowned(step.resource, {"step": step.as_dict(), "info": {}})
+        live = kernel.get(step.name) if isinstance(step, p.LinkStep) else None
+        if live is not None:
+            state.record_identity(step.resource, live.index)
+    state.save()
+
+
 def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostState,
                   guest: str, keys: list[str], result: ReleaseResult | RealizeResult,
                   ) -> list[tuple[str, dict]]:
