@@ -54,6 +54,10 @@ def test_a_foreign_tap_with_netmaps_name_is_neither_repaired_nor_deleted(lab, ca
     assert f"{tap} on host-a is not the tun netmap made (ifindex {made}, for vm5)" in err
     assert f"ip link del {tap}" in err and "release vm5 on host-a first" in err
     assert link(ns, tap) == theirs  # not repaired: no master, MTU and MAC as they were
+    assert main(["drift", "host-a", "--json"]) == 1
+    replaced = [f for f in json.loads(capsys.readouterr().out)["findings"]
+                if f["code"] == "ENDPOINT_REPLACED"]
+    assert len(replaced) == 1 and f"ifindex {made}, is gone" in replaced[0]["message"]
     assert main(["release", "vm5", "--host", "host-a"]) == 0
     out = capsys.readouterr().out
     assert f"link:{tap}: now another tun" in out and "not netmap's, left alone" in out
