@@ -144,7 +144,8 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
             planned = {step.resource for _, step in plan.steps}
             stale = [k for k in (state.guest(plan.guest) or {}).get("resources", [])
                      if k not in planned]
-            if stale or state.unowned():  # and what netmap kept earlier, once it is free
+            swept = bool(state.unowned())  # kept earlier; removed (result.removed) once free
+            if stale or swept:
                 problems = _release_keys(kernel, txn.links, state, plan.guest, stale, result)
                 result.kept += [f"{k}: could not be removed: {r['error']}" for k, r in problems]
             if result.changed or stale or identified or (state.guest(plan.guest) or {}).get(
