@@ -216,7 +216,8 @@ class Transaction:
         elif isinstance(step, p.BridgeVlan) and step.access:
             vids = self.kernel.bridge_vlans().get(step.port, {})
             make_access_port(k, self.index(step.port), step.vid,
-                             drop_default=p.DEFAULT_PVID in vids)
+                             drop_default=p.DEFAULT_PVID in vids,
+                             send=lambda request: self._make(request, entry))
         elif isinstance(step, p.BridgeVlan):
             self._make(rtmsg.bridge_vlan(self.index(step.port), step.vid, access=False), entry)
         elif isinstance(step, p.EnsureVlanLink):
