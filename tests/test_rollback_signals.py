@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_netns
-from test_realize import host_dump, plan_for
+from test_realize import host_dump, plan_for, run
 
 from netmap.errors import ApplyError
 from netmap.netlink import rtnl
@@ -206,3 +206,31 @@ def test_a_bad_argument_between_the_messages_of_a_step_leaves_nothing(g5_lab) ->
         realize_plan(plan)
     assert "every change was undone" in caught.value.problem
     assert_untouched(ns, before, state_before, "a bad vxlan remote")
+
+
+@pytest.mark.parametrize("kind", ["bridge", "macvtap"])
+def test_a_name_taken_meanwhile_is_not_undone(g5_lab, kind: str) -> None:
+    """Between decide and create someone else makes a device of the planned name: the
+    kernel refuses netmap's request (EEXIST), so the undo registered before it is
+    withdrawn and rollback leaves their device alone."""
+    from netmap import plan as p
+
+    built, root = g5_lab
+    ns = built.hosts["host-a"]
+    before, state_before = host_dump(ns), HostState.load("host-a").data
+    plan = plan_for(root, "g5", "host-a")
+    wanted = p.EnsureBridge if kind == "bridge" else p.CreateMacvtap
+    name = next(step.name for _, step in plan.steps if isinstance(step, wanted))
+    extra = ["type", "bridge"] if kind == "bridge" else ["link", "eth0", "type", "macvtap"]
+
+    def squat(_position: int, step) -> None:
+        if isinstance(step, wanted) and step.name == name:
+            run("ip", "link", "add", name, *extra, netns=ns)
+
+    with pytest.raises(ApplyError) as caught:
+        realize_plan(plan, on_step=squat)
+    assert f"{name} appeared meanwhile" in caught.value.problem
+    assert "every change was undone" in caught.value.problem
+    assert name in host_dump(ns)["links"]  # theirs, kept
+    run("ip", "link", "del", name, netns=ns)
+    assert_untouched(ns, before, state_before, "the run that met their device")
