@@ -157,15 +157,16 @@ def test_a_kept_bridge_stays_in_state_until_it_is_free(lab, capsys) -> None:
     state = HostState.load("host-a")
     assert state.users("link:br-eth1") == [] and state.made_ifindex("link:br-eth1")
     run("ip", "link", "del", "vnet0", netns=ns)
-    assert main(["realize", "vm6", "--host", "host-a"]) == 0  # a later run on the host
-    assert main(["release", "vm6", "--host", "host-a"]) == 0
+    assert main(["realize", "vm6", "--host", "host-a"]) == 0
+    assert main(["release", "vm6", "--host", "host-a"]) == 0  # a later release on the host
     assert host_dump(ns) == before
     assert HostState.load("host-a").data["resources"] == {}
 
 
 def test_the_qemu_helpers_bridge_is_recorded_and_removed_once_unused(lab, tmp_path) -> None:
     """The helper makes br-eth1 for QEMU's tap; the tap goes with QEMU, the bridge stays,
-    recorded in state for no guest, and the next run on the host removes it once free."""
+    recorded in state for no guest, and the next release on the host removes it once
+    free."""
     from netmap.netlink.tapfd import tap_info
     from tests.test_qemu_helper import call_helper, helper_env, wait_gone
 

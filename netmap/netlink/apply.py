@@ -144,9 +144,9 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
             planned = {step.resource for _, step in plan.steps}
             stale = [k for k in (state.guest(plan.guest) or {}).get("resources", [])
                      if k not in planned]
-            swept = bool(state.unowned())  # kept earlier; removed (result.removed) once free
-            if stale or swept:
-                problems = _release_keys(kernel, txn.links, state, plan.guest, stale, result)
+            if stale:
+                problems = _release_keys(kernel, txn.links, state, plan.guest, stale, result,
+                                         sweep=False)
                 result.kept += [f"{k}: could not be removed: {r['error']}" for k, r in problems]
             if result.changed or stale or identified or (state.guest(plan.guest) or {}).get(
                     "status") != REALIZED:
@@ -197,8 +197,8 @@ def release_guest(host: str, guest: str, netns: str | None, *,
 def record_unowned_links(host: str, kernel: rtnl.Rtnl, steps: list[p.Step], *,
                          state_dir: str | Path | None = None) -> None:
     """Record what netmap made outside a realize, for no guest in particular (the QEMU
-    helper's bridge, which outlives the tap): owned by no guest, so the next realize or
-    release on the host removes it once nothing uses it. The caller holds the host lock."""
+    helper's bridge, which outlives the tap): owned by no guest, so the next release on
+    the host removes it once nothing uses it. The caller holds the host lock."""
     state = HostState.load(host, state_dir)
     for step in steps:
         state.keep_unowned(step.resource, {"step": step.as_dict(), "info": {}})
@@ -210,13 +210,13 @@ def record_unowned_links(host: str, kernel: rtnl.Rtnl, steps: list[p.Step], *,
 
 def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostState,
                   guest: str, keys: list[str], result: ReleaseResult | RealizeResult,
-                  ) -> list[tuple[str, dict]]:
+                  *, sweep: bool = True) -> list[tuple[str, dict]]:
     """Drop `guest` from each resource (in reverse order) and undo those netmap made that
     no guest uses any more; what failed stays in state for the next release. What netmap
     made but must keep (a bridge with someone else's port) stays in state, owned by no
-    guest, and is tried again here at every later release or realize on the host."""
+    guest; with `sweep` (every release) such leftovers are tried again."""
     undo = []
-    unowned = [key for key in state.unowned() if key not in keys]
+    unowned = [key for key in state.unowned() if key not in keys] if sweep else []
     for key in reversed(unowned + keys):
         record = state.drop(guest, key)
         if record is None:

@@ -253,7 +253,7 @@ def _bridge_for(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> in
 
 def _record_shared(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> None:
     """The bridge (and vxlan device) made here outlive the tap: state records them, for no
-    guest, so that a later realize or release on the host removes them once unused."""
+    guest, so that the next release on the host removes them once unused."""
     from netmap import plan as p
     from netmap.netlink.apply import record_unowned_links
 
