@@ -145,9 +145,9 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
             stale = [k for k in (state.guest(plan.guest) or {}).get("resources", [])
                      if k not in planned]
             if stale:
-                problems = _release_keys(kernel, txn.links, state, plan.guest, stale, result,
-                                         sweep=False)
-                result.kept += [f"{k}: could not be removed: {r['error']}" for k, r in problems]
+                left = _release_keys(kernel, txn.links, state, plan.guest, stale, result,
+                                     sweep=False)
+                result.kept += [f"{k}: could not be removed: {r['error']}" for k, r in left]
             if result.changed or stale or identified or (state.guest(plan.guest) or {}).get(
                     "status") != REALIZED:
                 state.set_guest(plan.guest, REALIZED, [
@@ -258,7 +258,8 @@ def _replaced(step: p.Step, record: dict, links: dict[str, rtmsg.Link]) -> str |
 
 def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
                   undo: list[tuple[str, dict]], going: set[str], made: set[str],
-                  result: ReleaseResult) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+                  result: ReleaseResult | RealizeResult,
+                  ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
     """Run the inverse of each record; return those that failed, and those netmap made
     that must stay for now (kept in state).
 
@@ -281,7 +282,8 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     failed: list[tuple[str, dict]] = []
     kept: list[tuple[str, dict]] = []
     deletes: list[tuple[str, dict]] = []
-    first, last = [], []
+    first: list[tuple[str, dict, p.Step]] = []
+    last: list[tuple[str, dict, p.Step]] = []
     for key, record, step in steps:
         name = getattr(step, "name", None)
         if name in foreign and type(step) in LINK_STEPS:
@@ -319,7 +321,7 @@ def _is_port_of(links: dict[str, rtmsg.Link], port: str, bridge: str) -> bool:
 
 
 def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], key: str, record: dict,
-             step: p.Step, result: ReleaseResult) -> list[tuple[str, dict]]:
+             step: p.Step, result: ReleaseResult | RealizeResult) -> list[tuple[str, dict]]:
     try:
         run_inverse(kernel, links, step, record.get("info", {}))
     except (OSError, ApplyError) as err:
@@ -329,7 +331,7 @@ def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], key: str, record: 
 
 
 def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
-                  deletes: list[tuple[str, dict]], result: ReleaseResult,
+                  deletes: list[tuple[str, dict]], result: ReleaseResult | RealizeResult,
                   ) -> list[tuple[str, dict]]:
     """Delete many links at once: tag them with an unused group, delete the group."""
     names = [str(record["step"]["name"]) for _, record in deletes]
