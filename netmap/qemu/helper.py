@@ -255,7 +255,7 @@ def _record_shared(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) ->
     """The bridge (and vxlan device) made here outlive the tap: state records them, for no
     guest, so that the next release on the host removes them once unused."""
     from netmap import plan as p
-    from netmap.netlink.apply import record_unowned_links
+    from netmap.netlink.release import record_unowned_links
 
     steps: list[p.Step] = []
     if endpoint.vxlan is not None and endpoint.vxlan in created:
