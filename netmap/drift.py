@@ -38,6 +38,7 @@ class TrackedDevice:
     lower: str | None = None  # a macvtap's lower device, a vxlan's underlay
     pf: str | None = None
     vf: int | None = None
+    ifindex: int | None = None  # the device realize made (state.record_identity)
     pending: bool = False  # a realize recorded it and did not finish (crash, kill -9)
 
     @property
@@ -68,6 +69,7 @@ def tracked_from_state(state: object) -> list[TrackedDevice]:
             out.append(TrackedDevice(key[5:], guests, str(step.get("kind", "link")),
                                      bridge=step.get("bridge"),
                                      lower=step.get("lower") or step.get("underlay"),
+                                     ifindex=(record.get("info") or {}).get("ifindex"),
                                      pending=bool(unfinished & set(guests))))
         elif key.startswith("vf:"):
             pf = key.split(":", 2)[1]
@@ -144,6 +146,14 @@ class _Drift(BindingDrift):
                          "netmap's state but no longer exists; their link is gone.",
                          f"run 'netmap realize {guest}' to rebuild it, or "
                          f"'netmap release {guest}' if the guest is gone")
+            elif entry.ifindex is not None and live.index != entry.ifindex:
+                self.add("ENDPOINT_REPLACED", ERROR,
+                         f"{entry.role} {entry.name}, made by netmap for {entry.owners} as "
+                         f"ifindex {entry.ifindex}, is gone; the {live.kind} {entry.name} "
+                         f"there now (ifindex {live.index}) is someone else's, and netmap "
+                         "will neither repair nor remove it.",
+                         f"delete it ('ip link del {entry.name}') and realize {guest} again, "
+                         f"or release {guest} if the device must stay")
             elif entry.bridge and live.master != entry.bridge:
                 self.add("ENDPOINT_DETACHED", ERROR,
                          f"{entry.role} {entry.name} of {entry.owners} is no longer a port of "

@@ -170,6 +170,34 @@ class HostState:
         del self.resources[key]
         return record
 
+    def record_identity(self, key: str, ifindex: int) -> bool:
+        """Remember which device netmap made for link resource `key`: its ifindex, unique in
+        the namespace while the device lives and not handed out again until the kernel's
+        counter wraps, so a device of the same name and kind made later by someone else is
+        told apart. Returns whether the record changed."""
+        record = self.resources.get(key)
+        if record is None or not record["created"] or record["info"].get("ifindex") == ifindex:
+            return False
+        record["info"]["ifindex"] = ifindex
+        return True
+
+    def made_ifindex(self, key: str) -> int | None:
+        """The ifindex of the device netmap made for `key`, when recorded."""
+        record = self.resources.get(key)
+        if record is None or not record["created"]:
+            return None
+        index = record["info"].get("ifindex")
+        return int(index) if index is not None else None
+
+    def keep_unowned(self, key: str, record: dict[str, Any]) -> None:
+        """Keep a resource netmap made that no guest uses but that cannot go yet (a bridge
+        with someone else's port, one the QEMU helper made): the next release on the host
+        removes it once nothing needs it."""
+        self.resources[key] = {**record, "guests": [], "created": True}
+
+    def unowned(self) -> list[str]:
+        return [key for key, record in self.resources.items() if not record["guests"]]
+
     def owner_of_link(self, name: str) -> list[str] | None:
         """The guests a device netmap made is recorded for, None when it is not netmap's."""
         record = self.resources.get(f"link:{name}")

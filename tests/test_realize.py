@@ -403,6 +403,15 @@ def test_drift_is_repaired_and_foreign_devices_survive_release(lab, capsys) -> N
     assert {tap, "vnet0", "br-eth1"} <= set(links)
     assert links["eth1"]["master"] == "br-eth1"
     assert "vx5001" not in links and "brvx5001" not in links
+    # netmap's bridge stays in state, owned by no guest, until it is free (issue 14 item 3)
+    kept = HostState.load("host-a").data["resources"]
+    assert sorted(kept) == ["link:br-eth1", "port:eth1"]
+    assert all(record["guests"] == [] for record in kept.values())
+    run("ip", "link", "del", "vnet0", netns=ns)
+    assert main(["realize", "vm6", "--host", "host-a"]) == 0
+    assert "br-eth1" in host_dump(ns)["links"]  # realize leaves it: not in vm6's plan
+    assert main(["release", "vm6", "--host", "host-a"]) == 0  # any later release tidies up
+    assert "br-eth1" not in host_dump(ns)["links"]
     assert HostState.load("host-a").data["resources"] == {}
 
 
@@ -700,7 +709,7 @@ def test_an_existing_bridge_is_adopted_and_left_alone(lab, capsys) -> None:
     deleted; one that differs is refused."""
     built, _root = lab
     ns = built.hosts["host-a"]
-    run("ip", "link", "add", "br-eth1", "type", "bridge", netns=ns)
+    run("ip", "link", "add", "br-eth1", "type", "bridge", "ageing_time", "3000", netns=ns)
     run("ip", "link", "set", "eth1", "master", "br-eth1", netns=ns)
     run("ip", "link", "set", "br-eth1", "up", netns=ns)
     before = host_dump(ns)

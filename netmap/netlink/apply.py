@@ -6,13 +6,12 @@ is about to create, then change the kernel. Any failure, or Ctrl-C, undoes every
 this run in reverse order and restores state: the host is left as it was (ApplyError, exit
 3). After the changes the links are read back and each endpoint verified (nmstate's
 apply -> re-read -> verify). release_guest() undoes, in reverse, what state says netmap made
-for that guest and no other guest still uses.
+for that guest and no other guest still uses (release.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -21,12 +20,10 @@ from pathlib import Path
 
 from netmap import plan as p
 from netmap.errors import ApplyError, NetmapError
-from netmap.netlink import rtmsg, rtnl
 from netmap.netlink.access import open_kernel, require_capabilities
 from netmap.netlink.ensure import Transaction
-from netmap.netlink.kernel_steps import run_inverse
 from netmap.netlink.kernel_support import KernelProbe, refuse_unsupported
-from netmap.netlink.verdicts import KIND_OF
+from netmap.netlink.release import release_keys
 from netmap.state import REALIZED, HostState, host_lock
 
 StepHook = Callable[[int, p.Step], None]
@@ -103,8 +100,7 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
     if plan.problems:
         raise ApplyError(f"cannot realize {plan.guest} on {plan.host}: "
                          + "; ".join(plan.problems), fix="run 'netmap check' for details")
-    require_capabilities(f"realize {plan.guest}", plan.host, plan.netns,
-                                    changes=True)
+    require_capabilities(f"realize {plan.guest}", plan.host, plan.netns, changes=True)
     with host_lock(plan.host, state_dir, timeout=lock_timeout):
         state = HostState.load(plan.host, state_dir)
         before = state.snapshot()
@@ -120,6 +116,7 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                     txn.record_pending()
                     state.save()
                 txn.execute(on_step)
+                identified = txn.record_identities()
                 problems = txn.verify()
                 if problems:
                     raise ApplyError("the host does not match the plan after applying it: "
@@ -152,9 +149,10 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
             stale = [k for k in (state.guest(plan.guest) or {}).get("resources", [])
                      if k not in planned]
             if stale:
-                problems = _release_keys(kernel, txn.links, state, plan.guest, stale, result)
-                result.kept += [f"{k}: could not be removed: {r['error']}" for k, r in problems]
-            if result.changed or stale or (state.guest(plan.guest) or {}).get(
+                left = release_keys(kernel, txn.links, state, plan.guest, stale, result,
+                                     sweep=False)
+                result.kept += [f"{k}: could not be removed: {r['error']}" for k, r in left]
+            if result.changed or stale or identified or (state.guest(plan.guest) or {}).get(
                     "status") != REALIZED:
                 state.set_guest(plan.guest, REALIZED, [
                     {k: v for k, v in nic.items() if k not in ("libvirt_xml", "qemu")}
@@ -169,8 +167,7 @@ def preview_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
     """What realize would do with each step on the live host, changing nothing: the
     verdicts (create, unchanged, repair, adopt); a refusal raises as realize would, a
     kind of device this kernel cannot make included."""
-    require_capabilities(f"a dry run of {plan.guest}", plan.host, plan.netns,
-                                    changes=False)
+    require_capabilities(f"a dry run of {plan.guest}", plan.host, plan.netns, changes=False)
     with host_lock(plan.host, state_dir, write=False), \
             open_kernel(plan.host, plan.netns) as kernel:
         txn = Transaction(kernel, HostState.load(plan.host, state_dir), plan, sysfs_root)
@@ -195,7 +192,7 @@ def release_guest(host: str, guest: str, netns: str | None, *,
         if entry is None:
             return result
         with open_kernel(host, netns) as kernel:
-            problems = _release_keys(kernel, kernel.links(), state, guest,
+            problems = release_keys(kernel, kernel.links(), state, guest,
                                      list(entry["resources"]), result)
             if not problems:
                 state.forget_guest(guest)
@@ -205,124 +202,3 @@ def release_guest(host: str, guest: str, netns: str | None, *,
                                  + "; ".join(f"{k} ({r['error']})" for k, r in problems),
                                  fix="fix the cause and run release again")
     return result
-
-
-def _release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostState,
-                  guest: str, keys: list[str], result: ReleaseResult | RealizeResult,
-                  ) -> list[tuple[str, dict]]:
-    """Drop `guest` from each resource (in reverse order) and undo those netmap made that
-    no guest uses any more; what failed stays in state for the next release."""
-    undo = []
-    for key in reversed(keys):
-        record = state.drop(guest, key)
-        if record is None:
-            result.kept.append(f"{key}: still used by {', '.join(state.users(key))}")
-            continue
-        if not record["created"]:
-            if not key.startswith("up:"):  # an uplink that was up stays up: no news
-                result.kept.append(f"{key}: was there before netmap")
-            continue
-        undo.append((key, record))
-    going = {k.split(":", 1)[1] for k, r in undo if k.startswith(("link:", "port:"))}
-    problems = _undo_records(kernel, links, undo, going, result)
-    for key, record in problems:  # keep what failed so that a later release can finish it
-        state.resources[key] = {**record, "guests": []}
-        state.use(guest, key, step=record["step"], created=True, info=record.get("info"))
-    return problems
-
-
-LINK_STEPS = KIND_OF  # the steps that make a link: the kind it has
-
-
-def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
-                  undo: list[tuple[str, dict]], going: set[str],
-                  result: ReleaseResult) -> list[tuple[str, dict]]:
-    """Run the inverse of each record; return those that failed.
-
-    Every link to delete (endpoints, and bridges or vxlan devices no one uses any more) goes
-    in one group delete: the kernel unregisters them as one batch. A port of a bridge that
-    is deleted leaves it with the bridge; other inverses run first, uplinks go down last.
-    """
-    steps = [(key, record, p.step_from_dict(record["step"])) for key, record in undo]
-    for _key, _record, step in steps:  # a bridge that stays keeps its uplink, and it up
-        if isinstance(step, p.EnsureBridge) and _still_needed(step, links, going):
-            going.discard(step.name)
-    failed: list[tuple[str, dict]] = []
-    deletes: list[tuple[str, dict]] = []
-    first, last = [], []
-    for key, record, step in steps:
-        keep_reason = _still_needed(step, links, going)
-        if keep_reason:
-            result.kept.append(f"{key}: {keep_reason}")
-        elif type(step) in LINK_STEPS:
-            live = links.get(step.name)  # type: ignore[attr-defined]
-            if live is None:
-                result.removed.append(f"{key} (already gone)")
-            elif live.kind != LINK_STEPS[type(step)]:
-                result.kept.append(f"{key}: now a {live.kind}, not netmap's")
-            else:
-                deletes.append((key, record))
-        elif isinstance(step, p.EnslavePort) and step.bridge in going:
-            result.removed.append(key)  # leaves the bridge with it
-        else:
-            (last if isinstance(step, p.RequireLink) else first).append((key, record, step))
-    for key, record, step in first:
-        failed += _inverse(kernel, links, key, record, step, result)
-    if deletes:
-        failed += _delete_links(kernel, links, deletes, result)
-    for key, record, step in last:
-        failed += _inverse(kernel, links, key, record, step, result)
-    return failed
-
-
-def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], key: str, record: dict,
-             step: p.Step, result: ReleaseResult) -> list[tuple[str, dict]]:
-    try:
-        run_inverse(kernel, links, step, record.get("info", {}))
-    except (OSError, ApplyError) as err:
-        return [(key, {**record, "error": str(err)})]
-    result.removed.append(key)
-    return []
-
-
-def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
-                  deletes: list[tuple[str, dict]], result: ReleaseResult,
-                  ) -> list[tuple[str, dict]]:
-    """Delete many links at once: tag them with an unused group, delete the group."""
-    names = [str(record["step"]["name"]) for _, record in deletes]
-    used = {link.group for link in links.values()}
-    group = next(g for g in range(0x7E5A0000, 0x7E5B0000) if g not in used)
-    tagged = kernel.batch([rtmsg.set_link(links[name].index, group=group) for name in names])
-    failed = []
-    for (key, record), error in zip(deletes, tagged, strict=True):
-        if error is not None and error.errno != errno.ENODEV:
-            failed.append((key, {**record, "error": str(error)}))
-    try:
-        kernel.call(rtmsg.del_group(group))
-    except OSError as err:
-        return [(k, {**r, "error": str(err)}) for k, r in deletes]
-    done = {k for k, _ in failed}
-    result.removed += [k for k, _ in deletes if k not in done]
-    return failed
-
-
-def _still_needed(step: p.Step, links: dict[str, rtmsg.Link], going: set[str]) -> str | None:
-    """Why a shared object must stay although no netmap guest uses it any more."""
-    if isinstance(step, p.EnsureBridge) and step.name in links:
-        index = links[step.name].index
-        others = sorted(link.name for link in links.values()
-                        if link.master == index and link.name not in going)
-        if others:
-            return f"bridge still has ports netmap did not make: {', '.join(others)}"
-    if isinstance(step, p.EnslavePort) and step.bridge not in going:
-        return f"bridge {step.bridge} stays"
-    if isinstance(step, p.RequireLink) and step.name in links:
-        uplink = links[step.name]
-        users = sorted(link.name for link in links.values() if link.name not in going and (
-            link.lower == uplink.index or link.vxlan_link == uplink.index))
-        master = next((n for n, link in links.items() if link.index == uplink.master), None)
-        if master and master not in going:
-            users.append(f"bridge {master}")
-        if users:
-            return f"still carries {', '.join(users)}"
-    return None

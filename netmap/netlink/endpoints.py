@@ -3,7 +3,7 @@
 Each kind can describe what it builds, create it (its steps, through the transaction that
 makes each one idempotent and undoable), verify the live result against the plan, and say
 what QEMU/libvirt needs to attach the guest NIC to it. Removal is by state, in
-apply.release_guest, because shared parts (a bridge) outlive one guest's endpoint.
+release.py, because shared parts (a bridge) outlive one guest's endpoint.
 """
 
 from __future__ import annotations

@@ -3,11 +3,17 @@
 decide() reads the live links (one dump) and state and gives every step a verdict
 (verdicts.py: create, unchanged, repair, adopt, or a refusal) before anything is touched.
 execute() then makes the changes; tap and macvtap creation is pipelined (one sendmsg for
-many requests). Every change pushes its undo, and rollback() runs them in reverse.
+many requests). Every change pushes its undo *before* the request that makes it is sent, and
+rollback() runs them in reverse: whatever raises mid-way (Ctrl-C between a send and its ack,
+ENOBUFS inside a batch, a bad argument between the two messages of a step) finds an undo for
+everything the kernel may already have made. Each undo tolerates "already gone" (ENODEV);
+only a definite refusal of the creating request withdraws it (EEXIST: the name is someone
+else's, which must never be deleted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +31,10 @@ from netmap.netlink.kernel_steps import (
     run_inverse,
 )
 from netmap.netlink.sysfs import VirtualFunction
-from netmap.netlink.verdicts import BATCHED, Action, decide_step
+from netmap.netlink.verdicts import BATCHED, KIND_OF, Action, decide_step
 from netmap.state import PENDING, HostState
+
+Undo = tuple[str, Callable[[], None]]
 
 
 class Transaction:
@@ -36,7 +44,7 @@ class Transaction:
         self.state = state
         self.plan = plan
         self.sysfs_root = sysfs_root
-        self.links = kernel.links()
+        self.links: dict[str, rtmsg.Link] = {}  # read by decide(), inside realize's rollback
         self._vlans: dict[str, dict[int, int]] | None = None
         self._addresses: dict[int, list[str]] | None = None
         self.actions: list[Action] = []
@@ -67,7 +75,11 @@ class Transaction:
         return live.index
 
     def ours(self, name: str) -> bool:
-        return self.state.owner_of_link(name) is not None
+        """State says netmap made `name`, and the live device is that one (its ifindex)."""
+        if self.state.owner_of_link(name) is None:
+            return False
+        made, live = self.state.made_ifindex(f"link:{name}"), self.links.get(name)
+        return made is None or live is None or live.index == made
 
     def vf_for(self, nic: p.NicPlan) -> VirtualFunction | None:
         return next((self.vfs[s.resource] for s in nic.steps if s.resource in self.vfs), None)
@@ -81,6 +93,7 @@ class Transaction:
 
     # --- decide -----------------------------------------------------------------------------
     def decide(self) -> None:
+        self.links = self.kernel.links()
         for nic in self.plan.nics:
             ENDPOINTS[nic.mode].create(self, nic)
 
@@ -105,6 +118,17 @@ class Transaction:
             self.state.use(self.plan.guest, step.resource, step=step.as_dict(),
                            created=created, info=info)
 
+    def record_identities(self) -> bool:
+        """After the changes: which device is netmap's, for every link it made (also one a
+        crashed run made, finished now). Returns whether state changed."""
+        changed = False
+        for action in self.actions:
+            kind = KIND_OF.get(type(action.step))
+            live = self.links.get(getattr(action.step, "name", ""))
+            if kind and live is not None and live.kind == kind and action.verdict != "adopt":
+                changed = self.state.record_identity(action.step.resource, live.index) or changed
+        return changed
+
     # --- execute ----------------------------------------------------------------------------
     def execute(self, on_step: Callable[[int, p.Step], None] | None = None) -> None:
         for position, action in enumerate(self.actions):
@@ -119,9 +143,17 @@ class Transaction:
         self._flush()
         self.links = self.kernel.links()
 
-    def _done(self, action: Action, what: str, undo: Callable[[], None]) -> None:
-        self.undo.append((what, undo))
-        self.outcomes.append((action.nic, action.step, action.verdict))
+    def _will_undo(self, what: str, undo: Callable[[], None]) -> Undo:
+        """Register an undo before the kernel is asked: from here on, whatever happens,
+        rollback() runs it (and it must tolerate the change never having happened)."""
+        entry = (what, undo)
+        self.undo.append(entry)
+        return entry
+
+    def _not_made(self, entry: Undo) -> None:
+        """The kernel refused the creating request: nothing of ours to undo."""
+        with contextlib.suppress(ValueError):
+            self.undo.remove(entry)
 
     def _run(self, action: Action) -> None:
         step = action.step
@@ -130,17 +162,27 @@ class Transaction:
             return
         name = getattr(step, "name", None) or getattr(step, "port", "")
         if action.verdict == "repair":
+            self._will_undo(f"restore {name}", lambda: self._set(name, action.undo_repair or {}))
             self._set(name, action.repair or {})
-            self._done(action, f"restore {name}", lambda: self._set(
-                name, action.undo_repair or {}))
+            self.outcomes.append((action.nic, step, action.verdict))
             return
+        inverse = step.inverse()
+        entry = self._will_undo(inverse.describe() if inverse else "", lambda: run_inverse(
+            self.kernel, self.links, step, self._vf_info(step)))
         try:
-            self._create(step)
+            self._create(step, entry)
         except OSError as err:
             raise ApplyError(f"{step.describe()}: {explain(step, err)}",
                              fix=fix_for(step, err)) from err
-        self._done(action, step.inverse().describe() if step.inverse() else "",
-                   lambda: run_inverse(self.kernel, self.links, step, self._vf_info(step)))
+        self.outcomes.append((action.nic, step, action.verdict))
+
+    def _make(self, request: tuple[int, int, bytes], entry: Undo) -> None:
+        """Send the request that creates what `entry` undoes."""
+        try:
+            self.kernel.call(request)
+        except rtnl.NetlinkError:
+            self._not_made(entry)
+            raise
 
     def _vf_info(self, step: p.Step) -> dict:
         vf = self.vfs.get(step.resource)
@@ -151,6 +193,9 @@ class Transaction:
         kind = data = None
         if "vlan_filtering" in attrs:
             kind, data = "bridge", rtmsg.vlan_filtering_data(bool(attrs.pop("vlan_filtering")))
+        if "ageing" in attrs:
+            kind = "bridge"
+            data = (data or b"") + rtmsg._u32(rtmsg.IFLA_BR_AGEING_TIME, int(attrs.pop("ageing")))
         if "mode" in attrs:
             kind, data = "macvtap", rtmsg.macvtap_data(str(attrs.pop("mode")))
         master = self.index(attrs.pop("master")) if attrs.get("master") else (
@@ -159,37 +204,40 @@ class Transaction:
         self.kernel.call(rtmsg.set_link(self.index(name), kind=kind, data=data or b"",
                                        master=master, **attrs))
 
-    def _create(self, step: p.Step) -> None:
+    def _create(self, step: p.Step, entry: Undo) -> None:
         k = self.kernel
         if isinstance(step, p.EnsureBridge):
-            k.call(rtmsg.new_link(step.name, "bridge", mtu=step.mtu,
-                                 data=rtmsg.bridge_data(step.ageing, step.vlan_filtering)))
+            self._make(rtmsg.new_link(step.name, "bridge", mtu=step.mtu, data=rtmsg.bridge_data(
+                step.ageing, step.vlan_filtering)), entry)
             k.call(rtmsg.no_ipv6(step.name))
         elif isinstance(step, p.EnslavePort):
-            k.call(rtmsg.set_link(self.index(step.port), master=self.index(step.bridge)))
+            self._make(rtmsg.set_link(self.index(step.port), master=self.index(step.bridge)),
+                       entry)
         elif isinstance(step, p.BridgeVlan) and step.access:
             vids = self.kernel.bridge_vlans().get(step.port, {})
             make_access_port(k, self.index(step.port), step.vid,
-                             drop_default=p.DEFAULT_PVID in vids)
+                             drop_default=p.DEFAULT_PVID in vids,
+                             send=lambda request: self._make(request, entry))
         elif isinstance(step, p.BridgeVlan):
-            k.call(rtmsg.bridge_vlan(self.index(step.port), step.vid, access=False))
+            self._make(rtmsg.bridge_vlan(self.index(step.port), step.vid, access=False), entry)
         elif isinstance(step, p.EnsureVlanLink):
-            k.call(rtmsg.new_link(step.name, "vlan", mtu=step.mtu, lower=self.index(step.lower),
-                                 data=rtmsg.vlan_data(step.vid)))
+            self._make(rtmsg.new_link(step.name, "vlan", mtu=step.mtu,
+                                      lower=self.index(step.lower),
+                                      data=rtmsg.vlan_data(step.vid)), entry)
         elif isinstance(step, p.EnsureVxlan):
-            k.call(rtmsg.new_link(step.name, "vxlan", mtu=step.mtu, data=rtmsg.vxlan_data(
+            self._make(rtmsg.new_link(step.name, "vxlan", mtu=step.mtu, data=rtmsg.vxlan_data(
                 step.vni, self.index(step.underlay), step.port, step.group, step.local,
-                step.remotes)))
+                step.remotes)), entry)
             k.call(rtmsg.no_ipv6(step.name))
             if step.remotes:  # unicast peers: head-end replication FDB entries
                 for _remote, error in add_vxlan_remotes(k, self.index(step.name), step.remotes):
                     raise error
         elif isinstance(step, p.ClaimVf):
-            self._claim_vf(step)
+            self._claim_vf(step, entry)
         elif isinstance(step, p.RequireLink):
             self.kernel.call(rtmsg.set_link(self.index(step.name), up=True))
 
-    def _claim_vf(self, step: p.ClaimVf) -> None:
+    def _claim_vf(self, step: p.ClaimVf, entry: Undo) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
 
         vf = self.vfs[step.resource]
@@ -198,6 +246,7 @@ class Transaction:
                 "vf": vf.index, "mac": step.mac, "vlan": step.vlan or 0,
                 "spoofchk": int(step.spoofchk)})
         except NetlinkError as err:
+            self._not_made(entry)  # refused: the VF entry is as it was
             raise OSError(err.code, os.strerror(err.code)) from err
         if step.macvtap and vf.netdev:
             try:
@@ -224,6 +273,10 @@ class Transaction:
         if not self._queue:
             return
         queue, self._queue = self._queue, []
+        # every undo first: an interrupt inside create_taps or the batch leaves nothing
+        undos = {id(a): self._will_undo(f"delete {a.step.name}",  # type: ignore[attr-defined]
+                                        lambda s=a.step: delete_quietly(self.kernel, s.name))
+                 for a in queue}
         taps = [a.step.name for a in queue if isinstance(a.step, p.CreateTap)]  # type: ignore[attr-defined]
         tap_errors = dict(zip(taps, self.kernel.create_taps(taps), strict=True))
         requests: list[tuple[int, int, bytes]] = []
@@ -234,10 +287,9 @@ class Transaction:
             if isinstance(step, p.CreateTap):
                 error = tap_errors[step.name]
                 if error is not None:
+                    self._not_made(undos[id(action)])
                     first = first or (step, error)
                     continue
-                self._done(action, f"delete {step.name}",
-                           lambda s=step: delete_quietly(self.kernel, s.name))
                 sent.append((action, len(requests), 1))
                 requests.append(rtmsg.set_link(0, name=step.name, up=True, mtu=step.mtu,
                                               mac=step.mac, master=self.index(step.bridge),
@@ -256,9 +308,10 @@ class Transaction:
                                           mac=step.mac if step.mode == "passthru" else None))
         errors = self.kernel.batch(requests)
         for action, at, count in sent:
-            if isinstance(action.step, p.CreateMacvtap) and errors[at] is None:
-                self._done(action, f"delete {action.step.name}",
-                           lambda s=action.step: delete_quietly(self.kernel, s.name))
+            if isinstance(action.step, p.CreateMacvtap) and errors[at] is not None:
+                self._not_made(undos[id(action)])
+            else:
+                self.outcomes.append((action.nic, action.step, action.verdict))
             error = next((e for e in errors[at:at + count] if e is not None), None)
             if error is not None:
                 first = first or (action.step, error)

@@ -7,7 +7,7 @@ here runs once per shared object, per repair, per rollback, or per release.
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from netmap import plan as p
 from netmap.netlink import rtmsg, rtnl
@@ -66,11 +66,13 @@ def add_vxlan_remotes(kernel: rtnl.Rtnl, index: int, remotes: Sequence[str],
             if error is not None]
 
 
-def make_access_port(kernel: rtnl.Rtnl, port: int, vid: int, *, drop_default: bool) -> None:
+def make_access_port(kernel: rtnl.Rtnl, port: int, vid: int, *, drop_default: bool,
+                     send: Callable[[tuple[int, int, bytes]], None] | None = None) -> None:
     """Bridge port `port` carries `vid` as PVID, untagged; an access port carries its one
     VLAN only, so the bridge's default VLAN, which every new port gets, is dropped (when
-    `drop_default` says the port has it)."""
-    kernel.call(rtmsg.bridge_vlan(port, vid, access=True))
+    `drop_default` says the port has it). `send` sends the first request, the one that
+    makes the change (realize's transaction learns whether the kernel refused it)."""
+    (send or kernel.call)(rtmsg.bridge_vlan(port, vid, access=True))
     if drop_default and vid != p.DEFAULT_PVID:
         kernel.call(rtmsg.bridge_vlan(port, p.DEFAULT_PVID, access=False, add=False))
 

@@ -87,6 +87,17 @@ class NetlinkError(OSError):
         self.kernel_message = message
 
 
+class DumpInterrupted(NetlinkError):
+    """Every attempt at a dump was interrupted by changes (NLM_F_DUMP_INTR)."""
+
+    def __init__(self, kind: int) -> None:
+        table = {RTM_GETLINK: "link", RTM_GETADDR: "address"}.get(kind, f"type {kind}")
+        super().__init__(errno.EAGAIN, f"the kernel's {table} table changed during each of "
+                         f"{DUMP_ATTEMPTS} dumps (NLM_F_DUMP_INTR), so no consistent view "
+                         "could be read; something is changing interfaces right now: try "
+                         "again once it has finished")
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -168,6 +179,15 @@ class Rtnl:
         self.netns = netns
         with entered_netns(netns):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        try:
+            self._configure()
+        except BaseException:  # a caller that gets no Rtnl cannot close its socket
+            self.sock.close()
+            raise
+        self.seq = 0
+        self._view = memoryview(bytearray(RECV_BUFFER))
+
+    def _configure(self) -> None:
         # room for the acks of a whole chunk, and for a dump of thousands of links, which
         # arrives faster than Python reads it; FORCE passes rmem_max as root
         try:
@@ -178,8 +198,6 @@ class Rtnl:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self.sock.bind((0, 0))
-        self.seq = 0
-        self._view = memoryview(bytearray(RECV_BUFFER))
 
     def close(self) -> None:
         self.sock.close()
@@ -256,12 +274,13 @@ class Rtnl:
 
         A dump is not atomic: when the table changes while it runs, the kernel flags a
         message NLM_F_DUMP_INTR and the result may hold stale or missing entries; then it
-        is dumped again (up to DUMP_ATTEMPTS times)."""
+        is dumped again, up to DUMP_ATTEMPTS times; a table that never holds still is an
+        error (DumpInterrupted), never a silently inconsistent answer."""
         for _ in range(DUMP_ATTEMPTS):
             out, interrupted = self._dump_once(kind, body, parse)
             if not interrupted:
-                break
-        return out
+                return out
+        raise DumpInterrupted(kind)
 
     def _dump_once(self, kind: int, body: bytes, parse: Callable[[bytes, int, int], T],
                    ) -> tuple[list[T], bool]:

@@ -70,6 +70,16 @@ def decide_step(txn: Transaction, nic: int, step: p.Step) -> Action:
     if live is None:
         return Action(nic, step, "create")
     want_kind = KIND_OF[type(step)]
+    made = txn.state.made_ifindex(step.resource)
+    if made is not None and live.index != made:
+        users = ", ".join(txn.state.users(step.resource)) or "no guest"
+        raise refuse(f"{name} on {host} is not the {want_kind} netmap made (ifindex {made}, "
+                     f"for {users}): that one is gone and a {live.kind or 'plain'} device "
+                     f"someone else made (ifindex {live.index}) now has its name",
+                     f"if that device is stale, delete it ('ip link del {name}') and realize "
+                     f"again; if it must stay, release {users} on {host} first (netmap then "
+                     f"forgets its own {name} and leaves this one alone) and rename the "
+                     "endpoint or the bridge in the mapping")
     mine = txn.ours(name)
     if live.kind != want_kind:
         if mine:  # netmap made it for another mode: the binding changed since
@@ -92,6 +102,8 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
     identity: list[str] = []
     if isinstance(step, p.EnsureBridge):
         want["mtu"] = step.mtu
+        if live.ageing is not None:  # how long a moved guest's MAC keeps pointing away
+            want["ageing"] = step.ageing
         if step.vlan_filtering and not live.vlan_filtering:
             want["vlan_filtering"] = True
     elif isinstance(step, p.EnsureVlanLink):
@@ -118,12 +130,13 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
     master = next((n for n, link in txn.links.items() if link.index == live.master), None)
     have = {"up": live.up, "mtu": live.mtu, "mac": live.address,
             "master": master, "mode": live.macvlan_mode,
-            "vlan_filtering": live.vlan_filtering}
+            "vlan_filtering": live.vlan_filtering, "ageing": live.ageing}
     diff = {k: v for k, v in want.items() if have.get(k) != v}
     if not diff:
         return Action(nic, step, "unchanged" if mine else "adopt")
     if not mine:  # someone else's: used as it is, never changed (release could not undo)
-        changes = ", ".join(f"{k} {have.get(k)} (want {v})" for k, v in diff.items())
+        changes = ", ".join(f"{k} {_shown(k, have.get(k))} (want {_shown(k, v)})"
+                            for k, v in diff.items())
         raise refuse(f"{name} on {txn.plan.host} is not netmap's and differs: {changes}",
                      f"make {name} match, or let netmap create its own bridge (set "
                      "bridge = \"...\" in the binding)")
@@ -136,6 +149,12 @@ def _vxlan_differences(txn: Transaction, step: p.EnsureVxlan, live: rtmsg.Link) 
         port=step.port, group=step.group, local=step.local, remotes=step.remotes,
         name_of=lambda index: next((n for n, link in txn.links.items() if link.index == index),
                                    f"ifindex {index}"))
+
+
+def _shown(key: str, value: object) -> str:
+    if key == "ageing" and isinstance(value, int):  # clock_t, 1/100 s
+        return f"{value / 100:g}s"
+    return str(value)
 
 
 def _decide_port(txn: Transaction, nic: int, step: p.EnslavePort) -> Action:

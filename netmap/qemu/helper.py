@@ -191,6 +191,7 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
                 mac = host_side_mac(endpoint.mac) if endpoint.mac else k.random_tap_mac()
                 tap = k.attach_tap(kernel, endpoint.ifname, bridge, endpoint.mtu, mac)
                 _tap_vlan(kernel, endpoint, bridge, tap)
+                _record_shared(kernel, endpoint, created)
             try:
                 send_fd(sock, fd)
             except OSError as err:
@@ -251,6 +252,26 @@ def _bridge_for(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> in
                                   vlan=endpoint.vlan)
     created += [endpoint.bridge] if made else []
     return index
+
+
+def _record_shared(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> None:
+    """The bridge (and vxlan device) made here outlive the tap: state records them, for no
+    guest, so that the next release on the host removes them once unused."""
+    from netmap import plan as p
+    from netmap.netlink.release import record_unowned_links
+
+    steps: list[p.Step] = []
+    if endpoint.vxlan is not None and endpoint.vxlan in created:
+        assert endpoint.network.vni is not None
+        steps.append(p.EnsureVxlan(name=endpoint.vxlan, vni=endpoint.network.vni,
+                                   underlay=endpoint.binding.uplink, mtu=endpoint.mtu))
+    if endpoint.bridge is not None and endpoint.bridge in created:
+        steps += [p.EnsureBridge(name=endpoint.bridge, mtu=endpoint.mtu,
+                                 vlan_filtering=endpoint.vlan is not None),
+                  p.EnslavePort(port=endpoint.vxlan or endpoint.binding.uplink,
+                                bridge=endpoint.bridge)]
+    if steps:
+        record_unowned_links(endpoint.host.name, kernel, steps)
 
 
 def _tap_vlan(kernel: rtnl.Rtnl, endpoint: Endpoint, bridge: int, tap: int) -> None:

@@ -1,0 +1,207 @@
+"""Release: undo, in reverse, what state says netmap made and no guest uses any more.
+
+Shared by `netmap release` and by realize's convergence (a NIC removed from the plan).
+Only what netmap made is undone, and only the device it made: one that took its name
+since (another ifindex) is someone else's. What netmap made but must keep (a bridge with
+someone else's port on it, the QEMU helper's bridge while QEMU runs) stays in state, owned
+by no guest, and every later release tries it again.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Protocol
+
+from netmap import plan as p
+from netmap.errors import ApplyError
+from netmap.netlink import rtmsg, rtnl
+from netmap.netlink.kernel_steps import run_inverse
+from netmap.state import HostState
+
+
+class Tally(Protocol):
+    """What a release reports: realize's and release's results both have it."""
+
+    removed: list[str]
+    kept: list[str]
+
+
+def record_unowned_links(host: str, kernel: rtnl.Rtnl, steps: list[p.Step], *,
+                         state_dir: str | Path | None = None) -> None:
+    """Record what netmap made outside a realize, for no guest in particular (the QEMU
+    helper's bridge, which outlives the tap): owned by no guest, so the next release on
+    the host removes it once nothing uses it. The caller holds the host lock."""
+    state = HostState.load(host, state_dir)
+    for step in steps:
+        state.keep_unowned(step.resource, {"step": step.as_dict(), "info": {}})
+        live = kernel.get(step.name) if isinstance(step, p.LinkStep) else None
+        if live is not None:
+            state.record_identity(step.resource, live.index)
+    state.save()
+
+
+def release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostState,
+                  guest: str, keys: list[str], result: Tally,
+                  *, sweep: bool = True) -> list[tuple[str, dict]]:
+    """Drop `guest` from each resource (in reverse order) and undo those netmap made that
+    no guest uses any more; what failed stays in state for the next release. What netmap
+    made but must keep (a bridge with someone else's port) stays in state, owned by no
+    guest; with `sweep` (every release) such leftovers are tried again."""
+    undo = []
+    unowned = [key for key in state.unowned() if key not in keys] if sweep else []
+    for key in reversed(unowned + keys):
+        record = state.drop(guest, key)
+        if record is None:
+            result.kept.append(f"{key}: still used by {', '.join(state.users(key))}")
+            continue
+        if not record["created"]:
+            if not key.startswith("up:"):  # an uplink that was up stays up: no news
+                result.kept.append(f"{key}: was there before netmap")
+            continue
+        undo.append((key, record))
+    going = {k.split(":", 1)[1] for k, r in undo if k.startswith(("link:", "port:"))}
+    made = {key[5:] for key, record in [*state.resources.items(), *undo]
+            if key.startswith("link:") and record["created"]}
+    problems, kept = _undo_records(kernel, links, undo, going, made, result)
+    for key, record in kept:
+        state.keep_unowned(key, record)
+    for key, record in problems:  # keep what failed so that a later release can finish it
+        state.resources[key] = {**record, "guests": []}
+        state.use(guest, key, step=record["step"], created=True, info=record.get("info"))
+    return problems
+
+
+def _replaced(step: p.LinkStep, record: dict, links: dict[str, rtmsg.Link]) -> str | None:
+    """Why the live device named as netmap's is someone else's (None: it is netmap's)."""
+    live = links.get(step.name)
+    if live is None:
+        return None
+    if live.kind != step.link_kind:
+        return f"now a {live.kind}, not netmap's"
+    made = record.get("info", {}).get("ifindex")
+    if made is not None and live.index != made:
+        return (f"now another {live.kind} (ifindex {live.index}; netmap's was ifindex "
+                f"{made}): not netmap's, left alone")
+    return None
+
+
+def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
+                  undo: list[tuple[str, dict]], going: set[str], made: set[str],
+                  result: Tally,
+                  ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """Run the inverse of each record; return those that failed, and those netmap made
+    that must stay for now (kept in state).
+
+    Every link to delete (endpoints, and bridges or vxlan devices no one uses any more) goes
+    in one group delete: the kernel unregisters them as one batch. A port of a bridge that
+    is deleted leaves it with the bridge; a port netmap put into a bridge it did not make
+    (one it adopted) is taken out again; other inverses run first, uplinks go down last.
+    """
+    steps = [(key, record, p.step_from_dict(record["step"])) for key, record in undo]
+    foreign = {step.name: why for _key, record, step in steps
+               if isinstance(step, p.LinkStep) and (why := _replaced(step, record, links))}
+    going -= set(foreign)
+    made -= set(foreign)
+    for _key, _record, step in steps:  # a bridge that stays keeps its uplink, and it up
+        if isinstance(step, p.EnsureBridge) and _still_needed(step, links, going, set()):
+            going.discard(step.name)
+    leaving = {step.port for _k, _r, step in steps if isinstance(step, p.EnslavePort)
+               and step.bridge not in going and step.bridge not in made
+               and step.bridge not in foreign}
+    failed: list[tuple[str, dict]] = []
+    kept: list[tuple[str, dict]] = []
+    deletes: list[tuple[str, dict]] = []
+    first: list[tuple[str, dict, p.Step]] = []
+    last: list[tuple[str, dict, p.Step]] = []
+    for key, record, step in steps:
+        name = getattr(step, "name", None)
+        if name in foreign and isinstance(step, p.LinkStep):
+            result.kept.append(f"{key}: {foreign[name]}")
+            continue
+        if isinstance(step, p.EnslavePort) and (step.bridge in foreign or not _is_port_of(
+                links, step.port, step.bridge)):  # what netmap did went with its bridge
+            result.removed.append(f"{key} (no longer a port of netmap's {step.bridge})")
+            continue
+        keep_reason = _still_needed(step, links, going, leaving)
+        if keep_reason:
+            result.kept.append(f"{key}: {keep_reason}")
+            kept.append((key, record))
+        elif isinstance(step, p.LinkStep):
+            if name not in links:
+                result.removed.append(f"{key} (already gone)")
+            else:
+                deletes.append((key, record))
+        elif isinstance(step, p.EnslavePort) and step.bridge in going:
+            result.removed.append(key)  # leaves the bridge with it
+        else:
+            (last if isinstance(step, p.RequireLink) else first).append((key, record, step))
+    for key, record, step in first:
+        failed += _inverse(kernel, links, key, record, step, result)
+    if deletes:
+        failed += _delete_links(kernel, links, deletes, result)
+    for key, record, step in last:
+        failed += _inverse(kernel, links, key, record, step, result)
+    return failed, kept
+
+
+def _is_port_of(links: dict[str, rtmsg.Link], port: str, bridge: str) -> bool:
+    live, master = links.get(port), links.get(bridge)
+    return live is not None and master is not None and live.master == master.index
+
+
+def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], key: str, record: dict,
+             step: p.Step, result: Tally) -> list[tuple[str, dict]]:
+    try:
+        run_inverse(kernel, links, step, record.get("info", {}))
+    except (OSError, ApplyError) as err:
+        return [(key, {**record, "error": str(err)})]
+    result.removed.append(key)
+    return []
+
+
+def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
+                  deletes: list[tuple[str, dict]], result: Tally,
+                  ) -> list[tuple[str, dict]]:
+    """Delete many links at once: tag them with an unused group, delete the group."""
+    names = [str(record["step"]["name"]) for _, record in deletes]
+    used = {link.group for link in links.values()}
+    group = next(g for g in range(0x7E5A0000, 0x7E5B0000) if g not in used)
+    tagged = kernel.batch([rtmsg.set_link(links[name].index, group=group) for name in names])
+    failed = []
+    for (key, record), error in zip(deletes, tagged, strict=True):
+        if error is not None and error.errno != errno.ENODEV:
+            failed.append((key, {**record, "error": str(error)}))
+    try:
+        kernel.call(rtmsg.del_group(group))
+    except OSError as err:
+        return [(k, {**r, "error": str(err)}) for k, r in deletes]
+    done = {k for k, _ in failed}
+    result.removed += [k for k, _ in deletes if k not in done]
+    return failed
+
+
+def _still_needed(step: p.Step, links: dict[str, rtmsg.Link], going: set[str],
+                  leaving: set[str]) -> str | None:
+    """Why a shared object must stay although no netmap guest uses it any more. `going`:
+    links deleted and ports leaving with their bridge; `leaving`: ports netmap takes out
+    of a bridge it did not make."""
+    if isinstance(step, p.EnsureBridge) and step.name in links:
+        index = links[step.name].index
+        others = sorted(link.name for link in links.values()
+                        if link.master == index and link.name not in going)
+        if others:
+            return f"bridge still has ports netmap did not make: {', '.join(others)}"
+    if isinstance(step, p.EnslavePort) and step.bridge not in going and \
+            step.port not in leaving:
+        return f"bridge {step.bridge} stays"
+    if isinstance(step, p.RequireLink) and step.name in links:
+        uplink = links[step.name]
+        users = sorted(link.name for link in links.values() if link.name not in going and (
+            link.lower == uplink.index or link.vxlan_link == uplink.index))
+        master = next((n for n, link in links.items() if link.index == uplink.master), None)
+        if master and master not in going and uplink.name not in leaving:
+            users.append(f"bridge {master}")
+        if users:
+            return f"still carries {', '.join(users)}"
+    return None
