@@ -83,7 +83,9 @@ def _check(args: argparse.Namespace) -> int:
     guest = require_guest(fleet, args.guest)
     dest = require_host(fleet, args.to)
     source = require_host(fleet, args.source).name if args.source else None
-    graph = build_graph_of(fleet, {dest.name, source or guest.host}, guest.name)
+    origin = source or guest.host  # None: a guest placed nowhere yet
+    hosts = {dest.name} if origin is None else {dest.name, origin}
+    graph = build_graph_of(fleet, hosts, guest.name)
     report = check_migration(graph, guest.name, dest.name, source=source, strict=args.strict)
     if args.live:
         import dataclasses
