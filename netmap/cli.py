@@ -10,12 +10,14 @@ import argparse
 import contextlib
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from netmap import __version__
 from netmap.errors import EXIT_BUG, EXIT_INPUT, EXIT_OK, NetmapError
 
+# a command's run(args): its exit code
+RunCommand = Callable[[argparse.Namespace], int]
 # command -> (module under netmap.commands, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("fleet", "the fleet as a tree: hosts, uplinks, networks, guests"),
@@ -82,7 +84,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="show tracebacks")
 
 
-def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+def command_parser(name: str) -> tuple[argparse.ArgumentParser, RunCommand]:
     module = importlib.import_module(f"netmap.commands.{COMMANDS[name][0]}")
     configure, run = module.COMMANDS[name]
     parser = argparse.ArgumentParser(prog=f"netmap {name}", description=COMMANDS[name][1])

@@ -104,7 +104,9 @@ class LinkDrift:
             if entry.lower != uplink.name or not entry.is_link:
                 continue
             link = self.inv.get(entry.name)
-            lower = self.inv.get(link.lower) if link and link.lower else None
+            if link is None or not link.lower:
+                continue
+            lower = self.inv.get(link.lower)
             if lower is not None and lower.name not in declared and lower.kind in UPLINK_KINDS:
                 return lower, f"netmap's {link.kind} {link.name} now sits on {lower.name}"
         return None

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import sys
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-try:  # tells type checkers that @frozen makes a dataclass (Python >= 3.11)
+# tells type checkers that @frozen makes a dataclass; typing has it from Python 3.11 on,
+# and a checker always knows typing_extensions' (which needs not be installed to run)
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+    from typing_extensions import dataclass_transform
+elif sys.version_info >= (3, 11):
     from typing import dataclass_transform
-except ImportError:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.10
     def dataclass_transform(**_: Any) -> Any:
         return lambda decorator: decorator
 
@@ -32,10 +38,11 @@ def frozen(cls: type[T]) -> type[T]:
     with object.__setattr__ (the fleet cache and the parsing child's messages pickle
     tens of thousands of them)."""
     cls = dataclass(frozen=True, slots=True)(cls)
+    specs = dataclasses.fields(cast("type[DataclassInstance]", cls))
     params = []
     scope: dict[str, Any] = {"MISSING": dataclasses.MISSING}
     lines = []
-    for spec in dataclasses.fields(cls):
+    for spec in specs:
         scope[f"set_{spec.name}"] = getattr(cls, spec.name).__set__
         if spec.default is not dataclasses.MISSING:
             scope[f"default_{spec.name}"] = spec.default
@@ -46,14 +53,15 @@ def frozen(cls: type[T]) -> type[T]:
             lines.append(f" if {spec.name} is MISSING: {spec.name} = factory_{spec.name}()")
         else:
             params.append(spec.name)
-    lines += [f" set_{spec.name}(self, {spec.name})" for spec in dataclasses.fields(cls)]
+    lines += [f" set_{spec.name}(self, {spec.name})" for spec in specs]
     exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(lines), scope)
     init = scope["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__annotations__ = cls.__init__.__annotations__
-    cls.__init__ = init  # type: ignore[misc]
-    values = operator.attrgetter(*(spec.name for spec in dataclasses.fields(cls)))
-    if len(dataclasses.fields(cls)) == 1:  # attrgetter of one name gives the value alone
+    # replacing the generated methods is the point; the checker forbids it on principle
+    cls.__init__ = init  # type: ignore[method-assign]
+    values = operator.attrgetter(*(spec.name for spec in specs))
+    if len(specs) == 1:  # attrgetter of one name gives the value alone
         cls.__reduce__ = lambda self: (cls, (values(self),))  # type: ignore[method-assign]
     else:
         cls.__reduce__ = lambda self: (cls, values(self))  # type: ignore[method-assign]

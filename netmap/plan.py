@@ -314,9 +314,10 @@ def step_from_dict(data: dict[str, object]) -> Step:
     """The inverse of Step.as_dict (state keeps steps as JSON)."""
     fields = dict(data)
     cls = STEP_TYPES[str(fields.pop("kind"))]
-    if "remotes" in fields:
-        fields["remotes"] = tuple(fields["remotes"])  # type: ignore[arg-type]
-    return cls(**fields)  # type: ignore[arg-type]
+    remotes = fields.get("remotes")
+    if isinstance(remotes, (list, tuple)):  # JSON has lists only
+        fields["remotes"] = tuple(remotes)
+    return cls(**fields)
 
 
 def host_side_mac(guest_mac: str) -> str:
@@ -371,7 +372,7 @@ class Plan:
         return {"guest": self.guest, "host": self.host, "netns": self.netns,
                 "nics": [n.as_dict() for n in self.nics],
                 "steps": [{"nic": i, **s.as_dict(), "do": s.describe(),
-                           "undo": s.inverse().describe() if s.inverse() else None}
+                           "undo": undo.describe() if (undo := s.inverse()) else None}
                           for i, s in self.steps],
                 "problems": list(self.problems)}
 
@@ -386,14 +387,13 @@ class Plan:
         return lines
 
 
-def _bridged_steps(nic_plan: dict, view: g.NicView, host: Host, port: str,
+def _bridged_steps(mac: str, view: g.NicView, host: Host, port: str,
                    bridge: str, tap: str) -> list[Step]:
     vlan = view.vlan
     steps: list[Step] = [EnsureBridge(bridge, view.mtu or 1500, vlan_filtering=vlan is not None),
                          EnslavePort(port, bridge)]
     if vlan is not None:
         steps.append(BridgeVlan(port, vlan))
-    mac = nic_plan["mac"]
     steps.append(CreateTap(tap, host_side_mac(mac), mac, view.mtu or 1500, bridge))
     if vlan is not None:
         steps.append(BridgeVlan(tap, vlan, access=True))
@@ -409,15 +409,14 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
     binding = host.bindings[nic.network]
     devices = dict(view.devices)
     mtu = view.mtu or 1500
-    base = {"nic": nic.index, "network": nic.network, "mode": view.mode, "mac": nic.mac,
-            "model": nic.model, "uplink": view.uplink, "vlan": view.vlan, "mtu": mtu}
     overhead = binding.vxlan.overhead if binding.vxlan else VXLAN_OVERHEAD
     through = mtu + overhead if view.mode == "vxlan" else mtu
     steps: list[Step] = [RequireLink(view.uplink, 0 if view.mode == "sriov-vf" else through)]
     device: str | None = devices.get("tap") or devices.get("macvtap")
     bridge = devices.get("bridge")
     if view.mode == "bridge":
-        steps += _bridged_steps(base, view, host, view.uplink, devices["bridge"], devices["tap"])
+        steps += _bridged_steps(nic.mac, view, host, view.uplink, devices["bridge"],
+                                devices["tap"])
     elif view.mode == "vxlan":
         network = g.fleet_of(graph).networks[nic.network]
         options = binding.vxlan
@@ -427,7 +426,7 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
                                  options.group if options else None,
                                  options.remotes if options else (),
                                  options.local if options else None))
-        steps += _bridged_steps(base, view, host, vx, devices["bridge"], devices["tap"])
+        steps += _bridged_steps(nic.mac, view, host, vx, devices["bridge"], devices["tap"])
     elif view.mode in MACVTAP_MODES:
         lower = view.uplink
         if "vlan" in devices:
@@ -440,7 +439,9 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
                              devices.get("macvtap"), mtu))
     else:  # a mode the model knows and the plan does not: never silently skip it
         return f"NIC {nic.index}: mode {view.mode} cannot be realized by this netmap"
-    return NicPlan(**base, device=device, bridge=bridge, steps=tuple(steps))
+    return NicPlan(nic=nic.index, network=nic.network, mode=view.mode, mac=nic.mac,
+                   model=nic.model, device=device, uplink=view.uplink, vlan=view.vlan, mtu=mtu,
+                   bridge=bridge, steps=tuple(steps))
 
 
 def build_plan(graph: nx.DiGraph, guest: Guest, host: Host) -> Plan:

@@ -168,7 +168,7 @@ def path_text(view: g.NicView | None) -> Text:
         return Text(f"{view.network} → not bound on {view.host}", style=STYLE[ERROR])
     text = Text(f"{view.network} → {view.mode} → ")
     text.append(view.uplink or "?", style="bold")
-    segment = Text(f" → {view.segment}", style=None if view.reaches_segment else STYLE[ERROR])
+    segment = Text(f" → {view.segment}", style="" if view.reaches_segment else STYLE[ERROR])
     text.append_text(segment)
     text.append(f" / {_vlan(view.vlan)} / MTU {view.mtu}")
     return text
@@ -252,9 +252,9 @@ def _refusals_by_reason(refused: list[Candidate]) -> list[tuple[list[str], Findi
 # --- diff -----------------------------------------------------------------------------------
 
 def diff_rows(fleet: Fleet, a: Host, b: Host) -> list[dict[str, object]]:
-    rows = []
+    rows: list[dict[str, object]] = []
     for name, network in fleet.networks.items():
-        sides = []
+        sides: list[dict[str, object] | None] = []
         for host in (a, b):
             binding = host.bindings.get(name)
             if binding is None:
@@ -309,7 +309,7 @@ def diff_view(a: str, b: str, rows: list[dict]) -> RenderableType:
             if not side["reaches_segment"]:
                 text.append("✗ segment unreachable", style=STYLE[ERROR])
             cells.append(text)
-        name = Text(row["network"], style="bold yellow" if row["differs"] else None)
+        name = Text(row["network"], style="bold yellow" if row["differs"] else "")
         table.add_row(Text(DIFFERS if row["differs"] else "", style="bold yellow"), name,
                       row["segment"], *cells)
     return table

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from netmap.commands._common import add_json, console, load, load_fleet_for_cli, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
+
+if TYPE_CHECKING:
+    from netmap.check import Finding
+    from netmap.model import Fleet, Guest, Host
 
 
 def _configure_show(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +46,7 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
     add_json(parser)
 
 
-def _live_findings(fleet, guest, dest) -> tuple:
+def _live_findings(fleet: Fleet, guest: Guest, dest: Host) -> tuple[Finding, ...]:
     """Drift of the destination, limited to what this guest would use there: the bindings
     of its networks, their uplinks, and the host's features."""
     import dataclasses
@@ -83,7 +88,9 @@ def _check(args: argparse.Namespace) -> int:
     guest = require_guest(fleet, args.guest)
     dest = require_host(fleet, args.to)
     source = require_host(fleet, args.source).name if args.source else None
-    graph = build_graph_of(fleet, {dest.name, source or guest.host}, guest.name)
+    origin = source or guest.host  # None: a guest placed nowhere yet
+    hosts = {dest.name} if origin is None else {dest.name, origin}
+    graph = build_graph_of(fleet, hosts, guest.name)
     report = check_migration(graph, guest.name, dest.name, source=source, strict=args.strict)
     if args.live:
         import dataclasses

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netmap.commands._common import add_json, load_fleet_for_cli, print_json
 from netmap.errors import EXIT_INPUT, EXIT_OK, InputError
+
+if TYPE_CHECKING:
+    from netmap.libvirt.domain import DomainImport
+    from netmap.model import Guest
 
 
 def _configure_import(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +55,7 @@ def _import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_import(result, written: Path | None) -> None:
+def _print_import(result: DomainImport, written: Path | None) -> None:
     guest = result.guest
     print(f"guest {guest.name} (source host: {result.source_host or 'unknown'})")
     for iface in result.interfaces:
@@ -63,7 +68,7 @@ def _print_import(result, written: Path | None) -> None:
         print(f"wrote {written}")
 
 
-def guest_toml(guest, origin: str) -> str:
+def guest_toml(guest: Guest, origin: str) -> str:
     lines = [f"# imported from {origin} by 'netmap import'", "[guest]",
              f'name = "{guest.name}"']
     if guest.host:
@@ -80,7 +85,7 @@ def guest_toml(guest, origin: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_guest(root: Path, imported, force: bool) -> Path:
+def _write_guest(root: Path, imported: DomainImport, force: bool) -> Path:
     """guests/NAME.toml, written whole or not at all, and never anywhere else: the name
     comes from an untrusted document, so it is checked before the file system is touched."""
     import os

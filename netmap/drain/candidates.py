@@ -24,7 +24,7 @@ fleet.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -114,7 +114,8 @@ class DrainContext:
         self.load = Counter(guest.host for guest in fleet.guests.values() if guest.host)
         self.checks = 0
         self.uses: dict[str, HostUse] = {}
-        self.expected: Counter = Counter()  # guests earlier surveys may send to each host
+        # guests earlier surveys may send to each host: shares of a group, so fractions
+        self.expected: defaultdict[str, float] = defaultdict(float)
         self.refused: set[tuple[str, str]] = set()  # (guest, host) the final check refused
 
     def check(self, guest: str, dest: str) -> Report:

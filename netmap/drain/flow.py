@@ -150,7 +150,7 @@ class FlowModel:
                  costs: bool) -> nx.DiGraph:
         """groups: (supply, group); complex groups take their relaxed paths. Capacities
         come from `free`, in guests."""
-        net = nx.DiGraph()
+        net: nx.DiGraph = nx.DiGraph()
         hosts: dict[str, None] = {}  # ordered: the same input gives the same plan
         supply = 0
         for index, (count, group) in enumerate(groups):

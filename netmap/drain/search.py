@@ -164,8 +164,8 @@ class _Search(FlowModel):
                        if o in chosen}
         hinted = [p for p in range(lowest, len(options))
                   if self.quota[id(group), options[p].host] > 0]
-        first = set(hinted)
-        order = hinted + [p for p in range(lowest, len(options) + 1) if p not in first]
+        hinted_set = set(hinted)
+        order = hinted + [p for p in range(lowest, len(options) + 1) if p not in hinted_set]
         for pick in order:
             if pick == len(options):
                 self._dfs(index + 1, placed, free, chosen, [*picks, pick])

@@ -17,6 +17,7 @@ from netmap.netlink.rtmsg import (
     IFF_TAP,
     RT_SCOPE_SITE,
     RT_SCOPE_UNIVERSE,
+    LinkFields,
     link_fields,
 )
 from netmap.netlink.rtnl import Rtnl, netns_path
@@ -49,7 +50,7 @@ def dump_addresses(kernel: Rtnl) -> dict[int, tuple[str, ...]]:
     return {index: tuple(addresses) for index, addresses in found.items()}
 
 
-def _resolve(raw: list[dict[str, object]]) -> list[Interface]:
+def _resolve(raw: list[LinkFields]) -> list[Interface]:
     """Interfaces from link_fields() results, master/lower ifindexes turned into names."""
     names = {fields["index"]: fields["name"] for fields in raw}
     links = [_interface(fields, names) for fields in raw]
@@ -57,30 +58,30 @@ def _resolve(raw: list[dict[str, object]]) -> list[Interface]:
     return links
 
 
-def _interface(fields: dict[str, object], names: dict[object, object]) -> Interface:
-    get = fields.get
+def _interface(fields: LinkFields, names: dict[int, str]) -> Interface:
     index = fields["index"]
-    kind = get("kind")
-    lower = get("vxlan_link") if kind == "vxlan" else get("lower")
-    if kind == "tun" and get("tun_type") is not None:
-        kind = "tap" if get("tun_type") == IFF_TAP else "tun"
+    kind = fields.get("kind")
+    lower = fields.get("vxlan_link") if kind == "vxlan" else fields.get("lower")
+    if kind == "tun" and fields.get("tun_type") is not None:
+        kind = "tap" if fields.get("tun_type") == IFF_TAP else "tun"
     elif kind is None:
-        if_type, flags = fields["if_type"], int(fields["flags"])  # type: ignore[call-overload]
+        if_type, flags = fields["if_type"], fields["flags"]
         kind = ("loopback" if flags & IFF_LOOPBACK or if_type == ARPHRD_LOOPBACK
                 else PHYSICAL if if_type == ARPHRD_ETHER else f"arphrd-{if_type}")
     if kind not in LOWER_KINDS or lower == index:
         lower = None
-    state = get("operstate")
+    state = fields.get("operstate")
     oper_state = OPER_STATES[state] if isinstance(state, int) and state < len(OPER_STATES) \
         else "unknown"
-    master = get("master")
-    return Interface(  # type: ignore[arg-type]
+    master = fields.get("master")
+    return Interface(
         index=index, name=fields["name"], kind=kind, mtu=fields["mtu"], mac=fields["address"],
-        admin_up=fields["up"], carrier=get("carrier"), oper_state=oper_state,
+        admin_up=fields["up"], carrier=fields.get("carrier"), oper_state=oper_state,
         master=names.get(master) if master else None,
         lower=names.get(lower) if lower else None,
-        mode=get("macvlan_mode"), vni=get("vni"), vxlan_port=get("vxlan_port"),
-        vxlan_group=get("vxlan_group"), vxlan_local=get("vxlan_local"),
-        bond_mode=get("bond_mode"), vlan_id=get("vlan_id"), perm_mac=get("perm_address"),
-        altnames=get("altnames", ()), parent=get("parent"),
-        peer_elsewhere=kind == "veth" and bool(get("link_netnsid")))
+        mode=fields.get("macvlan_mode"), vni=fields.get("vni"),
+        vxlan_port=fields.get("vxlan_port"), vxlan_group=fields.get("vxlan_group"),
+        vxlan_local=fields.get("vxlan_local"), bond_mode=fields.get("bond_mode"),
+        vlan_id=fields.get("vlan_id"), perm_mac=fields.get("perm_address"),
+        altnames=fields.get("altnames", ()), parent=fields.get("parent"),
+        peer_elsewhere=kind == "veth" and bool(fields.get("link_netnsid")))

@@ -12,6 +12,7 @@ import socket
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, overload
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -95,6 +96,44 @@ class Link:
     vxlan_local: str | None = None
 
 
+class _LinkHeader(TypedDict):
+    """What link_fields() reads from every link message."""
+
+    index: int
+    name: str
+    up: bool
+    flags: int
+    if_type: int
+    mtu: int
+    address: str | None
+    master: int | None
+    lower: int | None
+
+
+class LinkFields(_LinkHeader, total=False):
+    """link_fields()' result: Link's keyword arguments, those below only when reported."""
+
+    group: int
+    perm_address: str | None
+    operstate: int
+    carrier: bool
+    parent: str
+    altnames: tuple[str, ...]
+    link_netnsid: bool
+    kind: str | None
+    macvlan_mode: str
+    vlan_id: int
+    vni: int | None
+    vxlan_link: int | None
+    vxlan_port: int
+    vxlan_group: str | None
+    vxlan_local: str | None
+    vlan_filtering: bool
+    ageing: int | None
+    tun_type: int
+    bond_mode: int
+
+
 def _attr(kind: int, payload: bytes) -> bytes:
     size = 4 + len(payload)
     return struct.pack("HH", size, kind) + payload + b"\0" * (-size % 4)
@@ -143,6 +182,10 @@ def span_str(buf: bytes, span: tuple[int, int]) -> str:
     return buf[span[0]:span[1]].split(b"\0", 1)[0].decode(errors="replace")
 
 
+@overload
+def span_u32(buf: bytes, span: tuple[int, int]) -> int: ...
+@overload
+def span_u32(buf: bytes, span: tuple[int, int] | None) -> int | None: ...
 def span_u32(buf: bytes, span: tuple[int, int] | None) -> int | None:
     return None if span is None else _U32.unpack_from(buf, span[0])[0]
 
@@ -289,12 +332,12 @@ def _ip_attr(v4_kind: int, v6_kind: int, address: str) -> bytes:
     return _attr(v4_kind, socket.inet_pton(socket.AF_INET, address))
 
 
-def link_fields(buf: bytes, offset: int, end: int) -> dict[str, object]:
+def link_fields(buf: bytes, offset: int, end: int) -> LinkFields:
     """The one RTM_NEWLINK parser: ifinfomsg at `offset`, attributes up to `end`, as Link's
     keyword arguments (only those present)."""
     _family, if_type, index, flags, _change = IFINFOMSG.unpack_from(buf, offset)
     attrs = attr_spans(buf, offset + IFINFOMSG.size, end)
-    fields: dict[str, object] = {
+    fields: LinkFields = {
         "index": index, "name": span_str(buf, attrs[IFLA_IFNAME]), "up": bool(flags & IFF_UP),
         "flags": flags, "if_type": if_type, "mtu": span_u32(buf, attrs.get(IFLA_MTU)) or 0,
         "address": span_mac(buf, attrs.get(IFLA_ADDRESS)),
@@ -322,7 +365,7 @@ def link_fields(buf: bytes, offset: int, end: int) -> dict[str, object]:
     return fields
 
 
-def _linkinfo(buf: bytes, span: tuple[int, int], fields: dict[str, object]) -> None:
+def _linkinfo(buf: bytes, span: tuple[int, int], fields: LinkFields) -> None:
     """IFLA_LINKINFO: the kind, and the IFLA_INFO_DATA of the kinds netmap reasons about."""
     info = attr_spans(buf, *span)
     kind = span_str(buf, info[IFLA_INFO_KIND]) if IFLA_INFO_KIND in info else None
@@ -356,4 +399,4 @@ def _linkinfo(buf: bytes, span: tuple[int, int], fields: dict[str, object]) -> N
 
 
 def parse_link(buf: bytes, offset: int, end: int) -> Link:
-    return Link(**link_fields(buf, offset, end))  # type: ignore[arg-type]
+    return Link(**link_fields(buf, offset, end))

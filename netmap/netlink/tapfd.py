@@ -47,6 +47,12 @@ def _os_error(what: str) -> ApplyError:
                       fix="run the helper as root (CAP_SYS_ADMIN)")
 
 
+def _errno_text(err: OSError) -> str:
+    """The system's text for the error's errno; an OSError raised without one has only its
+    own message."""
+    return os.strerror(err.errno) if err.errno is not None else str(err)
+
+
 # --- namespaces ----------------------------------------------------------------------------
 
 def enter_netns(name: str) -> None:
@@ -61,7 +67,7 @@ def enter_netns(name: str) -> None:
                              fix="build the lab first (scripts/lab up) or remove netns from "
                              "the host mapping") from err
         raise ApplyError(f"cannot enter network namespace {name!r}: "
-                         f"{os.strerror(err.errno)}",
+                         f"{_errno_text(err)}",
                          fix="run the helper as root (CAP_SYS_ADMIN)") from err
 
 
@@ -283,7 +289,7 @@ def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
         with _undo_on_error(kernel, name):
             for remote, err in add_vxlan_remotes(kernel, index, remotes):
                 raise ApplyError(f"cannot add vxlan remote {remote} to {name}: "
-                                 f"{os.strerror(err.errno)}") from err
+                                 f"{_errno_text(err)}") from err
     return index, created
 
 
