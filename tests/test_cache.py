@@ -874,3 +874,55 @@ def test_fleet_file_names_list_what_glob_lists(mappings: Path) -> None:
                    + sorted(map(str, (base / "guests").glob("*.xml"))))
         assert load.fleet_file_names(base) == globbed
     assert load.fleet_file_names(mappings / "nowhere") == ([], [])
+
+
+# --- what a result depends on beyond its own file (issue 14, item 2) ------------------------
+
+BRIDGED_XML = ("<domain type='kvm'><name>vx</name><devices>"
+               "<interface type='bridge'><mac address='52:54:00:77:00:01'/>"
+               "<source bridge='br-eth1'/><model type='virtio'/></interface>"
+               "</devices></domain>\n")
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_xml_guest_follows_the_host_files_it_was_read_against(
+        mappings: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        parallel: bool) -> None:
+    """A domain XML names a bridge; which network that is, the source host's mapping
+    says. Changing that mapping changes the guest, with the XML file untouched."""
+    monkeypatch.setattr(cache_child, "PARALLEL_MIN_FILES", 2)
+    (mappings / "guests" / "vx.xml").write_text(BRIDGED_XML)
+    settle()
+    fleet = load_fleet_cached(mappings, parallel=parallel)
+    assert fleet.guests["vx"].nics[0].network == "mgmt"
+    assert same_as_uncached(mappings).guests["vx"].host == "host-a"
+    host_a = mappings / "hosts" / "host-a.toml"
+    host_a.write_text(host_a.read_text().replace(
+        'mode = "bridge"\nuplink = "eth1"', 'mode = "bridge"\nuplink = "eth1"\nbridge = "brq"'))
+    settle()
+    changed = load_fleet_cached(mappings, parallel=parallel)
+    assert "vx" not in changed.guests, "the XML guest was answered from before the edit"
+    assert snapshot(changed) == snapshot(load_fleet(mappings))
+    # and back: a host file that explains the bridge again, added under a new name
+    (mappings / "hosts" / "host-e.toml").write_text(
+        host_a.read_text().replace('"host-a"', '"host-e"').replace('bridge = "brq"\n', ""))
+    settle()
+    again = load_fleet_cached(mappings, parallel=parallel)
+    assert again.guests["vx"].host == "host-e"
+    assert snapshot(again) == snapshot(load_fleet(mappings))
+
+
+def test_fresh_networks_file_with_a_parsing_child_gives_hosts(
+        tmp_path: Path, cache_dir: Path) -> None:
+    """A networks.toml too recent to key a cache on (just touched, or a fleet just
+    written) returned the fleet with the parsing child's stand-ins for hosts
+    (AttributeError: 'tuple' object has no attribute 'values' in check, show, hosts-for)."""
+    root = tmp_path / "generated"
+    generate_fleet(root, 480, 120, seed=3)  # 600 files: the child parses (PARALLEL_MIN_FILES)
+    for lazy in (False, True):
+        fleet = load_fleet_cached(root, parallel=True, lazy=lazy)
+        assert all(isinstance(host, Host) for host in fleet.hosts.values())
+        assert snapshot(fleet) == snapshot(load_fleet(root))
+        guest = next(iter(fleet.guests))
+        assert [c.as_dict() for c in placement.hosts_for_fleet(fleet, guest)] == [
+            c.as_dict() for c in placement.hosts_for(build_graph(load_fleet(root)), guest)]
