@@ -361,7 +361,10 @@ def _loader(parse: Callable[[str, dict[str, Network]], T],
 def _read(target: Path, fingerprint: bytes, root: str) -> dict[str, Any] | None:
     """The stored cache, or None for anything not trustworthy or not ours."""
     try:
-        with open(target, "rb") as handle:
+        # without blocking: a FIFO put in its place would wait for a writer forever; it
+        # is a miss like any other file not ours, and the next write replaces it
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        with open(fd, "rb") as handle:
             st = os.fstat(handle.fileno())
             if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
                     or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):

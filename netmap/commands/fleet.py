@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+from typing import TYPE_CHECKING
 
 from netmap.commands._common import add_json, console, load, load_fleet_for_cli, print_json
-from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
+from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK, InputError
+
+if TYPE_CHECKING:
+    from netmap.model import Fleet
 
 
 def _configure_show(parser: argparse.ArgumentParser) -> None:
@@ -122,14 +127,32 @@ def _hosts_for_answer(args: argparse.Namespace) -> int:
 
     guest = require_guest(fleet, args.guest)
     candidates = hosts_for_fleet(fleet, guest.name, strict=args.strict, parallel=True)
+    # a host whose file is broken is not a candidate, but must not vanish without a word
+    unreadable = unreadable_hosts(fleet)
     if args.json:
         print_json({"guest": guest.name, "source": guest.host,
-                    "hosts": [c.as_dict() for c in candidates]})
+                    "hosts": [c.as_dict() for c in candidates],
+                    "unreadable": [p.as_dict() for p in unreadable]})
     else:
+        from rich.text import Text
+
         from netmap import render
 
-        console().print(render.hosts_for_view(guest.name, candidates))
+        out = console()
+        out.print(render.hosts_for_view(guest.name, candidates))
+        if unreadable:
+            out.print(Text(f"not considered: {len(unreadable)} host file(s) cannot be read",
+                           style="bold red"))
+            for problem in unreadable:
+                out.print(Text(f"  {problem}"))
     return EXIT_OK if any(c.compatible for c in candidates) else EXIT_INCOMPATIBLE
+
+
+def unreadable_hosts(fleet: Fleet) -> list[InputError]:
+    """The problems of files in the hosts folder: hosts that no answer considers."""
+    hosts_dir = os.path.join(fleet.root, "hosts")
+    return [p for p in fleet.problems
+            if isinstance(p, InputError) and p.file and os.path.dirname(p.file) == hosts_dir]
 
 
 def _configure_diff(parser: argparse.ArgumentParser) -> None:
