@@ -69,9 +69,10 @@ def _live_findings(fleet, guest, dest) -> tuple:
     needed = {f for b in bindings.values() for f in MODE_FEATURES.get(b.mode, ())}
     if any(nic.vhost == "required" for nic in guest.nics):
         needed.add("vhost-net")
-    scope = dataclasses.replace(dest, bindings=bindings, uplinks=uplinks,
-                                features=dest.features & needed)
-    report = live_drift(scope, fleet.networks)
+    # the features stay the mapping's: a scoped copy made every other declared feature
+    # "offered but not listed" (FEATURE_UNDECLARED for features the mapping lists)
+    scope = dataclasses.replace(dest, bindings=bindings, uplinks=uplinks)
+    report = live_drift(scope, fleet.networks, verify_features=needed)
     # other guests' endpoints are drift of the host, not a reason to refuse this guest
     return tuple(f for f in report.findings
                  if not f.code.startswith("ENDPOINT_") and f.code != "HOST_NOT_HERE")
