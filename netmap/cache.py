@@ -19,7 +19,11 @@ than the start of the load by more than RACY_WINDOW_NS (2 s): a later write land
 later tick, a different ctime by construction. A file changed within the window is parsed
 on every run until it ages out (git's "racily clean"): one parse, never a stale answer.
 Every entry belongs to the networks.toml it was validated against, held the same way: if
-that changes, or changes while we read, nothing cached is used.
+that changes, or changes while we read, nothing cached is used. A domain-XML guest also
+depends on the host files (its bridges and devices become networks through the source
+host's mapping, and which host that is depends on all of them): its entry is used only
+while the listed host files and their identities are those it was read against
+(hosts_identity), and is not kept when one of them is too recent to tell.
 
 Each entry is its object pickled alone, so a load unpickles only what it uses. When a load
 found no problem and every file settled, the cache also keeps how it assembled the fleet:
