@@ -399,8 +399,11 @@ def _listed(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
     """The folder's files with each suffix in turn (all of the first, then the next)."""
     try:
         names = sorted(os.listdir(folder))  # one folder: sorting the names sorts the paths
-    except FileNotFoundError:  # a fleet without guests (or hosts) yet
-        return []
+    except FileNotFoundError as err:
+        if not os.path.islink(folder):
+            return []  # a fleet without guests (or hosts) yet
+        raise InputError("cannot list the folder: it is a symlink to nothing", file=folder,
+                         fix=f"point {folder.name} at a directory") from err
     except OSError as err:  # not "no files": every host or guest would silently vanish
         raise InputError(f"cannot list the folder: {_folder_problem(folder, err)}",
                          file=folder, fix=f"make {folder.name}/ a readable directory "

@@ -57,14 +57,16 @@ def read_regular(path: str | os.PathLike[str], limit: int = MAX_MAPPING_BYTES) -
             raise not_regular(path, kind_of(st.st_mode))
         if st.st_size > limit:
             raise too_large(path, limit)
-        chunks = []
-        size = 0
-        # one read for a file of the size fstat gave; a file still growing stops at limit
-        while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
+        first = os.read(fd, st.st_size + 1)
+        if len(first) <= st.st_size:
+            return first  # a short read of a regular file is its end: one read, not two
+        chunks = [first]  # it grew since fstat: read on, up to the limit
+        size = len(first)
+        while size <= limit and (chunk := os.read(fd, 1 << 16)):
             chunks.append(chunk)
             size += len(chunk)
-            if size > limit:
-                raise too_large(path, limit)
+        if size > limit:
+            raise too_large(path, limit)
         return b"".join(chunks)
     finally:
         os.close(fd)

@@ -180,7 +180,8 @@ def test_hosts_for_lists_a_broken_host(mappings: Path) -> None:
     (lambda p: p.write_text(""), "it is a file, not a directory"),
     (lambda p: p.symlink_to(p), "it is a symlink loop"),
     (lambda p: os.mkfifo(p), "it is a FIFO (named pipe), not a directory"),
-])
+    (lambda p: p.symlink_to(p.parent / "gone"), "it is a symlink to nothing"),
+], ids=["file", "loop", "fifo", "dangling"])
 def test_folder_that_cannot_be_listed_is_an_error(mappings: Path, folder: str, make,
                                                   says: str) -> None:
     path = mappings / folder
