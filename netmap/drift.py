@@ -8,6 +8,7 @@ yet; info = a note. `netmap drift` exits 1 on any error or warning.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from netmap.check import ERROR, INFO, WARNING, Finding
@@ -99,9 +100,13 @@ class DriftReport:
 class _Drift(BindingDrift):
     """Adds what is not about links: kernel features, and what netmap's state recorded."""
 
+    verify_features: frozenset[str] | None = None  # declared features to verify (None: all)
+
     def check_features(self) -> None:
         needed: dict[str, list[str]] = {}
-        for feature in sorted(self.host.features):
+        verified = self.host.features if self.verify_features is None else (
+            self.host.features & self.verify_features)
+        for feature in sorted(verified):
             needed.setdefault(feature, []).append("the mapping's features")
         for binding in self.host.bindings.values():
             for feature in MODE_FEATURES.get(binding.mode, ()):
@@ -119,6 +124,8 @@ class _Drift(BindingDrift):
                         if soft else "."),
                      f"modprobe {FEATURE_MODULE.get(feature, feature)}, or remove "
                      f'"{feature}" from features in {self.mapping}')
+        # against everything the mapping declares, also when only some is verified:
+        # check --live verifies what one guest needs, and the rest is still declared
         extra = sorted(self.inv.features - self.host.features)
         if extra:
             self.add("FEATURE_UNDECLARED", INFO,
@@ -185,13 +192,18 @@ FEATURE_MODULE = {"vhost-net": "vhost_net", "sriov": "the NIC driver with max_vf
 
 
 def drift_report(host: Host, inventory: Inventory, state_entries: object = (), *,
-                 networks: dict[str, Network] | None = None) -> DriftReport:
+                 networks: dict[str, Network] | None = None,
+                 verify_features: Collection[str] | None = None) -> DriftReport:
     """Compare `host` (its mapping) with `inventory` (the live host) and netmap's state.
 
     `state_entries`: a netmap.state.HostState, its data dict, or TrackedDevice entries.
     `networks` (the fleet's) enables the checks that need a network's VNI or MTU.
+    `verify_features`: of the features `host` declares, the ones to verify (default: all);
+    what the live host offers beyond `host`'s declared features is noted either way.
     """
     drift = _Drift(host, inventory, tracked_from_state(state_entries), networks)
+    if verify_features is not None:
+        drift.verify_features = frozenset(verify_features)
     for uplink in host.uplinks.values():
         live = drift.resolve(uplink)
         drift.live[uplink.name] = live
@@ -206,6 +218,8 @@ def drift_report(host: Host, inventory: Inventory, state_entries: object = (), *
 
 
 def drift_findings(host: Host, inventory: Inventory, state_entries: object = (), *,
-                   networks: dict[str, Network] | None = None) -> list[Finding]:
+                   networks: dict[str, Network] | None = None,
+                   verify_features: Collection[str] | None = None) -> list[Finding]:
     """The findings of `drift_report`, for folding into `check --live`."""
-    return list(drift_report(host, inventory, state_entries, networks=networks).findings)
+    return list(drift_report(host, inventory, state_entries, networks=networks,
+                             verify_features=verify_features).findings)
