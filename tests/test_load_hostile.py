@@ -170,6 +170,15 @@ def test_hosts_for_lists_a_broken_host(mappings: Path) -> None:
                    env={"COLUMNS": "200"})
     assert "not considered: 1 host file(s) cannot be read" in human.stdout
     assert str(host_c) in human.stdout
+    # at 80 columns the problem and its fix wrap under their own start, as findings do
+    narrow = netmap("--mappings", str(mappings), "hosts-for", "vm1", env={"COLUMNS": "80"})
+    block = narrow.stdout[narrow.stdout.index("not considered"):].splitlines()[1:]
+    fix_at = next(n for n, line in enumerate(block) if line.startswith("    fix: "))
+    assert block[0].startswith(("✗ ", "x "))
+    assert str(host_c) in "".join("".join(block[:fix_at]).split())  # folded, never cut
+    assert all(line.startswith("  ") and line[2] != " " for line in block[1:fix_at]), block
+    assert all(line.startswith(" " * 9) for line in block[fix_at + 1:]), block
+    assert all(line == line.rstrip() and len(line) <= 80 for line in block), block
     whole = json.loads(netmap("--mappings", str(mappings), "hosts-for", "vm3",
                               "--json").stdout)
     assert whole["unreadable"] == [p for p in answer["unreadable"]]

@@ -140,17 +140,12 @@ def _hosts_for_answer(args: argparse.Namespace) -> int:
                     "hosts": [c.as_dict() for c in candidates],
                     "unreadable": [p.as_dict() for p in unreadable]})
     else:
-        from rich.text import Text
-
         from netmap import render
 
         out = console()
         out.print(render.hosts_for_view(guest.name, candidates))
         if unreadable:
-            out.print(Text(f"not considered: {len(unreadable)} host file(s) cannot be read",
-                           style="bold red"))
-            for problem in unreadable:
-                out.print(Text(f"  {problem}"))
+            out.print(render.unreadable_view(unreadable))
     return EXIT_OK if any(c.compatible for c in candidates) else EXIT_INCOMPATIBLE
 
 
