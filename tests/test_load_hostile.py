@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,14 +205,24 @@ def test_folder_that_cannot_be_listed_is_an_error(mappings: Path, folder: str, m
     assert err.value.problem == f"cannot list the folder: {says}"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a folder of mode 000")
-def test_unreadable_folder_is_an_error(mappings: Path) -> None:
-    (mappings / "hosts").chmod(0)
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and util-linux setpriv to drop CAP_DAC_READ_SEARCH")
+@pytest.mark.parametrize("folder", ["hosts", "guests"])
+def test_unreadable_folder_is_an_error(mappings: Path, folder: str) -> None:
+    """Root without the capabilities that bypass file modes, as a user would be bound."""
+    (mappings / folder).chmod(0)
     try:
-        with pytest.raises(InputError, match="cannot list the folder: Permission denied"):
-            load_fleet(mappings)
+        done = subprocess.run(
+            ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+             "--inh-caps=-dac_override,-dac_read_search", "--", sys.executable, "-m", "netmap",
+             "--mappings", str(mappings), "show"], capture_output=True, text=True, timeout=60,
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     finally:
-        (mappings / "hosts").chmod(0o755)
+        (mappings / folder).chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert f"{mappings / folder}" in done.stderr
+    assert "cannot list the folder: Permission denied" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_missing_guests_folder_is_still_an_empty_fleet(mappings: Path) -> None:
