@@ -116,7 +116,7 @@ def loader_sources(package: Path | None = None) -> list[Path]:
     may find more than is imported (a needless miss) but never less, lazy imports too."""
     package = package or Path(__file__).resolve().parent
     found: dict[Path, None] = {}
-    todo = [("cache",), ("load",)]
+    todo: list[tuple[str, ...]] = [("cache",), ("load",)]
     while todo:
         parts = todo.pop()
         path = _module_file(package, parts)

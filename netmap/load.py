@@ -189,8 +189,9 @@ def load_networks(path: Path) -> dict[str, Network]:
     networks: dict[str, Network] = {}
     for name, values in NETWORKS_FILE.read(doc).networks.items():
         where = ("networks", name)
-        if name_problem(name):
-            raise doc.error(where, name_problem(name), "rename the network")
+        problem = name_problem(name)
+        if problem:
+            raise doc.error(where, problem, "rename the network")
         segment, vni, vlan = values.segment, values.vni, values.vlan
         if (segment is None) == (vni is None):
             raise doc.error(where, "needs exactly one of segment (a physical L2 domain) "

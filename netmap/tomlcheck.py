@@ -85,6 +85,9 @@ class LazySource(Source):
     """A Source whose line is looked up in the document's LineIndex when first read."""
 
     __slots__ = ("_index", "_line", "_path")
+    _index: LineIndex | None
+    _line: int | None
+    _path: KeyPath
 
     def __init__(self, file: str, line: int | None, index: LineIndex | None,
                  path: KeyPath) -> None:
@@ -96,7 +99,7 @@ class LazySource(Source):
     def __reduce__(self) -> tuple[Any, ...]:
         return LazySource, (self.file, self._line, self._index, self._path)
 
-    @property  # type: ignore[override]
+    @property
     def line(self) -> int | None:
         if self._line is None and self._index is not None:
             _set_line(self, self._index.line_of(self._path))
@@ -116,10 +119,11 @@ class LazySource(Source):
 
 
 # The slots' own setters: a frozen Source refuses setattr, and a host file makes ten of these.
-_set_file = Source.file.__set__  # type: ignore[attr-defined]
-_set_index = LazySource._index.__set__  # type: ignore[attr-defined]
-_set_path = LazySource._path.__set__  # type: ignore[attr-defined]
-_set_line = LazySource._line.__set__  # type: ignore[attr-defined]
+# (Read from the class __dict__: the checker takes `LazySource._line` for the slot's value.)
+_set_file: Callable[[Source, str], None] = Source.__dict__["file"].__set__
+_set_index: Callable[[LazySource, LineIndex | None], None] = LazySource.__dict__["_index"].__set__
+_set_path: Callable[[LazySource, KeyPath], None] = LazySource.__dict__["_path"].__set__
+_set_line: Callable[[LazySource, int | None], None] = LazySource.__dict__["_line"].__set__
 
 
 def key_text(path: KeyPath) -> str:
@@ -366,11 +370,18 @@ class Schema:
 
             def spec(key: str, field: Field) -> tuple[Any, ...]:
                 if field.schema is None:
+                    assert field.kind is not None  # only a field with a schema has none
                     kind = field.kind()
                 else:
+                    # a Struct type made at run time, as msgspec reads it: the checker
+                    # only knows static types as a generic's parameter
                     inner = field.schema.struct
-                    kind = {"one": inner, "named": dict[str, inner],  # type: ignore[valid-type]
-                            "array": tuple[inner, ...]}[field.shape]  # type: ignore[valid-type]
+                    if field.shape == "one":
+                        kind = inner
+                    elif field.shape == "named":
+                        kind = dict[str, inner]  # type: ignore[valid-type]
+                    else:
+                        kind = tuple[inner, ...]  # type: ignore[valid-type]
                 if field.required:
                     return key, kind
                 if field.default is None:
@@ -424,12 +435,12 @@ class Schema:
                 continue
             path, value = (*table.path, key), data[key]
             if field.shape == "one":
-                below = [(path, value)]
+                tables = [(path, value)]
             elif field.shape == "named":
-                below = [((*path, name), item) for name, item in value.items()]
+                tables = [((*path, name), item) for name, item in value.items()]
             else:
-                below = [((*path, index), item) for index, item in enumerate(value)]
-            for where, item in below:
+                tables = [((*path, index), item) for index, item in enumerate(value)]
+            for where, item in tables:
                 try:
                     found = field.schema.first_problem(Table(table.doc, where, item))
                 except InputError as err:  # not a table at all

@@ -13,6 +13,7 @@ Everything else (user, vhostuser, vdpa, ...) becomes a finding, never an excepti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def _sibling_hosts(path: Path, networks: dict[str, Network]) -> dict[str, Host]:
     return hosts
 
 
-def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: dict[str, Host], *,
+def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: Mapping[str, Host], *,
                   host: str | None = None, prefer_host: str | None = None,
                   avoid_host: str | None = None) -> DomainImport:
     """Read a domain. `host` forces the source host whose mapping explains bridge/direct
@@ -222,7 +223,7 @@ def _needs_host(iface: Interface, networks: dict[str, Network],
 
 
 def _choose_host(parsed: list[Interface], by_mac: dict[str, dict[str, str]],
-                 networks: dict[str, Network], hosts: dict[str, Host],
+                 networks: dict[str, Network], hosts: Mapping[str, Host],
                  preferred: list[str | None], avoid: str | None,
                  findings: list[Finding]) -> str | None:
     dependent = [i for i in parsed if _needs_host(i, networks, by_mac)]
