@@ -89,7 +89,7 @@ def run(args: list[str], *, mappings: str | None = None, host: str | None = None
 def migrate_begin(guest: str, data: bytes, *, mappings: str | None = None,
                   host: str | None = None, strict: bool | None = None) -> HookResult:
     """Check and rewrite one incoming domain. Never raises: every problem refuses."""
-    from netmap.errors import NetmapError
+    from netmap.errors import EXIT_BUG, NetmapError
 
     try:
         return _migrate_begin(guest, data, mappings, host, strict)
@@ -97,8 +97,9 @@ def migrate_begin(guest: str, data: bytes, *, mappings: str | None = None,
         return HookResult(err.exit_code, b"",
                           [f"netmap: refusing to migrate {guest} here: {err}"])
     except Exception as err:  # a bug must cancel the migration, not break the guest
-        return HookResult(3, b"", [f"netmap: refusing to migrate {guest} here: internal error "
-                                   f"{type(err).__name__}: {err} (please report it)"])
+        return HookResult(EXIT_BUG, b"", [
+            f"netmap: refusing to migrate {guest} here: internal error "
+            f"{type(err).__name__}: {err}; this is a bug in netmap, please report it"])
 
 
 def _migrate_begin(guest_arg: str, data: bytes, mappings: str | None, host_name: str | None,

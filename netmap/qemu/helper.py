@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from netmap.errors import EXIT_APPLY, ApplyError, InputError, NetmapError
+from netmap.errors import EXIT_APPLY, EXIT_BUG, ApplyError, InputError, NetmapError
 from netmap.model import MACVTAP_MODES
 from netmap.qemu import Endpoint, network_name_problem, plan_endpoint
 
@@ -319,11 +319,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # the kernel refused something no step expected; rolled back
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_APPLY
     except Exception as err:  # never a traceback at QEMU's console; the message says what
         if args.debug:
             raise
-        print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_APPLY
+        print(f"{PROG}: error: internal error: {type(err).__name__}: {err}; this is a bug "
+              "in netmap, rerun with --debug and report it", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":
