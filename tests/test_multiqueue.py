@@ -1,0 +1,315 @@
+"""Multi-queue guest NICs (`queues = N`): loaded, imported from libvirt, planned, realized
+as an IFF_MULTI_QUEUE tap on the real kernel (namespaces, prefix nmmq), compared and made
+again on a second realize, reported by drift, and refused by the QEMU helper."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import needs_netns
+
+from netmap.errors import ApplyError, InputError
+from netmap.graph import build_graph
+from netmap.load import load_fleet, load_guest, load_networks
+from netmap.plan import CreateTap, build_plan
+
+PREFIX = "nmmq"
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_MULTI_QUEUE, IFF_VNET_HDR = 0x0002, 0x1000, 0x0100, 0x4000
+MAC = "52:54:00:4d:51:01"
+
+
+def guest_file(queues: int | None, *, model: str | None = None) -> str:
+    lines = ["[guest]", 'name = "vmq"', 'host = "host-a"', "", "[[nics]]",
+             'network = "mgmt"', f'mac = "{MAC}"']
+    if model is not None:
+        lines.append(f'model = "{model}"')
+    if queues is not None:
+        lines.append(f"queues = {queues}")
+    return "\n".join(lines) + "\n"
+
+
+# --- loading, import, plan (pure) -------------------------------------------------------------
+
+def test_queues_default_to_one_and_are_read(mappings: Path) -> None:
+    networks = load_networks(mappings / "networks.toml")
+    path = mappings / "guests" / "vmq.toml"
+    path.write_text(guest_file(None))
+    assert load_guest(path, networks).nics[0].queues == 1
+    path.write_text(guest_file(4))
+    assert load_guest(path, networks).nics[0].queues == 4
+
+
+@pytest.mark.parametrize(("queues", "model", "wanted"), [
+    (0, None, "0 is out of range"), (257, None, "257 is out of range"),
+    ('"4"', None, "a whole number"), (4, "e1000", "only virtio-net has several queues")])
+def test_bad_queues_name_file_key_and_fix(mappings: Path, queues: object, model: str | None,
+                                          wanted: str) -> None:
+    path = mappings / "guests" / "vmq.toml"
+    path.write_text(guest_file(queues, model=model))  # type: ignore[arg-type]
+    with pytest.raises(InputError) as caught:
+        load_guest(path, load_networks(mappings / "networks.toml"))
+    text = str(caught.value)
+    assert "vmq.toml" in text and "nics[0].queues" in text and wanted in text
+    assert caught.value.fix
+
+
+def domain_xml(driver: str, model: str = "virtio") -> str:
+    return f"""<domain type='kvm'><name>vmq</name><devices>
+  <interface type='bridge'>
+    <mac address='{MAC}'/><source bridge='br-eth1'/>
+    <model type='{model}'/>{driver}
+  </interface></devices></domain>"""
+
+
+@pytest.mark.parametrize(("driver", "queues"), [
+    ("", 1), ("<driver queues='1'/>", 1), ("<driver queues='0'/>", 1),
+    ("<driver name='vhost' queues='4'/>", 4), ("<driver queues='256'/>", 256)])
+def test_import_reads_driver_queues(mappings: Path, driver: str, queues: int) -> None:
+    from netmap.libvirt.domain import import_domain
+    from netmap.libvirt.xmlsafe import parse_untrusted
+
+    fleet = load_fleet(mappings)
+    result = import_domain(parse_untrusted(domain_xml(driver).encode(), "vmq.xml"),
+                           fleet.networks, fleet.hosts, host="host-a")
+    assert not result.errors
+    assert result.guest.nics[0].queues == queues
+    assert result.as_dict()["nics"][0]["queues"] == queues  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("driver", "model", "wanted"), [
+    ("<driver queues='x'/>", "virtio", "is not a number of queues"),
+    ("<driver queues='²'/>", "virtio", "is not a number of queues"),
+    ("<driver queues='257'/>", "virtio", "is not a number of queues"),
+    ("<driver queues='4'/>", "e1000", "multiqueue needs virtio")])
+def test_import_refuses_bad_queues(mappings: Path, driver: str, model: str,
+                                   wanted: str) -> None:
+    from netmap.libvirt.domain import import_domain
+    from netmap.libvirt.xmlsafe import parse_untrusted
+
+    fleet = load_fleet(mappings)
+    result = import_domain(parse_untrusted(domain_xml(driver, model).encode(), "vmq.xml"),
+                           fleet.networks, fleet.hosts, host="host-a")
+    assert [f.code for f in result.errors] == ["INTERFACE_INVALID"]
+    assert wanted in result.errors[0].message
+
+
+def test_import_write_keeps_queues(mappings: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from netmap.cli import main
+
+    xml = tmp_path / "vmq.xml"
+    xml.write_text(domain_xml("<driver queues='4'/>"))
+    assert main(["--mappings", str(mappings), "import", str(xml), "--host", "host-a",
+                 "--write"]) == 0
+    written = mappings / "guests" / "vmq.toml"
+    assert "queues = 4" in written.read_text()
+    assert load_fleet(mappings).guests["vmq"].nics[0].queues == 4
+
+
+def test_hook_parser_reads_queues(mappings: Path) -> None:
+    """The libvirt hook reads a migrating domain through the same parser: its guest has the
+    queues the XML asks for (what the destination must offer)."""
+    from netmap.libvirt.domain import import_domain
+    from netmap.libvirt.xmlsafe import parse_untrusted
+
+    fleet = load_fleet(mappings)
+    result = import_domain(parse_untrusted(domain_xml("<driver queues='8'/>").encode(),
+                                           "<stdin>"), fleet.networks, fleet.hosts,
+                           avoid_host="host-b")
+    assert result.guest.nics[0].queues == 8
+
+
+def test_plan_asks_for_a_multi_queue_tap_exactly_when_queues_exceed_one(mappings: Path,
+                                                                        ) -> None:
+    path = mappings / "guests" / "vmq.toml"
+    for queues, multi in ((1, False), (2, True), (4, True)):
+        path.write_text(guest_file(queues))
+        fleet = load_fleet(mappings)
+        plan = build_plan(build_graph(fleet), fleet.guests["vmq"], fleet.hosts["host-a"])
+        taps = [s for _, s in plan.steps if isinstance(s, CreateTap)]
+        assert [t.multi_queue for t in taps] == [multi]
+        assert plan.nics[0].queues == queues
+        assert ("multi-queue" in taps[0].describe()) == multi
+
+
+# --- the real kernel ----------------------------------------------------------------------------
+
+def open_queue(netns: str, name: str, flags: int) -> int:
+    """TUNSETIFF on an existing tap, as QEMU and libvirt attach one queue."""
+    from netmap.netlink.rtnl import entered_netns
+
+    with entered_netns(netns):
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def tun_info(netns: str, name: str) -> dict:
+    out = subprocess.run(["ip", "-n", netns, "-d", "-j", "link", "show", name],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]["linkinfo"]["info_data"]
+
+
+@pytest.fixture
+def mq_lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (mappings / "guests" / "vmq.toml").write_text(guest_file(4))
+    built, root = lab_factory(PREFIX, ["host-a"])
+    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
+    return built, root
+
+
+def realize(root: Path, **options: object):
+    from netmap.netlink.apply import realize_plan
+
+    fleet = load_fleet(root)
+    plan = build_plan(build_graph(fleet), fleet.guests["vmq"], fleet.hosts["host-a"])
+    return plan, realize_plan(plan, **options)  # type: ignore[arg-type]
+
+
+def set_queues(root: Path, queues: int) -> None:
+    (root / "guests" / "vmq.toml").write_text(guest_file(queues))
+
+
+FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+
+
+@needs_netns
+def test_realize_makes_a_tap_that_opens_once_per_queue(mq_lab) -> None:
+    built, root = mq_lab
+    plan, result = realize(root)
+    netns = built.hosts["host-a"]
+    tap = str(plan.nics[0].device)
+    info = tun_info(netns, tap)
+    assert info["multi_queue"] is True and info["vnet_hdr"] is True and info["persist"] is True
+    fds = [open_queue(netns, tap, FLAGS | IFF_MULTI_QUEUE) for _ in range(4)]
+    try:
+        assert tun_info(netns, tap)["numqueues"] == 4
+        with pytest.raises(OSError) as caught:  # the tap's mode is fixed: EINVAL without it
+            open_queue(netns, tap, FLAGS)
+        assert caught.value.errno == errno.EINVAL
+    finally:
+        for fd in fds:
+            os.close(fd)
+    xml = result.nics[0]["libvirt_xml"]
+    assert "<driver queues='4'/>" in str(xml)
+    assert ",queues=4" in str(result.nics[0]["qemu"])
+
+
+@needs_netns
+def test_single_queue_tap_opens_once(mq_lab) -> None:
+    built, root = mq_lab
+    set_queues(root, 1)
+    plan, result = realize(root)
+    netns = built.hosts["host-a"]
+    tap = str(plan.nics[0].device)
+    assert tun_info(netns, tap)["multi_queue"] is False
+    fd = open_queue(netns, tap, FLAGS)
+    try:
+        with pytest.raises(OSError) as caught:  # one queue, held: the second open is busy
+            open_queue(netns, tap, FLAGS)
+        assert caught.value.errno == errno.EBUSY
+        with pytest.raises(OSError) as caught:
+            open_queue(netns, tap, FLAGS | IFF_MULTI_QUEUE)
+        assert caught.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+    assert "<driver" not in str(result.nics[0]["libvirt_xml"])
+
+
+def ifindex(netns: str, name: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", name],
+                         capture_output=True, text=True, check=True).stdout
+    return int(json.loads(out)[0]["ifindex"])
+
+
+@needs_netns
+@pytest.mark.parametrize(("before", "after"), [(1, 4), (4, 1)])
+def test_second_realize_makes_a_free_tap_again_in_the_new_mode(mq_lab, before: int,
+                                                              after: int) -> None:
+    built, root = mq_lab
+    netns = built.hosts["host-a"]
+    set_queues(root, before)
+    plan, _ = realize(root)
+    tap = str(plan.nics[0].device)
+    old = ifindex(netns, tap)
+    set_queues(root, after)
+    _, result = realize(root)
+    assert [v for _, s, v in result.outcomes if isinstance(s, CreateTap)] == ["recreate"]
+    assert tun_info(netns, tap)["multi_queue"] is (after > 1)
+    assert ifindex(netns, tap) != old
+    link = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
+                                     capture_output=True, text=True, check=True).stdout)[0]
+    assert link["master"] == plan.nics[0].bridge and "UP" in link["flags"]
+    # state knows the new device: a third realize leaves it alone
+    _, again = realize(root)
+    assert not again.changed
+
+
+@needs_netns
+def test_second_realize_refuses_while_a_guest_holds_the_tap(mq_lab) -> None:
+    built, root = mq_lab
+    netns = built.hosts["host-a"]
+    set_queues(root, 1)
+    plan, _ = realize(root)
+    tap = str(plan.nics[0].device)
+    old = ifindex(netns, tap)
+    fd = open_queue(netns, tap, FLAGS)  # the running guest's queue
+    try:
+        set_queues(root, 4)
+        with pytest.raises(ApplyError) as caught:
+            realize(root)
+        text = str(caught.value)
+        assert "single-queue" in text and "4 queue(s)" in text and "holds" in text
+        assert "shut vmq down" in str(caught.value.fix)
+        assert ifindex(netns, tap) == old and tun_info(netns, tap)["multi_queue"] is False
+    finally:
+        os.close(fd)
+
+
+@needs_netns
+def test_failure_after_recreate_puts_the_old_tap_back(mq_lab,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """All or nothing: a later step fails, so the tap is made again as it was (queue mode,
+    bridge, MAC, MTU), and state knows that device (a realize after it changes nothing)."""
+    built, root = mq_lab
+    netns = built.hosts["host-a"]
+    set_queues(root, 1)
+    plan, _ = realize(root)
+    tap = str(plan.nics[0].device)
+    before = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
+                                       capture_output=True, text=True, check=True).stdout)[0]
+    set_queues(root, 4)
+    from netmap.netlink import ensure
+
+    real = ensure.Transaction.verify
+
+    def broken_verify(self: ensure.Transaction) -> list[str]:
+        real(self)
+        return ["injected after the tap was made again"]
+
+    with monkeypatch.context() as patched, pytest.raises(ApplyError) as caught:
+        patched.setattr(ensure.Transaction, "verify", broken_verify)
+        realize(root)
+    assert "every change was undone" in str(caught.value)
+    after = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
+                                      capture_output=True, text=True, check=True).stdout)[0]
+    assert tun_info(netns, tap)["multi_queue"] is False
+    for key in ("master", "address", "mtu"):
+        assert after[key] == before[key]
+    assert ("UP" in after["flags"]) == ("UP" in before["flags"])
+    set_queues(root, 1)
+    _, again = realize(root)
+    assert not again.changed
