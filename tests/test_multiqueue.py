@@ -313,3 +313,34 @@ def test_failure_after_recreate_puts_the_old_tap_back(mq_lab,
     set_queues(root, 1)
     _, again = realize(root)
     assert not again.changed
+
+
+# --- the QEMU helper ------------------------------------------------------------------------------
+
+@needs_netns
+@pytest.mark.parametrize("how", ["--guest=vmq", f"--mac={MAC}"])
+def test_qemu_helper_refuses_several_queues(mq_lab, tmp_path: Path, how: str) -> None:
+    """One descriptor is one queue: a NIC with queues = 4 is refused before anything is
+    made (exit 2), with a fix that points at realize."""
+    import test_qemu_helper as qh
+
+    built, root = mq_lab
+    netns = built.hosts["host-a"]
+    acl = tmp_path / "qemu-helper.conf"
+    acl.write_text("allow all\n")
+    before = qh.links(netns)
+    got = qh.call_helper(["--use-vnet", "--br=mgmt", how], qh.helper_env(root, acl))
+    assert got.fd is None
+    assert got.code == 2, got.stderr
+    assert "queues = 4" in got.stderr and "one file descriptor" in got.stderr
+    assert "vmq.toml" in got.stderr and "nics[0].queues" in got.stderr
+    assert "netmap realize vmq --host host-a" in got.stderr
+    assert "Traceback" not in got.stderr
+    assert qh.links(netns).keys() == before.keys()
+    set_queues(root, 1)  # the same NIC with one queue is served
+    served = qh.call_helper(["--use-vnet", "--br=mgmt", how], qh.helper_env(root, acl))
+    try:
+        assert served.code == 0, served.stderr
+        assert served.fd is not None
+    finally:
+        served.close()
