@@ -344,3 +344,32 @@ def test_qemu_helper_refuses_several_queues(mq_lab, tmp_path: Path, how: str) ->
         assert served.fd is not None
     finally:
         served.close()
+
+
+# --- drift ----------------------------------------------------------------------------------------
+
+@needs_netns
+def test_drift_reports_a_tap_in_the_other_queue_mode(mq_lab,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from netmap.cli import main
+
+    _built, root = mq_lab
+    set_queues(root, 1)
+    plan, _ = realize(root)
+    tap = str(plan.nics[0].device)
+    capsys.readouterr()
+    main(["drift", "host-a", "--json"])
+    codes = [f["code"] for f in json.loads(capsys.readouterr().out)["findings"]]
+    assert "ENDPOINT_QUEUE_MODE" not in codes
+    set_queues(root, 4)  # the guest's mapping changed after realize
+    assert main(["drift", "host-a", "--json"]) == 1
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    found = [f for f in findings if f["code"] == "ENDPOINT_QUEUE_MODE"]
+    assert len(found) == 1 and found[0]["severity"] == "error"
+    assert tap in found[0]["message"] and "single-queue" in found[0]["message"]
+    assert "4 queue(s)" in found[0]["message"] and "vmq.toml" in found[0]["message"]
+    assert "realize vmq again" in found[0]["hint"]
+    realize(root)  # made anew (no guest holds it): no drift left
+    main(["drift", "host-a", "--json"])
+    codes = [f["code"] for f in json.loads(capsys.readouterr().out)["findings"]]
+    assert "ENDPOINT_QUEUE_MODE" not in codes
