@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -373,3 +374,70 @@ def test_drift_reports_a_tap_in_the_other_queue_mode(mq_lab,
     main(["drift", "host-a", "--json"])
     codes = [f["code"] for f in json.loads(capsys.readouterr().out)["findings"]]
     assert "ENDPOINT_QUEUE_MODE" not in codes
+
+
+# --- real QEMU on the realized tap ----------------------------------------------------------------
+
+QEMU = shutil.which("qemu-system-x86_64")
+needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed "
+                                "(Debian: apt-get install qemu-system-x86)")
+
+
+def start_qemu_on_tap(netns: str, tap: str, queues: int, workdir: Path):
+    """QEMU as libvirt would start it on realize's tap (`ifname=`, no scripts), with a
+    multi-queue virtio-net-pci device; -S: the CPUs never run, no guest image needed."""
+    from tests.test_qemu_real import Qmp
+
+    qmp_path, log = workdir / "qmp.sock", workdir / "qemu.log"
+    argv = ["ip", "netns", "exec", netns, str(QEMU), "-nodefaults", "-display", "none",
+            "-machine", "q35,accel=tcg", "-S", "-m", "64",
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,queues={queues},"
+            "vhost=off",
+            "-device", f"virtio-net-pci,netdev=n0,mac={MAC},mq=on,vectors={2 * queues + 2}",
+            "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+    with log.open("w") as stderr:
+        qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    return qemu, (lambda: Qmp(qmp_path)), log
+
+
+@needs_netns
+@needs_qemu
+def test_qemu_opens_the_realized_tap_once_per_queue(mq_lab, tmp_path: Path) -> None:
+    from tests.test_qemu_real import fds_of, quit_qemu
+
+    built, root = mq_lab
+    netns = built.hosts["host-a"]
+    plan, _ = realize(root)
+    tap = str(plan.nics[0].device)
+    qemu, connect, log = start_qemu_on_tap(netns, tap, 4, tmp_path)
+    try:
+        qmp = connect()
+        info = qmp.command("human-monitor-command", **{"command-line": "info network"})
+        assert f"ifname={tap}" in str(info) and MAC in str(info)
+        assert fds_of(qemu.pid).count(f"/dev/net/tun {tap}") == 4
+        # all four attached; QEMU keeps all but the first disabled until the guest's driver
+        # turns multiqueue on (TUNSETQUEUE), and CPUs that never run never do
+        queues = tun_info(netns, tap)
+        assert queues["numqueues"] + queues["numdisabled"] == 4, queues
+        quit_qemu(qemu, qmp)
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+    # realize's tap is persistent: QEMU gone, it stays, with no queue open
+    assert tun_info(netns, tap)["numqueues"] == 0, log.read_text()
+
+
+@needs_netns
+@needs_qemu
+def test_qemu_cannot_open_a_single_queue_tap_with_four_queues(mq_lab, tmp_path: Path) -> None:
+    """Why realize must make the tap multi-queue: QEMU refuses the other one."""
+    built, root = mq_lab
+    netns = built.hosts["host-a"]
+    set_queues(root, 1)
+    plan, _ = realize(root)
+    tap = str(plan.nics[0].device)
+    qemu, _connect, log = start_qemu_on_tap(netns, tap, 4, tmp_path)
+    assert qemu.wait(timeout=60) != 0
+    assert "could not configure /dev/net/tun" in log.read_text()
