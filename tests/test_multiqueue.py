@@ -347,6 +347,43 @@ def test_qemu_helper_refuses_several_queues(mq_lab, tmp_path: Path, how: str) ->
         served.close()
 
 
+OPEN_MACVTAP_QUEUES = """
+import fcntl, os, stat, struct, sys
+name, index, count, scratch = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+# the netns's own sysfs (ip netns exec mounts it): the char device's number
+major, minor = map(int, open(f"/sys/class/net/{name}/macvtap/tap{index}/dev").read().split(":"))
+node = os.path.join(scratch, name)
+os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+fds = [os.open(node, os.O_RDWR) for _ in range(count)]  # libvirt: one open per queue
+names = {struct.unpack("16sH22x", fcntl.ioctl(fd, 0x800454D2, bytes(40)))[0].rstrip(b"\\0")
+         for fd in fds}
+print(len(fds), b",".join(names).decode())
+"""
+
+
+@needs_netns
+def test_macvtap_for_several_queues_opens_once_per_queue(mq_lab, tmp_path: Path) -> None:
+    """A macvtap takes one queue per open of its char device; realize's <interface> asks
+    libvirt for the NIC's queues."""
+    import sys
+
+    built, root = mq_lab
+    netns = built.hosts["host-a"]
+    host_file = root / "hosts" / "host-a.toml"
+    host_file.write_text(host_file.read_text().replace(
+        '[networks.mgmt]\nmode = "bridge"', '[networks.mgmt]\nmode = "macvtap-bridge"'))
+    plan, result = realize(root)
+    name = str(plan.nics[0].device)
+    assert "<driver queues='4'/>" in str(result.nics[0]["libvirt_xml"])
+    assert "opened read-write 4 times" in str(result.nics[0]["qemu"])
+    index = ifindex(netns, name)
+    done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c",
+                           OPEN_MACVTAP_QUEUES, name, str(index), "4", str(tmp_path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["4", name]
+
+
 # --- drift ----------------------------------------------------------------------------------------
 
 @needs_netns
@@ -401,6 +438,7 @@ def start_qemu_on_tap(netns: str, tap: str, queues: int, workdir: Path):
     return qemu, (lambda: Qmp(qmp_path)), log
 
 
+@pytest.mark.qemu
 @needs_netns
 @needs_qemu
 def test_qemu_opens_the_realized_tap_once_per_queue(mq_lab, tmp_path: Path) -> None:
@@ -429,6 +467,7 @@ def test_qemu_opens_the_realized_tap_once_per_queue(mq_lab, tmp_path: Path) -> N
     assert tun_info(netns, tap)["numqueues"] == 0, log.read_text()
 
 
+@pytest.mark.qemu
 @needs_netns
 @needs_qemu
 def test_qemu_cannot_open_a_single_queue_tap_with_four_queues(mq_lab, tmp_path: Path) -> None:
@@ -441,3 +480,80 @@ def test_qemu_cannot_open_a_single_queue_tap_with_four_queues(mq_lab, tmp_path: 
     qemu, _connect, log = start_qemu_on_tap(netns, tap, 4, tmp_path)
     assert qemu.wait(timeout=60) != 0
     assert "could not configure /dev/net/tun" in log.read_text()
+
+
+# --- real libvirt on the realized tap -------------------------------------------------------------
+
+def libvirt_problem() -> str | None:
+    import sys as _sys
+
+    from tests.conftest import REPO
+
+    _sys.path.insert(0, str(REPO / "scripts"))
+    import libvirt_lab  # scripts/ is not a package
+
+    return libvirt_lab.missing() or libvirt_lab.isolation_problem()
+
+
+DOMAIN = """<domain type='qemu'>
+  <name>vmq</name>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>{qemu}</emulator>
+{interface}
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+@pytest.mark.qemu
+@needs_netns
+@needs_qemu
+def test_libvirt_starts_a_guest_with_four_queues_on_the_realized_tap(
+        mq_lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """realize prints the <interface>; a private libvirtd (scripts/libvirt_lab.py) in the lab
+    host's namespace defines a guest with it as it is, starts it (QEMU opens the tap once
+    per queue), and leaves realize's tap in place when the guest is destroyed."""
+    problem = libvirt_problem()
+    if problem:
+        pytest.skip(problem)
+    from libvirt_lab import PrivateLibvirtd
+
+    from netmap.cli import main
+    from tests.test_qemu_real import fds_of
+
+    built, root = mq_lab
+    netns = built.hosts["host-a"]
+    capsys.readouterr()
+    assert main(["realize", "vmq", "--host", "host-a", "--json"]) == 0
+    (nic,) = json.loads(capsys.readouterr().out)["nics"]
+    tap, interface = str(nic["device"]), str(nic["libvirt_xml"])
+    assert "<driver queues='4'/>" in interface and f'<target dev="{tap}"' in interface
+    # no option ROM file is needed (the lab's QEMU may have no ipxe ROMs)
+    interface = interface.replace("</interface>", "  <rom enabled='no'/>\n</interface>")
+    daemon = PrivateLibvirtd(tmp_path / "libvirt", netns, "host-a", root)
+    caps = tmp_path / "qemucaps"
+    caps.mkdir()
+    try:
+        daemon.start(caps)
+        xml = tmp_path / "vmq.xml"
+        xml.write_text(DOMAIN.format(qemu=QEMU, interface=interface))
+        daemon.virsh("define", str(xml))
+        started = daemon.virsh("start", "vmq", check=False)
+        assert started.returncode == 0, started.stderr + daemon.log_tail()
+        live = daemon.virsh("dumpxml", "vmq").stdout
+        assert "queues='4'" in live and f"dev='{tap}'" in live
+        (pidfile,) = [p for p in (tmp_path / "libvirt" / "run/libvirt/qemu").glob("*.pid")
+                      if p.name != "driver.pid"]
+        pid = int(pidfile.read_text().strip())
+        assert fds_of(pid).count(f"/dev/net/tun {tap}") == 4
+        queues = tun_info(netns, tap)
+        assert queues["numqueues"] + queues["numdisabled"] == 4, queues
+        daemon.virsh("destroy", "vmq")
+        # managed='no': the tap is realize's, libvirt leaves it, with no queue open
+        assert tun_info(netns, tap)["numqueues"] == 0
+    finally:
+        daemon.stop()
