@@ -247,6 +247,13 @@ def test_second_realize_makes_a_free_tap_again_in_the_new_mode(mq_lab, before: i
     tap = str(plan.nics[0].device)
     old = ifindex(netns, tap)
     set_queues(root, after)
+    from netmap.netlink.apply import preview_plan
+
+    fleet = load_fleet(root)  # the dry run says so and changes nothing
+    preview = preview_plan(build_plan(build_graph(fleet), fleet.guests["vmq"],
+                                      fleet.hosts["host-a"]))
+    assert [v for _, s, v in preview if isinstance(s, CreateTap)] == ["recreate"]
+    assert ifindex(netns, tap) == old
     _, result = realize(root)
     assert [v for _, s, v in result.outcomes if isinstance(s, CreateTap)] == ["recreate"]
     assert tun_info(netns, tap)["multi_queue"] is (after > 1)
