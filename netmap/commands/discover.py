@@ -174,7 +174,7 @@ def inventory_tree(inventory: Inventory) -> RenderableType:
             children.setdefault(parent, []).append(link)
     shown: set[str] = set()
 
-    def add(branch, link: Interface) -> None:
+    def add(branch: Tree, link: Interface) -> None:
         if link.name in shown:
             return
         shown.add(link.name)

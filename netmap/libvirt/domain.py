@@ -118,14 +118,15 @@ def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: dict[st
     nics: list[GuestNic] = []
     for iface in parsed:
         iface = _map(iface, by_mac, networks, hosts.get(chosen) if chosen else None, findings)
-        if iface.network is not None and iface.mac is not None and not mac_problem(iface.mac):
-            meta = by_mac.get(iface.mac, {})
+        network, mac = iface.network, iface.mac
+        if network is not None and mac is not None and not mac_problem(mac):
+            meta = by_mac.get(mac, {})
             iface = replace(iface, nic=len(nics))
             vhost = meta.get("vhost") or iface.vhost
-            nics.append(GuestNic(len(nics), iface.network, iface.mac, iface.model, vhost,
+            nics.append(GuestNic(len(nics), network, mac, iface.model, vhost,
                                  meta.get("semantic"), iface.mtu,
                                  Source(doc.file, iface.line), iface.queues))
-            _check_vlan(iface, networks[iface.network], findings)
+            _check_vlan(iface, networks[network], findings)
         mapped.append(iface)
     guest = Guest(name, chosen, tuple(nics), Source(doc.file, doc.line(root)))
     return DomainImport(guest, chosen, tuple(mapped), tuple(findings), doc)
@@ -269,8 +270,10 @@ def _map(iface: Interface, by_mac: dict[str, dict[str, str]], networks: dict[str
             "metadata (namespace " + NAMESPACE + ")"))
         return iface
     mode = iface.source.get("mode", "vepa")
-    binding = host.bindings[network] if host else None
-    if iface.type == "direct" and binding and DIRECT_MODES.get(mode) != binding.mode:
+    # _resolve names a network only from a host's bindings: with a network, host is set
+    binding = host.bindings[network] if host is not None else None
+    if (host is not None and binding is not None and iface.type == "direct"
+            and DIRECT_MODES.get(mode) != binding.mode):
         findings.append(Finding(
             "MODE_DIFFERS", WARNING, None,
             f"{iface.label}: runs macvtap mode {mode}, but {host.name} binds {network} as "

@@ -16,7 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the checker only: the pass-through path must not import them
+    from netmap.check import Finding
+    from netmap.libvirt.rewrite import Rewrite
+    from netmap.libvirt.xmlsafe import XmlDocument
 
 # (operation, sub-operation) whose stdout libvirt reads as the domain XML
 _XML_FILTERS = {("migrate", "begin"), ("restore", "begin")}
@@ -157,7 +163,8 @@ def _nics(nics: dict[str, str]) -> str:
     return "(" + ", ".join(f"{mac} on {net}" for mac, net in sorted(nics.items())) + ")"
 
 
-def _refuse(guest: str, host: str, findings, messages: list[str], code: int) -> HookResult:
+def _refuse(guest: str, host: str, findings: Iterable[Finding], messages: list[str],
+            code: int) -> HookResult:
     lines = [f"netmap: refusing to migrate {guest} to {host}:"]
     for finding in findings:
         lines.append(f"  [{finding.code}] {finding.message}")
@@ -165,7 +172,7 @@ def _refuse(guest: str, host: str, findings, messages: list[str], code: int) -> 
     return HookResult(code, b"", messages + lines)
 
 
-def apply_rewrites(doc, rewrites) -> bytes:
+def apply_rewrites(doc: XmlDocument, rewrites: Iterable[Rewrite]) -> bytes:
     """Splice the new values into the original bytes, last first so offsets stay valid."""
     data = doc.data
     for start, end, new in sorted(rewrites, key=lambda r: r[0], reverse=True):

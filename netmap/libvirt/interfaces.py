@@ -124,7 +124,8 @@ def parse_interface(doc: XmlDocument, position: int, element: ET.Element,
                       None, None, dict(source.attrib) if source is not None else {},
                       teaming=teaming.get("type") if teaming is not None else None)
     problems = []
-    mtu_text = element.find("mtu").get("size", "") if element.find("mtu") is not None else None
+    mtu_element = element.find("mtu")
+    mtu_text = mtu_element.get("size", "") if mtu_element is not None else None
     mtu = None
     if mtu_text is not None:
         mtu = int(mtu_text) if mtu_text.isdigit() else None

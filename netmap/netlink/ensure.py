@@ -14,9 +14,11 @@ else's, which must never be deleted).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
@@ -33,6 +35,9 @@ from netmap.netlink.kernel_steps import (
 from netmap.netlink.sysfs import VirtualFunction
 from netmap.netlink.verdicts import BATCHED, KIND_OF, Action, decide_step
 from netmap.state import PENDING, HostState
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 Undo = tuple[str, Callable[[], None]]
 
@@ -53,7 +58,7 @@ class Transaction:
         self.vfs: dict[str, VirtualFunction] = {}  # resource -> the VF claimed
         self._queue: list[Action] = []
         self._decided: set[str] = set()
-        self._pyroute = None
+        self._pyroute: IPRoute | None = None
         self.reidentified: dict[str, int] = {}  # link resource -> ifindex, set by rollback
 
     # --- helpers ----------------------------------------------------------------------------
@@ -166,7 +171,7 @@ class Transaction:
         if action.verdict in ("unchanged", "adopt"):
             self.outcomes.append((action.nic, step, action.verdict))
             return
-        name = getattr(step, "name", None) or getattr(step, "port", "")
+        name: str = getattr(step, "name", "") or getattr(step, "port", "")
         if action.verdict == "recreate":
             assert isinstance(step, p.CreateTap)
             self._recreate_tap(step, action.undo_repair or {})
@@ -316,7 +321,7 @@ class Transaction:
             self.kernel.call(rtmsg.set_link(0, name=step.macvtap, mac=step.mac, up=True,
                                            no_ipv6=True))
 
-    def pyroute(self):  # -> pyroute2.IPRoute, opened once, only for SR-IOV VF entries
+    def pyroute(self) -> IPRoute:  # opened once, only for SR-IOV VF entries
         if self._pyroute is None:
             from netmap.netlink import open_iproute
 
@@ -329,10 +334,13 @@ class Transaction:
             return
         queue, self._queue = self._queue, []
         # every undo first: an interrupt inside create_taps or the batch leaves nothing
-        undos = {id(a): self._will_undo(f"delete {a.step.name}",  # type: ignore[attr-defined]
-                                        lambda s=a.step: delete_quietly(self.kernel, s.name))
-                 for a in queue}
-        taps = [a.step.name for a in queue if isinstance(a.step, p.CreateTap)]  # type: ignore[attr-defined]
+        undos: dict[int, Undo] = {}
+        for queued in queue:
+            assert isinstance(queued.step, BATCHED)  # execute() queues nothing else
+            name = queued.step.name
+            undos[id(queued)] = self._will_undo(
+                f"delete {name}", functools.partial(delete_quietly, self.kernel, name))
+        taps = [a.step.name for a in queue if isinstance(a.step, p.CreateTap)]
         multi_queue = [a.step.name for a in queue
                        if isinstance(a.step, p.CreateTap) and a.step.multi_queue]
         tap_errors = dict(zip(taps, self.kernel.create_taps(taps, multi_queue), strict=True))

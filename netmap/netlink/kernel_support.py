@@ -85,7 +85,7 @@ class KernelProbe:
         for path, opener in ((self.root / "proc" / "config.gz", gzip.open),
                              (self.root / "boot" / f"config-{self.release}", open)):
             try:
-                with opener(path, "rt") as stream:  # type: ignore[operator]
+                with opener(path, "rt") as stream:
                     text = stream.read()
             except (OSError, EOFError, ValueError):
                 continue

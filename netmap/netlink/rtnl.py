@@ -21,7 +21,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from netmap.netlink.rtmsg import (
     AF_BRIDGE,
@@ -304,9 +304,16 @@ class Rtnl:
                 elif got_kind == reply:
                     out.append(parse(data, start, end))
 
-    def dump_links(self, parse: Callable[[bytes, int, int], T] = parse_link,
+    # a generic parameter cannot have a default of one type: without `parse`, Links
+    @overload
+    def dump_links(self, *, family: int = ..., ext_mask: int = ...) -> list[Link]: ...
+    @overload
+    def dump_links(self, parse: Callable[[bytes, int, int], T], *, family: int = ...,
+                   ext_mask: int = ...) -> list[T]: ...
+
+    def dump_links(self, parse: Callable[[bytes, int, int], Any] = parse_link,
                    *, family: int = AF_UNSPEC, ext_mask: int = RTEXT_FILTER_SKIP_STATS,
-                   ) -> list[T]:
+                   ) -> list[Any]:
         """Every link of the namespace, each through `parse` (rtmsg.parse_link: a Link);
         without the counters, the bulk of a link message, unless `ext_mask` says else."""
         body = ifinfo(family=family) + (_u32(IFLA_EXT_MASK, ext_mask) if ext_mask else b"")

@@ -32,7 +32,7 @@ import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from netmap.errors import EXIT_APPLY, ApplyError, InputError, NetmapError
 from netmap.model import MACVTAP_MODES
@@ -63,7 +63,9 @@ class Request:
 class _Once(argparse.Action):
     """Refuse a repeated option: two --br= would leave it open which one the ACL saw."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None,
+                 ) -> None:
         if getattr(namespace, self.dest, None) is not None:
             parser.error(f"{option_string} given twice")
         setattr(namespace, self.dest, values)
