@@ -8,6 +8,7 @@ yet; info = a note. `netmap drift` exits 1 on any error or warning.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from netmap.check import ERROR, INFO, WARNING, Finding
@@ -102,11 +103,14 @@ class DriftReport:
 class _Drift(BindingDrift):
     """Adds what is not about links: kernel features, and what netmap's state recorded."""
 
-    guests: dict[str, Guest]  # the fleet's, set by drift_report
+    verify_features: frozenset[str] | None = None  # declared features to verify (None: all)
+    guests: dict[str, Guest] | None = None  # the fleet's: endpoints compared with their NIC
 
     def check_features(self) -> None:
         needed: dict[str, list[str]] = {}
-        for feature in sorted(self.host.features):
+        verified = self.host.features if self.verify_features is None else (
+            self.host.features & self.verify_features)
+        for feature in sorted(verified):
             needed.setdefault(feature, []).append("the mapping's features")
         for binding in self.host.bindings.values():
             for feature in MODE_FEATURES.get(binding.mode, ()):
@@ -124,6 +128,8 @@ class _Drift(BindingDrift):
                         if soft else "."),
                      f"modprobe {FEATURE_MODULE.get(feature, feature)}, or remove "
                      f'"{feature}" from features in {self.mapping}')
+        # against everything the mapping declares, also when only some is verified:
+        # check --live verifies what one guest needs, and the rest is still declared
         extra = sorted(self.inv.features - self.host.features)
         if extra:
             self.add("FEATURE_UNDECLARED", INFO,
@@ -185,7 +191,7 @@ class _Drift(BindingDrift):
             return False
         want, why = entry.multi_queue, "netmap made it"
         for name in entry.guests:
-            guest = self.guests.get(name)
+            guest = (self.guests or {}).get(name)
             nic = next((n for n in guest.nics if tap_name(name, n.index) == entry.name),
                        None) if guest else None
             if guest is not None and nic is not None:
@@ -220,15 +226,20 @@ FEATURE_MODULE = {"vhost-net": "vhost_net", "sriov": "the NIC driver with max_vf
 
 def drift_report(host: Host, inventory: Inventory, state_entries: object = (), *,
                  networks: dict[str, Network] | None = None,
+                 verify_features: Collection[str] | None = None,
                  guests: dict[str, Guest] | None = None) -> DriftReport:
     """Compare `host` (its mapping) with `inventory` (the live host) and netmap's state.
 
     `state_entries`: a netmap.state.HostState, its data dict, or TrackedDevice entries.
-    `networks` (the fleet's) enables the checks that need a network's VNI or MTU;
-    `guests` (the fleet's) those that compare an endpoint with its guest's NIC.
+    `networks` (the fleet's) enables the checks that need a network's VNI or MTU.
+    `verify_features`: of the features `host` declares, the ones to verify (default: all);
+    what the live host offers beyond `host`'s declared features is noted either way.
+    `guests` (the fleet's) enables comparing an endpoint with its guest's NIC.
     """
     drift = _Drift(host, inventory, tracked_from_state(state_entries), networks)
-    drift.guests = guests or {}
+    if verify_features is not None:
+        drift.verify_features = frozenset(verify_features)
+    drift.guests = guests
     for uplink in host.uplinks.values():
         live = drift.resolve(uplink)
         drift.live[uplink.name] = live
@@ -243,6 +254,8 @@ def drift_report(host: Host, inventory: Inventory, state_entries: object = (), *
 
 
 def drift_findings(host: Host, inventory: Inventory, state_entries: object = (), *,
-                   networks: dict[str, Network] | None = None) -> list[Finding]:
+                   networks: dict[str, Network] | None = None,
+                   verify_features: Collection[str] | None = None) -> list[Finding]:
     """The findings of `drift_report`, for folding into `check --live`."""
-    return list(drift_report(host, inventory, state_entries, networks=networks).findings)
+    return list(drift_report(host, inventory, state_entries, networks=networks,
+                             verify_features=verify_features).findings)

@@ -14,6 +14,8 @@ from netmap.commands._common import add_json, console, load, print_json, this_ho
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from rich.console import RenderableType
 
     from netmap.drift import DriftReport
@@ -216,9 +218,12 @@ def _configure_drift(parser: argparse.ArgumentParser) -> None:
 
 def live_drift(host: Host, networks: dict, *, netns: str | None = None,
                state_dir: str | None = None, sysfs_root: str | None = None,
-               dev_root: str = "/dev", guests: dict | None = None) -> DriftReport:
+               dev_root: str = "/dev",
+               verify_features: Collection[str] | None = None,
+               guests: dict | None = None) -> DriftReport:
     """Discover this host (or `netns`, else the mapping's netns) and compare it with `host`'s
-    mapping and netmap's state: what `netmap drift` prints, for `check --live` to fold in."""
+    mapping and netmap's state: what `netmap drift` prints, for `check --live` to fold in
+    (`verify_features`: drift.drift_report's)."""
     from netmap.drift import drift_report
     from netmap.netlink.discover import discover
     from netmap.state import HostState
@@ -232,7 +237,8 @@ def live_drift(host: Host, networks: dict, *, netns: str | None = None,
                          fix="run as root (entering a network namespace needs "
                          "CAP_SYS_ADMIN)") from err
     state = HostState.load(host.name, state_dir)
-    return drift_report(host, inventory, state, networks=networks, guests=guests)
+    return drift_report(host, inventory, state, networks=networks,
+                        verify_features=verify_features, guests=guests)
 
 
 def _drift(args: argparse.Namespace) -> int:

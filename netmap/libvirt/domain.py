@@ -29,9 +29,10 @@ from netmap.libvirt.interfaces import (
     parse_interface,
     read_metadata,
 )
-from netmap.libvirt.xmlsafe import XmlDocument, read_untrusted
+from netmap.libvirt.xmlsafe import MAX_BYTES, XmlDocument, parse_untrusted
 from netmap.load import mac_problem
 from netmap.model import MACVTAP_MODES, Binding, Guest, GuestNic, Host, Network, Source
+from netmap.regular_file import read_regular
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,13 @@ def guest_from_domain_file(path: Path, networks: dict[str, Network]) -> Guest:
     """Load a mappings/guests/*.xml file, mapping bridge/direct sources through the host
     files next to it. Anything that would leave a NIC out is an InputError here: a fleet
     file that silently lost a NIC would make every check of that guest wrong."""
+    try:  # a mapping file: regular only, never a FIFO that `import FILE` may read
+        data = read_regular(path, MAX_BYTES)
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror}", file=path,
+                         fix="check the path and its permissions") from err
     hosts = _sibling_hosts(path, networks)
-    result = import_domain(read_untrusted(path), networks, hosts)
+    result = import_domain(parse_untrusted(data, str(path)), networks, hosts)
     worst = [f for f in result.findings if f.severity in (ERROR, WARNING)]
     if worst:
         first = worst[0]
