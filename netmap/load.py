@@ -13,10 +13,12 @@ from netmap import names
 from netmap.errors import InputError
 from netmap.model import (
     KNOWN_FEATURES,
+    MAX_QUEUES,
     MODES,
     SEMANTIC_CLASSES,
     VF_ATTACH,
     VHOST_POLICIES,
+    VIRTIO_MODELS,
     Binding,
     Fleet,
     Guest,
@@ -178,7 +180,8 @@ HOST_FILE = Schema("HostFile", host=subtable(HOST, required=True),
 GUEST = Schema("Guest", name=text(required=True), host=text())
 NIC = Schema("Nic", network=text(required=True), mac=text(required=True),
              model=text(default="virtio"), vhost=text(default="preferred", choices=VHOST_POLICIES),
-             semantic=text(choices=SEMANTIC_CLASSES), mtu=MTU)
+             semantic=text(choices=SEMANTIC_CLASSES), mtu=MTU,
+             queues=number(default=1, low=1, high=MAX_QUEUES))
 GUEST_FILE = Schema("GuestFile", guest=subtable(GUEST, required=True), nics=table_array(NIC))
 
 
@@ -364,8 +367,12 @@ def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
             raise doc.error((*where, "mac"), f"{mac} is already the MAC of nics[{seen_macs[mac]}]",
                             "give every NIC of a guest its own MAC")
         seen_macs[mac] = index
+        if values.queues > 1 and values.model not in VIRTIO_MODELS:
+            raise doc.error((*where, "queues"), f"{values.queues} queues with model "
+                            f"{values.model!r}: only virtio-net has several queues",
+                            'remove queues, or set model = "virtio"')
         nics.append(GuestNic(index, network, mac, values.model, values.vhost, values.semantic,
-                             values.mtu, doc.source(where)))
+                             values.mtu, doc.source(where), values.queues))
     return Guest(name, top.guest.host, tuple(nics), Source(str(path)))
 
 

@@ -219,7 +219,8 @@ def _configure_drift(parser: argparse.ArgumentParser) -> None:
 def live_drift(host: Host, networks: dict, *, netns: str | None = None,
                state_dir: str | None = None, sysfs_root: str | None = None,
                dev_root: str = "/dev",
-               verify_features: Collection[str] | None = None) -> DriftReport:
+               verify_features: Collection[str] | None = None,
+               guests: dict | None = None) -> DriftReport:
     """Discover this host (or `netns`, else the mapping's netns) and compare it with `host`'s
     mapping and netmap's state: what `netmap drift` prints, for `check --live` to fold in
     (`verify_features`: drift.drift_report's)."""
@@ -237,7 +238,7 @@ def live_drift(host: Host, networks: dict, *, netns: str | None = None,
                          "CAP_SYS_ADMIN)") from err
     state = HostState.load(host.name, state_dir)
     return drift_report(host, inventory, state, networks=networks,
-                        verify_features=verify_features)
+                        verify_features=verify_features, guests=guests)
 
 
 def _drift(args: argparse.Namespace) -> int:
@@ -250,7 +251,8 @@ def _drift(args: argparse.Namespace) -> int:
         host = this_host(args, fleet)
     report = live_drift(host, fleet.networks, netns=checked_netns(args.netns),
                         state_dir=args.state_dir,
-                        sysfs_root=args.sysfs_root, dev_root=args.dev_root)
+                        sysfs_root=args.sysfs_root, dev_root=args.dev_root,
+                        guests=fleet.guests)
     here = socket.gethostname()
     if report.netns is None and host.name != here and not os.environ.get("NETMAP_HOST"):
         from netmap.check import INFO, Finding

@@ -174,7 +174,7 @@ def _dry_run(plan: Plan, findings: list[dict], as_json: bool) -> int:
         _print_plan(plan)
     else:
         out = console()
-        changes = sum(verdict in ("create", "repair") for _, _, verdict in verdicts)
+        changes = sum(verdict in ("create", "repair", "recreate") for _, _, verdict in verdicts)
         out.print(f"[bold]dry run[/] of {plan.guest} on {plan.host}: {changes} change(s), "
                   "nothing done")
         for n, (nic, step, verdict) in enumerate(verdicts, 1):

@@ -57,7 +57,7 @@ class DomainImport:
 
     def as_dict(self) -> dict[str, object]:
         nics = [{"index": n.index, "network": n.network, "mac": n.mac, "model": n.model,
-                 "vhost": n.vhost, "semantic": n.semantic, "mtu": n.mtu}
+                 "vhost": n.vhost, "semantic": n.semantic, "mtu": n.mtu, "queues": n.queues}
                 for n in self.guest.nics]
         return {"guest": self.guest.name, "host": self.guest.host,
                 "source_host": self.source_host, "nics": nics,
@@ -132,7 +132,7 @@ def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: Mapping
             vhost = meta.get("vhost") or iface.vhost
             nics.append(GuestNic(len(nics), network, mac, iface.model, vhost,
                                  meta.get("semantic"), iface.mtu,
-                                 Source(doc.file, iface.line)))
+                                 Source(doc.file, iface.line), iface.queues))
             _check_vlan(iface, networks[network], findings)
         mapped.append(iface)
     guest = Guest(name, chosen, tuple(nics), Source(doc.file, doc.line(root)))

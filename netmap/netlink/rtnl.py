@@ -34,6 +34,7 @@ from netmap.netlink.rtmsg import (
     IFA_ADDRESS,
     IFA_LOCAL,
     IFADDRMSG,
+    IFF_MULTI_QUEUE,
     IFF_NO_PI,
     IFF_TAP,
     IFF_VNET_HDR,
@@ -353,13 +354,16 @@ class Rtnl:
                                 ext_mask=RTEXT_FILTER_BRVLAN)
         return {name: vids for name, vids in ports if vids}
 
-    def create_taps(self, names: Sequence[str]) -> list[OSError | None]:
-        """Persistent taps, as QEMU opens them (no packet info, virtio-net header)."""
+    def create_taps(self, names: Sequence[str], multi_queue: Sequence[str] = (),
+                    ) -> list[OSError | None]:
+        """Persistent taps, as QEMU opens them (no packet info, virtio-net header); those
+        named in `multi_queue` with IFF_MULTI_QUEUE, for a guest NIC with several queues."""
         results: list[OSError | None] = []
         with entered_netns(self.netns):
             for name in names:
+                queues = IFF_MULTI_QUEUE if name in multi_queue else 0
                 try:
-                    fd = open_tun(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+                    fd = open_tun(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | queues)
                 except OSError as err:
                     results.append(err)
                     continue
