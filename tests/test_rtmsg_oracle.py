@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import itertools
 import struct
+from typing import Any
 
 import pytest
 from pyroute2.netlink import (
@@ -88,7 +89,8 @@ class RecordingSocket:
 def recording_rtnl() -> tuple[rtnl.Rtnl, RecordingSocket]:
     sock = RecordingSocket()
     kernel = rtnl.Rtnl.__new__(rtnl.Rtnl)
-    kernel.netns, kernel.sock, kernel.seq = None, sock, 41  # any start: copied, not assumed
+    kernel.netns, kernel.seq = None, 41  # any start: copied, not assumed
+    kernel.sock = sock  # type: ignore[assignment]
     kernel._view = memoryview(bytearray(rtnl.RECV_BUFFER))
     return kernel, sock
 
@@ -164,7 +166,7 @@ def test_new_bridge(vlan_filtering: bool, mtu: int | None) -> None:
         data.append(("IFLA_BR_VLAN_FILTERING", 1))
     attrs: list = [("IFLA_IFNAME", "nmbr-prod")]
     attrs += [("IFLA_MTU", mtu)] if mtu else []
-    assert_same(sent, link_request(NEW, sent, attrs + [linkinfo("bridge", data)], up=True))
+    assert_same(sent, link_request(NEW, sent, [*attrs, linkinfo("bridge", data)], up=True))
 
 
 @pytest.mark.parametrize("mtu", [None, 1500])
@@ -233,7 +235,7 @@ def test_new_link_with_a_master() -> None:
 
 # --- RTM_NEWLINK on an existing link: every combination set_link can send ------------------
 
-SET_OPTIONS = {
+SET_OPTIONS: dict[str, list[Any]] = {
     "up": [None, True, False],
     "mtu": [None, 9000],
     "mac": [None, MAC],
@@ -270,7 +272,7 @@ def test_no_ipv6_by_name() -> None:
 
 
 # what realize's repair (ensure._set) changes on a live bridge or macvtap
-LIVE_CHANGES = {
+LIVE_CHANGES: dict[str, tuple[str, bytes, list]] = {
     "vlan-filtering-on": ("bridge", rtmsg.vlan_filtering_data(True),
                           [("IFLA_BR_VLAN_FILTERING", 1)]),
     "vlan-filtering-off": ("bridge", rtmsg.vlan_filtering_data(False),
