@@ -19,7 +19,7 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_GETADDR = 22
 IFA_ADDRESS, IFA_LOCAL, RT_SCOPE_UNIVERSE, RT_SCOPE_SITE = 1, 2, 0, 200
 RTM_NEWNEIGH, NDA_DST, NDA_LLADDR, NUD_PERMANENT, NTF_SELF = 28, 1, 2, 0x80, 0x02
 F_REQUEST, F_MULTI, F_ACK, F_DUMP, F_DUMP_INTR = 0x1, 0x2, 0x4, 0x300, 0x10
@@ -31,7 +31,7 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_GROUP, IFLA_EXT_MASK = 16, 18, 26, 27, 29
 IFLA_CARRIER, IFLA_LINK_NETNSID, IFLA_PROP_LIST, IFLA_ALT_IFNAME = 33, 37, 52, 53
 IFLA_PERM_ADDRESS, IFLA_PARENT_DEV_NAME = 54, 56
-IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND = 1, 2, 4
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_BR_AGEING_TIME, IFLA_BR_VLAN_FILTERING = 4, 7
 IFLA_MACVLAN_MODE = 1
 IFLA_VLAN_ID = 1
@@ -48,7 +48,7 @@ MACVLAN_MODE_NAMES = {v: k for k, v in MACVLAN_MODES.items()}
 # <linux/if_tun.h>: the tun driver's ioctls, on an fd of /dev/net/tun (or of a macvtap)
 TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
 TUNGETFEATURES, TUNGETIFF = 0x800454CF, 0x800454D2
-IFF_TUN, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0001, 0x0002, 0x1000, 0x4000
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, union padding (40 bytes)
 
 NLMSGHDR = struct.Struct("=IHHII")
@@ -89,7 +89,7 @@ class Link:
     parent: str | None = None
     altnames: tuple[str, ...] = ()
     link_netnsid: bool = False  # IFLA_LINK names a device of another namespace
-    tun_type: int | None = None  # IFF_TUN or IFF_TAP
+    tun_type: int | None = None  # IFF_TAP, or IFF_TUN (1)
     bond_mode: int | None = None
     vxlan_port: int | None = None
     vxlan_group: str | None = None
