@@ -153,12 +153,14 @@ def _mac(kind: int, mac: str) -> bytes:
 
 def attr_spans(buf: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
     """Attribute type -> (payload start, payload end) for one level of nesting; the last
-    of a repeated type wins (see iter_attrs). Spans, not copies: a link dump's hot loop."""
+    of a repeated type wins (see iter_attrs). Spans, not copies: a link dump's hot loop.
+    Like the kernel's nla_ok(), an attribute longer than what is left ends the walk: a
+    span never reaches past `end` into the next attribute or message."""
     found: dict[int, tuple[int, int]] = {}
     unpack = _RTATTR.unpack_from
     while start + 4 <= end:
         length, kind = unpack(buf, start)
-        if length < 4:
+        if length < 4 or start + length > end:
             break
         found[kind & 0x3FFF] = (start + 4, start + length)
         start += (length + 3) & ~3
@@ -172,7 +174,7 @@ def iter_attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int
     unpack = _RTATTR.unpack_from
     while start + 4 <= end:
         length, kind = unpack(buf, start)
-        if length < 4:
+        if length < 4 or start + length > end:
             return
         yield kind & 0x3FFF, start + 4, start + length
         start += (length + 3) & ~3
