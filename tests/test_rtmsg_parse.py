@@ -236,3 +236,29 @@ def test_a_truncated_link_message_reads_only_its_whole_attributes(
     garbage = data.draw(st.binary(min_size=64, max_size=64))
     got = rtmsg.link_fields(whole[:cut] + garbage, 16, cut)
     assert got == rtmsg.link_fields(kept, 16, len(kept))
+
+
+def parse_or_refuse(buf: bytes, offset: int, end: int) -> None:
+    try:
+        rtmsg.link_fields(buf, offset, end)
+    except rtmsg.MalformedMessage as err:
+        assert str(err).startswith(("malformed RTM_NEWLINK", "an RTM_NEWLINK"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=120), st.data())
+def test_garbage_is_a_link_or_a_clean_refusal(buf: bytes, data: st.DataObject) -> None:
+    """Any bytes: link_fields returns, or raises MalformedMessage; no other error."""
+    offset = data.draw(st.integers(0, len(buf)))
+    parse_or_refuse(buf, offset, data.draw(st.integers(offset, len(buf))))
+
+
+@settings(max_examples=500, deadline=None)
+@given(link_messages(), st.data())
+def test_a_damaged_link_message_is_a_link_or_a_clean_refusal(
+        message: tuple[bytes, dict], data: st.DataObject) -> None:
+    """A real message with a few bytes overwritten (lengths, types, payloads) or cut."""
+    buf = bytearray(message[0])
+    for _ in range(data.draw(st.integers(1, 4))):
+        buf[data.draw(st.integers(16, len(buf) - 1))] = data.draw(U8)
+    parse_or_refuse(bytes(buf), 16, data.draw(st.integers(16, len(buf))))

@@ -334,11 +334,31 @@ def _ip_attr(v4_kind: int, v6_kind: int, address: str) -> bytes:
     return _attr(v4_kind, socket.inet_pton(socket.AF_INET, address))
 
 
+class MalformedMessage(ValueError):
+    """A link message that does not parse. The kernel never sends one: this names a bug
+    (in netmap, or in what fed it the bytes), not a state of the host."""
+
+
 def link_fields(buf: bytes, offset: int, end: int) -> LinkFields:
     """The one RTM_NEWLINK parser: ifinfomsg at `offset`, attributes up to `end`, as Link's
-    keyword arguments (only those present)."""
+    keyword arguments (only those present). Bytes that are no link message raise
+    MalformedMessage, never another error."""
+    try:
+        return _link_fields(buf, offset, end)
+    except (struct.error, IndexError, ValueError) as err:  # a payload of the wrong size
+        if isinstance(err, MalformedMessage):
+            raise
+        raise MalformedMessage(f"malformed RTM_NEWLINK message: {err}") from err
+
+
+def _link_fields(buf: bytes, offset: int, end: int) -> LinkFields:
+    if end - offset < IFINFOMSG.size:
+        raise MalformedMessage(f"an RTM_NEWLINK message of {end - offset} bytes, shorter "
+                               f"than its ifinfomsg header ({IFINFOMSG.size})")
     _family, if_type, index, flags, _change = IFINFOMSG.unpack_from(buf, offset)
     attrs = attr_spans(buf, offset + IFINFOMSG.size, end)
+    if IFLA_IFNAME not in attrs:
+        raise MalformedMessage(f"an RTM_NEWLINK message (ifindex {index}) without IFLA_IFNAME")
     fields: LinkFields = {
         "index": index, "name": span_str(buf, attrs[IFLA_IFNAME]), "up": bool(flags & IFF_UP),
         "flags": flags, "if_type": if_type, "mtu": span_u32(buf, attrs.get(IFLA_MTU)) or 0,
