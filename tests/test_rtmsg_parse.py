@@ -10,17 +10,20 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pyroute2.netlink.rtnl import RTM_NEWLINK
+from pyroute2.netlink.rtnl import RTM_NEWLINK, RTM_NEWNEIGH
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg, macvx_data, state_by_name
+from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_PERMANENT, ndmsg
 
-from netmap.netlink import rtmsg
+from netmap.netlink import rtmsg, rtnl, vxlan_match
 
 NLA_F_NESTED, NLA_F_NET_BYTEORDER = 1 << 15, 1 << 14
+AF_BRIDGE = 7
 RTATTR = struct.Struct("=HH")
 IFNAMES = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=15)
 MACS = st.binary(min_size=6, max_size=6)
 U32 = st.integers(0, 2**32 - 1)
 U8 = st.integers(0, 255)
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # pyroute2's names of the kernel's values; 0 is no mode (pyroute2 says "none", netmap "0"),
 # and the kernel never reports it: a new macvlan defaults to vepa
 MACVLAN_MODE_NAMES = {value: name for value, name in macvx_data.mode.value_map.items() if value}
@@ -262,3 +265,38 @@ def test_a_damaged_link_message_is_a_link_or_a_clean_refusal(
     for _ in range(data.draw(st.integers(1, 4))):
         buf[data.draw(st.integers(16, len(buf) - 1))] = data.draw(U8)
     parse_or_refuse(bytes(buf), 16, data.draw(st.integers(16, len(buf))))
+
+
+# --- the other dumps' parsers: bridge port VLANs, vxlan flood entries -------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(IFNAMES, st.dictionaries(st.integers(1, 4094), st.integers(0, 0xFFFF), max_size=6),
+       st.binary(max_size=20))
+def test_a_bridge_port_vlan_message_reads_back(name: str, vids: dict[int, int],
+                                               after: bytes) -> None:
+    msg = ifinfmsg()
+    msg["header"]["type"] = RTM_NEWLINK
+    msg.update(family=AF_BRIDGE, ifi_type=1, index=4, flags=0, change=0)
+    msg["attrs"] = [("IFLA_IFNAME", name), ("IFLA_AF_SPEC", {"attrs": [
+        ("IFLA_BRIDGE_VLAN_INFO", {"flags": flags, "vid": vid}) for vid, flags in vids.items()]})]
+    msg.encode()
+    data = bytes(msg.data)
+    assert rtnl._parse_port_vlans(data + after, 16, len(data)) == (name, vids)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 2**31 - 1), st.one_of(st.none(), st.ip_addresses()),
+       st.sampled_from(["00:00:00:00:00:00", "52:54:00:12:34:56"]), st.binary(max_size=20))
+def test_an_fdb_entry_reads_back(index: int, dst: Address | None, mac: str,
+                                 after: bytes) -> None:
+    msg = ndmsg()
+    msg["header"]["type"] = RTM_NEWNEIGH
+    msg.update(family=AF_BRIDGE, ifindex=index, state=NUD_PERMANENT, flags=NTF_SELF, ndm_type=0)
+    msg["attrs"] = [("NDA_LLADDR", mac)] + ([("NDA_DST", str(dst))] if dst else [])
+    msg.encode()
+    data = bytes(msg.data)
+    index_read, read = vxlan_match.parse_flood_entry(data + after, 16, len(data))
+    assert index_read == index
+    # only an all-zero MAC floods; an all-zero address is no address
+    flooding = mac == "00:00:00:00:00:00" and dst is not None and int(dst) != 0
+    assert ip(read) == (dst if flooding else None)
