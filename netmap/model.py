@@ -87,8 +87,6 @@ MACVTAP_MODES = {
     "macvtap-private": "private",
     "macvtap-passthrough": "passthru",
 }
-# Modes whose endpoint is a tap enslaved to a Linux bridge on this host.
-BRIDGED_MODES = frozenset({"bridge", "vxlan"})
 VHOST_POLICIES = ("required", "preferred", "off")
 KNOWN_FEATURES = ("vhost-net", "tun", "macvtap", "vxlan", "bridge", "sriov")
 VF_ATTACH = ("hostdev", "macvtap")

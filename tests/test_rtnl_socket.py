@@ -10,11 +10,11 @@ from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
+from pyroute2.netlink import NLM_F_MULTI
 
 from netmap.netlink import rtnl
 from netmap.netlink.rtmsg import (
     F_DUMP_INTR,
-    F_MULTI,
     NLMSG_DONE,
     NLMSGHDR,
     RTM_GETLINK,
@@ -35,7 +35,7 @@ class DumpingSocket:
     def send(self, data: bytes) -> int:
         seq = NLMSGHDR.unpack_from(data)[3]
         self.requests += 1
-        flags = F_MULTI | (F_DUMP_INTR if self.requests <= self.interrupted else 0)
+        flags = NLM_F_MULTI | (F_DUMP_INTR if self.requests <= self.interrupted else 0)
         body = ifinfo(index=self.requests)
         links = b"".join(NLMSGHDR.pack(16 + len(body), RTM_NEWLINK, flags, seq, 0) + body
                          for _ in range(2))

@@ -19,10 +19,10 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_GETADDR = 22
 IFA_ADDRESS, IFA_LOCAL, RT_SCOPE_UNIVERSE, RT_SCOPE_SITE = 1, 2, 0, 200
 RTM_NEWNEIGH, NDA_DST, NDA_LLADDR, NUD_PERMANENT, NTF_SELF = 28, 1, 2, 0x80, 0x02
-F_REQUEST, F_MULTI, F_ACK, F_DUMP, F_DUMP_INTR = 0x1, 0x2, 0x4, 0x300, 0x10
+F_REQUEST, F_ACK, F_DUMP, F_DUMP_INTR = 0x1, 0x4, 0x300, 0x10
 F_EXCL, F_CREATE, F_APPEND, F_ACK_TLVS = 0x200, 0x400, 0x800, 0x200
 AF_UNSPEC, AF_BRIDGE = 0, 7
 IFF_UP, IFF_LOOPBACK = 0x1, 0x8
@@ -31,7 +31,7 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_GROUP, IFLA_EXT_MASK = 16, 18, 26, 27, 29
 IFLA_CARRIER, IFLA_LINK_NETNSID, IFLA_PROP_LIST, IFLA_ALT_IFNAME = 33, 37, 52, 53
 IFLA_PERM_ADDRESS, IFLA_PARENT_DEV_NAME = 54, 56
-IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND = 1, 2, 4
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_BR_AGEING_TIME, IFLA_BR_VLAN_FILTERING = 4, 7
 IFLA_MACVLAN_MODE = 1
 IFLA_VLAN_ID = 1
@@ -48,7 +48,7 @@ MACVLAN_MODE_NAMES = {v: k for k, v in MACVLAN_MODES.items()}
 # <linux/if_tun.h>: the tun driver's ioctls, on an fd of /dev/net/tun (or of a macvtap)
 TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
 TUNGETFEATURES, TUNGETIFF = 0x800454CF, 0x800454D2
-IFF_TUN, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0001, 0x0002, 0x1000, 0x4000
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 IFF_MULTI_QUEUE = 0x0100
 IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, union padding (40 bytes)
 
@@ -90,7 +90,7 @@ class Link:
     parent: str | None = None
     altnames: tuple[str, ...] = ()
     link_netnsid: bool = False  # IFLA_LINK names a device of another namespace
-    tun_type: int | None = None  # IFF_TUN or IFF_TAP
+    tun_type: int | None = None  # IFF_TAP, or IFF_TUN (1)
     multi_queue: bool | None = None  # a tap made with IFF_MULTI_QUEUE (None: not a tap)
     tun_queues: int | None = None  # queues attached to a multi-queue tap, disabled ones too
     bond_mode: int | None = None
@@ -158,12 +158,14 @@ def _mac(kind: int, mac: str) -> bytes:
 
 def attr_spans(buf: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
     """Attribute type -> (payload start, payload end) for one level of nesting; the last
-    of a repeated type wins (see iter_attrs). Spans, not copies: a link dump's hot loop."""
+    of a repeated type wins (see iter_attrs). Spans, not copies: a link dump's hot loop.
+    Like the kernel's nla_ok(), an attribute longer than what is left ends the walk: a
+    span never reaches past `end` into the next attribute or message."""
     found: dict[int, tuple[int, int]] = {}
     unpack = _RTATTR.unpack_from
     while start + 4 <= end:
         length, kind = unpack(buf, start)
-        if length < 4:
+        if length < 4 or start + length > end:
             break
         found[kind & 0x3FFF] = (start + 4, start + length)
         start += (length + 3) & ~3
@@ -177,7 +179,7 @@ def iter_attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int
     unpack = _RTATTR.unpack_from
     while start + 4 <= end:
         length, kind = unpack(buf, start)
-        if length < 4:
+        if length < 4 or start + length > end:
             return
         yield kind & 0x3FFF, start + 4, start + length
         start += (length + 3) & ~3
@@ -337,11 +339,31 @@ def _ip_attr(v4_kind: int, v6_kind: int, address: str) -> bytes:
     return _attr(v4_kind, socket.inet_pton(socket.AF_INET, address))
 
 
+class MalformedMessage(ValueError):
+    """A link message that does not parse. The kernel never sends one: this names a bug
+    (in netmap, or in what fed it the bytes), not a state of the host."""
+
+
 def link_fields(buf: bytes, offset: int, end: int) -> LinkFields:
     """The one RTM_NEWLINK parser: ifinfomsg at `offset`, attributes up to `end`, as Link's
-    keyword arguments (only those present)."""
+    keyword arguments (only those present). Bytes that are no link message raise
+    MalformedMessage, never another error."""
+    try:
+        return _link_fields(buf, offset, end)
+    except (struct.error, IndexError, ValueError) as err:  # a payload of the wrong size
+        if isinstance(err, MalformedMessage):
+            raise
+        raise MalformedMessage(f"malformed RTM_NEWLINK message: {err}") from err
+
+
+def _link_fields(buf: bytes, offset: int, end: int) -> LinkFields:
+    if end - offset < IFINFOMSG.size:
+        raise MalformedMessage(f"an RTM_NEWLINK message of {end - offset} bytes, shorter "
+                               f"than its ifinfomsg header ({IFINFOMSG.size})")
     _family, if_type, index, flags, _change = IFINFOMSG.unpack_from(buf, offset)
     attrs = attr_spans(buf, offset + IFINFOMSG.size, end)
+    if IFLA_IFNAME not in attrs:
+        raise MalformedMessage(f"an RTM_NEWLINK message (ifindex {index}) without IFLA_IFNAME")
     fields: LinkFields = {
         "index": index, "name": span_str(buf, attrs[IFLA_IFNAME]), "up": bool(flags & IFF_UP),
         "flags": flags, "if_type": if_type, "mtu": span_u32(buf, attrs.get(IFLA_MTU)) or 0,
