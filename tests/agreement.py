@@ -48,12 +48,19 @@ from netmap.state import HostState
 GUEST = "vm"
 SOURCE = "src"
 MAC = "52:54:00:a6:00:01"
-MODES = ("bridge", "vxlan-group", "vxlan-remotes", "macvtap-bridge", "macvtap-vepa",
+MODES = ("bridge", "vxlan-group", "vxlan-remotes", "vxlan6-group", "vxlan6-remotes",
+         "macvtap-bridge", "macvtap-vepa",
          "macvtap-private", "macvtap-passthrough", "sriov-hostdev", "sriov-macvtap")
 VARIANTS = ("plain", "two-nics", "mtu-exact", "mtu-uplink", "mtu-binding", "guest-mtu",
             "vlan-mismatch", "segment", "semantic-pinned", "vhost-required", "unbound",
-            "vxlan-port", "vxlan-peers", "neighbour", "vf-pool", "max-guests",
-            "max-endpoints", "mac-in-use", "mac-in-use-same", "long-uplink")
+            "vxlan-port", "vxlan-peers", "vxlan-family", "neighbour", "vf-pool",
+            "max-guests", "max-endpoints", "mac-in-use", "mac-in-use-same", "mac-duplicate",
+            "long-uplink")
+# vxlan peers per address family: (group, other group, remotes); the underlay's own
+# address is UNDERLAY[family] (the live host gives its uplink that one)
+PEERS = {4: ("239.1.1.1", "239.1.1.2", ("10.250.0.2", "10.250.0.3")),
+         6: ("ff05::101", "ff05::102", ("fd00:250::2", "fd00:250::3"))}
+UNDERLAY = {4: "10.250.0.1/24", 6: "fd00:250::1/64"}
 
 # finding -> the step kind realize --force fails at (a refusal before any change, or the
 # kernel's refusal of that step, rolled back). MTU_TOO_SMALL only where the uplink limits
@@ -123,17 +130,19 @@ class _Params:
     nics: int = 1
     bound: bool = True
     port: int = 4789
-    group: str | None = "239.1.1.1"
+    family: int = 4  # vxlan: the destination's underlay family
+    other_group: bool = False  # vxlan: the destination floods to another group
     total_vfs: int = 2
     max_guests: int | None = None
     max_endpoints: int | None = None
     neighbour: str | None = None  # the network a placed guest uses: "net" or "aux"
     neighbour_mac: str = "52:54:00:a6:00:99"
+    far_mac: str | None = None  # a guest on the source host with this MAC on `net`
 
 
 def _mode_parts(mode: str) -> tuple[str, dict[str, str]]:
     """(binding mode, extra binding keys) for a generated mode."""
-    if mode.startswith("vxlan-"):
+    if mode.startswith("vxlan"):
         return "vxlan", {}
     if mode.startswith("sriov-"):
         return "sriov-vf", {"vf_attach": f'"{mode.removeprefix("sriov-")}"'}
@@ -143,7 +152,7 @@ def _mode_parts(mode: str) -> tuple[str, dict[str, str]]:
 def _variant(p: _Params) -> _Params | None:
     """The parameters of one variant, or None where it says nothing for this mode."""
     overlay, sriov = p.mode.startswith("vxlan"), p.mode.startswith("sriov")
-    overhead = 50 if overlay else 0
+    overhead = (70 if p.mode.startswith("vxlan6") else 50) if overlay else 0
     v = p.variant
     if v == "plain":
         return p
@@ -169,10 +178,12 @@ def _variant(p: _Params) -> _Params | None:
         return replace(p, bound=False)
     if v == "vxlan-port":
         return replace(p, port=4790) if overlay else None
-    if v == "vxlan-peers":
-        if not overlay:
-            return None
-        return replace(p, group="239.1.1.2" if p.group else "239.1.1.3")
+    if v == "vxlan-peers":  # another group; or a group where the source has remotes
+        return replace(p, other_group=True) if overlay else None
+    if v == "vxlan-family":  # the same kind of peers, of the other address family
+        return replace(p, family=10 - p.family) if overlay else None
+    if v == "mac-duplicate":  # a guest on another host, on the same L2 domain, has the MAC
+        return replace(p, far_mac=MAC)
     if v == "neighbour":
         return replace(p, neighbour="net")
     if v == "vf-pool":
@@ -209,14 +220,15 @@ def _binding(p: _Params, uplink: str, *, dest: bool) -> str:
     if dest and p.binding_vlan is not None:
         lines.append(f"vlan = {p.binding_vlan}")
     if mode == "vxlan":
-        src_peers = ('group = "239.1.1.1"' if p.mode == "vxlan-group"
-                     else 'remotes = ["10.250.0.2", "10.250.0.3"]')
-        if dest:
-            peers = (f'group = "{p.group}"' if p.group
-                     else 'remotes = ["10.250.0.2", "10.250.0.3"]')
-            lines.append(f"vxlan = {{ {peers}, port = {p.port} }}")
+        source_family = 6 if p.mode.startswith("vxlan6") else 4
+        family = p.family if dest else source_family
+        group, other, remotes = PEERS[family]
+        if p.mode.endswith("-group") or (dest and p.other_group):
+            peers = f'group = "{other if dest and p.other_group else group}"'
         else:
-            lines.append(f"vxlan = {{ {src_peers} }}")
+            peers = f"remotes = {json.dumps(list(remotes))}"
+        port = f", port = {p.port}" if dest else ""
+        lines.append(f"vxlan = {{ {peers}{port} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -265,6 +277,9 @@ def _case(p: _Params, dest: str, netns: str | None, pf: str) -> Case:
         f"hosts/{dest}.toml": _host(dest, p, dest=True, netns=netns, pf=pf),
         f"guests/{GUEST}.toml": _guest(GUEST, SOURCE, nics),
     }
+    if p.far_mac:
+        files["guests/far.toml"] = _guest("far", SOURCE, [{"network": "net",
+                                                           "mac": p.far_mac}])
     neighbours: tuple[str, ...] = ()
     if p.neighbour:
         files["guests/nb.toml"] = _guest("nb", dest, [{"network": p.neighbour,
@@ -283,10 +298,8 @@ def generate(dest: str, netns: str | None = None, pf: str = "pf0",
     for mode in modes:
         for vlan in (None,) if mode.startswith("vxlan") else (None, 100):
             for variant in variants:
-                base = _Params(mode, vlan, variant,
-                               uplink_mtu=1550 if mode.startswith("vxlan") else 1500,
-                               group="239.1.1.1" if mode == "vxlan-group" else None,
-                               )
+                base = _Params(mode, vlan, variant, family=6 if "vxlan6" in mode else 4,
+                               uplink_mtu=1600 if mode.startswith("vxlan") else 1500)
                 params = _variant(base)
                 if params is not None:
                     cases.append(_case(params, dest, netns, pf))

@@ -9,15 +9,17 @@ must be refused up front for that (nothing changed), and the VM tier
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agreement import MODES, Tally, assert_agrees, generate, host_dump
+from agreement import MODES, UNDERLAY, Tally, assert_agrees, generate, host_dump, write
 from conftest import needs_netns
 
+from netmap.cli import main
 from netmap.model import Host
 from netmap.netlink.kernel_support import KernelProbe
 
@@ -45,14 +47,18 @@ class NamespaceHost:
         self.probe = KernelProbe()
 
     def build(self, host: Host) -> None:
-        underlays = {b.uplink for b in host.bindings.values() if b.mode == "vxlan"}
+        underlays = {b.uplink: 6 if b.vxlan and b.vxlan.ipv6 else 4
+                     for b in host.bindings.values() if b.mode == "vxlan"}
         commands = []
         for index, uplink in enumerate(host.uplinks.values()):
             commands += [f"link add {uplink.name} mtu {uplink.mtu} type veth peer name "
                          f"agf{index} mtu {uplink.mtu} netns {self.fabric}",
+                         # no link-local address appearing after the case's first read
+                         f"link set {uplink.name} addrgenmode none",
                          f"link set {uplink.name} up"]
             if uplink.name in underlays:
-                commands.append(f"addr add 10.250.0.1/24 dev {uplink.name}")
+                commands.append(f"addr add {UNDERLAY[underlays[uplink.name]]} dev "
+                                f"{uplink.name} nodad")
         _ip(self.netns, commands)
         _ip(self.fabric, [f"link set agf{i} up" for i in range(len(host.uplinks))])
 
@@ -80,10 +86,6 @@ def destination() -> Iterator[NamespaceHost]:
             subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
             made.append(name)
         _ip(netns, ["link set lo up"])
-        # no IPv6 link-local addresses appearing in the dumps after a case's first read
-        for conf in ("all", "default"):
-            subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
-                            f"net.ipv6.conf.{conf}.disable_ipv6=1"], check=True)
         yield NamespaceHost(netns, fabric)
     finally:
         for name in made:
@@ -103,3 +105,30 @@ def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
     proven = [o for o in tally.outcomes if o.needs_vm is None]
     if mode in ("bridge", "vxlan-group", "vxlan-remotes") or mode.startswith("macvtap"):
         assert any(o.compatible and o.result == "realized" for o in proven), tally.outcomes
+
+
+def test_realize_json_names_the_step_it_failed_at(destination: NamespaceHost, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """check: MTU_TOO_SMALL (the uplink is a byte short); `realize --force --json` is
+    refused at the uplink before any change, and says so by step kind."""
+    case = next(c for c in generate("dst", destination.netns, modes=("macvtap-vepa",),
+                                    variants=("mtu-uplink",)) if "untagged" in c.name)
+    root = tmp_path / "mappings"
+    fleet = write(case, root)
+    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
+    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+    destination.build(fleet.hosts["dst"])
+    try:
+        before = destination.dump()
+        assert main(["realize", "vm", "--host", "dst", "--json"]) == 1  # check refuses
+        capsys.readouterr()
+        assert main(["realize", "vm", "--host", "dst", "--force", "--json"]) == 3
+        error = json.loads(capsys.readouterr().out)
+        assert error["step"] == {"kind": "require-link",
+                                 "do": "uplink up0 must exist with MTU >= 1400; bring it up "
+                                       "if it is down"}
+        assert "has MTU 1399" in error["problem"] and "nothing was changed" in error["problem"]
+        assert destination.dump() == before
+    finally:
+        destination.clear(fleet.hosts["dst"])

@@ -21,7 +21,7 @@ import pytest
 vmhost = pytest.importorskip("vmhost", reason="the VM tier (tests/vm/vmhost.py) is absent")
 HOST, pfs, set_numvfs = vmhost.HOST, vmhost.pfs, vmhost.set_numvfs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/agreement.py
-from agreement import MODES, Tally, assert_agrees, generate, host_dump  # noqa: E402
+from agreement import MODES, UNDERLAY, Tally, assert_agrees, generate, host_dump  # noqa: E402
 
 from netmap.model import Host  # noqa: E402
 
@@ -40,7 +40,8 @@ class VmHost:
         self.probe = None  # this kernel's own answer
 
     def build(self, host: Host) -> None:
-        underlays = {b.uplink for b in host.bindings.values() if b.mode == "vxlan"}
+        underlays = {b.uplink: 6 if b.vxlan and b.vxlan.ipv6 else 4
+                     for b in host.bindings.values() if b.mode == "vxlan"}
         commands = []
         for uplink in host.uplinks.values():
             if uplink.sriov is not None:
@@ -49,9 +50,11 @@ class VmHost:
                              f"link set {uplink.name} up"]
                 continue
             commands += [f"link add {uplink.name} mtu {uplink.mtu} type dummy",
+                         f"link set {uplink.name} addrgenmode none",
                          f"link set {uplink.name} up"]
             if uplink.name in underlays:
-                commands.append(f"addr add 10.250.0.1/24 dev {uplink.name}")
+                commands.append(f"addr add {UNDERLAY[underlays[uplink.name]]} dev "
+                                f"{uplink.name} nodad")
         subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n", text=True,
                        check=True, capture_output=True)
 
