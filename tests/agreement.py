@@ -54,8 +54,8 @@ MODES = ("bridge", "vxlan-group", "vxlan-remotes", "vxlan6-group", "vxlan6-remot
 VARIANTS = ("plain", "two-nics", "mtu-exact", "mtu-uplink", "mtu-binding", "guest-mtu",
             "vlan-mismatch", "segment", "semantic-pinned", "vhost-required", "unbound",
             "vxlan-port", "vxlan-peers", "vxlan-family", "neighbour", "vf-pool",
-            "max-guests", "max-endpoints", "mac-in-use", "mac-in-use-same", "mac-duplicate",
-            "long-uplink")
+            "max-guests", "max-endpoints", "neighbour-mtu", "shared-bridge", "mac-in-use",
+            "mac-in-use-same", "mac-duplicate", "long-uplink")
 # vxlan peers per address family: (group, other group, remotes); the underlay's own
 # address is UNDERLAY[family] (the live host gives its uplink that one)
 PEERS = {4: ("239.1.1.1", "239.1.1.2", ("10.250.0.2", "10.250.0.3")),
@@ -63,12 +63,12 @@ PEERS = {4: ("239.1.1.1", "239.1.1.2", ("10.250.0.2", "10.250.0.3")),
 UNDERLAY = {4: "10.250.0.1/24", 6: "fd00:250::1/64"}
 
 # finding -> the step kind realize --force fails at (a refusal before any change, or the
-# kernel's refusal of that step, rolled back). MTU_TOO_SMALL only where the uplink limits
-# it (the plan then asks the uplink for the guest's MTU); NAME_TOO_LONG by the role of the
+# kernel's refusal of that step, rolled back). MTU_TOO_SMALL: the uplink where it cannot
+# carry the guest's MTU (the plan asks it for that), else the vxlan device where other
+# guests use it at the smaller MTU, else it builds; NAME_TOO_LONG by the role of the
 # device (see NAME_STEP); MAC_IN_USE where the two endpoints are macvtaps on one lower
 # device (the kernel refuses a second macvlan with a MAC in use, EADDRINUSE).
-EXPECTED_STEP = {"MTU_TOO_SMALL": "require-link", "NO_FREE_VF": "vf",
-                 "UPLINK_TAKEN": "macvtap", "MAC_IN_USE": "macvtap"}
+EXPECTED_STEP = {"NO_FREE_VF": "vf", "UPLINK_TAKEN": "macvtap", "MAC_IN_USE": "macvtap"}
 NAME_STEP = {"vlan": "vlan-link", "bridge": "bridge", "vxlan": "vxlan", "tap": "tap",
              "macvtap": "macvtap"}
 PLAN_PROBLEM = frozenset({"NETWORK_UNBOUND"})
@@ -137,6 +137,7 @@ class _Params:
     max_endpoints: int | None = None
     neighbour: str | None = None  # the network a placed guest uses: "net" or "aux"
     neighbour_mac: str = "52:54:00:a6:00:99"
+    aux_uplink: str = "up1"  # where the destination bridges network aux (MTU 1400)
     far_mac: str | None = None  # a guest on the source host with this MAC on `net`
 
 
@@ -186,6 +187,11 @@ def _variant(p: _Params) -> _Params | None:
         return replace(p, far_mac=MAC)
     if v == "neighbour":
         return replace(p, neighbour="net")
+    if v == "neighbour-mtu":  # a placed guest's endpoint at the network's MTU, ours above
+        return replace(p, neighbour="net", nic_mtu=1450, network_mtu=1400,
+                       uplink_mtu=1500 + overhead)
+    if v == "shared-bridge":  # another network in the same bridge, at its own MTU
+        return replace(p, neighbour="aux", aux_uplink=p.uplink) if p.mode == "bridge" else None
     if v == "vf-pool":
         return replace(p, neighbour="net", total_vfs=1) if sriov else None
     if v == "max-guests":
@@ -252,7 +258,7 @@ def _host(name: str, p: _Params, *, dest: bool, netns: str | None, pf: str) -> s
         text += f"sriov = {{ total_vfs = {p.total_vfs if dest else 8} }}\n"
     if dest:
         text += '\n[uplinks.up1]\nsegments = ["fab"]\nmtu = 1500\n'
-        text += '\n[networks.aux]\nmode = "bridge"\nuplink = "up1"\n'
+        text += f'\n[networks.aux]\nmode = "bridge"\nuplink = "{p.aux_uplink}"\n'
     if p.bound or not dest:
         text += f"\n[networks.net]\n{_binding(p, uplink, dest=dest)}"
     return text
@@ -272,7 +278,7 @@ def _case(p: _Params, dest: str, netns: str | None, pf: str) -> Case:
              "mtu": p.nic_mtu} for i in range(p.nics)]
     files = {
         "networks.toml": _network(p, source=False)
-        + '\n[networks.aux]\nsegment = "fab"\nmtu = 1500\n',
+        + '\n[networks.aux]\nsegment = "fab"\nmtu = 1400\n',
         f"hosts/{SOURCE}.toml": _host(SOURCE, p, dest=False, netns=None, pf=pf),
         f"hosts/{dest}.toml": _host(dest, p, dest=True, netns=netns, pf=pf),
         f"guests/{GUEST}.toml": _guest(GUEST, SOURCE, nics),
@@ -328,8 +334,11 @@ def expected_steps(report: Report, fleet: Fleet, graph, case: Case) -> set[str]:
         after = report.pairs[finding.nic][1] if finding.nic is not None else None
         if finding.code == "MTU_TOO_SMALL":
             assert after is not None and finding.nic is not None
-            if _uplink_carries(report, fleet, graph, case, finding.nic):
-                continue  # the mapping gives less than the uplink could carry: builds
+            if not _uplink_carries(report, fleet, graph, case, finding.nic):
+                kinds.add("require-link")
+            elif after.mode == "vxlan" and _placed_on(fleet, case, after.network):
+                kinds.add("vxlan")  # placed guests' vxlan device carries less
+            continue  # else the mapping gives less than the uplink could carry: builds
         if finding.code == "NAME_TOO_LONG":
             assert after is not None
             kinds.update(NAME_STEP[role] for role, name in after.devices if len(name) > 15)
@@ -339,6 +348,12 @@ def expected_steps(report: Report, fleet: Fleet, graph, case: Case) -> set[str]:
         assert finding.code in EXPECTED_STEP, f"no expectation for {finding.code}"
         kinds.add(EXPECTED_STEP[finding.code])
     return kinds
+
+
+def _placed_on(fleet: Fleet, case: Case, network: str) -> bool:
+    """Whether a guest placed on the destination uses `network` too."""
+    return any(nic.network == network for name in case.neighbours
+               for nic in fleet.guests[name].nics)
 
 
 def _uplink_carries(report: Report, fleet: Fleet, graph, case: Case, index: int) -> bool:
