@@ -71,6 +71,7 @@ UNDERLAY = {4: "10.250.0.1/24", 6: "fd00:250::1/64"}
 EXPECTED_STEP = {"NO_FREE_VF": "vf", "UPLINK_TAKEN": "macvtap", "MAC_IN_USE": "macvtap"}
 NAME_STEP = {"vlan": "vlan-link", "bridge": "bridge", "vxlan": "vxlan", "tap": "tap",
              "macvtap": "macvtap"}
+INVALID = "not a fleet: a placed guest does not fit its host"
 PLAN_PROBLEM = frozenset({"NETWORK_UNBOUND"})
 # About the topology, not the host: the destination can build it (realize --force does).
 BUILDS = frozenset({"SEGMENT_UNREACHABLE", "VLAN_MISMATCH", "SEMANTIC_CHANGED",
@@ -312,6 +313,22 @@ def generate(dest: str, netns: str | None = None, pf: str = "pf0",
     return cases
 
 
+def combined(dest: str, mode: str, vlan: int | None, variants: tuple[str, ...],
+             netns: str | None = None, pf: str = "pf0") -> Case | None:
+    """One case with several variants applied in turn (None where one does not apply to
+    the mode): interactions the one-at-a-time cases of `generate` do not reach."""
+    params = _Params(mode, vlan, "plain", family=6 if "vxlan6" in mode else 4,
+                     uplink_mtu=1600 if mode.startswith("vxlan") else 1500)
+    for variant in variants:
+        applied = _variant(replace(params, variant=variant))
+        if applied is None:
+            return None
+        params = applied
+    case = _case(params, dest, netns, pf)
+    vlan_text = f"vlan{vlan}" if vlan else "untagged"
+    return replace(case, name=f"{mode}-{vlan_text}-{'+'.join(variants)}")
+
+
 # --- the assertion ---------------------------------------------------------------------------
 
 def write(case: Case, root: Path) -> Fleet:
@@ -417,6 +434,11 @@ def assert_agrees(case: Case, root: Path, state_dir: Path, live: LiveHost) -> Ou
     host = fleet.hosts[case.dest]
     codes = tuple(f.code for f in report.errors)
     outcome = Outcome(case.name, report.compatible, codes, "")
+    for name in case.neighbours:  # a placed guest must fit where it is (or it is not there)
+        here = check_migration(graph, name, case.dest).errors
+        if [f for f in here if f.code not in ("MAC_IN_USE", "MAC_DUPLICATE")]:
+            outcome.result = INVALID
+            return outcome
     live.build(host)
     try:
         with _placed(case, fleet, graph, state_dir, live) as (lacked, before):

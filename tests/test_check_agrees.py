@@ -16,8 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agreement import MODES, UNDERLAY, Tally, assert_agrees, generate, host_dump, write
+from agreement import (
+    INVALID,
+    MODES,
+    UNDERLAY,
+    VARIANTS,
+    Tally,
+    assert_agrees,
+    combined,
+    generate,
+    host_dump,
+    write,
+)
 from conftest import needs_netns
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from netmap.cli import main
 from netmap.model import Host
@@ -101,7 +114,7 @@ def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
         root = tmp_path / f"c{n}" / "mappings"
         tally.add(assert_agrees(case, root, tmp_path / f"c{n}" / "state", destination))
     # every case ran to a verdict, and the kernel-independent ones were proven here
-    assert all(o.result for o in tally.outcomes)
+    assert all(o.result and o.result != INVALID for o in tally.outcomes)
     proven = [o for o in tally.outcomes if o.needs_vm is None]
     if mode in ("bridge", "vxlan-group", "vxlan-remotes") or mode.startswith("macvtap"):
         assert any(o.compatible and o.result == "realized" for o in proven), tally.outcomes
@@ -132,3 +145,22 @@ def test_realize_json_names_the_step_it_failed_at(destination: NamespaceHost, tm
         assert destination.dump() == before
     finally:
         destination.clear(fleet.hosts["dst"])
+
+
+@settings(max_examples=int(os.environ.get("NETMAP_AGREE_EXAMPLES", "20")), deadline=None,
+          derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mode=st.sampled_from(MODES), vlan=st.sampled_from([None, 100]),
+       variants=st.lists(st.sampled_from(VARIANTS[1:]), min_size=2, max_size=3, unique=True))
+def test_check_agrees_with_realize_for_combined_variants(
+        mode: str, vlan: int | None, variants: list[str], destination: NamespaceHost,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two or three variations at once (a neighbour and a short uplink, a pinned class
+    and a VLAN mismatch...); derandomized, so CI runs the same cases every time
+    (NETMAP_AGREE_EXAMPLES=500 searches wider)."""
+    case = combined("dst", mode, None if mode.startswith("vxlan") else vlan, tuple(variants),
+                    destination.netns, destination.pf)
+    assume(case is not None)
+    assert case is not None
+    work = tmp_path_factory.mktemp("combined")
+    outcome = assert_agrees(case, work / "mappings", work / "state", destination)
+    assume(outcome.result != INVALID)

@@ -62,6 +62,7 @@ class VmHost:
         for uplink in host.uplinks.values():
             if uplink.sriov is not None:
                 set_numvfs(uplink.name, 0)
+                subprocess.run(["ip", "link", "set", uplink.name, "mtu", "1500"], check=True)
             else:
                 subprocess.run(["ip", "link", "del", uplink.name], check=False,
                                capture_output=True)
@@ -73,11 +74,15 @@ class VmHost:
         return False
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [m for m in MODES if not m.startswith("vxlan")])
 def test_check_agrees_with_realize_on_a_full_kernel(mode: str, tmp_path: Path) -> None:
     live = VmHost(pfs()[0])
     tally = Tally()
-    for n, case in enumerate(generate(HOST, None, live.pf, modes=(mode,))):
+    # what the namespace tier could only see refused: a VLAN, or a VF (TCG makes every
+    # case cost a second; the untagged rest is proven there already)
+    cases = [c for c in generate(HOST, None, live.pf, modes=(mode,))
+             if "-vlan" in c.name or mode.startswith("sriov")]
+    for n, case in enumerate(cases):
         tally.add(assert_agrees(case, tmp_path / f"c{n}" / "mappings",
                                 tmp_path / f"c{n}" / "state", live))
     lacking = [(o.case, o.needs_vm) for o in tally.outcomes if o.needs_vm]
