@@ -4,10 +4,12 @@ point where they would touch a kernel (no root needed)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from netmap.check import check_migration
 from netmap.cli import main
 from netmap.graph import build_graph
 from netmap.load import load_fleet
@@ -335,3 +337,23 @@ def test_plan_asks_the_uplink_for_the_guests_mtu_where_the_mapping_gives_less(
     assert plan.nics[0].steps[0] == RequireLink(uplink, 1400 + overhead)
     assert plan.nics[0].mtu == 1400
     assert all(getattr(s, "mtu", 1400) in (1400, 1400 + overhead) for s in plan.nics[0].steps)
+
+
+def test_plan_gives_the_guest_its_source_hosts_mtu(tmp_path: Path) -> None:
+    """The guest uses what its source gives it (a binding there above the network's MTU):
+    the plan on the destination builds that, as check compares with it."""
+    from agreement import generate, write
+
+    case = next(c for c in generate("dst", modes=("bridge",), variants=("plain",))
+                if "untagged" in c.name)
+    files = dict(case.files)
+    files["hosts/src.toml"] = files["hosts/src.toml"].replace(
+        'uplink = "eth9"\n', 'uplink = "eth9"\nmtu = 4000\n')
+    files["hosts/dst.toml"] = files["hosts/dst.toml"].replace("mtu = 1500", "mtu = 9000", 1)
+    fleet = write(replace(case, files=files), tmp_path / "mappings")
+    graph = build_graph(fleet)
+    report = check_migration(graph, "vm", "dst")
+    assert [f.code for f in report.errors] == ["MTU_TOO_SMALL"]  # the network says 1500
+    plan = build_plan(graph, fleet.guests["vm"], fleet.hosts["dst"])
+    assert plan.nics[0].steps[0] == RequireLink("up0", 4000)
+    assert {s.mtu for s in plan.nics[0].steps if hasattr(s, "mtu")} == {4000}
