@@ -19,7 +19,11 @@ than the start of the load by more than RACY_WINDOW_NS (2 s): a later write land
 later tick, a different ctime by construction. A file changed within the window is parsed
 on every run until it ages out (git's "racily clean"): one parse, never a stale answer.
 Every entry belongs to the networks.toml it was validated against, held the same way: if
-that changes, or changes while we read, nothing cached is used.
+that changes, or changes while we read, nothing cached is used. A domain-XML guest also
+depends on the host files (its bridges and devices become networks through the source
+host's mapping, and which host that is depends on all of them): its entry is used only
+while the listed host files and their identities are those it was read against
+(hosts_identity), and is not kept when one of them is too recent to tell.
 
 Each entry is its object pickled alone, so a load unpickles only what it uses. When a load
 found no problem and every file settled, the cache also keeps how it assembled the fleet:
@@ -112,7 +116,7 @@ def loader_sources(package: Path | None = None) -> list[Path]:
     may find more than is imported (a needless miss) but never less, lazy imports too."""
     package = package or Path(__file__).resolve().parent
     found: dict[Path, None] = {}
-    todo = [("cache",), ("load",)]
+    todo: list[tuple[str, ...]] = [("cache",), ("load",)]
     while todo:
         parts = todo.pop()
         path = _module_file(package, parts)
@@ -209,6 +213,10 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
             whole = unchanged_fleet(base, files, stored.get("fleet"), entries, lazy)
             if whole is not None and _same_file(networks_path, networks_before):
                 return whole
+        # Before anything is parsed (a later change moves an identity we keep)
+        hosts_seen = hosts_identity(files[0], started_ns) if _has_xml(files[1]) else None
+        if stored is not None and stored.get("hosts_seen") != hosts_seen:
+            entries = {key: entry for key, entry in entries.items() if not _is_xml(key)}
         fresh: dict[str, tuple[Identity, Any]] = {}
         loaded: list[str] = []
         helper = cache_child.start(base, files, entries, placing if lazy else None, prepare) \
@@ -236,23 +244,56 @@ def load_fleet_cached(root: str | os.PathLike[str] | None = None, *,
             # networks.toml changed while we read: the cached files were validated against
             # another version of it, so read everything again
             return load_fleet(base)
-        if not settled(identity(networks_before), started_ns):
-            return fleet  # too recent to key a cache on; valid, but not worth storing
-        whole_index = fleet_index(fleet, loaded, fresh)
+        if hosts_seen is None:  # a host file too recent (or gone): see hosts_identity
+            for key in [key for key in fresh if _is_xml(key)]:
+                del fresh[key]
+        networks_settled = settled(identity(networks_before), started_ns)
+        whole_index = fleet_index(fleet, loaded, fresh) if networks_settled else None
         if helper is not None:
+            # on every path out: until here, the child's hosts are PickledHost stand-ins
+            # (a name and the networks bound), not hosts
             fleet = cache_child.with_lazy_hosts(
                 fleet, lazy, whole_index["summaries"] if whole_index else None)
+        if not networks_settled:
+            return fleet  # too recent to key a cache on; valid, but not worth storing
         if (stored is None or fresh.keys() != entries.keys()
                 or stored["networks"] != identity(networks_before)
+                or stored.get("hosts_seen") != hosts_seen
                 or (stored.get("fleet") is None) != (whole_index is None)):
             data = {"root": os.path.realpath(base), "networks": identity(networks_before),
-                    "entries": fresh, "fleet": whole_index}
+                    "hosts_seen": hosts_seen, "entries": fresh, "fleet": whole_index}
             if callable(write_behind):  # run as the process ends (finish.later)
                 write_behind(functools.partial(_store, target, fingerprint, data, helper,
                                                behind=True, exiting=True))
             else:
                 _store(target, fingerprint, data, helper, behind=bool(write_behind))
         return fleet
+
+
+def _is_xml(key: str) -> bool:
+    return key.endswith(".xml")
+
+
+def _has_xml(keys: list[str]) -> bool:
+    return any(map(_is_xml, keys))
+
+
+def hosts_identity(host_files: list[str], started_ns: int) -> bytes | None:
+    """What a domain-XML guest depends on besides its own file: it names bridges and
+    devices, which the host files it was read against turn into networks (and which host
+    explains it best picks its source host). A digest of the listed host files and their
+    identities, taken before they are read; None when one of them is too recent to tell a
+    later change by (see settled) or cannot be statted: XML guests are then not kept."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key in host_files:
+        try:
+            ident = identity(os.stat(key))
+        except OSError:
+            return None
+        if not settled(ident, started_ns):
+            return None
+        digest.update(f"{key}\0{ident}\0".encode())
+    return digest.digest()
 
 
 def _store(target: Path, fingerprint: bytes, data: dict[str, Any],
@@ -324,7 +365,10 @@ def _loader(parse: Callable[[str, dict[str, Network]], T],
 def _read(target: Path, fingerprint: bytes, root: str) -> dict[str, Any] | None:
     """The stored cache, or None for anything not trustworthy or not ours."""
     try:
-        with open(target, "rb") as handle:
+        # without blocking: a FIFO put in its place would wait for a writer forever; it
+        # is a miss like any other file not ours, and the next write replaces it
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        with open(fd, "rb") as handle:
             st = os.fstat(handle.fileno())
             if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
                     or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from netmap import model
 from netmap.model import Fleet
@@ -90,6 +90,20 @@ def unchanged_fleet(base: Path, files: tuple[list[str], list[str]],
         return None
 
 
+class HostsHolder(Protocol):
+    """Another process that holds hosts of a LazyHosts and can run a query over them
+    (cache_child.ParsingChild, which imports this module)."""
+
+    def guest_refs(self, guests: Mapping[str, model.Guest]) -> dict[str, str | model.Guest]:
+        ...
+
+    def ask(self, work: Callable[..., Any], *args: Any) -> bool:
+        ...
+
+    def answer(self) -> Any:
+        ...
+
+
 class LazyHosts(Mapping[str, model.Host]):
     """`Fleet.hosts` of an unchanged cached fleet: a host is unpickled on first access.
     `summaries` tells, without unpickling, what each host binds and its mapping's file.
@@ -118,11 +132,12 @@ class LazyHosts(Mapping[str, model.Host]):
             self._hosts[name] = host
         return host
 
-    def elsewhere(self) -> tuple[Any, dict[str, str]]:
+    def elsewhere(self) -> tuple[HostsHolder | None, dict[str, str]]:
         """Hosts another process holds (cache_child.py: the parsing child), by name -> file,
         with that process's handle (it can run a query over them: cache_child.ParsingChild.ask);
         (None, {}) when every host is here."""
-        holder, there = None, {}
+        holder: HostsHolder | None = None
+        there: dict[str, str] = {}
         for name, stored in self._blobs.items():
             child = getattr(stored, "child", None)
             if child is not None and name not in self._hosts:

@@ -8,12 +8,14 @@ yet; info = a note. `netmap drift` exits 1 on any error or warning.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from netmap.check import ERROR, INFO, WARNING, Finding
 from netmap.drift_bindings import BindingDrift
-from netmap.inventory import Inventory, is_netmap_endpoint
-from netmap.model import MACVTAP_MODES, Host, Network
+from netmap.inventory import Interface, Inventory, is_netmap_endpoint
+from netmap.model import MACVTAP_MODES, Guest, Host, Network
+from netmap.names import tap_name
 
 # Features each mode needs from the kernel, beyond what the host file declares.
 MODE_FEATURES: dict[str, tuple[str, ...]] = {
@@ -40,6 +42,7 @@ class TrackedDevice:
     vf: int | None = None
     ifindex: int | None = None  # the device realize made (state.record_identity)
     pending: bool = False  # a realize recorded it and did not finish (crash, kill -9)
+    multi_queue: bool | None = None  # a tap: made with IFF_MULTI_QUEUE (None: unknown)
 
     @property
     def is_link(self) -> bool:
@@ -70,7 +73,8 @@ def tracked_from_state(state: object) -> list[TrackedDevice]:
                                      bridge=step.get("bridge"),
                                      lower=step.get("lower") or step.get("underlay"),
                                      ifindex=(record.get("info") or {}).get("ifindex"),
-                                     pending=bool(unfinished & set(guests))))
+                                     pending=bool(unfinished & set(guests)),
+                                     multi_queue=step.get("multi_queue")))
         elif key.startswith("vf:"):
             pf = key.split(":", 2)[1]
             index = (record.get("info") or {}).get("index")
@@ -99,9 +103,14 @@ class DriftReport:
 class _Drift(BindingDrift):
     """Adds what is not about links: kernel features, and what netmap's state recorded."""
 
+    verify_features: frozenset[str] | None = None  # declared features to verify (None: all)
+    guests: dict[str, Guest] | None = None  # the fleet's: endpoints compared with their NIC
+
     def check_features(self) -> None:
         needed: dict[str, list[str]] = {}
-        for feature in sorted(self.host.features):
+        verified = self.host.features if self.verify_features is None else (
+            self.host.features & self.verify_features)
+        for feature in sorted(verified):
             needed.setdefault(feature, []).append("the mapping's features")
         for binding in self.host.bindings.values():
             for feature in MODE_FEATURES.get(binding.mode, ()):
@@ -119,6 +128,8 @@ class _Drift(BindingDrift):
                         if soft else "."),
                      f"modprobe {FEATURE_MODULE.get(feature, feature)}, or remove "
                      f'"{feature}" from features in {self.mapping}')
+        # against everything the mapping declares, also when only some is verified:
+        # check --live verifies what one guest needs, and the rest is still declared
         extra = sorted(self.inv.features - self.host.features)
         if extra:
             self.add("FEATURE_UNDECLARED", INFO,
@@ -154,6 +165,8 @@ class _Drift(BindingDrift):
                          "will neither repair nor remove it.",
                          f"delete it ('ip link del {entry.name}') and realize {guest} again, "
                          f"or release {guest} if the device must stay")
+            elif self.queue_mode_differs(entry, live):
+                pass
             elif entry.bridge and live.master != entry.bridge:
                 self.add("ENDPOINT_DETACHED", ERROR,
                          f"{entry.role} {entry.name} of {entry.owners} is no longer a port of "
@@ -168,6 +181,33 @@ class _Drift(BindingDrift):
                          f"{link.kind} {link.name} has netmap's endpoint name but no state "
                          "entry; release will not remove it.",
                          f"remove it ('ip link del {link.name}') if no guest uses it")
+
+    def queue_mode_differs(self, entry: TrackedDevice, live: Interface) -> bool:
+        """A tap in the other queue mode than its guest's NIC asks for (the guest's mapping
+        changed since realize, or the tap was made anew by hand): QEMU and libvirt open a
+        tap with IFF_MULTI_QUEUE exactly when they want several queues, and the kernel
+        refuses (EINVAL) a tap whose mode differs, so the guest cannot start or arrive."""
+        if entry.role != "tap" or live.multi_queue is None:
+            return False
+        want, why = entry.multi_queue, "netmap made it"
+        for name in entry.guests:
+            guest = (self.guests or {}).get(name)
+            nic = next((n for n in guest.nics if tap_name(name, n.index) == entry.name),
+                       None) if guest else None
+            if guest is not None and nic is not None:
+                want = nic.queues > 1
+                why = f"NIC {nic.index} of {name} asks for {nic.queues} queue(s) ({guest.source})"
+        if want is None or want == live.multi_queue:
+            return False
+        mode = {True: "multi-queue", False: "single-queue"}
+        guest_name = entry.guests[0] if entry.guests else "GUEST"
+        self.add("ENDPOINT_QUEUE_MODE", ERROR,
+                 f"tap {entry.name} of {entry.owners} is {mode[live.multi_queue]}, but "
+                 f"{why}: QEMU and libvirt would open it {mode[want]} and the kernel refuses "
+                 "that (EINVAL), so the guest cannot start or arrive on this host.",
+                 f"realize {guest_name} again while it is shut off (netmap makes the tap "
+                 "anew), or give the NIC the queues the running guest has")
+        return True
 
     def check_claimed_vf(self, entry: TrackedDevice) -> None:
         pool = self.inv.sriov.get(entry.pf or "")
@@ -185,13 +225,21 @@ FEATURE_MODULE = {"vhost-net": "vhost_net", "sriov": "the NIC driver with max_vf
 
 
 def drift_report(host: Host, inventory: Inventory, state_entries: object = (), *,
-                 networks: dict[str, Network] | None = None) -> DriftReport:
+                 networks: dict[str, Network] | None = None,
+                 verify_features: Collection[str] | None = None,
+                 guests: dict[str, Guest] | None = None) -> DriftReport:
     """Compare `host` (its mapping) with `inventory` (the live host) and netmap's state.
 
     `state_entries`: a netmap.state.HostState, its data dict, or TrackedDevice entries.
     `networks` (the fleet's) enables the checks that need a network's VNI or MTU.
+    `verify_features`: of the features `host` declares, the ones to verify (default: all);
+    what the live host offers beyond `host`'s declared features is noted either way.
+    `guests` (the fleet's) enables comparing an endpoint with its guest's NIC.
     """
     drift = _Drift(host, inventory, tracked_from_state(state_entries), networks)
+    if verify_features is not None:
+        drift.verify_features = frozenset(verify_features)
+    drift.guests = guests
     for uplink in host.uplinks.values():
         live = drift.resolve(uplink)
         drift.live[uplink.name] = live
@@ -206,6 +254,8 @@ def drift_report(host: Host, inventory: Inventory, state_entries: object = (), *
 
 
 def drift_findings(host: Host, inventory: Inventory, state_entries: object = (), *,
-                   networks: dict[str, Network] | None = None) -> list[Finding]:
+                   networks: dict[str, Network] | None = None,
+                   verify_features: Collection[str] | None = None) -> list[Finding]:
     """The findings of `drift_report`, for folding into `check --live`."""
-    return list(drift_report(host, inventory, state_entries, networks=networks).findings)
+    return list(drift_report(host, inventory, state_entries, networks=networks,
+                             verify_features=verify_features).findings)

@@ -53,6 +53,7 @@ class Interface:
     parent: str | None = None  # bus address of the device behind it, e.g. PCI 0000:3b:00.0
     peer_elsewhere: bool = False  # veth whose peer lives in another namespace
     addresses: tuple[str, ...] = ()  # global-scope "address/prefix": a vxlan underlay's source
+    multi_queue: bool | None = None  # a tap made with IFF_MULTI_QUEUE (None: not a tap)
 
     @property
     def running(self) -> bool:
@@ -81,7 +82,7 @@ class Interface:
             "mode": self.mode, "vni": self.vni, "vxlan_port": self.vxlan_port,
             "vxlan_group": self.vxlan_group, "vxlan_local": self.vxlan_local,
             "bond_mode": self.bond_mode, "vlan_id": self.vlan_id, "perm_mac": self.perm_mac,
-            "parent": self.parent,
+            "parent": self.parent, "multi_queue": self.multi_queue,
         }
         data.update({key: value for key, value in optional.items() if value is not None})
         if self.altnames:

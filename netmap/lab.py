@@ -15,6 +15,7 @@ Built with iproute2's `ip -batch` (one process per namespace); SR-IOV cannot be 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import subprocess
@@ -261,7 +262,7 @@ def _down(prefix: str) -> int:
     return 0
 
 
-def _up(args) -> int:
+def _up(args: argparse.Namespace) -> int:
     from netmap.load import load_fleet
 
     fleet = load_fleet(args.mappings)

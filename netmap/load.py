@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Callable
@@ -12,10 +13,12 @@ from netmap import names
 from netmap.errors import InputError
 from netmap.model import (
     KNOWN_FEATURES,
+    MAX_QUEUES,
     MODES,
     SEMANTIC_CLASSES,
     VF_ATTACH,
     VHOST_POLICIES,
+    VIRTIO_MODELS,
     Binding,
     Fleet,
     Guest,
@@ -27,6 +30,7 @@ from netmap.model import (
     Uplink,
     Vxlan,
 )
+from netmap.regular_file import describe, not_regular
 from netmap.tomlcheck import (
     Document,
     KeyPath,
@@ -58,6 +62,7 @@ def mappings_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     chosen = explicit or os.environ.get("NETMAP_MAPPINGS")
     if chosen:
         path = Path(chosen)
+        _refuse_odd_networks_file(path)
         if not (path / "networks.toml").is_file():
             raise InputError(
                 f"{path} is not a mappings directory (no networks.toml in it)",
@@ -65,12 +70,29 @@ def mappings_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
             )
         return path
     for path in DEFAULT_DIRS:
+        _refuse_odd_networks_file(path)
         if (path / "networks.toml").is_file():
             return path
     raise InputError(
         "no mappings found in /etc/netmap or ./mappings",
         fix="pass --mappings DIR or set $NETMAP_MAPPINGS",
     )
+
+
+def _refuse_odd_networks_file(folder: Path) -> None:
+    """A networks.toml that is there but is no file (a directory, a FIFO) is what it is,
+    not "no networks.toml"."""
+    path = folder / "networks.toml"
+    kind = describe(path)
+    if kind is not None:
+        raise not_regular(path, kind)
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno not in (errno.ENOENT, errno.ENOTDIR):  # a loop, no permission
+            raise InputError(f"cannot be read: {err.strerror}", file=path,
+                             fix="make it a readable file (or point --mappings elsewhere)"
+                             ) from err
 
 
 def mac_problem(mac: str) -> str | None:
@@ -158,7 +180,8 @@ HOST_FILE = Schema("HostFile", host=subtable(HOST, required=True),
 GUEST = Schema("Guest", name=text(required=True), host=text())
 NIC = Schema("Nic", network=text(required=True), mac=text(required=True),
              model=text(default="virtio"), vhost=text(default="preferred", choices=VHOST_POLICIES),
-             semantic=text(choices=SEMANTIC_CLASSES), mtu=MTU)
+             semantic=text(choices=SEMANTIC_CLASSES), mtu=MTU,
+             queues=number(default=1, low=1, high=MAX_QUEUES))
 GUEST_FILE = Schema("GuestFile", guest=subtable(GUEST, required=True), nics=table_array(NIC))
 
 
@@ -169,8 +192,9 @@ def load_networks(path: Path) -> dict[str, Network]:
     networks: dict[str, Network] = {}
     for name, values in NETWORKS_FILE.read(doc).networks.items():
         where = ("networks", name)
-        if name_problem(name):
-            raise doc.error(where, name_problem(name), "rename the network")
+        problem = name_problem(name)
+        if problem:
+            raise doc.error(where, problem, "rename the network")
         segment, vni, vlan = values.segment, values.vni, values.vlan
         if (segment is None) == (vni is None):
             raise doc.error(where, "needs exactly one of segment (a physical L2 domain) "
@@ -343,8 +367,12 @@ def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
             raise doc.error((*where, "mac"), f"{mac} is already the MAC of nics[{seen_macs[mac]}]",
                             "give every NIC of a guest its own MAC")
         seen_macs[mac] = index
+        if values.queues > 1 and values.model not in VIRTIO_MODELS:
+            raise doc.error((*where, "queues"), f"{values.queues} queues with model "
+                            f"{values.model!r}: only virtio-net has several queues",
+                            'remove queues, or set model = "virtio"')
         nics.append(GuestNic(index, network, mac, values.model, values.vhost, values.semantic,
-                             values.mtu, doc.source(where)))
+                             values.mtu, doc.source(where), values.queues))
     return Guest(name, top.guest.host, tuple(nics), Source(str(path)))
 
 
@@ -379,15 +407,13 @@ def load_fleet(root: str | os.PathLike[str] | None = None, *,
                 file=path, key="host.name", fix="give every host file its own [host] name"))
             continue
         hosts[host.name] = host
+    host_problems = len(problems)
     guests: dict[str, Guest] = {}
     for path in guest_files:
         try:
             guest = guest_loader(path, networks)
             if guest.host is not None and guest.host not in hosts:
-                raise InputError(f"names host {guest.host!r}, which has no mapping",
-                                 file=path, key="guest.host",
-                                 fix=f"add hosts/{guest.host}.toml or "
-                                 + did_you_mean(guest.host, hosts))
+                raise _unknown_host(path, guest.host, hosts, problems[:host_problems])
             if guest.name in guests:
                 raise InputError(f"guest {guest.name!r} is already defined in "
                                  f"{guests[guest.name].source}", file=path, key="guest.name",
@@ -397,6 +423,25 @@ def load_fleet(root: str | os.PathLike[str] | None = None, *,
             continue
         guests[guest.name] = guest
     return Fleet(networks, hosts, guests, tuple(problems), str(base))
+
+
+def _unknown_host(path: str, name: str, hosts: dict[str, Host],
+                  broken: list[InputError]) -> InputError:
+    """A guest's host that did not load: when a host file that may define it is broken,
+    that file and its error are the cause, not the guest."""
+    own = [err for err in broken if err.file and Path(err.file).stem == name]
+    if own or broken:
+        cause = (own or broken)[0]
+        more = len(broken) - 1
+        others = f" (and {more} more broken host file(s))" if more else ""
+        head = ("but its mapping cannot be loaded" if own else
+                "which no readable mapping defines; a broken host file may")
+        return InputError(f"names host {name!r}, {head}: {cause.where}: {cause.problem}"
+                          f"{others}", file=path, key="guest.host",
+                          fix=cause.fix or f"repair {cause.file}")
+    return InputError(f"names host {name!r}, which has no mapping", file=path,
+                      key="guest.host",
+                      fix=f"add hosts/{name}.toml or " + did_you_mean(name, hosts))
 
 
 def fleet_file_names(base: Path) -> tuple[list[str], list[str]]:
@@ -411,10 +456,26 @@ def _listed(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
     """The folder's files with each suffix in turn (all of the first, then the next)."""
     try:
         names = sorted(os.listdir(folder))  # one folder: sorting the names sorts the paths
-    except OSError:  # as glob: a missing or unreadable folder has no files
-        return []
+    except FileNotFoundError as err:
+        if not os.path.islink(folder):
+            return []  # a fleet without guests (or hosts) yet
+        raise InputError("cannot list the folder: it is a symlink to nothing", file=folder,
+                         fix=f"point {folder.name} at a directory") from err
+    except OSError as err:  # not "no files": every host or guest would silently vanish
+        raise InputError(f"cannot list the folder: {_folder_problem(folder, err)}",
+                         file=folder, fix=f"make {folder.name}/ a readable directory "
+                         "(a symlink to one is fine)") from err
     prefix = os.fspath(folder) + os.sep
     return [prefix + name for suffix in suffixes for name in names if name.endswith(suffix)]
+
+
+def _folder_problem(folder: Path, err: OSError) -> str:
+    if err.errno == errno.ENOTDIR:
+        kind = describe(folder)
+        return f"it is {kind}, not a directory" if kind else "it is a file, not a directory"
+    if err.errno == errno.ELOOP:
+        return "it is a symlink loop"
+    return err.strerror or str(err)
 
 
 def require_host(fleet: Fleet, name: str) -> Host:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -95,6 +96,9 @@ VF_ATTACH = ("hostdev", "macvtap")
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 VXLAN6_OVERHEAD = 70  # the same over IPv6: its header is 40 bytes, not 20
 IFNAMSIZ = 16  # the kernel's limit includes the NUL: names have at most 15 bytes
+# the models whose NIC is virtio-net, the only one with several queues
+VIRTIO_MODELS = frozenset({"virtio", "virtio-transitional", "virtio-non-transitional"})
+MAX_QUEUES = 256  # MAX_TAP_QUEUES of the kernel's tun and macvtap drivers
 
 
 @frozen
@@ -213,6 +217,7 @@ class GuestNic:
     semantic: str | None = None  # pinned forwarding class: a change is an error
     mtu: int | None = None  # the MTU the guest is configured with, if known
     source: Source | None = field(default=None, compare=False)
+    queues: int = 1  # virtio-net queue pairs: >1 needs a multi-queue tap (IFF_MULTI_QUEUE)
 
 
 @frozen
@@ -232,7 +237,8 @@ class Fleet:
     """
 
     networks: dict[str, Network]
-    hosts: dict[str, Host]
+    # a dict, or a netmap.cache_index.LazyHosts that unpickles each host when first read
+    hosts: Mapping[str, Host]
     guests: dict[str, Guest]
     problems: tuple = ()  # tuple[InputError, ...], one per unreadable file
     root: str = ""

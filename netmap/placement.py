@@ -8,7 +8,8 @@ other host gets its first blocking reason without one.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import networkx as nx
@@ -103,9 +104,11 @@ def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
 
 
 def _checked(fleet: Fleet, guest: Guest, hosts: list[str], strict: bool,
-             load: Counter[str]) -> dict[str, Candidate]:
+             load: Counter[str | None]) -> dict[str, Candidate]:
     """The full check of `guest` against each of `hosts`, on the graph of those hosts."""
-    graph = g.build_graph_of(fleet, {*hosts, guest.host}, guest.name)
+    # and the guest's own host, the source of the comparison (none for an unplaced guest)
+    wanted = {*hosts, guest.host} if guest.host is not None else set(hosts)
+    graph = g.build_graph_of(fleet, wanted, guest.name)
     out = {}
     for host in hosts:
         report = check_migration(graph, guest.name, host, strict=strict)
@@ -116,7 +119,7 @@ def _checked(fleet: Fleet, guest: Guest, hosts: list[str], strict: bool,
 
 
 def _share_out(fleet: Fleet, guest: Guest, to_check: list[str], strict: bool,
-               load: Counter[str]) -> tuple[Callable[[], dict[str, Candidate] | None] | None,
+               load: Counter[str | None]) -> tuple[Callable[[], dict[str, Candidate] | None] | None,
                                             list[str]]:
     """Hand part of the check to another process, and say which part: the hosts a
     parsing child still holds (netmap.cache) are checked there; else, with many to
@@ -126,7 +129,7 @@ def _share_out(fleet: Fleet, guest: Guest, to_check: list[str], strict: bool,
     holder, there = fleet.hosts.elsewhere() if isinstance(fleet.hosts, LazyHosts) \
         else (None, {})
     remote = {name: there[name] for name in to_check if name in there}
-    if remote:
+    if holder is not None and remote:
         source = fleet.hosts.get(guest.host) if guest.host else None
         if holder.ask(_checked_there, remote, guest.name, holder.guest_refs(fleet.guests),
                       source, fleet.networks, fleet.problems, fleet.root, strict):
@@ -159,7 +162,7 @@ def _checked_there(hosts: dict[str, Host], guests: dict[str, Guest], remote: dic
 PARALLEL_MIN_CANDIDATES = 400
 
 
-HostSummary = tuple[Collection[str], str]  # the networks a host binds, its mapping's file
+HostSummary = tuple[AbstractSet[str], str]  # the networks a host binds, its mapping's file
 
 
 def _summaries(fleet: Fleet) -> Mapping[str, HostSummary]:

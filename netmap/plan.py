@@ -15,7 +15,7 @@ from typing import ClassVar
 import networkx as nx
 
 from netmap import graph as g
-from netmap.model import MACVTAP_MODES, VXLAN_OVERHEAD, Guest, Host
+from netmap.model import MACVTAP_MODES, VXLAN_OVERHEAD, Guest, GuestNic, Host
 
 # Bridge FDB ageing, in clock_t (1/100 s), as IFLA_BR_AGEING_TIME wants it. Not 0: os-vif
 # set 0 so frames were not lost while a live-migrated guest's MAC moved (LP #1715317) and
@@ -221,7 +221,10 @@ class EnsureVxlan(LinkStep):
 
 @dataclass(frozen=True)
 class CreateTap(LinkStep):
-    """The guest's tap, persistent, IFF_TAP|IFF_NO_PI|IFF_VNET_HDR as QEMU opens it."""
+    """The guest's tap, persistent, IFF_TAP|IFF_NO_PI|IFF_VNET_HDR as QEMU opens it, and
+    IFF_MULTI_QUEUE for a NIC with several queues: QEMU and libvirt open a tap with that
+    flag exactly when they want more than one queue, and the kernel refuses (EINVAL) a
+    tap whose flag differs, so the flag follows the NIC's queues both ways."""
 
     kind: ClassVar[str] = "tap"
     link_kind: ClassVar[str] = "tun"
@@ -229,10 +232,12 @@ class CreateTap(LinkStep):
     guest_mac: str
     mtu: int
     bridge: str
+    multi_queue: bool = False
 
     def describe(self) -> str:
-        return (f"tap {self.name} for {self.guest_mac} (host side {self.mac}, mtu {self.mtu}) "
-                f"in bridge {self.bridge}, up")
+        queues = ", multi-queue" if self.multi_queue else ""
+        return (f"tap {self.name} for {self.guest_mac} (host side {self.mac}, mtu {self.mtu}"
+                f"{queues}) in bridge {self.bridge}, up")
 
 
 @dataclass(frozen=True)
@@ -340,11 +345,13 @@ class NicPlan:
     mtu: int
     bridge: str | None = None
     steps: tuple[Step, ...] = ()
+    queues: int = 1
 
     def as_dict(self) -> dict[str, object]:
         return {"nic": self.nic, "network": self.network, "mode": self.mode, "mac": self.mac,
                 "model": self.model, "device": self.device, "uplink": self.uplink,
                 "vlan": self.vlan, "mtu": self.mtu, "bridge": self.bridge,
+                "queues": self.queues,
                 "steps": [s.as_dict() for s in self.steps]}
 
 
@@ -387,14 +394,16 @@ class Plan:
         return lines
 
 
-def _bridged_steps(mac: str, view: g.NicView, mtu: int, port: str,
-                   bridge: str, tap: str) -> list[Step]:
+def _bridged_steps(nic: GuestNic, view: g.NicView, mtu: int, port: str, bridge: str,
+                   tap: str) -> list[Step]:
+    mac = nic.mac
     vlan = view.vlan
     steps: list[Step] = [EnsureBridge(bridge, mtu, vlan_filtering=vlan is not None),
                          EnslavePort(port, bridge)]
     if vlan is not None:
         steps.append(BridgeVlan(port, vlan))
-    steps.append(CreateTap(tap, host_side_mac(mac), mac, mtu, bridge))
+    steps.append(CreateTap(tap, host_side_mac(mac), mac, mtu, bridge,
+                           multi_queue=nic.queues > 1))
     if vlan is not None:
         steps.append(BridgeVlan(tap, vlan, access=True))
     return steps
@@ -421,7 +430,7 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
     device: str | None = devices.get("tap") or devices.get("macvtap")
     bridge = devices.get("bridge")
     if view.mode == "bridge":
-        steps += _bridged_steps(nic.mac, view, mtu, view.uplink, devices["bridge"],
+        steps += _bridged_steps(nic, view, mtu, view.uplink, devices["bridge"],
                                 devices["tap"])
     elif view.mode == "vxlan":
         network = g.fleet_of(graph).networks[nic.network]
@@ -432,7 +441,7 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
                                  options.group if options else None,
                                  options.remotes if options else (),
                                  options.local if options else None))
-        steps += _bridged_steps(nic.mac, view, mtu, vx, devices["bridge"], devices["tap"])
+        steps += _bridged_steps(nic, view, mtu, vx, devices["bridge"], devices["tap"])
     elif view.mode in MACVTAP_MODES:
         lower = view.uplink
         if "vlan" in devices:
@@ -447,7 +456,7 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
         return f"NIC {nic.index}: mode {view.mode} cannot be realized by this netmap"
     return NicPlan(nic=nic.index, network=nic.network, mode=view.mode, mac=nic.mac,
                    model=nic.model, device=device, uplink=view.uplink, vlan=view.vlan, mtu=mtu,
-                   bridge=bridge, steps=tuple(steps))
+                   bridge=bridge, steps=tuple(steps), queues=nic.queues)
 
 
 def build_plan(graph: nx.DiGraph, guest: Guest, host: Host) -> Plan:

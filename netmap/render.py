@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import networkx as nx
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -14,6 +14,7 @@ from rich.tree import Tree
 
 from netmap import graph as g
 from netmap.check import ERROR, INFO, WARNING, Finding, Report
+from netmap.errors import InputError
 from netmap.model import Fleet, Host, Vxlan
 from netmap.placement import Candidate
 
@@ -181,6 +182,21 @@ def finding_view(finding: Finding) -> RenderableType:
     body.append(f" {finding.message}")
     return Group(Hanging(Text(f"{MARK[finding.severity]} ", style=style), body),
                  Hanging(Text("    fix: ", style="dim"), Text(finding.hint, style="dim")))
+
+
+def unreadable_view(problems: Sequence[InputError]) -> RenderableType:
+    """Files no answer considered: each problem under a mark, its fix below, both wrapped
+    under their own start as findings are."""
+    head = Text(f"not considered: {len(problems)} host file(s) cannot be read",
+                style=STYLE[ERROR])
+    parts: list[RenderableType] = [head]
+    for problem in problems:
+        where = f"{problem.where}: " if problem.where else ""
+        parts.append(Hanging(Text(f"{MARK[ERROR]} ", style=STYLE[ERROR]),
+                             Text(f"{where}{problem.problem}")))
+        if problem.fix:
+            parts.append(Hanging(Text("    fix: ", style="dim"), Text(problem.fix, style="dim")))
+    return Group(*parts)
 
 
 def findings_list(findings: Iterable[Finding]) -> RenderableType:

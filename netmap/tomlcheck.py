@@ -7,7 +7,6 @@ in the file's text (`line_of`), and only when an error is raised, so loading sta
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ import tomli
 
 from netmap.errors import InputError
 from netmap.model import Source
+from netmap.regular_file import read_regular
 
 T = TypeVar("T")
 KeyPath = tuple[str | int, ...]
@@ -85,6 +85,9 @@ class LazySource(Source):
     """A Source whose line is looked up in the document's LineIndex when first read."""
 
     __slots__ = ("_index", "_line", "_path")
+    _index: LineIndex | None
+    _line: int | None
+    _path: KeyPath
 
     def __init__(self, file: str, line: int | None, index: LineIndex | None,
                  path: KeyPath) -> None:
@@ -96,7 +99,7 @@ class LazySource(Source):
     def __reduce__(self) -> tuple[Any, ...]:
         return LazySource, (self.file, self._line, self._index, self._path)
 
-    @property  # type: ignore[override]
+    @property
     def line(self) -> int | None:
         if self._line is None and self._index is not None:
             _set_line(self, self._index.line_of(self._path))
@@ -116,10 +119,11 @@ class LazySource(Source):
 
 
 # The slots' own setters: a frozen Source refuses setattr, and a host file makes ten of these.
-_set_file = Source.file.__set__  # type: ignore[attr-defined]
-_set_index = LazySource._index.__set__  # type: ignore[attr-defined]
-_set_path = LazySource._path.__set__  # type: ignore[attr-defined]
-_set_line = LazySource._line.__set__  # type: ignore[attr-defined]
+# (Read from the class __dict__: the checker takes `LazySource._line` for the slot's value.)
+_set_file: Callable[[Source, str], None] = Source.__dict__["file"].__set__
+_set_index: Callable[[LazySource, LineIndex | None], None] = LazySource.__dict__["_index"].__set__
+_set_path: Callable[[LazySource, KeyPath], None] = LazySource.__dict__["_path"].__set__
+_set_line: Callable[[LazySource, int | None], None] = LazySource.__dict__["_line"].__set__
 
 
 def key_text(path: KeyPath) -> str:
@@ -163,6 +167,13 @@ class Document:
             raise InputError("is not UTF-8 text", file=path, fix="save it as UTF-8") from err
         try:
             data = tomli.loads(text)
+        except RecursionError as err:  # tomli recurses per nesting level and dotted part
+            line = _deepest_line(text)
+            raise InputError(
+                "nests tables, arrays or dotted keys too deeply to read",
+                file=path, line=line,
+                fix="a mapping needs a few levels: write the tables out as [a.b] headers",
+            ) from err
         except tomli.TOMLDecodeError as err:
             raise InputError(
                 f"is not valid TOML: {getattr(err, 'msg', err)}",
@@ -190,16 +201,20 @@ class Document:
 
 
 def _read_bytes(path: str | Path) -> bytes:
-    """The file's bytes, through the os module: open() builds a buffered file object
-    first, twice the time of reading a 40-line file (7 us against 3.5 us)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
+    """The file's bytes, through the os module (open() builds a buffered file object
+    first, twice the time of reading a 40-line file); only a regular file of bounded
+    size (netmap.regular_file), so a FIFO or /dev/zero is an error, not a hang."""
+    return read_regular(path)
+
+
+def _deepest_line(text: str) -> int | None:
+    """The line most likely to nest too deeply: the most brackets, braces or dots."""
+    best, where = 0, None
+    for number, line in enumerate(text.splitlines(), start=1):
+        depth = max(line.count("["), line.count("{")) + line.count(".")
+        if depth > best:
+            best, where = depth, number
+    return where
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -355,11 +370,18 @@ class Schema:
 
             def spec(key: str, field: Field) -> tuple[Any, ...]:
                 if field.schema is None:
+                    assert field.kind is not None  # only a field with a schema has none
                     kind = field.kind()
                 else:
+                    # a Struct type made at run time, as msgspec reads it: the checker
+                    # only knows static types as a generic's parameter
                     inner = field.schema.struct
-                    kind = {"one": inner, "named": dict[str, inner],  # type: ignore[valid-type]
-                            "array": tuple[inner, ...]}[field.shape]  # type: ignore[valid-type]
+                    if field.shape == "one":
+                        kind = inner
+                    elif field.shape == "named":
+                        kind = dict[str, inner]  # type: ignore[valid-type]
+                    else:
+                        kind = tuple[inner, ...]  # type: ignore[valid-type]
                 if field.required:
                     return key, kind
                 if field.default is None:
@@ -413,12 +435,12 @@ class Schema:
                 continue
             path, value = (*table.path, key), data[key]
             if field.shape == "one":
-                below = [(path, value)]
+                tables = [(path, value)]
             elif field.shape == "named":
-                below = [((*path, name), item) for name, item in value.items()]
+                tables = [((*path, name), item) for name, item in value.items()]
             else:
-                below = [((*path, index), item) for index, item in enumerate(value)]
-            for where, item in below:
+                tables = [((*path, index), item) for index, item in enumerate(value)]
+            for where, item in tables:
                 try:
                     found = field.schema.first_problem(Table(table.doc, where, item))
                 except InputError as err:  # not a table at all

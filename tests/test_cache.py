@@ -12,10 +12,14 @@ import pickle
 import shutil
 import threading
 import time
+import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from netmap import cache, cache_child, cache_index, gcpause, load, placement
 from netmap.cache import load_fleet_cached
@@ -874,3 +878,158 @@ def test_fleet_file_names_list_what_glob_lists(mappings: Path) -> None:
                    + sorted(map(str, (base / "guests").glob("*.xml"))))
         assert load.fleet_file_names(base) == globbed
     assert load.fleet_file_names(mappings / "nowhere") == ([], [])
+
+
+# --- what a result depends on beyond its own file (issue 14, item 2) ------------------------
+
+BRIDGED_XML = ("<domain type='kvm'><name>vx</name><devices>"
+               "<interface type='bridge'><mac address='52:54:00:77:00:01'/>"
+               "<source bridge='br-eth1'/><model type='virtio'/></interface>"
+               "</devices></domain>\n")
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_xml_guest_follows_the_host_files_it_was_read_against(
+        mappings: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        parallel: bool) -> None:
+    """A domain XML names a bridge; which network that is, the source host's mapping
+    says. Changing that mapping changes the guest, with the XML file untouched."""
+    monkeypatch.setattr(cache_child, "PARALLEL_MIN_FILES", 2)
+    (mappings / "guests" / "vx.xml").write_text(BRIDGED_XML)
+    settle()
+    fleet = load_fleet_cached(mappings, parallel=parallel)
+    assert fleet.guests["vx"].nics[0].network == "mgmt"
+    assert same_as_uncached(mappings).guests["vx"].host == "host-a"
+    host_a = mappings / "hosts" / "host-a.toml"
+    host_a.write_text(host_a.read_text().replace(
+        'mode = "bridge"\nuplink = "eth1"', 'mode = "bridge"\nuplink = "eth1"\nbridge = "brq"'))
+    settle()
+    changed = load_fleet_cached(mappings, parallel=parallel)
+    assert "vx" not in changed.guests, "the XML guest was answered from before the edit"
+    assert snapshot(changed) == snapshot(load_fleet(mappings))
+    # and back: a host file that explains the bridge again, added under a new name
+    (mappings / "hosts" / "host-e.toml").write_text(
+        host_a.read_text().replace('"host-a"', '"host-e"').replace('bridge = "brq"\n', ""))
+    settle()
+    again = load_fleet_cached(mappings, parallel=parallel)
+    assert again.guests["vx"].host == "host-e"
+    assert snapshot(again) == snapshot(load_fleet(mappings))
+
+
+def test_fresh_networks_file_with_a_parsing_child_gives_hosts(
+        tmp_path: Path, cache_dir: Path) -> None:
+    """A networks.toml too recent to key a cache on (just touched, or a fleet just
+    written) returned the fleet with the parsing child's stand-ins for hosts
+    (AttributeError: 'tuple' object has no attribute 'values' in check, show, hosts-for)."""
+    root = tmp_path / "generated"
+    generate_fleet(root, 480, 120, seed=3)  # 600 files: the child parses (PARALLEL_MIN_FILES)
+    for lazy in (False, True):
+        fleet = load_fleet_cached(root, parallel=True, lazy=lazy)
+        assert all(isinstance(host, Host) for host in fleet.hosts.values())
+        assert snapshot(fleet) == snapshot(load_fleet(root))
+        guest = next(iter(fleet.guests))
+        assert [c.as_dict() for c in placement.hosts_for_fleet(fleet, guest)] == [
+            c.as_dict() for c in placement.hosts_for(build_graph(load_fleet(root)), guest)]
+
+
+# --- a cache may be slow; it may never be wrong ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def fleet_with_xml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 generated files and a domain-XML guest whose bridge a host mapping explains."""
+    root = tmp_path_factory.mktemp("property") / "fleet"
+    generate_fleet(root, 480, 120, seed=13)
+    first = sorted((root / "hosts").iterdir())[0]
+    slow = load.load_host(first, load.load_networks(root / "networks.toml")).bindings
+    bridge = next(b for b in slow.values() if b.mode == "bridge")
+    (root / "guests" / "vx.xml").write_text(BRIDGED_XML.replace("br-eth1", f"br-{bridge.uplink}"))
+    return root
+
+
+def _mutations(root: Path) -> dict[str, Callable[[int], None]]:
+    hosts = root / "hosts"
+    guests = root / "guests"
+
+    def pick(folder: Path, n: int, suffix: str = ".toml") -> Path | None:
+        files = sorted(p for p in folder.iterdir() if p.name.endswith(suffix))
+        return files[n % len(files)] if files else None
+
+    def touch(path: Path | None) -> None:
+        if path is not None:
+            path.touch()
+
+    def edit(path: Path | None, old: str, new: str) -> None:
+        if path is not None and path.exists() and old in path.read_text():
+            path.write_text(path.read_text().replace(old, new, 1))
+
+    def xml_host(n: int) -> None:
+        # the host that explains vx.xml now (the first that binds a bridge to that uplink)
+        try:
+            owner = load_fleet(root).guests.get("vx")
+        except InputError:  # networks.toml broken by an earlier step
+            owner = None
+        target = hosts / f"{owner.host}.toml" if owner and owner.host else pick(hosts, n)
+        edit(target, 'mode = "bridge"\n', 'mode = "bridge"\nbridge = "brq"\n')
+
+    def add(n: int) -> None:
+        source = pick(guests, n)
+        if source is not None:
+            text = source.read_text().replace('name = "vm', 'name = "vn').replace(
+                "52:54:", "52:55:")
+            (guests / f"added{n}.toml").write_text(text)
+
+    return {
+        "touch networks": lambda n: touch(root / "networks.toml"),
+        "touch host": lambda n: touch(pick(hosts, n)),
+        "edit host": lambda n: edit(pick(hosts, n), "mtu = 9000", "mtu = 8000"),
+        "edit host, same size and mtime": lambda n: (
+            (path := pick(hosts, n)) is not None and "mtu = 9000" in path.read_text()
+            and keep_size_and_mtime(path, "mtu = 9000", "mtu = 8999")),
+        "break host": lambda n: edit(pick(hosts, n), "[host]", "[host"),
+        "edit networks": lambda n: edit(root / "networks.toml", "mtu = 9000", "mtu = 1600"),
+        "rename a network": lambda n: edit(root / "networks.toml", "[networks.tenant-red]",
+                                           "[networks.tenant-pink]"),
+        "edit the XML guest's host": xml_host,
+        "delete host": lambda n: (p := pick(hosts, n)) is not None and p.unlink(),
+        "delete guest": lambda n: (p := pick(guests, n)) is not None and p.unlink(),
+        "add guest": add,
+        "settle": lambda n: settle(),
+    }
+
+
+MUTATIONS = tuple(_mutations(Path("/nonexistent")))
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 10_000)),
+                      min_size=1, max_size=6),
+       parallel=st.booleans(), lazy=st.booleans())
+def test_cached_answer_is_always_the_cold_answer(
+        fleet_with_xml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        steps: list[tuple[str, int]], parallel: bool, lazy: bool) -> None:
+    """Over a 600-file fleet with an XML guest: after every mutation (settled or within the
+    racy window), the cached load answers exactly as a load without a cache."""
+    monkeypatch.setattr(cache, "RACY_WINDOW_NS", WINDOW_NS)
+    run = tmp_path / uuid.uuid4().hex
+    root = run / "fleet"
+    shutil.copytree(fleet_with_xml, root)
+    monkeypatch.setenv("NETMAP_CACHE_DIR", str(run / "cache"))
+    mutate = _mutations(root)
+    settle()
+    assert snapshot(load_fleet_cached(root, parallel=parallel, lazy=lazy)) == snapshot(
+        load_fleet(root))
+    for name, n in steps:
+        event(name)
+        mutate[name](n)
+        for _ in range(2):  # the load that stores, then the one that reads what was stored
+            try:
+                cold: tuple | str = snapshot(load_fleet(root))
+            except InputError as err:
+                cold = str(err)
+            try:
+                warm: tuple | str = snapshot(load_fleet_cached(root, parallel=parallel,
+                                                               lazy=lazy))
+            except InputError as err:
+                warm = str(err)
+            assert warm == cold, f"after {name}"

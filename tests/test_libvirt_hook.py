@@ -455,3 +455,19 @@ def test_unknown_guest_without_a_mac_on_an_unknown_bridge_passes_through() -> No
                b"<source bridge='virbr7'/></interface></devices></domain>\n")
     result = run_hook(["other", "migrate", "begin", "-"], foreign)
     assert result.returncode == 0 and result.stdout == foreign and result.stderr == b""
+
+
+def test_a_bug_refuses_the_migration_with_the_bug_exit_code(monkeypatch) -> None:
+    """Not 3 (a kernel refusal elsewhere) nor 1 (incompatible): 4, as the command line."""
+    from netmap.errors import EXIT_BUG
+    from netmap.libvirt import hook
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(hook, "_migrate_begin", broken)
+    result = hook.migrate_begin("vm1", b"<domain/>", mappings=str(EXAMPLE_MAPPINGS),
+                                host="host-b")
+    assert result.exit_code == EXIT_BUG == 4
+    assert result.output == b""
+    assert "this is a bug in netmap" in result.messages[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,12 +137,26 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_acl(top)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_permission_denied(tmp_path: Path) -> None:
     top = write(tmp_path / "acl.conf", "allow prod\n")
     top.chmod(0)
-    with pytest.raises(InputError, match="not readable"):
-        load_acl(top)
+    if os.geteuid() != 0:
+        with pytest.raises(InputError, match="not readable"):
+            load_acl(top)
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs util-linux setpriv to drop root's CAP_DAC_OVERRIDE")
+    # root, bound by file modes as the helper's users are (no DAC override or read search)
+    probe = ("import sys\nfrom netmap.errors import InputError\nfrom netmap.qemu.acl import "
+             "load_acl\ntry:\n    load_acl(sys.argv[1])\nexcept InputError as err:\n"
+             "    print(err)\n    sys.exit(2)\n")
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+         "--inh-caps=-dac_override,-dac_read_search", "--", sys.executable, "-c", probe,
+         str(top)], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "not readable" in done.stdout and str(top) in done.stdout
 
 
 def test_world_writable_acl_is_not_trusted(tmp_path: Path) -> None:

@@ -558,3 +558,16 @@ def test_macvtap_mode_sends_the_macvtap_fd_and_cleans_up(host_a) -> None:
         fake.communicate("\n", timeout=10)
     assert fake.returncode == 0
     assert wait_gone(netns, name), "the watcher did not remove the macvtap after QEMU exited"
+
+
+def test_a_bug_is_exit_4_and_says_so(monkeypatch, capsys) -> None:
+    """Exit 3 means the kernel refused and all was removed; a bug has a code of its own."""
+    from netmap.qemu import helper
+
+    def broken(_request: object) -> int:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(helper, "run", broken)
+    assert helper.main(["--fd=3", "--br=mgmt"]) == 4
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: unexpected" in err and "bug in netmap" in err

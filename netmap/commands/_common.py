@@ -13,6 +13,7 @@ from netmap.errors import InputError
 
 if TYPE_CHECKING:
     import networkx as nx
+    from rich.console import Console
 
     from netmap.model import Fleet, Host
 
@@ -93,7 +94,7 @@ def print_json(data: Any) -> None:
         binary.write(encoded)
 
 
-def console(*, soft_wrap: bool = False):  # -> rich.console.Console
+def console(*, soft_wrap: bool = False) -> Console:
     """Without emoji codes: a MAC such as 52:54:00:cd:00:01 holds ':cd:', which rich would
     turn into a pictogram. Data goes into rich.text.Text (or is escaped), never markup.
     NO_COLOR (no-color.org) turns off every style, not only colours (rich alone keeps bold

@@ -14,6 +14,8 @@ from netmap.commands._common import add_json, console, load, print_json, this_ho
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from rich.console import RenderableType
 
     from netmap.drift import DriftReport
@@ -174,7 +176,7 @@ def inventory_tree(inventory: Inventory) -> RenderableType:
             children.setdefault(parent, []).append(link)
     shown: set[str] = set()
 
-    def add(branch, link: Interface) -> None:
+    def add(branch: Tree, link: Interface) -> None:
         if link.name in shown:
             return
         shown.add(link.name)
@@ -216,9 +218,12 @@ def _configure_drift(parser: argparse.ArgumentParser) -> None:
 
 def live_drift(host: Host, networks: dict, *, netns: str | None = None,
                state_dir: str | None = None, sysfs_root: str | None = None,
-               dev_root: str = "/dev") -> DriftReport:
+               dev_root: str = "/dev",
+               verify_features: Collection[str] | None = None,
+               guests: dict | None = None) -> DriftReport:
     """Discover this host (or `netns`, else the mapping's netns) and compare it with `host`'s
-    mapping and netmap's state: what `netmap drift` prints, for `check --live` to fold in."""
+    mapping and netmap's state: what `netmap drift` prints, for `check --live` to fold in
+    (`verify_features`: drift.drift_report's)."""
     from netmap.drift import drift_report
     from netmap.netlink.discover import discover
     from netmap.state import HostState
@@ -232,7 +237,8 @@ def live_drift(host: Host, networks: dict, *, netns: str | None = None,
                          fix="run as root (entering a network namespace needs "
                          "CAP_SYS_ADMIN)") from err
     state = HostState.load(host.name, state_dir)
-    return drift_report(host, inventory, state, networks=networks)
+    return drift_report(host, inventory, state, networks=networks,
+                        verify_features=verify_features, guests=guests)
 
 
 def _drift(args: argparse.Namespace) -> int:
@@ -245,7 +251,8 @@ def _drift(args: argparse.Namespace) -> int:
         host = this_host(args, fleet)
     report = live_drift(host, fleet.networks, netns=checked_netns(args.netns),
                         state_dir=args.state_dir,
-                        sysfs_root=args.sysfs_root, dev_root=args.dev_root)
+                        sysfs_root=args.sysfs_root, dev_root=args.dev_root,
+                        guests=fleet.guests)
     here = socket.gethostname()
     if report.netns is None and host.name != here and not os.environ.get("NETMAP_HOST"):
         from netmap.check import INFO, Finding

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from netmap.commands._common import add_json, console, load, load_fleet_for_cli, print_json
-from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
+from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK, InputError
 
 if TYPE_CHECKING:
     from netmap.check import Finding
@@ -69,9 +70,10 @@ def _live_findings(fleet: Fleet, guest: Guest, dest: Host) -> tuple[Finding, ...
     needed = {f for b in bindings.values() for f in MODE_FEATURES.get(b.mode, ())}
     if any(nic.vhost == "required" for nic in guest.nics):
         needed.add("vhost-net")
-    scope = dataclasses.replace(dest, bindings=bindings, uplinks=uplinks,
-                                features=dest.features & needed)
-    report = live_drift(scope, fleet.networks)
+    # the features stay the mapping's: a scoped copy made every other declared feature
+    # "offered but not listed" (FEATURE_UNDECLARED for features the mapping lists)
+    scope = dataclasses.replace(dest, bindings=bindings, uplinks=uplinks)
+    report = live_drift(scope, fleet.networks, verify_features=needed)
     # other guests' endpoints are drift of the host, not a reason to refuse this guest
     return tuple(f for f in report.findings
                  if not f.code.startswith("ENDPOINT_") and f.code != "HOST_NOT_HERE")
@@ -131,14 +133,27 @@ def _hosts_for_answer(args: argparse.Namespace) -> int:
 
     guest = require_guest(fleet, args.guest)
     candidates = hosts_for_fleet(fleet, guest.name, strict=args.strict, parallel=True)
+    # a host whose file is broken is not a candidate, but must not vanish without a word
+    unreadable = unreadable_hosts(fleet)
     if args.json:
         print_json({"guest": guest.name, "source": guest.host,
-                    "hosts": [c.as_dict() for c in candidates]})
+                    "hosts": [c.as_dict() for c in candidates],
+                    "unreadable": [p.as_dict() for p in unreadable]})
     else:
         from netmap import render
 
-        console().print(render.hosts_for_view(guest.name, candidates))
+        out = console()
+        out.print(render.hosts_for_view(guest.name, candidates))
+        if unreadable:
+            out.print(render.unreadable_view(unreadable))
     return EXIT_OK if any(c.compatible for c in candidates) else EXIT_INCOMPATIBLE
+
+
+def unreadable_hosts(fleet: Fleet) -> list[InputError]:
+    """The problems of files in the hosts folder: hosts that no answer considers."""
+    hosts_dir = os.path.join(fleet.root, "hosts")
+    return [p for p in fleet.problems
+            if isinstance(p, InputError) and p.file and os.path.dirname(p.file) == hosts_dir]
 
 
 def _configure_diff(parser: argparse.ArgumentParser) -> None:

@@ -82,6 +82,8 @@ def guest_toml(guest: Guest, origin: str) -> str:
             lines.append(f'semantic = "{nic.semantic}"')
         if nic.mtu:
             lines.append(f"mtu = {nic.mtu}")
+        if nic.queues > 1:
+            lines.append(f"queues = {nic.queues}")
     return "\n".join(lines) + "\n"
 
 

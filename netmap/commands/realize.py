@@ -14,10 +14,13 @@ from netmap.commands._common import add_json, load, print_json, this_host
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from netmap.model import Fleet, Host
+    from netmap.plan import Plan
 
 
-def console():  # -> rich.console.Console
+def console() -> Console:
     return _common.console(soft_wrap=True)
 
 
@@ -72,7 +75,7 @@ def _plan(args: argparse.Namespace) -> int:
     return EXIT_OK if not plan.problems else EXIT_INCOMPATIBLE
 
 
-def _print_plan(plan) -> None:
+def _print_plan(plan: Plan) -> None:
     out = console()
     where = f" (network namespace {plan.netns})" if plan.netns else ""
     out.print(f"[bold]plan[/] for {plan.guest} on {plan.host}{where}: nothing is changed")
@@ -147,7 +150,7 @@ def _realize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _dry_run(plan, findings: list[dict], as_json: bool) -> int:
+def _dry_run(plan: Plan, findings: list[dict], as_json: bool) -> int:
     """The plan, with what each step would do on the live host when it can be read."""
     from netmap.errors import ApplyError
     from netmap.netlink.apply import preview_plan
@@ -171,7 +174,7 @@ def _dry_run(plan, findings: list[dict], as_json: bool) -> int:
         _print_plan(plan)
     else:
         out = console()
-        changes = sum(verdict in ("create", "repair") for _, _, verdict in verdicts)
+        changes = sum(verdict in ("create", "repair", "recreate") for _, _, verdict in verdicts)
         out.print(f"[bold]dry run[/] of {plan.guest} on {plan.host}: {changes} change(s), "
                   "nothing done")
         for n, (nic, step, verdict) in enumerate(verdicts, 1):

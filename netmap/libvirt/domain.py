@@ -13,6 +13,7 @@ Everything else (user, vhostuser, vdpa, ...) becomes a finding, never an excepti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,9 +30,10 @@ from netmap.libvirt.interfaces import (
     parse_interface,
     read_metadata,
 )
-from netmap.libvirt.xmlsafe import XmlDocument, read_untrusted
+from netmap.libvirt.xmlsafe import MAX_BYTES, XmlDocument, parse_untrusted
 from netmap.load import mac_problem
 from netmap.model import MACVTAP_MODES, Binding, Guest, GuestNic, Host, Network, Source
+from netmap.regular_file import read_regular
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class DomainImport:
 
     def as_dict(self) -> dict[str, object]:
         nics = [{"index": n.index, "network": n.network, "mac": n.mac, "model": n.model,
-                 "vhost": n.vhost, "semantic": n.semantic, "mtu": n.mtu}
+                 "vhost": n.vhost, "semantic": n.semantic, "mtu": n.mtu, "queues": n.queues}
                 for n in self.guest.nics]
         return {"guest": self.guest.name, "host": self.guest.host,
                 "source_host": self.source_host, "nics": nics,
@@ -67,8 +69,13 @@ def guest_from_domain_file(path: Path, networks: dict[str, Network]) -> Guest:
     """Load a mappings/guests/*.xml file, mapping bridge/direct sources through the host
     files next to it. Anything that would leave a NIC out is an InputError here: a fleet
     file that silently lost a NIC would make every check of that guest wrong."""
+    try:  # a mapping file: regular only, never a FIFO that `import FILE` may read
+        data = read_regular(path, MAX_BYTES)
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror}", file=path,
+                         fix="check the path and its permissions") from err
     hosts = _sibling_hosts(path, networks)
-    result = import_domain(read_untrusted(path), networks, hosts)
+    result = import_domain(parse_untrusted(data, str(path)), networks, hosts)
     worst = [f for f in result.findings if f.severity in (ERROR, WARNING)]
     if worst:
         first = worst[0]
@@ -90,7 +97,7 @@ def _sibling_hosts(path: Path, networks: dict[str, Network]) -> dict[str, Host]:
     return hosts
 
 
-def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: dict[str, Host], *,
+def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: Mapping[str, Host], *,
                   host: str | None = None, prefer_host: str | None = None,
                   avoid_host: str | None = None) -> DomainImport:
     """Read a domain. `host` forces the source host whose mapping explains bridge/direct
@@ -118,14 +125,15 @@ def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: dict[st
     nics: list[GuestNic] = []
     for iface in parsed:
         iface = _map(iface, by_mac, networks, hosts.get(chosen) if chosen else None, findings)
-        if iface.network is not None and iface.mac is not None and not mac_problem(iface.mac):
-            meta = by_mac.get(iface.mac, {})
+        network, mac = iface.network, iface.mac
+        if network is not None and mac is not None and not mac_problem(mac):
+            meta = by_mac.get(mac, {})
             iface = replace(iface, nic=len(nics))
             vhost = meta.get("vhost") or iface.vhost
-            nics.append(GuestNic(len(nics), iface.network, iface.mac, iface.model, vhost,
+            nics.append(GuestNic(len(nics), network, mac, iface.model, vhost,
                                  meta.get("semantic"), iface.mtu,
-                                 Source(doc.file, iface.line)))
-            _check_vlan(iface, networks[iface.network], findings)
+                                 Source(doc.file, iface.line), iface.queues))
+            _check_vlan(iface, networks[network], findings)
         mapped.append(iface)
     guest = Guest(name, chosen, tuple(nics), Source(doc.file, doc.line(root)))
     return DomainImport(guest, chosen, tuple(mapped), tuple(findings), doc)
@@ -215,7 +223,7 @@ def _needs_host(iface: Interface, networks: dict[str, Network],
 
 
 def _choose_host(parsed: list[Interface], by_mac: dict[str, dict[str, str]],
-                 networks: dict[str, Network], hosts: dict[str, Host],
+                 networks: dict[str, Network], hosts: Mapping[str, Host],
                  preferred: list[str | None], avoid: str | None,
                  findings: list[Finding]) -> str | None:
     dependent = [i for i in parsed if _needs_host(i, networks, by_mac)]
@@ -269,8 +277,10 @@ def _map(iface: Interface, by_mac: dict[str, dict[str, str]], networks: dict[str
             "metadata (namespace " + NAMESPACE + ")"))
         return iface
     mode = iface.source.get("mode", "vepa")
-    binding = host.bindings[network] if host else None
-    if iface.type == "direct" and binding and DIRECT_MODES.get(mode) != binding.mode:
+    # _resolve names a network only from a host's bindings: with a network, host is set
+    binding = host.bindings[network] if host is not None else None
+    if (host is not None and binding is not None and iface.type == "direct"
+            and DIRECT_MODES.get(mode) != binding.mode):
         findings.append(Finding(
             "MODE_DIFFERS", WARNING, None,
             f"{iface.label}: runs macvtap mode {mode}, but {host.name} binds {network} as "

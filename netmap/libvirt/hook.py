@@ -16,7 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the checker only: the pass-through path must not import them
+    from netmap.check import Finding
+    from netmap.libvirt.rewrite import Rewrite
+    from netmap.libvirt.xmlsafe import XmlDocument
 
 # (operation, sub-operation) whose stdout libvirt reads as the domain XML
 _XML_FILTERS = {("migrate", "begin"), ("restore", "begin")}
@@ -83,7 +89,7 @@ def run(args: list[str], *, mappings: str | None = None, host: str | None = None
 def migrate_begin(guest: str, data: bytes, *, mappings: str | None = None,
                   host: str | None = None, strict: bool | None = None) -> HookResult:
     """Check and rewrite one incoming domain. Never raises: every problem refuses."""
-    from netmap.errors import NetmapError
+    from netmap.errors import EXIT_BUG, NetmapError
 
     try:
         return _migrate_begin(guest, data, mappings, host, strict)
@@ -91,8 +97,9 @@ def migrate_begin(guest: str, data: bytes, *, mappings: str | None = None,
         return HookResult(err.exit_code, b"",
                           [f"netmap: refusing to migrate {guest} here: {err}"])
     except Exception as err:  # a bug must cancel the migration, not break the guest
-        return HookResult(3, b"", [f"netmap: refusing to migrate {guest} here: internal error "
-                                   f"{type(err).__name__}: {err} (please report it)"])
+        return HookResult(EXIT_BUG, b"", [
+            f"netmap: refusing to migrate {guest} here: internal error "
+            f"{type(err).__name__}: {err}; this is a bug in netmap, please report it"])
 
 
 def _migrate_begin(guest_arg: str, data: bytes, mappings: str | None, host_name: str | None,
@@ -157,7 +164,8 @@ def _nics(nics: dict[str, str]) -> str:
     return "(" + ", ".join(f"{mac} on {net}" for mac, net in sorted(nics.items())) + ")"
 
 
-def _refuse(guest: str, host: str, findings, messages: list[str], code: int) -> HookResult:
+def _refuse(guest: str, host: str, findings: Iterable[Finding], messages: list[str],
+            code: int) -> HookResult:
     lines = [f"netmap: refusing to migrate {guest} to {host}:"]
     for finding in findings:
         lines.append(f"  [{finding.code}] {finding.message}")
@@ -165,7 +173,7 @@ def _refuse(guest: str, host: str, findings, messages: list[str], code: int) -> 
     return HookResult(code, b"", messages + lines)
 
 
-def apply_rewrites(doc, rewrites) -> bytes:
+def apply_rewrites(doc: XmlDocument, rewrites: Iterable[Rewrite]) -> bytes:
     """Splice the new values into the original bytes, last first so offsets stay valid."""
     data = doc.data
     for start, end, new in sorted(rewrites, key=lambda r: r[0], reverse=True):

@@ -10,7 +10,14 @@ from netmap.check import ERROR, WARNING, Finding
 from netmap.libvirt import NAMESPACE
 from netmap.libvirt.xmlsafe import XmlDocument
 from netmap.load import MTU_RANGE, mac_problem
-from netmap.model import MACVTAP_MODES, SEMANTIC_CLASSES, VHOST_POLICIES, Network
+from netmap.model import (
+    MACVTAP_MODES,
+    MAX_QUEUES,
+    SEMANTIC_CLASSES,
+    VHOST_POLICIES,
+    VIRTIO_MODELS,
+    Network,
+)
 
 # Every <interface type=...> libvirt knows (domain_conf.c, virDomainNetType).
 LIBVIRT_TYPES = frozenset({"user", "ethernet", "vhostuser", "server", "client", "mcast", "udp",
@@ -19,7 +26,6 @@ LIBVIRT_TYPES = frozenset({"user", "ethernet", "vhostuser", "server", "client", 
 # Types whose backend lives in QEMU or a socket, not on a host network: nothing to map.
 HOST_INDEPENDENT = frozenset({"user", "server", "client", "mcast", "udp", "null"})
 TAP_TYPES = frozenset({"network", "bridge", "ethernet"})  # libvirt: only these take filterref
-VIRTIO_MODELS = frozenset({"virtio", "virtio-transitional", "virtio-non-transitional"})
 # libvirt's <source mode=...> for direct interfaces -> netmap's mode
 DIRECT_MODES = {("passthrough" if m == "passthru" else m): mode
                 for mode, m in MACVTAP_MODES.items()}
@@ -44,6 +50,7 @@ class Interface:
     how: str = ""  # how it was mapped, for people
     nic: int | None = None  # the index of the GuestNic it became
     teaming: str | None = None  # failover pair: persistent (virtio) or transient (VF)
+    queues: int = 1  # <driver queues='N'/>: virtio-net queue pairs
 
     @property
     def label(self) -> str:
@@ -54,7 +61,7 @@ class Interface:
         return {"position": self.position, "line": self.line, "type": self.type,
                 "mac": self.mac, "model": self.model, "vhost": self.vhost, "mtu": self.mtu,
                 "vlan": self.vlan, "source": self.source, "network": self.network,
-                "how": self.how, "nic": self.nic}
+                "how": self.how, "nic": self.nic, "queues": self.queues}
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -117,7 +124,8 @@ def parse_interface(doc: XmlDocument, position: int, element: ET.Element,
                       None, None, dict(source.attrib) if source is not None else {},
                       teaming=teaming.get("type") if teaming is not None else None)
     problems = []
-    mtu_text = element.find("mtu").get("size", "") if element.find("mtu") is not None else None
+    mtu_element = element.find("mtu")
+    mtu_text = mtu_element.get("size", "") if mtu_element is not None else None
     mtu = None
     if mtu_text is not None:
         mtu = int(mtu_text) if mtu_text.isdigit() else None
@@ -138,9 +146,20 @@ def parse_interface(doc: XmlDocument, position: int, element: ET.Element,
     if driver_name == "vhost" and not virtio:
         problems.append((f"<driver name='vhost'/> with model {model}: vhost-net serves "
                          "virtio NICs only", "use <model type='virtio'/> or drop name='vhost'"))
-    if queues and queues.isdigit() and int(queues) > 1 and not virtio:
-        problems.append((f"<driver queues='{queues}'/> with model {model}: multiqueue needs "
-                         "virtio", "use <model type='virtio'/> or remove queues"))
+    queue_count = 1
+    if queues is not None:  # libvirt reads 0 as "not set"
+        # ASCII digits only, and few: int() takes '²' for a digit and refuses 5,000 of them
+        plain = queues.isascii() and queues.isdigit() and len(queues) < 8
+        queue_count = max(int(queues), 1) if plain else 0
+        if not 1 <= queue_count <= MAX_QUEUES:
+            problems.append((f"<driver queues='{queues}'/> is not a number of queues "
+                             f"(1..{MAX_QUEUES}, the kernel's limit for a tap)",
+                             f"write queues='N' with N from 1 to {MAX_QUEUES}"))
+            queue_count = 1
+        elif queue_count > 1 and not virtio:
+            problems.append((f"<driver queues='{queues}'/> with model {model}: multiqueue "
+                             "needs virtio", "use <model type='virtio'/> or remove queues"))
+            queue_count = 1
     if kind and kind not in LIBVIRT_TYPES:
         findings.append(Finding("UNKNOWN_INTERFACE_TYPE", ERROR, None,
                                 f"{iface.label}: libvirt has no interface type {kind!r}.",
@@ -150,7 +169,7 @@ def parse_interface(doc: XmlDocument, position: int, element: ET.Element,
     for problem, fix in problems:
         findings.append(Finding("INTERFACE_INVALID", ERROR, None,
                                 f"{iface.label}: {problem}; libvirt refuses it.", fix))
-    return replace(iface, mtu=mtu, vlan=vlan)
+    return replace(iface, mtu=mtu, vlan=vlan, queues=queue_count)
 
 
 def check_macs(parsed: list[Interface], findings: list[Finding]) -> None:

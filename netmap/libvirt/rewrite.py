@@ -39,7 +39,7 @@ def plan_rewrites(imported: DomainImport, fleet: Fleet, source: str | None,
             continue
         binding = dest.bindings[iface.network]  # the check passed: the binding exists
         before = src_host.bindings.get(iface.network) if src_host else None
-        wanted, problem = _wanted_source(iface, binding, before, dest, fleet)
+        wanted, problem = _wanted_source(iface, iface.network, binding, before, dest, fleet)
         if problem:
             problems.append(Finding("CANNOT_REWRITE", ERROR, iface.nic,
                                     f"{iface.label}: {problem}", _HINT))
@@ -60,8 +60,8 @@ def _is_vf(binding: Binding | None) -> bool:
     return binding is not None and binding.mode == "sriov-vf" and binding.vf_attach == "hostdev"
 
 
-def _wanted_source(iface: Interface, binding: Binding, before: Binding | None, dest: Host,
-                   fleet: Fleet) -> tuple[tuple[str, dict[str, str]] | None, str]:
+def _wanted_source(iface: Interface, network: str, binding: Binding, before: Binding | None,
+                   dest: Host, fleet: Fleet) -> tuple[tuple[str, dict[str, str]] | None, str]:
     """(interface type, source attributes) on the destination, or why it cannot be."""
     if iface.type == "hostdev":
         return None, ("a VF given by its PCI address on the source host cannot follow the "
@@ -69,15 +69,15 @@ def _wanted_source(iface: Interface, binding: Binding, before: Binding | None, d
     if iface.type not in ("direct", "bridge", "network"):
         return None, ""  # ethernet, vhostuser, vdpa: nothing host-side netmap can name
     if _is_vf(before) != _is_vf(binding) and iface.type == "network":
-        return None, (f"{iface.network} is "
+        return None, (f"{network} is "
                       f"{'a VF' if _is_vf(before) else 'a virtio NIC'} on the source but "
                       f"{'a VF' if _is_vf(binding) else 'not a VF'} on {dest.name}; the "
                       "guest would see another device")
     if iface.type == "network" or binding.mode == "sriov-vf":
         if iface.type != "network":
-            return None, (f"{dest.name} realizes {iface.network} with SR-IOV VFs, which a "
+            return None, (f"{dest.name} realizes {network} with SR-IOV VFs, which a "
                           f"{iface.type} interface cannot use")
-        name, portgroup = libvirt_network_for(dest, iface.network)
+        name, portgroup = libvirt_network_for(dest, network)
         attrs = {"network": name}
         if portgroup:  # a VF pool: the portgroup says which network (and VLAN)
             attrs["portgroup"] = portgroup
@@ -86,13 +86,13 @@ def _wanted_source(iface: Interface, binding: Binding, before: Binding | None, d
         if binding.mode == "bridge":
             bridge = names.bridge_name(binding.uplink, binding.bridge)
         else:
-            vni = fleet.networks[iface.network].vni
+            vni = fleet.networks[network].vni
             assert vni is not None
             bridge = names.vxlan_bridge_name(vni, binding.bridge)
         return ("bridge", {"bridge": bridge}), ""
     assert binding.mode in MACVTAP_MODES
     lower = binding.uplink
-    vlan = binding.vlan if binding.vlan is not None else fleet.networks[iface.network].vlan
+    vlan = binding.vlan if binding.vlan is not None else fleet.networks[network].vlan
     used_vlan_device = iface.type == "direct" and "." in iface.source.get("dev", "")
     if vlan is not None and used_vlan_device:
         lower = names.vlan_name(binding.uplink, vlan)

@@ -131,6 +131,8 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                         state.restore(before)
                         if touched:  # refused while deciding: the file was not written
                             state.save()
+                    if txn.restore_identities():  # a tap made again as it was
+                        state.save()
                     txn.close()
                 tail = "; every change was undone" if not leftovers else (
                     "; could not undo: " + "; ".join(leftovers)

@@ -21,11 +21,23 @@ if TYPE_CHECKING:
 
 def _ethernet_xml(nic: p.NicPlan) -> str:
     """<interface type='ethernet'> on the device netmap made: libvirt must use it as it is
-    (managed='no', libvirt >= 5.7) rather than create its own and plug it in itself."""
+    (managed='no', libvirt >= 5.7) rather than create its own and plug it in itself. With
+    several queues libvirt opens the tap (or the macvtap's /dev/tapN) once per queue."""
+    queues = [f"  <driver queues='{nic.queues}'/>"] if nic.queues > 1 else []
     return "\n".join([
         "<interface type='ethernet'>", f"  <mac address={quoteattr(nic.mac)}/>",
         f"  <target dev={quoteattr(str(nic.device))} managed='no'/>",
-        f"  <model type={quoteattr(nic.model)}/>", f"  <mtu size='{nic.mtu}'/>", "</interface>"])
+        f"  <model type={quoteattr(nic.model)}/>", *queues, f"  <mtu size='{nic.mtu}'/>",
+        "</interface>"])
+
+
+def _qemu_queues(nic: p.NicPlan) -> str:
+    """QEMU's side of several queues: the netdev's queues, and virtio-net's mq with
+    2N+2 MSI-X vectors (one per queue and direction, config, control)."""
+    if nic.queues <= 1:
+        return ""
+    return (f",queues={nic.queues}  (and -device virtio-net-pci,netdev=net{nic.nic},mq=on,"
+            f"vectors={2 * nic.queues + 2})")
 
 
 def _described(nic: p.NicPlan, **more: object) -> dict[str, object]:
@@ -75,6 +87,11 @@ class BridgeTap(Endpoint):
         tap, bridge = links.get(nic.device or ""), links.get(nic.bridge or "")
         if tap and bridge and tap.master != bridge.index:
             problems.append(f"NIC {nic.nic}: {nic.device} is not a port of {nic.bridge}")
+        if tap is not None and tap.multi_queue is not None and \
+                tap.multi_queue != (nic.queues > 1):
+            problems.append(f"NIC {nic.nic}: {nic.device} is "
+                            f"{'' if tap.multi_queue else 'not '}multi-queue, the NIC has "
+                            f"{nic.queues} queue(s)")
         if nic.vlan is not None and tap is not None:
             vids = txn.bridge_vlans().get(tap.name, {})
             if set(vids) != {nic.vlan}:
@@ -86,7 +103,7 @@ class BridgeTap(Endpoint):
                    ) -> dict[str, object]:
         return {**_described(nic, device=nic.device, bridge=nic.bridge),
                 "qemu": f"-netdev tap,id=net{nic.nic},ifname={nic.device},script=no,"
-                        "downscript=no,vhost=on",
+                        "downscript=no,vhost=on" + _qemu_queues(nic),
                 "libvirt_xml": _ethernet_xml(nic)}
 
 
@@ -127,8 +144,10 @@ class Macvtap(Endpoint):
         live = links.get(str(nic.device))
         tapdev = f"/dev/tap{live.index}" if live else None
         return {**_described(nic, device=nic.device, tapdev=tapdev),
-                "qemu": f"-netdev tap,id=net{nic.nic},fd=N,vhost=on  (N: {tapdev} opened "
-                        "read-write)",
+                "qemu": (f"-netdev tap,id=net{nic.nic},fd=N,vhost=on  (N: {tapdev} opened "
+                         "read-write)" if nic.queues <= 1 else
+                         f"-netdev tap,id=net{nic.nic},fds=N1:N2:...,vhost=on  (one fd per "
+                         f"queue: {tapdev} opened read-write {nic.queues} times)"),
                 "libvirt_xml": _ethernet_xml(nic)}
 
 

@@ -14,9 +14,11 @@ else's, which must never be deleted).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
@@ -33,6 +35,9 @@ from netmap.netlink.kernel_steps import (
 from netmap.netlink.sysfs import VirtualFunction
 from netmap.netlink.verdicts import BATCHED, KIND_OF, Action, decide_step
 from netmap.state import PENDING, HostState
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 Undo = tuple[str, Callable[[], None]]
 
@@ -53,7 +58,8 @@ class Transaction:
         self.vfs: dict[str, VirtualFunction] = {}  # resource -> the VF claimed
         self._queue: list[Action] = []
         self._decided: set[str] = set()
-        self._pyroute = None
+        self._pyroute: IPRoute | None = None
+        self.reidentified: dict[str, int] = {}  # link resource -> ifindex, set by rollback
 
     # --- helpers ----------------------------------------------------------------------------
     def bridge_vlans(self) -> dict[str, dict[int, int]]:
@@ -102,7 +108,10 @@ class Transaction:
             ENDPOINTS[nic.mode].create(self, nic)
 
     def changes_planned(self) -> bool:
-        return any(a.verdict in ("create", "repair") for a in self.actions)
+        return any(a.verdict in ("create", "repair", "recreate") for a in self.actions)
+
+    def recreated_names(self) -> set[str]:
+        return {getattr(a.step, "name", "") for a in self.actions if a.verdict == "recreate"}
 
     def planned_names(self) -> set[str]:
         return {getattr(a.step, "name", "") for a in self.actions if a.verdict == "create"}
@@ -121,6 +130,8 @@ class Transaction:
                 info = {"index": vf.index, "pci": vf.pci, "netdev": vf.netdev}
             self.state.use(self.plan.guest, step.resource, step=step.as_dict(),
                            created=created, info=info)
+            if action.verdict == "recreate":  # state tells what the device is now
+                self.state.resources[step.resource]["step"] = step.as_dict()
 
     def record_identities(self) -> bool:
         """After the changes: which device is netmap's, for every link it made (also one a
@@ -164,7 +175,12 @@ class Transaction:
         if action.verdict in ("unchanged", "adopt"):
             self.outcomes.append((action.nic, step, action.verdict))
             return
-        name = getattr(step, "name", None) or getattr(step, "port", "")
+        name: str = getattr(step, "name", "") or getattr(step, "port", "")
+        if action.verdict == "recreate":
+            assert isinstance(step, p.CreateTap)
+            self._recreate_tap(step, action.undo_repair or {})
+            self.outcomes.append((action.nic, step, action.verdict))
+            return
         if action.verdict == "repair":
             self._will_undo(f"restore {name}", lambda: self._set(name, action.undo_repair or {}))
             self._set(name, action.repair or {})
@@ -179,6 +195,50 @@ class Transaction:
             raise ApplyError(f"{step.describe()}: {explain(step, err)}",
                              fix=fix_for(step, err), step=step) from err
         self.outcomes.append((action.nic, step, action.verdict))
+
+    def _recreate_tap(self, step: p.CreateTap, old: dict) -> None:
+        """Delete netmap's tap (no guest holds it: verdicts._requeue) and make it again in
+        the queue mode the plan needs; undone by making it once more as it was."""
+        self._will_undo(f"make {step.name} again as it was",
+                        lambda: self._make_tap_again(step.name, old))
+        delete_quietly(self.kernel, step.name)
+        self.links.pop(step.name, None)
+        error = self.kernel.create_taps([step.name], [step.name] if step.multi_queue else [])[0]
+        if error is not None:
+            raise ApplyError(f"{step.describe()}: {explain(step, error)}",
+                             fix=fix_for(step, error)) from error
+        self.kernel.call(rtmsg.set_link(0, name=step.name, up=True, mtu=step.mtu, mac=step.mac,
+                                       master=self.index(step.bridge), no_ipv6=True))
+
+    def _make_tap_again(self, name: str, old: dict) -> None:
+        """The undo of a recreate: the tap as it was (queue mode, MTU, MAC, bridge, VLANs,
+        link state). It is a new device, so its ifindex is remembered for state."""
+        delete_quietly(self.kernel, name)
+        error = self.kernel.create_taps([name], [name] if old.get("multi_queue") else [])[0]
+        if error is not None:
+            raise error
+        master = self.index(old["master"]) if old.get("master") else None
+        self.kernel.call(rtmsg.set_link(0, name=name, up=bool(old.get("up")), mtu=old.get("mtu"),
+                                       mac=old.get("mac"), master=master, no_ipv6=True))
+        live = self.kernel.get(name)
+        if live is None:
+            raise ApplyError(f"{name} vanished while it was made again")
+        vlans: dict[int, int] = old.get("vlans") or {}
+        if master and vlans:  # the port's VLANs, and not the bridge's default one it got
+            for vid, flags in vlans.items():
+                self.kernel.call(rtmsg.bridge_vlan(
+                    live.index, vid, access=bool(flags & rtmsg.BRIDGE_VLAN_INFO_PVID)))
+            for vid in set(self.kernel.bridge_vlans().get(name, {})) - set(vlans):
+                self.kernel.call(rtmsg.bridge_vlan(live.index, vid, access=False, add=False))
+        self.links[name] = live
+        self.reidentified[f"link:{name}"] = live.index
+
+    def restore_identities(self) -> bool:
+        """After a rollback restored state: the devices the rollback made again."""
+        changed = False
+        for key, index in self.reidentified.items():
+            changed = self.state.record_identity(key, index) or changed
+        return changed
 
     def _make(self, request: tuple[int, int, bytes], entry: Undo) -> None:
         """Send the request that creates what `entry` undoes."""
@@ -265,7 +325,7 @@ class Transaction:
             self.kernel.call(rtmsg.set_link(0, name=step.macvtap, mac=step.mac, up=True,
                                            no_ipv6=True))
 
-    def pyroute(self):  # -> pyroute2.IPRoute, opened once, only for SR-IOV VF entries
+    def pyroute(self) -> IPRoute:  # opened once, only for SR-IOV VF entries
         if self._pyroute is None:
             from netmap.netlink import open_iproute
 
@@ -278,11 +338,16 @@ class Transaction:
             return
         queue, self._queue = self._queue, []
         # every undo first: an interrupt inside create_taps or the batch leaves nothing
-        undos = {id(a): self._will_undo(f"delete {a.step.name}",  # type: ignore[attr-defined]
-                                        lambda s=a.step: delete_quietly(self.kernel, s.name))
-                 for a in queue}
-        taps = [a.step.name for a in queue if isinstance(a.step, p.CreateTap)]  # type: ignore[attr-defined]
-        tap_errors = dict(zip(taps, self.kernel.create_taps(taps), strict=True))
+        undos: dict[int, Undo] = {}
+        for queued in queue:
+            assert isinstance(queued.step, BATCHED)  # execute() queues nothing else
+            name = queued.step.name
+            undos[id(queued)] = self._will_undo(
+                f"delete {name}", functools.partial(delete_quietly, self.kernel, name))
+        taps = [a.step.name for a in queue if isinstance(a.step, p.CreateTap)]
+        multi_queue = [a.step.name for a in queue
+                       if isinstance(a.step, p.CreateTap) and a.step.multi_queue]
+        tap_errors = dict(zip(taps, self.kernel.create_taps(taps, multi_queue), strict=True))
         requests: list[tuple[int, int, bytes]] = []
         sent: list[tuple[Action, int, int]] = []  # action, first request, request count
         first: tuple[p.Step, OSError] | None = None

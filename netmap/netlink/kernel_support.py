@@ -64,7 +64,7 @@ _MADE_BY = {p.EnsureVlanLink: "vlan", p.EnsureBridge: "bridge", p.CreateMacvtap:
 def features_needed(step: p.Step, verdict: str, repair: dict | None = None) -> list[str]:
     """What the kernel must offer for realize to carry out `verdict` on `step`."""
     needed = []
-    if verdict == "create" and type(step) in _MADE_BY:
+    if verdict in ("create", "recreate") and type(step) in _MADE_BY:
         needed.append(_MADE_BY[type(step)])
     if isinstance(step, p.EnsureBridge) and step.vlan_filtering and (
             verdict == "create" or (repair or {}).get("vlan_filtering")):
@@ -85,7 +85,7 @@ class KernelProbe:
         for path, opener in ((self.root / "proc" / "config.gz", gzip.open),
                              (self.root / "boot" / f"config-{self.release}", open)):
             try:
-                with opener(path, "rt") as stream:  # type: ignore[operator]
+                with opener(path, "rt") as stream:
                     text = stream.read()
             except (OSError, EOFError, ValueError):
                 continue

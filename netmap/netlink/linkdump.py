@@ -84,4 +84,5 @@ def _interface(fields: LinkFields, names: dict[int, str]) -> Interface:
         vxlan_local=fields.get("vxlan_local"), bond_mode=fields.get("bond_mode"),
         vlan_id=fields.get("vlan_id"), perm_mac=fields.get("perm_address"),
         altnames=fields.get("altnames", ()), parent=fields.get("parent"),
-        peer_elsewhere=kind == "veth" and bool(fields.get("link_netnsid")))
+        peer_elsewhere=kind == "veth" and bool(fields.get("link_netnsid")),
+        multi_queue=fields.get("multi_queue"))

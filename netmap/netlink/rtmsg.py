@@ -37,7 +37,7 @@ IFLA_MACVLAN_MODE = 1
 IFLA_VLAN_ID = 1
 IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
 IFLA_VXLAN_PORT, IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6 = 15, 16, 17
-IFLA_TUN_TYPE = 3
+IFLA_TUN_TYPE, IFLA_TUN_MULTI_QUEUE, IFLA_TUN_NUM_QUEUES, IFLA_TUN_NUM_DISABLED_QUEUES = 3, 7, 8, 9
 IFLA_BOND_MODE = 1
 IFLA_BRIDGE_VLAN_INFO = 2
 BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 0x2, 0x4
@@ -49,6 +49,7 @@ MACVLAN_MODE_NAMES = {v: k for k, v in MACVLAN_MODES.items()}
 TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
 TUNGETFEATURES, TUNGETIFF = 0x800454CF, 0x800454D2
 IFF_TUN, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0001, 0x0002, 0x1000, 0x4000
+IFF_MULTI_QUEUE = 0x0100
 IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, flags, union padding (40 bytes)
 
 NLMSGHDR = struct.Struct("=IHHII")
@@ -90,6 +91,8 @@ class Link:
     altnames: tuple[str, ...] = ()
     link_netnsid: bool = False  # IFLA_LINK names a device of another namespace
     tun_type: int | None = None  # IFF_TUN or IFF_TAP
+    multi_queue: bool | None = None  # a tap made with IFF_MULTI_QUEUE (None: not a tap)
+    tun_queues: int | None = None  # queues attached to a multi-queue tap, disabled ones too
     bond_mode: int | None = None
     vxlan_port: int | None = None
     vxlan_group: str | None = None
@@ -131,6 +134,8 @@ class LinkFields(_LinkHeader, total=False):
     vlan_filtering: bool
     ageing: int | None
     tun_type: int
+    multi_queue: bool
+    tun_queues: int
     bond_mode: int
 
 
@@ -392,8 +397,14 @@ def _linkinfo(buf: bytes, span: tuple[int, int], fields: LinkFields) -> None:
             fields["vlan_filtering"] = bool(buf[data[IFLA_BR_VLAN_FILTERING][0]])
         if IFLA_BR_AGEING_TIME in data:
             fields["ageing"] = span_u32(buf, data[IFLA_BR_AGEING_TIME])
-    elif kind == "tun" and IFLA_TUN_TYPE in data:
-        fields["tun_type"] = buf[data[IFLA_TUN_TYPE][0]]
+    elif kind == "tun":
+        if IFLA_TUN_TYPE in data:
+            fields["tun_type"] = buf[data[IFLA_TUN_TYPE][0]]
+        if IFLA_TUN_MULTI_QUEUE in data:
+            fields["multi_queue"] = bool(buf[data[IFLA_TUN_MULTI_QUEUE][0]])
+        if IFLA_TUN_NUM_QUEUES in data:  # reported for multi-queue taps only
+            fields["tun_queues"] = span_u32(buf, data[IFLA_TUN_NUM_QUEUES]) + (
+                span_u32(buf, data.get(IFLA_TUN_NUM_DISABLED_QUEUES)) or 0)
     elif kind == "bond" and IFLA_BOND_MODE in data:
         fields["bond_mode"] = buf[data[IFLA_BOND_MODE][0]]
 

@@ -21,7 +21,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from netmap.netlink.rtmsg import (
     AF_BRIDGE,
@@ -34,6 +34,7 @@ from netmap.netlink.rtmsg import (
     IFA_ADDRESS,
     IFA_LOCAL,
     IFADDRMSG,
+    IFF_MULTI_QUEUE,
     IFF_NO_PI,
     IFF_TAP,
     IFF_VNET_HDR,
@@ -303,9 +304,16 @@ class Rtnl:
                 elif got_kind == reply:
                     out.append(parse(data, start, end))
 
-    def dump_links(self, parse: Callable[[bytes, int, int], T] = parse_link,
+    # a generic parameter cannot have a default of one type: without `parse`, Links
+    @overload
+    def dump_links(self, *, family: int = ..., ext_mask: int = ...) -> list[Link]: ...
+    @overload
+    def dump_links(self, parse: Callable[[bytes, int, int], T], *, family: int = ...,
+                   ext_mask: int = ...) -> list[T]: ...
+
+    def dump_links(self, parse: Callable[[bytes, int, int], Any] = parse_link,
                    *, family: int = AF_UNSPEC, ext_mask: int = RTEXT_FILTER_SKIP_STATS,
-                   ) -> list[T]:
+                   ) -> list[Any]:
         """Every link of the namespace, each through `parse` (rtmsg.parse_link: a Link);
         without the counters, the bulk of a link message, unless `ext_mask` says else."""
         body = ifinfo(family=family) + (_u32(IFLA_EXT_MASK, ext_mask) if ext_mask else b"")
@@ -346,13 +354,16 @@ class Rtnl:
                                 ext_mask=RTEXT_FILTER_BRVLAN)
         return {name: vids for name, vids in ports if vids}
 
-    def create_taps(self, names: Sequence[str]) -> list[OSError | None]:
-        """Persistent taps, as QEMU opens them (no packet info, virtio-net header)."""
+    def create_taps(self, names: Sequence[str], multi_queue: Sequence[str] = (),
+                    ) -> list[OSError | None]:
+        """Persistent taps, as QEMU opens them (no packet info, virtio-net header); those
+        named in `multi_queue` with IFF_MULTI_QUEUE, for a guest NIC with several queues."""
         results: list[OSError | None] = []
         with entered_netns(self.netns):
             for name in names:
+                queues = IFF_MULTI_QUEUE if name in multi_queue else 0
                 try:
-                    fd = open_tun(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+                    fd = open_tun(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | queues)
                 except OSError as err:
                     results.append(err)
                     continue

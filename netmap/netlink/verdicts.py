@@ -2,10 +2,11 @@
 anything is touched.
 
 ``create`` (absent), ``unchanged`` (present and as planned), ``repair`` (netmap's own
-object that drifted: MTU, master, mode, MAC, link state), ``adopt`` (a shared object someone
-else made that is exactly what the plan needs: used, never deleted), or a refusal that says
-why and how to fix it. Pure reading: the only kernel access is through the transaction's
-dumps, and SR-IOV pools come from sysfs.
+object that drifted: MTU, master, mode, MAC, link state), ``recreate`` (netmap's own tap
+in the other queue mode, which no guest holds: deleted and made again), ``adopt`` (a shared
+object someone else made that is exactly what the plan needs: used, never deleted), or a
+refusal that says why and how to fix it. Pure reading: the only kernel access is through the
+transaction's dumps, and SR-IOV pools come from sysfs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ KIND_OF = {p.EnsureBridge: "bridge", p.EnsureVlanLink: "vlan", p.EnsureVxlan: "v
 class Action:
     nic: int
     step: p.Step
-    verdict: str  # create | unchanged | repair | adopt
+    verdict: str  # create | unchanged | repair | recreate | adopt
     repair: dict | None = None  # set_link keywords that repair it
     undo_repair: dict | None = None
 
@@ -62,6 +63,8 @@ def decide_step(txn: Transaction, nic: int, step: p.Step) -> Action:
         flags = rtmsg.BRIDGE_VLAN_INFO_PVID | rtmsg.BRIDGE_VLAN_INFO_UNTAGGED
         ok = step.vid in vids and (not step.access or (vids[step.vid] & flags == flags
                                                        and set(vids) == {step.vid}))
+        if step.port in txn.recreated_names():  # the port made again has no VLAN yet
+            ok = False
         return Action(nic, step, "unchanged" if ok else "create")
     if isinstance(step, p.ClaimVf):
         return _decide_vf(txn, nic, step)
@@ -130,6 +133,8 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
         identity += _vxlan_differences(txn, step, live)
     elif isinstance(step, p.CreateTap):
         want.update(mtu=step.mtu, mac=step.mac, master=step.bridge)
+        if live.multi_queue is not None and live.multi_queue != step.multi_queue:
+            return _requeue(txn, nic, step, live)
     elif isinstance(step, p.CreateMacvtap):
         want.update(mtu=step.mtu, mac=step.mac, mode=step.mode)
         lower = txn.links.get(step.lower)
@@ -156,6 +161,34 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
                      f"make {name} match, or let netmap create its own bridge (set "
                      "bridge = \"...\" in the binding)")
     return Action(nic, step, "repair", diff, {k: have.get(k) for k in diff})
+
+def _queue_mode(multi_queue: bool) -> str:
+    return "multi-queue" if multi_queue else "single-queue"
+
+
+def _requeue(txn: Transaction, nic: int, step: p.CreateTap, live: rtmsg.Link) -> Action:
+    """netmap's tap in the other queue mode: the kernel fixes IFF_MULTI_QUEUE when a tap is
+    made, and QEMU and libvirt cannot open a tap whose mode differs from the queues they
+    want (EINVAL). Made again, but only while no guest holds it: deleting it would cut a
+    running guest off its network. A tap with a queue open has carrier, a multi-queue one
+    also counts its queues."""
+    queues = next((n.queues for n in txn.plan.nics if n.nic == nic), 1)
+    users = ", ".join(txn.state.users(step.resource)) or txn.plan.guest
+    if live.carrier or live.tun_queues:
+        held = f"{live.tun_queues} queue(s) open" if live.tun_queues else "carrier on"
+        raise refuse(f"tap {step.name} on {txn.plan.host} is {_queue_mode(bool(live.multi_queue))}"
+                     f", but NIC {nic} of {txn.plan.guest} now asks for {queues} queue(s), "
+                     f"which needs a {_queue_mode(step.multi_queue)} tap; a tap's queue mode "
+                     f"is fixed when it is made, and a guest holds this one ({held})",
+                     f"shut {users} down (or detach the NIC) and realize again, which makes "
+                     f"the tap anew; or keep the NIC's queues as the running guest has them "
+                     "until then")
+    master = next((n for n, link in txn.links.items() if link.index == live.master), None)
+    return Action(nic, step, "recreate", undo_repair={
+        "multi_queue": bool(live.multi_queue), "mtu": live.mtu, "mac": live.address,
+        "master": master, "up": live.up,
+        "vlans": dict(txn.bridge_vlans().get(step.name, {})) if master else {}})
+
 
 def _vxlan_differences(txn: Transaction, step: p.EnsureVxlan, live: rtmsg.Link) -> list[str]:
     underlay = txn.links.get(step.underlay)

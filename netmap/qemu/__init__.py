@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from netmap.errors import InputError
-from netmap.model import IFNAMSIZ, MACVTAP_MODES, Binding, Fleet, Host, Network
+from netmap.model import IFNAMSIZ, MACVTAP_MODES, Binding, Fleet, Guest, GuestNic, Host, Network
 
 if TYPE_CHECKING:
     from netmap.qemu.helper import Request
@@ -56,6 +56,23 @@ def network_name_problem(name: str) -> str | None:
         return (f"{name!r} is not a logical network name (letters, digits, '_', '.', '-', "
                 "not starting with '.' or '-', no '/')")
     return None
+
+
+def _refuse_queues(guest: Guest, nic: GuestNic, host: Host) -> None:
+    """QEMU's bridge-helper protocol passes one descriptor, one queue: a NIC with several
+    would start with one, or (a tap made with IFF_MULTI_QUEUE by someone else) not at all."""
+    if nic.queues <= 1:
+        return
+    from netmap.names import tap_name
+
+    raise InputError(
+        f"guest {guest.name}'s NIC {nic.index} on network {nic.network!r} has "
+        f"queues = {nic.queues}; the bridge helper hands QEMU one file descriptor, one queue",
+        file=str(guest.source or ""), key=f"nics[{nic.index}].queues",
+        fix=f"run 'netmap realize {guest.name} --host {host.name}': it makes "
+        f"{tap_name(guest.name, nic.index)} for {nic.queues} queues and prints the libvirt "
+        f"<interface> and QEMU's -netdev options (queues={nic.queues}) that attach the guest "
+        "to it; or set queues = 1 in the guest's mapping")
 
 
 def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
@@ -96,6 +113,12 @@ def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
                 fix="pass --mac=MAC to pick one" if nics else
                 f"the guest's mapping must list a NIC on {network.name!r}")
         mac, index = nics[0].mac.lower(), nics[0].index
+        _refuse_queues(guest, nics[0], host)
+    elif request.mac is not None:  # the NIC may still be in the mappings, under any guest
+        for guest in fleet.guests.values():
+            for nic in guest.nics:
+                if nic.network == network.name and nic.mac.lower() == request.mac:
+                    _refuse_queues(guest, nic, host)
     ifname = (names.tap_name(request.guest, index) if request.guest is not None and index is
               not None else f"{TAP_PREFIX}{secrets.token_hex(4)}")
     if binding.mode in MACVTAP_MODES:

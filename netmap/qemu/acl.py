@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ def parse_acl(text: str, file: str = "<acl>") -> Acl:
     return Acl(tuple(rules), (file,))
 
 
-def _lines(text: str, file: str):
+def _lines(text: str, file: str) -> Iterator[tuple[int, str, str]]:
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:

@@ -32,9 +32,9 @@ import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from netmap.errors import EXIT_APPLY, ApplyError, InputError, NetmapError
+from netmap.errors import EXIT_APPLY, EXIT_BUG, ApplyError, InputError, NetmapError
 from netmap.model import MACVTAP_MODES
 from netmap.qemu import Endpoint, network_name_problem, plan_endpoint
 
@@ -63,7 +63,9 @@ class Request:
 class _Once(argparse.Action):
     """Refuse a repeated option: two --br= would leave it open which one the ACL saw."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None,
+                 ) -> None:
         if getattr(namespace, self.dest, None) is not None:
             parser.error(f"{option_string} given twice")
         setattr(namespace, self.dest, values)
@@ -317,11 +319,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # the kernel refused something no step expected; rolled back
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_APPLY
     except Exception as err:  # never a traceback at QEMU's console; the message says what
         if args.debug:
             raise
-        print(f"{PROG}: error: {type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_APPLY
+        print(f"{PROG}: error: internal error: {type(err).__name__}: {err}; this is a bug "
+              "in netmap, rerun with --debug and report it", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":
