@@ -143,7 +143,7 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
             f"{label}: VLAN {_vlan(want_vlan)} on the source but {_vlan(after.vlan)} on "
             f"{host.name}; the guest would join another broadcast domain.",
             f"make [networks.{nic.network}] vlan on {host.name} match {_vlan(want_vlan)}"))
-    need_mtu = nic.mtu or (reference.mtu if reference else None) or network.mtu
+    need_mtu = g.needed_mtu(graph, guest, nic, reference)
     if after.mtu is not None and after.mtu < need_mtu:
         out.append(Finding(
             "MTU_TOO_SMALL", ERROR, nic.index,

@@ -81,9 +81,25 @@ class IncompatibleError(NetmapError):
 
 
 class ApplyError(NetmapError):
-    """Changing the host failed; every step already done was undone: exit 3."""
+    """Changing the host failed; every step already done was undone: exit 3.
+
+    `step` is the plan step realize refused or failed at (a netmap.plan.Step), None when
+    the failure is not one step's (a plan that cannot be made, a lock, the state file):
+    a check finding names the step it predicts, so a caller can tell which one it was."""
 
     exit_code = EXIT_APPLY
+
+    def __init__(self, problem: str, *, fix: str | None = None,
+                 step: object | None = None) -> None:
+        super().__init__(problem, fix=fix)
+        self.step = step
+
+    def as_dict(self) -> dict[str, object]:
+        out = super().as_dict()
+        if self.step is not None:
+            kind, describe = getattr(self.step, "kind", None), getattr(self.step, "describe", None)
+            out["step"] = {"kind": kind, "do": describe() if describe else str(self.step)}
+        return out
 
 
 class PrivilegeError(NetmapError):

@@ -279,6 +279,15 @@ def nic_view(graph: nx.DiGraph, guest: str, nic: GuestNic, host: str) -> NicView
     )
 
 
+def needed_mtu(graph: nx.DiGraph, guest: Guest, nic: GuestNic,
+               source: NicView | None) -> int:
+    """The MTU the guest uses on `nic`: its own when the guest file says it, else what its
+    source host gives it (`source`, its view there, when bound), else the network's. check
+    compares a destination with it, and realize builds (or refuses) it."""
+    reference = source.mtu if source is not None and source.bound else None
+    return nic.mtu or reference or fleet_of(graph).networks[nic.network].mtu
+
+
 def guest_view(graph: nx.DiGraph, guest: Guest, host: str) -> list[NicView]:
     return [nic_view(graph, guest.name, nic, host) for nic in guest.nics]
 

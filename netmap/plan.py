@@ -394,15 +394,15 @@ class Plan:
         return lines
 
 
-def _bridged_steps(nic: GuestNic, view: g.NicView, port: str, bridge: str,
+def _bridged_steps(nic: GuestNic, view: g.NicView, mtu: int, port: str, bridge: str,
                    tap: str) -> list[Step]:
     mac = nic.mac
     vlan = view.vlan
-    steps: list[Step] = [EnsureBridge(bridge, view.mtu or 1500, vlan_filtering=vlan is not None),
+    steps: list[Step] = [EnsureBridge(bridge, mtu, vlan_filtering=vlan is not None),
                          EnslavePort(port, bridge)]
     if vlan is not None:
         steps.append(BridgeVlan(port, vlan))
-    steps.append(CreateTap(tap, host_side_mac(mac), mac, view.mtu or 1500, bridge,
+    steps.append(CreateTap(tap, host_side_mac(mac), mac, mtu, bridge,
                            multi_queue=nic.queues > 1))
     if vlan is not None:
         steps.append(BridgeVlan(tap, vlan, access=True))
@@ -417,14 +417,21 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
         return f"NIC {nic.index}: {host.name} has no binding for network {nic.network}"
     binding = host.bindings[nic.network]
     devices = dict(view.devices)
-    mtu = view.mtu or 1500
+    # What the guest uses, even where the mapping gives less (check's MTU_TOO_SMALL): a
+    # realize --force then asks the uplink for it and is refused there, rather than
+    # building an endpoint that drops the guest's larger frames. The source is where the
+    # guest runs now (check compares with the same view).
+    source = g.nic_view(graph, guest.name, nic, guest.host) if guest.host else None
+    mtu = max(view.mtu or 1500, g.needed_mtu(graph, guest, nic, source))
     overhead = binding.vxlan.overhead if binding.vxlan else VXLAN_OVERHEAD
     through = mtu + overhead if view.mode == "vxlan" else mtu
-    steps: list[Step] = [RequireLink(view.uplink, 0 if view.mode == "sriov-vf" else through)]
+    # a VF's frames leave through its PF, whose MTU bounds the VF's (igb, ixgbe, i40e)
+    steps: list[Step] = [RequireLink(view.uplink, through)]
     device: str | None = devices.get("tap") or devices.get("macvtap")
     bridge = devices.get("bridge")
     if view.mode == "bridge":
-        steps += _bridged_steps(nic, view, view.uplink, devices["bridge"], devices["tap"])
+        steps += _bridged_steps(nic, view, mtu, view.uplink, devices["bridge"],
+                                devices["tap"])
     elif view.mode == "vxlan":
         network = g.fleet_of(graph).networks[nic.network]
         options = binding.vxlan
@@ -434,7 +441,7 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
                                  options.group if options else None,
                                  options.remotes if options else (),
                                  options.local if options else None))
-        steps += _bridged_steps(nic, view, vx, devices["bridge"], devices["tap"])
+        steps += _bridged_steps(nic, view, mtu, vx, devices["bridge"], devices["tap"])
     elif view.mode in MACVTAP_MODES:
         lower = view.uplink
         if "vlan" in devices:

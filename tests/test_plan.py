@@ -4,10 +4,12 @@ point where they would touch a kernel (no root needed)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from netmap.check import check_migration
 from netmap.cli import main
 from netmap.graph import build_graph
 from netmap.load import load_fleet
@@ -126,7 +128,8 @@ def test_sriov_vf_as_macvtap_and_vxlan_unicast(fleet_dir: Path) -> None:
     kinds = [s.kind for s in blue.steps]
     assert kinds == ["require-link", "vxlan", "bridge", "enslave", "tap"]
     assert blue.steps[0] == RequireLink("ens5", 1450 + 50)  # the underlay carries vxlan
-    assert storage.steps[0] == RequireLink("ens4", 0)  # a VF's MTU is the VF's
+    # a VF sends through its PF, whose MTU bounds the VF's: check caps the VF by it too
+    assert storage.steps[0] == RequireLink("ens4", 9000)
 
 
 def test_macvtap_with_vlan_needs_a_sub_interface(mappings: Path) -> None:
@@ -313,3 +316,44 @@ def test_release_without_the_namespace_is_a_clear_error(mappings: Path, tmp_path
     err = capsys.readouterr().err
     assert "network namespace nmA-absent-0" in err and "scripts/lab up" in err
     assert HostState.load("host-a").users("link:nm3297253281") == ["vm2"]  # kept for later
+
+
+@pytest.mark.parametrize("mode", ["bridge", "vxlan-group", "macvtap-vepa", "sriov-macvtap"])
+def test_plan_asks_the_uplink_for_the_guests_mtu_where_the_mapping_gives_less(
+        mode: str, tmp_path: Path) -> None:
+    """check says MTU_TOO_SMALL (the destination's uplink is one byte short); realize
+    --force must then be refused at the uplink, not build endpoints that drop the guest's
+    frames: the plan asks for what the guest uses (its source's MTU), as check compares."""
+    from agreement import generate, write
+
+    case = next(c for c in generate("dst", modes=(mode,), variants=("mtu-uplink",))
+                if "untagged" in c.name)
+    fleet = write(case, tmp_path / "mappings")
+    graph = build_graph(fleet)
+    plan = build_plan(graph, fleet.guests[case.guest], fleet.hosts["dst"])
+    overhead = 50 if mode.startswith("vxlan") else 0
+    uplink = plan.nics[0].uplink
+    assert fleet.hosts["dst"].uplinks[uplink].mtu == 1399 + overhead  # the mapping's
+    assert plan.nics[0].steps[0] == RequireLink(uplink, 1400 + overhead)
+    assert plan.nics[0].mtu == 1400
+    assert all(getattr(s, "mtu", 1400) in (1400, 1400 + overhead) for s in plan.nics[0].steps)
+
+
+def test_plan_gives_the_guest_its_source_hosts_mtu(tmp_path: Path) -> None:
+    """The guest uses what its source gives it (a binding there above the network's MTU):
+    the plan on the destination builds that, as check compares with it."""
+    from agreement import generate, write
+
+    case = next(c for c in generate("dst", modes=("bridge",), variants=("plain",))
+                if "untagged" in c.name)
+    files = dict(case.files)
+    files["hosts/src.toml"] = files["hosts/src.toml"].replace(
+        'uplink = "eth9"\n', 'uplink = "eth9"\nmtu = 4000\n')
+    files["hosts/dst.toml"] = files["hosts/dst.toml"].replace("mtu = 1500", "mtu = 9000", 1)
+    fleet = write(replace(case, files=files), tmp_path / "mappings")
+    graph = build_graph(fleet)
+    report = check_migration(graph, "vm", "dst")
+    assert [f.code for f in report.errors] == ["MTU_TOO_SMALL"]  # the network says 1500
+    plan = build_plan(graph, fleet.guests["vm"], fleet.hosts["dst"])
+    assert plan.nics[0].steps[0] == RequireLink("up0", 4000)
+    assert {s.mtu for s in plan.nics[0].steps if hasattr(s, "mtu")} == {4000}

@@ -141,7 +141,8 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                     tail = "; nothing was changed"
                 fix = err.fix if isinstance(err, NetmapError) else None
                 raise ApplyError(f"realize {plan.guest} on {plan.host} failed: "
-                                 f"{_reason(err)}{tail}", fix=fix) from err
+                                 f"{_reason(err)}{tail}", fix=fix,
+                                 step=getattr(err, "step", None)) from err
             txn.close()
             result.outcomes = txn.outcomes
             result.nics = txn.attachments()
@@ -178,7 +179,7 @@ def preview_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
             _refuse_unsupported(txn, kernel_probe)
         except ApplyError as err:
             raise ApplyError(f"realize {plan.guest} on {plan.host} would fail: {err.problem}",
-                             fix=err.fix) from err
+                             fix=err.fix, step=err.step) from err
         return [(a.nic, a.step, a.verdict) for a in txn.actions]
 
 

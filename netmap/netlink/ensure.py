@@ -95,7 +95,11 @@ class Transaction:
         if step.resource in self._decided:
             return
         self._decided.add(step.resource)
-        self.actions.append(decide_step(self, nic, step))
+        try:
+            self.actions.append(decide_step(self, nic, step))
+        except ApplyError as err:
+            err.step = err.step or step  # the refusal is this step's
+            raise
 
     # --- decide -----------------------------------------------------------------------------
     def decide(self) -> None:
@@ -189,7 +193,7 @@ class Transaction:
             self._create(step, entry)
         except OSError as err:
             raise ApplyError(f"{step.describe()}: {explain(step, err)}",
-                             fix=fix_for(step, err)) from err
+                             fix=fix_for(step, err), step=step) from err
         self.outcomes.append((action.nic, step, action.verdict))
 
     def _recreate_tap(self, step: p.CreateTap, old: dict) -> None:
@@ -383,7 +387,7 @@ class Transaction:
         if first is not None:
             step, error = first
             raise ApplyError(f"{step.describe()}: {explain(step, error)}",
-                             fix=fix_for(step, error)) from error
+                             fix=fix_for(step, error), step=step) from error
 
     # --- undo -------------------------------------------------------------------------------
     def rollback(self) -> list[str]:

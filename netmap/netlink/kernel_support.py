@@ -169,6 +169,10 @@ def _module_name(path: str) -> str:
     return name.replace("-", "_")
 
 
+class UnsupportedKernel(ApplyError):
+    """A step needs a device kind this kernel cannot make: refused before any change."""
+
+
 def refuse_unsupported(decided: Sequence[tuple[p.Step, str, dict | None]],
                        probe: KernelProbe, host: str) -> None:
     """Raise for the first (step, verdict, repair) realize decided that needs what the
@@ -180,6 +184,6 @@ def refuse_unsupported(decided: Sequence[tuple[p.Step, str, dict | None]],
                 answers[key] = probe.lacks(key)
             reason = answers[key]
             if reason:
-                raise ApplyError(
+                raise UnsupportedKernel(
                     f"step '{verdict} {step.describe()}' needs {FEATURES[key].what}, which "
-                    f"{host}'s kernel lacks: {reason}", fix=probe.fix(key, reason))
+                    f"{host}'s kernel lacks: {reason}", fix=probe.fix(key, reason), step=step)

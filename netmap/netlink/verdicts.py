@@ -103,8 +103,15 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
     """Same kind: what differs, repairable on netmap's own devices, else refused."""
     want: dict[str, object] = {"up": True}
     identity: list[str] = []
+    others = [g for g in txn.state.users(step.resource) if g != txn.plan.guest]
     if isinstance(step, p.EnsureBridge):
-        want["mtu"] = step.mtu
+        # A bridge forwards a frame if its egress port's MTU allows (the taps', the
+        # uplink's), never by its own, which only its own addresses use (netmap's have
+        # none): a bridge other guests share keeps its MTU, so that realizing one guest
+        # with a larger MTU (--force past MTU_TOO_SMALL) leaves nothing that its release
+        # would have to put back.
+        if not others:
+            want["mtu"] = step.mtu
         if live.ageing is not None:  # how long a moved guest's MAC keeps pointing away
             want["ageing"] = step.ageing
         if step.vlan_filtering and not live.vlan_filtering:
@@ -114,6 +121,14 @@ def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: b
         if live.vlan_id != step.vid or live.lower != txn.links[step.lower].index:
             identity.append(f"VLAN {live.vlan_id} on ifindex {live.lower}")
     elif isinstance(step, p.EnsureVxlan):
+        if others and mine and live.mtu != step.mtu:
+            # the vxlan device is the bridge's egress port to the overlay: its MTU bounds
+            # every guest's frames, and changing it would change the other guests' link
+            raise refuse(f"{step.name} on {txn.plan.host} carries MTU {live.mtu} for "
+                         f"{', '.join(others)}; {txn.plan.guest} needs {step.mtu} through "
+                         "it, and netmap does not change a device other guests use",
+                         f"give every guest of VNI {step.vni} the same MTU (mtu in the guest "
+                         f"files), or release {', '.join(others)} on {txn.plan.host} first")
         want["mtu"] = step.mtu
         identity += _vxlan_differences(txn, step, live)
     elif isinstance(step, p.CreateTap):

@@ -1,0 +1,166 @@
+"""check agrees with realize, on the CI kernel (namespaces, prefix nmag): tests/agreement.py
+generates the cases; here the destination is a network namespace whose uplinks are veths
+into a fabric namespace, rebuilt per case from the destination's mapping and removed after.
+
+This kernel has no 802.1Q, no bridge VLAN filtering and no SR-IOV: a case that needs them
+must be refused up front for that (nothing changed), and the VM tier
+(tests/vm/test_check_agrees_vm.py) runs the same cases on a kernel that has them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agreement import (
+    INVALID,
+    MODES,
+    UNDERLAY,
+    VARIANTS,
+    Tally,
+    assert_agrees,
+    combined,
+    generate,
+    host_dump,
+    write,
+)
+from conftest import needs_netns
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from netmap.cli import main
+from netmap.model import Host
+from netmap.netlink.kernel_support import KernelProbe
+
+pytestmark = needs_netns
+PREFIX = "nmag"
+
+
+def _ip(netns: str, commands: list[str]) -> None:
+    done = subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(commands) + "\n",
+                          text=True, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+class NamespaceHost:
+    """The destination as a namespace; its uplinks are veths whose peers sit in a fabric
+    namespace (up, so the uplinks have carrier). The vxlan underlay gets an address, as a
+    real underlay has one."""
+
+    def __init__(self, netns: str, fabric: str) -> None:
+        self.name = "dst"
+        self.netns = netns
+        self.fabric = fabric
+        self.pf = "pf0"  # no such PF: this kernel has no SR-IOV device
+        self.sysfs_root = None  # the real /sys: the namespace's uplinks have no SR-IOV pool
+        self.probe = KernelProbe()
+
+    def build(self, host: Host) -> None:
+        underlays = {b.uplink: 6 if b.vxlan and b.vxlan.ipv6 else 4
+                     for b in host.bindings.values() if b.mode == "vxlan"}
+        commands = []
+        for index, uplink in enumerate(host.uplinks.values()):
+            commands += [f"link add {uplink.name} mtu {uplink.mtu} type veth peer name "
+                         f"agf{index} mtu {uplink.mtu} netns {self.fabric}",
+                         # no link-local address appearing after the case's first read
+                         f"link set {uplink.name} addrgenmode none",
+                         f"link set {uplink.name} up"]
+            if uplink.name in underlays:
+                commands.append(f"addr add {UNDERLAY[underlays[uplink.name]]} dev "
+                                f"{uplink.name} nodad")
+        _ip(self.netns, commands)
+        _ip(self.fabric, [f"link set agf{i} up" for i in range(len(host.uplinks))])
+
+    def clear(self, host: Host) -> None:
+        """Remove the uplinks (a veth's peer goes with it), and the endpoints a failed
+        case may have left on them, for the next case: one process."""
+        subprocess.run(["ip", "-n", self.netns, "-force", "-batch", "-"], text=True,
+                       input="".join(f"link del {name}\n" for name in host.uplinks),
+                       capture_output=True, check=False)
+
+    def dump(self) -> object:
+        return host_dump(self.netns)
+
+    def lacks_sriov(self) -> bool:
+        return True
+
+
+@pytest.fixture(scope="module")
+def destination() -> Iterator[NamespaceHost]:
+    tag = f"{os.getpid() % 100000}"
+    netns, fabric = f"{PREFIX}{tag}-dst", f"{PREFIX}{tag}-fab"
+    made = []
+    try:
+        for name in (netns, fabric):
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+            made.append(name)
+        _ip(netns, ["link set lo up"])
+        yield NamespaceHost(netns, fabric)
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
+                                   tmp_path: Path) -> None:
+    tally = Tally()
+    for n, case in enumerate(generate("dst", destination.netns, destination.pf,
+                                      modes=(mode,))):
+        root = tmp_path / f"c{n}" / "mappings"
+        tally.add(assert_agrees(case, root, tmp_path / f"c{n}" / "state", destination))
+    # every case ran to a verdict, and the kernel-independent ones were proven here
+    assert all(o.result and o.result != INVALID for o in tally.outcomes)
+    proven = [o for o in tally.outcomes if o.needs_vm is None]
+    if mode in ("bridge", "vxlan-group", "vxlan-remotes") or mode.startswith("macvtap"):
+        assert any(o.compatible and o.result == "realized" for o in proven), tally.outcomes
+
+
+def test_realize_json_names_the_step_it_failed_at(destination: NamespaceHost, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """check: MTU_TOO_SMALL (the uplink is a byte short); `realize --force --json` is
+    refused at the uplink before any change, and says so by step kind."""
+    case = next(c for c in generate("dst", destination.netns, modes=("macvtap-vepa",),
+                                    variants=("mtu-uplink",)) if "untagged" in c.name)
+    root = tmp_path / "mappings"
+    fleet = write(case, root)
+    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
+    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+    destination.build(fleet.hosts["dst"])
+    try:
+        before = destination.dump()
+        assert main(["realize", "vm", "--host", "dst", "--json"]) == 1  # check refuses
+        capsys.readouterr()
+        assert main(["realize", "vm", "--host", "dst", "--force", "--json"]) == 3
+        error = json.loads(capsys.readouterr().out)
+        assert error["step"] == {"kind": "require-link",
+                                 "do": "uplink up0 must exist with MTU >= 1400; bring it up "
+                                       "if it is down"}
+        assert "has MTU 1399" in error["problem"] and "nothing was changed" in error["problem"]
+        assert destination.dump() == before
+    finally:
+        destination.clear(fleet.hosts["dst"])
+
+
+@settings(max_examples=int(os.environ.get("NETMAP_AGREE_EXAMPLES", "20")), deadline=None,
+          derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mode=st.sampled_from(MODES), vlan=st.sampled_from([None, 100]),
+       variants=st.lists(st.sampled_from(VARIANTS[1:]), min_size=2, max_size=3, unique=True))
+def test_check_agrees_with_realize_for_combined_variants(
+        mode: str, vlan: int | None, variants: list[str], destination: NamespaceHost,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two or three variations at once (a neighbour and a short uplink, a pinned class
+    and a VLAN mismatch...); derandomized, so CI runs the same cases every time
+    (NETMAP_AGREE_EXAMPLES=500 searches wider)."""
+    case = combined("dst", mode, None if mode.startswith("vxlan") else vlan, tuple(variants),
+                    destination.netns, destination.pf)
+    assume(case is not None)
+    assert case is not None
+    work = tmp_path_factory.mktemp("combined")
+    outcome = assert_agrees(case, work / "mappings", work / "state", destination)
+    assume(outcome.result != INVALID)
