@@ -79,3 +79,53 @@ def set_numvfs(pf: str, count: int) -> None:
         vfs = sorted(device.glob("virtfn*"))
         return len(vfs) == count and all(any((vf / "net").glob("*")) for vf in vfs)
     wait_until(netdevs_ready, f"{count} VF netdevs on {pf}")
+
+
+ETHERTYPE = 0x88B5  # IEEE local experimental: nothing in the VM answers or forwards it oddly
+
+
+def tap_fd(name: str, netns: str | None = None) -> int:
+    """Open an existing tap as QEMU would, but without the vnet header: raw frames."""
+    import fcntl
+    import struct
+
+    from netmap.netlink.rtnl import entered_netns
+
+    if netns:
+        with entered_netns(netns):
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    else:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", name.encode(), 0x0002 | 0x1000))
+    return fd
+
+
+def frame(dst: str, src: str, payload: bytes) -> bytes:
+    import struct
+
+    def mac(text: str) -> bytes:
+        return bytes.fromhex(text.replace(":", ""))
+    return mac(dst) + mac(src) + struct.pack("!H", ETHERTYPE) + payload.ljust(46, b"\0")
+
+
+def arrives(fd: int, token: bytes, send: Callable[[], object], timeout: float) -> bool:
+    """Send (again every 200 ms, as ping would: a port forwards only once linkwatch has seen
+    its carrier) and read `fd` until a frame carries `token` (True) or `timeout` passes."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    next_send = 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_send:
+            send()
+            next_send = time.monotonic() + 0.2
+        if not poller.poll(50):
+            continue
+        try:
+            if token in os.read(fd, 4096):
+                return True
+        except BlockingIOError:
+            continue
+    return False
