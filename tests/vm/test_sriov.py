@@ -132,3 +132,33 @@ def test_discover_reports_both_pfs_pools(sriov_pf, capsys) -> None:
     assert [vf["netdev"] for vf in pools[sriov_pf]["vfs"]] == [
         vf_netdev(sriov_pf, i) for i in range(4)]
     assert len(pools) == 2 and all(p["total_vfs"] == 7 for p in pools.values())
+
+
+def test_failure_before_every_step_leaves_pf_and_host_as_before(sriov_pf, fleet) -> None:
+    """The rollback test for VFs handed over as passthru macvtaps: two NICs, so a failure
+    before the second claim must give the first VF's entry back as found."""
+    from netmap.errors import ApplyError
+    from netmap.graph import build_graph
+    from netmap.load import load_fleet
+    from netmap.netlink.apply import realize_plan
+    from netmap.plan import build_plan
+
+    root = fleet(NETWORKS, host_mapping(sriov_pf, vf_attach='"macvtap"', spoofchk="false"),
+                 {"g1": guest("g1", ("storage", "52:54:00:5e:03:01"),
+                              ("storage", "52:54:00:5e:03:02"))})
+    loaded = load_fleet(root)
+    plan = build_plan(build_graph(loaded), loaded.guests["g1"], loaded.hosts[HOST])
+    before = (host_dump(), vf_entries(sriov_pf))
+    assert sum(type(step).__name__ == "ClaimVf" for _, step in plan.steps) == 2
+    for failing in range(len(plan.steps)):
+        for error in (RuntimeError("injected"), KeyboardInterrupt()):
+            def hook(position: int, _step, failing=failing, error=error) -> None:
+                if position == failing:
+                    raise error
+
+            with pytest.raises(ApplyError, match="every change was undone"):
+                realize_plan(plan, on_step=hook)
+            assert (host_dump(), vf_entries(sriov_pf)) == before, f"step {failing}: {error!r}"
+    assert realize_plan(plan).changed  # and afterwards it still works
+    assert main(["release", "g1", "--host", HOST]) == 0
+    assert (host_dump(), vf_entries(sriov_pf)) == before
