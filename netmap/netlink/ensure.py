@@ -56,6 +56,7 @@ class Transaction:
         self.undo: list[tuple[str, Callable[[], None]]] = []
         self.outcomes: list[tuple[int, p.Step, str]] = []
         self.vfs: dict[str, VirtualFunction] = {}  # resource -> the VF claimed
+        self._vf_found: dict[str, dict] = {}  # resource -> its VF entry before the claim
         self._queue: list[Action] = []
         self._decided: set[str] = set()
         self._pyroute: IPRoute | None = None
@@ -128,6 +129,10 @@ class Transaction:
             if step.resource in self.vfs:
                 vf = self.vfs[step.resource]
                 info = {"index": vf.index, "pci": vf.pci, "netdev": vf.netdev}
+                if action.verdict == "create" and isinstance(step, p.ClaimVf):
+                    # release puts the entry back as it was
+                    info["found"] = self._vf_found[step.resource] = self._vf_entry(
+                        step.pf, vf.index)
             self.state.use(self.plan.guest, step.resource, step=step.as_dict(),
                            created=created, info=info)
             if action.verdict == "recreate":  # state tells what the device is now
@@ -250,7 +255,27 @@ class Transaction:
 
     def _vf_info(self, step: p.Step) -> dict:
         vf = self.vfs.get(step.resource)
-        return {"index": vf.index, "netdev": vf.netdev} if vf else {}
+        if vf is None:
+            return {}
+        return {"index": vf.index, "netdev": vf.netdev,
+                "found": self._vf_found.get(step.resource, {})}
+
+    def _vf_entry(self, pf: str, index: int) -> dict:
+        """What netmap changes on VF `index`'s entry of `pf` (MAC, VLAN, spoof-check), as
+        it is now; {} if the driver does not report it."""
+        reply = self.pyroute().link("get", index=self.index(pf), ext_mask=1)  # RTEXT_FILTER_VF
+        entries = reply[0].get_attr("IFLA_VFINFO_LIST")
+        for entry in entries.get_attrs("IFLA_VF_INFO") if entries is not None else ():
+            mac = entry.get_attr("IFLA_VF_MAC") or {}
+            if mac.get("vf") != index:
+                continue
+            found = {"mac": mac["mac"], "vlan": (entry.get_attr("IFLA_VF_VLAN") or {}).get(
+                "vlan", 0)}
+            spoofchk = entry.get_attr("IFLA_VF_SPOOFCHK")
+            if spoofchk is not None and spoofchk.get("spoofchk") in (0, 1):
+                found["spoofchk"] = spoofchk["spoofchk"]
+            return found
+        return {}
 
     def _set(self, name: str, attrs: dict) -> None:
         attrs = dict(attrs)

@@ -41,10 +41,14 @@ def run_inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], step: p.Step,
         from netmap.netlink import open_iproute
 
         pf = index(step.pf)
-        if pf is not None:
+        if pf is not None:  # the entry as found at the claim (older state: cleared)
+            found = info.get("found") or {}
+            entry = {"vf": int(info["index"]), "mac": found.get("mac", "00:00:00:00:00:00"),
+                     "vlan": found.get("vlan", 0)}
+            if "spoofchk" in found:
+                entry["spoofchk"] = found["spoofchk"]
             with open_iproute(kernel.netns) as ipr:
-                ipr.link("set", index=pf, vf={"vf": int(info["index"]),
-                                              "mac": "00:00:00:00:00:00", "vlan": 0})
+                ipr.link("set", index=pf, vf=entry)
 
 
 def delete_quietly(kernel: rtnl.Rtnl, name: str) -> None:

@@ -1,0 +1,164 @@
+"""SR-IOV on a real PF: QEMU's emulated Intel 82576 (igb driver, igbvf VFs), 4 VFs enabled.
+
+Every VF entry is read back through iproute2 (`ip -j link show PF`, IFLA_VFINFO_LIST), not
+through netmap's own code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from vmhost import HOST, guest, host_dump, ip, vf_entries
+
+from netmap.cli import main
+
+pytestmark = pytest.mark.vm
+NETWORKS = """[networks.storage]
+segment = "lab-storage"
+vlan = 200
+mtu = 1500
+"""
+
+
+def host_mapping(pf: str, total_vfs: int = 4, **binding: str) -> str:
+    extra = "".join(f"{key} = {value}\n" for key, value in binding.items())
+    return f"""[host]
+name = "{HOST}"
+features = ["tun", "macvtap", "bridge", "sriov", "vhost-net"]
+
+[uplinks.{pf}]
+segments = ["lab-storage"]
+mtu = 1500
+sriov = {{ total_vfs = {total_vfs} }}
+
+[networks.storage]
+mode = "sriov-vf"
+uplink = "{pf}"
+{extra}"""
+
+
+def vf_netdev(pf: str, index: int) -> str:
+    names = [p.name for p in Path(f"/sys/class/net/{pf}/device/virtfn{index}/net").iterdir()]
+    assert len(names) == 1, names
+    return names[0]
+
+
+def claimed(pf: str, mac: str) -> dict:
+    entries = [e for e in vf_entries(pf) if e["mac"] == mac]
+    assert len(entries) == 1, f"{mac} on {len(entries)} VF entries of {pf}: {vf_entries(pf)}"
+    return entries[0]
+
+
+def test_realize_sets_the_vf_entry_and_release_restores_it(sriov_pf, fleet) -> None:
+    mac = "52:54:00:5e:00:01"
+    fleet(NETWORKS, host_mapping(sriov_pf, spoofchk="false"), {"g1": guest("g1", ("storage", mac))})
+    before = vf_entries(sriov_pf)
+    assert all(e["spoofchk"] and not e["trust"] and e["vlan"] == 0 for e in before)
+
+    assert main(["realize", "g1", "--host", HOST]) == 0
+    entry = claimed(sriov_pf, mac)
+    assert (entry["vlan"], entry["spoofchk"]) == (200, False)
+    others = [e for e in vf_entries(sriov_pf) if e["vf"] != entry["vf"]]
+    assert others == [e for e in before if e["vf"] != entry["vf"]]
+
+    dump = host_dump()
+    assert main(["realize", "g1", "--host", HOST]) == 0  # idempotent: the same VF, untouched
+    assert claimed(sriov_pf, mac) == entry
+    assert host_dump() == dump
+
+    assert main(["release", "g1", "--host", HOST]) == 0
+    assert vf_entries(sriov_pf) == before  # MAC, VLAN, spoof-check and trust as found
+
+
+def test_no_free_vf_on_the_live_pf_refuses_and_changes_nothing(sriov_pf, fleet, capsys) -> None:
+    # The mapping promises 8 VFs, the PF has 4 enabled: check passes, realize must read the
+    # live pool and refuse the fifth guest before changing anything.
+    guests = {f"g{i}": guest(f"g{i}", ("storage", f"52:54:00:5e:01:0{i}")) for i in range(1, 6)}
+    fleet(NETWORKS, host_mapping(sriov_pf, total_vfs=8), guests)
+    before = vf_entries(sriov_pf)
+    for name in ("g1", "g2", "g3", "g4"):
+        assert main(["realize", name, "--host", HOST]) == 0
+    assert sorted(claimed(sriov_pf, f"52:54:00:5e:01:0{i}")["vf"] for i in range(1, 5)) == [
+        0, 1, 2, 3]  # four guests, four different VFs
+    full = (host_dump(), vf_entries(sriov_pf))
+    capsys.readouterr()
+
+    assert main(["realize", "g5", "--host", HOST]) == 3
+    err = capsys.readouterr().err
+    assert "no free VF" in err and sriov_pf in err
+    assert (host_dump(), vf_entries(sriov_pf)) == full
+
+    for name in ("g1", "g2", "g3", "g4"):
+        assert main(["release", name, "--host", HOST]) == 0
+    assert vf_entries(sriov_pf) == before
+
+
+def test_vf_attach_macvtap_is_a_passthru_macvtap_on_the_vf(sriov_pf, fleet, capsys) -> None:
+    mac = "52:54:00:5e:02:01"
+    fleet(NETWORKS, host_mapping(sriov_pf, vf_attach='"macvtap"'),
+          {"g1": guest("g1", ("storage", mac))})
+    before = (host_dump(), vf_entries(sriov_pf))
+
+    assert main(["realize", "g1", "--host", HOST]) == 0
+    entry = claimed(sriov_pf, mac)
+    assert (entry["vlan"], entry["spoofchk"]) == (200, True)
+    macvtaps = json.loads(ip("-d", "-j", "link", "show", "type", "macvtap"))
+    assert len(macvtaps) == 1
+    tap = macvtaps[0]
+    assert tap["link"] == vf_netdev(sriov_pf, entry["vf"])  # on the claimed VF's netdev
+    assert tap["linkinfo"]["info_data"]["mode"] == "passthru"
+    assert tap["address"] == mac and "UP" in tap["flags"]
+
+    capsys.readouterr()
+    assert main(["discover", "--json"]) == 0
+    pools = {pool["pf"]: pool for pool in json.loads(capsys.readouterr().out)["sriov"]}
+    pool = pools[sriov_pf]
+    assert (pool["total_vfs"], pool["num_vfs"], pool["used_vfs"], pool["free_vfs"]) == (
+        7, 4, 1, 3)
+    used = [vf for vf in pool["vfs"] if vf["used_by"]]
+    assert [vf["index"] for vf in used] == [entry["vf"]]
+
+    assert main(["release", "g1", "--host", HOST]) == 0
+    assert (host_dump(), vf_entries(sriov_pf)) == before
+
+
+def test_discover_reports_both_pfs_pools(sriov_pf, capsys) -> None:
+    assert main(["discover", "--json"]) == 0
+    pools = {pool["pf"]: pool for pool in json.loads(capsys.readouterr().out)["sriov"]}
+    assert (pools[sriov_pf]["total_vfs"], pools[sriov_pf]["num_vfs"],
+            pools[sriov_pf]["used_vfs"], pools[sriov_pf]["free_vfs"]) == (7, 4, 0, 4)
+    assert [vf["netdev"] for vf in pools[sriov_pf]["vfs"]] == [
+        vf_netdev(sriov_pf, i) for i in range(4)]
+    assert len(pools) == 2 and all(p["total_vfs"] == 7 for p in pools.values())
+
+
+def test_failure_before_every_step_leaves_pf_and_host_as_before(sriov_pf, fleet) -> None:
+    """The rollback test for VFs handed over as passthru macvtaps: two NICs, so a failure
+    before the second claim must give the first VF's entry back as found."""
+    from netmap.errors import ApplyError
+    from netmap.graph import build_graph
+    from netmap.load import load_fleet
+    from netmap.netlink.apply import realize_plan
+    from netmap.plan import build_plan
+
+    root = fleet(NETWORKS, host_mapping(sriov_pf, vf_attach='"macvtap"', spoofchk="false"),
+                 {"g1": guest("g1", ("storage", "52:54:00:5e:03:01"),
+                              ("storage", "52:54:00:5e:03:02"))})
+    loaded = load_fleet(root)
+    plan = build_plan(build_graph(loaded), loaded.guests["g1"], loaded.hosts[HOST])
+    before = (host_dump(), vf_entries(sriov_pf))
+    assert sum(type(step).__name__ == "ClaimVf" for _, step in plan.steps) == 2
+    for failing in range(len(plan.steps)):
+        for error in (RuntimeError("injected"), KeyboardInterrupt()):
+            def hook(position: int, _step, failing=failing, error=error) -> None:
+                if position == failing:
+                    raise error
+
+            with pytest.raises(ApplyError, match="every change was undone"):
+                realize_plan(plan, on_step=hook)
+            assert (host_dump(), vf_entries(sriov_pf)) == before, f"step {failing}: {error!r}"
+    assert realize_plan(plan).changed  # and afterwards it still works
+    assert main(["release", "g1", "--host", HOST]) == 0
+    assert (host_dump(), vf_entries(sriov_pf)) == before

@@ -1,0 +1,131 @@
+"""Helpers of the VM tier's tests: read the VM's links, VF entries and bridge VLANs back
+through iproute2 (never through netmap's own code), and write mappings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HOST = "nmvm-lab"  # the VM's host name (scripts/vmlab boots it with --name nmvm-lab)
+
+
+def ip(*args: str, check: bool = True) -> str:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and done.returncode:
+        raise AssertionError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def bridge(*args: str) -> str:
+    done = subprocess.run(["bridge", *args], capture_output=True, text=True, check=False)
+    return done.stdout
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def vf_entries(pf: str) -> list[dict]:
+    """The PF's VF entries as iproute2 reads them (IFLA_VFINFO_LIST), not as netmap does."""
+    link = json.loads(ip("-j", "link", "show", pf))[0]
+    return [{"vf": e["vf"], "mac": e["address"],
+             "vlan": next((v["vlan"] for v in e.get("vlan_list", []) if "vlan" in v), 0),
+             "spoofchk": e.get("spoofchk"), "trust": e.get("trust")}
+            for e in link.get("vfinfo_list", [])]
+
+
+def host_dump() -> dict:
+    """Everything iproute2 says about the host's links and bridge VLANs, minus counters."""
+    links = {}
+    for link in json.loads(ip("-d", "-j", "link", "show")):
+        for volatile in ("stats", "stats64", "operstate"):
+            link.pop(volatile, None)
+        link["flags"] = [f for f in link["flags"] if f not in ("NO-CARRIER", "LOWER_UP")]
+        for part in ("info_data", "info_slave_data"):
+            data = link.get("linkinfo", {}).get(part, {})
+            for key in [k for k in data if k.endswith("_timer")]:
+                del data[key]
+        link.get("linkinfo", {}).get("info_slave_data", {}).pop("state", None)
+        links[link["ifname"]] = link
+    return {"links": links, "vlans": bridge("-j", "vlan", "show")}
+
+
+def pfs() -> list[str]:
+    return os.environ.get("NETMAP_VMLAB_PFS", "").split()
+
+
+def guest(name: str, *nics: tuple[str, str]) -> str:
+    text = f'[guest]\nname = "{name}"\nhost = "{HOST}"\n'
+    for network, mac in nics:
+        text += f'\n[[nics]]\nnetwork = "{network}"\nmac = "{mac}"\n'
+    return text
+
+
+def set_numvfs(pf: str, count: int) -> None:
+    device = Path("/sys/class/net") / pf / "device"
+    (device / "sriov_numvfs").write_text("0")
+    if count:
+        (device / "sriov_numvfs").write_text(str(count))
+
+    def netdevs_ready() -> bool:
+        vfs = sorted(device.glob("virtfn*"))
+        return len(vfs) == count and all(any((vf / "net").glob("*")) for vf in vfs)
+    wait_until(netdevs_ready, f"{count} VF netdevs on {pf}")
+
+
+ETHERTYPE = 0x88B5  # IEEE local experimental: nothing in the VM answers or forwards it oddly
+
+
+def tap_fd(name: str, netns: str | None = None) -> int:
+    """Open an existing tap as QEMU would, but without the vnet header: raw frames."""
+    import fcntl
+    import struct
+
+    from netmap.netlink.rtnl import entered_netns
+
+    if netns:
+        with entered_netns(netns):
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    else:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", name.encode(), 0x0002 | 0x1000))
+    return fd
+
+
+def frame(dst: str, src: str, payload: bytes) -> bytes:
+    import struct
+
+    def mac(text: str) -> bytes:
+        return bytes.fromhex(text.replace(":", ""))
+    return mac(dst) + mac(src) + struct.pack("!H", ETHERTYPE) + payload.ljust(46, b"\0")
+
+
+def arrives(fd: int, token: bytes, send: Callable[[], object], timeout: float) -> bool:
+    """Send (again every 200 ms, as ping would: a port forwards only once linkwatch has seen
+    its carrier) and read `fd` until a frame carries `token` (True) or `timeout` passes."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    next_send = 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_send:
+            send()
+            next_send = time.monotonic() + 0.2
+        if not poller.poll(50):
+            continue
+        try:
+            if token in os.read(fd, 4096):
+                return True
+        except BlockingIOError:
+            continue
+    return False
