@@ -23,7 +23,7 @@ PACKAGE = REPO / "netmap"
 LAYERS: dict[str, tuple[str, ...]] = {
     "support": ("netmap", "netmap.errors", "netmap.regular_file", "netmap.output",
                 "netmap.gcpause", "netmap.forked", "netmap.finish"),
-    "model": ("netmap.model", "netmap.names", "netmap.limits", "netmap.inventory",
+    "model": ("netmap.model", "netmap.names", "netmap.nic_values", "netmap.inventory",
               "netmap.vxlan_options"),
     "load": ("netmap.load", "netmap.tomlcheck", "netmap.cache*", "netmap.hostid"),
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",

@@ -104,7 +104,7 @@ def request_from(args: argparse.Namespace) -> Request:
         raise InputError(problem, key="--br",
                          fix="br= names a logical network of mappings/networks.toml")
     if args.mac is not None:
-        from netmap.load import mac_problem
+        from netmap.nic_values import mac_problem
 
         mac_problem_text = mac_problem(args.mac)
         if mac_problem_text:
