@@ -4,15 +4,11 @@ interfaces (names, MACs, carrier, MTU, masters, SR-IOV pools, bridges, vxlan dev
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from netmap import names
 from netmap.check import ERROR, WARNING, Finding
+from netmap.drift_tracked import TrackedDevice
 from netmap.inventory import UPLINK_KINDS, Interface, Inventory
 from netmap.model import Binding, Host, Network, Uplink, mapping_file
-
-if TYPE_CHECKING:
-    from netmap.drift import TrackedDevice
 
 
 def _describe(link: Interface) -> str:

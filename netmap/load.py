@@ -30,6 +30,7 @@ from netmap.model import (
     Uplink,
     Vxlan,
 )
+from netmap.nic_values import MTU_RANGE, mac_problem
 from netmap.regular_file import describe, not_regular
 from netmap.tomlcheck import (
     Document,
@@ -49,10 +50,8 @@ from netmap.vxlan_options import check_underlay
 
 DEFAULT_DIRS = (Path("/etc/netmap"), Path("mappings"))
 # used with fullmatch: match() with $ would accept a trailing newline ("vm1\n")
-_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
-MTU_RANGE = (68, 65535)
 VLAN_RANGE = (1, 4094)
 VNI_RANGE = (1, 2**24 - 1)
 
@@ -93,17 +92,6 @@ def _refuse_odd_networks_file(folder: Path) -> None:
             raise InputError(f"cannot be read: {err.strerror}", file=path,
                              fix="make it a readable file (or point --mappings elsewhere)"
                              ) from err
-
-
-def mac_problem(mac: str) -> str | None:
-    if not _MAC.fullmatch(mac.lower()):
-        return f"{mac!r} is not a MAC address"
-    first = int(mac[:2], 16)
-    if first & 1:
-        return f"{mac} is a multicast address; a NIC needs a unicast MAC"
-    if mac.lower() == "00:00:00:00:00:00":
-        return "00:00:00:00:00:00 is not a usable MAC"
-    return None
 
 
 def name_problem(name: str) -> str | None:
@@ -346,9 +334,10 @@ def _check_binding_fits(doc: Document, where: KeyPath, network: Network, mode: s
 
 def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
     if os.fspath(path).endswith(".xml"):
+        # imported here: most fleets have no XML guest, and the XML reader is not small
         from netmap.libvirt.domain import guest_from_domain_file
 
-        return guest_from_domain_file(Path(path), networks)
+        return guest_from_domain_file(Path(path), networks, _sibling_hosts(path, networks))
     doc = Document.read(path)
     top = GUEST_FILE.read(doc)
     name = doc.check(("guest", "name"), top.guest.name, name_problem,
@@ -374,6 +363,19 @@ def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
         nics.append(GuestNic(index, network, mac, values.model, values.vhost, values.semantic,
                              values.mtu, doc.source(where), values.queues))
     return Guest(name, top.guest.host, tuple(nics), Source(str(path)))
+
+
+def _sibling_hosts(path: str | Path, networks: dict[str, Network]) -> dict[str, Host]:
+    """The hosts of the mappings directory an XML guest sits in: they explain its bridge
+    and direct sources."""
+    hosts: dict[str, Host] = {}
+    for host_file in sorted((Path(path).parent.parent / "hosts").glob("*.toml")):
+        try:
+            host = load_host(host_file, networks)
+        except InputError:
+            continue  # load_fleet reports it; here it only cannot explain a source
+        hosts[host.name] = host
+    return hosts
 
 
 # --- the whole directory --------------------------------------------------------------------

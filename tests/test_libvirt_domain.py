@@ -11,9 +11,9 @@ from conftest import CORPUS, EXAMPLE_MAPPINGS
 
 from netmap.cli import main as cli_main
 from netmap.errors import InputError
-from netmap.libvirt.domain import guest_from_domain_file, import_domain
+from netmap.libvirt.domain import import_domain
 from netmap.libvirt.xmlsafe import parse_untrusted, read_untrusted
-from netmap.load import load_fleet
+from netmap.load import load_fleet, load_guest
 
 DOMAINS = sorted((CORPUS / "domain").glob("*.xml")) if CORPUS.is_dir() else []
 # libvirt's own tests expect these to be refused (names ending in -fail / -incorrect)
@@ -232,7 +232,7 @@ def test_guest_file_in_mappings_dir_loads_and_refuses_unmapped(mappings: Path) -
     broken.write_text(_interfaces("<interface type='bridge'><mac address='52:54:00:09:00:01'/>"
                                   "<source bridge='br-nowhere'/></interface>"))
     with pytest.raises(InputError, match="cannot tell its logical network"):
-        guest_from_domain_file(broken, fleet.networks)
+        load_guest(broken, fleet.networks)
 
 
 def test_import_command_json_and_write(mappings: Path, tmp_path: Path, capsys) -> None:

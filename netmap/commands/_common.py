@@ -9,8 +9,6 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from netmap.errors import InputError
-
 if TYPE_CHECKING:
     import networkx as nx
     from rich.console import Console
@@ -61,19 +59,10 @@ def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
 
 
 def this_host(args: argparse.Namespace, fleet: Fleet) -> Host:
-    """--host NAME, else $NETMAP_HOST, else the machine's hostname (DESIGN.md)."""
-    import socket
+    """--host NAME, else $NETMAP_HOST, else the machine's hostname (netmap.hostid)."""
+    from netmap.hostid import this_host as from_fleet
 
-    from netmap.load import require_host
-
-    name = getattr(args, "host", None) or os.environ.get("NETMAP_HOST") or socket.gethostname()
-    try:
-        return require_host(fleet, name)
-    except InputError as err:
-        if getattr(args, "host", None) or os.environ.get("NETMAP_HOST"):
-            raise
-        raise InputError(f"this machine's hostname {name!r} has no mapping",
-                         fix="pass --host NAME or set $NETMAP_HOST") from err
+    return from_fleet(fleet, getattr(args, "host", None))
 
 
 def print_json(data: Any) -> None:

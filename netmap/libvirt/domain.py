@@ -31,8 +31,8 @@ from netmap.libvirt.interfaces import (
     read_metadata,
 )
 from netmap.libvirt.xmlsafe import MAX_BYTES, XmlDocument, parse_untrusted
-from netmap.load import mac_problem
 from netmap.model import MACVTAP_MODES, Binding, Guest, GuestNic, Host, Network, Source
+from netmap.nic_values import mac_problem
 from netmap.regular_file import read_regular
 
 
@@ -65,16 +65,17 @@ class DomainImport:
                 "findings": [f.as_dict() for f in self.findings]}
 
 
-def guest_from_domain_file(path: Path, networks: dict[str, Network]) -> Guest:
-    """Load a mappings/guests/*.xml file, mapping bridge/direct sources through the host
-    files next to it. Anything that would leave a NIC out is an InputError here: a fleet
-    file that silently lost a NIC would make every check of that guest wrong."""
+def guest_from_domain_file(path: Path, networks: dict[str, Network],
+                           hosts: Mapping[str, Host]) -> Guest:
+    """Load a mappings/guests/*.xml file, mapping bridge/direct sources through `hosts`
+    (the host files next to it; load reads them). Anything that would leave a NIC out is
+    an InputError here: a fleet file that silently lost a NIC would make every check of
+    that guest wrong."""
     try:  # a mapping file: regular only, never a FIFO that `import FILE` may read
         data = read_regular(path, MAX_BYTES)
     except OSError as err:
         raise InputError(f"cannot read: {err.strerror}", file=path,
                          fix="check the path and its permissions") from err
-    hosts = _sibling_hosts(path, networks)
     result = import_domain(parse_untrusted(data, str(path)), networks, hosts)
     worst = [f for f in result.findings if f.severity in (ERROR, WARNING)]
     if worst:
@@ -82,19 +83,6 @@ def guest_from_domain_file(path: Path, networks: dict[str, Network]) -> Guest:
         more = f" (and {len(worst) - 1} more problem(s))" if len(worst) > 1 else ""
         raise InputError(first.message + more, file=path, fix=first.hint)
     return result.guest
-
-
-def _sibling_hosts(path: Path, networks: dict[str, Network]) -> dict[str, Host]:
-    from netmap.load import load_host
-
-    hosts: dict[str, Host] = {}
-    for host_file in sorted((path.parent.parent / "hosts").glob("*.toml")):
-        try:
-            host = load_host(host_file, networks)
-        except InputError:
-            continue  # load_fleet reports it; here it only cannot explain a source
-        hosts[host.name] = host
-    return hosts
 
 
 def import_domain(doc: XmlDocument, networks: dict[str, Network], hosts: Mapping[str, Host], *,

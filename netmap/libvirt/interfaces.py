@@ -9,7 +9,6 @@ from xml.etree import ElementTree as ET
 from netmap.check import ERROR, WARNING, Finding
 from netmap.libvirt import NAMESPACE
 from netmap.libvirt.xmlsafe import XmlDocument
-from netmap.load import MTU_RANGE, mac_problem
 from netmap.model import (
     MACVTAP_MODES,
     MAX_QUEUES,
@@ -18,6 +17,7 @@ from netmap.model import (
     VIRTIO_MODELS,
     Network,
 )
+from netmap.nic_values import MTU_RANGE, mac_problem
 
 # Every <interface type=...> libvirt knows (domain_conf.c, virDomainNetType).
 LIBVIRT_TYPES = frozenset({"user", "ethernet", "vhostuser", "server", "client", "mcast", "udp",

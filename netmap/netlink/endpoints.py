@@ -15,8 +15,8 @@ from netmap import plan as p
 from netmap.model import MACVTAP_MODES
 
 if TYPE_CHECKING:
-    from netmap.netlink.apply import Transaction
     from netmap.netlink.rtmsg import Link
+    from netmap.netlink.transaction_view import TransactionView
 
 
 def _ethernet_xml(nic: p.NicPlan) -> str:
@@ -54,11 +54,11 @@ class Endpoint:
     def describe(self, nic: p.NicPlan) -> list[str]:
         return [step.describe() for step in nic.steps]
 
-    def create(self, txn: Transaction, nic: p.NicPlan) -> None:
+    def create(self, txn: TransactionView, nic: p.NicPlan) -> None:
         for step in nic.steps:
             txn.ensure(nic.nic, step)
 
-    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction) -> list[str]:
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
         """Differences between the plan and the live device (empty: as planned)."""
         if nic.device is None:
             return []
@@ -70,7 +70,7 @@ class Endpoint:
         return [f"NIC {nic.nic}: {nic.device} {key} is {have[key]!r}, want {value!r}"
                 for key, value in want.items() if have[key] != value]
 
-    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
+    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
                    ) -> dict[str, object]:
         """What QEMU/libvirt needs: the device and the <interface> XML to attach it."""
         raise NotImplementedError
@@ -82,7 +82,7 @@ class BridgeTap(Endpoint):
     modes = ("bridge",)
     device_kind = "tun"
 
-    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction) -> list[str]:
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
         problems = super().verify(nic, links, txn)
         tap, bridge = links.get(nic.device or ""), links.get(nic.bridge or "")
         if tap and bridge and tap.master != bridge.index:
@@ -99,7 +99,7 @@ class BridgeTap(Endpoint):
                                 f"want only {nic.vlan}")
         return problems
 
-    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
+    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
                    ) -> dict[str, object]:
         return {**_described(nic, device=nic.device, bridge=nic.bridge),
                 "qemu": f"-netdev tap,id=net{nic.nic},ifname={nic.device},script=no,"
@@ -112,7 +112,7 @@ class VxlanBridgeTap(BridgeTap):
 
     modes = ("vxlan",)
 
-    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction) -> list[str]:
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
         problems = super().verify(nic, links, txn)
         vx = next((s for s in nic.steps if isinstance(s, p.EnsureVxlan)), None)
         live = links.get(vx.name) if vx else None
@@ -127,7 +127,7 @@ class Macvtap(Endpoint):
     modes = tuple(MACVTAP_MODES)
     device_kind = "macvtap"
 
-    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction) -> list[str]:
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
         problems = super().verify(nic, links, txn)
         live = links.get(nic.device or "")
         want = MACVTAP_MODES[nic.mode]
@@ -139,7 +139,7 @@ class Macvtap(Endpoint):
                             f"want {nic.mac}")
         return problems
 
-    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
+    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
                    ) -> dict[str, object]:
         live = links.get(str(nic.device))
         tapdev = f"/dev/tap{live.index}" if live else None
@@ -158,7 +158,7 @@ class SriovVf(Endpoint):
     modes = ("sriov-vf",)
     device_kind = "macvtap"
 
-    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: Transaction,
+    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
                    ) -> dict[str, object]:
         vf = txn.vf_for(nic)
         out = _described(nic, pf=nic.uplink)

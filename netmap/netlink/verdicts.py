@@ -20,7 +20,7 @@ from netmap.netlink import rtmsg, vxlan_match
 from netmap.netlink.sysfs import sriov_info
 
 if TYPE_CHECKING:
-    from netmap.netlink.ensure import Transaction
+    from netmap.netlink.transaction_view import TransactionView
 
 BATCHED = (p.CreateTap, p.CreateMacvtap)
 KIND_OF = {p.EnsureBridge: "bridge", p.EnsureVlanLink: "vlan", p.EnsureVxlan: "vxlan",
@@ -40,7 +40,7 @@ def refuse(problem: str, fix: str) -> ApplyError:
     return ApplyError(problem, fix=fix)
 
 
-def decide_step(txn: Transaction, nic: int, step: p.Step) -> Action:
+def decide_step(txn: TransactionView, nic: int, step: p.Step) -> Action:
     host = txn.plan.host
     if isinstance(step, p.RequireLink):
         live = txn.links.get(step.name)
@@ -99,7 +99,7 @@ def decide_step(txn: Transaction, nic: int, step: p.Step) -> Action:
                      f"remove {name} if it is stale ('ip link del {name}')")
     return _compare(txn, nic, step, live, mine)
 
-def _compare(txn: Transaction, nic: int, step: p.Step, live: rtmsg.Link, mine: bool) -> Action:
+def _compare(txn: TransactionView, nic: int, step: p.Step, live: rtmsg.Link, mine: bool) -> Action:
     """Same kind: what differs, repairable on netmap's own devices, else refused."""
     want: dict[str, object] = {"up": True}
     identity: list[str] = []
@@ -166,7 +166,7 @@ def _queue_mode(multi_queue: bool) -> str:
     return "multi-queue" if multi_queue else "single-queue"
 
 
-def _requeue(txn: Transaction, nic: int, step: p.CreateTap, live: rtmsg.Link) -> Action:
+def _requeue(txn: TransactionView, nic: int, step: p.CreateTap, live: rtmsg.Link) -> Action:
     """netmap's tap in the other queue mode: the kernel fixes IFF_MULTI_QUEUE when a tap is
     made, and QEMU and libvirt cannot open a tap whose mode differs from the queues they
     want (EINVAL). Made again, but only while no guest holds it: deleting it would cut a
@@ -190,7 +190,7 @@ def _requeue(txn: Transaction, nic: int, step: p.CreateTap, live: rtmsg.Link) ->
         "vlans": dict(txn.bridge_vlans().get(step.name, {})) if master else {}})
 
 
-def _vxlan_differences(txn: Transaction, step: p.EnsureVxlan, live: rtmsg.Link) -> list[str]:
+def _vxlan_differences(txn: TransactionView, step: p.EnsureVxlan, live: rtmsg.Link) -> list[str]:
     underlay = txn.links.get(step.underlay)
     return vxlan_match.differences(
         txn.kernel, live, vni=step.vni, underlay=underlay.index if underlay else None,
@@ -205,7 +205,7 @@ def _shown(key: str, value: object) -> str:
     return str(value)
 
 
-def _decide_port(txn: Transaction, nic: int, step: p.EnslavePort) -> Action:
+def _decide_port(txn: TransactionView, nic: int, step: p.EnslavePort) -> Action:
     live = txn.links.get(step.port)
     if live is None:
         if step.port in txn.planned_names():
@@ -235,7 +235,7 @@ def _decide_port(txn: Transaction, nic: int, step: p.EnslavePort) -> Action:
                  "the binding")
 
 
-def _decide_vf(txn: Transaction, nic: int, step: p.ClaimVf) -> Action:
+def _decide_vf(txn: TransactionView, nic: int, step: p.ClaimVf) -> Action:
     claimed = txn.state.resource(step.resource)
     info = sriov_info(step.pf, txn.sysfs_root)
     if info is None:

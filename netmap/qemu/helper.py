@@ -104,7 +104,7 @@ def request_from(args: argparse.Namespace) -> Request:
         raise InputError(problem, key="--br",
                          fix="br= names a logical network of mappings/networks.toml")
     if args.mac is not None:
-        from netmap.load import mac_problem
+        from netmap.nic_values import mac_problem
 
         mac_problem_text = mac_problem(args.mac)
         if mac_problem_text:
@@ -143,14 +143,14 @@ def peer_pid(sock: socket.socket) -> int:
 
 def serve(request: Request) -> Endpoint:
     """Check everything, then build the endpoint and send its fd. Raises NetmapError."""
-    from netmap.commands._common import this_host
+    from netmap.hostid import this_host
     from netmap.load import load_fleet
     from netmap.qemu.acl import acl_path, load_acl
     from netmap.state import host_lock
 
     load_acl(acl_path(request.acl)).check(request.network)
     fleet = load_fleet(request.mappings)
-    host = this_host(argparse.Namespace(host=request.host), fleet)
+    host = this_host(fleet, request.host)
     endpoint = plan_endpoint(request, fleet, host)
     sock = check_socket(request.fd)
     try:
