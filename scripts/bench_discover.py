@@ -43,12 +43,31 @@ def median_ms(action: Callable[[], object], rounds: int) -> float:
     return statistics.median(times) * 1000
 
 
-def build(netns: str, links: int) -> None:
+def build(netns: str, links: int, mixed: bool = True) -> None:
+    """About `links` links: veth pairs only, or (mixed) groups of a veth pair, a bridge with
+    the veth as port, an empty bridge, two macvlans on the peer, a vxlan device with one
+    remote, a tap and a tun."""
     subprocess.run(["ip", "netns", "add", netns], check=True)
     commands = ["link set lo up"]
-    commands += [f"link add b{i} type veth peer name b{i}p" for i in range(links // 2)]
+    if not mixed:
+        commands += [f"link add b{i} type veth peer name b{i}p" for i in range(links // 2)]
+    else:
+        groups = links // 9  # nine links each
+        for i in range(groups):
+            commands += [f"link add v{i} type veth peer name v{i}p",  # 2 links
+                         f"link add br{i} type bridge", f"link set v{i} master br{i}",
+                         f"link add mv{i} link v{i}p type macvlan mode bridge",
+                         f"link add mp{i} link v{i}p type macvlan mode private",
+                         f"link add vx{i} type vxlan id {i + 1} dstport 4789 local 10.0.0.1",
+                         f"tuntap add t{i} mode tap", f"tuntap add tn{i} mode tun",
+                         f"link add brq{i} type bridge", f"link set br{i} up"]
     subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(commands) + "\n",
                    text=True, check=True)
+    if mixed:  # each vxlan device floods to one remote: discover then reads the FDB too
+        floods = [f"fdb append 00:00:00:00:00:00 dev vx{i} dst 10.0.{i // 250}.{i % 250 + 2}"
+                  for i in range(links // 9)]
+        subprocess.run(["bridge", "-n", netns, "-batch", "-"], input="\n".join(floods) + "\n",
+                       text=True, check=True)
 
 
 def main() -> int:

@@ -39,6 +39,7 @@ from netmap.model import MACVTAP_MODES
 from netmap.qemu import Endpoint, network_name_problem, plan_endpoint
 
 if TYPE_CHECKING:
+    from netmap.model import Fleet, Host
     from netmap.netlink import rtnl
 
 PROG = "netmap-qemu-helper"
@@ -143,14 +144,11 @@ def peer_pid(sock: socket.socket) -> int:
 
 def serve(request: Request) -> Endpoint:
     """Check everything, then build the endpoint and send its fd. Raises NetmapError."""
-    from netmap.commands._common import this_host
-    from netmap.load import load_fleet
     from netmap.qemu.acl import acl_path, load_acl
     from netmap.state import host_lock
 
     load_acl(acl_path(request.acl)).check(request.network)
-    fleet = load_fleet(request.mappings)
-    host = this_host(argparse.Namespace(host=request.host), fleet)
+    fleet, host = load_mappings(request)
     endpoint = plan_endpoint(request, fleet, host)
     sock = check_socket(request.fd)
     try:
@@ -161,6 +159,38 @@ def serve(request: Request) -> Endpoint:
     finally:
         sock.close()
     return endpoint
+
+
+def load_mappings(request: Request) -> tuple[Fleet, Host]:
+    """The mappings the request needs, and this host's. QEMU waits for the helper, so when
+    no guest is named (--guest, --mac) only networks.toml and hosts/NAME.toml are read, not
+    the whole fleet: what load_fleet would give for NAME when that file defines it. Any
+    other case (no such file, a broken one, a name it does not define) takes the whole
+    fleet, whose answer and errors are those of every other command."""
+    from netmap.load import load_host, load_networks, mappings_dir
+    from netmap.model import Fleet
+
+    if request.guest is None and request.mac is None:
+        base = mappings_dir(request.mappings)
+        name = request.host or os.environ.get("NETMAP_HOST") or socket.gethostname()
+        path = base / "hosts" / f"{name}.toml"
+        if name and "/" not in name and not name.startswith(".") and path.is_file():
+            networks = load_networks(base / "networks.toml")
+            try:
+                host = load_host(path, networks)
+            except InputError:
+                host = None  # the whole fleet's load says it, as everywhere else
+            if host is not None and host.name == name:
+                return Fleet(networks, {name: host}, {}, (), str(base)), host
+    return _whole_fleet(request)
+
+
+def _whole_fleet(request: Request) -> tuple[Fleet, Host]:
+    from netmap.commands._common import this_host
+    from netmap.load import load_fleet
+
+    fleet = load_fleet(request.mappings)
+    return fleet, this_host(argparse.Namespace(host=request.host), fleet)
 
 
 def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) -> None:
@@ -260,7 +290,6 @@ def _record_shared(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) ->
     """The bridge (and vxlan device) made here outlive the tap: state records them, for no
     guest, so that the next release on the host removes them once unused."""
     from netmap import plan as p
-    from netmap.netlink.release import record_unowned_links
 
     steps: list[p.Step] = []
     if endpoint.vxlan is not None and endpoint.vxlan in created:
@@ -273,6 +302,8 @@ def _record_shared(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) ->
                   p.EnslavePort(port=endpoint.vxlan or endpoint.binding.uplink,
                                 bridge=endpoint.bridge)]
     if steps:
+        from netmap.netlink.release import record_unowned_links  # most runs make nothing
+
         record_unowned_links(endpoint.host.name, kernel, steps)
 
 
