@@ -200,7 +200,6 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
     """
     from netmap.netlink import rtnl
     from netmap.netlink import tapfd as k
-    from netmap.plan import host_side_mac
 
     if endpoint.host.netns:
         k.enter_netns(endpoint.host.netns)
@@ -220,7 +219,7 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
                 vnet = use_vnet and bool(k.tun_features() & k.IFF_VNET_HDR)
                 fd = k.open_tap(endpoint.ifname, vnet_hdr=vnet)
                 # the guest's MAC with fe: as realize gives it (plan.host_side_mac), if known
-                mac = host_side_mac(endpoint.mac) if endpoint.mac else k.random_tap_mac()
+                mac = _host_side_mac(endpoint.mac) if endpoint.mac else k.random_tap_mac()
                 tap = k.attach_tap(kernel, endpoint.ifname, bridge, endpoint.mtu, mac)
                 _tap_vlan(kernel, endpoint, bridge, tap)
                 _record_shared(kernel, endpoint, created)
@@ -240,6 +239,12 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+def _host_side_mac(guest_mac: str) -> str:
+    from netmap.plan import host_side_mac  # the plan's steps: only when the MAC is known
+
+    return host_side_mac(guest_mac)
 
 
 def require_index(kernel: rtnl.Rtnl, name: str) -> int:
@@ -289,6 +294,8 @@ def _bridge_for(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> in
 def _record_shared(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> None:
     """The bridge (and vxlan device) made here outlive the tap: state records them, for no
     guest, so that the next release on the host removes them once unused."""
+    if not created:  # most runs: the bridge was there (and the plan's steps not imported)
+        return
     from netmap import plan as p
 
     steps: list[p.Step] = []
