@@ -581,7 +581,7 @@ HELPER_SKIPS = ("rich", "networkx", "pyroute2", "netmap.graph", "netmap.plan",
 
 def test_helper_on_an_existing_bridge_imports_nothing_heavy(lab_factory, tmp_path: Path
                                                            ) -> None:
-    lab, mappings = lab_factory("nmsp", ["host-a"])
+    _, mappings = lab_factory("nmsp", ["host-a"])
     acl = tmp_path / "qemu-helper.conf"
     acl.write_text(ACL)
     env = helper_env(mappings, acl)
