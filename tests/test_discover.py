@@ -339,3 +339,22 @@ def test_discover_json_as_a_process_imports_nothing_heavy(netns_factory) -> None
                 if line.startswith("import time:")}
     assert "netmap.netlink.discover" in imported  # the parse is right: the path was taken
     assert sorted(imported & set(DISCOVER_SKIPS)) == []
+
+
+def test_json_without_msgspec_is_the_same_bytes(capsysbinary, monkeypatch) -> None:
+    """discover --json writes with the json module when nothing loaded msgspec: the same
+    bytes as msgspec's encoder, which commands that load mappings use."""
+    import sys
+
+    import msgspec
+
+    from netmap.commands._common import print_json
+
+    data = {"name": "é\u2028\x00\x1f\x7f\"\\/\n\t", "n": [0, -1, 10**18, None, True, False],
+            "nested": {"": [], "x": {}}, "emoji": "😀"}
+    print_json(data)
+    with_msgspec = capsysbinary.readouterr().out
+    monkeypatch.delitem(sys.modules, "msgspec")
+    print_json(data)
+    without = capsysbinary.readouterr().out
+    assert without == with_msgspec == msgspec.json.encode(data) + b"\n"
