@@ -24,15 +24,14 @@ import networkx as nx
 from netmap import names
 from netmap.gcpause import gc_paused
 from netmap.model import (
-    VXLAN_OVERHEAD,
     Binding,
     Fleet,
     Guest,
     GuestNic,
-    Host,
     Network,
     Uplink,
 )
+from netmap.mtu import effective_mtu
 
 
 def host_id(host: str) -> str:
@@ -220,22 +219,6 @@ class NicView:
             "mtu": self.mtu, "mtu_reason": self.mtu_reason,
             "devices": [{"role": role, "name": name} for role, name in self.devices],
         }
-
-
-def effective_mtu(network: Network, binding: Binding, host: Host) -> tuple[int, str]:
-    """The MTU a guest gets on this host, and what limits it."""
-    mtu, reason = network.mtu, f"network {network.name}"
-    if binding.mtu is not None:
-        mtu, reason = binding.mtu, f"binding on {host.name}"
-    uplink = host.uplinks[binding.uplink]
-    ceiling, why = uplink.mtu, f"uplink {uplink.name} MTU {uplink.mtu}"
-    if binding.mode == "vxlan":
-        overhead = binding.vxlan.overhead if binding.vxlan else VXLAN_OVERHEAD
-        ceiling -= overhead
-        why = f"underlay {uplink.name} MTU {uplink.mtu} - {overhead} vxlan overhead"
-    if ceiling < mtu:
-        mtu, reason = ceiling, why
-    return mtu, reason
 
 
 def endpoint_devices(guest: str, nic: GuestNic, binding: Binding,

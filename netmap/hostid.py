@@ -12,13 +12,18 @@ if TYPE_CHECKING:
     from netmap.model import Fleet, Host
 
 
-def this_host(fleet: Fleet, explicit: str | None = None) -> Host:
+def host_name(explicit: str | None = None) -> str:
     """`explicit` (--host NAME), else $NETMAP_HOST, else the machine's hostname (DESIGN.md)."""
     import socket
 
+    return explicit or os.environ.get("NETMAP_HOST") or socket.gethostname()
+
+
+def this_host(fleet: Fleet, explicit: str | None = None) -> Host:
+    """The mapping of host_name(explicit)."""
     from netmap.load import require_host
 
-    name = explicit or os.environ.get("NETMAP_HOST") or socket.gethostname()
+    name = host_name(explicit)
     try:
         return require_host(fleet, name)
     except InputError as err:

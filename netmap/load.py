@@ -30,6 +30,7 @@ from netmap.model import (
     Uplink,
     Vxlan,
 )
+from netmap.netns_name import netns_problem
 from netmap.nic_values import MTU_RANGE, mac_problem
 from netmap.regular_file import describe, not_regular
 from netmap.tomlcheck import (
@@ -102,7 +103,6 @@ def name_problem(name: str) -> str | None:
 
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
 MAX_HOSTNAME, MAX_LABEL = 253, 63
-NAME_MAX = 255  # bytes in a file name: /run/netns/NAME, netmap's state file HOST.json
 
 
 def host_name_problem(name: str) -> str | None:
@@ -121,23 +121,6 @@ def host_name_problem(name: str) -> str | None:
         if not _LABEL.match(label):
             return (f"{name!r} is not a host name: each dot-separated part holds letters, "
                     "digits and '-', and neither starts nor ends with '-'")
-    return None
-
-
-def netns_problem(name: str) -> str | None:
-    """Why `name` cannot be a network namespace name, or None: the rules of `ip netns add`
-    (a file name in /run/netns; a path would let a mapping point realize at any process's
-    namespace, and "" at this machine's own), plus no control characters."""
-    if not name:
-        return "is empty; an empty netns would mean this machine's own namespace"
-    if name in (".", ".."):
-        return f"{name!r} is not a name"
-    if "/" in name:
-        return f"{name!r} is a path; netns takes the name of a namespace in /run/netns"
-    if len(name.encode()) > NAME_MAX:
-        return f"has {len(name.encode())} bytes; a namespace name has at most {NAME_MAX}"
-    if any(ord(char) < 32 or ord(char) == 127 for char in name):
-        return f"{name!r} holds control characters"
     return None
 
 

@@ -10,12 +10,14 @@ plan lists each once and state can count who still uses it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import networkx as nx
-
-from netmap import graph as g
 from netmap.model import MACVTAP_MODES, VXLAN_OVERHEAD, Guest, GuestNic, Host
+
+if TYPE_CHECKING:  # the steps are also what the QEMU helper and release import: no networkx
+    import networkx as nx
+
+    from netmap import graph as g
 
 # Bridge FDB ageing, in clock_t (1/100 s), as IFLA_BR_AGEING_TIME wants it. Not 0: os-vif
 # set 0 so frames were not lost while a live-migrated guest's MAC moved (LP #1715317) and
@@ -411,6 +413,8 @@ def _bridged_steps(nic: GuestNic, view: g.NicView, mtu: int, port: str, bridge: 
 
 def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> NicPlan | str:
     """The steps for one NIC, or why it cannot be planned on this host."""
+    from netmap import graph as g
+
     nic = guest.nics[nic_index]
     view = g.nic_view(graph, guest.name, nic, host.name)
     if not view.bound or view.uplink is None or view.mode is None:

@@ -1,7 +1,12 @@
-"""Benchmark: netmap-qemu-helper against QEMU's own qemu-bridge-helper (the raw baseline),
-both measured in the same run, in one lab namespace, on an existing bridge: wall time from
-exec to the tap fd received, as QEMU sees it. Needs root; builds and removes its own lab
-(prefix nmDb, or $PREFIX); QEMU's ACL lives in a private mount namespace (tmpfs over /etc)."""
+"""Benchmark: netmap-qemu-helper against `python -c pass` (the target: at most 4x, since QEMU
+waits for the helper at every guest start and hotplug) and QEMU's own qemu-bridge-helper
+(the raw floor), all measured in the same run, interleaved, in one lab namespace, on an
+existing bridge: wall time from exec to the tap fd received, as QEMU sees it.
+
+Two mappings shapes, so that the helper is seen not to slow down with the fleet: the
+example host-a among 10 generated hosts, and among 2,000 (scripts/gen_fleet.py; $HOSTS
+overrides the large one). Needs root; builds and removes its own lab (prefix nmDb, or
+$PREFIX); QEMU's ACL lives in a private mount namespace (tmpfs over /etc)."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 QEMU_HELPER = "/usr/lib/qemu/qemu-bridge-helper"
 RUNS = int(os.environ.get("RUNS", "30"))
+SHAPES = (10, int(os.environ.get("HOSTS", "2000")))  # generated hosts besides host-a
+TARGET = 4.0  # at most this many times `python -c pass`
 PREFIX = os.environ.get("PREFIX", "nmDb")  # the lab's namespace names; only those are deleted
 
 
@@ -40,24 +47,47 @@ def call(argv: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
+def mappings(work: Path, hosts: int) -> Path:
+    """gen_fleet's `hosts` hosts (and their guests), plus the example host-a and the
+    example networks it binds."""
+    folder = work / f"m{hosts}"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_fleet.py"), str(folder),
+                    "--hosts", str(hosts)], check=True, capture_output=True)
+    generated = (folder / "networks.toml").read_text()
+    example = (REPO / "mappings" / "networks.toml").read_text()
+    for block in example.split("\n\n"):  # the example's networks gen_fleet lacks
+        header = next((line for line in block.splitlines() if line.startswith("[")), None)
+        if header and header not in generated:
+            generated += "\n" + block.strip() + "\n"
+    (folder / "networks.toml").write_text(generated)
+    host = (REPO / "mappings" / "hosts" / "host-a.toml").read_text()
+    (folder / "hosts" / "host-a.toml").write_text(
+        host.replace('netns = "nm-lab-host-a"', f'netns = "{PREFIX}-host-a"'))
+    return folder
+
+
+def bare(argv: list[str], env: dict[str, str]) -> float:
+    """A process's wall time from exec to exit: the interpreter's own start-up."""
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True)
+    return time.perf_counter() - start
+
+
 def main() -> int:
     from netmap.lab import build_lab, teardown_lab
     from netmap.load import load_fleet
     from netmap.netlink.tapfd import enter_netns
 
     work = Path(tempfile.mkdtemp(prefix="nmdbench"))
-    shutil.copytree(REPO / "mappings", work / "m")
-    host_file = work / "m" / "hosts" / "host-a.toml"
-    host_file.write_text(host_file.read_text().replace('netns = "nm-lab-host-a"',
-                                                       f'netns = "{PREFIX}-host-a"'))
+    folders = {hosts: mappings(work, hosts) for hosts in SHAPES}
     (work / "acl.conf").write_text("allow mgmt\n")
-    lab = build_lab(load_fleet(work / "m"), PREFIX, ["host-a"])
+    lab = build_lab(load_fleet(folders[SHAPES[0]]), PREFIX, ["host-a"])
     try:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "NETMAP_MAPPINGS": str(work / "m"),
-               "NETMAP_HOST": "host-a", "NETMAP_QEMU_ACL": str(work / "acl.conf"),
-               "NETMAP_STATE_DIR": str(work / "state")}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "NETMAP_HOST": "host-a",
+               "NETMAP_QEMU_ACL": str(work / "acl.conf"), "NETMAP_STATE_DIR": str(work / "state")}
+        envs = {hosts: {**env, "NETMAP_MAPPINGS": str(folder)} for hosts, folder in folders.items()}
         netmap = [sys.executable, "-m", "netmap.qemu.helper", "--use-vnet", "--br=mgmt"]
-        call(netmap, env)  # makes br-eth1 (as realize would): both then attach to it
+        call(netmap, envs[SHAPES[0]])  # makes br-eth1 (as realize would): all attach to it
         enter_netns(lab.hosts["host-a"])
         libc = ctypes.CDLL(None, use_errno=True)
         assert libc.unshare(0x00020000) == 0
@@ -66,16 +96,25 @@ def main() -> int:
         os.mkdir("/etc/qemu")
         Path("/etc/qemu/bridge.conf").write_text("allow br-eth1\n")
         qemu = [QEMU_HELPER, "--use-vnet", "--br=br-eth1"]
-        times: dict[str, list[float]] = {"qemu-bridge-helper": [], "netmap-qemu-helper": []}
-        for _ in range(RUNS):  # interleaved, so drift hits both alike
+        baseline = "python -c pass"
+        times: dict[str, list[float]] = {baseline: [], "qemu-bridge-helper": []}
+        times.update({f"netmap-qemu-helper, {hosts + 1} hosts": [] for hosts in SHAPES})
+        for _ in range(RUNS):  # interleaved, so drift hits all alike
+            times[baseline].append(bare([sys.executable, "-c", "pass"], env))
             times["qemu-bridge-helper"].append(call(qemu, env))
-            times["netmap-qemu-helper"].append(call(netmap, env))
-        base = statistics.median(times["qemu-bridge-helper"])
+            for hosts in SHAPES:
+                times[f"netmap-qemu-helper, {hosts + 1} hosts"].append(call(netmap, envs[hosts]))
+        base = statistics.median(times[baseline])
+        print(f"{RUNS} rounds, {sys.executable}; ratio to {baseline}")
         for name, values in times.items():
             med = statistics.median(values)
-            print(f"{name:20s} median {med * 1000:7.1f} ms  p90 "
+            print(f"{name:34s} median {med * 1000:7.1f} ms  p90 "
                   f"{sorted(values)[int(len(values) * 0.9)] * 1000:7.1f} ms  "
-                  f"ratio {med / base:5.1f}x")
+                  f"ratio {med / base:5.2f}x")
+        for hosts in SHAPES:
+            ratio = statistics.median(times[f"netmap-qemu-helper, {hosts + 1} hosts"]) / base
+            print(f"target <= {TARGET:g}x python -c pass, {hosts + 1} hosts: "
+                  f"{'PASS' if ratio <= TARGET else 'MISSED'} ({ratio:.2f}x)")
     finally:
         teardown_lab(lab)
         shutil.rmtree(work)

@@ -311,3 +311,50 @@ def test_parser_decodes_kinds_this_kernel_cannot_build() -> None:
     inventory = Inventory("h", None, tuple(links.values()))
     # the bond is the uplink, not its slave
     assert [i.name for i in inventory.uplink_candidates()] == ["bond0"]
+
+
+# What `discover --json` needs: no renderer, graph, TOML loader or mapping (its start-up is
+# most of a run timed against `ip -j -d link show`, README's Benchmarks).
+DISCOVER_SKIPS = ("rich", "networkx", "pyroute2", "msgspec", "tomli", "netmap.load",
+                  "netmap.graph", "netmap.model")
+
+
+@needs_netns
+def test_discover_json_as_a_process_imports_nothing_heavy(netns_factory) -> None:
+    import sys
+
+    from conftest import REPO
+
+    ns = netns_factory("nmsp")
+    ip(ns, "link", "add", "sp0", "type", "veth", "peer", "name", "sp0p")
+    ip(ns, "link", "add", "spbr", "type", "bridge")
+    ip(ns, "link", "add", "spvx", "type", "vxlan", "id", "7", "dstport", "4789")
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "netmap", "discover",
+                           "--netns", ns, "--json"], capture_output=True, text=True,
+                          cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr
+    names = {link["name"] for link in json.loads(done.stdout)["interfaces"]}
+    assert {"lo", "sp0", "sp0p", "spbr", "spvx"} <= names
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "netmap.netlink.discover" in imported  # the parse is right: the path was taken
+    assert sorted(imported & set(DISCOVER_SKIPS)) == []
+
+
+def test_json_without_msgspec_is_the_same_bytes(capsysbinary, monkeypatch) -> None:
+    """discover --json writes with the json module when nothing loaded msgspec: the same
+    bytes as msgspec's encoder, which commands that load mappings use."""
+    import sys
+
+    import msgspec
+
+    from netmap.commands._common import print_json
+
+    data = {"name": "é\u2028\x00\x1f\x7f\"\\/\n\t", "n": [0, -1, 10**18, None, True, False],
+            "nested": {"": [], "x": {}}, "emoji": "😀"}
+    print_json(data)
+    with_msgspec = capsysbinary.readouterr().out
+    monkeypatch.delitem(sys.modules, "msgspec")
+    print_json(data)
+    without = capsysbinary.readouterr().out
+    assert without == with_msgspec == msgspec.json.encode(data) + b"\n"

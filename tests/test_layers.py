@@ -24,7 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "support": ("netmap", "netmap.errors", "netmap.regular_file", "netmap.output",
                 "netmap.gcpause", "netmap.forked", "netmap.finish"),
     "model": ("netmap.model", "netmap.names", "netmap.nic_values", "netmap.inventory",
-              "netmap.vxlan_options"),
+              "netmap.vxlan_options", "netmap.netns_name", "netmap.mtu"),
     "load": ("netmap.load*", "netmap.tomlcheck", "netmap.cache*", "netmap.hostid"),
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
               "netmap.drain", "netmap.plan", "netmap.draft"),

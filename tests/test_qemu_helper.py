@@ -571,3 +571,36 @@ def test_a_bug_is_exit_4_and_says_so(monkeypatch, capsys) -> None:
     assert helper.main(["--fd=3", "--br=mgmt"]) == 4
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: unexpected" in err and "bug in netmap" in err
+
+
+# Not on the helper's path once the bridge exists (QEMU waits for it at every guest start):
+# no renderer, graph, plan steps or pyroute2.
+HELPER_SKIPS = ("rich", "networkx", "pyroute2", "netmap.graph", "netmap.plan",
+                "netmap.netlink.kernel_steps", "netmap.netlink.release", "netmap.cache")
+
+
+def test_helper_on_an_existing_bridge_imports_nothing_heavy(lab_factory, tmp_path: Path
+                                                           ) -> None:
+    _, mappings = lab_factory("nmsp", ["host-a"])
+    acl = tmp_path / "qemu-helper.conf"
+    acl.write_text(ACL)
+    env = helper_env(mappings, acl)
+    first = call_helper(["--br=mgmt"], env)  # makes br-eth1
+    first.close()
+    assert first.code == 0, first.stderr
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "netmap.qemu.helper",
+                               f"--fd={theirs.fileno()}", "--br=mgmt"],
+                              pass_fds=[theirs.fileno()], env=env, capture_output=True,
+                              text=True, timeout=30, check=False)
+        theirs.close()
+        got = Outcome(done.returncode, done.stderr, receive_fd(ours))
+    try:
+        assert got.code == 0 and got.fd is not None, got.stderr
+        imported = {line.rsplit("|", 1)[1].strip() for line in got.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "netmap.netlink.tapfd" in imported  # the parse is right: the path was taken
+        assert sorted(imported & set(HELPER_SKIPS)) == []
+    finally:
+        got.close()

@@ -35,7 +35,7 @@ def _add_sources(parser: argparse.ArgumentParser) -> None:
 
 def checked_netns(netns: str | None) -> str | None:
     """--netns as given, once it is a namespace name (as a mapping's netns must be)."""
-    from netmap.load import netns_problem
+    from netmap.netns_name import netns_problem
 
     problem = None if netns is None else netns_problem(netns)
     if problem:

@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING
 
 from netmap.errors import ApplyError, InputError
 from netmap.netlink import rtmsg, rtnl, vxlan_match
-from netmap.netlink.kernel_steps import add_vxlan_remotes, delete_quietly, make_access_port
 from netmap.netlink.rtmsg import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFREQ, TUNGETFEATURES, TUNGETIFF
 from netmap.netlink.rtnl import TUN_DEVICE
+
+# kernel_steps (and the plan's steps it brings) are imported where a VLAN, a vxlan device or
+# a rollback needs them: not on the QEMU helper's usual path, which QEMU waits for
 
 if TYPE_CHECKING:
     from netmap.model import Vxlan
@@ -221,11 +223,11 @@ def ensure_bridge(kernel: rtnl.Rtnl, name: str, port: str | None, *, mtu: int,
     vlan_filtering when the network has a VLAN). An existing bridge is used as it is
     (realize or the operator made it); a port with another master is refused.
     """
-    from netmap.plan import BRIDGE_AGEING
-
     link = kernel.get(name)
     created = False
     if link is None:
+        from netmap.plan import BRIDGE_AGEING  # only to make one: not on the helper's path
+
         what = f"cannot create bridge {name}" + (f" filtering VLAN {vlan}" if vlan else "")
         created = _create(kernel, what, rtmsg.new_link(
             name, "bridge", mtu=mtu, data=rtmsg.bridge_data(BRIDGE_AGEING, vlan is not None)),
@@ -258,6 +260,8 @@ def _enslave(kernel: rtnl.Rtnl, bridge: str, index: int, port: str) -> int:
 
 def set_access_vlan(kernel: rtnl.Rtnl, port: int, vlan: int) -> None:
     """Make a new tap an access port of `vlan` (realize's BridgeVlan, access)."""
+    from netmap.netlink.kernel_steps import make_access_port
+
     with netlink_step(f"cannot put the tap on VLAN {vlan}"):
         make_access_port(kernel, port, vlan, drop_default=True)  # a new port has VLAN 1
 
@@ -265,6 +269,8 @@ def set_access_vlan(kernel: rtnl.Rtnl, port: int, vlan: int) -> None:
 def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
                  options: Vxlan | None, mtu: int) -> tuple[int, bool]:
     """vxlan device `name` for `vni` over `underlay`, up: (index, created)."""
+    from netmap.netlink.kernel_steps import add_vxlan_remotes
+
     lower = require_link(kernel, underlay, "underlay uplink")
     group, local = (options.group, options.local) if options else (None, None)
     port, remotes = (options.port, options.remotes) if options else (4789, ())
@@ -319,6 +325,8 @@ def ensure_macvtap(kernel: rtnl.Rtnl, name: str, lower: int, mode: str, mac: str
 
 def delete_links(kernel: rtnl.Rtnl, names: list[str]) -> None:
     """Remove links this helper created, newest first; a link already gone is fine."""
+    from netmap.netlink.kernel_steps import delete_quietly
+
     for name in reversed(names):
         delete_quietly(kernel, name)
 

@@ -13,8 +13,8 @@ Which modes a helper fd can serve:
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,12 +75,18 @@ def _refuse_queues(guest: Guest, nic: GuestNic, host: Host) -> None:
         "to it; or set queues = 1 in the guest's mapping")
 
 
+def _random_tap_name() -> str:
+    # what secrets.token_hex(4) returns, without importing secrets (hmac, base64) while
+    # QEMU waits for the helper
+    return f"{TAP_PREFIX}{os.urandom(4).hex()}"
+
+
 def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
     """Resolve the logical network on `host` into what to build; refuse what a tap fd
     cannot serve. Pure."""
     from netmap import names
-    from netmap.graph import effective_mtu
     from netmap.load import require_guest
+    from netmap.mtu import effective_mtu
     from netmap.tomlcheck import did_you_mean
 
     network = fleet.networks.get(request.network)
@@ -120,7 +126,7 @@ def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
                 if nic.network == network.name and nic.mac.lower() == request.mac:
                     _refuse_queues(guest, nic, host)
     ifname = (names.tap_name(request.guest, index) if request.guest is not None and index is
-              not None else f"{TAP_PREFIX}{secrets.token_hex(4)}")
+              not None else _random_tap_name())
     if binding.mode in MACVTAP_MODES:
         if mac is None:
             raise InputError(

@@ -39,6 +39,7 @@ from netmap.model import MACVTAP_MODES
 from netmap.qemu import Endpoint, network_name_problem, plan_endpoint
 
 if TYPE_CHECKING:
+    from netmap.model import Fleet, Host
     from netmap.netlink import rtnl
 
 PROG = "netmap-qemu-helper"
@@ -143,14 +144,11 @@ def peer_pid(sock: socket.socket) -> int:
 
 def serve(request: Request) -> Endpoint:
     """Check everything, then build the endpoint and send its fd. Raises NetmapError."""
-    from netmap.hostid import this_host
-    from netmap.load import load_fleet
     from netmap.qemu.acl import acl_path, load_acl
     from netmap.state import host_lock
 
     load_acl(acl_path(request.acl)).check(request.network)
-    fleet = load_fleet(request.mappings)
-    host = this_host(fleet, request.host)
+    fleet, host = load_mappings(request)
     endpoint = plan_endpoint(request, fleet, host)
     sock = check_socket(request.fd)
     try:
@@ -163,6 +161,39 @@ def serve(request: Request) -> Endpoint:
     return endpoint
 
 
+def load_mappings(request: Request) -> tuple[Fleet, Host]:
+    """The mappings the request needs, and this host's. QEMU waits for the helper, so when
+    no guest is named (--guest, --mac) only networks.toml and hosts/NAME.toml are read, not
+    the whole fleet: what load_fleet would give for NAME when that file defines it. Any
+    other case (no such file, a broken one, a name it does not define) takes the whole
+    fleet, whose answer and errors are those of every other command."""
+    from netmap.hostid import host_name
+    from netmap.load import load_host, load_networks, mappings_dir
+    from netmap.model import Fleet
+
+    if request.guest is None and request.mac is None:
+        base = mappings_dir(request.mappings)
+        name = host_name(request.host)
+        path = base / "hosts" / f"{name}.toml"
+        if name and "/" not in name and not name.startswith(".") and path.is_file():
+            networks = load_networks(base / "networks.toml")
+            try:
+                host = load_host(path, networks)
+            except InputError:
+                host = None  # the whole fleet's load says it, as everywhere else
+            if host is not None and host.name == name:
+                return Fleet(networks, {name: host}, {}, (), str(base)), host
+    return _whole_fleet(request)
+
+
+def _whole_fleet(request: Request) -> tuple[Fleet, Host]:
+    from netmap.hostid import this_host
+    from netmap.load import load_fleet
+
+    fleet = load_fleet(request.mappings)
+    return fleet, this_host(fleet, request.host)
+
+
 def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) -> None:
     """Build `endpoint` in the host's namespace, send its fd on `sock`, keep nothing open.
 
@@ -170,7 +201,6 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
     """
     from netmap.netlink import rtnl
     from netmap.netlink import tapfd as k
-    from netmap.plan import host_side_mac
 
     if endpoint.host.netns:
         k.enter_netns(endpoint.host.netns)
@@ -190,7 +220,7 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
                 vnet = use_vnet and bool(k.tun_features() & k.IFF_VNET_HDR)
                 fd = k.open_tap(endpoint.ifname, vnet_hdr=vnet)
                 # the guest's MAC with fe: as realize gives it (plan.host_side_mac), if known
-                mac = host_side_mac(endpoint.mac) if endpoint.mac else k.random_tap_mac()
+                mac = _host_side_mac(endpoint.mac) if endpoint.mac else k.random_tap_mac()
                 tap = k.attach_tap(kernel, endpoint.ifname, bridge, endpoint.mtu, mac)
                 _tap_vlan(kernel, endpoint, bridge, tap)
                 _record_shared(kernel, endpoint, created)
@@ -210,6 +240,12 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+def _host_side_mac(guest_mac: str) -> str:
+    from netmap.plan import host_side_mac  # the plan's steps: only when the MAC is known
+
+    return host_side_mac(guest_mac)
 
 
 def require_index(kernel: rtnl.Rtnl, name: str) -> int:
@@ -259,8 +295,9 @@ def _bridge_for(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> in
 def _record_shared(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> None:
     """The bridge (and vxlan device) made here outlive the tap: state records them, for no
     guest, so that the next release on the host removes them once unused."""
+    if not created:  # most runs: the bridge was there (and the plan's steps not imported)
+        return
     from netmap import plan as p
-    from netmap.netlink.release import record_unowned_links
 
     steps: list[p.Step] = []
     if endpoint.vxlan is not None and endpoint.vxlan in created:
@@ -273,6 +310,8 @@ def _record_shared(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) ->
                   p.EnslavePort(port=endpoint.vxlan or endpoint.binding.uplink,
                                 bridge=endpoint.bridge)]
     if steps:
+        from netmap.netlink.release import record_unowned_links  # most runs make nothing
+
         record_unowned_links(endpoint.host.name, kernel, steps)
 
 
