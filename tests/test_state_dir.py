@@ -28,7 +28,7 @@ needs_root = pytest.mark.skipif(
     reason="needs root with CAP_NET_ADMIN, as realize and release do")
 needs_setpriv = pytest.mark.skipif(
     os.geteuid() != 0 or not has_net_admin() or shutil.which("setpriv") is None,
-    reason="needs root and util-linux setpriv to drop CAP_DAC_OVERRIDE")
+    reason="needs root with CAP_NET_ADMIN and util-linux setpriv to drop CAP_DAC_OVERRIDE")
 GOOD = {"version": 1, "host": "h", "resources": {
     "link:nm0": {"step": {"kind": "tap", "name": "nm0"}, "created": True, "guests": ["vm1"],
                  "info": {}}},
