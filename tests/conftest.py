@@ -3,6 +3,7 @@ always delete them; each test module uses its own namespace name prefix."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,29 @@ def has_net_admin() -> bool:
 
 needs_netns = pytest.mark.skipif(
     not has_net_admin(), reason="needs CAP_NET_ADMIN and iproute2 to build network namespaces")
+# realize and release check the capability before anything else they are asked to do
+needs_net_admin = pytest.mark.skipif(
+    not has_net_admin(), reason="realize and release refuse to start without CAP_NET_ADMIN")
+
+# Every namespace a test builds comes from one of these (directly or through a fixture that
+# asks for one), so `-m netns` / `-m "not netns"` split the suite without a marker per test.
+NAMESPACE_FIXTURES = frozenset({"netns_factory", "lab_factory"})  # and all built on them
+
+
+def builds_namespaces(item: pytest.Item) -> bool:
+    """Asks for a namespace fixture, or is marked by hand (a test that builds a lab itself)."""
+    if NAMESPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    return item.get_closest_marker("netns") is not None or any(
+        mark == needs_netns.mark for mark in item.iter_markers("skipif"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if builds_namespaces(item):
+            # the marker selects; the skip says why a run without the capability passed it by
+            item.add_marker(pytest.mark.netns)
+            item.add_marker(needs_netns)
 
 
 @pytest.fixture
@@ -87,3 +111,74 @@ def lab_factory(mappings: Path) -> Iterator[Callable[..., object]]:
     yield make
     for lab in labs:
         teardown_lab(lab)
+
+
+@pytest.fixture
+def cli_lab_factory(lab_factory: Callable[..., object], mappings: Path, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
+    """make(prefix, hosts, guests={}) -> (Lab, mappings): lab_factory with the guests' files
+    (name -> TOML) added first, and NETMAP_MAPPINGS / NETMAP_STATE_DIR set as the command
+    line reads them, the state kept in tmp_path."""
+
+    def make(prefix: str, hosts: list[str], guests: dict[str, str] | None = None):
+        for name, text in (guests or {}).items():
+            (mappings / "guests" / f"{name}.toml").write_text(text)
+        built, root = lab_factory(prefix, hosts)
+        monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+        monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
+        return built, root
+
+    return make
+
+
+# --- shared builders and readers (one of each, so tests say the same thing the same way) ----
+
+def write_fleet(root: Path, networks: str, hosts: dict[str, str],
+                guests: dict[str, str]) -> Path:
+    """A mappings tree: networks.toml, hosts/NAME.toml and guests/NAME.toml from texts."""
+    (root / "hosts").mkdir(parents=True, exist_ok=True)
+    (root / "guests").mkdir(exist_ok=True)
+    (root / "networks.toml").write_text(networks)
+    for folder, files in (("hosts", hosts), ("guests", guests)):
+        for name, text in files.items():
+            (root / folder / f"{name}.toml").write_text(text)
+    return root
+
+
+def guest_toml(name: str, host: str, *nics: tuple[str, str]) -> str:
+    """A guest file placed on `host`, one [[nics]] table per (network, mac)."""
+    return f'[guest]\nname = "{name}"\nhost = "{host}"\n' + "".join(
+        f'\n[[nics]]\nnetwork = "{network}"\nmac = "{mac}"\n' for network, mac in nics)
+
+
+def ip_links(netns: str, name: str | None = None) -> list[dict]:
+    """`ip -d -j link show [name]` in the namespace, as iproute2 reports it."""
+    out = subprocess.run(["ip", "-n", netns, "-d", "-j", "link", "show",
+                          *([name] if name else [])],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def links_by_name(netns: str) -> dict[str, dict]:
+    return {link["ifname"]: link for link in ip_links(netns)}
+
+
+def fake_sriov_pf(root: Path, pf: str, vf_netdevs: list[str | None], *, total: int = 8,
+                  bus: str = "0000:03") -> Path:
+    """A fake sysfs tree as the kernel lays it out: class/net/PF/device -> the PF's PCI
+    device with sriov_totalvfs, sriov_numvfs and virtfnN -> BUS:10.N; a VF whose netdev is
+    None is bound to vfio (no net/ directory)."""
+    pci = root / "devices" / "pci"
+    device = pci / f"{bus}:00.0"
+    device.mkdir(parents=True)
+    (root / "class" / "net" / pf).mkdir(parents=True)
+    (root / "class" / "net" / pf / "device").symlink_to(device)
+    (device / "sriov_totalvfs").write_text(f"{total}\n")
+    (device / "sriov_numvfs").write_text(f"{len(vf_netdevs)}\n")
+    for index, netdev in enumerate(vf_netdevs):
+        vf = pci / f"{bus}:10.{index}"
+        vf.mkdir()
+        if netdev:
+            (vf / "net" / netdev).mkdir(parents=True)
+        (device / f"virtfn{index}").symlink_to(vf)
+    return root

@@ -95,7 +95,8 @@ def test_second_load_answers_from_cache(mappings: Path, cache_dir: Path,
                                         parses: Counter[str]) -> None:
     settle()
     same_as_uncached(mappings)
-    assert parses["host-a.toml"] == 1 and parses["vm1.toml"] == 1
+    assert parses["host-a.toml"] == 1
+    assert parses["vm1.toml"] == 1
     assert len(list(cache_dir.iterdir())) == 1
     parses.clear()
     warm = same_as_uncached(mappings)
@@ -112,7 +113,8 @@ def test_recent_files_are_never_cached(mappings: Path, cache_dir: Path, parses: 
     monkeypatch.setattr(cache, "RACY_WINDOW_NS", 3_600 * 10**9)
     load_fleet_cached(mappings)
     load_fleet_cached(mappings)
-    assert parses["host-a.toml"] == 2 and parses["vm4.toml"] == 2
+    assert parses["host-a.toml"] == 2
+    assert parses["vm4.toml"] == 2
 
 
 def test_only_the_changed_file_is_parsed_again(mappings: Path, cache_dir: Path,
@@ -180,7 +182,8 @@ def test_libvirt_xml_guest_is_cached_too(mappings: Path, cache_dir: Path,
     assert "vm9" in same_as_uncached(mappings).guests
     parses.clear()
     warm = same_as_uncached(mappings)
-    assert not parses and warm.guests["vm9"].nics[0].network == "prod"
+    assert not parses
+    assert warm.guests["vm9"].nics[0].network == "prod"
 
 
 def test_duplicate_made_by_a_new_file_is_reported(mappings: Path, cache_dir: Path) -> None:
@@ -241,7 +244,8 @@ def test_broken_files_give_the_same_problems_cold_and_warm(mappings: Path,
     first = same_as_uncached(mappings)
     second = same_as_uncached(mappings)
     assert len(first.problems) == len(second.problems) == 2
-    assert second.problems[0].key == "host.bogus" and second.problems[0].line == 3
+    assert second.problems[0].key == "host.bogus"
+    assert second.problems[0].line == 3
     assert second.problems[1].line == 1
 
 
@@ -338,7 +342,8 @@ def test_parallel_parse_gives_the_same_fleet(mappings: Path, cache_dir: Path,
     # the child parsed part of the files (its counts stay in the child); the broken file
     # in its part was parsed here again, to report it as load_fleet does
     assert 0 < sum(parses.values()) < 8
-    assert parses["vm3.toml"] == 1 and parses["host-a.toml"] == 1
+    assert parses["vm3.toml"] == 1
+    assert parses["host-a.toml"] == 1
     assert fleet.problems[0].key == "guest.bogus"
     parses.clear()
     same_as_uncached(mappings)  # and what the child parsed went into the cache
@@ -363,14 +368,25 @@ def test_file_changed_after_the_child_read_it_is_read_again_next_time(
     settle()
     first = []
     here = os.getpid()
+    child_read = mappings.parent / "the child read host-d"
+
+    def parse_and_tell(path, networks):  # in the child, forked with this in place
+        host = load.load_host(path, networks)
+        if Path(path).name == "host-d.toml":
+            child_read.touch()
+        return host
 
     def edit_then_parse(path, networks):  # here (not in the child), while the child parses
         if not first and os.getpid() == here:
             first.append(path)
-            time.sleep(0.2)  # let the child read host-d.toml first
+            deadline = time.monotonic() + 10
+            while not child_read.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert child_read.exists(), "the child never read host-d.toml"
             keep_size_and_mtime(mappings / "hosts" / "host-d.toml", "mtu = 9000", "mtu = 1500")
         return load.load_host(path, networks)
 
+    monkeypatch.setattr(cache_child, "load_host", parse_and_tell)
     monkeypatch.setattr(cache, "load_host", edit_then_parse)
     fleet = load_fleet_cached(mappings, parallel=True)
     assert first == [str(mappings / "hosts" / "host-a.toml")]  # the child had the others
@@ -416,12 +432,13 @@ def test_placement_checks_the_childs_hosts_in_the_child(
     answer = placement.hosts_for_fleet(fleet, "vm1", parallel=True)
     assert "host-b" not in fleet.hosts._hosts  # checked where it was parsed
     expected = placement.hosts_for(build_graph(load_fleet(mappings)), "vm1")
-    assert answer == expected and answer[0].host == "host-b" and answer[0].compatible
+    assert answer == expected
+    assert answer[0].host == "host-b"
+    assert answer[0].compatible
     assert snapshot(fleet) == snapshot(load_fleet(mappings))
     (write,) = after_the_answer
     write()
-    _wait_for_cache(cache_dir)
-    time.sleep(0.2)
+    _wait_for_cache(cache_dir)  # renamed into place whole: complete once it is there
     parses.clear()
     same_as_uncached(mappings)  # the cache holds every host, the child's too
     assert not parses
@@ -453,7 +470,9 @@ def test_prepare_runs_while_the_child_parses_or_once_before(
         assert runs == [[here, "0"]]
     else:  # we ran it after parsing host-a; the child after its part (7 files)
         ours, theirs = sorted(runs, key=lambda run: run[0] != here)
-        assert ours == [here, "1"] and theirs[0] != here and int(theirs[1]) == 7
+        assert ours == [here, "1"]
+        assert theirs[0] != here
+        assert int(theirs[1]) == 7
 
 
 @single_threaded
@@ -495,8 +514,7 @@ def test_cache_written_behind_waits_for_the_childs_last_hosts(
     """The writer, forked as we finish, reads the child's last message itself."""
     settle()
     load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1", write_behind=True)
-    _wait_for_cache(cache_dir)
-    time.sleep(0.2)  # renamed into place whole, but let it finish before reading
+    _wait_for_cache(cache_dir)  # renamed into place whole: complete once it is there
     parses.clear()
     same_as_uncached(mappings)
     assert not parses
@@ -654,7 +672,8 @@ def test_each_mappings_directory_has_its_own_cache(mappings: Path, tmp_path: Pat
     assert "host-d" in same_as_uncached(mappings).hosts
     assert "host-d" not in same_as_uncached(other).hosts
     assert "host-d" in same_as_uncached(mappings).hosts
-    assert cache.clear(other) and not cache.clear(other)
+    assert cache.clear(other)
+    assert not cache.clear(other)
 
 
 def test_gc_pause_nests_and_restores(mappings: Path) -> None:
@@ -670,7 +689,8 @@ def test_gc_pause_nests_and_restores(mappings: Path) -> None:
     try:
         with gcpause.gc_paused(freeze=True):
             fleet = load_fleet(mappings)
-        assert gc.isenabled() and gc.get_freeze_count() > frozen
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > frozen
         assert fleet.hosts["host-a"].name == "host-a"  # frozen objects stay usable
     finally:
         gc.unfreeze()
@@ -692,8 +712,11 @@ def test_lazy_source_lines_match_line_of(mappings: Path) -> None:
         text = Path(source.file).read_text()
         assert source.line == line_of(text, source._path) is not None
         plain = Source(source.file, source.line)
-        assert source == plain and plain == source and hash(source) == hash(plain)
-        assert str(source) == str(plain) and repr(source) == repr(plain)
+        assert source == plain
+        assert plain == source
+        assert hash(source) == hash(plain)
+        assert str(source) == str(plain)
+        assert repr(source) == repr(plain)
 
 
 def naive_graph(fleet: Fleet):
@@ -806,8 +829,10 @@ def test_unchanged_fleet_from_the_cache_answers_hosts_for_the_same(
             want = [c.as_dict() for c in hosts_for(graph, guest, strict=strict)]
             assert [c.as_dict() for c in hosts_for_fleet(lazy, guest, strict=strict)] == want
     assert snapshot(lazy) == snapshot(plain)
-    assert list(lazy.hosts) == list(plain.hosts) and len(lazy.hosts) == len(plain.hosts)
-    assert "no-such-host" not in lazy.hosts and lazy.hosts.get("no-such-host") is None
+    assert list(lazy.hosts) == list(plain.hosts)
+    assert len(lazy.hosts) == len(plain.hosts)
+    assert "no-such-host" not in lazy.hosts
+    assert lazy.hosts.get("no-such-host") is None
 
 
 def test_unchanged_fleet_is_rechecked_file_by_file(mappings: Path, cache_dir: Path,
@@ -823,7 +848,8 @@ def test_unchanged_fleet_is_rechecked_file_by_file(mappings: Path, cache_dir: Pa
         load_fleet_cached(mappings)  # stores what the last change made
         parses.clear()
         warm = load_fleet_cached(mappings, lazy=True)
-        assert sum(parses.values()) == 0 and isinstance(warm.hosts, cache_index.LazyHosts)
+        assert sum(parses.values()) == 0
+        assert isinstance(warm.hosts, cache_index.LazyHosts)
         change()
         changed = load_fleet_cached(mappings, lazy=True)
         assert snapshot(changed) == snapshot(load_fleet(mappings))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_MAPPINGS
+from conftest import EXAMPLE_MAPPINGS, write_fleet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,14 +62,7 @@ def nic(network: str = "prod", mac: str = "52:54:00:00:00:01", **keys: str) -> s
 
 
 def fleet(tmp_path: Path, hosts: dict[str, str], guests: dict[str, str]):
-    (tmp_path / "hosts").mkdir(exist_ok=True)
-    (tmp_path / "guests").mkdir(exist_ok=True)
-    (tmp_path / "networks.toml").write_text(NETWORKS)
-    for name, text in hosts.items():
-        (tmp_path / "hosts" / f"{name}.toml").write_text(text)
-    for name, text in guests.items():
-        (tmp_path / "guests" / f"{name}.toml").write_text(text)
-    loaded = load_fleet(tmp_path)
+    loaded = load_fleet(write_fleet(tmp_path, NETWORKS, hosts, guests))
     assert loaded.problems == (), loaded.problems
     return build_graph(loaded)
 
@@ -85,7 +78,8 @@ def example():
 
 def test_example_compatible_migration(example):
     report = check_migration(example, "vm1", "host-b")
-    assert report.compatible and report.findings == ()
+    assert report.compatible
+    assert report.findings == ()
     before, after = report.pairs[0]
     assert (before.uplink, after.uplink) == ("eth0", "eno2")
     assert (before.segment, before.vlan, before.mtu) == (after.segment, after.vlan, after.mtu)
@@ -102,7 +96,9 @@ def test_example_incompatible_migration(example):
     report = check_migration(example, "vm1", "host-c")
     assert not report.compatible
     unbound = [f for f in report.findings if f.code == "NETWORK_UNBOUND"]
-    assert unbound[0].nic == 1 and "storage" in unbound[0].message and unbound[0].hint
+    assert unbound[0].nic == 1
+    assert "storage" in unbound[0].message
+    assert unbound[0].hint
 
 
 def test_segment_unreachable_and_vhost(example):
@@ -123,7 +119,8 @@ def test_mtu_too_small_names_the_limit(tmp_path: Path):
                   {"g": guest("g", "a", nic())})
     report = check_migration(graph, "g", "b")
     finding = next(f for f in report.findings if f.code == "MTU_TOO_SMALL")
-    assert "9000" in finding.message and "eno2" in finding.message
+    assert "9000" in finding.message
+    assert "eno2" in finding.message
     # a guest that declares it only uses 1500 fits
     graph = fleet(tmp_path, {}, {"g": guest("g", "a", nic(mtu="1500"))})
     assert check_migration(graph, "g", "b").compatible
@@ -223,10 +220,13 @@ def test_check_on_the_graph_of_its_two_hosts_is_the_check_on_the_whole(tmp_path:
 def test_hosts_for_ranks_clean_hosts_first(example):
     ranked = hosts_for(example, "vm2")
     assert [c.host for c in ranked][:2] == ["host-b", "host-c"]
-    assert ranked[0].compatible and ranked[0].warnings == 0
-    assert ranked[1].compatible and ranked[1].warnings == 1
+    assert ranked[0].compatible
+    assert ranked[0].warnings == 0
+    assert ranked[1].compatible
+    assert ranked[1].warnings == 1
     blocked = next(c for c in ranked if c.host == "host-d")
-    assert not blocked.compatible and blocked.blocking.code == "NETWORK_UNBOUND"
+    assert not blocked.compatible
+    assert blocked.blocking.code == "NETWORK_UNBOUND"
 
 
 # --- property: a guest always passes the check against its own host ---------------------------

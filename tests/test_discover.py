@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import needs_netns
+from conftest import fake_sriov_pf, links_by_name, needs_netns
 
 from netmap.cli import main
 from netmap.errors import InputError
@@ -22,12 +22,6 @@ PREFIX = "nmB"
 
 def ip(netns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True)
-
-
-def iproute_links(netns: str) -> dict[str, dict]:
-    out = subprocess.run(["ip", "-n", netns, "-j", "-d", "link", "show"], check=True,
-                         capture_output=True, text=True).stdout
-    return {link["ifname"]: link for link in json.loads(out)}
 
 
 @pytest.fixture
@@ -65,7 +59,7 @@ def zoo(netns_factory) -> str:
 def test_kinds_relations_and_state_match_iproute2(zoo: str) -> None:
     inventory = discover(zoo)
     links = {link.name: link for link in inventory.interfaces}
-    reference = iproute_links(zoo)
+    reference = links_by_name(zoo)
     assert set(links) == set(reference)
     for name, ref in reference.items():
         link = links[name]
@@ -91,11 +85,14 @@ def test_kinds_relations_and_state_match_iproute2(zoo: str) -> None:
     assert set(links["up0"].addresses) == {"10.250.9.1/24", "2001:db8::1/64"}
     assert links["lo"].addresses == ()
     assert inventory.by_altname("uplink-zero") is links["up0"]
-    assert links["up0"].running and links["up0"].carrier is True
-    assert not links["lonely"].running and links["lonely"].carrier is False
+    assert links["up0"].running
+    assert links["up0"].carrier is True
+    assert not links["lonely"].running
+    assert links["lonely"].carrier is False
     assert {p.name for p in inventory.ports_of("br-up0")} == {"up1", "vx5001", "tp0"}
     # a veth's IFLA_LINK is its peer, never reported as a lower device
-    assert links["up0"].lower is None and links["up0p"].lower is None
+    assert links["up0"].lower is None
+    assert links["up0p"].lower is None
 
 
 @needs_netns
@@ -134,7 +131,6 @@ def test_uplink_candidates_leave_out_endpoints_and_bridges(zoo: str) -> None:
     assert not names & {"lo", "br-up0", "mvt0", "mvl0", "vx5001", "tp0", "tn0"}
 
 
-@needs_netns
 def test_missing_namespace_is_bad_input_and_is_not_created() -> None:
     name = f"{PREFIX}-absent-0"
     with pytest.raises(InputError, match="does not exist"):
@@ -142,26 +138,8 @@ def test_missing_namespace_is_bad_input_and_is_not_created() -> None:
     assert not namespace_exists(name)
 
 
-def fake_sysfs(root: Path, pf: str, total: int, vf_netdevs: list[str | None]) -> Path:
-    """<root>/class/net/PF/device/{sriov_totalvfs,sriov_numvfs,virtfnN -> ../0000:3b:02.N}."""
-    pci = root / "bus" / "pci" / "devices"
-    device = pci / "0000:3b:00.0"
-    device.mkdir(parents=True)
-    (root / "class" / "net" / pf).mkdir(parents=True)
-    (root / "class" / "net" / pf / "device").symlink_to(device)
-    (device / "sriov_totalvfs").write_text(f"{total}\n")
-    (device / "sriov_numvfs").write_text(f"{len(vf_netdevs)}\n")
-    for index, netdev in enumerate(vf_netdevs):
-        vf = pci / f"0000:3b:02.{index}"
-        vf.mkdir()
-        if netdev:
-            (vf / "net" / netdev).mkdir(parents=True)
-        (device / f"virtfn{index}").symlink_to(vf)
-    return root
-
-
 def test_sriov_usage_from_a_fake_tree(tmp_path: Path) -> None:
-    root = fake_sysfs(tmp_path, "pf0", 8, ["vf0", None, "vf2", "vf3"])
+    root = fake_sriov_pf(tmp_path, "pf0", ["vf0", None, "vf2", "vf3"], bus="0000:3b")
     links = [
         Interface(2, "pf0", "physical", 9000),
         Interface(3, "vf0", "physical", 1500, master="br0"),
@@ -174,11 +152,12 @@ def test_sriov_usage_from_a_fake_tree(tmp_path: Path) -> None:
     assert (pool.total_vfs, pool.num_vfs) == (8, 4)
     used = {vf.index: vf.used_by for vf in pool.vfs}
     assert used[0] == "port of br0"
-    assert used[1] is not None and "vfio" in used[1]
+    assert used[1] is not None
+    assert "vfio" in used[1]
     assert used[2] is None
     assert used[3] == "lower of nm0123456780"
     assert (pool.used_vfs, pool.free_vfs) == (3, 1)
-    assert [vf.pci for vf in pool.vfs] == [f"0000:3b:02.{i}" for i in range(4)]
+    assert [vf.pci for vf in pool.vfs] == [f"0000:3b:10.{i}" for i in range(4)]
 
 
 def test_features_from_fake_roots(tmp_path: Path) -> None:
@@ -201,7 +180,7 @@ def test_discover_reads_sriov_of_a_namespace_only_from_an_explicit_root(
         netns_factory, tmp_path: Path) -> None:
     ns = netns_factory(PREFIX)
     ip(ns, "link", "add", "eno1", "type", "veth", "peer", "name", "eno1p")
-    root = fake_sysfs(tmp_path, "eno1", 16, ["v0", None])
+    root = fake_sriov_pf(tmp_path, "eno1", ["v0", None], total=16)
     assert discover(ns, sysfs_root=root).sriov["eno1"].num_vfs == 2
     # the machine's /sys lists the root namespace's links, not this namespace's eno1
     assert discover(ns).sriov == {}
@@ -217,20 +196,24 @@ def test_cli_discover_json_tree_and_draft(zoo: str, tmp_path: Path, capsys,
 
     assert main(["discover", "--netns", zoo]) == 0
     tree = capsys.readouterr().out
-    assert "vx5001" in tree and "VNI 5001" in tree and "macvtap vepa on up0" in tree
+    assert "vx5001" in tree
+    assert "VNI 5001" in tree
+    assert "macvtap vepa on up0" in tree
 
     target = tmp_path / "draft.toml"
     assert main(["--mappings", str(mappings), "discover", "--netns", zoo, "--host", "zoo",
                  "--write", str(target)]) == 0
     capsys.readouterr()
     host = load_host(target, load_networks(mappings / "networks.toml"))
-    assert host.name == "zoo" and host.netns == zoo
+    assert host.name == "zoo"
+    assert host.netns == zoo
     assert host.uplinks["up0"].mtu == 9000
-    assert host.uplinks["up0"].mac == iproute_links(zoo)["up0"]["address"]
+    assert host.uplinks["up0"].mac == links_by_name(zoo)["up0"]["address"]
     # the vxlan device carries tenant-blue's VNI 5001 over up0: a binding, with its options
     blue = host.bindings["tenant-blue"]
     assert (blue.mode, blue.uplink, blue.bridge) == ("vxlan", "up0", "br-up0")
-    assert blue.vxlan is not None and (blue.vxlan.port, blue.vxlan.group) == (4790, "239.1.1.1")
+    assert blue.vxlan is not None
+    assert (blue.vxlan.port, blue.vxlan.group) == (4790, "239.1.1.1")
 
     # a second --write does not clobber the first
     assert main(["discover", "--netns", zoo, "--write", str(target)]) == 2
@@ -247,7 +230,8 @@ def test_inventory_json_round_trip_is_plain_data() -> None:
                                 Interface(2, "eth0", "physical", 1500, altnames=("enp1",))))
     data = json.loads(json.dumps(inv.as_dict()))
     assert data["interfaces"][1]["altnames"] == ["enp1"]
-    assert inv.get("eth0") is not None and inv.get("eth9") is None
+    assert inv.get("eth0") is not None
+    assert inv.get("eth9") is None
 
 
 @needs_netns
@@ -260,7 +244,8 @@ def test_reading_a_namespace_leaves_this_thread_in_its_own(netns_factory) -> Non
     by_name = discover(ns)
     by_path = discover(f"/run/netns/{ns}")
     assert os.readlink("/proc/thread-self/ns/net") == before
-    assert by_name.get("only-here") is not None and by_path.get("only-here") is not None
+    assert by_name.get("only-here") is not None
+    assert by_path.get("only-here") is not None
     assert discover().get("only-here") is None  # and this namespace is untouched
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import write_fleet
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -152,7 +153,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_example_fleet_moves_everything_off_host_a(mappings: Path, capsys) -> None:
     code, out, _ = run_cli(capsys, "--mappings", str(mappings), "drain", "host-a", "--json")
     data = json.loads(out)
-    assert code == 0 and data["complete"] and data["proven_optimal"]
+    assert code == 0
+    assert data["complete"]
+    assert data["proven_optimal"]
     # host-b realizes prod the same way (vepa); host-c would change it, so it is avoided
     assert {m["guest"]: m["destination"] for m in data["moves"]} == {"vm1": "host-b",
                                                                     "vm2": "host-b"}
@@ -166,11 +169,13 @@ def test_exclude_leaves_vm1_without_a_host_and_says_why(mappings: Path, capsys) 
     code, out, _ = run_cli(capsys, "--mappings", str(mappings), "drain", "host-a",
                            "--exclude", "host-b", "--json")
     data = json.loads(out)
-    assert code == 1 and not data["complete"]
+    assert code == 1
+    assert not data["complete"]
     assert [(m["guest"], m["destination"]) for m in data["moves"]] == [("vm2", "host-c")]
     assert [w["code"] for w in data["moves"][0]["warnings"]] == ["SEMANTIC_CHANGED"]
     (blocked,) = data["blocked"]
-    assert blocked["guest"] == "vm1" and blocked["reason"] == "incompatible"
+    assert blocked["guest"] == "vm1"
+    assert blocked["reason"] == "incompatible"
     why = {(u["code"], tuple(u["hosts"])) for u in blocked["elsewhere"]}
     assert why == {("NETWORK_UNBOUND", ("host-c",)), ("SEGMENT_UNREACHABLE", ("host-d",))}
 
@@ -179,7 +184,8 @@ def test_strict_turns_the_class_change_into_a_refusal(mappings: Path, capsys) ->
     code, out, _ = run_cli(capsys, "--mappings", str(mappings), "drain", "host-a",
                            "--exclude", "host-b", "--strict", "--json")
     data = json.loads(out)
-    assert code == 1 and data["moves"] == []
+    assert code == 1
+    assert data["moves"] == []
     vm2 = next(b for b in data["blocked"] if b["guest"] == "vm2")
     (verdict,) = vm2["hosts"]
     assert (verdict["host"], verdict["code"]) == ("host-c", "SEMANTIC_CHANGED")
@@ -188,7 +194,10 @@ def test_strict_turns_the_class_change_into_a_refusal(mappings: Path, capsys) ->
 
 def test_table_and_commands(mappings: Path, capsys) -> None:
     code, out, _ = run_cli(capsys, "--mappings", str(mappings), "drain", "host-a")
-    assert code == 0 and "host-b" in out and "1 -> 3" in out and "ens1f0: 1 -> 2 / 4" in out
+    assert code == 0
+    assert "host-b" in out
+    assert "1 -> 3" in out
+    assert "ens1f0: 1 -> 2 / 4" in out
     code, out, _ = run_cli(capsys, "--mappings", str(mappings), "drain", "host-a",
                            "--emit-commands")
     lines = [line.split("  #")[0] for line in out.splitlines() if not line.startswith("#")]
@@ -211,7 +220,8 @@ def test_table_and_commands(mappings: Path, capsys) -> None:
 
 def test_a_host_without_guests_is_drained_already(mappings: Path, capsys) -> None:
     code, out, _ = run_cli(capsys, "--mappings", str(mappings), "drain", "host-d")
-    assert code == 0 and "nothing to move" in out
+    assert code == 0
+    assert "nothing to move" in out
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -224,14 +234,18 @@ def test_a_host_without_guests_is_drained_already(mappings: Path, capsys) -> Non
 ])
 def test_bad_input_exits_2_with_a_reason(mappings: Path, capsys, argv, words) -> None:
     code, _, err = run_cli(capsys, "--mappings", str(mappings), *argv)
-    assert code == 2 and words in err and "Traceback" not in err
+    assert code == 2
+    assert words in err
+    assert "Traceback" not in err
 
 
 def test_broken_host_file_is_bad_input_when_it_is_the_one_drained(mappings: Path,
                                                                   capsys) -> None:
     (mappings / "hosts" / "host-a.toml").write_text('[host]\nname = "host-a"\nmax_guests = -1\n')
     code, _, err = run_cli(capsys, "--mappings", str(mappings), "drain", "host-a")
-    assert code == 2 and "host-a.toml" in err and "max_guests" in err
+    assert code == 2
+    assert "host-a.toml" in err
+    assert "max_guests" in err
 
 
 # --- generated fleets -------------------------------------------------------------------------
@@ -247,7 +261,8 @@ def test_greedy_fails_but_the_flow_finds_the_complete_plan() -> None:
                                       guest("g2", "src", "stor1", "wire")])
     assert greedy(graph, "src") == {"g1": "a"}
     plan = drain(graph, "src")
-    assert plan.complete and plan.proven
+    assert plan.complete
+    assert plan.proven
     assert {m.guest: m.dest for m in plan.moves} == {"g1": "b", "g2": "a"}
     g1 = next(m for m in plan.moves if m.guest == "g1")
     assert [w.code for w in g1.warnings] == ["VHOST_MISSING"]
@@ -269,7 +284,9 @@ def test_a_guest_needing_vfs_on_two_pfs_is_searched_not_guessed() -> None:
     graph = fleet_graph([src, a, b], [guest("g1", "src", "stor1", "stor2"),
                                       guest("g2", "src", "stor1", "wire"), *busy])
     plan = drain(graph, "src")
-    assert plan.complete and plan.proven and plan.stats["complex_guests"] >= 1
+    assert plan.complete
+    assert plan.proven
+    assert plan.stats["complex_guests"] >= 1
     assert {m.guest: m.dest for m in plan.moves} == {"g1": "b", "g2": "a"}
     assert plan.after["b"].vfs == (("q", 2, 2),)
     assert_sound(graph, plan)
@@ -281,9 +298,12 @@ def test_infeasible_plan_names_the_capacity_that_runs_out(capsys, tmp_path: Path
              for n in ("a", "b")]
     graph = fleet_graph([src, *dests], [guest(f"g{i}", "src", "stor1") for i in range(3)])
     plan = drain(graph, "src")
-    assert len(plan.moves) == 2 and plan.proven and plan.upper_bound == 2
+    assert len(plan.moves) == 2
+    assert plan.proven
+    assert plan.upper_bound == 2
     (blocked,) = plan.blocked
-    assert blocked.reason == "capacity" and "VFs of PF pf" in blocked.summary
+    assert blocked.reason == "capacity"
+    assert "VFs of PF pf" in blocked.summary
     assert {(v.host, v.code) for v in blocked.hosts} == {("a", "CAPACITY"), ("b", "CAPACITY")}
     assert all("0 free after the plan, needs 1" in v.message for v in blocked.hosts)
     assert_sound(graph, plan)
@@ -312,10 +332,12 @@ def test_a_guest_whose_compatible_hosts_are_full_names_the_capacity(bindings, li
     (blocked,) = plan.blocked
     assert blocked.reason == "capacity"
     assert blocked.summary == (f"its 1 compatible host(s) are full before the drain (full: "
-                               f"{blocked.hosts[0].message})") and said in blocked.summary
+                               f"{blocked.hosts[0].message})")
+    assert said in blocked.summary
     assert [(v.host, v.code) for v in blocked.hosts] == [("full", "CAPACITY")]
     assert [(u.code, u.hosts) for u in blocked.elsewhere] == [("NETWORK_UNBOUND", ("other",))]
-    assert plan.proven and not plan.moves
+    assert plan.proven
+    assert not plan.moves
 
 
 def test_passthrough_uplinks_and_guest_limits() -> None:
@@ -327,10 +349,13 @@ def test_passthrough_uplinks_and_guest_limits() -> None:
     moving += [guest(f"m{i}", "src", "mgmt") for i in range(2)]
     graph = fleet_graph(hosts, [guest("old", "c", "mgmt"), *moving])
     plan = drain(graph, "src")
-    assert Counter(m.dest for m in plan.moves) == {"a": 1, "b": 1, "c": 1} and plan.proven
+    assert Counter(m.dest for m in plan.moves) == {"a": 1, "b": 1, "c": 1}
+    assert plan.proven
     reasons = {b.guest[0]: b.summary for b in plan.blocked}
-    assert "passthrough uplink e2" in reasons["w"] and "max_guests" in reasons["m"]
-    assert plan.after["c"].guests == 2 and plan.after["a"].whole == (("e2", 1),)
+    assert "passthrough uplink e2" in reasons["w"]
+    assert "max_guests" in reasons["m"]
+    assert plan.after["c"].guests == 2
+    assert plan.after["a"].whole == (("e2", 1),)
     assert_sound(graph, plan)
 
 
@@ -344,7 +369,8 @@ def test_weighted_endpoints_are_packed_exactly() -> None:
               guest("g3", "src", "front"), guest("g4", "src", "mgmt")]
     graph = fleet_graph(hosts, moving)
     plan = drain(graph, "src")
-    assert plan.complete and plan.proven
+    assert plan.complete
+    assert plan.proven
     assert_sound(graph, plan)
 
 
@@ -355,11 +381,13 @@ def test_guests_sharing_a_mac_on_two_l2_domains_land_apart() -> None:
     two = Guest("two", "src", (GuestNic(0, "stor1", "52:54:00:aa:aa:aa"),))
     graph = fleet_graph(hosts, [one, two])
     plan = drain(graph, "src")
-    assert plan.complete and len({m.dest for m in plan.moves}) == 2
+    assert plan.complete
+    assert len({m.dest for m in plan.moves}) == 2
     assert_sound(graph, plan)
     # with a single destination only one of them can go
     plan = drain(graph, "src", exclude=["b"])
-    assert len(plan.moves) == 1 and plan.blocked[0].hosts[0].code == "MAC_CONFLICT"
+    assert len(plan.moves) == 1
+    assert plan.blocked[0].hosts[0].code == "MAC_CONFLICT"
 
 
 def test_a_mac_in_use_on_a_host_keeps_the_guest_away_from_it() -> None:
@@ -379,19 +407,16 @@ def test_a_mac_duplicated_on_the_same_l2_domain_blocks_the_guest_everywhere() ->
     twin = Guest("twin", "a", (GuestNic(0, "front", "52:54:00:cc:cc:cc"),))
     plan = drain(fleet_graph(hosts, [mover, twin]), "src")
     (blocked,) = plan.blocked
-    assert blocked.reason == "incompatible" and "52:54:00:cc:cc:cc" in blocked.summary
+    assert blocked.reason == "incompatible"
+    assert "52:54:00:cc:cc:cc" in blocked.summary
 
 
-def write_fleet(root: Path, hosts: dict[str, str], guests: dict[str, str]) -> Path:
-    (root / "hosts").mkdir(parents=True)
-    (root / "guests").mkdir()
-    (root / "networks.toml").write_text(
-        '[networks.storage]\nsegment = "san"\nvlan = 200\nmtu = 9000\n')
-    for name, body in hosts.items():
-        (root / "hosts" / f"{name}.toml").write_text(f'[host]\nname = "{name}"\n{body}')
-    for name, body in guests.items():
-        (root / "guests" / f"{name}.toml").write_text(f'[guest]\nname = "{name}"\n{body}')
-    return root
+def storage_fleet(root: Path, hosts: dict[str, str], guests: dict[str, str]) -> Path:
+    """A fleet on one storage network; each body follows its [host]/[guest] name line."""
+    return write_fleet(
+        root, '[networks.storage]\nsegment = "san"\nvlan = 200\nmtu = 9000\n',
+        {name: f'[host]\nname = "{name}"\n{body}' for name, body in hosts.items()},
+        {name: f'[guest]\nname = "{name}"\n{body}' for name, body in guests.items()})
 
 
 def test_toml_fleet_through_the_cli_exit_1_when_vfs_run_out(tmp_path: Path, capsys) -> None:
@@ -402,17 +427,22 @@ def test_toml_fleet_through_the_cli_exit_1_when_vfs_run_out(tmp_path: Path, caps
     guests = {f"vm{i}": f'host = "src"\n\n[[nics]]\nnetwork = "storage"\n'
                         f'mac = "52:54:00:00:00:0{i}"\n' for i in range(1, 4)}
     guests["resident"] = 'host = "b"\n\n[[nics]]\nnetwork = "storage"\nmac = "52:54:00:00:01:01"\n'
-    root = write_fleet(tmp_path / "m", {"src": pf(8), "a": pf(1), "b": pf(2)}, guests)
+    root = storage_fleet(tmp_path / "m", {"src": pf(8), "a": pf(1), "b": pf(2)}, guests)
     code, out, _ = run_cli(capsys, "--mappings", str(root), "drain", "src", "--json")
     data = json.loads(out)
-    assert code == 1 and len(data["moves"]) == 2 and data["proven_optimal"]
+    assert code == 1
+    assert len(data["moves"]) == 2
+    assert data["proven_optimal"]
     (blocked,) = data["blocked"]
     assert blocked["reason"] == "capacity"
     assert {h["host"] for h in blocked["hosts"]} == {"a", "b"}
     code, out, _ = run_cli(capsys, "--mappings", str(root), "drain", "src")
-    assert code == 1 and "cannot move" in out and "VFs of PF ens1f0" in out
+    assert code == 1
+    assert "cannot move" in out
+    assert "VFs of PF ens1f0" in out
     code, out, _ = run_cli(capsys, "--mappings", str(root), "drain", "src", "--exclude", "a,b")
-    assert code == 1 and "3 of 3 guest(s) cannot move" in out
+    assert code == 1
+    assert "3 of 3 guest(s) cannot move" in out
 
 
 def test_load_is_spread_over_equal_hosts() -> None:
@@ -428,7 +458,8 @@ def test_many_hosts_are_examined_only_as_far_as_needed() -> None:
     hosts = [host("src", binds), *(host(f"h{i:03}", binds) for i in range(300))]
     graph = fleet_graph(hosts, [guest(f"g{i}", "src", "mgmt") for i in range(5)])
     plan = drain(graph, "src")
-    assert plan.complete and plan.stats["checks"] < 40  # 5 needed, 4x that at most, + finals
+    assert plan.complete
+    assert plan.stats["checks"] < 40  # 5 needed, 4x that at most, + finals
 
 
 def test_warning_free_hosts_are_found_behind_emptier_ones_with_warnings() -> None:
@@ -439,7 +470,8 @@ def test_warning_free_hosts_are_found_behind_emptier_ones_with_warnings() -> Non
     residents = [guest(f"r{i}", f"c{i:02}", "mgmt") for i in range(10)]
     graph = fleet_graph(hosts, [*residents, *(guest(f"g{i}", "src", "mgmt") for i in range(3))])
     plan = drain(graph, "src")
-    assert plan.complete and all(m.dest.startswith("c") and not m.warnings for m in plan.moves)
+    assert plan.complete
+    assert all(m.dest.startswith("c") and not m.warnings for m in plan.moves)
 
 
 def test_a_short_look_is_widened_when_a_guest_is_left_out() -> None:
@@ -457,7 +489,8 @@ def test_a_short_look_is_widened_when_a_guest_is_left_out() -> None:
                                             for i in range(17))]
     graph = fleet_graph(hosts, [*residents, *moving])
     plan = drain(graph, "src")
-    assert plan.complete and plan.proven
+    assert plan.complete
+    assert plan.proven
     assert next(m.dest for m in plan.moves if m.guest == "a").startswith("p")
     assert_sound(graph, plan)
 
@@ -488,9 +521,13 @@ def test_solver_reports_an_unproven_plan_honestly() -> None:
     options = {f"g{i}": tuple(Option(h, ((("endpoints", h, ""), 2 if i == 4 else 3),))
                               for h in ("a", "b", "c")) for i in range(5)}
     cut = solve(Problem(options, slots), budget=1)
-    assert len(cut.assignment) == 3 and not cut.proven and cut.upper_bound == 4
+    assert len(cut.assignment) == 3
+    assert not cut.proven
+    assert cut.upper_bound == 4
     full = solve(Problem(options, slots))
-    assert len(full.assignment) == 3 and full.proven and full.upper_bound == 3
+    assert len(full.assignment) == 3
+    assert full.proven
+    assert full.upper_bound == 3
 
 
 def test_tight_uneven_endpoints_are_packed_to_the_proven_optimum() -> None:
@@ -502,7 +539,8 @@ def test_tight_uneven_endpoints_are_packed_to_the_proven_optimum() -> None:
     nets = ["front", "mgmt", "wire"]
     graph = fleet_graph(hosts, [guest(f"g{i:02}", "src", *nets[:1 + i % 3]) for i in range(40)])
     plan = drain(graph, "src")
-    assert plan.proven and len(plan.moves) == plan.upper_bound
+    assert plan.proven
+    assert len(plan.moves) == plan.upper_bound
     # 48 slots: the 14 one-NIC guests (14), the 13 two-NIC ones (26), two of three NICs (6)
     assert len(plan.moves) == 29
     assert_sound(graph, plan)

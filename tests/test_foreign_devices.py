@@ -9,27 +9,19 @@ had to keep stays in state until it is free; FDB ageing is part of "the same bri
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import needs_netns
 from test_realize import VM5, VM6, host_dump, plan_for, run
 
 from netmap.cli import main
 from netmap.state import HostState
 
-pytestmark = needs_netns
 PREFIX = "nmha"
 
 
 @pytest.fixture
-def lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    (mappings / "guests" / "vm5.toml").write_text(VM5)
-    (mappings / "guests" / "vm6.toml").write_text(VM6)
-    built, root = lab_factory(PREFIX, ["host-a"])
-    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
-    return built, root
+def lab(cli_lab_factory):
+    return cli_lab_factory(PREFIX, ["host-a"], {"vm5": VM5, "vm6": VM6})
 
 
 def link(ns: str, name: str) -> dict:
@@ -52,15 +44,18 @@ def test_a_foreign_tap_with_netmaps_name_is_neither_repaired_nor_deleted(lab, ca
     assert main(["realize", "vm5", "--host", "host-a"]) == 3
     err = capsys.readouterr().err
     assert f"{tap} on host-a is not the tun netmap made (ifindex {made}, for vm5)" in err
-    assert f"ip link del {tap}" in err and "release vm5 on host-a first" in err
+    assert f"ip link del {tap}" in err
+    assert "release vm5 on host-a first" in err
     assert link(ns, tap) == theirs  # not repaired: no master, MTU and MAC as they were
     assert main(["drift", "host-a", "--json"]) == 1
     replaced = [f for f in json.loads(capsys.readouterr().out)["findings"]
                 if f["code"] == "ENDPOINT_REPLACED"]
-    assert len(replaced) == 1 and f"ifindex {made}, is gone" in replaced[0]["message"]
+    assert len(replaced) == 1
+    assert f"ifindex {made}, is gone" in replaced[0]["message"]
     assert main(["release", "vm5", "--host", "host-a"]) == 0
     out = capsys.readouterr().out
-    assert f"link:{tap}: now another tun" in out and "not netmap's, left alone" in out
+    assert f"link:{tap}: now another tun" in out
+    assert "not netmap's, left alone" in out
     assert link(ns, tap) == theirs
     assert "br-eth1" not in host_dump(ns)["links"]  # netmap's own bridge did go
 
@@ -104,7 +99,8 @@ def test_an_adopted_bridge_gets_back_only_what_netmap_did(lab, capsys) -> None:
     steps = json.loads(capsys.readouterr().out)["steps"]
     verdicts = {s["step"]["kind"] + ":" + str(s["step"].get("name") or s["step"].get("port")):
                 s["result"] for s in steps}
-    assert verdicts["bridge:br-eth1"] == "adopt" and verdicts["enslave:eth1"] == "create"
+    assert verdicts["bridge:br-eth1"] == "adopt"
+    assert verdicts["enslave:eth1"] == "create"
     assert link(ns, "eth1")["master"] == "br-eth1"
     assert main(["release", "vm5", "--host", "host-a"]) == 0
     after = host_dump(ns)
@@ -155,7 +151,8 @@ def test_a_kept_bridge_stays_in_state_until_it_is_free(lab, capsys) -> None:
     assert main(["release", "vm5", "--host", "host-a"]) == 0
     assert "bridge still has ports netmap did not make: vnet0" in capsys.readouterr().out
     state = HostState.load("host-a")
-    assert state.users("link:br-eth1") == [] and state.made_ifindex("link:br-eth1")
+    assert state.users("link:br-eth1") == []
+    assert state.made_ifindex("link:br-eth1")
     run("ip", "link", "del", "vnet0", netns=ns)
     assert main(["realize", "vm6", "--host", "host-a"]) == 0
     assert main(["release", "vm6", "--host", "host-a"]) == 0  # a later release on the host

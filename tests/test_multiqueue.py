@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import needs_netns
+from conftest import ip_links, needs_netns
 
 from netmap.errors import ApplyError, InputError
 from netmap.graph import build_graph
@@ -58,7 +58,9 @@ def test_bad_queues_name_file_key_and_fix(mappings: Path, queues: object, model:
     with pytest.raises(InputError) as caught:
         load_guest(path, load_networks(mappings / "networks.toml"))
     text = str(caught.value)
-    assert "vmq.toml" in text and "nics[0].queues" in text and wanted in text
+    assert "vmq.toml" in text
+    assert "nics[0].queues" in text
+    assert wanted in text
     assert caught.value.fix
 
 
@@ -158,18 +160,12 @@ def open_queue(netns: str, name: str, flags: int) -> int:
 
 
 def tun_info(netns: str, name: str) -> dict:
-    out = subprocess.run(["ip", "-n", netns, "-d", "-j", "link", "show", name],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]["linkinfo"]["info_data"]
+    return ip_links(netns, name)[0]["linkinfo"]["info_data"]
 
 
 @pytest.fixture
-def mq_lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    (mappings / "guests" / "vmq.toml").write_text(guest_file(4))
-    built, root = lab_factory(PREFIX, ["host-a"])
-    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
-    return built, root
+def mq_lab(cli_lab_factory):
+    return cli_lab_factory(PREFIX, ["host-a"], {"vmq": guest_file(4)})
 
 
 def realize(root: Path, **options: object):
@@ -194,7 +190,9 @@ def test_realize_makes_a_tap_that_opens_once_per_queue(mq_lab) -> None:
     netns = built.hosts["host-a"]
     tap = str(plan.nics[0].device)
     info = tun_info(netns, tap)
-    assert info["multi_queue"] is True and info["vnet_hdr"] is True and info["persist"] is True
+    assert info["multi_queue"] is True
+    assert info["vnet_hdr"] is True
+    assert info["persist"] is True
     fds = [open_queue(netns, tap, FLAGS | IFF_MULTI_QUEUE) for _ in range(4)]
     try:
         assert tun_info(netns, tap)["numqueues"] == 4
@@ -231,9 +229,7 @@ def test_single_queue_tap_opens_once(mq_lab) -> None:
 
 
 def ifindex(netns: str, name: str) -> int:
-    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", name],
-                         capture_output=True, text=True, check=True).stdout
-    return int(json.loads(out)[0]["ifindex"])
+    return int(ip_links(netns, name)[0]["ifindex"])
 
 
 @needs_netns
@@ -260,7 +256,8 @@ def test_second_realize_makes_a_free_tap_again_in_the_new_mode(mq_lab, before: i
     assert ifindex(netns, tap) != old
     link = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
                                      capture_output=True, text=True, check=True).stdout)[0]
-    assert link["master"] == plan.nics[0].bridge and "UP" in link["flags"]
+    assert link["master"] == plan.nics[0].bridge
+    assert "UP" in link["flags"]
     # state knows the new device: a third realize leaves it alone
     _, again = realize(root)
     assert not again.changed
@@ -280,9 +277,12 @@ def test_second_realize_refuses_while_a_guest_holds_the_tap(mq_lab) -> None:
         with pytest.raises(ApplyError) as caught:
             realize(root)
         text = str(caught.value)
-        assert "single-queue" in text and "4 queue(s)" in text and "holds" in text
+        assert "single-queue" in text
+        assert "4 queue(s)" in text
+        assert "holds" in text
         assert "shut vmq down" in str(caught.value.fix)
-        assert ifindex(netns, tap) == old and tun_info(netns, tap)["multi_queue"] is False
+        assert ifindex(netns, tap) == old
+        assert tun_info(netns, tap)["multi_queue"] is False
     finally:
         os.close(fd)
 
@@ -340,8 +340,10 @@ def test_qemu_helper_refuses_several_queues(mq_lab, tmp_path: Path, how: str) ->
     got = qh.call_helper(["--use-vnet", "--br=mgmt", how], qh.helper_env(root, acl))
     assert got.fd is None
     assert got.code == 2, got.stderr
-    assert "queues = 4" in got.stderr and "one file descriptor" in got.stderr
-    assert "vmq.toml" in got.stderr and "nics[0].queues" in got.stderr
+    assert "queues = 4" in got.stderr
+    assert "one file descriptor" in got.stderr
+    assert "vmq.toml" in got.stderr
+    assert "nics[0].queues" in got.stderr
     assert "netmap realize vmq --host host-a" in got.stderr
     assert "Traceback" not in got.stderr
     assert qh.links(netns).keys() == before.keys()
@@ -410,9 +412,12 @@ def test_drift_reports_a_tap_in_the_other_queue_mode(mq_lab,
     assert main(["drift", "host-a", "--json"]) == 1
     findings = json.loads(capsys.readouterr().out)["findings"]
     found = [f for f in findings if f["code"] == "ENDPOINT_QUEUE_MODE"]
-    assert len(found) == 1 and found[0]["severity"] == "error"
-    assert tap in found[0]["message"] and "single-queue" in found[0]["message"]
-    assert "4 queue(s)" in found[0]["message"] and "vmq.toml" in found[0]["message"]
+    assert len(found) == 1
+    assert found[0]["severity"] == "error"
+    assert tap in found[0]["message"]
+    assert "single-queue" in found[0]["message"]
+    assert "4 queue(s)" in found[0]["message"]
+    assert "vmq.toml" in found[0]["message"]
     assert "realize vmq again" in found[0]["hint"]
     realize(root)  # made anew (no guest holds it): no drift left
     main(["drift", "host-a", "--json"])
@@ -459,7 +464,8 @@ def test_qemu_opens_the_realized_tap_once_per_queue(mq_lab, tmp_path: Path) -> N
     try:
         qmp = connect()
         info = qmp.command("human-monitor-command", **{"command-line": "info network"})
-        assert f"ifname={tap}" in str(info) and MAC in str(info)
+        assert f"ifname={tap}" in str(info)
+        assert MAC in str(info)
         assert fds_of(qemu.pid).count(f"/dev/net/tun {tap}") == 4
         # all four attached; QEMU keeps all but the first disabled until the guest's driver
         # turns multiqueue on (TUNSETQUEUE), and CPUs that never run never do
@@ -550,7 +556,8 @@ def test_libvirt_starts_a_guest_with_four_queues_on_the_realized_tap(
         capsys.readouterr()
     else:
         pytest.skip("every ifindex the tap got has a /dev/tapN node of another namespace")
-    assert "<driver queues='4'/>" in interface and f'<target dev="{tap}"' in interface
+    assert "<driver queues='4'/>" in interface
+    assert f'<target dev="{tap}"' in interface
     # no option ROM file is needed (the lab's QEMU may have no ipxe ROMs)
     interface = interface.replace("</interface>", "  <rom enabled='no'/>\n</interface>")
     daemon = PrivateLibvirtd(tmp_path / "libvirt", netns, "host-a", root)
@@ -564,7 +571,8 @@ def test_libvirt_starts_a_guest_with_four_queues_on_the_realized_tap(
         started = daemon.virsh("start", "vmq", check=False)
         assert started.returncode == 0, started.stderr + daemon.log_tail()
         live = daemon.virsh("dumpxml", "vmq").stdout
-        assert "queues='4'" in live and f"dev='{tap}'" in live
+        assert "queues='4'" in live
+        assert f"dev='{tap}'" in live
         (pidfile,) = [p for p in (tmp_path / "libvirt" / "run/libvirt/qemu").glob("*.pid")
                       if p.name != "driver.pid"]
         pid = int(pidfile.read_text().strip())

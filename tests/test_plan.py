@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import needs_net_admin
 
 from netmap.check import check_migration
 from netmap.cli import main
@@ -101,17 +102,20 @@ def test_bridge_mode_with_vlan_shared_steps_once(fleet_dir: Path) -> None:
     steps = [step for _, step in plan.steps]
     bridges = [s for s in steps if isinstance(s, EnsureBridge)]
     prod_bridge = next(b for b in bridges if b.name == "br-ens3")
-    assert prod_bridge.vlan_filtering and prod_bridge.mtu == 9000
+    assert prod_bridge.vlan_filtering
+    assert prod_bridge.mtu == 9000
     assert prod_bridge.ageing == 3000  # 30 s, never 0 (a hub leaks frames: OSSA-2019-004)
     # two NICs on one bridge: the bridge, the uplink's port and its trunk VLAN appear once
     assert sum(isinstance(s, EnslavePort) and s.port == "ens3" for s in steps) == 1
     assert BridgeVlan("ens3", 100) in steps
     taps = [s for s in steps if isinstance(s, CreateTap) and s.bridge == "br-ens3"]
-    assert len(taps) == 2 and len({t.name for t in taps}) == 2
+    assert len(taps) == 2
+    assert len({t.name for t in taps}) == 2
     for tap in taps:  # each tap is an access port of VLAN 100 only
         assert BridgeVlan(tap.name, 100, access=True) in steps
         assert steps.index(BridgeVlan(tap.name, 100, access=True)) > steps.index(tap)
-        assert tap.mac == host_side_mac(tap.guest_mac) and tap.mac.startswith("fe:")
+        assert tap.mac == host_side_mac(tap.guest_mac)
+        assert tap.mac.startswith("fe:")
     assert steps.index(RequireLink("ens3", 9000)) < steps.index(prod_bridge)
 
 
@@ -124,7 +128,8 @@ def test_sriov_vf_as_macvtap_and_vxlan_unicast(fleet_dir: Path) -> None:
     vx = next(s for s in blue.steps if isinstance(s, EnsureVxlan))
     assert (vx.name, vx.vni, vx.port, vx.remotes, vx.group) == (
         "vx5001", 5001, 8472, ("10.0.0.2", "10.0.0.3"), None)
-    assert vx.mtu == 1450 and blue.bridge == "brvx5001"
+    assert vx.mtu == 1450
+    assert blue.bridge == "brvx5001"
     kinds = [s.kind for s in blue.steps]
     assert kinds == ["require-link", "vxlan", "bridge", "enslave", "tap"]
     assert blue.steps[0] == RequireLink("ens5", 1450 + 50)  # the underlay carries vxlan
@@ -160,7 +165,8 @@ def test_steps_round_trip_through_json_and_invert(fleet_dir: Path, mappings: Pat
             assert step_from_dict(step.as_dict()) == step
             assert shown["do"] == step.describe()
             inverse = step.inverse()
-            assert inverse is not None and inverse.resource == step.resource
+            assert inverse is not None
+            assert inverse.resource == step.resource
             assert shown["undo"] == inverse.describe()
     tap = next(s for _, s in plan_for(fleet_dir, "twins", "host-x").steps
                if isinstance(s, CreateTap))
@@ -179,7 +185,8 @@ def test_plan_command_json(mappings: Path, capsys) -> None:
     assert main(["plan", "vm2", "--host", "host-b", "--mappings", str(mappings),
                  "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["host"] == "host-b" and data["netns"] == "nm-lab-host-b"
+    assert data["host"] == "host-b"
+    assert data["netns"] == "nm-lab-host-b"
     assert [s["kind"] for s in data["steps"]] == [
         "require-link", "vlan-link", "macvtap", "require-link", "bridge", "enslave", "tap"]
     assert data["steps"][4]["undo"] == "delete bridge br-eno3"
@@ -200,16 +207,20 @@ def test_realize_refuses_before_touching_anything(mappings: Path, tmp_path: Path
     assert main(["realize", "vm2", "--host", "host-b", "--dry-run", "--json", *common]) == 3
     printed = capsys.readouterr()
     shown = json.loads(printed.out)
-    assert shown["plan"]["guest"] == "vm2" and shown["verdicts"] is None
+    assert shown["plan"]["guest"] == "vm2"
+    assert shown["verdicts"] is None
     assert "nmA-absent-1" in shown["unreachable"]
-    assert "could not read the host" in printed.err and "nmA-absent-1" in printed.err
+    assert "could not read the host" in printed.err
+    assert "nmA-absent-1" in printed.err
     assert main(["realize", "vm2", "--host", "host-b", "--dry-run", *common]) == 3
     printed = capsys.readouterr()
-    assert "plan for vm2" in printed.out and "nmA-absent-1" in printed.err
+    assert "plan for vm2" in printed.out
+    assert "nmA-absent-1" in printed.err
     # host-d has no netns: it is another machine than this one
     assert main(["realize", "vm4", "--host", "host-d", *common]) == 2
     err = capsys.readouterr().err
-    assert "names another machine than this one" in err and "--as-host" in err
+    assert "names another machine than this one" in err
+    assert "--as-host" in err
     # told that this machine is host-d, realize gets as far as check (vm4's mgmt is unbound)
     assert main(["realize", "vm4", "--host", "host-d", "--as-host", *common]) == 1
     assert "NETWORK_UNBOUND" in capsys.readouterr().out
@@ -228,11 +239,13 @@ def test_state_counts_users_and_writes_atomically(tmp_path: Path) -> None:
     state.save()
     assert [p.name for p in tmp_path.iterdir()] == ["h.json"]  # no temporary file left
     again = HostState.load("h", tmp_path)
-    assert again.users("link:br0") == ["vm1", "vm2"] and again.owner_of_link("br0")
+    assert again.users("link:br0") == ["vm1", "vm2"]
+    assert again.owner_of_link("br0")
     assert again.claimed_vfs("eno1") == {3: "52:54:00:00:00:01"}
     assert again.drop("vm1", "link:br0") is None  # vm2 still uses it
     record = again.drop("vm2", "link:br0")
-    assert record is not None and record["created"] is True
+    assert record is not None
+    assert record["created"] is True
     assert again.guest("vm2")["resources"] == ["vf:eno1:52:54:00:00:00:01"]
 
 
@@ -275,7 +288,8 @@ def test_plan_text_prints_macs_verbatim(mappings: Path, capsys) -> None:
     """rich would turn ':ab:' in 52:54:00:ab:00:01 into an emoji."""
     assert main(["plan", "vm2", "--host", "host-a", "--mappings", str(mappings)]) == 0
     out = capsys.readouterr().out
-    assert "52:54:00:ab:00:01" in out and "fe:54:00:ab:00:02" in out
+    assert "52:54:00:ab:00:01" in out
+    assert "fe:54:00:ab:00:02" in out
     assert "7. [nic 1] tap " in out
 
 
@@ -300,6 +314,7 @@ def test_plan_text_shows_each_steps_undo(mappings: Path, capsys) -> None:
     assert any(line.strip() == "undo: delete bridge br-eth1" for line in lines)
 
 
+@needs_net_admin
 def test_release_without_the_namespace_is_a_clear_error(mappings: Path, tmp_path: Path,
                                                          monkeypatch, capsys) -> None:
     from netmap.state import HostState
@@ -314,7 +329,8 @@ def test_release_without_the_namespace_is_a_clear_error(mappings: Path, tmp_path
     state.save()
     assert main(["release", "vm2", "--host", "host-a", "--mappings", str(mappings)]) == 3
     err = capsys.readouterr().err
-    assert "network namespace nmA-absent-0" in err and "scripts/lab up" in err
+    assert "network namespace nmA-absent-0" in err
+    assert "scripts/lab up" in err
     assert HostState.load("host-a").users("link:nm3297253281") == ["vm2"]  # kept for later
 
 

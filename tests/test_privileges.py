@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import REPO, needs_netns
+from conftest import REPO, ip_links, needs_netns
 
 from netmap import plan as p
 from netmap.cli import main
@@ -54,12 +54,6 @@ def netmap_as(privileges: list[str], *argv: str, env: dict[str, str] | None = No
     return subprocess.run(["setpriv", *privileges, "--", sys.executable, "-m", "netmap",
                            *argv], capture_output=True, text=True, env=environment,
                           timeout=120, check=False)
-
-
-def links_of(netns: str) -> list[dict]:
-    out = subprocess.run(["ip", "-n", netns, "-d", "-j", "link", "show"], check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out)
 
 
 def fake_kernel(root: Path, *, config: str | None = None, builtin: str | None = None,
@@ -96,8 +90,10 @@ def test_mapping_netns_must_be_a_namespace_name(mappings: Path, netns: str,
     assert "host-a" not in fleet.hosts
     [err] = [e for e in fleet.problems if e.file == str(path)]
     assert (err.file, err.key) == (str(path), "host.netns")
-    assert err.line and path.read_text().splitlines()[err.line - 1].startswith("netns =")
-    assert words in err.problem and "ip netns list" in (err.fix or "")
+    assert err.line
+    assert path.read_text().splitlines()[err.line - 1].startswith("netns =")
+    assert words in err.problem
+    assert "ip netns list" in (err.fix or "")
 
 
 def test_a_namespace_name_passes(mappings: Path) -> None:
@@ -112,7 +108,9 @@ def test_empty_netns_is_refused_before_it_can_mean_this_machine(mappings: Path,
     code = main(["--mappings", str(mappings), "realize", "vm4", "--host", "host-d",
                  "--dry-run"])
     err = capsys.readouterr().err
-    assert code == 2 and "host.netns" in err and "is empty" in err
+    assert code == 2
+    assert "host.netns" in err
+    assert "is empty" in err
 
 
 def test_guard_treats_an_empty_netns_as_none(mappings: Path) -> None:
@@ -135,8 +133,8 @@ def test_netns_option_must_be_a_namespace_name(mappings: Path, argv: list[str],
                                                capsys) -> None:
     assert main(["--mappings", str(mappings), *argv]) == 2
     err = capsys.readouterr().err
-    assert "--netns" in err and ("is a path" in err or "is not a name" in err
-                                 or "is empty" in err)
+    assert "--netns" in err
+    assert "is a path" in err or "is not a name" in err or "is empty" in err
     assert "ip netns list" in err
 
 
@@ -154,12 +152,16 @@ def test_without_capabilities_netmap_names_the_missing_ones(mappings: Path,
         got = netmap_as(NO_CAPABILITIES, *common, *command, env=env)
         assert got.returncode == 2, got.stderr
         assert "Traceback" not in got.stderr
-        assert "CAP_NET_ADMIN" in got.stderr and "CAP_SYS_ADMIN" in got.stderr
-        assert "run netmap as root" in got.stderr and "lab" not in got.stderr
+        assert "CAP_NET_ADMIN" in got.stderr
+        assert "CAP_SYS_ADMIN" in got.stderr
+        assert "run netmap as root" in got.stderr
+        assert "lab" not in got.stderr
     got = netmap_as(NO_CAPABILITIES, *common, "realize", "vm2", "--host", "host-a",
                     "--dry-run", env=env)
-    assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr
-    assert "CAP_SYS_ADMIN" in got.stderr and "CAP_NET_ADMIN" not in got.stderr
+    assert got.returncode == 2, got.stderr
+    assert "Traceback" not in got.stderr, got.stderr
+    assert "CAP_SYS_ADMIN" in got.stderr
+    assert "CAP_NET_ADMIN" not in got.stderr
     assert f"enter network namespace {PREFIX}-absent-0" in got.stderr
 
 
@@ -173,14 +175,15 @@ def test_without_cap_net_admin_realize_names_it_and_touches_nothing(
     subprocess.run(["ip", "-n", ns, "link", "add", "eth1", "type", "veth", "peer", "name",
                     "p1"], check=True)
     set_netns(mappings, "host-a", ns)
-    before = links_of(ns)
+    before = ip_links(ns)
     got = netmap_as(WITHOUT_NET_ADMIN, "--mappings", str(mappings), "realize", "vm2",
                     "--host", "host-a", env={"NETMAP_STATE_DIR": str(tmp_path / "state")})
     assert got.returncode == 2, got.stderr
     assert "needs CAP_NET_ADMIN (to create and change interfaces)" in got.stderr
     assert "CAP_SYS_ADMIN" not in got.stderr.split("fix:")[0]  # that one it has
-    assert "build the lab" not in got.stderr and "Traceback" not in got.stderr
-    assert links_of(ns) == before
+    assert "build the lab" not in got.stderr
+    assert "Traceback" not in got.stderr
+    assert ip_links(ns) == before
     assert not (tmp_path / "state" / "host-a.json").exists()
 
 
@@ -209,7 +212,8 @@ def test_entering_a_namespace_without_privilege_is_not_a_missing_namespace(
             capture_output=True, text=True, check=False, timeout=120, env=env)
         assert got.returncode == 2, got.stdout + got.stderr
         assert f"may not enter network namespace {ns} of host host-a" in got.stderr
-        assert "CAP_SYS_ADMIN" in got.stderr and "build the lab" not in got.stderr
+        assert "CAP_SYS_ADMIN" in got.stderr
+        assert "build the lab" not in got.stderr
     set_netns(mappings, "host-a", f"{PREFIX}-absent-1")
     monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
     assert main(["--mappings", str(mappings), "realize", "vm2", "--host", "host-a"]) == 3
@@ -232,7 +236,8 @@ def test_capabilities_are_read_from_the_process_status(tmp_path: Path) -> None:
     assert caught.value.problem.startswith(
         "release vm1 on host-a needs CAP_NET_ADMIN (to create and change interfaces) and "
         "CAP_SYS_ADMIN (to enter network namespace lab)")
-    assert caught.value.exit_code == 2 and "AmbientCapabilities" in (caught.value.fix or "")
+    assert caught.value.exit_code == 2
+    assert "AmbientCapabilities" in (caught.value.fix or "")
     # unreadable: the kernel decides
     assert missing_capabilities("lab", changes=True, status=tmp_path / "absent") == []
 
@@ -259,7 +264,8 @@ def test_probe_a_module_the_kernel_can_load_is_support(tmp_path: Path) -> None:
     """=m and listed in modules.dep: RTM_NEWLINK loads it, so it counts."""
     probe = fake_kernel(tmp_path, config=CONFIG_VLAN_MODULE,
                         dep="kernel/net/8021q/8021q.ko.xz: kernel/net/802/garp.ko.xz\n")
-    assert probe.lacks("vlan") is None and probe.lacks("vlan_filtering") is None
+    assert probe.lacks("vlan") is None
+    assert probe.lacks("vlan_filtering") is None
 
 
 def test_probe_a_module_not_installed_says_modprobe(tmp_path: Path) -> None:
@@ -286,7 +292,8 @@ def test_probe_evidence_of_a_loaded_module_wins(tmp_path: Path) -> None:
     """/sys/module/8021q (loaded) or a bridge that shows vlan_filtering in sysfs."""
     probe = fake_kernel(tmp_path, boot_config="# CONFIG_VLAN_8021Q is not set\n",
                         traces=("sys/module/8021q", "sys/class/net/br0/bridge/vlan_filtering"))
-    assert probe.lacks("vlan") is None and probe.lacks("vlan_filtering") is None
+    assert probe.lacks("vlan") is None
+    assert probe.lacks("vlan_filtering") is None
     assert "CONFIG_VXLAN" in (probe.lacks("vxlan") or "")  # /boot/config-RELEASE is read
 
 
@@ -321,15 +328,14 @@ def test_refusal_names_the_step_the_reason_and_the_fix(tmp_path: Path) -> None:
     assert err.problem == (f"step 'create {vlan.describe()}' needs 802.1Q VLAN support, "
                            "which host-a's kernel lacks: this kernel (6.1.0-test) is built "
                            "without CONFIG_VLAN_8021Q")
-    assert err.fix and "boot a kernel with CONFIG_VLAN_8021Q" in err.fix
+    assert err.fix
+    assert "boot a kernel with CONFIG_VLAN_8021Q" in err.fix
 
 
 # --- item 9 in the lab: prod (VLAN 100, macvtap-vepa on eth0.100) on this kernel ---------------
 @pytest.fixture
-def lab_host_a(lab_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    built, root = lab_factory(PREFIX, ["host-a"])
-    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
+def lab_host_a(cli_lab_factory):
+    built, root = cli_lab_factory(PREFIX, ["host-a"])
     return built.hosts["host-a"], root
 
 
@@ -347,19 +353,22 @@ def test_dry_run_and_realize_refuse_a_vlan_this_kernel_cannot_make(lab_host_a,
     if reason is None:
         pytest.skip("this kernel has 802.1Q: the refusal needs one without")
     ns, root = lab_host_a
-    before = links_of(ns)
+    before = ip_links(ns)
     assert main(["realize", "vm2", "--host", "host-a", "--dry-run"]) == 3
     err = capsys.readouterr().err
-    assert "realize vm2 on host-a would fail" in err and "needs 802.1Q VLAN support" in err
-    assert "create 802.1Q eth0.100 on eth0" in err and reason in err
+    assert "realize vm2 on host-a would fail" in err
+    assert "needs 802.1Q VLAN support" in err
+    assert "create 802.1Q eth0.100 on eth0" in err
+    assert reason in err
     assert main(["realize", "vm2", "--host", "host-a"]) == 3
     err = capsys.readouterr().err
-    assert "needs 802.1Q VLAN support" in err and "nothing was changed" in err
+    assert "needs 802.1Q VLAN support" in err
+    assert "nothing was changed" in err
     steps: list[p.Step] = []
     with pytest.raises(ApplyError, match="nothing was changed"):
         realize_plan(vm2_plan(root), on_step=lambda _, step: steps.append(step))
     assert steps == []  # refused before the first step, not rolled back after it
-    assert links_of(ns) == before
+    assert ip_links(ns) == before
     assert not Path(os.environ["NETMAP_STATE_DIR"], "host-a.json").exists()  # not even state
 
 
@@ -374,5 +383,7 @@ def test_dry_run_with_a_kernel_that_has_802_1q(lab_host_a, tmp_path: Path) -> No
                         "kernel/net/bridge/bridge.ko:\nkernel/drivers/net/tun.ko:\n")
     verdicts = [(step.kind, verdict) for _, step, verdict
                 in preview_plan(vm2_plan(root), kernel_probe=probe)]
-    assert ("vlan-link", "create") in verdicts and ("macvtap", "create") in verdicts
-    assert links_of(ns) and all(link["ifname"] != "eth0.100" for link in links_of(ns))
+    assert ("vlan-link", "create") in verdicts
+    assert ("macvtap", "create") in verdicts
+    assert ip_links(ns)
+    assert all(link["ifname"] != "eth0.100" for link in ip_links(ns))

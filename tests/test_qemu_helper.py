@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, needs_netns
+from tests.conftest import REPO, links_by_name
 
-pytestmark = needs_netns
 HELPER = [sys.executable, "-m", "netmap.qemu.helper"]
 ACL = "allow mgmt\nallow tenant-blue\nallow prod\nallow storage\nallow nosuchnet\n"
 
@@ -72,12 +71,8 @@ def call_helper(args: list[str], env: dict[str, str], *, close_caller: bool = Fa
 
 def addrgen_modes(netns: str, *names: str) -> list[str]:
     """IPv6 address generation mode of each link (none: no link-local address)."""
-    import json
-
-    out = subprocess.run(["ip", "-n", netns, "-j", "-d", "link", "show"], capture_output=True,
-                         text=True, check=True).stdout
-    modes = {link["ifname"]: link.get("inet6_addr_gen_mode") for link in json.loads(out)}
-    return [modes[name] for name in names]
+    found = links_by_name(netns)
+    return [found[name].get("inet6_addr_gen_mode") for name in names]
 
 
 def links(netns: str) -> dict[str, dict]:
@@ -133,11 +128,14 @@ def test_bridge_mode_tap_on_the_mapped_bridge(host_a) -> None:
         now = links(netns)
         # host-a binds mgmt in bridge mode on eth1: the bridge br-eth1 was made, eth1 in it
         bridge = now["br-eth1"]
-        assert bridge["kind"] == "bridge" and bridge["up"]
+        assert bridge["kind"] == "bridge"
+        assert bridge["up"]
         assert bridge["ageing"] == 3000  # as realize's plan makes it (plan.BRIDGE_AGEING)
         assert now["eth1"]["master"] == bridge["index"]
         tap = now[name]
-        assert tap["master"] == bridge["index"] and tap["up"] and tap["mtu"] == 1500
+        assert tap["master"] == bridge["index"]
+        assert tap["up"]
+        assert tap["mtu"] == 1500
         assert tap["mac"].startswith("fe:")
         assert addrgen_modes(netns, "br-eth1", name) == ["none", "none"]  # as realize does
     finally:
@@ -155,7 +153,8 @@ def test_without_use_vnet_no_vnet_header_and_existing_bridge_reused(host_a) -> N
     first = call_helper(["--br=mgmt"], env)
     second = call_helper(["--br=mgmt", "--guest=vm2"], env)
     try:
-        assert first.code == 0 and second.code == 0, first.stderr + second.stderr
+        assert first.code == 0, first.stderr + second.stderr
+        assert second.code == 0, first.stderr + second.stderr
         assert not tap_info(first.fd)[1] & IFF_VNET_HDR
         from netmap.names import tap_name
 
@@ -182,7 +181,8 @@ def test_vxlan_mode_tap_on_the_vni_bridge(host_a) -> None:
         name, _ = tap_info(got.fd)
         assert f"network tenant-blue: {name} on bridge brvx5001, MTU 1450" in got.stderr
         now = links(netns)
-        assert now["vx5001"]["kind"] == "vxlan" and now["vx5001"]["vni"] == 5001
+        assert now["vx5001"]["kind"] == "vxlan"
+        assert now["vx5001"]["vni"] == 5001
         assert now["vx5001"]["underlay"] == now["eth0"]["index"]  # the mapped underlay
         assert now["vx5001"]["master"] == now["brvx5001"]["index"]
         assert now[name]["master"] == now["brvx5001"]["index"]
@@ -299,7 +299,8 @@ def test_one_logical_network_across_two_hosts(lab_factory, tmp_path: Path,
     on_a = call_helper([f"--br={network}"], helper_env(mappings, acl, host="host-a"))
     on_b = call_helper([f"--br={network}"], helper_env(mappings, acl, host="host-b"))
     try:
-        assert on_a.code == 0 and on_b.code == 0, on_a.stderr + on_b.stderr
+        assert on_a.code == 0, on_a.stderr + on_b.stderr
+        assert on_b.code == 0, on_a.stderr + on_b.stderr
         marker = f"netmap {network} a->b".encode()
         frame = (b"\xff" * 6 + bytes.fromhex("525400aa0001") + b"\x88\xb5" + marker
                  + bytes(40))
@@ -409,7 +410,8 @@ def test_missing_acl_file(host_a, tmp_path: Path) -> None:
     _, mappings, _ = host_a
     got = call_helper(["--br=mgmt"], helper_env(mappings, tmp_path / "absent.conf"))
     assert (got.code, got.fd) == (2, None)
-    assert "absent.conf does not exist" in got.stderr and "fix:" in got.stderr
+    assert "absent.conf does not exist" in got.stderr
+    assert "fix:" in got.stderr
 
 
 @pytest.mark.parametrize("fd_kind", ["closed", "pipe", "datagram"])
@@ -450,7 +452,8 @@ def test_missing_or_malformed_fd(host_a, argv: list[str], message: str) -> None:
     done = subprocess.run([*HELPER, *argv], env=helper_env(mappings, acl), capture_output=True,
                           text=True, timeout=30, check=False)
     assert done.returncode == 2
-    assert message in done.stderr and "Traceback" not in done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
     assert links(netns).keys() == before.keys()
 
 
@@ -544,14 +547,16 @@ def test_macvtap_mode_sends_the_macvtap_fd_and_cleans_up(host_a) -> None:
                             stdout=subprocess.PIPE, text=True)
     try:
         status = fake.stdout.readline().split()
-        assert status and status[0] == "0", status
+        assert status, status
+        assert status[0] == "0", status
         name, flags = fake.stdout.readline().split()
         from netmap.names import tap_name
 
         assert name == tap_name("vm2", 1)
         assert int(flags) & IFF_VNET_HDR
         macvtap = links(netns)[name]
-        assert macvtap["kind"] == "macvtap" and macvtap["up"]
+        assert macvtap["kind"] == "macvtap"
+        assert macvtap["up"]
         assert macvtap["mac"] == "52:54:00:ab:00:02"  # vm2's NIC on mgmt, from its mapping
         assert macvtap["link"] == links(netns)["eth1"]["index"]
     finally:
@@ -570,7 +575,8 @@ def test_a_bug_is_exit_4_and_says_so(monkeypatch, capsys) -> None:
     monkeypatch.setattr(helper, "run", broken)
     assert helper.main(["--fd=3", "--br=mgmt"]) == 4
     err = capsys.readouterr().err
-    assert "internal error: RuntimeError: unexpected" in err and "bug in netmap" in err
+    assert "internal error: RuntimeError: unexpected" in err
+    assert "bug in netmap" in err
 
 
 # Not on the helper's path once the bridge exists (QEMU waits for it at every guest start):

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import needs_netns
+from conftest import fake_sriov_pf, guest_toml, ip_links
 
 from netmap.cli import main
 from netmap.errors import ApplyError
@@ -33,42 +33,13 @@ from netmap.netlink.rtnl import entered_netns
 from netmap.plan import build_plan
 from netmap.state import HostState
 
-pytestmark = needs_netns
 PREFIX = "nmA"
 ETHERTYPE = 0x88B5  # IEEE local experimental: nothing in the lab answers or forwards it oddly
-VM5 = """[guest]
-name = "vm5"
-host = "host-a"
-
-[[nics]]
-network = "mgmt"
-mac = "52:54:00:55:00:01"
-
-[[nics]]
-network = "tenant-blue"
-mac = "52:54:00:55:00:02"
-"""
-VM6 = """[guest]
-name = "vm6"
-host = "host-a"
-
-[[nics]]
-network = "tenant-blue"
-mac = "52:54:00:66:00:01"
-"""
+VM5_MGMT = ("mgmt", "52:54:00:55:00:01")
+VM5 = guest_toml("vm5", "host-a", VM5_MGMT, ("tenant-blue", "52:54:00:55:00:02"))
+VM6 = guest_toml("vm6", "host-a", ("tenant-blue", "52:54:00:66:00:01"))
 # mgmt works, then prod needs eth0.100, which this kernel (no 8021q) cannot make
-VM7 = """[guest]
-name = "vm7"
-host = "host-a"
-
-[[nics]]
-network = "mgmt"
-mac = "52:54:00:77:00:01"
-
-[[nics]]
-network = "prod"
-mac = "52:54:00:77:00:02"
-"""
+VM7 = guest_toml("vm7", "host-a", ("mgmt", "52:54:00:77:00:01"), ("prod", "52:54:00:77:00:02"))
 
 
 # --- lab helpers -----------------------------------------------------------------------------
@@ -85,7 +56,7 @@ def run(*argv: str, netns: str | None = None, check: bool = True) -> str:
 def host_dump(netns: str) -> dict:
     """Everything iproute2 says about the namespace's links, minus counters and indexes."""
     links = {}
-    for link in json.loads(run("ip", "-d", "-j", "link", "show", netns=netns)):
+    for link in ip_links(netns):
         for volatile in ("stats", "stats64", "ifindex", "link_index"):
             link.pop(volatile, None)
         for part in ("info_data", "info_slave_data"):  # running timers tick on their own
@@ -109,7 +80,7 @@ def host_dump(netns: str) -> dict:
 def shape(netns: str) -> dict:
     """What netmap controls, with ifindex: equal shapes mean nothing was recreated."""
     out = {}
-    for link in json.loads(run("ip", "-d", "-j", "link", "show", netns=netns)):
+    for link in ip_links(netns):
         info = link.get("linkinfo", {})
         data = info.get("info_data", {})
         out[link["ifname"]] = (link["ifindex"], info.get("info_kind"), link.get("master"),
@@ -119,7 +90,7 @@ def shape(netns: str) -> dict:
 
 
 @pytest.fixture
-def lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def lab(cli_lab_factory, mappings: Path):
     """host-a and host-b of the example fleet, plus guests vm5..vm7; state in tmp_path.
 
     The example binds mgmt's bridge and tenant-blue's vxlan underlay to the same uplink
@@ -133,13 +104,7 @@ def lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
                             f'mode = "vxlan"\nuplink = "{new}"')
         assert f'uplink = "{new}"\nvxlan' in text
         path.write_text(text)
-    (mappings / "guests" / "vm5.toml").write_text(VM5)
-    (mappings / "guests" / "vm6.toml").write_text(VM6)
-    (mappings / "guests" / "vm7.toml").write_text(VM7)
-    built, root = lab_factory(PREFIX, ["host-a", "host-b"])
-    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
-    return built, root
+    return cli_lab_factory(PREFIX, ["host-a", "host-b"], {"vm5": VM5, "vm6": VM6, "vm7": VM7})
 
 
 def plan_for(root: Path, guest: str, host: str):
@@ -228,10 +193,12 @@ def test_realize_twice_changes_nothing_and_release_restores(lab, capsys) -> None
     before = host_dump(ns)
     assert main(["realize", "vm5", "--host", "host-a", "--dry-run", "--json"]) == 0
     verdicts = [v["result"] for v in json.loads(capsys.readouterr().out)["verdicts"]]
-    assert verdicts.count("create") == 7 and host_dump(ns) == before  # read, not changed
+    assert verdicts.count("create") == 7
+    assert host_dump(ns) == before  # read, not changed
     assert main(["realize", "vm5", "--host", "host-a"]) == 0
     first = capsys.readouterr().out
-    assert "realized vm5 on host-a" in first and "managed='no'" in first
+    assert "realized vm5 on host-a" in first
+    assert "managed='no'" in first
     made = host_dump(ns)
     made_shape = shape(ns)
     assert {"br-eth1", "vx5001", "brvx5001"} <= set(made["links"])
@@ -264,7 +231,8 @@ def test_migration_keeps_the_segment_frames_pass(lab) -> None:
     links_a = host_dump(a)["links"]
     plan_b = plan_for(root, "vm5", "host-b")
     vm5_tap_a = plan_for(root, "vm5", "host-a").nics[0].device
-    assert vm5_tap_a not in links_a and "br-eth1" not in links_a  # released
+    assert vm5_tap_a not in links_a
+    assert "br-eth1" not in links_a  # released
     assert "brvx5001" in links_a  # vm6 still uses the overlay bridge on host-a
     peer_ns, peer_if = stand_in_peer(built, "dc1-fabric")
     mgmt, blue = plan_b.nics
@@ -331,7 +299,9 @@ def test_kernel_refusal_mid_way_rolls_back(lab, tmp_path: Path) -> None:
         realize_plan(plan_for(root, "vm7", "host-a"),
                      kernel_probe=KernelProbe(tmp_path / "kernel"))
     err = str(caught.value)
-    assert "802.1Q" in err and "every change was undone" in err and "modprobe 8021q" in err
+    assert "802.1Q" in err
+    assert "every change was undone" in err
+    assert "modprobe 8021q" in err
     assert host_dump(ns) == before
 
 
@@ -344,7 +314,8 @@ def test_refusals_touch_nothing(lab, capsys) -> None:
     before = host_dump(ns)
     assert main(["realize", "vm5", "--host", "host-a"]) == 3
     err = capsys.readouterr().err
-    assert f"{tap} exists on host-a as a veth" in err and "nothing was changed" in err
+    assert f"{tap} exists on host-a as a veth" in err
+    assert "nothing was changed" in err
     assert host_dump(ns) == before
     run("ip", "link", "del", tap, netns=ns)
     # the uplink is enslaved to a bridge netmap does not know
@@ -389,7 +360,8 @@ def test_drift_is_repaired_and_foreign_devices_survive_release(lab, capsys) -> N
     result = json.loads(capsys.readouterr().out)
     assert [s["result"] for s in result["steps"]].count("repair") == 1
     links = host_dump(ns)["links"]
-    assert links[tap]["master"] == "br-eth1" and links[tap]["mtu"] == 1500
+    assert links[tap]["master"] == "br-eth1"
+    assert links[tap]["mtu"] == 1500
     # a guest netmap does not know is plugged into the bridge: the bridge must stay
     run("ip", "link", "add", "vnet0", "type", "veth", "peer", "name", "vnet0p", netns=ns)
     run("ip", "link", "set", "vnet0", "master", "br-eth1", netns=ns)
@@ -402,7 +374,8 @@ def test_drift_is_repaired_and_foreign_devices_survive_release(lab, capsys) -> N
     links = host_dump(ns)["links"]
     assert {tap, "vnet0", "br-eth1"} <= set(links)
     assert links["eth1"]["master"] == "br-eth1"
-    assert "vx5001" not in links and "brvx5001" not in links
+    assert "vx5001" not in links
+    assert "brvx5001" not in links
     # netmap's bridge stays in state, owned by no guest, until it is free (issue 14 item 3)
     kept = HostState.load("host-a").data["resources"]
     assert sorted(kept) == ["link:br-eth1", "port:eth1"]
@@ -438,7 +411,8 @@ def test_crash_mid_way_next_run_finishes_or_release_undoes(lab) -> None:
     assert "br-eth1" in host_dump(ns)["links"]  # half built
     result = realize_plan(plan_for(root, "vm5", "host-a"))  # finishes it
     actions = [action for _, _, action in result.outcomes]
-    assert "unchanged" in actions and "create" in actions
+    assert "unchanged" in actions
+    assert "create" in actions
     assert HostState.load("host-a").guest("vm5")["status"] == "realized"
     release_guest("host-a", "vm5", ns)
     assert host_dump(ns) == before
@@ -465,22 +439,6 @@ def test_concurrent_realizes_share_and_never_collide(lab) -> None:
     assert "brvx5001" in host_dump(built.hosts["host-a"])["links"]  # vm6 still uses it
 
 
-def make_fake_pf(root: Path, pf: str, netdevs: list[str | None]) -> Path:
-    device = root / "devices" / f"{pf}-pf"
-    device.mkdir(parents=True)
-    (root / "class" / "net" / pf).mkdir(parents=True)
-    os.symlink(device, root / "class" / "net" / pf / "device")
-    (device / "sriov_totalvfs").write_text("8\n")
-    (device / "sriov_numvfs").write_text(f"{len(netdevs)}\n")
-    for index, netdev in enumerate(netdevs):
-        vf = root / "devices" / f"0000:03:10.{index}"
-        (vf / "net").mkdir(parents=True)
-        if netdev:
-            (vf / "net" / netdev).mkdir()
-        os.symlink(vf, device / f"virtfn{index}")
-    return root
-
-
 VM8 = """[guest]
 name = "vm8"
 host = "host-a"
@@ -501,7 +459,7 @@ def test_vf_claims_against_fake_sysfs(lab, tmp_path: Path, capsys) -> None:
     built, root = lab
     ns = built.hosts["host-a"]
     (root / "guests" / "vm8.toml").write_text(VM8)
-    sysfs = make_fake_pf(tmp_path / "sys", "eno1", ["eno1v0", "eno1v1"])
+    sysfs = fake_sriov_pf(tmp_path / "sys", "eno1", ["eno1v0", "eno1v1"])
     from netmap.netlink.ensure import Transaction
     from netmap.netlink.rtnl import Rtnl
 
@@ -521,7 +479,8 @@ def test_vf_claims_against_fake_sysfs(lab, tmp_path: Path, capsys) -> None:
     finally:
         del os.environ["NETMAP_SYSFS"]
     err = capsys.readouterr().err
-    assert "claim a free VF of eno1" in err and "every change was undone" in err
+    assert "claim a free VF of eno1" in err
+    assert "every change was undone" in err
     assert host_dump(ns) == before
 
 
@@ -565,38 +524,20 @@ uplink = "eth1"
 mode = "bridge"
 uplink = "eth2"
 """
-G4 = """[guest]
-name = "g4"
-host = "host-a"
-""" + "".join(f"""
-[[nics]]
-network = "{net}"
-mac = "52:54:00:44:00:0{i}"
-""" for i, net in enumerate(["flat-b", "flat-v", "flat-p", "flat-pt"]))
-GT = """[guest]
-name = "gt"
-host = "host-a"
-
-[[nics]]
-network = "tagged"
-mac = "52:54:00:74:00:01"
-"""
+G4 = guest_toml("g4", "host-a", *((net, f"52:54:00:44:00:0{i}") for i, net in
+                                   enumerate(["flat-b", "flat-v", "flat-p", "flat-pt"])))
+GT = guest_toml("gt", "host-a", ("tagged", "52:54:00:74:00:01"))
 
 
 @pytest.fixture
-def macvtap_lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch):
+def macvtap_lab(cli_lab_factory, mappings: Path):
     """A one-host fleet of our own: every macvtap mode without a VLAN, and one VLAN network
     in bridge mode (which needs bridge VLAN filtering)."""
     for old in [*mappings.glob("hosts/*.toml"), *mappings.glob("guests/*")]:
         old.unlink()
     (mappings / "networks.toml").write_text(MACVTAP_NETWORKS)
     (mappings / "hosts" / "host-a.toml").write_text(MACVTAP_HOST)
-    (mappings / "guests" / "g4.toml").write_text(G4)
-    (mappings / "guests" / "gt.toml").write_text(GT)
-    built, root = lab_factory(PREFIX, ["host-a"])
-    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
-    return built, root
+    return cli_lab_factory(PREFIX, ["host-a"], {"g4": G4, "gt": GT})
 
 
 def macvtap_fd(netns: str, name: str, directory: Path) -> int:
@@ -656,7 +597,8 @@ def test_every_macvtap_mode_and_frames_through_vepa(macvtap_lab, tmp_path, capsy
     assert main(["realize", "g4", "--host", "host-a"]) == 0
     assert "1 repair" in capsys.readouterr().out
     again = json.loads(run("ip", "-d", "-j", "link", "show", vepa["device"], netns=ns))[0]
-    assert again["linkinfo"]["info_data"]["mode"] == "vepa" and again["ifindex"] == index
+    assert again["linkinfo"]["info_data"]["mode"] == "vepa"
+    assert again["ifindex"] == index
     assert main(["release", "g4", "--host", "host-a"]) == 0
     after = host_dump(ns)
     assert after == before
@@ -681,7 +623,8 @@ def test_vlan_in_bridge_mode_needs_vlan_filtering(macvtap_lab, capsys) -> None:
         assert [v["vlan"] for v in entry["vlans"]] == [300]
         return
     assert code == 3
-    assert "bridge VLAN filtering" in err and "nothing was changed" in err  # probed first
+    assert "bridge VLAN filtering" in err
+    assert "nothing was changed" in err  # probed first
     assert host_dump(ns) == before
 
 
@@ -691,13 +634,15 @@ def test_realize_converges_when_a_nic_is_dropped(lab, capsys) -> None:
     before = host_dump(ns)
     assert main(["realize", "vm5", "--host", "host-a"]) == 0
     blue_tap = plan_for(root, "vm5", "host-a").nics[1].device
-    (root / "guests" / "vm5.toml").write_text(VM5.split("\n[[nics]]\nnetwork = \"tenant")[0])
+    (root / "guests" / "vm5.toml").write_text(guest_toml("vm5", "host-a", VM5_MGMT))
     capsys.readouterr()
     assert main(["realize", "vm5", "--host", "host-a"]) == 0
     out = capsys.readouterr().out
     assert f"removed link:{blue_tap} (no longer in the plan)" in out
     links = host_dump(ns)["links"]
-    assert blue_tap not in links and "vx5001" not in links and "br-eth1" in links
+    assert blue_tap not in links
+    assert "vx5001" not in links
+    assert "br-eth1" in links
     assert main(["realize", "vm5", "--host", "host-a"]) == 0
     assert "nothing changed" in capsys.readouterr().out
     assert main(["release", "vm5", "--host", "host-a"]) == 0
@@ -717,7 +662,8 @@ def test_an_existing_bridge_is_adopted_and_left_alone(lab, capsys) -> None:
     steps = json.loads(capsys.readouterr().out)["steps"]
     verdicts = {s["step"]["kind"] + ":" + str(s["step"].get("name") or s["step"].get("port")):
                 s["result"] for s in steps}
-    assert verdicts["bridge:br-eth1"] == "adopt" and verdicts["enslave:eth1"] == "unchanged"
+    assert verdicts["bridge:br-eth1"] == "adopt"
+    assert verdicts["enslave:eth1"] == "unchanged"
     assert main(["release", "vm5", "--host", "host-a"]) == 0
     assert "link:br-eth1: was there before netmap" in capsys.readouterr().out
     assert host_dump(ns) == before
@@ -768,8 +714,9 @@ def test_a_changed_mode_asks_for_release_first(lab, capsys) -> None:
     capsys.readouterr()
     assert main(["realize", "vm5", "--host", "host-a", "--force"]) == 3
     err = capsys.readouterr().err
-    assert f"{tap} on host-a is the tun netmap made for vm5, but the plan now needs a " \
-           "macvtap" in err and "release vm5 on host-a first" in err
+    assert (f"{tap} on host-a is the tun netmap made for vm5, but the plan now needs a "
+            "macvtap") in err
+    assert "release vm5 on host-a first" in err
     assert host_dump(built.hosts["host-a"]) == before
     assert main(["release", "vm5", "--host", "host-a"]) == 0
     assert main(["realize", "vm5", "--host", "host-a", "--force"]) == 0

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import needs_netns
+from conftest import guest_toml
 from test_realize import host_dump, plan_for, run
 
 from netmap.errors import ApplyError
@@ -26,7 +26,6 @@ from netmap.netlink import rtnl
 from netmap.netlink.apply import realize_plan, release_guest
 from netmap.state import HostState
 
-pytestmark = needs_netns
 PREFIX = "nmha"
 REMOTES = '["192.0.2.10", "192.0.2.11"]'  # TEST-NET: FDB entries only, nothing is sent
 NETWORKS = """
@@ -43,18 +42,12 @@ uplink = "eth0"
 mode = "macvtap-private"
 uplink = "eth0"
 """
-G5 = """[guest]
-name = "g5"
-host = "host-a"
-""" + "".join(f"""
-[[nics]]
-network = "{net}"
-mac = "52:54:00:5a:00:0{i}"
-""" for i, net in enumerate(["mgmt", "tenant-blue", "flat-b", "flat-p", "mgmt"]))
+G5 = guest_toml("g5", "host-a", *((net, f"52:54:00:5a:00:0{i}") for i, net in
+                                   enumerate(["mgmt", "tenant-blue", "flat-b", "flat-p", "mgmt"])))
 
 
 @pytest.fixture
-def g5_lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def g5_lab(cli_lab_factory, mappings: Path):
     with (mappings / "networks.toml").open("a") as networks:
         networks.write(NETWORKS)
     host = mappings / "hosts" / "host-a.toml"
@@ -62,11 +55,7 @@ def g5_lab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.Monk
                                     f"vxlan = {{ remotes = {REMOTES} }}")
     assert REMOTES in text
     host.write_text(text + HOST)
-    (mappings / "guests" / "g5.toml").write_text(G5)
-    built, root = lab_factory(PREFIX, ["host-a"])
-    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
-    return built, root
+    return cli_lab_factory(PREFIX, ["host-a"], {"g5": G5})
 
 
 class FaultySocket:

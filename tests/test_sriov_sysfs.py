@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from conftest import fake_sriov_pf
 
 from netmap.netlink.sysfs import has_vhost_net, sriov_info, sysfs_root
-
-
-def make_pf(root: Path, pf: str, total: int, vf_netdevs: list[str | None],
-            bus: str = "0000:03") -> None:
-    """A PF with len(vf_netdevs) VFs created; None means bound to vfio (no netdev)."""
-    device = root / "devices" / "pci" / f"{bus}:00.0"
-    device.mkdir(parents=True)
-    (root / "class" / "net" / pf).mkdir(parents=True)
-    os.symlink(device, root / "class" / "net" / pf / "device")
-    (device / "sriov_totalvfs").write_text(f"{total}\n")
-    (device / "sriov_numvfs").write_text(f"{len(vf_netdevs)}\n")
-    for index, netdev in enumerate(vf_netdevs):
-        vf_dir = root / "devices" / "pci" / f"{bus}:10.{index}"
-        (vf_dir / "net").mkdir(parents=True)
-        if netdev:
-            (vf_dir / "net" / netdev).mkdir()
-        os.symlink(vf_dir, device / f"virtfn{index}")
 
 
 def test_reads_pool_and_vfs_in_index_order(tmp_path: Path) -> None:
     netdevs = [f"eno1v{i}" for i in range(11)]
     netdevs[3] = None
-    make_pf(tmp_path, "eno1", 16, netdevs)
+    fake_sriov_pf(tmp_path, "eno1", netdevs, total=16)
     info = sriov_info("eno1", root=tmp_path)
     assert info is not None
     assert (info.pf, info.total_vfs, info.num_vfs) == ("eno1", 16, 11)
@@ -49,13 +32,15 @@ def test_not_sriov_capable_or_absent(tmp_path: Path) -> None:
 
 
 def test_capable_but_no_vfs_created(tmp_path: Path) -> None:
-    make_pf(tmp_path, "ens1f0", 8, [])
+    fake_sriov_pf(tmp_path, "ens1f0", [])
     info = sriov_info("ens1f0", root=tmp_path)
-    assert info is not None and info.num_vfs == 0 and info.vfs == ()
+    assert info is not None
+    assert info.num_vfs == 0
+    assert info.vfs == ()
 
 
 def test_root_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_pf(tmp_path, "eno1", 4, ["v0"])
+    fake_sriov_pf(tmp_path, "eno1", ["v0"], total=4)
     monkeypatch.setenv("NETMAP_SYSFS", str(tmp_path))
     assert sysfs_root() == tmp_path
     assert sriov_info("eno1").num_vfs == 1

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, has_net_admin
 
 from netmap.cli import main
 from netmap.errors import ApplyError, InputError
@@ -23,10 +23,12 @@ from netmap.load import load_fleet
 from netmap.state import HostState, host_lock
 
 ABSENT = "nmhp-absent-9"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="realize and release need root")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not has_net_admin(),
+    reason="needs root with CAP_NET_ADMIN, as realize and release do")
 needs_setpriv = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and util-linux setpriv to drop CAP_DAC_OVERRIDE")
+    os.geteuid() != 0 or not has_net_admin() or shutil.which("setpriv") is None,
+    reason="needs root with CAP_NET_ADMIN and util-linux setpriv to drop CAP_DAC_OVERRIDE")
 GOOD = {"version": 1, "host": "h", "resources": {
     "link:nm0": {"step": {"kind": "tap", "name": "nm0"}, "created": True, "guests": ["vm1"],
                  "info": {}}},
@@ -52,7 +54,7 @@ def commands() -> list[list[str]]:
     (no namespace to enter) and only reads this machine's links (--force: check refuses
     vmd on host-d, whose fabric is not prod's)."""
     runs = [["realize", "vmd", "--host", "host-d", "--as-host", "--dry-run", "--force"]]
-    if os.geteuid() == 0:
+    if has_net_admin():
         runs += [["realize", "vm2", "--host", "host-a"], ["release", "vm2", "--host", "host-a"],
                  ["realize", "vm2", "--host", "host-a", "--dry-run"]]
     return runs
@@ -70,7 +72,8 @@ def test_state_dir_that_is_no_directory(fleet: Path, tmp_path: Path, monkeypatch
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert f"{chosen}: $NETMAP_STATE_DIR: netmap's state directory is not a directory" in err
-        assert f"{blocker} is a regular file" in err and "set $NETMAP_STATE_DIR" in err
+        assert f"{blocker} is a regular file" in err
+        assert "set $NETMAP_STATE_DIR" in err
         assert "aside" not in err  # a path the user chose is never to be moved
     assert blocker.read_text() == "not a directory\n"
 
@@ -80,15 +83,17 @@ def test_state_dir_under_proc(fleet: Path, monkeypatch, capsys) -> None:
     for argv in commands():
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert "/proc/nmhp-state: $NETMAP_STATE_DIR: netmap's state directory cannot be made" \
-            in err and "as /proc and /sys do" in err
+        assert ("/proc/nmhp-state: $NETMAP_STATE_DIR: netmap's state directory cannot be made"
+                in err)
+        assert "as /proc and /sys do" in err
 
 
 def test_explicit_state_dir_is_named_as_the_option(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     with pytest.raises(InputError) as caught, host_lock("h", tmp_path / "f"):
         pass
-    assert caught.value.key == "--state-dir" and caught.value.file == str(tmp_path / "f")
+    assert caught.value.key == "--state-dir"
+    assert caught.value.file == str(tmp_path / "f")
 
 
 def test_a_file_in_the_default_state_dirs_way_is_moved_aside(tmp_path: Path,
@@ -146,12 +151,14 @@ def test_state_dir_this_user_may_not_write(fleet: Path, tmp_path: Path) -> None:
                  ["release", "vm2", "--host", "host-a"]):
         got = netmap_without_dac_override(*argv, state=state)
         assert got.returncode == 2, got.stderr
-        assert f"netmap may not write its state directory {state}: Permission denied" \
-            in got.stderr and "run netmap as root" in got.stderr
+        assert (f"netmap may not write its state directory {state}: Permission denied"
+                in got.stderr)
+        assert "run netmap as root" in got.stderr
         assert "Traceback" not in got.stderr
     got = netmap_without_dac_override("realize", "vm2", "--host", "host-a", "--dry-run",
                                       state=state)
-    assert "Traceback" not in got.stderr and "Permission" not in got.stderr
+    assert "Traceback" not in got.stderr
+    assert "Permission" not in got.stderr
     assert ABSENT in got.stdout + got.stderr  # it got as far as the (absent) namespace
     # a lock that exists, writable, in a directory that is not: the state could not be
     # saved after the kernel was changed, so realize stops before
@@ -184,7 +191,8 @@ def test_host_names_follow_the_rules_of_host_names(mappings: Path, name: str,
     path.write_text(path.read_text().replace('name = "host-c"', f"name = {json.dumps(name)}"))
     fleet = load_fleet(mappings)
     [err] = [e for e in fleet.problems if e.file == str(path)]
-    assert err.key == "host.name" and words in err.problem
+    assert err.key == "host.name"
+    assert words in err.problem
     assert path.read_text().splitlines()[(err.line or 0) - 1].startswith("name =")
 
 
@@ -256,7 +264,8 @@ def test_state_file_of_the_wrong_shape_is_refused_whole(tmp_path: Path, doc: obj
         HostState.load("h", tmp_path)
     err = caught.value
     assert (err.file, err.key, err.exit_code) == (str(path), key, 2)
-    assert "netmap's state file is damaged" in err.problem and words in err.problem
+    assert "netmap's state file is damaged" in err.problem
+    assert words in err.problem
     assert f"mv {path} {path}.damaged" in (err.fix or "")
 
 
@@ -271,7 +280,8 @@ def test_state_from_another_version_names_the_key(tmp_path: Path) -> None:
     (tmp_path / "h.json").write_text('{"version": 99}')
     with pytest.raises(InputError) as caught:
         HostState.load("h", tmp_path)
-    assert caught.value.key == "version" and "has version 99" in caught.value.problem
+    assert caught.value.key == "version"
+    assert "has version 99" in caught.value.problem
 
 
 def test_a_fifo_as_state_file_is_refused_not_waited_on(tmp_path: Path) -> None:
@@ -310,6 +320,7 @@ def test_release_with_a_damaged_state_changes_nothing(fleet: Path, tmp_path: Pat
                  ["realize", "vm2", "--host", "host-a"]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert f"{state / 'host-a.json'}: guests.vm9.resources: netmap's state file is " \
-            "damaged" in err and "Traceback" not in err
+        assert (f"{state / 'host-a.json'}: guests.vm9.resources: netmap's state file is "
+                "damaged") in err
+        assert "Traceback" not in err
     assert (state / "host-a.json").read_bytes() == raw

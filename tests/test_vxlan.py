@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import needs_netns
+from conftest import guest_toml, ip_links, needs_netns
 from test_realize import frame, plan_for, run, tap_fd, wait_for
 
 from netmap.cli import main
@@ -58,16 +58,21 @@ def test_underlay_addresses_are_checked_at_load(mappings: Path, table: str, key:
                                                 problem: str) -> None:
     err = load_error(mappings, table)
     assert err.key == f"networks.tenant-blue.vxlan.{key}"
-    assert err.file is not None and str(err.file).endswith("host-a.toml")
-    assert err.line is not None and err.line > 1
-    assert problem in err.problem and err.fix
+    assert err.file is not None
+    assert str(err.file).endswith("host-a.toml")
+    assert err.line is not None
+    assert err.line > 1
+    assert problem in err.problem
+    assert err.fix
 
 
 def test_a_bad_group_is_an_input_error_for_check(mappings: Path, capsys) -> None:
     with_vxlan(mappings, "host-a", 'vxlan = { group = "not-an-ip" }')
     assert main(["--mappings", str(mappings), "check", "vm3", "--to", "host-a"]) == 2
     err = capsys.readouterr().err
-    assert "host-a.toml" in err and "not-an-ip" in err and "fix:" in err
+    assert "host-a.toml" in err
+    assert "not-an-ip" in err
+    assert "fix:" in err
 
 
 def test_ipv6_underlays_load_in_canonical_form_and_cost_70_bytes(mappings: Path) -> None:
@@ -82,29 +87,17 @@ def test_ipv6_underlays_load_in_canonical_form_and_cost_70_bytes(mappings: Path)
 
 
 # --- realize over an IPv6 underlay, for real ---------------------------------------------------
-GUEST = """[guest]
-name = "{name}"
-host = "{host}"
-
-[[nics]]
-network = "tenant-blue"
-mac = "{mac}"
-"""
 V6 = {"host-a": ("eth0", "fd00:4d48::a"), "host-b": ("eno2", "fd00:4d48::b")}
 
 
 @pytest.fixture
-def vxlab(lab_factory, mappings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def vxlab(cli_lab_factory):
     """host-a and host-b as namespaces (IPv4 underlay), guest vxa on host-a's tenant-blue
     and vxb on host-b's."""
-    for name, host, mac in (("vxa", "host-a", "52:54:00:4d:00:0a"),
-                            ("vxb", "host-b", "52:54:00:4d:00:0b")):
-        (mappings / "guests" / f"{name}.toml").write_text(
-            GUEST.format(name=name, host=host, mac=mac))
-    built, root = lab_factory(PREFIX, ["host-a", "host-b"])
-    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
-    return built, root
+    guests = {name: guest_toml(name, host, ("tenant-blue", mac))
+              for name, host, mac in (("vxa", "host-a", "52:54:00:4d:00:0a"),
+                                      ("vxb", "host-b", "52:54:00:4d:00:0b"))}
+    return cli_lab_factory(PREFIX, ["host-a", "host-b"], guests)
 
 
 @pytest.fixture
@@ -141,8 +134,7 @@ def frames_pass(built, root: Path, timeout: float = 5.0) -> bool:
 
 
 def vxlan_info(netns: str) -> dict:
-    return json.loads(run("ip", "-d", "-j", "link", "show", "vx5001", netns=netns)
-                      )[0]["linkinfo"]["info_data"]
+    return ip_links(netns, "vx5001")[0]["linkinfo"]["info_data"]
 
 
 @needs_netns
@@ -153,7 +145,8 @@ def test_ipv6_multicast_group_underlay_passes_frames(v6lab) -> None:
     assert main(["realize", "vxa", "--host", "host-a"]) == 0
     assert main(["realize", "vxb", "--host", "host-b"]) == 0
     info = vxlan_info(built.hosts["host-a"])
-    assert info["group6"] == "ff05::100" and info["port"] == 4789
+    assert info["group6"] == "ff05::100"
+    assert info["port"] == 4789
     mtu = json.loads(run("ip", "-j", "link", "show", "vx5001", netns=built.hosts["host-a"]))
     assert mtu[0]["mtu"] == 1450  # the network's MTU: underlay 9000 - 70 leaves room
     assert frames_pass(built, root), "frames did not pass over the IPv6 underlay"
@@ -231,8 +224,8 @@ def test_vteps_that_flood_to_different_peers_are_an_error(mappings: Path, table_
                                                           table_b: str, said: str) -> None:
     codes = overlay_codes(mappings, table_a, table_b)
     assert set(codes) == {"VXLAN_PEERS_MISMATCH"}
-    assert codes["VXLAN_PEERS_MISMATCH"].startswith("error: ") and said in codes[
-        "VXLAN_PEERS_MISMATCH"]
+    assert codes["VXLAN_PEERS_MISMATCH"].startswith("error: ")
+    assert said in codes["VXLAN_PEERS_MISMATCH"]
 
 
 def test_the_cli_exits_1_on_a_port_mismatch(mappings: Path, capsys) -> None:
@@ -308,7 +301,9 @@ def test_drift_reports_a_vxlan_on_another_port_group_or_source(tmp_path: Path, t
                                       master="brvx5001", **live))
     found = [f for f in drift_findings(host, healthy(links=drifted), networks=NETWORKS)
              if f.code == "VXLAN_MISMATCH"]
-    assert len(found) == 1 and found[0].severity == "error" and said in found[0].message
+    assert len(found) == 1
+    assert found[0].severity == "error"
+    assert said in found[0].message
 
 
 # --- realize and drift against a live vxlan device that differs ---------------------------------
@@ -324,10 +319,6 @@ def drift_of(root: Path, tmp_path: Path, capsys) -> tuple[int, list[str]]:
     return code, [f["message"] for f in findings if f["code"] == "VXLAN_MISMATCH"]
 
 
-def link_of(netns: str, name: str) -> dict:
-    return json.loads(run("ip", "-d", "-j", "link", "show", name, netns=netns))[0]
-
-
 @needs_netns
 def test_a_foreign_vxlan_on_another_port_and_group_is_refused_not_adopted(
         vxlab, tmp_path: Path, capsys) -> None:
@@ -336,16 +327,18 @@ def test_a_foreign_vxlan_on_another_port_and_group_is_refused_not_adopted(
     run("ip", "link", "add", "vx5001", "mtu", "1450", "type", "vxlan", "id", "5001", "dev",
         "eth0", "group", "239.9.9.9", "dstport", "8472", netns=ns)
     run("ip", "link", "set", "vx5001", "up", netns=ns)
-    foreign = link_of(ns, "vx5001")
+    foreign = ip_links(ns, "vx5001")[0]
     capsys.readouterr()
     assert main(["realize", "vxa", "--host", "host-a"]) == 3
     err = capsys.readouterr().err
     assert "vx5001 exists on host-a, not made by netmap, but differs" in err
-    assert "port 8472 (want 4789)" in err and "group 239.9.9.9 (want 239.1.1.1)" in err
+    assert "port 8472 (want 4789)" in err
+    assert "group 239.9.9.9 (want 239.1.1.1)" in err
     assert "ip link del vx5001" in err
-    assert link_of(ns, "vx5001") == foreign  # untouched
+    assert ip_links(ns, "vx5001")[0] == foreign  # untouched
     code, mismatches = drift_of(root, tmp_path, capsys)
-    assert code == 1 and len(mismatches) == 1
+    assert code == 1
+    assert len(mismatches) == 1
     assert "uses UDP port 8472, not 4789" in mismatches[0]
     assert "floods to group 239.9.9.9, not 239.1.1.1" in mismatches[0]
 
@@ -354,13 +347,13 @@ def test_a_foreign_vxlan_on_another_port_and_group_is_refused_not_adopted(
     run("ip", "link", "add", "vx5001", "mtu", "1450", "type", "vxlan", "id", "5001", "dev",
         "eth0", "group", "239.1.1.1", "dstport", "4789", netns=ns)
     run("ip", "link", "set", "vx5001", "up", netns=ns)
-    index = link_of(ns, "vx5001")["ifindex"]
+    index = ip_links(ns, "vx5001")[0]["ifindex"]
     assert main(["realize", "vxa", "--host", "host-a", "--json"]) == 0
     steps = json.loads(capsys.readouterr().out)["steps"]
     assert [s["result"] for s in steps if s["step"]["kind"] == "vxlan"] == ["adopt"]
     assert drift_of(root, tmp_path, capsys) == (0, [])
     assert main(["release", "vxa", "--host", "host-a"]) == 0
-    assert link_of(ns, "vx5001")["ifindex"] == index
+    assert ip_links(ns, "vx5001")[0]["ifindex"] == index
 
 
 @needs_netns
@@ -371,12 +364,14 @@ def test_netmaps_own_vxlan_left_on_an_old_port_is_drift_and_not_reused(
     assert drift_of(root, tmp_path, capsys) == (0, [])
     with_vxlan(root, "host-a", 'vxlan = { group = "239.1.1.1", port = 8472 }')
     code, mismatches = drift_of(root, tmp_path, capsys)
-    assert code == 1 and len(mismatches) == 1
+    assert code == 1
+    assert len(mismatches) == 1
     assert "uses UDP port 4789, not 8472" in mismatches[0]
     assert main(["realize", "vxa", "--host", "host-a"]) == 3
     err = capsys.readouterr().err
-    assert "vx5001 exists on host-a but differs in what cannot be changed in place: port " \
-           "4789 (want 8472)" in err and "release the guest that uses vx5001" in err
+    assert ("vx5001 exists on host-a but differs in what cannot be changed in place: port "
+            "4789 (want 8472)") in err
+    assert "release the guest that uses vx5001" in err
 
 
 @needs_netns
@@ -403,7 +398,8 @@ def test_a_foreign_vxlan_flooding_to_other_remotes_is_refused(vxlab, tmp_path: P
     run("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx5001", "dst", "10.99.0.1",
         netns=ns)
     code, mismatches = drift_of(root, tmp_path, capsys)
-    assert code == 1 and len(mismatches) == 1
+    assert code == 1
+    assert len(mismatches) == 1
     assert f"floods to remotes 10.99.0.1, {peer}, not {peer}" in mismatches[0]
 
 
@@ -431,13 +427,13 @@ def test_the_qemu_helper_uses_an_existing_vxlan_only_when_it_matches(netns_facto
     run("ip", "link", "set", "und0", "up", netns=ns)
     run("ip", "link", "add", "vx5001", "type", "vxlan", "id", "5001", "dev", "und0", "group",
         "239.9.9.9", "dstport", "8472", netns=ns)
-    before = link_of(ns, "vx5001")
+    before = ip_links(ns, "vx5001")[0]
     with Rtnl(ns) as kernel:
         with pytest.raises(ApplyError) as caught:
             ensure_vxlan(kernel, "vx5001", 5001, "und0", Vxlan(group="239.1.1.1"), 1450)
         assert "port 8472 (want 4789)" in caught.value.problem
         assert "group 239.9.9.9 (want 239.1.1.1)" in caught.value.problem
-        assert link_of(ns, "vx5001") == before
+        assert ip_links(ns, "vx5001")[0] == before
         index, created = ensure_vxlan(kernel, "vx5001", 5001, "und0",
                                       Vxlan(port=8472, group="239.9.9.9"), 1450)
         assert (index, created) == (before["ifindex"], False)
