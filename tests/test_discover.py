@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import fake_sriov_pf, links_by_name, needs_netns
+from conftest import REPO, fake_sriov_pf, links_by_name, needs_netns
 
 from netmap.cli import main
 from netmap.errors import InputError
@@ -307,8 +307,6 @@ DISCOVER_SKIPS = ("rich", "networkx", "pyroute2", "msgspec", "tomli", "netmap.lo
 @needs_netns
 def test_discover_json_as_a_process_imports_nothing_heavy(netns_factory) -> None:
     import sys
-
-    from conftest import REPO
 
     ns = netns_factory("nmsp")
     ip(ns, "link", "add", "sp0", "type", "veth", "peer", "name", "sp0p")
