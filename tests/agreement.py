@@ -488,7 +488,9 @@ def _agree(case: Case, fleet: Fleet, graph, report: Report, root: Path, state_di
         expected: set[str] | None = set()
     else:
         assert _realize_cli(case, root, state_dir) == 1, f"{where}: realize did not refuse"
-        assert live.dump() == before, f"{where}: the refused realize changed the host"
+        now = live.dump()
+        assert now == before, (f"{where}: the refused realize changed the host: "
+                               f"{_diff(before, now)}")
         codes = set(outcome.codes)
         expected = None if codes & PLAN_PROBLEM else expected_steps(report, fleet, graph,
                                                                     case)
@@ -507,7 +509,9 @@ def _agree(case: Case, fleet: Fleet, graph, report: Report, root: Path, state_di
                               kernel_probe=live.probe)
     except ApplyError as err:
         kind = getattr(err.step, "kind", None)
-        assert live.dump() == before, f"{where}: the failed realize left changes: {err}"
+        now = live.dump()
+        assert now == before, (f"{where}: the failed realize left changes: {err}: "
+                               f"{_diff(before, now)}")
         assert HostState.load(case.dest, state_dir).guest(case.guest) is None, where
         lacked = _lacked(live, err)
         outcome.result = f"refused at {kind}"
@@ -574,15 +578,12 @@ class Tally:
         return {o.result for o in self.outcomes}
 
 
-def _diff(before: object, after: object) -> str:
-    """The links (and other parts) that differ between two host dumps, for a message."""
-    assert isinstance(before, dict) and isinstance(after, dict)
-    out = []
-    for part in sorted(set(before) | set(after)):
-        was, now = before.get(part), after.get(part)
-        if isinstance(was, dict) and isinstance(now, dict):
-            out += [f"{part}.{k}: {was.get(k)} -> {now.get(k)}"
-                    for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
-        elif was != now:
-            out.append(f"{part}: {was} -> {now}")
-    return "; ".join(out)
+def _diff(before: object, after: object, where: str = "") -> str:
+    """Only what differs between two host dumps (down to the key of a link that changed),
+    for a message: a link's whole dump would hide the one field that moved."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        parts = [_diff(before.get(k), after.get(k), f"{where}.{k}" if where else str(k))
+                 for k in sorted(set(before) | set(after), key=str)
+                 if before.get(k) != after.get(k)]
+        return "; ".join(parts)
+    return f"{where}: {before!r} -> {after!r}"

@@ -75,6 +75,15 @@ def addrgen_modes(netns: str, *names: str) -> list[str]:
     return [found[name].get("inet6_addr_gen_mode") for name in names]
 
 
+def inet6_addresses(netns: str, *names: str) -> dict[str, list[str]]:
+    import json
+
+    out = subprocess.run(["ip", "-n", netns, "-j", "-6", "addr", "show"], capture_output=True,
+                         text=True, check=True).stdout
+    return {link["ifname"]: [a["local"] for a in link["addr_info"]] for link in json.loads(out)
+            if link["ifname"] in names and link.get("addr_info")}
+
+
 def links(netns: str) -> dict[str, dict]:
     from netmap.netlink import open_iproute
 
@@ -138,6 +147,8 @@ def test_bridge_mode_tap_on_the_mapped_bridge(host_a) -> None:
         assert tap["mtu"] == 1500
         assert tap["mac"].startswith("fe:")
         assert addrgen_modes(netns, "br-eth1", name) == ["none", "none"]  # as realize does
+        # and none was made before generation was turned off (rtmsg.up_without_ipv6)
+        assert not inet6_addresses(netns, "br-eth1", name)
     finally:
         got.close()
     # the tap lives as long as the fd: QEMU exiting removes it; the bridge stays

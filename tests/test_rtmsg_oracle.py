@@ -250,6 +250,10 @@ SET_OPTIONS: dict[str, list[Any]] = {
 def test_set_link(by_name: bool, combination: tuple) -> None:
     options = dict(zip(SET_OPTIONS, combination, strict=True))
     index = 0 if by_name else 5
+    if options["up"] and options["no_ipv6"]:  # up first, then AF_SPEC: two requests
+        with pytest.raises(ValueError, match="up_without_ipv6"):
+            rtmsg.set_link(index, name="nmtap0", **options)
+        return
     sent = sent_by_netmap(rtmsg.set_link(index, name="nmtap0", **options))
     # with an index the name would rename the link: netmap never renames, so it goes
     # only into a request by name
@@ -269,6 +273,13 @@ def test_set_group() -> None:
 def test_no_ipv6_by_name() -> None:
     sent = sent_by_netmap(rtmsg.no_ipv6("nmbr-prod"))
     assert_same(sent, link_request(0, sent, [("IFLA_IFNAME", "nmbr-prod"), NO_IPV6]))
+
+
+def test_up_without_ipv6_turns_generation_off_before_up() -> None:
+    first, second = (sent_by_netmap(r) for r in rtmsg.up_without_ipv6(name="nmtap0", mtu=9000))
+    assert_same(first, link_request(0, first, [("IFLA_IFNAME", "nmtap0"), NO_IPV6]))
+    assert_same(second, link_request(0, second, [("IFLA_IFNAME", "nmtap0"),
+                                                 ("IFLA_MTU", 9000)], up=True))
 
 
 # what realize's repair (ensure._set) changes on a live bridge or macvtap

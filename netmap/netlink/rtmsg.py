@@ -249,6 +249,9 @@ def set_link(index: int, *, name: str | None = None, up: bool | None = None,
              mtu: int | None = None, mac: str | None = None, master: int | None = None,
              group: int | None = None, kind: str | None = None, data: bytes = b"",
              no_ipv6: bool = False) -> tuple[int, int, bytes]:
+    if no_ipv6 and up:
+        raise ValueError("the kernel brings a link up before it applies IFLA_AF_SPEC: "
+                         "use up_without_ipv6")
     body = ifinfo(index, up=up) + (_str(IFLA_IFNAME, name) if name and not index else b"")
     if no_ipv6:
         body += NO_IPV6_ADDR
@@ -267,6 +270,16 @@ def set_link(index: int, *, name: str | None = None, up: bool | None = None,
 
 def no_ipv6(name: str) -> tuple[int, int, bytes]:
     return set_link(0, name=name, no_ipv6=True)
+
+
+def up_without_ipv6(index: int = 0, *, name: str | None = None, up: bool = True,
+                    **attrs: object) -> list[tuple[int, int, bytes]]:
+    """IPv6 address generation off, then the other attributes and up: two requests, in
+    this order. Within one request the kernel (do_setlink) applies IFF_UP before
+    IFLA_AF_SPEC, so a link brought up by the same request already has its link-local
+    address, and has sent DAD from its MAC, when generation is turned off."""
+    return [set_link(index, name=name, no_ipv6=True),
+            set_link(index, name=name, up=up, **attrs)]  # type: ignore[arg-type]
 
 
 def fdb_append(index: int, dst: str) -> tuple[int, int, bytes]:

@@ -185,8 +185,9 @@ def _create(kernel: rtnl.Rtnl, what: str, request: tuple[int, int, bytes], name:
     bridge or vxlan would make the host answer on the guests' segment."""
     try:
         with netlink_step(what):
-            kernel.call(request)
-            kernel.call(rtmsg.no_ipv6(name))
+            kernel.call(request)  # made down: see rtmsg.up_without_ipv6
+            for step in rtmsg.up_without_ipv6(name=name):
+                kernel.call(step)
     except ApplyError as err:
         if isinstance(err.__cause__, OSError) and err.__cause__.errno == errno.EEXIST:
             return False
@@ -212,7 +213,8 @@ def ensure_vlan(kernel: rtnl.Rtnl, uplink: str, vlan: int, name: str) -> tuple[i
         return link.index, False
     lower = require_link(kernel, uplink, "uplink").index
     made = _create(kernel, f"cannot create VLAN {vlan} interface {name} on {uplink}",
-                   rtmsg.new_link(name, "vlan", lower=lower, data=rtmsg.vlan_data(vlan)), name)
+                   rtmsg.new_link(name, "vlan", up=False, lower=lower,
+                                  data=rtmsg.vlan_data(vlan)), name)
     return require_link(kernel, name, "vlan").index, made
 
 
@@ -230,7 +232,8 @@ def ensure_bridge(kernel: rtnl.Rtnl, name: str, port: str | None, *, mtu: int,
 
         what = f"cannot create bridge {name}" + (f" filtering VLAN {vlan}" if vlan else "")
         created = _create(kernel, what, rtmsg.new_link(
-            name, "bridge", mtu=mtu, data=rtmsg.bridge_data(BRIDGE_AGEING, vlan is not None)),
+            name, "bridge", up=False, mtu=mtu,
+            data=rtmsg.bridge_data(BRIDGE_AGEING, vlan is not None)),
             name)
         link = require_link(kernel, name, "bridge")
     if link.kind != "bridge":
@@ -287,7 +290,7 @@ def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
                              "or make the binding in the host mapping say what it is")
         return link.index, False
     created = _create(kernel, f"cannot create vxlan {name} (VNI {vni}) on {underlay}",
-                      rtmsg.new_link(name, "vxlan", mtu=mtu, data=rtmsg.vxlan_data(
+                      rtmsg.new_link(name, "vxlan", up=False, mtu=mtu, data=rtmsg.vxlan_data(
                           vni, lower.index, port, group, local, remotes)),
                       name)
     index = require_link(kernel, name, "vxlan").index
@@ -303,8 +306,8 @@ def attach_tap(kernel: rtnl.Rtnl, tap: str, bridge: int, mtu: int, mac: str) -> 
     """MTU, host-side MAC, bridge and up, in one request."""
     index = require_link(kernel, tap, "tap").index
     with netlink_step(f"cannot attach {tap} to its bridge (MTU {mtu}, MAC {mac})"):
-        kernel.call(rtmsg.set_link(index, mtu=mtu, mac=mac, master=bridge, up=True,
-                                   no_ipv6=True))
+        for request in rtmsg.up_without_ipv6(index, mtu=mtu, mac=mac, master=bridge):
+            kernel.call(request)
     return index
 
 
@@ -319,7 +322,8 @@ def ensure_macvtap(kernel: rtnl.Rtnl, name: str, lower: int, mode: str, mac: str
                       "(EBUSY); check the host mapping"):
         kernel.call(rtmsg.new_link(name, "macvtap", up=False, mtu=mtu, mac=mac, lower=lower,
                                   data=rtmsg.macvtap_data(mode)))
-        kernel.call(rtmsg.set_link(0, name=name, up=True, no_ipv6=True))
+        for request in rtmsg.up_without_ipv6(name=name):
+            kernel.call(request)
     return require_link(kernel, name, "macvtap").index
 
 
