@@ -37,7 +37,11 @@ def _parse(key: str, text: str) -> Address | Problem:
                        'write an address such as "239.1.1.1" or "ff05::100"')
 
 
-def _unicast_problem(key: str, address: Address, role: str) -> Problem | None:
+def _unicast(key: str, text: str, role: str) -> Address | Problem:
+    """`text` as a unicast address another host can reach, or what is wrong with it."""
+    address = _parse(key, text)
+    if isinstance(address, Problem):
+        return address
     if address.is_multicast:
         return Problem(key, f"{address} is a multicast address; {role} must be unicast",
                        'put a multicast address under group, unicast ones under '
@@ -46,7 +50,7 @@ def _unicast_problem(key: str, address: Address, role: str) -> Problem | None:
         return Problem(key, f"{address} is not an address another host can reach; {role} "
                        "must be a unicast address on the underlay",
                        "use the underlay address of a host (ip address show UPLINK)")
-    return None
+    return address
 
 
 def check_underlay(group: str | None, local: str | None,
@@ -70,21 +74,15 @@ def check_underlay(group: str | None, local: str | None,
                            "under remotes")
         parsed.append(("group", address))
     if local:
-        address = _parse("local", local)
+        address = _unicast("local", local, "the local source address")
         if isinstance(address, Problem):
             return address
-        problem = _unicast_problem("local", address, "the local source address")
-        if problem:
-            return problem
         parsed.append(("local", address))
     seen: set[Address] = set()
     for text in remotes:
-        address = _parse("remotes", text)
+        address = _unicast("remotes", text, "a remote VTEP")
         if isinstance(address, Problem):
             return address
-        problem = _unicast_problem("remotes", address, "a remote VTEP")
-        if problem:
-            return problem
         if address in seen:
             return Problem("remotes", f"{address} is listed twice", "list each remote once")
         seen.add(address)
