@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from steady import steady_link
+
 from netmap.check import Report, check_migration
 from netmap.cli import main
 from netmap.errors import ApplyError
@@ -544,19 +546,7 @@ def host_dump(netns: str | None = None) -> dict[str, object]:
     where = ["-n", netns] if netns else []
     links = {}
     for link in json.loads(run("ip", *where, "-d", "-j", "addr", "show")):
-        for volatile in ("stats", "stats64", "operstate"):
-            link.pop(volatile, None)
-        link["flags"] = [f for f in link["flags"] if f not in ("NO-CARRIER", "LOWER_UP")]
-        for part in ("info_data", "info_slave_data"):
-            data = link.get("linkinfo", {}).get(part, {})
-            for key in [k for k in data if k.endswith("_timer")]:
-                del data[key]
-        # a bridge port's STP state follows its carrier (a tap nobody opened: disabled)
-        link.get("linkinfo", {}).get("info_slave_data", {}).pop("state", None)
-        for address in link.get("addr_info", []):
-            for key in ("valid_life_time", "preferred_life_time"):
-                address.pop(key, None)
-        links[link["ifname"]] = link
+        links[link["ifname"]] = steady_link(link)
     bridged = any(link.get("linkinfo", {}).get("info_kind") == "bridge" for link in links.values())
     return {"links": links,
             "vlans": run("bridge", *where, "-j", "vlan", "show") if bridged else ""}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fake_sriov_pf, guest_toml, ip_links
+from steady import steady_link
 
 from netmap.cli import main
 from netmap.errors import ApplyError
@@ -57,18 +58,9 @@ def host_dump(netns: str) -> dict:
     """Everything iproute2 says about the namespace's links, minus counters and indexes."""
     links = {}
     for link in ip_links(netns):
-        for volatile in ("stats", "stats64", "ifindex", "link_index"):
-            link.pop(volatile, None)
-        for part in ("info_data", "info_slave_data"):  # running timers tick on their own
-            data = link.get("linkinfo", {}).get(part, {})
-            for key in [k for k in data if k.endswith("_timer")]:
-                del data[key]
-        # carrier follows on its own (linkwatch, up to a second later: a tap loses it once
-        # its creating fd is closed), and with it operstate and the bridge port's STP state
-        link.pop("operstate", None)
-        link["flags"] = [f for f in link["flags"] if f not in ("NO-CARRIER", "LOWER_UP")]
-        link.get("linkinfo", {}).get("info_slave_data", {}).pop("state", None)
-        links[link["ifname"]] = link
+        for index in ("ifindex", "link_index"):
+            link.pop(index, None)
+        links[link["ifname"]] = steady_link(link)
     fdb = [e for e in json.loads(run("bridge", "-j", "fdb", "show", netns=netns) or "[]")
            if (e.get("state") == "permanent" or e.get("dst"))  # not what traffic taught
            and not e["mac"].startswith(("01:00:5e:", "33:33:"))]  # nor multicast joins

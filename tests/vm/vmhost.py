@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: steady.py
+from steady import steady_link
 
 HOST = "nmvm-lab"  # the VM's host name (scripts/vmlab boots it with --name nmvm-lab)
 
@@ -46,15 +50,7 @@ def host_dump() -> dict:
     """Everything iproute2 says about the host's links and bridge VLANs, minus counters."""
     links = {}
     for link in json.loads(ip("-d", "-j", "link", "show")):
-        for volatile in ("stats", "stats64", "operstate"):
-            link.pop(volatile, None)
-        link["flags"] = [f for f in link["flags"] if f not in ("NO-CARRIER", "LOWER_UP")]
-        for part in ("info_data", "info_slave_data"):
-            data = link.get("linkinfo", {}).get(part, {})
-            for key in [k for k in data if k.endswith("_timer")]:
-                del data[key]
-        link.get("linkinfo", {}).get("info_slave_data", {}).pop("state", None)
-        links[link["ifname"]] = link
+        links[link["ifname"]] = steady_link(link)
     return {"links": links, "vlans": bridge("-j", "vlan", "show")}
 
 
