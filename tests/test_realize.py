@@ -10,17 +10,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import select
 import socket
 import struct
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import fake_sriov_pf, guest_toml, ip_links
+from frames import ETHERTYPE, frame, wait_for
 from steady import steady_link
 
 from netmap.cli import main
@@ -35,7 +34,6 @@ from netmap.plan import build_plan
 from netmap.state import HostState
 
 PREFIX = "nmA"
-ETHERTYPE = 0x88B5  # IEEE local experimental: nothing in the lab answers or forwards it oddly
 VM5_MGMT = ("mgmt", "52:54:00:55:00:01")
 VM5 = guest_toml("vm5", "host-a", VM5_MGMT, ("tenant-blue", "52:54:00:55:00:02"))
 VM6 = guest_toml("vm6", "host-a", ("tenant-blue", "52:54:00:66:00:01"))
@@ -117,35 +115,6 @@ def packet_socket(netns: str, ifname: str) -> socket.socket:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
         sock.bind((ifname, ETHERTYPE))
     return sock
-
-
-def frame(dst: str, src: str, payload: bytes) -> bytes:
-    mac = lambda m: bytes.fromhex(m.replace(":", ""))  # noqa: E731
-    return mac(dst) + mac(src) + struct.pack("!H", ETHERTYPE) + payload.ljust(46, b"\0")
-
-
-def wait_for(read, token: bytes, send, timeout: float = 5.0) -> bool:
-    """Send (again every 200 ms) and read frames until one carries `token` (True) or the
-    timeout passes (False). Resending, like ping, because a tap just opened becomes a
-    forwarding bridge port only when linkwatch gets to its carrier change, a moment later."""
-    fileno, reader = read
-    poller = select.poll()
-    poller.register(fileno, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    next_send = 0.0
-    while time.monotonic() < deadline:
-        if time.monotonic() >= next_send:
-            send()
-            next_send = time.monotonic() + 0.2
-        if not poller.poll(50):
-            continue
-        try:
-            data = reader()
-        except BlockingIOError:
-            continue
-        if token in data:
-            return True
-    return False
 
 
 def stand_in_peer(lab_obj, segment: str) -> tuple[str, str]:

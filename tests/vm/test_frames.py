@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from vmhost import HOST, arrives, frame, guest, ip, pfs, tap_fd, wait_until
+from frames import frame
+from vmhost import HOST, arrives, guest, ip, pfs, tap_fd, wait_until
 
 from netmap.cli import main
 

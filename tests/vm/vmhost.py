@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: steady.py
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: frames, steady
+from frames import wait_for
 from steady import steady_link
 
 HOST = "nmvm-lab"  # the VM's host name (scripts/vmlab boots it with --name nmvm-lab)
@@ -77,7 +78,6 @@ def set_numvfs(pf: str, count: int) -> None:
     wait_until(netdevs_ready, f"{count} VF netdevs on {pf}")
 
 
-ETHERTYPE = 0x88B5  # IEEE local experimental: nothing in the VM answers or forwards it oddly
 
 
 def tap_fd(name: str, netns: str | None = None) -> int:
@@ -96,32 +96,7 @@ def tap_fd(name: str, netns: str | None = None) -> int:
     return fd
 
 
-def frame(dst: str, src: str, payload: bytes) -> bytes:
-    import struct
-
-    def mac(text: str) -> bytes:
-        return bytes.fromhex(text.replace(":", ""))
-    return mac(dst) + mac(src) + struct.pack("!H", ETHERTYPE) + payload.ljust(46, b"\0")
-
-
 def arrives(fd: int, token: bytes, send: Callable[[], object], timeout: float) -> bool:
-    """Send (again every 200 ms, as ping would: a port forwards only once linkwatch has seen
-    its carrier) and read `fd` until a frame carries `token` (True) or `timeout` passes."""
-    import select
-
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    next_send = 0.0
-    while time.monotonic() < deadline:
-        if time.monotonic() >= next_send:
-            send()
-            next_send = time.monotonic() + 0.2
-        if not poller.poll(50):
-            continue
-        try:
-            if token in os.read(fd, 4096):
-                return True
-        except BlockingIOError:
-            continue
-    return False
+    """Send (again every 200 ms) and read `fd` until a frame carries `token` (True) or
+    `timeout` passes."""
+    return wait_for((fd, lambda: os.read(fd, 4096)), token, send, timeout)
