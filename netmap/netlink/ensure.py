@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg, rtnl
+from netmap.netlink import rtmsg, rtnl, shared_changes
 from netmap.netlink.endpoints import ENDPOINTS
 from netmap.netlink.kernel_steps import (
     add_vxlan_remotes,
@@ -135,6 +135,8 @@ class Transaction:
                         step.pf, vf.index)
             self.state.use(self.plan.guest, step.resource, step=step.as_dict(),
                            created=created, info=info)
+            shared_changes.hold(self.state, self.plan.guest, step, action.verdict,
+                                action.undo_repair)
             if action.verdict == "recreate":  # state tells what the device is now
                 self.state.resources[step.resource]["step"] = step.as_dict()
 

@@ -117,7 +117,9 @@ def _compare(txn: TransactionView, nic: int, step: p.Step, live: rtmsg.Link, min
         if step.vlan_filtering and not live.vlan_filtering:
             want["vlan_filtering"] = True
     elif isinstance(step, p.EnsureVlanLink):
-        want["mtu"] = step.mtu
+        # raised for a guest that needs more (a macvlan is never larger than its lower
+        # device), never lowered below what the other guests' macvtaps on it carry
+        want["mtu"] = max(step.mtu, live.mtu) if others else step.mtu
         if live.vlan_id != step.vid or live.lower != txn.links[step.lower].index:
             identity.append(f"VLAN {live.vlan_id} on ifindex {live.lower}")
     elif isinstance(step, p.EnsureVxlan):
@@ -237,6 +239,15 @@ def _decide_port(txn: TransactionView, nic: int, step: p.EnslavePort) -> Action:
 
 def _decide_vf(txn: TransactionView, nic: int, step: p.ClaimVf) -> Action:
     claimed = txn.state.resource(step.resource)
+    if claimed and txn.plan.guest not in claimed["guests"]:
+        # one MAC on two VF entries of one PF: the NIC's switch delivers by MAC, so one of
+        # the two would get the other's frames (and state keys a claim by PF and MAC)
+        users = ", ".join(claimed["guests"]) or "no guest"
+        vf = claimed["info"].get("index", "?")
+        raise refuse(f"MAC {step.mac} is already set on VF {vf} of {step.pf} "
+                     f"({txn.plan.host}), claimed by netmap for {users}",
+                     f"give NIC {nic} of {txn.plan.guest} another MAC, or release {users} "
+                     f"on {txn.plan.host} first")
     info = sriov_info(step.pf, txn.sysfs_root)
     if info is None:
         raise refuse(f"{step.pf} on {txn.plan.host} has no SR-IOV (no "
