@@ -10,9 +10,14 @@ from conftest import fake_sriov_pf, guest_toml, links_by_name, needs_netns, writ
 
 from netmap.errors import ApplyError
 from netmap.graph import build_graph
+from netmap.inventory import Interface
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan
-from netmap.netlink.sysfs import has_vhost_net, sriov_info, sysfs_root
+from netmap.netlink.discover import discover, read_sriov
+from netmap.netlink.ensure import Transaction
+from netmap.netlink.rtnl import Rtnl
+from netmap.netlink.sysfs import VirtualFunction, has_vhost_net, sriov_info, sysfs_root
+from netmap.netlink.vf_pool import holder
 from netmap.plan import build_plan
 from netmap.state import HostState
 
@@ -132,3 +137,85 @@ def test_one_mac_on_two_vfs_of_a_pf_is_refused_at_the_claim(pool_host, tmp_path:
     assert refused.value.step is not None and refused.value.step.kind == "vf"
     assert links_by_name(netns) == before
     assert (tmp_path / "state" / "h1.json").read_text() == saved
+
+
+# --- what makes a VF free (netmap.netlink.vf_pool): realize and discover give one answer ----
+
+def test_reads_the_driver_a_vf_is_bound_to(tmp_path: Path) -> None:
+    sysfs = fake_sriov_pf(tmp_path, "eno1", ["eno1v0", None, None])
+    bind(sysfs, "0000:03:10.0", "igbvf")
+    bind(sysfs, "0000:03:10.1", "vfio-pci")
+    info = sriov_info("eno1", root=sysfs)
+    assert [(vf.netdev, vf.driver) for vf in info.vfs] == [
+        ("eno1v0", "igbvf"), (None, "vfio-pci"), (None, None)]
+
+
+@pytest.mark.parametrize(("facts", "why"), [
+    ({}, None),  # a VF netdev down, without addresses, its entry without a MAC
+    ({"netdev": None, "driver": "vfio-pci"}, "bound to vfio-pci"),
+    ({"netdev": None}, "bound to no network driver (vfio or none)"),
+    ({"up": True}, "v0 is up"),
+    ({"master": "br0"}, "port of br0"),
+    ({"uppers": ["mv1"]}, "lower of mv1"),
+    ({"addresses": ["10.1.2.3/24"]}, "v0 has address 10.1.2.3/24"),
+    ({"entry_mac": "52:54:00:00:00:09"}, "MAC 52:54:00:00:00:09 set on the PF's VF entry"),
+    # the VF driver's own MAC, reported to the PF (igbvf picks a random one): no claim
+    ({"entry_mac": "AA:bb:cc:00:00:01", "netdev_mac": "aa:bb:cc:00:00:01"}, None),
+    ({"entry_mac": "00:00:00:00:00:00", "netdev_mac": "aa:bb:cc:00:00:01"}, None),
+])
+def test_what_holds_a_vf(facts: dict, why: str | None) -> None:
+    vf = VirtualFunction(0, "0000:03:10.0", facts.pop("netdev", "v0"), facts.pop("driver", None))
+    assert holder(vf, **facts) == why
+
+
+def _vf_links(netns: str, commands: list[str]) -> None:
+    subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(commands) + "\n",
+                   text=True, check=True, capture_output=True)
+
+
+@needs_netns
+def test_realize_and_discover_agree_on_the_free_vfs(pool_host, tmp_path: Path) -> None:
+    """VF 0's netdev is up, VF 1's has an address, VF 3 is bound to vfio-pci: realize
+    claims VF 2, whose netdev has only an IPv6 link-local address; discover counts the
+    same three used and the same one free; with VF 2 up too, realize finds none free and
+    says why for each."""
+    netns, sysfs = pool_host
+    _vf_links(netns, ["link set pf0v0 up", "addr add 10.9.9.1/24 dev pf0v1",
+                      "addr add fe80::2/64 dev pf0v2"])
+    root = _sriov_fleet(tmp_path / "m", netns,
+                        {"vm": guest_toml("vm", "h1", ("storage", "52:54:00:5e:09:02"))})
+    state = HostState.load("h1", tmp_path / "state")
+    with Rtnl(netns) as kernel:
+        txn = Transaction(kernel, state, _plan(root, "vm"), sysfs)
+        txn.decide()
+        txn.close()
+    assert [vf.index for vf in txn.vfs.values()] == [2]
+
+    pool = discover(netns, sysfs_root=sysfs).sriov["pf0"]
+    assert {vf.index: vf.used_by for vf in pool.vfs} == {
+        0: "pf0v0 is up", 1: "pf0v1 has address 10.9.9.1/24", 2: None, 3: "bound to vfio-pci"}
+    assert (pool.num_vfs, pool.used_vfs, pool.free_vfs) == (4, 3, 1)
+
+    _vf_links(netns, ["link set pf0v2 up"])
+    with Rtnl(netns) as kernel, pytest.raises(ApplyError) as refused:
+        Transaction(kernel, state, _plan(root, "vm"), sysfs).decide()
+    assert refused.value.problem == (
+        "no free VF on pf0 (h1): 4 VF(s) enabled of 8, 0 claimed by netmap, 4 used outside "
+        "netmap; VF 0: pf0v0 is up; VF 1: pf0v1 has address 10.9.9.1/24; VF 2: pf0v2 is up; "
+        "VF 3: bound to vfio-pci")
+    assert discover(netns, sysfs_root=sysfs).sriov["pf0"].free_vfs == 0
+
+
+def test_discover_counts_a_mac_set_on_the_pf_entry_as_used(tmp_path: Path) -> None:
+    """A MAC on a VF's entry (netmap's own claim of a VF handed over whole, or anyone's)
+    holds it, unless it is the VF netdev's own; the entries come from the PF."""
+    sysfs = fake_sriov_pf(tmp_path, "pf0", ["pf0v0", "pf0v1", "pf0v2"])
+    links = [Interface(2, "pf0", "physical", 1500),
+             Interface(3, "pf0v0", "physical", 1500, mac="aa:00:00:00:00:01"),
+             Interface(4, "pf0v1", "physical", 1500, mac="aa:00:00:00:00:02"),
+             Interface(5, "pf0v2", "physical", 1500, mac="aa:00:00:00:00:03")]
+    macs = {0: "52:54:00:5e:09:03", 1: "aa:00:00:00:00:02", 2: "00:00:00:00:00:00"}
+    pool = read_sriov(links, sysfs, lambda pf: macs if pf.name == "pf0" else {})["pf0"]
+    assert [vf.used_by for vf in pool.vfs] == [
+        "MAC 52:54:00:5e:09:03 set on the PF's VF entry", None, None]
+    assert (pool.used_vfs, pool.free_vfs) == (1, 2)

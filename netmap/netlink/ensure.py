@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg, rtnl, shared_changes
+from netmap.netlink import rtmsg, rtnl, shared_changes, vf_pool
 from netmap.netlink.endpoints import ENDPOINTS
 from netmap.netlink.kernel_steps import (
     add_vxlan_remotes,
@@ -90,6 +90,10 @@ class Transaction:
 
     def vf_for(self, nic: p.NicPlan) -> VirtualFunction | None:
         return next((self.vfs[s.resource] for s in nic.steps if s.resource in self.vfs), None)
+
+    def vf_entry_macs(self, pf: str) -> dict[int, str]:
+        """VF index -> the MAC on `pf`'s entry for it (IFLA_VFINFO_LIST); {} if none."""
+        return vf_pool.read_entry_macs(self.pyroute(), self.index(pf))
 
     def ensure(self, nic: int, step: p.Step) -> None:
         """Used by the endpoint classes: the decide pass for one step (once per resource)."""
