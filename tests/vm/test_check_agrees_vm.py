@@ -66,14 +66,21 @@ def quiet_pf() -> Iterator[str]:
     subprocess.run(["ip", "link", "set", pf, "addrgenmode", "none"], check=True)
     subprocess.run(["ip", "-6", "addr", "flush", "dev", pf], check=True)
     yield pf
+    set_numvfs(pf, 0)
     if not was_up:
         subprocess.run(["ip", "link", "set", pf, "down"], check=True)
     subprocess.run(["ip", "link", "set", pf, "addrgenmode", "eui64"], check=True)
 
 
+def configured(pf: str) -> int:
+    return int(Path(f"/sys/class/net/{pf}/device/sriov_numvfs").read_text())
+
+
 class VmHost:
     """The VM as the destination: dummies for the mapping's uplinks (an address on a vxlan
-    underlay), the PF's pool set to the mapping's total_vfs; all removed again by clear."""
+    underlay), removed again by clear; the PF's pool set to the mapping's total_vfs and
+    kept for the next case (quiet_pf empties it): under TCG making VFs costs seconds, and
+    release leaves their entries as found."""
 
     def __init__(self, pf: str) -> None:
         self.name = HOST
@@ -88,7 +95,8 @@ class VmHost:
         commands = []
         for uplink in host.uplinks.values():
             if uplink.sriov is not None:
-                set_numvfs(uplink.name, uplink.sriov.total_vfs)
+                if configured(uplink.name) != uplink.sriov.total_vfs:
+                    set_numvfs(uplink.name, uplink.sriov.total_vfs)
                 commands += [f"link set {uplink.name} mtu {uplink.mtu}",
                              f"link set {uplink.name} up"]
                 continue
@@ -105,7 +113,6 @@ class VmHost:
     def clear(self, host: Host) -> None:
         for uplink in host.uplinks.values():
             if uplink.sriov is not None:
-                set_numvfs(uplink.name, 0)
                 subprocess.run(["ip", "link", "set", uplink.name, "mtu", "1500"], check=True)
             else:
                 subprocess.run(["ip", "link", "del", uplink.name], check=False,
