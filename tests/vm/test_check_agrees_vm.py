@@ -144,3 +144,101 @@ def test_check_agrees_with_realize_on_a_full_kernel(mode: str, quiet_pf: str,
     lacking = [(o.case, o.needs_vm) for o in tally.outcomes if o.needs_vm]
     assert not lacking, f"refused for want of kernel support in the VM: {lacking}"
     assert any(o.compatible and o.result == "realized" for o in tally.outcomes)
+
+
+SHARED_NETWORKS = """[networks.tagged]
+segment = "fab"
+vlan = 100
+mtu = 1400
+
+[networks.flat]
+segment = "fab"
+mtu = 1400
+"""
+
+
+def _shared_host(mode: str) -> str:
+    return f"""[host]
+name = "{HOST}"
+features = ["tun", "macvtap", "bridge", "vhost-net"]
+
+[uplinks.up0]
+segments = ["fab"]
+mtu = 9000
+
+[networks.tagged]
+mode = "{mode}"
+uplink = "up0"
+
+[networks.flat]
+mode = "bridge"
+uplink = "up0"
+"""
+
+
+def _guest_mtu(name: str, network: str, n: int, mtu: int | None) -> str:
+    line = f"mtu = {mtu}\n" if mtu else ""
+    return (f'[guest]\nname = "{name}"\nhost = "{HOST}"\n\n[[nics]]\nnetwork = "{network}"\n'
+            f'mac = "52:54:00:a7:00:{n:02x}"\n{line}')
+
+
+def _link(name: str) -> dict | None:
+    done = subprocess.run(["ip", "-d", "-j", "link", "show", name], capture_output=True,
+                          text=True, check=False)
+    return json.loads(done.stdout)[0] if done.returncode == 0 else None
+
+
+@pytest.mark.parametrize("mode", ["macvtap-bridge", "bridge"])
+def test_a_shared_device_gets_back_what_the_last_guest_needing_it_changed(
+        mode: str, fleet, tmp_path: Path) -> None:
+    """What the agreement cases neighbour-mtu and shared-bridge found, for several guests:
+    g1 made the device (uplink.VLAN at MTU 1400; or the bridge, for an untagged network);
+    g2 and g3 need more of it (MTU 1450 and 1500), g4 less (MTU 1300, never lowered); or
+    g2, g3 and g4 all need VLAN filtering. Released one by one, the device keeps what a
+    remaining guest needs and gets its old value back when the last such guest goes."""
+    from netmap.graph import build_graph
+    from netmap.load import load_fleet
+    from netmap.netlink.apply import realize_plan, release_guest
+    from netmap.plan import build_plan
+
+    subprocess.run(["ip", "link", "add", "up0", "mtu", "9000", "type", "dummy"], check=True)
+    try:
+        first = ("g1", "flat" if mode == "bridge" else "tagged", None)
+        guests = [first, ("g2", "tagged", 1450), ("g3", "tagged", 1500),
+                  ("g4", "tagged", 1300)]
+        root = fleet(SHARED_NETWORKS, _shared_host(mode),
+                     {name: _guest_mtu(name, net, n, mtu)
+                      for n, (name, net, mtu) in enumerate(guests)})
+        loaded = load_fleet(root)
+        graph = build_graph(loaded)
+        state = tmp_path / "state"
+
+        def realize(name: str) -> None:
+            realize_plan(build_plan(graph, loaded.guests[name], loaded.hosts[HOST]),
+                         state_dir=state)
+
+        def release(name: str) -> None:
+            release_guest(HOST, name, None, state_dir=state)
+
+        def shared() -> object:
+            if mode == "bridge":
+                return _link("br-up0")["linkinfo"]["info_data"]["vlan_filtering"]
+            return _link("up0.100")["mtu"]
+
+        realize("g1")
+        before = shared()
+        for name in ("g2", "g3", "g4"):
+            realize(name)
+        changed = shared()
+        assert changed == (1 if mode == "bridge" else 1500)
+        assert before == (0 if mode == "bridge" else 1400)
+        release("g2")  # g3 still needs the change
+        assert shared() == changed
+        release("g3")  # g4 needs VLAN filtering too, not the larger MTU
+        assert shared() == (changed if mode == "bridge" else before)
+        release("g4")
+        assert shared() == before
+        release("g1")
+        assert _link("up0.100") is None and _link("br-up0") is None
+    finally:
+        subprocess.run(["ip", "link", "del", "up0"], check=False)
