@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import fake_sriov_pf, guest_toml, links_by_name, needs_netns, write_fleet
 
+from netmap.drift import drift_findings
 from netmap.errors import ApplyError
 from netmap.graph import build_graph
 from netmap.inventory import Interface
@@ -177,8 +178,8 @@ def _vf_links(netns: str, commands: list[str]) -> None:
 def test_realize_and_discover_agree_on_the_free_vfs(pool_host, tmp_path: Path) -> None:
     """VF 0's netdev is up, VF 1's has an address, VF 3 is bound to vfio-pci: realize
     claims VF 2, whose netdev has only an IPv6 link-local address; discover counts the
-    same three used and the same one free; with VF 2 up too, realize finds none free and
-    says why for each."""
+    same three used and the same one free, and drift that the mapping's total_vfs counts
+    on more; with VF 2 up too, realize finds none free and says why for each."""
     netns, sysfs = pool_host
     _vf_links(netns, ["link set pf0v0 up", "addr add 10.9.9.1/24 dev pf0v1",
                       "addr add fe80::2/64 dev pf0v2"])
@@ -195,6 +196,13 @@ def test_realize_and_discover_agree_on_the_free_vfs(pool_host, tmp_path: Path) -
     assert {vf.index: vf.used_by for vf in pool.vfs} == {
         0: "pf0v0 is up", 1: "pf0v1 has address 10.9.9.1/24", 2: None, 3: "bound to vfio-pci"}
     assert (pool.num_vfs, pool.used_vfs, pool.free_vfs) == (4, 3, 1)
+
+    # check counts on the mapping's total_vfs = 4; drift says that only 1 is free
+    fleet = load_fleet(root)
+    low = [f for f in drift_findings(fleet.hosts["h1"], discover(netns, sysfs_root=sysfs),
+                                     networks=fleet.networks) if f.code == "VF_FREE_LOW"]
+    assert len(low) == 1 and "so 1 of the 4 VFs the mapping counts on are free" in \
+        low[0].message, low
 
     _vf_links(netns, ["link set pf0v2 up"])
     with Rtnl(netns) as kernel, pytest.raises(ApplyError) as refused:
