@@ -332,13 +332,14 @@ def combined(dest: str, mode: str, vlan: int | None, variants: tuple[str, ...],
     return replace(case, name=f"{mode}-{vlan_text}-{'+'.join(variants)}")
 
 
-# The VM tier's share (tests/vm/test_check_agrees_vm.py): all 266 cases of the modes a VM
-# proves (every mode but vxlan, which the namespace tier builds in full) take 15 minutes
-# under TCG, about 4 s each; these 31 take 2. Every mode untagged and on VLAN 100 (plain),
-# every finding check reports in any case of those modes, each at a step kind of its own,
-# preferably tagged (the namespace tier cannot build VLANs), and the cases that once found
-# bugs here. tests/test_check_agrees.py::test_the_vm_share_covers_every_mode_and_finding
-# holds it to that as generate() grows.
+# The VM tier's share (tests/vm/test_check_agrees_vm.py): the 266 cases of the modes a VM
+# proves (every mode but vxlan, which the namespace tier builds in full) cost 4-6 s each
+# under TCG, far past the VM tier's 10 minutes; these 31 took 173 s. Every mode untagged
+# and on VLAN 100 (plain), every finding check reports in any case of those modes, each at
+# a step kind of its own, preferably tagged (the namespace tier cannot build VLANs), and
+# the cases that once found bugs here.
+# tests/test_check_agrees.py::test_the_vm_share_covers_every_mode_and_finding holds it to
+# that as generate() grows.
 VM_CASES = (
     *(f"{mode}-{vlan}-plain" for mode in MODES if not mode.startswith("vxlan")
       for vlan in ("untagged", "vlan100")),

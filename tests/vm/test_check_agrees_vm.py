@@ -5,15 +5,16 @@ enabled. Here 802.1Q, bridge VLAN filtering and SR-IOV exist, so no case may end
 "this tier lacks it": every VLAN and VF case is proven, not only refused.
 
 Budget: the VM tier must stay under 10 minutes of TCG time on a 2-core machine, and a case
-costs about 4 s here (a realize, a release, a dozen iproute2 and udevadm processes): all
-266 cases of these modes took 15 minutes. It runs agreement.VM_CASES, 31 cases (about two
-minutes): every mode untagged and on VLAN 100, every finding check reports for these
-modes at each step kind it names, tagged where it can be (the namespace tier cannot build
-VLANs but runs every untagged case of every mode), and the cases that found bugs here (a
-shared uplink.VLAN and a shared bridge put back after release, one MAC on two VFs of one
-PF). tests/test_check_agrees.py checks, without root, that the selection still covers
-every mode and finding as generate() grows. vxlan is left to the namespace tier, which
-builds all of it.
+costs 4-6 s here (a realize, a release, a dozen iproute2 and udevadm processes): the 176
+VLAN and VF cases of these modes took 12 minutes in an earlier run, all 266 would take
+more. It runs agreement.VM_CASES, 31 cases (173 s measured on a busy machine): every mode
+untagged and on VLAN 100, every finding check reports for these modes at each step kind
+it names, tagged where it can be (the namespace tier cannot build VLANs but runs every
+untagged case of every mode), and the cases that found bugs here (a shared uplink.VLAN
+and a shared bridge put back after release, one MAC on two VFs of one PF).
+tests/test_check_agrees.py checks, without root, that the selection still covers every
+mode and finding as generate() grows. vxlan is left to the namespace tier, which builds
+all of it.
 """
 
 from __future__ import annotations
