@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import operator
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -235,8 +234,7 @@ class Fleet:
     """
 
     networks: dict[str, Network]
-    # a dict, or a netmap.cache_index.LazyHosts that unpickles each host when first read
-    hosts: Mapping[str, Host]
+    hosts: dict[str, Host]
     guests: dict[str, Guest]
     problems: tuple = ()  # tuple[InputError, ...], one per unreadable file
     root: str = ""
