@@ -35,7 +35,7 @@ def frozen(cls: type[T]) -> type[T]:
 
     They pickle as a call of that __init__ with every field: a frozen dataclass with slots
     would otherwise restore its state through a Python __setstate__ setting each field
-    with object.__setattr__ (the fleet cache and the parsing child's messages pickle
+    with object.__setattr__ (the load's store and its second parsing process pickle
     tens of thousands of them)."""
     cls = dataclass(frozen=True, slots=True)(cls)
     specs = dataclasses.fields(cast("type[DataclassInstance]", cls))

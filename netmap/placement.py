@@ -7,15 +7,18 @@ other host gets its first blocking reason without one.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import networkx as nx
 
 from netmap import graph as g
 from netmap.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
-from netmap.forked import ForkedWork
 from netmap.gcpause import gc_paused
 from netmap.model import Fleet, Guest, mapping_file
 
@@ -116,16 +119,43 @@ def _checked(fleet: Fleet, guest: Guest, hosts: list[str], strict: bool,
 def _share_out(fleet: Fleet, guest: Guest, to_check: list[str], strict: bool,
                load: Counter[str | None]) -> tuple[Callable[[], dict[str, Candidate] | None] | None,
                                             list[str]]:
-    """With many to check, a child forked now checks half of them (it runs slower on the
-    memory it shares with us copy-on-write: 10k hosts, 0.1 s of 0.2 s each). Returns how to
-    wait for its answer (None when it failed: check them here) and its hosts, or (None, [])
-    when nothing was handed out."""
-    if len(to_check) >= PARALLEL_MIN_CANDIDATES:
-        half = to_check[len(to_check) // 2:]
-        child = ForkedWork.start(lambda: _checked(fleet, guest, half, strict, load))
-        if child is not None:
-            return child.result, half
-    return None, []
+    """With many to check, a worker process forked now checks half of them (it runs slower
+    on the memory it shares with us copy-on-write: 10k hosts, 0.1 s of 0.2 s each).
+    Returns how to wait for its answer (None when it failed: check them here; the worker
+    is gone once it is read) and its hosts, or (None, []) when nothing was handed out."""
+    if (len(to_check) < PARALLEL_MIN_CANDIDATES or len(os.sched_getaffinity(0)) < 2
+            or threading.active_count() > 1):  # a forked child may inherit a held lock
+        return None, []
+    half = to_check[len(to_check) // 2:]
+    global _FORKED_WITH
+    # the worker is forked with the fleet in its memory: only names and answers are pickled
+    _FORKED_WITH = (fleet, guest, strict, load)
+    try:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        future = pool.submit(_checked_in_worker, half)
+    except (OSError, RuntimeError):
+        return None, []
+    finally:
+        _FORKED_WITH = None
+
+    def answer() -> dict[str, Candidate] | None:
+        try:
+            return future.result()
+        except Exception:  # the worker failed or died: its half is checked here
+            return None
+        finally:
+            pool.shutdown(wait=True)
+
+    return answer, half
+
+
+_FORKED_WITH: tuple[Fleet, Guest, bool, Counter[str | None]] | None = None
+
+
+def _checked_in_worker(hosts: list[str]) -> dict[str, Candidate]:
+    assert _FORKED_WITH is not None  # set by _share_out as it forked us
+    fleet, guest, strict, load = _FORKED_WITH
+    return _checked(fleet, guest, hosts, strict, load)
 
 
 # Below this many hosts to check, a child costs more than it saves (fork, pickled answer).

@@ -681,8 +681,8 @@ def test_unchanged_fleet_is_rechecked_file_by_file(mappings: Path, cache_dir: Pa
 
 def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """parallel=True: a forked child checks half of the candidates; when it fails, its half
-    is checked here, and either way the answer is the one of the plain graph."""
+    """parallel=True: a worker process checks half of the candidates; when it fails, its
+    half is checked here, and either way the answer is the one of the plain graph."""
     from netmap import placement
     from netmap.graph import build_graph
 
@@ -702,6 +702,8 @@ def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
             for guest in guests for strict in (False, True)}
 
     assert answers() == want
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # the worker is gone once its answer is read
     parent, real = os.getpid(), placement._checked
 
     def dies_in_the_child(*args):

@@ -29,7 +29,7 @@ STORE_MIN_FILES = 500
 PARALLEL_MIN_FILES = 1000
 # The second process's part of the files to parse: it also pickles what it parsed (which
 # is what the store keeps), and we unpickle it.
-SECOND_SHARE = 0.45
+SECOND_SHARE = 0.5
 
 
 def load(base: Path) -> Fleet:
@@ -69,7 +69,7 @@ def _load_with(db: Store, base: Path, networks: dict[str, Network],
     with _SecondProcess([key for key in host_files if key not in hits],
                         [key for key in guest_files
                          if key not in hits and not key.endswith(".xml")],
-                        networks) as second:
+                        networks, idents) as second:
 
         def stored_or(parser: Callable[..., T]) -> Callable[..., T]:
             def load_one(path: str, *args: Any) -> T:
@@ -150,8 +150,8 @@ class _SecondProcess:
     ends. A file it could not parse (or all of them, should it fail) is parsed here, so
     errors are raised as the parser raises them and the answer never depends on it."""
 
-    def __init__(self, hosts: list[str], guests: list[str],
-                 networks: dict[str, Network]) -> None:
+    def __init__(self, hosts: list[str], guests: list[str], networks: dict[str, Network],
+                 idents: Mapping[str, Identity | None]) -> None:
         self._pool: ProcessPoolExecutor | None = None
         self._future: Future[list[bytes | None]] | None = None
         self._results: dict[str, bytes | None] = {}
@@ -160,9 +160,15 @@ class _SecondProcess:
         if (len(hosts) + len(guests) < PARALLEL_MIN_FILES or len(os.sched_getaffinity(0)) < 2
                 or threading.active_count() > 1):  # a forked child may inherit a held lock
             return
-        # the tail of what we read in order (hosts, then guests): we reach it last
+        # the tail of what we read in order (hosts, then guests): we reach it last. Its
+        # share of the bytes, not of the files: a host file may be ten times a guest file.
         every = [*hosts, *guests]
-        self._theirs = every[int(len(every) * (1 - SECOND_SHARE)):]
+        weight = [(idents.get(key) or (1,))[0] for key in every]
+        left, cut = sum(weight) * SECOND_SHARE, len(every)
+        while cut > 0 and left > 0:
+            cut -= 1
+            left -= weight[cut]
+        self._theirs = every[cut:]
         guest_share = self._theirs[max(0, len(self._theirs) - len(guests)):]
         host_share = self._theirs[:len(self._theirs) - len(guest_share)]
         self._waiting = set(self._theirs)

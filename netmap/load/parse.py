@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -286,8 +287,12 @@ def _ifname_check(name: str) -> str | None:
     return f"interface name {problem}" if problem else None
 
 
+# A fleet's hosts repeat a few groups and peers: each is parsed (ipaddress, slow) once.
+_underlay = functools.lru_cache(maxsize=4096)(check_underlay)
+
+
 def _vxlan(doc: Document, where: KeyPath, values: Any) -> Vxlan:
-    underlay = check_underlay(values.group, values.local, values.remotes)
+    underlay = _underlay(values.group, values.local, tuple(values.remotes))
     if isinstance(underlay, UnderlayProblem):
         raise doc.error((*where, "vxlan", underlay.key), underlay.problem, underlay.fix)
     return Vxlan(values.port, underlay.group, underlay.remotes, underlay.local)
