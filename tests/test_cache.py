@@ -625,6 +625,24 @@ def generate_fleet(root: Path, hosts: int, guests: int, seed: int = 7) -> None:
     gen_fleet.generate(root, hosts, guests, seed=seed)
 
 
+@pytest.mark.parametrize("shape", ["standard", "small", "huge", "xml"])
+def test_every_benchmark_shape_loads_without_problems(tmp_path: Path, shape: str) -> None:
+    """scripts/bench_fleet.py times each shape: a fleet with problems would time errors."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import gen_fleet
+
+    root = tmp_path / shape
+    gen_fleet.generate_shape(root, shape, 200)
+    fleet = load_fleet(root)
+    assert fleet.problems == ()
+    assert len(fleet.hosts) == (10 if shape == "huge" else 200)
+    xml = [g for g in fleet.guests.values() if g.source.file.endswith(".xml")]
+    assert len(xml) == (25 if shape == "xml" else 0)
+    assert all(g.host is not None and g.nics for g in xml)
+
+
 def test_hosts_for_fleet_answers_as_hosts_for(mappings: Path, tmp_path: Path) -> None:
     import sys
 
