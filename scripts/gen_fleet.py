@@ -14,9 +14,9 @@ given seed, and the files load without errors through netmap.load.load_fleet.
 
 Shapes (SHAPES), so that a figure holds on fleets nobody tuned for:
   standard  the above
-  small     many small host files (2 uplinks, 2 bindings, ~14 lines) and a guest per host
+  small     many small host files (2 uplinks, 2 bindings, 17 lines) and a guest per host
   huge      few huge host files: a twentieth of the hosts, each binding 150 VLAN networks
-            more on 8 uplinks (~900 lines), a guest per host
+            more on 6 more uplinks (~670 lines), a guest per host
   xml       the standard hosts; half of the guests are libvirt domain XML (bridge sources
             explained by their host's mapping, the host named in netmap's metadata)
 """
