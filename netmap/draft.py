@@ -3,7 +3,7 @@
 Discovery sees interfaces, not the fabric: it cannot know which segment a NIC is cabled
 to, nor which logical network an existing bridge carries. The draft writes what it knows
 (uplinks, MTU, MAC, SR-IOV pools, features) as keys, and what a human must decide as
-comments marked DECIDE. It loads through netmap.load.load_host as written, so a user can
+comments marked DECIDE. It loads through netmap.load.parse.load_host as written, so a user can
 start from it and fill in segments one line at a time.
 """
 

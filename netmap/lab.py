@@ -85,7 +85,7 @@ def host_namespace(prefix: str, host: str) -> str:
 def _check_prefix(prefix: str, hosts: list[Host]) -> None:
     """A host's namespace is PREFIX-HOST; its mapping's netns must name it, or netmap would
     act in another namespace than the one the lab built (or on nothing)."""
-    from netmap.load import name_problem
+    from netmap.load.parse import name_problem
 
     problem = name_problem(prefix)
     if problem:

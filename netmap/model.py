@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import operator
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -36,7 +35,7 @@ def frozen(cls: type[T]) -> type[T]:
 
     They pickle as a call of that __init__ with every field: a frozen dataclass with slots
     would otherwise restore its state through a Python __setstate__ setting each field
-    with object.__setattr__ (the fleet cache and the parsing child's messages pickle
+    with object.__setattr__ (the load's store and its second parsing process pickle
     tens of thousands of them)."""
     cls = dataclass(frozen=True, slots=True)(cls)
     specs = dataclasses.fields(cast("type[DataclassInstance]", cls))
@@ -235,8 +234,7 @@ class Fleet:
     """
 
     networks: dict[str, Network]
-    # a dict, or a netmap.cache_index.LazyHosts that unpickles each host when first read
-    hosts: Mapping[str, Host]
+    hosts: dict[str, Host]
     guests: dict[str, Guest]
     problems: tuple = ()  # tuple[InputError, ...], one per unreadable file
     root: str = ""

@@ -7,19 +7,20 @@ other host gets its first blocking reason without one.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import networkx as nx
 
 from netmap import graph as g
-from netmap.cache_index import LazyHosts
 from netmap.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
-from netmap.forked import ForkedWork
 from netmap.gcpause import gc_paused
-from netmap.model import Fleet, Guest, Host, Network, mapping_file
+from netmap.model import Fleet, Guest, mapping_file
 
 
 @dataclass(frozen=True)
@@ -65,19 +66,16 @@ def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
     are still looked up fleet-wide). On 10k generated hosts this builds a fifth of the
     graph.
 
-    `fleet.hosts` may be a netmap.cache.LazyHosts: what each host binds and its mapping's
-    file then come from its `summaries`, and only the candidates are unpickled.
-
-    parallel=True (the command line, which may fork) has another process check part of
-    the candidates (_share_out): the parsing child of netmap.cache those it holds, else a
-    child forked for half of them when there are many and a second CPU is there. The
-    answer is the same."""
+    parallel=True (the command line, which may fork) has a child forked for half of the
+    candidates check them when there are many and a second CPU is there (_share_out).
+    The answer is the same."""
     # Everything built here is garbage only at the end: a collection in between would
     # walk every object of the fleet again (pausing saved a tenth of a warm 10k query).
     with gc_paused():
         guest = fleet.guests[guest_name]
         needed = {nic.network for nic in guest.nics}
-        summaries = _summaries(fleet)
+        summaries = {name: (host.bindings.keys(), mapping_file(host))
+                     for name, host in fleet.hosts.items()}
         load = Counter(other.host for other in fleet.guests.values())
         to_check = [name for name, (bound, _) in summaries.items() if needed <= bound
                     and (include_current or name != guest.host)]
@@ -121,56 +119,47 @@ def _checked(fleet: Fleet, guest: Guest, hosts: list[str], strict: bool,
 def _share_out(fleet: Fleet, guest: Guest, to_check: list[str], strict: bool,
                load: Counter[str | None]) -> tuple[Callable[[], dict[str, Candidate] | None] | None,
                                             list[str]]:
-    """Hand part of the check to another process, and say which part: the hosts a
-    parsing child still holds (netmap.cache) are checked there; else, with many to
-    check, a child forked now takes half (it runs slower on the memory it shares with us
-    copy-on-write: 10k hosts, 0.1 s of 0.2 s each). Returns how to wait for its answer
-    (None when it failed: check them here), or (None, []) when nothing was handed out."""
-    holder, there = fleet.hosts.elsewhere() if isinstance(fleet.hosts, LazyHosts) \
-        else (None, {})
-    remote = {name: there[name] for name in to_check if name in there}
-    if holder is not None and remote:
-        source = fleet.hosts.get(guest.host) if guest.host else None
-        if holder.ask(_checked_there, remote, guest.name, holder.guest_refs(fleet.guests),
-                      source, fleet.networks, fleet.problems, fleet.root, strict):
-            return holder.answer, list(remote)
-    if len(to_check) >= PARALLEL_MIN_CANDIDATES:
-        half = to_check[len(to_check) // 2:]
-        child = ForkedWork.start(lambda: _checked(fleet, guest, half, strict, load))
-        if child is not None:
-            return child.result, half
-    return None, []
+    """With many to check, a worker process forked now checks half of them (it runs slower
+    on the memory it shares with us copy-on-write: 10k hosts, 0.1 s of 0.2 s each).
+    Returns how to wait for its answer (None when it failed: check them here; the worker
+    is gone once it is read) and its hosts, or (None, []) when nothing was handed out."""
+    if (len(to_check) < PARALLEL_MIN_CANDIDATES or len(os.sched_getaffinity(0)) < 2
+            or threading.active_count() > 1):  # a forked child may inherit a held lock
+        return None, []
+    half = to_check[len(to_check) // 2:]
+    global _FORKED_WITH
+    # the worker is forked with the fleet in its memory: only names and answers are pickled
+    _FORKED_WITH = (fleet, guest, strict, load)
+    try:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        future = pool.submit(_checked_in_worker, half)
+    except (OSError, RuntimeError):
+        return None, []
+    finally:
+        _FORKED_WITH = None
+
+    def answer() -> dict[str, Candidate] | None:
+        try:
+            return future.result()
+        except Exception:  # the worker failed or died: its half is checked here
+            return None
+        finally:
+            pool.shutdown(wait=True)
+
+    return answer, half
 
 
-def _checked_there(hosts: dict[str, Host], guests: dict[str, Guest], remote: dict[str, str],
-                   guest_name: str, guest_refs: dict[str, str | Guest], source: Host | None,
-                   networks: dict[str, Network], problems: tuple, root: str,
-                   strict: bool) -> dict[str, Candidate]:
-    """`_checked` in the process that parsed `hosts` and `guests` (by file): the fleet's
-    guests are those files' or, where the fleet has another, the one sent."""
-    fleet_guests = {name: guests[ref] if isinstance(ref, str) else ref
-                    for name, ref in guest_refs.items()}
-    kept = {name: hosts[key] for name, key in remote.items()}
-    if source is not None:
-        kept.setdefault(source.name, source)
-    load = Counter(other.host for other in fleet_guests.values())
-    fleet = Fleet(networks, kept, fleet_guests, problems, root)
-    return _checked(fleet, fleet_guests[guest_name], list(remote), strict, load)
+_FORKED_WITH: tuple[Fleet, Guest, bool, Counter[str | None]] | None = None
+
+
+def _checked_in_worker(hosts: list[str]) -> dict[str, Candidate]:
+    assert _FORKED_WITH is not None  # set by _share_out as it forked us
+    fleet, guest, strict, load = _FORKED_WITH
+    return _checked(fleet, guest, hosts, strict, load)
 
 
 # Below this many hosts to check, a child costs more than it saves (fork, pickled answer).
 PARALLEL_MIN_CANDIDATES = 400
-
-
-HostSummary = tuple[AbstractSet[str], str]  # the networks a host binds, its mapping's file
-
-
-def _summaries(fleet: Fleet) -> Mapping[str, HostSummary]:
-    known = getattr(fleet.hosts, "summaries", None)
-    if known is not None:
-        return known
-    return {name: (host.bindings.keys(), mapping_file(host))
-            for name, host in fleet.hosts.items()}
 
 
 def _rank(fleet: Fleet, graph: nx.DiGraph, guest: Guest, able: set[str], strict: bool,

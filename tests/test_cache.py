@@ -1,15 +1,17 @@
-"""The fleet cache: same answers and errors as load_fleet, and never stale.
+"""The load's store (netmap/load/store.py): same answers and errors as a load without it,
+and never stale.
 
-Each test gets its own mappings copy and cache directory. The racy window (files changed
-more recently than this are never cached, see netmap/cache.py) is shortened from 2 s to
-50 ms so that tests can let files settle with a short sleep instead of seconds.
+Each test gets its own mappings copy and cache directory, and the store is used for
+these few files too (STORE_MIN_FILES). The racy window (files changed more recently than
+this are never stored, see netmap/load/store.py) is shortened from 2 s to 50 ms so that
+tests can let files settle with a short sleep instead of seconds.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -21,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from netmap import cache, cache_child, cache_index, gcpause, load, placement
-from netmap.cache import load_fleet_cached
+from netmap import gcpause, placement
 from netmap.errors import InputError
 from netmap.graph import build_graph
-from netmap.load import load_fleet
+from netmap.load import fleet as loading
+from netmap.load import load_fleet, parse, store
 from netmap.model import Fleet, Host
 
 WINDOW_NS = 50_000_000
@@ -35,8 +37,16 @@ WINDOW_NS = 50_000_000
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     target = tmp_path / "cache"
     monkeypatch.setenv("NETMAP_CACHE_DIR", str(target))
-    monkeypatch.setattr(cache, "RACY_WINDOW_NS", WINDOW_NS)
+    monkeypatch.setattr(store, "RACY_WINDOW_NS", WINDOW_NS)
+    monkeypatch.setattr(loading, "STORE_MIN_FILES", 0)
     return target
+
+
+def uncached(root: Path | str) -> Fleet:
+    """The fleet as the parsers give it, without the store."""
+    base = parse.mappings_dir(root)
+    return parse.assemble(base, parse.load_networks(base / "networks.toml"),
+                          *parse.fleet_file_names(base))
 
 
 @pytest.fixture
@@ -45,14 +55,13 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     counts: Counter[str] = Counter()
 
     def counting(real):
-        def parse(path, networks):
+        def parsed(path, *args):
             counts[Path(path).name] += 1
-            return real(path, networks)
-        return parse
+            return real(path, *args)
+        return parsed
 
-    for module in (cache, cache_child):
-        monkeypatch.setattr(module, "load_host", counting(load.load_host))
-        monkeypatch.setattr(module, "load_guest", counting(load.load_guest))
+    monkeypatch.setattr(parse, "load_host", counting(parse.load_host))
+    monkeypatch.setattr(parse, "load_guest", counting(parse.load_guest))
     return counts
 
 
@@ -72,8 +81,8 @@ def snapshot(fleet: Fleet) -> tuple:
 
 
 def same_as_uncached(mappings: Path) -> Fleet:
-    cached = load_fleet_cached(mappings)
-    assert snapshot(cached) == snapshot(load_fleet(mappings))
+    cached = load_fleet(mappings)
+    assert snapshot(cached) == snapshot(uncached(mappings))
     return cached
 
 
@@ -110,9 +119,9 @@ def test_recent_files_are_never_cached(mappings: Path, cache_dir: Path, parses: 
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # with the real 2 s window, files written a moment ago could still change within one
     # timestamp tick without a visible change: they are parsed every time
-    monkeypatch.setattr(cache, "RACY_WINDOW_NS", 3_600 * 10**9)
-    load_fleet_cached(mappings)
-    load_fleet_cached(mappings)
+    monkeypatch.setattr(store, "RACY_WINDOW_NS", 3_600 * 10**9)
+    load_fleet(mappings)
+    load_fleet(mappings)
     assert parses["host-a.toml"] == 2
     assert parses["vm4.toml"] == 2
 
@@ -120,7 +129,7 @@ def test_recent_files_are_never_cached(mappings: Path, cache_dir: Path, parses: 
 def test_only_the_changed_file_is_parsed_again(mappings: Path, cache_dir: Path,
                                                parses: Counter[str]) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     parses.clear()
     keep_size_and_mtime(mappings / "hosts" / "host-c.toml", "max_guests = 20",
                         "max_guests = 21")
@@ -133,7 +142,7 @@ def test_only_the_changed_file_is_parsed_again(mappings: Path, cache_dir: Path,
 
 def test_edit_keeping_size_and_mtime_is_seen(mappings: Path, cache_dir: Path) -> None:
     settle()
-    assert load_fleet_cached(mappings).hosts["host-b"].uplinks["eno2"].mtu == 9000
+    assert load_fleet(mappings).hosts["host-b"].uplinks["eno2"].mtu == 9000
     keep_size_and_mtime(mappings / "hosts" / "host-b.toml", "mtu = 9000", "mtu = 8000")
     assert same_as_uncached(mappings).hosts["host-b"].uplinks["eno2"].mtu == 8000
     settle()  # and again once the edit itself has settled and been cached
@@ -143,19 +152,19 @@ def test_edit_keeping_size_and_mtime_is_seen(mappings: Path, cache_dir: Path) ->
 
 def test_guest_edit_keeping_size_and_mtime_is_seen(mappings: Path, cache_dir: Path) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     keep_size_and_mtime(mappings / "guests" / "vm1.toml", '"host-a"', '"host-b"')
     assert same_as_uncached(mappings).guests["vm1"].host == "host-b"
 
 
 def test_added_removed_and_renamed_files(mappings: Path, cache_dir: Path) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     text = (mappings / "hosts" / "host-d.toml").read_text()
     (mappings / "hosts" / "host-e.toml").write_text(text.replace('"host-d"', '"host-e"'))
     assert "host-e" in same_as_uncached(mappings).hosts
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     (mappings / "hosts" / "host-e.toml").unlink()
     assert "host-e" not in same_as_uncached(mappings).hosts
     # a rename keeps inode, size, mtime: the path alone tells, and the Source must follow
@@ -164,7 +173,7 @@ def test_added_removed_and_renamed_files(mappings: Path, cache_dir: Path) -> Non
     assert fleet.guests["vm4"].source.file.endswith("vm4-renamed.toml")
     # replacing a file by another one under the same name (editors do this)
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     (mappings / "hosts" / "host-c.toml").rename(mappings / "hosts" / "host-x.toml")
     shutil.copy2(mappings / "hosts" / "host-x.toml", mappings / "hosts" / "host-c.toml")
     (mappings / "hosts" / "host-x.toml").unlink()
@@ -186,9 +195,21 @@ def test_libvirt_xml_guest_is_cached_too(mappings: Path, cache_dir: Path,
     assert warm.guests["vm9"].nics[0].network == "prod"
 
 
+def test_xml_guests_are_explained_by_the_fleets_hosts(mappings: Path, cache_dir: Path,
+                                                      parses: Counter[str]) -> None:
+    """Each domain-XML guest once parsed every host file again to explain its sources
+    (1,250 XML guests on 10,000 hosts: 12.5 million parses); the fleet's hosts do it."""
+    for n in range(3):
+        (mappings / "guests" / f"vx{n}.xml").write_text(
+            BRIDGED_XML.replace("<name>vx<", f"<name>vx{n}<").replace(":01'", f":1{n}'"))
+    fleet = same_as_uncached(mappings)
+    assert {fleet.guests[f"vx{n}"].nics[0].network for n in range(3)} == {"mgmt"}
+    assert parses["host-a.toml"] == 1
+
+
 def test_duplicate_made_by_a_new_file_is_reported(mappings: Path, cache_dir: Path) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     shutil.copy(mappings / "hosts" / "host-a.toml", mappings / "hosts" / "host-a2.toml")
     fleet = same_as_uncached(mappings)
     assert any("already defined" in p.problem for p in fleet.problems)
@@ -197,7 +218,7 @@ def test_duplicate_made_by_a_new_file_is_reported(mappings: Path, cache_dir: Pat
 def test_networks_change_invalidates_every_file(mappings: Path, cache_dir: Path,
                                                 parses: Counter[str]) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     parses.clear()
     path = mappings / "networks.toml"
     keep_size_and_mtime(path, "vlan = 200", "vlan = 201")
@@ -214,7 +235,7 @@ def test_networks_change_invalidates_every_file(mappings: Path, cache_dir: Path,
 def test_networks_changed_during_the_load(mappings: Path, cache_dir: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     networks = mappings / "networks.toml"
     host_a = mappings / "hosts" / "host-a.toml"
     host_a.write_text(host_a.read_text())  # changed, so it is parsed during the next load
@@ -225,10 +246,11 @@ def test_networks_changed_during_the_load(mappings: Path, cache_dir: Path,
             edited.append(path)
             text = networks.read_text()
             networks.write_text(text[:text.index("[networks.tenant-blue]")])
-        return load.load_host(path, nets)
+        return real(path, nets)
 
-    monkeypatch.setattr(cache, "load_host", racing)
-    fleet = load_fleet_cached(mappings)
+    real = parse.load_host
+    monkeypatch.setattr(parse, "load_host", racing)
+    fleet = load_fleet(mappings)
     assert edited
     assert "tenant-blue" not in fleet.networks
     assert any("tenant-blue" in p.problem for p in fleet.problems)
@@ -254,290 +276,99 @@ def test_broken_networks_raise_the_same_error(mappings: Path, cache_dir: Path,
                                               networks_text: str) -> None:
     (mappings / "networks.toml").write_text(networks_text)
     settle()
-    with pytest.raises(InputError) as uncached:
-        load_fleet(mappings)
+    with pytest.raises(InputError) as plain:
+        uncached(mappings)
     for _ in range(2):
         with pytest.raises(InputError) as cached:
-            load_fleet_cached(mappings)
-        assert str(cached.value) == str(uncached.value)
+            load_fleet(mappings)
+        assert str(cached.value) == str(plain.value)
         assert (cached.value.file, cached.value.key, cached.value.line) == (
-            uncached.value.file, uncached.value.key, uncached.value.line)
+            plain.value.file, plain.value.key, plain.value.line)
 
 
 def test_not_a_mappings_directory(tmp_path: Path, cache_dir: Path) -> None:
     with pytest.raises(InputError, match="not a mappings directory"):
-        load_fleet_cached(tmp_path / "nowhere")
+        load_fleet(tmp_path / "nowhere")
 
 
-# --- writing behind the caller's back -------------------------------------------------------
-
-def _wait_for_cache(cache_dir: Path, timeout: float = 10.0) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [p for p in cache_dir.glob("fleet-*")] if cache_dir.is_dir() else []
-        if found:
-            return found[0]
-        time.sleep(0.02)
-    raise AssertionError("the cache was never written")
-
-
-def test_write_behind_stores_the_same_cache(mappings: Path, cache_dir: Path,
-                                            parses: Counter[str]) -> None:
-    settle()
-    first = load_fleet_cached(mappings, write_behind=True)
-    assert snapshot(first) == snapshot(load_fleet(mappings))
-    _wait_for_cache(cache_dir)
-    parses.clear()
-    same_as_uncached(mappings)
-    assert not parses
-
-
-def test_write_behind_does_not_hold_the_callers_output(mappings: Path, cache_dir: Path) -> None:
-    """A pipe reading the command's output ends when the command exits, even though the
-    cache is still being written (here: made to take 5 s)."""
-    import subprocess
-    import sys
-
-    settle()
-    script = (
-        "import sys, time\n"
-        "from netmap import cache\n"
-        f"cache.RACY_WINDOW_NS = {WINDOW_NS}\n"
-        "real = cache._write\n"
-        "def slow(*args):\n"
-        "    time.sleep(5)\n"
-        "    return real(*args)\n"
-        "cache._write = slow\n"
-        "fleet = cache.load_fleet_cached(sys.argv[1], write_behind=True)\n"
-        "print(len(fleet.hosts))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", script, str(mappings)], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
-    elapsed = time.monotonic() - start
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "4"
-    assert elapsed < 4.5, f"the caller waited {elapsed:.1f} s for the cache to be written"
-    assert not list(cache_dir.glob("fleet-*")), "written before the 5 s delay?"
-    _wait_for_cache(cache_dir)
-
-
-# --- parsing with a helper process ----------------------------------------------------------
+# --- the second parsing process -------------------------------------------------------------
 
 single_threaded = pytest.mark.skipif(
-    threading.active_count() > 1 or len(os.sched_getaffinity(0)) < 2,
-    reason="the cache forks a parsing helper only without threads and with a second CPU")
+    len(os.sched_getaffinity(0)) < 2 or threading.active_count() > 1,
+    reason="the load starts a second parsing process only without threads and with a "
+    "second CPU")
+
+
+@pytest.fixture
+def second_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second parsing process even for these 8 files: it reads the last SECOND_SHARE."""
+    monkeypatch.setattr(loading, "PARALLEL_MIN_FILES", 2)
 
 
 @single_threaded
+@pytest.mark.usefixtures("second_process")
 def test_parallel_parse_gives_the_same_fleet(mappings: Path, cache_dir: Path,
-                                             parses: Counter[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_child, "PARALLEL_MIN_FILES", 2)
+                                             parses: Counter[str]) -> None:
     (mappings / "guests" / "vm3.toml").write_text("[guest]\nname = 'vm3'\nbogus = 1\n")
     settle()
-    fleet = load_fleet_cached(mappings, parallel=True)
-    assert snapshot(fleet) == snapshot(load_fleet(mappings))
-    # the child parsed part of the files (its counts stay in the child); the broken file
-    # in its part was parsed here again, to report it as load_fleet does
+    fleet = load_fleet(mappings)
+    assert snapshot(fleet) == snapshot(uncached(mappings))
+    # the worker parsed part of the files (its counts stay in it); the broken file in its
+    # part was parsed here again, to report it as the parser does
     assert 0 < sum(parses.values()) < 8
     assert parses["vm3.toml"] == 1
     assert parses["host-a.toml"] == 1
     assert fleet.problems[0].key == "guest.bogus"
     parses.clear()
-    same_as_uncached(mappings)  # and what the child parsed went into the cache
+    same_as_uncached(mappings)  # and what the worker parsed went into the store
     assert set(parses) == {"vm3.toml"}
 
 
-@pytest.fixture
-def child_has_b_to_d(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A parsing child even for these 8 files: it reads the guests and host-b..d, we
-    read host-a."""
-    monkeypatch.setattr(cache_child, "PARALLEL_MIN_FILES", 2)
-    monkeypatch.setattr(cache_child, "CHILD_SHARE", 0.85)
+@single_threaded
+@pytest.mark.usefixtures("second_process")
+def test_no_process_outlives_the_load(mappings: Path, cache_dir: Path) -> None:
+    """The store is written by the load itself, and the second parsing process is gone
+    when load_fleet returns: nothing finishes work after the command."""
+    import multiprocessing
+
+    settle()
+    load_fleet(mappings)
+    assert multiprocessing.active_children() == []
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # no child at all, not even one to reap
+    rows = sqlite3.connect(_the_cache_file(cache_dir)).execute(
+        "SELECT count(*) FROM files").fetchone()[0]
+    assert rows == 8
 
 
 @single_threaded
-@pytest.mark.usefixtures("child_has_b_to_d")
-def test_file_changed_after_the_child_read_it_is_read_again_next_time(
-        mappings: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The child's answer is the file as it read it; the cache keeps the identity the
-    child saw before reading, so an edit after that (here keeping size and mtime) is
-    never served from the cache."""
-    settle()
-    first = []
-    here = os.getpid()
-    child_read = mappings.parent / "the child read host-d"
-
-    def parse_and_tell(path, networks):  # in the child, forked with this in place
-        host = load.load_host(path, networks)
-        if Path(path).name == "host-d.toml":
-            child_read.touch()
-        return host
-
-    def edit_then_parse(path, networks):  # here (not in the child), while the child parses
-        if not first and os.getpid() == here:
-            first.append(path)
-            deadline = time.monotonic() + 10
-            while not child_read.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert child_read.exists(), "the child never read host-d.toml"
-            keep_size_and_mtime(mappings / "hosts" / "host-d.toml", "mtu = 9000", "mtu = 1500")
-        return load.load_host(path, networks)
-
-    monkeypatch.setattr(cache_child, "load_host", parse_and_tell)
-    monkeypatch.setattr(cache, "load_host", edit_then_parse)
-    fleet = load_fleet_cached(mappings, parallel=True)
-    assert first == [str(mappings / "hosts" / "host-a.toml")]  # the child had the others
-    assert fleet.hosts["host-d"].uplinks["enp65s0f0"].mtu == 9000  # as the child read it
-    settle()
-    assert same_as_uncached(mappings).hosts["host-d"].uplinks["enp65s0f0"].mtu == 1500
-
-
-@single_threaded
-@pytest.mark.usefixtures("child_has_b_to_d")
-def test_childs_broken_and_duplicate_hosts_are_reported_as_load_fleet_does(
-        mappings: Path, cache_dir: Path) -> None:
-    text = (mappings / "hosts" / "host-a.toml").read_text()
-    (mappings / "hosts" / "host-e.toml").write_text(text)  # host-a again, in the child's part
-    (mappings / "hosts" / "host-c.toml").write_text(text.replace("mtu = 9000", "mtu = 9"))
-    settle()
-    fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1",
-                              write_behind=[].append)
-    expected = load_fleet(mappings)
-    assert snapshot(fleet) == snapshot(expected)
-    assert {p.key for p in fleet.problems} >= {"host.name"}  # the duplicate, named
-    assert any("out of range" in str(p) for p in fleet.problems)
-    assert placement.hosts_for_fleet(fleet, "vm1", parallel=True) == placement.hosts_for(
-        build_graph(expected), "vm1")
-
-
-@single_threaded
-@pytest.mark.usefixtures("child_has_b_to_d")
-def test_placement_checks_the_childs_hosts_in_the_child(
-        mappings: Path, cache_dir: Path, parses: Counter[str]) -> None:
-    """The child reads the guests and host-b..d and keeps those hosts: placing vm1 (on
-    host-a, here) checks host-b, its one candidate, in the child and never unpickles it
-    here; everything else comes after, for the cache."""
-    settle()
-    after_the_answer: list = []  # as the command line writes the cache: once it answered
-    fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1",
-                              write_behind=after_the_answer.append)
-    assert isinstance(fleet.hosts, cache_index.LazyHosts)
-    stored = fleet.hosts._blobs
-    assert isinstance(stored["host-a"], Host)  # parsed here
-    assert all(isinstance(stored[h], cache_child.Deferred) for h in ("host-b", "host-c", "host-d"))
-    assert set(parses) == {"host-a.toml"}
-    answer = placement.hosts_for_fleet(fleet, "vm1", parallel=True)
-    assert "host-b" not in fleet.hosts._hosts  # checked where it was parsed
-    expected = placement.hosts_for(build_graph(load_fleet(mappings)), "vm1")
-    assert answer == expected
-    assert answer[0].host == "host-b"
-    assert answer[0].compatible
-    assert snapshot(fleet) == snapshot(load_fleet(mappings))
-    (write,) = after_the_answer
-    write()
-    _wait_for_cache(cache_dir)  # renamed into place whole: complete once it is there
-    parses.clear()
-    same_as_uncached(mappings)  # the cache holds every host, the child's too
-    assert not parses
-
-
-@single_threaded
-@pytest.mark.usefixtures("child_has_b_to_d")
-@pytest.mark.parametrize("before_fork", [False, True])
-def test_prepare_runs_while_the_child_parses_or_once_before(
-        mappings: Path, cache_dir: Path, parses: Counter[str], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, before_fork: bool) -> None:
-    """A command's imports (prepare) run where they cost least: each process after its
-    part of the files, or, with few files, once before the fork."""
-    monkeypatch.setattr(cache_child, "PREPARE_BEFORE_FORK_FILES", 10**6 if before_fork else 0)
-    log = tmp_path / "prepared"
-
-    def prepare() -> None:  # which process, after how many of our parses
-        with log.open("a") as out:
-            out.write(f"{os.getpid()} {sum(parses.values())}\n")
-
-    settle()
-    fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1",
-                              prepare=prepare, write_behind=[].append)
-    answer = placement.hosts_for_fleet(fleet, "vm1", parallel=True)  # the child's answer too
-    assert answer == placement.hosts_for(build_graph(load_fleet(mappings)), "vm1")
-    runs = [line.split() for line in log.read_text().splitlines()]
-    here = str(os.getpid())
-    if before_fork:
-        assert runs == [[here, "0"]]
-    else:  # we ran it after parsing host-a; the child after its part (7 files)
-        ours, theirs = sorted(runs, key=lambda run: run[0] != here)
-        assert ours == [here, "1"]
-        assert theirs[0] != here
-        assert int(theirs[1]) == 7
-
-
-@single_threaded
-@pytest.mark.usefixtures("child_has_b_to_d")
-def test_childs_host_a_placement_compares_with_comes_at_once(
-        mappings: Path, cache_dir: Path) -> None:
-    settle()
-    fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm3",  # on host-b
-                              write_behind=[].append)
-    assert isinstance(fleet.hosts._blobs["host-b"], bytes)
-    assert isinstance(fleet.hosts._blobs["host-c"], cache_child.Deferred)
-    answer = placement.hosts_for_fleet(fleet, "vm3", parallel=True)
-    assert answer == placement.hosts_for(build_graph(load_fleet(mappings)), "vm3")
-
-
-@single_threaded
-@pytest.mark.usefixtures("child_has_b_to_d")
-def test_child_dying_before_its_last_hosts_costs_a_parse_not_an_answer(
+@pytest.mark.usefixtures("second_process")
+def test_second_process_failing_costs_a_parse_not_an_answer(
         mappings: Path, cache_dir: Path, parses: Counter[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = cache_child._in_child
+    def fails(*args):
+        raise RuntimeError("the worker fails")
 
-    def dies_after_the_first_message(*args):
-        real(*args)
-        os._exit(1)  # the pickles of host-b..d never come
-
-    monkeypatch.setattr(cache_child, "_in_child", dies_after_the_first_message)
+    monkeypatch.setattr(loading, "_parse_share", fails)
     settle()
-    fleet = load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1")
-    assert snapshot(fleet) == snapshot(load_fleet(mappings))
-    # parsed here instead, once each
-    assert [parses[f"host-{h}.toml"] for h in "abcd"] == [1, 1, 1, 1]
+    assert snapshot(load_fleet(mappings)) == snapshot(uncached(mappings))
+    assert sum(parses.values()) == 8  # every file parsed here
 
-
-@single_threaded
-@pytest.mark.usefixtures("child_has_b_to_d")
-def test_cache_written_behind_waits_for_the_childs_last_hosts(
-        mappings: Path, cache_dir: Path, parses: Counter[str]) -> None:
-    """The writer, forked as we finish, reads the child's last message itself."""
-    settle()
-    load_fleet_cached(mappings, parallel=True, lazy=True, placing="vm1", write_behind=True)
-    _wait_for_cache(cache_dir)  # renamed into place whole: complete once it is there
-    parses.clear()
-    same_as_uncached(mappings)
-    assert not parses
-
-
-# --- the cache file is never trusted blindly ------------------------------------------------
 
 def _the_cache_file(cache_dir: Path) -> Path:
     (only,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
     return only
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty", "magic"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "header"])
 def test_corrupt_cache_is_a_miss(mappings: Path, cache_dir: Path, parses: Counter[str],
                                  damage: str) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     target = _the_cache_file(cache_dir)
     blob = bytearray(target.read_bytes())
     if damage == "truncate":
         blob = blob[: len(blob) // 2]
-    elif damage == "flip":
-        blob[len(blob) - 40] ^= 0x20  # inside the pickle: only the checksum can tell
     elif damage == "garbage":
         blob = bytearray(os.urandom(len(blob)))
     elif damage == "empty":
@@ -550,41 +381,48 @@ def test_corrupt_cache_is_a_miss(mappings: Path, cache_dir: Path, parses: Counte
     assert parses["host-a.toml"] == 1  # read again from the files...
     parses.clear()
     same_as_uncached(mappings)
-    assert not parses  # ...and the cache was rewritten whole
+    assert not parses  # ...and the store was written anew
+
+
+def test_damaged_row_is_a_miss(mappings: Path, cache_dir: Path, parses: Counter[str]) -> None:
+    """A row whose key matches but whose object does not unpickle: parsed again."""
+    settle()
+    load_fleet(mappings)
+    with sqlite3.connect(_the_cache_file(cache_dir)) as db:
+        db.execute("UPDATE files SET object = x'00' WHERE path LIKE '%host-a.toml'")
+    parses.clear()
+    same_as_uncached(mappings)
+    assert parses == Counter({"host-a.toml": 1})
 
 
 def test_cache_of_other_code_is_a_miss(mappings: Path, cache_dir: Path, parses: Counter[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     settle()
-    load_fleet_cached(mappings)
-    monkeypatch.setattr(cache, "code_fingerprint", lambda: b"another netmap!!")
+    load_fleet(mappings)
+    monkeypatch.setattr(store, "code_fingerprint", lambda: "another netmap")
     parses.clear()
     same_as_uncached(mappings)
     assert parses["host-a.toml"] == 1
 
 
-def test_valid_pickle_that_is_not_ours_is_not_loaded(mappings: Path, cache_dir: Path,
-                                                     parses: Counter[str]) -> None:
+def test_rows_of_another_directory_are_not_loaded(mappings: Path, cache_dir: Path,
+                                                  parses: Counter[str]) -> None:
     settle()
-    load_fleet_cached(mappings)
-    target = _the_cache_file(cache_dir)
-    # a well-formed file whose payload names another mappings directory
-    payload = pickle.dumps({"root": "/elsewhere", "networks": (), "entries": {}})
-
-    head = cache.MAGIC + cache.code_fingerprint()
-    target.write_bytes(head + cache.checksum(payload)
-                       + payload)
+    load_fleet(mappings)
+    with sqlite3.connect(_the_cache_file(cache_dir)) as db:
+        db.execute("UPDATE meta SET root = '/elsewhere'")
     parses.clear()
     same_as_uncached(mappings)
     assert parses["host-a.toml"] == 1
 
 
 def test_fingerprint_covers_the_loader_and_only_it() -> None:
-    package = Path(cache.__file__).resolve().parent
-    sources = {p.relative_to(package).as_posix() for p in cache.loader_sources()}
-    # what load.py imports, directly, lazily (guest XML) and transitively
-    assert {"load.py", "model.py", "tomlcheck.py", "names.py", "errors.py", "cache.py",
-            "libvirt/__init__.py", "libvirt/domain.py"} <= sources
+    package = Path(store.__file__).resolve().parent.parent
+    sources = {p.relative_to(package).as_posix() for p in store.loader_sources()}
+    # what the load package imports, directly, lazily (guest XML) and transitively
+    assert {"load/__init__.py", "load/parse.py", "load/fleet.py", "load/store.py", "model.py",
+            "tomlcheck.py", "names.py", "errors.py", "libvirt/__init__.py",
+            "libvirt/domain.py"} <= sources
     # code that only reads the model does not make every cache miss when it changes
     assert not sources & {"render.py", "cli.py", "commands/fleet.py", "placement.py"}
 
@@ -592,25 +430,27 @@ def test_fingerprint_covers_the_loader_and_only_it() -> None:
 def test_fingerprint_follows_every_form_of_import(tmp_path: Path) -> None:
     package = tmp_path / "netmap"
     (package / "sub").mkdir(parents=True)
-    (package / "load.py").write_text(
+    (package / "load").mkdir()
+    (package / "load" / "__init__.py").write_text("")
+    (package / "load" / "cache.py").write_text("import netmap.epsilon\n")
+    (package / "load" / "parse.py").write_text(
         "from netmap import alpha, beta as b\n"
         "from netmap import (\n    gamma,\n)\n"
         "def later():\n    from netmap.sub.delta import thing\n")
-    (package / "cache.py").write_text("import netmap.epsilon\n")
     for name in ("alpha", "beta", "gamma", "epsilon", "unrelated"):
         (package / f"{name}.py").write_text("")
     (package / "sub" / "__init__.py").write_text("")
     (package / "sub" / "delta.py").write_text("")
-    found = {p.relative_to(package).as_posix() for p in cache.loader_sources(package)}
-    assert found == {"load.py", "cache.py", "alpha.py", "beta.py", "gamma.py", "epsilon.py",
-                     "sub/__init__.py", "sub/delta.py"}
+    found = {p.relative_to(package).as_posix() for p in store.loader_sources(package)}
+    assert found == {"load/__init__.py", "load/parse.py", "load/cache.py", "alpha.py",
+                     "beta.py", "gamma.py", "epsilon.py", "sub/__init__.py", "sub/delta.py"}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 def test_cache_file_of_another_user_is_ignored(mappings: Path, cache_dir: Path,
                                                parses: Counter[str]) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     os.chown(_the_cache_file(cache_dir), 65534, 65534)
     parses.clear()
     same_as_uncached(mappings)
@@ -620,7 +460,7 @@ def test_cache_file_of_another_user_is_ignored(mappings: Path, cache_dir: Path,
 def test_group_writable_cache_file_is_ignored(mappings: Path, cache_dir: Path,
                                              parses: Counter[str]) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     os.chmod(_the_cache_file(cache_dir), 0o664)
     parses.clear()
     same_as_uncached(mappings)
@@ -633,7 +473,8 @@ def test_unwritable_cache_dir_disables_the_cache(mappings: Path, tmp_path: Path,
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("NETMAP_CACHE_DIR", str(blocker / "cache"))
-    monkeypatch.setattr(cache, "RACY_WINDOW_NS", WINDOW_NS)
+    monkeypatch.setattr(store, "RACY_WINDOW_NS", WINDOW_NS)
+    monkeypatch.setattr(loading, "STORE_MIN_FILES", 0)
     settle()
     same_as_uncached(mappings)
     same_as_uncached(mappings)
@@ -643,7 +484,7 @@ def test_unwritable_cache_dir_disables_the_cache(mappings: Path, tmp_path: Path,
 
 def test_cache_written_atomically_and_privately(mappings: Path, cache_dir: Path) -> None:
     settle()
-    load_fleet_cached(mappings)
+    load_fleet(mappings)
     entries = list(cache_dir.iterdir())
     assert len(entries) == 1, "no temporary file left behind"
     assert entries[0].stat().st_mode & 0o077 == 0
@@ -653,14 +494,14 @@ def test_cache_written_atomically_and_privately(mappings: Path, cache_dir: Path)
 def test_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NETMAP_CACHE_DIR", str(tmp_path / "explicit"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache.cache_dir() == tmp_path / "explicit"
+    assert store.cache_dir() == tmp_path / "explicit"
     monkeypatch.delenv("NETMAP_CACHE_DIR")
-    assert cache.cache_dir() == tmp_path / "xdg" / "netmap"
+    assert store.cache_dir() == tmp_path / "xdg" / "netmap"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # the XDG spec: ignore it
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "netmap"
+    assert store.cache_dir() == tmp_path / "home" / ".cache" / "netmap"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "netmap"
+    assert store.cache_dir() == tmp_path / "home" / ".cache" / "netmap"
 
 
 def test_each_mappings_directory_has_its_own_cache(mappings: Path, tmp_path: Path,
@@ -672,8 +513,7 @@ def test_each_mappings_directory_has_its_own_cache(mappings: Path, tmp_path: Pat
     assert "host-d" in same_as_uncached(mappings).hosts
     assert "host-d" not in same_as_uncached(other).hosts
     assert "host-d" in same_as_uncached(mappings).hosts
-    assert cache.clear(other)
-    assert not cache.clear(other)
+    assert len(list(cache_dir.iterdir())) == 2
 
 
 def test_gc_pause_nests_and_restores(mappings: Path) -> None:
@@ -682,13 +522,13 @@ def test_gc_pause_nests_and_restores(mappings: Path) -> None:
     assert gc.isenabled()
     with gcpause.gc_paused():
         with gcpause.gc_paused():
-            load_fleet(mappings)
+            uncached(mappings)
         assert not gc.isenabled()  # only the outermost pause resumes
     assert gc.isenabled()
     frozen = gc.get_freeze_count()
     try:
         with gcpause.gc_paused(freeze=True):
-            fleet = load_fleet(mappings)
+            fleet = uncached(mappings)
         assert gc.isenabled()
         assert gc.get_freeze_count() > frozen
         assert fleet.hosts["host-a"].name == "host-a"  # frozen objects stay usable
@@ -702,7 +542,7 @@ def test_lazy_source_lines_match_line_of(mappings: Path) -> None:
     from netmap.model import Source
     from netmap.tomlcheck import line_of
 
-    fleet = load_fleet(mappings)
+    fleet = uncached(mappings)
     sources = [n.source for n in fleet.networks.values()]
     sources += [x.source for h in fleet.hosts.values()
                 for x in (*h.uplinks.values(), *h.bindings.values())]
@@ -765,9 +605,9 @@ def test_fast_graph_build_matches_networkx(mappings: Path, tmp_path: Path) -> No
 
     generated = tmp_path / "generated"
     generate_fleet(generated, 60, 20)
-    for fleet in (load_fleet(mappings), load_fleet(generated),
+    for fleet in (uncached(mappings), uncached(generated),
                   # a guest on a host that is not in the graph gets a bare node, as in networkx
-                  Fleet(load_fleet(mappings).networks, {}, load_fleet(mappings).guests)):
+                  Fleet(uncached(mappings).networks, {}, uncached(mappings).guests)):
         fast, slow = g.build_graph(fleet), naive_graph(fleet)
         assert list(fast.nodes(data=True)) == list(slow.nodes(data=True))
         assert list(fast.edges(data=True)) == list(slow.edges(data=True))
@@ -785,6 +625,24 @@ def generate_fleet(root: Path, hosts: int, guests: int, seed: int = 7) -> None:
     gen_fleet.generate(root, hosts, guests, seed=seed)
 
 
+@pytest.mark.parametrize("shape", ["standard", "small", "huge", "xml"])
+def test_every_benchmark_shape_loads_without_problems(tmp_path: Path, shape: str) -> None:
+    """scripts/bench_fleet.py times each shape: a fleet with problems would time errors."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import gen_fleet
+
+    root = tmp_path / shape
+    gen_fleet.generate_shape(root, shape, 200)
+    fleet = load_fleet(root)
+    assert fleet.problems == ()
+    assert len(fleet.hosts) == (10 if shape == "huge" else 200)
+    xml = [g for g in fleet.guests.values() if g.source.file.endswith(".xml")]
+    assert len(xml) == (25 if shape == "xml" else 0)
+    assert all(g.host is not None and g.nics for g in xml)
+
+
 def test_hosts_for_fleet_answers_as_hosts_for(mappings: Path, tmp_path: Path) -> None:
     import sys
 
@@ -797,7 +655,7 @@ def test_hosts_for_fleet_answers_as_hosts_for(mappings: Path, tmp_path: Path) ->
     generated = tmp_path / "generated"
     gen_fleet.generate(generated, 120, 40, seed=7)
     for root in (mappings, generated):
-        fleet = load_fleet(root)
+        fleet = uncached(root)
         assert not fleet.problems
         graph = build_graph(fleet)
         for guest in fleet.guests:
@@ -807,66 +665,60 @@ def test_hosts_for_fleet_answers_as_hosts_for(mappings: Path, tmp_path: Path) ->
                 assert [c.as_dict() for c in part] == [c.as_dict() for c in full]
 
 
-def test_unchanged_fleet_from_the_cache_answers_hosts_for_the_same(
+def test_fleet_from_the_store_answers_hosts_for_the_same(
         tmp_path: Path, cache_dir: Path, parses: Counter[str]) -> None:
-    """The warm path of `netmap hosts-for`: an unchanged fleet from the cache, its hosts
-    unpickled only where asked for, answers as the full graph of a plain load does."""
-    from netmap.graph import build_graph
+    """The warm path of `netmap hosts-for`: an unchanged fleet from the store answers as
+    the full graph of a load without it does."""
     from netmap.placement import hosts_for, hosts_for_fleet
 
     root = tmp_path / "generated"
     generate_fleet(root, 300, 80, seed=11)
     settle()
-    load_fleet_cached(root)
+    load_fleet(root)
     files = sum(parses.values())
-    lazy = load_fleet_cached(root, lazy=True)
+    warm = load_fleet(root)
     assert sum(parses.values()) == files, "an unchanged fleet is not parsed again"
-    assert isinstance(lazy.hosts, cache_index.LazyHosts)
-    plain = load_fleet(root)
+    assert type(warm.hosts) is dict
+    plain = uncached(root)
     graph = build_graph(plain)
     for guest in list(plain.guests)[:25]:
         for strict in (False, True):
             want = [c.as_dict() for c in hosts_for(graph, guest, strict=strict)]
-            assert [c.as_dict() for c in hosts_for_fleet(lazy, guest, strict=strict)] == want
-    assert snapshot(lazy) == snapshot(plain)
-    assert list(lazy.hosts) == list(plain.hosts)
-    assert len(lazy.hosts) == len(plain.hosts)
-    assert "no-such-host" not in lazy.hosts
-    assert lazy.hosts.get("no-such-host") is None
+            assert [c.as_dict() for c in hosts_for_fleet(warm, guest, strict=strict)] == want
+    assert snapshot(warm) == snapshot(plain)
+    assert list(warm.hosts) == list(plain.hosts)
 
 
 def test_unchanged_fleet_is_rechecked_file_by_file(mappings: Path, cache_dir: Path,
                                                    parses: Counter[str]) -> None:
-    """A whole-fleet answer is given only while every file keeps its identity and the
-    directory lists the same files; any change falls back to the per-file cache."""
+    """Every file's key is checked on every load: an edit keeping size and mtime, an added
+    and a removed file each give the fleet a load without the store gives."""
     vm1 = mappings / "guests" / "vm1.toml"
     for change in (lambda: keep_size_and_mtime(vm1, "52:54:00", "52:54:01"),
                    lambda: (mappings / "guests" / "copy.toml").write_text(
                        vm1.read_text().replace('"vm1"', '"vm9"').replace("52:54:01", "52:54:09")),
                    lambda: (mappings / "guests" / "copy.toml").unlink()):
         settle()
-        load_fleet_cached(mappings)  # stores what the last change made
+        load_fleet(mappings)  # stores what the last change made
         parses.clear()
-        warm = load_fleet_cached(mappings, lazy=True)
+        warm = load_fleet(mappings)
         assert sum(parses.values()) == 0
-        assert isinstance(warm.hosts, cache_index.LazyHosts)
         change()
-        changed = load_fleet_cached(mappings, lazy=True)
-        assert snapshot(changed) == snapshot(load_fleet(mappings))
-        assert not isinstance(changed.hosts, cache_index.LazyHosts), "assembled by load_fleet"
+        changed = load_fleet(mappings)
+        assert snapshot(changed) == snapshot(uncached(mappings))
         assert snapshot(warm) != snapshot(changed)
 
 
 def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """parallel=True: a forked child checks half of the candidates; when it fails, its half
-    is checked here, and either way the answer is the one of the plain graph."""
+    """parallel=True: a worker process checks half of the candidates; when it fails, its
+    half is checked here, and either way the answer is the one of the plain graph."""
     from netmap import placement
     from netmap.graph import build_graph
 
     root = tmp_path / "generated"
     generate_fleet(root, 200, 60, seed=5)
-    fleet = load_fleet(root)
+    fleet = uncached(root)
     graph = build_graph(fleet)
     monkeypatch.setattr(placement, "PARALLEL_MIN_CANDIDATES", 2)
     guests = list(fleet.guests)[:6]
@@ -876,10 +728,12 @@ def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
 
     def answers() -> dict:
         return {(guest, strict): [c.as_dict() for c in placement.hosts_for_fleet(
-            fleet, guest, strict=strict, include_current=strict, parallel=True)]
+            fleet, guest, strict=strict, include_current=strict)]
             for guest in guests for strict in (False, True)}
 
     assert answers() == want
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # the worker is gone once its answer is read
     parent, real = os.getpid(), placement._checked
 
     def dies_in_the_child(*args):
@@ -902,8 +756,8 @@ def test_fleet_file_names_list_what_glob_lists(mappings: Path) -> None:
         globbed = (sorted(map(str, (base / "hosts").glob("*.toml"))),
                    sorted(map(str, (base / "guests").glob("*.toml")))
                    + sorted(map(str, (base / "guests").glob("*.xml"))))
-        assert load.fleet_file_names(base) == globbed
-    assert load.fleet_file_names(mappings / "nowhere") == ([], [])
+        assert parse.fleet_file_names(base) == globbed
+    assert parse.fleet_file_names(mappings / "nowhere") == ([], [])
 
 
 # --- what a result depends on beyond its own file (issue 14, item 2) ------------------------
@@ -920,42 +774,43 @@ def test_xml_guest_follows_the_host_files_it_was_read_against(
         parallel: bool) -> None:
     """A domain XML names a bridge; which network that is, the source host's mapping
     says. Changing that mapping changes the guest, with the XML file untouched."""
-    monkeypatch.setattr(cache_child, "PARALLEL_MIN_FILES", 2)
+    if parallel:
+        monkeypatch.setattr(loading, "PARALLEL_MIN_FILES", 2)
     (mappings / "guests" / "vx.xml").write_text(BRIDGED_XML)
     settle()
-    fleet = load_fleet_cached(mappings, parallel=parallel)
+    fleet = load_fleet(mappings)
     assert fleet.guests["vx"].nics[0].network == "mgmt"
     assert same_as_uncached(mappings).guests["vx"].host == "host-a"
     host_a = mappings / "hosts" / "host-a.toml"
     host_a.write_text(host_a.read_text().replace(
         'mode = "bridge"\nuplink = "eth1"', 'mode = "bridge"\nuplink = "eth1"\nbridge = "brq"'))
     settle()
-    changed = load_fleet_cached(mappings, parallel=parallel)
+    changed = load_fleet(mappings)
     assert "vx" not in changed.guests, "the XML guest was answered from before the edit"
-    assert snapshot(changed) == snapshot(load_fleet(mappings))
+    assert snapshot(changed) == snapshot(uncached(mappings))
     # and back: a host file that explains the bridge again, added under a new name
     (mappings / "hosts" / "host-e.toml").write_text(
         host_a.read_text().replace('"host-a"', '"host-e"').replace('bridge = "brq"\n', ""))
     settle()
-    again = load_fleet_cached(mappings, parallel=parallel)
+    again = load_fleet(mappings)
     assert again.guests["vx"].host == "host-e"
-    assert snapshot(again) == snapshot(load_fleet(mappings))
+    assert snapshot(again) == snapshot(uncached(mappings))
 
 
-def test_fresh_networks_file_with_a_parsing_child_gives_hosts(
+def test_fresh_networks_file_with_a_second_process_gives_hosts(
         tmp_path: Path, cache_dir: Path) -> None:
-    """A networks.toml too recent to key a cache on (just touched, or a fleet just
-    written) returned the fleet with the parsing child's stand-ins for hosts
-    (AttributeError: 'tuple' object has no attribute 'values' in check, show, hosts-for)."""
+    """A networks.toml too recent to key a store on (just touched, or a fleet just
+    written) once gave the parsing child's stand-ins for hosts (AttributeError: 'tuple'
+    object has no attribute 'values' in check, show, hosts-for)."""
     root = tmp_path / "generated"
-    generate_fleet(root, 480, 120, seed=3)  # 600 files: the child parses (PARALLEL_MIN_FILES)
-    for lazy in (False, True):
-        fleet = load_fleet_cached(root, parallel=True, lazy=lazy)
+    generate_fleet(root, 480, 120, seed=3)  # 600 files: the store is used
+    for _ in range(2):
+        fleet = load_fleet(root)
         assert all(isinstance(host, Host) for host in fleet.hosts.values())
-        assert snapshot(fleet) == snapshot(load_fleet(root))
+        assert snapshot(fleet) == snapshot(uncached(root))
         guest = next(iter(fleet.guests))
         assert [c.as_dict() for c in placement.hosts_for_fleet(fleet, guest)] == [
-            c.as_dict() for c in placement.hosts_for(build_graph(load_fleet(root)), guest)]
+            c.as_dict() for c in placement.hosts_for(build_graph(uncached(root)), guest)]
 
 
 # --- a cache may be slow; it may never be wrong ---------------------------------------------
@@ -966,7 +821,7 @@ def fleet_with_xml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("property") / "fleet"
     generate_fleet(root, 480, 120, seed=13)
     first = sorted((root / "hosts").iterdir())[0]
-    slow = load.load_host(first, load.load_networks(root / "networks.toml")).bindings
+    slow = parse.load_host(first, parse.load_networks(root / "networks.toml")).bindings
     bridge = next(b for b in slow.values() if b.mode == "bridge")
     (root / "guests" / "vx.xml").write_text(BRIDGED_XML.replace("br-eth1", f"br-{bridge.uplink}"))
     return root
@@ -991,7 +846,7 @@ def _mutations(root: Path) -> dict[str, Callable[[int], None]]:
     def xml_host(n: int) -> None:
         # the host that explains vx.xml now (the first that binds a bridge to that uplink)
         try:
-            owner = load_fleet(root).guests.get("vx")
+            owner = uncached(root).guests.get("vx")
         except InputError:  # networks.toml broken by an earlier step
             owner = None
         target = hosts / f"{owner.host}.toml" if owner and owner.host else pick(hosts, n)
@@ -1030,32 +885,32 @@ MUTATIONS = tuple(_mutations(Path("/nonexistent")))
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 10_000)),
                       min_size=1, max_size=6),
-       parallel=st.booleans(), lazy=st.booleans())
+       parallel=st.booleans())
 def test_cached_answer_is_always_the_cold_answer(
         fleet_with_xml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        steps: list[tuple[str, int]], parallel: bool, lazy: bool) -> None:
+        steps: list[tuple[str, int]], parallel: bool) -> None:
     """Over a 600-file fleet with an XML guest: after every mutation (settled or within the
     racy window), the cached load answers exactly as a load without a cache."""
-    monkeypatch.setattr(cache, "RACY_WINDOW_NS", WINDOW_NS)
+    monkeypatch.setattr(store, "RACY_WINDOW_NS", WINDOW_NS)
+    monkeypatch.setattr(loading, "PARALLEL_MIN_FILES", 100 if parallel else 10**9)
     run = tmp_path / uuid.uuid4().hex
     root = run / "fleet"
     shutil.copytree(fleet_with_xml, root)
     monkeypatch.setenv("NETMAP_CACHE_DIR", str(run / "cache"))
     mutate = _mutations(root)
     settle()
-    assert snapshot(load_fleet_cached(root, parallel=parallel, lazy=lazy)) == snapshot(
-        load_fleet(root))
+    assert snapshot(load_fleet(root)) == snapshot(
+        uncached(root))
     for name, n in steps:
         event(name)
         mutate[name](n)
         for _ in range(2):  # the load that stores, then the one that reads what was stored
             try:
-                cold: tuple | str = snapshot(load_fleet(root))
+                cold: tuple | str = snapshot(uncached(root))
             except InputError as err:
                 cold = str(err)
             try:
-                warm: tuple | str = snapshot(load_fleet_cached(root, parallel=parallel,
-                                                               lazy=lazy))
+                warm: tuple | str = snapshot(load_fleet(root))
             except InputError as err:
                 warm = str(err)
             assert warm == cold, f"after {name}"

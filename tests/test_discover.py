@@ -14,7 +14,7 @@ from netmap.cli import main
 from netmap.errors import InputError
 from netmap.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
 from netmap.lab import namespace_exists
-from netmap.load import load_host, load_networks
+from netmap.load.parse import load_host, load_networks
 from netmap.netlink.discover import discover, read_features, read_sriov
 
 PREFIX = "nmB"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from netmap.draft import draft_host
 from netmap.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
-from netmap.load import load_host, load_networks
+from netmap.load.parse import load_host, load_networks
 from netmap.model import Host
 
 NETWORKS = load_networks(EXAMPLE_MAPPINGS / "networks.toml")

@@ -15,7 +15,7 @@ from netmap.check import ERROR, INFO, WARNING
 from netmap.cli import main
 from netmap.drift import TrackedDevice, drift_findings, drift_report, tracked_from_state
 from netmap.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
-from netmap.load import load_host, load_networks
+from netmap.load.parse import load_host, load_networks
 from netmap.model import Host
 from netmap.plan import ClaimVf, CreateMacvtap, CreateTap
 from netmap.state import HostState

@@ -22,10 +22,10 @@ PACKAGE = REPO / "netmap"
 # edges. A pattern names a module and its submodules; `*` matches as in fnmatch.
 LAYERS: dict[str, tuple[str, ...]] = {
     "support": ("netmap", "netmap.errors", "netmap.regular_file", "netmap.output",
-                "netmap.gcpause", "netmap.forked", "netmap.finish"),
+                "netmap.gcpause", "netmap.finish"),
     "model": ("netmap.model", "netmap.names", "netmap.nic_values", "netmap.inventory",
               "netmap.vxlan_options", "netmap.netns_name", "netmap.mtu"),
-    "load": ("netmap.load*", "netmap.tomlcheck", "netmap.cache*", "netmap.hostid"),
+    "load": ("netmap.load", "netmap.tomlcheck", "netmap.hostid"),
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
               "netmap.drain", "netmap.plan", "netmap.draft"),
     "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2"),

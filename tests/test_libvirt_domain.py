@@ -13,7 +13,8 @@ from netmap.cli import main as cli_main
 from netmap.errors import InputError
 from netmap.libvirt.domain import import_domain
 from netmap.libvirt.xmlsafe import parse_untrusted, read_untrusted
-from netmap.load import load_fleet, load_guest
+from netmap.load import load_fleet
+from netmap.load.parse import load_guest
 
 DOMAINS = sorted((CORPUS / "domain").glob("*.xml")) if CORPUS.is_dir() else []
 # libvirt's own tests expect these to be refused (names ending in -fail / -incorrect)
@@ -302,7 +303,7 @@ def test_import_write_does_not_follow_links_out_of_guests(mappings: Path, tmp_pa
 
 
 def test_guest_names_are_checked_whole(mappings: Path) -> None:
-    from netmap.load import load_guest, name_problem
+    from netmap.load.parse import load_guest, name_problem
 
     assert name_problem("vm1\n") and name_problem("vm1") is None
     path = mappings / "guests" / "vm1.toml"

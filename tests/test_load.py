@@ -9,7 +9,8 @@ import pytest
 from conftest import EXAMPLE_MAPPINGS
 
 from netmap.errors import InputError
-from netmap.load import load_fleet, load_guest, load_host, load_networks, mappings_dir
+from netmap.load import load_fleet, mappings_dir
+from netmap.load.parse import load_guest, load_host, load_networks
 from netmap.tomlcheck import line_of
 
 NETWORKS = """

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from netmap import cache, regular_file
-from netmap.cache import load_fleet_cached
+from netmap import regular_file
 from netmap.errors import InputError
-from netmap.load import load_fleet, load_host, load_networks, mappings_dir
+from netmap.load import fleet as loading
+from netmap.load import load_fleet, mappings_dir, store
+from netmap.load.parse import load_host, load_networks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,19 +101,21 @@ def test_fifo_as_cache_file_is_a_miss_then_replaced(tmp_path: Path,
     import gen_fleet
 
     root = tmp_path / "generated"
-    gen_fleet.generate(root, 480, 120, seed=2)  # 600 files: the command line uses the cache
+    gen_fleet.generate(root, 480, 120, seed=2)  # 600 files: the load uses its store
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     monkeypatch.setenv("NETMAP_CACHE_DIR", str(cache_dir))
-    target = cache.cache_file(root)
+    target = store.cache_file(root)
     os.mkfifo(target)
     done = netmap("--mappings", str(root), "hosts-for", "vm000001", "--json", timeout=60)
     assert done.returncode in (0, 1), done.stderr
     assert json.loads(done.stdout)["guest"] == "vm000001"
-    monkeypatch.setattr(cache, "RACY_WINDOW_NS", -10**12)  # every file counts as settled
-    load_fleet_cached(root)
-    assert target.is_file() and cache._read(
-        target, cache.code_fingerprint(), os.path.realpath(root)) is not None
+    monkeypatch.setattr(store, "RACY_WINDOW_NS", -10**12)  # every file counts as settled
+    load_fleet(root)
+    assert target.is_file()
+    opened = store.Store.open(root)
+    assert opened is not None
+    assert len(opened.rows(os.path.realpath(root)) or ()) == 600
 
 
 # --- item 7 (parser): nesting the parser cannot follow ---------------------------------------
@@ -258,5 +261,6 @@ def test_cached_load_reports_what_a_plain_load_does(mappings: Path, tmp_path: Pa
     (mappings / "hosts" / "x.toml").mkdir()
     (mappings / "hosts" / "z.toml").symlink_to("/dev/null")
     plain = [str(p) for p in load_fleet(mappings).problems]
-    assert [str(p) for p in load_fleet_cached(mappings).problems] == plain
+    monkeypatch.setattr(loading, "STORE_MIN_FILES", 0)
+    assert [str(p) for p in load_fleet(mappings).problems] == plain
     assert len(plain) == 2

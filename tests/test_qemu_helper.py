@@ -593,7 +593,7 @@ def test_a_bug_is_exit_4_and_says_so(monkeypatch, capsys) -> None:
 # Not on the helper's path once the bridge exists (QEMU waits for it at every guest start):
 # no renderer, graph, plan steps or pyroute2.
 HELPER_SKIPS = ("rich", "networkx", "pyroute2", "netmap.graph", "netmap.plan",
-                "netmap.netlink.kernel_steps", "netmap.netlink.release", "netmap.cache")
+                "netmap.netlink.kernel_steps", "netmap.netlink.release", "netmap.load.store")
 
 
 def test_helper_on_an_existing_bridge_imports_nothing_heavy(lab_factory, tmp_path: Path

@@ -16,7 +16,7 @@ from test_realize import frame, plan_for, run, tap_fd, wait_for
 
 from netmap.cli import main
 from netmap.errors import InputError
-from netmap.load import load_host, load_networks
+from netmap.load.parse import load_host, load_networks
 
 PREFIX = "nmhv"
 DEFAULT_VXLAN = 'vxlan = { group = "239.1.1.1" }'

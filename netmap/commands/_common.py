@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -20,40 +19,11 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-# Below this many host and guest files, a cold load costs less than reading a cache would.
-CACHE_MIN_FILES = 500
-
-
-def load_fleet_for_cli(args: argparse.Namespace, *, lazy: bool = False,
-                       placing: str | None = None,
-                       imports: str | None = None) -> Fleet:
-    """The fleet, through the cache (netmap/cache.py) when the mappings are large; lazy:
-    hosts are unpickled when used (cache.LazyHosts); placing: the guest a placement query
-    is for (the parsing child sends that guest's host at once); imports: the module the
-    command needs next, imported while a parsing child finishes (networkx takes 70 ms:
-    cache.load_fleet_cached's prepare)."""
-    from netmap.load import fleet_file_names, load_fleet, mappings_dir
-
-    base = mappings_dir(args.mappings)
-    files = fleet_file_names(base)
-    if len(files[0]) + len(files[1]) < CACHE_MIN_FILES:
-        return load_fleet(base)
-    from netmap.cache import load_fleet_cached
-    from netmap.finish import later
-    from netmap.gcpause import gc_paused
-
-    # the loaded fleet lives until exit: keep the collector off its objects
-    with gc_paused(freeze=True):
-        # an updated cache is written behind, once the command is done (see load_fleet_cached)
-        return load_fleet_cached(base, write_behind=later, parallel=True, lazy=lazy,
-                                 placing=placing, files=files,
-                                 prepare=None if imports is None
-                                 else lambda: importlib.import_module(imports))
-
-
 def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
-    fleet = load_fleet_for_cli(args, imports="netmap.graph")
     from netmap.graph import build_graph
+    from netmap.load import load_fleet
+
+    fleet = load_fleet(args.mappings)
 
     return fleet, build_graph(fleet)
 

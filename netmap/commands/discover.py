@@ -86,7 +86,8 @@ def _discover(args: argparse.Namespace) -> int:
 def _fleet_networks(args: argparse.Namespace) -> dict:
     """The fleet's networks, if a mappings directory is at hand: they turn existing bridges
     into bindings. A draft is still useful without them."""
-    from netmap.load import load_networks, mappings_dir
+    from netmap.load import mappings_dir
+    from netmap.load.parse import load_networks
 
     try:
         return load_networks(mappings_dir(args.mappings) / "networks.toml")

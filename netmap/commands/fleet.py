@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from netmap.commands._common import add_json, console, load, load_fleet_for_cli, print_json
+from netmap.commands._common import add_json, console, load, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK, InputError
 
 if TYPE_CHECKING:
@@ -80,10 +80,9 @@ def _live_findings(fleet: Fleet, guest: Guest, dest: Host) -> tuple[Finding, ...
 
 
 def _check(args: argparse.Namespace) -> int:
-    from netmap.load import require_guest, require_host
+    from netmap.load import load_fleet, require_guest, require_host
 
-    # the graph of the two hosts: a large fleet's other hosts stay unread (from the cache)
-    fleet = load_fleet_for_cli(args, lazy=True, imports="netmap.check")
+    fleet = load_fleet(args.mappings)
     from netmap.check import check_migration
     from netmap.graph import build_graph_of
 
@@ -126,9 +125,9 @@ def _hosts_for(args: argparse.Namespace) -> int:
 
 
 def _hosts_for_answer(args: argparse.Namespace) -> int:
-    from netmap.load import require_guest
+    from netmap.load import load_fleet, require_guest
 
-    fleet = load_fleet_for_cli(args, lazy=True, placing=args.guest, imports="netmap.placement")
+    fleet = load_fleet(args.mappings)
     from netmap.placement import hosts_for_fleet
 
     guest = require_guest(fleet, args.guest)
@@ -164,9 +163,9 @@ def _configure_diff(parser: argparse.ArgumentParser) -> None:
 
 def _diff(args: argparse.Namespace) -> int:
     from netmap import render
-    from netmap.load import require_host
+    from netmap.load import load_fleet, require_host
 
-    fleet = load_fleet_for_cli(args, lazy=True)
+    fleet = load_fleet(args.mappings)
     a, b = require_host(fleet, args.host_a), require_host(fleet, args.host_b)
     rows = render.diff_rows(fleet, a, b)
     if args.json:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from netmap.commands._common import add_json, load_fleet_for_cli, print_json
+from netmap.commands._common import add_json, print_json
 from netmap.errors import EXIT_INPUT, EXIT_OK, InputError
 
 if TYPE_CHECKING:
@@ -31,8 +31,9 @@ def _import(args: argparse.Namespace) -> int:
 
     from netmap.libvirt.domain import import_domain
     from netmap.libvirt.xmlsafe import parse_untrusted, read_untrusted
+    from netmap.load import load_fleet
 
-    fleet = load_fleet_for_cli(args)
+    fleet = load_fleet(args.mappings)
     if args.domain == "-":
         doc = parse_untrusted(sys.stdin.buffer.read(), "<stdin>")
     else:
@@ -93,7 +94,7 @@ def _write_guest(root: Path, imported: DomainImport, force: bool) -> Path:
     import os
     import tempfile
 
-    from netmap.load import load_guest, load_networks, name_problem
+    from netmap.load.parse import load_guest, load_networks, name_problem
 
     guest, doc = imported.guest, imported.document
     problem = name_problem(guest.name)
@@ -154,8 +155,9 @@ def _configure_networks(parser: argparse.ArgumentParser) -> None:
 def _networks(args: argparse.Namespace) -> int:
     from netmap.commands._common import this_host
     from netmap.libvirt.networks import host_networks
+    from netmap.load import load_fleet
 
-    fleet = load_fleet_for_cli(args)
+    fleet = load_fleet(args.mappings)
     host = this_host(args, fleet)
     networks = host_networks(fleet, host)
     if args.out:

@@ -215,9 +215,14 @@ def _choose_host(parsed: list[Interface], by_mac: dict[str, dict[str, str]],
                  preferred: list[str | None], avoid: str | None,
                  findings: list[Finding]) -> str | None:
     dependent = [i for i in parsed if _needs_host(i, networks, by_mac)]
-    hints = [h for h in preferred if h in hosts and h != avoid]
+    hints = [h for h in preferred if h is not None and h in hosts and h != avoid]
     if not dependent:
         return hints[0] if hints else None
+    # A hint that explains every interface is a best fit whatever the others score: the
+    # answer below without scoring every host (a fleet of XML guests named its host each)
+    for hint in hints:
+        if all(_resolve(i, hosts[hint], networks)[0] is not None for i in dependent):
+            return hint
     score = {name: sum(_resolve(i, host, networks)[0] is not None for i in dependent)
              for name, host in hosts.items()}
     best = max(score.values(), default=0)

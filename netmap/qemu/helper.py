@@ -168,7 +168,8 @@ def load_mappings(request: Request) -> tuple[Fleet, Host]:
     other case (no such file, a broken one, a name it does not define) takes the whole
     fleet, whose answer and errors are those of every other command."""
     from netmap.hostid import host_name
-    from netmap.load import load_host, load_networks, mappings_dir
+    from netmap.load import mappings_dir
+    from netmap.load.parse import load_host, load_networks
     from netmap.model import Fleet
 
     if request.guest is None and request.mac is None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -286,8 +287,12 @@ def _ifname_check(name: str) -> str | None:
     return f"interface name {problem}" if problem else None
 
 
+# A fleet's hosts repeat a few groups and peers: each is parsed (ipaddress, slow) once.
+_underlay = functools.lru_cache(maxsize=4096)(check_underlay)
+
+
 def _vxlan(doc: Document, where: KeyPath, values: Any) -> Vxlan:
-    underlay = check_underlay(values.group, values.local, values.remotes)
+    underlay = _underlay(values.group, values.local, tuple(values.remotes))
     if isinstance(underlay, UnderlayProblem):
         raise doc.error((*where, "vxlan", underlay.key), underlay.problem, underlay.fix)
     return Vxlan(values.port, underlay.group, underlay.remotes, underlay.local)
@@ -315,12 +320,17 @@ def _check_binding_fits(doc: Document, where: KeyPath, network: Network, mode: s
 
 # --- guests/*.toml --------------------------------------------------------------------------
 
-def load_guest(path: str | Path, networks: dict[str, Network]) -> Guest:
+def load_guest(path: str | Path, networks: dict[str, Network],
+               hosts: Mapping[str, Host] | None = None) -> Guest:
+    """A guest file. A domain XML's bridge and direct sources become networks through the
+    host mappings: `hosts` (the fleet's), else the host files next to its folder."""
     if os.fspath(path).endswith(".xml"):
         # imported here: most fleets have no XML guest, and the XML reader is not small
         from netmap.libvirt.domain import guest_from_domain_file
 
-        return guest_from_domain_file(Path(path), networks, _sibling_hosts(path, networks))
+        if hosts is None:
+            hosts = _sibling_hosts(path, networks)
+        return guest_from_domain_file(Path(path), networks, hosts)
     doc = Document.read(path)
     top = GUEST_FILE.read(doc)
     name = doc.check(("guest", "name"), top.guest.name, name_problem,
@@ -363,21 +373,16 @@ def _sibling_hosts(path: str | Path, networks: dict[str, Network]) -> dict[str, 
 
 # --- the whole directory --------------------------------------------------------------------
 
-def load_fleet(root: str | os.PathLike[str] | None = None, *,
-               host_loader: Callable[[str, dict[str, Network]], Host] = load_host,
-               guest_loader: Callable[[str, dict[str, Network]], Guest] = load_guest,
-               read: tuple[dict[str, Network], tuple[list[str], list[str]]] | None = None,
-               ) -> Fleet:
-    """Load a mappings directory. A broken networks.toml is fatal (everything names it);
-    a broken host or guest file lands in `Fleet.problems` and the rest loads.
+def assemble(base: Path, networks: dict[str, Network], host_files: list[str],
+             guest_files: list[str], *,
+             host_loader: Callable[[str, dict[str, Network]], Host] = load_host,
+             guest_loader: Callable[[str, dict[str, Network], Mapping[str, Host]], Guest]
+             = load_guest) -> Fleet:
+    """The fleet of a mappings directory whose networks and files (fleet_file_names) were
+    read. A broken host or guest file lands in `Fleet.problems` and the rest loads.
 
-    `host_loader`/`guest_loader` read one file; netmap.cache passes loaders that answer
-    from its cache, so that cached and uncached loads assemble the fleet in one place,
-    and `read`: the networks and fleet_file_names it already read."""
-    base = mappings_dir(root)
-    if read is None:
-        read = load_networks(base / "networks.toml"), fleet_file_names(base)
-    networks, (host_files, guest_files) = read
+    `host_loader`/`guest_loader` read one file (netmap.load answers them from its store),
+    so that every load assembles the fleet here, in one place."""
     problems: list[InputError] = []
     hosts: dict[str, Host] = {}
     for path in host_files:
@@ -396,7 +401,7 @@ def load_fleet(root: str | os.PathLike[str] | None = None, *,
     guests: dict[str, Guest] = {}
     for path in guest_files:
         try:
-            guest = guest_loader(path, networks)
+            guest = guest_loader(path, networks, hosts)
             if guest.host is not None and guest.host not in hosts:
                 raise _unknown_host(path, guest.host, hosts, problems[:host_problems])
             if guest.name in guests:

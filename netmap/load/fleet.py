@@ -1,0 +1,212 @@
+"""One load of a mappings directory: each file from the store when its key is unchanged,
+else parsed (by two processes when there are thousands to parse), the fleet assembled by
+parse.assemble, and what was parsed stored before returning (netmap/load/store.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from netmap.errors import InputError
+from netmap.gcpause import gc_paused
+from netmap.load import parse, store
+from netmap.load.store import Identity, Store, identity, settled
+from netmap.model import Fleet, Network
+
+T = TypeVar("T")
+
+# Below this many host and guest files, parsing them costs less than opening the store.
+STORE_MIN_FILES = 500
+# Files to parse from which a second process shares the work (forking and pickling
+# its share back cost about as much as parsing 300 files).
+PARALLEL_MIN_FILES = 1000
+# The second process's part of the files to parse: it also pickles what it parsed (which
+# is what the store keeps), and we unpickle it.
+SECOND_SHARE = 0.5
+
+
+def load(base: Path) -> Fleet:
+    """See netmap.load.load_fleet."""
+    with gc_paused():  # hundreds of thousands of objects, all kept: nothing to collect
+        return _load(base)
+
+
+def _load(base: Path) -> Fleet:
+    started_ns = time.time_ns()
+    networks_path = base / "networks.toml"
+    before = _identity(os.fspath(networks_path))
+    networks = parse.load_networks(networks_path)
+    host_files, guest_files = parse.fleet_file_names(base)
+    db = Store.open(base) if len(host_files) + len(guest_files) >= STORE_MIN_FILES else None
+    if db is None:
+        return parse.assemble(base, networks, host_files, guest_files,
+                              host_loader=parse.load_host, guest_loader=parse.load_guest)
+    try:
+        return _load_with(db, base, networks, (host_files, guest_files), before,
+                          started_ns)
+    finally:
+        db.close()
+
+
+def _load_with(db: Store, base: Path, networks: dict[str, Network],
+               files: tuple[list[str], list[str]], networks_before: Identity | None,
+               started_ns: int) -> Fleet:
+    host_files, guest_files = files
+    root = os.path.realpath(base)
+    # Every identity before any file is read: a later change moves the one we keep.
+    idents = {key: _identity(key) for key in (*host_files, *guest_files)}
+    keys = _keys(idents, networks_before, host_files, started_ns)
+    stored = db.rows(root)  # None: nothing of this code for this directory
+    hits = {path: row[1] for path, row in (stored or {}).items() if row[0] == keys.get(path)}
+    fresh: dict[str, Any] = {}  # path -> object (parsed here) or its pickle (parsed there)
+    with _SecondProcess([key for key in host_files if key not in hits],
+                        [key for key in guest_files
+                         if key not in hits and not key.endswith(".xml")],
+                        networks, idents) as second:
+
+        def stored_or(parser: Callable[..., T]) -> Callable[..., T]:
+            def load_one(path: str, *args: Any) -> T:
+                blob = hits.get(path)
+                if blob is not None:
+                    try:
+                        value: T = pickle.loads(blob)
+                        return value
+                    except Exception:  # a damaged row, though ours: a miss
+                        pass
+                theirs = second.result(path)
+                if theirs is not None:
+                    fresh[path] = theirs
+                    return pickle.loads(theirs)
+                value = parser(path, *args)
+                fresh[path] = value
+                return value
+            return load_one
+
+        fleet = parse.assemble(base, networks, host_files, guest_files,
+                               host_loader=stored_or(parse.load_host),
+                               guest_loader=stored_or(parse.load_guest))
+    if _identity(os.fspath(base / "networks.toml")) != networks_before:
+        # changed while we read: the files were validated against another version of it
+        return parse.assemble(base, parse.load_networks(base / "networks.toml"),
+                              *parse.fleet_file_names(base))
+    rows = [(path, key, value if isinstance(value, bytes) else _pickled(value))
+            for path, value in fresh.items() if (key := keys.get(path)) is not None]
+    gone = [path for path in stored or () if path not in idents]
+    if rows or gone or stored is None:
+        db.replace(root, rows, gone, every=stored is None)
+    return fleet
+
+
+def _keys(idents: Mapping[str, Identity | None], networks: Identity | None,
+          host_files: list[str], started_ns: int) -> dict[str, str | None]:
+    """Per file, the key its stored row must have (see store.py); None for a file whose
+    key cannot be trusted (too recent, or gone): it is parsed, and not stored."""
+    if networks is None or not settled(networks, started_ns):
+        return {}
+    hosts_key: str | None = None
+    if any(key.endswith(".xml") for key in idents):
+        digest = hashlib.blake2b(digest_size=16)
+        for key in host_files:
+            ident = idents[key]
+            if ident is None or not settled(ident, started_ns):
+                break
+            digest.update(f"{key}\0{ident}\0".encode())
+        else:
+            hosts_key = digest.hexdigest()
+    limit = started_ns - store.RACY_WINDOW_NS  # settled(), inline: 12k files
+    common = f" {networks}"
+    out: dict[str, str | None] = {}
+    for key, ident in idents.items():
+        if ident is None or ident[1] >= limit or ident[2] >= limit:
+            out[key] = None
+        elif key.endswith(".xml"):
+            out[key] = None if hosts_key is None else f"{ident}{common} {hosts_key}"
+        else:
+            out[key] = f"{ident}{common}"
+    return out
+
+
+def _identity(path: str) -> Identity | None:
+    try:
+        return identity(os.stat(path))
+    except OSError:
+        return None  # the parser reports it
+
+
+def _pickled(value: object) -> bytes:
+    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+class _SecondProcess:
+    """A worker process parsing the last SECOND_SHARE of the files to parse while we parse
+    the others, when there are many and a second CPU; it is gone when the `with` block
+    ends. A file it could not parse (or all of them, should it fail) is parsed here, so
+    errors are raised as the parser raises them and the answer never depends on it."""
+
+    def __init__(self, hosts: list[str], guests: list[str], networks: dict[str, Network],
+                 idents: Mapping[str, Identity | None]) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._future: Future[list[bytes | None]] | None = None
+        self._results: dict[str, bytes | None] = {}
+        self._theirs: list[str] = []
+        self._waiting: set[str] = set()
+        if (len(hosts) + len(guests) < PARALLEL_MIN_FILES or len(os.sched_getaffinity(0)) < 2
+                or threading.active_count() > 1):  # a forked child may inherit a held lock
+            return
+        # the tail of what we read in order (hosts, then guests): we reach it last. Its
+        # share of the bytes, not of the files: a host file may be ten times a guest file.
+        every = [*hosts, *guests]
+        weight = [(idents.get(key) or (1,))[0] for key in every]
+        left, cut = sum(weight) * SECOND_SHARE, len(every)
+        while cut > 0 and left > 0:
+            cut -= 1
+            left -= weight[cut]
+        self._theirs = every[cut:]
+        guest_share = self._theirs[max(0, len(self._theirs) - len(guests)):]
+        host_share = self._theirs[:len(self._theirs) - len(guest_share)]
+        self._waiting = set(self._theirs)
+        import multiprocessing
+
+        try:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+            self._future = self._pool.submit(_parse_share, host_share, guest_share, networks)
+        except (OSError, RuntimeError):
+            self._future = None
+
+    def result(self, path: str) -> bytes | None:
+        """The pickle of what the worker parsed from `path`; None: parse it here."""
+        if self._future is not None and path in self._waiting:
+            try:
+                got = self._future.result()
+            except Exception:  # the worker died or failed: parse its share here
+                got = [None] * len(self._theirs)
+            self._results = dict(zip(self._theirs, got, strict=True))
+            self._future = None
+        return self._results.get(path)
+
+    def __enter__(self) -> _SecondProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parse_share(hosts: list[str], guests: list[str],
+                 networks: dict[str, Network]) -> list[bytes | None]:
+    """In the worker: each file parsed and pickled; None for one that does not parse."""
+    out: list[bytes | None] = []
+    for paths, parser in ((hosts, parse.load_host), (guests, parse.load_guest)):
+        for path in paths:
+            try:
+                out.append(_pickled(parser(path, networks)))
+            except InputError:
+                out.append(None)
+    return out
