@@ -83,7 +83,7 @@ def lab(fleet) -> Iterator[None]:
         ("tagged-mv", "52:54:00:d1:00:03"))})
     yield
     main(["release", "g1", "--host", HOST])
-    for name in (ADMIN_SUB, BOND, *DUMMIES):
+    for name in (f"br-{BOND}", ADMIN_SUB, BOND, *DUMMIES):  # whatever release could not
         ip("link", "del", name, check=False)
 
 

@@ -181,6 +181,44 @@ def vlan_hosts(sriov_pf, fleet) -> Iterator[None]:
             release_all({name: host for name, (host, _) in on.items()})
 
 
+def vf_of(mac: str) -> str:
+    """The VF netdev that has `mac` (its passthru macvtap, netmap's nm…, has it too)."""
+    return next(link["ifname"] for link in json.loads(ip("-j", "link", "show"))
+                if link.get("address") == mac and not link["ifname"].startswith("nm"))
+
+
+def on_the_wire(netns: str, ifname: str, token: bytes, send) -> str:
+    """What PF `ifname` of namespace `netns` receives carrying `token`: its VLAN tag
+    (inline or stripped by the NIC), for a failure's message."""
+    import socket
+    import struct
+
+    from netmap.netlink.rtnl import entered_netns
+
+    with entered_netns(netns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    with sock:
+        sock.bind((ifname, 0))
+        sock.setsockopt(263, 8, 1)  # SOL_PACKET, PACKET_AUXDATA: the stripped tag
+        sock.settimeout(0.2)
+        for _ in range(15):
+            send()
+            try:
+                data, ancillary, _, _ = sock.recvmsg(2048, socket.CMSG_SPACE(20))
+            except TimeoutError:
+                continue
+            if token not in data:
+                continue
+            inline = struct.unpack("!HH", data[12:16])
+            for _, _, aux in ancillary:
+                status, _, _, _, _, tci = struct.unpack_from("IIIHHH", aux)
+                if status & 0x10:  # TP_STATUS_VLAN_VALID
+                    return f"arrives on {ifname} with VLAN {tci & 0xFFF} (stripped)"
+            return (f"arrives on {ifname} with VLAN {inline[1] & 0xFFF}" if inline[0] == 0x8100
+                    else f"arrives on {ifname} untagged")
+    return f"never reaches {ifname}"
+
+
 def test_frames_through_a_vlan_macvtap_and_a_vf_on_their_vlan_only(vlan_hosts, capsys,
                                                                    tmp_path: Path) -> None:
     fds = {}
@@ -204,7 +242,13 @@ def test_frames_through_a_vlan_macvtap_and_a_vf_on_their_vlan_only(vlan_hosts, c
         assert not arrives(fds["b3"], out[14:30], lambda: os.write(fds["a1"], out), 3), \
             "b3 (VLAN 132) got a frame of VLAN 130"
         # VLAN 131: the VF (its entry tags it) <-> a macvtap on the other PF's .131
-        out = exchange("a2", "b2", broadcast=True)
+        token = uuid.uuid4().bytes
+        out = frame("ff:ff:ff:ff:ff:ff", MV_MACS["a2"], token)
+        if not arrives(fds["b2"], token, lambda: os.write(fds["a2"], out), 20):
+            vf = json.loads(ip("-s", "-j", "link", "show", "dev", vf_of(MV_MACS["a2"])))[0]
+            pytest.fail(f"b2 never got the VF's broadcast; the VF sent "
+                        f"{vf['stats64']['tx']['packets']} frames, and it "
+                        + on_the_wire(OTHER, pfs()[1], token, lambda: os.write(fds["a2"], out)))
         exchange("b2", "a2", broadcast=False)
         assert not arrives(fds["b1"], out[14:30], lambda: os.write(fds["a2"], out), 3), \
             "b1 (VLAN 130) got the VF's frame of VLAN 131"
