@@ -46,6 +46,17 @@ uplink = "{pf}"
 def realize_at_once(names: list[str], logs: Path) -> dict[str, int]:
     """Fork one process per guest; all block on a pipe until every one exists, then
     realize at once. Returns each guest's exit code; its output is in logs/NAME."""
+    # what realize imports lazily (fleet loading, networkx, rtnetlink, pyroute2 for the VF
+    # entries, rich), once here: each fork would import it anew, seconds under TCG
+    import pyroute2  # noqa: F401
+    import rich.console  # noqa: F401
+
+    import netmap.commands.realize
+    import netmap.graph
+    import netmap.load
+    import netmap.netlink.apply
+    import netmap.plan  # noqa: F401
+
     gate_read, gate_write = os.pipe()
     children = {}
     for name in names:
