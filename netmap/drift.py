@@ -88,6 +88,9 @@ class _Drift(BindingDrift):
             if entry.role == "vf":
                 self.check_claimed_vf(entry)
                 continue
+            if entry.role == "bridge-vlan":
+                self.check_port_vlan(entry)
+                continue
             live = self.inv.get(entry.name)
             guest = entry.guests[0] if entry.guests else "GUEST"
             if live is None and entry.pending:
@@ -153,6 +156,22 @@ class _Drift(BindingDrift):
                  f"realize {guest_name} again while it is shut off (netmap makes the tap "
                  "anew), or give the NIC the queues the running guest has")
         return True
+
+    def check_port_vlan(self, entry: TrackedDevice) -> None:
+        """A VLAN netmap added to a bridge port (the uplink's trunk VLAN, a tap's access
+        VLAN) that the port no longer carries: the bridge drops the network's frames there.
+        A port that is gone is reported as such (its own entry, or the uplink's)."""
+        live = self.inv.get(entry.name)
+        if live is None or live.vlans is None or entry.vid in live.vlans or entry.pending:
+            return
+        guest = entry.guests[0] if entry.guests else "GUEST"
+        access = is_netmap_endpoint(entry.name)  # a guest's tap; else the uplink (trunk)
+        self.add("BRIDGE_VLAN_MISSING", ERROR,
+                 f"port {entry.name} of bridge {live.master or '(none)'} no longer carries "
+                 f"VLAN {entry.vid}, which netmap added for {entry.owners}; the bridge drops "
+                 "that network's frames there.",
+                 f"'bridge vlan add dev {entry.name} vid {entry.vid}"
+                 + (" pvid untagged" if access else "") + f"', or realize {guest} again")
 
     def check_claimed_vf(self, entry: TrackedDevice) -> None:
         pool = self.inv.sriov.get(entry.pf or "")

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class TrackedDevice:
     """One thing netmap's state says it made on the host: an interface (tap, macvtap,
-    bridge, vxlan, vlan) with where realize put it, or a claimed VF of a PF."""
+    bridge, vxlan, vlan) with where realize put it, a claimed VF of a PF, or a VLAN it added
+    to a port of a vlan-filtering bridge."""
 
     name: str  # the interface; for a VF claim, the VF netdev if known, else "PF/vfN"
     guests: tuple[str, ...]
-    role: str = "tap"  # the plan step's kind: tap, macvtap, bridge, vxlan, vlan, vf
+    role: str = "tap"  # the plan step's kind: tap, macvtap, bridge, vxlan, vlan, vf, bridge-vlan
     bridge: str | None = None  # a tap's bridge
     lower: str | None = None  # a macvtap's lower device, a vxlan's underlay
     pf: str | None = None
@@ -21,10 +22,11 @@ class TrackedDevice:
     ifindex: int | None = None  # the device realize made (state.record_identity)
     pending: bool = False  # a realize recorded it and did not finish (crash, kill -9)
     multi_queue: bool | None = None  # a tap: made with IFF_MULTI_QUEUE (None: unknown)
+    vid: int | None = None  # a bridge-vlan: the VLAN netmap added to port `name`
 
     @property
     def is_link(self) -> bool:
-        return self.role != "vf"
+        return self.role not in ("vf", "bridge-vlan")
 
     @property
     def owners(self) -> str:
@@ -59,4 +61,8 @@ def tracked_from_state(state: object) -> list[TrackedDevice]:
             vf = int(index) if index is not None else None
             out.append(TrackedDevice(f"{pf}/vf{vf}", guests, "vf", pf=pf, vf=vf,
                                      lower=step.get("macvtap")))
+        elif key.startswith("vlan:") and record.get("created"):
+            port, _, vid = key[5:].rpartition(":")
+            out.append(TrackedDevice(port, guests, "bridge-vlan", vid=int(vid),
+                                     pending=bool(unfinished & set(guests))))
     return out

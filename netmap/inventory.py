@@ -54,6 +54,7 @@ class Interface:
     peer_elsewhere: bool = False  # veth whose peer lives in another namespace
     addresses: tuple[str, ...] = ()  # global-scope "address/prefix": a vxlan underlay's source
     multi_queue: bool | None = None  # a tap made with IFF_MULTI_QUEUE (None: not a tap)
+    vlans: tuple[int, ...] | None = None  # a port's VLANs on a vlan-filtering bridge (None: unread)
 
     @property
     def running(self) -> bool:
@@ -91,6 +92,8 @@ class Interface:
             data["addresses"] = list(self.addresses)
         if self.vxlan_remotes:
             data["vxlan_remotes"] = list(self.vxlan_remotes)
+        if self.vlans is not None:
+            data["vlans"] = list(self.vlans)
         return data
 
 

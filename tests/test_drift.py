@@ -305,6 +305,41 @@ def test_tracked_devices_come_from_netmaps_real_state_file(tmp_path: Path) -> No
     assert "did not finish" in finding.message
 
 
+def test_a_vlan_dropped_from_a_bridge_port_netmap_added_it_to(tmp_path: Path) -> None:
+    """A VLAN realize added to a vlan-filtering bridge's port (the uplink's trunk VLAN, the
+    tap's access VLAN), read back from the real state file; one the port had before
+    netmap (created=False) is not netmap's to report."""
+    from netmap.plan import BridgeVlan
+
+    state = HostState.load("h1", tmp_path)
+    tap = names.tap_name("vm2", 0)
+    for port, vid, access, created in (("eth1", 110, False, True), (tap, 110, True, True),
+                                       ("eth1", 120, False, False)):
+        state.use("vm2", f"vlan:{port}:{vid}", created=created,
+                  step=BridgeVlan(port, vid, access).as_dict())
+    state.set_guest("vm2", "realized")
+    state.save()
+    state = HostState.load("h1", tmp_path)
+    tracked = [(t.name, t.role, t.vid) for t in tracked_from_state(state)]
+    assert tracked == [("eth1", "bridge-vlan", 110), (tap, "bridge-vlan", 110)]
+    port = link(9, tap, "tun", master="br-eth1", vlans=(110,))
+    carrying = healthy(links={"eth1": link(3, "eth1", master="br-eth1", vlans=(1, 110)),
+                              tap: port})
+    assert "BRIDGE_VLAN_MISSING" not in codes(drift_findings(host_from(tmp_path), carrying, state))
+
+    dropped = healthy(links={"eth1": link(3, "eth1", master="br-eth1", vlans=(1,)),
+                             tap: link(9, tap, "tun", master="br-eth1", vlans=())})
+    found = [f for f in drift_findings(host_from(tmp_path), dropped, state)
+             if f.code == "BRIDGE_VLAN_MISSING"]
+    assert [f.severity for f in found] == [ERROR, ERROR]
+    assert "port eth1 of bridge br-eth1" in found[0].message and "VLAN 110" in found[0].message
+    assert "bridge vlan add dev eth1 vid 110'" in found[0].hint  # a trunk: tagged
+    assert f"bridge vlan add dev {tap} vid 110 pvid untagged" in found[1].hint
+    # VLANs not read (an inventory from elsewhere): nothing is claimed either way
+    unread = healthy(links={tap: link(9, tap, "tun", master="br-eth1")})
+    assert "BRIDGE_VLAN_MISSING" not in codes(drift_findings(host_from(tmp_path), unread, state))
+
+
 # --- end to end in a lab --------------------------------------------------------------------
 
 def lab_sysfs(root: Path) -> tuple[Path, Path]:

@@ -10,7 +10,6 @@ dumps, test_realize's host_dump) and the state file must be exactly as before.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import subprocess
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from conftest import guest_toml
+from faults import enobufs_half_way, faulty_kernel, interrupt_after, interrupt_before
 from test_realize import host_dump, plan_for, run
 
 from netmap.errors import ApplyError
-from netmap.netlink import rtnl
 from netmap.netlink.apply import realize_plan, release_guest
 from netmap.state import HostState
 
@@ -56,58 +55,6 @@ def g5_lab(cli_lab_factory, mappings: Path):
     assert REMOTES in text
     host.write_text(text + HOST)
     return cli_lab_factory(PREFIX, ["host-a"], {"g5": G5})
-
-
-class FaultySocket:
-    """The rtnetlink socket, with a fault at the `at`-th send (counted over all sockets
-    in `sends`): `fault(sock, data)` runs in place of that send."""
-
-    def __init__(self, sock, sends: list[int], at: int, fault) -> None:
-        self._sock, self._sends, self._at, self._fault = sock, sends, at, fault
-
-    def send(self, data: bytes) -> int:
-        self._sends[0] += 1
-        if self._sends[0] == self._at:
-            return self._fault(self._sock, data)
-        return self._sock.send(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self._sock, name)
-
-
-def faulty_kernel(monkeypatch: pytest.MonkeyPatch, at: int, fault) -> list[int]:
-    """Every Rtnl realize opens gets a FaultySocket; returns the send counter."""
-    sends = [0]
-    plain = rtnl.Rtnl
-
-    class Faulty(plain):  # type: ignore[misc, valid-type]
-        def __init__(self, netns: str | None = None) -> None:
-            super().__init__(netns)
-            self.sock = FaultySocket(self.sock, sends, at, fault)
-
-    monkeypatch.setattr(rtnl, "Rtnl", Faulty)
-    return sends
-
-
-def interrupt_after(sock, data: bytes) -> int:
-    """Ctrl-C arriving once the kernel has the request, before its ack is read."""
-    sock.send(data)
-    raise KeyboardInterrupt
-
-
-def interrupt_before(sock, data: bytes) -> int:
-    raise KeyboardInterrupt
-
-
-def enobufs_half_way(sock, data: bytes) -> int:
-    """The kernel processes the first half of the requests, then the send fails."""
-    offsets, at = [], 0
-    while at + 16 <= len(data):
-        offsets.append(at)
-        at += (int.from_bytes(data[at:at + 4], sys.byteorder) + 3) & ~3
-    half = offsets[len(offsets) // 2] if len(offsets) > 1 else len(data)
-    sock.send(data[:half])
-    raise OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
 
 
 def assert_untouched(ns: str, before: dict, state_before: dict, label: str) -> None:

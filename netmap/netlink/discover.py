@@ -110,12 +110,18 @@ def discover(netns: str | None = None, *, sysfs_root: str | Path | None = None,
         addresses = dump_addresses(sock)
         # the FDB only when there is a vxlan device to read remotes for: it can be large
         floods = flood_table(sock) if any(link.kind == "vxlan" for link in links) else {}
+        # bridge ports' VLANs only when there are bridge ports to read them for
+        ports = sock.bridge_vlans() if any(link.master for link in links) else None
     finally:
         sock.close()
     links = [replace(link, addresses=addresses[link.index]) if link.index in addresses
              else link for link in links]
     links = [_with_remotes(link, floods[link.index])
              if link.kind == "vxlan" and link.index in floods else link for link in links]
+    if ports is not None:
+        bridges = {link.name for link in links if link.kind == "bridge"}
+        links = [replace(link, vlans=tuple(sorted(ports.get(link.name, {})))) if link.master
+                 in bridges else link for link in links]
     explicit_root = sysfs_root is not None or bool(os.environ.get("NETMAP_SYSFS"))
     # The machine's own /sys lists the root namespace's links: reading it for a namespace's
     # link of the same name would describe another device.

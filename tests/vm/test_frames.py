@@ -11,10 +11,12 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from frames import frame
-from vmhost import HOST, arrives, guest, ip, pfs, tap_fd, wait_until
+from vmhost import HOST, arrives, guest, ip, macvtap_fd, pfs, tap_fd, wait_until
 
 from netmap.cli import main
 
@@ -49,23 +51,38 @@ uplink = "{uplink}"
 """
 
 
-@pytest.fixture
-def two_hosts(fleet) -> Iterator[tuple[str, str]]:
+@contextmanager
+def other_host() -> Iterator[tuple[str, str]]:
+    """The second PF moved into namespace OTHER (the second host) and back afterwards."""
     here, there = pfs()
     subprocess.run(["ip", "netns", "add", OTHER], check=True)
-    ip("link", "set", there, "netns", OTHER)
-    root = fleet(NETWORKS, host_mapping(HOST, here, None), {
-        "a": guest("a", ("red", "52:54:00:f0:00:01")),
-        "b": guest("b", ("red", "52:54:00:f0:00:02")).replace(HOST, OTHER),
-        "c": guest("c", ("blue", "52:54:00:f0:00:03")).replace(HOST, OTHER),
-        "d": guest("d", ("blue", "52:54:00:f0:00:04"))})
-    (root / "hosts" / f"{OTHER}.toml").write_text(host_mapping(OTHER, there, OTHER))
-    yield here, there
-    for name, where in (("a", HOST), ("b", OTHER), ("c", OTHER), ("d", HOST)):
-        main(["release", name, "--host", where])
-    ip("-n", OTHER, "link", "set", there, "netns", "1", check=False)
-    subprocess.run(["ip", "netns", "del", OTHER], check=False)
-    wait_until(lambda: ip("link", "show", there, check=False), f"{there} back in the VM")
+    try:
+        ip("link", "set", there, "netns", OTHER)
+        yield here, there
+    finally:
+        ip("-n", OTHER, "link", "set", there, "netns", "1", check=False)
+        subprocess.run(["ip", "netns", "del", OTHER], check=False)
+        wait_until(lambda: ip("link", "show", there, check=False), f"{there} back in the VM")
+
+
+def release_all(where: dict[str, str]) -> None:
+    for name, host in where.items():
+        main(["release", name, "--host", host])
+
+
+@pytest.fixture
+def two_hosts(fleet) -> Iterator[tuple[str, str]]:
+    with other_host() as (here, there):
+        root = fleet(NETWORKS, host_mapping(HOST, here, None), {
+            "a": guest("a", ("red", "52:54:00:f0:00:01")),
+            "b": guest("b", ("red", "52:54:00:f0:00:02")).replace(HOST, OTHER),
+            "c": guest("c", ("blue", "52:54:00:f0:00:03")).replace(HOST, OTHER),
+            "d": guest("d", ("blue", "52:54:00:f0:00:04"))})
+        (root / "hosts" / f"{OTHER}.toml").write_text(host_mapping(OTHER, there, OTHER))
+        try:
+            yield here, there
+        finally:
+            release_all({"a": HOST, "b": OTHER, "c": OTHER, "d": HOST})
 
 
 def tap_of(capsys, name: str, host: str) -> str:
@@ -104,3 +121,74 @@ def test_frames_cross_the_wire_on_their_vlan_only(two_hosts, capsys) -> None:
         for fd in (fd_a, fd_b, fd_c, fd_d):
             os.close(fd)
 
+
+# --- VLAN macvtaps, between the two PFs ------------------------------------------------------
+MV_NETWORKS = """[networks.mv-red]
+segment = "hub"
+vlan = 130
+
+[networks.mv-blue]
+segment = "hub"
+vlan = 132
+"""
+MV_MACS = {"a1": "52:54:00:f1:00:01", "b1": "52:54:00:f1:00:03", "b3": "52:54:00:f1:00:05"}
+
+
+def mv_mapping(name: str, uplink: str, netns: str | None) -> str:
+    where = f'netns = "{netns}"\n' if netns else ""
+    return f"""[host]
+name = "{name}"
+features = ["tun", "macvtap", "vhost-net"]
+{where}
+[uplinks.{uplink}]
+segments = ["hub"]
+
+[networks.mv-red]
+mode = "macvtap-bridge"
+uplink = "{uplink}"
+
+[networks.mv-blue]
+mode = "macvtap-bridge"
+uplink = "{uplink}"
+"""
+
+
+@pytest.fixture
+def vlan_hosts(fleet) -> Iterator[None]:
+    with other_host() as (here, there):
+        on = {"a1": (HOST, "mv-red"), "b1": (OTHER, "mv-red"), "b3": (OTHER, "mv-blue")}
+        root = fleet(MV_NETWORKS, mv_mapping(HOST, here, None), {
+            name: guest(name, (network, MV_MACS[name])).replace(HOST, host)
+            for name, (host, network) in on.items()})
+        (root / "hosts" / f"{OTHER}.toml").write_text(mv_mapping(OTHER, there, OTHER))
+        try:
+            yield
+        finally:
+            release_all({name: host for name, (host, _) in on.items()})
+
+
+def test_frames_through_vlan_macvtaps_on_their_vlan_only(vlan_hosts, capsys,
+                                                         tmp_path: Path) -> None:
+    """a1 (this VM) and b1 (the other host) are macvtaps on their PF's 802.1Q
+    sub-interface for VLAN 130, b3 one on VLAN 132 beside b1."""
+    fds = {}
+    try:
+        for name, host in (("a1", HOST), ("b1", OTHER), ("b3", OTHER)):
+            device = tap_of(capsys, name, host)
+            fds[name] = macvtap_fd(device, None if host == HOST else OTHER, tmp_path)
+
+        def exchange(sender: str, receiver: str, *, broadcast: bool) -> bytes:
+            token = uuid.uuid4().bytes
+            out = frame("ff:ff:ff:ff:ff:ff" if broadcast else MV_MACS[receiver],
+                        MV_MACS[sender], token)
+            assert arrives(fds[receiver], token, lambda: os.write(fds[sender], out), 20), \
+                f"{receiver} never got {sender}'s {'broadcast' if broadcast else 'unicast'}"
+            return out
+
+        out = exchange("a1", "b1", broadcast=True)
+        exchange("b1", "a1", broadcast=False)
+        assert not arrives(fds["b3"], out[14:30], lambda: os.write(fds["a1"], out), 3), \
+            "b3 (VLAN 132) got a frame of VLAN 130"
+    finally:
+        for fd in fds.values():
+            os.close(fd)

@@ -96,6 +96,27 @@ def tap_fd(name: str, netns: str | None = None) -> int:
     return fd
 
 
+def macvtap_fd(name: str, netns: str | None, workdir: Path) -> int:
+    """Open macvtap `name`'s char device as libvirt would, but without the vnet header:
+    raw frames. The node is made in `workdir` from the numbers the macvtap's own
+    namespace's sysfs gives (/dev/tapN names repeat across namespaces)."""
+    import fcntl
+    import struct
+
+    where = ["ip", "netns", "exec", netns] if netns else []
+    index = json.loads(ip(*(["-n", netns] if netns else []), "-j", "link", "show", name)
+                       )[0]["ifindex"]
+    numbers = subprocess.run([*where, "cat", f"/sys/class/net/{name}/macvtap/tap{index}/dev"],
+                             capture_output=True, text=True, check=True).stdout
+    major, minor = (int(n) for n in numbers.split(":"))
+    node = workdir / f"{name}.node"
+    os.mknod(node, 0o600 | 0o020000, os.makedev(major, minor))
+    fd = os.open(node, os.O_RDWR | os.O_NONBLOCK)
+    node.unlink()
+    fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", b"", 0x0002 | 0x1000))  # no vnet hdr
+    return fd
+
+
 def arrives(fd: int, token: bytes, send: Callable[[], object], timeout: float) -> bool:
     """Send (again every 200 ms) and read `fd` until a frame carries `token` (True) or
     `timeout` passes."""
