@@ -123,7 +123,9 @@ class Transaction(RtnlKernel):
         return {a.step.target for a in self.actions if a.verdict == "recreate"}
 
     def planned_names(self) -> set[str]:
-        return {a.step.target for a in self.actions if a.verdict == "create"}
+        """The links this plan creates (a port may be one: the vxlan device)."""
+        return {a.step.name for a in self.actions
+                if a.verdict == "create" and isinstance(a.step, p.LinkStep)}
 
     def vf_for(self, nic: p.NicPlan) -> VirtualFunction | None:
         return next((self.vfs[s.resource] for s in nic.steps if s.resource in self.vfs), None)

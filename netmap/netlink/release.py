@@ -104,7 +104,7 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     going -= set(foreign)
     made -= set(foreign)
     for _key, _record, step in steps:  # a bridge that stays keeps its uplink, and it up
-        if isinstance(step, p.EnsureBridge) and step.still_needed(links, going, set()):
+        if isinstance(step, p.LinkStep) and step.still_needed(links, going, set()):
             going.discard(step.name)
     leaving = {step.port for _k, _r, step in steps if isinstance(step, p.EnslavePort)
                and step.bridge not in going and step.bridge not in made

@@ -10,6 +10,7 @@ with the undo of what it makes (`Undo`), registered before the request leaves.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import ClassVar, Protocol, TypedDict
@@ -213,7 +214,6 @@ class Step:
     """One object in one state: the base of every step kind."""
 
     kind: ClassVar[str] = "step"
-    shared: ClassVar[bool] = False  # may be used by other guests (kept until the last leaves)
     batched: ClassVar[bool] = False  # created in one pipelined batch with its like
     feature: ClassVar[str | None] = None  # what the kernel must offer to create it
 
@@ -267,13 +267,13 @@ class Step:
     # --- release ----------------------------------------------------------------------------
     def still_needed(self, links: Mapping[str, LiveLink], going: set[str],
                      leaving: set[str]) -> str | None:
-        """Why netmap's object must stay although no netmap guest uses it any more."""
+        """Why netmap's object must stay although no netmap guest uses it any more (None:
+        release undoes it). `going`: links release deletes and ports leaving with their
+        bridge; `leaving`: ports netmap takes out of a bridge it did not make."""
         return None
 
     # --- when the kernel says no -------------------------------------------------------------
     def explain(self, err: OSError) -> str:
-        import errno
-
         if err.errno == errno.EEXIST:
             return f"{self.target} appeared meanwhile (another tool made it)"
         return err.strerror or str(err)

@@ -35,7 +35,6 @@ class RequireLink(Step):
     """An interface the host must already have (an uplink): up, or brought up."""
 
     kind: ClassVar[str] = "require-link"
-    shared: ClassVar[bool] = True
     name: str
     mtu: int = 0  # the MTU the endpoints need through it (vxlan: plus its overhead)
 
@@ -183,15 +182,20 @@ def _shown(key: str, value: object) -> str:
     return str(value)
 
 
-def _no_vlan_support(err: OSError) -> bool:
+def _unsupported(err: OSError) -> bool:
     return err.errno == errno.EOPNOTSUPP
+
+
+NO_VLAN_FILTERING = ("this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING, "
+                     "which needs 802.1Q), so a bridge cannot carry the network's VLAN")
+NO_VLAN_FILTERING_FIX = ("use a kernel with 802.1Q and bridge VLAN filtering, or an untagged "
+                         "network")
 
 
 @dataclass(frozen=True)
 class EnsureBridge(LinkStep):
     kind: ClassVar[str] = "bridge"
     link_kind: ClassVar[str] = "bridge"
-    shared: ClassVar[bool] = True
     feature: ClassVar[str | None] = "bridge"
     mtu: int
     vlan_filtering: bool = False
@@ -242,15 +246,10 @@ class EnsureBridge(LinkStep):
         return None
 
     def explain(self, err: OSError) -> str:
-        if _no_vlan_support(err):
-            return ("this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING, "
-                    "which needs 802.1Q), so a bridge cannot carry the network's VLAN")
-        return super().explain(err)
+        return NO_VLAN_FILTERING if _unsupported(err) else super().explain(err)
 
     def fix_for(self, err: OSError) -> str | None:
-        if _no_vlan_support(err):
-            return "use a kernel with 802.1Q and bridge VLAN filtering, or an untagged network"
-        return None
+        return NO_VLAN_FILTERING_FIX if _unsupported(err) else None
 
 
 @dataclass(frozen=True)
@@ -259,7 +258,6 @@ class EnsureVlanLink(LinkStep):
 
     kind: ClassVar[str] = "vlan-link"
     link_kind: ClassVar[str] = "vlan"
-    shared: ClassVar[bool] = True
     feature: ClassVar[str | None] = "vlan"
     lower: str
     vid: int
@@ -281,13 +279,13 @@ class EnsureVlanLink(LinkStep):
         ops.bring_up(self.name)
 
     def explain(self, err: OSError) -> str:
-        if _no_vlan_support(err):
+        if _unsupported(err):
             return ("this kernel has no 802.1Q VLAN support (module 8021q), so the "
                     f"sub-interface {self.name} cannot exist")
         return super().explain(err)
 
     def fix_for(self, err: OSError) -> str | None:
-        if _no_vlan_support(err):
+        if _unsupported(err):
             return ("load the 8021q module ('modprobe 8021q'); a kernel built without "
                     "CONFIG_VLAN_8021Q cannot carry a VLAN network in any mode (bridge VLAN "
                     "filtering needs it too)")
@@ -298,7 +296,6 @@ class EnsureVlanLink(LinkStep):
 class EnsureVxlan(LinkStep):
     kind: ClassVar[str] = "vxlan"
     link_kind: ClassVar[str] = "vxlan"
-    shared: ClassVar[bool] = True
     feature: ClassVar[str | None] = "vxlan"
     vni: int
     underlay: str

@@ -21,7 +21,7 @@ from netmap.steps.base import (
     master_name,
     refuse,
 )
-from netmap.steps.links import UPLINK_BUSY
+from netmap.steps.links import NO_VLAN_FILTERING, NO_VLAN_FILTERING_FIX, UPLINK_BUSY
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,6 @@ class EnslavePort(Step):
     """Make `port` (the uplink or the vxlan device) a port of `bridge`."""
 
     kind: ClassVar[str] = "enslave"
-    shared: ClassVar[bool] = True
     port: str
     bridge: str
 
@@ -101,7 +100,6 @@ class BridgeVlan(Step):
     port's only VLAN, untagged, as its PVID (an access port: the guest's tap)."""
 
     kind: ClassVar[str] = "bridge-vlan"
-    shared: ClassVar[bool] = True
     feature: ClassVar[str | None] = "vlan_filtering"
     port: str
     vid: int
@@ -146,12 +144,7 @@ class BridgeVlan(Step):
         kernel.drop_bridge_vlan(self.port, self.vid)
 
     def explain(self, err: OSError) -> str:
-        if err.errno == errno.EOPNOTSUPP:
-            return ("this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING, "
-                    "which needs 802.1Q), so a bridge cannot carry the network's VLAN")
-        return super().explain(err)
+        return NO_VLAN_FILTERING if err.errno == errno.EOPNOTSUPP else super().explain(err)
 
     def fix_for(self, err: OSError) -> str | None:
-        if err.errno == errno.EOPNOTSUPP:
-            return "use a kernel with 802.1Q and bridge VLAN filtering, or an untagged network"
-        return None
+        return NO_VLAN_FILTERING_FIX if err.errno == errno.EOPNOTSUPP else None
