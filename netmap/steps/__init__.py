@@ -7,16 +7,10 @@ STEP_TYPES is the one place a step kind is looked up by name (state keeps steps 
 from __future__ import annotations
 
 from netmap.steps.base import BRIDGE_AGEING, DEFAULT_PVID, Action, Step
-from netmap.steps.links import (
-    CreateMacvtap,
-    CreateTap,
-    EnsureBridge,
-    EnsureVlanLink,
-    EnsureVxlan,
-    LinkStep,
-    RequireLink,
-)
+from netmap.steps.links import LinkStep, RequireLink
 from netmap.steps.ports import BridgeVlan, EnslavePort
+from netmap.steps.shared_links import EnsureBridge, EnsureVlanLink, EnsureVxlan
+from netmap.steps.taps import CreateMacvtap, CreateTap
 from netmap.steps.vf import ClaimVf
 
 __all__ = [
