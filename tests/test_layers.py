@@ -27,7 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
               "netmap.vxlan_options", "netmap.netns_name", "netmap.mtu"),
     "load": ("netmap.load", "netmap.tomlcheck", "netmap.hostid"),
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
-              "netmap.drain", "netmap.plan", "netmap.draft"),
+              "netmap.drain", "netmap.plan", "netmap.steps", "netmap.draft"),
     "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2"),
     "integrations": ("netmap.libvirt", "netmap.qemu"),
     "edges": ("netmap.commands", "netmap.cli", "netmap.__main__", "netmap.render", "netmap.lab"),

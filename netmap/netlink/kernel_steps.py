@@ -1,54 +1,135 @@
-"""One kernel change per step kind, and its undo; the reasons shown when the kernel says no.
+"""The kernel side of the steps' undo: netmap.steps.base.Kernel over rtnetlink, by name.
 
-Creation of the many endpoints (taps, macvtaps) is pipelined by the transaction; what is
-here runs once per shared object, per repair, per rollback, or per release.
+A step's undo (netmap/steps) says what to undo; this says it to the kernel. Every change
+tolerates the device being gone already (undo must be repeatable). Realize's transaction
+(ensure.py) extends it with the changes a step's apply makes; release uses it as it is.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from netmap import plan as p
+from netmap.errors import ApplyError
 from netmap.netlink import rtmsg, rtnl
+from netmap.steps import DEFAULT_PVID
+from netmap.steps.base import LinkOptions
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 
-def run_inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], step: p.Step,
-                info: dict) -> None:
-    """Undo one step (from this run, or from state at release)."""
-    def index(name: str) -> int | None:
-        live = kernel.get(name)
+class RtnlKernel:
+    """netmap.steps.base.Kernel: plain changes by name, over one rtnetlink socket."""
+
+    def __init__(self, kernel: rtnl.Rtnl) -> None:
+        self.kernel = kernel
+        self.reidentified: dict[str, int] = {}  # link resource -> ifindex of a device remade
+        self._pyroute: IPRoute | None = None
+
+    def index_of(self, name: str) -> int | None:
+        live = self.kernel.get(name)
         return live.index if live else None
 
-    if isinstance(step, (p.EnsureBridge, p.EnsureVlanLink, p.EnsureVxlan, p.CreateTap,
-                         p.CreateMacvtap)):
-        delete_quietly(kernel, step.name)
-    elif isinstance(step, p.EnslavePort):
-        port = index(step.port)
-        if port is not None:
-            kernel.call(rtmsg.set_link(port, master=0))
-    elif isinstance(step, p.BridgeVlan):
-        port = index(step.port)
-        if port is not None:
-            kernel.call(rtmsg.bridge_vlan(port, step.vid, access=False, add=False))
-    elif isinstance(step, p.RequireLink):
-        port = index(step.name)
-        if port is not None:
-            kernel.call(rtmsg.set_link(port, up=False))
-    elif isinstance(step, p.ClaimVf) and "index" in info:
-        if step.macvtap:
-            delete_quietly(kernel, step.macvtap)
-        from netmap.netlink import open_iproute
+    def _index(self, name: str) -> int:
+        index = self.index_of(name)
+        if index is None:
+            raise ApplyError(f"{name} vanished while realizing")
+        return index
 
-        pf = index(step.pf)
-        if pf is not None:  # the entry as found at the claim (older state: cleared)
-            found = info.get("found") or {}
-            entry = {"vf": int(info["index"]), "mac": found.get("mac", "00:00:00:00:00:00"),
-                     "vlan": found.get("vlan", 0)}
-            if "spoofchk" in found:
-                entry["spoofchk"] = found["spoofchk"]
-            with open_iproute(kernel.netns) as ipr:
-                ipr.link("set", index=pf, vf=entry)
+    def delete_link(self, name: str) -> None:
+        delete_quietly(self.kernel, name)
+
+    def set_up(self, name: str, up: bool) -> None:
+        index = self.index_of(name)
+        if index is not None:
+            self.kernel.call(rtmsg.set_link(index, up=up))
+
+    def set_master(self, port: str, bridge: str | None) -> None:
+        index = self.index_of(port)
+        if index is not None:
+            self.kernel.call(rtmsg.set_link(index, master=self._index(bridge) if bridge else 0))
+
+    def drop_bridge_vlan(self, port: str, vid: int) -> None:
+        index = self.index_of(port)
+        if index is not None:
+            self.kernel.call(rtmsg.bridge_vlan(index, vid, access=False, add=False))
+
+    def add_port_vlan(self, port: str, vid: int, *, access: bool) -> None:
+        self.kernel.call(rtmsg.bridge_vlan(self._index(port), vid, access=access))
+
+    def port_vlans(self, port: str) -> dict[int, int]:
+        return self.kernel.bridge_vlans().get(port, {})
+
+    def set_vf(self, pf: str, entry: dict[str, object]) -> None:
+        index = self.index_of(pf)
+        if index is not None:
+            self.pyroute().link("set", index=index, vf=entry)
+
+    def set_attrs(self, name: str, attrs: Mapping[str, object]) -> None:
+        self.kernel.call(link_attrs(self._index(name), attrs, self._index))
+
+    def make_tap(self, name: str, *, multi_queue: bool, up: bool, mtu: int | None,
+                 mac: str | None, master: str | None) -> None:
+        error = self.kernel.create_taps([name], [name] if multi_queue else [])[0]
+        if error is not None:
+            raise error
+        for request in rtmsg.up_without_ipv6(name=name, up=up, mtu=mtu, mac=mac,
+                                             master=self._index(master) if master else None):
+            self.kernel.call(request)
+
+    def remade(self, name: str) -> None:
+        self.reidentified[f"link:{name}"] = self._index(name)
+
+    def pyroute(self) -> IPRoute:  # opened once, only for SR-IOV VF entries
+        if self._pyroute is None:
+            from netmap.netlink import open_iproute
+
+            self._pyroute = open_iproute(self.kernel.netns)
+        return self._pyroute
+
+    def close(self) -> None:
+        if self._pyroute is not None:
+            self._pyroute.close()
+            self._pyroute = None
+
+
+def link_attrs(index: int, attrs: Mapping[str, Any],
+               index_of: Callable[[str], int]) -> tuple[int, int, bytes]:
+    """The request that sets a link's repairable attributes (a verdict's repair, or the
+    values it found): up, mtu, mac, master by name, a bridge's vlan_filtering and ageing,
+    a macvtap's mode."""
+    attrs = dict(attrs)
+    kind = data = None
+    if "vlan_filtering" in attrs:
+        kind, data = "bridge", rtmsg.vlan_filtering_data(bool(attrs.pop("vlan_filtering")))
+    if "ageing" in attrs:
+        kind = "bridge"
+        data = (data or b"") + rtmsg._u32(rtmsg.IFLA_BR_AGEING_TIME, int(attrs.pop("ageing")))
+    if "mode" in attrs:
+        kind, data = "macvtap", rtmsg.macvtap_data(str(attrs.pop("mode")))
+    if attrs.get("master"):
+        master: int | None = index_of(str(attrs.pop("master")))
+    else:  # a master named as None (found without one) means none: 0
+        master = 0 if attrs.pop("master", False) is not False else None
+    return rtmsg.set_link(index, kind=kind, data=data or b"", master=master,
+                          **attrs)
+
+
+def link_data(kind: str, options: LinkOptions, index_of: Callable[[str], int]) -> bytes:
+    """IFLA_INFO_DATA of a new link of `kind` from the step's options."""
+    if kind == "bridge":
+        return rtmsg.bridge_data(options["ageing"], options["vlan_filtering"])
+    if kind == "vlan":
+        return rtmsg.vlan_data(options["vid"])
+    if kind == "macvtap":
+        return rtmsg.macvtap_data(options["mode"])
+    if kind == "vxlan":
+        return rtmsg.vxlan_data(options["vni"], index_of(options["underlay"]), options["port"],
+                                options.get("group"), options.get("local"),
+                                options.get("remotes", ()))
+    raise ValueError(f"no link data for kind {kind}")
 
 
 def delete_quietly(kernel: rtnl.Rtnl, name: str) -> None:
@@ -70,42 +151,10 @@ def add_vxlan_remotes(kernel: rtnl.Rtnl, index: int, remotes: Sequence[str],
             if error is not None]
 
 
-def make_access_port(kernel: rtnl.Rtnl, port: int, vid: int, *, drop_default: bool,
-                     send: Callable[[tuple[int, int, bytes]], None] | None = None) -> None:
+def make_access_port(kernel: rtnl.Rtnl, port: int, vid: int, *, drop_default: bool) -> None:
     """Bridge port `port` carries `vid` as PVID, untagged; an access port carries its one
     VLAN only, so the bridge's default VLAN, which every new port gets, is dropped (when
-    `drop_default` says the port has it). `send` sends the first request, the one that
-    makes the change (realize's transaction learns whether the kernel refused it)."""
-    (send or kernel.call)(rtmsg.bridge_vlan(port, vid, access=True))
-    if drop_default and vid != p.DEFAULT_PVID:
-        kernel.call(rtmsg.bridge_vlan(port, p.DEFAULT_PVID, access=False, add=False))
-
-
-def explain(step: p.Step, err: OSError) -> str:
-    if isinstance(step, p.EnsureVlanLink) and err.errno == errno.EOPNOTSUPP:
-        return ("this kernel has no 802.1Q VLAN support (module 8021q), so the sub-interface "
-                f"{step.name} cannot exist")
-    if isinstance(step, (p.EnsureBridge, p.BridgeVlan)) and err.errno == errno.EOPNOTSUPP:
-        return ("this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING, which "
-                "needs 802.1Q), so a bridge cannot carry the network's VLAN")
-    if isinstance(step, p.ClaimVf) and err.errno == errno.EOPNOTSUPP:
-        return f"{step.pf}'s driver does not manage VFs through netlink"
-    if err.errno == errno.EEXIST:
-        return f"{getattr(step, 'name', '')} appeared meanwhile (another tool made it)"
-    if err.errno == errno.EBUSY and isinstance(step, (p.EnslavePort, p.CreateMacvtap)):
-        return ("the uplink is busy: a bridge port and a macvtap lower device exclude each "
-                "other (one rx_handler per interface)")
-    return err.strerror or str(err)
-
-
-def fix_for(step: p.Step, err: OSError) -> str | None:
-    if isinstance(step, p.EnsureVlanLink) and err.errno == errno.EOPNOTSUPP:
-        return ("load the 8021q module ('modprobe 8021q'); a kernel built without "
-                "CONFIG_VLAN_8021Q cannot carry a VLAN network in any mode (bridge VLAN "
-                "filtering needs it too)")
-    if isinstance(step, (p.EnsureBridge, p.BridgeVlan)) and err.errno == errno.EOPNOTSUPP:
-        return "use a kernel with 802.1Q and bridge VLAN filtering, or an untagged network"
-    if isinstance(step, p.ClaimVf) and err.errno == errno.EOPNOTSUPP:
-        return (f"check that {step.pf} is an SR-IOV PF whose driver sets VF MAC/VLAN "
-                "through netlink (ip link set PF vf N mac ...)")
-    return None
+    `drop_default` says the port has it). The QEMU helper's way; realize's is BridgeVlan."""
+    kernel.call(rtmsg.bridge_vlan(port, vid, access=True))
+    if drop_default and vid != DEFAULT_PVID:
+        kernel.call(rtmsg.bridge_vlan(port, DEFAULT_PVID, access=False, add=False))

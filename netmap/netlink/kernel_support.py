@@ -57,19 +57,11 @@ FEATURES = {
                    ("sys/module/tun", "sys/class/misc/tun"),
                    "bind the network in a macvtap mode"),
 }
-_MADE_BY = {p.EnsureVlanLink: "vlan", p.EnsureBridge: "bridge", p.CreateMacvtap: "macvtap",
-            p.EnsureVxlan: "vxlan", p.CreateTap: "tun", p.BridgeVlan: "vlan_filtering"}
 
 
 def features_needed(step: p.Step, verdict: str, repair: dict | None = None) -> list[str]:
     """What the kernel must offer for realize to carry out `verdict` on `step`."""
-    needed = []
-    if verdict in ("create", "recreate") and type(step) in _MADE_BY:
-        needed.append(_MADE_BY[type(step)])
-    if isinstance(step, p.EnsureBridge) and step.vlan_filtering and (
-            verdict == "create" or (repair or {}).get("vlan_filtering")):
-        needed.append("vlan_filtering")
-    return needed
+    return step.features(verdict, repair)
 
 
 class KernelProbe:

@@ -16,7 +16,7 @@ from typing import Protocol
 from netmap import plan as p
 from netmap.errors import ApplyError
 from netmap.netlink import rtmsg, rtnl, shared_changes
-from netmap.netlink.kernel_steps import run_inverse
+from netmap.netlink.kernel_steps import RtnlKernel
 from netmap.state import HostState
 
 
@@ -113,7 +113,7 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     going -= set(foreign)
     made -= set(foreign)
     for _key, _record, step in steps:  # a bridge that stays keeps its uplink, and it up
-        if isinstance(step, p.EnsureBridge) and _still_needed(step, links, going, set()):
+        if isinstance(step, p.LinkStep) and step.still_needed(links, going, set()):
             going.discard(step.name)
     leaving = {step.port for _k, _r, step in steps if isinstance(step, p.EnslavePort)
                and step.bridge not in going and step.bridge not in made
@@ -132,7 +132,7 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
                 links, step.port, step.bridge)):  # what netmap did went with its bridge
             result.removed.append(f"{key} (no longer a port of netmap's {step.bridge})")
             continue
-        keep_reason = _still_needed(step, links, going, leaving)
+        keep_reason = step.still_needed(links, going, leaving)
         if keep_reason:
             result.kept.append(f"{key}: {keep_reason}")
             kept.append((key, record))
@@ -145,12 +145,16 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
             result.removed.append(key)  # leaves the bridge with it
         else:
             (last if isinstance(step, p.RequireLink) else first).append((key, record, step))
-    for key, record, step in first:
-        failed += _inverse(kernel, links, key, record, step, result)
-    if deletes:
-        failed += _delete_links(kernel, links, deletes, result)
-    for key, record, step in last:
-        failed += _inverse(kernel, links, key, record, step, result)
+    undoing = RtnlKernel(kernel)
+    try:
+        for key, record, step in first:
+            failed += _undo(undoing, key, record, step, result)
+        if deletes:
+            failed += _delete_links(kernel, links, deletes, result)
+        for key, record, step in last:
+            failed += _undo(undoing, key, record, step, result)
+    finally:
+        undoing.close()
     return failed, kept
 
 
@@ -159,10 +163,10 @@ def _is_port_of(links: dict[str, rtmsg.Link], port: str, bridge: str) -> bool:
     return live is not None and master is not None and live.master == master.index
 
 
-def _inverse(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], key: str, record: dict,
-             step: p.Step, result: Tally) -> list[tuple[str, dict]]:
+def _undo(kernel: RtnlKernel, key: str, record: dict, step: p.Step, result: Tally,
+          ) -> list[tuple[str, dict]]:
     try:
-        run_inverse(kernel, links, step, record.get("info", {}))
+        step.undo(kernel, record.get("info", {}))
     except (OSError, ApplyError) as err:
         return [(key, {**record, "error": str(err)})]
     result.removed.append(key)
@@ -188,29 +192,3 @@ def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     done = {k for k, _ in failed}
     result.removed += [k for k, _ in deletes if k not in done]
     return failed
-
-
-def _still_needed(step: p.Step, links: dict[str, rtmsg.Link], going: set[str],
-                  leaving: set[str]) -> str | None:
-    """Why a shared object must stay although no netmap guest uses it any more. `going`:
-    links deleted and ports leaving with their bridge; `leaving`: ports netmap takes out
-    of a bridge it did not make."""
-    if isinstance(step, p.EnsureBridge) and step.name in links:
-        index = links[step.name].index
-        others = sorted(link.name for link in links.values()
-                        if link.master == index and link.name not in going)
-        if others:
-            return f"bridge still has ports netmap did not make: {', '.join(others)}"
-    if isinstance(step, p.EnslavePort) and step.bridge not in going and \
-            step.port not in leaving:
-        return f"bridge {step.bridge} stays"
-    if isinstance(step, p.RequireLink) and step.name in links:
-        uplink = links[step.name]
-        users = sorted(link.name for link in links.values() if link.name not in going and (
-            link.lower == uplink.index or link.vxlan_link == uplink.index))
-        master = next((n for n, link in links.items() if link.index == uplink.master), None)
-        if master and master not in going and uplink.name not in leaving:
-            users.append(f"bridge {master}")
-        if users:
-            return f"still carries {', '.join(users)}"
-    return None

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from netmap.netlink.sysfs import VirtualFunction
+from netmap.steps.base import VirtualFunctionView
 
 ZERO_MAC = "00:00:00:00:00:00"
 
 
-def holder(vf: VirtualFunction, *, up: bool = False, master: str | None = None,
+UPPER_KINDS = ("macvlan", "macvtap", "ipvlan", "vlan")  # devices that use a lower link
+
+
+def holder(vf: VirtualFunctionView, *, up: bool = False, master: str | None = None,
            uppers: Sequence[str] = (), addresses: Sequence[str] = (),
            entry_mac: str | None = None, netdev_mac: str | None = None) -> str | None:
     """Why VF `vf` is used outside netmap's state (None: it is free). `addresses` are the

@@ -1,0 +1,114 @@
+"""The SR-IOV step: claim a free VF of a PF and set its entry. Pure."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from netmap.steps.base import Action, Changes, Kernel, LiveHost, Step, Undo, refuse
+
+
+@dataclass(frozen=True)
+class ClaimVf(Step):
+    """A free VF of `pf`, chosen under the host lock: MAC, VLAN and spoof-check are set on
+    the PF's VF entry. With `macvtap`, the VF netdev then carries a passthru macvtap."""
+
+    kind: ClassVar[str] = "vf"
+    pf: str
+    mac: str
+    vlan: int | None
+    spoofchk: bool
+    macvtap: str | None = None
+    mtu: int = 1500
+
+    @property
+    def resource(self) -> str:
+        return f"vf:{self.pf}:{self.mac}"
+
+    @property
+    def target(self) -> str:
+        return self.pf
+
+    def describe(self) -> str:
+        vlan = f"VLAN {self.vlan}" if self.vlan else "untagged"
+        tail = f", VF netdev as passthru macvtap {self.macvtap}" if self.macvtap else ""
+        return (f"claim a free VF of {self.pf}: MAC {self.mac}, {vlan}, spoofchk "
+                f"{'on' if self.spoofchk else 'off'}{tail}")
+
+    def describe_undo(self) -> str | None:
+        return f"reset the VF of {self.pf} that holds {self.mac} (MAC 0, VLAN 0)"
+
+    def decide(self, live: LiveHost, nic: int) -> Action:
+        claimed = live.state.resource(self.resource)
+        if claimed and live.guest not in claimed["guests"]:
+            # one MAC on two VF entries of one PF: the NIC's switch delivers by MAC, so one of
+            # the two would get the other's frames (and state keys a claim by PF and MAC)
+            users = ", ".join(claimed["guests"]) or "no guest"
+            index = claimed["info"].get("index", "?")
+            raise refuse(f"MAC {self.mac} is already set on VF {index} of {self.pf} "
+                         f"({live.host}), claimed by netmap for {users}",
+                         f"give NIC {nic} of {live.guest} another MAC, or release {users} "
+                         f"on {live.host} first")
+        info = live.sriov(self.pf)
+        if info is None:
+            raise refuse(f"{self.pf} on {live.host} has no SR-IOV (no "
+                         "sriov_totalvfs in sysfs)", "bind the network to an SR-IOV PF")
+        if claimed and "index" in claimed["info"]:
+            vf = info.vf(int(claimed["info"]["index"]))
+            if vf is not None:
+                live.keep_vf(self.resource, vf)
+                return Action(nic, self, "unchanged")
+        taken: dict[int, str] = dict(live.state.claimed_vfs(self.pf))
+        taken.update(live.claimed_in_plan(self.pf))
+        held = live.vfs_used_outside(self.pf, [vf for vf in info.vfs if vf.index not in taken])
+        free = [vf for vf in info.vfs if vf.index not in taken and vf.index not in held]
+        if not free:
+            outside = "".join(f"; VF {index}: {why}" for index, why in sorted(held.items()))
+            raise refuse(f"no free VF on {self.pf} ({live.host}): {info.num_vfs} VF(s) "
+                         f"enabled of {info.total_vfs}, {len(taken)} claimed by netmap, "
+                         f"{len(held)} used outside netmap{outside}",
+                         f"release a guest that uses {self.pf}, free a VF used outside "
+                         f"netmap, or raise /sys/class/net/{self.pf}/device/sriov_numvfs")
+        live.keep_vf(self.resource, free[0])
+        return Action(nic, self, "create")
+
+    def create(self, ops: Changes, undo: Undo) -> None:
+        vf = ops.undo_info(self)  # the VF decide chose
+        # IFLA_VFINFO_LIST on the PF: MAC, VLAN, spoof-check of one VF entry
+        ops.claim_vf(self.pf, {"vf": vf["index"], "mac": self.mac, "vlan": self.vlan or 0,
+                               "spoofchk": int(self.spoofchk)}, undo=undo)
+        if not (self.macvtap and vf.get("netdev")):
+            return
+        try:
+            ops.new_link(self.macvtap, "macvtap", mtu=self.mtu, lower=str(vf["netdev"]),
+                         options={"mode": "passthru"}, undo=None)
+        except OSError:  # the VF entry was set: give it back before reporting
+            replace(self, macvtap=None).undo(ops, ops.undo_info(self))
+            raise
+        # passthru ignores the MAC at creation: set again as it comes up
+        ops.bring_up(self.macvtap, mac=self.mac)
+
+    def undo(self, kernel: Kernel, info: dict) -> None:
+        if "index" not in info:
+            return
+        if self.macvtap:
+            kernel.delete_link(self.macvtap)
+        found = info.get("found") or {}  # the entry as found at the claim (older state: cleared)
+        entry: dict[str, object] = {"vf": int(info["index"]),
+                                    "mac": found.get("mac", "00:00:00:00:00:00"),
+                                    "vlan": found.get("vlan", 0)}
+        if "spoofchk" in found:
+            entry["spoofchk"] = found["spoofchk"]
+        kernel.set_vf(self.pf, entry)
+
+    def explain(self, err: OSError) -> str:
+        if err.errno == errno.EOPNOTSUPP:
+            return f"{self.pf}'s driver does not manage VFs through netlink"
+        return super().explain(err)
+
+    def fix_for(self, err: OSError) -> str | None:
+        if err.errno == errno.EOPNOTSUPP:
+            return (f"check that {self.pf} is an SR-IOV PF whose driver sets VF MAC/VLAN "
+                    "through netlink (ip link set PF vf N mac ...)")
+        return None

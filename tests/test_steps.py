@@ -1,0 +1,419 @@
+"""Each step kind alone, without root: its decision against a host view it is handed, the
+changes its apply asks for (each making request carrying its undo), and what that undo does.
+
+The host view and the kernel are the protocols of netmap/steps/base.py, played here by
+small fakes that record; the real implementation (netlink's transaction) is proven against
+a kernel in test_realize, test_rollback_signals and test_foreign_devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+import netmap.steps as steps
+from netmap.errors import ApplyError
+from netmap.steps import (
+    STEP_TYPES,
+    BridgeVlan,
+    ClaimVf,
+    CreateMacvtap,
+    CreateTap,
+    EnslavePort,
+    EnsureBridge,
+    EnsureVlanLink,
+    EnsureVxlan,
+    RequireLink,
+    Step,
+    step_from_dict,
+)
+from netmap.steps.base import Action, LinkOptions, Undo, VirtualFunctionView
+
+SAMPLES: list[Step] = [
+    RequireLink("eth0", 1500),
+    EnsureBridge("br0", 1500, vlan_filtering=True),
+    EnslavePort("eth0", "br0"),
+    BridgeVlan("eth0", 100),
+    BridgeVlan("nm0", 100, access=True),
+    EnsureVlanLink("eth0.100", "eth0", 100, 1500),
+    EnsureVxlan("vx7", 7, "eth0", 1450, remotes=("192.0.2.1", "192.0.2.2")),
+    CreateTap("nm0", "fe:54:00:00:00:01", "52:54:00:00:00:01", 1500, "br0", multi_queue=True),
+    CreateMacvtap("nm1", "eth0", "vepa", "52:54:00:00:00:02", 1500),
+    ClaimVf("eno1", "52:54:00:00:00:03", 100, True, macvtap="nm2", mtu=1500),
+]
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None = None
+    up: bool = True
+    mtu: int = 1500
+    address: str | None = None
+    master: int | None = None
+    lower: int | None = None
+    macvlan_mode: str | None = None
+    vlan_id: int | None = None
+    vxlan_link: int | None = None
+    vlan_filtering: bool | None = None
+    ageing: int | None = None
+    carrier: bool | None = None
+    multi_queue: bool | None = None
+    tun_queues: int | None = None
+
+
+@dataclass(frozen=True)
+class VirtualFunction:
+    index: int
+    netdev: str | None
+    pci: str = "0000:01:10.0"
+    driver: str | None = "igbvf"
+
+
+@dataclass(frozen=True)
+class Sriov:
+    num_vfs: int
+    total_vfs: int
+    vfs: tuple[VirtualFunction, ...]
+
+    def vf(self, index: int) -> VirtualFunction | None:
+        return next((vf for vf in self.vfs if vf.index == index), None)
+
+
+@dataclass
+class State:
+    """Resource key -> (guests, ifindex made, info)."""
+
+    records: dict[str, tuple[list[str], int | None, dict]] = field(default_factory=dict)
+
+    def made_ifindex(self, key: str) -> int | None:
+        return self.records.get(key, ([], None, {}))[1]
+
+    def users(self, key: str) -> list[str]:
+        return list(self.records.get(key, ([], None, {}))[0])
+
+    def resource(self, key: str) -> dict | None:
+        record = self.records.get(key)
+        return None if record is None else {"guests": record[0], "info": record[2]}
+
+    def claimed_vfs(self, pf: str) -> dict[int, str]:
+        return {int(info["index"]): key for key, (_, _, info) in self.records.items()
+                if key.startswith(f"vf:{pf}:") and "index" in info}
+
+
+@dataclass
+class Host:
+    """netmap.steps.base.LiveHost over fixed links; `mine` names the links netmap made."""
+
+    links: dict[str, Link]
+    mine: set[str] = field(default_factory=set)
+    state: State = field(default_factory=State)
+    vlans: dict[str, dict[int, int]] = field(default_factory=dict)
+    pools: dict[str, Sriov] = field(default_factory=dict)
+    host: str = "host-a"
+    guest: str = "vm1"
+    chosen: dict[str, VirtualFunctionView] = field(default_factory=dict)
+    used_outside: dict[int, str] = field(default_factory=dict)  # VF index -> why
+
+    def queues(self, nic: int) -> int:
+        return 4
+
+    def bridge_vlans(self) -> dict[str, dict[int, int]]:
+        return self.vlans
+
+    def addresses(self) -> dict[int, list[str]]:
+        return {}
+
+    def ours(self, name: str) -> bool:
+        return name in self.mine
+
+    def recreated_names(self) -> set[str]:
+        return set()
+
+    def planned_names(self) -> set[str]:
+        return set()
+
+    def sriov(self, pf: str) -> Sriov | None:
+        return self.pools.get(pf)
+
+    def vxlan_differences(self, step: object, live: object) -> list[str]:
+        return []
+
+    def claimed_in_plan(self, pf: str) -> dict[int, str]:
+        return {vf.index: key for key, vf in self.chosen.items() if key.startswith(f"vf:{pf}:")}
+
+    def keep_vf(self, resource: str, vf: VirtualFunctionView) -> None:
+        self.chosen[resource] = vf
+
+    def vfs_used_outside(self, pf: str, candidates: Sequence[VirtualFunctionView],
+                         ) -> dict[int, str]:
+        offered = {vf.index for vf in candidates}
+        return {index: why for index, why in self.used_outside.items() if index in offered}
+
+
+class Kernel:
+    """netmap.steps.base.Changes that records each call; `undos` holds the undo each making
+    call carried, in the order they would be registered."""
+
+    def __init__(self, vf: dict | None = None, vlans: dict[int, int] | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.undos: list[Undo] = []
+        self.vf = vf or {}
+        self.vlans = vlans if vlans is not None else {1: 6}
+
+    def _make(self, call: tuple, undo: Undo | None) -> None:
+        if undo is not None:
+            self.undos.append(undo)
+        self.calls.append((*call, "undo" if undo is not None else "covered"))
+
+    # Kernel (undo)
+    def index_of(self, name: str) -> int | None:
+        return 1
+
+    def delete_link(self, name: str) -> None:
+        self.calls.append(("delete", name))
+
+    def set_up(self, name: str, up: bool) -> None:
+        self.calls.append(("set_up", name, up))
+
+    def set_master(self, port: str, bridge: str | None) -> None:
+        self.calls.append(("set_master", port, bridge))
+
+    def drop_bridge_vlan(self, port: str, vid: int) -> None:
+        self.calls.append(("drop_vlan", port, vid))
+
+    def set_vf(self, pf: str, entry: dict[str, object]) -> None:
+        self.calls.append(("set_vf", pf, entry))
+
+    def set_attrs(self, name: str, attrs: Mapping[str, object]) -> None:
+        self.calls.append(("set_attrs", name, dict(attrs)))
+
+    def port_vlans(self, port: str) -> dict[int, int]:
+        return self.vlans
+
+    def add_port_vlan(self, port: str, vid: int, *, access: bool) -> None:
+        self.calls.append(("add_port_vlan", port, vid, access))
+
+    def make_tap(self, name: str, *, multi_queue: bool, up: bool, mtu: int | None,
+                 mac: str | None, master: str | None) -> None:
+        self.calls.append(("make_tap", name, multi_queue, up, mtu, mac, master))
+
+    def remade(self, name: str) -> None:
+        self.calls.append(("remade", name))
+
+    # Changes (apply)
+    def new_link(self, name: str, kind: str, *, mtu: int, lower: str | None = None,
+                 options: LinkOptions, undo: Undo | None) -> None:
+        self._make(("new_link", name, kind, lower, dict(options)), undo)
+
+    def bring_up(self, name: str, *, mtu: int | None = None, mac: str | None = None,
+                 master: str | None = None, up: bool = True) -> None:
+        self.calls.append(("up", name, mac))
+
+    def enslave(self, port: str, bridge: str, *, undo: Undo) -> None:
+        self._make(("enslave", port, bridge), undo)
+
+    def add_bridge_vlan(self, port: str, vid: int, *, access: bool, undo: Undo) -> None:
+        self._make(("add_vlan", port, vid, access), undo)
+
+    def add_vxlan_remotes(self, name: str, remotes: Sequence[str]) -> None:
+        self.calls.append(("remotes", name, tuple(remotes)))
+
+    def new_tap(self, name: str, *, multi_queue: bool, mtu: int, mac: str, master: str,
+                undo: Undo) -> None:
+        self._make(("new_tap", name, multi_queue, master), undo)
+
+    def new_macvtap(self, name: str, *, lower: str, mode: str, mac: str, mtu: int,
+                    undo: Undo) -> None:
+        self._make(("new_macvtap", name, lower, mode), undo)
+
+    def claim_vf(self, pf: str, entry: dict[str, object], *, undo: Undo) -> None:
+        self._make(("claim_vf", pf, entry), undo)
+
+    def repair(self, name: str, attrs: Mapping[str, object], *, undo: Undo) -> None:
+        self._make(("repair", name, dict(attrs)), undo)
+
+    def will_undo(self, undo: Undo) -> None:
+        self.undos.append(undo)
+        self.calls.append(("will_undo", undo[0]))
+
+    def undo_info(self, step: Step) -> dict:
+        return self.vf
+
+
+def test_every_step_kind_is_registered_round_trips_and_names_its_undo() -> None:
+    def kinds(cls: type[Step]) -> set[type[Step]]:
+        found = set()
+        for sub in cls.__subclasses__():
+            found |= {sub} | kinds(sub)
+        return found
+
+    concrete = {cls for cls in kinds(Step) if cls.__module__.startswith("netmap.steps")
+                and cls.kind != Step.kind}
+    assert concrete == set(STEP_TYPES.values())
+    assert {type(step) for step in SAMPLES} == concrete
+    for step in SAMPLES:
+        assert step_from_dict(step.as_dict()) == step
+        assert step.describe_undo()
+
+
+# the one making call each kind's create sends, and the kernel calls its undo makes
+MADE_AND_UNDONE = [
+    (EnsureBridge("br0", 1500, vlan_filtering=True),
+     ("new_link", "br0", "bridge", None, {"ageing": 3000, "vlan_filtering": True}, "undo"),
+     [("delete", "br0")]),
+    (EnslavePort("eth0", "br0"), ("enslave", "eth0", "br0", "undo"),
+     [("set_master", "eth0", None)]),
+    (BridgeVlan("eth0", 100), ("add_vlan", "eth0", 100, False, "undo"),
+     [("drop_vlan", "eth0", 100)]),
+    (EnsureVlanLink("eth0.100", "eth0", 100, 1500),
+     ("new_link", "eth0.100", "vlan", "eth0", {"vid": 100}, "undo"), [("delete", "eth0.100")]),
+    (CreateTap("nm0", "fe:54:00:00:00:01", "52:54:00:00:00:01", 1500, "br0", True),
+     ("new_tap", "nm0", True, "br0", "undo"), [("delete", "nm0")]),
+    (CreateMacvtap("nm1", "eth0", "vepa", "52:54:00:00:00:02", 1500),
+     ("new_macvtap", "nm1", "eth0", "vepa", "undo"), [("delete", "nm1")]),
+]
+
+
+@pytest.mark.parametrize(("step", "made", "undone"), MADE_AND_UNDONE,
+                         ids=[type(s).__name__ for s, _, _ in MADE_AND_UNDONE])
+def test_create_sends_one_making_request_with_its_undo(step: Step, made: tuple,
+                                                       undone: list[tuple]) -> None:
+    kernel = Kernel()
+    step.apply(kernel, Action(0, step, "create"))
+    assert [call for call in kernel.calls if call[-1] in ("undo", "covered")] == [made]
+    assert [text for text, _ in kernel.undos] == [step.describe_undo()]
+    kernel.calls.clear()
+    kernel.undos[0][1]()
+    assert kernel.calls == undone
+
+
+def test_an_access_port_drops_the_default_vlan_after_the_request_that_carries_its_undo(
+        ) -> None:
+    kernel = Kernel(vlans={1: 6})
+    step = BridgeVlan("nm0", 100, access=True)
+    step.apply(kernel, Action(0, step, "create"))
+    assert kernel.calls == [("add_vlan", "nm0", 100, True, "undo"), ("drop_vlan", "nm0", 1)]
+
+
+def test_vxlan_create_adds_its_remotes_after_the_device_it_undoes() -> None:
+    kernel = Kernel()
+    step = EnsureVxlan("vx7", 7, "eth0", 1450, remotes=("192.0.2.1",))
+    step.apply(kernel, Action(0, step, "create"))
+    assert [call[0] for call in kernel.calls] == ["new_link", "up", "remotes"]
+    assert kernel.calls[0][-1] == "undo"
+
+
+def test_a_vf_claim_undoes_its_macvtap_and_puts_the_entry_back_as_found() -> None:
+    found = {"mac": "02:00:00:00:00:09", "vlan": 7, "spoofchk": 0}
+    kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": found})
+    step = ClaimVf("eno1", "52:54:00:00:00:03", 100, True, macvtap="nm2")
+    step.apply(kernel, Action(0, step, "create"))
+    assert kernel.calls[:2] == [
+        ("claim_vf", "eno1", {"vf": 3, "mac": "52:54:00:00:00:03", "vlan": 100,
+                              "spoofchk": 1}, "undo"),
+        ("new_link", "nm2", "macvtap", "eno1v3", {"mode": "passthru"}, "covered")]
+    kernel.calls.clear()
+    kernel.undos[0][1]()
+    assert kernel.calls == [("delete", "nm2"), ("set_vf", "eno1", {"vf": 3, **found})]
+
+
+def test_a_repair_carries_the_values_found_as_its_undo() -> None:
+    host = Host({"br0": Link(5, "br0", "bridge", mtu=1400, ageing=3000)}, mine={"br0"})
+    step = EnsureBridge("br0", 1500)
+    action = step.decide(host, 0)
+    assert (action.verdict, action.repair, action.undo_repair) == (
+        "repair", {"mtu": 1500}, {"mtu": 1400})
+    kernel = Kernel()
+    step.apply(kernel, action)
+    assert kernel.calls == [("repair", "br0", {"mtu": 1500}, "undo")]
+    kernel.undos[0][1]()
+    assert kernel.calls[-1] == ("set_attrs", "br0", {"mtu": 1400})
+
+
+def test_a_foreign_bridge_as_planned_is_adopted_and_one_that_differs_refused() -> None:
+    same = Host({"br0": Link(5, "br0", "bridge", mtu=1500, ageing=3000)})
+    assert EnsureBridge("br0", 1500).decide(same, 0).verdict == "adopt"
+    other = Host({"br0": Link(5, "br0", "bridge", mtu=1500, ageing=30000)})
+    with pytest.raises(ApplyError, match="not netmap's and differs: ageing 300s"):
+        EnsureBridge("br0", 1500).decide(other, 0)
+
+
+def test_a_foreign_device_with_an_endpoints_name_is_refused() -> None:
+    host = Host({"nm0": Link(9, "nm0", "tun", multi_queue=False)})
+    with pytest.raises(ApplyError, match="foreign device holds the endpoint's name"):
+        SAMPLES[7].decide(host, 0)
+
+
+def test_a_device_that_replaced_netmaps_is_refused_by_its_ifindex() -> None:
+    host = Host({"br0": Link(12, "br0", "bridge")}, mine={"br0"},
+                state=State({"link:br0": (["vm2"], 5, {})}))
+    with pytest.raises(ApplyError, match=r"not the bridge netmap made \(ifindex 5, for vm2\)"):
+        EnsureBridge("br0", 1500).decide(host, 0)
+
+
+def test_a_tap_in_the_other_queue_mode_is_made_again_only_while_no_guest_holds_it() -> None:
+    tap = SAMPLES[7]
+    assert isinstance(tap, CreateTap)
+    free = Host({"nm0": Link(9, "nm0", "tun", multi_queue=False, address="fe:00:00:00:00:01"),
+                 "br0": Link(5, "br0", "bridge")}, mine={"nm0"})
+    action = tap.decide(free, 0)
+    assert action.verdict == "recreate"
+    kernel = Kernel()
+    tap.apply(kernel, action)
+    # the undo that makes it again as it was comes before the delete
+    assert [call[0] for call in kernel.calls] == ["will_undo", "delete", "new_tap"]
+    held = replace(free, links={**free.links, "nm0": replace(free.links["nm0"], carrier=True)})
+    with pytest.raises(ApplyError, match="a guest holds this one"):
+        tap.decide(held, 0)
+
+
+def test_an_uplink_too_small_is_refused_and_one_down_is_brought_up() -> None:
+    with pytest.raises(ApplyError, match="has MTU 1500; the guest's endpoints need 9000"):
+        RequireLink("eth0", 9000).decide(Host({"eth0": Link(2, "eth0")}), 0)
+    action = RequireLink("eth0", 1500).decide(Host({"eth0": Link(2, "eth0", up=False)}), 0)
+    assert (action.verdict, action.repair) == ("repair", {"up": True})
+    assert RequireLink("eth0").makes("repair")
+    assert not EnsureBridge("br0", 1500).makes("repair")
+
+
+def test_a_vf_is_chosen_free_of_state_and_of_earlier_claims_in_the_plan() -> None:
+    pool = Sriov(3, 8, tuple(VirtualFunction(i, f"eno1v{i}") for i in range(3)))
+    host = Host({}, pools={"eno1": pool},
+                state=State({"vf:eno1:52:54:00:00:00:aa": (["vm2"], None, {"index": 0})}))
+    first = ClaimVf("eno1", "52:54:00:00:00:01", None, True)
+    second = ClaimVf("eno1", "52:54:00:00:00:02", None, True)
+    third = ClaimVf("eno1", "52:54:00:00:00:03", None, True)
+    assert first.decide(host, 0).verdict == "create"
+    assert second.decide(host, 1).verdict == "create"
+    assert [host.chosen[s.resource].index for s in (first, second)] == [1, 2]
+    with pytest.raises(ApplyError, match="no free VF on eno1"):
+        third.decide(host, 2)
+
+
+def test_a_vf_used_outside_netmap_is_skipped_and_named_when_none_is_left() -> None:
+    pool = Sriov(2, 8, tuple(VirtualFunction(i, f"eno1v{i}") for i in range(2)))
+    host = Host({}, pools={"eno1": pool}, used_outside={0: "eno1v0 is up"})
+    first = ClaimVf("eno1", "52:54:00:00:00:01", None, True)
+    assert first.decide(host, 0).verdict == "create"
+    assert host.chosen[first.resource].index == 1
+    with pytest.raises(ApplyError, match="1 used outside netmap; VF 0: eno1v0 is up"):
+        ClaimVf("eno1", "52:54:00:00:00:02", None, True).decide(host, 1)
+
+
+def test_a_mac_another_guest_holds_on_the_pf_is_refused_at_the_claim() -> None:
+    pool = Sriov(2, 8, tuple(VirtualFunction(i, f"eno1v{i}") for i in range(2)))
+    claim = ClaimVf("eno1", "52:54:00:00:00:aa", None, True)
+    host = Host({}, pools={"eno1": pool},
+                state=State({claim.resource: (["vm2"], None, {"index": 0})}))
+    with pytest.raises(ApplyError, match=r"already set on VF 0 of eno1 .* for vm2"):
+        claim.decide(host, 0)
+
+
+def test_the_kernel_features_a_step_needs_come_from_its_class() -> None:
+    assert steps.EnsureBridge("br0", 1500, vlan_filtering=True).features("create") == [
+        "bridge", "vlan_filtering"]
+    assert CreateTap("nm0", "fe", "52", 1500, "br0").features("unchanged") == []
