@@ -106,7 +106,8 @@ def _plain(network: Network, binding: Binding) -> LibvirtNetwork:
     notes: list[str] = []
     bridge = mode.guest_bridge(binding, network)
     if bridge is not None:
-        notes.append(mode.libvirt_bridge_note(binding, network))
+        if note := mode.libvirt_bridge_note(binding, network):
+            notes.append(note)
         ET.SubElement(root, "bridge", {"name": bridge})
         if vlan is not None:
             notes.append(f"libvirt cannot tag VLAN {vlan} on a Linux bridge port; netmap "
