@@ -28,7 +28,13 @@ from netmap.model import (
     Uplink,
     Vxlan,
 )
-from netmap.modes import REGISTRY, binding_problem, semantic_classes, uplink_conflict
+from netmap.modes import (
+    REGISTRY,
+    binding_problem,
+    fields_problem,
+    semantic_classes,
+    sharing_problem,
+)
 from netmap.netns_name import netns_problem
 from netmap.nic_values import MTU_RANGE, mac_problem
 from netmap.regular_file import describe, not_regular
@@ -229,16 +235,20 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
             doc.check((*where, "bridge"), bridge, _ifname_check, "use a name of at most 15 bytes")
         vxlan = _vxlan(doc, where, values.vxlan) if values.vxlan is not None else None
         _check_binding_fits(doc, where, network, mode, uplinks[uplink], bridge, vxlan)
-        chosen = REGISTRY[mode].uplink_master(Binding(network_name, mode, uplink, bridge))
+        binding = Binding(network_name, mode, uplink, bridge, values.vlan, values.mtu,
+                          values.vf_attach, values.spoofchk, vxlan, doc.source(where))
+        refused = fields_problem(binding)
+        if refused is not None:
+            key, what, fix = refused
+            raise doc.error((*where, key), what, fix)
+        chosen = REGISTRY[mode].uplink_master(binding)
         if chosen is not None:
             other = bridge_of_uplink.setdefault(uplink, (chosen, network_name))
             if other[0] != chosen:
                 raise doc.error((*where, "bridge"), f"puts uplink {uplink} in bridge {chosen}, "
                                 f"but network {other[1]} puts it in {other[0]}",
                                 "an interface has one master: use the same bridge for both")
-        bindings[network_name] = Binding(network_name, mode, uplink, bridge, values.vlan,
-                                         values.mtu, values.vf_attach, values.spoofchk, vxlan,
-                                         doc.source(where))
+        bindings[network_name] = binding
     _check_uplink_sharing(doc, bindings)
     return Host(name, uplinks, bindings, frozenset(features), about.netns, about.max_guests,
                 about.max_endpoints, Source(str(path)))
@@ -246,15 +256,15 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
 
 def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
     """Refuse bindings the kernel cannot hold together on one uplink (the modes say which:
-    netmap.modes.uplink_conflict)."""
+    netmap.modes.sharing_problem)."""
     by_uplink: dict[str, list[Binding]] = {}
     for binding in bindings.values():
         by_uplink.setdefault(binding.uplink, []).append(binding)
     for uplink, users in by_uplink.items():
-        conflict = uplink_conflict(uplink, users)
-        if conflict is not None:
-            network, problem, fix = conflict
-            raise doc.error(("networks", network, "uplink"), problem, fix)
+        refused = sharing_problem(uplink, users)
+        if refused is not None:
+            network, key, what, fix = refused
+            raise doc.error(("networks", network, key), what, fix)
 
 
 def _ifname_check(name: str) -> str | None:

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from netmap.modes import FAMILIES, REGISTRY, semantic_classes
+from netmap.errors import InputError
+from netmap.load import load_host, load_networks
+from netmap.model import Binding
+from netmap.modes import FAMILIES, REGISTRY, Mode, semantic_classes, sharing_problem
 from netmap.netlink.endpoints import ENDPOINTS
 
 PACKAGE = REPO / "netmap"
@@ -93,6 +96,46 @@ def test_each_mode_names_a_kernel_endpoint(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_each_mode_has_a_forwarding_class(name: str) -> None:
     assert REGISTRY[name].semantic in semantic_classes()
+
+
+class _Owner(Mode):
+    """A mode for the hooks below: it owns a binding field and keeps its uplink alone."""
+
+    name = "owner"
+    owns_fields = ("spoofchk",)
+
+    def sharing_problem(self, uplink: str,
+                        users: list[Binding]) -> tuple[str, str, str, str] | None:
+        other = next((b for b in users if b.mode != self.name), None)
+        if other is None:
+            return None
+        return other.network, "mode", f"shares {uplink} with an owner", "give it its own"
+
+
+def test_a_field_another_mode_owns_is_refused_by_load(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "networks.toml").write_text('[networks.lan]\nsegment = "s1"\n')
+    (tmp_path / "h.toml").write_text('[host]\nname = "h"\n[uplinks.eth0]\nsegments = ["s1"]\n'
+                                     '[networks.lan]\nmode = "bridge"\nuplink = "eth0"\n'
+                                     'spoofchk = false\n')
+    networks = load_networks(tmp_path / "networks.toml")
+    assert load_host(tmp_path / "h.toml", networks).bindings["lan"].spoofchk is False
+    monkeypatch.setitem(REGISTRY, "owner", _Owner())
+    with pytest.raises(InputError) as refused:
+        load_host(tmp_path / "h.toml", networks)
+    assert refused.value.key == "networks.lan.spoofchk"
+    assert "only owner mode takes spoofchk, not bridge" in str(refused.value)
+
+
+def test_a_mode_s_sharing_rule_comes_before_the_shared_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REGISTRY, "owner", _Owner())
+    users = [Binding("a", "owner", "eth0"), Binding("b", "macvtap-passthrough", "eth0")]
+    assert sharing_problem("eth0", users) == ("b", "mode", "shares eth0 with an owner",
+                                              "give it its own")
+    assert sharing_problem("eth0", users[1:]) is None  # one binding alone always stands
+    assert sharing_problem("eth0", [users[1], Binding("c", "bridge", "eth0")])[:2] == (
+        "c", "uplink")
 
 
 TOY_MODE = '''"""toy-bridge: a tap on a bridge of its own per uplink (tests/test_modes.py)."""

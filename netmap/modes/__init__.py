@@ -7,12 +7,14 @@ the module to FAMILIES below. Nothing outside this package names a mode.
 
 from __future__ import annotations
 
+import dataclasses
+
 from netmap.model import Binding, Network, Uplink, Vxlan
 from netmap.modes import bridge, macvtap, sriov, vxlan
 from netmap.modes.base import Mode, NicContext
 
-__all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "mode_names", "mode_of",
-           "semantic_classes", "semantic_of", "uplink_conflict"]
+__all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "fields_problem", "mode_names",
+           "mode_of", "semantic_classes", "semantic_of", "sharing_problem", "uplink_conflict"]
 
 FAMILIES = (bridge, macvtap, sriov, vxlan)  # the registry: one entry per module
 
@@ -57,6 +59,35 @@ def binding_problem(mode: Mode, network: Network, uplink: Uplink, bridge: str | 
         return ("vxlan", f"only {_names(takers)} mode{'s' if len(takers) > 1 else ''} takes "
                 f"vxlan options, not {mode.name}", "remove the vxlan table")
     return None
+
+
+def fields_problem(binding: Binding) -> tuple[str, str, str] | None:
+    """(key, what is wrong, fix) when the binding sets a field another mode owns, or its own
+    mode refuses the value of one of its fields."""
+    mode = REGISTRY[binding.mode]
+    defaults = {f.name: f.default for f in dataclasses.fields(Binding)}
+    for owner in REGISTRY.values():
+        if owner is mode or owner.name == mode.name:
+            continue
+        for name in owner.owns_fields:
+            if getattr(binding, name) != defaults[name]:
+                return (name, f"only {owner.name} mode takes {name}, not {mode.name}",
+                        f'remove {name}, or use mode = "{owner.name}"')
+    return mode.fields_problem(binding)
+
+
+def sharing_problem(uplink: str, users: list[Binding]) -> tuple[str, str, str, str] | None:
+    """(network, key, what is wrong, fix) when the bindings on `uplink` cannot stand
+    together: each mode's own rule first, then the rules every mode shares."""
+    for name in dict.fromkeys(b.mode for b in users):
+        problem = REGISTRY[name].sharing_problem(uplink, users)
+        if problem is not None:
+            return problem
+    conflict = uplink_conflict(uplink, users)
+    if conflict is None:
+        return None
+    network, what, fix = conflict
+    return network, "uplink", what, fix
 
 
 def uplink_conflict(uplink: str, users: list[Binding]) -> tuple[str, str, str] | None:
