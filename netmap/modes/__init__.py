@@ -13,10 +13,12 @@ from netmap.model import Binding, Network, Uplink, Vxlan
 from netmap.modes import bridge, macvtap, sriov, vxlan
 from netmap.modes.base import Mode, NicContext
 
-__all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "fields_problem", "mode_names",
-           "mode_of", "semantic_classes", "semantic_of", "sharing_problem", "uplink_conflict"]
+__all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "fields_problem", "mode_of",
+           "semantic_classes", "semantic_of", "sharing_problem", "uplink_conflict"]
 
 FAMILIES = (bridge, macvtap, sriov, vxlan)  # the registry: one entry per module
+
+_BINDING_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(Binding)}
 
 # mode name -> Mode, in the order FAMILIES and their MODES give (messages list them so)
 REGISTRY: dict[str, Mode] = {mode.name: mode for family in FAMILIES for mode in family.MODES}
@@ -30,10 +32,6 @@ def mode_of(binding: Binding) -> Mode:
 def semantic_of(binding: Binding) -> str:
     """The binding's forwarding class (DESIGN.md, "Modes and their forwarding semantics")."""
     return REGISTRY[binding.mode].semantic
-
-
-def mode_names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
 
 
 def semantic_classes() -> tuple[str, ...]:
@@ -65,12 +63,9 @@ def fields_problem(binding: Binding) -> tuple[str, str, str] | None:
     """(key, what is wrong, fix) when the binding sets a field another mode owns, or its own
     mode refuses the value of one of its fields."""
     mode = REGISTRY[binding.mode]
-    defaults = {f.name: f.default for f in dataclasses.fields(Binding)}
     for owner in REGISTRY.values():
-        if owner is mode or owner.name == mode.name:
-            continue
         for name in owner.owns_fields:
-            if getattr(binding, name) != defaults[name]:
+            if owner is not mode and getattr(binding, name) != _BINDING_DEFAULTS[name]:
                 return (name, f"only {owner.name} mode takes {name}, not {mode.name}",
                         f'remove {name}, or use mode = "{owner.name}"')
     return mode.fields_problem(binding)
@@ -79,6 +74,8 @@ def fields_problem(binding: Binding) -> tuple[str, str, str] | None:
 def sharing_problem(uplink: str, users: list[Binding]) -> tuple[str, str, str, str] | None:
     """(network, key, what is wrong, fix) when the bindings on `uplink` cannot stand
     together: each mode's own rule first, then the rules every mode shares."""
+    if len(users) < 2:
+        return None  # a binding alone on its uplink shares it with nothing
     for name in dict.fromkeys(b.mode for b in users):
         problem = REGISTRY[name].sharing_problem(uplink, users)
         if problem is not None:

@@ -107,8 +107,9 @@ class Mode:
     def sharing_problem(self, uplink: str,
                         users: list[Binding]) -> tuple[str, str, str, str] | None:
         """(network, key under its table, what is wrong, fix) when this mode's bindings
-        cannot share `uplink` with the others in `users` (every binding on the uplink, this
-        mode's among them). Asked before the rules every mode shares (its `uplink_use`)."""
+        cannot share `uplink` with the others in `users` (every binding on the uplink, two or
+        more, this mode's among them). Asked before the rules every mode shares (its
+        `uplink_use`)."""
         return None
 
     # --- MTU --------------------------------------------------------------------------------
