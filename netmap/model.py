@@ -68,24 +68,7 @@ def frozen(cls: type[T]) -> type[T]:
     return cls
 
 
-# mode -> forwarding semantic class (DESIGN.md, "Modes and their forwarding semantics")
-SEMANTIC_CLASS: dict[str, str] = {
-    "bridge": "local-switching",
-    "macvtap-bridge": "local-switching",
-    "macvtap-vepa": "external-hairpin",
-    "macvtap-private": "isolated",
-    "macvtap-passthrough": "dedicated",
-    "sriov-vf": "dedicated",
-    "vxlan": "local-switching",
-}
-MODES = tuple(SEMANTIC_CLASS)
-SEMANTIC_CLASSES = tuple(dict.fromkeys(SEMANTIC_CLASS.values()))
-MACVTAP_MODES = {
-    "macvtap-bridge": "bridge",
-    "macvtap-vepa": "vepa",
-    "macvtap-private": "private",
-    "macvtap-passthrough": "passthru",
-}
+# A binding's mode is a name in netmap.modes.REGISTRY; all it means is said there.
 VHOST_POLICIES = ("required", "preferred", "off")
 KNOWN_FEATURES = ("vhost-net", "tun", "macvtap", "vxlan", "bridge", "sriov")
 VF_ATTACH = ("hostdev", "macvtap")
@@ -180,10 +163,6 @@ class Binding:
     spoofchk: bool = True
     vxlan: Vxlan | None = None
     source: Source | None = field(default=None, compare=False)
-
-    @property
-    def semantic(self) -> str:
-        return SEMANTIC_CLASS[self.mode]
 
 
 @frozen

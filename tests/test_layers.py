@@ -25,9 +25,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
                 "netmap.gcpause", "netmap.finish"),
     "model": ("netmap.model", "netmap.names", "netmap.nic_values", "netmap.inventory",
               "netmap.vxlan_options", "netmap.netns_name", "netmap.mtu"),
+    "modes": ("netmap.modes",),
     "load": ("netmap.load", "netmap.tomlcheck", "netmap.hostid"),
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
-              "netmap.drain", "netmap.plan", "netmap.steps", "netmap.draft"),
+              "netmap.drain", "netmap.plan", "netmap.planner", "netmap.steps", "netmap.draft"),
     "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2"),
     "integrations": ("netmap.libvirt", "netmap.qemu"),
     "edges": ("netmap.commands", "netmap.cli", "netmap.__main__", "netmap.render", "netmap.lab"),
@@ -37,6 +38,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
 NEVER: dict[str, tuple[tuple[str, ...], str]] = {
     "support": (("kernel", "integrations", "edges"), "everything below rules is pure"),
     "model": (("kernel", "integrations", "edges"), "the model is pure data"),
+    "modes": (("kernel", "integrations", "edges"),
+              "a mode is pure: what the kernel does with it is the kernel layer's"),
     # load may read domain-XML guests through libvirt.domain (that edge is one way)
     "load": (("kernel", "edges"), "loading reads files, never the host"),
     "rules": (("kernel", "integrations", "edges"),

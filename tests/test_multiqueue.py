@@ -20,7 +20,8 @@ from netmap.errors import ApplyError, InputError
 from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.load.parse import load_guest, load_networks
-from netmap.plan import CreateTap, build_plan
+from netmap.plan import CreateTap
+from netmap.planner import build_plan
 
 PREFIX = "nmmq"
 TUNSETIFF = 0x400454CA

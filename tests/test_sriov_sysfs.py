@@ -19,7 +19,7 @@ from netmap.netlink.ensure import Transaction
 from netmap.netlink.rtnl import Rtnl
 from netmap.netlink.sysfs import VirtualFunction, has_vhost_net, sriov_info, sysfs_root
 from netmap.netlink.vf_pool import holder
-from netmap.plan import build_plan
+from netmap.planner import build_plan
 from netmap.state import HostState
 
 

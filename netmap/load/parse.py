@@ -15,8 +15,6 @@ from netmap.errors import InputError
 from netmap.model import (
     KNOWN_FEATURES,
     MAX_QUEUES,
-    MODES,
-    SEMANTIC_CLASSES,
     VF_ATTACH,
     VHOST_POLICIES,
     VIRTIO_MODELS,
@@ -30,6 +28,13 @@ from netmap.model import (
     SriovPool,
     Uplink,
     Vxlan,
+)
+from netmap.modes import (
+    REGISTRY,
+    binding_problem,
+    fields_problem,
+    semantic_classes,
+    sharing_problem,
 )
 from netmap.netns_name import netns_problem
 from netmap.nic_values import MTU_RANGE, mac_problem
@@ -142,7 +147,7 @@ UPLINK = Schema("Uplink", segments=texts(),
                 sriov=subtable(SRIOV), mac=text())
 VXLAN = Schema("Vxlan", port=number(default=4789, low=1, high=65535), group=text(),
                remotes=texts(), local=text())
-BINDING = Schema("Binding", mode=text(required=True, choices=MODES),
+BINDING = Schema("Binding", mode=text(required=True, choices=REGISTRY),
                  uplink=text(required=True), bridge=text(),
                  vlan=number(low=VLAN_RANGE[0], high=VLAN_RANGE[1]), mtu=MTU,
                  vf_attach=text(default="hostdev", choices=VF_ATTACH),
@@ -152,7 +157,7 @@ HOST_FILE = Schema("HostFile", host=subtable(HOST, required=True),
 GUEST = Schema("Guest", name=text(required=True), host=text())
 NIC = Schema("Nic", network=text(required=True), mac=text(required=True),
              model=text(default="virtio"), vhost=text(default="preferred", choices=VHOST_POLICIES),
-             semantic=text(choices=SEMANTIC_CLASSES), mtu=MTU,
+             semantic=text(choices=semantic_classes()), mtu=MTU,
              queues=number(default=1, low=1, high=MAX_QUEUES))
 GUEST_FILE = Schema("GuestFile", guest=subtable(GUEST, required=True), nics=table_array(NIC))
 
@@ -231,55 +236,36 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
             doc.check((*where, "bridge"), bridge, _ifname_check, "use a name of at most 15 bytes")
         vxlan = _vxlan(doc, where, values.vxlan) if values.vxlan is not None else None
         _check_binding_fits(doc, where, network, mode, uplinks[uplink], bridge, vxlan)
-        if mode == "bridge":
-            chosen = names.bridge_name(uplink, bridge)
+        binding = Binding(network_name, mode, uplink, bridge, values.vlan, values.mtu,
+                          values.vf_attach, values.spoofchk, vxlan, doc.source(where))
+        refused = fields_problem(binding)
+        if refused is not None:
+            key, what, fix = refused
+            raise doc.error((*where, key), what, fix)
+        chosen = REGISTRY[mode].uplink_master(binding)
+        if chosen is not None:
             other = bridge_of_uplink.setdefault(uplink, (chosen, network_name))
             if other[0] != chosen:
                 raise doc.error((*where, "bridge"), f"puts uplink {uplink} in bridge {chosen}, "
                                 f"but network {other[1]} puts it in {other[0]}",
                                 "an interface has one master: use the same bridge for both")
-        bindings[network_name] = Binding(network_name, mode, uplink, bridge, values.vlan,
-                                         values.mtu, values.vf_attach, values.spoofchk, vxlan,
-                                         doc.source(where))
+        bindings[network_name] = binding
     _check_uplink_sharing(doc, bindings)
     return Host(name, uplinks, bindings, frozenset(features), about.netns, about.max_guests,
                 about.max_endpoints, Source(str(path)))
 
 
 def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
-    """Refuse bindings the kernel cannot hold together on one uplink: a bridge port and a
-    macvlan lower device both need the uplink's single rx_handler (EBUSY), and a passthru
-    macvtap owns its uplink outright."""
+    """Refuse bindings the kernel cannot hold together on one uplink (the modes say which:
+    netmap.modes.sharing_problem)."""
     by_uplink: dict[str, list[Binding]] = {}
     for binding in bindings.values():
         by_uplink.setdefault(binding.uplink, []).append(binding)
     for uplink, users in by_uplink.items():
-        if len(users) < 2:
-            continue  # every conflict below takes two bindings on one uplink
-        modes = {b.mode for b in users}
-        if "bridge" not in modes and "macvtap-passthrough" not in modes:
-            continue  # every conflict below takes one of these
-        passthrough = [b for b in users if b.mode == "macvtap-passthrough"]
-        bridged = [b for b in users if b.mode == "bridge"]
-        macvtap = [b for b in users if b.mode.startswith("macvtap-")]
-        if passthrough and len(users) > 1:
-            other = next(b for b in users if b is not passthrough[0])
-            raise doc.error(("networks", other.network, "uplink"),
-                            f"uses {uplink}, which network {passthrough[0].network} hands to one "
-                            "guest whole (macvtap-passthrough)",
-                            "give the passthrough network an uplink of its own")
-        underlay = [b for b in users if b.mode == "vxlan"]
-        if bridged and underlay:
-            raise doc.error(("networks", underlay[0].network, "uplink"),
-                            f"uses {uplink} as vxlan underlay, which network "
-                            f"{bridged[0].network} enslaves to a bridge; a bridge port "
-                            "stops receiving for its own address, so the overlay would die",
-                            "use another uplink as underlay")
-        if bridged and macvtap:
-            raise doc.error(("networks", macvtap[0].network, "uplink"),
-                            f"puts a macvtap on {uplink}, which network {bridged[0].network} "
-                            "enslaves to a bridge; the kernel allows only one of them",
-                            "use bridge mode for both, or separate uplinks")
+        refused = sharing_problem(uplink, users)
+        if refused is not None:
+            network, key, what, fix = refused
+            raise doc.error(("networks", network, key), what, fix)
 
 
 def _ifname_check(name: str) -> str | None:
@@ -300,22 +286,10 @@ def _vxlan(doc: Document, where: KeyPath, values: Any) -> Vxlan:
 
 def _check_binding_fits(doc: Document, where: KeyPath, network: Network, mode: str,
                         uplink: Uplink, bridge: str | None, vxlan: Vxlan | None) -> None:
-    overlay = network.vni is not None
-    if mode == "vxlan" and not overlay:
-        raise doc.error((*where, "mode"), f"is vxlan, but network {network.name} is a VLAN "
-                        f"network on segment {network.segment}", "use bridge or a macvtap mode")
-    if mode != "vxlan" and overlay:
-        raise doc.error((*where, "mode"), f"is {mode}, but network {network.name} is an "
-                        f"overlay (vni {network.vni})", 'use mode = "vxlan"')
-    if mode == "sriov-vf" and uplink.sriov is None:
-        raise doc.error((*where, "mode"), f"is sriov-vf, but uplink {uplink.name} has no VF "
-                        f"pool", f"add sriov = {{ total_vfs = N }} to [uplinks.{uplink.name}]")
-    if bridge is not None and mode not in ("bridge", "vxlan"):
-        raise doc.error((*where, "bridge"), f"only bridge and vxlan modes use a bridge, not "
-                        f"{mode}", "remove bridge")
-    if vxlan is not None and mode != "vxlan":
-        raise doc.error((*where, "vxlan"), f"only vxlan mode takes vxlan options, not {mode}",
-                        "remove the vxlan table")
+    problem = binding_problem(REGISTRY[mode], network, uplink, bridge, vxlan)
+    if problem is not None:
+        key, what, fix = problem
+        raise doc.error((*where, key), what, fix)
 
 
 # --- guests/*.toml --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 from netmap import plan as p
 from netmap.errors import ApplyError
 from netmap.netlink import rtmsg, rtnl, shared_changes, vf_pool, vxlan_match
-from netmap.netlink.endpoints import ENDPOINTS
+from netmap.netlink.endpoints import endpoint_for
 from netmap.netlink.kernel_steps import RtnlKernel, add_vxlan_remotes, link_attrs, link_data
 from netmap.netlink.sysfs import SriovInfo, VirtualFunction, sriov_info
 from netmap.state import PENDING, HostState
@@ -176,7 +176,7 @@ class Transaction(RtnlKernel):
     def decide(self) -> None:
         self.links = self.kernel.links()
         for nic in self.plan.nics:
-            ENDPOINTS[nic.mode].create(self, nic)
+            endpoint_for(nic.mode).create(self, nic)
 
     def changes_planned(self) -> bool:
         return any(a.verdict in ("create", "repair", "recreate") for a in self.actions)
@@ -421,9 +421,9 @@ class Transaction(RtnlKernel):
         self._vlans = None
         problems = []
         for nic in self.plan.nics:
-            problems += ENDPOINTS[nic.mode].verify(nic, self.links, self)
+            problems += endpoint_for(nic.mode).verify(nic, self.links, self)
         return problems
 
     def attachments(self) -> list[dict[str, object]]:
-        return [ENDPOINTS[nic.mode].attachment(nic, self.links, self)
+        return [endpoint_for(nic.mode).attachment(nic, self.links, self)
                 for nic in self.plan.nics]

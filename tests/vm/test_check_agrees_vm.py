@@ -199,7 +199,7 @@ def test_a_shared_device_gets_back_what_the_last_guest_needing_it_changed(
     from netmap.graph import build_graph
     from netmap.load import load_fleet
     from netmap.netlink.apply import realize_plan, release_guest
-    from netmap.plan import build_plan
+    from netmap.planner import build_plan
 
     subprocess.run(["ip", "link", "add", "up0", "mtu", "9000", "type", "dummy"], check=True)
     try:

@@ -22,7 +22,7 @@ from netmap.errors import ApplyError
 from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
-from netmap.plan import build_plan
+from netmap.planner import build_plan
 from netmap.state import HostState
 
 pytestmark = pytest.mark.vm
