@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, ip_links, needs_netns
+from steady import steady_link
 
 from netmap import plan as p
 from netmap.cli import main
@@ -354,7 +355,7 @@ def test_dry_run_and_realize_refuse_a_vlan_this_kernel_cannot_make(lab_host_a,
     if reason is None:
         pytest.skip("this kernel has 802.1Q: the refusal needs one without")
     ns, root = lab_host_a
-    before = ip_links(ns)
+    before = [steady_link(link) for link in ip_links(ns)]
     assert main(["realize", "vm2", "--host", "host-a", "--dry-run"]) == 3
     err = capsys.readouterr().err
     assert "realize vm2 on host-a would fail" in err
@@ -369,7 +370,7 @@ def test_dry_run_and_realize_refuse_a_vlan_this_kernel_cannot_make(lab_host_a,
     with pytest.raises(ApplyError, match="nothing was changed"):
         realize_plan(vm2_plan(root), on_step=lambda _, step: steps.append(step))
     assert steps == []  # refused before the first step, not rolled back after it
-    assert ip_links(ns) == before
+    assert [steady_link(link) for link in ip_links(ns)] == before
     assert not Path(os.environ["NETMAP_STATE_DIR"], "host-a.json").exists()  # not even state
 
 
