@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from netmap.errors import InputError
 from netmap.locate import Asked
-
-if TYPE_CHECKING:
-    import libvirt
 
 
 class Unreachable(Exception):
@@ -28,7 +25,7 @@ class MigrationFailed(Exception):
 
 def _module() -> Any:
     try:
-        import libvirt
+        import libvirt  # type: ignore[import-untyped]
     except ImportError as err:
         raise InputError("libvirt-python is not installed, so netmap cannot ask libvirt",
                          fix="pip install libvirt-python (it needs pkg-config, gcc and "
@@ -39,7 +36,7 @@ def _module() -> Any:
 
 
 @contextlib.contextmanager
-def connection(uri: str) -> Iterator[libvirt.virConnect]:
+def connection(uri: str) -> Iterator[Any]:
     libvirt = _module()
     try:
         conn = libvirt.open(uri)
