@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "drain": ("drain", "plan the evacuation of a whole host (--execute: through libvirt)"),
     "migrate": ("migrate", "live-migrate one guest to a host through libvirt"),
     "locate": ("locate", "where each guest runs, as libvirt on every host says"),
+    "fleet": ("fleetwide", "discover / drift on every host of an Ansible inventory"),
     "import": ("libvirt", "read a libvirt domain XML as a netmap guest"),
     "libvirt-hook": ("libvirt", "libvirt qemu hook: rewrite or refuse a migration"),
     "libvirt-networks": ("libvirt", "libvirt <network> definitions for a host"),

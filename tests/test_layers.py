@@ -24,13 +24,15 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "support": ("netmap", "netmap.errors", "netmap.regular_file", "netmap.output",
                 "netmap.gcpause", "netmap.forked", "netmap.finish"),
     "model": ("netmap.model", "netmap.names", "netmap.nic_values", "netmap.inventory",
-              "netmap.vxlan_options", "netmap.netns_name", "netmap.mtu"),
+              "netmap.vxlan_options", "netmap.netns_name", "netmap.mtu",
+              "netmap.inventory_json"),
     "load": ("netmap.load*", "netmap.tomlcheck", "netmap.cache*", "netmap.hostid",
              "netmap.guest_write"),
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
-              "netmap.drain", "netmap.plan", "netmap.draft", "netmap.locate"),
+              "netmap.drain", "netmap.plan", "netmap.draft", "netmap.locate",
+              "netmap.fleet_drift"),
     "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2"),
-    "integrations": ("netmap.libvirt", "netmap.qemu"),
+    "integrations": ("netmap.libvirt", "netmap.qemu", "netmap.ansible_run"),
     "edges": ("netmap.commands", "netmap.cli", "netmap.__main__", "netmap.render", "netmap.lab"),
 }
 
