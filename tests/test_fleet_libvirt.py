@@ -239,6 +239,10 @@ def test_drain_execute_moves_through_libvirt_and_a_refused_guest_stays_home(
     outcomes = {o["guest"]: o for o in summary["outcomes"]}
     assert {g: o["status"] for g, o in outcomes.items()} == {
         "flg1": "released", "flg2": "failed", "flg3": "released"}
+    for name in ("flg1", "flg3"):  # libvirt's part of each move, timed on its own
+        assert 0 < outcomes[name]["migration_seconds"] <= outcomes[name]["seconds"]
+    print("per guest: seconds, of which in libvirt:",
+          {g: (o["seconds"], o["migration_seconds"]) for g, o in outcomes.items()})
     assert "site policy: flg2 may not move today" in outcomes["flg2"]["message"]
     assert "still runs on host-a" in outcomes["flg2"]["message"]
     events = [(e["guest"], e["event"]) for e in lines[:-1]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from netmap.commands._common import add_json, console, load_fleet_for_cli, print_json
@@ -102,12 +103,29 @@ def execute(args: argparse.Namespace, fleet: Fleet, journal: Journal) -> int:
     with _events(args, len(journal.unfinished)) as emit:
         executor = Executor(fleet, journal, emit, parallel=parallel,
                             stop_on_error=getattr(args, "stop_on_error", False),
-                            strict=args.strict, timeout=args.timeout)
+                            strict=args.strict, timeout=args.timeout,
+                            live_check=lambda guest, dest: _live_refusal(fleet, guest, dest))
         outcomes = executor.run()
     if not journal.unfinished:
         journal.remove()
     _summary(args, outcomes)
     return EXIT_APPLY if any(o.status != "released" for o in outcomes) else EXIT_OK
+
+
+def _live_refusal(fleet: Fleet, guest: str, dest: str) -> str:
+    """`check --live` for a destination this process can read (a lab namespace, or this
+    machine); elsewhere the destination's own hook checks when libvirt calls it."""
+    import os
+    import socket
+
+    from netmap.check import ERROR
+    from netmap.commands.fleet import live_findings
+
+    host = fleet.hosts[dest]
+    if host.netns is None and dest not in (socket.gethostname(), os.environ.get("NETMAP_HOST")):
+        return ""
+    errors = [f for f in live_findings(fleet, fleet.guests[guest], host) if f.severity == ERROR]
+    return "; ".join(f"[{f.code}] {f.message}" for f in errors)
 
 
 def _abort(args: argparse.Namespace, fleet: Fleet, journal: Journal) -> int:
@@ -138,6 +156,8 @@ class _events:
         self.json, self.total = args.json, total
         self.progress: Any = None
         self.tasks: dict[str, Any] = {}
+        # events come from every migration's thread: one line, one event, whole
+        self.lock = threading.Lock()
 
     def __enter__(self) -> Any:
         if not self.json:
@@ -151,8 +171,13 @@ class _events:
         return self.emit
 
     def emit(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self._show(event)
+
+    def _show(self, event: dict[str, Any]) -> None:
         if self.json:
-            print(json.dumps(event), flush=True)
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
             return
         guest, kind = event["guest"], event["event"]
         if guest not in self.tasks:

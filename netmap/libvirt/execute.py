@@ -35,6 +35,8 @@ from netmap.libvirt.journal import (
 from netmap.model import Fleet
 
 Emit = Callable[[dict[str, Any]], None]
+# (guest, destination) -> why the live destination cannot take it ("" when it can)
+LiveCheck = Callable[[str, str], str]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Outcome:
     status: str  # released (moved and tidied), moved, failed, skipped
     message: str
     seconds: float
+    migration_seconds: float = 0.0  # of `seconds`, inside libvirt's migrateToURI3
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -66,10 +69,11 @@ class Executor:
 
     def __init__(self, fleet: Fleet, journal: Journal, emit: Emit, *, parallel: int = 1,
                  stop_on_error: bool = False, strict: bool = False,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, live_check: LiveCheck | None = None) -> None:
         self.fleet, self.journal, self.emit = fleet, journal, emit
         self.parallel, self.stop_on_error = parallel, stop_on_error
-        self.strict, self.timeout = strict, timeout
+        self.strict, self.timeout, self.live_check = strict, timeout, live_check
+        self._migration_seconds: dict[str, float] = {}
         self._hosts = {name: guest.host for name, guest in fleet.guests.items()}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -97,10 +101,12 @@ class Executor:
             if self.stop_on_error:
                 self._stopped.set()
         seconds = round(time.monotonic() - started, 3)
+        migrating = self._migration_seconds.get(move.guest, 0.0)
         self.emit({"event": "failed" if status == FAILED else "done", "guest": move.guest,
                    "source": move.source, "dest": move.dest, "status": status,
-                   "message": message, "seconds": seconds})
-        return Outcome(move.guest, move.source, move.dest, status, message, seconds)
+                   "message": message, "seconds": seconds, "migration_seconds": migrating})
+        return Outcome(move.guest, move.source, move.dest, status, message, seconds,
+                       migrating)
 
     def _carry_out(self, move: JournalMove) -> str:
         source, dest = self.fleet.hosts[move.source], self.fleet.hosts[move.dest]
@@ -117,11 +123,14 @@ class Executor:
             persistent = self._persistent_xml(move)
             self.journal.update(move, MIGRATING)
             self.emit({"event": "migrating", "guest": move.guest})
+            began = time.monotonic()
             try:
                 client.live_migrate(source.libvirt_uri, dest.libvirt_uri, move.guest,
                                     persistent_xml=persistent, timeout=self.timeout)
             except client.MigrationFailed as err:
                 raise _Failed(self._after_failure(move, str(err))) from err
+            finally:
+                self._migration_seconds[move.guest] = round(time.monotonic() - began, 3)
             self.journal.update(move, MOVED)
             with self._lock:
                 self._hosts[move.guest] = move.dest
@@ -145,6 +154,9 @@ class Executor:
         if not report.compatible:
             raise _Failed("the check refuses it now: " + "; ".join(
                 f"[{f.code}] {f.message}" for f in report.errors))
+        live = self.live_check(move.guest, move.dest) if self.live_check else ""
+        if live:
+            raise _Failed(f"the live destination refuses it now: {live}")
 
     def _ask(self, uri: str, host: str) -> frozenset[str]:
         try:
