@@ -316,3 +316,31 @@ def test_migrate_one_guest_and_refuse_a_host_without_a_uri(fleet: dict) -> None:
     assert "moved 1 of 1 guest(s)" in done.stdout
     assert _running(fleet, "host-c") == {"flg1"}
     assert _mgmt_bridge_of(fleet, "host-c", "flg1") == "br-ens1f1"
+
+
+def test_stop_on_error_leaves_the_rest_for_abort(fleet: dict) -> None:
+    """flg2 (refused by the destination's site hook) first, flg1 after it, one at a time:
+    with --stop-on-error flg1 never starts and stays pending in the journal; --abort then
+    forgets it, and both guests still run on host-a."""
+    for name in ("flg1", "flg2"):
+        _start(fleet, "host-a", name)
+    journal = fleet["state"] / "drain-host-a.json"
+    journal.parent.mkdir(parents=True)
+    journal.write_text(json.dumps({"moves": [
+        {"guest": guest, "source": "host-a", "dest": "host-b", "status": "pending",
+         "message": ""} for guest in ("flg2", "flg1")]}))
+
+    done = _netmap(fleet, "drain", "host-a", "--execute", "--resume", "--stop-on-error",
+                   "--json")
+    assert done.returncode == 3, done.stdout + done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert {o["guest"]: o["status"] for o in summary["outcomes"]} == {
+        "flg2": "failed", "flg1": "skipped"}
+    assert [m["status"] for m in json.loads(journal.read_text())["moves"]] == [
+        "failed", "pending"]
+
+    aborted = _netmap(fleet, "drain", "host-a", "--execute", "--abort", "--json")
+    assert aborted.returncode == 0, aborted.stdout + aborted.stderr
+    assert not journal.exists()
+    assert _running(fleet, "host-a") == {"flg1", "flg2"}
+    assert _running(fleet, "host-b") == set()
