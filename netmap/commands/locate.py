@@ -33,14 +33,19 @@ def _run(args: argparse.Namespace) -> int:
     answers = ask_hosts({name: host.libvirt_uri for name, host in fleet.hosts.items()})
     locations = locate(fleet, answers, names)
     written: list[str] = []
+    unwritable: list[str] = []
     if args.write:
+        from netmap.errors import InputError
         from netmap.guest_write import set_guest_host
 
         for guest, host in host_updates(locations).items():
             source = fleet.guests[guest].source
-            set_guest_host(source.file if source else f"{fleet.root}/guests/{guest}.toml",
-                           host)
-            written.append(guest)
+            try:
+                set_guest_host(source.file if source else f"{fleet.root}/guests/{guest}.toml",
+                               host)
+                written.append(guest)
+            except (InputError, OSError) as err:  # a domain XML guest, a read-only file
+                unwritable.append(f"{guest}: {err}")
     strays = unmapped_guests(answers, fleet) if not args.guests else []
     if args.json:
         print_json({"guests": [loc.as_dict() for loc in locations],
@@ -48,9 +53,11 @@ def _run(args: argparse.Namespace) -> int:
                                "problem": a.problem, "running": sorted(a.running)}
                               for a in answers],
                     "unmapped": [{"guest": g, "host": h} for g, h in strays],
-                    "written": written})
+                    "written": written, "not_written": unwritable})
     else:
         console().print(_view(locations, answers, strays, written))
+        for problem in unwritable:
+            print(f"netmap: warning: not written: {problem}", file=sys.stderr)
         for loc in locations:
             if loc.disagrees and loc.guest not in written:
                 print(f"netmap: warning: {loc.guest} runs on {', '.join(loc.running_on)}, "

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from netmap.errors import InputError
+from netmap.errors import InputError, NetmapError
 from netmap.libvirt import client
 from netmap.libvirt.journal import (
     FAILED,
@@ -98,6 +98,15 @@ class Executor:
         except _Failed as failure:
             message, status = str(failure), FAILED
             self.journal.update(move, FAILED, message)
+            if self.stop_on_error:
+                self._stopped.set()
+        except NetmapError as err:
+            # a check or release that could not run; a guest that moved stays "moved" in
+            # the journal, so --resume releases it later
+            status = move.status if move.status == MOVED else FAILED
+            message = (f"moved, but releasing it on {move.source} failed: {err}"
+                       if status == MOVED else str(err))
+            self.journal.update(move, status, message)
             if self.stop_on_error:
                 self._stopped.set()
         seconds = round(time.monotonic() - started, 3)
