@@ -40,7 +40,7 @@ def _pool(data: Any) -> SriovPf:
     try:
         vfs = tuple(VirtualFunctionUse(int(vf["index"]), str(vf["pci"]), vf.get("netdev"),
                                        vf.get("used_by")) for vf in data.get("vfs", ()))
-        return SriovPf(str(data["name"]), int(data["total_vfs"]), int(data["num_vfs"]), vfs)
+        return SriovPf(str(data["pf"]), int(data["total_vfs"]), int(data["num_vfs"]), vfs)
     except (KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"an SR-IOV pool is malformed ({err})") from err
 
