@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -344,3 +345,41 @@ def test_stop_on_error_leaves_the_rest_for_abort(fleet: dict) -> None:
     assert not journal.exists()
     assert _running(fleet, "host-a") == {"flg1", "flg2"}
     assert _running(fleet, "host-b") == set()
+
+
+def test_ctrl_c_lets_the_migration_under_way_finish_and_starts_no_other(fleet: dict) -> None:
+    (fleet["mappings"] / "guests/flg2.toml").unlink()  # two guests: one moves, one waits
+    for name in ("flg1", "flg3"):
+        _start(fleet, "host-a", name)
+    drain = subprocess.Popen(
+        [sys.executable, "-m", "netmap", "drain", "host-a", "--execute", "--exclude", "host-d",
+         "--parallel", "1", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO),
+                                  "NETMAP_MAPPINGS": str(fleet["mappings"]),
+                                  "NETMAP_STATE_DIR": str(fleet["state"])})
+    try:
+        assert drain.stdout is not None
+        for line in drain.stdout:  # the plan's moves, one at a time
+            event = json.loads(line)
+            if event["event"] == "migrating":
+                first = event["guest"]
+                drain.send_signal(signal.SIGINT)
+                break
+        out, err = drain.communicate(timeout=120)
+    finally:
+        if drain.poll() is None:
+            drain.kill()
+    assert drain.returncode == 130, out + err
+    assert "interrupted" in err
+    other = ({"flg1", "flg3"} - {first}).pop()
+    moves = {m["guest"]: m for m in json.loads(
+        (fleet["state"] / "drain-host-a.json").read_text())["moves"]}
+    assert moves[first]["status"] == "released"  # it went on to its end
+    assert moves[other]["status"] == "pending"  # never started
+    assert first in _running(fleet, moves[first]["dest"])
+    assert other in _running(fleet, "host-a")
+
+    done = _netmap(fleet, "drain", "host-a", "--execute", "--resume", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _running(fleet, "host-a") == set()
+    assert other in _running(fleet, moves[other]["dest"])

@@ -79,9 +79,18 @@ class Executor:
         self._stopped = threading.Event()
 
     def run(self) -> list[Outcome]:
-        todo = self.journal.unfinished
-        with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
-            return list(pool.map(self.carry, todo))
+        """Every unfinished move's outcome. On Ctrl-C no further move starts; those under
+        way run to their end (libvirt's migration is not to be cut in half), so the journal
+        says where each guest is, and KeyboardInterrupt goes on to the caller."""
+        pool = ThreadPoolExecutor(max_workers=max(1, self.parallel))
+        futures = [pool.submit(self.carry, move) for move in self.journal.unfinished]
+        try:
+            return [future.result() for future in futures]
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
     def carry(self, move: JournalMove) -> Outcome:
         started = time.monotonic()
