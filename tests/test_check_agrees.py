@@ -21,6 +21,7 @@ from agreement import (
     MODES,
     UNDERLAY,
     VARIANTS,
+    VM_CASES,
     Tally,
     assert_agrees,
     combined,
@@ -32,11 +33,12 @@ from conftest import needs_netns
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from netmap.check import check_migration
 from netmap.cli import main
+from netmap.graph import build_graph
 from netmap.model import Host
 from netmap.netlink.kernel_support import KernelProbe
 
-pytestmark = needs_netns
 PREFIX = "nmag"
 
 
@@ -105,6 +107,29 @@ def destination() -> Iterator[NamespaceHost]:
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
+def test_the_vm_share_covers_every_mode_and_finding(tmp_path: Path) -> None:
+    """agreement.VM_CASES, the VM tier's budgeted share (pure, no root): every mode the VM
+    proves, untagged and tagged, every finding check reports in any case of those modes,
+    and only cases generate() makes."""
+    cases = generate("h", modes=tuple(m for m in MODES if not m.startswith("vxlan")))
+    chosen = [c for c in cases if c.name in VM_CASES]
+    assert sorted(c.name for c in chosen) == sorted(VM_CASES)
+
+    def codes(selection: list) -> set[str]:
+        found = set()
+        for n, case in enumerate(selection):
+            fleet = write(case, tmp_path / f"c{len(found)}-{n}-{case.name}")
+            found |= {f.code for f in check_migration(build_graph(fleet), case.guest,
+                                                      case.dest).errors}
+        return found
+
+    assert codes(chosen) == codes(cases)
+    assert {(c.name.split("-vlan100-")[0] if "-vlan100-" in c.name else
+             c.name.split("-untagged-")[0], "-vlan100-" in c.name) for c in chosen} == {
+        (m, tagged) for m in MODES if not m.startswith("vxlan") for tagged in (False, True)}
+
+
+@needs_netns
 @pytest.mark.parametrize("mode", MODES)
 def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
                                    tmp_path: Path) -> None:
@@ -120,6 +145,7 @@ def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
         assert any(o.compatible and o.result == "realized" for o in proven), tally.outcomes
 
 
+@needs_netns
 def test_realize_json_names_the_step_it_failed_at(destination: NamespaceHost, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,6 +173,7 @@ def test_realize_json_names_the_step_it_failed_at(destination: NamespaceHost, tm
         destination.clear(fleet.hosts["dst"])
 
 
+@needs_netns
 @settings(max_examples=int(os.environ.get("NETMAP_AGREE_EXAMPLES", "20")), deadline=None,
           derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mode=st.sampled_from(MODES), vlan=st.sampled_from([None, 100]),

@@ -180,6 +180,8 @@ def preview_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
         except ApplyError as err:
             raise ApplyError(f"realize {plan.guest} on {plan.host} would fail: {err.problem}",
                              fix=err.fix, step=err.step) from err
+        finally:
+            txn.close()  # the VF entries' socket, if a claim read them
         return [(a.nic, a.step, a.verdict) for a in txn.actions]
 
 

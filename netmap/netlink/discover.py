@@ -8,11 +8,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from netmap.inventory import PHYSICAL, Interface, Inventory, SriovPf, VirtualFunctionUse
-from netmap.netlink import sysfs
+from netmap.netlink import sysfs, vf_pool
 from netmap.netlink.linkdump import dump_addresses, dump_links, netns_path, open_route_socket
 from netmap.netlink.vxlan_match import address, flood_table
 
@@ -22,23 +23,21 @@ __all__ = ["discover", "dump_addresses", "dump_links", "netns_path", "open_route
 # --- sysfs and /dev ---------------------------------------------------------------------------
 
 def _vf_use(vf: sysfs.VirtualFunction, links: dict[str, Interface],
-            uppers: dict[str, list[str]]) -> VirtualFunctionUse:
-    """A VF is used when a guest holds it: bound to vfio-pci (no netdev left), or its netdev
-    is a bridge/bond port or carries a macvtap (netmap's vf_attach = "macvtap")."""
-    used_by = None
-    if vf.netdev is None:
-        used_by = "vfio or another non-network driver"
-    else:
-        link = links.get(vf.netdev)
-        if link is not None and link.master:
-            used_by = f"port of {link.master}"
-        elif uppers.get(vf.netdev):
-            used_by = f"lower of {', '.join(sorted(uppers[vf.netdev]))}"
+            uppers: dict[str, list[str]], entry_macs: dict[int, str]) -> VirtualFunctionUse:
+    """The VF and why it is used (vf_pool.holder: one answer for discover and realize)."""
+    link = links.get(vf.netdev or "")
+    used_by = vf_pool.holder(
+        vf, up=bool(link and link.admin_up), master=link.master if link else None,
+        uppers=uppers.get(vf.netdev or "", []), addresses=link.addresses if link else (),
+        entry_mac=entry_macs.get(vf.index), netdev_mac=link.mac if link else None)
     return VirtualFunctionUse(vf.index, vf.pci, vf.netdev, used_by)
 
 
-def read_sriov(links: list[Interface], root: str | Path | None = None) -> dict[str, SriovPf]:
-    """SR-IOV pools of the links that have one in sysfs (under `root`, for tests)."""
+def read_sriov(links: list[Interface], root: str | Path | None = None,
+               entry_macs: Callable[[Interface], dict[int, str]] | None = None,
+               ) -> dict[str, SriovPf]:
+    """SR-IOV pools of the links that have one in sysfs (under `root`, for tests);
+    `entry_macs` reads the MACs on a PF's VF entries (none read without it)."""
     by_name = {link.name: link for link in links}
     uppers: dict[str, list[str]] = {}
     for link in links:
@@ -51,9 +50,21 @@ def read_sriov(links: list[Interface], root: str | Path | None = None) -> dict[s
         info = sysfs.sriov_info(link.name, root)
         if info is None or info.total_vfs <= 0:
             continue
-        vfs = tuple(_vf_use(vf, by_name, uppers) for vf in info.vfs)
+        macs = entry_macs(link) if entry_macs and info.vfs else {}
+        vfs = tuple(_vf_use(vf, by_name, uppers, macs) for vf in info.vfs)
         pools[link.name] = SriovPf(link.name, info.total_vfs, info.num_vfs, vfs)
     return pools
+
+
+def _entry_macs(netns: str | None) -> Callable[[Interface], dict[int, str]]:
+    def read(pf: Interface) -> dict[int, str]:
+        from pyroute2.netlink.exceptions import NetlinkError  # only for a PF with VFs
+
+        try:
+            return vf_pool.entry_macs(netns, pf.index)
+        except (OSError, NetlinkError):  # the PF went away meanwhile: its VFs with it
+            return {}
+    return read
 
 
 def read_features(sriov: dict[str, SriovPf], *, sysfs_root: str | Path | None = None,
@@ -108,7 +119,8 @@ def discover(netns: str | None = None, *, sysfs_root: str | Path | None = None,
     explicit_root = sysfs_root is not None or bool(os.environ.get("NETMAP_SYSFS"))
     # The machine's own /sys lists the root namespace's links: reading it for a namespace's
     # link of the same name would describe another device.
-    sriov = read_sriov(links, sysfs_root) if netns is None or explicit_root else {}
+    sriov = read_sriov(links, sysfs_root, _entry_macs(netns)) if netns is None or \
+        explicit_root else {}
     features = read_features(sriov, sysfs_root=sysfs_root, dev_root=dev_root)
     vf_netdevs = frozenset(vf.netdev for pool in sriov.values() for vf in pool.vfs if vf.netdev)
     return Inventory(hostname or socket.gethostname(), netns, tuple(links), sriov, features,

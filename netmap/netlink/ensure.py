@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg, rtnl
+from netmap.netlink import rtmsg, rtnl, shared_changes, vf_pool
 from netmap.netlink.endpoints import ENDPOINTS
 from netmap.netlink.kernel_steps import (
     add_vxlan_remotes,
@@ -91,6 +91,10 @@ class Transaction:
     def vf_for(self, nic: p.NicPlan) -> VirtualFunction | None:
         return next((self.vfs[s.resource] for s in nic.steps if s.resource in self.vfs), None)
 
+    def vf_entry_macs(self, pf: str) -> dict[int, str]:
+        """VF index -> the MAC on `pf`'s entry for it (IFLA_VFINFO_LIST); {} if none."""
+        return vf_pool.read_entry_macs(self.pyroute(), self.index(pf))
+
     def ensure(self, nic: int, step: p.Step) -> None:
         """Used by the endpoint classes: the decide pass for one step (once per resource)."""
         if step.resource in self._decided:
@@ -135,6 +139,8 @@ class Transaction:
                         step.pf, vf.index)
             self.state.use(self.plan.guest, step.resource, step=step.as_dict(),
                            created=created, info=info)
+            shared_changes.hold(self.state, self.plan.guest, step, action.verdict,
+                                action.undo_repair)
             if action.verdict == "recreate":  # state tells what the device is now
                 self.state.resources[step.resource]["step"] = step.as_dict()
 

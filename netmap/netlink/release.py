@@ -15,7 +15,7 @@ from typing import Protocol
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg, rtnl
+from netmap.netlink import rtmsg, rtnl, shared_changes
 from netmap.netlink.kernel_steps import run_inverse
 from netmap.state import HostState
 
@@ -50,10 +50,14 @@ def release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostSta
     guest; with `sweep` (every release) such leftovers are tried again."""
     undo = []
     unowned = [key for key in state.unowned() if key not in keys] if sweep else []
+    staying: list[tuple[str, dict]] = []  # shared devices that stay: put back what guest changed
     for key in reversed(unowned + keys):
+        shared = state.resource(key)
         record = state.drop(guest, key)
         if record is None:
             result.kept.append(f"{key}: still used by {', '.join(state.users(key))}")
+            if shared is not None and key in state.resources:
+                staying.append((key, shared))
             continue
         if not record["created"]:
             if not key.startswith("up:"):  # an uplink that was up stays up: no news
@@ -69,6 +73,11 @@ def release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostSta
     for key, record in problems:  # keep what failed so that a later release can finish it
         state.resources[key] = {**record, "guests": []}
         state.use(guest, key, step=record["step"], created=True, info=record.get("info"))
+    for key, shared in staying:  # after the guest's own devices are gone
+        failed = shared_changes.give_back(kernel, links, shared, guest)
+        if failed:  # the guest keeps its part in the device until that is put back
+            state.use(guest, key, step=shared["step"], created=False)
+            problems.append((key, {**shared, **failed}))
     return problems
 
 

@@ -3,7 +3,8 @@
 The root is a parameter (or $NETMAP_SYSFS) so that tests and discovery can read a fake tree
 laid out like the kernel's: ``<root>/class/net/<pf>/device/sriov_totalvfs``,
 ``sriov_numvfs`` and one ``virtfn<N>`` symlink per VF to the VF's PCI device directory,
-whose ``net/`` directory holds the VF netdev's name (empty while the VF is bound to vfio).
+whose ``net/`` directory holds the VF netdev's name (empty while the VF is bound to vfio)
+and whose ``driver`` symlink names the PCI driver bound to it.
 No pyroute2 here: plain file reads.
 """
 
@@ -26,6 +27,7 @@ class VirtualFunction:
     index: int
     pci: str
     netdev: str | None = None
+    driver: str | None = None  # the PCI driver bound to it (igbvf, vfio-pci), None: none
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,10 @@ def sriov_info(pf: str, root: str | Path | None = None) -> SriovInfo | None:
             continue
         # virtfnN is a symlink to the VF's PCI device directory, named by its address.
         pci = os.path.basename(os.path.realpath(entry)) if entry.is_symlink() else entry.name
-        vfs.append(VirtualFunction(int(match.group(1)), pci, _vf_netdev(entry)))
+        driver = entry / "driver"
+        vfs.append(VirtualFunction(int(match.group(1)), pci, _vf_netdev(entry),
+                                   os.path.basename(os.path.realpath(driver))
+                                   if driver.is_symlink() else None))
     vfs.sort(key=lambda vf: vf.index)
     return SriovInfo(pf=pf, total_vfs=total, num_vfs=num, vfs=tuple(vfs))
 

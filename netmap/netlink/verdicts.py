@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg, vxlan_match
-from netmap.netlink.sysfs import sriov_info
+from netmap.netlink import rtmsg, vf_pool, vxlan_match
+from netmap.netlink.sysfs import VirtualFunction, sriov_info
 
 if TYPE_CHECKING:
     from netmap.netlink.transaction_view import TransactionView
@@ -117,7 +117,9 @@ def _compare(txn: TransactionView, nic: int, step: p.Step, live: rtmsg.Link, min
         if step.vlan_filtering and not live.vlan_filtering:
             want["vlan_filtering"] = True
     elif isinstance(step, p.EnsureVlanLink):
-        want["mtu"] = step.mtu
+        # raised for a guest that needs more (a macvlan is never larger than its lower
+        # device), never lowered below what the other guests' macvtaps on it carry
+        want["mtu"] = max(step.mtu, live.mtu) if others else step.mtu
         if live.vlan_id != step.vid or live.lower != txn.links[step.lower].index:
             identity.append(f"VLAN {live.vlan_id} on ifindex {live.lower}")
     elif isinstance(step, p.EnsureVxlan):
@@ -237,6 +239,15 @@ def _decide_port(txn: TransactionView, nic: int, step: p.EnslavePort) -> Action:
 
 def _decide_vf(txn: TransactionView, nic: int, step: p.ClaimVf) -> Action:
     claimed = txn.state.resource(step.resource)
+    if claimed and txn.plan.guest not in claimed["guests"]:
+        # one MAC on two VF entries of one PF: the NIC's switch delivers by MAC, so one of
+        # the two would get the other's frames (and state keys a claim by PF and MAC)
+        users = ", ".join(claimed["guests"]) or "no guest"
+        vf = claimed["info"].get("index", "?")
+        raise refuse(f"MAC {step.mac} is already set on VF {vf} of {step.pf} "
+                     f"({txn.plan.host}), claimed by netmap for {users}",
+                     f"give NIC {nic} of {txn.plan.guest} another MAC, or release {users} "
+                     f"on {txn.plan.host} first")
     info = sriov_info(step.pf, txn.sysfs_root)
     if info is None:
         raise refuse(f"{step.pf} on {txn.plan.host} has no SR-IOV (no "
@@ -249,13 +260,42 @@ def _decide_vf(txn: TransactionView, nic: int, step: p.ClaimVf) -> Action:
     taken = txn.state.claimed_vfs(step.pf)
     taken.update({vf.index: key for key, vf in txn.vfs.items()
                   if key.startswith(f"vf:{step.pf}:")})  # claimed earlier in this plan
-    free = [vf for vf in info.vfs if vf.index not in taken]
-    if step.macvtap:
-        free = [vf for vf in free if vf.netdev]
+    held = _held_vfs(txn, step.pf, [vf for vf in info.vfs if vf.index not in taken])
+    free = [vf for vf in info.vfs if vf.index not in taken and vf.index not in held]
     if not free:
+        outside = "".join(f"; VF {index}: {why}" for index, why in sorted(held.items()))
         raise refuse(f"no free VF on {step.pf} ({txn.plan.host}): {info.num_vfs} VF(s) "
-                     f"enabled of {info.total_vfs}, {len(taken)} claimed by netmap",
-                     f"release a guest that uses {step.pf}, or raise "
-                     f"/sys/class/net/{step.pf}/device/sriov_numvfs")
+                     f"enabled of {info.total_vfs}, {len(taken)} claimed by netmap, "
+                     f"{len(held)} used outside netmap{outside}",
+                     f"release a guest that uses {step.pf}, free a VF used outside netmap, "
+                     f"or raise /sys/class/net/{step.pf}/device/sriov_numvfs")
     txn.vfs[step.resource] = free[0]
     return Action(nic, step, "create")
+
+
+UPPER_KINDS = ("macvlan", "macvtap", "ipvlan", "vlan")  # devices that use a lower link
+
+
+def _held_vfs(txn: TransactionView, pf: str, candidates: list[VirtualFunction],
+              ) -> dict[int, str]:
+    """VF index -> why it is used outside netmap (vf_pool.holder, as discover counts it)."""
+    if not candidates:
+        return {}
+    by_index = {link.index: name for name, link in txn.links.items()}
+    uppers: dict[str, list[str]] = {}
+    for name, upper in txn.links.items():
+        if upper.kind in UPPER_KINDS and upper.lower in by_index:
+            uppers.setdefault(by_index[upper.lower], []).append(name)
+    addresses = txn.kernel.addresses(scopes=(rtmsg.RT_SCOPE_UNIVERSE, rtmsg.RT_SCOPE_SITE))
+    macs = txn.vf_entry_macs(pf)
+    held = {}
+    for vf in candidates:
+        link = txn.links.get(vf.netdev or "")
+        master = by_index.get(link.master) if link and link.master else None
+        why = vf_pool.holder(
+            vf, up=bool(link and link.up), master=master, uppers=uppers.get(vf.netdev or "", []),
+            addresses=addresses.get(link.index, []) if link else [],
+            entry_mac=macs.get(vf.index), netdev_mac=link.address if link else None)
+        if why:
+            held[vf.index] = why
+    return held

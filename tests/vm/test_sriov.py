@@ -162,3 +162,43 @@ def test_failure_before_every_step_leaves_pf_and_host_as_before(sriov_pf, fleet)
     assert realize_plan(plan).changed  # and afterwards it still works
     assert main(["release", "g1", "--host", HOST]) == 0
     assert (host_dump(), vf_entries(sriov_pf)) == before
+
+
+def test_vfs_used_outside_netmap_are_never_claimed_and_discover_counts_them(
+        sriov_pf, fleet, capsys) -> None:
+    """What makes a VF free (netmap/netlink/vf_pool.py), on the real PF: VF 0 without a
+    network driver (unbound from igbvf; vfio-pci cannot bind here: the VM has no IOMMU and
+    Debian's kernel no VFIO_NOIOMMU), VF 1 with a MAC set on its PF entry by someone else,
+    VF 2's netdev down but with an address. realize claims VF 3 (the entry shows the MAC
+    igbvf chose for itself, which is no claim), refuses a second guest, and discover counts
+    what realize skipped as used."""
+    device = Path(f"/sys/class/net/{sriov_pf}/device")
+    vf0 = (device / "virtfn0").resolve()
+    (vf0 / "driver" / "unbind").write_text(vf0.name)
+    ip("link", "set", sriov_pf, "vf", "1", "mac", "52:54:00:77:00:01")
+    ip("addr", "add", "10.77.0.1/24", "dev", vf_netdev(sriov_pf, 2))
+    macs = {"g1": "52:54:00:5e:04:01", "g2": "52:54:00:5e:04:02"}
+    fleet(NETWORKS, host_mapping(sriov_pf),
+          {name: guest(name, ("storage", mac)) for name, mac in macs.items()})
+
+    assert main(["discover", "--json"]) == 0
+    pool = {p["pf"]: p for p in json.loads(capsys.readouterr().out)["sriov"]}[sriov_pf]
+    assert [vf["used_by"] for vf in pool["vfs"]] == [
+        "bound to no network driver (vfio or none)",
+        "MAC 52:54:00:77:00:01 set on the PF's VF entry",
+        f"{vf_netdev(sriov_pf, 2)} has address 10.77.0.1/24", None]
+    assert (pool["used_vfs"], pool["free_vfs"]) == (3, 1)
+
+    assert main(["realize", "g1", "--host", HOST]) == 0
+    assert claimed(sriov_pf, macs["g1"])["vf"] == 3
+    full = (host_dump(), vf_entries(sriov_pf))
+    capsys.readouterr()
+    assert main(["realize", "g2", "--host", HOST]) == 3
+    err = capsys.readouterr().err
+    assert "no free VF" in err and "VF 1: MAC 52:54:00:77:00:01 set on the PF's VF entry" in err
+    assert (host_dump(), vf_entries(sriov_pf)) == full
+    assert main(["discover", "--json"]) == 0  # netmap's claim counts too (its entry's MAC)
+    pool = {p["pf"]: p for p in json.loads(capsys.readouterr().out)["sriov"]}[sriov_pf]
+    assert (pool["used_vfs"], pool["free_vfs"]) == (4, 0)
+    assert main(["release", "g1", "--host", HOST]) == 0
+    ip("addr", "flush", "dev", vf_netdev(sriov_pf, 2))  # the VFs go with sriov_pf's teardown
