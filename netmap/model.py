@@ -175,6 +175,8 @@ class Host:
     max_guests: int | None = None
     max_endpoints: int | None = None
     source: Source | None = field(default=None, compare=False)
+    # where libvirt answers for this host (qemu+ssh://host-a/system); None: not asked
+    libvirt_uri: str | None = None
 
 
 def mapping_file(host: Host) -> str:

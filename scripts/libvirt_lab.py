@@ -120,8 +120,12 @@ exec "$3" --pid-file /run/libvirtd.pid
 class PrivateLibvirtd:
     """One libvirtd for one lab host namespace, with netmap's hook installed."""
 
-    def __init__(self, root: Path, netns: str, host: str, mappings: Path) -> None:
-        """Lay out the daemon's private tree under `root` (created if missing)."""
+    def __init__(self, root: Path, netns: str, host: str, mappings: Path,
+                 migration_host: str | None = None) -> None:
+        """Lay out the daemon's private tree under `root` (created if missing).
+        `migration_host`: the address a source's QEMU streams to when this daemon is the
+        destination of a peer-to-peer migration (libvirt's default, its host name, means
+        nothing in a lab namespace)."""
         self.root, self.netns, self.host = root, netns, host
         self.hook_log = root / "hook.log"
         for sub in ("etc/hooks/qemu.d", "etc/qemu", "var/lib/libvirt", "var/cache/libvirt",
@@ -129,7 +133,8 @@ class PrivateLibvirtd:
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / "var/run").symlink_to("/run")
         (root / "etc/libvirtd.conf").write_text(LIBVIRTD_CONF.format(host_uuid=uuid.uuid4()))
-        (root / "etc/qemu.conf").write_text(QEMU_CONF)
+        (root / "etc/qemu.conf").write_text(
+            QEMU_CONF + (f'migration_host = "{migration_host}"\n' if migration_host else ""))
         # libvirtd resolves its built-in QEMU user before it reads qemu.conf; Debian's
         # libvirt-daemon-system would create it, so this namespace alone gets one
         for name, line in (("passwd", "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/bin/false"),

@@ -177,7 +177,7 @@ def test_without_cap_net_admin_realize_names_it_and_touches_nothing(
     subprocess.run(["ip", "-n", ns, "link", "add", "eth1", "type", "veth", "peer", "name",
                     "p1"], check=True)
     set_netns(mappings, "host-a", ns)
-    before = ip_links(ns)
+    before = [steady_link(link) for link in ip_links(ns)]
     got = netmap_as(WITHOUT_NET_ADMIN, "--mappings", str(mappings), "realize", "vm2",
                     "--host", "host-a", env={"NETMAP_STATE_DIR": str(tmp_path / "state")})
     assert got.returncode == 2, got.stderr
@@ -185,7 +185,7 @@ def test_without_cap_net_admin_realize_names_it_and_touches_nothing(
     assert "CAP_SYS_ADMIN" not in got.stderr.split("fix:")[0]  # that one it has
     assert "build the lab" not in got.stderr
     assert "Traceback" not in got.stderr
-    assert ip_links(ns) == before
+    assert [steady_link(link) for link in ip_links(ns)] == before
     assert not (tmp_path / "state" / "host-a.json").exists()
 
 

@@ -10,6 +10,7 @@ from netmap.commands._common import add_json, console, load, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 
 if TYPE_CHECKING:
+    import networkx as nx
     from rich.console import RenderableType
 
     from netmap.drain import DrainPlan, HostUse
@@ -31,6 +32,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
                         help="search nodes for guests a single flow cannot place (default "
                         "2000, at most 1.5 s per 2000); only matters when the plan says it "
                         "is not proven optimal")
+    parser.add_argument("--execute", action="store_true",
+                        help="carry the plan out: live-migrate each guest through libvirt "
+                        "(the hosts' libvirt_uri), then release it on HOST")
+    from netmap.commands.migrate import add_execute_options
+
+    add_execute_options(parser, many=True)
     add_json(parser)
 
 
@@ -41,7 +48,13 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--budget {args.budget} is not a positive number of search nodes",
                          fix="pass --budget 2000 or more")
     exclude = [name.strip() for item in args.exclude for name in item.split(",") if name.strip()]
+    if (args.resume or args.abort) and not args.execute:
+        raise InputError("--resume and --abort continue an --execute run",
+                         key="--resume" if args.resume else "--abort",
+                         fix="add --execute")
     fleet, graph = load(args)
+    if args.execute:
+        return _execute(args, fleet, graph, exclude)
     budget = args.budget or DEFAULT_BUDGET
     plan = drain(graph, args.host, exclude=exclude, strict=args.strict, budget=budget,
                  deadline=DEFAULT_DEADLINE * budget / DEFAULT_BUDGET)
@@ -55,6 +68,32 @@ def _run(args: argparse.Namespace) -> int:
     else:
         console().print(plan_view(plan, fleet))
     return EXIT_OK if plan.complete else EXIT_INCOMPATIBLE
+
+
+def _execute(args: argparse.Namespace, fleet: Fleet, graph: nx.DiGraph,
+             exclude: list[str]) -> int:
+    from netmap.commands.migrate import execute, open_journal
+    from netmap.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
+    from netmap.libvirt.journal import Journal, JournalMove
+    from netmap.load import require_host
+
+    host = require_host(fleet, args.host).name
+    path = Journal.path_for("drain", host)
+    journal = open_journal(path, args, f"netmap drain {host} --execute")
+    blocked = 0
+    if journal is None:
+        budget = args.budget or DEFAULT_BUDGET
+        plan = drain(graph, host, exclude=exclude, strict=args.strict, budget=budget,
+                     deadline=DEFAULT_DEADLINE * budget / DEFAULT_BUDGET)
+        if not args.json:
+            console().print(plan_view(plan, fleet))
+        # warning-free moves first, as --emit-commands orders them
+        ordered = sorted(plan.moves, key=lambda m: (bool(m.warnings), m.dest, m.guest))
+        journal = Journal(path, [JournalMove(m.guest, host, m.dest) for m in ordered])
+        blocked = len(plan.blocked)
+    code = execute(args, fleet, journal)
+    # what could not be placed stays: the drain is incomplete even when every move worked
+    return code if code != EXIT_OK or not blocked else EXIT_INCOMPATIBLE
 
 
 def command_steps(plan: DrainPlan, mappings: str | None) -> list[dict[str, str]]:

@@ -47,7 +47,7 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
     add_json(parser)
 
 
-def _live_findings(fleet: Fleet, guest: Guest, dest: Host) -> tuple[Finding, ...]:
+def live_findings(fleet: Fleet, guest: Guest, dest: Host) -> tuple[Finding, ...]:
     """Drift of the destination, limited to what this guest would use there: the bindings
     of its networks, their uplinks, and the host's features."""
     import dataclasses
@@ -96,7 +96,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.live:
         import dataclasses
 
-        live = _live_findings(fleet, guest, dest)
+        live = live_findings(fleet, guest, dest)
         report = dataclasses.replace(report, findings=report.findings + live)
     if args.json:
         print_json(report.as_dict())

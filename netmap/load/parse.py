@@ -130,6 +130,18 @@ def host_name_problem(name: str) -> str | None:
     return None
 
 
+_LIBVIRT_URI = re.compile(r"^[a-z][a-z0-9]*(\+[a-z0-9]+)?://[^\s]*$")
+
+
+def libvirt_uri_problem(uri: str) -> str | None:
+    """Why `uri` cannot be a libvirt connection URI (driver[+transport]://[host]/path), or
+    None. Only the shape: whether libvirt answers there is `netmap locate`'s question."""
+    if not _LIBVIRT_URI.match(uri):
+        return (f"{uri!r} is not a libvirt connection URI (driver[+transport]://[host]/path, "
+                "no spaces)")
+    return None
+
+
 # What each kind of table may hold, in the order its keys are checked (tomlcheck.Schema).
 # A file's first mistake in this order is the one reported.
 MTU = number(low=MTU_RANGE[0], high=MTU_RANGE[1])
@@ -140,7 +152,7 @@ NETWORK = Schema("Network", segment=text(), vni=number(low=VNI_RANGE[0], high=VN
 NETWORKS_FILE = Schema("NetworksFile", networks=named_tables(NETWORK))
 HOST = Schema("Host", name=text(required=True), features=texts(), netns=text(),
               max_guests=number(low=0, high=100_000),
-              max_endpoints=number(low=0, high=1_000_000))
+              max_endpoints=number(low=0, high=1_000_000), libvirt_uri=text())
 SRIOV = Schema("Sriov", total_vfs=number(required=True, low=1, high=4096))
 UPLINK = Schema("Uplink", segments=texts(),
                 mtu=number(default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1]),
@@ -199,6 +211,10 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
         doc.check(("host", "netns"), about.netns, netns_problem,
                   "name the namespace as 'ip netns list' shows it (e.g. \"lab-host-a\"), or "
                   "remove netns: a real host is realized in its own namespace")
+    if about.libvirt_uri is not None:
+        doc.check(("host", "libvirt_uri"), about.libvirt_uri, libvirt_uri_problem,
+                  'write a libvirt connection URI, e.g. "qemu+ssh://host-a/system" (or '
+                  '"qemu:///system" on the host itself)')
     features = about.features
     for index, feature in enumerate(features):
         if feature not in KNOWN_FEATURES:
@@ -252,7 +268,7 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
         bindings[network_name] = binding
     _check_uplink_sharing(doc, bindings)
     return Host(name, uplinks, bindings, frozenset(features), about.netns, about.max_guests,
-                about.max_endpoints, Source(str(path)))
+                about.max_endpoints, Source(str(path)), about.libvirt_uri)
 
 
 def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:

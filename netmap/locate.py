@@ -1,0 +1,87 @@
+"""Where each guest runs, from what libvirt said on each host, against what the mappings say.
+
+Pure: the answers of the daemons come in (a host's running guests, or why it could not be
+asked) and every conclusion is drawn from those alone. A guest not seen anywhere is only
+"not running" when every host was asked; otherwise it may run on a host that did not
+answer, and the answer is "unknown", never a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from netmap.model import Fleet
+
+# a guest's status
+AGREES = "agrees"          # runs where its file says
+MOVED = "moved"            # runs on one host, its file names another (or none)
+NOT_RUNNING = "not-running"  # every host answered; none runs it
+UNKNOWN = "unknown"        # not seen, and some host did not answer
+SEVERAL = "several"        # more than one host says it runs it (a migration in flight?)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One host's answer: the guests running there, or why libvirt could not be asked."""
+
+    host: str
+    running: frozenset[str] = frozenset()
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Location:
+    guest: str
+    mapped: str | None       # the host in the guest's file
+    running_on: tuple[str, ...]
+    status: str
+    unasked: tuple[str, ...] = ()  # hosts that could have it but did not answer
+
+    @property
+    def disagrees(self) -> bool:
+        return self.status in (MOVED, SEVERAL)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"guest": self.guest, "mapped": self.mapped, "running_on": list(self.running_on),
+                "status": self.status, "unasked": list(self.unasked)}
+
+
+def uri_problems(fleet: Fleet, hosts: Iterable[str]) -> dict[str, str]:
+    """Hosts that cannot be asked at all: their mapping names no libvirt_uri."""
+    return {name: "its mapping has no libvirt_uri in [host]" for name in hosts
+            if fleet.hosts[name].libvirt_uri is None}
+
+
+def locate(fleet: Fleet, answers: Iterable[Asked], guests: Iterable[str]) -> list[Location]:
+    """Each guest's location, in the order asked."""
+    answered = list(answers)
+    silent = tuple(sorted(a.host for a in answered if a.problem is not None))
+    where: dict[str, list[str]] = {}
+    for answer in answered:
+        for name in answer.running:
+            where.setdefault(name, []).append(answer.host)
+    out = []
+    for name in guests:
+        guest = fleet.guests.get(name)
+        mapped = guest.host if guest is not None else None
+        running = tuple(sorted(where.get(name, ())))
+        if len(running) > 1:
+            status = SEVERAL
+        elif running:
+            status = AGREES if running[0] == mapped else MOVED
+        else:
+            status = UNKNOWN if silent else NOT_RUNNING
+        out.append(Location(name, mapped, running, status, silent if not running else ()))
+    return out
+
+
+def unmapped_guests(answers: Iterable[Asked], fleet: Fleet) -> list[tuple[str, str]]:
+    """(guest, host) for domains libvirt runs that no guest file describes."""
+    return sorted((name, answer.host) for answer in answers for name in answer.running
+                  if name not in fleet.guests)
+
+
+def host_updates(locations: Iterable[Location]) -> Mapping[str, str]:
+    """guest -> the host its file should name: only a guest seen on exactly one host."""
+    return {loc.guest: loc.running_on[0] for loc in locations if loc.status == MOVED}

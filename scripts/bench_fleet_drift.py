@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Benchmark: `netmap fleet drift` over N lab hosts against its floor, the same Ansible ad-hoc
+run of `netmap discover --json` alone (same inventory, forks and SSH), target <= 1.3x.
+
+Each host is a network namespace with a veth uplink and its own sshd on its loopback,
+reached through an ssh ProxyCommand that enters the namespace. The mappings compared are
+the drafts `netmap fleet discover --write` makes first. Needs root, sshd, socat, ansible.
+
+    sudo python3 scripts/bench_fleet_drift.py [--hosts 20] [--rounds 3]
+
+Every figure is the median of interleaved rounds; namespaces, daemons and files are removed
+at the end (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SSHD = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/sbin")
+SSHD_CONFIG = """ListenAddress 127.0.0.1
+Port 22
+HostKey {key}
+AuthorizedKeysFile {authorized}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile none
+"""
+NETWORKS = '[networks.mgmt]\nsegment = "bench"\n'
+
+
+def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, env=env, check=False, cwd=REPO)
+    return time.perf_counter() - start, done.returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prefix", default="flb")
+    args = parser.parse_args()
+    if os.geteuid() != 0 or not SSHD or not shutil.which("socat") or not shutil.which("ansible"):
+        print("needs root, sshd, socat and ansible", file=sys.stderr)
+        return 2
+    scratch = Path(tempfile.mkdtemp(prefix="netmap-bench-fleet-"))
+    names = [f"{args.prefix}{os.getpid() % 1000}-h{i:02d}" for i in range(args.hosts)]
+    made: list[str] = []
+    daemons: list[subprocess.Popen] = []
+    try:
+        for kind in ("id", "hostkey"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(scratch / kind)], check=True)
+        (scratch / "authorized").write_text((scratch / "id.pub").read_text())
+        config = scratch / "sshd_config"
+        config.write_text(SSHD_CONFIG.format(key=scratch / "hostkey",
+                                             authorized=scratch / "authorized"))
+        Path("/run/sshd").mkdir(exist_ok=True)
+        lines = ["[bench]"]
+        for netns in names:
+            subprocess.run(["ip", "netns", "add", netns], check=True)
+            made.append(netns)
+            subprocess.run(["ip", "-n", netns, "-batch", "-"], check=True, text=True,
+                           input="link set lo up\nlink add eth0 type veth peer name eth0p\n"
+                           "link set eth0 up\nlink set eth0p up\n")
+            daemons.append(subprocess.Popen(["ip", "netns", "exec", netns, SSHD, "-D", "-f",
+                                             str(config)], stderr=subprocess.DEVNULL))
+            proxy = f"ip netns exec {netns} socat - TCP:127.0.0.1:22"
+            lines.append(f"{netns} ansible_ssh_common_args='-o ProxyCommand=\"{proxy}\"'")
+        lines += ["[all:vars]", "ansible_user=root",
+                  f"ansible_ssh_private_key_file={scratch / 'id'}",
+                  f"ansible_python_interpreter={sys.executable}",
+                  "ansible_ssh_extra_args='-o StrictHostKeyChecking=no "
+                  "-o UserKnownHostsFile=/dev/null'"]
+        inventory = scratch / "inventory.ini"
+        inventory.write_text("\n".join(lines) + "\n")
+        mappings = scratch / "mappings"
+        (mappings / "guests").mkdir(parents=True)
+        (mappings / "networks.toml").write_text(NETWORKS)
+        env = {**os.environ, "PYTHONPATH": str(REPO),
+               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(scratch / "cp")}
+        remote = f"{sys.executable} -m netmap discover --json"
+        netmap = [sys.executable, "-m", "netmap", "--mappings", str(mappings), "fleet"]
+        time.sleep(0.5)  # the daemons bind; the first run below waits for them anyway
+        drafted = subprocess.run([*netmap, "discover", "-i", str(inventory), "--command",
+                                  remote, "--write", str(mappings / "hosts"), "--json"],
+                                 capture_output=True, text=True, env=env, cwd=REPO)
+        if drafted.returncode != 0:
+            print(f"fleet discover failed: {drafted.stderr}{drafted.stdout[-2000:]}",
+                  file=sys.stderr)
+            return 1
+        floor_argv = [shutil.which("ansible") or "ansible", "all", "-i", str(inventory), "-m",
+                      "ansible.builtin.command", "-a", remote, "--forks", "20", "--one-line"]
+        drift_argv = [*netmap, "drift", "-i", str(inventory), "--command", remote, "--json"]
+        floor, drift = [], []
+        for _ in range(args.rounds):
+            seconds, code = _timed(floor_argv, env)
+            assert code == 0, "the floor run failed"
+            floor.append(seconds)
+            seconds, code = _timed(drift_argv, env)
+            assert code == 0, "fleet drift found drift or an unreachable host"
+            drift.append(seconds)
+        f, d = statistics.median(floor), statistics.median(drift)
+        print(f"hosts {args.hosts}, rounds {args.rounds} (medians)")
+        print(f"floor  ansible ad-hoc `netmap discover --json`   {f:6.2f} s")
+        print(f"netmap fleet drift --json                      {d:6.2f} s  "
+              f"= {d / f:.2f}x the floor (target <= 1.3x)")
+        return 0
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+        for daemon in daemons:
+            daemon.wait(10)
+        for netns in made:
+            subprocess.run(["ip", "netns", "del", netns], check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

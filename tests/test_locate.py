@@ -1,0 +1,116 @@
+"""Pure parts of `locate` and the execution journal: the libvirt_uri key, conclusions drawn
+from the daemons' answers, the guest-file writer. No root, no libvirt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netmap.errors import InputError
+from netmap.libvirt.journal import (
+    FAILED,
+    MIGRATING,
+    RELEASED,
+    Journal,
+    JournalMove,
+)
+from netmap.load import load_fleet
+from netmap.locate import Asked, host_updates, locate, unmapped_guests
+from tests.conftest import guest_toml, write_fleet
+
+NETWORKS = '[networks.mgmt]\nsegment = "s1"\n'
+HOST = ('[host]\nname = "{name}"\n{extra}\n[uplinks.eth0]\nsegments = ["s1"]\n\n'
+        '[networks.mgmt]\nmode = "bridge"\nuplink = "eth0"\n')
+
+
+def _fleet(tmp_path: Path, extra: str = 'libvirt_uri = "qemu+ssh://{name}/system"\n'):
+    hosts = {name: HOST.format(name=name, extra=extra.format(name=name))
+             for name in ("h1", "h2", "h3")}
+    guests = {name: guest_toml(name, "h1", ("mgmt", f"52:54:00:00:00:0{i}"))
+              for i, name in enumerate(("g1", "g2", "g3"), 1)}
+    return load_fleet(write_fleet(tmp_path / "m", NETWORKS, hosts, guests))
+
+
+def test_libvirt_uri_is_read_into_the_host(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path)
+    assert fleet.problems == ()
+    assert fleet.hosts["h2"].libvirt_uri == "qemu+ssh://h2/system"
+    assert _fleet(tmp_path / "none", extra="").hosts["h1"].libvirt_uri is None
+
+
+@pytest.mark.parametrize("uri", ["h2", "qemu+ssh//h2/system", "qemu://h 2/system", "QEMU:///x"])
+def test_a_libvirt_uri_that_is_not_one_names_file_key_line_and_fix(tmp_path: Path,
+                                                                    uri: str) -> None:
+    fleet = _fleet(tmp_path, extra=f'libvirt_uri = "{uri}"\n')
+    (problem, *_) = fleet.problems
+    assert isinstance(problem, InputError)
+    assert problem.file.endswith("hosts/h1.toml")
+    assert problem.key == "host.libvirt_uri"
+    assert problem.line == 3
+    assert "is not a libvirt connection URI" in str(problem)
+    assert "qemu+ssh://host-a/system" in str(problem)
+
+
+def test_a_libvirt_uri_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    (problem, *_) = _fleet(tmp_path, extra="libvirt_uri = 3\n").problems
+    assert problem.key == "host.libvirt_uri"
+
+
+def test_locate_concludes_only_from_the_answers(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path)
+    answers = [Asked("h1", frozenset({"g1", "stray"})), Asked("h2", frozenset({"g2", "g1"})),
+               Asked("h3", problem="connection refused")]
+    found = {loc.guest: (loc.status, loc.running_on, loc.unasked)
+             for loc in locate(fleet, answers, ["g1", "g2", "g3"])}
+    assert found == {"g1": ("several", ("h1", "h2"), ()),
+                     "g2": ("moved", ("h2",), ()),
+                     # h3 did not answer: g3 may run there
+                     "g3": ("unknown", (), ("h3",))}
+    assert unmapped_guests(answers, fleet) == [("stray", "h1")]
+    # only a guest seen on exactly one host is written back
+    assert host_updates(locate(fleet, answers, ["g1", "g2", "g3"])) == {"g2": "h2"}
+
+
+def test_a_guest_nobody_runs_is_not_running_only_when_every_host_answered(
+        tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path)
+    answers = [Asked("h1", frozenset({"g1"})), Asked("h2"), Asked("h3")]
+    found = {loc.guest: loc.status for loc in locate(fleet, answers, ["g1", "g3"])}
+    assert found == {"g1": "agrees", "g3": "not-running"}
+
+
+def test_set_guest_host_changes_that_line_only(tmp_path: Path) -> None:
+    from netmap.guest_write import set_guest_host
+
+    path = tmp_path / "g.toml"
+    text = ('# kept\n[guest]\nname = "g"\nhost = "h1"   # planned\n\n[[nics]]\n'
+            'network = "mgmt"\nmac = "52:54:00:00:00:01"\nhost = "not-this"\n')
+    path.write_text(text)
+    set_guest_host(path, "h2")
+    assert path.read_text() == text.replace('host = "h1"', 'host = "h2"', 1)
+    path.write_text('[guest]\nname = "g"\n\n[[nics]]\nnetwork = "mgmt"\n')
+    set_guest_host(path, "h3")
+    assert path.read_text() == '[guest]\nname = "g"\nhost = "h3"\n\n[[nics]]\nnetwork = "mgmt"\n'
+    with pytest.raises(InputError, match="domain XML"):
+        set_guest_host(tmp_path / "g.xml", "h2")
+
+
+def test_the_journal_keeps_each_moves_status_across_a_restart(tmp_path: Path) -> None:
+    path = Journal.path_for("drain", "host/a", str(tmp_path))
+    assert path == tmp_path / "drain-host_a.json"
+    journal = Journal(path, [JournalMove("g1", "a", "b"), JournalMove("g2", "a", "c")])
+    journal.save()
+    journal.update(journal.moves[0], MIGRATING)
+    journal.update(journal.moves[1], FAILED, "refused")
+    again = Journal.read(path)
+    assert again is not None
+    assert [(m.guest, m.status, m.message) for m in again.moves] == [
+        ("g1", MIGRATING, ""), ("g2", FAILED, "refused")]
+    assert [m.guest for m in again.unfinished] == ["g1"]
+    again.update(again.moves[0], RELEASED)
+    assert Journal.read(path).unfinished == []  # type: ignore[union-attr]
+    assert Journal.read(tmp_path / "none.json") is None
+    path.write_text("{")
+    with pytest.raises(InputError, match="cannot read the journal"):
+        Journal.read(path)
