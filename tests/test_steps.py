@@ -312,13 +312,16 @@ def test_a_vf_claim_undoes_its_macvtap_and_puts_the_entry_back_as_found() -> Non
     kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": found})
     step = ClaimVf("eno1", "52:54:00:00:00:03", 100, True, macvtap="nm2")
     step.apply(kernel, Action(0, step, "create"))
-    assert kernel.calls[:2] == [
+    assert kernel.calls == [
         ("claim_vf", "eno1", {"vf": 3, "mac": "52:54:00:00:00:03", "vlan": 100,
                               "spoofchk": 1}, "undo"),
-        ("new_link", "nm2", "macvtap", "eno1v3", {"mode": "passthru"}, "covered")]
+        ("new_link", "nm2", "macvtap", "eno1v3", {"mode": "passthru"}, "covered"),
+        ("up", "eno1v3", None),  # a passthru macvtap sends nothing through a down VF
+        ("up", "nm2", "52:54:00:00:00:03")]
     kernel.calls.clear()
     kernel.undos[0][1]()
-    assert kernel.calls == [("delete", "nm2"), ("set_vf", "eno1", {"vf": 3, **found})]
+    assert kernel.calls == [("delete", "nm2"), ("set_up", "eno1v3", False),
+                            ("set_vf", "eno1", {"vf": 3, **found})]
 
 
 def test_a_repair_carries_the_values_found_as_its_undo() -> None:
