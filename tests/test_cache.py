@@ -28,7 +28,7 @@ from netmap.errors import InputError
 from netmap.graph import build_graph
 from netmap.load import fleet as loading
 from netmap.load import load_fleet, parse, store
-from netmap.model import Fleet, Host
+from netmap.model import Fleet, Host, IndexedHosts, host_mapping_file, hosts_binding
 
 WINDOW_NS = 50_000_000
 
@@ -77,7 +77,11 @@ def snapshot(fleet: Fleet) -> tuple:
                for n in (*h.uplinks.values(), *h.bindings.values())]
     sources += [(nic.source.file, nic.source.line) for g in fleet.guests.values()
                 for nic in g.nics]
-    return fleet.networks, fleet.hosts, fleet.guests, problems, sources, fleet.root
+    # what queries ask without reading the hosts (a warm load answers it from its index)
+    index = {network: sorted(hosts_binding(fleet.hosts, network)) for network in fleet.networks}
+    files = [host_mapping_file(fleet.hosts, name) for name in fleet.hosts]
+    return (fleet.networks, fleet.hosts, fleet.guests, problems, sources, fleet.root,
+            index, files)
 
 
 def same_as_uncached(mappings: Path) -> Fleet:
@@ -678,7 +682,7 @@ def test_fleet_from_the_store_answers_hosts_for_the_same(
     files = sum(parses.values())
     warm = load_fleet(root)
     assert sum(parses.values()) == files, "an unchanged fleet is not parsed again"
-    assert type(warm.hosts) is dict
+    assert isinstance(warm.hosts, IndexedHosts)
     plain = uncached(root)
     graph = build_graph(plain)
     for guest in list(plain.guests)[:25]:

@@ -40,9 +40,10 @@ import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 RACY_WINDOW_NS = 2_000_000_000
-FORMAT = 3
+FORMAT = 4
 Identity = tuple[int, int, int, int, int]
 
 
@@ -131,14 +132,30 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-Row = tuple[str, bytes]  # the key a file was parsed under, its object pickled
+class Row(NamedTuple):
+    """One file's row, its object left in the store until asked for (Store.object)."""
+
+    key: str  # the key the file was parsed under
+    name: str  # the host's or guest's name
+    file: str  # a host's mapping file (model.mapping_file), else ""
+
+
+class Parsed(NamedTuple):
+    """What a load stores of a file it parsed: a Row, the object pickled, and for a host
+    the networks it binds (the store's index: which hosts bind a network)."""
+
+    path: str
+    row: Row
+    blob: bytes
+    networks: tuple[str, ...]
 
 
 class Store:
     """The rows of one mappings directory (see the module doc)."""
 
-    def __init__(self, db: sqlite3.Connection, fingerprint: str) -> None:
-        self.db, self.fingerprint = db, fingerprint
+    def __init__(self, db: sqlite3.Connection, fingerprint: str, target: Path) -> None:
+        self.db, self.fingerprint, self.target = db, fingerprint, target
+        self._pid = os.getpid()
 
     @classmethod
     def open(cls, base: Path) -> Store | None:
@@ -160,8 +177,14 @@ class Store:
                 db.execute("PRAGMA synchronous = OFF")  # a cache: a torn write is a miss
                 db.execute("CREATE TABLE IF NOT EXISTS meta (fingerprint TEXT, root TEXT)")
                 db.execute("CREATE TABLE IF NOT EXISTS files"
-                           " (path TEXT PRIMARY KEY, key TEXT NOT NULL, object BLOB NOT NULL)")
-                return cls(db, fingerprint)
+                           " (path TEXT PRIMARY KEY, key TEXT NOT NULL, object BLOB NOT NULL,"
+                           " name TEXT NOT NULL, file TEXT NOT NULL)")
+                db.execute("CREATE TABLE IF NOT EXISTS bindings"
+                           " (network TEXT NOT NULL, path TEXT NOT NULL)")
+                db.execute("CREATE INDEX IF NOT EXISTS bindings_by_network"
+                           " ON bindings (network)")
+                db.execute("CREATE INDEX IF NOT EXISTS bindings_by_path ON bindings (path)")
+                return cls(db, fingerprint, target)
             except (OSError, sqlite3.Error):
                 db.close()
                 with contextlib.suppress(OSError):
@@ -174,25 +197,60 @@ class Store:
             meta = self.db.execute("SELECT fingerprint, root FROM meta").fetchall()
             if meta != [(self.fingerprint, root)]:
                 return None
-            return {path: (key, blob) for path, key, blob
-                    in self.db.execute("SELECT path, key, object FROM files")}
+            return {path: Row(key, name, file) for path, key, name, file
+                    in self.db.execute("SELECT path, key, name, file FROM files")}
         except sqlite3.Error:
             return None
 
-    def replace(self, root: str, rows: Iterable[tuple[str, str, bytes]],
-                gone: Iterable[str], *, every: bool) -> None:
-        """Store `rows` (path, key, object) and forget `gone`, in one transaction; every:
-        the rows are all there is (the store held another code's or directory's)."""
+    def object(self, path: str, key: str) -> Any:
+        """The object stored for `path` under `key`; None when the row is gone, has another
+        key now, or cannot be read (the caller parses the file)."""
+        try:
+            found = self._connection().execute(
+                "SELECT object FROM files WHERE path = ? AND key = ?", (path, key)).fetchone()
+            return None if found is None else pickle.loads(found[0])
+        except Exception:  # a damaged row, though ours: a miss
+            return None
+
+    def binding(self, network: str) -> list[tuple[str, str]] | None:
+        """(path, key) of the stored hosts that bind `network` (None: unreadable)."""
+        try:
+            return self._connection().execute(
+                "SELECT path, key FROM bindings JOIN files USING (path) WHERE network = ?",
+                (network,)).fetchall()
+        except sqlite3.Error:
+            return None
+
+    def _connection(self) -> sqlite3.Connection:
+        # a connection must not cross a fork (SQLite's rule): a forked worker that reads
+        # hosts opens its own
+        if os.getpid() != self._pid:
+            self.db = sqlite3.connect(self.target, timeout=5, isolation_level=None)
+            self._pid = os.getpid()
+        return self.db
+
+    def replace(self, root: str, parsed: Iterable[Parsed], gone: Iterable[str], *,
+                every: bool) -> None:
+        """Store what was `parsed` and forget `gone`, in one transaction; every: the rows
+        are all there is (the store held another code's or directory's)."""
+        parsed = list(parsed)
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 if every:
                     self.db.execute("DELETE FROM files")
+                    self.db.execute("DELETE FROM bindings")
                     self.db.execute("DELETE FROM meta")
                     self.db.execute("INSERT INTO meta VALUES (?, ?)", (self.fingerprint, root))
-                self.db.executemany("DELETE FROM files WHERE path = ?",
-                                    ((path,) for path in gone))
-                self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", rows)
+                for path in [] if every else [*gone, *(p.path for p in parsed)]:
+                    self.db.execute("DELETE FROM files WHERE path = ?", (path,))
+                    self.db.execute("DELETE FROM bindings WHERE path = ?", (path,))
+                self.db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?)",
+                                    ((p.path, p.row.key, p.blob, p.row.name, p.row.file)
+                                     for p in parsed))
+                self.db.executemany("INSERT INTO bindings VALUES (?, ?)",
+                                    ((network, p.path) for p in parsed
+                                     for network in p.networks))
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
