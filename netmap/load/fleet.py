@@ -76,7 +76,8 @@ def _load_with(db: Store, base: Path, networks: dict[str, Network],
             def load_one(path: str, *args: Any) -> T:
                 row = hits.get(path)
                 if row is not None:
-                    value: T | None = db.object(path, row.key)
+                    value: T | None = db.object(path, row.key) if row.blob is None \
+                        else _unpickled(row.blob)
                     if value is not None:
                         return value
                 theirs = second.result(path)
@@ -157,6 +158,13 @@ def _identity(path: str) -> Identity | None:
         return identity(os.stat(path))
     except OSError:
         return None  # the parser reports it
+
+
+def _unpickled(blob: bytes) -> Any:
+    try:
+        return pickle.loads(blob)
+    except Exception:  # a damaged row, though ours: a miss
+        return None
 
 
 def _pickled(value: object) -> bytes:

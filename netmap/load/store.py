@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 RACY_WINDOW_NS = 2_000_000_000
-FORMAT = 4
+FORMAT = 5  # of the tables: a store of another format is emptied and made anew
 Identity = tuple[int, int, int, int, int]
 
 
@@ -138,6 +138,8 @@ class Row(NamedTuple):
     key: str  # the key the file was parsed under
     name: str  # the host's or guest's name
     file: str  # a host's mapping file (model.mapping_file), else ""
+    # a guest's object pickled (every load reads every guest); a host's stays stored
+    blob: bytes | None = None
 
 
 class Parsed(NamedTuple):
@@ -175,10 +177,15 @@ class Store:
             try:
                 os.chmod(target, 0o600)
                 db.execute("PRAGMA synchronous = OFF")  # a cache: a torn write is a miss
+                if db.execute("PRAGMA user_version").fetchone() != (FORMAT,):
+                    with db:  # other tables, or none yet
+                        for table in ("meta", "files", "bindings"):
+                            db.execute(f"DROP TABLE IF EXISTS {table}")
+                        db.execute(f"PRAGMA user_version = {FORMAT}")
                 db.execute("CREATE TABLE IF NOT EXISTS meta (fingerprint TEXT, root TEXT)")
                 db.execute("CREATE TABLE IF NOT EXISTS files"
-                           " (path TEXT PRIMARY KEY, key TEXT NOT NULL, object BLOB NOT NULL,"
-                           " name TEXT NOT NULL, file TEXT NOT NULL)")
+                           " (path TEXT PRIMARY KEY, key TEXT NOT NULL, name TEXT NOT NULL,"
+                           " file TEXT NOT NULL, object BLOB NOT NULL)")
                 db.execute("CREATE TABLE IF NOT EXISTS bindings"
                            " (network TEXT NOT NULL, path TEXT NOT NULL)")
                 db.execute("CREATE INDEX IF NOT EXISTS bindings_by_network"
@@ -197,8 +204,10 @@ class Store:
             meta = self.db.execute("SELECT fingerprint, root FROM meta").fetchall()
             if meta != [(self.fingerprint, root)]:
                 return None
-            return {path: Row(key, name, file) for path, key, name, file
-                    in self.db.execute("SELECT path, key, name, file FROM files")}
+            # the object last in each row: reading the other columns skips its pages
+            return {path: Row(key, name, file, blob) for path, key, name, file, blob
+                    in self.db.execute("SELECT path, key, name, file,"
+                                       " CASE file WHEN '' THEN object END FROM files")}
         except sqlite3.Error:
             return None
 
@@ -246,7 +255,7 @@ class Store:
                     self.db.execute("DELETE FROM files WHERE path = ?", (path,))
                     self.db.execute("DELETE FROM bindings WHERE path = ?", (path,))
                 self.db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?)",
-                                    ((p.path, p.row.key, p.blob, p.row.name, p.row.file)
+                                    ((p.path, p.row.key, p.row.name, p.row.file, p.blob)
                                      for p in parsed))
                 self.db.executemany("INSERT INTO bindings VALUES (?, ?)",
                                     ((network, p.path) for p in parsed
