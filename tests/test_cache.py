@@ -9,6 +9,7 @@ tests can let files settle with a short sleep instead of seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -918,3 +919,59 @@ def test_cached_answer_is_always_the_cold_answer(
             except InputError as err:
                 warm = str(err)
             assert warm == cold, f"after {name}"
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each host's object was read from the store (a warm load's hosts)."""
+    counts: Counter[str] = Counter()
+    real = store.Store.object
+
+    def counted(self: store.Store, path: str, key: str) -> object:
+        counts[Path(path).name] += 1
+        return real(self, path, key)
+
+    monkeypatch.setattr(store.Store, "object", counted)
+    return counts
+
+
+def cli_answer(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, object]:
+    from netmap.cli import main
+
+    code = main(list(argv))
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_warm_commands_read_only_their_hosts(
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], host_reads: Counter[str]) -> None:
+    """`show HOST`, `check GUEST --to HOST` and `diff A B` from a warm store read those
+    hosts alone, `hosts-for` only the hosts binding the guest's networks, and each answers
+    as a load without the store does."""
+    root = tmp_path / "generated"
+    generate_fleet(root, 300, 80, seed=5)
+    settle()
+    plain = uncached(root)
+    guest = next(g for g in plain.guests.values() if g.host is not None and g.nics)
+    a, b = [name for name in plain.hosts if name != guest.host][:2]
+    binders = set(plain.hosts)
+    for nic in guest.nics:
+        binders &= {name for name, host in plain.hosts.items() if nic.network in host.bindings}
+    commands = {
+        ("show", a, "--json"): {a},
+        ("check", guest.name, "--to", b, "--json"): {b, guest.host},
+        ("diff", a, b, "--json"): {a, b},
+        ("hosts-for", guest.name, "--json"): binders,
+    }
+    load_fleet(root)  # fills the store
+    for argv, needed in commands.items():
+        host_reads.clear()
+        warm = cli_answer(capsys, "--mappings", str(root), *argv)
+        read = {name.removesuffix(".toml") for name in host_reads}
+        assert read <= {Path(plain.hosts[name].source.file).stem for name in needed}, argv
+        assert len(needed) < len(plain.hosts) // 2, "a query that needs most hosts"
+        monkeypatch.setenv("NETMAP_CACHE_DIR", str(tmp_path / f"empty-{argv[0]}"))
+        monkeypatch.setattr(loading, "STORE_MIN_FILES", 10**9)
+        assert warm == cli_answer(capsys, "--mappings", str(root), *argv), argv
+        monkeypatch.setenv("NETMAP_CACHE_DIR", str(cache_dir))
+        monkeypatch.setattr(loading, "STORE_MIN_FILES", 0)
