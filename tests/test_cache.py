@@ -857,6 +857,14 @@ def _mutations(root: Path) -> dict[str, Callable[[int], None]]:
         target = hosts / f"{owner.host}.toml" if owner and owner.host else pick(hosts, n)
         edit(target, 'mode = "bridge"\n', 'mode = "bridge"\nbridge = "brq"\n')
 
+    def unbind(path: Path | None) -> None:
+        # the host's last binding goes: the store's index of who binds what must follow
+        if path is not None and path.exists():
+            text = path.read_text()
+            cut = text.rfind("\n[networks.")
+            if cut >= 0:
+                path.write_text(text[:cut + 1])
+
     def add(n: int) -> None:
         source = pick(guests, n)
         if source is not None:
@@ -872,6 +880,7 @@ def _mutations(root: Path) -> dict[str, Callable[[int], None]]:
             (path := pick(hosts, n)) is not None and "mtu = 9000" in path.read_text()
             and keep_size_and_mtime(path, "mtu = 9000", "mtu = 8999")),
         "break host": lambda n: edit(pick(hosts, n), "[host]", "[host"),
+        "unbind a network on a host": lambda n: unbind(pick(hosts, n)),
         "edit networks": lambda n: edit(root / "networks.toml", "mtu = 9000", "mtu = 1600"),
         "rename a network": lambda n: edit(root / "networks.toml", "[networks.tenant-red]",
                                            "[networks.tenant-pink]"),
