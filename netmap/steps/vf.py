@@ -98,21 +98,22 @@ class ClaimVf(Step):
         found = info.get("found") or {}  # the entry as found at the claim (older state: cleared)
         if self.macvtap:
             kernel.delete_link(self.macvtap)
+            if info.get("netdev"):
+                # down, with the MAC the passthru macvtap gave it and the IPv6 address
+                # generation bring_up turned off put back; before the entry, because a VF
+                # driver reports its new MAC to the PF, which writes it into the entry
+                netdev = str(info["netdev"])
+                kernel.set_up(netdev, False)
+                before = {key: found[f"netdev_{key}"] for key in ("mac", "addr_gen_mode")
+                          if found.get(f"netdev_{key}") is not None}
+                if before:
+                    kernel.set_attrs(netdev, before)
         entry: dict[str, object] = {"vf": int(info["index"]),
                                     "mac": found.get("mac", "00:00:00:00:00:00"),
                                     "vlan": found.get("vlan", 0)}
         if "spoofchk" in found:
             entry["spoofchk"] = found["spoofchk"]
         kernel.set_vf(self.pf, entry)
-        if self.macvtap and info.get("netdev"):
-            # down, with the MAC the passthru macvtap gave it and the IPv6 address generation
-            # bring_up turned off put back; after the entry, whose MAC the PF enforces
-            netdev = str(info["netdev"])
-            kernel.set_up(netdev, False)
-            before = {key: found[f"netdev_{key}"] for key in ("mac", "addr_gen_mode")
-                      if found.get(f"netdev_{key}") is not None}
-            if before:
-                kernel.set_attrs(netdev, before)
 
     def explain(self, err: OSError) -> str:
         if err.errno == errno.EOPNOTSUPP:
