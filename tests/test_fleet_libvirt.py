@@ -41,6 +41,7 @@ def _libvirt_python() -> str | None:
 
 
 pytestmark = [
+    pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
     pytest.mark.netns,
     pytest.mark.qemu,
     needs_netns,

@@ -33,6 +33,7 @@ import libvirt_lab  # scripts/ is not a package
 from libvirt_lab import QEMU, PrivateLibvirtd, ip_json
 
 pytestmark = [
+    pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
     pytest.mark.netns,
     pytest.mark.qemu,
     needs_netns,

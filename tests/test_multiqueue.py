@@ -525,6 +525,7 @@ DOMAIN = """<domain type='qemu'>
 
 
 @pytest.mark.qemu
+@pytest.mark.usefixtures("one_libvirt_lab_at_a_time")
 @needs_netns
 @needs_qemu
 def test_libvirt_starts_a_guest_with_four_queues_on_the_realized_tap(
