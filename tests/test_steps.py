@@ -322,10 +322,10 @@ def test_a_vf_claim_undoes_its_macvtap_and_puts_the_entry_back_as_found() -> Non
     kernel.calls.clear()
     kernel.undos[0][1]()
     assert kernel.calls == [
-        ("delete", "nm2"), ("set_up", "eno1v3", False),
+        ("delete", "nm2"), ("set_vf", "eno1", {"vf": 3, **entry}), ("set_up", "eno1v3", False),
         # the MAC the passthru macvtap gave the VF netdev, IPv6 generation bring_up turned off
         ("set_attrs", "eno1v3", {"mac": "5a:f6:d0:0d:44:93", "addr_gen_mode": 0}),
-        ("set_vf", "eno1", {"vf": 3, **entry})]  # last: the VF driver's MAC report wrote it
+        ("set_vf", "eno1", {"vf": 3, **entry})]  # again: the VF driver's MAC report wrote it
 
 
 def test_a_repair_carries_the_values_found_as_its_undo() -> None:

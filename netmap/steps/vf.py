@@ -96,24 +96,25 @@ class ClaimVf(Step):
         if "index" not in info:
             return
         found = info.get("found") or {}  # the entry as found at the claim (older state: cleared)
-        if self.macvtap:
-            kernel.delete_link(self.macvtap)
-            if info.get("netdev"):
-                # down, with the MAC the passthru macvtap gave it and the IPv6 address
-                # generation bring_up turned off put back; before the entry, because a VF
-                # driver reports its new MAC to the PF, which writes it into the entry
-                netdev = str(info["netdev"])
-                kernel.set_up(netdev, False)
-                before = {key: found[f"netdev_{key}"] for key in ("mac", "addr_gen_mode")
-                          if found.get(f"netdev_{key}") is not None}
-                if before:
-                    kernel.set_attrs(netdev, before)
         entry: dict[str, object] = {"vf": int(info["index"]),
                                     "mac": found.get("mac", "00:00:00:00:00:00"),
                                     "vlan": found.get("vlan", 0)}
         if "spoofchk" in found:
             entry["spoofchk"] = found["spoofchk"]
+        if self.macvtap:
+            kernel.delete_link(self.macvtap)
         kernel.set_vf(self.pf, entry)
+        netdev = info.get("netdev")
+        before = {key: found[f"netdev_{key}"] for key in ("mac", "addr_gen_mode")
+                  if found.get(f"netdev_{key}") is not None}
+        if self.macvtap and netdev and before:
+            # the VF netdev down, with the MAC the passthru macvtap gave it and the IPv6
+            # generation bring_up turned off put back. Only once the PF no longer enforces
+            # the guest's MAC on the entry (EADDRNOTAVAIL before); the VF driver reports its
+            # MAC to the PF, which writes it into the entry: the entry once more after.
+            kernel.set_up(str(netdev), False)
+            kernel.set_attrs(str(netdev), before)
+            kernel.set_vf(self.pf, entry)
 
     def explain(self, err: OSError) -> str:
         if err.errno == errno.EOPNOTSUPP:
