@@ -226,7 +226,7 @@ def endpoint_devices(guest: str, nic: GuestNic, binding: Binding,
     """The interfaces realize would create or use for this NIC, by role."""
     tap = names.tap_name(guest, nic.index)
     vlan = binding.vlan if binding.vlan is not None else network.vlan
-    if binding.mode == "bridge":
+    if binding.mode in ("bridge", "ovs"):  # ovs: the OVS bridge, named as a Linux one
         return (("bridge", names.bridge_name(binding.uplink, binding.bridge)), ("tap", tap))
     if binding.mode == "vxlan":
         assert network.vni is not None

@@ -44,6 +44,7 @@ from netmap.tomlcheck import (
     subtable,
     table_array,
     text,
+    text_table,
     texts,
 )
 from netmap.vxlan_options import Problem as UnderlayProblem
@@ -134,7 +135,8 @@ NETWORK = Schema("Network", segment=text(), vni=number(low=VNI_RANGE[0], high=VN
 NETWORKS_FILE = Schema("NetworksFile", networks=named_tables(NETWORK))
 HOST = Schema("Host", name=text(required=True), features=texts(), netns=text(),
               max_guests=number(low=0, high=100_000),
-              max_endpoints=number(low=0, high=1_000_000))
+              max_endpoints=number(low=0, high=1_000_000), ovsdb=text())
+OVS_DATAPATH_TYPES = ("system", "netdev")
 SRIOV = Schema("Sriov", total_vfs=number(required=True, low=1, high=4096))
 UPLINK = Schema("Uplink", segments=texts(),
                 mtu=number(default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1]),
@@ -145,7 +147,8 @@ BINDING = Schema("Binding", mode=text(required=True, choices=MODES),
                  uplink=text(required=True), bridge=text(),
                  vlan=number(low=VLAN_RANGE[0], high=VLAN_RANGE[1]), mtu=MTU,
                  vf_attach=text(default="hostdev", choices=VF_ATTACH),
-                 spoofchk=flag(default=True), vxlan=subtable(VXLAN))
+                 spoofchk=flag(default=True), vxlan=subtable(VXLAN),
+                 external_ids=text_table(), datapath_type=text(choices=OVS_DATAPATH_TYPES))
 HOST_FILE = Schema("HostFile", host=subtable(HOST, required=True),
                    uplinks=named_tables(UPLINK), networks=named_tables(BINDING))
 GUEST = Schema("Guest", name=text(required=True), host=text())
@@ -193,6 +196,10 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
         doc.check(("host", "netns"), about.netns, netns_problem,
                   "name the namespace as 'ip netns list' shows it (e.g. \"lab-host-a\"), or "
                   "remove netns: a real host is realized in its own namespace")
+    if about.ovsdb is not None:
+        doc.check(("host", "ovsdb"), about.ovsdb, _ovsdb_problem,
+                  'write it as "unix:/run/openvswitch/db.sock" (the socket ovsdb-server '
+                  "listens on), or remove ovsdb to use ovs-vsctl's default")
     features = about.features
     for index, feature in enumerate(features):
         if feature not in KNOWN_FEATURES:
@@ -230,7 +237,8 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
             doc.check((*where, "bridge"), bridge, _ifname_check, "use a name of at most 15 bytes")
         vxlan = _vxlan(doc, where, values.vxlan) if values.vxlan is not None else None
         _check_binding_fits(doc, where, network, mode, uplinks[uplink], bridge, vxlan)
-        if mode == "bridge":
+        _check_ovs_keys(doc, where, values)
+        if mode in ("bridge", "ovs"):
             chosen = names.bridge_name(uplink, bridge)
             other = bridge_of_uplink.setdefault(uplink, (chosen, network_name))
             if other[0] != chosen:
@@ -239,10 +247,32 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
                                 "an interface has one master: use the same bridge for both")
         bindings[network_name] = Binding(network_name, mode, uplink, bridge, values.vlan,
                                          values.mtu, values.vf_attach, values.spoofchk, vxlan,
-                                         doc.source(where))
+                                         doc.source(where),
+                                         tuple(sorted(values.external_ids.items())),
+                                         values.datapath_type)
     _check_uplink_sharing(doc, bindings)
     return Host(name, uplinks, bindings, frozenset(features), about.netns, about.max_guests,
-                about.max_endpoints, Source(str(path)))
+                about.max_endpoints, Source(str(path)), about.ovsdb)
+
+
+def _ovsdb_problem(remote: str) -> str | None:
+    """netmap talks to OVSDB on its unix socket, as ovs-vsctl does by default."""
+    if not remote.startswith("unix:") or not remote[5:].startswith("/"):
+        return f"{remote!r} is not unix:/ABSOLUTE/PATH"
+    return None
+
+
+def _check_ovs_keys(doc: Document, where: KeyPath, values: Any) -> None:
+    if values.mode == "ovs":
+        for key in values.external_ids:
+            if not key:
+                raise doc.error((*where, "external_ids"), "has an empty key",
+                                "name every external_ids key")
+        return
+    for key in ("external_ids", "datapath_type"):
+        if getattr(values, key):
+            raise doc.error((*where, key), f"only ovs mode takes {key}, not {values.mode}",
+                            f"remove {key}, or use mode = \"ovs\"")
 
 
 def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
@@ -256,6 +286,7 @@ def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
         if len(users) < 2:
             continue  # every conflict below takes two bindings on one uplink
         modes = {b.mode for b in users}
+        _check_ovs_uplink(doc, uplink, users)
         if "bridge" not in modes and "macvtap-passthrough" not in modes:
             continue  # every conflict below takes one of these
         passthrough = [b for b in users if b.mode == "macvtap-passthrough"]
@@ -279,6 +310,27 @@ def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
                             f"puts a macvtap on {uplink}, which network {bridged[0].network} "
                             "enslaves to a bridge; the kernel allows only one of them",
                             "use bridge mode for both, or separate uplinks")
+
+
+def _check_ovs_uplink(doc: Document, uplink: str, users: list[Binding]) -> None:
+    """An OVS port is taken by ovs-vswitchd (the kernel datapath's rx_handler, or the
+    userspace one's packet socket): it cannot also be a Linux-bridge port, a macvlan
+    lower device, or a vxlan underlay that keeps its address."""
+    ovs = [b for b in users if b.mode == "ovs"]
+    if not ovs:
+        return
+    other = next((b for b in users if b.mode != "ovs"), None)
+    if other is None:
+        return
+    what = {"bridge": "enslaves it to a Linux bridge",
+            "vxlan": "uses it as vxlan underlay"}.get(
+        other.mode, "puts a macvtap on it" if other.mode.startswith("macvtap-")
+        else f"uses it in {other.mode} mode")
+    raise doc.error(("networks", other.network, "uplink"),
+                    f"{what}, but {uplink} is a port of OVS bridge "
+                    f"{names.bridge_name(uplink, ovs[0].bridge)} (network {ovs[0].network}); "
+                    "an interface is either an OVS port or one of these, not both",
+                    "bind both networks in ovs mode, or give them separate uplinks")
 
 
 def _ifname_check(name: str) -> str | None:
@@ -305,9 +357,9 @@ def _check_binding_fits(doc: Document, where: KeyPath, network: Network, mode: s
     if mode == "sriov-vf" and uplink.sriov is None:
         raise doc.error((*where, "mode"), f"is sriov-vf, but uplink {uplink.name} has no VF "
                         f"pool", f"add sriov = {{ total_vfs = N }} to [uplinks.{uplink.name}]")
-    if bridge is not None and mode not in ("bridge", "vxlan"):
-        raise doc.error((*where, "bridge"), f"only bridge and vxlan modes use a bridge, not "
-                        f"{mode}", "remove bridge")
+    if bridge is not None and mode not in ("bridge", "vxlan", "ovs"):
+        raise doc.error((*where, "bridge"), "only bridge, vxlan and ovs modes use a bridge, "
+                        f"not {mode}", "remove bridge")
     if vxlan is not None and mode != "vxlan":
         raise doc.error((*where, "vxlan"), f"only vxlan mode takes vxlan options, not {mode}",
                         "remove the vxlan table")

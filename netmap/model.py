@@ -78,6 +78,7 @@ SEMANTIC_CLASS: dict[str, str] = {
     "macvtap-passthrough": "dedicated",
     "sriov-vf": "dedicated",
     "vxlan": "local-switching",
+    "ovs": "local-switching",  # an Open vSwitch bridge switches locally like a Linux bridge
 }
 MODES = tuple(SEMANTIC_CLASS)
 SEMANTIC_CLASSES = tuple(dict.fromkeys(SEMANTIC_CLASS.values()))
@@ -181,6 +182,9 @@ class Binding:
     spoofchk: bool = True
     vxlan: Vxlan | None = None
     source: Source | None = field(default=None, compare=False)
+    # ovs: set on the guest's port for the operator's SDN (OVN, Neutron), sorted by key
+    external_ids: tuple[tuple[str, str], ...] = ()
+    datapath_type: str | None = None  # ovs: of a bridge netmap creates (system, netdev)
 
     @property
     def semantic(self) -> str:
@@ -197,6 +201,7 @@ class Host:
     max_guests: int | None = None
     max_endpoints: int | None = None
     source: Source | None = field(default=None, compare=False)
+    ovsdb: str | None = None  # the OVSDB remote ("unix:PATH"); None: where ovs-vsctl looks
 
 
 def mapping_file(host: Host) -> str:
