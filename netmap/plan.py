@@ -9,10 +9,19 @@ plan lists each once and state can count who still uses it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
-from netmap.model import MACVTAP_MODES, VXLAN_OVERHEAD, Guest, GuestNic, Host
+from netmap.model import MACVTAP_MODES, VXLAN_OVERHEAD, Binding, Guest, GuestNic, Host
+
+OVS_OWNER_KEY = "netmap-owner"  # on every OVS port netmap adds: release takes out only these
+OVS_RUNDIR = "/var/run/openvswitch"
+
+
+def default_ovsdb() -> str:
+    """Where ovs-vsctl finds OVSDB: $OVS_RUNDIR/db.sock, else /var/run/openvswitch's."""
+    return f"unix:{os.environ.get('OVS_RUNDIR') or OVS_RUNDIR}/db.sock"
 
 if TYPE_CHECKING:  # the steps are also what the QEMU helper and release import: no networkx
     import networkx as nx
@@ -238,8 +247,9 @@ class CreateTap(LinkStep):
 
     def describe(self) -> str:
         queues = ", multi-queue" if self.multi_queue else ""
+        where = f" in bridge {self.bridge}" if self.bridge else ""  # "": an OVS port
         return (f"tap {self.name} for {self.guest_mac} (host side {self.mac}, mtu {self.mtu}"
-                f"{queues}) in bridge {self.bridge}, up")
+                f"{queues}){where}, up")
 
 
 @dataclass(frozen=True)
@@ -299,6 +309,88 @@ class ReleaseVf(Step):
 
 
 @dataclass(frozen=True)
+class EnsureOvsBridge(Step):
+    """An Open vSwitch bridge in the OVSDB at `ovsdb`: used as it is when it exists (its
+    datapath type is the operator's), else created with `datapath_type`."""
+
+    kind: ClassVar[str] = "ovs-bridge"
+    shared: ClassVar[bool] = True
+    name: str
+    ovsdb: str
+    datapath_type: str | None = None
+
+    @property
+    def resource(self) -> str:
+        return f"ovs-bridge:{self.name}"
+
+    def describe(self) -> str:
+        datapath = f", datapath {self.datapath_type}" if self.datapath_type else ""
+        return f"OVS bridge {self.name}{datapath} (OVSDB {self.ovsdb})"
+
+    def inverse(self) -> Step | None:
+        return DeleteOvsBridge(self.name, self.ovsdb)
+
+
+@dataclass(frozen=True)
+class DeleteOvsBridge(Step):
+    kind: ClassVar[str] = "delete-ovs-bridge"
+    name: str
+    ovsdb: str
+
+    @property
+    def resource(self) -> str:
+        return f"ovs-bridge:{self.name}"
+
+    def describe(self) -> str:
+        return f"delete OVS bridge {self.name}"
+
+
+@dataclass(frozen=True)
+class EnsureOvsPort(Step):
+    """`port` on OVS bridge `bridge`: the uplink as a trunk (no tag: every VLAN), or the
+    guest's tap as an access port (`tag`) with the external_ids an SDN finds it by."""
+
+    kind: ClassVar[str] = "ovs-port"
+    shared: ClassVar[bool] = True  # the uplink's port; a tap's has one guest
+    port: str
+    bridge: str
+    ovsdb: str
+    tag: int | None = None
+    external_ids: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def resource(self) -> str:
+        return f"ovs-port:{self.port}"
+
+    def describe(self) -> str:
+        how = f"access port, tag {self.tag}" if self.tag is not None else "trunk, every VLAN"
+        ids = ", " + ", ".join(f"{k}={v}" for k, v in self.external_ids) \
+            if self.external_ids else ""
+        return f"OVS port {self.port} on {self.bridge} ({how}{ids})"
+
+    def inverse(self) -> Step | None:
+        return DeleteOvsPort(self.port, self.bridge, self.ovsdb)
+
+
+@dataclass(frozen=True)
+class DeleteOvsPort(Step):
+    kind: ClassVar[str] = "delete-ovs-port"
+    port: str
+    bridge: str
+    ovsdb: str
+
+    @property
+    def resource(self) -> str:
+        return f"ovs-port:{self.port}"
+
+    def describe(self) -> str:
+        return f"take port {self.port} out of OVS bridge {self.bridge}"
+
+
+OVS_STEPS = (EnsureOvsBridge, EnsureOvsPort)
+
+
+@dataclass(frozen=True)
 class DeleteLink(Step):
     kind: ClassVar[str] = "delete"
     name: str
@@ -314,7 +406,8 @@ class DeleteLink(Step):
 
 STEP_TYPES: dict[str, type[Step]] = {cls.kind: cls for cls in (
     RequireLink, SetDown, EnsureBridge, EnslavePort, ReleasePort, BridgeVlan, DropBridgeVlan,
-    EnsureVlanLink, EnsureVxlan, CreateTap, CreateMacvtap, ClaimVf, ReleaseVf, DeleteLink)}
+    EnsureVlanLink, EnsureVxlan, CreateTap, CreateMacvtap, ClaimVf, ReleaseVf, DeleteLink,
+    EnsureOvsBridge, DeleteOvsBridge, EnsureOvsPort, DeleteOvsPort)}
 
 
 def step_from_dict(data: dict[str, object]) -> Step:
@@ -324,6 +417,9 @@ def step_from_dict(data: dict[str, object]) -> Step:
     remotes = fields.get("remotes")
     if isinstance(remotes, (list, tuple)):  # JSON has lists only
         fields["remotes"] = tuple(remotes)
+    ids = fields.get("external_ids")
+    if isinstance(ids, (list, tuple)):
+        fields["external_ids"] = tuple((str(k), str(v)) for k, v in ids)
     return cls(**fields)
 
 
@@ -411,6 +507,32 @@ def _bridged_steps(nic: GuestNic, view: g.NicView, mtu: int, port: str, bridge: 
     return steps
 
 
+def ovs_port_ids(guest: str, nic: GuestNic, binding: Binding) -> tuple[tuple[str, str], ...]:
+    """The external_ids of a guest's OVS port: the binding's, and those OpenStack, OVN and
+    libvirt set (iface-id names the logical port, attached-mac the guest's MAC, vm-id the
+    guest), and netmap's mark of ownership."""
+    ids = dict(binding.external_ids)
+    ids.setdefault("iface-id", f"{guest}-nic{nic.index}")
+    ids.update({"attached-mac": nic.mac, "vm-id": guest, "iface-status": "active",
+                OVS_OWNER_KEY: guest})
+    return tuple(sorted(ids.items()))
+
+
+def _ovs_steps(guest: Guest, nic: GuestNic, view: g.NicView, mtu: int, host: Host,
+               binding: Binding, devices: dict[str, str]) -> list[Step]:
+    """The OVS bridge and its uplink port (a trunk), the guest's tap, and the tap as an
+    access port: apply makes the three OVSDB steps one transaction."""
+    remote = host.ovsdb or default_ovsdb()
+    bridge, tap = devices["bridge"], devices["tap"]
+    return [EnsureOvsBridge(bridge, remote, binding.datapath_type),
+            EnsureOvsPort(view.uplink or "", bridge, remote,
+                          external_ids=((OVS_OWNER_KEY, "uplink"),)),
+            CreateTap(tap, host_side_mac(nic.mac), nic.mac, mtu, "",
+                      multi_queue=nic.queues > 1),
+            EnsureOvsPort(tap, bridge, remote, view.vlan, ovs_port_ids(guest.name, nic,
+                                                                        binding))]
+
+
 def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> NicPlan | str:
     """The steps for one NIC, or why it cannot be planned on this host."""
     from netmap import graph as g
@@ -453,6 +575,8 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
             steps.append(EnsureVlanLink(lower, view.uplink, int(view.vlan or 0), mtu))
         steps.append(CreateMacvtap(devices["macvtap"], lower, MACVTAP_MODES[view.mode],
                                    nic.mac, mtu))
+    elif view.mode == "ovs":
+        steps += _ovs_steps(guest, nic, view, mtu, host, binding, devices)
     elif view.mode == "sriov-vf":
         steps.append(ClaimVf(view.uplink, nic.mac, view.vlan, binding.spoofchk,
                              devices.get("macvtap"), mtu))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg, rtnl
+from netmap.netlink import ovs_steps, rtmsg, rtnl
 from netmap.netlink.endpoints import ENDPOINTS
 from netmap.netlink.kernel_steps import (
     add_vxlan_remotes,
@@ -61,6 +61,8 @@ class Transaction:
         self._decided: set[str] = set()
         self._pyroute: IPRoute | None = None
         self.reidentified: dict[str, int] = {}  # link resource -> ifindex, set by rollback
+        self.ovsdb = ovs_steps.Connections()
+        self._ovs_queue: list[Action] = []
 
     # --- helpers ----------------------------------------------------------------------------
     def bridge_vlans(self) -> dict[str, dict[int, int]]:
@@ -97,6 +99,12 @@ class Transaction:
             return
         self._decided.add(step.resource)
         try:
+            if isinstance(step, p.OVS_STEPS):
+                planned = {a.step.name for a in self.actions
+                           if isinstance(a.step, p.EnsureOvsBridge) and a.verdict == "create"}
+                self.actions.append(ovs_steps.decide(self.ovsdb(step.ovsdb), self.plan.guest,
+                                                     self.plan.host, nic, step, planned))
+                return
             self.actions.append(decide_step(self, nic, step))
         except ApplyError as err:
             err.step = err.step or step  # the refusal is this step's
@@ -158,10 +166,31 @@ class Transaction:
             if action.verdict == "create" and isinstance(action.step, BATCHED):
                 self._queue.append(action)
                 continue
+            if isinstance(action.step, p.OVS_STEPS) and action.verdict in ("create", "repair"):
+                self._ovs_queue.append(action)  # one OVSDB transaction, after the taps
+                continue
             self._flush()
             self._run(action)
         self._flush()
+        self._flush_ovs()
         self.links = self.kernel.links()
+
+    def _flush_ovs(self) -> None:
+        """All OVS changes of this realize: one OVSDB transaction per database (a host has
+        one), its undo registered before it is sent."""
+        batches: dict[str, ovs_steps.Batch] = {}
+        for action in self._ovs_queue:
+            assert isinstance(action.step, p.OVS_STEPS)
+            batches.setdefault(action.step.ovsdb, ovs_steps.Batch()).add(action)
+        for remote, batch in batches.items():
+            connection = self.ovsdb(remote)
+            # the undo does not wait for ovs-vswitchd: the database is what netmap changed,
+            # and a vswitchd that is down (why the change failed) must not block it
+            self._will_undo(f"undo the OVSDB changes on {remote}", functools.partial(
+                connection.apply, list(reversed(batch.undo)), wait_vswitchd=False))
+            connection.apply(batch.changes)
+        self.outcomes += [(a.nic, a.step, a.verdict) for a in self._ovs_queue]
+        self._ovs_queue = []
 
     def _will_undo(self, what: str, undo: Callable[[], None]) -> Undo:
         """Register an undo before the kernel is asked: from here on, whatever happens,
@@ -213,8 +242,12 @@ class Transaction:
             raise ApplyError(f"{step.describe()}: {explain(step, error)}",
                              fix=fix_for(step, error)) from error
         for request in rtmsg.up_without_ipv6(name=step.name, mtu=step.mtu, mac=step.mac,
-                                             master=self.index(step.bridge)):
+                                             master=self._master(step)):
             self.kernel.call(request)
+
+    def _master(self, step: p.CreateTap) -> int | None:
+        """The kernel bridge a tap joins; none for an OVS port (OVSDB adds it)."""
+        return self.index(step.bridge) if step.bridge else None
 
     def _make_tap_again(self, name: str, old: dict) -> None:
         """The undo of a recreate: the tap as it was (queue mode, MTU, MAC, bridge, VLANs,
@@ -395,7 +428,7 @@ class Transaction:
                     continue
                 sent.append((action, len(requests), 2))
                 requests += rtmsg.up_without_ipv6(name=step.name, mtu=step.mtu, mac=step.mac,
-                                                  master=self.index(step.bridge))
+                                                  master=self._master(step))
                 continue
             assert isinstance(step, p.CreateMacvtap)
             # Created down, then IPv6 off, then up (up_without_ipv6), so IPv6 never starts on
@@ -435,6 +468,7 @@ class Transaction:
         return failed
 
     def close(self) -> None:
+        self.ovsdb.close()
         if self._pyroute is not None:
             self._pyroute.close()
             self._pyroute = None

@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netmap.errors import ApplyError
+from netmap.plan import OVS_OWNER_KEY
 
-DEFAULT_RUNDIR = "/var/run/openvswitch"
-OWNER_KEY = "netmap-owner"  # external_ids key on every port netmap adds: which guest (or
-# "uplink"); release removes a port only while it carries it, never one someone made since
 VSWITCHD_LOCK = "ovs_vswitchd"  # the OVSDB lock ovs-vswitchd holds while it runs
 TABLES = {
     "Open_vSwitch": ("bridges", "next_cfg", "cur_cfg"),
@@ -29,11 +27,6 @@ TABLES = {
     "Port": ("name", "interfaces", "tag", "trunks", "external_ids"),
     "Interface": ("name", "type", "ofport", "error", "external_ids", "mac_in_use"),
 }
-
-
-def default_remote() -> str:
-    """Where ovs-vsctl finds OVSDB: $OVS_RUNDIR/db.sock, else /var/run/openvswitch's."""
-    return f"unix:{os.environ.get('OVS_RUNDIR') or DEFAULT_RUNDIR}/db.sock"
 
 
 @dataclass(frozen=True)
@@ -59,6 +52,7 @@ class OvsBridge:
     name: str
     datapath_type: str
     ports: dict[str, OvsPort] = field(default_factory=dict)
+    external_ids: dict[str, str] = field(default_factory=dict)
 
 
 def _one(value: Any) -> Any:
@@ -147,7 +141,8 @@ class Ovsdb:
                     dict(port.external_ids),
                     tuple(OvsInterface(i.name, i.type, _one(i.ofport), _one(i.error))
                           for i in port.interfaces))
-            out[row.name] = OvsBridge(row.name, row.datapath_type or "system", ports)
+            out[row.name] = OvsBridge(row.name, row.datapath_type or "system", ports,
+                                      dict(row.external_ids))
         return out
 
     def vswitchd_running(self) -> bool:
@@ -211,6 +206,7 @@ class AddBridge(Change):
         port.name, port.interfaces = self.name, [iface]
         row = txn.insert(txn.idl.tables["Bridge"])
         row.name, row.ports = self.name, [port]
+        row.external_ids = {OVS_OWNER_KEY: "netmap"}  # release deletes only a marked one
         if self.datapath_type:
             row.datapath_type = self.datapath_type
         root.addvalue("bridges", row)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from netmap import plan as p
     from netmap.netlink import rtmsg, rtnl
+    from netmap.netlink.ovs_steps import Connections
     from netmap.netlink.sysfs import VirtualFunction
     from netmap.state import HostState
 
@@ -25,6 +26,7 @@ class TransactionView(Protocol):
     sysfs_root: str | Path | None
     links: dict[str, rtmsg.Link]  # the live links, read once by the decide pass
     vfs: dict[str, VirtualFunction]  # resource -> the VF claimed
+    ovsdb: Connections  # OVSDB by remote, for the OVS steps
 
     def bridge_vlans(self) -> dict[str, dict[int, int]]: ...
 

@@ -132,7 +132,9 @@ def _compare(txn: TransactionView, nic: int, step: p.Step, live: rtmsg.Link, min
         want["mtu"] = step.mtu
         identity += _vxlan_differences(txn, step, live)
     elif isinstance(step, p.CreateTap):
-        want.update(mtu=step.mtu, mac=step.mac, master=step.bridge)
+        want.update(mtu=step.mtu, mac=step.mac)
+        if step.bridge:  # an OVS port's tap ("") is added by OVSDB, not by a kernel master
+            want["master"] = step.bridge
         if live.multi_queue is not None and live.multi_queue != step.multi_queue:
             return _requeue(txn, nic, step, live)
     elif isinstance(step, p.CreateMacvtap):

@@ -1,0 +1,184 @@
+"""The OVS side of realize and release: verdicts for the OVS steps from OVSDB, one OVSDB
+transaction for all of a realize's OVS changes (and one that undoes them), and release's
+removal of what netmap added, judged by the mark it left on each (OVS_OWNER_KEY).
+
+What netmap adds carries that mark in external_ids; a port or bridge without it is
+someone else's and is never changed or removed (a foreign port holding the name of a
+guest's tap is refused, an existing bridge is used as it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from netmap import plan as p
+from netmap.errors import ApplyError
+from netmap.netlink import ovsdb as db
+from netmap.netlink.verdicts import Action, refuse
+
+OvsStep = p.EnsureOvsBridge | p.EnsureOvsPort
+
+
+class Connections:
+    """The OVSDB connections of one realize or release, one per remote, opened when first
+    needed and closed together."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self._open: dict[str, db.Ovsdb] = {}
+
+    def __call__(self, remote: str) -> db.Ovsdb:
+        if remote not in self._open:
+            self._open[remote] = db.Ovsdb(remote, self.timeout)
+        return self._open[remote]
+
+    def close(self) -> None:
+        for connection in self._open.values():
+            connection.close()
+        self._open.clear()
+
+
+def decide(ovs: db.Ovsdb, guest: str, host: str, nic: int, step: OvsStep,
+           planned_bridges: set[str]) -> Action:
+    """create / unchanged / adopt / repair, or a refusal; nothing is changed."""
+    bridges = ovs.bridges()
+    if isinstance(step, p.EnsureOvsBridge):
+        found = bridges.get(step.name)
+        if found is None:
+            return Action(nic, step, "create")
+        # an existing bridge is the operator's choice, datapath and all
+        return Action(nic, step, "unchanged" if _owner(found.external_ids) else "adopt")
+    where = next((b for b in bridges.values() if step.port in b.ports), None)
+    if where is None:
+        if step.bridge not in bridges and step.bridge not in planned_bridges:
+            raise refuse(f"OVS bridge {step.bridge} vanished on {host}", "realize again")
+        return Action(nic, step, "create")
+    live = where.ports[step.port]
+    owner = live.external_ids.get(p.OVS_OWNER_KEY)
+    if where.name != step.bridge:
+        raise refuse(f"{step.port} is a port of OVS bridge {where.name} on {host}, not of "
+                     f"{step.bridge}; a port is on one bridge",
+                     f"take it out ('ovs-vsctl del-port {where.name} {step.port}') if it is "
+                     f"stale, or name bridge = \"{where.name}\" in the binding")
+    if dict(step.external_ids).get(p.OVS_OWNER_KEY) == "uplink":
+        # the uplink's port, netmap's or the operator's: a trunk of every VLAN
+        if live.tag is not None:
+            raise refuse(f"uplink {step.port} is an access port of {step.bridge} (tag "
+                         f"{live.tag}) on {host}: it would carry one VLAN only",
+                         f"make it a trunk ('ovs-vsctl remove port {step.port} tag "
+                         f"{live.tag}')")
+        return Action(nic, step, "unchanged" if owner == "uplink" else "adopt")
+    if owner != guest:
+        raise refuse(f"OVS port {step.port} exists on {step.bridge} ({host}) but netmap did "
+                     f"not add it for {guest}"
+                     + (f" (it is {owner}'s)" if owner else " (a foreign port holds the "
+                        "endpoint's name)"),
+                     f"remove it if it is stale ('ovs-vsctl del-port {step.bridge} "
+                     f"{step.port}')")
+    want = {"tag": step.tag, "external_ids": dict(step.external_ids)}
+    have = {"tag": live.tag, "external_ids": live.external_ids}
+    if want == have:
+        return Action(nic, step, "unchanged")
+    return Action(nic, step, "repair", want, have)
+
+
+def _owner(ids: dict[str, str]) -> bool:
+    return ids.get(p.OVS_OWNER_KEY) == "netmap"
+
+
+@dataclass
+class Batch:
+    """A realize's OVS changes for one OVSDB, and the changes that undo them."""
+
+    changes: list[db.Change] = field(default_factory=list)
+    undo: list[db.Change] = field(default_factory=list)
+
+    def add(self, action: Action) -> None:
+        step = action.step
+        if isinstance(step, p.EnsureOvsBridge):
+            self.changes.append(db.AddBridge(step.name, step.datapath_type))
+            self.undo.append(db.DeleteBridge(step.name))
+            return
+        assert isinstance(step, p.EnsureOvsPort)
+        self.changes.append(db.SetPort(step.port, step.bridge, step.tag, step.external_ids))
+        if action.verdict == "create":
+            self.undo.append(db.DeletePort(step.port, step.bridge))
+        else:  # repair: back to the tag and external_ids it had
+            old = action.undo_repair or {}
+            self.undo.append(db.SetPort(step.port, step.bridge, old.get("tag"),
+                                        tuple(sorted(old.get("external_ids", {}).items()))))
+
+
+def verify(ovs: db.Ovsdb, nic: p.NicPlan) -> list[str]:
+    """The guest's port as planned, and ovs-vswitchd using it (an OpenFlow port number,
+    no error on its interface)."""
+    step = next((s for s in nic.steps if isinstance(s, p.EnsureOvsPort)
+                 and s.port == nic.device), None)
+    if step is None:
+        return []
+    bridge = ovs.bridges().get(step.bridge)
+    port = bridge.ports.get(step.port) if bridge else None
+    if port is None:
+        return [f"NIC {nic.nic}: {step.port} is not a port of OVS bridge {step.bridge}"]
+    problems = []
+    if port.tag != step.tag:
+        problems.append(f"NIC {nic.nic}: OVS port {step.port} has tag {port.tag}, want "
+                        f"{step.tag}")
+    for iface in port.interfaces:
+        if iface.error or not iface.ofport or iface.ofport < 0:
+            problems.append(f"NIC {nic.nic}: ovs-vswitchd does not use {iface.name}: "
+                            f"{iface.error or 'no OpenFlow port'}")
+    return problems
+
+
+def release(connections: Connections, steps: Iterable[tuple[str, p.Step]], going: set[str],
+            ) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Remove the OVS ports and bridges of `steps` (key, step) that still carry netmap's
+    mark, in one transaction per OVSDB. Returns the keys removed, those kept (key, why:
+    a bridge with ports netmap did not add) and those that failed (key, error)."""
+    removed: list[str] = []
+    kept: list[tuple[str, str]] = []
+    failed: list[tuple[str, str]] = []
+    by_remote: dict[str, list[tuple[str, p.Step]]] = {}
+    for key, step in steps:
+        by_remote.setdefault(getattr(step, "ovsdb", ""), []).append((key, step))
+    for remote, items in by_remote.items():
+        try:
+            ovs = connections(remote)
+            bridges = ovs.bridges()
+            changes: list[db.Change] = []
+            done: list[str] = []
+            leaving = {s.port for _k, s in items if isinstance(s, p.EnsureOvsPort)}
+            for key, step in items:
+                if isinstance(step, p.EnsureOvsPort):
+                    live = bridges.get(step.bridge)
+                    port = live.ports.get(step.port) if live else None
+                    if port is None:
+                        removed.append(f"{key} (already gone)")
+                    elif p.OVS_OWNER_KEY not in port.external_ids:
+                        kept.append((key, "now someone else's port (no netmap mark), left "
+                                     "alone"))
+                    else:
+                        changes.append(db.DeletePort(step.port, step.bridge))
+                        done.append(key)
+                elif isinstance(step, p.EnsureOvsBridge):
+                    live = bridges.get(step.name)
+                    if live is None:
+                        removed.append(f"{key} (already gone)")
+                        continue
+                    others = sorted(n for n in live.ports if n != step.name
+                                    and n not in leaving and n not in going)
+                    if others:
+                        kept.append((key, f"OVS bridge still has ports netmap did not add: "
+                                     f"{', '.join(others)}"))
+                    elif not _owner(live.external_ids):
+                        kept.append((key, "not netmap's bridge any more, left alone"))
+                    else:
+                        changes.append(db.DeleteBridge(step.name))
+                        done.append(key)
+            ovs.apply(changes)
+            removed += done
+        except ApplyError as err:
+            failed += [(key, err.problem) for key, _ in items]
+    return removed, kept, failed
