@@ -25,6 +25,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                 "netmap.gcpause", "netmap.forked", "netmap.finish"),
     "model": ("netmap.model", "netmap.names", "netmap.nic_values", "netmap.inventory",
               "netmap.vxlan_options", "netmap.netns_name", "netmap.mtu"),
+    "modes": ("netmap.modes",),
     "load": ("netmap.load*", "netmap.tomlcheck", "netmap.cache*", "netmap.hostid"),
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
               "netmap.drain", "netmap.plan", "netmap.draft"),
@@ -37,6 +38,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
 NEVER: dict[str, tuple[tuple[str, ...], str]] = {
     "support": (("kernel", "integrations", "edges"), "everything below rules is pure"),
     "model": (("kernel", "integrations", "edges"), "the model is pure data"),
+    "modes": (("kernel", "integrations", "edges"),
+              "a mode is pure: what the kernel does with it is the kernel layer's"),
     # load may read domain-XML guests through libvirt.domain (that edge is one way)
     "load": (("kernel", "edges"), "loading reads files, never the host"),
     "rules": (("kernel", "integrations", "edges"),

@@ -1,0 +1,87 @@
+"""The modes a binding can name, one module per family, and the registry that maps each mode
+name to its Mode object (netmap/modes/base.py says what a mode answers).
+
+Adding a mode: write netmap/modes/NAME.py with a Mode subclass and `MODES = (...)`, and add
+the module to FAMILIES below. Nothing outside this package names a mode.
+"""
+
+from __future__ import annotations
+
+from netmap.model import Binding, Network, Uplink, Vxlan
+from netmap.modes import bridge, macvtap, sriov, vxlan
+from netmap.modes.base import Mode, NicContext
+
+__all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "mode_names", "mode_of",
+           "semantic_classes", "semantic_of", "uplink_conflict"]
+
+FAMILIES = (bridge, macvtap, sriov, vxlan)  # the registry: one entry per module
+
+# mode name -> Mode, in the order FAMILIES and their MODES give (messages list them so)
+REGISTRY: dict[str, Mode] = {mode.name: mode for family in FAMILIES for mode in family.MODES}
+
+
+def mode_of(binding: Binding) -> Mode:
+    """The mode a binding names (load accepts only names in the registry)."""
+    return REGISTRY[binding.mode]
+
+
+def semantic_of(binding: Binding) -> str:
+    """The binding's forwarding class (DESIGN.md, "Modes and their forwarding semantics")."""
+    return REGISTRY[binding.mode].semantic
+
+
+def mode_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def semantic_classes() -> tuple[str, ...]:
+    """Every forwarding class a mode has, each once: what a guest NIC may pin."""
+    return tuple(dict.fromkeys(mode.semantic for mode in REGISTRY.values()))
+
+
+def _names(modes: list[str]) -> str:
+    return modes[0] if len(modes) == 1 else f"{', '.join(modes[:-1])} and {modes[-1]}"
+
+
+def binding_problem(mode: Mode, network: Network, uplink: Uplink, bridge: str | None,
+                    vxlan: Vxlan | None) -> tuple[str, str, str] | None:
+    """(key under the binding's table, what is wrong, fix) when the binding cannot stand."""
+    problem = mode.network_problem(network) or mode.uplink_problem(uplink)
+    if problem:
+        return ("mode", *problem)
+    if bridge is not None and not mode.takes_bridge:
+        bridged = _names([m.name for m in REGISTRY.values() if m.takes_bridge])
+        return ("bridge", f"only {bridged} modes use a bridge, not {mode.name}", "remove bridge")
+    if vxlan is not None and not mode.takes_vxlan:
+        takers = [m.name for m in REGISTRY.values() if m.takes_vxlan]
+        return ("vxlan", f"only {_names(takers)} mode{'s' if len(takers) > 1 else ''} takes "
+                f"vxlan options, not {mode.name}", "remove the vxlan table")
+    return None
+
+
+def uplink_conflict(uplink: str, users: list[Binding]) -> tuple[str, str, str] | None:
+    """(network whose uplink key is wrong, what is wrong, fix) when bindings sharing
+    `uplink` cannot stand together: a bridge port and a macvlan lower device both need the
+    uplink's single rx_handler (EBUSY), a bridge port stops receiving for its own address
+    (an underlay's), and a passthru macvtap owns its uplink outright."""
+    if len(users) < 2:
+        return None  # every conflict below takes two bindings on one uplink
+    by_use: dict[str, list[Binding]] = {}
+    for binding in users:
+        by_use.setdefault(REGISTRY[binding.mode].uplink_use, []).append(binding)
+    whole, ported = by_use.get("whole"), by_use.get("port")
+    if whole:
+        other = next(b for b in users if b is not whole[0])
+        return (other.network, f"uses {uplink}, which network {whole[0].network} hands to one "
+                f"guest whole ({whole[0].mode})", "give the passthrough network an uplink of "
+                "its own")
+    if ported and "underlay" in by_use:
+        return (by_use["underlay"][0].network, f"uses {uplink} as vxlan underlay, which "
+                f"network {ported[0].network} enslaves to a bridge; a bridge port stops "
+                "receiving for its own address, so the overlay would die",
+                "use another uplink as underlay")
+    if ported and "macvlan" in by_use:
+        return (by_use["macvlan"][0].network, f"puts a macvtap on {uplink}, which network "
+                f"{ported[0].network} enslaves to a bridge; the kernel allows only one of them",
+                "use bridge mode for both, or separate uplinks")
+    return None
