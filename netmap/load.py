@@ -249,7 +249,8 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
                                          values.mtu, values.vf_attach, values.spoofchk, vxlan,
                                          doc.source(where),
                                          tuple(sorted(values.external_ids.items())),
-                                         values.datapath_type)
+                                         values.datapath_type,
+                                         about.ovsdb if mode == "ovs" else None)
     _check_uplink_sharing(doc, bindings)
     return Host(name, uplinks, bindings, frozenset(features), about.netns, about.max_guests,
                 about.max_endpoints, Source(str(path)), about.ovsdb)

@@ -185,6 +185,7 @@ class Binding:
     # ovs: set on the guest's port for the operator's SDN (OVN, Neutron), sorted by key
     external_ids: tuple[tuple[str, str], ...] = ()
     datapath_type: str | None = None  # ovs: of a bridge netmap creates (system, netdev)
+    ovsdb: str | None = None  # ovs: the host's OVSDB remote ([host] ovsdb); None: the default
 
     @property
     def semantic(self) -> str:

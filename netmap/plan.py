@@ -518,19 +518,17 @@ def ovs_port_ids(guest: str, nic: GuestNic, binding: Binding) -> tuple[tuple[str
     return tuple(sorted(ids.items()))
 
 
-def _ovs_steps(guest: Guest, nic: GuestNic, view: g.NicView, mtu: int, host: Host,
-               binding: Binding, devices: dict[str, str]) -> list[Step]:
+def ovs_steps(guest: str, nic: GuestNic, binding: Binding, uplink: str, vlan: int | None,
+              mtu: int, devices: dict[str, str]) -> list[Step]:
     """The OVS bridge and its uplink port (a trunk), the guest's tap, and the tap as an
     access port: apply makes the three OVSDB steps one transaction."""
-    remote = host.ovsdb or default_ovsdb()
+    remote = binding.ovsdb or default_ovsdb()
     bridge, tap = devices["bridge"], devices["tap"]
     return [EnsureOvsBridge(bridge, remote, binding.datapath_type),
-            EnsureOvsPort(view.uplink or "", bridge, remote,
-                          external_ids=((OVS_OWNER_KEY, "uplink"),)),
+            EnsureOvsPort(uplink, bridge, remote, external_ids=((OVS_OWNER_KEY, "uplink"),)),
             CreateTap(tap, host_side_mac(nic.mac), nic.mac, mtu, "",
                       multi_queue=nic.queues > 1),
-            EnsureOvsPort(tap, bridge, remote, view.vlan, ovs_port_ids(guest.name, nic,
-                                                                        binding))]
+            EnsureOvsPort(tap, bridge, remote, vlan, ovs_port_ids(guest, nic, binding))]
 
 
 def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> NicPlan | str:
@@ -576,7 +574,7 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
         steps.append(CreateMacvtap(devices["macvtap"], lower, MACVTAP_MODES[view.mode],
                                    nic.mac, mtu))
     elif view.mode == "ovs":
-        steps += _ovs_steps(guest, nic, view, mtu, host, binding, devices)
+        steps += ovs_steps(guest.name, nic, binding, view.uplink, view.vlan, mtu, devices)
     elif view.mode == "sriov-vf":
         steps.append(ClaimVf(view.uplink, nic.mac, view.vlan, binding.spoofchk,
                              devices.get("macvtap"), mtu))

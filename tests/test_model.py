@@ -53,7 +53,7 @@ def test_instances_pickle_as_constructor_calls() -> None:
     rebuild, args = binding.__reduce__()
     assert rebuild is Binding and args == ("prod", "bridge", "eth0", None, 100, None,
                                            "hostdev", True, None, Source("hosts/a.toml", 9),
-                                           (), None)
+                                           (), None, None)
     assert pickle.loads(pickle.dumps(binding)) == binding
     pool = SriovPool(8)  # one field: still a tuple of arguments
     assert pool.__reduce__() == (SriovPool, (8,))

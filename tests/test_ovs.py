@@ -220,13 +220,13 @@ def test_an_existing_bridge_and_foreign_ports_are_left_alone(ovs_lab: OvsLab, ca
 
 def test_realize_fails_and_rolls_back_when_vswitchd_is_down(ovs_lab: OvsLab, capsys,
                                                              monkeypatch) -> None:
-    from netmap.netlink import ovs_steps
+    from netmap.netlink import ovsdb
 
     ns = ovs_lab.netns("ha")
     ovs_lab.ovs["ha"].stop_vswitchd()
     before_links, before_ovs = set(links_by_name(ns)), _ovs_rows(ovs_lab, "ha")
-    original = ovs_steps.Connections.__init__
-    monkeypatch.setattr(ovs_steps.Connections, "__init__",
+    original = ovsdb.Connections.__init__
+    monkeypatch.setattr(ovsdb.Connections, "__init__",
                         lambda self, timeout=2.0: original(self, timeout))
     assert main(["realize", "g1", "--host", "ha"]) == 3
     err = capsys.readouterr().err

@@ -8,13 +8,13 @@ the module to FAMILIES below. Nothing outside this package names a mode.
 from __future__ import annotations
 
 from netmap.model import Binding, Network, Uplink, Vxlan
-from netmap.modes import bridge, macvtap, sriov, vxlan
+from netmap.modes import bridge, macvtap, ovs, sriov, vxlan
 from netmap.modes.base import Mode, NicContext
 
 __all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "mode_names", "mode_of",
            "semantic_classes", "semantic_of", "uplink_conflict"]
 
-FAMILIES = (bridge, macvtap, sriov, vxlan)  # the registry: one entry per module
+FAMILIES = (bridge, macvtap, sriov, vxlan, ovs)  # the registry: one entry per module
 
 # mode name -> Mode, in the order FAMILIES and their MODES give (messages list them so)
 REGISTRY: dict[str, Mode] = {mode.name: mode for family in FAMILIES for mode in family.MODES}

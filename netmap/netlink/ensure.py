@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import ovs_steps, rtmsg, rtnl
+from netmap.netlink import ovs_steps, ovsdb, rtmsg, rtnl
 from netmap.netlink.endpoints import ENDPOINTS
 from netmap.netlink.kernel_steps import (
     add_vxlan_remotes,
@@ -61,7 +61,7 @@ class Transaction:
         self._decided: set[str] = set()
         self._pyroute: IPRoute | None = None
         self.reidentified: dict[str, int] = {}  # link resource -> ifindex, set by rollback
-        self.ovsdb = ovs_steps.Connections()
+        self.ovsdb = ovsdb.Connections()
         self._ovs_queue: list[Action] = []
 
     # --- helpers ----------------------------------------------------------------------------

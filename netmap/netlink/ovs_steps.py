@@ -20,25 +20,6 @@ from netmap.netlink.verdicts import Action, refuse
 OvsStep = p.EnsureOvsBridge | p.EnsureOvsPort
 
 
-class Connections:
-    """The OVSDB connections of one realize or release, one per remote, opened when first
-    needed and closed together."""
-
-    def __init__(self, timeout: float = 10.0) -> None:
-        self.timeout = timeout
-        self._open: dict[str, db.Ovsdb] = {}
-
-    def __call__(self, remote: str) -> db.Ovsdb:
-        if remote not in self._open:
-            self._open[remote] = db.Ovsdb(remote, self.timeout)
-        return self._open[remote]
-
-    def close(self) -> None:
-        for connection in self._open.values():
-            connection.close()
-        self._open.clear()
-
-
 def decide(ovs: db.Ovsdb, guest: str, host: str, nic: int, step: OvsStep,
            planned_bridges: set[str]) -> Action:
     """create / unchanged / adopt / repair, or a refusal; nothing is changed."""
@@ -132,7 +113,7 @@ def verify(ovs: db.Ovsdb, nic: p.NicPlan) -> list[str]:
     return problems
 
 
-def release(connections: Connections, steps: Iterable[tuple[str, p.Step]], going: set[str],
+def release(connections: db.Connections, steps: Iterable[tuple[str, p.Step]], going: set[str],
             ) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
     """Remove the OVS ports and bridges of `steps` (key, step) that still carry netmap's
     mark, in one transaction per OVSDB. Returns the keys removed, those kept (key, why:

@@ -262,6 +262,25 @@ class DeleteBridge(Change):
             root.delvalue("bridges", row)
 
 
+class Connections:
+    """The OVSDB connections of one realize or release, one per remote, opened when first
+    needed and closed together."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self._open: dict[str, Ovsdb] = {}
+
+    def __call__(self, remote: str) -> Ovsdb:
+        if remote not in self._open:
+            self._open[remote] = Ovsdb(remote, self.timeout)
+        return self._open[remote]
+
+    def close(self) -> None:
+        for connection in self._open.values():
+            connection.close()
+        self._open.clear()
+
+
 @contextmanager
 def connected(remote: str, timeout: float = 10.0) -> Iterator[Ovsdb]:
     db = Ovsdb(remote, timeout)

@@ -156,10 +156,10 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
 def _release_ovs(records: list[tuple[str, dict, p.Step]], going: set[str], result: Tally,
                  ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
     """OVS ports and bridges netmap added: one OVSDB transaction (ovs_steps.release)."""
-    from netmap.netlink import ovs_steps
+    from netmap.netlink import ovs_steps, ovsdb
 
     by_key = {key: record for key, record, _ in records}
-    connections = ovs_steps.Connections()
+    connections = ovsdb.Connections()
     try:
         removed, kept, failed = ovs_steps.release(
             connections, [(key, step) for key, _, step in records], going)

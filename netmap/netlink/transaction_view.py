@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from netmap import plan as p
     from netmap.netlink import rtmsg, rtnl
-    from netmap.netlink.ovs_steps import Connections
+    from netmap.netlink.ovsdb import Connections
     from netmap.netlink.sysfs import VirtualFunction
     from netmap.state import HostState
 
