@@ -221,7 +221,7 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
                                       doc.source(where), mac)
 
     bindings: dict[str, Binding] = {}
-    bridge_of_uplink: dict[str, tuple[str, str]] = {}
+    bridge_of_uplink: dict[tuple[str, str], tuple[str, str]] = {}
     for network_name, values in top.networks.items():
         where = ("networks", network_name)
         if network_name not in networks:
@@ -240,7 +240,8 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
         _check_ovs_keys(doc, where, values)
         if mode in ("bridge", "ovs"):
             chosen = names.bridge_name(uplink, bridge)
-            other = bridge_of_uplink.setdefault(uplink, (chosen, network_name))
+            # a Linux bridge beside an OVS bridge: _check_ovs_uplink says why not
+            other = bridge_of_uplink.setdefault((uplink, mode), (chosen, network_name))
             if other[0] != chosen:
                 raise doc.error((*where, "bridge"), f"puts uplink {uplink} in bridge {chosen}, "
                                 f"but network {other[1]} puts it in {other[0]}",

@@ -1,0 +1,118 @@
+"""The ovs mode without root: what load accepts and refuses, what check says about a move
+between an OVS host and a Linux-bridge host, and the plan's steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import guest_toml, write_fleet
+
+from netmap.check import check_migration
+from netmap.errors import InputError
+from netmap.graph import build_graph
+from netmap.load import load_fleet
+from netmap.modes import REGISTRY
+from netmap.plan import CreateTap, EnsureOvsBridge, EnsureOvsPort, RequireLink, build_plan
+
+NETWORKS = """
+[networks.prod]
+segment = "fab"
+vlan = 100
+mtu = 1500
+
+[networks.other]
+segment = "fab"
+mtu = 1500
+"""
+
+
+def host(name: str, bindings: str, head: str = "") -> str:
+    return (f'[host]\nname = "{name}"\nfeatures = ["vhost-net"]\n{head}\n'
+            '[uplinks.eth0]\nsegments = ["fab"]\n\n'
+            f"[uplinks.eth1]\nsegments = [\"fab\"]\n\n{bindings}")
+
+
+OVS = """[networks.prod]
+mode = "ovs"
+uplink = "eth0"
+bridge = "br-int"
+external_ids = { "owner" = "sdn" }
+"""
+BRIDGE = '[networks.prod]\nmode = "bridge"\nuplink = "eth0"\n'
+GUEST = guest_toml("vm1", "ha", ("prod", "52:54:00:00:00:01"))
+
+
+def fleet(tmp_path: Path, hosts: dict[str, str]):
+    return load_fleet(write_fleet(tmp_path / "m", NETWORKS, hosts, {"vm1": GUEST}))
+
+
+def load_error(tmp_path: Path, text: str) -> InputError:
+    root = write_fleet(tmp_path / "m", NETWORKS, {"ha": text}, {})
+    problems = load_fleet(root).problems
+    assert problems, "the host file was accepted"
+    return problems[0]
+
+
+def test_an_ovs_binding_loads_with_its_keys(tmp_path: Path) -> None:
+    found = fleet(tmp_path, {"ha": host("ha", OVS, 'ovsdb = "unix:/run/ovs/db.sock"')})
+    binding = found.hosts["ha"].bindings["prod"]
+    assert (binding.mode, binding.bridge, binding.external_ids, binding.ovsdb) == (
+        "ovs", "br-int", (("owner", "sdn"),), "unix:/run/ovs/db.sock")
+    assert REGISTRY["ovs"].semantic == "local-switching" == binding.semantic
+
+
+@pytest.mark.parametrize(("bindings", "head", "key", "words"), [
+    # an OVS port cannot also be a Linux-bridge port or a macvlan lower device
+    (OVS + '\n[networks.other]\nmode = "bridge"\nuplink = "eth0"\n', "",
+     "networks.other.uplink", "OVS bridge br-int"),
+    (OVS + '\n[networks.other]\nmode = "macvtap-bridge"\nuplink = "eth0"\n', "",
+     "networks.other.uplink", "macvtap"),
+    (OVS + '\n[networks.other]\nmode = "ovs"\nuplink = "eth0"\nbridge = "br-x"\n', "",
+     "networks.other.bridge", "one master"),
+    (BRIDGE + 'external_ids = { "a" = "b" }\n', "", "networks.prod.external_ids",
+     "only ovs mode"),
+    (BRIDGE + 'datapath_type = "netdev"\n', "", "networks.prod.datapath_type", "only ovs"),
+    (OVS + 'datapath_type = "dpdk"\n', "", "networks.prod.datapath_type", "not known"),
+    (OVS, 'ovsdb = "tcp:127.0.0.1:6640"', "host.ovsdb", "unix:/ABSOLUTE/PATH"),
+    (OVS.replace('"sdn"', "3"), "", "networks.prod.external_ids.owner", "string"),
+])
+def test_load_refuses(tmp_path: Path, bindings: str, head: str, key: str, words: str) -> None:
+    err = load_error(tmp_path, host("ha", bindings, head))
+    assert err.key == key and words in str(err), str(err)
+    assert err.fix and err.file and err.file.endswith("ha.toml")
+
+
+def test_a_move_between_ovs_and_a_linux_bridge_keeps_the_topology(tmp_path: Path) -> None:
+    graph = build_graph(fleet(tmp_path, {"ha": host("ha", OVS), "hb": host("hb", BRIDGE)}))
+    report = check_migration(graph, "vm1", "hb", strict=True)
+    assert report.compatible and report.findings == ()
+    before, after = report.pairs[0]
+    assert (before.mode, after.mode) == ("ovs", "bridge")
+    assert before.semantic == after.semantic == "local-switching"
+
+
+def test_a_move_to_another_vlan_is_refused(tmp_path: Path) -> None:
+    other = host("hb", OVS + "vlan = 200\n")
+    report = check_migration(build_graph(fleet(tmp_path, {"ha": host("ha", OVS),
+                                                          "hb": other})), "vm1", "hb")
+    assert not report.compatible
+    assert any(f.code.startswith("VLAN") for f in report.findings), report.findings
+
+
+def test_the_plan_is_bridge_uplink_port_tap_and_access_port(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    monkeypatch.setenv("OVS_RUNDIR", "/tmp/ovs-run")
+    found = fleet(tmp_path, {"ha": host("ha", OVS)})
+    plan = build_plan(build_graph(found), found.guests["vm1"], found.hosts["ha"])
+    steps = [step for _, step in plan.steps]
+    assert [type(s) for s in steps] == [RequireLink, EnsureOvsBridge, EnsureOvsPort,
+                                        CreateTap, EnsureOvsPort]
+    bridge, uplink, tap, port = steps[1:]
+    assert bridge.ovsdb == "unix:/tmp/ovs-run/db.sock"  # as ovs-vsctl finds it
+    assert (uplink.port, uplink.tag) == ("eth0", None)  # a trunk
+    assert tap.bridge == ""  # no kernel master: OVSDB adds it
+    assert (port.port, port.bridge, port.tag) == (tap.name, "br-int", 100)
+    assert dict(port.external_ids) == {
+        "owner": "sdn", "iface-id": "vm1-nic0", "attached-mac": "52:54:00:00:00:01",
+        "vm-id": "vm1", "iface-status": "active", "netmap-owner": "vm1"}
