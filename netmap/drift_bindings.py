@@ -9,6 +9,7 @@ import ipaddress
 from netmap import names
 from netmap.check import ERROR, INFO, WARNING
 from netmap.drift_links import LinkDrift
+from netmap.drift_ovs import check_ovs
 from netmap.graph import effective_mtu
 from netmap.inventory import UPLINK_KINDS, Interface
 from netmap.model import Binding, Network, Vxlan
@@ -98,6 +99,8 @@ class BindingDrift(LinkDrift):
                               uplink, network)
         elif binding.mode == "vxlan" and network is not None and network.vni is not None:
             self.check_vxlan(binding, network, uplink)
+        elif binding.mode == "ovs" and self.inv.ovs is not None:
+            check_ovs(binding, network, self.inv.ovs, self.add)
         if binding.mode == "vxlan" and uplink is not None:
             self.check_underlay(binding, uplink)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 from netmap.model import MACVTAP_MODES, VXLAN_OVERHEAD, Binding, Guest, GuestNic, Host
 
 OVS_OWNER_KEY = "netmap-owner"  # on every OVS port netmap adds: release takes out only these
+OVS_NETWORK_KEY = "netmap-network"  # on a guest's port: the logical network (drift reads it)
 OVS_RUNDIR = "/var/run/openvswitch"
 
 
@@ -514,7 +515,7 @@ def ovs_port_ids(guest: str, nic: GuestNic, binding: Binding) -> tuple[tuple[str
     ids = dict(binding.external_ids)
     ids.setdefault("iface-id", f"{guest}-nic{nic.index}")
     ids.update({"attached-mac": nic.mac, "vm-id": guest, "iface-status": "active",
-                OVS_OWNER_KEY: guest})
+                OVS_OWNER_KEY: guest, OVS_NETWORK_KEY: nic.network})
     return tuple(sorted(ids.items()))
 
 

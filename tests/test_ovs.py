@@ -150,7 +150,8 @@ def test_frames_pass_between_hosts_with_the_same_tag_only(ovs_lab: OvsLab, capsy
     assert ports["eth0"]["tag"] is None  # the uplink is a trunk
     assert ports[g2]["external_ids"] == {
         "attached-mac": MACS["g2"], "iface-id": "g2-nic0", "iface-status": "active",
-        "vm-id": "g2", "netmap-owner": "g2", "tenant": "t1"}
+        "vm-id": "g2", "netmap-owner": "g2", "netmap-network": "blue",
+        "tenant": "t1"}
     assert ovs_lab.bridges("hb") == {"br-ovs": sorted(["eth0", g2, g3])}
     assert ovs_lab.ovs["hb"].vsctl("get", "Bridge", "br-ovs", "datapath_type") == "netdev"
     assert _receives(ovs_lab, "g1", "g2"), "g1 -> g2 (both tag 10) never arrived"
@@ -258,3 +259,41 @@ def test_a_failure_at_every_step_leaves_kernel_and_ovsdb_as_before(ovs_lab: OvsL
         assert set(links_by_name(ns)) == before_links, failing
     realize_plan(plan, state_dir=tmp_path / "state")
     assert ovs_lab.device("g1") in ovs_lab.bridges("ha")["br-ovs"]
+
+
+def _drift_codes(host: str, capsys) -> tuple[int, dict[str, str]]:
+    capsys.readouterr()
+    code = main(["drift", host, "--json"])
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    return code, {f["code"]: f["message"] for f in findings}
+
+
+def test_drift_reads_ovsdb_and_names_each_kind_of_drift(ovs_lab: OvsLab, capsys) -> None:
+    ovs = ovs_lab.ovs["hb"]
+    assert main(["realize", "g2", "--host", "hb"]) == 0
+    assert main(["realize", "g3", "--host", "hb"]) == 0
+    code, found = _drift_codes("hb", capsys)
+    assert not any(c.startswith("OVS") for c in found) and code == 0, found
+    g2, g3 = ovs_lab.device("g2"), ovs_lab.device("g3")
+    ovs.vsctl("set", "Port", g2, "tag=99")
+    code, found = _drift_codes("hb", capsys)
+    assert code == 1 and g2 in found["OVS_PORT_WRONG_TAG"] and "99" in found[
+        "OVS_PORT_WRONG_TAG"]
+    assert main(["realize", "g2", "--host", "hb"]) == 0  # repaired: its tag set back
+    assert ovs_lab.ports("hb")[g2]["tag"] == 10
+    ovs.vsctl("add-br", "br-x", "--", "set", "Bridge", "br-x", "datapath_type=netdev")
+    ovs.vsctl("del-port", "br-ovs", g3, "--", "add-port", "br-x", g3, "--", "set", "Port",
+              g3, "tag=20", "external_ids:netmap-owner=g3", "external_ids:netmap-network=green")
+    ovs.vsctl("del-port", "br-ovs", "eth0")
+    code, found = _drift_codes("hb", capsys)
+    assert code == 1 and "br-x" in found["OVS_PORT_WRONG_BRIDGE"]
+    assert "eth0" in found["OVS_UPLINK_MISSING"]
+    ovs.vsctl("del-br", "br-ovs")
+    code, found = _drift_codes("hb", capsys)
+    assert "br-ovs" in found["OVS_BRIDGE_MISSING"]
+    ovs.stop_vswitchd()
+    code, found = _drift_codes("hb", capsys)
+    assert code == 1 and "OVS_VSWITCHD_DOWN" in found
+    ovs.start_vswitchd()
+    code, found = _drift_codes("hb", capsys)
+    assert "OVS_VSWITCHD_DOWN" not in found

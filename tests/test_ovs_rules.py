@@ -115,4 +115,5 @@ def test_the_plan_is_bridge_uplink_port_tap_and_access_port(tmp_path: Path,
     assert (port.port, port.bridge, port.tag) == (tap.name, "br-int", 100)
     assert dict(port.external_ids) == {
         "owner": "sdn", "iface-id": "vm1-nic0", "attached-mac": "52:54:00:00:00:01",
-        "vm-id": "vm1", "iface-status": "active", "netmap-owner": "vm1"}
+        "vm-id": "vm1", "iface-status": "active", "netmap-owner": "vm1",
+        "netmap-network": "prod"}
