@@ -297,3 +297,29 @@ def test_drift_reads_ovsdb_and_names_each_kind_of_drift(ovs_lab: OvsLab, capsys)
     ovs.start_vswitchd()
     code, found = _drift_codes("hb", capsys)
     assert "OVS_VSWITCHD_DOWN" not in found
+
+
+def test_discover_write_drafts_the_ovs_bindings(ovs_lab: OvsLab, capsys,
+                                                tmp_path: Path) -> None:
+    assert main(["realize", "g2", "--host", "hb"]) == 0
+    ovs = ovs_lab.ovs["hb"]
+    capsys.readouterr()
+    draft = tmp_path / "draft" / "hb.toml"
+    assert main(["discover", "--netns", ovs_lab.netns("hb"), "--ovsdb", ovs.remote,
+                 "--host", "hb", "--write", str(draft)]) == 0
+    text = draft.read_text()
+    assert 'mode = "ovs"' in text and 'bridge = "br-ovs"' in text, text
+    assert f'ovsdb = "{ovs.remote}"' in text
+    # the draft loads, and binds blue (netmap's port names it) to eth0 on br-ovs
+    from netmap.load import load_host, load_networks
+
+    host = load_host(draft, load_networks(ovs_lab.root / "networks.toml"))
+    binding = host.bindings["blue"]
+    assert (binding.mode, binding.uplink, binding.bridge) == ("ovs", "eth0", "br-ovs")
+    capsys.readouterr()
+    assert main(["discover", "--netns", ovs_lab.netns("hb"), "--ovsdb", ovs.remote,
+                 "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["ovs"]
+    assert found["vswitchd_running"] is True
+    ports = {p["name"]: p for b in found["bridges"] for p in b["ports"]}
+    assert ports[ovs_lab.device("g2")]["tag"] == 10 and ports["eth0"]["tag"] is None
