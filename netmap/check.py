@@ -10,7 +10,6 @@ import networkx as nx
 from netmap import graph as g
 from netmap import names
 from netmap.model import (
-    VXLAN_OVERHEAD,
     Guest,
     GuestNic,
     Host,
@@ -18,6 +17,7 @@ from netmap.model import (
     Vxlan,
     mapping_file,
 )
+from netmap.modes import REGISTRY
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
@@ -128,6 +128,8 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
     if not after.bound:
         out.append(unbound_finding(network, nic, host))
         return out
+    assert after.mode is not None  # bound
+    mode = REGISTRY[after.mode]
     if not after.reaches_segment:
         out.append(Finding(
             "SEGMENT_UNREACHABLE", ERROR, nic.index,
@@ -151,7 +153,7 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
             f"{after.mtu} (limited by {after.mtu_reason}); larger frames would be dropped.",
             f"raise the MTU of {after.mtu_reason.split(' MTU')[0]} on {host.name} to "
             f"{need_mtu}{_overhead(host, nic.network)}, or lower the guest's MTU"))
-    if reference is not None and reference.mode == after.mode == "vxlan":
+    if reference is not None and reference.mode == after.mode and mode.takes_vxlan:
         out.extend(_overlay_findings(fleet.hosts[reference.host], host, nic, label))
     want_class = nic.semantic or (reference.semantic if reference else None)
     if want_class and after.semantic != want_class:
@@ -165,7 +167,7 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
             f"same host would reach each other differently{f' ({why})' if why else ''}.",
             f"bind {nic.network} on {host.name} with a mode of class {want_class}, or accept "
             "the change"))
-    uses_vhost = not (after.mode == "sriov-vf" and not after.devices)
+    uses_vhost = mode.uses_vhost(after.devices)
     if uses_vhost and nic.vhost != "off" and "vhost-net" not in host.features:
         required = nic.vhost == "required"
         out.append(Finding(
@@ -274,9 +276,10 @@ def _capacity_findings(graph: nx.DiGraph, guest: Guest, host: Host) -> list[Find
         binding = host.bindings.get(nic.network)
         if binding is None:
             continue
-        if binding.mode == "sriov-vf":
+        claim = REGISTRY[binding.mode].claims
+        if claim == "vf":
             needs_vf[binding.uplink] += 1
-        elif binding.mode == "macvtap-passthrough":
+        elif claim == "uplink":
             needs_whole[binding.uplink] += 1
         else:
             continue
@@ -322,9 +325,8 @@ def _capacity_findings(graph: nx.DiGraph, guest: Guest, host: Host) -> list[Find
 def _overhead(host: Host, network: str) -> str:
     """' + N' for the vxlan overhead the underlay carries on top of the guest's MTU."""
     binding = host.bindings.get(network)
-    if binding is None or binding.mode != "vxlan":
-        return ""
-    return f" + {binding.vxlan.overhead if binding.vxlan else VXLAN_OVERHEAD}"
+    overhead = REGISTRY[binding.mode].underlay_overhead(binding) if binding else 0
+    return f" + {overhead}" if overhead else ""
 
 
 def _vlan(vlan: int | None) -> str:

@@ -15,16 +15,10 @@ from netmap.check import ERROR, INFO, WARNING, Finding
 from netmap.drift_bindings import BindingDrift
 from netmap.drift_tracked import TrackedDevice, tracked_from_state
 from netmap.inventory import Interface, Inventory, is_netmap_endpoint
-from netmap.model import MACVTAP_MODES, Guest, Host, Network
+from netmap.model import Guest, Host, Network
+from netmap.modes import REGISTRY
 from netmap.names import tap_name
 
-# Features each mode needs from the kernel, beyond what the host file declares.
-MODE_FEATURES: dict[str, tuple[str, ...]] = {
-    "bridge": ("bridge", "tun"),
-    "vxlan": ("vxlan", "bridge", "tun"),
-    "sriov-vf": ("sriov",),
-    **{mode: ("macvtap",) for mode in MACVTAP_MODES},
-}
 # Loadable modules that the kernel loads on first use: absent now is not proof of absent.
 ON_DEMAND = frozenset({"bridge", "vxlan", "macvtap"})
 
@@ -58,7 +52,7 @@ class _Drift(BindingDrift):
         for feature in sorted(verified):
             needed.setdefault(feature, []).append("the mapping's features")
         for binding in self.host.bindings.values():
-            for feature in MODE_FEATURES.get(binding.mode, ()):
+            for feature in REGISTRY[binding.mode].kernel_features:
                 needed.setdefault(feature, []).append(f"network {binding.network}")
         pool_codes = {"SRIOV_MISSING", "VF_POOL_SMALLER"}
         pools_judged = any(f.code in pool_codes for f in self.findings)

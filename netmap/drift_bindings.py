@@ -13,6 +13,7 @@ from netmap.drift_ovs import check_ovs
 from netmap.graph import effective_mtu
 from netmap.inventory import UPLINK_KINDS, Interface
 from netmap.model import Binding, Network, Vxlan
+from netmap.modes import mode_of
 
 
 class BindingDrift(LinkDrift):
@@ -37,7 +38,8 @@ class BindingDrift(LinkDrift):
                      f"{live.kind}.",
                      f'remove {bridge} or set bridge = "…" in [networks.{binding.network}]')
             return
-        if binding.mode == "bridge" and uplink is not None and uplink.master != bridge:
+        if mode_of(binding).uplink_master(binding) == bridge and uplink is not None \
+                and uplink.master != bridge:
             strangers = [p.name for p in self.inv.ports_of(bridge) if p.kind in UPLINK_KINDS]
             attached = [p.name for p in self.inv.ports_of(bridge) if p.kind in ("tap", "tun")]
             if strangers:
@@ -94,14 +96,15 @@ class BindingDrift(LinkDrift):
     def check_binding(self, binding: Binding) -> None:
         uplink = self.live.get(binding.uplink)
         network = self.networks.get(binding.network)
-        if binding.mode == "bridge":
-            self.check_bridge(binding, names.bridge_name(binding.uplink, binding.bridge),
-                              uplink, network)
-        elif binding.mode == "vxlan" and network is not None and network.vni is not None:
+        checks = mode_of(binding).drift_checks
+        master = mode_of(binding).uplink_master(binding)
+        if "uplink-bridge" in checks and master is not None:
+            self.check_bridge(binding, master, uplink, network)
+        if "vxlan" in checks and network is not None and network.vni is not None:
             self.check_vxlan(binding, network, uplink)
-        elif binding.mode == "ovs" and self.inv.ovs is not None:
+        if "ovs" in checks and self.inv.ovs is not None:
             check_ovs(binding, network, self.inv.ovs, self.add)
-        if binding.mode == "vxlan" and uplink is not None:
+        if "underlay" in checks and uplink is not None:
             self.check_underlay(binding, uplink)
 
     def check_underlay(self, binding: Binding, uplink: Interface) -> None:

@@ -4,11 +4,11 @@ interfaces (names, MACs, carrier, MTU, masters, SR-IOV pools, bridges, vxlan dev
 
 from __future__ import annotations
 
-from netmap import names
 from netmap.check import ERROR, WARNING, Finding
 from netmap.drift_tracked import TrackedDevice
 from netmap.inventory import UPLINK_KINDS, Interface, Inventory
 from netmap.model import Binding, Host, Network, Uplink, mapping_file
+from netmap.modes import mode_of
 
 
 def _describe(link: Interface) -> str:
@@ -88,8 +88,8 @@ class LinkDrift:
         of its bridge binding enslaves it, and vxlan devices and macvtaps sit on it."""
         declared = set(self.host.uplinks)
         for binding in self.users(uplink.name):
-            if binding.mode == "bridge":
-                bridge = names.bridge_name(uplink.name, binding.bridge)
+            bridge = mode_of(binding).uplink_master(binding)
+            if bridge is not None:
                 ports = [p for p in self.inv.ports_of(bridge)
                          if p.kind in UPLINK_KINDS and p.name not in declared]
                 if len(ports) == 1:
@@ -133,7 +133,7 @@ class LinkDrift:
                      "whose larger frames would be dropped here.",
                      f"'ip link set {live.name} mtu {uplink.mtu}' (and persist it), or lower "
                      f"mtu in [uplinks.{uplink.name}] of {self.mapping}")
-        allowed = {names.bridge_name(uplink.name, b.bridge) for b in users if b.mode == "bridge"}
+        allowed = {mode_of(b).uplink_master(b) for b in users} - {None}
         if live.master and live.master not in allowed:
             master = self.inv.get(live.master)
             kind = master.kind if master else "device"
@@ -155,10 +155,9 @@ class LinkDrift:
         if not foreign:
             return
         for binding in users:
-            if binding.mode not in ("bridge", "macvtap-passthrough"):
+            why = mode_of(binding).foreign_uppers_break
+            if why is None:
                 continue
-            why = ("a bridge cannot enslave an interface that carries macvlans"
-                   if binding.mode == "bridge" else "passthrough hands the uplink to one guest")
             self.add("UPLINK_BUSY", ERROR,
                      f"uplink {live.name} carries {', '.join(foreign[:4])}, not made by "
                      f"netmap; {why} (network {binding.network}).",

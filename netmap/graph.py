@@ -21,7 +21,6 @@ from typing import Any, Protocol, cast
 
 import networkx as nx
 
-from netmap import names
 from netmap.gcpause import gc_paused
 from netmap.model import (
     Binding,
@@ -31,6 +30,8 @@ from netmap.model import (
     Network,
     Uplink,
 )
+from netmap.modes import REGISTRY
+from netmap.modes.base import Claim
 from netmap.mtu import effective_mtu
 
 
@@ -223,19 +224,8 @@ class NicView:
 
 def endpoint_devices(guest: str, nic: GuestNic, binding: Binding,
                      network: Network) -> tuple[tuple[str, str], ...]:
-    """The interfaces realize would create or use for this NIC, by role."""
-    tap = names.tap_name(guest, nic.index)
-    vlan = binding.vlan if binding.vlan is not None else network.vlan
-    if binding.mode in ("bridge", "ovs"):  # ovs: the OVS bridge, named as a Linux one
-        return (("bridge", names.bridge_name(binding.uplink, binding.bridge)), ("tap", tap))
-    if binding.mode == "vxlan":
-        assert network.vni is not None
-        return (("vxlan", names.vxlan_name(network.vni)),
-                ("bridge", names.vxlan_bridge_name(network.vni, binding.bridge)), ("tap", tap))
-    if binding.mode == "sriov-vf":
-        return (("macvtap", tap),) if binding.vf_attach == "macvtap" else ()
-    lower = (("vlan", names.vlan_name(binding.uplink, vlan)),) if vlan is not None else ()
-    return (*lower, ("macvtap", tap))
+    """The interfaces realize would create or use for this NIC, by role (its mode names them)."""
+    return REGISTRY[binding.mode].devices(guest, nic.index, binding, network)
 
 
 def nic_view(graph: nx.DiGraph, guest: str, nic: GuestNic, host: str) -> NicView:
@@ -254,7 +244,7 @@ def nic_view(graph: nx.DiGraph, guest: str, nic: GuestNic, host: str) -> NicView
         reach = reaches(graph, host, binding.uplink, network.segment_id)
     return NicView(
         nic=nic.index, network=network.name, host=host, segment=network.segment_id,
-        mode=binding.mode, semantic=binding.semantic, uplink=binding.uplink,
+        mode=binding.mode, semantic=REGISTRY[binding.mode].semantic, uplink=binding.uplink,
         reaches_segment=reach,
         vlan=binding.vlan if binding.vlan is not None else network.vlan,
         mtu=mtu, mtu_reason=mtu_reason,
@@ -277,17 +267,18 @@ def guest_view(graph: nx.DiGraph, guest: Guest, host: str) -> list[NicView]:
 
 def vf_usage(graph: nx.DiGraph, host: str, *, excluding: str | None = None) -> Counter[str]:
     """VFs in use per PF uplink on `host`, counting the guests placed there."""
-    return _endpoint_usage(graph, host, excluding, {"sriov-vf"})
+    return _endpoint_usage(graph, host, excluding, "vf")
 
 
 def passthrough_usage(graph: nx.DiGraph, host: str, *,
                       excluding: str | None = None) -> Counter[str]:
     """Guest NICs holding each uplink of `host` in macvtap passthrough."""
-    return _endpoint_usage(graph, host, excluding, {"macvtap-passthrough"})
+    return _endpoint_usage(graph, host, excluding, "uplink")
 
 
 def _endpoint_usage(graph: nx.DiGraph, host: str, excluding: str | None,
-                    modes: set[str]) -> Counter[str]:
+                    claim: Claim) -> Counter[str]:
+    """Guest NICs on `host` whose mode claims `claim` of their uplink, per uplink."""
     fleet = fleet_of(graph)
     bindings = fleet.hosts[host].bindings
     used: Counter[str] = Counter()
@@ -296,7 +287,7 @@ def _endpoint_usage(graph: nx.DiGraph, host: str, excluding: str | None,
             continue
         for nic in guest.nics:
             binding = bindings.get(nic.network)
-            if binding is not None and binding.mode in modes:
+            if binding is not None and REGISTRY[binding.mode].claims == claim:
                 used[binding.uplink] += 1
     return used
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from netmap.errors import ApplyError, InputError, NetmapError
 from netmap.model import Fleet, Host, mapping_file
+from netmap.modes import mode_of
 
 UNDERLAY_NET = "10.250"  # lab-only addresses, inside namespaces the lab creates
 MARK = "netmap-lab:"  # + prefix: the alias of `lo` in every namespace the lab made
@@ -133,7 +134,7 @@ def build_lab(fleet: Fleet, prefix: str = DEFAULT_PREFIX,
             fabric_cmds.append(f"link set {bridge} up")
         _ip_batch(lab.fabric, fabric_cmds)
         underlays = {(h.name, b.uplink) for h in chosen for b in h.bindings.values()
-                     if b.mode == "vxlan"}
+                     if mode_of(b).uplink_use == "underlay"}
         for host_index, host in enumerate(chosen, start=1):
             netns = host_namespace(prefix, host.name)
             _add_namespace(netns, prefix, created)

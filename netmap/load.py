@@ -14,8 +14,6 @@ from netmap.errors import InputError
 from netmap.model import (
     KNOWN_FEATURES,
     MAX_QUEUES,
-    MODES,
-    SEMANTIC_CLASSES,
     VF_ATTACH,
     VHOST_POLICIES,
     VIRTIO_MODELS,
@@ -30,6 +28,7 @@ from netmap.model import (
     Uplink,
     Vxlan,
 )
+from netmap.modes import REGISTRY, binding_problem, semantic_classes, uplink_conflict
 from netmap.netns_name import netns_problem
 from netmap.nic_values import MTU_RANGE, mac_problem
 from netmap.regular_file import describe, not_regular
@@ -143,7 +142,7 @@ UPLINK = Schema("Uplink", segments=texts(),
                 sriov=subtable(SRIOV), mac=text())
 VXLAN = Schema("Vxlan", port=number(default=4789, low=1, high=65535), group=text(),
                remotes=texts(), local=text())
-BINDING = Schema("Binding", mode=text(required=True, choices=MODES),
+BINDING = Schema("Binding", mode=text(required=True, choices=REGISTRY),
                  uplink=text(required=True), bridge=text(),
                  vlan=number(low=VLAN_RANGE[0], high=VLAN_RANGE[1]), mtu=MTU,
                  vf_attach=text(default="hostdev", choices=VF_ATTACH),
@@ -154,7 +153,7 @@ HOST_FILE = Schema("HostFile", host=subtable(HOST, required=True),
 GUEST = Schema("Guest", name=text(required=True), host=text())
 NIC = Schema("Nic", network=text(required=True), mac=text(required=True),
              model=text(default="virtio"), vhost=text(default="preferred", choices=VHOST_POLICIES),
-             semantic=text(choices=SEMANTIC_CLASSES), mtu=MTU,
+             semantic=text(choices=semantic_classes()), mtu=MTU,
              queues=number(default=1, low=1, high=MAX_QUEUES))
 GUEST_FILE = Schema("GuestFile", guest=subtable(GUEST, required=True), nics=table_array(NIC))
 
@@ -238,10 +237,9 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
         vxlan = _vxlan(doc, where, values.vxlan) if values.vxlan is not None else None
         _check_binding_fits(doc, where, network, mode, uplinks[uplink], bridge, vxlan)
         _check_ovs_keys(doc, where, values)
-        if mode in ("bridge", "ovs"):
-            chosen = names.bridge_name(uplink, bridge)
-            # a Linux bridge beside an OVS bridge: _check_ovs_uplink says why not
-            other = bridge_of_uplink.setdefault((uplink, mode), (chosen, network_name))
+        chosen = REGISTRY[mode].uplink_master(Binding(network_name, mode, uplink, bridge))
+        if chosen is not None:
+            other = bridge_of_uplink.setdefault(uplink, (chosen, network_name))
             if other[0] != chosen:
                 raise doc.error((*where, "bridge"), f"puts uplink {uplink} in bridge {chosen}, "
                                 f"but network {other[1]} puts it in {other[0]}",
@@ -278,40 +276,17 @@ def _check_ovs_keys(doc: Document, where: KeyPath, values: Any) -> None:
 
 
 def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
-    """Refuse bindings the kernel cannot hold together on one uplink: a bridge port and a
-    macvlan lower device both need the uplink's single rx_handler (EBUSY), and a passthru
-    macvtap owns its uplink outright."""
+    """Refuse bindings the kernel cannot hold together on one uplink (the modes say which:
+    netmap.modes.uplink_conflict)."""
     by_uplink: dict[str, list[Binding]] = {}
     for binding in bindings.values():
         by_uplink.setdefault(binding.uplink, []).append(binding)
     for uplink, users in by_uplink.items():
-        if len(users) < 2:
-            continue  # every conflict below takes two bindings on one uplink
-        modes = {b.mode for b in users}
         _check_ovs_uplink(doc, uplink, users)
-        if "bridge" not in modes and "macvtap-passthrough" not in modes:
-            continue  # every conflict below takes one of these
-        passthrough = [b for b in users if b.mode == "macvtap-passthrough"]
-        bridged = [b for b in users if b.mode == "bridge"]
-        macvtap = [b for b in users if b.mode.startswith("macvtap-")]
-        if passthrough and len(users) > 1:
-            other = next(b for b in users if b is not passthrough[0])
-            raise doc.error(("networks", other.network, "uplink"),
-                            f"uses {uplink}, which network {passthrough[0].network} hands to one "
-                            "guest whole (macvtap-passthrough)",
-                            "give the passthrough network an uplink of its own")
-        underlay = [b for b in users if b.mode == "vxlan"]
-        if bridged and underlay:
-            raise doc.error(("networks", underlay[0].network, "uplink"),
-                            f"uses {uplink} as vxlan underlay, which network "
-                            f"{bridged[0].network} enslaves to a bridge; a bridge port "
-                            "stops receiving for its own address, so the overlay would die",
-                            "use another uplink as underlay")
-        if bridged and macvtap:
-            raise doc.error(("networks", macvtap[0].network, "uplink"),
-                            f"puts a macvtap on {uplink}, which network {bridged[0].network} "
-                            "enslaves to a bridge; the kernel allows only one of them",
-                            "use bridge mode for both, or separate uplinks")
+        conflict = uplink_conflict(uplink, users)
+        if conflict is not None:
+            network, problem, fix = conflict
+            raise doc.error(("networks", network, "uplink"), problem, fix)
 
 
 def _check_ovs_uplink(doc: Document, uplink: str, users: list[Binding]) -> None:
@@ -321,6 +296,14 @@ def _check_ovs_uplink(doc: Document, uplink: str, users: list[Binding]) -> None:
     ovs = [b for b in users if b.mode == "ovs"]
     if not ovs:
         return
+    bridge = names.bridge_name(uplink, ovs[0].bridge)
+    for binding in ovs[1:]:
+        if names.bridge_name(uplink, binding.bridge) != bridge:
+            raise doc.error(("networks", binding.network, "bridge"),
+                            f"puts uplink {uplink} in OVS bridge "
+                            f"{names.bridge_name(uplink, binding.bridge)}, but network "
+                            f"{ovs[0].network} puts it in {bridge}",
+                            "a port is on one OVS bridge: use the same bridge for both")
     other = next((b for b in users if b.mode != "ovs"), None)
     if other is None:
         return
@@ -349,22 +332,10 @@ def _vxlan(doc: Document, where: KeyPath, values: Any) -> Vxlan:
 
 def _check_binding_fits(doc: Document, where: KeyPath, network: Network, mode: str,
                         uplink: Uplink, bridge: str | None, vxlan: Vxlan | None) -> None:
-    overlay = network.vni is not None
-    if mode == "vxlan" and not overlay:
-        raise doc.error((*where, "mode"), f"is vxlan, but network {network.name} is a VLAN "
-                        f"network on segment {network.segment}", "use bridge or a macvtap mode")
-    if mode != "vxlan" and overlay:
-        raise doc.error((*where, "mode"), f"is {mode}, but network {network.name} is an "
-                        f"overlay (vni {network.vni})", 'use mode = "vxlan"')
-    if mode == "sriov-vf" and uplink.sriov is None:
-        raise doc.error((*where, "mode"), f"is sriov-vf, but uplink {uplink.name} has no VF "
-                        f"pool", f"add sriov = {{ total_vfs = N }} to [uplinks.{uplink.name}]")
-    if bridge is not None and mode not in ("bridge", "vxlan", "ovs"):
-        raise doc.error((*where, "bridge"), "only bridge, vxlan and ovs modes use a bridge, "
-                        f"not {mode}", "remove bridge")
-    if vxlan is not None and mode != "vxlan":
-        raise doc.error((*where, "vxlan"), f"only vxlan mode takes vxlan options, not {mode}",
-                        "remove the vxlan table")
+    problem = binding_problem(REGISTRY[mode], network, uplink, bridge, vxlan)
+    if problem is not None:
+        key, what, fix = problem
+        raise doc.error((*where, key), what, fix)
 
 
 # --- guests/*.toml --------------------------------------------------------------------------

@@ -69,25 +69,7 @@ def frozen(cls: type[T]) -> type[T]:
     return cls
 
 
-# mode -> forwarding semantic class (DESIGN.md, "Modes and their forwarding semantics")
-SEMANTIC_CLASS: dict[str, str] = {
-    "bridge": "local-switching",
-    "macvtap-bridge": "local-switching",
-    "macvtap-vepa": "external-hairpin",
-    "macvtap-private": "isolated",
-    "macvtap-passthrough": "dedicated",
-    "sriov-vf": "dedicated",
-    "vxlan": "local-switching",
-    "ovs": "local-switching",  # an Open vSwitch bridge switches locally like a Linux bridge
-}
-MODES = tuple(SEMANTIC_CLASS)
-SEMANTIC_CLASSES = tuple(dict.fromkeys(SEMANTIC_CLASS.values()))
-MACVTAP_MODES = {
-    "macvtap-bridge": "bridge",
-    "macvtap-vepa": "vepa",
-    "macvtap-private": "private",
-    "macvtap-passthrough": "passthru",
-}
+# A binding's mode is a name in netmap.modes.REGISTRY; all it means is said there.
 VHOST_POLICIES = ("required", "preferred", "off")
 KNOWN_FEATURES = ("vhost-net", "tun", "macvtap", "vxlan", "bridge", "sriov")
 VF_ATTACH = ("hostdev", "macvtap")
@@ -186,10 +168,6 @@ class Binding:
     external_ids: tuple[tuple[str, str], ...] = ()
     datapath_type: str | None = None  # ovs: of a bridge netmap creates (system, netdev)
     ovsdb: str | None = None  # ovs: the host's OVSDB remote ([host] ovsdb); None: the default
-
-    @property
-    def semantic(self) -> str:
-        return SEMANTIC_CLASS[self.mode]
 
 
 @frozen

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from netmap.model import VXLAN_OVERHEAD, Binding, Host, Network
+from netmap.model import Binding, Host, Network
+from netmap.modes import REGISTRY
 
 __all__ = ["effective_mtu"]
 
@@ -13,12 +14,7 @@ def effective_mtu(network: Network, binding: Binding, host: Host) -> tuple[int, 
     mtu, reason = network.mtu, f"network {network.name}"
     if binding.mtu is not None:
         mtu, reason = binding.mtu, f"binding on {host.name}"
-    uplink = host.uplinks[binding.uplink]
-    ceiling, why = uplink.mtu, f"uplink {uplink.name} MTU {uplink.mtu}"
-    if binding.mode == "vxlan":
-        overhead = binding.vxlan.overhead if binding.vxlan else VXLAN_OVERHEAD
-        ceiling -= overhead
-        why = f"underlay {uplink.name} MTU {uplink.mtu} - {overhead} vxlan overhead"
+    ceiling, why = REGISTRY[binding.mode].mtu_ceiling(binding, host.uplinks[binding.uplink])
     if ceiling < mtu:
         mtu, reason = ceiling, why
     return mtu, reason

@@ -4,16 +4,15 @@ A step names one kernel object (a bridge, a port, a tap...) and the state it mus
 apply (netmap/netlink/apply.py) makes it so, idempotently, and undoes it through the step's
 `inverse()` when a later step fails or the guest is released. Steps that several guests share
 (a bridge, the uplink's enslavement, a vxlan device) carry the same `resource` key, so a
-plan lists each once and state can count who still uses it.
+plan lists each once and state can count who still uses it. Which steps a NIC needs is its
+mode's answer (netmap/modes); netmap/planner.py asks it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, ClassVar
-
-from netmap.model import MACVTAP_MODES, VXLAN_OVERHEAD, Binding, Guest, GuestNic, Host
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 OVS_OWNER_KEY = "netmap-owner"  # on every OVS port netmap adds: release takes out only these
 OVS_NETWORK_KEY = "netmap-network"  # on a guest's port: the logical network (drift reads it)
@@ -23,11 +22,6 @@ OVS_RUNDIR = "/var/run/openvswitch"
 def default_ovsdb() -> str:
     """Where ovs-vsctl finds OVSDB: $OVS_RUNDIR/db.sock, else /var/run/openvswitch's."""
     return f"unix:{os.environ.get('OVS_RUNDIR') or OVS_RUNDIR}/db.sock"
-
-if TYPE_CHECKING:  # the steps are also what the QEMU helper and release import: no networkx
-    import networkx as nx
-
-    from netmap import graph as g
 
 # Bridge FDB ageing, in clock_t (1/100 s), as IFLA_BR_AGEING_TIME wants it. Not 0: os-vif
 # set 0 so frames were not lost while a live-migrated guest's MAC moved (LP #1715317) and
@@ -491,119 +485,3 @@ class Plan:
             if undo is not None:
                 lines.append(f"{' ' * len(str(n))}  undo: {undo.describe()}")
         return lines
-
-
-def _bridged_steps(nic: GuestNic, view: g.NicView, mtu: int, port: str, bridge: str,
-                   tap: str) -> list[Step]:
-    mac = nic.mac
-    vlan = view.vlan
-    steps: list[Step] = [EnsureBridge(bridge, mtu, vlan_filtering=vlan is not None),
-                         EnslavePort(port, bridge)]
-    if vlan is not None:
-        steps.append(BridgeVlan(port, vlan))
-    steps.append(CreateTap(tap, host_side_mac(mac), mac, mtu, bridge,
-                           multi_queue=nic.queues > 1))
-    if vlan is not None:
-        steps.append(BridgeVlan(tap, vlan, access=True))
-    return steps
-
-
-def ovs_port_ids(guest: str, nic: GuestNic, binding: Binding) -> tuple[tuple[str, str], ...]:
-    """The external_ids of a guest's OVS port: the binding's, and those OpenStack, OVN and
-    libvirt set (iface-id names the logical port, attached-mac the guest's MAC, vm-id the
-    guest), and netmap's mark of ownership."""
-    ids = dict(binding.external_ids)
-    ids.setdefault("iface-id", f"{guest}-nic{nic.index}")
-    ids.update({"attached-mac": nic.mac, "vm-id": guest, "iface-status": "active",
-                OVS_OWNER_KEY: guest, OVS_NETWORK_KEY: nic.network})
-    return tuple(sorted(ids.items()))
-
-
-def ovs_steps(guest: str, nic: GuestNic, binding: Binding, uplink: str, vlan: int | None,
-              mtu: int, devices: dict[str, str]) -> list[Step]:
-    """The OVS bridge and its uplink port (a trunk), the guest's tap, and the tap as an
-    access port: apply makes the three OVSDB steps one transaction."""
-    remote = binding.ovsdb or default_ovsdb()
-    bridge, tap = devices["bridge"], devices["tap"]
-    return [EnsureOvsBridge(bridge, remote, binding.datapath_type),
-            EnsureOvsPort(uplink, bridge, remote, external_ids=((OVS_OWNER_KEY, "uplink"),)),
-            CreateTap(tap, host_side_mac(nic.mac), nic.mac, mtu, "",
-                      multi_queue=nic.queues > 1),
-            EnsureOvsPort(tap, bridge, remote, vlan, ovs_port_ids(guest, nic, binding))]
-
-
-def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> NicPlan | str:
-    """The steps for one NIC, or why it cannot be planned on this host."""
-    from netmap import graph as g
-
-    nic = guest.nics[nic_index]
-    view = g.nic_view(graph, guest.name, nic, host.name)
-    if not view.bound or view.uplink is None or view.mode is None:
-        return f"NIC {nic.index}: {host.name} has no binding for network {nic.network}"
-    binding = host.bindings[nic.network]
-    devices = dict(view.devices)
-    # What the guest uses, even where the mapping gives less (check's MTU_TOO_SMALL): a
-    # realize --force then asks the uplink for it and is refused there, rather than
-    # building an endpoint that drops the guest's larger frames. The source is where the
-    # guest runs now (check compares with the same view).
-    source = g.nic_view(graph, guest.name, nic, guest.host) if guest.host else None
-    mtu = max(view.mtu or 1500, g.needed_mtu(graph, guest, nic, source))
-    overhead = binding.vxlan.overhead if binding.vxlan else VXLAN_OVERHEAD
-    through = mtu + overhead if view.mode == "vxlan" else mtu
-    # a VF's frames leave through its PF, whose MTU bounds the VF's (igb, ixgbe, i40e)
-    steps: list[Step] = [RequireLink(view.uplink, through)]
-    device: str | None = devices.get("tap") or devices.get("macvtap")
-    bridge = devices.get("bridge")
-    if view.mode == "bridge":
-        steps += _bridged_steps(nic, view, mtu, view.uplink, devices["bridge"],
-                                devices["tap"])
-    elif view.mode == "vxlan":
-        network = g.fleet_of(graph).networks[nic.network]
-        options = binding.vxlan
-        vx = devices["vxlan"]
-        steps.append(EnsureVxlan(vx, int(network.vni or 0), view.uplink, mtu,
-                                 options.port if options else 4789,
-                                 options.group if options else None,
-                                 options.remotes if options else (),
-                                 options.local if options else None))
-        steps += _bridged_steps(nic, view, mtu, vx, devices["bridge"], devices["tap"])
-    elif view.mode in MACVTAP_MODES:
-        lower = view.uplink
-        if "vlan" in devices:
-            lower = devices["vlan"]
-            steps.append(EnsureVlanLink(lower, view.uplink, int(view.vlan or 0), mtu))
-        steps.append(CreateMacvtap(devices["macvtap"], lower, MACVTAP_MODES[view.mode],
-                                   nic.mac, mtu))
-    elif view.mode == "ovs":
-        steps += ovs_steps(guest.name, nic, binding, view.uplink, view.vlan, mtu, devices)
-    elif view.mode == "sriov-vf":
-        steps.append(ClaimVf(view.uplink, nic.mac, view.vlan, binding.spoofchk,
-                             devices.get("macvtap"), mtu))
-    else:  # a mode the model knows and the plan does not: never silently skip it
-        return f"NIC {nic.index}: mode {view.mode} cannot be realized by this netmap"
-    return NicPlan(nic=nic.index, network=nic.network, mode=view.mode, mac=nic.mac,
-                   model=nic.model, device=device, uplink=view.uplink, vlan=view.vlan, mtu=mtu,
-                   bridge=bridge, steps=tuple(steps), queues=nic.queues)
-
-
-def build_plan(graph: nx.DiGraph, guest: Guest, host: Host) -> Plan:
-    """The plan realizing every NIC of `guest` on `host`; NICs that cannot be planned are
-    listed in `problems` (realize refuses such a plan)."""
-    nics: list[NicPlan] = []
-    problems: list[str] = []
-    for index in range(len(guest.nics)):
-        planned = nic_plan(graph, guest, index, host)
-        if isinstance(planned, str):
-            problems.append(planned)
-        else:
-            nics.append(planned)
-    # an uplink shared by several NICs must carry the largest MTU any of them needs
-    need: dict[str, int] = {}
-    for nic in nics:
-        for step in nic.steps:
-            if isinstance(step, RequireLink):
-                need[step.name] = max(need.get(step.name, 0), step.mtu)
-    nics = [replace(nic, steps=tuple(
-        RequireLink(s.name, need[s.name]) if isinstance(s, RequireLink) else s
-        for s in nic.steps)) for nic in nics]
-    return Plan(guest.name, host.name, host.netns, tuple(nics), tuple(problems))

@@ -16,6 +16,7 @@ from netmap import graph as g
 from netmap.check import ERROR, INFO, WARNING, Finding, Report
 from netmap.errors import InputError
 from netmap.model import Fleet, Host, Vxlan
+from netmap.modes import mode_of, semantic_of
 from netmap.placement import Candidate
 
 STYLE = {ERROR: "bold red", WARNING: "yellow", INFO: "cyan"}
@@ -93,7 +94,7 @@ def show_data(fleet: Fleet, graph: nx.DiGraph, hosts: Iterable[str]) -> dict[str
                 network = fleet.networks[binding.network]
                 view_mtu, _ = g.effective_mtu(network, binding, host)
                 networks.append({
-                    "network": network.name, "mode": binding.mode, "semantic": binding.semantic,
+                    "network": network.name, "mode": binding.mode, "semantic": semantic_of(binding),
                     "segment": network.segment_id,
                     "reaches_segment": network.is_overlay
                     or g.reaches(graph, name, uplink.name, network.segment_id),
@@ -279,10 +280,10 @@ def diff_rows(fleet: Fleet, a: Host, b: Host) -> list[dict[str, object]]:
             mtu, _ = g.effective_mtu(network, binding, host)
             uplink = host.uplinks[binding.uplink]
             sides.append({
-                "mode": binding.mode, "semantic": binding.semantic, "uplink": binding.uplink,
+                "mode": binding.mode, "semantic": semantic_of(binding), "uplink": binding.uplink,
                 "vlan": binding.vlan if binding.vlan is not None else network.vlan, "mtu": mtu,
                 "reaches_segment": network.is_overlay or network.segment in uplink.segments,
-                "vxlan": _vtep(binding.vxlan) if binding.mode == "vxlan" else None,
+                "vxlan": _vtep(binding.vxlan) if mode_of(binding).takes_vxlan else None,
             })
         differs = sorted(k for k in ("mode", "semantic", "vlan", "mtu", "reaches_segment",
                                      "vxlan")

@@ -44,7 +44,8 @@ from netmap.load import load_fleet
 from netmap.model import Fleet, Host
 from netmap.netlink.apply import realize_plan, release_guest
 from netmap.netlink.kernel_support import KernelProbe, UnsupportedKernel
-from netmap.plan import CreateMacvtap, build_plan
+from netmap.plan import CreateMacvtap
+from netmap.planner import build_plan
 from netmap.state import HostState
 
 GUEST = "vm"

@@ -13,7 +13,7 @@ from netmap import graph as g
 from netmap.check import check_migration
 from netmap.graph import build_graph, guest_view
 from netmap.load import load_fleet
-from netmap.model import MODES
+from netmap.modes import REGISTRY
 from netmap.placement import hosts_for
 
 NETWORKS = """
@@ -236,7 +236,7 @@ uplink_names = st.sampled_from(["eth0", "eno2", "ens1f0", "enp65s0f0"])
 
 @st.composite
 def one_host_fleets(draw):
-    mode = draw(st.sampled_from([m for m in MODES if m != "vxlan"]))
+    mode = draw(st.sampled_from([m for m in REGISTRY if not REGISTRY[m].overlay]))
     up = draw(uplink_names)
     mtu = draw(st.integers(min_value=1280, max_value=9216))
     vlan = draw(st.one_of(st.none(), st.integers(min_value=1, max_value=4094)))
@@ -251,9 +251,7 @@ def one_host_fleets(draw):
 
 
 def _class(mode: str) -> str:
-    from netmap.model import SEMANTIC_CLASS
-
-    return SEMANTIC_CLASS[mode]
+    return REGISTRY[mode].semantic
 
 
 @settings(max_examples=40, deadline=None)

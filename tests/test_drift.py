@@ -428,7 +428,7 @@ def test_drift_follows_what_realize_recorded(lab_factory, tmp_path: Path) -> Non
     from netmap.graph import build_graph
     from netmap.load import load_fleet
     from netmap.netlink.apply import realize_plan
-    from netmap.plan import build_plan
+    from netmap.planner import build_plan
 
     lab, mappings = lab_factory("nmB", ["host-a"])
     (mappings / "guests" / "vmd.toml").write_text(

@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "modes": ("netmap.modes",),
     "load": ("netmap.load*", "netmap.tomlcheck", "netmap.cache*", "netmap.hostid"),
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
-              "netmap.drain", "netmap.plan", "netmap.draft"),
+              "netmap.drain", "netmap.plan", "netmap.planner", "netmap.draft"),
     "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2", "ovs"),
     "integrations": ("netmap.libvirt", "netmap.qemu"),
     "edges": ("netmap.commands", "netmap.cli", "netmap.__main__", "netmap.render", "netmap.lab"),

@@ -10,6 +10,7 @@ from conftest import EXAMPLE_MAPPINGS
 
 from netmap.errors import InputError
 from netmap.load import load_fleet, load_guest, load_host, load_networks, mappings_dir
+from netmap.modes import semantic_of
 from netmap.tomlcheck import line_of
 
 NETWORKS = """
@@ -85,7 +86,7 @@ def test_example_fleet_loads_without_problems():
 
 def test_valid_host_and_guest(tmp_path: Path, networks):
     host = load_host(write(tmp_path, "hosts/h1.toml", HOST), networks)
-    assert host.bindings["prod"].semantic == "external-hairpin"
+    assert semantic_of(host.bindings["prod"]) == "external-hairpin"
     assert host.features == {"vhost-net"}
     guest = load_guest(write(tmp_path, "guests/g1.toml", GUEST), networks)
     assert guest.nics[0].vhost == "preferred" and guest.nics[0].model == "virtio"

@@ -19,7 +19,8 @@ from conftest import ip_links, needs_netns
 from netmap.errors import ApplyError, InputError
 from netmap.graph import build_graph
 from netmap.load import load_fleet, load_guest, load_networks
-from netmap.plan import CreateTap, build_plan
+from netmap.plan import CreateTap
+from netmap.planner import build_plan
 
 PREFIX = "nmmq"
 TUNSETIFF = 0x400454CA

@@ -17,7 +17,7 @@ from conftest import needs_netns
 from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
-from netmap.plan import build_plan
+from netmap.planner import build_plan
 
 HOST = "nmagvm-h"
 

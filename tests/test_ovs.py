@@ -21,7 +21,7 @@ from netmap.cli import main
 from netmap.graph import build_graph
 from netmap.lab import build_lab, teardown_lab
 from netmap.load import load_fleet
-from netmap.plan import build_plan
+from netmap.planner import build_plan
 from netmap.state import HostState
 
 PREFIX = "ov"

@@ -13,7 +13,8 @@ from netmap.errors import InputError
 from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.modes import REGISTRY
-from netmap.plan import CreateTap, EnsureOvsBridge, EnsureOvsPort, RequireLink, build_plan
+from netmap.plan import CreateTap, EnsureOvsBridge, EnsureOvsPort, RequireLink
+from netmap.planner import build_plan
 
 NETWORKS = """
 [networks.prod]
@@ -59,7 +60,7 @@ def test_an_ovs_binding_loads_with_its_keys(tmp_path: Path) -> None:
     binding = found.hosts["ha"].bindings["prod"]
     assert (binding.mode, binding.bridge, binding.external_ids, binding.ovsdb) == (
         "ovs", "br-int", (("owner", "sdn"),), "unix:/run/ovs/db.sock")
-    assert REGISTRY["ovs"].semantic == "local-switching" == binding.semantic
+    assert REGISTRY[binding.mode].semantic == "local-switching"
 
 
 @pytest.mark.parametrize(("bindings", "head", "key", "words"), [
@@ -69,7 +70,7 @@ def test_an_ovs_binding_loads_with_its_keys(tmp_path: Path) -> None:
     (OVS + '\n[networks.other]\nmode = "macvtap-bridge"\nuplink = "eth0"\n', "",
      "networks.other.uplink", "macvtap"),
     (OVS + '\n[networks.other]\nmode = "ovs"\nuplink = "eth0"\nbridge = "br-x"\n', "",
-     "networks.other.bridge", "one master"),
+     "networks.other.bridge", "one OVS bridge"),
     (BRIDGE + 'external_ids = { "a" = "b" }\n', "", "networks.prod.external_ids",
      "only ovs mode"),
     (BRIDGE + 'datapath_type = "netdev"\n', "", "networks.prod.datapath_type", "only ovs"),

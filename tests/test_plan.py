@@ -26,10 +26,10 @@ from netmap.plan import (
     EnsureVlanLink,
     EnsureVxlan,
     RequireLink,
-    build_plan,
     host_side_mac,
     step_from_dict,
 )
+from netmap.planner import build_plan
 
 EXTRA_HOST = """[host]
 name = "host-x"
@@ -297,7 +297,7 @@ def test_plan_text_shows_each_steps_undo(mappings: Path, capsys) -> None:
     """README: each step with its undo; a step with nothing to undo has no undo line."""
     from netmap.graph import build_graph
     from netmap.load import load_fleet, require_guest
-    from netmap.plan import build_plan
+    from netmap.planner import build_plan
 
     assert main(["plan", "vm2", "--host", "host-a", "--mappings", str(mappings)]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]

@@ -29,6 +29,7 @@ from netmap.errors import ApplyError, InputError, PrivilegeError
 from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.kernel_support import KernelProbe, features_needed, refuse_unsupported
+from netmap.planner import build_plan
 
 PREFIX = "nmhp"
 NO_CAPABILITIES = ["--bounding-set=-all", "--inh-caps=-all"]
@@ -341,7 +342,7 @@ def lab_host_a(cli_lab_factory):
 
 def vm2_plan(root: Path) -> p.Plan:
     fleet = load_fleet(root)
-    return p.build_plan(build_graph(fleet), fleet.guests["vm2"], fleet.hosts["host-a"])
+    return build_plan(build_graph(fleet), fleet.guests["vm2"], fleet.hosts["host-a"])
 
 
 @needs_netns

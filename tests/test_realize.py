@@ -30,7 +30,7 @@ from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
 from netmap.netlink.kernel_support import KernelProbe
 from netmap.netlink.rtnl import entered_netns
-from netmap.plan import build_plan
+from netmap.planner import build_plan
 from netmap.state import HostState
 
 PREFIX = "nmA"

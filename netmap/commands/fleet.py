@@ -64,10 +64,10 @@ def _live_findings(fleet: Fleet, guest: Guest, dest: Host) -> tuple[Finding, ...
     bindings = {n.network: dest.bindings[n.network] for n in guest.nics
                 if n.network in dest.bindings}
     uplinks = {b.uplink: dest.uplinks[b.uplink] for b in bindings.values()}
-    from netmap.drift import MODE_FEATURES
+    from netmap.modes import mode_of
 
     # a live drift finding is an error, so vhost-net counts only where a NIC requires it
-    needed = {f for b in bindings.values() for f in MODE_FEATURES.get(b.mode, ())}
+    needed = {f for b in bindings.values() for f in mode_of(b).kernel_features}
     if any(nic.vhost == "required" for nic in guest.nics):
         needed.add("vhost-net")
     # the features stay the mapping's: a scoped copy made every other declared feature

@@ -63,7 +63,7 @@ def _configure_plan(parser: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     from netmap.load import require_guest
-    from netmap.plan import build_plan
+    from netmap.planner import build_plan
 
     fleet, graph = load(args)
     host = this_host(args, fleet)
@@ -97,7 +97,7 @@ def _configure_realize(parser: argparse.ArgumentParser) -> None:
 def _realize(args: argparse.Namespace) -> int:
     from netmap.check import check_migration
     from netmap.load import require_guest
-    from netmap.plan import build_plan
+    from netmap.planner import build_plan
 
     fleet, graph = load(args)
     host = _target_host(args, fleet)

@@ -36,6 +36,7 @@ from netmap.drain.report import HostUse
 from netmap.errors import InputError
 from netmap.load import require_host
 from netmap.model import Guest, Host
+from netmap.modes import mode_of
 
 WARNING_COST = 1000  # one warning outweighs any difference in load
 EXAMINE_AT_LEAST = 100  # hosts examined per profile while looking for warning-free ones
@@ -48,7 +49,7 @@ def host_use(graph: nx.DiGraph, host: Host) -> HostUse:
     on = g.guests_on(graph, host.name)
     vfs = g.vf_usage(graph, host.name)
     whole = g.passthrough_usage(graph, host.name)
-    held = sorted({b.uplink for b in host.bindings.values() if b.mode == "macvtap-passthrough"})
+    held = sorted({b.uplink for b in host.bindings.values() if mode_of(b).claims == "uplink"})
     return HostUse(host.name, len(on), host.max_guests, sum(len(o.nics) for o in on),
                    host.max_endpoints,
                    tuple((u.name, vfs[u.name], u.sriov.total_vfs)
@@ -61,9 +62,10 @@ def demand(host: Host, guest: Guest) -> tuple[tuple[Resource, int], ...]:
     taken: Counter = Counter()
     for nic in guest.nics:
         binding = host.bindings.get(nic.network)
-        if binding is not None and binding.mode == "sriov-vf":
+        claim = mode_of(binding).claims if binding is not None else None
+        if binding is not None and claim == "vf":
             taken["vf", host.name, binding.uplink] += 1
-        elif binding is not None and binding.mode == "macvtap-passthrough":
+        elif binding is not None and claim == "uplink":
             taken["whole", host.name, binding.uplink] += 1
     if host.max_endpoints is not None and guest.nics:
         taken["endpoints", host.name, ""] += len(guest.nics)

@@ -31,7 +31,8 @@ from netmap.libvirt.interfaces import (
     read_metadata,
 )
 from netmap.libvirt.xmlsafe import MAX_BYTES, XmlDocument, parse_untrusted
-from netmap.model import MACVTAP_MODES, Binding, Guest, GuestNic, Host, Network, Source
+from netmap.model import Binding, Guest, GuestNic, Host, Network, Source
+from netmap.modes import mode_of
 from netmap.nic_values import mac_problem
 from netmap.regular_file import read_regular
 
@@ -141,7 +142,7 @@ def _resolve(iface: Interface, host: Host | None,
         if host is None:
             return None, "", f"libvirt network {wanted!r} is no logical network"
         pool = [b for b in host.bindings.values()
-                if b.mode == "sriov-vf" and vf_pool_network(b.uplink) == wanted]
+                if mode_of(b).libvirt_type == "network" and vf_pool_network(b.uplink) == wanted]
         portgroup = src.get("portgroup")
         chosen = [b for b in pool if b.network == portgroup] if portgroup else pool
         if len(chosen) == 1:
@@ -156,7 +157,8 @@ def _resolve(iface: Interface, host: Host | None,
     bindings = list(host.bindings.values())
     if iface.type == "direct":
         dev, mode = src.get("dev", ""), src.get("mode", "vepa")
-        found = [b for b in bindings if b.mode in MACVTAP_MODES and dev in _lowers(b, networks)]
+        found = [b for b in bindings
+                 if mode_of(b).libvirt_type == "direct" and dev in _lowers(b, networks)]
         exact = [b for b in found if b.mode == DIRECT_MODES.get(mode)] or found
         what = f"macvtap on {dev!r}"
     elif iface.type == "bridge":
@@ -166,7 +168,7 @@ def _resolve(iface: Interface, host: Host | None,
     elif iface.type == "hostdev":
         # A PCI address does not say which PF it belongs to without the host's sysfs; the
         # VLAN the VF is given does, when one SR-IOV network alone has it.
-        exact = [b for b in bindings if b.mode == "sriov-vf" and b.vf_attach == "hostdev"
+        exact = [b for b in bindings if mode_of(b).claims == "vf" and b.vf_attach == "hostdev"
                  and _vlan_of(b, networks) == iface.vlan]
         what = f"a VF with VLAN {iface.vlan}" if iface.vlan else "an untagged VF"
         if len(exact) > 1:
@@ -195,12 +197,7 @@ def _lowers(binding: Binding, networks: dict[str, Network]) -> set[str]:
 
 
 def _bridge_of(binding: Binding, networks: dict[str, Network]) -> str | None:
-    if binding.mode == "bridge":
-        return names.bridge_name(binding.uplink, binding.bridge)
-    vni = networks[binding.network].vni
-    if binding.mode == "vxlan" and vni is not None:
-        return names.vxlan_bridge_name(vni, binding.bridge)
-    return None
+    return mode_of(binding).guest_bridge(binding, networks[binding.network])
 
 
 def _needs_host(iface: Interface, networks: dict[str, Network],
@@ -274,7 +271,7 @@ def _map(iface: Interface, by_mac: dict[str, dict[str, str]], networks: dict[str
             f"{iface.label}: runs macvtap mode {mode}, but {host.name} binds {network} as "
             f"{binding.mode}; the check compares against the mapping.",
             f"align the domain with the mapping (mode='{_LIBVIRT_MODE[binding.mode]}')"
-            if binding.mode in MACVTAP_MODES else "align the domain with the mapping"))
+            if binding.mode in _LIBVIRT_MODE else "align the domain with the mapping"))
     return replace(iface, network=network, how=how)
 
 

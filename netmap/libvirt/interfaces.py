@@ -10,13 +10,12 @@ from netmap.check import ERROR, WARNING, Finding
 from netmap.libvirt import NAMESPACE
 from netmap.libvirt.xmlsafe import XmlDocument
 from netmap.model import (
-    MACVTAP_MODES,
     MAX_QUEUES,
-    SEMANTIC_CLASSES,
     VHOST_POLICIES,
     VIRTIO_MODELS,
     Network,
 )
+from netmap.modes import REGISTRY, semantic_classes
 from netmap.nic_values import MTU_RANGE, mac_problem
 
 # Every <interface type=...> libvirt knows (domain_conf.c, virDomainNetType).
@@ -27,8 +26,8 @@ LIBVIRT_TYPES = frozenset({"user", "ethernet", "vhostuser", "server", "client", 
 HOST_INDEPENDENT = frozenset({"user", "server", "client", "mcast", "udp", "null"})
 TAP_TYPES = frozenset({"network", "bridge", "ethernet"})  # libvirt: only these take filterref
 # libvirt's <source mode=...> for direct interfaces -> netmap's mode
-DIRECT_MODES = {("passthrough" if m == "passthru" else m): mode
-                for mode, m in MACVTAP_MODES.items()}
+DIRECT_MODES = {mode.libvirt_direct_mode: name for name, mode in REGISTRY.items()
+                if mode.libvirt_direct_mode is not None}
 NS = "{" + NAMESPACE + "}"
 
 
@@ -87,7 +86,7 @@ def read_metadata(doc: XmlDocument, networks: dict[str, Network],
                    or (f"names network {network!r}, which networks.toml does not define"
                        if network not in networks else None)
                    or _choice(nic, "vhost", VHOST_POLICIES)
-                   or _choice(nic, "semantic", SEMANTIC_CLASSES))
+                   or _choice(nic, "semantic", semantic_classes()))
         if problem:
             findings.append(Finding("METADATA_INVALID", ERROR, None, f"{where}: {problem}.",
                                     'write <netmap:nic mac="52:54:00:.." network="NAME"/> '

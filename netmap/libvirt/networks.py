@@ -19,12 +19,8 @@ from xml.etree import ElementTree as ET
 
 from netmap import names
 from netmap.libvirt import NAMESPACE, vf_pool_network
-from netmap.model import MACVTAP_MODES, Binding, Fleet, Host, Network
-
-# netmap mode -> libvirt <forward mode=...>
-FORWARD_MODE = {"bridge": "bridge", "vxlan": "bridge", "macvtap-bridge": "bridge",
-                "macvtap-vepa": "vepa", "macvtap-private": "private",
-                "macvtap-passthrough": "passthrough"}
+from netmap.model import Binding, Fleet, Host, Network
+from netmap.modes import REGISTRY, mode_of
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ class LibvirtNetwork:
 def libvirt_network_for(host: Host, network: str) -> tuple[str, str | None]:
     """(libvirt network name, portgroup) that realizes `network` on `host`."""
     binding = host.bindings[network]
-    if binding.mode == "sriov-vf":
+    if mode_of(binding).libvirt_type == "network":
         return vf_pool_network(binding.uplink), network
     return network, None
 
@@ -53,7 +49,7 @@ def host_networks(fleet: Fleet, host: Host) -> list[LibvirtNetwork]:
     pools: dict[str, list[Binding]] = {}
     for name in sorted(host.bindings):
         binding = host.bindings[name]
-        if binding.mode == "sriov-vf":
+        if mode_of(binding).libvirt_type == "network":
             pools.setdefault(binding.uplink, []).append(binding)
         else:
             result.append(_plain(fleet.networks[name], binding))
@@ -101,28 +97,23 @@ def _vlan_element(parent: ET.Element, vlan: int) -> None:
 def _plain(network: Network, binding: Binding) -> LibvirtNetwork:
     root = _root(network.name)
     _identity(root, network, binding)
-    forward_mode = FORWARD_MODE[binding.mode]
+    mode = mode_of(binding)
+    forward_mode = mode.libvirt_forward
+    assert forward_mode is not None  # every mode but a VF pool's forwards its own way
     forward = ET.SubElement(root, "forward", {"mode": forward_mode})
     vlan = _vlan(network, binding)
     mtu = _mtu(network, binding)
     notes: list[str] = []
-    if binding.mode in ("bridge", "vxlan"):
-        if binding.mode == "bridge":
-            bridge = names.bridge_name(binding.uplink, binding.bridge)
-            notes.append(f"bridge {bridge} must exist with {binding.uplink} in it "
-                         "(netmap realize creates it); libvirt only adds taps to it")
-        else:
-            assert network.vni is not None
-            bridge = names.vxlan_bridge_name(network.vni, binding.bridge)
-            notes.append(f"bridge {bridge} with vxlan {names.vxlan_name(network.vni)} on "
-                         f"{binding.uplink} must exist (netmap realize creates them)")
+    bridge = mode.guest_bridge(binding, network)
+    if bridge is not None:
+        notes.append(mode.libvirt_bridge_note(binding, network))
         ET.SubElement(root, "bridge", {"name": bridge})
         if vlan is not None:
             notes.append(f"libvirt cannot tag VLAN {vlan} on a Linux bridge port; netmap "
                          "realize sets it on the port (bridge vlan filtering)")
     else:
         lower = binding.uplink
-        if vlan is not None and binding.mode != "macvtap-passthrough":
+        if vlan is not None and mode.claims != "uplink":
             # libvirt tags VLANs on macvtap only for SR-IOV VFs: the macvtap sits on the
             # 802.1Q device instead, as netmap realize builds it (graph.endpoint_devices).
             lower = names.vlan_name(binding.uplink, vlan)
@@ -184,5 +175,6 @@ def _render(root: ET.Element, notes: list[str]) -> str:
 
 def macvtap_mode(mode: str) -> str:
     """netmap mode -> libvirt's <source mode=...> of a direct interface."""
-    value = MACVTAP_MODES[mode]
-    return "passthrough" if value == "passthru" else value
+    value = REGISTRY[mode].libvirt_direct_mode
+    assert value is not None, f"{mode} makes no macvtap"
+    return value

@@ -23,7 +23,8 @@ from netmap.libvirt.domain import DomainImport
 from netmap.libvirt.interfaces import Interface
 from netmap.libvirt.networks import libvirt_network_for, macvtap_mode
 from netmap.libvirt.xmlsafe import XmlDocument, escape_attribute
-from netmap.model import MACVTAP_MODES, Binding, Fleet, Host
+from netmap.model import Binding, Fleet, Host
+from netmap.modes import mode_of
 
 Rewrite = tuple[int, int, bytes]
 
@@ -57,7 +58,8 @@ _HINT = ("bind the network the same way on both hosts, or describe the NIC as "
 
 
 def _is_vf(binding: Binding | None) -> bool:
-    return binding is not None and binding.mode == "sriov-vf" and binding.vf_attach == "hostdev"
+    return (binding is not None and mode_of(binding).claims == "vf"
+            and binding.vf_attach == "hostdev")
 
 
 def _wanted_source(iface: Interface, network: str, binding: Binding, before: Binding | None,
@@ -73,7 +75,8 @@ def _wanted_source(iface: Interface, network: str, binding: Binding, before: Bin
                       f"{'a VF' if _is_vf(before) else 'a virtio NIC'} on the source but "
                       f"{'a VF' if _is_vf(binding) else 'not a VF'} on {dest.name}; the "
                       "guest would see another device")
-    if iface.type == "network" or binding.mode == "sriov-vf":
+    mode = mode_of(binding)
+    if iface.type == "network" or mode.libvirt_type == "network":
         if iface.type != "network":
             return None, (f"{dest.name} realizes {network} with SR-IOV VFs, which a "
                           f"{iface.type} interface cannot use")
@@ -82,15 +85,10 @@ def _wanted_source(iface: Interface, network: str, binding: Binding, before: Bin
         if portgroup:  # a VF pool: the portgroup says which network (and VLAN)
             attrs["portgroup"] = portgroup
         return ("network", attrs), ""
-    if binding.mode in ("bridge", "vxlan"):
-        if binding.mode == "bridge":
-            bridge = names.bridge_name(binding.uplink, binding.bridge)
-        else:
-            vni = fleet.networks[network].vni
-            assert vni is not None
-            bridge = names.vxlan_bridge_name(vni, binding.bridge)
+    bridge = mode.guest_bridge(binding, fleet.networks[network])
+    if bridge is not None:
         return ("bridge", {"bridge": bridge}), ""
-    assert binding.mode in MACVTAP_MODES
+    assert mode.libvirt_type == "direct"
     lower = binding.uplink
     vlan = binding.vlan if binding.vlan is not None else fleet.networks[network].vlan
     used_vlan_device = iface.type == "direct" and "." in iface.source.get("dev", "")

@@ -35,7 +35,8 @@ LibvirtType = Literal["bridge", "direct", "network"]
 #   uplink-bridge  the bridge that enslaves the uplink
 #   vxlan          the vxlan device of the network's VNI and its bridge
 #   underlay       an address on the underlay to send from
-DriftCheck = Literal["uplink-bridge", "vxlan", "underlay"]
+#   ovs            the OVS bridge, the uplink's port, the guests' ports, ovs-vswitchd
+DriftCheck = Literal["uplink-bridge", "vxlan", "underlay", "ovs"]
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from netmap import names
 from netmap.model import Binding, Network
 from netmap.modes.base import Mode, NicContext
-from netmap.plan import BridgeVlan, CreateTap, EnslavePort, EnsureBridge, Step, host_side_mac
+
+if TYPE_CHECKING:
+    from netmap.plan import Step
 
 
 def bridged_steps(ctx: NicContext, port: str) -> list[Step]:
     """A bridge with `port` in it and the guest's tap; with a VLAN, the bridge filters VLANs,
     `port` carries it tagged and the tap untagged (bridge and vxlan modes alike)."""
+    # the step classes only when planning: the QEMU helper reads modes, never plans
+    from netmap.plan import BridgeVlan, CreateTap, EnslavePort, EnsureBridge, host_side_mac
+
     nic, vlan, mtu = ctx.nic, ctx.vlan, ctx.mtu
     bridge, tap = ctx.devices["bridge"], ctx.devices["tap"]
     steps: list[Step] = [EnsureBridge(bridge, mtu, vlan_filtering=vlan is not None),

@@ -3,12 +3,14 @@ on its 802.1Q device when the network has a VLAN), in the kernel's macvlan mode.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from netmap import names
 from netmap.model import Binding, Network
 from netmap.modes.base import Mode, NicContext, UplinkUse
-from netmap.plan import CreateMacvtap, EnsureVlanLink, Step
+
+if TYPE_CHECKING:
+    from netmap.plan import Step
 
 
 class Macvtap(Mode):
@@ -33,6 +35,9 @@ class Macvtap(Mode):
         return (*lower, ("macvtap", names.tap_name(guest, nic)))
 
     def steps(self, ctx: NicContext) -> list[Step]:
+        # the step classes only when planning: the QEMU helper reads modes, never plans
+        from netmap.plan import CreateMacvtap, EnsureVlanLink
+
         steps: list[Step] = []
         lower = ctx.uplink
         if "vlan" in ctx.devices:

@@ -5,9 +5,29 @@ and libvirt find a port by. OVSDB holds all of it (netmap/netlink/ovsdb.py)."""
 from __future__ import annotations
 
 from netmap import names
-from netmap.model import Binding, Network
+from netmap.model import Binding, GuestNic, Network
 from netmap.modes.base import Mode, NicContext
-from netmap.plan import Step, ovs_steps
+from netmap.plan import (
+    OVS_NETWORK_KEY,
+    OVS_OWNER_KEY,
+    CreateTap,
+    EnsureOvsBridge,
+    EnsureOvsPort,
+    Step,
+    default_ovsdb,
+    host_side_mac,
+)
+
+
+def ovs_port_ids(guest: str, nic: GuestNic, binding: Binding) -> tuple[tuple[str, str], ...]:
+    """The external_ids of a guest's OVS port: the binding's, and those OpenStack, OVN and
+    libvirt set (iface-id names the logical port, attached-mac the guest's MAC, vm-id the
+    guest), and netmap's marks (whose port, which network)."""
+    ids = dict(binding.external_ids)
+    ids.setdefault("iface-id", f"{guest}-nic{nic.index}")
+    ids.update({"attached-mac": nic.mac, "vm-id": guest, "iface-status": "active",
+                OVS_OWNER_KEY: guest, OVS_NETWORK_KEY: nic.network})
+    return tuple(sorted(ids.items()))
 
 
 class Ovs(Mode):
@@ -20,6 +40,7 @@ class Ovs(Mode):
     uplink_use = "port"
     takes_bridge = True
     kernel_features = ("tun",)
+    drift_checks = ("ovs",)
     endpoint = "ovs-tap"
     libvirt_type = "bridge"
     libvirt_forward = "bridge"
@@ -37,8 +58,17 @@ class Ovs(Mode):
         return names.bridge_name(binding.uplink, binding.bridge)
 
     def steps(self, ctx: NicContext) -> list[Step]:
-        return ovs_steps(ctx.guest.name, ctx.nic, ctx.binding, ctx.uplink, ctx.vlan, ctx.mtu,
-                         ctx.devices)
+        """The OVS bridge and its uplink port (a trunk), the guest's tap, and the tap as an
+        access port: apply makes the three OVSDB steps one transaction."""
+        remote = ctx.binding.ovsdb or default_ovsdb()
+        bridge, tap, nic = ctx.devices["bridge"], ctx.devices["tap"], ctx.nic
+        return [EnsureOvsBridge(bridge, remote, ctx.binding.datapath_type),
+                EnsureOvsPort(ctx.uplink, bridge, remote,
+                              external_ids=((OVS_OWNER_KEY, "uplink"),)),
+                CreateTap(tap, host_side_mac(nic.mac), nic.mac, ctx.mtu, "",
+                          multi_queue=nic.queues > 1),
+                EnsureOvsPort(tap, bridge, remote, ctx.vlan,
+                              ovs_port_ids(ctx.guest.name, nic, ctx.binding))]
 
     def libvirt_bridge_note(self, binding: Binding, network: Network) -> str:
         return (f"OVS bridge {self.guest_bridge(binding, network)} must exist with "

@@ -4,10 +4,14 @@ passthru macvtap (vf_attach = "macvtap")."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from netmap import names
 from netmap.model import Binding, Network, Uplink
 from netmap.modes.base import Mode, NicContext
-from netmap.plan import ClaimVf, Step
+
+if TYPE_CHECKING:
+    from netmap.plan import Step
 
 
 class SriovVf(Mode):
@@ -33,6 +37,9 @@ class SriovVf(Mode):
         return ()
 
     def steps(self, ctx: NicContext) -> list[Step]:
+        # the step classes only when planning: the QEMU helper reads modes, never plans
+        from netmap.plan import ClaimVf
+
         return [ClaimVf(ctx.uplink, ctx.nic.mac, ctx.vlan, ctx.binding.spoofchk,
                         ctx.devices.get("macvtap"), ctx.mtu)]
 

@@ -3,11 +3,15 @@ per guest NIC."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from netmap import names
 from netmap.model import VXLAN_OVERHEAD, Binding, Network, Uplink
 from netmap.modes.base import Mode, NicContext
 from netmap.modes.bridge import bridged_steps
-from netmap.plan import EnsureVxlan, Step
+
+if TYPE_CHECKING:
+    from netmap.plan import Step
 
 
 class Vxlan(Mode):
@@ -51,6 +55,9 @@ class Vxlan(Mode):
         return names.vxlan_bridge_name(network.vni, binding.bridge)
 
     def steps(self, ctx: NicContext) -> list[Step]:
+        # the step classes only when planning: the QEMU helper reads modes, never plans
+        from netmap.plan import EnsureVxlan
+
         options = ctx.binding.vxlan
         vx = ctx.devices["vxlan"]
         return [EnsureVxlan(vx, int(ctx.network.vni or 0), ctx.uplink, ctx.mtu,

@@ -1,4 +1,5 @@
-"""One small class per endpoint kind, chosen by binding mode (os-vif's plugin idea).
+"""One small class per endpoint kind, chosen by the binding's mode (its `endpoint`; os-vif's
+plugin idea).
 
 Each kind can describe what it builds, create it (its steps, through the transaction that
 makes each one idempotent and undoable), verify the live result against the plan, and say
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 from xml.sax.saxutils import quoteattr
 
 from netmap import plan as p
-from netmap.model import MACVTAP_MODES
+from netmap.modes import REGISTRY
 
 if TYPE_CHECKING:
     from netmap.netlink.rtmsg import Link
@@ -48,7 +49,7 @@ def _described(nic: p.NicPlan, **more: object) -> dict[str, object]:
 class Endpoint:
     """What every kind shares: run the NIC's steps in order, verify the named device."""
 
-    modes: ClassVar[tuple[str, ...]] = ()
+    kind: ClassVar[str] = ""  # what a mode names as its `endpoint`
     device_kind: ClassVar[str] = ""
 
     def describe(self, nic: p.NicPlan) -> list[str]:
@@ -79,7 +80,7 @@ class Endpoint:
 class BridgeTap(Endpoint):
     """A tap in a Linux bridge whose other port is the uplink (or the vxlan device)."""
 
-    modes = ("bridge",)
+    kind = "bridge-tap"
     device_kind = "tun"
 
     def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
@@ -110,7 +111,7 @@ class BridgeTap(Endpoint):
 class VxlanBridgeTap(BridgeTap):
     """vxlan device (VNI) on the underlay uplink, in a bridge with the guest's tap."""
 
-    modes = ("vxlan",)
+    kind = "vxlan-bridge-tap"
 
     def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
         problems = super().verify(nic, links, txn)
@@ -124,13 +125,13 @@ class VxlanBridgeTap(BridgeTap):
 class Macvtap(Endpoint):
     """A macvtap on the uplink (or its 802.1Q sub-interface) in the binding's mode."""
 
-    modes = tuple(MACVTAP_MODES)
+    kind = "macvtap"
     device_kind = "macvtap"
 
     def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
         problems = super().verify(nic, links, txn)
         live = links.get(nic.device or "")
-        want = MACVTAP_MODES[nic.mode]
+        want = REGISTRY[nic.mode].macvlan_mode
         if live is not None and live.macvlan_mode != want:
             problems.append(f"NIC {nic.nic}: {nic.device} mode is {live.macvlan_mode}, "
                             f"want {want}")
@@ -155,7 +156,7 @@ class SriovVf(Endpoint):
     """A VF of the PF: MAC, VLAN and spoof-check on the PF's VF entry; the VF is handed to
     the guest whole (PCI passthrough), or its netdev carries a passthru macvtap."""
 
-    modes = ("sriov-vf",)
+    kind = "sriov-vf"
     device_kind = "macvtap"
 
     def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
@@ -184,7 +185,7 @@ class OvsTap(Endpoint):
     """A tap that is an access port of an Open vSwitch bridge whose uplink port is a
     trunk; OVSDB holds the port, its tag and the external_ids an SDN finds it by."""
 
-    modes = ("ovs",)
+    kind = "ovs-tap"
     device_kind = "tun"
 
     def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
@@ -205,5 +206,10 @@ class OvsTap(Endpoint):
 
 
 ENDPOINTS: dict[str, Endpoint] = {
-    mode: kind() for kind in (BridgeTap, VxlanBridgeTap, Macvtap, SriovVf, OvsTap)
-    for mode in kind.modes}
+    kind.kind: kind() for kind in (BridgeTap, VxlanBridgeTap, Macvtap, SriovVf,
+                                               OvsTap)}
+
+
+def endpoint_for(mode: str) -> Endpoint:
+    """The endpoint kind that builds, verifies and attaches a NIC of `mode`."""
+    return ENDPOINTS[REGISTRY[mode].endpoint]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from netmap import plan as p
 from netmap.errors import ApplyError
 from netmap.netlink import ovs_steps, ovsdb, rtmsg, rtnl
-from netmap.netlink.endpoints import ENDPOINTS
+from netmap.netlink.endpoints import endpoint_for
 from netmap.netlink.kernel_steps import (
     add_vxlan_remotes,
     delete_quietly,
@@ -114,7 +114,7 @@ class Transaction:
     def decide(self) -> None:
         self.links = self.kernel.links()
         for nic in self.plan.nics:
-            ENDPOINTS[nic.mode].create(self, nic)
+            endpoint_for(nic.mode).create(self, nic)
 
     def changes_planned(self) -> bool:
         return any(a.verdict in ("create", "repair", "recreate") for a in self.actions)
@@ -478,9 +478,9 @@ class Transaction:
         self._vlans = None
         problems = []
         for nic in self.plan.nics:
-            problems += ENDPOINTS[nic.mode].verify(nic, self.links, self)
+            problems += endpoint_for(nic.mode).verify(nic, self.links, self)
         return problems
 
     def attachments(self) -> list[dict[str, object]]:
-        return [ENDPOINTS[nic.mode].attachment(nic, self.links, self)
+        return [endpoint_for(nic.mode).attachment(nic, self.links, self)
                 for nic in self.plan.nics]

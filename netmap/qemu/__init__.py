@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from netmap.errors import InputError
-from netmap.model import IFNAMSIZ, MACVTAP_MODES, Binding, Fleet, Guest, GuestNic, Host, Network
+from netmap.model import IFNAMSIZ, Binding, Fleet, Guest, GuestNic, Host, Network
+from netmap.modes import mode_of
 
 if TYPE_CHECKING:
     from netmap.qemu.helper import Request
@@ -100,10 +101,10 @@ def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
                          file=str(host.source or ""), key=f"networks.{network.name}",
                          fix=f"add [networks.{network.name}] to the host mapping, or run the "
                          "guest on a host that has it (netmap hosts-for)")
-    if binding.mode == "sriov-vf":
-        raise InputError(f"network {network.name!r} is sriov-vf on {host.name}: a VF reaches "
-                         "a guest as a PCI device, which no tap fd can carry",
-                         fix="run 'netmap realize' and give QEMU -device vfio-pci,host=VF")
+    mode = mode_of(binding)
+    if mode.qemu_fd is None:
+        problem, fix = mode.qemu_refusal(network, host.name)
+        raise InputError(problem, fix=fix)
     mtu, _ = effective_mtu(network, binding, host)
     vlan = binding.vlan if binding.vlan is not None else network.vlan
     mac, index = request.mac, None
@@ -127,7 +128,7 @@ def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
                     _refuse_queues(guest, nic, host)
     ifname = (names.tap_name(request.guest, index) if request.guest is not None and index is
               not None else _random_tap_name())
-    if binding.mode in MACVTAP_MODES:
+    if mode.qemu_fd == "macvtap":
         if mac is None:
             raise InputError(
                 f"network {network.name!r} is {binding.mode} on {host.name}: a macvtap only "
@@ -135,10 +136,8 @@ def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
                 fix="run the helper as helper=\"netmap-qemu-helper --mac=MAC\" (or "
                 "--guest=NAME), with MAC the -device's mac=")
         return Endpoint(network, binding, host, mtu, ifname, mac, None, None, vlan)
-    if binding.mode == "vxlan":
-        assert network.vni is not None
-        return Endpoint(network, binding, host, mtu, ifname, mac,
-                        names.vxlan_bridge_name(network.vni, binding.bridge),
-                        names.vxlan_name(network.vni), None)
+    # a tap on the mode's bridge; an overlay's vxlan device carries the VNI, not a VLAN (the
+    # vxlan device is the network's, whichever NIC asks: only that role is read here)
+    vxlan = dict(mode.devices(request.guest or "", index or 0, binding, network)).get("vxlan")
     return Endpoint(network, binding, host, mtu, ifname, mac,
-                    names.bridge_name(binding.uplink, binding.bridge), None, vlan)
+                    mode.guest_bridge(binding, network), vxlan, None if mode.overlay else vlan)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from netmap.errors import EXIT_APPLY, EXIT_BUG, ApplyError, InputError, NetmapError
-from netmap.model import MACVTAP_MODES
+from netmap.modes import mode_of
 from netmap.qemu import Endpoint, network_name_problem, plan_endpoint
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
         k.enter_netns(endpoint.host.netns)
     created: list[str] = []  # links this run made, oldest first
     fd = -1
-    macvtap = endpoint.binding.mode in MACVTAP_MODES
+    macvtap = mode_of(endpoint.binding).qemu_fd == "macvtap"
     with rtnl.Rtnl() as kernel:
         try:
             if kernel.get(endpoint.ifname) is not None:
@@ -264,9 +264,10 @@ def _open_macvtap(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> 
         lower, made = k.ensure_vlan(kernel, uplink, endpoint.vlan, name)
         created += [name] if made else []
     k.private_sysfs()
-    assert endpoint.mac is not None
-    index = k.ensure_macvtap(kernel, endpoint.ifname, lower,
-                             MACVTAP_MODES[endpoint.binding.mode], endpoint.mac, endpoint.mtu)
+    macvlan_mode = mode_of(endpoint.binding).macvlan_mode
+    assert endpoint.mac is not None and macvlan_mode is not None
+    index = k.ensure_macvtap(kernel, endpoint.ifname, lower, macvlan_mode, endpoint.mac,
+                             endpoint.mtu)
     created.append(endpoint.ifname)
     return k.open_macvtap(endpoint.ifname, index)
 

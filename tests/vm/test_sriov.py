@@ -141,7 +141,7 @@ def test_failure_before_every_step_leaves_pf_and_host_as_before(sriov_pf, fleet)
     from netmap.graph import build_graph
     from netmap.load import load_fleet
     from netmap.netlink.apply import realize_plan
-    from netmap.plan import build_plan
+    from netmap.planner import build_plan
 
     root = fleet(NETWORKS, host_mapping(sriov_pf, vf_attach='"macvtap"', spoofchk="false"),
                  {"g1": guest("g1", ("storage", "52:54:00:5e:03:01"),

@@ -17,7 +17,7 @@ from netmap.errors import ApplyError
 from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan
-from netmap.plan import build_plan
+from netmap.planner import build_plan
 
 pytestmark = pytest.mark.vm
 MACVTAP_VIDS = {"macvtap-bridge": 101, "macvtap-vepa": 102, "macvtap-private": 103,
