@@ -4,25 +4,22 @@ and libvirt find a port by. OVSDB holds all of it (netmap/netlink/ovsdb.py)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from netmap import names
 from netmap.model import Binding, GuestNic, Network
 from netmap.modes.base import Mode, NicContext
-from netmap.plan import (
-    OVS_NETWORK_KEY,
-    OVS_OWNER_KEY,
-    CreateTap,
-    EnsureOvsBridge,
-    EnsureOvsPort,
-    Step,
-    default_ovsdb,
-    host_side_mac,
-)
+
+if TYPE_CHECKING:
+    from netmap.plan import Step
 
 
 def ovs_port_ids(guest: str, nic: GuestNic, binding: Binding) -> tuple[tuple[str, str], ...]:
     """The external_ids of a guest's OVS port: the binding's, and those OpenStack, OVN and
     libvirt set (iface-id names the logical port, attached-mac the guest's MAC, vm-id the
     guest), and netmap's marks (whose port, which network)."""
+    from netmap.plan import OVS_NETWORK_KEY, OVS_OWNER_KEY  # the QEMU helper skips plan
+
     ids = dict(binding.external_ids)
     ids.setdefault("iface-id", f"{guest}-nic{nic.index}")
     ids.update({"attached-mac": nic.mac, "vm-id": guest, "iface-status": "active",
@@ -60,6 +57,15 @@ class Ovs(Mode):
     def steps(self, ctx: NicContext) -> list[Step]:
         """The OVS bridge and its uplink port (a trunk), the guest's tap, and the tap as an
         access port: apply makes the three OVSDB steps one transaction."""
+        from netmap.plan import (
+            OVS_OWNER_KEY,
+            CreateTap,
+            EnsureOvsBridge,
+            EnsureOvsPort,
+            default_ovsdb,
+            host_side_mac,
+        )
+
         remote = ctx.binding.ovsdb or default_ovsdb()
         bridge, tap, nic = ctx.devices["bridge"], ctx.devices["tap"], ctx.nic
         return [EnsureOvsBridge(bridge, remote, ctx.binding.datapath_type),
