@@ -228,7 +228,7 @@ def test_realize_fails_and_rolls_back_when_vswitchd_is_down(ovs_lab: OvsLab, cap
     before_links, before_ovs = set(links_by_name(ns)), _ovs_rows(ovs_lab, "ha")
     original = ovsdb.Connections.__init__
     monkeypatch.setattr(ovsdb.Connections, "__init__",
-                        lambda self, timeout=2.0: original(self, timeout))
+                        lambda self, timeout=2.0, ports=None: original(self, timeout, ports))
     assert main(["realize", "g1", "--host", "ha"]) == 3
     err = capsys.readouterr().err
     assert "ovs-vswitchd" in err and "every change was undone" in err

@@ -61,7 +61,9 @@ class Transaction:
         self._decided: set[str] = set()
         self._pyroute: IPRoute | None = None
         self.reidentified: dict[str, int] = {}  # link resource -> ifindex, set by rollback
-        self.ovsdb = ovsdb.Connections()
+        # only the plan's own OVS ports are replicated
+        self.ovsdb = ovsdb.Connections(ports={s.port for n in plan.nics for s in n.steps
+                                              if isinstance(s, p.EnsureOvsPort)})
         self._ovs_queue: list[Action] = []
 
     # --- helpers ----------------------------------------------------------------------------

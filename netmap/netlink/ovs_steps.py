@@ -127,6 +127,8 @@ def release(connections: db.Connections, steps: Iterable[tuple[str, p.Step]], go
     for remote, items in by_remote.items():
         try:
             ovs = connections(remote)
+            if any(isinstance(step, p.EnsureOvsBridge) for _, step in items):
+                ovs.all_ports()  # whether a bridge holds ports netmap did not add
             bridges = ovs.bridges()
             changes: list[db.Change] = []
             done: list[str] = []

@@ -159,7 +159,8 @@ def _release_ovs(records: list[tuple[str, dict, p.Step]], going: set[str], resul
     from netmap.netlink import ovs_steps, ovsdb
 
     by_key = {key: record for key, record, _ in records}
-    connections = ovsdb.Connections()
+    connections = ovsdb.Connections(ports={step.port for _, _, step in records
+                                           if isinstance(step, p.EnsureOvsPort)})
     try:
         removed, kept, failed = ovs_steps.release(
             connections, [(key, step) for key, _, step in records], going)
