@@ -3,6 +3,8 @@ between an OVS host and a Linux-bridge host, and the plan's steps."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,75 @@ def test_the_plan_is_bridge_uplink_port_tap_and_access_port(tmp_path: Path,
         "owner": "sdn", "iface-id": "vm1-nic0", "attached-mac": "52:54:00:00:00:01",
         "vm-id": "vm1", "iface-status": "active", "netmap-owner": "vm1",
         "netmap-network": "prod"}
+
+
+# --- libvirt ----------------------------------------------------------------------------------
+
+def _ovs_fleet(tmp_path: Path):
+    networks = NETWORKS + '\n[networks.blue]\nsegment = "fab"\nvlan = 10\n'
+    ovs = OVS + '\n[networks.blue]\nmode = "ovs"\nuplink = "eth0"\nbridge = "br-int"\n'
+    return load_fleet(write_fleet(tmp_path / "m", networks, {
+        "ha": host("ha", ovs), "hb": host("hb", BRIDGE + '\n[networks.blue]\nmode = "bridge"'
+                                          '\nuplink = "eth0"\n')}, {"vm1": GUEST}))
+
+
+def test_libvirt_networks_for_ovs_are_openvswitch_with_a_tagged_portgroup(
+        tmp_path: Path) -> None:
+    from xml.etree import ElementTree as ET
+
+    from netmap.libvirt.networks import host_networks
+
+    found = _ovs_fleet(tmp_path)
+    nets = {n.name: ET.fromstring(n.xml) for n in host_networks(found, found.hosts["ha"])}
+    for name, vlan in (("prod", "100"), ("blue", "10")):
+        xml = nets[name]
+        assert xml.find("forward").get("mode") == "bridge"
+        assert xml.find("bridge").get("name") == "br-int"
+        assert xml.find("virtualport").get("type") == "openvswitch"
+        group = xml.find("portgroup")
+        assert group.get("name") == name and group.find("vlan/tag").get("id") == vlan
+    # the Linux bridge host's networks carry no virtualport
+    linux = [ET.fromstring(n.xml) for n in host_networks(found, found.hosts["hb"])]
+    assert all(x.find("virtualport") is None for x in linux)
+
+
+@pytest.mark.skipif(not (shutil.which("virt-xml-validate") and shutil.which("xmllint")),
+                    reason="virt-xml-validate (libvirt-clients) and xmllint are not installed")
+def test_libvirt_networks_for_ovs_pass_virt_xml_validate(tmp_path: Path) -> None:
+    from netmap.libvirt.networks import host_networks
+
+    found = _ovs_fleet(tmp_path)
+    for network in host_networks(found, found.hosts["ha"]):
+        path = tmp_path / f"{network.name}.xml"
+        path.write_text(network.xml)
+        done = subprocess.run(["virt-xml-validate", str(path), "network"],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, (network.xml, done.stdout, done.stderr)
+    broken = tmp_path / "broken.xml"
+    broken.write_text(network.xml.replace("<virtualport type=", "<virtualport tipe="))
+    assert subprocess.run(["virt-xml-validate", str(broken), "network"],
+                          capture_output=True, check=False).returncode != 0
+
+
+OVS_DOMAIN = """<domain type='kvm'><name>vm9</name><devices>
+  <interface type='bridge'>
+    <mac address='52:54:00:00:00:09'/>
+    <source bridge='br-int'/>
+    <virtualport type='openvswitch'/>
+    <vlan><tag id='{vlan}'/></vlan>
+    <model type='virtio'/>
+  </interface>
+</devices></domain>"""
+
+
+@pytest.mark.parametrize(("vlan", "network"), [("100", "prod"), ("10", "blue")])
+def test_import_maps_an_openvswitch_interface_by_its_bridge_and_tag(
+        tmp_path: Path, vlan: str, network: str) -> None:
+    from netmap.libvirt.domain import import_domain
+    from netmap.libvirt.xmlsafe import parse_untrusted
+
+    found = _ovs_fleet(tmp_path)
+    result = import_domain(parse_untrusted(OVS_DOMAIN.format(vlan=vlan), "vm9.xml"),
+                           found.networks, found.hosts, host="ha")
+    assert [nic.network for nic in result.guest.nics] == [network], result.findings
+    assert result.interfaces[0].virtualport == "openvswitch"

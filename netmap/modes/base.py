@@ -74,6 +74,9 @@ class Mode:
     libvirt_type: ClassVar[LibvirtType]
     libvirt_forward: str | None = None  # <network><forward mode=...> (None: a VF pool's own)
     libvirt_direct_mode: str | None = None  # <interface type='direct'><source mode=...>
+    # <virtualport type=...> a libvirt interface or network on the mode's bridge carries
+    # (openvswitch: libvirt adds the port through OVSDB and tags it with <vlan>)
+    libvirt_virtualport: str | None = None
     # the fd the QEMU bridge helper hands over: a tap on a bridge, a macvtap, or None (it
     # cannot serve the mode; `qemu_refusal` says why)
     qemu_fd: ClassVar[Literal["tap", "macvtap"] | None] = None

@@ -41,6 +41,7 @@ class Ovs(Mode):
     endpoint = "ovs-tap"
     libvirt_type = "bridge"
     libvirt_forward = "bridge"
+    libvirt_virtualport = "openvswitch"
     qemu_fd = "tap"
 
     def devices(self, guest: str, nic: int, binding: Binding,
