@@ -192,3 +192,67 @@ def test_import_maps_an_openvswitch_interface_by_its_bridge_and_tag(
                            found.networks, found.hosts, host="ha")
     assert [nic.network for nic in result.guest.nics] == [network], result.findings
     assert result.interfaces[0].virtualport == "openvswitch"
+
+
+OVS_RUNNING = b"""<domain type='kvm'>
+  <name>vm1</name>
+  <uuid>3e3fce45-4f53-4fa7-bb32-11f34168b82b</uuid>
+  <memory unit='KiB'>1048576</memory>
+  <devices>
+    <interface type='bridge'>
+      <mac address='52:54:00:00:00:01'/>
+      <source bridge='br-int'/>
+      <virtualport type='openvswitch'>
+        <parameters interfaceid='09b11c53-8b5c-4eeb-8f00-d84eaa0aaa4f'/>
+      </virtualport>
+      <vlan><tag id='100'/></vlan>
+      <target dev='vnet0'/>
+      <model type='virtio'/>
+      <mtu size='1500'/>
+      <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>
+    </interface>
+  </devices>
+</domain>
+"""
+
+
+def _hook(root: Path, host: str, xml: bytes) -> tuple[int, bytes, str]:
+    from netmap.libvirt.hook import migrate_begin
+
+    result = migrate_begin("vm1", xml, mappings=str(root), host=host)
+    return result.exit_code, result.output, "\n".join(result.messages)
+
+
+def _guest_view(xml: bytes) -> str:
+    """What the guest sees of its NICs: everything but the host-side placement (the
+    interface's type, its <source>, <virtualport>, <vlan>, the tap's <target>)."""
+    from xml.etree import ElementTree as ET
+
+    root = ET.fromstring(xml)
+    for interface in root.iter("interface"):
+        interface.attrib.pop("type", None)
+        for tag in ("source", "virtualport", "vlan", "target"):
+            for child in interface.findall(tag):
+                interface.remove(child)
+    return ET.canonicalize(ET.tostring(root, encoding="unicode"), strip_text=True)
+
+
+def test_the_migrate_hook_rewrites_between_ovs_and_a_linux_bridge(tmp_path: Path) -> None:
+    from xml.etree import ElementTree as ET
+
+    root = write_fleet(tmp_path / "m", NETWORKS, {"ha": host("ha", OVS),
+                                                  "hb": host("hb", BRIDGE)}, {})
+    code, out, messages = _hook(root, "hb", OVS_RUNNING)  # OVS host -> Linux bridge host
+    assert code == 0, messages
+    iface = ET.fromstring(out).find("devices/interface")
+    assert iface.get("type") == "bridge" and iface.find("source").get("bridge") == "br-eth0"
+    assert iface.find("virtualport") is None and iface.find("vlan") is None
+    assert _guest_view(out) == _guest_view(OVS_RUNNING)
+    assert out.count(b"\n") == OVS_RUNNING.count(b"\n") - 4  # only those lines went
+    code, back, messages = _hook(root, "ha", out)  # and back to the OVS host
+    assert code == 0, messages
+    iface = ET.fromstring(back).find("devices/interface")
+    assert iface.find("source").get("bridge") == "br-int"
+    assert iface.find("virtualport").get("type") == "openvswitch"
+    assert iface.find("vlan/tag").get("id") == "100"
+    assert _guest_view(back) == _guest_view(OVS_RUNNING)
