@@ -323,3 +323,41 @@ def test_discover_write_drafts_the_ovs_bindings(ovs_lab: OvsLab, capsys,
     assert found["vswitchd_running"] is True
     ports = {p["name"]: p for b in found["bridges"] for p in b["ports"]}
     assert ports[ovs_lab.device("g2")]["tag"] == 10 and ports["eth0"]["tag"] is None
+
+
+def test_the_qemu_helper_serves_an_ovs_network(ovs_lab: OvsLab, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from test_qemu_helper import FAKE_QEMU, HELPER
+
+    from netmap.names import tap_name
+
+    acl = tmp_path / "qemu-helper.conf"
+    acl.write_text("allow blue\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "NETMAP_MAPPINGS": str(ovs_lab.root), "NETMAP_HOST": "ha",
+           "NETMAP_QEMU_ACL": str(acl), "NETMAP_STATE_DIR": str(tmp_path / "state")}
+    fake = subprocess.Popen([sys.executable, "-c", FAKE_QEMU, *HELPER, "--use-vnet",
+                             "--br=blue", "--guest=g1"], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    tap = tap_name("g1", 0)
+    try:
+        status = fake.stdout.readline().split()
+        assert status and status[0] == "0", status
+        name, _flags = fake.stdout.readline().split()
+        assert name == tap
+        port = ovs_lab.ports("ha")[tap]
+        assert port["tag"] == 10
+        assert port["external_ids"] == {"attached-mac": MACS["g1"], "iface-status": "active",
+                                        "vm-id": "g1", "netmap-owner": "g1", "tenant": "t1"}
+        assert ovs_lab.bridges("ha") == {"br-ovs": sorted(["eth0", tap])}
+        assert links_by_name(ovs_lab.netns("ha"))[tap]["address"] == "fe" + MACS["g1"][2:]
+    finally:
+        fake.communicate("\n", timeout=10)
+    deadline = time.monotonic() + 10
+    while tap in ovs_lab.ports("ha") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tap not in ovs_lab.ports("ha"), "the port stayed after QEMU exited"
+    assert tap not in links_by_name(ovs_lab.netns("ha"))

@@ -77,9 +77,10 @@ class Mode:
     # <virtualport type=...> a libvirt interface or network on the mode's bridge carries
     # (openvswitch: libvirt adds the port through OVSDB and tags it with <vlan>)
     libvirt_virtualport: str | None = None
-    # the fd the QEMU bridge helper hands over: a tap on a bridge, a macvtap, or None (it
+    # the fd the QEMU bridge helper hands over: a tap on a bridge, a macvtap, a tap that is
+    # an OVS port ("ovs-tap"), or None (it
     # cannot serve the mode; `qemu_refusal` says why)
-    qemu_fd: ClassVar[Literal["tap", "macvtap"] | None] = None
+    qemu_fd: ClassVar[Literal["tap", "macvtap", "ovs-tap"] | None] = None
 
     def __repr__(self) -> str:
         return f"<mode {self.name}>"

@@ -42,7 +42,7 @@ class Ovs(Mode):
     libvirt_type = "bridge"
     libvirt_forward = "bridge"
     libvirt_virtualport = "openvswitch"
-    qemu_fd = "tap"
+    qemu_fd = "ovs-tap"
 
     def devices(self, guest: str, nic: int, binding: Binding,
                 network: Network) -> tuple[tuple[str, str], ...]:

@@ -303,8 +303,9 @@ class Connections:
 
 
 @contextmanager
-def connected(remote: str, timeout: float = 10.0) -> Iterator[Ovsdb]:
-    db = Ovsdb(remote, timeout)
+def connected(remote: str, timeout: float = 10.0, ports: Collection[str] | None = None,
+              ) -> Iterator[Ovsdb]:
+    db = Ovsdb(remote, timeout, ports)
     try:
         yield db
     finally:
