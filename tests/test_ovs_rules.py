@@ -24,6 +24,9 @@ segment = "fab"
 vlan = 100
 mtu = 1500
 
+[networks.over]
+vni = 5
+
 [networks.other]
 segment = "fab"
 mtu = 1500
@@ -71,6 +74,8 @@ def test_an_ovs_binding_loads_with_its_keys(tmp_path: Path) -> None:
      "networks.other.uplink", "OVS bridge br-int"),
     (OVS + '\n[networks.other]\nmode = "macvtap-bridge"\nuplink = "eth0"\n', "",
      "networks.other.uplink", "macvtap"),
+    (OVS + '\n[networks.over]\nmode = "vxlan"\nuplink = "eth0"\n', "",
+     "networks.over.uplink", "vxlan underlay"),
     (OVS + '\n[networks.other]\nmode = "ovs"\nuplink = "eth0"\nbridge = "br-x"\n', "",
      "networks.other.bridge", "one OVS bridge"),
     (BRIDGE + 'external_ids = { "a" = "b" }\n', "", "networks.prod.external_ids",
@@ -256,3 +261,29 @@ def test_the_migrate_hook_rewrites_between_ovs_and_a_linux_bridge(tmp_path: Path
     assert iface.find("virtualport").get("type") == "openvswitch"
     assert iface.find("vlan/tag").get("id") == "100"
     assert _guest_view(back) == _guest_view(OVS_RUNNING)
+
+
+def test_drift_of_an_ovs_binding_from_a_hand_made_ovsdb_view() -> None:
+    from netmap.drift_ovs import check_ovs
+    from netmap.inventory import OvsPortState, OvsState
+    from netmap.model import Binding, Network
+
+    binding = Binding("prod", "ovs", "eth0", "br-int")
+    network = Network("prod", segment="fab", vlan=100)
+
+    def codes(state: OvsState) -> dict[str, str]:
+        found: dict[str, str] = {}
+        check_ovs(binding, network, state, lambda code, _sev, message, _fix:
+                  found.__setitem__(code, message))
+        return found
+
+    trunk = OvsPortState("eth0", "br-int")
+    guest = OvsPortState("nm1", "br-int", 100, (), (("netmap-network", "prod"),
+                                                     ("netmap-owner", "vm1")))
+    clean = OvsState("unix:/x", {"br-int": "system"}, (trunk, guest), True)
+    assert codes(clean) == {}
+    access = OvsState("unix:/x", {"br-int": "system"},
+                      (OvsPortState("eth0", "br-int", 7), guest), True)
+    assert "tag 7" in codes(access)["OVS_UPLINK_NOT_TRUNK"]
+    gone = OvsState("unix:/x", error="cannot connect to OVSDB at unix:/x")
+    assert list(codes(gone)) == ["OVSDB_UNREACHABLE"]
