@@ -16,6 +16,9 @@ from datetime import datetime, timezone
 from netmap import names
 from netmap.inventory import Interface, Inventory
 from netmap.model import KNOWN_FEATURES, Network
+from netmap.modes.bridge import Bridge
+from netmap.modes.macvtap import MODES as MACVTAP_MODES
+from netmap.modes.vxlan import Vxlan
 from netmap.plan import OVS_NETWORK_KEY, default_ovsdb
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -70,7 +73,7 @@ class _Draft:
             bound.add(network.name)
             lines = [f"# bridge {bridge.name} enslaves {uplink.name}; its name points at "
                      f"network {network.name}. {DECIDE}: confirm.",
-                     f"[networks.{_key(network.name)}]", 'mode = "bridge"',
+                     f"[networks.{_key(network.name)}]", f'mode = "{Bridge.name}"',
                      f"uplink = {_str(uplink.name)}"]
             if bridge.name != names.bridge_name(uplink.name):
                 lines.append(f"bridge = {_str(bridge.name)}")
@@ -87,7 +90,7 @@ class _Draft:
             network = match[0]
             bound.add(network.name)
             lines = [f"# vxlan {vxlan.name} carries VNI {vxlan.vni} over {vxlan.lower}.",
-                     f"[networks.{_key(network.name)}]", 'mode = "vxlan"',
+                     f"[networks.{_key(network.name)}]", f'mode = "{Vxlan.name}"',
                      f"uplink = {_str(vxlan.lower or '')}"]
             if vxlan.master and vxlan.master != names.vxlan_bridge_name(network.vni or 0):
                 lines.append(f"bridge = {_str(vxlan.master)}")
@@ -140,7 +143,8 @@ class _Draft:
     def bridge_comment(self, bridge: Interface, uplink: Interface) -> list[str]:
         return [f"# {DECIDE}: bridge {bridge.name} enslaves {uplink.name}. If it carries one "
                 "of the fleet's networks, bind it:",
-                "# [networks.NETWORK]", '# mode = "bridge"', f"# uplink = {_str(uplink.name)}",
+                "# [networks.NETWORK]", f'# mode = "{Bridge.name}"',
+                f"# uplink = {_str(uplink.name)}",
                 f"# bridge = {_str(bridge.name)}"]
 
     def vlan_bridge_comment(self, bridge: Interface, port: Interface) -> list[str]:
@@ -151,7 +155,7 @@ class _Draft:
                 f"on {port.lower}" + (f" (networks with that VLAN: {', '.join(vlan)})"
                                       if vlan else "") + ". netmap's bridge mode uses one "
                 "vlan-aware bridge on the uplink instead; migrate the guests, or bind with:",
-                "# [networks.NETWORK]", '# mode = "bridge"',
+                "# [networks.NETWORK]", f'# mode = "{Bridge.name}"',
                 f"# uplink = {_str(port.lower or '')}"]
 
     def uplink_block(self, link: Interface) -> list[str]:
@@ -221,5 +225,5 @@ def draft_host(inventory: Inventory, *, host_name: str | None = None,
         out += ["", *block]
     if not draft.bindings:
         out += ["", f"# {DECIDE}: bind the fleet's networks here, e.g.",
-                "# [networks.prod]", '# mode = "macvtap-bridge"', '# uplink = "eth0"']
+                "# [networks.prod]", f'# mode = "{MACVTAP_MODES[0].name}"', '# uplink = "eth0"']
     return "\n".join(out) + "\n"

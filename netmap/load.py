@@ -28,7 +28,13 @@ from netmap.model import (
     Uplink,
     Vxlan,
 )
-from netmap.modes import REGISTRY, binding_problem, semantic_classes, uplink_conflict
+from netmap.modes import (
+    REGISTRY,
+    binding_problem,
+    fields_problem,
+    semantic_classes,
+    sharing_problem,
+)
 from netmap.netns_name import netns_problem
 from netmap.nic_values import MTU_RANGE, mac_problem
 from netmap.regular_file import describe, not_regular
@@ -236,20 +242,22 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
             doc.check((*where, "bridge"), bridge, _ifname_check, "use a name of at most 15 bytes")
         vxlan = _vxlan(doc, where, values.vxlan) if values.vxlan is not None else None
         _check_binding_fits(doc, where, network, mode, uplinks[uplink], bridge, vxlan)
-        _check_ovs_keys(doc, where, values)
-        chosen = REGISTRY[mode].uplink_master(Binding(network_name, mode, uplink, bridge))
+        binding = Binding(network_name, mode, uplink, bridge, values.vlan, values.mtu,
+                          values.vf_attach, values.spoofchk, vxlan, doc.source(where),
+                          tuple(sorted(values.external_ids.items())), values.datapath_type,
+                          about.ovsdb if "ovsdb" in REGISTRY[mode].owns_fields else None)
+        refused = fields_problem(binding)
+        if refused is not None:
+            key, what, fix = refused
+            raise doc.error((*where, key), what, fix)
+        chosen = REGISTRY[mode].uplink_master(binding)
         if chosen is not None:
             other = bridge_of_uplink.setdefault(uplink, (chosen, network_name))
             if other[0] != chosen:
                 raise doc.error((*where, "bridge"), f"puts uplink {uplink} in bridge {chosen}, "
                                 f"but network {other[1]} puts it in {other[0]}",
                                 "an interface has one master: use the same bridge for both")
-        bindings[network_name] = Binding(network_name, mode, uplink, bridge, values.vlan,
-                                         values.mtu, values.vf_attach, values.spoofchk, vxlan,
-                                         doc.source(where),
-                                         tuple(sorted(values.external_ids.items())),
-                                         values.datapath_type,
-                                         about.ovsdb if mode == "ovs" else None)
+        bindings[network_name] = binding
     _check_uplink_sharing(doc, bindings)
     return Host(name, uplinks, bindings, frozenset(features), about.netns, about.max_guests,
                 about.max_endpoints, Source(str(path)), about.ovsdb)
@@ -262,60 +270,17 @@ def _ovsdb_problem(remote: str) -> str | None:
     return None
 
 
-def _check_ovs_keys(doc: Document, where: KeyPath, values: Any) -> None:
-    if values.mode == "ovs":
-        for key in values.external_ids:
-            if not key:
-                raise doc.error((*where, "external_ids"), "has an empty key",
-                                "name every external_ids key")
-        return
-    for key in ("external_ids", "datapath_type"):
-        if getattr(values, key):
-            raise doc.error((*where, key), f"only ovs mode takes {key}, not {values.mode}",
-                            f"remove {key}, or use mode = \"ovs\"")
-
-
 def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:
     """Refuse bindings the kernel cannot hold together on one uplink (the modes say which:
-    netmap.modes.uplink_conflict)."""
+    netmap.modes.sharing_problem)."""
     by_uplink: dict[str, list[Binding]] = {}
     for binding in bindings.values():
         by_uplink.setdefault(binding.uplink, []).append(binding)
     for uplink, users in by_uplink.items():
-        _check_ovs_uplink(doc, uplink, users)
-        conflict = uplink_conflict(uplink, users)
-        if conflict is not None:
-            network, problem, fix = conflict
-            raise doc.error(("networks", network, "uplink"), problem, fix)
-
-
-def _check_ovs_uplink(doc: Document, uplink: str, users: list[Binding]) -> None:
-    """An OVS port is taken by ovs-vswitchd (the kernel datapath's rx_handler, or the
-    userspace one's packet socket): it cannot also be a Linux-bridge port, a macvlan
-    lower device, or a vxlan underlay that keeps its address."""
-    ovs = [b for b in users if b.mode == "ovs"]
-    if not ovs:
-        return
-    bridge = names.bridge_name(uplink, ovs[0].bridge)
-    for binding in ovs[1:]:
-        if names.bridge_name(uplink, binding.bridge) != bridge:
-            raise doc.error(("networks", binding.network, "bridge"),
-                            f"puts uplink {uplink} in OVS bridge "
-                            f"{names.bridge_name(uplink, binding.bridge)}, but network "
-                            f"{ovs[0].network} puts it in {bridge}",
-                            "a port is on one OVS bridge: use the same bridge for both")
-    other = next((b for b in users if b.mode != "ovs"), None)
-    if other is None:
-        return
-    what = {"bridge": "enslaves it to a Linux bridge",
-            "vxlan": "uses it as vxlan underlay"}.get(
-        other.mode, "puts a macvtap on it" if other.mode.startswith("macvtap-")
-        else f"uses it in {other.mode} mode")
-    raise doc.error(("networks", other.network, "uplink"),
-                    f"{what}, but {uplink} is a port of OVS bridge "
-                    f"{names.bridge_name(uplink, ovs[0].bridge)} (network {ovs[0].network}); "
-                    "an interface is either an OVS port or one of these, not both",
-                    "bind both networks in ovs mode, or give them separate uplinks")
+        refused = sharing_problem(uplink, users)
+        if refused is not None:
+            network, key, what, fix = refused
+            raise doc.error(("networks", network, key), what, fix)
 
 
 def _ifname_check(name: str) -> str | None:

@@ -248,7 +248,11 @@ def ovsdb_remote(given: str | None, host: Host | None) -> str | None:
 
     if given:
         return given
-    ovs = [b for b in host.bindings.values() if b.mode == "ovs"] if host else []
+    from netmap.modes import mode_of
+
+    # the bindings that live in OVSDB (their mode keeps the host's remote on them)
+    ovs = [b for b in host.bindings.values()
+           if "ovsdb" in mode_of(b).owns_fields] if host else []
     if ovs:
         return ovs[0].ovsdb or default_ovsdb()
     remote = default_ovsdb()

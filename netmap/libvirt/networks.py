@@ -107,7 +107,8 @@ def _plain(network: Network, binding: Binding) -> LibvirtNetwork:
     bridge = mode.guest_bridge(binding, network)
     portgroup_vlan = None
     if bridge is not None:
-        notes.append(mode.libvirt_bridge_note(binding, network))
+        if note := mode.libvirt_bridge_note(binding, network):
+            notes.append(note)
         ET.SubElement(root, "bridge", {"name": bridge})
         if mode.libvirt_virtualport is not None:
             # libvirt adds each guest's port to the OVS bridge itself, tagged as the

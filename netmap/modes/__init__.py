@@ -7,14 +7,18 @@ the module to FAMILIES below. Nothing outside this package names a mode.
 
 from __future__ import annotations
 
+import dataclasses
+
 from netmap.model import Binding, Network, Uplink, Vxlan
 from netmap.modes import bridge, macvtap, ovs, sriov, vxlan
 from netmap.modes.base import Mode, NicContext
 
-__all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "mode_names", "mode_of",
-           "semantic_classes", "semantic_of", "uplink_conflict"]
+__all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "fields_problem", "mode_of",
+           "semantic_classes", "semantic_of", "sharing_problem", "uplink_conflict"]
 
 FAMILIES = (bridge, macvtap, sriov, vxlan, ovs)  # the registry: one entry per module
+
+_BINDING_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(Binding)}
 
 # mode name -> Mode, in the order FAMILIES and their MODES give (messages list them so)
 REGISTRY: dict[str, Mode] = {mode.name: mode for family in FAMILIES for mode in family.MODES}
@@ -28,10 +32,6 @@ def mode_of(binding: Binding) -> Mode:
 def semantic_of(binding: Binding) -> str:
     """The binding's forwarding class (DESIGN.md, "Modes and their forwarding semantics")."""
     return REGISTRY[binding.mode].semantic
-
-
-def mode_names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
 
 
 def semantic_classes() -> tuple[str, ...]:
@@ -57,6 +57,34 @@ def binding_problem(mode: Mode, network: Network, uplink: Uplink, bridge: str | 
         return ("vxlan", f"only {_names(takers)} mode{'s' if len(takers) > 1 else ''} takes "
                 f"vxlan options, not {mode.name}", "remove the vxlan table")
     return None
+
+
+def fields_problem(binding: Binding) -> tuple[str, str, str] | None:
+    """(key, what is wrong, fix) when the binding sets a field another mode owns, or its own
+    mode refuses the value of one of its fields."""
+    mode = REGISTRY[binding.mode]
+    for owner in REGISTRY.values():
+        for name in owner.owns_fields:
+            if owner is not mode and getattr(binding, name) != _BINDING_DEFAULTS[name]:
+                return (name, f"only {owner.name} mode takes {name}, not {mode.name}",
+                        f'remove {name}, or use mode = "{owner.name}"')
+    return mode.fields_problem(binding)
+
+
+def sharing_problem(uplink: str, users: list[Binding]) -> tuple[str, str, str, str] | None:
+    """(network, key, what is wrong, fix) when the bindings on `uplink` cannot stand
+    together: each mode's own rule first, then the rules every mode shares."""
+    if len(users) < 2:
+        return None  # a binding alone on its uplink shares it with nothing
+    for name in dict.fromkeys(b.mode for b in users):
+        problem = REGISTRY[name].sharing_problem(uplink, users)
+        if problem is not None:
+            return problem
+    conflict = uplink_conflict(uplink, users)
+    if conflict is None:
+        return None
+    network, what, fix = conflict
+    return network, "uplink", what, fix
 
 
 def uplink_conflict(uplink: str, users: list[Binding]) -> tuple[str, str, str] | None:

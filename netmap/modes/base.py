@@ -65,6 +65,9 @@ class Mode:
     overlay: ClassVar[bool] = False  # binds overlay (VNI) networks, never segment networks
     takes_bridge: ClassVar[bool] = False  # a binding may name its bridge (bridge = "...")
     takes_vxlan: ClassVar[bool] = False  # a binding may carry a [vxlan] table
+    # Binding fields only this mode reads: a binding of another mode that sets one (to other
+    # than its default) is refused, naming this mode
+    owns_fields: ClassVar[tuple[str, ...]] = ()
     kernel_features: ClassVar[tuple[str, ...]] = ()  # what drift wants the kernel to offer
     drift_checks: ClassVar[tuple[DriftCheck, ...]] = ()
     # why macvlans on the uplink that netmap did not make break the mode (None: they do not)
@@ -99,6 +102,19 @@ class Mode:
 
     def uplink_problem(self, uplink: Uplink) -> tuple[str, str] | None:
         """(what is wrong, fix) when the mode cannot use `uplink`, at the mode key."""
+        return None
+
+    def fields_problem(self, binding: Binding) -> tuple[str, str, str] | None:
+        """(key under the binding's table, what is wrong, fix) for values of the fields the
+        mode owns (`owns_fields`)."""
+        return None
+
+    def sharing_problem(self, uplink: str,
+                        users: list[Binding]) -> tuple[str, str, str, str] | None:
+        """(network, key under its table, what is wrong, fix) when this mode's bindings
+        cannot share `uplink` with the others in `users` (every binding on the uplink, two or
+        more, this mode's among them). Asked before the rules every mode shares (its
+        `uplink_use`)."""
         return None
 
     # --- MTU --------------------------------------------------------------------------------

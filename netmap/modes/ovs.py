@@ -36,6 +36,8 @@ class Ovs(Mode):
     # packet socket): it cannot also be a Linux-bridge port or a macvlan lower device
     uplink_use = "port"
     takes_bridge = True
+    # ovsdb: the host's [host] ovsdb, which load copies onto each ovs binding
+    owns_fields = ("external_ids", "datapath_type", "ovsdb")
     kernel_features = ("tun",)
     drift_checks = ("ovs",)
     endpoint = "ovs-tap"
@@ -43,6 +45,37 @@ class Ovs(Mode):
     libvirt_forward = "bridge"
     libvirt_virtualport = "openvswitch"
     qemu_fd = "ovs-tap"
+
+    def fields_problem(self, binding: Binding) -> tuple[str, str, str] | None:
+        if any(not key for key, _ in binding.external_ids):
+            return ("external_ids", "has an empty key", "name every external_ids key")
+        return None
+
+    def sharing_problem(self, uplink: str,
+                        users: list[Binding]) -> tuple[str, str, str, str] | None:
+        """An OVS port is taken by ovs-vswitchd (the kernel datapath's rx_handler, the
+        userspace one's packet socket): it is on one OVS bridge, and cannot also be a
+        Linux-bridge port, a macvlan lower device or a vxlan underlay."""
+        ovs = [b for b in users if b.mode == self.name]
+        bridge = names.bridge_name(uplink, ovs[0].bridge)
+        for binding in ovs[1:]:
+            other = names.bridge_name(uplink, binding.bridge)
+            if other != bridge:
+                return (binding.network, "bridge", f"puts uplink {uplink} in OVS bridge "
+                        f"{other}, but network {ovs[0].network} puts it in {bridge}",
+                        "a port is on one OVS bridge: use the same bridge for both")
+        foreign = next((b for b in users if b.mode != self.name), None)
+        if foreign is None:
+            return None
+        from netmap.modes import REGISTRY
+
+        use = REGISTRY[foreign.mode].uplink_use
+        what = {"port": "enslaves it to a Linux bridge", "underlay": "uses it as vxlan underlay",
+                "macvlan": "puts a macvtap on it"}.get(use, f"uses it in {foreign.mode} mode")
+        return (foreign.network, "uplink", f"{what}, but {uplink} is a port of OVS bridge "
+                f"{bridge} (network {ovs[0].network}); an interface is either an OVS port or "
+                "one of these, not both",
+                "bind both networks in ovs mode, or give them separate uplinks")
 
     def devices(self, guest: str, nic: int, binding: Binding,
                 network: Network) -> tuple[tuple[str, str], ...]:

@@ -21,7 +21,7 @@ class SriovVf(Mode):
     uplink_use = "vf-pool"
     claims = "vf"
     kernel_features = ("sriov",)
-    endpoint = "sriov-vf"
+    endpoint = "vf"
     libvirt_type = "network"  # a VF pool: libvirt counts the VFs it hands out per network
 
     def uplink_problem(self, uplink: Uplink) -> tuple[str, str] | None:

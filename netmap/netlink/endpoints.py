@@ -156,7 +156,7 @@ class SriovVf(Endpoint):
     """A VF of the PF: MAC, VLAN and spoof-check on the PF's VF entry; the VF is handed to
     the guest whole (PCI passthrough), or its netdev carries a passthru macvtap."""
 
-    kind = "sriov-vf"
+    kind = "vf"
     device_kind = "macvtap"
 
     def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,

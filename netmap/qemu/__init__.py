@@ -5,7 +5,7 @@ guest to the logical network `prod` as this host's mapping realizes it. This mod
 *what* serves a network on a host (pure); `acl` decides *whether* the helper may, `helper`
 speaks the protocol, and netmap/netlink/tapfd.py does the kernel work.
 
-Which modes a helper fd can serve:
+Which modes a helper fd can serve (each mode's `qemu_fd` says; today):
   bridge, vxlan     a tap on the binding's bridge (tun fd)
   macvtap-*         a macvtap on the uplink (its /dev/tapN fd); needs the guest's MAC
   sriov-vf          no: a VF is a PCI device (vfio-pci), not something an fd carries
