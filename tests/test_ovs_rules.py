@@ -287,3 +287,24 @@ def test_drift_of_an_ovs_binding_from_a_hand_made_ovsdb_view() -> None:
     assert "tag 7" in codes(access)["OVS_UPLINK_NOT_TRUNK"]
     gone = OvsState("unix:/x", error="cannot connect to OVSDB at unix:/x")
     assert list(codes(gone)) == ["OVSDB_UNREACHABLE"]
+
+
+def test_show_diff_hosts_for_and_drain_take_ovs_hosts(tmp_path: Path, capsys) -> None:
+    import json
+
+    from netmap.cli import main
+
+    root = write_fleet(tmp_path / "m", NETWORKS, {"ha": host("ha", OVS),
+                                                  "hb": host("hb", BRIDGE)}, {"vm1": GUEST})
+    base = ["--mappings", str(root)]
+    assert main([*base, "show", "--json"]) == 0
+    shown = capsys.readouterr().out
+    assert '"ovs"' in shown
+    assert main([*base, "diff", "ha", "hb", "--json"]) == 0
+    assert '"ovs"' in capsys.readouterr().out
+    assert main([*base, "hosts-for", "vm1", "--strict", "--json"]) == 0
+    ranked = json.loads(capsys.readouterr().out)["hosts"]
+    assert [(h["host"], h["compatible"], h["findings"]) for h in ranked] == [("hb", True, [])]
+    assert main([*base, "drain", "ha", "--strict", "--json"]) == 0
+    drained = json.loads(capsys.readouterr().out)
+    assert drained["moves"] == [{"guest": "vm1", "destination": "hb", "warnings": []}]
