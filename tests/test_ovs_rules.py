@@ -308,3 +308,21 @@ def test_show_diff_hosts_for_and_drain_take_ovs_hosts(tmp_path: Path, capsys) ->
     assert main([*base, "drain", "ha", "--strict", "--json"]) == 0
     drained = json.loads(capsys.readouterr().out)
     assert drained["moves"] == [{"guest": "vm1", "destination": "hb", "warnings": []}]
+
+
+def test_the_draft_binds_a_network_whose_vlan_an_ovs_port_is_tagged_with(monkeypatch) -> None:
+    monkeypatch.delenv("OVS_RUNDIR", raising=False)
+    from netmap.draft import draft_host
+    from netmap.inventory import Interface, Inventory, OvsPortState, OvsState
+    from netmap.model import Network
+
+    ovs = OvsState("unix:/run/openvswitch/db.sock", {"br-int": "system"},
+                   (OvsPortState("eno1", "br-int"), OvsPortState("vnet3", "br-int", 100)),
+                   True)
+    inventory = Inventory("h1", None, (Interface(2, "eno1", "physical", 1500),), ovs=ovs)
+    networks = {"prod": Network("prod", segment="fab", vlan=100),
+                "other": Network("other", segment="fab", vlan=200)}
+    text = draft_host(inventory, networks=networks)
+    assert '[networks.prod]\nmode = "ovs"\nuplink = "eno1"\nbridge = "br-int"' in text
+    assert "[networks.other]" not in text  # no port is tagged 200
+    assert 'ovsdb = "unix:/run/openvswitch/db.sock"' in text  # not the default socket here
