@@ -106,11 +106,10 @@ def floor_run(ovs, netns: str, plans: list) -> tuple[float, float]:
         ids = ovs_port_ids(plan.guest, _nic(nic), fleet_binding or _binding())
         args += ["--", "--may-exist", "add-port", "br-ovs", tap, "tag=10", "--", "set",
                  "Port", tap, *(f'external_ids:"{k}"="{v}"' for k, v in ids)]
-    ovs.vsctl(*args)
+    ovs.vsctl(*args, timeout=600)  # ovs-vswitchd takes seconds per hundred netdev ports
     made = time.perf_counter() - start
     start = time.perf_counter()
-    args = ["del-br", "br-ovs"]
-    ovs.vsctl(*args)
+    ovs.vsctl("del-br", "br-ovs", timeout=600)
     sh(["ip", "-n", netns, "-batch", "-"], "".join(f"link del {tap}\n" for tap, _ in taps))
     return made, time.perf_counter() - start
 
@@ -150,6 +149,7 @@ def main() -> int:
             ovs = start_ovs(netns, base / "ovs")
             write_fleet(base / "m", netns, ovs.remote, n)
             made, gone, plans = netmap_run(base / "m", base / "state", n)
+            print(f"{n:>6} netmap: realize {made:.2f}s, release {gone:.2f}s", flush=True)
             floor_made, floor_gone = floor_run(ovs, netns, plans)
             print(f"{n:>6} {made:>14.2f}s {floor_made:>7.2f}s {made / floor_made:>5.1f}x   "
                   f"{gone:>14.2f}s {floor_gone:>7.2f}s {gone / floor_gone:>5.1f}x", flush=True)

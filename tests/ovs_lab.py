@@ -66,10 +66,10 @@ class OvsInstance:
         return {**os.environ, "OVS_RUNDIR": d, "OVS_LOGDIR": d, "OVS_DBDIR": d,
                 "OVS_SYSCONFDIR": d, "OVS_PKGDATADIR": "/usr/share/openvswitch"}
 
-    def vsctl(self, *args: str) -> str:
+    def vsctl(self, *args: str, timeout: int = 10) -> str:
         """ovs-vsctl on this instance: the tests' independent view and hand."""
-        return subprocess.run([_binary("ovs-vsctl"), f"--db={self.remote}", "--timeout=10",
-                               *args], check=True, capture_output=True, text=True,
+        return subprocess.run([_binary("ovs-vsctl"), f"--db={self.remote}",
+                               f"--timeout={timeout}", *args], check=True, capture_output=True, text=True,
                               env=self.env()).stdout.strip()
 
     def start_vswitchd(self) -> None:
