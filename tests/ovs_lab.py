@@ -69,8 +69,8 @@ class OvsInstance:
     def vsctl(self, *args: str, timeout: int = 10) -> str:
         """ovs-vsctl on this instance: the tests' independent view and hand."""
         return subprocess.run([_binary("ovs-vsctl"), f"--db={self.remote}",
-                               f"--timeout={timeout}", *args], check=True, capture_output=True, text=True,
-                              env=self.env()).stdout.strip()
+                               f"--timeout={timeout}", *args], check=True,
+                              capture_output=True, text=True, env=self.env()).stdout.strip()
 
     def start_vswitchd(self) -> None:
         log = self.directory / "ovs-vswitchd.log"
