@@ -248,15 +248,14 @@ def ovsdb_remote(given: str | None, host: Host | None) -> str | None:
 
     if given:
         return given
+    if host is None:  # discover: no mapping (and no mode registry) is loaded for it
+        remote = default_ovsdb()
+        return remote if Path(remote.removeprefix("unix:")).is_socket() else None
     from netmap.modes import mode_of
 
     # the bindings that live in OVSDB (their mode keeps the host's remote on them)
-    ovs = [b for b in host.bindings.values()
-           if "ovsdb" in mode_of(b).owns_fields] if host else []
-    if ovs:
-        return ovs[0].ovsdb or default_ovsdb()
-    remote = default_ovsdb()
-    return remote if host is None and Path(remote[5:]).is_socket() else None
+    ovs = [b for b in host.bindings.values() if "ovsdb" in mode_of(b).owns_fields]
+    return (ovs[0].ovsdb or default_ovsdb()) if ovs else None
 
 
 def live_drift(host: Host, networks: dict, *, netns: str | None = None,
