@@ -311,7 +311,7 @@ def test_discover_write_drafts_the_ovs_bindings(ovs_lab: OvsLab, capsys,
     assert 'mode = "ovs"' in text and 'bridge = "br-ovs"' in text, text
     assert f'ovsdb = "{ovs.remote}"' in text
     # the draft loads, and binds blue (netmap's port names it) to eth0 on br-ovs
-    from netmap.load import load_host, load_networks
+    from netmap.load.parse import load_host, load_networks
 
     host = load_host(draft, load_networks(ovs_lab.root / "networks.toml"))
     binding = host.bindings["blue"]
