@@ -37,6 +37,7 @@ from netmap.steps.ovs import (  # noqa: F401
     OVS_NETWORK_KEY,
     OVS_OWNER_KEY,
     OVS_RUNDIR,
+    UPLINK_OWNER,
     default_ovsdb,
 )
 

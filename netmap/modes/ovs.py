@@ -96,6 +96,7 @@ class Ovs(Mode):
         access port: apply makes the three OVSDB steps one transaction."""
         from netmap.plan import (
             OVS_OWNER_KEY,
+            UPLINK_OWNER,
             CreateTap,
             EnsureOvsBridge,
             EnsureOvsPort,
@@ -107,7 +108,7 @@ class Ovs(Mode):
         bridge, tap, nic = ctx.devices["bridge"], ctx.devices["tap"], ctx.nic
         return [EnsureOvsBridge(bridge, remote, ctx.binding.datapath_type),
                 EnsureOvsPort(ctx.uplink, bridge, remote,
-                              external_ids=((OVS_OWNER_KEY, "uplink"),)),
+                              external_ids=((OVS_OWNER_KEY, UPLINK_OWNER),)),
                 CreateTap(tap, host_side_mac(nic.mac), nic.mac, ctx.mtu, "",
                           multi_queue=nic.queues > 1),
                 EnsureOvsPort(tap, bridge, remote, ctx.vlan,

@@ -137,7 +137,7 @@ def attach_port(remote: str, bridge: str, datapath_type: str | None, uplink: str
         if bridge not in bridges:
             changes.append(db.AddBridge(bridge, datapath_type))
         if not any(uplink in b.ports for b in bridges.values()):
-            changes.append(db.SetPort(uplink, bridge, None, ((p.OVS_OWNER_KEY, "uplink"),)))
+            changes.append(db.SetPort(uplink, bridge, None, ((p.OVS_OWNER_KEY, p.UPLINK_OWNER),)))
         changes.append(db.SetPort(port, bridge, tag, ids))
         ovs.apply(changes)
 
