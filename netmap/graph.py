@@ -72,6 +72,18 @@ def build_graph_of(fleet: Fleet, hosts: Collection[str], guest: str) -> nx.DiGra
     return graph
 
 
+def build_graph_of_hosts(fleet: Fleet, hosts: Collection[str]) -> nx.DiGraph:
+    """The graph of `hosts` alone, every binding of theirs, and the guests placed on them:
+    all that `netmap show HOST` reads of it, without reading the other hosts."""
+    kept = {name: fleet.hosts[name] for name in fleet.hosts if name in hosts}
+    placed = {name: guest for name, guest in fleet.guests.items() if guest.host in kept}
+    with gc_paused():
+        graph = _build_graph(Fleet(fleet.networks, kept, placed))
+    graph.graph["fleet"] = Fleet(fleet.networks, kept, fleet.guests, fleet.problems,
+                                 fleet.root)
+    return graph
+
+
 class _DiGraphStorage(Protocol):
     """The dicts a networkx DiGraph keeps its nodes and edges in (private, so not in its
     type stubs): node -> attributes, and node -> neighbour -> the edge's attributes."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import operator
 import sys
+from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -190,6 +192,34 @@ def mapping_file(host: Host) -> str:
     return host.source.file if host.source else f"hosts/{host.name}.toml"
 
 
+class IndexedHosts(Mapping[str, Host]):
+    """Hosts that know which of them bind a network, and each one's mapping file, without
+    reading every host: netmap.load's store keeps both beside each host, so a query over
+    a large fleet reads only the hosts it needs (hosts_binding, host_mapping_file)."""
+
+    @abstractmethod
+    def binding(self, network: str) -> frozenset[str]:
+        """The names of the hosts that bind `network`."""
+
+    @abstractmethod
+    def mapping_file(self, name: str) -> str:
+        """mapping_file(self[name])."""
+
+
+def hosts_binding(hosts: Mapping[str, Host], network: str) -> frozenset[str]:
+    """The names of the hosts that bind `network`, reading only them when `hosts` can."""
+    if isinstance(hosts, IndexedHosts):
+        return hosts.binding(network)
+    return frozenset(name for name, host in hosts.items() if network in host.bindings)
+
+
+def host_mapping_file(hosts: Mapping[str, Host], name: str) -> str:
+    """mapping_file(hosts[name]), without reading the host when `hosts` can."""
+    if isinstance(hosts, IndexedHosts):
+        return hosts.mapping_file(name)
+    return mapping_file(hosts[name])
+
+
 @frozen
 class GuestNic:
     index: int
@@ -220,7 +250,7 @@ class Fleet:
     """
 
     networks: dict[str, Network]
-    hosts: dict[str, Host]
+    hosts: Mapping[str, Host]  # read-only: a large fleet's may be read host by host
     guests: dict[str, Guest]
     problems: tuple = ()  # tuple[InputError, ...], one per unreadable file
     root: str = ""

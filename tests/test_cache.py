@@ -9,6 +9,7 @@ tests can let files settle with a short sleep instead of seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -28,7 +29,7 @@ from netmap.errors import InputError
 from netmap.graph import build_graph
 from netmap.load import fleet as loading
 from netmap.load import load_fleet, parse, store
-from netmap.model import Fleet, Host
+from netmap.model import Fleet, Host, IndexedHosts, host_mapping_file, hosts_binding
 
 WINDOW_NS = 50_000_000
 
@@ -77,7 +78,11 @@ def snapshot(fleet: Fleet) -> tuple:
                for n in (*h.uplinks.values(), *h.bindings.values())]
     sources += [(nic.source.file, nic.source.line) for g in fleet.guests.values()
                 for nic in g.nics]
-    return fleet.networks, fleet.hosts, fleet.guests, problems, sources, fleet.root
+    # what queries ask without reading the hosts (a warm load answers it from its index)
+    index = {network: sorted(hosts_binding(fleet.hosts, network)) for network in fleet.networks}
+    files = [host_mapping_file(fleet.hosts, name) for name in fleet.hosts]
+    return (fleet.networks, fleet.hosts, fleet.guests, problems, sources, fleet.root,
+            index, files)
 
 
 def same_as_uncached(mappings: Path) -> Fleet:
@@ -678,7 +683,7 @@ def test_fleet_from_the_store_answers_hosts_for_the_same(
     files = sum(parses.values())
     warm = load_fleet(root)
     assert sum(parses.values()) == files, "an unchanged fleet is not parsed again"
-    assert type(warm.hosts) is dict
+    assert isinstance(warm.hosts, IndexedHosts)
     plain = uncached(root)
     graph = build_graph(plain)
     for guest in list(plain.guests)[:25]:
@@ -852,6 +857,14 @@ def _mutations(root: Path) -> dict[str, Callable[[int], None]]:
         target = hosts / f"{owner.host}.toml" if owner and owner.host else pick(hosts, n)
         edit(target, 'mode = "bridge"\n', 'mode = "bridge"\nbridge = "brq"\n')
 
+    def unbind(path: Path | None) -> None:
+        # the host's last binding goes: the store's index of who binds what must follow
+        if path is not None and path.exists():
+            text = path.read_text()
+            cut = text.rfind("\n[networks.")
+            if cut >= 0:
+                path.write_text(text[:cut + 1])
+
     def add(n: int) -> None:
         source = pick(guests, n)
         if source is not None:
@@ -867,6 +880,7 @@ def _mutations(root: Path) -> dict[str, Callable[[int], None]]:
             (path := pick(hosts, n)) is not None and "mtu = 9000" in path.read_text()
             and keep_size_and_mtime(path, "mtu = 9000", "mtu = 8999")),
         "break host": lambda n: edit(pick(hosts, n), "[host]", "[host"),
+        "unbind a network on a host": lambda n: unbind(pick(hosts, n)),
         "edit networks": lambda n: edit(root / "networks.toml", "mtu = 9000", "mtu = 1600"),
         "rename a network": lambda n: edit(root / "networks.toml", "[networks.tenant-red]",
                                            "[networks.tenant-pink]"),
@@ -906,11 +920,77 @@ def test_cached_answer_is_always_the_cold_answer(
         mutate[name](n)
         for _ in range(2):  # the load that stores, then the one that reads what was stored
             try:
-                cold: tuple | str = snapshot(uncached(root))
+                cold: tuple | str = answers(uncached(root), n)
             except InputError as err:
                 cold = str(err)
             try:
-                warm: tuple | str = snapshot(load_fleet(root))
+                warm: tuple | str = answers(load_fleet(root), n)
             except InputError as err:
                 warm = str(err)
             assert warm == cold, f"after {name}"
+
+
+def answers(fleet: Fleet, n: int) -> tuple:
+    """What queries reading some hosts answer (a warm load reads no other host: one host,
+    and hosts-for of the XML guest and of another), asked first; then the whole fleet."""
+    names = list(fleet.hosts)
+    one = fleet.hosts[names[n % len(names)]] if names else None
+    placed = [[c.as_dict() for c in placement.hosts_for_fleet(fleet, guest)]
+              for guest in ("vx", "vm000001") if guest in fleet.guests]
+    return one, placed, snapshot(fleet)
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each host's object was read from the store (a warm load's hosts)."""
+    counts: Counter[str] = Counter()
+    real = store.Store.object
+
+    def counted(self: store.Store, path: str, key: str) -> object:
+        counts[Path(path).name] += 1
+        return real(self, path, key)
+
+    monkeypatch.setattr(store.Store, "object", counted)
+    return counts
+
+
+def cli_answer(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, object]:
+    from netmap.cli import main
+
+    code = main(list(argv))
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_warm_commands_read_only_their_hosts(
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], host_reads: Counter[str]) -> None:
+    """`show HOST`, `check GUEST --to HOST` and `diff A B` from a warm store read those
+    hosts alone, `hosts-for` only the hosts binding the guest's networks, and each answers
+    as a load without the store does."""
+    root = tmp_path / "generated"
+    generate_fleet(root, 300, 80, seed=5)
+    settle()
+    plain = uncached(root)
+    guest = next(g for g in plain.guests.values() if g.host is not None and g.nics)
+    a, b = [name for name in plain.hosts if name != guest.host][:2]
+    binders = set(plain.hosts)
+    for nic in guest.nics:
+        binders &= {name for name, host in plain.hosts.items() if nic.network in host.bindings}
+    commands = {
+        ("show", a, "--json"): {a},
+        ("check", guest.name, "--to", b, "--json"): {b, guest.host},
+        ("diff", a, b, "--json"): {a, b},
+        ("hosts-for", guest.name, "--json"): binders,
+    }
+    load_fleet(root)  # fills the store
+    for argv, needed in commands.items():
+        host_reads.clear()
+        warm = cli_answer(capsys, "--mappings", str(root), *argv)
+        read = {name.removesuffix(".toml") for name in host_reads}
+        assert read <= {Path(plain.hosts[name].source.file).stem for name in needed}, argv
+        assert len(needed) < len(plain.hosts) // 2, "a query that needs most hosts"
+        monkeypatch.setenv("NETMAP_CACHE_DIR", str(tmp_path / f"empty-{argv[0]}"))
+        monkeypatch.setattr(loading, "STORE_MIN_FILES", 10**9)
+        assert warm == cli_answer(capsys, "--mappings", str(root), *argv), argv
+        monkeypatch.setenv("NETMAP_CACHE_DIR", str(cache_dir))
+        monkeypatch.setattr(loading, "STORE_MIN_FILES", 0)

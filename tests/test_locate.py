@@ -114,3 +114,28 @@ def test_the_journal_keeps_each_moves_status_across_a_restart(tmp_path: Path) ->
     path.write_text("{")
     with pytest.raises(InputError, match="cannot read the journal"):
         Journal.read(path)
+
+
+def test_without_the_fleet_extra_locate_and_fleet_say_what_to_install(tmp_path: Path) -> None:
+    """`pip install .` leaves libvirt-python and ansible-core out (the 'fleet' extra): the
+    commands that need them name the package and exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    _fleet(tmp_path)
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("host-a\n")
+    # a process where neither can be found: libvirt blocked, no `ansible` on PATH
+    prelude = ("import sys; sys.modules['libvirt'] = None; "
+               "from netmap.cli import run; sys.argv[0] = 'netmap'; run()")
+    env = {"PATH": "/nonexistent", "PYTHONPATH": str(REPO),
+           "NETMAP_MAPPINGS": str(tmp_path / "m"), "HOME": str(tmp_path)}
+    for argv, package in ((["locate"], "libvirt-python"),
+                          (["fleet", "drift", "-i", str(inventory)], "ansible-core")):
+        done = subprocess.run([sys.executable, "-c", prelude, *argv], env=env,
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 2, done.stderr
+        assert package in done.stderr
+        assert "Traceback" not in done.stderr

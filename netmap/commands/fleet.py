@@ -23,8 +23,16 @@ def _show(args: argparse.Namespace) -> int:
     from netmap import render
     from netmap.load import require_host
 
-    fleet, graph = load(args)
-    hosts = [require_host(fleet, name).name for name in args.hosts] or list(fleet.hosts)
+    if not args.hosts:
+        fleet, graph = load(args)
+        hosts = list(fleet.hosts)
+    else:  # the graph of those hosts alone: a large fleet's other hosts are not read
+        from netmap.graph import build_graph_of_hosts
+        from netmap.load import load_fleet
+
+        fleet = load_fleet(args.mappings)
+        hosts = [require_host(fleet, name).name for name in args.hosts]
+        graph = build_graph_of_hosts(fleet, hosts)
     data = render.show_data(fleet, graph, hosts)
     if args.json:
         print_json(data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import threading
 import time
@@ -64,6 +65,13 @@ def require_uris(fleet: Fleet, hosts: set[str]) -> None:
                          fix='add libvirt_uri = "qemu+ssh://HOST/system" to [host]')
 
 
+def _leave_sigint_to_the_main_thread() -> None:
+    """Ctrl-C taken by a worker thread (the kernel may pick any thread that does not block
+    it) would not wake the main thread until the move under way ends, and by then the
+    worker may have started the next move."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 class Executor:
     """Runs moves at most `parallel` at a time; `emit` gets one event dict per step."""
 
@@ -77,16 +85,19 @@ class Executor:
         self._hosts = {name: guest.host for name, guest in fleet.guests.items()}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._interrupted = threading.Event()
 
     def run(self) -> list[Outcome]:
         """Every unfinished move's outcome. On Ctrl-C no further move starts; those under
         way run to their end (libvirt's migration is not to be cut in half), so the journal
         says where each guest is, and KeyboardInterrupt goes on to the caller."""
-        pool = ThreadPoolExecutor(max_workers=max(1, self.parallel))
+        pool = ThreadPoolExecutor(max_workers=max(1, self.parallel),
+                                  initializer=_leave_sigint_to_the_main_thread)
         futures = [pool.submit(self.carry, move) for move in self.journal.unfinished]
         try:
             return [future.result() for future in futures]
         except KeyboardInterrupt:
+            self._interrupted.set()  # a worker between two moves must not start the next
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
@@ -94,6 +105,9 @@ class Executor:
 
     def carry(self, move: JournalMove) -> Outcome:
         started = time.monotonic()
+        if self._interrupted.is_set():  # the journal keeps it pending for --resume
+            return Outcome(move.guest, move.source, move.dest, "skipped",
+                           "not started: interrupted", 0.0)
         if self._stopped.is_set():
             self.emit({"event": "skipped", "guest": move.guest, "reason": "an earlier move "
                        "failed and --stop-on-error is set"})

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 from netmap.errors import InputError
 from netmap.gcpause import gc_paused
 from netmap.load import parse, store
-from netmap.load.store import Identity, Store, identity, settled
-from netmap.model import Fleet, Network
+from netmap.load.hosts import StoredHosts
+from netmap.load.store import Identity, Parsed, Row, Store, identity, settled
+from netmap.model import Fleet, Guest, Host, Network, mapping_file
 
 T = TypeVar("T")
 
@@ -48,11 +49,10 @@ def _load(base: Path) -> Fleet:
     if db is None:
         return parse.assemble(base, networks, host_files, guest_files,
                               host_loader=parse.load_host, guest_loader=parse.load_guest)
-    try:
-        return _load_with(db, base, networks, (host_files, guest_files), before,
-                          started_ns)
-    finally:
-        db.close()
+    fleet = _load_with(db, base, networks, (host_files, guest_files), before, started_ns)
+    if not isinstance(fleet.hosts, StoredHosts):
+        db.close()  # else the hosts read from it as they are asked for
+    return fleet
 
 
 def _load_with(db: Store, base: Path, networks: dict[str, Network],
@@ -64,8 +64,9 @@ def _load_with(db: Store, base: Path, networks: dict[str, Network],
     idents = {key: _identity(key) for key in (*host_files, *guest_files)}
     keys = _keys(idents, networks_before, host_files, started_ns)
     stored = db.rows(root)  # None: nothing of this code for this directory
-    hits = {path: row[1] for path, row in (stored or {}).items() if row[0] == keys.get(path)}
-    fresh: dict[str, Any] = {}  # path -> object (parsed here) or its pickle (parsed there)
+    hits = {path: row for path, row in (stored or {}).items() if row.key == keys.get(path)}
+    lazy = _stored_hosts(db, host_files, hits, networks)
+    fresh: dict[str, tuple[Any, bytes | None]] = {}  # path -> (object, its pickle if made)
     with _SecondProcess([key for key in host_files if key not in hits],
                         [key for key in guest_files
                          if key not in hits and not key.endswith(".xml")],
@@ -73,35 +74,54 @@ def _load_with(db: Store, base: Path, networks: dict[str, Network],
 
         def stored_or(parser: Callable[..., T]) -> Callable[..., T]:
             def load_one(path: str, *args: Any) -> T:
-                blob = hits.get(path)
-                if blob is not None:
-                    try:
-                        value: T = pickle.loads(blob)
+                row = hits.get(path)
+                if row is not None:
+                    value: T | None = db.object(path, row.key) if row.blob is None \
+                        else _unpickled(row.blob)
+                    if value is not None:
                         return value
-                    except Exception:  # a damaged row, though ours: a miss
-                        pass
                 theirs = second.result(path)
                 if theirs is not None:
-                    fresh[path] = theirs
-                    return pickle.loads(theirs)
+                    value = pickle.loads(theirs)
+                    fresh[path] = (value, theirs)
+                    return value
                 value = parser(path, *args)
-                fresh[path] = value
+                fresh[path] = (value, None)
                 return value
             return load_one
 
         fleet = parse.assemble(base, networks, host_files, guest_files,
                                host_loader=stored_or(parse.load_host),
-                               guest_loader=stored_or(parse.load_guest))
+                               guest_loader=stored_or(parse.load_guest), stored_hosts=lazy)
     if _identity(os.fspath(base / "networks.toml")) != networks_before:
         # changed while we read: the files were validated against another version of it
         return parse.assemble(base, parse.load_networks(base / "networks.toml"),
                               *parse.fleet_file_names(base))
-    rows = [(path, key, value if isinstance(value, bytes) else _pickled(value))
-            for path, value in fresh.items() if (key := keys.get(path)) is not None]
+    parsed = [_parsed(path, key, value, blob) for path, (value, blob) in fresh.items()
+              if (key := keys.get(path)) is not None]
     gone = [path for path in stored or () if path not in idents]
-    if rows or gone or stored is None:
-        db.replace(root, rows, gone, every=stored is None)
+    if parsed or gone or stored is None:
+        db.replace(root, parsed, gone, every=stored is None)
     return fleet
+
+
+def _stored_hosts(db: Store, host_files: list[str], hits: Mapping[str, Row],
+                  networks: dict[str, Network]) -> StoredHosts | None:
+    """The hosts to read from the store as they are asked for, when every host file is
+    stored under its key now, and no two name the same host (that is a problem to report,
+    which assemble finds by reading them)."""
+    rows = {path: row for path in host_files if (row := hits.get(path)) is not None}
+    if len(rows) < len(host_files) or len({row.name for row in rows.values()}) < len(rows):
+        return None
+    return StoredHosts(db, rows, networks)
+
+
+def _parsed(path: str, key: str, value: Host | Guest, blob: bytes | None) -> Parsed:
+    if isinstance(value, Host):
+        row, networks = Row(key, value.name, mapping_file(value)), tuple(value.bindings)
+    else:
+        row, networks = Row(key, value.name, ""), ()
+    return Parsed(path, row, blob if blob is not None else _pickled(value), networks)
 
 
 def _keys(idents: Mapping[str, Identity | None], networks: Identity | None,
@@ -138,6 +158,13 @@ def _identity(path: str) -> Identity | None:
         return identity(os.stat(path))
     except OSError:
         return None  # the parser reports it
+
+
+def _unpickled(blob: bytes) -> Any:
+    try:
+        return pickle.loads(blob)
+    except Exception:  # a damaged row, though ours: a miss
+        return None
 
 
 def _pickled(value: object) -> bytes:

@@ -385,15 +385,17 @@ def assemble(base: Path, networks: dict[str, Network], host_files: list[str],
              guest_files: list[str], *,
              host_loader: Callable[[str, dict[str, Network]], Host] = load_host,
              guest_loader: Callable[[str, dict[str, Network], Mapping[str, Host]], Guest]
-             = load_guest) -> Fleet:
+             = load_guest, stored_hosts: Mapping[str, Host] | None = None) -> Fleet:
     """The fleet of a mappings directory whose networks and files (fleet_file_names) were
     read. A broken host or guest file lands in `Fleet.problems` and the rest loads.
 
     `host_loader`/`guest_loader` read one file (netmap.load answers them from its store),
-    so that every load assembles the fleet here, in one place."""
+    so that every load assembles the fleet here, in one place. `stored_hosts`: the hosts
+    of `host_files`, every one known to be readable and named once (netmap.load's store
+    knows it of a warm load), to be read only where used."""
     problems: list[InputError] = []
     hosts: dict[str, Host] = {}
-    for path in host_files:
+    for path in host_files if stored_hosts is None else ():
         try:
             host = host_loader(path, networks)
         except InputError as err:
@@ -406,12 +408,13 @@ def assemble(base: Path, networks: dict[str, Network], host_files: list[str],
             continue
         hosts[host.name] = host
     host_problems = len(problems)
+    every_host = hosts if stored_hosts is None else stored_hosts
     guests: dict[str, Guest] = {}
     for path in guest_files:
         try:
-            guest = guest_loader(path, networks, hosts)
-            if guest.host is not None and guest.host not in hosts:
-                raise _unknown_host(path, guest.host, hosts, problems[:host_problems])
+            guest = guest_loader(path, networks, every_host)
+            if guest.host is not None and guest.host not in every_host:
+                raise _unknown_host(path, guest.host, every_host, problems[:host_problems])
             if guest.name in guests:
                 raise InputError(f"guest {guest.name!r} is already defined in "
                                  f"{guests[guest.name].source}", file=path, key="guest.name",
@@ -420,10 +423,10 @@ def assemble(base: Path, networks: dict[str, Network], host_files: list[str],
             problems.append(err)
             continue
         guests[guest.name] = guest
-    return Fleet(networks, hosts, guests, tuple(problems), str(base))
+    return Fleet(networks, every_host, guests, tuple(problems), str(base))
 
 
-def _unknown_host(path: str, name: str, hosts: dict[str, Host],
+def _unknown_host(path: str, name: str, hosts: Mapping[str, Host],
                   broken: list[InputError]) -> InputError:
     """A guest's host that did not load: when a host file that may define it is broken,
     that file and its error are the cause, not the guest."""

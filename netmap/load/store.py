@@ -20,6 +20,10 @@ key is stored only when every identity in it is older than the start of the load
 than RACY_WINDOW_NS (git's "racily clean"): a later write lands in a later tick. A file
 changed within the window is parsed on every load until it ages out.
 
+Beside each object a row keeps what a query asks of every host without reading them all
+(netmap/load/hosts.py): the host's name, its mapping file and the networks it binds. A
+warm load unpickles a host only when it is asked for, from its row under this load's key.
+
 The file: $NETMAP_CACHE_DIR, else $XDG_CACHE_HOME/netmap, else ~/.cache/netmap, one per
 mappings directory. Rows are written in one transaction (SQLite's journal makes it
 atomic; a reader sees the old rows or the new ones), by the loading process itself. It
@@ -40,9 +44,10 @@ import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 RACY_WINDOW_NS = 2_000_000_000
-FORMAT = 3
+FORMAT = 6  # of the tables: a store of another format is emptied and made anew
 Identity = tuple[int, int, int, int, int]
 
 
@@ -131,14 +136,32 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-Row = tuple[str, bytes]  # the key a file was parsed under, its object pickled
+class Row(NamedTuple):
+    """One file's row, its object left in the store until asked for (Store.object)."""
+
+    key: str  # the key the file was parsed under
+    name: str  # the host's or guest's name
+    file: str  # a host's mapping file (model.mapping_file), else ""
+    # a guest's object pickled (every load reads every guest); a host's stays stored
+    blob: bytes | None = None
+
+
+class Parsed(NamedTuple):
+    """What a load stores of a file it parsed: a Row, the object pickled, and for a host
+    the networks it binds (the store's index: which hosts bind a network)."""
+
+    path: str
+    row: Row
+    blob: bytes
+    networks: tuple[str, ...]
 
 
 class Store:
     """The rows of one mappings directory (see the module doc)."""
 
-    def __init__(self, db: sqlite3.Connection, fingerprint: str) -> None:
-        self.db, self.fingerprint = db, fingerprint
+    def __init__(self, db: sqlite3.Connection, fingerprint: str, target: Path) -> None:
+        self.db, self.fingerprint, self.target = db, fingerprint, target
+        self._pid = os.getpid()
 
     @classmethod
     def open(cls, base: Path) -> Store | None:
@@ -158,10 +181,16 @@ class Store:
             try:
                 os.chmod(target, 0o600)
                 db.execute("PRAGMA synchronous = OFF")  # a cache: a torn write is a miss
+                if db.execute("PRAGMA user_version").fetchone() != (FORMAT,):
+                    with db:  # other tables, or none yet
+                        for table in ("meta", "files", "bindings"):  # this and older formats'
+                            db.execute(f"DROP TABLE IF EXISTS {table}")
+                        db.execute(f"PRAGMA user_version = {FORMAT}")
                 db.execute("CREATE TABLE IF NOT EXISTS meta (fingerprint TEXT, root TEXT)")
                 db.execute("CREATE TABLE IF NOT EXISTS files"
-                           " (path TEXT PRIMARY KEY, key TEXT NOT NULL, object BLOB NOT NULL)")
-                return cls(db, fingerprint)
+                           " (path TEXT PRIMARY KEY, key TEXT NOT NULL, name TEXT NOT NULL,"
+                           " file TEXT NOT NULL, networks TEXT NOT NULL, object BLOB NOT NULL)")
+                return cls(db, fingerprint, target)
             except (OSError, sqlite3.Error):
                 db.close()
                 with contextlib.suppress(OSError):
@@ -174,15 +203,47 @@ class Store:
             meta = self.db.execute("SELECT fingerprint, root FROM meta").fetchall()
             if meta != [(self.fingerprint, root)]:
                 return None
-            return {path: (key, blob) for path, key, blob
-                    in self.db.execute("SELECT path, key, object FROM files")}
+            # the object last in each row: reading the other columns skips its pages
+            return {path: Row(key, name, file, blob) for path, key, name, file, blob
+                    in self.db.execute("SELECT path, key, name, file,"
+                                       " CASE file WHEN '' THEN object END FROM files")}
         except sqlite3.Error:
             return None
 
-    def replace(self, root: str, rows: Iterable[tuple[str, str, bytes]],
-                gone: Iterable[str], *, every: bool) -> None:
-        """Store `rows` (path, key, object) and forget `gone`, in one transaction; every:
-        the rows are all there is (the store held another code's or directory's)."""
+    def object(self, path: str, key: str) -> Any:
+        """The object stored for `path` under `key`; None when the row is gone, has another
+        key now, or cannot be read (the caller parses the file)."""
+        try:
+            found = self._connection().execute(
+                "SELECT object FROM files WHERE path = ? AND key = ?", (path, key)).fetchone()
+            return None if found is None else pickle.loads(found[0])
+        except Exception:  # a damaged row, though ours: a miss
+            return None
+
+    def binding(self, network: str) -> list[tuple[str, str]] | None:
+        """(path, key) of the stored hosts that bind `network` (None: unreadable)."""
+        # A scan of a column, not an index table: 10k hosts, 11 ms a query either way,
+        # but storing a table of 60k bindings and its indexes took 0.23 s, the column 0.08 s.
+        try:
+            return self._connection().execute(
+                "SELECT path, key FROM files WHERE instr(networks, ?)",
+                (f"\n{network}\n",)).fetchall()
+        except sqlite3.Error:
+            return None
+
+    def _connection(self) -> sqlite3.Connection:
+        # a connection must not cross a fork (SQLite's rule): a forked worker that reads
+        # hosts opens its own
+        if os.getpid() != self._pid:
+            self.db = sqlite3.connect(self.target, timeout=5, isolation_level=None)
+            self._pid = os.getpid()
+        return self.db
+
+    def replace(self, root: str, parsed: Iterable[Parsed], gone: Iterable[str], *,
+                every: bool) -> None:
+        """Store what was `parsed` and forget `gone`, in one transaction; every: the rows
+        are all there is (the store held another code's or directory's)."""
+        parsed = list(parsed)
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -191,8 +252,11 @@ class Store:
                     self.db.execute("DELETE FROM meta")
                     self.db.execute("INSERT INTO meta VALUES (?, ?)", (self.fingerprint, root))
                 self.db.executemany("DELETE FROM files WHERE path = ?",
-                                    ((path,) for path in gone))
-                self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", rows)
+                                    ((path,) for path in (() if every else gone)))
+                self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                                    ((p.path, p.row.key, p.row.name, p.row.file,
+                                      "".join(f"\n{n}" for n in p.networks) + "\n", p.blob)
+                                     for p in parsed))
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
