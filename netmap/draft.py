@@ -19,6 +19,7 @@ from netmap.model import KNOWN_FEATURES, Network
 from netmap.modes.bridge import Bridge
 from netmap.modes.macvtap import MODES as MACVTAP_MODES
 from netmap.modes.vxlan import Vxlan
+from netmap.plan import OVS_NETWORK_KEY, default_ovsdb
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 DECIDE = "DECIDE"
@@ -106,6 +107,39 @@ class _Draft:
                 lines.append("vxlan = { " + ", ".join(options) + " }")
             self.bindings.append(lines)
 
+        self.find_ovs_bindings(bound)
+
+    def find_ovs_bindings(self, bound: set[str]) -> None:
+        """An OVS bridge with one uplink among its ports binds each network whose VLAN a
+        port on it is tagged with (or that netmap named on a port it added)."""
+        ovs = self.inv.ovs
+        if ovs is None or ovs.error:
+            return
+        for bridge in ovs.bridges:
+            ports = [p for p in ovs.ports if p.bridge == bridge]
+            uplinks = [p for p in ports if p.name in self.uplink_names]
+            if len(uplinks) != 1:
+                continue
+            uplink = uplinks[0].name
+            for network in self.networks.values():
+                named = any(dict(p.external_ids).get(OVS_NETWORK_KEY) == network.name
+                            for p in ports)
+                tagged = network.vlan is not None and any(p.tag == network.vlan
+                                                          for p in ports)
+                if network.name in bound or network.vni is not None or not (named or tagged):
+                    continue
+                bound.add(network.name)
+                why = (f"netmap's ports name network {network.name}" if named else
+                       f"a port is tagged {network.vlan}, network {network.name}'s VLAN")
+                lines = [f"# OVS bridge {bridge} has {uplink} as a port; {why}. {DECIDE}: "
+                         "confirm.", f"[networks.{_key(network.name)}]", 'mode = "ovs"',
+                         f"uplink = {_str(uplink)}"]
+                if bridge != names.bridge_name(uplink):
+                    lines.append(f"bridge = {_str(bridge)}")
+                self.bindings.append(lines)
+                if network.segment:
+                    self.segments.setdefault(uplink, (network.segment, f"OVS bridge {bridge}"))
+
     def bridge_comment(self, bridge: Interface, uplink: Interface) -> list[str]:
         return [f"# {DECIDE}: bridge {bridge.name} enslaves {uplink.name}. If it carries one "
                 "of the fleet's networks, bind it:",
@@ -181,6 +215,8 @@ def draft_host(inventory: Inventory, *, host_name: str | None = None,
            f"features = {_list(sorted(inventory.features & set(KNOWN_FEATURES)))}"]
     if inventory.netns:
         out.append(f"netns = {_str(inventory.netns)}  # lab only: realize inside it")
+    if inventory.ovs is not None and inventory.ovs.remote != default_ovsdb():
+        out.append(f"ovsdb = {_str(inventory.ovs.remote)}  # where Open vSwitch was read")
     for link in draft.uplinks:
         out += ["", *draft.uplink_block(link)]
     if not draft.uplinks:

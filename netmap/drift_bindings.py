@@ -9,6 +9,7 @@ import ipaddress
 from netmap import names
 from netmap.check import ERROR, INFO, WARNING
 from netmap.drift_links import LinkDrift
+from netmap.drift_ovs import check_ovs
 from netmap.graph import effective_mtu
 from netmap.inventory import UPLINK_KINDS, Interface
 from netmap.model import Binding, Network, Vxlan
@@ -101,6 +102,8 @@ class BindingDrift(LinkDrift):
             self.check_bridge(binding, master, uplink, network)
         if "vxlan" in checks and network is not None and network.vni is not None:
             self.check_vxlan(binding, network, uplink)
+        if "ovs" in checks and self.inv.ovs is not None:
+            check_ovs(binding, network, self.inv.ovs, self.add)
         if "underlay" in checks and uplink is not None:
             self.check_underlay(binding, uplink)
 

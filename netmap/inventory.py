@@ -135,6 +135,45 @@ class SriovPf:
 
 
 @dataclass(frozen=True)
+class OvsPortState:
+    """One port of an Open vSwitch bridge, as OVSDB holds it."""
+
+    name: str
+    bridge: str
+    tag: int | None = None
+    trunks: tuple[int, ...] = ()
+    external_ids: tuple[tuple[str, str], ...] = ()
+    interface_types: tuple[str, ...] = ()  # "" (a system device), internal, patch, ...
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "bridge": self.bridge, "tag": self.tag,
+                "trunks": list(self.trunks), "external_ids": dict(self.external_ids),
+                "interface_types": list(self.interface_types)}
+
+
+@dataclass(frozen=True)
+class OvsState:
+    """What OVSDB says: its bridges and their ports, and whether ovs-vswitchd runs.
+    `error`: why OVSDB could not be read (then nothing else is known)."""
+
+    remote: str
+    bridges: dict[str, str] = field(default_factory=dict)  # name -> datapath type
+    ports: tuple[OvsPortState, ...] = ()
+    vswitchd_running: bool = False
+    error: str | None = None
+
+    def port(self, name: str) -> OvsPortState | None:
+        return next((p for p in self.ports if p.name == name), None)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"remote": self.remote, "error": self.error,
+                "vswitchd_running": self.vswitchd_running,
+                "bridges": [{"name": name, "datapath_type": kind,
+                             "ports": [p.as_dict() for p in self.ports if p.bridge == name]}
+                            for name, kind in self.bridges.items()]}
+
+
+@dataclass(frozen=True)
 class Inventory:
     """Everything discovered on one host (or one network namespace)."""
 
@@ -144,6 +183,7 @@ class Inventory:
     sriov: dict[str, SriovPf] = field(default_factory=dict)  # PF netdev name -> pool
     features: frozenset[str] = frozenset()  # names from model.KNOWN_FEATURES
     vf_netdevs: frozenset[str] = frozenset()  # netdevs that are VFs of some PF
+    ovs: OvsState | None = None  # None: OVSDB was not read
 
     def __post_init__(self) -> None:
         # Lookups by name and by MAC are what drift does most; build them once.
@@ -189,4 +229,5 @@ class Inventory:
             "features": sorted(self.features),
             "interfaces": [i.as_dict() for i in self.interfaces],
             "sriov": [pf.as_dict() for pf in self.sriov.values()],
+            **({"ovs": self.ovs.as_dict()} if self.ovs is not None else {}),
         }

@@ -165,6 +165,10 @@ class Binding:
     spoofchk: bool = True
     vxlan: Vxlan | None = None
     source: Source | None = field(default=None, compare=False)
+    # ovs: set on the guest's port for the operator's SDN (OVN, Neutron), sorted by key
+    external_ids: tuple[tuple[str, str], ...] = ()
+    datapath_type: str | None = None  # ovs: of a bridge netmap creates (system, netdev)
+    ovsdb: str | None = None  # ovs: the host's OVSDB remote ([host] ovsdb); None: the default
 
 
 @frozen
@@ -179,6 +183,7 @@ class Host:
     source: Source | None = field(default=None, compare=False)
     # where libvirt answers for this host (qemu+ssh://host-a/system); None: not asked
     libvirt_uri: str | None = None
+    ovsdb: str | None = None  # the OVSDB remote ("unix:PATH"); None: where ovs-vsctl looks
 
 
 def mapping_file(host: Host) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from netmap.steps import (  # noqa: F401  (the plan's vocabulary, imported from here too)
     BRIDGE_AGEING,
     DEFAULT_PVID,
+    OVS_STEPS,
     STEP_TYPES,
     BridgeVlan,
     ClaimVf,
@@ -23,12 +24,21 @@ from netmap.steps import (  # noqa: F401  (the plan's vocabulary, imported from 
     CreateTap,
     EnslavePort,
     EnsureBridge,
+    EnsureOvsBridge,
+    EnsureOvsPort,
     EnsureVlanLink,
     EnsureVxlan,
     LinkStep,
     RequireLink,
     Step,
     step_from_dict,
+)
+from netmap.steps.ovs import (  # noqa: F401
+    OVS_NETWORK_KEY,
+    OVS_OWNER_KEY,
+    OVS_RUNDIR,
+    UPLINK_OWNER,
+    default_ovsdb,
 )
 
 

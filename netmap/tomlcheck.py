@@ -326,6 +326,21 @@ def texts(*, default: tuple[str, ...] = ()) -> Field:
                  default=default)
 
 
+def text_table() -> Field:
+    """A table of strings ({ key = "value" }), read as a dict."""
+    wrong = _wrong_type("a table of strings")
+
+    def problem(path: KeyPath, value: Any) -> Problem:
+        if type(value) is not dict:
+            return wrong(path, value)
+        key, item = next((k, x) for k, x in value.items() if type(x) is not str)
+        return (key,), f"must be a string, not {_kind(item)}", f'quote it: "{item}"'
+
+    return Field("a table of strings", lambda: dict[str, str],
+                 lambda v: type(v) is dict and all(type(x) is str for x in v.values()),
+                 problem, default={})
+
+
 def subtable(schema: Schema, *, required: bool = False) -> Field:
     """A sub-table ([a.b] or an inline { }) holding what `schema` says (None when absent)."""
     return Field("a table", None, lambda v: type(v) is dict, _not_a_table,

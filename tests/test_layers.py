@@ -31,7 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
               "netmap.drain", "netmap.plan", "netmap.planner", "netmap.steps", "netmap.draft",
               "netmap.locate", "netmap.fleet_drift"),
-    "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2"),
+    "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2", "ovs"),
     "integrations": ("netmap.libvirt", "netmap.qemu", "netmap.ansible_run"),
     "edges": ("netmap.commands", "netmap.cli", "netmap.__main__", "netmap.render", "netmap.lab"),
 }

@@ -52,7 +52,8 @@ def test_instances_pickle_as_constructor_calls() -> None:
     binding = Binding("prod", "bridge", "eth0", vlan=100, source=Source("hosts/a.toml", 9))
     rebuild, args = binding.__reduce__()
     assert rebuild is Binding and args == ("prod", "bridge", "eth0", None, 100, None,
-                                           "hostdev", True, None, Source("hosts/a.toml", 9))
+                                           "hostdev", True, None, Source("hosts/a.toml", 9),
+                                           (), None, None)
     assert pickle.loads(pickle.dumps(binding)) == binding
     pool = SriovPool(8)  # one field: still a tuple of arguments
     assert pool.__reduce__() == (SriovPool, (8,))

@@ -215,10 +215,10 @@ def test_adding_a_mode_is_one_module_and_its_registry_entry(tmp_path: Path) -> N
     (code / "netmap" / "modes" / "toy.py").write_text(TOY_MODE)
     registry = code / "netmap" / "modes" / "__init__.py"
     before = registry.read_text()
-    after = (before.replace("import bridge, macvtap, sriov, vxlan",
-                            "import bridge, macvtap, sriov, toy, vxlan")
-             .replace("FAMILIES = (bridge, macvtap, sriov, vxlan)",
-                      "FAMILIES = (bridge, macvtap, sriov, vxlan, toy)"))
+    after = (before.replace("import bridge, macvtap, ovs, sriov, vxlan",
+                            "import bridge, macvtap, ovs, sriov, toy, vxlan")
+             .replace("FAMILIES = (bridge, macvtap, sriov, vxlan, ovs)",
+                      "FAMILIES = (bridge, macvtap, sriov, vxlan, ovs, toy)"))
     registry.write_text(after)
     changed = [(old, new) for old, new in zip(before.splitlines(), after.splitlines(), strict=True)
                if old != new]

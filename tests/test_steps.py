@@ -23,6 +23,8 @@ from netmap.steps import (
     CreateTap,
     EnslavePort,
     EnsureBridge,
+    EnsureOvsBridge,
+    EnsureOvsPort,
     EnsureVlanLink,
     EnsureVxlan,
     RequireLink,
@@ -42,7 +44,11 @@ SAMPLES: list[Step] = [
     CreateTap("nm0", "fe:54:00:00:00:01", "52:54:00:00:00:01", 1500, "br0", multi_queue=True),
     CreateMacvtap("nm1", "eth0", "vepa", "52:54:00:00:00:02", 1500),
     ClaimVf("eno1", "52:54:00:00:00:03", 100, True, macvtap="nm2", mtu=1500),
+    EnsureOvsBridge("br-int", "unix:/run/ovs/db.sock", "netdev"),
+    EnsureOvsPort("nm0", "br-int", "unix:/run/ovs/db.sock", 100,
+                  external_ids=(("netmap-owner", "vm1"), ("vm-id", "vm1"))),
 ]
+OVSDB = "unix:/run/ovs/db.sock"
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,19 @@ class State:
                 if key.startswith(f"vf:{pf}:") and "index" in info}
 
 
+@dataclass(frozen=True)
+class OvsPort:
+    tag: int | None = None
+    external_ids: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OvsBridge:
+    name: str
+    ports: dict[str, OvsPort] = field(default_factory=dict)
+    external_ids: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class Host:
     """netmap.steps.base.LiveHost over fixed links; `mine` names the links netmap made."""
@@ -117,6 +136,15 @@ class Host:
     guest: str = "vm1"
     chosen: dict[str, VirtualFunctionView] = field(default_factory=dict)
     used_outside: dict[int, str] = field(default_factory=dict)  # VF index -> why
+    ovs: dict[str, OvsBridge] = field(default_factory=dict)  # what OVSDB holds
+    ovs_planned: set[str] = field(default_factory=set)  # OVS bridges the plan adds
+
+    def ovs_bridges(self, remote: str) -> dict[str, OvsBridge]:
+        assert remote == OVSDB
+        return self.ovs
+
+    def ovs_bridges_planned(self) -> set[str]:
+        return self.ovs_planned
 
     def queues(self, nic: int) -> int:
         return 4
@@ -242,6 +270,15 @@ class Kernel:
 
     def undo_info(self, step: Step) -> dict:
         return self.vf
+
+    def ovs_add_bridge(self, remote: str, name: str, datapath_type: str | None) -> None:
+        self.calls.append(("ovs_add_bridge", remote, name, datapath_type))
+
+    def ovs_set_port(self, remote: str, port: str, bridge: str, tag: int | None,
+                     external_ids: tuple[tuple[str, str], ...], *,
+                     before: tuple[int | None, tuple[tuple[str, str], ...]] | None,
+                     ) -> None:
+        self.calls.append(("ovs_set_port", remote, port, bridge, tag, external_ids, before))
 
 
 def test_every_step_kind_is_registered_round_trips_and_names_its_undo() -> None:
@@ -424,3 +461,73 @@ def test_the_kernel_features_a_step_needs_come_from_its_class() -> None:
     assert steps.EnsureBridge("br0", 1500, vlan_filtering=True).features("create") == [
         "bridge", "vlan_filtering"]
     assert CreateTap("nm0", "fe", "52", 1500, "br0").features("unchanged") == []
+
+
+# --- Open vSwitch ---------------------------------------------------------------------------
+GUEST_PORT = SAMPLES[-1]
+UPLINK_PORT = EnsureOvsPort("eth0", "br-int", OVSDB, external_ids=(("netmap-owner", "uplink"),))
+
+
+def test_an_ovs_bridge_is_created_once_and_someone_elses_used_as_it_is() -> None:
+    step = SAMPLES[-2]
+    assert isinstance(step, EnsureOvsBridge)
+    action = step.decide(Host({}), 0)
+    kernel = Kernel()
+    step.apply(kernel, action)
+    assert kernel.calls == [("ovs_add_bridge", OVSDB, "br-int", "netdev")]
+    mine = Host({}, ovs={"br-int": OvsBridge("br-int", external_ids={"netmap-owner": "netmap"})})
+    assert step.decide(mine, 0).verdict == "unchanged"
+    theirs = Host({}, ovs={"br-int": OvsBridge("br-int")})
+    assert step.decide(theirs, 0).verdict == "adopt"
+    kernel = Kernel()
+    step.apply(kernel, step.decide(theirs, 0))
+    assert kernel.calls == []
+
+
+def test_an_ovs_port_is_added_only_to_a_bridge_that_is_there_or_planned() -> None:
+    with pytest.raises(ApplyError, match="OVS bridge br-int vanished"):
+        GUEST_PORT.decide(Host({}), 0)
+    action = GUEST_PORT.decide(Host({}, ovs_planned={"br-int"}), 0)
+    kernel = Kernel()
+    GUEST_PORT.apply(kernel, action)
+    assert kernel.calls == [("ovs_set_port", OVSDB, "nm0", "br-int", 100,
+                             GUEST_PORT.external_ids, None)]
+
+
+def test_an_ovs_port_netmap_did_not_add_for_the_guest_is_refused() -> None:
+    foreign = Host({}, ovs={"br-int": OvsBridge("br-int", {"nm0": OvsPort(100)})})
+    with pytest.raises(ApplyError, match="a foreign port holds the endpoint's name"):
+        GUEST_PORT.decide(foreign, 0)
+    others = Host({}, ovs={"br-int": OvsBridge("br-int", {
+        "nm0": OvsPort(100, {"netmap-owner": "vm2"})})})
+    with pytest.raises(ApplyError, match="it is vm2's"):
+        GUEST_PORT.decide(others, 0)
+    elsewhere = Host({}, ovs={"br-int": OvsBridge("br-int"), "br-ex": OvsBridge(
+        "br-ex", {"nm0": OvsPort(100, {"netmap-owner": "vm1"})})})
+    with pytest.raises(ApplyError, match="is a port of OVS bridge br-ex"):
+        GUEST_PORT.decide(elsewhere, 0)
+
+
+def test_an_ovs_port_repair_carries_the_tag_and_ids_found_as_its_undo() -> None:
+    found = OvsPort(200, {"netmap-owner": "vm1"})
+    host = Host({}, ovs={"br-int": OvsBridge("br-int", {"nm0": found})})
+    action = GUEST_PORT.decide(host, 0)
+    assert action.verdict == "repair"
+    kernel = Kernel()
+    GUEST_PORT.apply(kernel, action)
+    assert kernel.calls == [("ovs_set_port", OVSDB, "nm0", "br-int", 100,
+                             GUEST_PORT.external_ids, (200, (("netmap-owner", "vm1"),)))]
+    same = Host({}, ovs={"br-int": OvsBridge("br-int", {"nm0": OvsPort(
+        100, dict(GUEST_PORT.external_ids))})})
+    assert GUEST_PORT.decide(same, 0).verdict == "unchanged"
+
+
+def test_an_uplink_that_is_an_access_port_is_refused_and_a_trunk_adopted() -> None:
+    access = Host({}, ovs={"br-int": OvsBridge("br-int", {"eth0": OvsPort(5)})})
+    with pytest.raises(ApplyError, match="uplink eth0 is an access port of br-int"):
+        UPLINK_PORT.decide(access, 0)
+    trunk = Host({}, ovs={"br-int": OvsBridge("br-int", {"eth0": OvsPort()})})
+    assert UPLINK_PORT.decide(trunk, 0).verdict == "adopt"
+    ours = Host({}, ovs={"br-int": OvsBridge("br-int", {"eth0": OvsPort(
+        None, {"netmap-owner": "uplink"})})})
+    assert UPLINK_PORT.decide(ours, 0).verdict == "unchanged"

@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from collections.abc import Collection
 
     from rich.console import RenderableType
+    from rich.tree import Tree
 
     from netmap.drift import DriftReport
-    from netmap.inventory import Interface, Inventory
+    from netmap.inventory import Interface, Inventory, OvsState
     from netmap.model import Host
 
 
@@ -31,6 +32,10 @@ def _add_sources(parser: argparse.ArgumentParser) -> None:
                         "(default: $NETMAP_SYSFS or /sys)")
     parser.add_argument("--dev-root", metavar="DIR", default="/dev",
                         help="look for vhost-net and net/tun under DIR (default: /dev)")
+    parser.add_argument("--ovsdb", metavar="REMOTE",
+                        help="read Open vSwitch from this OVSDB (unix:PATH; default: the "
+                        "host mapping's ovsdb, else $OVS_RUNDIR/db.sock or "
+                        "/var/run/openvswitch/db.sock when that socket exists)")
 
 
 def checked_netns(netns: str | None) -> str | None:
@@ -51,7 +56,7 @@ def _read(args: argparse.Namespace, netns: str | None, hostname: str | None = No
     netns = checked_netns(netns)
     try:
         return discover(netns, sysfs_root=args.sysfs_root, dev_root=args.dev_root,
-                        hostname=hostname)
+                        hostname=hostname, ovsdb=ovsdb_remote(args.ovsdb, None))
     except PermissionError as err:
         raise InputError(f"cannot read the links of {netns or 'this host'}: {err}",
                          fix="run as root (entering a network namespace needs "
@@ -200,7 +205,27 @@ def inventory_tree(inventory: Inventory) -> RenderableType:
                 node.add(Text(f"VF {vf.index} {vf.pci} {vf.netdev or '(no netdev)'}"
                               + (f"  used: {vf.used_by}" if vf.used_by else "  free"),
                               style="dim" if not vf.used_by else ""))
+    if inventory.ovs is not None:
+        _add_ovs(root, inventory.ovs)
     return root
+
+
+def _add_ovs(root: Tree, ovs: OvsState) -> None:
+    from rich.text import Text
+
+    node = root.add(Text(f"Open vSwitch ({ovs.remote})", style="bold"))
+    if ovs.error:
+        node.add(Text(ovs.error, style="red"))
+        return
+    if not ovs.vswitchd_running:
+        node.add(Text("ovs-vswitchd is not running", style="red"))
+    for bridge, datapath in ovs.bridges.items():
+        branch = node.add(f"{bridge} (datapath {datapath})")
+        for port in ovs.ports:
+            if port.bridge == bridge:
+                how = f"tag {port.tag}" if port.tag is not None else (
+                    f"trunks {list(port.trunks)}" if port.trunks else "trunk")
+                branch.add(f"{port.name}  {how}")
 
 
 # --- drift ------------------------------------------------------------------------------------
@@ -217,9 +242,26 @@ def _configure_drift(parser: argparse.ArgumentParser) -> None:
     add_json(parser)
 
 
+def ovsdb_remote(given: str | None, host: Host | None) -> str | None:
+    """The OVSDB to read: --ovsdb, else the host's ovs bindings' (they must be read, and
+    drift says so when it cannot be), else the default socket if Open vSwitch runs here."""
+    from netmap.plan import default_ovsdb
+
+    if given:
+        return given
+    if host is None:  # discover: no mapping (and no mode registry) is loaded for it
+        remote = default_ovsdb()
+        return remote if Path(remote.removeprefix("unix:")).is_socket() else None
+    from netmap.modes import mode_of
+
+    # the bindings that live in OVSDB (their mode keeps the host's remote on them)
+    ovs = [b for b in host.bindings.values() if "ovsdb" in mode_of(b).owns_fields]
+    return (ovs[0].ovsdb or default_ovsdb()) if ovs else None
+
+
 def live_drift(host: Host, networks: dict, *, netns: str | None = None,
                state_dir: str | None = None, sysfs_root: str | None = None,
-               dev_root: str = "/dev",
+               dev_root: str = "/dev", ovsdb: str | None = None,
                verify_features: Collection[str] | None = None,
                guests: dict | None = None) -> DriftReport:
     """Discover this host (or `netns`, else the mapping's netns) and compare it with `host`'s
@@ -232,7 +274,7 @@ def live_drift(host: Host, networks: dict, *, netns: str | None = None,
     where = netns or host.netns
     try:
         inventory = discover(where, sysfs_root=sysfs_root, dev_root=dev_root,
-                             hostname=host.name)
+                             hostname=host.name, ovsdb=ovsdb_remote(ovsdb, host))
     except PermissionError as err:
         raise InputError(f"cannot read the links of {where or 'this host'}: {err}",
                          fix="run as root (entering a network namespace needs "
@@ -253,7 +295,7 @@ def _drift(args: argparse.Namespace) -> int:
     report = live_drift(host, fleet.networks, netns=checked_netns(args.netns),
                         state_dir=args.state_dir,
                         sysfs_root=args.sysfs_root, dev_root=args.dev_root,
-                        guests=fleet.guests)
+                        ovsdb=args.ovsdb, guests=fleet.guests)
     here = socket.gethostname()
     if report.netns is None and host.name != here and not os.environ.get("NETMAP_HOST"):
         from netmap.check import INFO, Finding

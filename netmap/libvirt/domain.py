@@ -164,7 +164,11 @@ def _resolve(iface: Interface, host: Host | None,
     elif iface.type == "bridge":
         bridge = src.get("bridge", "")
         exact = [b for b in bindings if _bridge_of(b, networks) == bridge]
-        what = f"bridge {bridge!r}"
+        # an OVS bridge and a Linux bridge may share a name across networks: the
+        # <virtualport> says which one the interface is on
+        exact = [b for b in exact if mode_of(b).libvirt_virtualport == iface.virtualport
+                 ] or exact
+        what = f"{'OVS ' if iface.virtualport == 'openvswitch' else ''}bridge {bridge!r}"
     elif iface.type == "hostdev":
         # A PCI address does not say which PF it belongs to without the host's sysfs; the
         # VLAN the VF is given does, when one SR-IOV network alone has it.

@@ -50,6 +50,7 @@ class Interface:
     nic: int | None = None  # the index of the GuestNic it became
     teaming: str | None = None  # failover pair: persistent (virtio) or transient (VF)
     queues: int = 1  # <driver queues='N'/>: virtio-net queue pairs
+    virtualport: str | None = None  # <virtualport type=...>: openvswitch on an OVS bridge
 
     @property
     def label(self) -> str:
@@ -119,9 +120,12 @@ def parse_interface(doc: XmlDocument, position: int, element: ET.Element,
     source = element.find("source")
     tags = element.findall("vlan/tag")
     teaming = element.find("teaming")
+    virtualport = element.find("virtualport")
     iface = Interface(position, element, doc.line(element), kind, mac or None, model, vhost,
                       None, None, dict(source.attrib) if source is not None else {},
-                      teaming=teaming.get("type") if teaming is not None else None)
+                      teaming=teaming.get("type") if teaming is not None else None,
+                      virtualport=virtualport.get("type") if virtualport is not None
+                      else None)
     problems = []
     mtu_element = element.find("mtu")
     mtu_text = mtu_element.get("size", "") if mtu_element is not None else None

@@ -105,11 +105,17 @@ def _plain(network: Network, binding: Binding) -> LibvirtNetwork:
     mtu = _mtu(network, binding)
     notes: list[str] = []
     bridge = mode.guest_bridge(binding, network)
+    portgroup_vlan = None
     if bridge is not None:
         if note := mode.libvirt_bridge_note(binding, network):
             notes.append(note)
         ET.SubElement(root, "bridge", {"name": bridge})
-        if vlan is not None:
+        if mode.libvirt_virtualport is not None:
+            # libvirt adds each guest's port to the OVS bridge itself, tagged as the
+            # portgroup's <vlan> says (an access port)
+            ET.SubElement(root, "virtualport", {"type": mode.libvirt_virtualport})
+            portgroup_vlan = vlan
+        elif vlan is not None:
             notes.append(f"libvirt cannot tag VLAN {vlan} on a Linux bridge port; netmap "
                          "realize sets it on the port (bridge vlan filtering)")
     else:
@@ -126,8 +132,10 @@ def _plain(network: Network, binding: Binding) -> LibvirtNetwork:
     notes.append(f"MTU {mtu}: libvirt takes it from {binding.uplink} (it applies <mtu> only "
                  "to networks it manages itself); give guests <mtu size='"
                  f"{mtu}'/> on their interfaces")
+    # present so that `portgroup='NAME'` on a domain interface works on every host
     pg = ET.SubElement(root, "portgroup", {"name": network.name, "default": "yes"})
-    del pg  # present so that `portgroup='NAME'` on a domain interface works on every host
+    if portgroup_vlan is not None:
+        _vlan_element(pg, portgroup_vlan)
     return LibvirtNetwork(network.name, (network.name,), forward_mode, _render(root, notes),
                           tuple(notes))
 

@@ -49,7 +49,53 @@ def plan_rewrites(imported: DomainImport, fleet: Fleet, source: str | None,
             continue
         kind, attrs = wanted
         rewrites.extend(_changes(doc, iface, kind, attrs))
+        if kind == "bridge":
+            network = fleet.networks[iface.network]
+            vlan = binding.vlan if binding.vlan is not None else network.vlan
+            rewrites.extend(_virtualport_changes(doc, iface, mode_of(binding).libvirt_virtualport,
+                                                 vlan))
     return rewrites, problems
+
+
+def _virtualport_changes(doc: XmlDocument, iface: Interface, wanted: str | None,
+                         vlan: int | None) -> list[Rewrite]:
+    """An OVS bridge wants <virtualport type='openvswitch'/> (libvirt adds the port through
+    OVSDB) and the VLAN as <vlan><tag>, which libvirt sets as the port's tag; a Linux bridge
+    takes neither (netmap's bridge mode tags the port itself). Host-side only: the guest
+    sees the same virtio NIC and MAC either way."""
+    element = iface.element
+    have = element.find("virtualport")
+    if wanted is not None and have is None:
+        _, end = doc.start_tag(element)
+        added = f"<virtualport type='{wanted}'/>"
+        if vlan is not None and element.find("vlan") is None:
+            added += f"<vlan><tag id='{vlan}'/></vlan>"
+        return [(end, end, added.encode())]
+    if wanted is None and have is not None and have.get("type") == "openvswitch":
+        changes = [_element_span(doc, have)]
+        tagged = element.find("vlan")
+        if tagged is not None:
+            changes.append(_element_span(doc, tagged))
+        return [(_with_its_line(doc.data, start), end, b"") for start, end in changes]
+    return []
+
+
+def _with_its_line(data: bytes, start: int) -> int:
+    """Where a removed element's line starts: its indentation and line break go with it."""
+    while start > 0 and data[start - 1:start] in (b" ", b"\t"):
+        start -= 1
+    return start - 1 if data[start - 1:start] == b"\n" else start
+
+
+def _element_span(doc: XmlDocument, element: ET.Element) -> tuple[int, int]:
+    """Byte span of a whole element: its start tag, and for one with content, up to and
+    including its end tag (<virtualport> and <vlan> hold no element of the same name)."""
+    start, end = doc.start_tag(element)
+    if doc.data[start:end].rstrip(b">").rstrip().endswith(b"/"):
+        return start, end
+    closing = f"</{element.tag}".encode()
+    at = doc.data.index(closing, end)
+    return start, doc.data.index(b">", at) + 1
 
 
 _HINT = ("bind the network the same way on both hosts, or describe the NIC as "

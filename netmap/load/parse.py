@@ -36,6 +36,7 @@ from netmap.modes import (
     semantic_classes,
     sharing_problem,
 )
+from netmap.modes.ovs import DATAPATH_TYPES as OVS_DATAPATH_TYPES
 from netmap.netns_name import netns_problem
 from netmap.nic_values import MTU_RANGE, mac_problem
 from netmap.regular_file import describe, not_regular
@@ -50,6 +51,7 @@ from netmap.tomlcheck import (
     subtable,
     table_array,
     text,
+    text_table,
     texts,
 )
 from netmap.vxlan_options import Problem as UnderlayProblem
@@ -152,7 +154,8 @@ NETWORK = Schema("Network", segment=text(), vni=number(low=VNI_RANGE[0], high=VN
 NETWORKS_FILE = Schema("NetworksFile", networks=named_tables(NETWORK))
 HOST = Schema("Host", name=text(required=True), features=texts(), netns=text(),
               max_guests=number(low=0, high=100_000),
-              max_endpoints=number(low=0, high=1_000_000), libvirt_uri=text())
+              max_endpoints=number(low=0, high=1_000_000), libvirt_uri=text(),
+              ovsdb=text())
 SRIOV = Schema("Sriov", total_vfs=number(required=True, low=1, high=4096))
 UPLINK = Schema("Uplink", segments=texts(),
                 mtu=number(default=1500, low=MTU_RANGE[0], high=MTU_RANGE[1]),
@@ -163,7 +166,8 @@ BINDING = Schema("Binding", mode=text(required=True, choices=REGISTRY),
                  uplink=text(required=True), bridge=text(),
                  vlan=number(low=VLAN_RANGE[0], high=VLAN_RANGE[1]), mtu=MTU,
                  vf_attach=text(default="hostdev", choices=VF_ATTACH),
-                 spoofchk=flag(default=True), vxlan=subtable(VXLAN))
+                 spoofchk=flag(default=True), vxlan=subtable(VXLAN),
+                 external_ids=text_table(), datapath_type=text(choices=OVS_DATAPATH_TYPES))
 HOST_FILE = Schema("HostFile", host=subtable(HOST, required=True),
                    uplinks=named_tables(UPLINK), networks=named_tables(BINDING))
 GUEST = Schema("Guest", name=text(required=True), host=text())
@@ -215,6 +219,10 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
         doc.check(("host", "libvirt_uri"), about.libvirt_uri, libvirt_uri_problem,
                   'write a libvirt connection URI, e.g. "qemu+ssh://host-a/system" (or '
                   '"qemu:///system" on the host itself)')
+    if about.ovsdb is not None:
+        doc.check(("host", "ovsdb"), about.ovsdb, _ovsdb_problem,
+                  'write it as "unix:/run/openvswitch/db.sock" (the socket ovsdb-server '
+                  "listens on), or remove ovsdb to use ovs-vsctl's default")
     features = about.features
     for index, feature in enumerate(features):
         if feature not in KNOWN_FEATURES:
@@ -236,7 +244,7 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
                                       doc.source(where), mac)
 
     bindings: dict[str, Binding] = {}
-    bridge_of_uplink: dict[str, tuple[str, str]] = {}
+    bridge_of_uplink: dict[tuple[str, str], tuple[str, str]] = {}
     for network_name, values in top.networks.items():
         where = ("networks", network_name)
         if network_name not in networks:
@@ -253,7 +261,9 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
         vxlan = _vxlan(doc, where, values.vxlan) if values.vxlan is not None else None
         _check_binding_fits(doc, where, network, mode, uplinks[uplink], bridge, vxlan)
         binding = Binding(network_name, mode, uplink, bridge, values.vlan, values.mtu,
-                          values.vf_attach, values.spoofchk, vxlan, doc.source(where))
+                          values.vf_attach, values.spoofchk, vxlan, doc.source(where),
+                          tuple(sorted(values.external_ids.items())), values.datapath_type,
+                          about.ovsdb if "ovsdb" in REGISTRY[mode].owns_fields else None)
         refused = fields_problem(binding)
         if refused is not None:
             key, what, fix = refused
@@ -268,7 +278,15 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
         bindings[network_name] = binding
     _check_uplink_sharing(doc, bindings)
     return Host(name, uplinks, bindings, frozenset(features), about.netns, about.max_guests,
-                about.max_endpoints, Source(str(path)), about.libvirt_uri)
+                about.max_endpoints, Source(str(path)), about.libvirt_uri,
+                about.ovsdb)
+
+
+def _ovsdb_problem(remote: str) -> str | None:
+    """netmap talks to OVSDB on its unix socket, as ovs-vsctl does by default."""
+    if not remote.startswith("unix:") or not remote[5:].startswith("/"):
+        return f"{remote!r} is not unix:/ABSOLUTE/PATH"
+    return None
 
 
 def _check_uplink_sharing(doc: Document, bindings: dict[str, Binding]) -> None:

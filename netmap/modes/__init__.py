@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 
 from netmap.model import Binding, Network, Uplink, Vxlan
-from netmap.modes import bridge, macvtap, sriov, vxlan
+from netmap.modes import bridge, macvtap, ovs, sriov, vxlan
 from netmap.modes.base import Mode, NicContext
 
 __all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "fields_problem", "mode_of",
            "semantic_classes", "semantic_of", "sharing_problem", "uplink_conflict"]
 
-FAMILIES = (bridge, macvtap, sriov, vxlan)  # the registry: one entry per module
+FAMILIES = (bridge, macvtap, sriov, vxlan, ovs)  # the registry: one entry per module
 
 _BINDING_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(Binding)}
 

@@ -35,7 +35,8 @@ LibvirtType = Literal["bridge", "direct", "network"]
 #   uplink-bridge  the bridge that enslaves the uplink
 #   vxlan          the vxlan device of the network's VNI and its bridge
 #   underlay       an address on the underlay to send from
-DriftCheck = Literal["uplink-bridge", "vxlan", "underlay"]
+#   ovs            the OVS bridge, the uplink's port, the guests' ports, ovs-vswitchd
+DriftCheck = Literal["uplink-bridge", "vxlan", "underlay", "ovs"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,13 @@ class Mode:
     libvirt_type: ClassVar[LibvirtType]
     libvirt_forward: str | None = None  # <network><forward mode=...> (None: a VF pool's own)
     libvirt_direct_mode: str | None = None  # <interface type='direct'><source mode=...>
-    # the fd the QEMU bridge helper hands over: a tap on a bridge, a macvtap, or None (it
+    # <virtualport type=...> a libvirt interface or network on the mode's bridge carries
+    # (openvswitch: libvirt adds the port through OVSDB and tags it with <vlan>)
+    libvirt_virtualport: str | None = None
+    # the fd the QEMU bridge helper hands over: a tap on a bridge, a macvtap, a tap that is
+    # an OVS port ("ovs-tap"), or None (it
     # cannot serve the mode; `qemu_refusal` says why)
-    qemu_fd: ClassVar[Literal["tap", "macvtap"] | None] = None
+    qemu_fd: ClassVar[Literal["tap", "macvtap", "ovs-tap"] | None] = None
 
     def __repr__(self) -> str:
         return f"<mode {self.name}>"

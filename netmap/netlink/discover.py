@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from netmap.inventory import PHYSICAL, Interface, Inventory, SriovPf, VirtualFunctionUse
+from netmap.inventory import (
+    PHYSICAL,
+    Interface,
+    Inventory,
+    OvsPortState,
+    OvsState,
+    SriovPf,
+    VirtualFunctionUse,
+)
 from netmap.netlink import sysfs, vf_pool
 from netmap.netlink.linkdump import dump_addresses, dump_links, netns_path, open_route_socket
 from netmap.netlink.vxlan_match import address, flood_table
@@ -96,13 +104,34 @@ def _with_remotes(link: Interface, floods: set[str]) -> Interface:
                                                     key=ipaddress.ip_address)))
 
 
+def read_ovs(remote: str, timeout: float = 5.0) -> OvsState:
+    """OVSDB's bridges and ports, and whether ovs-vswitchd runs; an unreachable OVSDB is
+    reported in the result (drift names it), never raised."""
+    from netmap.errors import ApplyError
+    from netmap.netlink import ovsdb
+
+    try:
+        with ovsdb.connected(remote, timeout) as db:
+            bridges = db.bridges()
+            running = db.vswitchd_running()
+    except ApplyError as err:
+        return OvsState(remote, error=err.problem)
+    ports = tuple(OvsPortState(port.name, bridge.name, port.tag, port.trunks,
+                               tuple(sorted(port.external_ids.items())),
+                               tuple(i.type for i in port.interfaces))
+                  for bridge in bridges.values() for port in bridge.ports.values())
+    return OvsState(remote, {b.name: b.datapath_type for b in bridges.values()}, ports,
+                    running)
+
+
 def discover(netns: str | None = None, *, sysfs_root: str | Path | None = None,
-             dev_root: str | Path = "/dev", hostname: str | None = None) -> Inventory:
+             dev_root: str | Path = "/dev", hostname: str | None = None,
+             ovsdb: str | None = None) -> Inventory:
     """The whole inventory of this host, or of network namespace `netns`.
 
     sysfs shows the links of the namespace that mounted it, so for another namespace the
     SR-IOV pools are read only from an explicit sysfs root (a fake tree in tests, or a
-    sysfs mounted inside that namespace).
+    sysfs mounted inside that namespace). With `ovsdb` (a remote), Open vSwitch too.
     """
     sock = open_route_socket(netns)
     try:
@@ -130,4 +159,4 @@ def discover(netns: str | None = None, *, sysfs_root: str | Path | None = None,
     features = read_features(sriov, sysfs_root=sysfs_root, dev_root=dev_root)
     vf_netdevs = frozenset(vf.netdev for pool in sriov.values() for vf in pool.vfs if vf.netdev)
     return Inventory(hostname or socket.gethostname(), netns, tuple(links), sriov, features,
-                     vf_netdevs)
+                     vf_netdevs, read_ovs(ovsdb) if ovsdb else None)

@@ -181,8 +181,33 @@ class SriovVf(Endpoint):
         return out
 
 
+class OvsTap(Endpoint):
+    """A tap that is an access port of an Open vSwitch bridge whose uplink port is a
+    trunk; OVSDB holds the port, its tag and the external_ids an SDN finds it by."""
+
+    kind = "ovs-tap"
+    device_kind = "tun"
+
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
+        from netmap.netlink import ovs_steps
+
+        problems = super().verify(nic, links, txn)
+        port = next((s for s in nic.steps if isinstance(s, p.EnsureOvsPort)), None)
+        if port is not None:
+            problems += ovs_steps.verify(txn.ovsdb(port.ovsdb), nic)
+        return problems
+
+    def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
+                   ) -> dict[str, object]:
+        return {**_described(nic, device=nic.device, ovs_bridge=nic.bridge),
+                "qemu": f"-netdev tap,id=net{nic.nic},ifname={nic.device},script=no,"
+                        "downscript=no,vhost=on" + _qemu_queues(nic),
+                "libvirt_xml": _ethernet_xml(nic)}
+
+
 ENDPOINTS: dict[str, Endpoint] = {
-    kind.kind: kind() for kind in (BridgeTap, VxlanBridgeTap, Macvtap, SriovVf)}
+    kind.kind: kind() for kind in (BridgeTap, VxlanBridgeTap, Macvtap, SriovVf,
+                                               OvsTap)}
 
 
 def endpoint_for(mode: str) -> Endpoint:

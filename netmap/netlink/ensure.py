@@ -15,6 +15,7 @@ withdraws it (EEXIST: the name is someone else's, which must never be deleted).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg, rtnl, shared_changes, vf_pool, vxlan_match
+from netmap.netlink import ovs_steps, ovsdb, rtmsg, rtnl, shared_changes, vf_pool, vxlan_match
 from netmap.netlink.endpoints import endpoint_for
 from netmap.netlink.kernel_steps import RtnlKernel, add_vxlan_remotes, link_attrs, link_data
 from netmap.netlink.sysfs import SriovInfo, VirtualFunction, sriov_info
@@ -77,6 +78,11 @@ class Transaction(RtnlKernel):
         self._queue: list[_Queued] = []
         self._current: Action | None = None  # the action whose step is applying
         self._decided: set[str] = set()
+        # only the plan's own OVS ports are replicated
+        self.ovsdb = ovsdb.Connections(ports={s.port for n in plan.nics for s in n.steps
+                                              if isinstance(s, p.EnsureOvsPort)})
+        self._ovs: dict[str, ovs_steps.Batch] = {}  # remote -> this realize's OVS changes
+        self._ovs_outcomes: list[tuple[int, p.Step, str]] = []
 
     # --- the live host, as a step's decide reads it -------------------------------------------
     def bridge_vlans(self) -> dict[str, dict[int, int]]:
@@ -126,6 +132,13 @@ class Transaction(RtnlKernel):
         """The links this plan creates (a port may be one: the vxlan device)."""
         return {a.step.name for a in self.actions
                 if a.verdict == "create" and isinstance(a.step, p.LinkStep)}
+
+    def ovs_bridges(self, remote: str) -> dict[str, ovsdb.OvsBridge]:
+        return self.ovsdb(remote).bridges()
+
+    def ovs_bridges_planned(self) -> set[str]:
+        return {a.step.name for a in self.actions
+                if a.verdict == "create" and isinstance(a.step, p.EnsureOvsBridge)}
 
     def vf_for(self, nic: p.NicPlan) -> VirtualFunction | None:
         return next((self.vfs[s.resource] for s in nic.steps if s.resource in self.vfs), None)
@@ -231,6 +244,7 @@ class Transaction(RtnlKernel):
                 self._flush()
             self._run(action)
         self._flush()
+        self._flush_ovs()
         self.links = self.kernel.links()
 
     def _run(self, action: Action) -> None:
@@ -238,7 +252,7 @@ class Transaction(RtnlKernel):
         if action.verdict in ("unchanged", "adopt"):
             self.outcomes.append((action.nic, step, action.verdict))
             return
-        queued = len(self._queue)
+        queued, ovs_queued = len(self._queue), len(self._ovs_outcomes)
         self._current = action
         try:
             step.apply(self, action)
@@ -249,8 +263,23 @@ class Transaction(RtnlKernel):
                              fix=step.fix_for(err), step=step) from err
         finally:
             self._current = None
-        if len(self._queue) == queued:  # else the batch reports it once made
+        # else the batch, or the OVSDB transaction, reports it once made
+        if len(self._queue) == queued and len(self._ovs_outcomes) == ovs_queued:
             self.outcomes.append((action.nic, step, action.verdict))
+
+    def _flush_ovs(self) -> None:
+        """All OVS changes of this realize, after the taps they name: one OVSDB transaction
+        per database (a host has one), its undo registered before it is sent."""
+        batches, self._ovs = self._ovs, {}
+        for remote, batch in batches.items():
+            connection = self.ovsdb(remote)
+            # the undo does not wait for ovs-vswitchd: the database is what netmap changed,
+            # and a vswitchd that is down (why the change failed) must not block it
+            self.will_undo((f"undo the OVSDB changes on {remote}", functools.partial(
+                connection.apply, list(reversed(batch.undo)), wait_vswitchd=False)))
+            connection.apply(batch.changes)
+        self.outcomes += self._ovs_outcomes
+        self._ovs_outcomes = []
 
     # --- the changes, as a step's apply makes them ----------------------------------------------
     def will_undo(self, undo: Undo) -> None:
@@ -273,6 +302,21 @@ class Transaction(RtnlKernel):
             if undo is not None:
                 self._not_made(undo)
             raise
+
+    def _ovs_batch(self, remote: str) -> ovs_steps.Batch:
+        assert self._current is not None  # called from a step's apply
+        action = self._current
+        self._ovs_outcomes.append((action.nic, action.step, action.verdict))
+        return self._ovs.setdefault(remote, ovs_steps.Batch())
+
+    def ovs_add_bridge(self, remote: str, name: str, datapath_type: str | None) -> None:
+        self._ovs_batch(remote).add_bridge(name, datapath_type)
+
+    def ovs_set_port(self, remote: str, port: str, bridge: str, tag: int | None,
+                     external_ids: tuple[tuple[str, str], ...], *,
+                     before: tuple[int | None, tuple[tuple[str, str], ...]] | None,
+                     ) -> None:
+        self._ovs_batch(remote).set_port(port, bridge, tag, external_ids, before)
 
     def undo_info(self, step: p.Step) -> dict:
         vf = self.vfs.get(step.resource)
@@ -389,7 +433,8 @@ class Transaction(RtnlKernel):
                 sent.append((queued, len(requests), 2))
                 requests += rtmsg.up_without_ipv6(name=queued.name, mtu=queued.mtu,
                                                   mac=queued.mac,
-                                                  master=self.index(str(queued.master)))
+                                                  master=self.index(queued.master)
+                                                  if queued.master else None)
                 continue
             # Created down, then IPv6 off, then up (up_without_ipv6), so IPv6 never starts on
             # it: add-up-then-disable costs the kernel 40 % more, and sends DAD. A
@@ -417,6 +462,10 @@ class Transaction(RtnlKernel):
                              fix=step.fix_for(error), step=step) from error
 
     # --- undo -------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.ovsdb.close()
+        super().close()
+
     def rollback(self) -> list[str]:
         """Undo this run's changes in reverse; what could not be undone."""
         failed = []

@@ -123,7 +123,11 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     deletes: list[tuple[str, dict]] = []
     first: list[tuple[str, dict, p.Step]] = []
     last: list[tuple[str, dict, p.Step]] = []
+    ovs: list[tuple[str, dict, p.Step]] = []
     for key, record, step in steps:
+        if isinstance(step, p.OVS_STEPS):
+            ovs.append((key, record, step))
+            continue
         name = getattr(step, "name", None)
         if name in foreign and isinstance(step, p.LinkStep):
             result.kept.append(f"{key}: {foreign[name]}")
@@ -145,6 +149,10 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
             result.removed.append(key)  # leaves the bridge with it
         else:
             (last if isinstance(step, p.RequireLink) else first).append((key, record, step))
+    if ovs:
+        failed_ovs, kept_ovs = _release_ovs(ovs, going, result)
+        failed += failed_ovs
+        kept += kept_ovs
     undoing = RtnlKernel(kernel)
     try:
         for key, record, step in first:
@@ -156,6 +164,26 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     finally:
         undoing.close()
     return failed, kept
+
+
+def _release_ovs(records: list[tuple[str, dict, p.Step]], going: set[str], result: Tally,
+                 ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """OVS ports and bridges netmap added: one OVSDB transaction (ovs_steps.release)."""
+    from netmap.netlink import ovs_steps, ovsdb
+
+    by_key = {key: record for key, record, _ in records}
+    connections = ovsdb.Connections(ports={step.port for _, _, step in records
+                                           if isinstance(step, p.EnsureOvsPort)})
+    try:
+        removed, kept, failed = ovs_steps.release(
+            connections, [(key, step) for key, _, step in records], going)
+    finally:
+        connections.close()
+    result.removed += removed
+    result.kept += [f"{key}: {why}" for key, why in kept]
+    return ([(key, {**by_key[key], "error": error}) for key, error in failed],
+            [(key, by_key[key]) for key, why in kept if "not netmap's" not in why
+             and "someone else's" not in why])
 
 
 def _is_port_of(links: dict[str, rtmsg.Link], port: str, bridge: str) -> bool:

@@ -24,7 +24,7 @@ import os
 import random
 import select
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -302,8 +302,8 @@ def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
     return index, created
 
 
-def attach_tap(kernel: rtnl.Rtnl, tap: str, bridge: int, mtu: int, mac: str) -> int:
-    """MTU, host-side MAC, bridge and up, in one request."""
+def attach_tap(kernel: rtnl.Rtnl, tap: str, bridge: int | None, mtu: int, mac: str) -> int:
+    """MTU, host-side MAC, bridge (None: an OVS port, which OVSDB adds) and up."""
     index = require_link(kernel, tap, "tap").index
     with netlink_step(f"cannot attach {tap} to its bridge (MTU {mtu}, MAC {mac})"):
         for request in rtmsg.up_without_ipv6(index, mtu=mtu, mac=mac, master=bridge):
@@ -341,6 +341,15 @@ def wait_and_delete(pid: int, index: int) -> None:
     A macvtap, unlike a tap, outlives the fds opened on it, and QEMU's helper protocol has
     no "release" call, so the helper leaves this watcher behind to remove it when QEMU goes.
     """
+    def delete() -> None:
+        with rtnl.Rtnl() as kernel:
+            kernel.call(rtmsg.del_link(index))
+
+    wait_then(pid, delete)
+
+
+def wait_then(pid: int, action: Callable[[], object]) -> None:
+    """In a detached child: wait for process `pid` (QEMU) to exit, then run `action`."""
     if os.fork() != 0:
         return
     try:
@@ -354,7 +363,6 @@ def wait_and_delete(pid: int, index: int) -> None:
             select.select([pidfd], [], [])
         except ProcessLookupError:
             pass  # QEMU is gone already
-        with rtnl.Rtnl() as kernel:
-            kernel.call(rtmsg.del_link(index))
+        action()
     finally:
         os._exit(0)

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from netmap import plan as p
+    from netmap.netlink.ovsdb import Connections
     from netmap.netlink.sysfs import VirtualFunction
 
 
 class TransactionView(Protocol):
+    ovsdb: Connections  # OVSDB by remote, for the OVS endpoint's verify
+
     def bridge_vlans(self) -> dict[str, dict[int, int]]: ...
 
     def vf_for(self, nic: p.NicPlan) -> VirtualFunction | None: ...

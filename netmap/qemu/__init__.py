@@ -43,6 +43,7 @@ class Endpoint:
     bridge: str | None  # bridge and vxlan modes
     vxlan: str | None  # vxlan mode
     vlan: int | None
+    guest: str | None = None  # --guest, when given (an OVS port's vm-id)
 
 
 def network_name_problem(name: str) -> str | None:
@@ -135,9 +136,11 @@ def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
                 "receives frames for the guest's MAC, which QEMU does not tell the helper",
                 fix="run the helper as helper=\"netmap-qemu-helper --mac=MAC\" (or "
                 "--guest=NAME), with MAC the -device's mac=")
-        return Endpoint(network, binding, host, mtu, ifname, mac, None, None, vlan)
+        return Endpoint(network, binding, host, mtu, ifname, mac, None, None, vlan,
+                        request.guest)
     # a tap on the mode's bridge; an overlay's vxlan device carries the VNI, not a VLAN (the
     # vxlan device is the network's, whichever NIC asks: only that role is read here)
     vxlan = dict(mode.devices(request.guest or "", index or 0, binding, network)).get("vxlan")
     return Endpoint(network, binding, host, mtu, ifname, mac,
-                    mode.guest_bridge(binding, network), vxlan, None if mode.overlay else vlan)
+                    mode.guest_bridge(binding, network), vxlan, None if mode.overlay else vlan,
+                    request.guest)

@@ -208,6 +208,8 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
     created: list[str] = []  # links this run made, oldest first
     fd = -1
     macvtap = mode_of(endpoint.binding).qemu_fd == "macvtap"
+    ovs = mode_of(endpoint.binding).qemu_fd == "ovs-tap"
+    ovs_port = False
     with rtnl.Rtnl() as kernel:
         try:
             if kernel.get(endpoint.ifname) is not None:
@@ -216,6 +218,13 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
                                  f"ifname={endpoint.ifname},script=no,downscript=no instead")
             if macvtap:
                 fd = _open_macvtap(kernel, endpoint, created)
+            elif ovs:
+                vnet = use_vnet and bool(k.tun_features() & k.IFF_VNET_HDR)
+                fd = k.open_tap(endpoint.ifname, vnet_hdr=vnet)
+                mac = _host_side_mac(endpoint.mac) if endpoint.mac else k.random_tap_mac()
+                k.attach_tap(kernel, endpoint.ifname, None, endpoint.mtu, mac)
+                ovs_port = True  # from here on a failure takes the port out again
+                _ovs_attach(endpoint)
             else:
                 bridge = _bridge_for(kernel, endpoint, created)
                 vnet = use_vnet and bool(k.tun_features() & k.IFF_VNET_HDR)
@@ -232,15 +241,43 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
                                  fix="the caller (QEMU) went away; nothing was kept") from err
             if macvtap:
                 k.wait_and_delete(peer_pid(sock), require_index(kernel, endpoint.ifname))
+            if ovs:  # the tap goes with QEMU's fd; its OVS port must be taken out after
+                k.wait_then(peer_pid(sock), lambda: _ovs_detach(endpoint))
         except BaseException:
             if fd >= 0:
                 os.close(fd)  # a tap goes with its last fd
                 fd = -1
+            if ovs_port:
+                _ovs_detach(endpoint)
             k.delete_links(kernel, created)
             raise
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+def _ovs_attach(endpoint: Endpoint) -> None:
+    """The tap as an access port of the binding's OVS bridge, with its external_ids; the
+    bridge and the uplink's port are made if missing and stay (other guests use them)."""
+    from netmap.netlink import ovs_steps
+    from netmap.plan import default_ovsdb
+
+    binding = endpoint.binding
+    assert endpoint.bridge is not None
+    ids = ovs_steps.helper_port_ids(binding.external_ids, endpoint.guest or "qemu-helper",
+                                    endpoint.mac)
+    ovs_steps.attach_port(binding.ovsdb or default_ovsdb(), endpoint.bridge,
+                          binding.datapath_type, binding.uplink, endpoint.ifname,
+                          endpoint.vlan, ids)
+
+
+def _ovs_detach(endpoint: Endpoint) -> None:
+    from netmap.netlink import ovs_steps
+    from netmap.plan import default_ovsdb
+
+    assert endpoint.bridge is not None
+    ovs_steps.detach_port(endpoint.binding.ovsdb or default_ovsdb(), endpoint.bridge,
+                          endpoint.ifname)
 
 
 def _host_side_mac(guest_mac: str) -> str:

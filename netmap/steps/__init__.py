@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from netmap.steps.base import BRIDGE_AGEING, DEFAULT_PVID, Action, Step
 from netmap.steps.links import LinkStep, RequireLink
+from netmap.steps.ovs import OVS_STEPS, EnsureOvsBridge, EnsureOvsPort
 from netmap.steps.ports import BridgeVlan, EnslavePort
 from netmap.steps.shared_links import EnsureBridge, EnsureVlanLink, EnsureVxlan
 from netmap.steps.taps import CreateMacvtap, CreateTap
@@ -16,6 +17,7 @@ from netmap.steps.vf import ClaimVf
 __all__ = [
     "BRIDGE_AGEING",
     "DEFAULT_PVID",
+    "OVS_STEPS",
     "STEP_TYPES",
     "Action",
     "BridgeVlan",
@@ -24,6 +26,8 @@ __all__ = [
     "CreateTap",
     "EnslavePort",
     "EnsureBridge",
+    "EnsureOvsBridge",
+    "EnsureOvsPort",
     "EnsureVlanLink",
     "EnsureVxlan",
     "LinkStep",
@@ -34,7 +38,7 @@ __all__ = [
 
 STEP_TYPES: dict[str, type[Step]] = {cls.kind: cls for cls in (
     RequireLink, EnsureBridge, EnslavePort, BridgeVlan, EnsureVlanLink, EnsureVxlan,
-    CreateTap, CreateMacvtap, ClaimVf)}
+    CreateTap, CreateMacvtap, ClaimVf, EnsureOvsBridge, EnsureOvsPort)}
 
 
 def step_from_dict(data: dict[str, object]) -> Step:
@@ -44,4 +48,7 @@ def step_from_dict(data: dict[str, object]) -> Step:
     remotes = fields.get("remotes")
     if isinstance(remotes, (list, tuple)):  # JSON has lists only
         fields["remotes"] = tuple(remotes)
+    ids = fields.get("external_ids")
+    if isinstance(ids, (list, tuple)):  # pairs come back from JSON as lists
+        fields["external_ids"] = tuple((str(k), str(v)) for k, v in ids)
     return cls(**fields)

@@ -90,6 +90,26 @@ class SriovView(Protocol):
     def vf(self, index: int) -> VirtualFunctionView | None: ...
 
 
+class OvsPortView(Protocol):
+    """A port of an Open vSwitch bridge as OVSDB holds it (netlink's ovsdb.OvsPort)."""
+
+    @property
+    def tag(self) -> int | None: ...
+    @property
+    def external_ids(self) -> dict[str, str]: ...
+
+
+class OvsBridgeView(Protocol):
+    """An Open vSwitch bridge as OVSDB holds it (netlink's ovsdb.OvsBridge)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def ports(self) -> Mapping[str, OvsPortView]: ...
+    @property
+    def external_ids(self) -> dict[str, str]: ...
+
+
 class StateView(Protocol):
     """What state tells a decision: who uses a resource, which device netmap made."""
 
@@ -124,6 +144,10 @@ class LiveHost(Protocol):
     def planned_names(self) -> set[str]: ...
     def sriov(self, pf: str) -> SriovView | None: ...
     def vxlan_differences(self, step: EnsureVxlanLike, live: LiveLink) -> list[str]: ...
+    def ovs_bridges(self, remote: str) -> Mapping[str, OvsBridgeView]:
+        """The bridges (and the plan's own ports) of the OVSDB at `remote`."""
+    def ovs_bridges_planned(self) -> set[str]:
+        """The OVS bridges this plan adds (decided so far)."""
 
 
 class EnsureVxlanLike(Protocol):
@@ -195,6 +219,16 @@ class Changes(Kernel, Protocol):
     def claim_vf(self, pf: str, entry: dict[str, object], *, undo: Undo) -> None: ...
     def repair(self, name: str, attrs: Mapping[str, object], *, undo: Undo) -> None: ...
     def will_undo(self, undo: Undo) -> None: ...
+    def ovs_add_bridge(self, remote: str, name: str, datapath_type: str | None) -> None:
+        """Add OVS bridge `name` (marked as netmap's). Every OVSDB change of a realize goes
+        in one OVSDB transaction per remote, after the kernel's changes, its undo (the
+        inverse of each change, in reverse) registered before it is sent."""
+    def ovs_set_port(self, remote: str, port: str, bridge: str, tag: int | None,
+                     external_ids: tuple[tuple[str, str], ...], *,
+                     before: tuple[int | None, tuple[tuple[str, str], ...]] | None,
+                     ) -> None:
+        """Add `port` to OVS bridge `bridge` (before None: undone by taking it out), or set
+        its tag and external_ids (undone by putting back `before`: tag, external_ids)."""
     def undo_info(self, step: Step) -> dict:
         """What undoing `step` needs to know beyond the step (a VF: its index, its entry)."""
 

@@ -42,13 +42,14 @@ class CreateTap(LinkStep):
     mac: str  # the host side's MAC (see host_side_mac)
     guest_mac: str
     mtu: int
-    bridge: str
+    bridge: str  # "": an OVS port, which OVSDB adds (no kernel master)
     multi_queue: bool = False
 
     def describe(self) -> str:
         queues = ", multi-queue" if self.multi_queue else ""
+        where = f" in bridge {self.bridge}" if self.bridge else ""
         return (f"tap {self.name} for {self.guest_mac} (host side {self.mac}, mtu {self.mtu}"
-                f"{queues}) in bridge {self.bridge}, up")
+                f"{queues}){where}, up")
 
     def _compare(self, live: LiveHost, nic: int, have: LiveLink, mine: bool) -> Action:
         if have.multi_queue is not None and have.multi_queue != self.multi_queue:
@@ -57,7 +58,10 @@ class CreateTap(LinkStep):
 
     def wanted(self, live: LiveHost, have: LiveLink, mine: bool,
                others: list[str]) -> tuple[dict[str, object], list[str]]:
-        return {"up": True, "mtu": self.mtu, "mac": self.mac, "master": self.bridge}, []
+        want: dict[str, object] = {"up": True, "mtu": self.mtu, "mac": self.mac}
+        if self.bridge:  # an OVS port's tap has no kernel master
+            want["master"] = self.bridge
+        return want, []
 
     def _requeue(self, live: LiveHost, nic: int, have: LiveLink) -> Action:
         """netmap's tap in the other queue mode: the kernel fixes IFF_MULTI_QUEUE when a tap

@@ -1,0 +1,148 @@
+"""The OVS side of realize and release (the steps themselves, and their verdicts, are
+netmap/steps/ovs.py): one OVSDB transaction for all of a realize's OVS changes (and one that
+undoes them), verify, and release's removal of what netmap added, judged by the mark it
+left on each (OVS_OWNER_KEY).
+
+What netmap adds carries that mark in external_ids; a port or bridge without it is
+someone else's and is never changed or removed (a foreign port holding the name of a
+guest's tap is refused, an existing bridge is used as it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from netmap import plan as p
+from netmap.errors import ApplyError
+from netmap.netlink import ovsdb as db
+
+
+@dataclass
+class Batch:
+    """A realize's OVS changes for one OVSDB, and the changes that undo them (applied in
+    reverse)."""
+
+    changes: list[db.Change] = field(default_factory=list)
+    undo: list[db.Change] = field(default_factory=list)
+
+    def add_bridge(self, name: str, datapath_type: str | None) -> None:
+        self.changes.append(db.AddBridge(name, datapath_type))
+        self.undo.append(db.DeleteBridge(name))
+
+    def set_port(self, port: str, bridge: str, tag: int | None,
+                 external_ids: tuple[tuple[str, str], ...],
+                 before: tuple[int | None, tuple[tuple[str, str], ...]] | None) -> None:
+        self.changes.append(db.SetPort(port, bridge, tag, external_ids))
+        if before is None:
+            self.undo.append(db.DeletePort(port, bridge))
+        else:  # repair: back to the tag and external_ids it had
+            self.undo.append(db.SetPort(port, bridge, *before))
+
+
+def verify(ovs: db.Ovsdb, nic: p.NicPlan) -> list[str]:
+    """The guest's port as planned, and ovs-vswitchd using it (an OpenFlow port number,
+    no error on its interface)."""
+    step = next((s for s in nic.steps if isinstance(s, p.EnsureOvsPort)
+                 and s.port == nic.device), None)
+    if step is None:
+        return []
+    bridge = ovs.bridges().get(step.bridge)
+    port = bridge.ports.get(step.port) if bridge else None
+    if port is None:
+        return [f"NIC {nic.nic}: {step.port} is not a port of OVS bridge {step.bridge}"]
+    problems = []
+    if port.tag != step.tag:
+        problems.append(f"NIC {nic.nic}: OVS port {step.port} has tag {port.tag}, want "
+                        f"{step.tag}")
+    for iface in port.interfaces:
+        if iface.error or not iface.ofport or iface.ofport < 0:
+            problems.append(f"NIC {nic.nic}: ovs-vswitchd does not use {iface.name}: "
+                            f"{iface.error or 'no OpenFlow port'}")
+    return problems
+
+
+def release(connections: db.Connections, steps: Iterable[tuple[str, p.Step]], going: set[str],
+            ) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Remove the OVS ports and bridges of `steps` (key, step) that still carry netmap's
+    mark, in one transaction per OVSDB. Returns the keys removed, those kept (key, why:
+    a bridge with ports netmap did not add) and those that failed (key, error)."""
+    removed: list[str] = []
+    kept: list[tuple[str, str]] = []
+    failed: list[tuple[str, str]] = []
+    by_remote: dict[str, list[tuple[str, p.Step]]] = {}
+    for key, step in steps:
+        by_remote.setdefault(getattr(step, "ovsdb", ""), []).append((key, step))
+    for remote, items in by_remote.items():
+        try:
+            ovs = connections(remote)
+            if any(isinstance(step, p.EnsureOvsBridge) for _, step in items):
+                ovs.all_ports()  # whether a bridge holds ports netmap did not add
+            bridges = ovs.bridges()
+            changes: list[db.Change] = []
+            done: list[str] = []
+            leaving = {s.port for _k, s in items if isinstance(s, p.EnsureOvsPort)}
+            for key, step in items:
+                if isinstance(step, p.EnsureOvsPort):
+                    live = bridges.get(step.bridge)
+                    port = live.ports.get(step.port) if live else None
+                    if port is None:
+                        removed.append(f"{key} (already gone)")
+                    elif p.OVS_OWNER_KEY not in port.external_ids:
+                        kept.append((key, "now someone else's port (no netmap mark), left "
+                                     "alone"))
+                    else:
+                        changes.append(db.DeletePort(step.port, step.bridge))
+                        done.append(key)
+                elif isinstance(step, p.EnsureOvsBridge):
+                    live = bridges.get(step.name)
+                    if live is None:
+                        removed.append(f"{key} (already gone)")
+                        continue
+                    others = sorted(n for n in live.ports if n != step.name
+                                    and n not in leaving and n not in going)
+                    if others:
+                        kept.append((key, f"OVS bridge still has ports netmap did not add: "
+                                     f"{', '.join(others)}"))
+                    elif live.external_ids.get(p.OVS_OWNER_KEY) != "netmap":
+                        kept.append((key, "not netmap's bridge any more, left alone"))
+                    else:
+                        changes.append(db.DeleteBridge(step.name))
+                        done.append(key)
+            ovs.apply(changes)
+            removed += done
+        except ApplyError as err:
+            failed += [(key, err.problem) for key, _ in items]
+    return removed, kept, failed
+
+
+def helper_port_ids(binding_ids: tuple[tuple[str, str], ...], owner: str, mac: str | None,
+                    ) -> tuple[tuple[str, str], ...]:
+    """The external_ids of a port the QEMU helper adds (what realize sets, as far as the
+    helper knows the guest)."""
+    ids = dict(binding_ids)
+    ids.update({"iface-status": "active", "vm-id": owner, p.OVS_OWNER_KEY: owner})
+    if mac:
+        ids["attached-mac"] = mac
+    return tuple(sorted(ids.items()))
+
+
+def attach_port(remote: str, bridge: str, datapath_type: str | None, uplink: str, port: str,
+                tag: int | None, ids: tuple[tuple[str, str], ...]) -> None:
+    """For the QEMU helper: the OVS bridge and the uplink's trunk port if missing, and
+    `port` as an access port, in one OVSDB transaction."""
+    with db.connected(remote, ports=(uplink, port)) as ovs:
+        bridges = ovs.bridges()
+        changes: list[db.Change] = []
+        if bridge not in bridges:
+            changes.append(db.AddBridge(bridge, datapath_type))
+        if not any(uplink in b.ports for b in bridges.values()):
+            changes.append(db.SetPort(uplink, bridge, None, ((p.OVS_OWNER_KEY, p.UPLINK_OWNER),)))
+        changes.append(db.SetPort(port, bridge, tag, ids))
+        ovs.apply(changes)
+
+
+def detach_port(remote: str, bridge: str, port: str) -> None:
+    """Take the QEMU helper's port out of its bridge (its tap went with QEMU)."""
+    with db.connected(remote, ports=(port,)) as ovs:
+        ovs.apply([db.DeletePort(port, bridge)], wait_vswitchd=False)
