@@ -65,7 +65,7 @@ class RtnlKernel:
     def set_vf(self, pf: str, entry: dict[str, object]) -> None:
         index = self.index_of(pf)
         if index is not None:
-            self.pyroute().link("set", index=index, vf=entry)
+            self.pyroute().link("set", index=index, vf=dict(entry))  # pyroute2 pops keys from it
 
     def set_attrs(self, name: str, attrs: Mapping[str, object]) -> None:
         self.kernel.call(link_attrs(self._index(name), attrs, self._index))
