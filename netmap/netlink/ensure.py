@@ -364,7 +364,7 @@ class Transaction(RtnlKernel):
 
         self.will_undo(undo)
         try:  # IFLA_VFINFO_LIST on the PF: MAC, VLAN, spoof-check of one VF entry
-            self.pyroute().link("set", index=self.index(pf), vf=dict(entry))  # pyroute2 pops keys from it
+            self.pyroute().link("set", index=self.index(pf), vf=dict(entry))
         except NetlinkError as err:
             self._not_made(undo)  # refused: the VF entry is as it was
             raise OSError(err.code, os.strerror(err.code)) from err
