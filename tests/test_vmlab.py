@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, has_net_admin
 
 VMLAB = REPO / "scripts" / "vmlab"
-RUN_TIMEOUT = 900  # the runner's own limit, retries included; a run takes about 3 minutes
+RUN_TIMEOUT = 900  # the runner's own limit, retries included; a run takes 7-8 minutes
 
 
 def test_vm_tier(tmp_path: Path) -> None:
