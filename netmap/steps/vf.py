@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from netmap.steps.base import Action, Changes, Kernel, LiveHost, Step, Undo, refuse
@@ -83,11 +83,8 @@ class ClaimVf(Step):
         try:
             ops.new_link(self.macvtap, "macvtap", mtu=self.mtu, lower=str(vf["netdev"]),
                          options={"mode": "passthru"}, undo=None)
-            # a macvtap sends nothing through a lower device that is down, and a free VF's
-            # netdev is down (netlink/vf_pool): up with the macvtap, down again in undo()
-            ops.bring_up(str(vf["netdev"]))
         except OSError:  # the VF entry was set: give it back before reporting
-            self.undo(ops, ops.undo_info(self))
+            replace(self, macvtap=None).undo(ops, ops.undo_info(self))
             raise
         # passthru ignores the MAC at creation: set again as it comes up
         ops.bring_up(self.macvtap, mac=self.mac)
@@ -95,26 +92,15 @@ class ClaimVf(Step):
     def undo(self, kernel: Kernel, info: dict) -> None:
         if "index" not in info:
             return
+        if self.macvtap:
+            kernel.delete_link(self.macvtap)
         found = info.get("found") or {}  # the entry as found at the claim (older state: cleared)
         entry: dict[str, object] = {"vf": int(info["index"]),
                                     "mac": found.get("mac", "00:00:00:00:00:00"),
                                     "vlan": found.get("vlan", 0)}
         if "spoofchk" in found:
             entry["spoofchk"] = found["spoofchk"]
-        if self.macvtap:
-            kernel.delete_link(self.macvtap)
         kernel.set_vf(self.pf, entry)
-        netdev = info.get("netdev")
-        before = {key: found[f"netdev_{key}"] for key in ("mac", "addr_gen_mode")
-                  if found.get(f"netdev_{key}") is not None}
-        if self.macvtap and netdev and before:
-            # the VF netdev down, with the MAC the passthru macvtap gave it and the IPv6
-            # generation bring_up turned off put back. Only once the PF no longer enforces
-            # the guest's MAC on the entry (EADDRNOTAVAIL before); the VF driver reports its
-            # MAC to the PF, which writes it into the entry: the entry once more after.
-            kernel.set_up(str(netdev), False)
-            kernel.set_attrs(str(netdev), before)
-            kernel.set_vf(self.pf, entry)
 
     def explain(self, err: OSError) -> str:
         if err.errno == errno.EOPNOTSUPP:
