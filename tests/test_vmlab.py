@@ -37,3 +37,18 @@ def test_vm_tier(tmp_path: Path) -> None:
     counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
     assert counts["tests"] >= 8 and counts["failures"] == counts["errors"] == 0, counts
     assert counts["skipped"] == 0, f"a VM test skipped inside the VM: {counts}\n{output}"
+
+
+def test_every_vm_test_module_imports_outside_the_vm() -> None:
+    """The VM tier runs only where its parts are: an import it lost (a module moved in netmap)
+    must still fail the normal suite, not first the VM run."""
+    modules = sorted((REPO / "tests" / "vm").glob("test_*.py"))
+    assert modules
+    check = ("import importlib.util, sys\n"
+             f"sys.path[:0] = [{str(REPO / 'tests')!r}, {str(REPO / 'tests' / 'vm')!r}]\n"
+             "for path in sys.argv[1:]:\n"
+             "    spec = importlib.util.spec_from_file_location('vm_' + path, path)\n"
+             "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
+    done = subprocess.run([sys.executable, "-c", check, *map(str, modules)],
+                          capture_output=True, text=True, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
