@@ -46,6 +46,33 @@ QEMU_DRIVER = any(glob.glob(pattern) for pattern in (
     "/usr/lib*/libvirt/connection-driver/libvirt_driver_qemu.so"))
 
 
+def domain_xml(name: str, interfaces: str) -> str:
+    """The smallest guest a lab daemon runs: 32 MiB, one vCPU under TCG, these interfaces."""
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid.uuid4()}</uuid>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <emulator>{QEMU}</emulator>
+{interfaces}    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def interface_xml(kind: str, mac: str, source: str) -> str:
+    """One virtio NIC: `source` is the attributes of its <source> (bridge='…', dev='…' …)."""
+    return f"""    <interface type='{kind}'>
+      <mac address='{mac}'/>
+      <source {source}/>
+      <model type='virtio'/>
+      <rom enabled='no'/>
+    </interface>
+"""
+
 def missing() -> str | None:
     """Why private daemons cannot run here, or None."""
     if os.geteuid() != 0:

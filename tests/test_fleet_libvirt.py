@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -29,7 +28,7 @@ from tests.conftest import EXAMPLE_MAPPINGS, REPO, lab_mappings, needs_netns
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
-from libvirt_lab import QEMU, PrivateLibvirtd, ip_json
+from libvirt_lab import PrivateLibvirtd, ip_json
 
 
 def _libvirt_python() -> str | None:
@@ -56,25 +55,6 @@ GUESTS = {  # name -> (mgmt MAC, prod MAC or None)
     "flg2": ("52:54:00:f1:00:02", None),
     "flg3": ("52:54:00:f1:00:03", "52:54:00:f1:01:03"),
 }
-DOMAIN = """<domain type='qemu'>
-  <name>{name}</name>
-  <uuid>{uuid}</uuid>
-  <memory unit='MiB'>32</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>{qemu}</emulator>
-{interfaces}    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
-INTERFACE = """    <interface type='{kind}'>
-      <mac address='{mac}'/>
-      <source {source}/>
-      <model type='virtio'/>
-      <rom enabled='no'/>
-    </interface>
-"""
 # an operator's own hook on the destinations that refuses one guest: libvirt cancels that
 # migration after netmap's check passed, as it would for any refusal on the destination
 REFUSE_FLG2 = """#!/bin/sh
@@ -158,13 +138,12 @@ def fleet(fleet_lab: dict, tmp_path: Path) -> Iterator[dict]:
 def _start(fleet: dict, host: str, name: str) -> None:
     mgmt_uplink, prod_uplink, _ = HOSTS[host]
     mgmt, prod = GUESTS[name]
-    interfaces = INTERFACE.format(kind="bridge", mac=mgmt, source=f"bridge='br-{mgmt_uplink}'")
+    interfaces = libvirt_lab.interface_xml("bridge", mgmt, f"bridge='br-{mgmt_uplink}'")
     if prod:
-        interfaces = INTERFACE.format(kind="direct", mac=prod,
-                                      source=f"dev='{prod_uplink}' mode='vepa'") + interfaces
+        interfaces = libvirt_lab.interface_xml(
+            "direct", prod, f"dev='{prod_uplink}' mode='vepa'") + interfaces
     xml = fleet["root"] / f"{name}.xml"
-    xml.write_text(DOMAIN.format(name=name, uuid=uuid.uuid4(), qemu=QEMU,
-                                 interfaces=interfaces))
+    xml.write_text(libvirt_lab.domain_xml(name, interfaces))
     daemon = fleet["daemons"][host]
     daemon.virsh("define", str(xml))
     daemon.virsh("start", name)

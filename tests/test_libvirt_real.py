@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -30,7 +29,7 @@ from tests.conftest import REPO, needs_netns
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
-from libvirt_lab import QEMU, PrivateLibvirtd, ip_json
+from libvirt_lab import PrivateLibvirtd, ip_json
 
 pytestmark = [
     pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
@@ -44,30 +43,9 @@ VM2_MGMT_MAC = "52:54:00:ab:00:02"  # vm2's NICs in mappings/guests/vm2.toml
 VM2_PROD_MAC = "52:54:00:ab:00:01"
 MIGRATION_PORT = 49152
 
-# The domain as an operator would define it on host-a: mgmt is a bridge-mode network on eth1,
+# vm2 as an operator would define it on host-a: mgmt is a bridge-mode network on eth1,
 # so libvirt plugs a tap into br-eth1. Nothing in it names host-b.
-DOMAIN_XML = f"""<domain type='qemu'>
-  <name>vm2</name>
-  <uuid>{{uuid}}</uuid>
-  <memory unit='MiB'>32</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <on_poweroff>destroy</on_poweroff>
-  <devices>
-    <emulator>{QEMU}</emulator>
-{{interfaces}}    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
-
-INTERFACE_XML = """    <interface type='{kind}'>
-      <mac address='{mac}'/>
-      <source {source}/>
-      <model type='virtio'/>
-      <rom enabled='no'/>
-    </interface>
-"""
-MGMT_ON_BR_ETH1 = INTERFACE_XML.format(kind="bridge", mac=VM2_MGMT_MAC, source="bridge='br-eth1'")
+MGMT_ON_BR_ETH1 = libvirt_lab.interface_xml("bridge", VM2_MGMT_MAC, "bridge='br-eth1'")
 
 @pytest.fixture(scope="module")
 def capabilities() -> Iterator[Path]:
@@ -110,8 +88,7 @@ def libvirt_pair(lab_factory, capabilities: Path) -> Iterator[dict]:
 def _define_and_start(daemon: PrivateLibvirtd, pair: dict,
                       interfaces: str = MGMT_ON_BR_ETH1) -> None:
     xml = pair["root"] / "vm2.xml"
-    xml.write_text(DOMAIN_XML.replace("{uuid}", str(uuid.uuid4())).replace(
-        "{interfaces}", interfaces))
+    xml.write_text(libvirt_lab.domain_xml("vm2", interfaces))
     daemon.virsh("define", str(xml))
     pair["defined"]["vm2"] = daemon.virsh("dumpxml", "--inactive", "vm2").stdout
     daemon.virsh("start", "vm2")
@@ -276,8 +253,8 @@ def test_libvirt_networks_from_netmap_carry_a_guest_across_unchanged(libvirt_pai
         # the VF pools need SR-IOV, tenant-blue needs `netmap realize` to build its vxlan
         daemon.virsh("net-start", "mgmt")
         assert set(daemon.virsh("net-list", "--all", "--name").stdout.split()) == set(defined)
-    _define_and_start(source, libvirt_pair, INTERFACE_XML.format(
-        kind="network", mac=VM2_MGMT_MAC, source="network='mgmt'"))
+    _define_and_start(source, libvirt_pair, libvirt_lab.interface_xml(
+        "network", VM2_MGMT_MAC, "network='mgmt'"))
     assert ip_json(source.netns, "link", "show", "dev", _tap_of(_interface(source)))[0][
         "master"] == "br-eth1"
     before = source.virsh("dumpxml", "--migratable", "vm2").stdout
@@ -301,8 +278,7 @@ def test_macvtap_and_bridge_nics_both_follow_the_mapping(libvirt_pair) -> None:
     target: PrivateLibvirtd = libvirt_pair["daemons"]["host-b"]
     networks = libvirt_pair["mappings"] / "networks.toml"
     networks.write_text(networks.read_text().replace("vlan = 100\n", "", 1))
-    prod = INTERFACE_XML.format(kind="direct", mac=VM2_PROD_MAC,
-                                source="dev='eth0' mode='vepa'")
+    prod = libvirt_lab.interface_xml("direct", VM2_PROD_MAC, "dev='eth0' mode='vepa'")
     _define_and_start(source, libvirt_pair, prod + MGMT_ON_BR_ETH1)
     (macvtap,) = ip_json(source.netns, "-d", "link", "show", "dev",
                          _tap_of(_interface(source, VM2_PROD_MAC)))
