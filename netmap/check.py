@@ -13,6 +13,7 @@ from netmap.model import (
     Guest,
     GuestNic,
     Host,
+    IndexedGuests,
     Network,
     Vxlan,
     mapping_file,
@@ -246,7 +247,7 @@ def _mac_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, host: Host,
     fleet = g.fleet_of(graph)
     network = fleet.networks[nic.network]
     out = []
-    for other_name, other_index in g.mac_owners(graph).get(nic.mac, ()):
+    for other_name, other_index in _mac_owners(graph, nic.mac):
         if other_name == guest.name:
             continue
         other = fleet.guests[other_name]
@@ -265,6 +266,15 @@ def _mac_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, host: Host,
                 f"on the same L2 domain ({network.segment_id}, VLAN {_vlan(network.vlan)}).",
                 f"give {guest.name} or {other_name} another MAC"))
     return out
+
+
+def _mac_owners(graph: nx.DiGraph, mac: str) -> list[tuple[str, int]]:
+    """Every (guest, NIC index) using `mac`, fleet-wide: from the load's index where it has
+    one (reading those guests alone), else from every guest, once per graph."""
+    guests = g.fleet_of(graph).guests
+    if isinstance(guests, IndexedGuests):
+        return guests.mac_users(mac)
+    return g.mac_owners(graph).get(mac, [])
 
 
 def _capacity_findings(graph: nx.DiGraph, guest: Guest, host: Host) -> list[Finding]:

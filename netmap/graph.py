@@ -29,6 +29,7 @@ from netmap.model import (
     GuestNic,
     Network,
     Uplink,
+    guests_placed_on,
 )
 from netmap.modes import REGISTRY
 from netmap.modes.base import Claim
@@ -59,8 +60,7 @@ def build_graph_of(fleet: Fleet, hosts: Collection[str], guest: str) -> nx.DiGra
     keeps every guest. A placement query builds a fifth of a 10k-host graph so, and
     `netmap check` two hosts of it."""
     kept = {name: fleet.hosts[name] for name in fleet.hosts if name in hosts}
-    placed = {name: other for name, other in fleet.guests.items()
-              if other.host in kept or name == guest}
+    placed = guests_placed_on(fleet.guests, kept, also=guest)
     with gc_paused():
         # of each host, only how it binds the guest's networks: a check reads no other
         # binding through the graph (other guests' NICs are counted from the hosts'
@@ -76,7 +76,7 @@ def build_graph_of_hosts(fleet: Fleet, hosts: Collection[str]) -> nx.DiGraph:
     """The graph of `hosts` alone, every binding of theirs, and the guests placed on them:
     all that `netmap show HOST` reads of it, without reading the other hosts."""
     kept = {name: fleet.hosts[name] for name in fleet.hosts if name in hosts}
-    placed = {name: guest for name, guest in fleet.guests.items() if guest.host in kept}
+    placed = guests_placed_on(fleet.guests, kept)
     with gc_paused():
         graph = _build_graph(Fleet(fleet.networks, kept, placed))
     graph.graph["fleet"] = Fleet(fleet.networks, kept, fleet.guests, fleet.problems,

@@ -6,7 +6,7 @@ import dataclasses
 import operator
 import sys
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -205,6 +205,15 @@ class IndexedHosts(Mapping[str, Host]):
     def mapping_file(self, name: str) -> str:
         """mapping_file(self[name])."""
 
+    def read(self, names: Collection[str]) -> None:  # noqa: B027 (optional)
+        """Read these hosts at once: they are about to be asked for."""
+
+
+def read_ahead(hosts: Mapping[str, Host], names: Collection[str]) -> None:
+    """Have `hosts` read those hosts at once, where it reads them as they are asked for."""
+    if isinstance(hosts, IndexedHosts):
+        hosts.read(names)
+
 
 def hosts_binding(hosts: Mapping[str, Host], network: str) -> frozenset[str]:
     """The names of the hosts that bind `network`, reading only them when `hosts` can."""
@@ -219,6 +228,56 @@ def host_mapping_file(hosts: Mapping[str, Host], name: str) -> str:
         return hosts.mapping_file(name)
     return mapping_file(hosts[name])
 
+
+
+class IndexedGuests(Mapping[str, "Guest"]):
+    """Guests that know each one's host and who uses a MAC without reading every guest:
+    netmap.load's store keeps both beside each guest (guest_hosts, guests_placed_on,
+    mac_users)."""
+
+    @abstractmethod
+    def hosts(self) -> Mapping[str, str | None]:
+        """name -> host of every guest, in order."""
+
+    @abstractmethod
+    def mac_users(self, mac: str) -> list[tuple[str, int]]:
+        """(guest, NIC index) of every NIC with `mac`, in the fleet's order."""
+
+    def read(self, names: Collection[str]) -> None:  # noqa: B027 (optional)
+        """Read these guests at once: they are about to be asked for."""
+
+
+def guest_hosts(guests: Mapping[str, Guest]) -> Mapping[str, str | None]:
+    """name -> host of every guest, reading no guest when `guests` can."""
+    if isinstance(guests, IndexedGuests):
+        return guests.hosts()
+    return {name: guest.host for name, guest in guests.items()}
+
+
+def guests_placed_on(guests: Mapping[str, Guest], hosts: Collection[str],
+                     also: str | None = None) -> dict[str, Guest]:
+    """The guests that run on one of `hosts` (and `also`), in the fleet's order, reading
+    no other guest when `guests` can."""
+    if not isinstance(guests, IndexedGuests):
+        return {name: guest for name, guest in guests.items()
+                if guest.host in hosts or name == also}
+    names = [name for name, host in guests.hosts().items() if host in hosts or name == also]
+    guests.read(names)
+    return {name: guests[name] for name in names}
+
+
+def mac_users(guests: Mapping[str, Guest], macs: Collection[str],
+              ) -> dict[str, list[tuple[str, int]]]:
+    """MAC -> (guest, NIC index) of every NIC using it, for each of `macs` in use, in the
+    fleet's order; reading only those guests when `guests` can."""
+    if isinstance(guests, IndexedGuests):
+        return {mac: users for mac in macs if (users := guests.mac_users(mac))}
+    out: dict[str, list[tuple[str, int]]] = {}
+    for guest in guests.values():
+        for nic in guest.nics:
+            if nic.mac in macs:
+                out.setdefault(nic.mac, []).append((guest.name, nic.index))
+    return out
 
 @frozen
 class GuestNic:
@@ -251,6 +310,6 @@ class Fleet:
 
     networks: dict[str, Network]
     hosts: Mapping[str, Host]  # read-only: a large fleet's may be read host by host
-    guests: dict[str, Guest]
+    guests: Mapping[str, Guest]  # read-only: a large fleet's may be read guest by guest
     problems: tuple = ()  # tuple[InputError, ...], one per unreadable file
     root: str = ""

@@ -20,7 +20,14 @@ import networkx as nx
 from netmap import graph as g
 from netmap.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
 from netmap.gcpause import gc_paused
-from netmap.model import Fleet, Guest, host_mapping_file, hosts_binding
+from netmap.model import (
+    Fleet,
+    Guest,
+    guest_hosts,
+    host_mapping_file,
+    hosts_binding,
+    read_ahead,
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
         # which hosts bind each network, from the load's index where it has one: the
         # hosts that cannot take the guest are answered without reading them
         binders = {nic.network: hosts_binding(fleet.hosts, nic.network) for nic in guest.nics}
-        load = Counter(other.host for other in fleet.guests.values())
+        load = Counter(guest_hosts(fleet.guests).values())
         to_check = [name for name in fleet.hosts
                     if all(name in bound for bound in binders.values())
                     and (include_current or name != guest.host)]
@@ -108,6 +115,7 @@ def _checked(fleet: Fleet, guest: Guest, hosts: list[str], strict: bool,
     """The full check of `guest` against each of `hosts`, on the graph of those hosts."""
     # and the guest's own host, the source of the comparison (none for an unplaced guest)
     wanted = {*hosts, guest.host} if guest.host is not None else set(hosts)
+    read_ahead(fleet.hosts, wanted)
     graph = g.build_graph_of(fleet, wanted, guest.name)
     out = {}
     for host in hosts:

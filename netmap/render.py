@@ -15,7 +15,7 @@ from rich.tree import Tree
 from netmap import graph as g
 from netmap.check import ERROR, INFO, WARNING, Finding, Report
 from netmap.errors import InputError
-from netmap.model import Fleet, Host, Vxlan
+from netmap.model import Fleet, Guest, Host, Vxlan, mac_users
 from netmap.modes import mode_of, semantic_of
 from netmap.placement import Candidate
 
@@ -56,30 +56,31 @@ def _vlan(vlan: int | None) -> str:
 
 # --- show -----------------------------------------------------------------------------------
 
-def mac_clashes(fleet: Fleet) -> dict[tuple[str, int], list[str]]:
-    """(guest, NIC) -> other guests using its MAC on the same L2 domain or the same host."""
-    by_mac: dict[str, list[tuple[str, int]]] = {}
-    for guest in fleet.guests.values():
-        for nic in guest.nics:
-            by_mac.setdefault(nic.mac, []).append((guest.name, nic.index))
+def mac_clashes(fleet: Fleet, of: Iterable[Guest] | None = None,
+                ) -> dict[tuple[str, int], list[str]]:
+    """(guest, NIC) -> other guests using its MAC on the same L2 domain or the same host;
+    of the guests `of` (default: every guest), reading only the other users of their MACs
+    when the fleet's guests can."""
+    mine = list(fleet.guests.values() if of is None else of)
+    owners = mac_users(fleet.guests, {nic.mac for guest in mine for nic in guest.nics})
     clashes: dict[tuple[str, int], list[str]] = {}
-    for owners in by_mac.values():
-        for name, index in owners:
-            guest = fleet.guests[name]
-            net = fleet.networks[guest.nics[index].network]
-            for other_name, other_index in owners:
-                if other_name == name:
+    for guest in mine:
+        for nic in guest.nics:
+            net = fleet.networks[nic.network]
+            for other_name, other_index in owners.get(nic.mac, ()):
+                if other_name == guest.name:
                     continue
                 other = fleet.guests[other_name]
                 other_net = fleet.networks[other.nics[other_index].network]
                 same_l2 = (net.segment_id, net.vlan) == (other_net.segment_id, other_net.vlan)
                 if same_l2 or (guest.host and guest.host == other.host):
-                    clashes.setdefault((name, index), []).append(other_name)
+                    clashes.setdefault((guest.name, nic.index), []).append(other_name)
     return clashes
 
 
 def show_data(fleet: Fleet, graph: nx.DiGraph, hosts: Iterable[str]) -> dict[str, object]:
-    clashes = mac_clashes(fleet)
+    hosts = list(hosts)
+    clashes = mac_clashes(fleet, [guest for name in hosts for guest in g.guests_on(graph, name)])
     out = []
     for name in hosts:
         host = fleet.hosts[name]

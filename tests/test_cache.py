@@ -941,16 +941,25 @@ def answers(fleet: Fleet, n: int) -> tuple:
 
 
 @pytest.fixture
-def host_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """How often each host's object was read from the store (a warm load's hosts)."""
+def store_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each host's or guest's object was read from the store (a warm load's),
+    as "hosts/NAME.toml" or "guests/NAME.toml", one by one or many at once."""
     counts: Counter[str] = Counter()
-    real = store.Store.object
+    real, real_at_once = store.Store.object, store.Store.objects
+
+    def named(path: str) -> str:
+        return f"{Path(path).parent.name}/{Path(path).name}"
 
     def counted(self: store.Store, path: str, key: str) -> object:
-        counts[Path(path).name] += 1
+        counts[named(path)] += 1
         return real(self, path, key)
 
+    def counted_at_once(self: store.Store, wanted: dict[str, str]) -> dict[str, bytes]:
+        counts.update(named(path) for path in wanted)
+        return real_at_once(self, wanted)
+
     monkeypatch.setattr(store.Store, "object", counted)
+    monkeypatch.setattr(store.Store, "objects", counted_at_once)
     return counts
 
 
@@ -963,10 +972,11 @@ def cli_answer(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, obj
 
 def test_warm_commands_read_only_their_hosts(
         tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str], host_reads: Counter[str]) -> None:
+        capsys: pytest.CaptureFixture[str], store_reads: Counter[str]) -> None:
     """`show HOST`, `check GUEST --to HOST` and `diff A B` from a warm store read those
-    hosts alone, `hosts-for` only the hosts binding the guest's networks, and each answers
-    as a load without the store does."""
+    hosts alone, `hosts-for` only the hosts binding the guest's networks; of the guests,
+    each reads the one it checks, those placed on the hosts it reads and the other users
+    of their MACs (diff none); and each answers as a load without the store does."""
     root = tmp_path / "generated"
     generate_fleet(root, 300, 80, seed=5)
     settle()
@@ -984,10 +994,21 @@ def test_warm_commands_read_only_their_hosts(
     }
     load_fleet(root)  # fills the store
     for argv, needed in commands.items():
-        host_reads.clear()
+        store_reads.clear()
         warm = cli_answer(capsys, "--mappings", str(root), *argv)
-        read = {name.removesuffix(".toml") for name in host_reads}
-        assert read <= {Path(plain.hosts[name].source.file).stem for name in needed}, argv
+        read = {name.removesuffix(".toml") for name in store_reads if name.startswith("hosts/")}
+        assert read <= {f"hosts/{Path(plain.hosts[name].source.file).stem}"
+                        for name in needed}, argv
+        guests = set() if argv[0] == "diff" else {
+            other.name for other in plain.guests.values()
+            if other.host in needed or (argv[0] != "show" and other.name == guest.name)}
+        macs = {nic.mac for name in guests for nic in plain.guests[name].nics}
+        guests |= {other.name for other in plain.guests.values()
+                   if any(nic.mac in macs for nic in other.nics)}
+        read = {name.removesuffix(".toml") for name in store_reads if name.startswith("guests/")}
+        assert read <= {f"guests/{Path(plain.guests[name].source.file).stem}"
+                        for name in guests}, argv
+        assert len(guests) < len(plain.guests) // 2, "a query that needs most guests"
         assert len(needed) < len(plain.hosts) // 2, "a query that needs most hosts"
         monkeypatch.setenv("NETMAP_CACHE_DIR", str(tmp_path / f"empty-{argv[0]}"))
         monkeypatch.setattr(loading, "STORE_MIN_FILES", 10**9)

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 from netmap.errors import InputError
 from netmap.gcpause import gc_paused
 from netmap.load import parse, store
+from netmap.load.guests import StoredGuests
 from netmap.load.hosts import StoredHosts
-from netmap.load.store import Identity, Parsed, Row, Store, identity, settled
+from netmap.load.store import Identity, Parsed, Row, Store, identity, is_guest, settled
 from netmap.model import Fleet, Guest, Host, Network, mapping_file
 
 T = TypeVar("T")
@@ -66,6 +67,20 @@ def _load_with(db: Store, base: Path, networks: dict[str, Network],
     stored = db.rows(root)  # None: nothing of this code for this directory
     hits = {path: row for path, row in (stored or {}).items() if row.key == keys.get(path)}
     lazy = _stored_hosts(db, host_files, hits, networks)
+    lazy_guests = None if lazy is None else _stored_guests(db, guest_files, hits, networks,
+                                                           lazy)
+    if lazy is not None and lazy_guests is not None:
+        # every file as stored, none broken (a broken file is never stored): nothing to parse
+        fleet = Fleet(networks, lazy, lazy_guests, (), str(base))
+        gone = [path for path in stored or () if path not in idents]
+        if _identity(os.fspath(base / "networks.toml")) != networks_before:
+            return parse.assemble(base, parse.load_networks(base / "networks.toml"),
+                                  *parse.fleet_file_names(base))
+        if gone:
+            db.replace(root, [], gone, every=False)
+        return fleet
+    # the stored guests' objects, read at once (every load without lazy guests reads all)
+    blobs = db.objects({path: row.key for path, row in hits.items() if is_guest(row)})
     fresh: dict[str, tuple[Any, bytes | None]] = {}  # path -> (object, its pickle if made)
     with _SecondProcess([key for key in host_files if key not in hits],
                         [key for key in guest_files
@@ -76,8 +91,9 @@ def _load_with(db: Store, base: Path, networks: dict[str, Network],
             def load_one(path: str, *args: Any) -> T:
                 row = hits.get(path)
                 if row is not None:
-                    value: T | None = db.object(path, row.key) if row.blob is None \
-                        else _unpickled(row.blob)
+                    blob = blobs.get(path)
+                    value: T | None = db.object(path, row.key) if blob is None \
+                        else _unpickled(blob)
                     if value is not None:
                         return value
                 theirs = second.result(path)
@@ -116,11 +132,24 @@ def _stored_hosts(db: Store, host_files: list[str], hits: Mapping[str, Row],
     return StoredHosts(db, rows, networks)
 
 
+def _stored_guests(db: Store, guest_files: list[str], hits: Mapping[str, Row],
+                   networks: dict[str, Network], hosts: StoredHosts) -> StoredGuests | None:
+    """The guests to read from the store as they are asked for, when every guest file is
+    stored under its key now, no two name the same guest and each names a host of the
+    fleet or none (else assemble reads them, to report the problem as it does)."""
+    rows = {path: row for path in guest_files if (row := hits.get(path)) is not None}
+    if (len(rows) < len(guest_files) or len({row.name for row in rows.values()}) < len(rows)
+            or any(row.host is not None and row.host not in hosts for row in rows.values())):
+        return None
+    return StoredGuests(db, rows, networks, hosts)
+
+
 def _parsed(path: str, key: str, value: Host | Guest, blob: bytes | None) -> Parsed:
     if isinstance(value, Host):
         row, networks = Row(key, value.name, mapping_file(value)), tuple(value.bindings)
     else:
-        row, networks = Row(key, value.name, ""), ()
+        row = Row(key, value.name, "", value.host, "".join(f"{nic.mac}\n" for nic in value.nics))
+        networks = ()
     return Parsed(path, row, blob if blob is not None else _pickled(value), networks)
 
 

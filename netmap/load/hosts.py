@@ -11,11 +11,11 @@ that had not yet reached it would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 
 from netmap.errors import InputError
 from netmap.load import parse
-from netmap.load.store import Row, Store
+from netmap.load.store import Row, Store, add_reader
 from netmap.model import Host, IndexedHosts, Network
 
 
@@ -30,6 +30,15 @@ class StoredHosts(IndexedHosts):
         self._rows = rows
         self._read: dict[str, Host] = {}
         self._binding: dict[str, frozenset[str]] = {}
+        self._kept: set[str] = set()  # paths whose rows this process may have rewritten
+        self.target = db.target
+        add_reader(self)
+
+    def keep(self, paths: Collection[str] | None) -> None:
+        for path, row in self._rows.items():
+            if paths is None or path in paths:
+                self[row.name]  # noqa: B018 (read now, while the row is there)
+                self._kept.add(path)
 
     def __getitem__(self, name: str) -> Host:
         host = self._read.get(name)
@@ -44,6 +53,15 @@ class StoredHosts(IndexedHosts):
                                      key="host.name", fix="run the command again")
             self._read[name] = host
         return host
+
+    def read(self, names: Collection[str]) -> None:
+        wanted = {self._paths[name]: name for name in names if name not in self._read}
+        if len(wanted) < 2:
+            return  # one is read as it is asked for
+        for path, blob in self._db.objects({p: self._rows[p].key for p in wanted}).items():
+            host = _unpickled(blob)
+            if isinstance(host, Host):  # else read (parsed) as it is asked for
+                self._read[wanted[path]] = host
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._paths)
@@ -65,9 +83,11 @@ class StoredHosts(IndexedHosts):
                 # a row stored since under another key (its file changed after this load
                 # saw it) speaks of another version than this load's: ask that host
                 current = {path for path, key in indexed
-                           if path in rows and rows[path].key == key}
+                           if path in rows and rows[path].key == key} - self._kept
                 unsure = [rows[path].name for path, _ in indexed
-                          if path in rows and path not in current]
+                          if path in rows and path not in current and path not in self._kept]
+                # a row rewritten by this process since: its host, read before, answers
+                unsure += [rows[path].name for path in self._kept]
             found = frozenset({rows[path].name for path in current}
                               | {name for name in unsure if network in self[name].bindings})
             self._binding[network] = found
@@ -78,3 +98,12 @@ class StoredHosts(IndexedHosts):
 
     def __repr__(self) -> str:
         return f"<StoredHosts of {len(self)} hosts, {len(self._read)} read>"
+
+
+def _unpickled(blob: bytes) -> object:
+    import pickle
+
+    try:
+        return pickle.loads(blob)
+    except Exception:  # a damaged row, though ours: a miss
+        return None

@@ -20,9 +20,10 @@ key is stored only when every identity in it is older than the start of the load
 than RACY_WINDOW_NS (git's "racily clean"): a later write lands in a later tick. A file
 changed within the window is parsed on every load until it ages out.
 
-Beside each object a row keeps what a query asks of every host without reading them all
-(netmap/load/hosts.py): the host's name, its mapping file and the networks it binds. A
-warm load unpickles a host only when it is asked for, from its row under this load's key.
+Beside each object a row keeps what a query asks of every host or guest without reading
+them all (netmap/load/hosts.py, guests.py): the name; of a host its mapping file and the
+networks it binds; of a guest its host and its MACs. A warm load unpickles a host or a
+guest only when it is asked for, from its row under this load's key.
 
 The file: $NETMAP_CACHE_DIR, else $XDG_CACHE_HOME/netmap, else ~/.cache/netmap, one per
 mappings directory. Rows are written in one transaction (SQLite's journal makes it
@@ -42,12 +43,13 @@ import re
 import sqlite3
 import stat
 import sys
-from collections.abc import Iterable
+import weakref
+from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 RACY_WINDOW_NS = 2_000_000_000
-FORMAT = 6  # of the tables: a store of another format is emptied and made anew
+FORMAT = 7  # of the tables: a store of another format is emptied and made anew
 Identity = tuple[int, int, int, int, int]
 
 
@@ -142,8 +144,12 @@ class Row(NamedTuple):
     key: str  # the key the file was parsed under
     name: str  # the host's or guest's name
     file: str  # a host's mapping file (model.mapping_file), else ""
-    # a guest's object pickled (every load reads every guest); a host's stays stored
-    blob: bytes | None = None
+    host: str | None = None  # a guest's host
+    macs: str = ""  # a guest's MACs, each followed by a newline
+
+
+def is_guest(row: Row) -> bool:
+    return row.file == ""
 
 
 class Parsed(NamedTuple):
@@ -154,6 +160,26 @@ class Parsed(NamedTuple):
     row: Row
     blob: bytes
     networks: tuple[str, ...]
+
+
+class Reader(Protocol):
+    """What reads rows of a store after its load returned (netmap/load/hosts.py, guests.py):
+    `keep` reads the objects of those paths now (None: of every path), before this process
+    replaces or deletes their rows, so that a fleet loaded earlier still answers as it was."""
+
+    target: Path
+
+    def keep(self, paths: Collection[str] | None) -> None: ...
+
+
+# this process's readers, told before a store they read is rewritten (Store.replace);
+# another process's store write is a change seen as at any read: the file is parsed again
+# (by id: a Mapping is not hashable)
+_READERS: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+
+def add_reader(reader: Reader) -> None:
+    _READERS[id(reader)] = reader
 
 
 class Store:
@@ -189,7 +215,8 @@ class Store:
                 db.execute("CREATE TABLE IF NOT EXISTS meta (fingerprint TEXT, root TEXT)")
                 db.execute("CREATE TABLE IF NOT EXISTS files"
                            " (path TEXT PRIMARY KEY, key TEXT NOT NULL, name TEXT NOT NULL,"
-                           " file TEXT NOT NULL, networks TEXT NOT NULL, object BLOB NOT NULL)")
+                           " file TEXT NOT NULL, networks TEXT NOT NULL, host TEXT,"
+                           " macs TEXT NOT NULL, object BLOB NOT NULL)")
                 return cls(db, fingerprint, target)
             except (OSError, sqlite3.Error):
                 db.close()
@@ -204,9 +231,8 @@ class Store:
             if meta != [(self.fingerprint, root)]:
                 return None
             # the object last in each row: reading the other columns skips its pages
-            return {path: Row(key, name, file, blob) for path, key, name, file, blob
-                    in self.db.execute("SELECT path, key, name, file,"
-                                       " CASE file WHEN '' THEN object END FROM files")}
+            return {path: Row(key, name, file, host, macs) for path, key, name, file, host, macs
+                    in self.db.execute("SELECT path, key, name, file, host, macs FROM files")}
         except sqlite3.Error:
             return None
 
@@ -219,6 +245,25 @@ class Store:
             return None if found is None else pickle.loads(found[0])
         except Exception:  # a damaged row, though ours: a miss
             return None
+
+    def objects(self, wanted: dict[str, str]) -> dict[str, bytes]:
+        """The pickles stored for `wanted` (path -> key), of the rows that still have that
+        key (a missing one: the caller parses the file). Read a thousand at a time: one
+        query per object cost 10k queries for a 10k-guest fleet."""
+        out: dict[str, bytes] = {}
+        paths = list(wanted)
+        try:
+            db = self._connection()
+            for start in range(0, len(paths), 900):  # SQLite's limit: 999 variables
+                chunk = paths[start:start + 900]
+                marks = ",".join("?" * len(chunk))
+                for path, key, blob in db.execute(
+                        f"SELECT path, key, object FROM files WHERE path IN ({marks})", chunk):
+                    if wanted[path] == key:
+                        out[path] = blob
+        except sqlite3.Error:
+            pass  # what was read so far is right; the rest is parsed
+        return out
 
     def binding(self, network: str) -> list[tuple[str, str]] | None:
         """(path, key) of the stored hosts that bind `network` (None: unreadable)."""
@@ -243,7 +288,11 @@ class Store:
                 every: bool) -> None:
         """Store what was `parsed` and forget `gone`, in one transaction; every: the rows
         are all there is (the store held another code's or directory's)."""
-        parsed = list(parsed)
+        parsed, gone = list(parsed), list(gone)
+        changing = None if every else {*(p.path for p in parsed), *gone}
+        for reader in list(_READERS.values()):
+            if reader.target == self.target:
+                reader.keep(changing)
         with contextlib.suppress(sqlite3.Error):
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -253,9 +302,11 @@ class Store:
                     self.db.execute("INSERT INTO meta VALUES (?, ?)", (self.fingerprint, root))
                 self.db.executemany("DELETE FROM files WHERE path = ?",
                                     ((path,) for path in (() if every else gone)))
-                self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                self.db.executemany("INSERT OR REPLACE INTO files VALUES"
+                                    " (?, ?, ?, ?, ?, ?, ?, ?)",
                                     ((p.path, p.row.key, p.row.name, p.row.file,
-                                      "".join(f"\n{n}" for n in p.networks) + "\n", p.blob)
+                                      "".join(f"\n{n}" for n in p.networks) + "\n",
+                                      p.row.host, p.row.macs, p.blob)
                                      for p in parsed))
                 self.db.execute("COMMIT")
             except BaseException:
