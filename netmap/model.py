@@ -205,7 +205,7 @@ class IndexedHosts(Mapping[str, Host]):
     def mapping_file(self, name: str) -> str:
         """mapping_file(self[name])."""
 
-    def read(self, names: Collection[str]) -> None:  # noqa: B027 (optional)
+    def read(self, names: Collection[str]) -> None:
         """Read these hosts at once: they are about to be asked for."""
 
 
@@ -243,7 +243,7 @@ class IndexedGuests(Mapping[str, "Guest"]):
     def mac_users(self, mac: str) -> list[tuple[str, int]]:
         """(guest, NIC index) of every NIC with `mac`, in the fleet's order."""
 
-    def read(self, names: Collection[str]) -> None:  # noqa: B027 (optional)
+    def read(self, names: Collection[str]) -> None:
         """Read these guests at once: they are about to be asked for."""
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import networkx as nx
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.segment import Segment
@@ -15,8 +14,6 @@ from rich.tree import Tree
 from netmap import graph as g
 from netmap.check import ERROR, INFO, WARNING, Finding, Report
 from netmap.errors import InputError
-from netmap.model import Fleet, Guest, Host, Vxlan, mac_users
-from netmap.modes import mode_of, semantic_of
 from netmap.placement import Candidate
 
 STYLE = {ERROR: "bold red", WARNING: "yellow", INFO: "cyan"}
@@ -55,70 +52,6 @@ def _vlan(vlan: int | None) -> str:
 
 
 # --- show -----------------------------------------------------------------------------------
-
-def mac_clashes(fleet: Fleet, of: Iterable[Guest] | None = None,
-                ) -> dict[tuple[str, int], list[str]]:
-    """(guest, NIC) -> other guests using its MAC on the same L2 domain or the same host;
-    of the guests `of` (default: every guest), reading only the other users of their MACs
-    when the fleet's guests can."""
-    mine = list(fleet.guests.values() if of is None else of)
-    owners = mac_users(fleet.guests, {nic.mac for guest in mine for nic in guest.nics})
-    clashes: dict[tuple[str, int], list[str]] = {}
-    for guest in mine:
-        for nic in guest.nics:
-            net = fleet.networks[nic.network]
-            for other_name, other_index in owners.get(nic.mac, ()):
-                if other_name == guest.name:
-                    continue
-                other = fleet.guests[other_name]
-                other_net = fleet.networks[other.nics[other_index].network]
-                same_l2 = (net.segment_id, net.vlan) == (other_net.segment_id, other_net.vlan)
-                if same_l2 or (guest.host and guest.host == other.host):
-                    clashes.setdefault((guest.name, nic.index), []).append(other_name)
-    return clashes
-
-
-def show_data(fleet: Fleet, graph: nx.DiGraph, hosts: Iterable[str]) -> dict[str, object]:
-    hosts = list(hosts)
-    clashes = mac_clashes(fleet, [guest for name in hosts for guest in g.guests_on(graph, name)])
-    out = []
-    for name in hosts:
-        host = fleet.hosts[name]
-        guests = g.guests_on(graph, name)
-        vfs = g.vf_usage(graph, name)
-        uplinks = []
-        for uplink in host.uplinks.values():
-            networks = []
-            for binding in host.bindings.values():
-                if binding.uplink != uplink.name:
-                    continue
-                network = fleet.networks[binding.network]
-                view_mtu, _ = g.effective_mtu(network, binding, host)
-                networks.append({
-                    "network": network.name, "mode": binding.mode, "semantic": semantic_of(binding),
-                    "segment": network.segment_id,
-                    "reaches_segment": network.is_overlay
-                    or g.reaches(graph, name, uplink.name, network.segment_id),
-                    "vlan": binding.vlan if binding.vlan is not None else network.vlan,
-                    "mtu": view_mtu,
-                    "guests": [
-                        {"guest": guest.name, "nic": nic.index, "mac": nic.mac,
-                         "mac_clash": clashes.get((guest.name, nic.index), [])}
-                        for guest in guests for nic in guest.nics if nic.network == network.name
-                    ],
-                })
-            uplinks.append({
-                "uplink": uplink.name, "segments": list(uplink.segments), "mtu": uplink.mtu,
-                "sriov": {"total_vfs": uplink.sriov.total_vfs, "used_vfs": vfs[uplink.name]}
-                if uplink.sriov else None,
-                "networks": networks,
-            })
-        out.append({"host": name, "features": sorted(host.features), "netns": host.netns,
-                    "guests": [guest.name for guest in guests], "uplinks": uplinks,
-                    "unbound": sorted(set(fleet.networks) - set(host.bindings))})
-    return {"mappings": fleet.root, "hosts": out,
-            "problems": [p.as_dict() for p in fleet.problems]}
-
 
 def show_tree(data: dict) -> RenderableType:
     root = Tree(Text(f"fleet ({data['mappings']})", style="bold"))
@@ -268,39 +201,6 @@ def _refusals_by_reason(refused: list[Candidate]) -> list[tuple[list[str], Findi
 
 
 # --- diff -----------------------------------------------------------------------------------
-
-def diff_rows(fleet: Fleet, a: Host, b: Host) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    for name, network in fleet.networks.items():
-        sides: list[dict[str, object] | None] = []
-        for host in (a, b):
-            binding = host.bindings.get(name)
-            if binding is None:
-                sides.append(None)
-                continue
-            mtu, _ = g.effective_mtu(network, binding, host)
-            uplink = host.uplinks[binding.uplink]
-            sides.append({
-                "mode": binding.mode, "semantic": semantic_of(binding), "uplink": binding.uplink,
-                "vlan": binding.vlan if binding.vlan is not None else network.vlan, "mtu": mtu,
-                "reaches_segment": network.is_overlay or network.segment in uplink.segments,
-                "vxlan": _vtep(binding.vxlan) if mode_of(binding).takes_vxlan else None,
-            })
-        differs = sorted(k for k in ("mode", "semantic", "vlan", "mtu", "reaches_segment",
-                                     "vxlan")
-                         if (sides[0] or {}).get(k) != (sides[1] or {}).get(k))
-        rows.append({"network": name, "segment": network.segment_id, a.name: sides[0],
-                     b.name: sides[1], "differs": differs})
-    return rows
-
-
-def _vtep(vxlan: Vxlan | None) -> str:
-    """What VTEPs of one VNI must agree on besides the VNI: port and flooding peers."""
-    vxlan = vxlan or Vxlan()
-    peers = (f"group {vxlan.group}" if vxlan.group else
-             f"remotes {', '.join(vxlan.remotes)}" if vxlan.remotes else "no peers")
-    return f"port {vxlan.port} {peers}"
-
 
 def diff_view(a: str, b: str, rows: list[dict]) -> RenderableType:
     table = Table(title=f"{a} vs {b}", title_justify="default")

@@ -405,6 +405,8 @@ def test_cache_of_other_code_is_a_miss(mappings: Path, cache_dir: Path, parses: 
     settle()
     load_fleet(mappings)
     monkeypatch.setattr(store, "code_fingerprint", lambda: "another netmap")
+    # another netmap is in other files (else the store need not hash its sources)
+    monkeypatch.setattr(store, "sources_identity", lambda package=None: "other files")
     parses.clear()
     same_as_uncached(mappings)
     assert parses["host-a.toml"] == 1
@@ -1015,3 +1017,41 @@ def test_warm_commands_read_only_their_hosts(
         assert warm == cli_answer(capsys, "--mappings", str(root), *argv), argv
         monkeypatch.setenv("NETMAP_CACHE_DIR", str(cache_dir))
         monkeypatch.setattr(loading, "STORE_MIN_FILES", 0)
+
+
+def test_sources_identity_follows_every_change_of_the_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store trusts its fingerprint while the package's files keep their identities:
+    an edit keeping size and mtime, and a new module, each give another identity; a file
+    changed within the racy window gives none (the sources are hashed then)."""
+    monkeypatch.setattr(store, "RACY_WINDOW_NS", WINDOW_NS)
+    package = tmp_path / "netmap"
+    (package / "load").mkdir(parents=True)
+    module = package / "load" / "parse.py"
+    module.write_text("A = 1\n")
+    assert store.sources_identity(package) is None
+    settle()
+    before = store.sources_identity(package)
+    assert before is not None
+    assert store.sources_identity(package) == before
+    keep_size_and_mtime(module, "A = 1", "A = 2")
+    assert store.sources_identity(package) is None
+    settle()
+    edited = store.sources_identity(package)
+    assert edited not in (None, before)
+    (package / "other.py").write_text("")
+    settle()
+    assert store.sources_identity(package) not in (None, before, edited)
+
+
+def test_store_of_the_same_code_in_changed_files_is_kept(
+        mappings: Path, cache_dir: Path, parses: Counter[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other identities of the package's files with the same loader code: the sources are
+    hashed, found the same, and the store is used."""
+    settle()
+    load_fleet(mappings)
+    monkeypatch.setattr(store, "sources_identity", lambda package=None: "touched files")
+    parses.clear()
+    same_as_uncached(mappings)
+    assert not parses

@@ -102,12 +102,12 @@ def test_an_ascii_only_stream_gets_ascii(argv: list[str], code: int,
 
 # --- exit codes -------------------------------------------------------------------------------
 def test_a_bug_exits_4_and_says_so(capsys, monkeypatch) -> None:
-    from netmap import render
+    from netmap import views
 
     def broken(*_args, **_kwargs):
         raise TypeError("an unexpected None")
 
-    monkeypatch.setattr(render, "show_data", broken)
+    monkeypatch.setattr(views, "show_data", broken)
     code = main(["--mappings", str(EXAMPLE_MAPPINGS), "show"])
     err = capsys.readouterr().err
     assert code == 4

@@ -30,7 +30,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "load": ("netmap.load", "netmap.tomlcheck", "netmap.hostid", "netmap.guest_write"),
     "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
               "netmap.drain", "netmap.plan", "netmap.planner", "netmap.steps", "netmap.draft",
-              "netmap.locate", "netmap.fleet_drift"),
+              "netmap.locate", "netmap.fleet_drift", "netmap.views"),
     "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2", "ovs"),
     "integrations": ("netmap.libvirt", "netmap.qemu", "netmap.ansible_run"),
     "edges": ("netmap.commands", "netmap.cli", "netmap.__main__", "netmap.render", "netmap.lab"),

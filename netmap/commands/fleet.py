@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from netmap.commands._common import add_json, console, load, print_json
+from netmap.commands._common import add_json, console, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK, InputError
 
 if TYPE_CHECKING:
@@ -20,23 +20,18 @@ def _configure_show(parser: argparse.ArgumentParser) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from netmap import render
-    from netmap.load import require_host
+    from netmap import views
+    from netmap.load import load_fleet, require_host
 
-    if not args.hosts:
-        fleet, graph = load(args)
-        hosts = list(fleet.hosts)
-    else:  # the graph of those hosts alone: a large fleet's other hosts are not read
-        from netmap.graph import build_graph_of_hosts
-        from netmap.load import load_fleet
-
-        fleet = load_fleet(args.mappings)
-        hosts = [require_host(fleet, name).name for name in args.hosts]
-        graph = build_graph_of_hosts(fleet, hosts)
-    data = render.show_data(fleet, graph, hosts)
+    fleet = load_fleet(args.mappings)
+    # a large fleet's other hosts are not read
+    hosts = [require_host(fleet, name).name for name in args.hosts] or list(fleet.hosts)
+    data = views.show_data(fleet, hosts)
     if args.json:
         print_json(data)
     else:
+        from netmap import render
+
         console().print(render.show_tree(data))
     # A broken file is bad input even though the rest of the fleet is shown.
     return EXIT_INPUT if fleet.problems else EXIT_OK
@@ -170,15 +165,17 @@ def _configure_diff(parser: argparse.ArgumentParser) -> None:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from netmap import render
+    from netmap import views
     from netmap.load import load_fleet, require_host
 
     fleet = load_fleet(args.mappings)
     a, b = require_host(fleet, args.host_a), require_host(fleet, args.host_b)
-    rows = render.diff_rows(fleet, a, b)
+    rows = views.diff_rows(fleet, a, b)
     if args.json:
         print_json({"hosts": [a.name, b.name], "networks": rows})
     else:
+        from netmap import render
+
         console().print(render.diff_view(a.name, b.name, rows))
     return EXIT_OK
 

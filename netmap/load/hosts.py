@@ -37,7 +37,7 @@ class StoredHosts(IndexedHosts):
     def keep(self, paths: Collection[str] | None) -> None:
         for path, row in self._rows.items():
             if paths is None or path in paths:
-                self[row.name]  # noqa: B018 (read now, while the row is there)
+                self[row.name]
                 self._kept.add(path)
 
     def __getitem__(self, name: str) -> Host:

@@ -12,7 +12,9 @@ object depends on:
 - for a domain-XML guest, the identities of all host files (their mappings turn its
   bridges and devices into networks and pick its source host);
 - the loader's code and this Python (`code_fingerprint`, kept once for the whole store:
-  another fingerprint empties it).
+  another fingerprint empties it). Hashing the loader's sources costs a tenth of a warm
+  query, so the store keeps beside it the identities of every file of the package
+  (`sources_identity`, settled as below): while they are the same, so is the code.
 
 The trap is timestamp granularity: two writes within one tick of the file system clock
 (a jiffy on ext4/xfs/tmpfs, 1 s on ext3 and some NFS, 2 s on FAT) leave ctime alone. So a
@@ -43,6 +45,7 @@ import re
 import sqlite3
 import stat
 import sys
+import time
 import weakref
 from collections.abc import Collection, Iterable
 from pathlib import Path
@@ -138,6 +141,29 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def sources_identity(package: Path | None = None) -> str | None:
+    """The identities of every Python file of the netmap package (and this Python): when
+    they are what they were, so are the loader's sources. None when a file changed within
+    the racy window (its next change might not show): the sources are hashed then."""
+    package = package or Path(__file__).resolve().parent.parent
+    now = time.time_ns()
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{FORMAT} {sys.version} {pickle.HIGHEST_PROTOCOL}".encode())
+    for folder, subfolders, files in os.walk(package):
+        subfolders.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                try:
+                    ident = identity(os.stat(path))
+                except OSError:
+                    return None
+                if not settled(ident, now):
+                    return None
+                digest.update(f"{os.path.relpath(path, package)}\0{ident}\0".encode())
+    return digest.hexdigest()
+
+
 class Row(NamedTuple):
     """One file's row, its object left in the store until asked for (Store.object)."""
 
@@ -185,16 +211,24 @@ def add_reader(reader: Reader) -> None:
 class Store:
     """The rows of one mappings directory (see the module doc)."""
 
-    def __init__(self, db: sqlite3.Connection, fingerprint: str, target: Path) -> None:
-        self.db, self.fingerprint, self.target = db, fingerprint, target
+    def __init__(self, db: sqlite3.Connection, target: Path) -> None:
+        self.db, self.target = db, target
         self._pid = os.getpid()
+        self._fingerprint: str | None = None
+        self.sources = sources_identity()
+
+    @property
+    def fingerprint(self) -> str:
+        """code_fingerprint(), hashed when first needed."""
+        if self._fingerprint is None:
+            self._fingerprint = code_fingerprint()
+        return self._fingerprint
 
     @classmethod
     def open(cls, base: Path) -> Store | None:
         """The directory's store, created when missing or not trustworthy; None when the
         cache directory cannot be written."""
         target = cache_file(base)
-        fingerprint = code_fingerprint()
         for _ in range(2):  # a file not ours, or damaged, is replaced once
             try:
                 target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -212,12 +246,13 @@ class Store:
                         for table in ("meta", "files", "bindings"):  # this and older formats'
                             db.execute(f"DROP TABLE IF EXISTS {table}")
                         db.execute(f"PRAGMA user_version = {FORMAT}")
-                db.execute("CREATE TABLE IF NOT EXISTS meta (fingerprint TEXT, root TEXT)")
+                db.execute("CREATE TABLE IF NOT EXISTS meta"
+                           " (fingerprint TEXT, root TEXT, sources TEXT)")
                 db.execute("CREATE TABLE IF NOT EXISTS files"
                            " (path TEXT PRIMARY KEY, key TEXT NOT NULL, name TEXT NOT NULL,"
                            " file TEXT NOT NULL, networks TEXT NOT NULL, host TEXT,"
                            " macs TEXT NOT NULL, object BLOB NOT NULL)")
-                return cls(db, fingerprint, target)
+                return cls(db, target)
             except (OSError, sqlite3.Error):
                 db.close()
                 with contextlib.suppress(OSError):
@@ -227,9 +262,15 @@ class Store:
     def rows(self, root: str) -> dict[str, Row] | None:
         """Every stored row, when this code stored them for this directory; else None."""
         try:
-            meta = self.db.execute("SELECT fingerprint, root FROM meta").fetchall()
-            if meta != [(self.fingerprint, root)]:
+            meta = self.db.execute("SELECT fingerprint, root, sources FROM meta").fetchall()
+            if len(meta) != 1 or meta[0][1] != root:
                 return None
+            fingerprint, _, sources = meta[0]
+            if sources is None or sources != self.sources:
+                if fingerprint != self.fingerprint:
+                    return None
+                if self.sources is not None:  # the same code in other files: note them
+                    self.db.execute("UPDATE meta SET sources = ?", (self.sources,))
             # the object last in each row: reading the other columns skips its pages
             return {path: Row(key, name, file, host, macs) for path, key, name, file, host, macs
                     in self.db.execute("SELECT path, key, name, file, host, macs FROM files")}
@@ -299,7 +340,8 @@ class Store:
                 if every:
                     self.db.execute("DELETE FROM files")
                     self.db.execute("DELETE FROM meta")
-                    self.db.execute("INSERT INTO meta VALUES (?, ?)", (self.fingerprint, root))
+                    self.db.execute("INSERT INTO meta VALUES (?, ?, ?)",
+                                    (self.fingerprint, root, self.sources))
                 self.db.executemany("DELETE FROM files WHERE path = ?",
                                     ((path,) for path in (() if every else gone)))
                 self.db.executemany("INSERT OR REPLACE INTO files VALUES"
