@@ -7,12 +7,10 @@ other host gets its first blocking reason without one.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import networkx as nx
@@ -141,6 +139,9 @@ def _share_out(fleet: Fleet, guest: Guest, to_check: list[str], strict: bool,
     # the worker is forked with the fleet in its memory: only names and answers are pickled
     _FORKED_WITH = (fleet, guest, strict, load)
     try:
+        import multiprocessing  # here: most answers need no second process
+        from concurrent.futures import ProcessPoolExecutor
+
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
         future = pool.submit(_checked_in_worker, half)
     except (OSError, RuntimeError):

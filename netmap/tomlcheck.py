@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import tomli
-
 from netmap.errors import InputError
 from netmap.model import Source
 from netmap.regular_file import read_regular
@@ -165,6 +163,8 @@ class Document:
             text = raw.decode()
         except UnicodeDecodeError as err:
             raise InputError("is not UTF-8 text", file=path, fix="save it as UTF-8") from err
+        import tomli  # here: a warm load of a large fleet parses no TOML
+
         try:
             data = tomli.loads(text)
         except RecursionError as err:  # tomli recurses per nesting level and dotted part

@@ -1055,3 +1055,63 @@ def test_store_of_the_same_code_in_changed_files_is_kept(
     parses.clear()
     same_as_uncached(mappings)
     assert not parses
+
+
+def test_warm_load_reads_networks_toml_from_the_store(
+        mappings: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """networks.toml is kept under its identity: a warm load does not parse it, and an
+    edit keeping its size and mtime is seen (test_networks_change_invalidates_every_file
+    for the hosts read against it)."""
+    parsed: list[str] = []
+    real = parse.load_networks
+
+    def counted(path: Path) -> dict:
+        parsed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(parse, "load_networks", counted)
+    settle()
+    same_as_uncached(mappings)
+    parsed.clear()
+    warm = load_fleet(mappings)
+    assert parsed == []
+    assert snapshot(warm) == snapshot(uncached(mappings))
+    keep_size_and_mtime(mappings / "networks.toml", "vlan = 200", "vlan = 201")
+    assert same_as_uncached(mappings).networks["storage"].vlan == 201
+    settle()
+    load_fleet(mappings)
+    parsed.clear()
+    assert load_fleet(mappings).networks["storage"].vlan == 201
+    assert parsed == []
+
+
+WARM_PROBE = """
+import contextlib, io, sys
+from netmap.load import fleet, store
+fleet.STORE_MIN_FILES = 0
+store.RACY_WINDOW_NS = {window}
+from netmap.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(sys.argv[1:])
+print(code, *sorted(m for m in {modules} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [["show", "host-a"], ["diff", "host-a", "host-b"]])
+def test_warm_json_answers_import_no_parser_graph_or_pool(
+        mappings: Path, cache_dir: Path, argv: list[str]) -> None:
+    """From a warm store, `show HOST --json` and `diff` parse no TOML (tomli, msgspec),
+    build no graph (networkx), draw no table (rich) and start no process: each of those
+    imports cost more than the answer."""
+    import subprocess
+    import sys
+
+    modules = ("tomli", "msgspec", "networkx", "rich", "concurrent.futures",
+               "multiprocessing")
+    probe = WARM_PROBE.format(window=WINDOW_NS, modules=modules)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    command = [sys.executable, "-c", probe, "--mappings", str(mappings), *argv, "--json"]
+    settle()
+    subprocess.run(command, env=env, check=True, capture_output=True)  # fills the store
+    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    assert done.stdout.split() == ["0"], done.stderr

@@ -10,9 +10,8 @@ import pickle
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from netmap.errors import InputError
 from netmap.gcpause import gc_paused
@@ -21,6 +20,9 @@ from netmap.load.guests import StoredGuests
 from netmap.load.hosts import StoredHosts
 from netmap.load.store import Identity, Parsed, Row, Store, identity, is_guest, settled
 from netmap.model import Fleet, Guest, Host, Network, mapping_file
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
 
 T = TypeVar("T")
 
@@ -44,27 +46,39 @@ def _load(base: Path) -> Fleet:
     started_ns = time.time_ns()
     networks_path = base / "networks.toml"
     before = _identity(os.fspath(networks_path))
-    networks = parse.load_networks(networks_path)
-    host_files, guest_files = parse.fleet_file_names(base)
+    try:
+        host_files, guest_files = parse.fleet_file_names(base)
+    except InputError:
+        parse.load_networks(networks_path)  # a broken networks.toml is said first
+        raise
     db = Store.open(base) if len(host_files) + len(guest_files) >= STORE_MIN_FILES else None
     if db is None:
-        return parse.assemble(base, networks, host_files, guest_files,
-                              host_loader=parse.load_host, guest_loader=parse.load_guest)
-    fleet = _load_with(db, base, networks, (host_files, guest_files), before, started_ns)
+        return parse.assemble(base, parse.load_networks(networks_path), host_files,
+                              guest_files, host_loader=parse.load_host,
+                              guest_loader=parse.load_guest)
+    fleet = _load_with(db, base, (host_files, guest_files), before, started_ns)
     if not isinstance(fleet.hosts, StoredHosts):
         db.close()  # else the hosts read from it as they are asked for
     return fleet
 
 
-def _load_with(db: Store, base: Path, networks: dict[str, Network],
-               files: tuple[list[str], list[str]], networks_before: Identity | None,
-               started_ns: int) -> Fleet:
+def _load_with(db: Store, base: Path, files: tuple[list[str], list[str]],
+               networks_before: Identity | None, started_ns: int) -> Fleet:
     host_files, guest_files = files
     root = os.path.realpath(base)
+    stored = db.rows(root)  # None: nothing of this code for this directory
+    # networks.toml as stored under its identity, else parsed (and stored under it)
+    networks_key = None if networks_before is None or not settled(networks_before, started_ns) \
+        else str(networks_before)
+    networks = None if stored is None or networks_key is None else db.networks(networks_key)
+    new_networks = None
+    if networks is None:
+        networks = parse.load_networks(base / "networks.toml")
+        if networks_key is not None:
+            new_networks = (networks_key, _pickled(networks))
     # Every identity before any file is read: a later change moves the one we keep.
     idents = {key: _identity(key) for key in (*host_files, *guest_files)}
     keys = _keys(idents, networks_before, host_files, started_ns)
-    stored = db.rows(root)  # None: nothing of this code for this directory
     hits = {path: row for path, row in (stored or {}).items() if row.key == keys.get(path)}
     lazy = _stored_hosts(db, host_files, hits, networks)
     lazy_guests = None if lazy is None else _stored_guests(db, guest_files, hits, networks,
@@ -76,8 +90,8 @@ def _load_with(db: Store, base: Path, networks: dict[str, Network],
         if _identity(os.fspath(base / "networks.toml")) != networks_before:
             return parse.assemble(base, parse.load_networks(base / "networks.toml"),
                                   *parse.fleet_file_names(base))
-        if gone:
-            db.replace(root, [], gone, every=False)
+        if gone or new_networks:
+            db.replace(root, [], gone, every=False, networks=new_networks)
         return fleet
     # the stored guests' objects, read at once (every load without lazy guests reads all)
     blobs = db.objects({path: row.key for path, row in hits.items() if is_guest(row)})
@@ -116,8 +130,8 @@ def _load_with(db: Store, base: Path, networks: dict[str, Network],
     parsed = [_parsed(path, key, value, blob) for path, (value, blob) in fresh.items()
               if (key := keys.get(path)) is not None]
     gone = [path for path in stored or () if path not in idents]
-    if parsed or gone or stored is None:
-        db.replace(root, parsed, gone, every=stored is None)
+    if parsed or gone or stored is None or new_networks:
+        db.replace(root, parsed, gone, every=stored is None, networks=new_networks)
     return fleet
 
 
@@ -228,7 +242,8 @@ class _SecondProcess:
         guest_share = self._theirs[max(0, len(self._theirs) - len(guests)):]
         host_share = self._theirs[:len(self._theirs) - len(guest_share)]
         self._waiting = set(self._theirs)
-        import multiprocessing
+        import multiprocessing  # here: a warm load starts no process
+        from concurrent.futures import ProcessPoolExecutor
 
         try:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))

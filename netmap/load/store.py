@@ -8,7 +8,8 @@ object depends on:
   ctime (`touch -d`, `cp -p`, tar and rsync restore mtime only) and every write, rename
   or chmod moves it, so an edit keeping size and mtime still shows; a replaced file has
   another inode. Identity, not a content hash: stat costs a tenth of reading every file;
-- networks.toml's identity (every file is validated against it);
+- networks.toml's identity (every file is validated against it; its networks are kept
+  too, under that identity alone);
 - for a domain-XML guest, the identities of all host files (their mappings turn its
   bridges and devices into networks and pick its source host);
 - the loader's code and this Python (`code_fingerprint`, kept once for the whole store:
@@ -248,8 +249,8 @@ class Store:
                         for table in ("meta", "files", "bindings"):  # this and older formats'
                             db.execute(f"DROP TABLE IF EXISTS {table}")
                         db.execute(f"PRAGMA user_version = {FORMAT}")
-                db.execute("CREATE TABLE IF NOT EXISTS meta"
-                           " (fingerprint TEXT, root TEXT, sources TEXT, rows BLOB)")
+                db.execute("CREATE TABLE IF NOT EXISTS meta (fingerprint TEXT, root TEXT,"
+                           " sources TEXT, rows BLOB, networks_key TEXT, networks BLOB)")
                 db.execute("CREATE TABLE IF NOT EXISTS files"
                            " (path TEXT PRIMARY KEY, key TEXT NOT NULL, name TEXT NOT NULL,"
                            " file TEXT NOT NULL, networks TEXT NOT NULL, host TEXT,"
@@ -338,10 +339,21 @@ class Store:
             self._pid = os.getpid()
         return self.db
 
+    def networks(self, key: str) -> Any:
+        """networks.toml's networks as stored under `key` (its identity), else None. Ask
+        only once `rows` said the store is of this code and directory."""
+        try:
+            found = self.db.execute("SELECT networks FROM meta WHERE networks_key = ?",
+                                    (key,)).fetchone()
+            return None if found is None or found[0] is None else pickle.loads(found[0])
+        except Exception:  # a damaged value, though ours: parse the file
+            return None
+
     def replace(self, root: str, parsed: Iterable[Parsed], gone: Iterable[str], *,
-                every: bool) -> None:
+                every: bool, networks: tuple[str, bytes] | None = None) -> None:
         """Store what was `parsed` and forget `gone`, in one transaction; every: the rows
-        are all there is (the store held another code's or directory's)."""
+        are all there is (the store held another code's or directory's); networks: the
+        key and pickle of networks.toml's networks, parsed under that key."""
         parsed, gone = list(parsed), list(gone)
         changing = None if every else {*(p.path for p in parsed), *gone}
         for reader in list(_READERS.values()):
@@ -353,7 +365,7 @@ class Store:
                 if every:
                     self.db.execute("DELETE FROM files")
                     self.db.execute("DELETE FROM meta")
-                    self.db.execute("INSERT INTO meta VALUES (?, ?, ?, NULL)",
+                    self.db.execute("INSERT INTO meta VALUES (?, ?, ?, NULL, NULL, NULL)",
                                     (self.fingerprint, root, self.sources))
                 index = {} if every else self._index()
                 for path in gone:
@@ -369,6 +381,8 @@ class Store:
                                      for p in parsed))
                 self.db.execute("UPDATE meta SET rows = ?",
                                 (pickle.dumps(index, pickle.HIGHEST_PROTOCOL),))
+                if networks is not None:
+                    self.db.execute("UPDATE meta SET networks_key = ?, networks = ?", networks)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
