@@ -22,7 +22,7 @@ PACKAGE = REPO / "netmap"
 # edges. A pattern names a module and its submodules; `*` matches as in fnmatch.
 LAYERS: dict[str, tuple[str, ...]] = {
     "support": ("netmap", "netmap.errors", "netmap.regular_file", "netmap.output",
-                "netmap.gcpause", "netmap.finish"),
+                "netmap.gcpause", "netmap.finish", "netmap.ovs_paths"),
     "model": ("netmap.model", "netmap.names", "netmap.nic_values", "netmap.inventory",
               "netmap.vxlan_options", "netmap.netns_name", "netmap.mtu",
               "netmap.inventory_json"),

@@ -245,7 +245,7 @@ def _configure_drift(parser: argparse.ArgumentParser) -> None:
 def ovsdb_remote(given: str | None, host: Host | None) -> str | None:
     """The OVSDB to read: --ovsdb, else the host's ovs bindings' (they must be read, and
     drift says so when it cannot be), else the default socket if Open vSwitch runs here."""
-    from netmap.plan import default_ovsdb
+    from netmap.ovs_paths import default_ovsdb
 
     if given:
         return given

@@ -22,8 +22,10 @@ Pure apart from `entry_macs`, which reads the PF's VF entries (IFLA_VFINFO_LIST)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from netmap.steps.base import VirtualFunctionView
+if TYPE_CHECKING:
+    from netmap.steps.base import VirtualFunctionView
 
 ZERO_MAC = "00:00:00:00:00:00"
 

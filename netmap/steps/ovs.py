@@ -11,21 +11,15 @@ too, in one OVSDB transaction (netlink/ovs_steps.release), so `undo` here does n
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
+from netmap.ovs_paths import OVS_RUNDIR, default_ovsdb  # noqa: F401 (re-exported)
 from netmap.steps.base import Action, Changes, LiveHost, Step, refuse
 
 OVS_OWNER_KEY = "netmap-owner"  # on every OVS port netmap adds: release takes out only these
 OVS_NETWORK_KEY = "netmap-network"  # on a guest's port: the logical network (drift reads it)
-OVS_RUNDIR = "/var/run/openvswitch"
 UPLINK_OWNER = "uplink"  # the owner mark of an uplink's trunk port (shared by every guest)
-
-
-def default_ovsdb() -> str:
-    """Where ovs-vsctl finds OVSDB: $OVS_RUNDIR/db.sock, else /var/run/openvswitch's."""
-    return f"unix:{os.environ.get('OVS_RUNDIR') or OVS_RUNDIR}/db.sock"
 
 
 @dataclass(frozen=True)
