@@ -16,13 +16,16 @@ every file of the fleet (a load that can never be stale does at least that).
 
 --scale is the host count of the standard shape (the huge shape has a twentieth of it).
 Every figure is the median of interleaved rounds of fresh processes started with
-this interpreter from this checkout. --table times the rich table instead of --json.
+this interpreter from this checkout, in wall time (what the targets are about) and in CPU
+time (user + system: on a loaded machine the steadier of the two). --table times the rich
+table instead of --json.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -74,19 +77,23 @@ def environment() -> dict[str, str]:
     return env
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, the process and what it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, *argv], env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode not in (0, 1):  # 1: no host can take the guest, a valid answer
         raise SystemExit(f"{' '.join(argv[2:])}: exit {done.returncode}\n"
                          f"{done.stderr.decode(errors='replace')}")
-    return elapsed
+    return elapsed, cpu
 
 
 def measure(root: Path, rounds: int, table: bool, env: dict[str, str], work: Path,
-            ) -> dict[str, float]:
+            ) -> dict[str, dict[str, float]]:
     command = ["-c", CLI, "--mappings", str(root), "hosts-for", GUEST]
     if not table:
         command.append("--json")
@@ -97,7 +104,7 @@ def measure(root: Path, rounds: int, table: bool, env: dict[str, str], work: Pat
     warm_cache = work / f"cache-warm-{root.name}"
     warm_env = {**env, "NETMAP_CACHE_DIR": str(warm_cache)}
     timed(command, warm_env)  # fills the store, and the page cache for everyone
-    times: dict[str, list[float]] = {
+    times: dict[str, list[tuple[float, float]]] = {
         kind: [] for kind in ("bare", "python", "stat", "cold", "warm", *others)}
     for index in range(rounds):
         times["bare"].append(timed(["-c", BARE_PARSE, str(root)], env))
@@ -110,7 +117,9 @@ def measure(root: Path, rounds: int, table: bool, env: dict[str, str], work: Pat
         for kind, argv in others.items():
             times[kind].append(timed(["-c", CLI, "--mappings", str(root), *argv, "--json"],
                                      warm_env))
-    return {kind: statistics.median(values) for kind, values in times.items()}
+    return {clock: {kind: statistics.median(pair[column] for pair in values)
+                    for kind, values in times.items()}
+            for column, clock in enumerate(("wall", "cpu"))}
 
 
 TARGETS = {"cold": 1.3, "warm": 0.25, "show": 0.1, "check": 0.1, "diff": 0.1}
@@ -163,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     output = "rich table" if args.table else "--json"
     print(f"netmap hosts-for {GUEST} {output}; median of {args.rounds} rounds; "
           f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; scale {args.scale}")
-    print(table(shapes, results))
+    for clock in ("wall", "cpu"):
+        print(f"\n{clock} time" + (" (user + system; the cold run's second process "
+                                    "counts too)" if clock == "cpu" else ""))
+        print(table(shapes, {shape: results[shape][clock] for shape in shapes}))
     return 0
 
 
