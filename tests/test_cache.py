@@ -1115,3 +1115,34 @@ def test_warm_json_answers_import_no_parser_graph_or_pool(
     subprocess.run(command, env=env, check=True, capture_output=True)  # fills the store
     done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
     assert done.stdout.split() == ["0"], done.stderr
+
+
+def test_walking_a_warm_fleet_reads_it_in_few_queries(
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller that walks every host or guest by name (`{**fleet.guests}`, as the libvirt
+    hook does) gets them from a few queries, not one per file, and gets the cold answer."""
+    from netmap.load.guests import ONE_BY_ONE
+
+    root = tmp_path / "generated"
+    generate_fleet(root, 300, 200, seed=4)
+    settle()
+    load_fleet(root)
+    queries: Counter[str] = Counter()
+    real_one, real_many = store.Store.object, store.Store.objects
+
+    def one(self: store.Store, path: str, key: str) -> object:
+        queries[Path(path).parent.name] += 1
+        return real_one(self, path, key)
+
+    def many(self: store.Store, wanted: dict[str, str]) -> dict[str, bytes]:
+        queries[Path(next(iter(wanted))).parent.name if wanted else ""] += 1
+        return real_many(self, wanted)
+
+    monkeypatch.setattr(store.Store, "object", one)
+    monkeypatch.setattr(store.Store, "objects", many)
+    warm = load_fleet(root)
+    plain = uncached(root)
+    assert {**warm.guests} == {**plain.guests}
+    assert {**warm.hosts} == {**plain.hosts}
+    assert queries["guests"] <= ONE_BY_ONE + 1 < len(plain.guests)
+    assert queries["hosts"] <= ONE_BY_ONE + 1 < len(plain.hosts)

@@ -18,6 +18,10 @@ from netmap.load import parse
 from netmap.load.store import Row, Store, add_reader
 from netmap.model import Guest, Host, IndexedGuests, Network
 
+# Guests asked for one at a time before the rest are read at once: a query by name asks for
+# a few, a caller that walks every guest (a `{**guests}`) would cost a query each.
+ONE_BY_ONE = 64
+
 
 class StoredGuests(IndexedGuests):
     """name -> Guest of the guest files `rows` (path -> row, in the load's order), read
@@ -33,6 +37,7 @@ class StoredGuests(IndexedGuests):
         self._placed = {row.name: row.host for row in rows.values()}
         self._by_mac: dict[str, list[str]] | None = None  # MAC -> guests, from the rows
         self._mac_users: dict[str, list[tuple[str, int]]] = {}  # asked for already
+        self._misses = 0
         self.target = db.target
         add_reader(self)
 
@@ -43,7 +48,11 @@ class StoredGuests(IndexedGuests):
     def __getitem__(self, name: str) -> Guest:
         guest = self._read.get(name)
         if guest is None:
-            self.read((name,))  # KeyError: no such guest, as a dict says
+            self._misses += 1
+            if self._misses > ONE_BY_ONE and name in self._paths:
+                self.read(self._paths)  # a caller walking them all (`{**guests}`)
+            else:
+                self.read((name,))  # KeyError: no such guest, as a dict says
             guest = self._read[name]
         return guest
 

@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterator, Mapping
 
 from netmap.errors import InputError
 from netmap.load import parse
+from netmap.load.guests import ONE_BY_ONE
 from netmap.load.store import Row, Store, add_reader
 from netmap.model import Host, IndexedHosts, Network
 
@@ -31,6 +32,7 @@ class StoredHosts(IndexedHosts):
         self._read: dict[str, Host] = {}
         self._binding: dict[str, frozenset[str]] = {}
         self._kept: set[str] = set()  # paths whose rows this process may have rewritten
+        self._misses = 0
         self.target = db.target
         add_reader(self)
 
@@ -44,6 +46,11 @@ class StoredHosts(IndexedHosts):
         host = self._read.get(name)
         if host is None:
             path = self._paths[name]  # KeyError: no such host, as a dict says
+            self._misses += 1
+            if self._misses > ONE_BY_ONE:  # a caller walking them all: the rest at once
+                self.read(self._paths)
+                host = self._read.get(name)
+        if host is None:
             host = self._db.object(path, self._rows[path].key)
             if not isinstance(host, Host):
                 host = parse.load_host(path, self._networks)
