@@ -29,7 +29,14 @@ from netmap.errors import InputError
 from netmap.graph import build_graph
 from netmap.load import fleet as loading
 from netmap.load import load_fleet, parse, store
-from netmap.model import Fleet, Host, IndexedHosts, host_mapping_file, hosts_binding
+from netmap.model import (
+    Fleet,
+    Host,
+    IndexedGuests,
+    IndexedHosts,
+    host_mapping_file,
+    hosts_binding,
+)
 
 WINDOW_NS = 50_000_000
 
@@ -1146,3 +1153,33 @@ def test_walking_a_warm_fleet_reads_it_in_few_queries(
     assert {**warm.hosts} == {**plain.hosts}
     assert queries["guests"] <= ONE_BY_ONE + 1 < len(plain.guests)
     assert queries["hosts"] <= ONE_BY_ONE + 1 < len(plain.hosts)
+
+
+def test_warm_answers_about_shared_macs_are_the_cold_ones(
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """MAC_IN_USE, MAC_DUPLICATE and show's mac_clash come from the store's MAC index on a
+    warm load: the same as a load without the store, guests on the same host and elsewhere."""
+    root = tmp_path / "generated"
+    generate_fleet(root, 120, 60, seed=9)
+    plain = uncached(root)
+    guest = next(g for g in plain.guests.values() if g.host is not None and len(g.nics) > 1)
+    text = Path(guest.source.file).read_text()
+    other_host = next(name for name in plain.hosts if name != guest.host)
+    (root / "guests" / "twin-here.toml").write_text(
+        text.replace(f'name = "{guest.name}"', 'name = "twin-here"'))
+    (root / "guests" / "twin-there.toml").write_text(
+        text.replace(f'name = "{guest.name}"', 'name = "twin-there"').replace(
+            f'host = "{guest.host}"', f'host = "{other_host}"'))
+    settle()
+    load_fleet(root)  # fills the store
+    assert isinstance(load_fleet(root).guests, IndexedGuests)  # the warm path is taken
+    commands = [("check", guest.name, "--to", other_host, "--json"),
+                ("check", "twin-there", "--to", guest.host, "--json"),
+                ("hosts-for", guest.name, "--json"),
+                ("show", guest.host, other_host, "--json")]
+    warm = [cli_answer(capsys, "--mappings", str(root), *argv) for argv in commands]
+    codes = {finding["code"] for _, answer in warm[:2] for finding in answer["findings"]}
+    assert {"MAC_IN_USE", "MAC_DUPLICATE"} <= codes
+    monkeypatch.setattr(loading, "STORE_MIN_FILES", 10**9)
+    assert warm == [cli_answer(capsys, "--mappings", str(root), *argv) for argv in commands]
