@@ -8,7 +8,7 @@ yet; info = a note. `netmap drift` exits 1 on any error or warning.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from netmap.check import ERROR, INFO, WARNING, Finding
@@ -43,7 +43,7 @@ class _Drift(BindingDrift):
     """Adds what is not about links: kernel features, and what netmap's state recorded."""
 
     verify_features: frozenset[str] | None = None  # declared features to verify (None: all)
-    guests: dict[str, Guest] | None = None  # the fleet's: endpoints compared with their NIC
+    guests: Mapping[str, Guest] | None = None  # the fleet's: endpoints compared with their NIC
 
     def check_features(self) -> None:
         needed: dict[str, list[str]] = {}
@@ -185,7 +185,7 @@ FEATURE_MODULE = {"vhost-net": "vhost_net", "sriov": "the NIC driver with max_vf
 def drift_report(host: Host, inventory: Inventory, state_entries: object = (), *,
                  networks: dict[str, Network] | None = None,
                  verify_features: Collection[str] | None = None,
-                 guests: dict[str, Guest] | None = None) -> DriftReport:
+                 guests: Mapping[str, Guest] | None = None) -> DriftReport:
     """Compare `host` (its mapping) with `inventory` (the live host) and netmap's state.
 
     `state_entries`: a netmap.state.HostState, its data dict, or TrackedDevice entries.

@@ -14,14 +14,14 @@ from netmap.commands._common import add_json, console, load, print_json, this_ho
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Mapping
 
     from rich.console import RenderableType
     from rich.tree import Tree
 
     from netmap.drift import DriftReport
     from netmap.inventory import Interface, Inventory, OvsState
-    from netmap.model import Host
+    from netmap.model import Guest, Host
 
 
 def _add_sources(parser: argparse.ArgumentParser) -> None:
@@ -263,7 +263,7 @@ def live_drift(host: Host, networks: dict, *, netns: str | None = None,
                state_dir: str | None = None, sysfs_root: str | None = None,
                dev_root: str = "/dev", ovsdb: str | None = None,
                verify_features: Collection[str] | None = None,
-               guests: dict | None = None) -> DriftReport:
+               guests: Mapping[str, Guest] | None = None) -> DriftReport:
     """Discover this host (or `netns`, else the mapping's netns) and compare it with `host`'s
     mapping and netmap's state: what `netmap drift` prints, for `check --live` to fold in
     (`verify_features`: drift.drift_report's)."""

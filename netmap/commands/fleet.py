@@ -140,7 +140,7 @@ def _hosts_for_answer(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"guest": guest.name, "source": guest.host,
                     "hosts": [c.as_dict() for c in candidates],
-                    "unreadable": [p.as_dict() for p in unreadable]})
+                    "unreadable": [p.as_dict() for p in unreadable]}, large=True)
     else:
         from netmap import render
 
