@@ -941,12 +941,17 @@ def test_cached_answer_is_always_the_cold_answer(
 
 def answers(fleet: Fleet, n: int) -> tuple:
     """What queries reading some hosts answer (a warm load reads no other host: one host,
-    and hosts-for of the XML guest and of another), asked first; then the whole fleet."""
+    `show` of it and `diff` against the first, and hosts-for of the XML guest and of
+    another), asked first; then the whole fleet."""
+    from netmap import views
+
     names = list(fleet.hosts)
     one = fleet.hosts[names[n % len(names)]] if names else None
+    shown = None if one is None else (views.show_data(fleet, [one.name]),
+                                      views.diff_rows(fleet, fleet.hosts[names[0]], one))
     placed = [[c.as_dict() for c in placement.hosts_for_fleet(fleet, guest)]
               for guest in ("vx", "vm000001") if guest in fleet.guests]
-    return one, placed, snapshot(fleet)
+    return one, shown, placed, snapshot(fleet)
 
 
 @pytest.fixture
