@@ -55,8 +55,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 RACY_WINDOW_NS = 2_000_000_000
-FORMAT = 7  # of the tables: a store of another format is emptied and made anew
+FORMAT = 8  # of the tables: a store of another format is emptied and made anew
 Identity = tuple[int, int, int, int, int]
+META_COLUMNS = ("fingerprint", "root", "sources", "rows", "networks_key", "networks")
+FILES_COLUMNS = ("path", "key", "name", "file", "networks", "host", "macs", "object")
 
 
 def identity(st: os.stat_result) -> Identity:
@@ -255,6 +257,10 @@ class Store:
                            " (path TEXT PRIMARY KEY, key TEXT NOT NULL, name TEXT NOT NULL,"
                            " file TEXT NOT NULL, networks TEXT NOT NULL, host TEXT,"
                            " macs TEXT NOT NULL, object BLOB NOT NULL)")
+                # tables of this format but other columns (made by a development build):
+                # a file that every load would miss in; it is made anew (below)
+                db.execute(f"SELECT {', '.join(META_COLUMNS)} FROM meta LIMIT 0")
+                db.execute(f"SELECT {', '.join(FILES_COLUMNS)} FROM files LIMIT 0")
                 return cls(db, target)
             except (OSError, sqlite3.Error):
                 db.close()
