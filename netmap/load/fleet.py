@@ -160,11 +160,12 @@ def _stored_guests(db: Store, guest_files: list[str], hits: Mapping[str, Row],
 
 def _parsed(path: str, key: str, value: Host | Guest, blob: bytes | None) -> Parsed:
     if isinstance(value, Host):
-        row, networks = Row(key, value.name, mapping_file(value)), tuple(value.bindings)
+        row = Row(key, value.name, mapping_file(value),
+                  networks="".join(f"\n{network}" for network in value.bindings) + "\n")
     else:
-        row = Row(key, value.name, "", value.host, "".join(f"{nic.mac}\n" for nic in value.nics))
-        networks = ()
-    return Parsed(path, row, blob if blob is not None else _pickled(value), networks)
+        row = Row(key, value.name, "", value.host, "".join(f"{nic.mac}\n" for nic in value.nics),
+                  "\n")
+    return Parsed(path, row, blob if blob is not None else _pickled(value))
 
 
 def _keys(idents: Mapping[str, Identity | None], networks: Identity | None,

@@ -31,7 +31,7 @@ class StoredHosts(IndexedHosts):
         self._rows = rows
         self._read: dict[str, Host] = {}
         self._binding: dict[str, frozenset[str]] = {}
-        self._kept: set[str] = set()  # paths whose rows this process may have rewritten
+        self._by_network: dict[str, list[str]] | None = None
         self._misses = 0
         self.target = db.target
         add_reader(self)
@@ -40,7 +40,6 @@ class StoredHosts(IndexedHosts):
         for path, row in self._rows.items():
             if paths is None or path in paths:
                 self[row.name]
-                self._kept.add(path)
 
     def __getitem__(self, name: str) -> Host:
         host = self._read.get(name)
@@ -82,22 +81,12 @@ class StoredHosts(IndexedHosts):
     def binding(self, network: str) -> frozenset[str]:
         found = self._binding.get(network)
         if found is None:
-            rows = self._rows
-            indexed = self._db.binding(network)
-            if indexed is None:  # the index cannot be read: ask the hosts themselves
-                unsure, current = list(self._paths), set()
-            else:
-                # a row stored since under another key (its file changed after this load
-                # saw it) speaks of another version than this load's: ask that host
-                current = {path for path, key in indexed
-                           if path in rows and rows[path].key == key} - self._kept
-                unsure = [rows[path].name for path, _ in indexed
-                          if path in rows and path not in current and path not in self._kept]
-                # a row rewritten by this process since: its host, read before, answers
-                unsure += [rows[path].name for path in self._kept]
-            found = frozenset({rows[path].name for path in current}
-                              | {name for name in unsure if network in self[name].bindings})
-            self._binding[network] = found
+            if self._by_network is None:  # from the rows this load read: its own version
+                self._by_network = {}
+                for row in self._rows.values():
+                    for bound in row.networks.split("\n")[1:-1]:
+                        self._by_network.setdefault(bound, []).append(row.name)
+            found = self._binding[network] = frozenset(self._by_network.get(network, ()))
         return found
 
     def mapping_file(self, name: str) -> str:

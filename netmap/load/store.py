@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 RACY_WINDOW_NS = 2_000_000_000
-FORMAT = 8  # of the tables: a store of another format is emptied and made anew
+FORMAT = 9  # of the tables: a store of another format is emptied and made anew
 Identity = tuple[int, int, int, int, int]
 META_COLUMNS = ("fingerprint", "root", "sources", "rows", "networks_key", "networks")
 FILES_COLUMNS = ("path", "key", "name", "file", "networks", "host", "macs", "object")
@@ -177,6 +177,7 @@ class Row(NamedTuple):
     file: str  # a host's mapping file (model.mapping_file), else ""
     host: str | None = None  # a guest's host
     macs: str = ""  # a guest's MACs, each followed by a newline
+    networks: str = ""  # the networks a host binds, each between newlines
 
 
 def is_guest(row: Row) -> bool:
@@ -184,13 +185,11 @@ def is_guest(row: Row) -> bool:
 
 
 class Parsed(NamedTuple):
-    """What a load stores of a file it parsed: a Row, the object pickled, and for a host
-    the networks it binds (the store's index: which hosts bind a network)."""
+    """What a load stores of a file it parsed: its Row and the object pickled."""
 
     path: str
     row: Row
     blob: bytes
-    networks: tuple[str, ...]
 
 
 class Reader(Protocol):
@@ -294,8 +293,9 @@ class Store:
             index = pickle.loads(found[0])
             if isinstance(index, dict):
                 return index
-        return {path: tuple(row) for path, *row in self.db.execute(
-            "SELECT path, key, name, file, host, macs FROM files")}
+        return {path: (key, name, file, host, macs, networks)
+                for path, key, name, file, host, macs, networks in self.db.execute(
+                    "SELECT path, key, name, file, host, macs, networks FROM files")}
 
     def object(self, path: str, key: str) -> Any:
         """The object stored for `path` under `key`; None when the row is gone, has another
@@ -325,17 +325,6 @@ class Store:
         except sqlite3.Error:
             pass  # what was read so far is right; the rest is parsed
         return out
-
-    def binding(self, network: str) -> list[tuple[str, str]] | None:
-        """(path, key) of the stored hosts that bind `network` (None: unreadable)."""
-        # A scan of a column, not an index table: 10k hosts, 11 ms a query either way,
-        # but storing a table of 60k bindings and its indexes took 0.23 s, the column 0.08 s.
-        try:
-            return self._connection().execute(
-                "SELECT path, key FROM files WHERE instr(networks, ?)",
-                (f"\n{network}\n",)).fetchall()
-        except sqlite3.Error:
-            return None
 
     def _connection(self) -> sqlite3.Connection:
         # a connection must not cross a fork (SQLite's rule): a forked worker that reads
@@ -382,8 +371,7 @@ class Store:
                 self.db.executemany("INSERT OR REPLACE INTO files VALUES"
                                     " (?, ?, ?, ?, ?, ?, ?, ?)",
                                     ((p.path, p.row.key, p.row.name, p.row.file,
-                                      "".join(f"\n{n}" for n in p.networks) + "\n",
-                                      p.row.host, p.row.macs, p.blob)
+                                      p.row.networks, p.row.host, p.row.macs, p.blob)
                                      for p in parsed))
                 self.db.execute("UPDATE meta SET rows = ?",
                                 (pickle.dumps(index, pickle.HIGHEST_PROTOCOL),))
