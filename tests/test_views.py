@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from netmap import graph as g
-from netmap import views
 from netmap.load import parse
-from netmap.model import Fleet
-from netmap.mtu import effective_mtu
+from netmap.model.fleet import Fleet
+from netmap.model.mtu import effective_mtu
+from netmap.query import graph as g
+from netmap.query import views
 from tests.test_cache import generate_fleet
 
 REPO = Path(__file__).resolve().parent.parent

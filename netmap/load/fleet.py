@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from netmap.errors import InputError
-from netmap.gcpause import gc_paused
 from netmap.load import parse, store
 from netmap.load.guests import StoredGuests
 from netmap.load.hosts import StoredHosts
 from netmap.load.store import Identity, Parsed, Row, Store, identity, is_guest, settled
-from netmap.model import Fleet, Guest, Host, Network, mapping_file
+from netmap.model.fleet import Fleet, Guest, Host, Network, mapping_file
+from netmap.support.gcpause import gc_paused
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ProcessPoolExecutor

@@ -16,7 +16,7 @@ from typing import Any
 from netmap.errors import InputError
 from netmap.load import parse
 from netmap.load.store import Row, Store, add_reader
-from netmap.model import Guest, Host, IndexedGuests, Network
+from netmap.model.fleet import Guest, Host, IndexedGuests, Network
 
 # Guests asked for one at a time before the rest are read at once: a query by name asks for
 # a few, a caller that walks every guest (a `{**guests}`) would cost a query each.

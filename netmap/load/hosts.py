@@ -17,7 +17,7 @@ from netmap.errors import InputError
 from netmap.load import parse
 from netmap.load.guests import ONE_BY_ONE
 from netmap.load.store import Row, Store, add_reader
-from netmap.model import Host, IndexedHosts, Network
+from netmap.model.fleet import Host, IndexedHosts, Network
 
 
 class StoredHosts(IndexedHosts):

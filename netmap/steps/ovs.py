@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from netmap.ovs_paths import OVS_RUNDIR, default_ovsdb  # noqa: F401 (re-exported)
 from netmap.steps.base import Action, Changes, LiveHost, Step, refuse
+from netmap.support.ovs_paths import OVS_RUNDIR, default_ovsdb  # noqa: F401 (re-exported)
 
 OVS_OWNER_KEY = "netmap-owner"  # on every OVS port netmap adds: release takes out only these
 OVS_NETWORK_KEY = "netmap-network"  # on a guest's port: the logical network (drift reads it)

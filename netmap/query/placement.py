@@ -15,10 +15,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from netmap import graph as g
-from netmap.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
-from netmap.gcpause import gc_paused
-from netmap.model import (
+from netmap.model.fleet import (
     Fleet,
     Guest,
     guest_hosts,
@@ -26,6 +23,9 @@ from netmap.model import (
     hosts_binding,
     read_ahead,
 )
+from netmap.query import graph as g
+from netmap.rules.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
+from netmap.support.gcpause import gc_paused
 
 
 @dataclass(frozen=True)

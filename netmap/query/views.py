@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from netmap.model import Fleet, Guest, Host, Vxlan, guests_placed_on, mac_users
+from netmap.model.fleet import Fleet, Guest, Host, Vxlan, guests_placed_on, mac_users
+from netmap.model.mtu import effective_mtu
 from netmap.modes import REGISTRY, mode_of, semantic_of
-from netmap.mtu import effective_mtu
 
 
 def mac_clashes(fleet: Fleet, of: Iterable[Guest] | None = None,
