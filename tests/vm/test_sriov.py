@@ -231,6 +231,8 @@ def test_a_vf_bound_to_vfio_pci_is_never_claimed_and_all_commands_agree(
     fix) drift is quiet and check, from the mappings alone, refuses that guest too."""
     bind_to_vfio(sriov_pf, 0)
     bind_to_vfio(sriov_pf, 2)
+    ip("link", "set", sriov_pf, "up")  # as on a host in service: drift and check --live
+    # then have nothing but the pool to say (UPLINK_DOWN otherwise)
     macs = {f"g{i}": f"52:54:00:5e:05:0{i}" for i in (1, 2, 3)}
     guests = {name: guest(name, ("storage", mac)) for name, mac in macs.items()}
     # g3 comes from another host: check --to judges it as a migration here
@@ -284,3 +286,4 @@ def test_a_vf_bound_to_vfio_pci_is_never_claimed_and_all_commands_agree(
     for name in ("g1", "g2"):
         assert main(["release", name, "--host", HOST]) == 0
     assert [pci_driver(sriov_pf, i) for i in range(4)] == full[2]  # release left them alone
+    ip("link", "set", sriov_pf, "down")
