@@ -1,23 +1,35 @@
-"""The namespace tier's rollback faults (tests/faults.py: Ctrl-C just before and just after
-the kernel takes a request, ENOBUFS half-way through a pipelined batch), one at every
-netlink send of one realize (the three kinds in turn; the namespace tier tries every kind
-at every send of the modes it can build), for the modes only this kernel has: a macvtap
-on an 802.1Q sub-interface, a tap on a VLAN-filtering bridge, and two VFs of the real PF
-(one handed over whole, one as a passthru macvtap). After each failed realize the host
-(`ip -d link`, `bridge vlan`), the PF's VF entries and netmap's state are as before.
+"""The namespace tier's rollback tests (test_rollback_signals, test_realize's crash) for the
+modes only this kernel has: a macvtap on an 802.1Q sub-interface, a tap on a
+VLAN-filtering bridge, and two VFs of the real PF (one handed over whole, one as a passthru
+macvtap), all in one guest.
 
-strace's SIGINT at every sendto of the CLI (test_rollback_signals) is not repeated here:
-it starts one interpreter per send, which under TCG costs far more than the faults it adds.
+* Every fault of tests/faults.py (Ctrl-C just before and just after the kernel takes a
+  request, ENOBUFS half-way through a pipelined batch) at every netlink send of realize.
+* A real SIGINT, from strace, at every sendto of `netmap realize` (the console script's
+  own entry, netmap.cli.run), also pyroute2's, which set the VF entries.
+* A real SIGKILL, from strace, at every sendto: the next realize finishes the guest, or
+  release undoes it.
+
+After each the host (`ip -d link` with the PF's VF entries, `bridge vlan`) and netmap's
+state are as before. Under TCG one interpreter start costs 20-30 s, so the CLI runs in a
+child forked from this process after its imports, with strace attached to it; what the
+child runs is what the console script runs.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from faults import enobufs_half_way, faulty_kernel, interrupt_after, interrupt_before
 from vmhost import HOST, guest, host_dump, ip, vf_entries
 
+from netmap.cli import main
 from netmap.errors import ApplyError
 from netmap.graph import build_graph
 from netmap.load import load_fleet
@@ -95,40 +107,164 @@ def four_modes(sriov_pf, fleet) -> Iterator[tuple[str, object]]:
         ip("link", "del", name, check=False)
 
 
-def snapshot(pf: str) -> tuple[dict, list[dict], dict]:
-    return host_dump(), vf_entries(pf), HostState.load(HOST).data
+def snapshot(pf: str) -> tuple[dict, dict]:
+    """The host as iproute2 dumps it (the PF's link carries its VF entries) and the state."""
+    dump = host_dump()
+    assert dump["links"][pf].get("vfinfo_list"), f"{pf}'s dump has no VF entries"
+    return dump, HostState.load(HOST).data
 
 
-def test_a_fault_at_every_netlink_send_leaves_host_pf_and_state_as_before(four_modes) -> None:
-    pf, plan = four_modes
-    kinds = {type(step).__name__ for _, step in plan.steps}
-    assert {"EnsureVlanLink", "CreateMacvtap", "BridgeVlan", "CreateTap", "ClaimVf"} <= kinds
+def counted_realize(pf: str, plan) -> tuple[int, tuple[dict, dict]]:
+    """Realize once with every send counted; the count and the realized snapshot. Released
+    after, and checked to leave nothing."""
     before = snapshot(pf)
     with pytest.MonkeyPatch.context() as patch:
         sends = faulty_kernel(patch, 0, None)
         assert realize_plan(plan).changed
-    total = sends[0]
     realized = snapshot(pf)
-    assert len({e["vf"] for e in realized[1] if e["mac"].startswith("52:54:00:6b")}) == 2
+    assert len({e["vf"] for e in vf_entries(pf) if e["mac"].startswith("52:54:00:6b")}) == 2
     release_guest(HOST, "g4", None)
     assert snapshot(pf) == before, "the counting run's release left changes behind"
+    return sends[0], realized
+
+
+def test_every_fault_at_every_netlink_send_leaves_host_pf_and_state_as_before(
+        four_modes) -> None:
+    pf, plan = four_modes
+    kinds = {type(step).__name__ for _, step in plan.steps}
+    assert {"EnsureVlanLink", "CreateMacvtap", "BridgeVlan", "CreateTap", "ClaimVf"} <= kinds
+    before = snapshot(pf)
+    total, realized = counted_realize(pf, plan)
     assert total >= 10
-    faults = (interrupt_after, interrupt_before, enobufs_half_way)
     for at in range(1, total + 1):
-        fault = faults[at % len(faults)]  # each kind at every third send: TCG is slow
-        with pytest.MonkeyPatch.context() as patch, \
-                pytest.raises((ApplyError, KeyboardInterrupt)) as caught:
-            faulty_kernel(patch, at, fault)
-            realize_plan(plan)
-        if isinstance(caught.value, ApplyError):
-            problem = caught.value.problem
-            assert ("every change was undone" in problem
-                    or "nothing was changed" in problem), problem
-        else:  # only before the transaction exists: nothing was touched yet
-            assert at == 1, f"{fault.__name__} at send {at}: {caught.value!r}"
-        now = snapshot(pf)
-        assert now[0] == before[0], f"{fault.__name__} at send {at}: links or VLANs"
-        assert now[1] == before[1], f"{fault.__name__} at send {at}: VF entries"
-        assert now[2] == before[2], f"{fault.__name__} at send {at}: netmap's state"
+        for fault in (interrupt_after, interrupt_before, enobufs_half_way):
+            with pytest.MonkeyPatch.context() as patch, \
+                    pytest.raises((ApplyError, KeyboardInterrupt)) as caught:
+                faulty_kernel(patch, at, fault)
+                realize_plan(plan)
+            if isinstance(caught.value, ApplyError):
+                problem = caught.value.problem
+                assert ("every change was undone" in problem
+                        or "nothing was changed" in problem), problem
+            else:  # only before the transaction exists: nothing was touched yet
+                assert at == 1, f"{fault.__name__} at send {at}: {caught.value!r}"
+            now = snapshot(pf)
+            assert now[0] == before[0], f"{fault.__name__} at send {at}: links, VLANs, VFs"
+            assert now[1] == before[1], f"{fault.__name__} at send {at}: netmap's state"
     assert realize_plan(plan).changed  # the host is still usable afterwards
-    assert snapshot(pf)[1] == realized[1]  # the same two VFs claimed, as the first time
+    assert snapshot(pf)[0]["links"][pf] == realized[0]["links"][pf]  # the same two VFs
+
+
+def cli_under_strace(argv: list[str], inject: str, log: Path) -> int:
+    """`netmap ARGV` as the console script runs it (netmap.cli.run), in a child forked from
+    this process, with `strace -e inject=sendto:INJECT` attached before it starts; its exit
+    code (negative: the signal that ended it). stderr goes to `log`."""
+    from netmap import cli
+
+    gate_read, gate_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(gate_write)
+            os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 (os._exit ends it)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # as a new interpreter
+            os.read(gate_read, 1)  # until strace is attached
+            sys.argv = ["netmap", *argv]
+            cli.run()
+        finally:
+            os._exit(99)
+    os.close(gate_read)
+    tracer = subprocess.Popen(["strace", "-p", str(pid), "-o", "/dev/null", "-e", "trace=sendto",
+                               "-e", f"inject=sendto:{inject}"],
+                              stderr=subprocess.PIPE, text=True)
+    # strace says so once the tracee is seized and interrupted: every later syscall is seen
+    attached = tracer.stderr.readline() if tracer.stderr else ""
+    os.write(gate_write, b"go")
+    os.close(gate_write)
+    _, status = os.waitpid(pid, 0)
+    tracer.communicate(timeout=60)
+    assert "attached" in attached, attached
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.fixture
+def cli_ready() -> None:
+    """What realize imports lazily, once here: a child would import it anew (seconds under
+    TCG each time)."""
+    import pyroute2  # noqa: F401
+    import rich.console  # noqa: F401
+
+    import netmap.commands.realize
+    import netmap.graph
+    import netmap.load
+    import netmap.netlink.apply  # noqa: F401
+
+
+def test_sigint_from_strace_at_every_sendto_of_the_cli(four_modes, cli_ready,
+                                                        tmp_path: Path) -> None:
+    """test_rollback_signals' strace sweep: a real SIGINT that strace delivers at each
+    sendto of `netmap realize` (rtnetlink's and pyroute2's), until one past the last; every
+    run exits 3 (or 130 before anything started) and leaves the host and state as before."""
+    pf, _plan = four_modes
+    before = snapshot(pf)
+    log = tmp_path / "stderr"
+    argv = ["realize", "g4", "--host", HOST]
+    at, code = 0, 3
+    while code != 0:
+        at += 1
+        assert at < 200
+        code = cli_under_strace(argv, f"signal=INT:when={at}", log)
+        err = log.read_text()
+        if code == 0:  # past the last send: realized
+            assert main(["release", "g4", "--host", HOST]) == 0
+        else:
+            assert code in (3, 130), f"SIGINT at sendto {at}: exit {code}: {err}"
+            assert code == 130 or ("every change was undone" in err
+                                   or "nothing was changed" in err), err
+        assert snapshot(pf) == before, f"SIGINT at sendto {at}: {err}"
+    assert at > 10
+
+
+KILL_STRIDE = 4
+
+
+def shape(pf: str) -> tuple[list[str], list[dict], str]:
+    """What a realize must make, whichever run made it: the links by name, the PF's VF
+    entries and the bridge VLANs (ifindexes and a new tap's random MAC differ per run)."""
+    dump = host_dump()
+    return sorted(dump["links"]), dump["links"][pf]["vfinfo_list"], dump["vlans"]
+
+
+def test_sigkill_at_every_fourth_sendto_then_realize_finishes_or_release_undoes(
+        four_modes, cli_ready, tmp_path: Path) -> None:
+    """test_realize's crash mid-way: `netmap realize` killed by a real SIGKILL that strace
+    delivers at its 1st, 5th, 9th … sendto, until one past the last (every 4th: each kill
+    costs a whole realize or release more, and the SIGINT sweep above stops at every one).
+    Then, in turn, the next realize finishes the guest as a whole run makes it (the same
+    links, VF entries and bridge VLANs) and release undoes that, or release undoes the
+    half-built guest at once; either way the host and state are as before."""
+    pf, plan = four_modes
+    before = snapshot(pf)
+    assert realize_plan(plan).changed
+    realized = shape(pf)
+    release_guest(HOST, "g4", None)
+    assert snapshot(pf) == before
+    log = tmp_path / "stderr"
+    argv = ["realize", "g4", "--host", HOST]
+    at, code, finish = 1 - KILL_STRIDE, -signal.SIGKILL, False
+    while code != 0:
+        at += KILL_STRIDE
+        finish = not finish
+        assert at < 200
+        code = cli_under_strace(argv, f"signal=KILL:when={at}", log)
+        assert code in (0, -signal.SIGKILL), f"sendto {at}: exit {code}: {log.read_text()}"
+        if code and finish:
+            assert main(["realize", "g4", "--host", HOST]) == 0, f"after a kill at sendto {at}"
+        if code == 0 or finish:
+            assert shape(pf) == realized, f"finished after a kill at sendto {at}"
+        assert main(["release", "g4", "--host", HOST]) == 0, f"after a kill at sendto {at}"
+        assert snapshot(pf) == before, f"released after a kill at sendto {at}"
+    assert at > 10
