@@ -114,6 +114,28 @@ def snapshot(pf: str) -> tuple[dict, dict]:
     return dump, HostState.load(HOST).data
 
 
+def changes(before: dict, after: dict) -> str:
+    """What differs between two host dumps, link by link and key by key (for a failure)."""
+    out = []
+    for name in sorted(set(before["links"]) | set(after["links"])):
+        was, now = before["links"].get(name), after["links"].get(name)
+        if was is None or now is None:
+            out.append(f"{name}: {'new' if was is None else 'gone'}")
+        elif was != now:
+            out.append(f"{name}: " + ", ".join(f"{key} {was.get(key)!r} -> {now.get(key)!r}"
+                                              for key in sorted(set(was) | set(now))
+                                              if was.get(key) != now.get(key)))
+    if before["vlans"] != after["vlans"]:
+        out.append(f"bridge vlan: {before['vlans']!r} -> {after['vlans']!r}")
+    return "; ".join(out)
+
+
+def assert_as_before(pf: str, before: tuple[dict, dict], what: str) -> None:
+    now = snapshot(pf)
+    assert now[0] == before[0], f"{what}: {changes(before[0], now[0])}"
+    assert now[1] == before[1], f"{what}: netmap's state {before[1]!r} -> {now[1]!r}"
+
+
 def counted_realize(pf: str, plan) -> tuple[int, tuple[dict, dict]]:
     """Realize once with every send counted; the count and the realized snapshot. Released
     after, and checked to leave nothing."""
@@ -124,7 +146,7 @@ def counted_realize(pf: str, plan) -> tuple[int, tuple[dict, dict]]:
     realized = snapshot(pf)
     assert len({e["vf"] for e in vf_entries(pf) if e["mac"].startswith("52:54:00:6b")}) == 2
     release_guest(HOST, "g4", None)
-    assert snapshot(pf) == before, "the counting run's release left changes behind"
+    assert_as_before(pf, before, "the counting run's release")
     return sends[0], realized
 
 
@@ -148,9 +170,7 @@ def test_every_fault_at_every_netlink_send_leaves_host_pf_and_state_as_before(
                         or "nothing was changed" in problem), problem
             else:  # only before the transaction exists: nothing was touched yet
                 assert at == 1, f"{fault.__name__} at send {at}: {caught.value!r}"
-            now = snapshot(pf)
-            assert now[0] == before[0], f"{fault.__name__} at send {at}: links, VLANs, VFs"
-            assert now[1] == before[1], f"{fault.__name__} at send {at}: netmap's state"
+            assert_as_before(pf, before, f"{fault.__name__} at send {at}")
     assert realize_plan(plan).changed  # the host is still usable afterwards
     assert snapshot(pf)[0]["links"][pf] == realized[0]["links"][pf]  # the same two VFs
 
@@ -224,7 +244,7 @@ def test_sigint_from_strace_at_every_sendto_of_the_cli(four_modes, cli_ready,
             assert code in (3, 130), f"SIGINT at sendto {at}: exit {code}: {err}"
             assert code == 130 or ("every change was undone" in err
                                    or "nothing was changed" in err), err
-        assert snapshot(pf) == before, f"SIGINT at sendto {at}: {err}"
+        assert_as_before(pf, before, f"SIGINT at sendto {at} ({err})")
     assert at > 10
 
 
@@ -251,7 +271,7 @@ def test_sigkill_at_every_fourth_sendto_then_realize_finishes_or_release_undoes(
     assert realize_plan(plan).changed
     realized = shape(pf)
     release_guest(HOST, "g4", None)
-    assert snapshot(pf) == before
+    assert_as_before(pf, before, "a whole realize's release")
     log = tmp_path / "stderr"
     argv = ["realize", "g4", "--host", HOST]
     at, code, finish = 1 - KILL_STRIDE, -signal.SIGKILL, False
@@ -266,5 +286,5 @@ def test_sigkill_at_every_fourth_sendto_then_realize_finishes_or_release_undoes(
         if code == 0 or finish:
             assert shape(pf) == realized, f"finished after a kill at sendto {at}"
         assert main(["release", "g4", "--host", HOST]) == 0, f"after a kill at sendto {at}"
-        assert snapshot(pf) == before, f"released after a kill at sendto {at}"
+        assert_as_before(pf, before, f"released after a kill at sendto {at}")
     assert at > 10
