@@ -31,10 +31,10 @@ from vmhost import HOST, guest, host_dump, ip, vf_entries, wait_until
 
 from netmap.cli import main
 from netmap.errors import ApplyError
-from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
 from netmap.state import HostState
 
 pytestmark = pytest.mark.vm
