@@ -233,9 +233,9 @@ def cli_ready() -> None:
     import rich.console  # noqa: F401
 
     import netmap.commands.realize
-    import netmap.graph
     import netmap.load
-    import netmap.netlink.apply  # noqa: F401
+    import netmap.netlink.apply
+    import netmap.query.graph  # noqa: F401
 
 
 def test_sigint_from_strace_at_every_third_sendto_of_the_cli(four_modes, cli_ready,
