@@ -53,7 +53,9 @@ class RtnlKernel:
 
     def drop_bridge_vlan(self, port: str, vid: int) -> None:
         index = self.index_of(port)
-        if index is not None:
+        # a crashed realize recorded VLANs it never added, maybe on a port that never joined
+        # its bridge, where the kernel refuses the delete (EOPNOTSUPP): absent is undone
+        if index is not None and vid in self.port_vlans(port):
             self.kernel.call(rtmsg.bridge_vlan(index, vid, access=False, add=False))
 
     def add_port_vlan(self, port: str, vid: int, *, access: bool) -> None:

@@ -7,6 +7,7 @@ through netmap's own code.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,24 @@ def claimed(pf: str, mac: str) -> dict:
     entries = [e for e in vf_entries(pf) if e["mac"] == mac]
     assert len(entries) == 1, f"{mac} on {len(entries)} VF entries of {pf}: {vf_entries(pf)}"
     return entries[0]
+
+
+def pci_driver(pf: str, index: int) -> str | None:
+    link = Path(f"/sys/class/net/{pf}/device/virtfn{index}/driver")
+    return link.resolve().name if link.is_symlink() else None
+
+
+def bind_to_vfio(pf: str, index: int) -> None:
+    """What libvirt does for a managed hostdev (a VF of a <forward mode='hostdev'> pool, or
+    an <interface type='hostdev'>) while its guest runs: the VF leaves igbvf for vfio-pci."""
+    subprocess.run(["modprobe", "vfio-pci"], check=True)
+    vf = Path(f"/sys/class/net/{pf}/device/virtfn{index}").resolve()
+    (vf / "driver_override").write_text("vfio-pci")
+    (vf / "driver" / "unbind").write_text(vf.name)
+    Path("/sys/bus/pci/drivers_probe").write_text(vf.name)
+    assert pci_driver(pf, index) == "vfio-pci"
+    group = (vf / "iommu_group").resolve().name  # the VM's emulated VT-d gives it one
+    assert Path(f"/dev/vfio/{group}").exists()  # what QEMU would open: a real vfio binding
 
 
 def test_realize_sets_the_vf_entry_and_release_restores_it(sriov_pf, fleet) -> None:
@@ -167,11 +186,10 @@ def test_failure_before_every_step_leaves_pf_and_host_as_before(sriov_pf, fleet)
 def test_vfs_used_outside_netmap_are_never_claimed_and_discover_counts_them(
         sriov_pf, fleet, capsys) -> None:
     """What makes a VF free (netmap/netlink/vf_pool.py), on the real PF: VF 0 without a
-    network driver (unbound from igbvf; vfio-pci cannot bind here: the VM has no IOMMU and
-    Debian's kernel no VFIO_NOIOMMU), VF 1 with a MAC set on its PF entry by someone else,
-    VF 2's netdev down but with an address. realize claims VF 3 (the entry shows the MAC
-    igbvf chose for itself, which is no claim), refuses a second guest, and discover counts
-    what realize skipped as used."""
+    driver (unbound from igbvf; bound to vfio-pci: the next test), VF 1 with a MAC set on its
+    PF entry by someone else, VF 2's netdev down but with an address. realize claims VF 3
+    (the entry shows the MAC igbvf chose for itself, which is no claim), refuses a second
+    guest, and discover counts what realize skipped as used."""
     device = Path(f"/sys/class/net/{sriov_pf}/device")
     vf0 = (device / "virtfn0").resolve()
     (vf0 / "driver" / "unbind").write_text(vf0.name)
@@ -202,3 +220,70 @@ def test_vfs_used_outside_netmap_are_never_claimed_and_discover_counts_them(
     assert (pool["used_vfs"], pool["free_vfs"]) == (4, 0)
     assert main(["release", "g1", "--host", HOST]) == 0
     ip("addr", "flush", "dev", vf_netdev(sriov_pf, 2))  # the VFs go with sriov_pf's teardown
+
+
+def test_a_vf_bound_to_vfio_pci_is_never_claimed_and_all_commands_agree(
+        sriov_pf, fleet, capsys) -> None:
+    """VFs 0 and 2 bound to vfio-pci for real (the VM's emulated IOMMU gives them a group),
+    as libvirt binds a hostdev VF while its guest runs. The mapping promises 4 VFs: discover
+    counts 2 used, drift and `check --live` say only 2 are free (VF_FREE_LOW), realize claims
+    VFs 1 and 3 and refuses a third guest with the host unchanged. With total_vfs = 2 (drift's
+    fix) drift is quiet and check, from the mappings alone, refuses that guest too."""
+    bind_to_vfio(sriov_pf, 0)
+    bind_to_vfio(sriov_pf, 2)
+    ip("link", "set", sriov_pf, "up")  # as on a host in service: drift and check --live
+    # then have nothing but the pool to say (UPLINK_DOWN otherwise)
+    macs = {f"g{i}": f"52:54:00:5e:05:0{i}" for i in (1, 2, 3)}
+    guests = {name: guest(name, ("storage", mac)) for name, mac in macs.items()}
+    # g3 comes from another host: check --to judges it as a migration here
+    guests["g3"] = guests["g3"].replace(f'host = "{HOST}"', 'host = "nmvm-src"')
+    root = fleet(NETWORKS, host_mapping(sriov_pf, total_vfs=4), guests)
+    (root / "hosts" / "nmvm-src.toml").write_text(
+        host_mapping(sriov_pf).replace(f'name = "{HOST}"', 'name = "nmvm-src"'))
+
+    def findings(*argv: str) -> tuple[int, list[dict]]:
+        capsys.readouterr()
+        code = main([*argv, "--json"])
+        return code, json.loads(capsys.readouterr().out)["findings"]
+
+    def errors(found: list[dict]) -> list[str]:
+        return [f["code"] for f in found if f["severity"] == "error"]
+
+    capsys.readouterr()
+    assert main(["discover", "--json"]) == 0
+    pool = {p["pf"]: p for p in json.loads(capsys.readouterr().out)["sriov"]}[sriov_pf]
+    assert [(vf["netdev"] is None, vf["used_by"]) for vf in pool["vfs"]] == [
+        (True, "bound to vfio-pci"), (False, None), (True, "bound to vfio-pci"), (False, None)]
+    assert (pool["used_vfs"], pool["free_vfs"]) == (2, 2)
+    code, found = findings("drift", HOST)
+    low = [f for f in found if f["code"] == "VF_FREE_LOW"]
+    assert code == 1 and len(low) == 1, found
+    assert ("VF 0 (bound to vfio-pci), VF 2 (bound to vfio-pci)" in low[0]["message"]
+            and "total_vfs = 2" in low[0]["hint"]), low
+    assert findings("check", "g3", "--to", HOST)[0] == 0  # the mapping admits three
+    code, found = findings("check", "g3", "--to", HOST, "--live")
+    assert (code, errors(found)) == (1, ["VF_FREE_LOW"]), found  # the live host does not
+
+    assert main(["realize", "g1", "--host", HOST]) == 0
+    assert main(["realize", "g2", "--host", HOST]) == 0
+    assert sorted(claimed(sriov_pf, macs[g])["vf"] for g in ("g1", "g2")) == [1, 3]
+    full = (host_dump(), vf_entries(sriov_pf), [pci_driver(sriov_pf, i) for i in range(4)])
+    assert full[2] == ["vfio-pci", "igbvf", "vfio-pci", "igbvf"]
+    capsys.readouterr()
+    assert main(["realize", "g3", "--host", HOST]) == 3
+    err = capsys.readouterr().err
+    assert "no free VF" in err and "VF 0: bound to vfio-pci; VF 2: bound to vfio-pci" in err
+    assert full == (host_dump(), vf_entries(sriov_pf),
+                    [pci_driver(sriov_pf, i) for i in range(4)])
+    assert main(["discover", "--json"]) == 0
+    pool = {p["pf"]: p for p in json.loads(capsys.readouterr().out)["sriov"]}[sriov_pf]
+    assert (pool["used_vfs"], pool["free_vfs"]) == (4, 0)
+
+    fleet(NETWORKS, host_mapping(sriov_pf, total_vfs=2), guests)  # as drift's hint says
+    assert "VF_FREE_LOW" not in [f["code"] for f in findings("drift", HOST)[1]]
+    code, found = findings("check", "g3", "--to", HOST)
+    assert (code, errors(found)) == (1, ["NO_FREE_VF"]), found
+    for name in ("g1", "g2"):
+        assert main(["release", name, "--host", HOST]) == 0
+    assert [pci_driver(sriov_pf, i) for i in range(4)] == full[2]  # release left them alone
+    ip("link", "set", sriov_pf, "down")
