@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from netmap import graph as g
 from netmap import names
 from netmap.model import (
@@ -72,7 +70,7 @@ def _nic_label(nic: GuestNic) -> str:
     return f"NIC {nic.index} ({nic.mac}, network {nic.network})"
 
 
-def check_migration(graph: nx.DiGraph, guest_name: str, dest: str, *,
+def check_migration(graph: g.FleetGraph, guest_name: str, dest: str, *,
                     source: str | None = None, strict: bool = False) -> Report:
     """Compare the guest's view on its source host with the view on `dest`."""
     fleet = g.fleet_of(graph)
@@ -101,7 +99,7 @@ def check_migration(graph: nx.DiGraph, guest_name: str, dest: str, *,
     return Report(guest.name, src, dest, strict, tuple(pairs), tuple(findings))
 
 
-def _views_on(graph: nx.DiGraph, guest: Guest, host: str) -> list[g.NicView]:
+def _views_on(graph: g.FleetGraph, guest: Guest, host: str) -> list[g.NicView]:
     """The guest's views on its source host, computed once per graph: a placement query
     compares them with every candidate host."""
     memo = graph.graph.setdefault("source_views", {})
@@ -111,7 +109,7 @@ def _views_on(graph: nx.DiGraph, guest: Guest, host: str) -> list[g.NicView]:
     return views
 
 
-def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicView | None,
+def _nic_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, before: g.NicView | None,
                   after: g.NicView, host: Host, strict: bool) -> list[Finding]:
     fleet = g.fleet_of(graph)
     network = fleet.networks[nic.network]
@@ -241,33 +239,40 @@ def unbound_finding_at(network: Network, nic: GuestNic, host: str, mapping: str)
         f"{mapping}, or pick another host")
 
 
-def _mac_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, host: Host,
+def _mac_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, host: Host,
                   label: str) -> list[Finding]:
+    """One MAC twice on the destination host (whatever the networks: the endpoints share
+    the host's bridge, macvlan lower or PF), and one MAC twice in the L2 domain the NIC
+    lands in there: the graph's component of its path (graph.mac_sharers), so the same MAC
+    on another VLAN or segment is no clash, while on one segment + VLAN it is wherever the
+    other guest runs."""
     fleet = g.fleet_of(graph)
-    network = fleet.networks[nic.network]
+    owners = [(name, index) for name, index in g.mac_owners(graph).get(nic.mac, ())
+              if name != guest.name]
+    if not owners:
+        return []
+    sharers = {(s.guest, s.nic): s for s in g.mac_sharers(graph, guest.name, nic, host.name)}
     out = []
-    for other_name, other_index in g.mac_owners(graph).get(nic.mac, ()):
-        if other_name == guest.name:
-            continue
+    for other_name, other_index in owners:
         other = fleet.guests[other_name]
-        other_network = fleet.networks[other.nics[other_index].network]
+        sharer = sharers.get((other_name, other_index))
         if other.host == host.name:
             out.append(Finding(
                 "MAC_IN_USE", ERROR, nic.index,
                 f"{label}: guest {other_name} on {host.name} already uses {nic.mac}; two "
                 "endpoints with one MAC confuse the bridge and the switch.",
                 f"give {guest.name} or {other_name} another MAC"))
-        elif (other_network.segment_id, other_network.vlan) == (network.segment_id,
-                                                                 network.vlan):
+        elif sharer is not None:
             out.append(Finding(
                 "MAC_DUPLICATE", ERROR, nic.index,
                 f"{label}: guest {other_name} (on {other.host or 'no host'}) uses {nic.mac} "
-                f"on the same L2 domain ({network.segment_id}, VLAN {_vlan(network.vlan)}).",
+                f"on the same L2 domain ({g.domain_text(sharer.domain)}); on {host.name} "
+                f"the frames of both would meet: {g.route_text(sharer.route)}.",
                 f"give {guest.name} or {other_name} another MAC"))
     return out
 
 
-def _capacity_findings(graph: nx.DiGraph, guest: Guest, host: Host) -> list[Finding]:
+def _capacity_findings(graph: g.FleetGraph, guest: Guest, host: Host) -> list[Finding]:
     out: list[Finding] = []
     needs_vf: Counter[str] = Counter()
     needs_whole: Counter[str] = Counter()

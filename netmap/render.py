@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import networkx as nx
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.segment import Segment
@@ -56,30 +55,11 @@ def _vlan(vlan: int | None) -> str:
 
 # --- show -----------------------------------------------------------------------------------
 
-def mac_clashes(fleet: Fleet) -> dict[tuple[str, int], list[str]]:
-    """(guest, NIC) -> other guests using its MAC on the same L2 domain or the same host."""
-    by_mac: dict[str, list[tuple[str, int]]] = {}
-    for guest in fleet.guests.values():
-        for nic in guest.nics:
-            by_mac.setdefault(nic.mac, []).append((guest.name, nic.index))
-    clashes: dict[tuple[str, int], list[str]] = {}
-    for owners in by_mac.values():
-        for name, index in owners:
-            guest = fleet.guests[name]
-            net = fleet.networks[guest.nics[index].network]
-            for other_name, other_index in owners:
-                if other_name == name:
-                    continue
-                other = fleet.guests[other_name]
-                other_net = fleet.networks[other.nics[other_index].network]
-                same_l2 = (net.segment_id, net.vlan) == (other_net.segment_id, other_net.vlan)
-                if same_l2 or (guest.host and guest.host == other.host):
-                    clashes.setdefault((name, index), []).append(other_name)
-    return clashes
-
-
-def show_data(fleet: Fleet, graph: nx.DiGraph, hosts: Iterable[str]) -> dict[str, object]:
-    clashes = mac_clashes(fleet)
+def show_data(fleet: Fleet, graph: g.FleetGraph, hosts: Iterable[str]) -> dict[str, object]:
+    hosts = list(hosts)
+    # each NIC shown against every other with its MAC, in the L2 domain of its path
+    shown = [guest for name in hosts for guest in g.guests_on(graph, name)]
+    clashes = g.mac_clashes(graph, shown)
     out = []
     for name in hosts:
         host = fleet.hosts[name]

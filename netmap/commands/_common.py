@@ -9,9 +9,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import networkx as nx
     from rich.console import Console
 
+    from netmap.graph import FleetGraph
     from netmap.model import Fleet, Host
 
 
@@ -19,7 +19,7 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
+def load(args: argparse.Namespace) -> tuple[Fleet, FleetGraph]:
     from netmap.graph import build_graph
     from netmap.load import load_fleet
 

@@ -10,10 +10,10 @@ from netmap.commands._common import add_json, console, load, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 
 if TYPE_CHECKING:
-    import networkx as nx
     from rich.console import RenderableType
 
     from netmap.drain import DrainPlan, HostUse
+    from netmap.graph import FleetGraph
     from netmap.model import Fleet
 
 
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK if plan.complete else EXIT_INCOMPATIBLE
 
 
-def _execute(args: argparse.Namespace, fleet: Fleet, graph: nx.DiGraph,
+def _execute(args: argparse.Namespace, fleet: Fleet, graph: FleetGraph,
              exclude: list[str]) -> int:
     from netmap.commands.migrate import execute, open_journal
     from netmap.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain

@@ -27,8 +27,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from netmap import graph as g
 from netmap.check import Finding, Report, check_migration
 from netmap.drain.flow import Option, Resource
@@ -44,7 +42,7 @@ FLEET_WIDE = frozenset({"FLEET_INCOMPLETE"})  # warnings every host gets alike
 MAC_CODES = frozenset({"MAC_IN_USE", "MAC_DUPLICATE"})
 
 
-def host_use(graph: nx.DiGraph, host: Host) -> HostUse:
+def host_use(graph: g.FleetGraph, host: Host) -> HostUse:
     """The host's current load, counted the way check counts it."""
     on = g.guests_on(graph, host.name)
     vfs = g.vf_usage(graph, host.name)
@@ -93,7 +91,7 @@ class Survey:
 class DrainContext:
     """One drain: the source, the destinations, and the checks run so far."""
 
-    def __init__(self, graph: nx.DiGraph, host: str, exclude: tuple[str, ...],
+    def __init__(self, graph: g.FleetGraph, host: str, exclude: tuple[str, ...],
                  strict: bool) -> None:
         self.graph = graph
         self.fleet = fleet = g.fleet_of(graph)
