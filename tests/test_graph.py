@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE_MAPPINGS, REPO, write_fleet
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netmap import graph as g
 from netmap.check import check_migration
@@ -285,3 +287,23 @@ def test_dict_lookups_answer_as_the_networkx_graph(scope: str):
         binders = {digraph.nodes[b]["host"] for b in digraph.predecessors(f"network:{network}")
                    if digraph.nodes[b]["kind"] == "binding"}
         assert g.hosts_binding(graph, network) == binders
+
+
+# --- property: check's "same topology" is the graph's "same L2 domain" ------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([None, 100, 200]), st.sampled_from([("fab",), ("san",)]),
+       st.sampled_from([None, 100, 200]), st.sampled_from([("fab",), ("san",)]))
+def test_topology_findings_are_the_nic_landing_in_another_domain(src_vlan, src_segments,
+                                                                 dst_vlan, dst_segments):
+    """SEGMENT_UNREACHABLE and VLAN_MISMATCH compare the NIC's view on both hosts, one dict
+    step per hop; they fire exactly when the NIC's path on the destination does not reach
+    the L2 domain of its network's segment at the VLAN the guest has on its source
+    (uplinks of one segment each)."""
+    graph = fleet(host("a", segments=src_segments, vlan=src_vlan),
+                  host("b", segments=dst_segments, vlan=dst_vlan), guests=(guest("g", "a"),))
+    apart = {"SEGMENT_UNREACHABLE", "VLAN_MISMATCH"} & set(codes(check_migration(graph, "g", "b")))
+    wanted = g.domain_id("fab", src_vlan if src_vlan is not None else 100)
+    there = g.nic_path(graph, "g", GuestNic(0, "prod", MAC), "b")
+    l2 = g.l2_graph([g.NicPath(("source",), (wanted,), True), there])
+    assert bool(apart) == (g.reachable(l2, "source", there.nic) is None)
