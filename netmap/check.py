@@ -132,7 +132,8 @@ def _nic_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, before: g.Ni
         out.append(Finding(
             "SEGMENT_UNREACHABLE", ERROR, nic.index,
             f"{label}: {host.name} binds {nic.network} to uplink {after.uplink}, which does "
-            f"not reach segment {network.segment_id}; frames would land on another L2 domain.",
+            f"not reach segment {network.segment_id}; frames would land on another L2 domain. "
+            f"The NIC's path there: {_path(graph, guest, nic, host)}.",
             f'add "{network.segment_id}" to [uplinks.{after.uplink}] segments in {mapping} if '
             f"it is cabled there, else bind {nic.network} to an uplink that reaches "
             f"{network.segment_id}"))
@@ -141,7 +142,8 @@ def _nic_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, before: g.Ni
         out.append(Finding(
             "VLAN_MISMATCH", ERROR, nic.index,
             f"{label}: VLAN {_vlan(want_vlan)} on the source but {_vlan(after.vlan)} on "
-            f"{host.name}; the guest would join another broadcast domain.",
+            f"{host.name}; the guest would join another broadcast domain. The NIC's path "
+            f"there: {_path(graph, guest, nic, host)}.",
             f"make [networks.{nic.network}] vlan on {host.name} match {_vlan(want_vlan)}"))
     need_mtu = g.needed_mtu(graph, guest, nic, reference)
     if after.mtu is not None and after.mtu < need_mtu:
@@ -184,6 +186,11 @@ def _nic_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, before: g.Ni
                 f"rename uplink {after.uplink} or set bridge = \"...\" in the binding"))
     out.extend(_mac_findings(graph, guest, nic, host, label))
     return out
+
+
+def _path(graph: g.FleetGraph, guest: Guest, nic: GuestNic, host: Host) -> str:
+    """Where the NIC's frames would go on `host`, hop by hop (its path in the graph)."""
+    return g.path_text(g.nic_path(graph, guest.name, nic, host.name))
 
 
 def _peers(vxlan: Vxlan) -> str:

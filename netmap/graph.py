@@ -54,12 +54,6 @@ from netmap.mtu import effective_mtu
 if TYPE_CHECKING:
     import networkx as nx
 
-__all__ = ["FleetGraph", "NicPath", "NicView", "binding_id", "build_graph", "build_graph_of",
-           "build_graph_of_hosts", "effective_mtu", "endpoint_devices", "fleet_of",
-           "guest_view", "guests_on", "host_id", "hosts_binding", "l2_graph", "mac_clashes",
-           "mac_owners", "mac_sharers", "needed_mtu", "nic_path", "nic_view",
-           "passthrough_usage", "reachable", "reaches", "uplink_id", "vf_usage"]
-
 
 def host_id(host: str) -> str:
     return f"host:{host}"
@@ -383,6 +377,11 @@ def nic_path(graph: FleetGraph, guest: str, nic: GuestNic, host: str | None) -> 
     uplink = mapping.uplinks.get(binding.uplink)
     segments = uplink.segments if uplink is not None else ()
     return NicPath((start, bid, wire), tuple(domain_id(s, vlan) for s in segments), True)
+
+
+def path_text(path: NicPath) -> str:
+    """A NIC's path as findings print it: its nodes, then the domains its wire is in."""
+    return " -> ".join([*path.nodes, ", ".join(path.domains) or "no segment"])
 
 
 def l2_graph(paths: Iterable[NicPath]) -> nx.Graph:

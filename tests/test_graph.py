@@ -307,3 +307,27 @@ def test_topology_findings_are_the_nic_landing_in_another_domain(src_vlan, src_s
     there = g.nic_path(graph, "g", GuestNic(0, "prod", MAC), "b")
     l2 = g.l2_graph([g.NicPath(("source",), (wanted,), True), there])
     assert bool(apart) == (g.reachable(l2, "source", there.nic) is None)
+
+
+# --- a NIC's path explains where it would land ------------------------------------------------
+
+def test_segment_unreachable_names_the_path_the_frames_would_take():
+    graph = fleet(host("a"), host("b", segments=("lab",)), guests=(guest("g", "a"),))
+    found = [f for f in check_migration(graph, "g", "b").findings
+             if f.code == "SEGMENT_UNREACHABLE"]
+    assert len(found) == 1
+    assert ("nic:g/0@b -> binding:b/prod -> uplink:b/eth0.100 -> segment:lab/vlan:100"
+            in found[0].message)
+
+
+def test_vlan_mismatch_names_the_domain_the_guest_would_join():
+    graph = fleet(host("a"), host("b", vlan=200), guests=(guest("g", "a"),))
+    found = [f for f in check_migration(graph, "g", "b").findings if f.code == "VLAN_MISMATCH"]
+    assert len(found) == 1
+    assert "uplink:b/eth0.200 -> segment:fab/vlan:200" in found[0].message
+
+
+def test_a_path_on_an_uplink_of_no_segment_says_so():
+    graph = fleet(host("a"), host("b", segments=()), guests=(guest("g", "a"),))
+    path = g.nic_path(graph, "g", GuestNic(0, "prod", MAC), "b")
+    assert g.path_text(path).endswith("uplink:b/eth0.100 -> no segment")
