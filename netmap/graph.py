@@ -344,7 +344,6 @@ class NicPath:
 
     nodes: tuple[str, ...]
     domains: tuple[str, ...]
-    realized: bool  # False: the network's own domain stands in for a binding
 
     @property
     def nic(self) -> str:
@@ -365,18 +364,18 @@ def nic_path(graph: FleetGraph, guest: str, nic: GuestNic, host: str | None) -> 
     binding = mapping.bindings.get(nic.network) if mapping is not None else None
     if mapping is None or binding is None:
         return NicPath((start, f"network:{network.name}"),
-                       (domain_id(network.segment_id, network.vlan),), False)
+                       (domain_id(network.segment_id, network.vlan),))
     bid = binding_id(mapping.name, nic.network)
     if network.is_overlay:
         # the VNI's frames ride the underlay inside UDP: the underlay's segments are not
         # the guest's L2 domain
         return NicPath((start, bid, f"vtep:{mapping.name}/{network.vni}"),
-                       (network.segment_id,), True)
+                       (network.segment_id,))
     vlan = binding.vlan if binding.vlan is not None else network.vlan
     wire = uplink_id(mapping.name, binding.uplink) + ("" if vlan is None else f".{vlan}")
     uplink = mapping.uplinks.get(binding.uplink)
     segments = uplink.segments if uplink is not None else ()
-    return NicPath((start, bid, wire), tuple(domain_id(s, vlan) for s in segments), True)
+    return NicPath((start, bid, wire), tuple(domain_id(s, vlan) for s in segments))
 
 
 def path_text(path: NicPath) -> str:

@@ -305,7 +305,7 @@ def test_topology_findings_are_the_nic_landing_in_another_domain(src_vlan, src_s
     apart = {"SEGMENT_UNREACHABLE", "VLAN_MISMATCH"} & set(codes(check_migration(graph, "g", "b")))
     wanted = g.domain_id("fab", src_vlan if src_vlan is not None else 100)
     there = g.nic_path(graph, "g", GuestNic(0, "prod", MAC), "b")
-    l2 = g.l2_graph([g.NicPath(("source",), (wanted,), True), there])
+    l2 = g.l2_graph([g.NicPath(("source",), (wanted,)), there])
     assert bool(apart) == (g.reachable(l2, "source", there.nic) is None)
 
 
