@@ -38,6 +38,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from netmap import model
 from netmap.gcpause import gc_paused
 from netmap.model import (
     Binding,
@@ -198,7 +199,8 @@ def hosts_binding(graph: FleetGraph, network: str) -> set[str]:
     """Hosts that have a binding for `network`."""
     if graph.networks is not None and network not in graph.networks:
         return set()
-    return {name for name, host in graph.hosts.items() if network in host.bindings}
+    # from the load's index where it has one: the other hosts are not read
+    return set(model.hosts_binding(graph.hosts, network))
 
 
 def reaches(graph: FleetGraph, host: str, uplink: str, segment_id: str) -> bool:
