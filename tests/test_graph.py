@@ -331,3 +331,38 @@ def test_a_path_on_an_uplink_of_no_segment_says_so():
     graph = fleet(host("a"), host("b", segments=()), guests=(guest("g", "a"),))
     path = g.nic_path(graph, "g", GuestNic(0, "prod", MAC), "b")
     assert g.path_text(path).endswith("uplink:b/eth0.100 -> no segment")
+
+
+# --- property: show's MAC clash is check's MAC finding ----------------------------------------
+
+@st.composite
+def small_fleets(draw):
+    hosts = [host(f"h{i}", draw(st.sampled_from(["prod", "other", "stor", "blue"])),
+                  draw(st.sampled_from([("fab",), ("san",), ("fab", "san"), ()])),
+                  draw(st.sampled_from([None, 100, 200])))
+             for i in range(4)]
+    guests = []
+    for i in range(5):
+        placed = draw(st.sampled_from([*hosts, None]))
+        # a guest runs where its network is bound (check stops at NETWORK_UNBOUND)
+        on = placed.name if placed is not None else None
+        network = next(iter(placed.bindings)) if placed is not None else draw(
+            st.sampled_from(sorted(NETWORKS)))
+        mac = draw(st.sampled_from([MAC, "52:54:00:00:00:02"]))
+        guests.append(guest(f"g{i}", on, network, mac))
+    return fleet(*hosts, guests=tuple(guests))
+
+
+@settings(max_examples=60, deadline=None)
+@given(small_fleets())
+def test_show_marks_the_clashes_check_finds_in_place(graph):
+    """For every placed guest, the guests show marks as sharing its MAC are those check (of
+    the guest where it runs) reports in MAC_IN_USE or MAC_DUPLICATE: one rule, two views."""
+    clashes = g.mac_clashes(graph)
+    for name, one in g.fleet_of(graph).guests.items():
+        if one.host is None:
+            continue
+        found = [f for f in check_migration(graph, name, one.host).findings
+                 if f.code in ("MAC_IN_USE", "MAC_DUPLICATE")]
+        others = sorted(f.message.split("guest ")[1].split(" ")[0] for f in found)
+        assert others == sorted(clashes.get((name, 0), []))
