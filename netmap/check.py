@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from netmap import graph as g
-from netmap import names
+from netmap import l2, names
 from netmap.model import (
     Guest,
     GuestNic,
@@ -190,7 +190,7 @@ def _nic_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, before: g.Ni
 
 def _path(graph: g.FleetGraph, guest: Guest, nic: GuestNic, host: Host) -> str:
     """Where the NIC's frames would go on `host`, hop by hop (its path in the graph)."""
-    return g.path_text(g.nic_path(graph, guest.name, nic, host.name))
+    return l2.path_text(l2.nic_path(graph, guest.name, nic, host.name))
 
 
 def _peers(vxlan: Vxlan) -> str:
@@ -250,7 +250,7 @@ def _mac_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, host: Host,
                   label: str) -> list[Finding]:
     """One MAC twice on the destination host (whatever the networks: the endpoints share
     the host's bridge, macvlan lower or PF), and one MAC twice in the L2 domain the NIC
-    lands in there: the graph's component of its path (graph.mac_sharers), so the same MAC
+    lands in there: the graph's component of its path (l2.mac_sharers), so the same MAC
     on another VLAN or segment is no clash, while on one segment + VLAN it is wherever the
     other guest runs."""
     fleet = g.fleet_of(graph)
@@ -258,7 +258,7 @@ def _mac_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, host: Host,
               if name != guest.name]
     if not owners:
         return []
-    sharers = {(s.guest, s.nic): s for s in g.mac_sharers(graph, guest.name, nic, host.name)}
+    sharers = {(s.guest, s.nic): s for s in l2.mac_sharers(graph, guest.name, nic, host.name)}
     out = []
     for other_name, other_index in owners:
         other = fleet.guests[other_name]
@@ -273,8 +273,8 @@ def _mac_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, host: Host,
             out.append(Finding(
                 "MAC_DUPLICATE", ERROR, nic.index,
                 f"{label}: guest {other_name} (on {other.host or 'no host'}) uses {nic.mac} "
-                f"on the same L2 domain ({g.domain_text(sharer.domain)}); on {host.name} "
-                f"the frames of both would meet: {g.route_text(sharer.route)}.",
+                f"on the same L2 domain ({l2.domain_text(sharer.domain)}); on {host.name} "
+                f"the frames of both would meet: {l2.route_text(sharer.route)}.",
                 f"give {guest.name} or {other_name} another MAC"))
     return out
 

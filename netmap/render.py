@@ -12,6 +12,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from netmap import graph as g
+from netmap import l2
 from netmap.check import ERROR, INFO, WARNING, Finding, Report
 from netmap.errors import InputError
 from netmap.model import Fleet, Host, Vxlan
@@ -59,7 +60,7 @@ def show_data(fleet: Fleet, graph: g.FleetGraph, hosts: Iterable[str]) -> dict[s
     hosts = list(hosts)
     # each NIC shown against every other with its MAC, in the L2 domain of its path
     shown = [guest for name in hosts for guest in g.guests_on(graph, name)]
-    clashes = g.mac_clashes(graph, shown)
+    clashes = l2.mac_clashes(graph, shown)
     out = []
     for name in hosts:
         host = fleet.hosts[name]

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netmap import graph as g
+from netmap import l2
 from netmap.check import check_migration
 from netmap.cli import main
 from netmap.drain import drain
@@ -174,7 +175,7 @@ def test_mac_duplicate_is_the_same_on_the_graph_of_two_hosts():
 
 def test_a_nic_path_goes_nic_binding_wire_and_into_its_domains():
     graph = fleet(host("a", segments=("fab", "san")), guests=(guest("g", "a"),))
-    path = g.nic_path(graph, "g", GuestNic(0, "prod", MAC), "a")
+    path = l2.nic_path(graph, "g", GuestNic(0, "prod", MAC), "a")
     assert path.nodes == ("nic:g/0@a", "binding:a/prod", "uplink:a/eth0.100")
     assert path.domains == ("segment:fab/vlan:100", "segment:san/vlan:100")
 
@@ -184,11 +185,11 @@ def test_nics_reach_each_other_only_in_one_domain():
                   guests=(guest("g", "a"), guest("x", "b", mac="52:54:00:00:00:02"),
                           guest("y", "c", "other", mac="52:54:00:00:00:03")))
     fleet_ = g.fleet_of(graph)
-    paths = {name: g.nic_path(graph, name, fleet_.guests[name].nics[0], fleet_.guests[name].host)
+    paths = {name: l2.nic_path(graph, name, fleet_.guests[name].nics[0], fleet_.guests[name].host)
              for name in ("g", "x", "y")}
-    l2 = g.l2_graph(paths.values())
-    assert g.reachable(l2, paths["g"].nic, paths["x"].nic) is not None
-    assert g.reachable(l2, paths["g"].nic, paths["y"].nic) is None
+    graph_l2 = l2.l2_graph(paths.values())
+    assert l2.reachable(graph_l2, paths["g"].nic, paths["x"].nic) is not None
+    assert l2.reachable(graph_l2, paths["g"].nic, paths["y"].nic) is None
 
 
 # --- show's MAC clash -----------------------------------------------------------------------
@@ -303,10 +304,10 @@ def test_topology_findings_are_the_nic_landing_in_another_domain(src_vlan, src_s
     graph = fleet(host("a", segments=src_segments, vlan=src_vlan),
                   host("b", segments=dst_segments, vlan=dst_vlan), guests=(guest("g", "a"),))
     apart = {"SEGMENT_UNREACHABLE", "VLAN_MISMATCH"} & set(codes(check_migration(graph, "g", "b")))
-    wanted = g.domain_id("fab", src_vlan if src_vlan is not None else 100)
-    there = g.nic_path(graph, "g", GuestNic(0, "prod", MAC), "b")
-    l2 = g.l2_graph([g.NicPath(("source",), (wanted,)), there])
-    assert bool(apart) == (g.reachable(l2, "source", there.nic) is None)
+    wanted = l2.domain_id("fab", src_vlan if src_vlan is not None else 100)
+    there = l2.nic_path(graph, "g", GuestNic(0, "prod", MAC), "b")
+    graph_l2 = l2.l2_graph([l2.NicPath(("source",), (wanted,)), there])
+    assert bool(apart) == (l2.reachable(graph_l2, "source", there.nic) is None)
 
 
 # --- a NIC's path explains where it would land ------------------------------------------------
@@ -329,8 +330,8 @@ def test_vlan_mismatch_names_the_domain_the_guest_would_join():
 
 def test_a_path_on_an_uplink_of_no_segment_says_so():
     graph = fleet(host("a"), host("b", segments=()), guests=(guest("g", "a"),))
-    path = g.nic_path(graph, "g", GuestNic(0, "prod", MAC), "b")
-    assert g.path_text(path).endswith("uplink:b/eth0.100 -> no segment")
+    path = l2.nic_path(graph, "g", GuestNic(0, "prod", MAC), "b")
+    assert l2.path_text(path).endswith("uplink:b/eth0.100 -> no segment")
 
 
 # --- property: show's MAC clash is check's MAC finding ----------------------------------------
@@ -358,7 +359,7 @@ def small_fleets(draw):
 def test_show_marks_the_clashes_check_finds_in_place(graph):
     """For every placed guest, the guests show marks as sharing its MAC are those check (of
     the guest where it runs) reports in MAC_IN_USE or MAC_DUPLICATE: one rule, two views."""
-    clashes = g.mac_clashes(graph)
+    clashes = l2.mac_clashes(graph)
     for name, one in g.fleet_of(graph).guests.items():
         if one.host is None:
             continue

@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
               "netmap.inventory_json"),
     "modes": ("netmap.modes",),
     "load": ("netmap.load", "netmap.tomlcheck", "netmap.hostid", "netmap.guest_write"),
-    "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
+    "rules": ("netmap.graph", "netmap.l2", "netmap.check", "netmap.drift*", "netmap.placement",
               "netmap.drain", "netmap.plan", "netmap.planner", "netmap.steps", "netmap.draft",
               "netmap.locate", "netmap.fleet_drift"),
     "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2", "ovs"),

@@ -6,7 +6,7 @@ The check's verdict depends on the guest only through its NICs' networks, vhost 
 pinned class and MTU (its *profile*) and its MACs, so the full check runs once per profile
 and host; a guest whose MAC another guest also uses is checked again on the hosts where that
 MAC lives, and once per set of L2 domains its NICs land in elsewhere (MAC_DUPLICATE depends
-on a host only through those: graph.mac_sharers). Every move of the final
+on a host only through those: l2.mac_sharers). Every move of the final
 plan is checked again, for that guest, with check_migration; a disagreement drops the option
 and the plan is solved again, so the plan never rests on the shortcut alone.
 
@@ -29,6 +29,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from netmap import graph as g
+from netmap import l2
 from netmap.check import Finding, Report, check_migration
 from netmap.drain.flow import Option, Resource
 from netmap.drain.report import HostUse
@@ -188,7 +189,7 @@ class DrainContext:
                     continue
                 warnings = _distinguishing(report)
             else:
-                lands = tuple(g.nic_path(self.graph, guest.name, nic, host).domains
+                lands = tuple(l2.nic_path(self.graph, guest.name, nic, host).domains
                               for nic in guest.nics)
                 if lands not in verdicts:
                     mac = [f for f in self.check(guest.name, host).errors
