@@ -14,14 +14,14 @@ from conftest import EXAMPLE_MAPPINGS, REPO, write_fleet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netmap import graph as g
-from netmap import l2
-from netmap.check import check_migration
 from netmap.cli import main
-from netmap.drain import drain
 from netmap.load import load_fleet
-from netmap.model import Binding, Fleet, Guest, GuestNic, Host, Network, Uplink
+from netmap.model.fleet import Binding, Fleet, Guest, GuestNic, Host, Network, Uplink
+from netmap.query import graph as g
+from netmap.query import l2
+from netmap.query.drain import drain
 from netmap.render import show_data
+from netmap.rules.check import check_migration
 
 MAC = "52:54:00:00:00:01"
 NETWORKS = {

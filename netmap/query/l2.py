@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from netmap.graph import FleetGraph, binding_id, fleet_of, mac_owners, uplink_id
-from netmap.model import Guest, GuestNic
+from netmap.model.fleet import Guest, GuestNic
+from netmap.query.graph import FleetGraph, binding_id, fleet_of, mac_owners, uplink_id
 
 if TYPE_CHECKING:
     import networkx as nx

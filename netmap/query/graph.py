@@ -18,8 +18,8 @@ path and the L2 domain nodes its wire is in (`nic_path`).
 
 networkx runs where a graph algorithm is the answer, imported inside those functions:
 L2 domains as the connected components of the NICs' paths, which MAC_DUPLICATE, show's MAC
-clash and reachability use (netmap.l2), and drain's capacities as flows (netmap.drain.flow:
-max-flow, min-cost flow).
+clash and reachability use (netmap.query.l2), and drain's capacities as flows
+(netmap.query.drain.flow: max-flow, min-cost flow).
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from netmap import model
-from netmap.gcpause import gc_paused
-from netmap.model import (
+from netmap.model.fleet import (
     Binding,
     Fleet,
     Guest,
@@ -39,9 +37,11 @@ from netmap.model import (
     Host,
     Network,
 )
+from netmap.model.fleet import hosts_binding as indexed_binders
+from netmap.model.mtu import effective_mtu
 from netmap.modes import REGISTRY
 from netmap.modes.base import Claim
-from netmap.mtu import effective_mtu
+from netmap.support.gcpause import gc_paused
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -191,7 +191,7 @@ def hosts_binding(graph: FleetGraph, network: str) -> set[str]:
     if graph.networks is not None and network not in graph.networks:
         return set()
     # from the load's index where it has one: the other hosts are not read
-    return set(model.hosts_binding(graph.hosts, network))
+    return set(indexed_binders(graph.hosts, network))
 
 
 def reaches(graph: FleetGraph, host: str, uplink: str, segment_id: str) -> bool:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from netmap import graph as g
-from netmap import l2, names
-from netmap.model import (
+from netmap.model import names
+from netmap.model.fleet import (
     Guest,
     GuestNic,
     Host,
@@ -16,6 +15,8 @@ from netmap.model import (
     mapping_file,
 )
 from netmap.modes import REGISTRY
+from netmap.query import graph as g
+from netmap.query import l2
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
