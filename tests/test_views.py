@@ -15,7 +15,7 @@ from netmap.load import parse
 from netmap.model.fleet import Fleet
 from netmap.model.mtu import effective_mtu
 from netmap.query import graph as g
-from netmap.query import views
+from netmap.query import l2, views
 from tests.test_cache import generate_fleet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 def show_through_the_graph(fleet: Fleet, hosts: list[str]) -> dict[str, object]:
     """`show` as it was answered from the fleet graph: the oracle of views.show_data."""
     graph = g.build_graph(fleet)
-    clashes = views.mac_clashes(fleet)
+    clashes = l2.mac_clashes(graph)
     out = []
     for name in hosts:
         host = fleet.hosts[name]

@@ -9,17 +9,17 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import networkx as nx
     from rich.console import Console
 
     from netmap.model.fleet import Fleet, Host
+    from netmap.query.graph import FleetGraph
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
+def load(args: argparse.Namespace) -> tuple[Fleet, FleetGraph]:
     from netmap.load import load_fleet
     from netmap.query.graph import build_graph
 

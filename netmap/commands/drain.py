@@ -10,11 +10,11 @@ from netmap.commands._common import add_json, console, load, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 
 if TYPE_CHECKING:
-    import networkx as nx
     from rich.console import RenderableType
 
     from netmap.model.fleet import Fleet
     from netmap.query.drain import DrainPlan, HostUse
+    from netmap.query.graph import FleetGraph
 
 
 BRIEF_AFTER = 20  # moves; beyond this the table shows warning codes, not messages
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK if plan.complete else EXIT_INCOMPATIBLE
 
 
-def _execute(args: argparse.Namespace, fleet: Fleet, graph: nx.DiGraph,
+def _execute(args: argparse.Namespace, fleet: Fleet, graph: FleetGraph,
              exclude: list[str]) -> int:
     from netmap.commands.migrate import execute, open_journal
     from netmap.libvirt.journal import Journal, JournalMove

@@ -10,13 +10,13 @@ from netmap.model.fleet import Guest, Host
 from netmap.modes import REGISTRY, NicContext
 from netmap.plan import NicPlan, Plan, RequireLink, Step
 
-if TYPE_CHECKING:  # the graph is built by the caller: no networkx import here
-    import networkx as nx
+if TYPE_CHECKING:  # the graph is built by the caller
+    from netmap.query.graph import FleetGraph
 
 __all__ = ["build_plan", "nic_plan"]
 
 
-def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> NicPlan | str:
+def nic_plan(graph: FleetGraph, guest: Guest, nic_index: int, host: Host) -> NicPlan | str:
     """The steps for one NIC, or why it cannot be planned on this host."""
     from netmap.query import graph as g
 
@@ -46,7 +46,7 @@ def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> Nic
                    bridge=devices.get("bridge"), steps=tuple(steps), queues=nic.queues)
 
 
-def build_plan(graph: nx.DiGraph, guest: Guest, host: Host) -> Plan:
+def build_plan(graph: FleetGraph, guest: Guest, host: Host) -> Plan:
     """The plan realizing every NIC of `guest` on `host`; NICs that cannot be planned are
     listed in `problems` (realize refuses such a plan)."""
     nics: list[NicPlan] = []

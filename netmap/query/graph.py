@@ -1,39 +1,50 @@
-"""The fleet graph (networkx) and what is derived from it: a guest's view on a host.
+"""The fleet as a graph, and the questions asked of it.
 
-Nodes (id prefix: kind)
+The fleet graph (`FleetGraph`) reads the model's own dicts as its adjacency; nothing is
+copied. Nodes (id prefix: kind)
   host:H, uplink:H/IF, segment:S (S is a segment name or vni:N), network:N,
   binding:H/N (how H realizes N), guest:G, nic:G/I
 Edges (attribute `rel`)
   host -has-> uplink -reaches-> segment;  network -lives-on-> segment
   host -has-> binding -realizes-> network;  binding -via-> uplink
   guest -runs-on-> host;  guest -has-> nic -attaches-> network
+`FleetGraph.digraph()` gives exactly that as a networkx DiGraph, for whoever asks it more.
 
-A guest's path on a host is NIC -> network <- binding(host) -> uplink -> segment; "the same
-topology" on two hosts is a comparison of those paths (`nic_view`), done in check.py.
+Where one dict step is the whole answer, it is read from the model and networkx is not
+imported (check, hosts-for, show, diff, the libvirt hook and the QEMU helper start without
+it): the guests on a host, which hosts bind a network, a NIC's view on a host (`nic_view`,
+the comparison check makes of "the same topology"), VF and passthrough use, and a NIC's
+path and the L2 domain nodes its wire is in (`nic_path`).
+
+networkx runs where a graph algorithm is the answer, imported inside those functions:
+L2 domains as the connected components of the NICs' paths, which MAC_DUPLICATE, show's MAC
+clash and reachability use (netmap.query.l2), and drain's capacities as flows
+(netmap.query.drain.flow: max-flow, min-cost flow).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from netmap.model.fleet import (
     Binding,
     Fleet,
     Guest,
     GuestNic,
+    Host,
     Network,
-    Uplink,
     guests_placed_on,
 )
+from netmap.model.fleet import hosts_binding as indexed_binders
 from netmap.model.mtu import effective_mtu
 from netmap.modes import REGISTRY
 from netmap.modes.base import Claim
-from netmap.support.gcpause import gc_paused
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def host_id(host: str) -> str:
@@ -48,12 +59,99 @@ def binding_id(host: str, network: str) -> str:
     return f"binding:{host}/{network}"
 
 
-def build_graph(fleet: Fleet) -> nx.DiGraph:
-    with gc_paused():  # the graph is many small dicts that all live on
-        return _build_graph(fleet)
+class FleetGraph:
+    """The fleet graph of some hosts (all, or those a query reads), over the model's dicts.
+
+    `graph` holds what networkx keeps in a graph's `graph` attribute: "fleet" (the fleet
+    of these hosts, every guest kept, so that MACs are looked up fleet-wide) and the memos
+    of the queries asked of it. `everywhere`: every host of the fleet, read only for the
+    hosts of other NICs with one MAC (a large fleet's other hosts are never read else)."""
+
+    __slots__ = ("_on", "everywhere", "graph", "hosts", "networks", "placed")
+
+    def __init__(self, fleet: Fleet, hosts: Mapping[str, Host], placed: Mapping[str, Guest],
+                 networks: Collection[str] | None = None,
+                 everywhere: Mapping[str, Host] | None = None) -> None:
+        self.graph: dict[str, Any] = {"fleet": fleet}
+        self.hosts = hosts
+        self.placed = placed  # the guests whose nodes the graph holds
+        self.networks = None if networks is None else frozenset(networks)
+        self.everywhere = hosts if everywhere is None else everywhere
+        self._on: dict[str, list[Guest]] | None = None
+
+    def binding(self, host: str, network: str) -> Binding | None:
+        """The node binding:host/network, if the graph holds it."""
+        if self.networks is not None and network not in self.networks:
+            return None
+        found = self.hosts.get(host)
+        return None if found is None else found.bindings.get(network)
+
+    def guests_by_host(self) -> dict[str, list[Guest]]:
+        """host -> the guests that run on it (guest -runs-on-> host), in the fleet's order."""
+        if self._on is None:
+            on: dict[str, list[Guest]] = {}
+            for guest in self.placed.values():
+                if guest.host is not None:
+                    on.setdefault(guest.host, []).append(guest)
+            self._on = on
+        return self._on
+
+    def digraph(self) -> nx.DiGraph:
+        """This graph as a networkx DiGraph (nodes, then edges, in the order above)."""
+        import networkx as nx
+
+        fleet = fleet_of(self)
+        nodes: list[tuple[str, dict[str, Any]]] = []
+        edges: list[tuple[str, str, dict[str, str]]] = []
+        for network in fleet.networks.values():
+            nodes += [(f"network:{network.name}", {"kind": "network", "obj": network}),
+                      (f"segment:{network.segment_id}", {"kind": "segment"})]
+            edges.append((f"network:{network.name}", f"segment:{network.segment_id}",
+                          {"rel": "lives-on"}))
+        host_edges: list[tuple[str, str, dict[str, str]]] = []
+        for host in self.hosts.values():
+            name, hid = host.name, f"host:{host.name}"
+            chosen = [b for b in host.bindings.values()
+                      if self.networks is None or b.network in self.networks]
+            used = {b.uplink for b in chosen}
+            nodes.append((hid, {"kind": "host", "obj": host}))
+            for uplink in host.uplinks.values():
+                if self.networks is not None and uplink.name not in used:
+                    continue
+                uid = uplink_id(name, uplink.name)
+                nodes.append((uid, {"kind": "uplink", "obj": uplink, "host": name}))
+                host_edges.append((hid, uid, {"rel": "has"}))
+                for segment in uplink.segments:
+                    nodes.append((f"segment:{segment}", {"kind": "segment"}))
+                    host_edges.append((uid, f"segment:{segment}", {"rel": "reaches"}))
+            for binding in chosen:
+                bid = binding_id(name, binding.network)
+                nodes.append((bid, {"kind": "binding", "obj": binding, "host": name}))
+                host_edges += [(hid, bid, {"rel": "has"}),
+                               (bid, f"network:{binding.network}", {"rel": "realizes"}),
+                               (bid, uplink_id(name, binding.uplink), {"rel": "via"})]
+        edges += host_edges
+        for guest in self.placed.values():
+            gid = f"guest:{guest.name}"
+            nodes.append((gid, {"kind": "guest", "obj": guest}))
+            if guest.host is not None:
+                edges.append((gid, host_id(guest.host), {"rel": "runs-on"}))
+            for nic in guest.nics:
+                nid = f"nic:{guest.name}/{nic.index}"
+                nodes.append((nid, {"kind": "nic", "obj": nic, "guest": guest.name}))
+                edges += [(gid, nid, {"rel": "has"}),
+                          (nid, f"network:{nic.network}", {"rel": "attaches"})]
+        graph: nx.DiGraph = nx.DiGraph(fleet=fleet)
+        graph.add_nodes_from(nodes)
+        graph.add_edges_from(edges)
+        return graph
 
 
-def build_graph_of(fleet: Fleet, hosts: Collection[str], guest: str) -> nx.DiGraph:
+def build_graph(fleet: Fleet) -> FleetGraph:
+    return FleetGraph(fleet, fleet.hosts, fleet.guests)
+
+
+def build_graph_of(fleet: Fleet, hosts: Collection[str], guest: str) -> FleetGraph:
     """The graph of `hosts` alone, with the guests placed on them and `guest` (the one
     checked): all that a check of `guest` between those hosts reads. What it looks up
     fleet-wide (MACs, unreadable guest files) it finds in graph.graph["fleet"], which
@@ -61,145 +159,49 @@ def build_graph_of(fleet: Fleet, hosts: Collection[str], guest: str) -> nx.DiGra
     `netmap check` two hosts of it."""
     kept = {name: fleet.hosts[name] for name in fleet.hosts if name in hosts}
     placed = guests_placed_on(fleet.guests, kept, also=guest)
-    with gc_paused():
-        # of each host, only how it binds the guest's networks: a check reads no other
-        # binding through the graph (other guests' NICs are counted from the hosts'
-        # mappings, in graph.graph["fleet"])
-        graph = _build_graph(Fleet(fleet.networks, kept, placed),
-                             {nic.network for nic in fleet.guests[guest].nics})
-    graph.graph["fleet"] = Fleet(fleet.networks, kept, fleet.guests, fleet.problems,
-                                 fleet.root)
-    return graph
+    # of each host, only how it binds the guest's networks: a check reads no other
+    # binding through the graph (other guests' NICs are counted from the hosts' mappings)
+    return FleetGraph(Fleet(fleet.networks, kept, fleet.guests, fleet.problems, fleet.root),
+                      kept, placed, {nic.network for nic in fleet.guests[guest].nics},
+                      fleet.hosts)
 
 
-def build_graph_of_hosts(fleet: Fleet, hosts: Collection[str]) -> nx.DiGraph:
+def build_graph_of_hosts(fleet: Fleet, hosts: Collection[str]) -> FleetGraph:
     """The graph of `hosts` alone, every binding of theirs, and the guests placed on them:
     all that `netmap show HOST` reads of it, without reading the other hosts."""
     kept = {name: fleet.hosts[name] for name in fleet.hosts if name in hosts}
     placed = guests_placed_on(fleet.guests, kept)
-    with gc_paused():
-        graph = _build_graph(Fleet(fleet.networks, kept, placed))
-    graph.graph["fleet"] = Fleet(fleet.networks, kept, fleet.guests, fleet.problems,
-                                 fleet.root)
-    return graph
+    return FleetGraph(Fleet(fleet.networks, kept, fleet.guests, fleet.problems, fleet.root),
+                      kept, placed, None, fleet.hosts)
 
 
-class _DiGraphStorage(Protocol):
-    """The dicts a networkx DiGraph keeps its nodes and edges in (private, so not in its
-    type stubs): node -> attributes, and node -> neighbour -> the edge's attributes."""
-
-    _node: dict[str, dict[str, Any]]
-    _succ: dict[str, dict[str, dict[str, Any]]]
-    _pred: dict[str, dict[str, dict[str, Any]]]
-
-
-def _build_graph(fleet: Fleet, networks: Collection[str] | None = None) -> nx.DiGraph:
-    """Written straight into the DiGraph's node/succ/pred dicts, all nodes first and then
-    all edges: the same graph (order included) as `add_nodes_from(nodes)` then
-    `add_edges_from(edges)`, without networkx's per-item bookkeeping, nor the lists of
-    tuples that fed it (a 10k-host graph: 0.2 s -> 0.1 s). `networks`: only the bindings
-    of those (and the uplinks they use), else all."""
-    graph: nx.DiGraph = nx.DiGraph(fleet=fleet)
-    storage = cast(_DiGraphStorage, graph)
-    node, succ, pred = storage._node, storage._succ, storage._pred
-
-    def add_node(name: str, attrs: dict[str, Any]) -> None:
-        have = node.get(name)
-        if have is None:
-            node[name] = attrs
-            succ[name] = {}
-            pred[name] = {}
-        else:
-            have.update(attrs)
-
-    for network in fleet.networks.values():
-        add_node(f"network:{network.name}", {"kind": "network", "obj": network})
-        add_node(f"segment:{network.segment_id}", {"kind": "segment"})
-    hosts = fleet.hosts.values()
-    bindings_of: dict[str, list[Binding]] = {}
-    uplinks_of: dict[str, list[Uplink]] = {}
-    for host in hosts:
-        chosen = [b for b in host.bindings.values() if networks is None or b.network in networks]
-        used = {b.uplink for b in chosen}
-        bindings_of[host.name] = chosen
-        uplinks_of[host.name] = [u for u in host.uplinks.values()
-                                 if networks is None or u.name in used]
-    for host in hosts:
-        name = host.name
-        add_node(f"host:{name}", {"kind": "host", "obj": host})
-        for uplink in uplinks_of[name]:
-            add_node(f"uplink:{name}/{uplink.name}", {"kind": "uplink", "obj": uplink,
-                                                      "host": name})
-            for segment in uplink.segments:
-                add_node(f"segment:{segment}", {"kind": "segment"})
-        for binding in bindings_of[name]:
-            add_node(f"binding:{name}/{binding.network}", {"kind": "binding", "obj": binding,
-                                                           "host": name})
-    for guest in fleet.guests.values():
-        add_node(f"guest:{guest.name}", {"kind": "guest", "obj": guest})
-        for nic in guest.nics:
-            add_node(f"nic:{guest.name}/{nic.index}", {"kind": "nic", "obj": nic,
-                                                       "guest": guest.name})
-
-    def add_edge(u: str, v: str, rel: str) -> None:
-        if u not in node:
-            node[u], succ[u], pred[u] = {}, {}, {}
-        if v not in node:
-            node[v], succ[v], pred[v] = {}, {}, {}
-        out = succ[u]
-        data = out.get(v)
-        if data is None:
-            out[v] = pred[v][u] = {"rel": rel}
-        else:
-            data["rel"] = rel
-
-    for network in fleet.networks.values():
-        add_edge(f"network:{network.name}", f"segment:{network.segment_id}", "lives-on")
-    for host in hosts:
-        name = host.name
-        hid = f"host:{name}"
-        for uplink in uplinks_of[name]:
-            uid = f"uplink:{name}/{uplink.name}"
-            add_edge(hid, uid, "has")
-            for segment in uplink.segments:
-                add_edge(uid, f"segment:{segment}", "reaches")
-        for binding in bindings_of[name]:
-            bid = f"binding:{name}/{binding.network}"
-            add_edge(hid, bid, "has")
-            add_edge(bid, f"network:{binding.network}", "realizes")
-            add_edge(bid, f"uplink:{name}/{binding.uplink}", "via")
-    for guest in fleet.guests.values():
-        gid = f"guest:{guest.name}"
-        if guest.host is not None:
-            add_edge(gid, f"host:{guest.host}", "runs-on")
-        for nic in guest.nics:
-            nid = f"nic:{guest.name}/{nic.index}"
-            add_edge(gid, nid, "has")
-            add_edge(nid, f"network:{nic.network}", "attaches")
-    return graph
-
-
-def fleet_of(graph: nx.DiGraph) -> Fleet:
+def fleet_of(graph: FleetGraph) -> Fleet:
     return graph.graph["fleet"]
 
 
-def guests_on(graph: nx.DiGraph, host: str) -> list[Guest]:
+def guests_on(graph: FleetGraph, host: str) -> list[Guest]:
     """Guests that run on `host` now."""
-    hid = host_id(host)
-    if hid not in graph:
-        return []
-    return [graph.nodes[g]["obj"] for g in graph.predecessors(hid)
-            if graph.nodes[g]["kind"] == "guest"]
+    return list(graph.guests_by_host().get(host, ()))
 
 
-def hosts_binding(graph: nx.DiGraph, network: str) -> set[str]:
+def hosts_binding(graph: FleetGraph, network: str) -> set[str]:
     """Hosts that have a binding for `network`."""
-    return {graph.nodes[b]["host"] for b in graph.predecessors(f"network:{network}")
-            if graph.nodes[b]["kind"] == "binding"}
+    if graph.networks is not None and network not in graph.networks:
+        return set()
+    # from the load's index where it has one: the other hosts are not read
+    return set(indexed_binders(graph.hosts, network))
 
 
-def reaches(graph: nx.DiGraph, host: str, uplink: str, segment_id: str) -> bool:
-    return graph.has_edge(uplink_id(host, uplink), f"segment:{segment_id}")
+def reaches(graph: FleetGraph, host: str, uplink: str, segment_id: str) -> bool:
+    """The edge uplink:host/uplink -reaches-> segment:segment_id."""
+    found = graph.hosts.get(host)
+    if found is None or uplink not in found.uplinks:
+        return False
+    if segment_id not in found.uplinks[uplink].segments:
+        return False
+    # the graph of some networks holds only the uplinks their bindings use
+    return graph.networks is None or any(
+        b.uplink == uplink for n, b in found.bindings.items() if n in graph.networks)
 
 
 @dataclass(frozen=True)
@@ -240,13 +242,12 @@ def endpoint_devices(guest: str, nic: GuestNic, binding: Binding,
     return REGISTRY[binding.mode].devices(guest, nic.index, binding, network)
 
 
-def nic_view(graph: nx.DiGraph, guest: str, nic: GuestNic, host: str) -> NicView:
+def nic_view(graph: FleetGraph, guest: str, nic: GuestNic, host: str) -> NicView:
     fleet = fleet_of(graph)
     network = fleet.networks[nic.network]
-    bid = binding_id(host, nic.network)
-    if bid not in graph:
+    binding = graph.binding(host, nic.network)
+    if binding is None:
         return NicView(nic.index, network.name, host, network.segment_id)
-    binding: Binding = graph.nodes[bid]["obj"]
     host_obj = fleet.hosts[host]
     mtu, mtu_reason = effective_mtu(network, binding, host_obj)
     if network.is_overlay:
@@ -264,7 +265,7 @@ def nic_view(graph: nx.DiGraph, guest: str, nic: GuestNic, host: str) -> NicView
     )
 
 
-def needed_mtu(graph: nx.DiGraph, guest: Guest, nic: GuestNic,
+def needed_mtu(graph: FleetGraph, guest: Guest, nic: GuestNic,
                source: NicView | None) -> int:
     """The MTU the guest uses on `nic`: its own when the guest file says it, else what its
     source host gives it (`source`, its view there, when bound), else the network's. check
@@ -273,22 +274,22 @@ def needed_mtu(graph: nx.DiGraph, guest: Guest, nic: GuestNic,
     return nic.mtu or reference or fleet_of(graph).networks[nic.network].mtu
 
 
-def guest_view(graph: nx.DiGraph, guest: Guest, host: str) -> list[NicView]:
+def guest_view(graph: FleetGraph, guest: Guest, host: str) -> list[NicView]:
     return [nic_view(graph, guest.name, nic, host) for nic in guest.nics]
 
 
-def vf_usage(graph: nx.DiGraph, host: str, *, excluding: str | None = None) -> Counter[str]:
+def vf_usage(graph: FleetGraph, host: str, *, excluding: str | None = None) -> Counter[str]:
     """VFs in use per PF uplink on `host`, counting the guests placed there."""
     return _endpoint_usage(graph, host, excluding, "vf")
 
 
-def passthrough_usage(graph: nx.DiGraph, host: str, *,
+def passthrough_usage(graph: FleetGraph, host: str, *,
                       excluding: str | None = None) -> Counter[str]:
     """Guest NICs holding each uplink of `host` in macvtap passthrough."""
     return _endpoint_usage(graph, host, excluding, "uplink")
 
 
-def _endpoint_usage(graph: nx.DiGraph, host: str, excluding: str | None,
+def _endpoint_usage(graph: FleetGraph, host: str, excluding: str | None,
                     claim: Claim) -> Counter[str]:
     """Guest NICs on `host` whose mode claims `claim` of their uplink, per uplink."""
     fleet = fleet_of(graph)
@@ -304,7 +305,7 @@ def _endpoint_usage(graph: nx.DiGraph, host: str, excluding: str | None,
     return used
 
 
-def mac_owners(graph: nx.DiGraph) -> dict[str, list[tuple[str, int]]]:
+def mac_owners(graph: FleetGraph) -> dict[str, list[tuple[str, int]]]:
     """MAC -> every (guest, NIC index) that uses it; built once per graph."""
     owners = graph.graph.get("mac_owners")
     if owners is None:

@@ -13,8 +13,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import networkx as nx
-
 from netmap.model.fleet import (
     Fleet,
     Guest,
@@ -46,7 +44,7 @@ class Candidate:
         }
 
 
-def hosts_for(graph: nx.DiGraph, guest_name: str, *, strict: bool = False,
+def hosts_for(graph: g.FleetGraph, guest_name: str, *, strict: bool = False,
               include_current: bool = False) -> list[Candidate]:
     """Every host but the guest's own, compatible ones first (fewest warnings, then the
     least loaded), then the others with the reason each cannot take the guest."""
@@ -173,7 +171,7 @@ def _checked_in_worker(hosts: list[str]) -> dict[str, Candidate]:
 PARALLEL_MIN_CANDIDATES = 400
 
 
-def _rank(fleet: Fleet, graph: nx.DiGraph, guest: Guest, able: set[str], strict: bool,
+def _rank(fleet: Fleet, graph: g.FleetGraph, guest: Guest, able: set[str], strict: bool,
           include_current: bool) -> list[Candidate]:
     # guests per host, counted once (asking the graph per host cost 10k lookups)
     load = Counter(other.host for other in fleet.guests.values())

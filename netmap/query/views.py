@@ -11,31 +11,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from netmap.model.fleet import Fleet, Guest, Host, Vxlan, guests_placed_on, mac_users
+from netmap.model.fleet import Fleet, Guest, Host, Vxlan, guests_placed_on
 from netmap.model.mtu import effective_mtu
 from netmap.modes import REGISTRY, mode_of, semantic_of
+from netmap.query import l2
+from netmap.query.graph import FleetGraph
 
 
 def mac_clashes(fleet: Fleet, of: Iterable[Guest] | None = None,
                 ) -> dict[tuple[str, int], list[str]]:
-    """(guest, NIC) -> other guests using its MAC on the same L2 domain or the same host;
-    of the guests `of` (default: every guest), reading only the other users of their MACs
-    when the fleet's guests can."""
-    mine = list(fleet.guests.values() if of is None else of)
-    owners = mac_users(fleet.guests, {nic.mac for guest in mine for nic in guest.nics})
-    clashes: dict[tuple[str, int], list[str]] = {}
-    for guest in mine:
-        for nic in guest.nics:
-            net = fleet.networks[nic.network]
-            for other_name, other_index in owners.get(nic.mac, ()):
-                if other_name == guest.name:
-                    continue
-                other = fleet.guests[other_name]
-                other_net = fleet.networks[other.nics[other_index].network]
-                same_l2 = (net.segment_id, net.vlan) == (other_net.segment_id, other_net.vlan)
-                if same_l2 or (guest.host and guest.host == other.host):
-                    clashes.setdefault((guest.name, nic.index), []).append(other_name)
-    return clashes
+    """(guest, NIC) -> other guests using its MAC in its L2 domain or on its host, by the
+    rule check's MAC_DUPLICATE follows (l2.mac_clashes); of the guests `of` (default: every
+    guest), reading only the other users of their MACs when the fleet's guests can. No
+    graph is searched (nor networkx imported) unless a MAC has two users."""
+    nowhere: dict[str, Host] = {}
+    graph = FleetGraph(fleet, nowhere, {}, None, fleet.hosts)
+    return l2.mac_clashes(graph, None if of is None else list(of))
 
 
 def vfs_in_use(host: Host, guests: Iterable[Guest]) -> Counter[str]:

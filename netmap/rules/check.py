@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from netmap.model import names
 from netmap.model.fleet import (
     Guest,
     GuestNic,
     Host,
-    IndexedGuests,
     Network,
     Vxlan,
+    mac_users,
     mapping_file,
 )
 from netmap.modes import REGISTRY
 from netmap.query import graph as g
+from netmap.query import l2
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
@@ -73,7 +72,7 @@ def _nic_label(nic: GuestNic) -> str:
     return f"NIC {nic.index} ({nic.mac}, network {nic.network})"
 
 
-def check_migration(graph: nx.DiGraph, guest_name: str, dest: str, *,
+def check_migration(graph: g.FleetGraph, guest_name: str, dest: str, *,
                     source: str | None = None, strict: bool = False) -> Report:
     """Compare the guest's view on its source host with the view on `dest`."""
     fleet = g.fleet_of(graph)
@@ -102,7 +101,7 @@ def check_migration(graph: nx.DiGraph, guest_name: str, dest: str, *,
     return Report(guest.name, src, dest, strict, tuple(pairs), tuple(findings))
 
 
-def _views_on(graph: nx.DiGraph, guest: Guest, host: str) -> list[g.NicView]:
+def _views_on(graph: g.FleetGraph, guest: Guest, host: str) -> list[g.NicView]:
     """The guest's views on its source host, computed once per graph: a placement query
     compares them with every candidate host."""
     memo = graph.graph.setdefault("source_views", {})
@@ -112,7 +111,7 @@ def _views_on(graph: nx.DiGraph, guest: Guest, host: str) -> list[g.NicView]:
     return views
 
 
-def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicView | None,
+def _nic_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, before: g.NicView | None,
                   after: g.NicView, host: Host, strict: bool) -> list[Finding]:
     fleet = g.fleet_of(graph)
     network = fleet.networks[nic.network]
@@ -135,7 +134,8 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
         out.append(Finding(
             "SEGMENT_UNREACHABLE", ERROR, nic.index,
             f"{label}: {host.name} binds {nic.network} to uplink {after.uplink}, which does "
-            f"not reach segment {network.segment_id}; frames would land on another L2 domain.",
+            f"not reach segment {network.segment_id}; frames would land on another L2 domain. "
+            f"The NIC's path there: {_path(graph, guest, nic, host)}.",
             f'add "{network.segment_id}" to [uplinks.{after.uplink}] segments in {mapping} if '
             f"it is cabled there, else bind {nic.network} to an uplink that reaches "
             f"{network.segment_id}"))
@@ -144,7 +144,8 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
         out.append(Finding(
             "VLAN_MISMATCH", ERROR, nic.index,
             f"{label}: VLAN {_vlan(want_vlan)} on the source but {_vlan(after.vlan)} on "
-            f"{host.name}; the guest would join another broadcast domain.",
+            f"{host.name}; the guest would join another broadcast domain. The NIC's path "
+            f"there: {_path(graph, guest, nic, host)}.",
             f"make [networks.{nic.network}] vlan on {host.name} match {_vlan(want_vlan)}"))
     need_mtu = g.needed_mtu(graph, guest, nic, reference)
     if after.mtu is not None and after.mtu < need_mtu:
@@ -187,6 +188,11 @@ def _nic_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, before: g.NicV
                 f"rename uplink {after.uplink} or set bridge = \"...\" in the binding"))
     out.extend(_mac_findings(graph, guest, nic, host, label))
     return out
+
+
+def _path(graph: g.FleetGraph, guest: Guest, nic: GuestNic, host: Host) -> str:
+    """Where the NIC's frames would go on `host`, hop by hop (its path in the graph)."""
+    return l2.path_text(l2.nic_path(graph, guest.name, nic, host.name))
 
 
 def _peers(vxlan: Vxlan) -> str:
@@ -242,42 +248,40 @@ def unbound_finding_at(network: Network, nic: GuestNic, host: str, mapping: str)
         f"{mapping}, or pick another host")
 
 
-def _mac_findings(graph: nx.DiGraph, guest: Guest, nic: GuestNic, host: Host,
+def _mac_findings(graph: g.FleetGraph, guest: Guest, nic: GuestNic, host: Host,
                   label: str) -> list[Finding]:
+    """One MAC twice on the destination host (whatever the networks: the endpoints share
+    the host's bridge, macvlan lower or PF), and one MAC twice in the L2 domain the NIC
+    lands in there: the graph's component of its path (l2.mac_sharers), so the same MAC
+    on another VLAN or segment is no clash, while on one segment + VLAN it is wherever the
+    other guest runs."""
     fleet = g.fleet_of(graph)
-    network = fleet.networks[nic.network]
+    owners = [(name, index) for name, index in mac_users(fleet.guests, {nic.mac}).get(nic.mac, ())
+              if name != guest.name]
+    if not owners:
+        return []
+    sharers = {(s.guest, s.nic): s for s in l2.mac_sharers(graph, guest.name, nic, host.name)}
     out = []
-    for other_name, other_index in _mac_owners(graph, nic.mac):
-        if other_name == guest.name:
-            continue
+    for other_name, other_index in owners:
         other = fleet.guests[other_name]
-        other_network = fleet.networks[other.nics[other_index].network]
+        sharer = sharers.get((other_name, other_index))
         if other.host == host.name:
             out.append(Finding(
                 "MAC_IN_USE", ERROR, nic.index,
                 f"{label}: guest {other_name} on {host.name} already uses {nic.mac}; two "
                 "endpoints with one MAC confuse the bridge and the switch.",
                 f"give {guest.name} or {other_name} another MAC"))
-        elif (other_network.segment_id, other_network.vlan) == (network.segment_id,
-                                                                 network.vlan):
+        elif sharer is not None:
             out.append(Finding(
                 "MAC_DUPLICATE", ERROR, nic.index,
                 f"{label}: guest {other_name} (on {other.host or 'no host'}) uses {nic.mac} "
-                f"on the same L2 domain ({network.segment_id}, VLAN {_vlan(network.vlan)}).",
+                f"on the same L2 domain ({l2.domain_text(sharer.domain)}); on {host.name} "
+                f"the frames of both would meet: {l2.route_text(sharer.route)}.",
                 f"give {guest.name} or {other_name} another MAC"))
     return out
 
 
-def _mac_owners(graph: nx.DiGraph, mac: str) -> list[tuple[str, int]]:
-    """Every (guest, NIC index) using `mac`, fleet-wide: from the load's index where it has
-    one (reading those guests alone), else from every guest, once per graph."""
-    guests = g.fleet_of(graph).guests
-    if isinstance(guests, IndexedGuests):
-        return guests.mac_users(mac)
-    return g.mac_owners(graph).get(mac, [])
-
-
-def _capacity_findings(graph: nx.DiGraph, guest: Guest, host: Host) -> list[Finding]:
+def _capacity_findings(graph: g.FleetGraph, guest: Guest, host: Host) -> list[Finding]:
     out: list[Finding] = []
     needs_vf: Counter[str] = Counter()
     needs_whole: Counter[str] = Counter()

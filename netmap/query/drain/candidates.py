@@ -5,7 +5,8 @@ network <- binding -> host), its uplinks reach the networks' segments, and the c
 The check's verdict depends on the guest only through its NICs' networks, vhost policy,
 pinned class and MTU (its *profile*) and its MACs, so the full check runs once per profile
 and host; a guest whose MAC another guest also uses is checked again on the hosts where that
-MAC lives (and once to see whether the MAC is a duplicate everywhere). Every move of the final
+MAC lives, and once per set of L2 domains its NICs land in elsewhere (MAC_DUPLICATE depends
+on a host only through those: l2.mac_sharers). Every move of the final
 plan is checked again, for that guest, with check_migration; a disagreement drops the option
 and the plan is solved again, so the plan never rests on the shortcut alone.
 
@@ -27,13 +28,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from netmap.errors import InputError
 from netmap.load import require_host
 from netmap.model.fleet import Guest, Host
 from netmap.modes import mode_of
 from netmap.query import graph as g
+from netmap.query import l2
 from netmap.query.drain.flow import Option, Resource
 from netmap.query.drain.report import HostUse
 from netmap.rules.check import Finding, Report, check_migration
@@ -44,7 +44,7 @@ FLEET_WIDE = frozenset({"FLEET_INCOMPLETE"})  # warnings every host gets alike
 MAC_CODES = frozenset({"MAC_IN_USE", "MAC_DUPLICATE"})
 
 
-def host_use(graph: nx.DiGraph, host: Host) -> HostUse:
+def host_use(graph: g.FleetGraph, host: Host) -> HostUse:
     """The host's current load, counted the way check counts it."""
     on = g.guests_on(graph, host.name)
     vfs = g.vf_usage(graph, host.name)
@@ -93,7 +93,7 @@ class Survey:
 class DrainContext:
     """One drain: the source, the destinations, and the checks run so far."""
 
-    def __init__(self, graph: nx.DiGraph, host: str, exclude: tuple[str, ...],
+    def __init__(self, graph: g.FleetGraph, host: str, exclude: tuple[str, ...],
                  strict: bool) -> None:
         self.graph = graph
         self.fleet = fleet = g.fleet_of(graph)
@@ -178,19 +178,30 @@ class DrainContext:
             if self.fleet.guests[other].host == self.source.name:
                 conflicts[guest.name].add(other)  # one MAC twice on one host: keep apart
         kept: list[tuple[str, int]] = []
-        reference = next((h for h, _ in survey.compatible if h not in suspects), None)
-        if others and reference is not None:
-            mac = [f for f in self.check(guest.name, reference).errors if f.code in MAC_CODES]
-            if mac:  # a duplicate on the same L2 domain: the same on every host
-                blocked[guest.name] = mac[0]
-                return ()
+        # away from the MAC's other hosts, MAC_DUPLICATE depends on the destination only
+        # through the L2 domains the guest's NICs land in there: one check per such set
+        verdicts: dict[tuple[tuple[str, ...], ...], Finding | None] = {}
+        duplicate: Finding | None = None
         for host, warnings in survey.compatible:
             if host in suspects:
                 report = self.check(guest.name, host)
                 if not report.compatible:
                     continue
                 warnings = _distinguishing(report)
+            else:
+                lands = tuple(l2.nic_path(self.graph, guest.name, nic, host).domains
+                              for nic in guest.nics)
+                if lands not in verdicts:
+                    mac = [f for f in self.check(guest.name, host).errors
+                           if f.code in MAC_CODES]
+                    verdicts[lands] = mac[0] if mac else None
+                if verdicts[lands] is not None:
+                    duplicate = duplicate or verdicts[lands]
+                    continue
             kept.append((host, warnings))
+        if not kept and duplicate is not None:  # a duplicate wherever the guest would land
+            blocked[guest.name] = duplicate
+            return ()
         return self._rank(guest, kept)
 
     def _rank(self, guest: Guest, kept: list[tuple[str, int]]) -> tuple[Option, ...]:

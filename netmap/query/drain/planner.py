@@ -6,8 +6,6 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import replace
 
-import networkx as nx
-
 from netmap.model.fleet import Guest
 from netmap.query import graph as g
 from netmap.query.drain.candidates import DrainContext, Survey, demand, profile
@@ -22,7 +20,7 @@ FIRST_LOOK = 16  # hosts examined per profile at first ...
 SPREAD = 3  # ... or this many per guest of the profile, whichever is more
 
 
-def drain(graph: nx.DiGraph, host: str, *, exclude: tuple[str, ...] | list[str] = (),
+def drain(graph: g.FleetGraph, host: str, *, exclude: tuple[str, ...] | list[str] = (),
           strict: bool = False, budget: int = DEFAULT_BUDGET,
           deadline: float = DEFAULT_DEADLINE) -> DrainPlan:
     """Plan moving every guest off `host`: as many as possible, each to a host that passes
