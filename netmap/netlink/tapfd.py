@@ -180,10 +180,11 @@ def open_made_tap(name: str, *, vnet_hdr: bool) -> int:
     return fd
 
 
-def release_when_gone(pid: int, name: str, tap: str | None,
+def release_when_gone(pid: int, name: str, tap: str | None, caller: int,
                       action: Callable[[], object]) -> None:
     """In a detached child: wait until process `pid` (QEMU) exits or, with `tap`, the tap
-    `name` is gone (QEMU closed its last fd: a hot-unplug), then run `action`.
+    `name` is gone (QEMU closed its last fd: a hot-unplug), then run `action`. `caller`:
+    the fd of the socket to QEMU, which the child must not hold.
 
     QEMU's helper protocol has no "release" call, so the helper leaves this watcher behind
     to release what it made (a macvtap, unlike a tap, outlives its fds).
@@ -191,11 +192,15 @@ def release_when_gone(pid: int, name: str, tap: str | None,
     if os.fork() != 0:
         return
     try:
+        # Only the fds named here are closed, never a range: the parent's objects and
+        # libraries live on in this child and would use a closed number again once it is
+        # reused (libuuid's clock file, under the OVSDB client, then blocked on a socket).
         os.setsid()
-        os.closerange(3, 65536)  # the socket to QEMU and the fd are QEMU's now
+        os.close(caller)  # the endpoint's fd is QEMU's alone already
         null = os.open(os.devnull, os.O_RDWR)
         for fd in range(3):  # QEMU reads the helper's stderr; do not hold it open
             os.dup2(null, fd)
+        os.close(null)
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:

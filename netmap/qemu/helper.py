@@ -234,7 +234,7 @@ def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) 
         for fd in opened:
             os.close(fd)  # QEMU has its own copy now (or none: a tap went with the rollback)
     k.release_when_gone(peer_pid(sock), endpoint.ifname, None if macvtap else endpoint.ifname,
-                        lambda: _release(endpoint))
+                        sock.fileno(), lambda: _release(endpoint))
 
 
 def _release(endpoint: Endpoint) -> None:
