@@ -30,6 +30,7 @@ RUNS = int(os.environ.get("RUNS", "30"))
 SHAPES = (10, int(os.environ.get("HOSTS", "2000")))  # generated hosts besides host-a
 TARGET = 4.0  # at most this many times `python -c pass`
 PREFIX = os.environ.get("PREFIX", "nmDb")  # the lab's namespace names; only those are deleted
+TMPFS = os.environ.get("TMPFS", "/dev/shm")  # where state lives, as /run/netmap does
 
 
 def call(argv: list[str], env: dict[str, str], keep: list[int] | None = None) -> float:
@@ -98,18 +99,25 @@ def main() -> int:
     from netmap.load import load_fleet
     from netmap.netlink.tapfd import enter_netns
 
+    # netmap's bytecode, as an installed netmap has it: with PYTHONDONTWRITEBYTECODE set
+    # (CI, some shells) every start would otherwise compile each module from source
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "netmap")],
+                   check=True)
     work = Path(tempfile.mkdtemp(prefix="nmdbench"))
+    # state on a tmpfs, as /run/netmap is on a host (a reboot wipes devices and state
+    # alike): the helper writes it twice per start (pending, then realized), each fsynced
+    state_dir = Path(tempfile.mkdtemp(prefix="nmdbench", dir=TMPFS))
     running: list[int] = []  # a guest that keeps br-eth1 (made as realize would) in use
     folders = {hosts: mappings(work, hosts) for hosts in SHAPES}
     (work / "acl.conf").write_text("allow mgmt\n")
     lab = build_lab(load_fleet(folders[SHAPES[0]]), PREFIX, ["host-a"])
     try:
         env = {**os.environ, "PYTHONPATH": str(REPO), "NETMAP_HOST": "host-a",
-               "NETMAP_QEMU_ACL": str(work / "acl.conf"), "NETMAP_STATE_DIR": str(work / "state")}
+               "NETMAP_QEMU_ACL": str(work / "acl.conf"), "NETMAP_STATE_DIR": str(state_dir)}
         envs = {hosts: {**env, "NETMAP_MAPPINGS": str(folder)} for hosts, folder in folders.items()}
         netmap = [sys.executable, "-m", "netmap.qemu.helper", "--use-vnet", "--br=mgmt"]
         call(netmap, envs[SHAPES[0]], keep=running)
-        state = work / "state" / "host-a.json"
+        state = state_dir / "host-a.json"
         enter_netns(lab.hosts["host-a"])
         libc = ctypes.CDLL(None, use_errno=True)
         assert libc.unshare(0x00020000) == 0
@@ -142,9 +150,10 @@ def main() -> int:
         for fd in running:
             os.close(fd)
         if running:  # its watcher releases it (and the bridge) before the lab goes
-            settled(work / "state" / "host-a.json", 0)
+            settled(state_dir / "host-a.json", 0)
         teardown_lab(lab)
         shutil.rmtree(work)
+        shutil.rmtree(state_dir)
     return 0
 
 

@@ -484,7 +484,8 @@ def test_caller_gone_rolls_back_what_was_made(host_a) -> None:
 
 
 def test_kernel_refusal_rolls_back(host_a) -> None:
-    """prod is macvtap-vepa on eth0 with VLAN 100: this kernel has no 802.1q module."""
+    """prod is macvtap-vepa on eth0 with VLAN 100: this kernel has no 802.1q module, which
+    realize's transaction finds before it changes anything (the helper applies through it)."""
     netns, mappings, acl = host_a
     if Path("/sys/module/8021q").exists():
         pytest.skip("this kernel has 802.1q; the refusal path needs one without")

@@ -40,7 +40,8 @@ from netmap.steps.base import (
 # OVSDB and SR-IOV are imported where a plan uses them: the QEMU helper applies its plan
 # through this transaction while QEMU waits, and a tap on a Linux bridge needs neither
 if TYPE_CHECKING:
-    from netmap.netlink import ovs_steps, ovsdb
+    from netmap.netlink import ovs_steps
+    from netmap.netlink.ovsdb import Connections, OvsBridge
     from netmap.netlink.sysfs import SriovInfo, VirtualFunction
 
 
@@ -84,12 +85,12 @@ class Transaction(RtnlKernel):
         self._queue: list[_Queued] = []
         self._current: Action | None = None  # the action whose step is applying
         self._decided: set[str] = set()
-        self._ovsdb: ovsdb.Connections | None = None  # opened by the first OVS step
+        self._ovsdb: Connections | None = None  # opened by the first OVS step
         self._ovs: dict[str, ovs_steps.Batch] = {}  # remote -> this realize's OVS changes
         self._ovs_outcomes: list[tuple[int, p.Step, str]] = []
 
     @property
-    def ovsdb(self) -> ovsdb.Connections:
+    def ovsdb(self) -> Connections:
         """This realize's OVSDB connections; only the plan's own OVS ports are replicated."""
         if self._ovsdb is None:
             from netmap.netlink import ovsdb
@@ -152,7 +153,7 @@ class Transaction(RtnlKernel):
         return {a.step.name for a in self.actions
                 if a.verdict == "create" and isinstance(a.step, p.LinkStep)}
 
-    def ovs_bridges(self, remote: str) -> dict[str, ovsdb.OvsBridge]:
+    def ovs_bridges(self, remote: str) -> dict[str, OvsBridge]:
         return self.ovsdb(remote).bridges()
 
     def ovs_bridges_planned(self) -> set[str]:

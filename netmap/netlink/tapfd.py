@@ -224,7 +224,7 @@ def _wait(pidfd: int, tap: str | None) -> None:
         if live is None:
             return
         while True:
-            ready, _, _ = select.select([pidfd, events], [], [])
+            ready, _, _ = select.select([pidfd, events.fileno()], [], [])
             if pidfd in ready:
                 return
             try:

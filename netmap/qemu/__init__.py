@@ -9,6 +9,7 @@ the fd QEMU gets. `netdev` is QEMU's side of an endpoint realize built.
 
 Which modes a helper fd can serve (each mode's `qemu_fd` says; today):
   bridge, vxlan     a tap on the binding's bridge (tun fd)
+  ovs               a tap that is an access port of the binding's OVS bridge (tun fd)
   macvtap-*         a macvtap on the uplink (its /dev/tapN fd); needs the guest's MAC
   sriov-vf          no: a VF is a PCI device (vfio-pci), not something an fd carries
 """
@@ -25,7 +26,7 @@ from netmap.model import IFNAMSIZ, Binding, Fleet, Guest, GuestNic, Host, Networ
 from netmap.modes import Mode, mode_of
 
 if TYPE_CHECKING:
-    from netmap.plan import NicPlan, Plan
+    from netmap.plan import NicPlan, Plan, Step
     from netmap.qemu.helper import Request
 
 # A logical network name as load.py accepts it: no '/', no leading '.', nothing to escape.
@@ -116,13 +117,13 @@ def _unknown_guest(nic: NicPlan, mac_known: bool) -> NicPlan:
     if not mac_known:
         made_up["attached-mac"] = nic.mac
 
-    def known(step: object) -> object:
+    def known(step: Step) -> Step:
         if not isinstance(step, EnsureOvsPort) or step.port != nic.device:
             return step
         return replace(step, external_ids=tuple(
             (key, value) for key, value in step.external_ids if made_up.get(key) != value))
 
-    return replace(nic, steps=tuple(known(step) for step in nic.steps))  # type: ignore[misc]
+    return replace(nic, steps=tuple(known(step) for step in nic.steps))
 
 
 def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
