@@ -243,6 +243,7 @@ def _release(endpoint: Endpoint) -> None:
     last user of."""
     from netmap.netlink.apply import release_guest
 
+    # no QEMU waits for this one: a realize holding the host's lock is waited out
     release_guest(endpoint.host.name, endpoint.owner, None, lock_timeout=LOCK_TIMEOUT * 4)
 
 
