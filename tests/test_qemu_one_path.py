@@ -23,7 +23,6 @@ from netmap.state import HostState
 
 PREFIX = "nmqh"
 SOLO_MAC = "52:54:00:5a:00:01"
-pytestmark = needs_netns
 
 
 @pytest.fixture
@@ -84,6 +83,7 @@ class FakeQemu:
             self.proc.communicate("\n", timeout=10)
 
 
+@needs_netns
 @pytest.mark.parametrize("network", ["mgmt", "tenant-blue", "mgmt-macvtap"])
 def test_the_helper_makes_the_host_realize_makes(lab, network: str) -> None:
     netns, mappings, acl, state = lab
@@ -115,6 +115,7 @@ def test_the_helper_makes_the_host_realize_makes(lab, network: str) -> None:
     assert host_dump(netns) == before
 
 
+@needs_netns
 def test_shared_devices_are_in_state_and_go_with_the_last_user(lab, capsys) -> None:
     """Two QEMUs on mgmt share the bridge the first one's helper made. State names both as
     its users; drift reads the helper's devices as netmap's; `netmap release qemu:TAP`
@@ -152,3 +153,53 @@ def test_shared_devices_are_in_state_and_go_with_the_last_user(lab, capsys) -> N
     wait_released(state)
     assert HostState.load("host-a", state).data["resources"] == {}
     assert host_dump(netns) == before
+
+
+def helper_plan(mappings: Path, network: str, **options: str):
+    from netmap.qemu import plan_endpoint
+    from netmap.qemu.helper import Request, load_mappings
+
+    request = Request(fd=0, network=network, host="host-a", mappings=str(mappings),
+                      **options)
+    fleet, host = load_mappings(request)
+    return plan_endpoint(request, fleet, host).plan
+
+
+@pytest.mark.parametrize(("network", "nic"), [("mgmt", 1), ("prod", 0)])
+def test_the_helpers_plan_is_realizes_plan_for_that_nic(mappings: Path, network: str,
+                                                        nic: int) -> None:
+    """Pure: for a guest it is told, the helper plans exactly realize's steps for the NIC
+    on that network (bridge mode; macvtap with the network's VLAN), as its own state
+    owner qemu:IFNAME."""
+    from netmap.graph import build_graph
+    from netmap.load import load_fleet
+    from netmap.planner import build_plan
+
+    fleet = load_fleet(mappings)
+    realized = build_plan(build_graph(fleet), fleet.guests["vm2"], fleet.hosts["host-a"])
+    planned = helper_plan(mappings, network, guest="vm2")
+    assert planned.nics == (realized.nics[nic],)
+    assert planned.guest == f"qemu:{realized.nics[nic].device}"
+    assert (planned.host, planned.netns) == ("host-a", None)  # run inside the namespace
+
+
+@pytest.mark.parametrize(("options", "ids"), [
+    ({}, set()),
+    ({"mac": "52:54:00:12:34:56"}, {"attached-mac"}),
+    ({"guest": "vm2"}, {"attached-mac", "iface-id"}),
+])
+def test_an_ovs_port_carries_only_the_ids_the_helper_knows(mappings: Path, options: dict,
+                                                           ids: set[str]) -> None:
+    """Pure: realize's OVS steps, but without the guest (or its MAC) the helper sets no
+    logical port id every such helper would share, nor a MAC that is not the guest's."""
+    from netmap.plan import EnsureOvsPort
+
+    host_file = mappings / "hosts" / "host-a.toml"
+    host_file.write_text(host_file.read_text().replace(
+        '[networks.mgmt]\nmode = "bridge"', '[networks.mgmt]\nmode = "ovs"'))
+    (nic,) = helper_plan(mappings, "mgmt", **options).nics
+    port = next(s for s in nic.steps if isinstance(s, EnsureOvsPort) and s.port == nic.device)
+    found = dict(port.external_ids)
+    assert {"iface-id", "attached-mac"} & set(found) == ids
+    assert found["netmap-owner"] == found["vm-id"] == options.get("guest", "qemu-helper")
+    assert found["netmap-network"] == "mgmt"
