@@ -51,8 +51,6 @@ class Endpoint:
     ifname: str  # the tap or macvtap to create
     mac: str | None  # the guest's MAC when known (--mac, --guest); macvtap needs it
     bridge: str | None  # bridge, vxlan and ovs modes
-    vxlan: str | None  # vxlan mode
-    vlan: int | None
     plan: Plan  # realize's steps for it, as guest `owner` in the host's state
     guest: str | None = None  # --guest, when given (an OVS port's vm-id)
 
@@ -179,10 +177,8 @@ def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
             fix="run the helper as helper=\"netmap-qemu-helper --mac=MAC\" (or "
             "--guest=NAME), with MAC the -device's mac=")
     plan = _plan(mode, network, binding, host, ifname, mac, index, request.guest, vlan, mtu)
-    devices = dict(mode.devices(request.guest or "", index or 0, binding, network))
-    # an overlay's vxlan device carries the VNI, not a VLAN
     return Endpoint(network, binding, host, mtu, ifname, mac, mode.guest_bridge(binding, network),
-                    devices.get("vxlan"), None if mode.overlay else vlan, plan, request.guest)
+                    plan, request.guest)
 
 
 def _plan(mode: Mode, network: Network, binding: Binding, host: Host, ifname: str,
