@@ -169,7 +169,7 @@ def test_without_use_vnet_no_vnet_header_and_existing_bridge_reused(host_a) -> N
         assert first.code == 0, first.stderr + second.stderr
         assert second.code == 0, first.stderr + second.stderr
         assert not tap_info(first.fd)[1] & IFF_VNET_HDR
-        from netmap.names import tap_name
+        from netmap.model.names import tap_name
 
         # --guest names the tap as realize would, from the guest's NIC on that network
         assert tap_info(second.fd)[0] == tap_name("vm2", 1)
@@ -567,7 +567,7 @@ def test_macvtap_mode_sends_the_macvtap_fd_and_cleans_up(host_a) -> None:
         assert status, status
         assert status[0] == "0", status
         name, flags = fake.stdout.readline().split()
-        from netmap.names import tap_name
+        from netmap.model.names import tap_name
 
         assert name == tap_name("vm2", 1)
         assert int(flags) & IFF_VNET_HDR
@@ -599,7 +599,7 @@ def test_a_bug_is_exit_4_and_says_so(monkeypatch, capsys) -> None:
 # Not on the helper's path (QEMU waits for it at every guest start): no renderer, graph,
 # whole-fleet load, pyroute2, XML, nor the OVSDB and SR-IOV parts of realize's transaction
 # for a network that needs neither. (The plan's steps and the transaction are its path.)
-HELPER_SKIPS = ("rich", "networkx", "pyroute2", "netmap.graph", "netmap.load.store",
+HELPER_SKIPS = ("rich", "networkx", "pyroute2", "netmap.query.graph", "netmap.load.store",
                 "netmap.load.fleet", "xml", "urllib.request", "netmap.libvirt",
                 "netmap.netlink.ovsdb", "netmap.netlink.ovs_steps", "netmap.netlink.sysfs",
                 "netmap.netlink.vf_pool", "netmap.netlink.release")

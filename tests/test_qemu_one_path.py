@@ -18,7 +18,7 @@ from test_qemu_helper import FAKE_QEMU, HELPER, call_helper, helper_env, wait_go
 from test_realize import host_dump
 
 from netmap.cli import main
-from netmap.names import tap_name
+from netmap.model.names import tap_name
 from netmap.state import HostState
 
 PREFIX = "nmqh"
@@ -171,9 +171,9 @@ def test_the_helpers_plan_is_realizes_plan_for_that_nic(mappings: Path, network:
     """Pure: for a guest it is told, the helper plans exactly realize's steps for the NIC
     on that network (bridge mode; macvtap with the network's VLAN), as its own state
     owner qemu:IFNAME."""
-    from netmap.graph import build_graph
+    from netmap.query.graph import build_graph
     from netmap.load import load_fleet
-    from netmap.planner import build_plan
+    from netmap.plan.planner import build_plan
 
     fleet = load_fleet(mappings)
     realized = build_plan(build_graph(fleet), fleet.guests["vm2"], fleet.hosts["host-a"])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from netmap.errors import InputError
-from netmap.model import IFNAMSIZ, Binding, Fleet, Guest, GuestNic, Host, Network
+from netmap.model.fleet import IFNAMSIZ, Binding, Fleet, Guest, GuestNic, Host, Network
 from netmap.modes import Mode, mode_of
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _refuse_queues(guest: Guest, nic: GuestNic, host: Host) -> None:
     would start with one, or (a tap made with IFF_MULTI_QUEUE by someone else) not at all."""
     if nic.queues <= 1:
         return
-    from netmap.names import tap_name
+    from netmap.model.names import tap_name
 
     raise InputError(
         f"guest {guest.name}'s NIC {nic.index} on network {nic.network!r} has "
@@ -127,10 +127,10 @@ def _unknown_guest(nic: NicPlan, mac_known: bool) -> NicPlan:
 def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
     """Resolve the logical network on `host` into what to build; refuse what a tap fd
     cannot serve. Pure."""
-    from netmap import names
     from netmap.load import require_guest
-    from netmap.mtu import effective_mtu
-    from netmap.tomlcheck import did_you_mean
+    from netmap.load.tomlcheck import did_you_mean
+    from netmap.model import names
+    from netmap.model.mtu import effective_mtu
 
     network = fleet.networks.get(request.network)
     if network is None:
@@ -189,7 +189,7 @@ def _plan(mode: Mode, network: Network, binding: Binding, host: Host, ifname: st
     helper builds, records and releases what realize would."""
     from netmap.modes import NicContext
     from netmap.plan import Plan
-    from netmap.planner import context_plan
+    from netmap.plan.planner import context_plan
 
     nic = GuestNic(index or 0, network.name, mac or _random_guest_mac())
     name = guest or HELPER_GUEST
