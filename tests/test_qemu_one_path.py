@@ -171,9 +171,9 @@ def test_the_helpers_plan_is_realizes_plan_for_that_nic(mappings: Path, network:
     """Pure: for a guest it is told, the helper plans exactly realize's steps for the NIC
     on that network (bridge mode; macvtap with the network's VLAN), as its own state
     owner qemu:IFNAME."""
-    from netmap.query.graph import build_graph
     from netmap.load import load_fleet
     from netmap.plan.planner import build_plan
+    from netmap.query.graph import build_graph
 
     fleet = load_fleet(mappings)
     realized = build_plan(build_graph(fleet), fleet.guests["vm2"], fleet.hosts["host-a"])
