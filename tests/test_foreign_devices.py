@@ -9,6 +9,7 @@ had to keep stays in state until it is free; FDB ageing is part of "the same bri
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from test_realize import VM5, VM6, host_dump, plan_for, run
@@ -161,9 +162,9 @@ def test_a_kept_bridge_stays_in_state_until_it_is_free(lab, capsys) -> None:
 
 
 def test_the_qemu_helpers_bridge_is_recorded_and_removed_once_unused(lab, tmp_path) -> None:
-    """The helper makes br-eth1 for QEMU's tap; the tap goes with QEMU, the bridge stays,
-    recorded in state for no guest, and the next release on the host removes it once
-    free."""
+    """The helper makes br-eth1 for QEMU's tap through realize's steps: state records the
+    bridge as netmap's, used by the helper's endpoint (qemu:TAP); the tap goes with QEMU,
+    its watcher releases the endpoint, and the bridge goes with its last user."""
     from netmap.netlink.tapfd import tap_info
     from tests.test_qemu_helper import call_helper, helper_env, wait_gone
 
@@ -180,14 +181,21 @@ def test_the_qemu_helpers_bridge_is_recorded_and_removed_once_unused(lab, tmp_pa
     try:
         tap = tap_info(got.fd)[0]
         state = HostState.load("host-a")
-        assert state.users("link:br-eth1") == []
+        assert state.users("link:br-eth1") == [f"qemu:{tap}"]
         assert state.made_ifindex("link:br-eth1") == json.loads(
             run("ip", "-j", "link", "show", "br-eth1", netns=ns))[0]["ifindex"]
         assert main(["realize", "vm6", "--host", "host-a"]) == 0  # QEMU still has its tap
         assert link(ns, tap)["master"] == "br-eth1"
+        # vm6 is on another network: the bridge stays the helper's endpoint's alone
+        assert HostState.load("host-a").users("link:br-eth1") == [f"qemu:{tap}"]
     finally:
         got.close()
     assert wait_gone(ns, tap)
+    deadline = time.monotonic() + 10
+    while f"qemu:{tap}" in HostState.load("host-a").guests and time.monotonic() < deadline:
+        time.sleep(0.05)  # the watcher releases the endpoint once the tap is gone
+    assert HostState.load("host-a").resource("link:br-eth1") is None
+    assert "br-eth1" not in host_dump(ns)["links"]
     assert main(["release", "vm6", "--host", "host-a"]) == 0
     assert host_dump(ns) == before
     assert HostState.load("host-a").data["resources"] == {}

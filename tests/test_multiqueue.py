@@ -17,10 +17,12 @@ import pytest
 from conftest import ip_links, needs_netns
 
 from netmap.errors import ApplyError, InputError
+from netmap.libvirt.attach import interface_xml
 from netmap.load import load_fleet
 from netmap.load.parse import load_guest, load_networks
 from netmap.plan import CreateTap
 from netmap.plan.planner import build_plan
+from netmap.qemu.netdev import netdev_option
 from netmap.query.graph import build_graph
 
 PREFIX = "nmmq"
@@ -204,9 +206,8 @@ def test_realize_makes_a_tap_that_opens_once_per_queue(mq_lab) -> None:
     finally:
         for fd in fds:
             os.close(fd)
-    xml = result.nics[0]["libvirt_xml"]
-    assert "<driver queues='4'/>" in str(xml)
-    assert ",queues=4" in str(result.nics[0]["qemu"])
+    assert "<driver queues='4'/>" in interface_xml(result.nics[0])
+    assert ",queues=4" in str(netdev_option(result.nics[0]))
 
 
 @needs_netns
@@ -227,7 +228,7 @@ def test_single_queue_tap_opens_once(mq_lab) -> None:
         assert caught.value.errno == errno.EINVAL
     finally:
         os.close(fd)
-    assert "<driver" not in str(result.nics[0]["libvirt_xml"])
+    assert "<driver" not in interface_xml(result.nics[0])
 
 
 def ifindex(netns: str, name: str) -> int:
@@ -385,8 +386,8 @@ def test_macvtap_for_several_queues_opens_once_per_queue(mq_lab, tmp_path: Path)
         '[networks.mgmt]\nmode = "bridge"', '[networks.mgmt]\nmode = "macvtap-bridge"'))
     plan, result = realize(root)
     name = str(plan.nics[0].device)
-    assert "<driver queues='4'/>" in str(result.nics[0]["libvirt_xml"])
-    assert "opened read-write 4 times" in str(result.nics[0]["qemu"])
+    assert "<driver queues='4'/>" in interface_xml(result.nics[0])
+    assert "opened read-write 4 times" in str(netdev_option(result.nics[0]))
     index = ifindex(netns, name)
     done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c",
                            OPEN_MACVTAP_QUEUES, name, str(index), "4", str(tmp_path)],

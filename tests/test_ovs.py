@@ -350,14 +350,26 @@ def test_the_qemu_helper_serves_an_ovs_network(ovs_lab: OvsLab, tmp_path: Path) 
         assert name == tap
         port = ovs_lab.ports("ha")[tap]
         assert port["tag"] == 10
+        # realize's steps for g1's NIC: the ids realize sets, netmap's marks included
         assert port["external_ids"] == {"attached-mac": MACS["g1"], "iface-status": "active",
-                                        "vm-id": "g1", "netmap-owner": "g1", "tenant": "t1"}
+                                        "vm-id": "g1", "netmap-owner": "g1", "tenant": "t1",
+                                        "iface-id": "g1-nic0", "netmap-network": "blue"}
         assert ovs_lab.bridges("ha") == {"br-ovs": sorted(["eth0", tap])}
         assert links_by_name(ovs_lab.netns("ha"))[tap]["address"] == "fe" + MACS["g1"][2:]
+        # the OVS bridge and the uplink's port it made are in state, as realize records them
+        state = HostState.load("ha", tmp_path / "state")
+        owner = f"qemu:{tap}"
+        for key in ("ovs-bridge:br-ovs", "ovs-port:eth0", f"ovs-port:{tap}", f"link:{tap}"):
+            assert state.users(key) == [owner], key
+            assert state.resource(key)["created"] is True, key
     finally:
         fake.communicate("\n", timeout=10)
     deadline = time.monotonic() + 10
-    while tap in ovs_lab.ports("ha") and time.monotonic() < deadline:
+    while HostState.load("ha", tmp_path / "state").data["resources"] and \
+            time.monotonic() < deadline:  # state is written last
         time.sleep(0.05)
-    assert tap not in ovs_lab.ports("ha"), "the port stayed after QEMU exited"
+    # QEMU gone: its watcher released the port, and the bridge and uplink port the helper
+    # made went with their last user
+    assert ovs_lab.bridges("ha") == {}, "the OVS bridge stayed after QEMU exited"
     assert tap not in links_by_name(ovs_lab.netns("ha"))
+    assert HostState.load("ha", tmp_path / "state").data["resources"] == {}

@@ -416,27 +416,37 @@ def test_netmaps_own_vxlan_with_remotes_is_left_alone_by_a_second_realize(vxlab,
 
 
 @needs_netns
-def test_the_qemu_helper_uses_an_existing_vxlan_only_when_it_matches(netns_factory) -> None:
+def test_an_existing_vxlan_is_used_only_when_it_matches(netns_factory, tmp_path: Path) -> None:
+    """realize's vxlan step, which the QEMU helper applies too (it plans realize's steps):
+    a vxlan device of the name that differs is refused, named, and left as it was; one
+    that matches is used as it is."""
     from netmap.errors import ApplyError
-    from netmap.model.fleet import Vxlan
-    from netmap.netlink.rtnl import Rtnl
-    from netmap.netlink.tapfd import ensure_vxlan
+    from netmap.netlink.apply import realize_plan
+    from netmap.plan import EnsureVxlan, NicPlan, Plan, RequireLink
 
     ns = netns_factory(PREFIX)
     run("ip", "link", "add", "und0", "type", "veth", "peer", "name", "und1", netns=ns)
     run("ip", "link", "set", "und0", "up", netns=ns)
     run("ip", "link", "add", "vx5001", "type", "vxlan", "id", "5001", "dev", "und0", "group",
         "239.9.9.9", "dstport", "8472", netns=ns)
+    run("ip", "link", "set", "vx5001", "up", netns=ns)
     before = ip_links(ns, "vx5001")[0]
-    with Rtnl(ns) as kernel:
-        with pytest.raises(ApplyError) as caught:
-            ensure_vxlan(kernel, "vx5001", 5001, "und0", Vxlan(group="239.1.1.1"), 1450)
-        assert "port 8472 (want 4789)" in caught.value.problem
-        assert "group 239.9.9.9 (want 239.1.1.1)" in caught.value.problem
-        assert ip_links(ns, "vx5001")[0] == before
-        index, created = ensure_vxlan(kernel, "vx5001", 5001, "und0",
-                                      Vxlan(port=8472, group="239.9.9.9"), 1450)
-        assert (index, created) == (before["ifindex"], False)
+
+    def plan(port: int, group: str) -> Plan:
+        steps = (RequireLink("und0", 1500), EnsureVxlan("vx5001", 5001, "und0", 1450, port,
+                                                        group))
+        nic = NicPlan(0, "blue", "vxlan", "52:54:00:00:00:01", "virtio", None, "und0", None,
+                      1450, steps=steps)
+        return Plan("qemu:nmq00000001", "h", ns, (nic,))
+
+    with pytest.raises(ApplyError) as caught:
+        realize_plan(plan(4789, "239.1.1.1"), state_dir=tmp_path)
+    assert "port 8472 (want 4789)" in caught.value.problem
+    assert "group 239.9.9.9 (want 239.1.1.1)" in caught.value.problem
+    assert ip_links(ns, "vx5001")[0] == before
+    result = realize_plan(plan(8472, "239.9.9.9"), state_dir=tmp_path)
+    assert [verdict for _, step, verdict in result.outcomes if step.kind == "vxlan"] == ["adopt"]
+    assert ip_links(ns, "vx5001")[0]["ifindex"] == before["ifindex"]
 
 
 def test_diff_shows_the_vtep_settings_that_differ(mappings: Path, capsys) -> None:

@@ -122,6 +122,7 @@ def _realize(args: argparse.Namespace) -> int:
     from netmap.netlink.apply import realize_plan
 
     result = realize_plan(plan)
+    result.nics = [_attached(nic) for nic in result.nics]
     if args.json:
         print_json({"realized": True, "check": findings, **result.as_dict()})
         return EXIT_OK
@@ -148,6 +149,16 @@ def _realize(args: argparse.Namespace) -> int:
                   f"{_esc(device)}{_esc(tapdev)}")
         out.print(str(nic.get("libvirt_xml", "")), markup=False)
     return EXIT_OK
+
+
+def _attached(nic: dict[str, object]) -> dict[str, object]:
+    """A realized NIC with what attaches the guest to it: the libvirt <interface> and, for
+    a device QEMU opens itself, its -netdev option (the integrations build both)."""
+    from netmap.libvirt.attach import interface_xml
+    from netmap.qemu.netdev import netdev_option
+
+    qemu = netdev_option(nic)
+    return {**nic, "libvirt_xml": interface_xml(nic), **({"qemu": qemu} if qemu else {})}
 
 
 def _dry_run(plan: Plan, findings: list[dict], as_json: bool) -> int:

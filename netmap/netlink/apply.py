@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError, NetmapError
 from netmap.netlink.access import open_kernel, require_capabilities
 from netmap.netlink.ensure import Transaction
 from netmap.netlink.kernel_support import KernelProbe, refuse_unsupported
-from netmap.netlink.release import release_keys
 from netmap.state import REALIZED, HostState, host_lock
+
+if TYPE_CHECKING:
+    from netmap.netlink import rtmsg
 
 StepHook = Callable[[int, p.Step], None]
 
@@ -67,6 +69,8 @@ class ReleaseResult:
 @contextlib.contextmanager
 def _no_interrupts() -> Iterator[None]:
     """Ctrl-C must not cut a rollback short: ignore SIGINT while undoing (main thread)."""
+    import threading  # only on a rollback
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -94,9 +98,12 @@ def _refuse_unsupported(txn: Transaction, probe: KernelProbe | None) -> None:
 def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                  sysfs_root: str | Path | None = None, on_step: StepHook | None = None,
                  lock_timeout: float = 60.0, kernel_probe: KernelProbe | None = None,
+                 on_applied: Callable[[dict[str, rtmsg.Link]], None] | None = None,
                  ) -> RealizeResult:
     """Build every endpoint of `plan` on its host, or change nothing (ApplyError).
-    `kernel_probe` reads what the kernel supports (default: this machine's)."""
+    `kernel_probe` reads what the kernel supports (default: this machine's). `on_applied`
+    runs, still under the host's lock, once the endpoints are verified, with the live
+    links: what fails there (the QEMU helper handing its fd over) undoes the whole realize."""
     if plan.problems:
         raise ApplyError(f"cannot realize {plan.guest} on {plan.host}: "
                          + "; ".join(plan.problems), fix="run 'netmap check' for details")
@@ -122,6 +129,8 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
                     raise ApplyError("the host does not match the plan after applying it: "
                                      + "; ".join(problems),
                                      fix="another tool may be changing these interfaces")
+                if on_applied is not None:  # still undone with the rest if it fails
+                    on_applied(txn.links)
             except BaseException as err:
                 with _no_interrupts():
                     leftovers = txn.rollback()
@@ -152,14 +161,14 @@ def realize_plan(plan: p.Plan, *, state_dir: str | Path | None = None,
             stale = [k for k in (state.guest(plan.guest) or {}).get("resources", [])
                      if k not in planned]
             if stale:
+                from netmap.netlink.release import release_keys
+
                 left = release_keys(kernel, txn.links, state, plan.guest, stale, result,
                                      sweep=False)
                 result.kept += [f"{k}: could not be removed: {r['error']}" for k, r in left]
             if result.changed or stale or identified or (state.guest(plan.guest) or {}).get(
                     "status") != REALIZED:
-                state.set_guest(plan.guest, REALIZED, [
-                    {k: v for k, v in nic.items() if k not in ("libvirt_xml", "qemu")}
-                    for nic in result.nics])
+                state.set_guest(plan.guest, REALIZED, result.nics)
                 state.save()
             return result
 
@@ -197,6 +206,8 @@ def release_guest(host: str, guest: str, netns: str | None, *,
         if entry is None:
             return result
         with open_kernel(host, netns) as kernel:
+            from netmap.netlink.release import release_keys
+
             problems = release_keys(kernel, kernel.links(), state, guest,
                                      list(entry["resources"]), result)
             if not problems:

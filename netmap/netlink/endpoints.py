@@ -3,14 +3,15 @@ plugin idea).
 
 Each kind can describe what it builds, create it (its steps, through the transaction that
 makes each one idempotent and undoable), verify the live result against the plan, and say
-what QEMU/libvirt needs to attach the guest NIC to it. Removal is by state, in
+what QEMU/libvirt need to know of it to attach the guest NIC (the device, a VF's PCI
+address; the XML and QEMU options are the integrations' own, netmap/libvirt/attach.py and
+netmap/qemu/netdev.py). Removal is by state, in
 release.py, because shared parts (a bridge) outlive one guest's endpoint.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
-from xml.sax.saxutils import quoteattr
 
 from netmap import plan as p
 from netmap.modes import REGISTRY
@@ -20,30 +21,12 @@ if TYPE_CHECKING:
     from netmap.netlink.transaction_view import TransactionView
 
 
-def _ethernet_xml(nic: p.NicPlan) -> str:
-    """<interface type='ethernet'> on the device netmap made: libvirt must use it as it is
-    (managed='no', libvirt >= 5.7) rather than create its own and plug it in itself. With
-    several queues libvirt opens the tap (or the macvtap's /dev/tapN) once per queue."""
-    queues = [f"  <driver queues='{nic.queues}'/>"] if nic.queues > 1 else []
-    return "\n".join([
-        "<interface type='ethernet'>", f"  <mac address={quoteattr(nic.mac)}/>",
-        f"  <target dev={quoteattr(str(nic.device))} managed='no'/>",
-        f"  <model type={quoteattr(nic.model)}/>", *queues, f"  <mtu size='{nic.mtu}'/>",
-        "</interface>"])
-
-
-def _qemu_queues(nic: p.NicPlan) -> str:
-    """QEMU's side of several queues: the netdev's queues, and virtio-net's mq with
-    2N+2 MSI-X vectors (one per queue and direction, config, control)."""
-    if nic.queues <= 1:
-        return ""
-    return (f",queues={nic.queues}  (and -device virtio-net-pci,netdev=net{nic.nic},mq=on,"
-            f"vectors={2 * nic.queues + 2})")
-
-
 def _described(nic: p.NicPlan, **more: object) -> dict[str, object]:
-    """What every attachment says: the NIC, its network and mode, the guest's MAC."""
-    return {"nic": nic.nic, "network": nic.network, "mode": nic.mode, **more, "mac": nic.mac}
+    """What every attachment says: the NIC, its network and mode, the guest's MAC, and what
+    the integrations build the guest's side from (netmap/libvirt/attach.py's <interface>,
+    netmap/qemu/netdev.py's -netdev): model, MTU, queues."""
+    return {"nic": nic.nic, "network": nic.network, "mode": nic.mode, **more, "mac": nic.mac,
+            "model": nic.model, "mtu": nic.mtu, "queues": nic.queues}
 
 
 class Endpoint:
@@ -73,7 +56,7 @@ class Endpoint:
 
     def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
                    ) -> dict[str, object]:
-        """What QEMU/libvirt needs: the device and the <interface> XML to attach it."""
+        """What QEMU/libvirt need to attach the NIC: the device (or the VF), as data."""
         raise NotImplementedError
 
 
@@ -102,10 +85,7 @@ class BridgeTap(Endpoint):
 
     def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
                    ) -> dict[str, object]:
-        return {**_described(nic, device=nic.device, bridge=nic.bridge),
-                "qemu": f"-netdev tap,id=net{nic.nic},ifname={nic.device},script=no,"
-                        "downscript=no,vhost=on" + _qemu_queues(nic),
-                "libvirt_xml": _ethernet_xml(nic)}
+        return _described(nic, device=nic.device, bridge=nic.bridge)
 
 
 class VxlanBridgeTap(BridgeTap):
@@ -144,12 +124,7 @@ class Macvtap(Endpoint):
                    ) -> dict[str, object]:
         live = links.get(str(nic.device))
         tapdev = f"/dev/tap{live.index}" if live else None
-        return {**_described(nic, device=nic.device, tapdev=tapdev),
-                "qemu": (f"-netdev tap,id=net{nic.nic},fd=N,vhost=on  (N: {tapdev} opened "
-                         "read-write)" if nic.queues <= 1 else
-                         f"-netdev tap,id=net{nic.nic},fds=N1:N2:...,vhost=on  (one fd per "
-                         f"queue: {tapdev} opened read-write {nic.queues} times)"),
-                "libvirt_xml": _ethernet_xml(nic)}
+        return _described(nic, device=nic.device, tapdev=tapdev)
 
 
 class SriovVf(Endpoint):
@@ -162,22 +137,11 @@ class SriovVf(Endpoint):
     def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
                    ) -> dict[str, object]:
         vf = txn.vf_for(nic)
-        out = _described(nic, pf=nic.uplink)
+        out = _described(nic, pf=nic.uplink, vlan=nic.vlan)
         out.update(vf=vf.index if vf else None, pci=vf.pci if vf else None)
         if nic.device:  # the VF netdev as macvtap passthru
             live = links.get(nic.device)
-            out.update(device=nic.device, tapdev=f"/dev/tap{live.index}" if live else None,
-                       libvirt_xml=_ethernet_xml(nic))
-            return out
-        pci = vf.pci if vf else "0000:00:00.0"
-        domain, bus, slot_fn = pci.split(":")
-        slot, function = slot_fn.split(".")
-        vlan = [f"  <vlan><tag id='{nic.vlan}'/></vlan>"] if nic.vlan else []
-        out["libvirt_xml"] = "\n".join([
-            "<interface type='hostdev' managed='yes'>",
-            f"  <mac address={quoteattr(nic.mac)}/>",
-            f"  <source><address type='pci' domain='0x{domain}' bus='0x{bus}' "
-            f"slot='0x{slot}' function='0x{function}'/></source>", *vlan, "</interface>"])
+            out.update(device=nic.device, tapdev=f"/dev/tap{live.index}" if live else None)
         return out
 
 
@@ -199,10 +163,7 @@ class OvsTap(Endpoint):
 
     def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
                    ) -> dict[str, object]:
-        return {**_described(nic, device=nic.device, ovs_bridge=nic.bridge),
-                "qemu": f"-netdev tap,id=net{nic.nic},ifname={nic.device},script=no,"
-                        "downscript=no,vhost=on" + _qemu_queues(nic),
-                "libvirt_xml": _ethernet_xml(nic)}
+        return _described(nic, device=nic.device, ovs_bridge=nic.bridge)
 
 
 ENDPOINTS: dict[str, Endpoint] = {

@@ -20,13 +20,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import ovs_steps, ovsdb, rtmsg, rtnl, shared_changes, vf_pool, vxlan_match
+from netmap.netlink import rtmsg, rtnl, shared_changes, vxlan_match
 from netmap.netlink.endpoints import endpoint_for
 from netmap.netlink.kernel_steps import RtnlKernel, add_vxlan_remotes, link_attrs, link_data
-from netmap.netlink.sysfs import SriovInfo, VirtualFunction, sriov_info
 from netmap.state import PENDING, HostState
 from netmap.steps import Action
 from netmap.steps.base import (
@@ -36,6 +36,13 @@ from netmap.steps.base import (
     Undo,
     VirtualFunctionView,
 )
+
+# OVSDB and SR-IOV are imported where a plan uses them: the QEMU helper applies its plan
+# through this transaction while QEMU waits, and a tap on a Linux bridge needs neither
+if TYPE_CHECKING:
+    from netmap.netlink import ovs_steps
+    from netmap.netlink.ovsdb import Connections, OvsBridge
+    from netmap.netlink.sysfs import SriovInfo, VirtualFunction
 
 
 @dataclass
@@ -78,11 +85,20 @@ class Transaction(RtnlKernel):
         self._queue: list[_Queued] = []
         self._current: Action | None = None  # the action whose step is applying
         self._decided: set[str] = set()
-        # only the plan's own OVS ports are replicated
-        self.ovsdb = ovsdb.Connections(ports={s.port for n in plan.nics for s in n.steps
-                                              if isinstance(s, p.EnsureOvsPort)})
+        self._ovsdb: Connections | None = None  # opened by the first OVS step
         self._ovs: dict[str, ovs_steps.Batch] = {}  # remote -> this realize's OVS changes
         self._ovs_outcomes: list[tuple[int, p.Step, str]] = []
+
+    @property
+    def ovsdb(self) -> Connections:
+        """This realize's OVSDB connections; only the plan's own OVS ports are replicated."""
+        if self._ovsdb is None:
+            from netmap.netlink import ovsdb
+
+            self._ovsdb = ovsdb.Connections(ports={
+                s.port for n in self.plan.nics for s in n.steps
+                if isinstance(s, p.EnsureOvsPort)})
+        return self._ovsdb
 
     # --- the live host, as a step's decide reads it -------------------------------------------
     def bridge_vlans(self) -> dict[str, dict[int, int]]:
@@ -107,6 +123,8 @@ class Transaction(RtnlKernel):
         return next((n.queues for n in self.plan.nics if n.nic == nic), 1)
 
     def sriov(self, pf: str) -> SriovInfo | None:
+        from netmap.netlink.sysfs import sriov_info
+
         return sriov_info(pf, self.sysfs_root)
 
     def vxlan_differences(self, step: EnsureVxlanLike, live: LiveLink) -> list[str]:
@@ -122,6 +140,8 @@ class Transaction(RtnlKernel):
         return {vf.index: key for key, vf in self.vfs.items() if key.startswith(f"vf:{pf}:")}
 
     def keep_vf(self, resource: str, vf: VirtualFunctionView) -> None:
+        from netmap.netlink.sysfs import VirtualFunction
+
         assert isinstance(vf, VirtualFunction)  # one of sriov()'s
         self.vfs[resource] = vf
 
@@ -133,7 +153,7 @@ class Transaction(RtnlKernel):
         return {a.step.name for a in self.actions
                 if a.verdict == "create" and isinstance(a.step, p.LinkStep)}
 
-    def ovs_bridges(self, remote: str) -> dict[str, ovsdb.OvsBridge]:
+    def ovs_bridges(self, remote: str) -> dict[str, OvsBridge]:
         return self.ovsdb(remote).bridges()
 
     def ovs_bridges_planned(self) -> set[str]:
@@ -145,6 +165,8 @@ class Transaction(RtnlKernel):
 
     def vfs_used_outside(self, pf: str, candidates: Sequence[VirtualFunctionView],
                          ) -> dict[int, str]:
+        from netmap.netlink import vf_pool
+
         if not candidates:
             return {}
         by_index = {link.index: name for name, link in self.links.items()}
@@ -304,6 +326,8 @@ class Transaction(RtnlKernel):
             raise
 
     def _ovs_batch(self, remote: str) -> ovs_steps.Batch:
+        from netmap.netlink import ovs_steps
+
         assert self._current is not None  # called from a step's apply
         action = self._current
         self._ovs_outcomes.append((action.nic, action.step, action.verdict))
@@ -451,7 +475,8 @@ class Transaction(RtnlKernel):
 
     # --- undo -------------------------------------------------------------------------------
     def close(self) -> None:
-        self.ovsdb.close()
+        if self._ovsdb is not None:
+            self._ovsdb.close()
         super().close()
 
     def rollback(self) -> list[str]:

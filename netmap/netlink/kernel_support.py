@@ -18,7 +18,6 @@ goes ahead, and a refusal by the kernel is still rolled back.
 from __future__ import annotations
 
 import functools
-import gzip
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,6 +73,8 @@ class KernelProbe:
     @functools.cached_property
     def config(self) -> dict[str, str] | None:
         """CONFIG_X -> "y" / "m" for the options set; None when no configuration is found."""
+        import gzip  # only when no trace of a module tells (not on a usual realize)
+
         for path, opener in ((self.root / "proc" / "config.gz", gzip.open),
                              (self.root / "boot" / f"config-{self.release}", open)):
             try:

@@ -114,35 +114,3 @@ def release(connections: db.Connections, steps: Iterable[tuple[str, p.Step]], go
         except ApplyError as err:
             failed += [(key, err.problem) for key, _ in items]
     return removed, kept, failed
-
-
-def helper_port_ids(binding_ids: tuple[tuple[str, str], ...], owner: str, mac: str | None,
-                    ) -> tuple[tuple[str, str], ...]:
-    """The external_ids of a port the QEMU helper adds (what realize sets, as far as the
-    helper knows the guest)."""
-    ids = dict(binding_ids)
-    ids.update({"iface-status": "active", "vm-id": owner, p.OVS_OWNER_KEY: owner})
-    if mac:
-        ids["attached-mac"] = mac
-    return tuple(sorted(ids.items()))
-
-
-def attach_port(remote: str, bridge: str, datapath_type: str | None, uplink: str, port: str,
-                tag: int | None, ids: tuple[tuple[str, str], ...]) -> None:
-    """For the QEMU helper: the OVS bridge and the uplink's trunk port if missing, and
-    `port` as an access port, in one OVSDB transaction."""
-    with db.connected(remote, ports=(uplink, port)) as ovs:
-        bridges = ovs.bridges()
-        changes: list[db.Change] = []
-        if bridge not in bridges:
-            changes.append(db.AddBridge(bridge, datapath_type))
-        if not any(uplink in b.ports for b in bridges.values()):
-            changes.append(db.SetPort(uplink, bridge, None, ((p.OVS_OWNER_KEY, p.UPLINK_OWNER),)))
-        changes.append(db.SetPort(port, bridge, tag, ids))
-        ovs.apply(changes)
-
-
-def detach_port(remote: str, bridge: str, port: str) -> None:
-    """Take the QEMU helper's port out of its bridge (its tap went with QEMU)."""
-    with db.connected(remote, ports=(port,)) as ovs:
-        ovs.apply([db.DeletePort(port, bridge)], wait_vswitchd=False)

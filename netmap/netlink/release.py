@@ -3,14 +3,13 @@
 Shared by `netmap release` and by realize's convergence (a NIC removed from the plan).
 Only what netmap made is undone, and only the device it made: one that took its name
 since (another ifindex) is someone else's. What netmap made but must keep (a bridge with
-someone else's port on it, the QEMU helper's bridge while QEMU runs) stays in state, owned
-by no guest, and every later release tries it again.
+someone else's port on it) stays in state, owned by no guest, and every later release tries
+it again.
 """
 
 from __future__ import annotations
 
 import errno
-from pathlib import Path
 from typing import Protocol
 
 from netmap import plan as p
@@ -25,20 +24,6 @@ class Tally(Protocol):
 
     removed: list[str]
     kept: list[str]
-
-
-def record_unowned_links(host: str, kernel: rtnl.Rtnl, steps: list[p.Step], *,
-                         state_dir: str | Path | None = None) -> None:
-    """Record what netmap made outside a realize, for no guest in particular (the QEMU
-    helper's bridge, which outlives the tap): owned by no guest, so the next release on
-    the host removes it once nothing uses it. The caller holds the host lock."""
-    state = HostState.load(host, state_dir)
-    for step in steps:
-        state.keep_unowned(step.resource, {"step": step.as_dict(), "info": {}})
-        live = kernel.get(step.name) if isinstance(step, p.LinkStep) else None
-        if live is not None:
-            state.record_identity(step.resource, live.index)
-    state.save()
 
 
 def release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostState,

@@ -1,17 +1,12 @@
-"""Kernel work for the QEMU bridge helper: enter the host's namespace, open a tap (or a
-macvtap queue) as a file descriptor, ensure the bridge it joins (the fd is sent by
-netmap/qemu/helper.py).
+"""Kernel work for the QEMU bridge helper around realize's transaction: enter the host's
+namespace, open the fd of the tap (or macvtap) that realize's steps made, and watch for
+QEMU's exit (the fd is sent by netmap/qemu/helper.py).
 
-Every `ensure_*` leaves alone what exists and says whether it created something, so the
-caller can undo exactly what it made when a later step fails. A tap opened from
-/dev/net/tun without TUNSETPERSIST lives as long as its last fd: when QEMU exits, the kernel
-removes it, and a failed helper leaves nothing by closing the fd.
-
-Namespace, tun device, socket, messages, deletes, vxlan remotes and access ports are
-realize's (rtnl, rtmsg, kernel_steps), with realize's parameters (plan.py), so a bridge the
-helper makes is the one realize would make; no pyroute2 (~90 ms per guest start). Unlike
-realize's Transaction: no per-guest state, and a link another helper made a moment earlier
-(EEXIST: QEMUs starting together on one network) is used, not an error.
+The devices themselves are made, recorded in state and rolled back by realize's
+Transaction (netlink/apply.py). A tap is made persistent there, as realize makes every tap;
+the helper opens it and drops the persistence, so it lives as long as QEMU's fd: when QEMU
+exits (or closes it: a hot-unplug), the kernel removes it, and a watcher releases the
+endpoint's state record as `netmap release` would.
 """
 
 from __future__ import annotations
@@ -21,25 +16,28 @@ import ctypes
 import errno
 import fcntl
 import os
-import random
 import select
+import socket
 import stat
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+import struct
+from collections.abc import Callable
 
 from netmap.errors import ApplyError, InputError
-from netmap.netlink import rtmsg, rtnl, vxlan_match
-from netmap.netlink.rtmsg import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFREQ, TUNGETFEATURES, TUNGETIFF
+from netmap.netlink import rtmsg, rtnl
+from netmap.netlink.rtmsg import (
+    IFF_NO_PI,
+    IFF_TAP,
+    IFF_VNET_HDR,
+    IFREQ,
+    TUNGETFEATURES,
+    TUNGETIFF,
+    TUNSETPERSIST,
+)
 from netmap.netlink.rtnl import TUN_DEVICE
 
-# kernel_steps (and the plan's steps it brings) are imported where a VLAN, a vxlan device or
-# a rollback needs them: not on the QEMU helper's usual path, which QEMU waits for
-
-if TYPE_CHECKING:
-    from netmap.model.fleet import Vxlan
-
 CLONE_NEWNS = 0x00020000
+MNT_DETACH = 2
+RTMGRP_LINK = 1  # rtnetlink's multicast group of link changes
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -140,11 +138,15 @@ def open_macvtap(ifname: str, ifindex: int) -> int:
     if _libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, b"mode=0700") != 0:
         raise _os_error("mounting a private tmpfs for the macvtap node")
     node = f"/tmp/{ifname}"
-    os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
     try:
-        fd = os.open(node, os.O_RDWR | os.O_CLOEXEC)
+        os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+        try:
+            fd = os.open(node, os.O_RDWR | os.O_CLOEXEC)
+        finally:
+            os.unlink(node)
     finally:
-        os.unlink(node)
+        # the host's /tmp again: state (and its lock) may live there ($NETMAP_STATE_DIR)
+        _libc.umount2(b"/tmp", MNT_DETACH)
     name, _ = tap_info(fd)
     if name != ifname:  # cannot happen with the number from sysfs; never hand over a stranger
         os.close(fd)
@@ -152,217 +154,101 @@ def open_macvtap(ifname: str, ifindex: int) -> int:
     return fd
 
 
-def random_tap_mac() -> str:
-    """A MAC for the host side of a tap: fe:… like qemu-bridge-helper and libvirt, so the
-    bridge, which takes the lowest MAC of its ports, keeps the uplink's."""
-    return "fe:" + ":".join(f"{random.randrange(256):02x}" for _ in range(5))
+# --- the endpoint realize made ------------------------------------------------------------
+
+def refuse_existing(name: str) -> None:
+    """The helper makes its endpoint anew: one of that name is a realized guest's (QEMU
+    attaches to it with -netdev tap,ifname=) or someone else's."""
+    with rtnl.Rtnl() as kernel:
+        if kernel.get(name) is not None:
+            raise ApplyError(f"interface {name} already exists",
+                             fix="it was realized already: give QEMU -netdev tap,"
+                             f"ifname={name},script=no,downscript=no instead")
 
 
-# --- links ---------------------------------------------------------------------------------
-
-@contextmanager
-def netlink_step(what: str, fix: str = "check the host mapping against the live host"
-                 ) -> Iterator[None]:
-    """Turn a kernel refusal into an ApplyError that says which step failed."""
+def open_made_tap(name: str, *, vnet_hdr: bool) -> int:
+    """Attach to the persistent tap `name` realize made (its flags become this fd's: no
+    IFF_VNET_HDR unless asked) and drop the persistence: it goes with the last fd, QEMU's."""
+    use_vnet = vnet_hdr and bool(tun_features() & IFF_VNET_HDR)
+    fd = open_tap(name, vnet_hdr=use_vnet)
     try:
-        yield
-    except OSError as err:  # rtnl.NetlinkError: errno + the kernel's extended ack
-        raise ApplyError(f"{what}: {err.strerror}", fix=fix) from err
+        fcntl.ioctl(fd, TUNSETPERSIST, 0)
+    except OSError as err:
+        os.close(fd)
+        raise ApplyError(f"cannot hand tap {name} to QEMU: TUNSETPERSIST: {err.strerror}"
+                         ) from err
+    return fd
 
 
-def require_link(kernel: rtnl.Rtnl, name: str, role: str) -> rtmsg.Link:
-    link = kernel.get(name)
-    if link is None:
-        raise ApplyError(f"{role} {name} does not exist on this host",
-                         fix=f"fix the host mapping or bring {name} up")
-    return link
+def release_when_gone(pid: int, name: str, tap: str | None, caller: int,
+                      action: Callable[[], object]) -> None:
+    """In a detached child: wait until process `pid` (QEMU) exits or, with `tap`, the tap
+    `name` is gone (QEMU closed its last fd: a hot-unplug), then run `action`. `caller`:
+    the fd of the socket to QEMU, which the child must not hold.
 
-
-def _create(kernel: rtnl.Rtnl, what: str, request: tuple[int, int, bytes], name: str) -> bool:
-    """RTM_NEWLINK; False when another helper made the same link a moment ago (EEXIST).
-
-    Like realize, no IPv6 address generation on L2 plumbing: a link-local address on a
-    bridge or vxlan would make the host answer on the guests' segment."""
-    try:
-        with netlink_step(what):
-            kernel.call(request)  # made down: see rtmsg.up_without_ipv6
-            for step in rtmsg.up_without_ipv6(name=name):
-                kernel.call(step)
-    except ApplyError as err:
-        if isinstance(err.__cause__, OSError) and err.__cause__.errno == errno.EEXIST:
-            return False
-        raise
-    return True
-
-
-@contextmanager
-def _undo_on_error(kernel: rtnl.Rtnl, name: str | None) -> Iterator[None]:
-    """Delete `name` (a link just created) if the block fails; None: nothing to undo."""
-    try:
-        yield
-    except BaseException:
-        if name is not None:
-            delete_links(kernel, [name])
-        raise
-
-
-def ensure_vlan(kernel: rtnl.Rtnl, uplink: str, vlan: int, name: str) -> tuple[int, bool]:
-    """The 802.1Q sub-interface `name` of `uplink`, up: (index, created)."""
-    link = kernel.get(name)
-    if link is not None:
-        return link.index, False
-    lower = require_link(kernel, uplink, "uplink").index
-    made = _create(kernel, f"cannot create VLAN {vlan} interface {name} on {uplink}",
-                   rtmsg.new_link(name, "vlan", up=False, lower=lower,
-                                  data=rtmsg.vlan_data(vlan)), name)
-    return require_link(kernel, name, "vlan").index, made
-
-
-def ensure_bridge(kernel: rtnl.Rtnl, name: str, port: str | None, *, mtu: int,
-                  vlan: int | None = None) -> tuple[int, bool]:
-    """Bridge `name`, up, `port` (uplink or vxlan device) enslaved and, with a VLAN, tagged
-    on it: (index, created). Made as realize's plan makes it (EnsureBridge: FDB ageing,
-    vlan_filtering when the network has a VLAN). An existing bridge is used as it is
-    (realize or the operator made it); a port with another master is refused.
+    QEMU's helper protocol has no "release" call, so the helper leaves this watcher behind
+    to release what it made (a macvtap, unlike a tap, outlives its fds).
     """
-    link = kernel.get(name)
-    created = False
-    if link is None:
-        from netmap.plan import BRIDGE_AGEING  # only to make one: not on the helper's path
-
-        what = f"cannot create bridge {name}" + (f" filtering VLAN {vlan}" if vlan else "")
-        created = _create(kernel, what, rtmsg.new_link(
-            name, "bridge", up=False, mtu=mtu,
-            data=rtmsg.bridge_data(BRIDGE_AGEING, vlan is not None)),
-            name)
-        link = require_link(kernel, name, "bridge")
-    if link.kind != "bridge":
-        raise ApplyError(f"{name} exists but is not a bridge",
-                         fix=f"rename the bridge in the host mapping, or remove {name}")
-    with _undo_on_error(kernel, name if created else None):
-        if port is not None:
-            port_index = _enslave(kernel, name, link.index, port)
-            if vlan is not None and created:
-                with netlink_step(f"cannot tag VLAN {vlan} on {port}, the port of {name}"):
-                    kernel.call(rtmsg.bridge_vlan(port_index, vlan, access=False))
-        if not link.up:
-            with netlink_step(f"cannot bring up bridge {name}"):
-                kernel.call(rtmsg.set_link(link.index, up=True))
-    return link.index, created
-
-
-def _enslave(kernel: rtnl.Rtnl, bridge: str, index: int, port: str) -> int:
-    live = require_link(kernel, port, "bridge port")
-    if live.master not in (None, 0, index):
-        raise ApplyError(f"{port} is already a port of another bridge",
-                         fix="an uplink can belong to one bridge only")
-    with netlink_step(f"cannot enslave {port} to bridge {bridge}"):
-        kernel.call(rtmsg.set_link(live.index, master=index, up=True))
-    return live.index
-
-
-def set_access_vlan(kernel: rtnl.Rtnl, port: int, vlan: int) -> None:
-    """Make a new tap an access port of `vlan` (realize's BridgeVlan, access)."""
-    from netmap.netlink.kernel_steps import make_access_port
-
-    with netlink_step(f"cannot put the tap on VLAN {vlan}"):
-        make_access_port(kernel, port, vlan, drop_default=True)  # a new port has VLAN 1
-
-
-def ensure_vxlan(kernel: rtnl.Rtnl, name: str, vni: int, underlay: str,
-                 options: Vxlan | None, mtu: int) -> tuple[int, bool]:
-    """vxlan device `name` for `vni` over `underlay`, up: (index, created)."""
-    from netmap.netlink.kernel_steps import add_vxlan_remotes
-
-    lower = require_link(kernel, underlay, "underlay uplink")
-    group, local = (options.group, options.local) if options else (None, None)
-    port, remotes = (options.port, options.remotes) if options else (4789, ())
-    link = kernel.get(name)
-    if link is not None:
-        wrong = [f"kind {link.kind}"] if link.kind != "vxlan" else vxlan_match.differences(
-            kernel, link, vni=vni, underlay=lower.index, port=port, group=group, local=local,
-            remotes=remotes, name_of=lambda index: underlay if index == lower.index
-            else f"ifindex {index}")
-        if wrong:
-            raise ApplyError(f"{name} exists but is not the vxlan the binding needs: "
-                             f"{'; '.join(wrong)}",
-                             fix=f"delete {name} if nothing uses it ('ip link del {name}'), "
-                             "or make the binding in the host mapping say what it is")
-        return link.index, False
-    created = _create(kernel, f"cannot create vxlan {name} (VNI {vni}) on {underlay}",
-                      rtmsg.new_link(name, "vxlan", up=False, mtu=mtu, data=rtmsg.vxlan_data(
-                          vni, lower.index, port, group, local, remotes)),
-                      name)
-    index = require_link(kernel, name, "vxlan").index
-    if created and remotes:
-        with _undo_on_error(kernel, name):
-            for remote, err in add_vxlan_remotes(kernel, index, remotes):
-                raise ApplyError(f"cannot add vxlan remote {remote} to {name}: "
-                                 f"{_errno_text(err)}") from err
-    return index, created
-
-
-def attach_tap(kernel: rtnl.Rtnl, tap: str, bridge: int | None, mtu: int, mac: str) -> int:
-    """MTU, host-side MAC, bridge (None: an OVS port, which OVSDB adds) and up."""
-    index = require_link(kernel, tap, "tap").index
-    with netlink_step(f"cannot attach {tap} to its bridge (MTU {mtu}, MAC {mac})"):
-        for request in rtmsg.up_without_ipv6(index, mtu=mtu, mac=mac, master=bridge):
-            kernel.call(request)
-    return index
-
-
-def ensure_macvtap(kernel: rtnl.Rtnl, name: str, lower: int, mode: str, mac: str,
-                   mtu: int) -> int:
-    """A new macvtap `name` on `lower`, up, in `mode` (bridge, vepa, private, passthru)."""
-    if kernel.get(name) is not None:
-        raise ApplyError(f"macvtap {name} already exists",
-                         fix=f"another guest NIC uses it; release it (ip link del {name})")
-    with netlink_step(f"cannot create macvtap {name} (mode {mode})",
-                      "a bridge port or a passthru macvtap's uplink takes no macvtap "
-                      "(EBUSY); check the host mapping"):
-        kernel.call(rtmsg.new_link(name, "macvtap", up=False, mtu=mtu, mac=mac, lower=lower,
-                                  data=rtmsg.macvtap_data(mode)))
-        for request in rtmsg.up_without_ipv6(name=name):
-            kernel.call(request)
-    return require_link(kernel, name, "macvtap").index
-
-
-def delete_links(kernel: rtnl.Rtnl, names: list[str]) -> None:
-    """Remove links this helper created, newest first; a link already gone is fine."""
-    from netmap.netlink.kernel_steps import delete_quietly
-
-    for name in reversed(names):
-        delete_quietly(kernel, name)
-
-
-def wait_and_delete(pid: int, index: int) -> None:
-    """In a detached child: wait for process `pid` (QEMU) to exit, then delete link `index`.
-
-    A macvtap, unlike a tap, outlives the fds opened on it, and QEMU's helper protocol has
-    no "release" call, so the helper leaves this watcher behind to remove it when QEMU goes.
-    """
-    def delete() -> None:
-        with rtnl.Rtnl() as kernel:
-            kernel.call(rtmsg.del_link(index))
-
-    wait_then(pid, delete)
-
-
-def wait_then(pid: int, action: Callable[[], object]) -> None:
-    """In a detached child: wait for process `pid` (QEMU) to exit, then run `action`."""
     if os.fork() != 0:
         return
     try:
+        # Only the fds named here are closed, never a range: the parent's objects and
+        # libraries live on in this child and would use a closed number again once it is
+        # reused (libuuid's clock file, under the OVSDB client, then blocked on a socket).
         os.setsid()
-        os.closerange(3, 65536)  # the socket to QEMU and the macvtap fd are QEMU's now
+        os.close(caller)  # the endpoint's fd is QEMU's alone already
         null = os.open(os.devnull, os.O_RDWR)
         for fd in range(3):  # QEMU reads the helper's stderr; do not hold it open
             os.dup2(null, fd)
+        os.close(null)
         try:
             pidfd = os.pidfd_open(pid)
-            select.select([pidfd], [], [])
         except ProcessLookupError:
-            pass  # QEMU is gone already
+            pidfd = None  # QEMU is gone already
+        if pidfd is not None:
+            _wait(pidfd, name if tap else None)
         action()
     finally:
         os._exit(0)
+
+
+def _wait(pidfd: int, tap: str | None) -> None:
+    """Until `pidfd` is readable (its process exited) or link `tap` is deleted."""
+    if tap is None:
+        select.select([pidfd], [], [])
+        return
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, rtnl.NETLINK_ROUTE) as events:
+        events.bind((0, RTMGRP_LINK))
+        with rtnl.Rtnl() as kernel:  # after subscribing: a delete since is not missed
+            live = kernel.get(tap)
+        if live is None:
+            return
+        while True:
+            ready, _, _ = select.select([pidfd, events.fileno()], [], [])
+            if pidfd in ready:
+                return
+            try:
+                data = events.recv(65536)
+            except OSError as err:  # ENOBUFS: events were lost; ask the kernel instead
+                if err.errno != errno.ENOBUFS:
+                    raise
+                with rtnl.Rtnl() as kernel:
+                    now = kernel.get(tap)
+                if now is None or now.index != live.index:
+                    return
+                continue
+            if live.index in _deleted_links(data):
+                return
+
+
+def _deleted_links(data: bytes) -> set[int]:
+    """The ifindexes of the RTM_DELLINK messages in one read of a link-event socket."""
+    gone, offset = set(), 0
+    while offset + 32 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if length < 16:
+            break
+        if kind == rtmsg.RTM_DELLINK:
+            gone.add(struct.unpack_from("=i", data, offset + 20)[0])  # ifinfomsg.ifi_index
+        offset += (length + 3) & ~3
+    return gone

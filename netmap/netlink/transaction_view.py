@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 
 class TransactionView(Protocol):
-    ovsdb: Connections  # OVSDB by remote, for the OVS endpoint's verify
+    @property
+    def ovsdb(self) -> Connections:
+        """OVSDB by remote, for the OVS endpoint's verify (opened when first asked)."""
 
     def bridge_vlans(self) -> dict[str, dict[int, int]]: ...
 

@@ -7,13 +7,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from netmap.model.fleet import Guest, Host
-from netmap.modes import REGISTRY, NicContext
+from netmap.modes import REGISTRY, Mode, NicContext
 from netmap.plan import NicPlan, Plan, RequireLink, Step
 
 if TYPE_CHECKING:  # the graph is built by the caller
     from netmap.query.graph import FleetGraph
 
-__all__ = ["build_plan", "nic_plan"]
+__all__ = ["build_plan", "context_plan", "nic_plan"]
 
 
 def nic_plan(graph: FleetGraph, guest: Guest, nic_index: int, host: Host) -> NicPlan | str:
@@ -36,14 +36,22 @@ def nic_plan(graph: FleetGraph, guest: Guest, nic_index: int, host: Host) -> Nic
     source = g.nic_view(graph, guest.name, nic, guest.host) if guest.host else None
     mtu = max(view.mtu or 1500, g.needed_mtu(graph, guest, nic, source))
     network = g.fleet_of(graph).networks[nic.network]
+    return context_plan(mode, NicContext(guest, nic, binding, network, view.uplink, view.vlan,
+                                         mtu, devices))
+
+
+def context_plan(mode: Mode, ctx: NicContext) -> NicPlan:
+    """The steps for one NIC resolved on its host (`ctx`): the uplink it needs, then what
+    its mode builds. realize (through nic_plan) and the QEMU helper both plan here."""
     # a VF's frames leave through its PF, whose MTU bounds the VF's (igb, ixgbe, i40e)
-    steps: list[Step] = [RequireLink(view.uplink, mtu + mode.underlay_overhead(binding))]
-    steps += mode.steps(NicContext(guest, nic, binding, network, view.uplink, view.vlan, mtu,
-                                   devices))
+    steps: list[Step] = [RequireLink(ctx.uplink, ctx.mtu + mode.underlay_overhead(ctx.binding))]
+    steps += mode.steps(ctx)
+    nic, devices = ctx.nic, ctx.devices
     device: str | None = devices.get("tap") or devices.get("macvtap")
-    return NicPlan(nic=nic.index, network=nic.network, mode=view.mode, mac=nic.mac,
-                   model=nic.model, device=device, uplink=view.uplink, vlan=view.vlan, mtu=mtu,
-                   bridge=devices.get("bridge"), steps=tuple(steps), queues=nic.queues)
+    return NicPlan(nic=nic.index, network=nic.network, mode=mode.name, mac=nic.mac,
+                   model=nic.model, device=device, uplink=ctx.uplink, vlan=ctx.vlan,
+                   mtu=ctx.mtu, bridge=devices.get("bridge"), steps=tuple(steps),
+                   queues=nic.queues)
 
 
 def build_plan(graph: FleetGraph, guest: Guest, host: Host) -> Plan:

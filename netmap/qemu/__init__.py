@@ -2,11 +2,14 @@
 
 `qemu-system-x86_64 -netdev bridge,id=n0,br=prod,helper=netmap-qemu-helper` attaches the
 guest to the logical network `prod` as this host's mapping realizes it. This module decides
-*what* serves a network on a host (pure); `acl` decides *whether* the helper may, `helper`
-speaks the protocol, and netmap/netlink/tapfd.py does the kernel work.
+*what* serves a network on a host (pure): realize's plan for that one NIC, the same steps;
+`acl` decides *whether* the helper may, `helper` speaks the protocol and applies the plan
+through realize's transaction (netmap/netlink/apply.py), and netmap/netlink/tapfd.py opens
+the fd QEMU gets. `netdev` is QEMU's side of an endpoint realize built.
 
 Which modes a helper fd can serve (each mode's `qemu_fd` says; today):
   bridge, vxlan     a tap on the binding's bridge (tun fd)
+  ovs               a tap that is an access port of the binding's OVS bridge (tun fd)
   macvtap-*         a macvtap on the uplink (its /dev/tapN fd); needs the guest's MAC
   sriov-vf          no: a VF is a PCI device (vfio-pci), not something an fd carries
 """
@@ -20,9 +23,10 @@ from typing import TYPE_CHECKING
 
 from netmap.errors import InputError
 from netmap.model.fleet import IFNAMSIZ, Binding, Fleet, Guest, GuestNic, Host, Network
-from netmap.modes import mode_of
+from netmap.modes import Mode, mode_of
 
 if TYPE_CHECKING:
+    from netmap.plan import NicPlan, Plan, Step
     from netmap.qemu.helper import Request
 
 # A logical network name as load.py accepts it: no '/', no leading '.', nothing to escape.
@@ -30,9 +34,15 @@ _NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 TAP_PREFIX = "nmq"  # helper-made taps: nmq + 8 hex (realize's are nm + 10, never equal)
 
 
+HELPER_GUEST = "qemu-helper"  # the guest an endpoint is for when the helper is not told
+STATE_PREFIX = "qemu:"  # state records a helper's endpoint as guest qemu:IFNAME
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """What the helper will build for the request on this host. Pure data."""
+    """What the helper will build for the request on this host: realize's plan for one NIC
+    (the same steps realize makes for that network), and what the helper itself needs of it.
+    Pure data."""
 
     network: Network
     binding: Binding
@@ -40,10 +50,14 @@ class Endpoint:
     mtu: int
     ifname: str  # the tap or macvtap to create
     mac: str | None  # the guest's MAC when known (--mac, --guest); macvtap needs it
-    bridge: str | None  # bridge and vxlan modes
-    vxlan: str | None  # vxlan mode
-    vlan: int | None
+    bridge: str | None  # bridge, vxlan and ovs modes
+    plan: Plan  # realize's steps for it, as guest `owner` in the host's state
     guest: str | None = None  # --guest, when given (an OVS port's vm-id)
+
+    @property
+    def owner(self) -> str:
+        """Who uses the endpoint's devices in the host's state (released at QEMU's exit)."""
+        return self.plan.guest
 
 
 def network_name_problem(name: str) -> str | None:
@@ -81,6 +95,33 @@ def _random_tap_name() -> str:
     # what secrets.token_hex(4) returns, without importing secrets (hmac, base64) while
     # QEMU waits for the helper
     return f"{TAP_PREFIX}{os.urandom(4).hex()}"
+
+
+def _random_guest_mac() -> str:
+    """A locally administered unicast MAC standing in for a guest's unknown one: the plan
+    gives the tap's host side the guest's MAC with fe: (plan.host_side_mac), so the tap
+    gets fe: and five random bytes, as qemu-bridge-helper and libvirt give it."""
+    return "02:" + ":".join(f"{byte:02x}" for byte in os.urandom(5))
+
+
+def _unknown_guest(nic: NicPlan, mac_known: bool) -> NicPlan:
+    """An OVS port of a guest the helper was not told: without the ids it would only make
+    up (a logical port shared by every such helper, a MAC that is not the guest's)."""
+    from dataclasses import replace
+
+    from netmap.plan import EnsureOvsPort
+
+    made_up = {"iface-id": f"{HELPER_GUEST}-nic{nic.nic}"}
+    if not mac_known:
+        made_up["attached-mac"] = nic.mac
+
+    def known(step: Step) -> Step:
+        if not isinstance(step, EnsureOvsPort) or step.port != nic.device:
+            return step
+        return replace(step, external_ids=tuple(
+            (key, value) for key, value in step.external_ids if made_up.get(key) != value))
+
+    return replace(nic, steps=tuple(known(step) for step in nic.steps))
 
 
 def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
@@ -129,18 +170,34 @@ def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
                     _refuse_queues(guest, nic, host)
     ifname = (names.tap_name(request.guest, index) if request.guest is not None and index is
               not None else _random_tap_name())
-    if mode.qemu_fd == "macvtap":
-        if mac is None:
-            raise InputError(
-                f"network {network.name!r} is {binding.mode} on {host.name}: a macvtap only "
-                "receives frames for the guest's MAC, which QEMU does not tell the helper",
-                fix="run the helper as helper=\"netmap-qemu-helper --mac=MAC\" (or "
-                "--guest=NAME), with MAC the -device's mac=")
-        return Endpoint(network, binding, host, mtu, ifname, mac, None, None, vlan,
-                        request.guest)
-    # a tap on the mode's bridge; an overlay's vxlan device carries the VNI, not a VLAN (the
-    # vxlan device is the network's, whichever NIC asks: only that role is read here)
-    vxlan = dict(mode.devices(request.guest or "", index or 0, binding, network)).get("vxlan")
-    return Endpoint(network, binding, host, mtu, ifname, mac,
-                    mode.guest_bridge(binding, network), vxlan, None if mode.overlay else vlan,
-                    request.guest)
+    if mode.qemu_fd == "macvtap" and mac is None:
+        raise InputError(
+            f"network {network.name!r} is {binding.mode} on {host.name}: a macvtap only "
+            "receives frames for the guest's MAC, which QEMU does not tell the helper",
+            fix="run the helper as helper=\"netmap-qemu-helper --mac=MAC\" (or "
+            "--guest=NAME), with MAC the -device's mac=")
+    plan = _plan(mode, network, binding, host, ifname, mac, index, request.guest, vlan, mtu)
+    return Endpoint(network, binding, host, mtu, ifname, mac, mode.guest_bridge(binding, network),
+                    plan, request.guest)
+
+
+def _plan(mode: Mode, network: Network, binding: Binding, host: Host, ifname: str,
+          mac: str | None, index: int | None, guest: str | None, vlan: int | None,
+          mtu: int) -> Plan:
+    """realize's plan for one NIC on `network`, its endpoint named `ifname`: the steps come
+    from the same place as realize's (planner.context_plan, the mode's steps), so the
+    helper builds, records and releases what realize would."""
+    from netmap.modes import NicContext
+    from netmap.plan import Plan
+    from netmap.plan.planner import context_plan
+
+    nic = GuestNic(index or 0, network.name, mac or _random_guest_mac())
+    name = guest or HELPER_GUEST
+    devices = dict(mode.devices(name, nic.index, binding, network))
+    devices["macvtap" if mode.qemu_fd == "macvtap" else "tap"] = ifname
+    planned = context_plan(mode, NicContext(Guest(name, None, (nic,)), nic, binding, network,
+                                            binding.uplink, vlan, mtu, devices))
+    if guest is None:
+        planned = _unknown_guest(planned, mac is not None)
+    # netns None: the helper runs inside the host's namespace already (enter_netns)
+    return Plan(f"{STATE_PREFIX}{ifname}", host.name, None, (planned,))

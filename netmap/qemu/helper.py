@@ -6,16 +6,24 @@ with a space is run through `sh -c` with those arguments appended, which is how 
 options below reach us. The helper must send one byte carrying one SCM_RIGHTS fd of a tap,
 then exit 0; a non-zero exit is "bridge helper failed", exit 0 without an fd is "did not
 send a file descriptor". Here NAME is a *logical network*; the helper resolves it through
-this host's mapping and builds its endpoint as the binding says:
+this host's mapping and builds its endpoint with realize's plan for that network (the same
+steps, applied through realize's transaction, recorded in the host's state as guest
+qemu:IFNAME):
 
   bridge            a tap on the binding's bridge (the bridge, on the uplink, made if missing)
   vxlan             a tap on the VNI's bridge (vxlan device and bridge made if missing)
+  ovs               a tap as an access port of the OVS bridge (tag, external_ids; bridge and
+                    uplink port made if missing)
   macvtap-*         a macvtap on the uplink; its /dev/tapN fd is sent instead of a tun fd.
                     A macvtap only receives frames for its own MAC, so the guest's MAC must
                     be known: `--mac=MAC`, or `--guest=NAME` to take it from the guest's
                     mapping. QEMU accepts the fd like a tap's (libvirt does the same).
-                    A macvtap outlives its fds, so a watcher removes it when QEMU exits.
   sriov-vf          refused: a VF reaches a guest as a PCI device (vfio-pci), not an fd.
+
+A tap goes with QEMU's last fd; a watcher left behind releases the endpoint's state record
+when QEMU exits or closes the tap, as `netmap release qemu:IFNAME` would: the macvtap, the
+OVS port, and the shared devices (bridge, vxlan, OVS bridge and uplink port) netmap made
+that no other user needs any more.
 
 Every check (arguments, name, ACL, mapping) runs before anything is created; a failure
 after that undoes what this run created. Exit codes: 0 fd sent, 1 denied by the ACL,
@@ -40,7 +48,7 @@ from netmap.qemu import Endpoint, network_name_problem, plan_endpoint
 
 if TYPE_CHECKING:
     from netmap.model.fleet import Fleet, Host
-    from netmap.netlink import rtnl
+    from netmap.netlink import rtmsg
 
 PROG = "netmap-qemu-helper"
 LOCK_TIMEOUT = 30.0  # seconds; QEMU waits for the helper, a realize takes well under this
@@ -145,17 +153,13 @@ def peer_pid(sock: socket.socket) -> int:
 def serve(request: Request) -> Endpoint:
     """Check everything, then build the endpoint and send its fd. Raises NetmapError."""
     from netmap.qemu.acl import acl_path, load_acl
-    from netmap.state import host_lock
 
     load_acl(acl_path(request.acl)).check(request.network)
     fleet, host = load_mappings(request)
     endpoint = plan_endpoint(request, fleet, host)
     sock = check_socket(request.fd)
     try:
-        # realize's per-host lock: a release deleting the bridge, or another helper making
-        # it, never interleaves with this attach
-        with host_lock(host.name, timeout=LOCK_TIMEOUT):
-            attach_and_send(endpoint, sock, use_vnet=request.use_vnet)
+        attach_and_send(endpoint, sock, use_vnet=request.use_vnet)
     finally:
         sock.close()
     return endpoint
@@ -196,176 +200,51 @@ def _whole_fleet(request: Request) -> tuple[Fleet, Host]:
 
 
 def attach_and_send(endpoint: Endpoint, sock: socket.socket, *, use_vnet: bool) -> None:
-    """Build `endpoint` in the host's namespace, send its fd on `sock`, keep nothing open.
+    """Apply the endpoint's plan as realize does (netlink/apply.realize_plan: the host lock,
+    state, decide, rollback), open the fd of its tap or macvtap and send it on `sock`; then
+    leave a watcher that releases the endpoint from state, as `netmap release` would, once
+    QEMU is gone or has closed the tap (a hot-unplug).
 
-    Whatever this call created is removed again if any step fails, the send included.
+    Whatever this call made is undone if any step fails, the send included.
     """
-    from netmap.netlink import rtnl
     from netmap.netlink import tapfd as k
+    from netmap.netlink.apply import realize_plan
 
     if endpoint.host.netns:
         k.enter_netns(endpoint.host.netns)
-    created: list[str] = []  # links this run made, oldest first
-    fd = -1
+    k.refuse_existing(endpoint.ifname)
     macvtap = mode_of(endpoint.binding).qemu_fd == "macvtap"
-    ovs = mode_of(endpoint.binding).qemu_fd == "ovs-tap"
-    ovs_port = False
-    with rtnl.Rtnl() as kernel:
+    opened: list[int] = []
+
+    def hand_over(links: dict[str, rtmsg.Link]) -> None:
+        if macvtap:
+            k.private_sysfs()
+            opened.append(k.open_macvtap(endpoint.ifname, links[endpoint.ifname].index))
+        else:
+            opened.append(k.open_made_tap(endpoint.ifname, vnet_hdr=use_vnet))
         try:
-            if kernel.get(endpoint.ifname) is not None:
-                raise ApplyError(f"interface {endpoint.ifname} already exists",
-                                 fix="it was realized already: give QEMU -netdev tap,"
-                                 f"ifname={endpoint.ifname},script=no,downscript=no instead")
-            if macvtap:
-                fd = _open_macvtap(kernel, endpoint, created)
-            elif ovs:
-                vnet = use_vnet and bool(k.tun_features() & k.IFF_VNET_HDR)
-                fd = k.open_tap(endpoint.ifname, vnet_hdr=vnet)
-                mac = _host_side_mac(endpoint.mac) if endpoint.mac else k.random_tap_mac()
-                k.attach_tap(kernel, endpoint.ifname, None, endpoint.mtu, mac)
-                ovs_port = True  # from here on a failure takes the port out again
-                _ovs_attach(endpoint)
-            else:
-                bridge = _bridge_for(kernel, endpoint, created)
-                vnet = use_vnet and bool(k.tun_features() & k.IFF_VNET_HDR)
-                fd = k.open_tap(endpoint.ifname, vnet_hdr=vnet)
-                # the guest's MAC with fe: as realize gives it (plan.host_side_mac), if known
-                mac = _host_side_mac(endpoint.mac) if endpoint.mac else k.random_tap_mac()
-                tap = k.attach_tap(kernel, endpoint.ifname, bridge, endpoint.mtu, mac)
-                _tap_vlan(kernel, endpoint, bridge, tap)
-                _record_shared(kernel, endpoint, created)
-            try:
-                send_fd(sock, fd)
-            except OSError as err:
-                raise ApplyError(f"cannot send the fd to the caller: {err.strerror}",
-                                 fix="the caller (QEMU) went away; nothing was kept") from err
-            if macvtap:
-                k.wait_and_delete(peer_pid(sock), require_index(kernel, endpoint.ifname))
-            if ovs:  # the tap goes with QEMU's fd; its OVS port must be taken out after
-                k.wait_then(peer_pid(sock), lambda: _ovs_detach(endpoint))
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)  # a tap goes with its last fd
-                fd = -1
-            if ovs_port:
-                _ovs_detach(endpoint)
-            k.delete_links(kernel, created)
-            raise
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            send_fd(sock, opened[0])
+        except OSError as err:
+            raise ApplyError(f"cannot send the fd to the caller: {err.strerror}",
+                             fix="the caller (QEMU) went away; nothing was kept") from err
+
+    try:
+        realize_plan(endpoint.plan, lock_timeout=LOCK_TIMEOUT, on_applied=hand_over)
+    finally:
+        for fd in opened:
+            os.close(fd)  # QEMU has its own copy now (or none: a tap went with the rollback)
+    k.release_when_gone(peer_pid(sock), endpoint.ifname, None if macvtap else endpoint.ifname,
+                        sock.fileno(), lambda: _release(endpoint))
 
 
-def _ovs_attach(endpoint: Endpoint) -> None:
-    """The tap as an access port of the binding's OVS bridge, with its external_ids; the
-    bridge and the uplink's port are made if missing and stay (other guests use them)."""
-    from netmap.netlink import ovs_steps
-    from netmap.plan import default_ovsdb
+def _release(endpoint: Endpoint) -> None:
+    """What `netmap release` does for the endpoint's state record: its tap or macvtap, its
+    OVS port, and the shared devices (bridge, vxlan, OVS bridge and uplink port) it was the
+    last user of."""
+    from netmap.netlink.apply import release_guest
 
-    binding = endpoint.binding
-    assert endpoint.bridge is not None
-    ids = ovs_steps.helper_port_ids(binding.external_ids, endpoint.guest or "qemu-helper",
-                                    endpoint.mac)
-    ovs_steps.attach_port(binding.ovsdb or default_ovsdb(), endpoint.bridge,
-                          binding.datapath_type, binding.uplink, endpoint.ifname,
-                          endpoint.vlan, ids)
-
-
-def _ovs_detach(endpoint: Endpoint) -> None:
-    from netmap.netlink import ovs_steps
-    from netmap.plan import default_ovsdb
-
-    assert endpoint.bridge is not None
-    ovs_steps.detach_port(endpoint.binding.ovsdb or default_ovsdb(), endpoint.bridge,
-                          endpoint.ifname)
-
-
-def _host_side_mac(guest_mac: str) -> str:
-    from netmap.plan import host_side_mac  # the plan's steps: only when the MAC is known
-
-    return host_side_mac(guest_mac)
-
-
-def require_index(kernel: rtnl.Rtnl, name: str) -> int:
-    from netmap.netlink.tapfd import require_link
-
-    return require_link(kernel, name, "link").index
-
-
-def _open_macvtap(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> int:
-    from netmap.netlink import tapfd as k
-
-    uplink = endpoint.binding.uplink
-    lower = k.require_link(kernel, uplink, "uplink").index
-    if endpoint.vlan is not None:  # on the uplink's 802.1Q sub-interface, as realize does
-        name = f"{uplink}.{endpoint.vlan}"
-        lower, made = k.ensure_vlan(kernel, uplink, endpoint.vlan, name)
-        created += [name] if made else []
-    k.private_sysfs()
-    macvlan_mode = mode_of(endpoint.binding).macvlan_mode
-    assert endpoint.mac is not None and macvlan_mode is not None
-    index = k.ensure_macvtap(kernel, endpoint.ifname, lower, macvlan_mode, endpoint.mac,
-                             endpoint.mtu)
-    created.append(endpoint.ifname)
-    return k.open_macvtap(endpoint.ifname, index)
-
-
-def _bridge_for(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> int:
-    """The bridge the tap joins, ensured as realize would make it; records what it made."""
-    from netmap.netlink import tapfd as k
-
-    assert endpoint.bridge is not None
-    if kernel.get(endpoint.bridge) is not None:
-        return k.ensure_bridge(kernel, endpoint.bridge, None, mtu=endpoint.mtu)[0]
-    binding = endpoint.binding
-    port = binding.uplink
-    if endpoint.vxlan is not None:
-        assert endpoint.network.vni is not None
-        _, made = k.ensure_vxlan(kernel, endpoint.vxlan, endpoint.network.vni, binding.uplink,
-                                 binding.vxlan, endpoint.mtu)
-        created += [endpoint.vxlan] if made else []
-        port = endpoint.vxlan
-    index, made = k.ensure_bridge(kernel, endpoint.bridge, port, mtu=endpoint.mtu,
-                                  vlan=endpoint.vlan)
-    created += [endpoint.bridge] if made else []
-    return index
-
-
-def _record_shared(kernel: rtnl.Rtnl, endpoint: Endpoint, created: list[str]) -> None:
-    """The bridge (and vxlan device) made here outlive the tap: state records them, for no
-    guest, so that the next release on the host removes them once unused."""
-    if not created:  # most runs: the bridge was there (and the plan's steps not imported)
-        return
-    from netmap import plan as p
-
-    steps: list[p.Step] = []
-    if endpoint.vxlan is not None and endpoint.vxlan in created:
-        assert endpoint.network.vni is not None
-        steps.append(p.EnsureVxlan(name=endpoint.vxlan, vni=endpoint.network.vni,
-                                   underlay=endpoint.binding.uplink, mtu=endpoint.mtu))
-    if endpoint.bridge is not None and endpoint.bridge in created:
-        steps += [p.EnsureBridge(name=endpoint.bridge, mtu=endpoint.mtu,
-                                 vlan_filtering=endpoint.vlan is not None),
-                  p.EnslavePort(port=endpoint.vxlan or endpoint.binding.uplink,
-                                bridge=endpoint.bridge)]
-    if steps:
-        from netmap.netlink.release import record_unowned_links  # most runs make nothing
-
-        record_unowned_links(endpoint.host.name, kernel, steps)
-
-
-def _tap_vlan(kernel: rtnl.Rtnl, endpoint: Endpoint, bridge: int, tap: int) -> None:
-    """Bridge mode with a VLAN: the tap is an access port of it (realize's BridgeVlan)."""
-    from netmap.netlink.tapfd import set_access_vlan
-
-    if endpoint.vlan is None:
-        return
-    live = kernel.get(str(endpoint.bridge))
-    if live is None or not live.vlan_filtering:
-        raise ApplyError(f"bridge {endpoint.bridge} does not filter VLANs, so the tap would "
-                         f"not be on network {endpoint.network.name}'s VLAN {endpoint.vlan}",
-                         fix="let 'netmap realize' prepare the bridge (vlan_filtering)")
-    set_access_vlan(kernel, tap, endpoint.vlan)
+    # no QEMU waits for this one: a realize holding the host's lock is waited out
+    release_guest(endpoint.host.name, endpoint.owner, None, lock_timeout=LOCK_TIMEOUT * 4)
 
 
 def describe(endpoint: Endpoint) -> str:

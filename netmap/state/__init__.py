@@ -191,7 +191,7 @@ class HostState:
 
     def keep_unowned(self, key: str, record: dict[str, Any]) -> None:
         """Keep a resource netmap made that no guest uses but that cannot go yet (a bridge
-        with someone else's port, one the QEMU helper made): the next release on the host
+        with someone else's port): the next release on the host
         removes it once nothing needs it."""
         self.resources[key] = {**record, "guests": [], "created": True}
 
