@@ -58,14 +58,20 @@ class _Queued:
 
 
 class Transaction(RtnlKernel):
-    """netmap.steps.base.LiveHost and Changes for one plan on one host."""
+    """netmap.steps.base.LiveHost and Changes for the plans of one or more guests on one
+    host: decided together, made together (one tap batch, one OVSDB transaction), undone
+    together. A resource several guests share (a bridge, the uplink's port) is decided and
+    made once, for the first guest that names it, and used by every one of them."""
 
-    def __init__(self, kernel: rtnl.Rtnl, state: HostState, plan: p.Plan,
+    def __init__(self, kernel: rtnl.Rtnl, state: HostState, plan: p.Plan | Sequence[p.Plan],
                  sysfs_root: str | Path | None = None) -> None:
         super().__init__(kernel)
         self.state = state
-        self.plan = plan
-        self.host, self.guest = plan.host, plan.guest
+        self.plans = [plan] if isinstance(plan, p.Plan) else list(plan)
+        if not self.plans or len({(q.host, q.netns) for q in self.plans}) != 1:
+            raise ValueError("a transaction is the plans of one host")
+        self.plan = self.plans[0]  # the plan being decided (a step reads its guest)
+        self.host, self.guest = self.plan.host, self.plan.guest
         self.sysfs_root = sysfs_root
         self.links: dict[str, rtmsg.Link] = {}  # read by decide(), inside realize's rollback
         self._vlans: dict[str, dict[int, int]] | None = None
@@ -77,9 +83,13 @@ class Transaction(RtnlKernel):
         self._vf_found: dict[str, dict] = {}  # resource -> its VF entry before the claim
         self._queue: list[_Queued] = []
         self._current: Action | None = None  # the action whose step is applying
-        self._decided: set[str] = set()
-        # only the plan's own OVS ports are replicated
-        self.ovsdb = ovsdb.Connections(ports={s.port for n in plan.nics for s in n.steps
+        # resource -> (the last guest that named it, its step, the action decided)
+        self._decided: dict[str, tuple[str, p.Step, Action | None]] = {}
+        self._owner: dict[str, str] = {}  # resource -> the guest it was decided for
+        self.uses: list[tuple[str, Action]] = []  # (guest, action) for every guest's step
+        # only the plans' own OVS ports are replicated
+        self.ovsdb = ovsdb.Connections(ports={s.port for q in self.plans for n in q.nics
+                                              for s in n.steps
                                               if isinstance(s, p.EnsureOvsPort)})
         self._ovs: dict[str, ovs_steps.Batch] = {}  # remote -> this realize's OVS changes
         self._ovs_outcomes: list[tuple[int, p.Step, str]] = []
@@ -176,30 +186,63 @@ class Transaction(RtnlKernel):
 
     # --- decide -----------------------------------------------------------------------------
     def ensure(self, nic: int, step: p.Step) -> None:
-        """Used by the endpoint classes: the decide pass for one step (once per resource)."""
-        if step.resource in self._decided:
+        """Used by the endpoint classes: the decide pass for one step (once per resource;
+        a later guest naming it uses what the first one decided)."""
+        decided = self._decided.get(step.resource)
+        if decided is not None:
+            first, first_step, action = decided
+            if first != self.guest and action is not None:
+                if first_step != step:  # decided against the host as it is, not as the
+                    # first guest leaves it: what the second needs more would go unmade
+                    raise ApplyError(
+                        f"{first} and {self.guest} need {step.resource} differently on "
+                        f"{self.host} ({first_step.describe()}; {step.describe()})",
+                        fix=f"realize {first} and {self.guest} one after the other",
+                        step=step)
+                self.uses.append((self.guest, action))
+                self._decided[step.resource] = (self.guest, step, action)
             return
-        self._decided.add(step.resource)
+        self._decided[step.resource] = (self.guest, step, None)
         try:
-            self.actions.append(step.decide(self, nic))
+            action = step.decide(self, nic)
         except ApplyError as err:
             err.step = err.step or step  # the refusal is this step's
             raise
+        self.actions.append(action)
+        self.uses.append((self.guest, action))
+        self._decided[step.resource] = (self.guest, step, action)
+        self._owner[step.resource] = self.guest
 
     def decide(self) -> None:
         self.links = self.kernel.links()
-        for nic in self.plan.nics:
-            endpoint_for(nic.mode).create(self, nic)
+        for plan in self.plans:
+            self._for(plan)
+            try:
+                for nic in plan.nics:
+                    endpoint_for(nic.mode).create(self, nic)
+            except ApplyError as err:
+                if len(self.plans) > 1:  # which guest of the batch was refused
+                    err.problem = f"{plan.guest}: {err.problem}"
+                raise
+        self._for(self.plans[0])
+
+    def _for(self, plan: p.Plan) -> None:
+        """Decide the steps of `plan` next (a step reads the guest and its NICs)."""
+        self.plan, self.guest = plan, plan.guest
 
     def changes_planned(self) -> bool:
         return any(a.verdict in ("create", "repair", "recreate") for a in self.actions)
 
     # --- state ------------------------------------------------------------------------------
     def record_pending(self) -> None:
-        """Before any change: the guest is pending and owns what it is about to create."""
-        self.state.set_guest(self.plan.guest, PENDING)
-        for action in self.actions:
+        """Before any change: each guest is pending and owns what it is about to create."""
+        for plan in self.plans:
+            self.state.set_guest(plan.guest, PENDING)
+        for guest, action in self.uses:
             step = action.step
+            if self._owner[step.resource] != guest:  # shared: the first guest makes it
+                self.state.use(guest, step.resource, step=step.as_dict(), created=False)
+                continue
             info = {}
             if step.resource in self.vfs:
                 vf = self.vfs[step.resource]
@@ -207,10 +250,9 @@ class Transaction(RtnlKernel):
                 if action.verdict == "create":  # release puts the entry back as it was
                     info["found"] = self._vf_found[step.resource] = self._vf_entry(
                         step.target, vf.index)
-            self.state.use(self.plan.guest, step.resource, step=step.as_dict(),
+            self.state.use(guest, step.resource, step=step.as_dict(),
                            created=step.makes(action.verdict), info=info)
-            shared_changes.hold(self.state, self.plan.guest, step, action.verdict,
-                                action.undo_repair)
+            shared_changes.hold(self.state, guest, step, action.verdict, action.undo_repair)
             if action.verdict == "recreate":  # state tells what the device is now
                 self.state.resources[step.resource]["step"] = step.as_dict()
 
@@ -240,7 +282,8 @@ class Transaction(RtnlKernel):
             if on_step is not None:
                 self._flush()  # a test hook sees every earlier step really done
                 on_step(position, action.step)
-            if not (action.verdict == "create" and action.step.batched):
+            if not ((action.verdict == "create" and action.step.batched)
+                    or action.step.deferred):
                 self._flush()
             self._run(action)
         self._flush()
@@ -469,10 +512,21 @@ class Transaction(RtnlKernel):
     def verify(self) -> list[str]:
         self._vlans = None
         problems = []
-        for nic in self.plan.nics:
-            problems += endpoint_for(nic.mode).verify(nic, self.links, self)
+        for plan in self.plans:
+            found = [problem for nic in plan.nics
+                     for problem in endpoint_for(nic.mode).verify(nic, self.links, self)]
+            problems += [f"{plan.guest}: {x}" for x in found] if len(self.plans) > 1 else found
         return problems
 
-    def attachments(self) -> list[dict[str, object]]:
+    def attachments(self, plan: p.Plan) -> list[dict[str, object]]:
         return [endpoint_for(nic.mode).attachment(nic, self.links, self)
-                for nic in self.plan.nics]
+                for nic in plan.nics]
+
+    def owner(self, step: p.Step) -> str:
+        """The guest `step` was decided for."""
+        return self._owner[step.resource]
+
+    def outcomes_of(self, guest: str) -> list[tuple[int, p.Step, str]]:
+        """The outcomes of what was decided for `guest` (a shared resource: for the first
+        guest that named it)."""
+        return [o for o in self.outcomes if self._owner.get(o[1].resource) == guest]

@@ -20,7 +20,10 @@ from typing import Any
 from netmap.errors import ApplyError
 from netmap.plan import OVS_OWNER_KEY
 
-VSWITCHD_LOCK = "ovs_vswitchd"  # the OVSDB lock ovs-vswitchd holds while it runs
+VSWITCHD_LOCK = "ovs_vswitchd"
+# ovs-vswitchd took up to 40 ms a port on the userspace datapath (bench_ovs.py, removing 1000
+# ports): a transaction of many changes is given that much time, with room, per change
+VSWITCHD_SECONDS_PER_CHANGE = 0.1  # the OVSDB lock ovs-vswitchd holds while it runs
 _IDS = {"type": {"key": "string", "value": "string", "min": 0, "max": "unlimited"}}
 _NAME = {"type": "string", "mutable": False}
 _VID = {"type": "integer", "minInteger": 0, "maxInteger": 4095}
@@ -96,6 +99,9 @@ class Ovsdb:
         import ovs.db.idl
         import ovs.vlog
 
+        from netmap.netlink.ovs_json import use_fast_parser
+
+        use_fast_parser()
         ovs.vlog.Vlog.set_levels_from_string("console:off")  # errors reach the user as ours
         self.remote = remote
         self.timeout = timeout
@@ -108,6 +114,7 @@ class Ovsdb:
         helper = ovs.db.idl.SchemaHelper(schema_json=SCHEMA)
         helper.register_all()
         self.idl = ovs.db.idl.Idl(remote, helper)
+        self._bridges: tuple[int, dict[str, OvsBridge]] | None = None
         self.partial = ports is not None
         if ports is not None:
             for table in ("Port", "Interface"):
@@ -133,7 +140,7 @@ class Ovsdb:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ApplyError(f"OVSDB at {self.remote}: could not {what} within "
-                                 f"{self.timeout:g}s",
+                                 f"{self.timeout if timeout is None else timeout:g}s",
                                  fix="check that ovsdb-server and ovs-vswitchd run")
             poller = ovs.poller.Poller()
             self.idl.wait(poller)
@@ -152,6 +159,10 @@ class Ovsdb:
         return rows[0]
 
     def bridges(self) -> dict[str, OvsBridge]:
+        """Every replicated bridge with its replicated ports; read once per change of the
+        replica (a realize of N guests asks N times per step: decide and verify)."""
+        if self._bridges is not None and self._bridges[0] == self.idl.change_seqno:
+            return self._bridges[1]
         out: dict[str, OvsBridge] = {}
         for row in self.idl.tables["Bridge"].rows.values():
             ports = {}
@@ -163,6 +174,7 @@ class Ovsdb:
                           for i in port.interfaces))
             out[row.name] = OvsBridge(row.name, row.datapath_type or "system", ports,
                                       dict(row.external_ids))
+        self._bridges = (self.idl.change_seqno, out)
         return out
 
     def vswitchd_running(self) -> bool:
@@ -201,7 +213,8 @@ class Ovsdb:
         if wait_vswitchd and status == idl.Transaction.SUCCESS:
             target = txn.get_increment_new_value()
             self._wait(lambda: self._root().cur_cfg >= target,
-                       "have ovs-vswitchd apply the change (is ovs-vswitchd running?)")
+                       "have ovs-vswitchd apply the change (is ovs-vswitchd running?)",
+                       max(self.timeout, VSWITCHD_SECONDS_PER_CHANGE * len(changes)))
 
 
 class Change:

@@ -34,6 +34,7 @@ class EnsureOvsBridge(Step):
     datapath type is the operator's), else created with `datapath_type`."""
 
     kind: ClassVar[str] = "ovs-bridge"
+    deferred: ClassVar[bool] = True
     name: str
     ovsdb: str
     datapath_type: str | None = None
@@ -72,6 +73,7 @@ class EnsureOvsPort(Step):
     guest's tap as an access port (`tag`) with the external_ids an SDN finds it by."""
 
     kind: ClassVar[str] = "ovs-port"
+    deferred: ClassVar[bool] = True
     port: str
     bridge: str
     ovsdb: str
