@@ -179,7 +179,8 @@ def realize_plans(plans: Sequence[p.Plan], *, state_dir: str | Path | None = Non
                                  f"{_reason(err)}{tail}", fix=fix,
                                  step=getattr(err, "step", None)) from err
             txn.close()
-            results = [RealizeResult(plan.guest, host, netns, txn.outcomes_of(plan.guest),
+            outcomes = txn.outcomes_by_guest()
+            results = [RealizeResult(plan.guest, host, netns, outcomes[plan.guest],
                                      txn.attachments(plan)) for plan in plans]
             save = identified
             for plan, result in zip(plans, results, strict=True):

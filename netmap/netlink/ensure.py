@@ -86,6 +86,8 @@ class Transaction(RtnlKernel):
         # resource -> (the last guest that named it, its step, the action decided)
         self._decided: dict[str, tuple[str, p.Step, Action | None]] = {}
         self._owner: dict[str, str] = {}  # resource -> the guest it was decided for
+        self._planned: dict[str, set[str]] = {"recreate": set(), "link": set(),
+                                              "ovs-bridge": set()}
         self.uses: list[tuple[str, Action]] = []  # (guest, action) for every guest's step
         # only the plans' own OVS ports are replicated
         self.ovsdb = ovsdb.Connections(ports={s.port for q in self.plans for n in q.nics
@@ -136,19 +138,17 @@ class Transaction(RtnlKernel):
         self.vfs[resource] = vf
 
     def recreated_names(self) -> set[str]:
-        return {a.step.target for a in self.actions if a.verdict == "recreate"}
+        return self._planned["recreate"]
 
     def planned_names(self) -> set[str]:
-        """The links this plan creates (a port may be one: the vxlan device)."""
-        return {a.step.name for a in self.actions
-                if a.verdict == "create" and isinstance(a.step, p.LinkStep)}
+        """The links these plans create (a port may be one: the vxlan device)."""
+        return self._planned["link"]
 
     def ovs_bridges(self, remote: str) -> dict[str, ovsdb.OvsBridge]:
         return self.ovsdb(remote).bridges()
 
     def ovs_bridges_planned(self) -> set[str]:
-        return {a.step.name for a in self.actions
-                if a.verdict == "create" and isinstance(a.step, p.EnsureOvsBridge)}
+        return self._planned["ovs-bridge"]
 
     def vf_for(self, nic: p.NicPlan) -> VirtualFunction | None:
         return next((self.vfs[s.resource] for s in nic.steps if s.resource in self.vfs), None)
@@ -209,9 +209,21 @@ class Transaction(RtnlKernel):
             err.step = err.step or step  # the refusal is this step's
             raise
         self.actions.append(action)
+        self._plan_names(action)
         self.uses.append((self.guest, action))
         self._decided[step.resource] = (self.guest, step, action)
         self._owner[step.resource] = self.guest
+
+    def _plan_names(self, action: Action) -> None:
+        """Keep the names decided so far that a later step asks about (kept as they are
+        decided: asked once per step, a set built each time made N guests O(N²))."""
+        step = action.step
+        if action.verdict == "recreate":
+            self._planned["recreate"].add(step.target)
+        elif action.verdict == "create" and isinstance(step, p.LinkStep):
+            self._planned["link"].add(step.name)
+        elif action.verdict == "create" and isinstance(step, p.EnsureOvsBridge):
+            self._planned["ovs-bridge"].add(step.name)
 
     def decide(self) -> None:
         self.links = self.kernel.links()
@@ -526,7 +538,10 @@ class Transaction(RtnlKernel):
         """The guest `step` was decided for."""
         return self._owner[step.resource]
 
-    def outcomes_of(self, guest: str) -> list[tuple[int, p.Step, str]]:
-        """The outcomes of what was decided for `guest` (a shared resource: for the first
-        guest that named it)."""
-        return [o for o in self.outcomes if self._owner.get(o[1].resource) == guest]
+    def outcomes_by_guest(self) -> dict[str, list[tuple[int, p.Step, str]]]:
+        """The outcomes of what was decided for each guest (a shared resource: for the
+        first guest that named it)."""
+        out: dict[str, list[tuple[int, p.Step, str]]] = {plan.guest: [] for plan in self.plans}
+        for outcome in self.outcomes:
+            out[self._owner[outcome[1].resource]].append(outcome)
+        return out
