@@ -107,3 +107,23 @@ def test_a_batch_that_fails_midway_is_undone_for_every_guest(ovs_lab: OvsLab, ca
     assert _ovs_rows(ovs_lab, "hb") == before_ovs
     assert set(links_by_name(ns)) == before_links
     assert HostState.load("hb").guests == {}
+
+
+def test_a_bridge_kept_for_a_foreign_port_keeps_its_uplink(ovs_lab: OvsLab, capsys) -> None:
+    """netmap's bridge stays while a port netmap did not add is on it (a guest libvirt
+    plugged in itself): that port still needs the uplink, which stays too, and both go at
+    a later release once the foreign port has gone."""
+    ovs = ovs_lab.ovs["hb"]
+    assert main(["realize", "g2", "--host", "hb"]) == 0
+    ovs.vsctl("add-port", "br-ovs", "foreign0", "--", "set", "Interface", "foreign0",
+              "type=internal")
+    capsys.readouterr()
+    assert main(["release", "g2", "--host", "hb"]) == 0
+    out = capsys.readouterr().out
+    assert ovs_lab.bridges("hb") == {"br-ovs": ["eth0", "foreign0"]}, out
+    assert "ovs-port:eth0: the uplink of OVS bridge br-ovs, which stays" in out
+    ovs.vsctl("del-port", "br-ovs", "foreign0")
+    assert main(["realize", "g3", "--host", "hb"]) == 0
+    assert main(["release", "g3", "--host", "hb"]) == 0
+    assert ovs_lab.bridges("hb") == {}
+    assert HostState.load("hb").data["resources"] == {}
