@@ -127,3 +127,16 @@ def test_a_bridge_kept_for_a_foreign_port_keeps_its_uplink(ovs_lab: OvsLab, caps
     assert main(["release", "g3", "--host", "hb"]) == 0
     assert ovs_lab.bridges("hb") == {}
     assert HostState.load("hb").data["resources"] == {}
+
+
+def test_the_interfaces_external_ids_are_repaired(ovs_lab: OvsLab, capsys) -> None:
+    """iface-id taken off the Interface (where OVN reads it): realize puts it back."""
+    assert main(["realize", "g2", "--host", "hb"]) == 0
+    g2 = ovs_lab.device("g2")
+    made = ovs_lab.interface_ids("hb", g2)
+    assert made["iface-id"] == "g2-nic0"
+    ovs_lab.ovs["hb"].vsctl("remove", "Interface", g2, "external_ids", "iface-id")
+    capsys.readouterr()
+    assert main(["realize", "g2", "--host", "hb"]) == 0
+    assert "1 repair" in capsys.readouterr().out
+    assert ovs_lab.interface_ids("hb", g2) == made

@@ -61,6 +61,7 @@ class OvsInterface:
     type: str
     ofport: int | None
     error: str | None
+    external_ids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ class OvsPort:
     trunks: tuple[int, ...]
     external_ids: dict[str, str]
     interfaces: tuple[OvsInterface, ...]
+
+    @property
+    def interface_ids(self) -> dict[str, str]:
+        """The external_ids of the port's own interface (of its name): where OVN's
+        ovn-controller, os-vif and libvirt read and write iface-id and attached-mac."""
+        return next((i.external_ids for i in self.interfaces if i.name == self.name), {})
 
 
 @dataclass(frozen=True)
@@ -170,7 +177,8 @@ class Ovsdb:
                 ports[port.name] = OvsPort(
                     port.name, row.name, _one(port.tag), tuple(sorted(port.trunks)),
                     dict(port.external_ids),
-                    tuple(OvsInterface(i.name, i.type, _one(i.ofport), _one(i.error))
+                    tuple(OvsInterface(i.name, i.type, _one(i.ofport), _one(i.error),
+                                       dict(i.external_ids))
                           for i in port.interfaces))
             out[row.name] = OvsBridge(row.name, row.datapath_type or "system", ports,
                                       dict(row.external_ids))
@@ -268,6 +276,12 @@ class SetPort(Change):
             ports[self.name] = port
         port.tag = [self.tag] if self.tag is not None else []
         port.external_ids = dict(self.external_ids)
+        # and on the interface: OVN binds a logical port by Interface external_ids:iface-id
+        # (ovn-controller), which os-vif and libvirt set there; the Port's copy holds
+        # netmap's marks for release and drift
+        for iface in port.interfaces:
+            if iface.name == self.name:
+                iface.external_ids = dict(self.external_ids)
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,10 @@ class EnsureOvsPort(Step):
                             "endpoint's name)"),
                          f"remove it if it is stale ('ovs-vsctl del-port {self.bridge} "
                          f"{self.port}')")
-        want = {"tag": self.tag, "external_ids": dict(self.external_ids)}
-        current = {"tag": have.tag, "external_ids": dict(have.external_ids)}
+        want = {"tag": self.tag, "external_ids": dict(self.external_ids),
+                "interface_ids": dict(self.external_ids)}
+        current = {"tag": have.tag, "external_ids": dict(have.external_ids),
+                   "interface_ids": dict(have.interface_ids)}
         if want == current:
             return Action(nic, self, "unchanged")
         return Action(nic, self, "repair", want, current)
