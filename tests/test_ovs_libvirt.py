@@ -101,10 +101,15 @@ def _start(daemon: PrivateLibvirtd, name: str, interface: str) -> ET.Element:
 
 
 def _port(ovs: OvsInstance, name: str) -> dict:
+    """The port's tag and external_ids, and those of its interface (where libvirt, os-vif
+    and OVN keep iface-id and attached-mac)."""
     out = json.loads(ovs.vsctl("--format=json", "--columns=tag,external_ids", "list", "Port",
                                name))
     tag, ids = out["data"][0]
-    return {"tag": tag if isinstance(tag, int) else None, "external_ids": dict(ids[1])}
+    iface = json.loads(ovs.vsctl("--format=json", "--columns=external_ids", "list",
+                                 "Interface", name))
+    return {"tag": tag if isinstance(tag, int) else None, "external_ids": dict(ids[1]),
+            "interface_ids": dict(iface["data"][0][0][1])}
 
 
 def test_libvirt_starts_guests_on_netmaps_ovs_ports_and_release_keeps_libvirts(
@@ -123,9 +128,9 @@ def test_libvirt_starts_guests_on_netmaps_ovs_ports_and_release_keeps_libvirts(
     assert daemon.virsh("domstate", "g1").stdout.strip() == "running"
     # QEMU holds the tap netmap made: carrier on
     assert "LOWER_UP" in links_by_name(daemon.netns)[tap]["flags"]
-    assert _port(ovs, tap) == {"tag": 10, "external_ids": {
-        "attached-mac": G1_MAC, "iface-id": "g1-nic0", "iface-status": "active",
-        "vm-id": "g1", "netmap-owner": "g1", "netmap-network": "blue", "tenant": "t1"}}
+    ids = {"attached-mac": G1_MAC, "iface-id": "g1-nic0", "iface-status": "active",
+           "vm-id": "g1", "netmap-owner": "g1", "netmap-network": "blue", "tenant": "t1"}
+    assert _port(ovs, tap) == {"tag": 10, "external_ids": ids, "interface_ids": ids}
 
     # lv: libvirt plugs it into the bridge netmap made, with its own external_ids
     live = _start(daemon, "lv", libvirt_lab.interface_xml(
@@ -134,8 +139,10 @@ def test_libvirt_starts_guests_on_netmaps_ovs_ports_and_release_keeps_libvirts(
         "      <model"))
     vnet = live.find("target").get("dev")
     lv_port = _port(ovs, vnet)
-    assert lv_port["tag"] == 10 and lv_port["external_ids"]["attached-mac"] == LV_MAC
-    assert "netmap-owner" not in lv_port["external_ids"]
+    # where netmap puts the same keys for its own ports
+    assert lv_port["tag"] == 10 and lv_port["interface_ids"]["attached-mac"] == LV_MAC
+    assert lv_port["interface_ids"]["iface-status"] == "active"
+    assert "netmap-owner" not in lv_port["external_ids"] | lv_port["interface_ids"]
     assert sorted(ovs.vsctl("list-ports", "br-ovs").split()) == sorted(["eth0", tap, vnet])
 
     daemon.virsh("destroy", "g1")  # managed='no': the tap stays netmap's to remove
