@@ -140,3 +140,19 @@ def test_the_interfaces_external_ids_are_repaired(ovs_lab: OvsLab, capsys) -> No
     assert main(["realize", "g2", "--host", "hb"]) == 0
     assert "1 repair" in capsys.readouterr().out
     assert ovs_lab.interface_ids("hb", g2) == made
+
+
+def test_a_dry_run_of_several_guests_decides_them_together(ovs_lab: OvsLab, capsys) -> None:
+    before = _ovs_rows(ovs_lab, "hb")
+    capsys.readouterr()
+    assert main(["realize", "--all", "--host", "hb", "--dry-run", "--json"]) == 0
+    verdicts = json.loads(capsys.readouterr().out)["verdicts"]
+    g2, g3 = ovs_lab.device("g2"), ovs_lab.device("g3")
+    # the shared bridge and uplink port once, under the first guest; each tap and port
+    assert [(v["guest"], v["result"]) for v in verdicts
+            if v["do"].startswith(("OVS bridge br-ovs", "OVS port eth0 "))] == [
+        ("g2", "create")] * 2
+    assert {(v["guest"], v["result"]) for v in verdicts if g3 in v["do"]} == {
+        ("g3", "create")}
+    assert any(g2 in v["do"] for v in verdicts)
+    assert _ovs_rows(ovs_lab, "hb") == before
