@@ -123,6 +123,11 @@ def _realize(args: argparse.Namespace) -> int:
     host = _target_host(args, fleet)
     names = _chosen(args, sorted(n for n, g in fleet.guests.items() if g.host == host.name),
                     "realize")
+    if args.all:  # a broken guest file may place its guest here: say it is left out
+        for problem in fleet.problems:
+            if problem.file and Path(problem.file).parent.name == "guests":
+                print(f"netmap: warning: {problem.file} cannot be read, its guest is not "
+                      f"realized: {problem.problem}", file=sys.stderr)
     if not names:
         console().print(f"no guest of the mappings is on {host.name} ([guest] host): "
                         "nothing to realize")
