@@ -20,6 +20,7 @@ from pathlib import Path
 
 from netmap import plan as p
 from netmap.errors import ApplyError, NetmapError
+from netmap.gcpause import gc_paused
 from netmap.netlink.access import open_kernel, require_capabilities
 from netmap.netlink.ensure import Transaction
 from netmap.netlink.kernel_support import KernelProbe, refuse_unsupported
@@ -137,7 +138,10 @@ def realize_plans(plans: Sequence[p.Plan], *, state_dir: str | Path | None = Non
         raise ApplyError(f"cannot realize {who} on {host}: " + _some(problems),
                          fix="run 'netmap check' for details")
     require_capabilities(f"realize {who}", host, netns, changes=True)
-    with host_lock(host, state_dir, timeout=lock_timeout):
+    # the OVSDB replica and the steps of N guests are many objects that all live until
+    # the end: without the cyclic collector re-walking them a realize of 200 ports took
+    # 1.0 s instead of 1.5 s (one measurement, on a loaded machine)
+    with gc_paused(), host_lock(host, state_dir, timeout=lock_timeout):
         state = HostState.load(host, state_dir)
         before = state.snapshot()
         with open_kernel(host, netns) as kernel:
@@ -262,7 +266,7 @@ def release_guests(host: str, guests: Sequence[str], netns: str | None, *,
         return results
     who = ", ".join(guests) if len(guests) <= 5 else f"{len(guests)} guests"
     require_capabilities(f"release {who}", host, netns, changes=True)
-    with host_lock(host, state_dir, timeout=lock_timeout):
+    with gc_paused(), host_lock(host, state_dir, timeout=lock_timeout):
         state = HostState.load(host, state_dir)
         work = [(result.guest, list(entry["resources"]), result) for result in results
                 if (entry := state.guest(result.guest)) is not None]
