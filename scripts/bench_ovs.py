@@ -38,11 +38,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from ovs_lab import OvsInstance, missing, start_ovs  # noqa: E402
 
-from netmap.graph import build_graph  # noqa: E402
 from netmap.load import load_fleet  # noqa: E402
 from netmap.netlink.apply import realize_plans, release_guests  # noqa: E402
 from netmap.plan import EnsureOvsPort, Plan  # noqa: E402
-from netmap.planner import build_plan  # noqa: E402
+from netmap.plan.planner import build_plan  # noqa: E402
+from netmap.query.graph import build_graph  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from netmap import plan as p
 from netmap.errors import ApplyError, NetmapError
-from netmap.gcpause import gc_paused
 from netmap.netlink.access import open_kernel, require_capabilities
 from netmap.netlink.ensure import Transaction
 from netmap.netlink.kernel_support import KernelProbe, refuse_unsupported
 from netmap.netlink.release import release_keys, release_many
 from netmap.netlink.rtnl import Rtnl
 from netmap.state import REALIZED, HostState, host_lock
+from netmap.support.gcpause import gc_paused
 
 StepHook = Callable[[int, p.Step], None]
 
