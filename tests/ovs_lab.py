@@ -46,9 +46,10 @@ def _wait(condition, what: str, timeout: float = 15.0) -> None:
 
 @dataclass
 class OvsInstance:
-    """One host's Open vSwitch: `remote` is what a host mapping's ovsdb names."""
+    """One host's Open vSwitch: `remote` is what a host mapping's ovsdb names; `netns`
+    None: ovs-vswitchd runs in this namespace (the VM lab's host is the VM itself)."""
 
-    netns: str
+    netns: str | None
     directory: Path
     server: subprocess.Popen
     vswitchd: subprocess.Popen | None = None
@@ -74,8 +75,9 @@ class OvsInstance:
 
     def start_vswitchd(self) -> None:
         log = self.directory / "ovs-vswitchd.log"
+        where = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.vswitchd = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, _binary("ovs-vswitchd"), self.remote,
+            [*where, _binary("ovs-vswitchd"), self.remote,
              f"--unixctl={self.directory / 'ovs-vswitchd.ctl'}", "--no-chdir",
              f"--log-file={log}", "-vconsole:off"],
             env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -104,7 +106,7 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def start_ovs(netns: str, directory: Path, *, vswitchd: bool = True) -> OvsInstance:
+def start_ovs(netns: str | None, directory: Path, *, vswitchd: bool = True) -> OvsInstance:
     """ovsdb-server with a fresh database in `directory`, and (unless asked not to)
     ovs-vswitchd in `netns`; the caller stops it (OvsInstance.stop)."""
     directory.mkdir(parents=True, exist_ok=True)

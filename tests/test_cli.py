@@ -206,6 +206,17 @@ def test_release_of_an_unknown_guest_is_an_error_with_did_you_mean(capsys, mappi
     assert "did you mean 'vm1'?" in err
 
 
+@pytest.mark.parametrize("command", ["realize", "release"])
+@pytest.mark.parametrize(("names", "why"), [([], "no guest named"),
+                                            (["vm1", "--all"], "--all and guest names")])
+def test_realize_and_release_take_guests_or_all(capsys, mappings: Path, tmp_path: Path,
+                                                monkeypatch, command: str, names: list[str],
+                                                why: str) -> None:
+    monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+    assert main(["--mappings", str(mappings), command, *names, "--host", "host-a"]) == 2
+    assert why in capsys.readouterr().err
+
+
 @needs_net_admin
 def test_release_of_a_guest_with_nothing_on_the_host_is_fine(capsys, mappings: Path,
                                                             tmp_path: Path, monkeypatch):

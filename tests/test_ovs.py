@@ -92,6 +92,12 @@ class OvsLab:
                            "external_ids": dict(ids[1])}
         return ports
 
+    def interface_ids(self, host: str, name: str) -> dict[str, str]:
+        """The external_ids of Interface `name`, where OVN looks up iface-id."""
+        out = json.loads(self.ovs[host].vsctl("--format=json", "--columns=external_ids",
+                                              "list", "Interface", name))
+        return dict(out["data"][0][0][1])
+
     def bridges(self, host: str) -> dict[str, list[str]]:
         ovs = self.ovs[host]
         return {br: sorted(ovs.vsctl("list-ports", br).split())
@@ -152,6 +158,8 @@ def test_frames_pass_between_hosts_with_the_same_tag_only(ovs_lab: OvsLab, capsy
         "attached-mac": MACS["g2"], "iface-id": "g2-nic0", "iface-status": "active",
         "vm-id": "g2", "netmap-owner": "g2", "netmap-network": "blue",
         "tenant": "t1"}
+    # where ovn-controller binds a logical port (and os-vif and libvirt set them)
+    assert ovs_lab.interface_ids("hb", g2) == ports[g2]["external_ids"]
     assert ovs_lab.bridges("hb") == {"br-ovs": sorted(["eth0", g2, g3])}
     assert ovs_lab.ovs["hb"].vsctl("get", "Bridge", "br-ovs", "datapath_type") == "netdev"
     assert _receives(ovs_lab, "g1", "g2"), "g1 -> g2 (both tag 10) never arrived"

@@ -114,6 +114,7 @@ class State:
 class OvsPort:
     tag: int | None = None
     external_ids: dict[str, str] = field(default_factory=dict)
+    interface_ids: dict[str, str] = field(default_factory=dict)  # its Interface's
 
 
 @dataclass(frozen=True)
@@ -511,8 +512,12 @@ def test_an_ovs_port_repair_carries_the_tag_and_ids_found_as_its_undo() -> None:
     assert kernel.calls == [("ovs_set_port", OVSDB, "nm0", "br-int", 100,
                              GUEST_PORT.external_ids, (200, (("netmap-owner", "vm1"),)))]
     same = Host({}, ovs={"br-int": OvsBridge("br-int", {"nm0": OvsPort(
-        100, dict(GUEST_PORT.external_ids))})})
+        100, dict(GUEST_PORT.external_ids), dict(GUEST_PORT.external_ids))})})
     assert GUEST_PORT.decide(same, 0).verdict == "unchanged"
+    # the Interface's ids (where OVN binds iface-id) lost: repaired too
+    bare = Host({}, ovs={"br-int": OvsBridge("br-int", {"nm0": OvsPort(
+        100, dict(GUEST_PORT.external_ids))})})
+    assert GUEST_PORT.decide(bare, 0).verdict == "repair"
 
 
 def test_an_uplink_that_is_an_access_port_is_refused_and_a_trunk_adopted() -> None:

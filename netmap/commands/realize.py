@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from netmap.model.fleet import Fleet, Host
+    from netmap.netlink.apply import RealizeResult
     from netmap.plan import Plan
 
 
@@ -30,8 +31,16 @@ def _esc(text: object) -> str:
     return escape(str(text))
 
 
-def _add_host(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("guest", metavar="GUEST")
+def _add_host(parser: argparse.ArgumentParser, *, many: str | None = None) -> None:
+    """GUEST, or with `many` (what --all takes) GUEST... or --all: a host agent realizes
+    or releases all of a host's guests as one transaction."""
+    if many is None:
+        parser.add_argument("guest", metavar="GUEST")
+    else:
+        parser.add_argument("guests", metavar="GUEST", nargs="*",
+                            help="one or more guests, made (or removed) as one transaction: "
+                            "all or nothing")
+        parser.add_argument("--all", action="store_true", help=many)
     parser.add_argument("--host", metavar="HOST",
                         help="this host's mapping name (default: $NETMAP_HOST, else the "
                         "hostname)")
@@ -85,8 +94,19 @@ def _print_plan(plan: Plan) -> None:
         out.print(f"  [red]cannot plan[/] {_esc(problem)}")
 
 
+def _chosen(args: argparse.Namespace, every: list[str], what: str) -> list[str]:
+    """The guests named, or with --all `every` one; neither, or both, is a usage error."""
+    if args.all and args.guests:
+        raise InputError(f"{what}: --all and guest names together", key="--all",
+                         fix="name the guests, or pass --all, not both")
+    if not args.all and not args.guests:
+        raise InputError(f"{what}: no guest named", key="GUEST",
+                         fix="name one or more guests, or pass --all")
+    return every if args.all else list(dict.fromkeys(args.guests))
+
+
 def _configure_realize(parser: argparse.ArgumentParser) -> None:
-    _add_host(parser)
+    _add_host(parser, many="every guest the mappings place on HOST ([guest] host)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan, change nothing")
     parser.add_argument("--force", action="store_true",
@@ -101,43 +121,76 @@ def _realize(args: argparse.Namespace) -> int:
 
     fleet, graph = load(args)
     host = _target_host(args, fleet)
-    guest = require_guest(fleet, args.guest)
-    report = check_migration(graph, guest.name, host.name)
-    findings = [f.as_dict() for f in report.findings]
-    plan = build_plan(graph, guest, host)
-    if not report.compatible and not args.force:
+    names = _chosen(args, sorted(n for n, g in fleet.guests.items() if g.host == host.name),
+                    "realize")
+    if args.all:  # a broken guest file may place its guest here: say it is left out
+        for problem in fleet.problems:
+            if problem.file and Path(problem.file).parent.name == "guests":
+                print(f"netmap: warning: {problem.file} cannot be read, its guest is not "
+                      f"realized: {problem.problem}", file=sys.stderr)
+    if not names:
+        console().print(f"no guest of the mappings is on {host.name} ([guest] host): "
+                        "nothing to realize")
+        return EXIT_OK
+    guests = [require_guest(fleet, name) for name in names]
+    reports = [check_migration(graph, guest.name, host.name) for guest in guests]
+    findings = {guest.name: [f.as_dict() for f in report.findings]
+                for guest, report in zip(guests, reports, strict=True)}
+    plans = [build_plan(graph, guest, host) for guest in guests]
+    refused = [(guest, report) for guest, report in zip(guests, reports, strict=True)
+               if not report.compatible]
+    one = len(guests) == 1
+    if refused and not args.force:
         if args.json:
-            print_json({"realized": False, "check": findings, "plan": plan.as_dict()})
+            print_json({"realized": False, "check": findings[names[0]],
+                        "plan": plans[0].as_dict()} if one else
+                       {"realized": False, "refused": [g.name for g, _ in refused],
+                        "check": findings, "plans": [q.as_dict() for q in plans]})
         else:
             from netmap.render import findings_list
 
             out = console()
-            out.print(f"[red]refused[/]: {guest.name} cannot keep its topology on {host.name}"
-                      " (nothing was changed):")
-            _common.console().print(findings_list(report.errors))  # wrapped, indented
+            for guest, report in refused:
+                out.print(f"[red]refused[/]: {guest.name} cannot keep its topology on "
+                          f"{host.name} (nothing was changed):")
+                _common.console().print(findings_list(report.errors))  # wrapped, indented
             out.print("  pass --force to realize anyway")
         return EXIT_INCOMPATIBLE
     if args.dry_run:
-        return _dry_run(plan, findings, args.json)
-    from netmap.netlink.apply import realize_plan
+        if one:
+            return _dry_run(plans[0], findings[names[0]], args.json)
+        return _dry_run_many(plans, findings, args.json)
+    from netmap.netlink.apply import realize_plans
 
-    result = realize_plan(plan)
-    result.nics = [_attached(nic) for nic in result.nics]
+    results = realize_plans(plans)
+    for result in results:
+        result.nics = [_attached(nic) for nic in result.nics]
     if args.json:
-        print_json({"realized": True, "check": findings, **result.as_dict()})
+        print_json({"realized": True, "check": findings[names[0]], **results[0].as_dict()}
+                   if one else {"realized": True, "host": host.name, "guests": [
+                       {"check": findings[r.guest], **r.as_dict()} for r in results]})
         return EXIT_OK
     out = console()
-    for f in report.findings:
-        if f.severity != "info":
-            out.print(f"  [yellow]{f.severity}[/] {f.code}: {_esc(f.message)}")
+    for report in reports:
+        for f in report.findings:
+            if f.severity != "info":
+                out.print(f"  [yellow]{f.severity}[/] {f.code}: {_esc(f.message)}")
+    for result in results:
+        _print_realized(out, result, host.name, details=one)
+    return EXIT_OK
+
+
+def _print_realized(out: Console, result: RealizeResult, host: str, *, details: bool,
+                    ) -> None:
+    """What realize did for one guest; with `details`, each NIC's libvirt XML too."""
     if not result.changed:
-        out.print(f"{guest.name} is already realized on {host.name}: nothing changed")
+        out.print(f"{result.guest} is already realized on {host}: nothing changed")
     else:
         counts: dict[str, int] = {}
         for _, _, action in result.outcomes:
             counts[action] = counts.get(action, 0) + 1
         summary = ", ".join(f"{n} {action}" for action, n in counts.items())
-        out.print(f"realized {guest.name} on {host.name} ({summary})")
+        out.print(f"realized {result.guest} on {host} ({summary or 'shared parts only'})")
     for removed in result.removed:
         out.print(f"  removed {removed} (no longer in the plan)", markup=False)
     for kept in result.kept:
@@ -145,9 +198,40 @@ def _realize(args: argparse.Namespace) -> int:
     for nic in result.nics:
         device = nic.get("device") or f"VF {nic.get('vf')} of {nic.get('pf')} ({nic.get('pci')})"
         tapdev = f" {nic['tapdev']}" if nic.get("tapdev") else ""
+        if not details:
+            out.print(f"  NIC {nic['nic']} {nic['network']} ({nic['mode']}): {device}{tapdev}",
+                      markup=False)
+            continue
         out.print(f"\n[bold]NIC {nic['nic']}[/] {_esc(nic['network'])} ({nic['mode']}): "
                   f"{_esc(device)}{_esc(tapdev)}")
         out.print(str(nic.get("libvirt_xml", "")), markup=False)
+
+
+def _dry_run_many(plans: list[Plan], findings: dict[str, list[dict]], as_json: bool) -> int:
+    """The dry run of several guests as one realize would decide it (a part they share
+    is decided once, for the first guest that names it)."""
+    from netmap.netlink.apply import preview_plans
+
+    problems = [problem for plan in plans for problem in plan.problems]
+    if problems:
+        for plan in plans:
+            if plan.problems:
+                _print_plan(plan)
+        return EXIT_INCOMPATIBLE
+    verdicts = preview_plans(plans)
+    if as_json:
+        print_json({"dry_run": True, "check": findings,
+                    "plans": [plan.as_dict() for plan in plans],
+                    "verdicts": [{"guest": guest, "nic": nic, "do": step.describe(),
+                                  "result": verdict}
+                                 for guest, nic, step, verdict in verdicts]})
+        return EXIT_OK
+    out = console()
+    changes = sum(verdict in ("create", "repair", "recreate") for *_, verdict in verdicts)
+    out.print(f"[bold]dry run[/] of {len(plans)} guests on {plans[0].host}: {changes} "
+              "change(s), nothing done")
+    for n, (guest, nic, step, verdict) in enumerate(verdicts, 1):
+        out.print(f"  {n}. [{guest} nic {nic}] {verdict:9} {step.describe()}", markup=False)
     return EXIT_OK
 
 
@@ -200,29 +284,38 @@ def _dry_run(plan: Plan, findings: list[dict], as_json: bool) -> int:
 
 
 def _configure_release(parser: argparse.ArgumentParser) -> None:
-    _add_host(parser)
+    _add_host(parser, many="every guest netmap's state on HOST names")
     add_json(parser)
 
 
 def _release(args: argparse.Namespace) -> int:
-    from netmap.netlink.apply import release_guest
+    from netmap.netlink.apply import release_guests
+    from netmap.state import HostState
 
     fleet, _graph = load(args)
     host = _target_host(args, fleet)
-    _require_releasable(fleet, host, args.guest)
+    names = _chosen(args, list(HostState.load(host.name).guests) if args.all else [],
+                    "release")
+    for name in names:
+        _require_releasable(fleet, host, name)
     # the guest's file may be gone already: state, not the mappings, says what to remove
-    result = release_guest(host.name, args.guest, host.netns)
+    results = release_guests(host.name, names, host.netns)
     if args.json:
-        print_json(result.as_dict())
+        print_json(results[0].as_dict() if len(results) == 1 and not args.all else
+                   {"host": host.name, "guests": [r.as_dict() for r in results]})
         return EXIT_OK
     out = console()
-    if not result.removed and not result.kept:
-        out.print(f"netmap made nothing for {args.guest} on {host.name}: nothing to release")
-        return EXIT_OK
-    out.print(f"released {args.guest} on {host.name}: removed "
-              f"{', '.join(result.removed) or 'nothing'}", markup=False)
-    for kept in result.kept:
-        out.print(f"  kept {kept}", markup=False)
+    if not results:
+        out.print(f"netmap made nothing on {host.name}: nothing to release")
+    for result in results:
+        if not result.removed and not result.kept:
+            out.print(f"netmap made nothing for {result.guest} on {host.name}: nothing to "
+                      "release")
+            continue
+        out.print(f"released {result.guest} on {host.name}: removed "
+                  f"{', '.join(result.removed) or 'nothing'}", markup=False)
+        for kept in result.kept:
+            out.print(f"  kept {kept}", markup=False)
     return EXIT_OK
 
 

@@ -65,14 +65,20 @@ class _Queued:
 
 
 class Transaction(RtnlKernel):
-    """netmap.steps.base.LiveHost and Changes for one plan on one host."""
+    """netmap.steps.base.LiveHost and Changes for the plans of one or more guests on one
+    host: decided together, made together (one tap batch, one OVSDB transaction), undone
+    together. A resource several guests share (a bridge, the uplink's port) is decided and
+    made once, for the first guest that names it, and used by every one of them."""
 
-    def __init__(self, kernel: rtnl.Rtnl, state: HostState, plan: p.Plan,
+    def __init__(self, kernel: rtnl.Rtnl, state: HostState, plan: p.Plan | Sequence[p.Plan],
                  sysfs_root: str | Path | None = None) -> None:
         super().__init__(kernel)
         self.state = state
-        self.plan = plan
-        self.host, self.guest = plan.host, plan.guest
+        self.plans = [plan] if isinstance(plan, p.Plan) else list(plan)
+        if not self.plans or len({(q.host, q.netns) for q in self.plans}) != 1:
+            raise ValueError("a transaction is the plans of one host")
+        self.plan = self.plans[0]  # the plan being decided (a step reads its guest)
+        self.host, self.guest = self.plan.host, self.plan.guest
         self.sysfs_root = sysfs_root
         self.links: dict[str, rtmsg.Link] = {}  # read by decide(), inside realize's rollback
         self._vlans: dict[str, dict[int, int]] | None = None
@@ -84,19 +90,24 @@ class Transaction(RtnlKernel):
         self._vf_found: dict[str, dict] = {}  # resource -> its VF entry before the claim
         self._queue: list[_Queued] = []
         self._current: Action | None = None  # the action whose step is applying
-        self._decided: set[str] = set()
+        # resource -> (the last guest that named it, its step, the action decided)
+        self._decided: dict[str, tuple[str, p.Step, Action | None]] = {}
+        self._owner: dict[str, str] = {}  # resource -> the guest it was decided for
+        self._planned: dict[str, set[str]] = {"recreate": set(), "link": set(),
+                                              "ovs-bridge": set()}
+        self.uses: list[tuple[str, Action]] = []  # (guest, action) for every guest's step
         self._ovsdb: Connections | None = None  # opened by the first OVS step
         self._ovs: dict[str, ovs_steps.Batch] = {}  # remote -> this realize's OVS changes
         self._ovs_outcomes: list[tuple[int, p.Step, str]] = []
 
     @property
     def ovsdb(self) -> Connections:
-        """This realize's OVSDB connections; only the plan's own OVS ports are replicated."""
+        """This realize's OVSDB connections; only the plans' own OVS ports are replicated."""
         if self._ovsdb is None:
             from netmap.netlink import ovsdb
 
             self._ovsdb = ovsdb.Connections(ports={
-                s.port for n in self.plan.nics for s in n.steps
+                s.port for q in self.plans for n in q.nics for s in n.steps
                 if isinstance(s, p.EnsureOvsPort)})
         return self._ovsdb
 
@@ -146,19 +157,17 @@ class Transaction(RtnlKernel):
         self.vfs[resource] = vf
 
     def recreated_names(self) -> set[str]:
-        return {a.step.target for a in self.actions if a.verdict == "recreate"}
+        return self._planned["recreate"]
 
     def planned_names(self) -> set[str]:
-        """The links this plan creates (a port may be one: the vxlan device)."""
-        return {a.step.name for a in self.actions
-                if a.verdict == "create" and isinstance(a.step, p.LinkStep)}
+        """The links these plans create (a port may be one: the vxlan device)."""
+        return self._planned["link"]
 
     def ovs_bridges(self, remote: str) -> dict[str, OvsBridge]:
         return self.ovsdb(remote).bridges()
 
     def ovs_bridges_planned(self) -> set[str]:
-        return {a.step.name for a in self.actions
-                if a.verdict == "create" and isinstance(a.step, p.EnsureOvsBridge)}
+        return self._planned["ovs-bridge"]
 
     def vf_for(self, nic: p.NicPlan) -> VirtualFunction | None:
         return next((self.vfs[s.resource] for s in nic.steps if s.resource in self.vfs), None)
@@ -198,30 +207,75 @@ class Transaction(RtnlKernel):
 
     # --- decide -----------------------------------------------------------------------------
     def ensure(self, nic: int, step: p.Step) -> None:
-        """Used by the endpoint classes: the decide pass for one step (once per resource)."""
-        if step.resource in self._decided:
+        """Used by the endpoint classes: the decide pass for one step (once per resource;
+        a later guest naming it uses what the first one decided)."""
+        decided = self._decided.get(step.resource)
+        if decided is not None:
+            first, first_step, action = decided
+            if first != self.guest and action is not None:
+                if first_step != step:  # decided against the host as it is, not as the
+                    # first guest leaves it: what the second needs more would go unmade
+                    raise ApplyError(
+                        f"{first} and {self.guest} need {step.resource} differently on "
+                        f"{self.host} ({first_step.describe()}; {step.describe()})",
+                        fix=f"realize {first} and {self.guest} one after the other",
+                        step=step)
+                self.uses.append((self.guest, action))
+                self._decided[step.resource] = (self.guest, step, action)
             return
-        self._decided.add(step.resource)
+        self._decided[step.resource] = (self.guest, step, None)
         try:
-            self.actions.append(step.decide(self, nic))
+            action = step.decide(self, nic)
         except ApplyError as err:
             err.step = err.step or step  # the refusal is this step's
             raise
+        self.actions.append(action)
+        self._plan_names(action)
+        self.uses.append((self.guest, action))
+        self._decided[step.resource] = (self.guest, step, action)
+        self._owner[step.resource] = self.guest
+
+    def _plan_names(self, action: Action) -> None:
+        """Keep the names decided so far that a later step asks about (kept as they are
+        decided: asked once per step, a set built each time made N guests O(N²))."""
+        step = action.step
+        if action.verdict == "recreate":
+            self._planned["recreate"].add(step.target)
+        elif action.verdict == "create" and isinstance(step, p.LinkStep):
+            self._planned["link"].add(step.name)
+        elif action.verdict == "create" and isinstance(step, p.EnsureOvsBridge):
+            self._planned["ovs-bridge"].add(step.name)
 
     def decide(self) -> None:
         self.links = self.kernel.links()
-        for nic in self.plan.nics:
-            endpoint_for(nic.mode).create(self, nic)
+        for plan in self.plans:
+            self._for(plan)
+            try:
+                for nic in plan.nics:
+                    endpoint_for(nic.mode).create(self, nic)
+            except ApplyError as err:
+                if len(self.plans) > 1:  # which guest of the batch was refused
+                    err.problem = f"{plan.guest}: {err.problem}"
+                raise
+        self._for(self.plans[0])
+
+    def _for(self, plan: p.Plan) -> None:
+        """Decide the steps of `plan` next (a step reads the guest and its NICs)."""
+        self.plan, self.guest = plan, plan.guest
 
     def changes_planned(self) -> bool:
         return any(a.verdict in ("create", "repair", "recreate") for a in self.actions)
 
     # --- state ------------------------------------------------------------------------------
     def record_pending(self) -> None:
-        """Before any change: the guest is pending and owns what it is about to create."""
-        self.state.set_guest(self.plan.guest, PENDING)
-        for action in self.actions:
+        """Before any change: each guest is pending and owns what it is about to create."""
+        for plan in self.plans:
+            self.state.set_guest(plan.guest, PENDING)
+        for guest, action in self.uses:
             step = action.step
+            if self._owner[step.resource] != guest:  # shared: the first guest makes it
+                self.state.use(guest, step.resource, step=step.as_dict(), created=False)
+                continue
             info = {}
             if step.resource in self.vfs:
                 vf = self.vfs[step.resource]
@@ -229,10 +283,9 @@ class Transaction(RtnlKernel):
                 if action.verdict == "create":  # release puts the entry back as it was
                     info["found"] = self._vf_found[step.resource] = self._vf_entry(
                         step.target, vf.index)
-            self.state.use(self.plan.guest, step.resource, step=step.as_dict(),
+            self.state.use(guest, step.resource, step=step.as_dict(),
                            created=step.makes(action.verdict), info=info)
-            shared_changes.hold(self.state, self.plan.guest, step, action.verdict,
-                                action.undo_repair)
+            shared_changes.hold(self.state, guest, step, action.verdict, action.undo_repair)
             if action.verdict == "recreate":  # state tells what the device is now
                 self.state.resources[step.resource]["step"] = step.as_dict()
 
@@ -262,7 +315,8 @@ class Transaction(RtnlKernel):
             if on_step is not None:
                 self._flush()  # a test hook sees every earlier step really done
                 on_step(position, action.step)
-            if not (action.verdict == "create" and action.step.batched):
+            if not ((action.verdict == "create" and action.step.batched)
+                    or action.step.deferred):
                 self._flush()
             self._run(action)
         self._flush()
@@ -494,10 +548,24 @@ class Transaction(RtnlKernel):
     def verify(self) -> list[str]:
         self._vlans = None
         problems = []
-        for nic in self.plan.nics:
-            problems += endpoint_for(nic.mode).verify(nic, self.links, self)
+        for plan in self.plans:
+            found = [problem for nic in plan.nics
+                     for problem in endpoint_for(nic.mode).verify(nic, self.links, self)]
+            problems += [f"{plan.guest}: {x}" for x in found] if len(self.plans) > 1 else found
         return problems
 
-    def attachments(self) -> list[dict[str, object]]:
+    def attachments(self, plan: p.Plan) -> list[dict[str, object]]:
         return [endpoint_for(nic.mode).attachment(nic, self.links, self)
-                for nic in self.plan.nics]
+                for nic in plan.nics]
+
+    def owner(self, step: p.Step) -> str:
+        """The guest `step` was decided for."""
+        return self._owner[step.resource]
+
+    def outcomes_by_guest(self) -> dict[str, list[tuple[int, p.Step, str]]]:
+        """The outcomes of what was decided for each guest (a shared resource: for the
+        first guest that named it)."""
+        out: dict[str, list[tuple[int, p.Step, str]]] = {plan.guest: [] for plan in self.plans}
+        for outcome in self.outcomes:
+            out[self._owner[outcome[1].resource]].append(outcome)
+        return out

@@ -82,33 +82,41 @@ def release(connections: db.Connections, steps: Iterable[tuple[str, p.Step]], go
             changes: list[db.Change] = []
             done: list[str] = []
             leaving = {s.port for _k, s in items if isinstance(s, p.EnsureOvsPort)}
+            staying: set[str] = set()  # netmap's bridges that keep someone else's ports
             for key, step in items:
-                if isinstance(step, p.EnsureOvsPort):
-                    live = bridges.get(step.bridge)
-                    port = live.ports.get(step.port) if live else None
-                    if port is None:
-                        removed.append(f"{key} (already gone)")
-                    elif p.OVS_OWNER_KEY not in port.external_ids:
-                        kept.append((key, "now someone else's port (no netmap mark), left "
-                                     "alone"))
-                    else:
-                        changes.append(db.DeletePort(step.port, step.bridge))
-                        done.append(key)
-                elif isinstance(step, p.EnsureOvsBridge):
-                    live = bridges.get(step.name)
-                    if live is None:
-                        removed.append(f"{key} (already gone)")
-                        continue
-                    others = sorted(n for n in live.ports if n != step.name
-                                    and n not in leaving and n not in going)
-                    if others:
-                        kept.append((key, f"OVS bridge still has ports netmap did not add: "
-                                     f"{', '.join(others)}"))
-                    elif live.external_ids.get(p.OVS_OWNER_KEY) != "netmap":
-                        kept.append((key, "not netmap's bridge any more, left alone"))
-                    else:
-                        changes.append(db.DeleteBridge(step.name))
-                        done.append(key)
+                if not isinstance(step, p.EnsureOvsBridge):
+                    continue
+                live = bridges.get(step.name)
+                if live is None:
+                    removed.append(f"{key} (already gone)")
+                    continue
+                others = sorted(n for n in live.ports if n != step.name
+                                and n not in leaving and n not in going)
+                if others:
+                    kept.append((key, f"OVS bridge still has ports netmap did not add: "
+                                 f"{', '.join(others)}"))
+                    staying.add(step.name)
+                elif live.external_ids.get(p.OVS_OWNER_KEY) != "netmap":
+                    kept.append((key, "not netmap's bridge any more, left alone"))
+                else:
+                    changes.append(db.DeleteBridge(step.name))
+                    done.append(key)
+            for key, step in items:
+                if not isinstance(step, p.EnsureOvsPort):
+                    continue
+                live = bridges.get(step.bridge)
+                port = live.ports.get(step.port) if live else None
+                if port is None:
+                    removed.append(f"{key} (already gone)")
+                elif p.OVS_OWNER_KEY not in port.external_ids:
+                    kept.append((key, "now someone else's port (no netmap mark), left alone"))
+                elif step.uplink and step.bridge in staying:
+                    # the ports that keep the bridge need its uplink: both go together,
+                    # at a later release, once those ports are gone
+                    kept.append((key, f"the uplink of OVS bridge {step.bridge}, which stays"))
+                else:
+                    changes.insert(0, db.DeletePort(step.port, step.bridge))
+                    done.append(key)
             ovs.apply(changes)
             removed += done
         except ApplyError as err:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +20,10 @@ from typing import Any
 from netmap.errors import ApplyError
 from netmap.plan import OVS_OWNER_KEY
 
-VSWITCHD_LOCK = "ovs_vswitchd"  # the OVSDB lock ovs-vswitchd holds while it runs
+VSWITCHD_LOCK = "ovs_vswitchd"
+# ovs-vswitchd took up to 40 ms a port on the userspace datapath (bench_ovs.py, removing 1000
+# ports): a transaction of many changes is given that much time, with room, per change
+VSWITCHD_SECONDS_PER_CHANGE = 0.1  # the OVSDB lock ovs-vswitchd holds while it runs
 _IDS = {"type": {"key": "string", "value": "string", "min": 0, "max": "unlimited"}}
 _NAME = {"type": "string", "mutable": False}
 _VID = {"type": "integer", "minInteger": 0, "maxInteger": 4095}
@@ -58,6 +61,7 @@ class OvsInterface:
     type: str
     ofport: int | None
     error: str | None
+    external_ids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,49 @@ class OvsPort:
     external_ids: dict[str, str]
     interfaces: tuple[OvsInterface, ...]
 
+    @property
+    def interface_ids(self) -> dict[str, str]:
+        """The external_ids of the port's own interface (of its name): where OVN's
+        ovn-controller, os-vif and libvirt read and write iface-id and attached-mac."""
+        return next((i.external_ids for i in self.interfaces if i.name == self.name), {})
+
 
 @dataclass(frozen=True)
 class OvsBridge:
     name: str
     datapath_type: str
-    ports: dict[str, OvsPort] = field(default_factory=dict)
+    ports: Mapping[str, OvsPort] = field(default_factory=dict)
     external_ids: dict[str, str] = field(default_factory=dict)
+
+
+class _Ports(Mapping[str, OvsPort]):
+    """A bridge's ports by name, each read from the IDL's replica when first looked at:
+    reading every column of every port cost a realize of 1000 guests a second per read,
+    where deciding looks up only its own ports' names."""
+
+    def __init__(self, bridge: str, rows: dict[str, Any]) -> None:
+        self._bridge, self._rows = bridge, rows
+        self._read: dict[str, OvsPort] = {}
+
+    def __getitem__(self, name: str) -> OvsPort:
+        port = self._read.get(name)
+        if port is None:
+            row = self._rows[name]
+            port = self._read[name] = OvsPort(
+                name, self._bridge, _one(row.tag), tuple(sorted(row.trunks)),
+                dict(row.external_ids),
+                tuple(OvsInterface(i.name, i.type, _one(i.ofport), _one(i.error),
+                                   dict(i.external_ids)) for i in row.interfaces))
+        return port
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 def _one(value: Any) -> Any:
@@ -96,6 +136,9 @@ class Ovsdb:
         import ovs.db.idl
         import ovs.vlog
 
+        from netmap.netlink.ovs_json import use_fast_parser
+
+        use_fast_parser()
         ovs.vlog.Vlog.set_levels_from_string("console:off")  # errors reach the user as ours
         self.remote = remote
         self.timeout = timeout
@@ -108,6 +151,7 @@ class Ovsdb:
         helper = ovs.db.idl.SchemaHelper(schema_json=SCHEMA)
         helper.register_all()
         self.idl = ovs.db.idl.Idl(remote, helper)
+        self._bridges: tuple[int, dict[str, OvsBridge]] | None = None
         self.partial = ports is not None
         if ports is not None:
             for table in ("Port", "Interface"):
@@ -133,7 +177,7 @@ class Ovsdb:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ApplyError(f"OVSDB at {self.remote}: could not {what} within "
-                                 f"{self.timeout:g}s",
+                                 f"{self.timeout if timeout is None else timeout:g}s",
                                  fix="check that ovsdb-server and ovs-vswitchd run")
             poller = ovs.poller.Poller()
             self.idl.wait(poller)
@@ -152,17 +196,17 @@ class Ovsdb:
         return rows[0]
 
     def bridges(self) -> dict[str, OvsBridge]:
+        """Every replicated bridge with its replicated ports; read once per change of the
+        replica (a realize of N guests asks N times per step: decide and verify), and a
+        port's columns only when that port is looked at."""
+        if self._bridges is not None and self._bridges[0] == self.idl.change_seqno:
+            return self._bridges[1]
         out: dict[str, OvsBridge] = {}
         for row in self.idl.tables["Bridge"].rows.values():
-            ports = {}
-            for port in row.ports:
-                ports[port.name] = OvsPort(
-                    port.name, row.name, _one(port.tag), tuple(sorted(port.trunks)),
-                    dict(port.external_ids),
-                    tuple(OvsInterface(i.name, i.type, _one(i.ofport), _one(i.error))
-                          for i in port.interfaces))
+            ports = _Ports(row.name, {port.name: port for port in row.ports})
             out[row.name] = OvsBridge(row.name, row.datapath_type or "system", ports,
                                       dict(row.external_ids))
+        self._bridges = (self.idl.change_seqno, out)
         return out
 
     def vswitchd_running(self) -> bool:
@@ -201,7 +245,8 @@ class Ovsdb:
         if wait_vswitchd and status == idl.Transaction.SUCCESS:
             target = txn.get_increment_new_value()
             self._wait(lambda: self._root().cur_cfg >= target,
-                       "have ovs-vswitchd apply the change (is ovs-vswitchd running?)")
+                       "have ovs-vswitchd apply the change (is ovs-vswitchd running?)",
+                       max(self.timeout, VSWITCHD_SECONDS_PER_CHANGE * len(changes)))
 
 
 class Change:
@@ -255,6 +300,12 @@ class SetPort(Change):
             ports[self.name] = port
         port.tag = [self.tag] if self.tag is not None else []
         port.external_ids = dict(self.external_ids)
+        # and on the interface: OVN binds a logical port by Interface external_ids:iface-id
+        # (ovn-controller), which os-vif and libvirt set there; the Port's copy holds
+        # netmap's marks for release and drift
+        for iface in port.interfaces:
+            if iface.name == self.name:
+                iface.external_ids = dict(self.external_ids)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ it again.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from typing import Protocol
 
 from netmap import plan as p
@@ -33,37 +34,80 @@ def release_keys(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostSta
     no guest uses any more; what failed stays in state for the next release. What netmap
     made but must keep (a bridge with someone else's port) stays in state, owned by no
     guest; with `sweep` (every release) such leftovers are tried again."""
-    undo = []
-    unowned = [key for key in state.unowned() if key not in keys] if sweep else []
-    staying: list[tuple[str, dict]] = []  # shared devices that stay: put back what guest changed
-    for key in reversed(unowned + keys):
+    return release_many(kernel, links, state, [(guest, keys, result)], sweep=sweep)[guest]
+
+
+def release_many(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], state: HostState,
+                 work: Sequence[tuple[str, list[str], Tally]], *, sweep: bool = True,
+                 ) -> dict[str, list[tuple[str, dict]]]:
+    """release_keys for several guests (guest, its keys, its tally) at once: their devices
+    go in one group delete, their OVS ports in one OVSDB transaction. What is undone is
+    reported to the guest whose release left the resource unused; returns what failed,
+    per guest."""
+    undo: list[tuple[str, dict]] = []
+    owner: dict[str, tuple[str, Tally]] = {}  # key -> the guest that undoes it
+    every = {key for _guest, keys, _tally in work for key in keys}
+    unowned = [key for key in state.unowned() if key not in every] if sweep else []
+    staying: list[tuple[str, str, dict]] = []  # shared devices that stay: put back what
+    # their guest changed
+    order = [(guest, key, tally) for guest, keys, tally in reversed(work)
+             for key in reversed(keys)]
+    first_guest, _keys, first_tally = work[0]
+    order += [(first_guest, key, first_tally) for key in reversed(unowned)]
+    for guest, key, tally in order:
         shared = state.resource(key)
         record = state.drop(guest, key)
         if record is None:
-            result.kept.append(f"{key}: still used by {', '.join(state.users(key))}")
+            tally.kept.append(f"{key}: still used by {', '.join(state.users(key))}")
             if shared is not None and key in state.resources:
-                staying.append((key, shared))
+                staying.append((guest, key, shared))
             continue
         if not record["created"]:
             if not key.startswith("up:"):  # an uplink that was up stays up: no news
-                result.kept.append(f"{key}: was there before netmap")
+                tally.kept.append(f"{key}: was there before netmap")
             continue
+        owner[key] = (guest, tally)
         undo.append((key, record))
     going = {k.split(":", 1)[1] for k, r in undo if k.startswith(("link:", "port:"))}
     made = {key[5:] for key, record in [*state.resources.items(), *undo]
             if key.startswith("link:") and record["created"]}
-    problems, kept = _undo_records(kernel, links, undo, going, made, result)
+    routed = _Routed(owner, first_tally)
+    problems, kept = _undo_records(kernel, links, undo, going, made, routed)
+    routed.deliver()
     for key, record in kept:
         state.keep_unowned(key, record)
+    failed: dict[str, list[tuple[str, dict]]] = {guest: [] for guest, _k, _t in work}
     for key, record in problems:  # keep what failed so that a later release can finish it
+        guest = owner.get(key, (first_guest, first_tally))[0]
         state.resources[key] = {**record, "guests": []}
         state.use(guest, key, step=record["step"], created=True, info=record.get("info"))
-    for key, shared in staying:  # after the guest's own devices are gone
-        failed = shared_changes.give_back(kernel, links, shared, guest)
-        if failed:  # the guest keeps its part in the device until that is put back
+        failed[guest].append((key, record))
+    for guest, key, shared in staying:  # after the guests' own devices are gone
+        gave_back = shared_changes.give_back(kernel, links, shared, guest)
+        if gave_back:  # the guest keeps its part in the device until that is put back
             state.use(guest, key, step=shared["step"], created=False)
-            problems.append((key, {**shared, **failed}))
-    return problems
+            failed[guest].append((key, {**shared, **gave_back}))
+    return failed
+
+
+class _Routed:
+    """One tally for the undo of many guests' resources; deliver() hands each line to the
+    tally of the guest that undid its resource (every line starts with the key)."""
+
+    def __init__(self, owner: dict[str, tuple[str, Tally]], fallback: Tally) -> None:
+        self.owner, self.fallback = owner, fallback
+        self.removed: list[str] = []
+        self.kept: list[str] = []
+
+    def _tally(self, line: str) -> Tally:
+        key = line.split(" ", 1)[0].removesuffix(":")
+        return self.owner[key][1] if key in self.owner else self.fallback
+
+    def deliver(self) -> None:
+        for line in self.removed:
+            self._tally(line).removed.append(line)
+        for line in self.kept:
+            self._tally(line).kept.append(line)
 
 
 def _replaced(step: p.LinkStep, record: dict, links: dict[str, rtmsg.Link]) -> str | None:

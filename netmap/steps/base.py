@@ -97,6 +97,8 @@ class OvsPortView(Protocol):
     def tag(self) -> int | None: ...
     @property
     def external_ids(self) -> dict[str, str]: ...
+    @property
+    def interface_ids(self) -> dict[str, str]: ...
 
 
 class OvsBridgeView(Protocol):
@@ -254,6 +256,9 @@ class Step:
 
     kind: ClassVar[str] = "step"
     batched: ClassVar[bool] = False  # created in one pipelined batch with its like
+    # its change joins a transaction made after every kernel change (OVSDB's): it needs
+    # no batch of taps flushed before it, so many guests' taps still go in one batch
+    deferred: ClassVar[bool] = False
     feature: ClassVar[str | None] = None  # what the kernel must offer to create it
 
     @property

@@ -28,6 +28,7 @@ class EnsureOvsBridge(Step):
     datapath type is the operator's), else created with `datapath_type`."""
 
     kind: ClassVar[str] = "ovs-bridge"
+    deferred: ClassVar[bool] = True
     name: str
     ovsdb: str
     datapath_type: str | None = None
@@ -66,6 +67,7 @@ class EnsureOvsPort(Step):
     guest's tap as an access port (`tag`) with the external_ids an SDN finds it by."""
 
     kind: ClassVar[str] = "ovs-port"
+    deferred: ClassVar[bool] = True
     port: str
     bridge: str
     ovsdb: str
@@ -123,8 +125,10 @@ class EnsureOvsPort(Step):
                             "endpoint's name)"),
                          f"remove it if it is stale ('ovs-vsctl del-port {self.bridge} "
                          f"{self.port}')")
-        want = {"tag": self.tag, "external_ids": dict(self.external_ids)}
-        current = {"tag": have.tag, "external_ids": dict(have.external_ids)}
+        want = {"tag": self.tag, "external_ids": dict(self.external_ids),
+                "interface_ids": dict(self.external_ids)}
+        current = {"tag": have.tag, "external_ids": dict(have.external_ids),
+                   "interface_ids": dict(have.interface_ids)}
         if want == current:
             return Action(nic, self, "unchanged")
         return Action(nic, self, "repair", want, current)
