@@ -203,6 +203,52 @@ def test_locate_asks_every_daemon_reports_the_unreachable_and_writes_what_moved(
     assert again["guests"][0]["status"] == "agrees"
 
 
+def test_locate_on_show_check_and_drain_counts_guests_where_libvirt_runs_them(
+        fleet: dict) -> None:
+    """flg1 runs on host-a, flg3 on host-b though its file says host-a, flg2 nowhere that
+    answered (host-d does not): --locate puts flg3 on host-b, warns of it and of host-d,
+    and never places flg2 by a guess."""
+    _start(fleet, "host-a", "flg1")
+    _start(fleet, "host-b", "flg3")
+
+    by_file = {h["host"]: h["guests"]
+               for h in json.loads(_netmap(fleet, "show", "--json").stdout)["hosts"]}
+    assert by_file["host-a"] == ["flg1", "flg2", "flg3"] and by_file["host-b"] == []
+    shown = _netmap(fleet, "show", "--locate", "--json")
+    assert shown.returncode == 0, shown.stderr
+    answer = json.loads(shown.stdout)
+    hosts = {h["host"]: h["guests"] for h in answer["hosts"]}
+    assert hosts["host-a"] == ["flg1", "flg2"] and hosts["host-b"] == ["flg3"]
+    assert list(answer["located"]["unreachable"]) == ["host-d"]
+    assert "flg3 runs on host-b, its file says host-a" in shown.stderr
+    assert "host-d was not asked" in shown.stderr
+    assert "counted where their files say: flg2" in shown.stderr
+    text = _netmap(fleet, "show", "host-b", "--locate")
+    assert text.returncode == 0 and "flg3" in text.stdout
+
+    checked = _netmap(fleet, "check", "flg3", "--to", "host-c", "--locate", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["source"] == "host-b"
+    assert report["located"]["guests"][0]["status"] == "moved"
+    assert {n["source"]["host"] for n in report["nics"]} == {"host-b"}
+    unknown = _netmap(fleet, "check", "flg2", "--to", "host-c", "--locate")
+    assert unknown.returncode == 2
+    assert "libvirt cannot say where flg2 runs" in unknown.stderr
+    assert "host-d did not answer" in unknown.stderr and "--from" in unknown.stderr
+
+    planned = _netmap(fleet, "drain", "host-a", "--locate", "--exclude", "host-d", "--json")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert [m["guest"] for m in json.loads(planned.stdout)["moves"]] == ["flg1"]
+    assert "libvirt on host-a does not run flg2: not moved" in planned.stderr
+    assert [m["guest"] for m in json.loads(_netmap(
+        fleet, "drain", "host-b", "--locate", "--exclude", "host-d", "--json").stdout
+    )["moves"]] == ["flg3"]
+    silent = _netmap(fleet, "drain", "host-d", "--locate")
+    assert silent.returncode == 2
+    assert "host-d was not asked" in silent.stderr and "drop --locate" in silent.stderr
+
+
 def test_drain_execute_moves_through_libvirt_and_a_refused_guest_stays_home(
         fleet: dict) -> None:
     for name in GUESTS:

@@ -16,7 +16,16 @@ from netmap.libvirt.journal import (
     JournalMove,
 )
 from netmap.load import load_fleet
-from netmap.locate import Asked, host_updates, locate, unmapped_guests
+from netmap.locate import (
+    Asked,
+    host_updates,
+    locate,
+    located_fleet,
+    location_warnings,
+    not_running_on,
+    unmapped_guests,
+    unplaced,
+)
 from tests.conftest import guest_toml, write_fleet
 
 NETWORKS = '[networks.mgmt]\nsegment = "s1"\n'
@@ -78,6 +87,41 @@ def test_a_guest_nobody_runs_is_not_running_only_when_every_host_answered(
     answers = [Asked("h1", frozenset({"g1"})), Asked("h2"), Asked("h3")]
     found = {loc.guest: loc.status for loc in locate(fleet, answers, ["g1", "g3"])}
     assert found == {"g1": "agrees", "g3": "not-running"}
+
+
+def test_located_fleet_moves_only_what_one_host_runs_and_warns_of_the_rest(
+        tmp_path: Path) -> None:
+    """--locate on show/check/drain: g2 runs on h2 (its file says h1) and is counted there;
+    g1 on two hosts and g3 unseen with h3 silent stay where their files say, each named in
+    a warning, as is h3 itself."""
+    fleet = _fleet(tmp_path)
+    answers = [Asked("h1", frozenset({"g1"})), Asked("h2", frozenset({"g1", "g2"})),
+               Asked("h3", problem="connection refused")]
+    locations = locate(fleet, answers, sorted(fleet.guests))
+    moved = located_fleet(fleet, locations)
+    assert {n: g.host for n, g in moved.guests.items()} == {"g1": "h1", "g2": "h2", "g3": "h1"}
+    assert fleet.guests["g2"].host == "h1"  # the loaded fleet itself is left alone
+    warnings = location_warnings(locations, answers)
+    assert len(warnings) == 4, warnings
+    assert "g1 runs on h1, h2" in warnings[0] and "its file says, h1" in warnings[0]
+    assert "g2 runs on h2, its file says h1: counted where it runs" in warnings[1]
+    assert "h3 was not asked: connection refused" in warnings[2]
+    assert "counted where their files say: g3" in warnings[3]
+    # every host answered and none runs g3: said as such, not as unknown
+    idle = location_warnings(locate(fleet, [Asked("h1", frozenset({"g1"})), Asked("h2"),
+                                            Asked("h3")], ["g1", "g3"]), [])
+    assert idle == ["not running on any host, counted where their files say: g3"]
+    assert location_warnings(locate(fleet, [Asked("h1", frozenset(fleet.guests))],
+                                    sorted(fleet.guests)), []) == []
+
+
+def test_a_drain_moves_only_what_the_drained_hosts_libvirt_runs(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path)
+    h1 = Asked("h1", frozenset({"g1"}))
+    assert not_running_on(fleet, h1) == ["g2", "g3"]
+    emptied = unplaced(fleet, ["g2", "g3"])
+    assert {n: g.host for n, g in emptied.guests.items()} == {"g1": "h1", "g2": None,
+                                                               "g3": None}
 
 
 def test_set_guest_host_changes_that_line_only(tmp_path: Path) -> None:
