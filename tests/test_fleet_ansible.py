@@ -14,84 +14,25 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import EXAMPLE_MAPPINGS, REPO
-
-SSHD = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/sbin")
-MISSING = next((what for found, what in (
-    (os.geteuid() == 0, "root (to enter namespaces and run sshd)"),
-    (SSHD, "sshd (Debian: openssh-server)"), (shutil.which("ssh"), "ssh (openssh-client)"),
-    (shutil.which("ssh-keygen"), "ssh-keygen"), (shutil.which("socat"), "socat"),
-    (shutil.which("ansible"), "ansible (pip install ansible-core)")) if not found), None)
+from tests.ssh_lab import MISSING, ansible_env
+from tests.ssh_lab import ssh_lab as start_ssh_lab
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(MISSING is not None, reason=f"needs {MISSING}")]
-
-SSHD_CONFIG = """ListenAddress 127.0.0.1
-Port 22
-HostKey {key}
-AuthorizedKeysFile {authorized}
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-"""
 
 
 @pytest.fixture
 def ssh_lab(lab_factory, tmp_path: Path) -> Iterator[dict]:
     lab, mappings = lab_factory("fl", ["host-a", "host-b", "host-c"])
-    key = tmp_path / "id"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(tmp_path / "hostkey")], check=True)
-    (tmp_path / "authorized").write_text((tmp_path / "id.pub").read_text())
-    config = tmp_path / "sshd_config"
-    config.write_text(SSHD_CONFIG.format(key=tmp_path / "hostkey",
-                                         authorized=tmp_path / "authorized"))
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    daemons = []
-    lines = ["[lab]"]
-    try:
-        for host, netns in lab.hosts.items():
-            subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-            if host != "host-c":  # host-c: no sshd, so unreachable
-                daemons.append(subprocess.Popen(
-                    ["ip", "netns", "exec", netns, SSHD, "-D", "-e", "-f", str(config)],
-                    stdout=subprocess.DEVNULL, stderr=(tmp_path / f"sshd-{host}.log").open("w")))
-            proxy = f"ip netns exec {netns} socat - TCP:127.0.0.1:22"
-            lines.append(f"{host} ansible_ssh_common_args='-o ProxyCommand=\"{proxy}\"'")
-        lines += ["[all:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={key}",
-                  f"ansible_python_interpreter={sys.executable}",
-                  "ansible_ssh_extra_args='-o StrictHostKeyChecking=no "
-                  "-o UserKnownHostsFile=/dev/null -o ConnectTimeout=10'"]
-        inventory = tmp_path / "inventory.ini"
-        inventory.write_text("\n".join(lines) + "\n")
-        for host in ("host-a", "host-b"):
-            _wait_for_sshd(lab.hosts[host])
-        yield {"lab": lab, "mappings": mappings, "inventory": inventory, "tmp": tmp_path}
-    finally:
-        for daemon in daemons:
-            daemon.terminate()
-            daemon.wait(10)
-
-
-def _wait_for_sshd(netns: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        listening = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htln",
-                                    "sport", "= :22"], capture_output=True, text=True)
-        if listening.stdout.strip():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"sshd in {netns} did not listen")
+    with start_ssh_lab(lab.hosts, tmp_path, silent=("host-c",)) as reached:
+        yield {"lab": lab, "mappings": mappings, "inventory": reached.inventory,
+               "tmp": tmp_path}
 
 
 def _netmap(lab: dict, mappings: Path, *args: str) -> subprocess.CompletedProcess:
@@ -100,9 +41,7 @@ def _netmap(lab: dict, mappings: Path, *args: str) -> subprocess.CompletedProces
         [sys.executable, "-m", "netmap", "--mappings", str(mappings), "fleet", *args,
          "-i", str(lab["inventory"]), "--command", remote],
         capture_output=True, text=True, check=False, timeout=180, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO),
-             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(lab["tmp"] / "cp"),
-             "ANSIBLE_LOCAL_TEMP": str(lab["tmp"] / "ansible-local")})
+        env={**os.environ, "PYTHONPATH": str(REPO), **ansible_env(lab["tmp"])})
 
 
 def test_fleet_discover_then_drift_over_ssh(ssh_lab: dict) -> None:

@@ -183,3 +183,26 @@ def test_without_the_fleet_extra_locate_and_fleet_say_what_to_install(tmp_path: 
         assert done.returncode == 2, done.stderr
         assert package in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_remote_release_goes_over_the_ssh_libvirt_itself_would_use(tmp_path: Path) -> None:
+    from netmap.libvirt.remote import ReleaseFailed, release_command, release_over_ssh, ssh_argv
+
+    remote = release_command("env A=1 /opt/netmap", "g 1", "host-b")
+    assert remote == ["env", "A=1", "/opt/netmap", "release", "g 1", "--host", "host-b",
+                      "--json"]
+    argv = ssh_argv("qemu+ssh://admin@host-b:2222/system?keyfile=/k&no_verify=1"
+                    "&command=/bin/myssh", remote)
+    assert argv == ["/bin/myssh", "-T", "-o", "BatchMode=yes", "-p", "2222", "-l", "admin",
+                    "-i", "/k", "-o", "StrictHostKeyChecking=no", "--", "host-b",
+                    "env A=1 /opt/netmap release 'g 1' --host host-b --json"]
+    assert ssh_argv("qemu+ssh://host-b/system", remote)[:4] == ["ssh", "-T", "-o",
+                                                                 "BatchMode=yes"]
+    for uri in ("qemu+unix:///system?socket=/x", "qemu+tls://host-b/system", "qemu:///system"):
+        assert ssh_argv(uri, remote) is None, uri
+    fleet = _fleet(tmp_path, extra='libvirt_uri = "qemu+tls://{name}/system"\n')
+    with pytest.raises(ReleaseFailed) as refused:
+        release_over_ssh(fleet.hosts["h1"], "g1", "netmap")
+    assert "has no ssh transport" in str(refused.value)
+    assert "--inventory" in (refused.value.fix or "")
+    assert "netmap release g1 --host h1 --json" in (refused.value.fix or "")
