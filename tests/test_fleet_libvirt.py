@@ -65,6 +65,15 @@ fi
 cat
 """
 
+# a destination whose part of one migration hangs (a hook that takes its time): what
+# --timeout is for
+SLOW_FLG1 = """#!/bin/sh
+if [ "$1 $2 $3" = "flg1 migrate begin" ]; then
+  sleep 10
+fi
+cat
+"""
+
 
 def _guest_file(name: str) -> str:
     mgmt, prod = GUESTS[name]
@@ -323,6 +332,33 @@ def test_an_interrupted_run_is_refused_then_resumed_from_its_journal(fleet: dict
     assert _running(fleet, "host-b") == {"flg1", "flg3"}
     assert _running(fleet, "host-a") == set()
     assert not journal.exists()
+
+
+def test_a_migration_past_its_timeout_is_aborted_and_the_guest_stays_home(
+        fleet: dict) -> None:
+    _start(fleet, "host-a", "flg1")
+    slow = fleet["daemons"]["host-b"].root / "etc/hooks/qemu.d/01-slow"
+    slow.write_text(SLOW_FLG1)
+    slow.chmod(0o755)
+    try:
+        done = _netmap(fleet, "migrate", "flg1", "--to", "host-b", "--timeout", "3", "--json")
+    finally:
+        slow.unlink()
+    assert done.returncode == 3, done.stdout + done.stderr
+    (outcome,) = json.loads(done.stdout.splitlines()[-1])["outcomes"]
+    print("aborted migration:", outcome)
+    assert outcome["status"] == "failed"
+    assert "aborted after --timeout 3 s" in outcome["message"]
+    assert "still runs on host-a" in outcome["message"]  # both daemons were asked
+    assert outcome["migration_seconds"] >= 3
+    # the guest runs on its source, on its bridge; nothing of it is left on the destination
+    assert _running(fleet, "host-a") == {"flg1"}
+    assert _mgmt_bridge_of(fleet, "host-a", "flg1") == "br-eth1"
+    assert "flg1" not in fleet["daemons"]["host-b"].virsh("list", "--all", "--name").stdout
+    assert [link["ifname"] for link in ip_json(fleet["daemons"]["host-b"].netns, "-d", "link",
+                                               "show")
+            if link.get("linkinfo", {}).get("info_kind") == "tun"] == []
+    assert not (fleet["state"] / "migrate-flg1.json").exists()  # settled: nothing to resume
 
 
 def test_migrate_one_guest_and_refuse_a_host_without_a_uri(fleet: dict) -> None:
