@@ -107,17 +107,12 @@ def fleet_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     uris = {host: daemon.uri for host, daemon in daemons.items()}
     uris["host-d"] = f"qemu+unix:///system?socket={root}/host-d/no-daemon-here"
     for host, uri in uris.items():
-        path = mappings / "hosts" / f"{host}.toml"
-        path.write_text(path.read_text().replace("[host]\n", f'[host]\nlibvirt_uri = "{uri}"\n',
-                                                 1))
+        libvirt_lab.set_host_key(mappings / "hosts" / f"{host}.toml", "libvirt_uri", uri)
     lab = build_lab(load_fleet(mappings), prefix, list(HOSTS))
     try:
         for host, (uplink, _, index) in HOSTS.items():
-            bridge = f"br-{uplink}"  # what `netmap realize` leaves for a bridge-mode mgmt
-            batch = [f"link add {bridge} type bridge", f"link set {uplink} master {bridge}",
-                     f"link set {bridge} up", f"addr add 10.251.0.{index}/24 dev {bridge}"]
-            subprocess.run(["ip", "-n", lab.hosts[host], "-batch", "-"], check=True,
-                           input="\n".join(batch) + "\n", text=True, capture_output=True)
+            libvirt_lab.give_migration_address(lab.hosts[host], uplink, f"br-{uplink}",
+                                               f"10.251.0.{index}")
             if host != "host-a":
                 refuse = daemons[host].root / "etc/hooks/qemu.d/00-site-policy"
                 refuse.write_text(REFUSE_FLG2)
