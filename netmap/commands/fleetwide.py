@@ -33,8 +33,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forks", type=int, default=20, metavar="N",
                         help="hosts Ansible works on at once (default 20)")
     parser.add_argument("--command", dest="remote_command", default=None, metavar="COMMAND",
-                        help=f"what runs on each host (default: {DEFAULT_COMMAND!r}; for "
-                        f"drift {DEFAULT_DRIFT_COMMAND!r})")
+                        help=f"what runs on each host (default: {DEFAULT_COMMAND!r}, which "
+                        "drift asks to print netmap's state there too)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                         help="give up on the whole run after SECONDS (default 600)")
     parser.add_argument("--write", metavar="DIR",
