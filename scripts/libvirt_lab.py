@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(_REPO))
     from netmap.lab import build_lab, teardown_lab
     from netmap.load import load_fleet
-    from netmap.names import bridge_name
+    from netmap.model.names import bridge_name
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up"])

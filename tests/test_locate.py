@@ -16,7 +16,7 @@ from netmap.libvirt.journal import (
     JournalMove,
 )
 from netmap.load import load_fleet
-from netmap.locate import (
+from netmap.query.locate import (
     Asked,
     host_updates,
     locate,
@@ -125,7 +125,7 @@ def test_a_drain_moves_only_what_the_drained_hosts_libvirt_runs(tmp_path: Path) 
 
 
 def test_set_guest_host_changes_that_line_only(tmp_path: Path) -> None:
-    from netmap.guest_write import set_guest_host
+    from netmap.load.guest_write import set_guest_host
 
     path = tmp_path / "g.toml"
     text = ('# kept\n[guest]\nname = "g"\nhost = "h1"   # planned\n\n[[nics]]\n'

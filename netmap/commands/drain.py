@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     import networkx as nx
     from rich.console import RenderableType
 
-    from netmap.drain import DrainPlan, HostUse
-    from netmap.model import Fleet
+    from netmap.model.fleet import Fleet
+    from netmap.query.drain import DrainPlan, HostUse
 
 
 BRIEF_AFTER = 20  # moves; beyond this the table shows warning codes, not messages
@@ -44,8 +44,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from netmap.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
-    from netmap.graph import build_graph
+    from netmap.query.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
+    from netmap.query.graph import build_graph
 
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget {args.budget} is not a positive number of search nodes",
@@ -86,7 +86,7 @@ def _located(fleet: Fleet, host: str) -> tuple[Fleet, dict[str, object]]:
 
     from netmap.commands.locate import located, located_json
     from netmap.load import require_host
-    from netmap.locate import not_running_on, unplaced
+    from netmap.query.locate import not_running_on, unplaced
 
     name = require_host(fleet, host).name
     fleet, locations, answers = located(fleet)
@@ -105,9 +105,9 @@ def _located(fleet: Fleet, host: str) -> tuple[Fleet, dict[str, object]]:
 def _execute(args: argparse.Namespace, fleet: Fleet, graph: nx.DiGraph,
              exclude: list[str]) -> int:
     from netmap.commands.migrate import execute, open_journal
-    from netmap.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
     from netmap.libvirt.journal import Journal, JournalMove
     from netmap.load import require_host
+    from netmap.query.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
 
     host = require_host(fleet, args.host).name
     path = Journal.path_for("drain", host)

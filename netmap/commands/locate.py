@@ -12,8 +12,8 @@ from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from netmap.locate import Asked, Location
-    from netmap.model import Fleet
+    from netmap.model.fleet import Fleet
+    from netmap.query.locate import Asked, Location
 
 LOCATE_HELP = ("ask libvirt on every host's libvirt_uri where each guest runs and use that "
                "instead of the guest files' `host` (warns where they disagree; hosts that "
@@ -29,7 +29,7 @@ def located(fleet: Fleet, guests: list[str] | None = None
     """`--locate` for show, check and drain: the fleet with the guests where libvirt runs
     them, the warnings on stderr as `locate` prints them."""
     from netmap.libvirt.client import ask_hosts
-    from netmap.locate import locate, located_fleet, location_warnings
+    from netmap.query.locate import locate, located_fleet, location_warnings
 
     answers = ask_hosts({name: host.libvirt_uri for name, host in fleet.hosts.items()})
     locations = locate(fleet, answers, guests if guests is not None else sorted(fleet.guests))
@@ -54,7 +54,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from netmap.libvirt.client import ask_hosts
     from netmap.load import load_fleet, require_guest
-    from netmap.locate import host_updates, locate, unmapped_guests
+    from netmap.query.locate import host_updates, locate, unmapped_guests
 
     fleet = load_fleet(args.mappings)
     names = [require_guest(fleet, name).name for name in args.guests] or sorted(fleet.guests)
@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     unwritable: list[str] = []
     if args.write:
         from netmap.errors import InputError
-        from netmap.guest_write import set_guest_host
+        from netmap.load.guest_write import set_guest_host
 
         for guest, host in host_updates(locations).items():
             source = fleet.guests[guest].source
@@ -104,7 +104,7 @@ def _view(locations: list[Location], answers: list[Asked], strays: list[tuple[st
     from rich.table import Table
     from rich.text import Text
 
-    from netmap.locate import AGREES, NOT_RUNNING
+    from netmap.query.locate import AGREES, NOT_RUNNING
 
     table = Table(title="where guests run (libvirt)", title_justify="default")
     for column in ("guest", "file says", "libvirt says", "status"):

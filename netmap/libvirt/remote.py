@@ -13,7 +13,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from netmap.errors import ApplyError
-from netmap.model import Host
+from netmap.model.fleet import Host
 
 RELEASE_TIMEOUT = 300.0  # seconds for one remote release, connection included
 

@@ -10,11 +10,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from netmap.check import ERROR, INFO, WARNING, Finding
-from netmap.drift import drift_report
-from netmap.inventory import Inventory
-from netmap.inventory_json import inventory_from_json
-from netmap.model import Fleet
+from netmap.model.fleet import Fleet
+from netmap.model.inventory import Inventory
+from netmap.model.inventory_json import inventory_from_json
+from netmap.rules.check import ERROR, INFO, WARNING, Finding
+from netmap.rules.drift import drift_report
 
 # a row's status
 NO_DRIFT, DRIFT, UNREACHABLE, FAILED, NO_MAPPING, BAD_OUTPUT = (
