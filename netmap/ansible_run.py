@@ -65,8 +65,13 @@ def run_everywhere(inventory: str, command: str, *, forks: int = 20, limit: str 
         tree = Path(scratch) / "tree"
         argv = ansible_command(inventory, command, tree, forks=forks, limit=limit)
         env = {**os.environ, "ANSIBLE_NOCOLOR": "1"}
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, env=env)
+        # Ansible echoes every host's result on stdout; the results are read from the tree.
+        # A pipe nobody reads until the end fills up (64 KiB: a few hosts' inventories) and
+        # Ansible blocks on it for good, so both streams go to files.
+        output = Path(scratch) / "ansible.out"
+        with output.open("w+") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                       text=True, env=env)
         seen: dict[str, HostRun] = {}
         deadline = time.monotonic() + timeout
         while True:
@@ -78,15 +83,16 @@ def run_everywhere(inventory: str, command: str, *, forks: int = 20, limit: str 
                 break
             if time.monotonic() > deadline:
                 process.kill()
+                process.wait()
                 raise InputError(f"Ansible did not finish within {timeout:.0f} s",
                                  fix="raise --timeout, or --limit the hosts")
             time.sleep(0.05)
-        stdout, stderr = process.communicate()
         _collect(tree, seen)
         if not seen and process.returncode not in (0, 2, 4):
             # no host was even tried: the inventory or the command line is wrong
-            raise InputError(f"Ansible failed before reaching any host: "
-                             f"{(stderr or stdout).strip()[:2000]}", key="--inventory",
+            said = output.read_text(errors="replace").strip()
+            raise InputError(f"Ansible failed before reaching any host: {said[-2000:]}",
+                             key="--inventory",
                              fix="check the inventory with `ansible-inventory -i INV --list`")
         return [seen[host] for host in sorted(seen)]
 

@@ -6,7 +6,12 @@ Each host is a network namespace with a veth uplink and its own sshd on its loop
 reached through an ssh ProxyCommand that enters the namespace. The mappings compared are
 the drafts `netmap fleet discover --write` makes first. Needs root, sshd, socat, ansible.
 
-    sudo python3 scripts/bench_fleet_drift.py [--hosts 20] [--rounds 3]
+    sudo python3 scripts/bench_fleet_drift.py [--hosts 20] [--rounds 3] [--links N]
+
+The shape of each host's inventory: by default one veth uplink; --links N adds N guest
+taps on N/10 bridges (a hypervisor with a few hundred links).
+fleet drift runs what it runs by default (`discover --json --with-state`: the inventory
+and netmap's state); the floor runs `discover --json` alone.
 
 Every figure is the median of interleaved rounds; namespaces, daemons and files are removed
 at the end (also on Ctrl-C).
@@ -46,11 +51,25 @@ def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     return time.perf_counter() - start, done.returncode
 
 
+def _extra_links(count: int) -> str:
+    """`ip -batch` lines for a hypervisor's shape: `count` guest taps spread over
+    count/10 bridges."""
+    bridges = max(1, count // 10) if count else 0
+    lines = [f"link add br{b} type bridge\nlink set br{b} up" for b in range(bridges)]
+    for index in range(count):
+        lines.append(f"tuntap add dev tap{index} mode tap")
+        lines.append(f"link set tap{index} master br{index % bridges}")
+        lines.append(f"link set tap{index} up")
+    return "".join(line + "\n" for line in lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prefix", default="flb")
+    parser.add_argument("--links", type=int, default=0,
+                        help="guest taps per host, on N/10 bridges")
     args = parser.parse_args()
     if os.geteuid() != 0 or not SSHD or not shutil.which("socat") or not shutil.which("ansible"):
         print("needs root, sshd, socat and ansible", file=sys.stderr)
@@ -74,7 +93,7 @@ def main() -> int:
             made.append(netns)
             subprocess.run(["ip", "-n", netns, "-batch", "-"], check=True, text=True,
                            input="link set lo up\nlink add eth0 type veth peer name eth0p\n"
-                           "link set eth0 up\nlink set eth0p up\n")
+                           "link set eth0 up\nlink set eth0p up\n" + _extra_links(args.links))
             daemons.append(subprocess.Popen(["ip", "netns", "exec", netns, SSHD, "-D", "-f",
                                              str(config)], stderr=subprocess.DEVNULL))
             proxy = f"ip netns exec {netns} socat - TCP:127.0.0.1:22"
@@ -91,7 +110,10 @@ def main() -> int:
         (mappings / "networks.toml").write_text(NETWORKS)
         env = {**os.environ, "PYTHONPATH": str(REPO),
                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(scratch / "cp")}
-        remote = f"{sys.executable} -m netmap discover --json"
+        # this checkout's netmap on every host, with a state directory of its own
+        netmap_there = (f"env PYTHONPATH={REPO} NETMAP_STATE_DIR={scratch / 'state'} "
+                        f"{sys.executable} -m netmap")
+        remote = f"{netmap_there} discover --json"
         netmap = [sys.executable, "-m", "netmap", "--mappings", str(mappings), "fleet"]
         time.sleep(0.5)  # the daemons bind; the first run below waits for them anyway
         drafted = subprocess.run([*netmap, "discover", "-i", str(inventory), "--command",
@@ -103,17 +125,25 @@ def main() -> int:
             return 1
         floor_argv = [shutil.which("ansible") or "ansible", "all", "-i", str(inventory), "-m",
                       "ansible.builtin.command", "-a", remote, "--forks", "20", "--one-line"]
-        drift_argv = [*netmap, "drift", "-i", str(inventory), "--command", remote, "--json"]
+        drift_argv = [*netmap, "drift", "-i", str(inventory), "--command",
+                      f"{netmap_there} discover --json --with-state", "--json"]
         floor, drift = [], []
         for _ in range(args.rounds):
             seconds, code = _timed(floor_argv, env)
             assert code == 0, "the floor run failed"
             floor.append(seconds)
             seconds, code = _timed(drift_argv, env)
-            assert code == 0, "fleet drift found drift or an unreachable host"
+            if code != 0:
+                said = subprocess.run(drift_argv, capture_output=True, text=True, env=env,
+                                      cwd=REPO, check=False).stdout
+                print(f"fleet drift found drift or an unreachable host:\n{said[-3000:]}",
+                      file=sys.stderr)
+                return 1
             drift.append(seconds)
         f, d = statistics.median(floor), statistics.median(drift)
-        print(f"hosts {args.hosts}, rounds {args.rounds} (medians)")
+        links = 3 + args.links + (max(1, args.links // 10) if args.links else 0)
+        print(f"hosts {args.hosts} of {links} links each (--links {args.links}), "
+              f"rounds {args.rounds} (medians)")
         print(f"floor  ansible ad-hoc `netmap discover --json`   {f:6.2f} s")
         print(f"netmap fleet drift --json                      {d:6.2f} s  "
               f"= {d / f:.2f}x the floor (target <= 1.3x)")

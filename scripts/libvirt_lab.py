@@ -10,13 +10,17 @@ wrapper that logs its argv and execs the hook with NETMAP_MAPPINGS and NETMAP_HO
 libvirt gives hooks an almost empty environment), and the machine's own files are never
 touched. virsh reaches a daemon through the socket in its tree (`.uri`).
 
-Used by tests/test_libvirt_real.py; by hand:
+Used by tests/test_libvirt_real.py and tests/test_fleet_libvirt.py; by hand (README's
+walkthrough):
 
-    python3 scripts/libvirt_lab.py up --mappings DIR --prefix P host-a host-b
+    python3 scripts/libvirt_lab.py up --mappings DIR --prefix P [--guest G@HOST] HOST...
 
-builds the lab for those hosts (scripts/lab: a host's namespace is P-HOST, which its
-mapping's `netns`, if any, must name), starts one daemon per host, prints the virsh
-URIs and, on Ctrl-C, destroys their guests, stops the daemons and removes the lab.
+with DIR a copy of the mappings, builds the lab for those hosts (scripts/lab: a host's
+namespace is P-HOST) and writes each host's `netns` and `libvirt_uri` into DIR; gives each
+host's mgmt bridge an address of 10.251.0.0/24, which its daemon names as migration_host,
+so live migrations between the daemons work; starts one daemon per host and the smallest
+guest for each --guest (its guest file written into DIR); prints the virsh URIs and, on
+Ctrl-C, destroys the guests, stops the daemons and removes the lab.
 """
 
 from __future__ import annotations
@@ -290,40 +294,127 @@ def ip_json(netns: str, *args: str) -> list[dict]:
     return json.loads(done.stdout or "[]")
 
 
+MIGRATION_NET = "10.251.0"  # the lab's migration addresses, .1 up, on each mgmt bridge
+
+
+def set_host_key(path: Path, key: str, value: str) -> None:
+    """Set `key = "value"` in a host mapping's [host] table, replacing the line if any."""
+    import re
+
+    text = path.read_text()
+    line = f'{key} = "{value}"'
+    if re.search(rf"^{key} = .*$", text, flags=re.M):
+        text = re.sub(rf"^{key} = .*$", lambda _: line, text, count=1, flags=re.M)
+    else:
+        text = text.replace("[host]\n", f"[host]\n{line}\n", 1)
+    path.write_text(text)
+
+
+def give_migration_address(netns: str, uplink: str, bridge: str, address: str) -> None:
+    """The bridge a bridge-mode binding uses (as `netmap realize` leaves it) with the
+    address QEMU's migration stream goes to: libvirt's default, the host name, means
+    nothing inside a lab namespace."""
+    batch = [f"link add {bridge} type bridge", f"link set {uplink} master {bridge}",
+             f"link set {bridge} up", f"addr add {address}/24 dev {bridge}"]
+    subprocess.run(["ip", "-n", netns, "-batch", "-"], check=True,
+                   input="\n".join(batch) + "\n", text=True, capture_output=True)
+
+
+def lab_guest(name: str, mac: str, host: str, network: str) -> str:
+    return f'[guest]\nname = "{name}"\nhost = "{host}"\n\n[[nics]]\nnetwork = "{network}"\n' \
+           f'mac = "{mac}"\n'
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     sys.path.insert(0, str(_REPO))
     from netmap.lab import build_lab, teardown_lab
     from netmap.load import load_fleet
+    from netmap.model.names import bridge_name
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up"])
     parser.add_argument("hosts", nargs="+")
-    parser.add_argument("--mappings", default=str(_REPO / "mappings"))
+    parser.add_argument("--mappings", required=True,
+                        help="a copy of the mappings: up writes each host's netns and "
+                        "libvirt_uri into it, and the --guest files")
     parser.add_argument("--prefix", default="nm-virt")
+    parser.add_argument("--network", default="mgmt",
+                        help="the bridge-mode network whose bridge carries the migration "
+                        "addresses and the guests (default mgmt)")
+    parser.add_argument("--guest", action="append", default=[], metavar="NAME@HOST",
+                        help="start the smallest guest NAME on HOST, on --network, and "
+                        "write its guest file (repeat)")
     args = parser.parse_args(argv)
+    mappings = Path(args.mappings).resolve()
+    if mappings == (_REPO / "mappings").resolve():
+        print("libvirt_lab: up writes into the mappings; copy them first: "
+              "cp -r mappings /tmp/fleet && rm /tmp/fleet/guests/*", file=sys.stderr)
+        return 2
     problem = missing() or isolation_problem()
     if problem:
         print(f"libvirt_lab: {problem}", file=sys.stderr)
         return 2
-    lab = build_lab(load_fleet(args.mappings), args.prefix, args.hosts)
+    fleet = load_fleet(mappings)
+    guests = [item.partition("@") for item in args.guest]
+    for host in args.hosts + [host for _, _, host in guests]:
+        binding = fleet.hosts[host].bindings.get(args.network) if host in fleet.hosts else None
+        if binding is None or binding.mode != "bridge":
+            print(f"libvirt_lab: {host} has no bridge-mode binding of {args.network} in "
+                  f"{mappings}/hosts", file=sys.stderr)
+            return 2
     root = Path(tempfile.mkdtemp(prefix=f"{args.prefix}-libvirt-"))
-    daemons = []
+    daemons: dict[str, PrivateLibvirtd] = {}
+    for index, host in enumerate(args.hosts, 1):
+        netns = f"{args.prefix}-{host}"
+        daemons[host] = PrivateLibvirtd(root / host, netns, host, mappings,
+                                        migration_host=f"{MIGRATION_NET}.{index}")
+        path = mappings / "hosts" / f"{host}.toml"
+        set_host_key(path, "netns", netns)
+        set_host_key(path, "libvirt_uri", daemons[host].uri)
+    from netmap.errors import InputError
+
+    lab = None
+    bridges = {}
     try:
-        for host, netns in lab.hosts.items():
-            daemons.append(PrivateLibvirtd(root / host, netns, host, Path(args.mappings)))
-            daemons[-1].start(root / "capabilities")
-            print(f"{host}: virsh -c '{daemons[-1].uri}'   (hook log {daemons[-1].hook_log})")
-        print("Ctrl-C stops the daemons and removes the lab")
+        try:
+            lab = build_lab(load_fleet(mappings), args.prefix, args.hosts)
+        except InputError as err:
+            print(f"libvirt_lab: {err}", file=sys.stderr)
+            return 2
+        for index, host in enumerate(args.hosts, 1):
+            binding = fleet.hosts[host].bindings[args.network]
+            bridges[host] = bridge_name(binding.uplink, binding.bridge)
+            give_migration_address(lab.hosts[host], binding.uplink, bridges[host],
+                                   f"{MIGRATION_NET}.{index}")
+        for daemon in daemons.values():
+            daemon.start(root / "capabilities")
+        for number, (name, _, host) in enumerate(guests, 1):
+            mac = f"52:54:00:1a:b0:{number:02x}"
+            (mappings / "guests" / f"{name}.toml").write_text(
+                lab_guest(name, mac, host, args.network))
+            xml = root / f"{name}.xml"
+            xml.write_text(domain_xml(name, interface_xml("bridge", mac,
+                                                          f"bridge='{bridges[host]}'")))
+            daemons[host].virsh("define", str(xml))
+            daemons[host].virsh("start", name)
+            print(f"guest {name} runs on {host} (file {mappings}/guests/{name}.toml)")
+        for host, daemon in daemons.items():
+            print(f"{host}: virsh -c '{daemon.uri}'   (hook log {daemon.hook_log})")
+        print(f"{mappings}/hosts: netns and libvirt_uri set for {', '.join(args.hosts)}")
+        print("Ctrl-C stops the daemons and removes the lab", flush=True)
+        # also when started in the background, which leaves SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
-        for daemon in daemons:
+        for daemon in daemons.values():
             daemon.stop()
-        teardown_lab(lab)
+        if lab is not None:
+            teardown_lab(lab)
         shutil.rmtree(root, ignore_errors=True)
     return 0
 

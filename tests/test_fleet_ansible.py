@@ -11,101 +11,61 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import EXAMPLE_MAPPINGS, REPO
-
-SSHD = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/sbin")
-MISSING = next((what for found, what in (
-    (os.geteuid() == 0, "root (to enter namespaces and run sshd)"),
-    (SSHD, "sshd (Debian: openssh-server)"), (shutil.which("ssh"), "ssh (openssh-client)"),
-    (shutil.which("ssh-keygen"), "ssh-keygen"), (shutil.which("socat"), "socat"),
-    (shutil.which("ansible"), "ansible (pip install ansible-core)")) if not found), None)
+from tests.ssh_lab import MISSING, ansible_env
+from tests.ssh_lab import ssh_lab as start_ssh_lab
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(MISSING is not None, reason=f"needs {MISSING}")]
-
-SSHD_CONFIG = """ListenAddress 127.0.0.1
-Port 22
-HostKey {key}
-AuthorizedKeysFile {authorized}
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-"""
 
 
 @pytest.fixture
 def ssh_lab(lab_factory, tmp_path: Path) -> Iterator[dict]:
     lab, mappings = lab_factory("fl", ["host-a", "host-b", "host-c"])
-    key = tmp_path / "id"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(tmp_path / "hostkey")], check=True)
-    (tmp_path / "authorized").write_text((tmp_path / "id.pub").read_text())
-    config = tmp_path / "sshd_config"
-    config.write_text(SSHD_CONFIG.format(key=tmp_path / "hostkey",
-                                         authorized=tmp_path / "authorized"))
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    daemons = []
-    lines = ["[lab]"]
-    try:
-        for host, netns in lab.hosts.items():
-            subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-            if host != "host-c":  # host-c: no sshd, so unreachable
-                daemons.append(subprocess.Popen(
-                    ["ip", "netns", "exec", netns, SSHD, "-D", "-e", "-f", str(config)],
-                    stdout=subprocess.DEVNULL, stderr=(tmp_path / f"sshd-{host}.log").open("w")))
-            proxy = f"ip netns exec {netns} socat - TCP:127.0.0.1:22"
-            lines.append(f"{host} ansible_ssh_common_args='-o ProxyCommand=\"{proxy}\"'")
-        lines += ["[all:vars]", "ansible_user=root", f"ansible_ssh_private_key_file={key}",
-                  f"ansible_python_interpreter={sys.executable}",
-                  "ansible_ssh_extra_args='-o StrictHostKeyChecking=no "
-                  "-o UserKnownHostsFile=/dev/null -o ConnectTimeout=10'"]
-        inventory = tmp_path / "inventory.ini"
-        inventory.write_text("\n".join(lines) + "\n")
-        for host in ("host-a", "host-b"):
-            _wait_for_sshd(lab.hosts[host])
-        yield {"lab": lab, "mappings": mappings, "inventory": inventory, "tmp": tmp_path}
-    finally:
-        for daemon in daemons:
-            daemon.terminate()
-            daemon.wait(10)
+    with start_ssh_lab(lab.hosts, tmp_path, silent=("host-c",)) as reached:
+        yield {"lab": lab, "mappings": mappings, "inventory": reached.inventory,
+               "tmp": tmp_path, "state": tmp_path / "state"}
 
 
-def _wait_for_sshd(netns: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        listening = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htln",
-                                    "sport", "= :22"], capture_output=True, text=True)
-        if listening.stdout.strip():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"sshd in {netns} did not listen")
-
-
-def _netmap(lab: dict, mappings: Path, *args: str) -> subprocess.CompletedProcess:
-    remote = f"{sys.executable} -m netmap discover --json"
+def _netmap(lab: dict, mappings: Path, *args: str,
+            remote: str = "discover --json") -> subprocess.CompletedProcess:
+    """netmap fleet, running this checkout's netmap on each host with the lab's state."""
+    command = shlex.join(["env", f"PYTHONPATH={REPO}", f"NETMAP_STATE_DIR={lab['state']}",
+                          sys.executable, "-m", "netmap", *shlex.split(remote)])
     return subprocess.run(
         [sys.executable, "-m", "netmap", "--mappings", str(mappings), "fleet", *args,
-         "-i", str(lab["inventory"]), "--command", remote],
+         "-i", str(lab["inventory"]), "--command", command],
         capture_output=True, text=True, check=False, timeout=180, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO),
-             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(lab["tmp"] / "cp"),
-             "ANSIBLE_LOCAL_TEMP": str(lab["tmp"] / "ansible-local")})
+        env={**os.environ, "PYTHONPATH": str(REPO), **ansible_env(lab["tmp"])})
+
+
+def _tap_of(lab: dict, guest: str) -> str:
+    """The tap netmap made for the guest on host-a, from the state its realize wrote."""
+    state = json.loads((lab["state"] / "host-a.json").read_text())
+    (tap,) = [key[5:] for key, record in state["resources"].items()
+              if guest in record["guests"] and record["step"].get("kind") == "tap"]
+    return tap
 
 
 def test_fleet_discover_then_drift_over_ssh(ssh_lab: dict) -> None:
+    # a guest netmap realized on host-a: its state there is what drift judges endpoints by
+    (ssh_lab["mappings"] / "guests/flg9.toml").write_text(
+        '[guest]\nname = "flg9"\nhost = "host-a"\n\n[[nics]]\nnetwork = "mgmt"\n'
+        'mac = "52:54:00:f1:09:01"\n')
+    realized = subprocess.run(
+        [sys.executable, "-m", "netmap", "--mappings", str(ssh_lab["mappings"]), "realize",
+         "flg9", "--host", "host-a"], capture_output=True, text=True, check=False, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "NETMAP_STATE_DIR": str(ssh_lab["state"])})
+    assert realized.returncode == 0, realized.stderr
     drafts = ssh_lab["tmp"] / "drafts"
     found = _netmap(ssh_lab, ssh_lab["mappings"], "discover", "--write", str(drafts), "--json")
     assert found.returncode == 1, found.stderr  # host-c could not be reached
@@ -126,24 +86,42 @@ def test_fleet_discover_then_drift_over_ssh(ssh_lab: dict) -> None:
     (fleet / "guests").mkdir(parents=True)
     shutil.copy(EXAMPLE_MAPPINGS / "networks.toml", fleet / "networks.toml")
     shutil.copytree(drafts, fleet / "hosts")
-    steady = _netmap(ssh_lab, fleet, "drift", "--json")
+    # what only a human knows: host-a's bridge br-eth1 carries mgmt (flg9 is on it)
+    with (fleet / "hosts/host-a.toml").open("a") as draft:
+        draft.write('\n[networks.mgmt]\nmode = "bridge"\nuplink = "eth1"\n')
+    with_state = "discover --json --with-state"  # what fleet drift runs by default
+    steady = _netmap(ssh_lab, fleet, "drift", "--json", remote=with_state)
     rows = {h["host"]: h for h in json.loads(steady.stdout)["hosts"]}
     assert {h: r["status"] for h, r in rows.items()} == {
         "host-a": "ok", "host-b": "ok", "host-c": "unreachable"}, steady.stdout
     assert steady.returncode == 1  # host-c was not compared: no claim of "no drift"
+    # the state came back: flg9's endpoints were judged, not skipped
+    assert all(f["code"] != "STATE_NOT_READ" for f in rows["host-a"]["findings"])
 
-    # host-b's eno2 changes under its mapping
+    # host-b's eno2 changes under its mapping; flg9's tap vanishes from host-a
     subprocess.run(["ip", "-n", ssh_lab["lab"].hosts["host-b"], "link", "set", "eno2",
                     "mtu", "1280"], check=True)
-    drifted = _netmap(ssh_lab, fleet, "drift")
+    tap = _tap_of(ssh_lab, "flg9")
+    subprocess.run(["ip", "-n", ssh_lab["lab"].hosts["host-a"], "link", "del", tap], check=True)
+    drifted = _netmap(ssh_lab, fleet, "drift", remote=with_state)
     assert drifted.returncode == 1
     table = drifted.stdout
-    assert "host-a" in table and "as its mapping says" in table
     assert "host-c" in table and "unreachable" in table
-    (host_b_line,) = [line for line in table.splitlines() if "host-b" in line]
-    assert "drift" in host_b_line
-    as_json = json.loads(_netmap(ssh_lab, fleet, "drift", "--json").stdout)
-    host_b = next(h for h in as_json["hosts"] if h["host"] == "host-b")
-    assert host_b["status"] == "drift" and as_json["drift"] is True
-    assert any("eno2" in f["message"] and "1280" in f["message"] for f in host_b["findings"]), \
-        host_b["findings"]
+    for host in ("host-a", "host-b"):
+        (line, *_) = [line for line in table.splitlines() if host in line]
+        assert "drift" in line, table
+    assert "ENDPOINT_VANISHED" in table
+    as_json = json.loads(_netmap(ssh_lab, fleet, "drift", "--json", remote=with_state).stdout)
+    hosts = {h["host"]: h for h in as_json["hosts"]}
+    assert hosts["host-b"]["status"] == "drift" and as_json["drift"] is True
+    assert any("eno2" in f["message"] and "1280" in f["message"]
+               for f in hosts["host-b"]["findings"]), hosts["host-b"]["findings"]
+    assert hosts["host-a"]["status"] == "drift"
+    (vanished,) = [f for f in hosts["host-a"]["findings"] if f["code"] == "ENDPOINT_VANISHED"]
+    assert tap in vanished["message"] and "flg9" in vanished["message"]
+
+    # a host's netmap asked for no state: its endpoints are not judged, and it says so
+    blind = json.loads(_netmap(ssh_lab, fleet, "drift", "--json").stdout)
+    host_a = next(h for h in blind["hosts"] if h["host"] == "host-a")
+    assert [f["code"] for f in host_a["findings"]
+            if f["code"].startswith(("ENDPOINT_", "STATE_"))] == ["STATE_NOT_READ"]

@@ -65,6 +65,15 @@ fi
 cat
 """
 
+# a destination whose part of one migration hangs (a hook that takes its time): what
+# --timeout is for
+SLOW_FLG1 = """#!/bin/sh
+if [ "$1 $2 $3" = "flg1 migrate begin" ]; then
+  sleep 10
+fi
+cat
+"""
+
 
 def _guest_file(name: str) -> str:
     mgmt, prod = GUESTS[name]
@@ -98,17 +107,12 @@ def fleet_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     uris = {host: daemon.uri for host, daemon in daemons.items()}
     uris["host-d"] = f"qemu+unix:///system?socket={root}/host-d/no-daemon-here"
     for host, uri in uris.items():
-        path = mappings / "hosts" / f"{host}.toml"
-        path.write_text(path.read_text().replace("[host]\n", f'[host]\nlibvirt_uri = "{uri}"\n',
-                                                 1))
+        libvirt_lab.set_host_key(mappings / "hosts" / f"{host}.toml", "libvirt_uri", uri)
     lab = build_lab(load_fleet(mappings), prefix, list(HOSTS))
     try:
         for host, (uplink, _, index) in HOSTS.items():
-            bridge = f"br-{uplink}"  # what `netmap realize` leaves for a bridge-mode mgmt
-            batch = [f"link add {bridge} type bridge", f"link set {uplink} master {bridge}",
-                     f"link set {bridge} up", f"addr add 10.251.0.{index}/24 dev {bridge}"]
-            subprocess.run(["ip", "-n", lab.hosts[host], "-batch", "-"], check=True,
-                           input="\n".join(batch) + "\n", text=True, capture_output=True)
+            libvirt_lab.give_migration_address(lab.hosts[host], uplink, f"br-{uplink}",
+                                               f"10.251.0.{index}")
             if host != "host-a":
                 refuse = daemons[host].root / "etc/hooks/qemu.d/00-site-policy"
                 refuse.write_text(REFUSE_FLG2)
@@ -203,6 +207,52 @@ def test_locate_asks_every_daemon_reports_the_unreachable_and_writes_what_moved(
     assert again["guests"][0]["status"] == "agrees"
 
 
+def test_locate_on_show_check_and_drain_counts_guests_where_libvirt_runs_them(
+        fleet: dict) -> None:
+    """flg1 runs on host-a, flg3 on host-b though its file says host-a, flg2 nowhere that
+    answered (host-d does not): --locate puts flg3 on host-b, warns of it and of host-d,
+    and never places flg2 by a guess."""
+    _start(fleet, "host-a", "flg1")
+    _start(fleet, "host-b", "flg3")
+
+    by_file = {h["host"]: h["guests"]
+               for h in json.loads(_netmap(fleet, "show", "--json").stdout)["hosts"]}
+    assert by_file["host-a"] == ["flg1", "flg2", "flg3"] and by_file["host-b"] == []
+    shown = _netmap(fleet, "show", "--locate", "--json")
+    assert shown.returncode == 0, shown.stderr
+    answer = json.loads(shown.stdout)
+    hosts = {h["host"]: h["guests"] for h in answer["hosts"]}
+    assert hosts["host-a"] == ["flg1", "flg2"] and hosts["host-b"] == ["flg3"]
+    assert list(answer["located"]["unreachable"]) == ["host-d"]
+    assert "flg3 runs on host-b, its file says host-a" in shown.stderr
+    assert "host-d was not asked" in shown.stderr
+    assert "counted where their files say: flg2" in shown.stderr
+    text = _netmap(fleet, "show", "host-b", "--locate")
+    assert text.returncode == 0 and "flg3" in text.stdout
+
+    checked = _netmap(fleet, "check", "flg3", "--to", "host-c", "--locate", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["source"] == "host-b"
+    assert report["located"]["guests"][0]["status"] == "moved"
+    assert {n["source"]["host"] for n in report["nics"]} == {"host-b"}
+    unknown = _netmap(fleet, "check", "flg2", "--to", "host-c", "--locate")
+    assert unknown.returncode == 2
+    assert "libvirt cannot say where flg2 runs" in unknown.stderr
+    assert "host-d did not answer" in unknown.stderr and "--from" in unknown.stderr
+
+    planned = _netmap(fleet, "drain", "host-a", "--locate", "--exclude", "host-d", "--json")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert [m["guest"] for m in json.loads(planned.stdout)["moves"]] == ["flg1"]
+    assert "libvirt on host-a does not run flg2: not moved" in planned.stderr
+    assert [m["guest"] for m in json.loads(_netmap(
+        fleet, "drain", "host-b", "--locate", "--exclude", "host-d", "--json").stdout
+    )["moves"]] == ["flg3"]
+    silent = _netmap(fleet, "drain", "host-d", "--locate")
+    assert silent.returncode == 2
+    assert "host-d was not asked" in silent.stderr and "drop --locate" in silent.stderr
+
+
 def test_drain_execute_moves_through_libvirt_and_a_refused_guest_stays_home(
         fleet: dict) -> None:
     for name in GUESTS:
@@ -277,6 +327,33 @@ def test_an_interrupted_run_is_refused_then_resumed_from_its_journal(fleet: dict
     assert _running(fleet, "host-b") == {"flg1", "flg3"}
     assert _running(fleet, "host-a") == set()
     assert not journal.exists()
+
+
+def test_a_migration_past_its_timeout_is_aborted_and_the_guest_stays_home(
+        fleet: dict) -> None:
+    _start(fleet, "host-a", "flg1")
+    slow = fleet["daemons"]["host-b"].root / "etc/hooks/qemu.d/01-slow"
+    slow.write_text(SLOW_FLG1)
+    slow.chmod(0o755)
+    try:
+        done = _netmap(fleet, "migrate", "flg1", "--to", "host-b", "--timeout", "3", "--json")
+    finally:
+        slow.unlink()
+    assert done.returncode == 3, done.stdout + done.stderr
+    (outcome,) = json.loads(done.stdout.splitlines()[-1])["outcomes"]
+    print("aborted migration:", outcome)
+    assert outcome["status"] == "failed"
+    assert "aborted after --timeout 3 s" in outcome["message"]
+    assert "still runs on host-a" in outcome["message"]  # both daemons were asked
+    assert outcome["migration_seconds"] >= 3
+    # the guest runs on its source, on its bridge; nothing of it is left on the destination
+    assert _running(fleet, "host-a") == {"flg1"}
+    assert _mgmt_bridge_of(fleet, "host-a", "flg1") == "br-eth1"
+    assert "flg1" not in fleet["daemons"]["host-b"].virsh("list", "--all", "--name").stdout
+    assert [link["ifname"] for link in ip_json(fleet["daemons"]["host-b"].netns, "-d", "link",
+                                               "show")
+            if link.get("linkinfo", {}).get("info_kind") == "tun"] == []
+    assert not (fleet["state"] / "migrate-flg1.json").exists()  # settled: nothing to resume
 
 
 def test_migrate_one_guest_and_refuse_a_host_without_a_uri(fleet: dict) -> None:

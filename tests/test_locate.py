@@ -16,7 +16,16 @@ from netmap.libvirt.journal import (
     JournalMove,
 )
 from netmap.load import load_fleet
-from netmap.query.locate import Asked, host_updates, locate, unmapped_guests
+from netmap.query.locate import (
+    Asked,
+    host_updates,
+    locate,
+    located_fleet,
+    location_warnings,
+    not_running_on,
+    unmapped_guests,
+    unplaced,
+)
 from tests.conftest import guest_toml, write_fleet
 
 NETWORKS = '[networks.mgmt]\nsegment = "s1"\n'
@@ -80,6 +89,41 @@ def test_a_guest_nobody_runs_is_not_running_only_when_every_host_answered(
     assert found == {"g1": "agrees", "g3": "not-running"}
 
 
+def test_located_fleet_moves_only_what_one_host_runs_and_warns_of_the_rest(
+        tmp_path: Path) -> None:
+    """--locate on show/check/drain: g2 runs on h2 (its file says h1) and is counted there;
+    g1 on two hosts and g3 unseen with h3 silent stay where their files say, each named in
+    a warning, as is h3 itself."""
+    fleet = _fleet(tmp_path)
+    answers = [Asked("h1", frozenset({"g1"})), Asked("h2", frozenset({"g1", "g2"})),
+               Asked("h3", problem="connection refused")]
+    locations = locate(fleet, answers, sorted(fleet.guests))
+    moved = located_fleet(fleet, locations)
+    assert {n: g.host for n, g in moved.guests.items()} == {"g1": "h1", "g2": "h2", "g3": "h1"}
+    assert fleet.guests["g2"].host == "h1"  # the loaded fleet itself is left alone
+    warnings = location_warnings(locations, answers)
+    assert len(warnings) == 4, warnings
+    assert "g1 runs on h1, h2" in warnings[0] and "its file says, h1" in warnings[0]
+    assert "g2 runs on h2, its file says h1: counted where it runs" in warnings[1]
+    assert "h3 was not asked: connection refused" in warnings[2]
+    assert "counted where their files say: g3" in warnings[3]
+    # every host answered and none runs g3: said as such, not as unknown
+    idle = location_warnings(locate(fleet, [Asked("h1", frozenset({"g1"})), Asked("h2"),
+                                            Asked("h3")], ["g1", "g3"]), [])
+    assert idle == ["not running on any host, counted where their files say: g3"]
+    assert location_warnings(locate(fleet, [Asked("h1", frozenset(fleet.guests))],
+                                    sorted(fleet.guests)), []) == []
+
+
+def test_a_drain_moves_only_what_the_drained_hosts_libvirt_runs(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path)
+    h1 = Asked("h1", frozenset({"g1"}))
+    assert not_running_on(fleet, h1) == ["g2", "g3"]
+    emptied = unplaced(fleet, ["g2", "g3"])
+    assert {n: g.host for n, g in emptied.guests.items()} == {"g1": "h1", "g2": None,
+                                                               "g3": None}
+
+
 def test_set_guest_host_changes_that_line_only(tmp_path: Path) -> None:
     from netmap.load.guest_write import set_guest_host
 
@@ -139,3 +183,26 @@ def test_without_the_fleet_extra_locate_and_fleet_say_what_to_install(tmp_path: 
         assert done.returncode == 2, done.stderr
         assert package in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_remote_release_goes_over_the_ssh_libvirt_itself_would_use(tmp_path: Path) -> None:
+    from netmap.libvirt.remote import ReleaseFailed, release_command, release_over_ssh, ssh_argv
+
+    remote = release_command("env A=1 /opt/netmap", "g 1", "host-b")
+    assert remote == ["env", "A=1", "/opt/netmap", "release", "g 1", "--host", "host-b",
+                      "--json"]
+    argv = ssh_argv("qemu+ssh://admin@host-b:2222/system?keyfile=/k&no_verify=1"
+                    "&command=/bin/myssh", remote)
+    assert argv == ["/bin/myssh", "-T", "-o", "BatchMode=yes", "-p", "2222", "-l", "admin",
+                    "-i", "/k", "-o", "StrictHostKeyChecking=no", "--", "host-b",
+                    "env A=1 /opt/netmap release 'g 1' --host host-b --json"]
+    assert ssh_argv("qemu+ssh://host-b/system", remote)[:4] == ["ssh", "-T", "-o",
+                                                                 "BatchMode=yes"]
+    for uri in ("qemu+unix:///system?socket=/x", "qemu+tls://host-b/system", "qemu:///system"):
+        assert ssh_argv(uri, remote) is None, uri
+    fleet = _fleet(tmp_path, extra='libvirt_uri = "qemu+tls://{name}/system"\n')
+    with pytest.raises(ReleaseFailed) as refused:
+        release_over_ssh(fleet.hosts["h1"], "g1", "netmap")
+    assert "has no ssh transport" in str(refused.value)
+    assert "--inventory" in (refused.value.fix or "")
+    assert "netmap release g1 --host h1 --json" in (refused.value.fix or "")

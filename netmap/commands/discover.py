@@ -72,20 +72,52 @@ def _configure_discover(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="let --write replace FILE")
     parser.add_argument("--host", metavar="NAME",
                         help="the host name the draft gets (default: the machine's hostname)")
+    parser.add_argument("--with-state", action="store_true",
+                        help="with --json: add netmap's state documents (netmap_state, by "
+                        "host name), for `fleet drift` to judge the endpoints centrally")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="where --with-state reads (default: $NETMAP_STATE_DIR or "
+                        "/run/netmap)")
     add_json(parser)
 
 
 def _discover(args: argparse.Namespace) -> int:
+    if args.with_state and not args.json:
+        raise InputError("--with-state adds netmap's state to the JSON document",
+                         key="--with-state", fix="add --json")
     inventory = _read(args, args.netns, args.host)
     if args.write:
         _write_draft(args, inventory)
         if args.write == "-":
             return EXIT_OK
     if args.json:
-        print_json(inventory.as_dict())
+        data = inventory.as_dict()
+        if args.with_state:
+            data["netmap_state"] = host_states(args.state_dir)
+        print_json(data)
     else:
         console().print(inventory_tree(inventory))
     return EXIT_OK
+
+
+def host_states(directory: str | None) -> dict[str, object]:
+    """Every host state document in the state directory, by host name (a machine holds
+    one; a lab, one per namespace host). The journals of drains sharing the directory are
+    not host states and are left out; a damaged state document is an error, as for drift."""
+    import json
+
+    from netmap.state import HostState, state_dir
+
+    out: dict[str, object] = {}
+    for path in sorted(state_dir(directory).glob("*.json")):
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            data = None
+        # a file that is not even JSON is loaded to say how it is damaged
+        if data is None or (isinstance(data, dict) and data.get("host") == path.stem):
+            out[path.stem] = HostState.load(path.stem, directory).data
+    return out
 
 
 def _fleet_networks(args: argparse.Namespace) -> dict:

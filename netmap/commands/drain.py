@@ -35,14 +35,17 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--execute", action="store_true",
                         help="carry the plan out: live-migrate each guest through libvirt "
                         "(the hosts' libvirt_uri), then release it on HOST")
+    from netmap.commands.locate import add_locate
     from netmap.commands.migrate import add_execute_options
 
+    add_locate(parser)
     add_execute_options(parser, many=True)
     add_json(parser)
 
 
 def _run(args: argparse.Namespace) -> int:
     from netmap.query.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
+    from netmap.query.graph import build_graph
 
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget {args.budget} is not a positive number of search nodes",
@@ -53,6 +56,10 @@ def _run(args: argparse.Namespace) -> int:
                          key="--resume" if args.resume else "--abort",
                          fix="add --execute")
     fleet, graph = load(args)
+    where: dict[str, object] | None = None
+    if args.locate:
+        fleet, where = _located(fleet, args.host)
+        graph = build_graph(fleet)
     if args.execute:
         return _execute(args, fleet, graph, exclude)
     budget = args.budget or DEFAULT_BUDGET
@@ -60,6 +67,8 @@ def _run(args: argparse.Namespace) -> int:
                  deadline=DEFAULT_DEADLINE * budget / DEFAULT_BUDGET)
     if args.json:
         data = plan.as_dict()
+        if where is not None:
+            data["located"] = where
         if args.emit_commands:
             data["commands"] = command_steps(plan, args.mappings)
         print_json(data)
@@ -68,6 +77,29 @@ def _run(args: argparse.Namespace) -> int:
     else:
         console().print(plan_view(plan, fleet))
     return EXIT_OK if plan.complete else EXIT_INCOMPATIBLE
+
+
+def _located(fleet: Fleet, host: str) -> tuple[Fleet, dict[str, object]]:
+    """drain --locate: the guests libvirt runs on HOST are the ones to move. A drained
+    host whose libvirt does not answer is refused: what runs there would be a guess."""
+    import sys
+
+    from netmap.commands.locate import located, located_json
+    from netmap.load import require_host
+    from netmap.query.locate import not_running_on, unplaced
+
+    name = require_host(fleet, host).name
+    fleet, locations, answers = located(fleet)
+    (answer,) = [a for a in answers if a.host == name]
+    if answer.problem is not None:
+        raise InputError(f"--locate: {name} was not asked: {answer.problem}", key="--locate",
+                         fix=f"make libvirt on {name} answer, or drop --locate to plan from "
+                         "the guest files")
+    idle = not_running_on(fleet, answer)
+    if idle:
+        print(f"netmap: warning: libvirt on {name} does not run {', '.join(idle)}: not "
+              "moved", file=sys.stderr)
+    return unplaced(fleet, idle), {**located_json(locations, answers), "not_running": idle}
 
 
 def _execute(args: argparse.Namespace, fleet: Fleet, graph: FleetGraph,

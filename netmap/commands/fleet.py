@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 
 def _configure_show(parser: argparse.ArgumentParser) -> None:
+    from netmap.commands.locate import add_locate
+
     parser.add_argument("hosts", nargs="*", metavar="HOST", help="hosts to show (default: all)")
+    add_locate(parser)
     add_json(parser)
 
 
@@ -24,9 +27,17 @@ def _show(args: argparse.Namespace) -> int:
     from netmap.query import views
 
     fleet = load_fleet(args.mappings)
+    where: dict[str, object] | None = None
+    if args.locate:
+        from netmap.commands.locate import located, located_json
+
+        fleet, locations, answers = located(fleet)
+        where = located_json(locations, answers)
     # a large fleet's other hosts are not read
     hosts = [require_host(fleet, name).name for name in args.hosts] or list(fleet.hosts)
     data = views.show_data(fleet, hosts)
+    if where is not None:
+        data["located"] = where
     if args.json:
         print_json(data)
     else:
@@ -47,6 +58,10 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live", action="store_true",
                         help="also compare the destination's mapping with the live host "
                         "(run on the destination, or on a lab host's namespace)")
+    parser.add_argument("--locate", action="store_true",
+                        help="ask libvirt (the hosts' libvirt_uri) where the guest runs and "
+                        "check from there, not from its file's `host` (refused when libvirt "
+                        "cannot say: pass --from)")
     add_json(parser)
 
 
@@ -92,6 +107,10 @@ def _check(args: argparse.Namespace) -> int:
     guest = require_guest(fleet, args.guest)
     dest = require_host(fleet, args.to)
     source = require_host(fleet, args.source).name if args.source else None
+    where: dict[str, object] | None = None
+    if args.locate:
+        fleet, where = _located_source(fleet, guest.name, source)
+        guest = fleet.guests[guest.name]
     origin = source or guest.host  # None: a guest placed nowhere yet
     hosts = {dest.name} if origin is None else {dest.name, origin}
     graph = build_graph_of(fleet, hosts, guest.name)
@@ -102,12 +121,33 @@ def _check(args: argparse.Namespace) -> int:
         live = live_findings(fleet, guest, dest)
         report = dataclasses.replace(report, findings=report.findings + live)
     if args.json:
-        print_json(report.as_dict())
+        data = report.as_dict()
+        if where is not None:
+            data["located"] = where
+        print_json(data)
     else:
         from netmap import render
 
         console().print(render.check_view(report))
     return EXIT_OK if report.compatible else EXIT_INCOMPATIBLE
+
+
+def _located_source(fleet: Fleet, guest: str, source: str | None
+                    ) -> tuple[Fleet, dict[str, object]]:
+    """check --locate: the fleet with the guest where libvirt runs it. Without --from, a
+    guest libvirt cannot place on exactly one host is refused, not checked from a guess."""
+    from netmap.commands.locate import located, located_json
+    from netmap.query.locate import AGREES, MOVED
+
+    fleet, (location,), answers = located(fleet, [guest])
+    if source is None and location.status not in (AGREES, MOVED):
+        why = {"several": f"runs on {', '.join(location.running_on)}",
+               "not-running": "runs on no host",
+               "unknown": "was not seen, and "
+               f"{', '.join(location.unasked)} did not answer"}[location.status]
+        raise InputError(f"libvirt cannot say where {guest} runs: it {why}",
+                         key="--locate", fix="pass --from HOST to name the source")
+    return fleet, located_json([location], answers)
 
 
 def _configure_hosts_for(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from netmap.rules.fleet_drift import HostRow
 
 DEFAULT_COMMAND = "netmap discover --json"
+# drift judges the endpoints too, from netmap's state on each host, brought back alongside
+DEFAULT_DRIFT_COMMAND = "netmap discover --json --with-state"
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +32,9 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", metavar="PATTERN", help="Ansible's --limit")
     parser.add_argument("--forks", type=int, default=20, metavar="N",
                         help="hosts Ansible works on at once (default 20)")
-    parser.add_argument("--command", dest="remote_command", default=DEFAULT_COMMAND,
-                        metavar="COMMAND",
-                        help=f"what runs on each host (default: {DEFAULT_COMMAND!r})")
+    parser.add_argument("--command", dest="remote_command", default=None, metavar="COMMAND",
+                        help=f"what runs on each host (default: {DEFAULT_COMMAND!r}, which "
+                        "drift asks to print netmap's state there too)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                         help="give up on the whole run after SECONDS (default 600)")
     parser.add_argument("--write", metavar="DIR",
@@ -48,8 +50,10 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--forks {args.forks} is not a positive number", key="--forks",
                          fix="pass --forks 1 or more")
     fleet = load_fleet(args.mappings) if args.action == "drift" else _fleet_if_any(args)
+    command = args.remote_command or (DEFAULT_DRIFT_COMMAND if args.action == "drift"
+                                      else DEFAULT_COMMAND)
     with _Progress(args.json) as heard:
-        runs = run_everywhere(args.inventory, args.remote_command, forks=args.forks,
+        runs = run_everywhere(args.inventory, command, forks=args.forks,
                               limit=args.limit, timeout=args.timeout, progress=heard)
     rows: list[HostRow] = []
     for run in runs:
@@ -57,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
             rows.append(HostRow(run.host, UNREACHABLE if run.status == "unreachable"
                                 else FAILED, problem=run.problem))
             continue
-        row = read_inventory(run.host, run.stdout)
+        row = _checked_state(read_inventory(run.host, run.stdout))
         rows.append(compare(fleet, row) if args.action == "drift" and fleet else row)
     written = _write_drafts(args, rows, fleet) if args.write else []
     if args.json:
@@ -68,6 +72,21 @@ def _run(args: argparse.Namespace) -> int:
         # no drift is a claim about every host: one that was not compared voids it
         return EXIT_OK if rows and all(r.status == "ok" for r in rows) else EXIT_INCOMPATIBLE
     return EXIT_OK if rows and all(r.inventory is not None for r in rows) else EXIT_INCOMPATIBLE
+
+
+def _checked_state(row: HostRow) -> HostRow:
+    """A state document from another host, held to the shape netmap's own state has."""
+    from netmap.rules.fleet_drift import BAD_OUTPUT, HostRow
+    from netmap.state.check import shape_problem
+
+    if row.state is None:
+        return row
+    wrong = shape_problem(row.state, row.host)
+    if wrong is None:
+        return row
+    key, what = wrong
+    return HostRow(row.host, BAD_OUTPUT, problem=f"netmap's state on {row.host}: "
+                   f"{key or 'the document'} {what}")
 
 
 def _fleet_if_any(args: argparse.Namespace) -> Fleet | None:

@@ -12,7 +12,35 @@ from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from netmap.model.fleet import Fleet
     from netmap.query.locate import Asked, Location
+
+LOCATE_HELP = ("ask libvirt on every host's libvirt_uri where each guest runs and use that "
+               "instead of the guest files' `host` (warns where they disagree; hosts that "
+               "do not answer are reported, their guests never guessed)")
+
+
+def add_locate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--locate", action="store_true", help=LOCATE_HELP)
+
+
+def located(fleet: Fleet, guests: list[str] | None = None
+            ) -> tuple[Fleet, list[Location], list[Asked]]:
+    """`--locate` for show, check and drain: the fleet with the guests where libvirt runs
+    them, the warnings on stderr as `locate` prints them."""
+    from netmap.libvirt.client import ask_hosts
+    from netmap.query.locate import locate, located_fleet, location_warnings
+
+    answers = ask_hosts({name: host.libvirt_uri for name, host in fleet.hosts.items()})
+    locations = locate(fleet, answers, guests if guests is not None else sorted(fleet.guests))
+    for warning in location_warnings(locations, answers):
+        print(f"netmap: warning: {warning}", file=sys.stderr)
+    return located_fleet(fleet, locations), locations, answers
+
+
+def located_json(locations: list[Location], answers: list[Asked]) -> dict[str, object]:
+    return {"guests": [loc.as_dict() for loc in locations],
+            "unreachable": {a.host: a.problem for a in answers if a.problem is not None}}
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:

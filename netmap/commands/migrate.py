@@ -29,6 +29,12 @@ def add_execute_options(parser: argparse.ArgumentParser, *, many: bool) -> None:
                         "stays on its source)")
     parser.add_argument("--resume", action="store_true",
                         help="finish an interrupted run from its journal")
+    parser.add_argument("--inventory", "-i", metavar="INVENTORY",
+                        help="release the guest on a remote source through Ansible with this "
+                        "inventory (default: over the ssh of the source's "
+                        "qemu+ssh:// libvirt_uri)")
+    parser.add_argument("--remote-netmap", default="netmap", metavar="COMMAND",
+                        help="how netmap is run on a remote source (default: netmap)")
     parser.add_argument("--abort", action="store_true",
                         help="stop an interrupted run: settle what was moving, release what "
                         "moved, forget the rest")
@@ -104,12 +110,19 @@ def execute(args: argparse.Namespace, fleet: Fleet, journal: Journal) -> int:
         executor = Executor(fleet, journal, emit, parallel=parallel,
                             stop_on_error=getattr(args, "stop_on_error", False),
                             strict=args.strict, timeout=args.timeout,
-                            live_check=lambda guest, dest: _live_refusal(fleet, guest, dest))
+                            live_check=lambda guest, dest: _live_refusal(fleet, guest, dest),
+                            remote_release=_remote_release(args))
         outcomes = executor.run()
     if not journal.unfinished:
         journal.remove()
     _summary(args, outcomes)
     return EXIT_APPLY if any(o.status != "released" for o in outcomes) else EXIT_OK
+
+
+def _remote_release(args: argparse.Namespace) -> Any:
+    from netmap.libvirt.remote import remote_release
+
+    return remote_release(args.inventory, args.remote_netmap)
 
 
 def _live_refusal(fleet: Fleet, guest: str, dest: str) -> str:
@@ -137,10 +150,11 @@ def _abort(args: argparse.Namespace, fleet: Fleet, journal: Journal) -> int:
         if move.status == PENDING:
             journal.update(move, "failed", "aborted before it started")
     with _events(args, len(journal.unfinished)) as emit:
-        executor = Executor(fleet, journal, emit)
+        executor = Executor(fleet, journal, emit, remote_release=_remote_release(args))
         outcomes = [executor.carry(move) for move in journal.unfinished
                     if move.status in (MIGRATING, MOVED)]
-    journal.remove()
+    if not journal.unfinished:  # a release that failed stays for another --abort
+        journal.remove()
     _summary(args, outcomes)
     return EXIT_OK if all(o.status == "released" for o in outcomes) else EXIT_APPLY
 

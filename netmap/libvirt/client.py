@@ -93,29 +93,38 @@ def live_migrate(source_uri: str, dest_uri: str, guest: str, *,
             domain = conn.lookupByName(guest)
         except libvirt.libvirtError as err:
             raise MigrationFailed(str(err)) from err
-        timer = None if timeout is None else _abort_after(domain, timeout)
+        timer = None if timeout is None else _AbortAfter(domain, timeout)
         try:
             domain.migrateToURI3(dest_uri, params, flags)
         except libvirt.libvirtError as err:
+            if timer is not None and timer.fired:
+                raise MigrationFailed(f"aborted after --timeout {timeout:g} s: {err}") from err
             raise MigrationFailed(str(err)) from err
         finally:
             if timer is not None:
                 timer.cancel()
 
 
-def _abort_after(domain: Any, timeout: float) -> Any:
+class _AbortAfter:
     """A migration still running after `timeout` seconds is aborted (libvirt then keeps
-    the guest on the source)."""
-    import threading
+    the guest on the source); `fired` tells the caller that the timeout ended it."""
 
-    def abort() -> None:
+    def __init__(self, domain: Any, timeout: float) -> None:
+        import threading
+
+        self.fired = False
+        self.domain = domain
+        self.timer = threading.Timer(timeout, self._abort)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _abort(self) -> None:
+        self.fired = True
         with contextlib.suppress(Exception):
-            domain.abortJob()
+            self.domain.abortJob()
 
-    timer = threading.Timer(timeout, abort)
-    timer.daemon = True
-    timer.start()
-    return timer
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 def ask_hosts(uris: dict[str, str | None], *, workers: int = 16) -> list[Asked]:

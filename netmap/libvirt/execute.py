@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netmap.errors import InputError, NetmapError
-from netmap.libvirt import client
+from netmap.libvirt import client, remote
 from netmap.libvirt.journal import (
     FAILED,
     MIGRATING,
@@ -77,8 +77,10 @@ class Executor:
 
     def __init__(self, fleet: Fleet, journal: Journal, emit: Emit, *, parallel: int = 1,
                  stop_on_error: bool = False, strict: bool = False,
-                 timeout: float | None = None, live_check: LiveCheck | None = None) -> None:
+                 timeout: float | None = None, live_check: LiveCheck | None = None,
+                 remote_release: remote.RemoteRelease | None = None) -> None:
         self.fleet, self.journal, self.emit = fleet, journal, emit
+        self.remote_release = remote_release or remote.remote_release(None, "netmap")
         self.parallel, self.stop_on_error = parallel, stop_on_error
         self.strict, self.timeout, self.live_check = strict, timeout, live_check
         self._migration_seconds: dict[str, float] = {}
@@ -247,15 +249,16 @@ class Executor:
                           "hand (virsh domjobinfo / virsh list on both)")
 
     def _release_source(self, move: JournalMove) -> str:
-        """Remove what netmap made for the guest on the source, where this process can
-        (a lab namespace or this machine); elsewhere say what to run there."""
+        """Remove what netmap made for the guest on the source: here when this process can
+        (a lab namespace or this machine), else by `netmap release` run there through
+        Ansible or the ssh of the source's libvirt_uri. A failure raises, and the journal
+        keeps the move as `moved` for --resume."""
         from netmap.state import HostState
 
         source = self.fleet.hosts[move.source]
         here = {socket.gethostname(), os.environ.get("NETMAP_HOST") or ""}
         if source.netns is None and source.name not in here:
-            return (f"moved; on {move.source} run `netmap release {move.guest}` if netmap "
-                    "realized endpoints for it there")
+            return self.remote_release(source, move.guest)
         if HostState.load(move.source).guest(move.guest) is None:
             return "moved; netmap had made nothing for it on the source"
         from netmap.netlink.apply import release_guest

@@ -9,7 +9,7 @@ answer, and the answer is "unknown", never a guess.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netmap.model.fleet import Fleet
 
@@ -85,3 +85,63 @@ def unmapped_guests(answers: Iterable[Asked], fleet: Fleet) -> list[tuple[str, s
 def host_updates(locations: Iterable[Location]) -> Mapping[str, str]:
     """guest -> the host its file should name: only a guest seen on exactly one host."""
     return {loc.guest: loc.running_on[0] for loc in locations if loc.status == MOVED}
+
+
+def located_fleet(fleet: Fleet, locations: Iterable[Location]) -> Fleet:
+    """The fleet with each guest on the host libvirt runs it on, where exactly one host
+    said so; every other guest stays where its file says (the caller warns about those:
+    nothing here is guessed)."""
+    moved = host_updates(locations)
+    if not moved:
+        return fleet
+    guests = {name: replace(guest, host=moved[name]) if name in moved else guest
+              for name, guest in fleet.guests.items()}
+    return replace(fleet, guests=guests)
+
+
+def location_warnings(locations: Iterable[Location], answers: Iterable[Asked]) -> list[str]:
+    """What an operator must hear before an answer that used these locations: each guest
+    whose file libvirt contradicts, each host that did not answer, and the guests counted
+    where their files say because nobody could confirm it (one line, not one per guest)."""
+    out = []
+    unknown, idle = [], []
+    for loc in locations:
+        if loc.status == MOVED:
+            out.append(f"{loc.guest} runs on {loc.running_on[0]}, its file says "
+                       f"{loc.mapped or 'nowhere'}: counted where it runs "
+                       "(`netmap locate --write` records it)")
+        elif loc.status == SEVERAL:
+            out.append(f"{loc.guest} runs on {', '.join(loc.running_on)} (a migration under "
+                       f"way?): counted where its file says, {loc.mapped or 'nowhere'}")
+        elif loc.status == UNKNOWN:
+            unknown.append(loc.guest)
+        elif loc.status == NOT_RUNNING:
+            idle.append(loc.guest)
+    for answer in answers:
+        if answer.problem is not None:
+            out.append(f"{answer.host} was not asked: {answer.problem}")
+    if unknown:
+        out.append(f"not seen on any host that answered, so counted where their files say: "
+                   f"{_listed(unknown)}")
+    if idle:
+        out.append(f"not running on any host, counted where their files say: {_listed(idle)}")
+    return out
+
+
+def _listed(names: list[str], shown: int = 8) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def not_running_on(fleet: Fleet, answer: Asked) -> list[str]:
+    """Guests `fleet` places on the answering host that its libvirt does not run (stopped,
+    or gone): a drain has nothing of theirs to migrate."""
+    return sorted(name for name, guest in fleet.guests.items()
+                  if guest.host == answer.host and name not in answer.running)
+
+
+def unplaced(fleet: Fleet, names: Iterable[str]) -> Fleet:
+    """The fleet with these guests placed on no host."""
+    drop = set(names)
+    return replace(fleet, guests={name: replace(guest, host=None) if name in drop else guest
+                                  for name, guest in fleet.guests.items()})
