@@ -24,9 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from netmap.steps.base import VirtualFunctionView
-
-ZERO_MAC = "00:00:00:00:00:00"
-
+from netmap.steps.vf import ZERO_MAC
 
 UPPER_KINDS = ("macvlan", "macvtap", "ipvlan", "vlan")  # devices that use a lower link
 
