@@ -51,10 +51,6 @@ def host_dump() -> dict:
     """Everything iproute2 says about the host's links and bridge VLANs, minus counters."""
     links = {}
     for link in json.loads(ip("-d", "-j", "link", "show")):
-        # igbvf takes the MAC its PF assigns as its permanent address once it comes up with
-        # it (a driver's own bookkeeping, no setting): release puts the address back, and
-        # iproute2 then no longer prints a differing permaddr
-        link.pop("permaddr", None)
         links[link["ifname"]] = steady_link(link)
     return {"links": links, "vlans": bridge("-j", "vlan", "show")}
 
