@@ -39,7 +39,8 @@ class ClaimVf(Step):
                 f"{'on' if self.spoofchk else 'off'}{tail}")
 
     def describe_undo(self) -> str | None:
-        return f"reset the VF of {self.pf} that holds {self.mac} (MAC 0, VLAN 0)"
+        netdev = ", its netdev" if self.macvtap else ""
+        return f"put the VF of {self.pf} that holds {self.mac} back as found (its entry{netdev})"
 
     def decide(self, live: LiveHost, nic: int) -> Action:
         claimed = live.state.resource(self.resource)
