@@ -88,9 +88,14 @@ class ClaimVf(Step):
         # The guest's MAC must be the VF netdev's own, under the macvtap. igb refuses a VF's
         # MAC change while the PF's entry holds a MAC (igbvf: EADDRNOTAVAIL), and igbvf takes
         # the entry's MAC only at its next reset. So: the entry without a MAC, the MAC on the
-        # VF netdev (igbvf reports it to the PF), then the same MAC on the entry.
+        # VF netdev (igbvf reports it to the PF), then the same MAC on the entry. igb also
+        # refuses every request of a VF that has not completed a reset with it since its own
+        # (a fresh VF, probed while the PF was resetting): igbvf resets at ifdown, so the VF
+        # netdev goes up and down first.
         ops.claim_vf(self.pf, {**entry, "mac": ZERO_MAC}, undo=undo)
         try:
+            ops.bring_up(str(netdev))
+            ops.set_up(str(netdev), False)
             ops.set_attrs(str(netdev), {"mac": self.mac})
             ops.set_vf(self.pf, entry)
             ops.new_link(self.macvtap, "macvtap", mtu=self.mtu, lower=str(netdev),

@@ -275,6 +275,8 @@ def one_vf_and_a_peer(sriov_pf, fleet) -> Iterator[Path]:
     """The PF with ONE VF, so that every claim takes that VF again; b2, on the other host,
     a macvtap on VLAN 131 of the other PF."""
     set_numvfs(sriov_pf, 1)
+    # udev renames the new VF netdev (eth0 -> enp1s0v0) when its worker gets to it
+    subprocess.run(["udevadm", "settle", "--timeout=60"], check=True)
     with other_host() as (here, there):
         root = fleet(MV_NETWORKS, mv_mapping(HOST, here, None), {
             "b2": guest("b2", ("vf-red", MV_MACS["b2"])).replace(HOST, OTHER)})
