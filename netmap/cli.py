@@ -98,9 +98,9 @@ def command_parser(name: str) -> tuple[argparse.ArgumentParser, RunCommand]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code. Usage errors, --help and --version raise SystemExit
-    as argparse does. stdout is guarded meanwhile (netmap/output.py): a reader that went
+    as argparse does. stdout is guarded meanwhile (netmap/support/output.py): a reader that went
     away, a full disk or an encoding without netmap's symbols never ends in a traceback."""
-    from netmap.output import guarded_stdout
+    from netmap.support.output import guarded_stdout
 
     with guarded_stdout() as out:
         try:
@@ -146,10 +146,10 @@ def _exit_code(done: SystemExit) -> int:
 
 
 def _finish(code: int, error: OSError | None) -> int:
-    """The exit code once stdout's fate is known (netmap/output.py): a reader that went
+    """The exit code once stdout's fate is known (netmap/support/output.py): a reader that went
     away changes nothing; output that could not be written is an error, unless the
     command already failed for a graver reason."""
-    from netmap.output import is_closed_pipe
+    from netmap.support.output import is_closed_pipe
 
     if error is None or is_closed_pipe(error):
         return code
@@ -160,12 +160,12 @@ def _finish(code: int, error: OSError | None) -> int:
 
 def run() -> NoReturn:
     """The console script (and `python -m netmap`): main(), then a quick exit
-    (netmap/finish.py). Without the cyclic collector: a command builds objects (a whole
+    (netmap/support/finish.py). Without the cyclic collector: a command builds objects (a whole
     fleet: a million) that all live until it ends, and the collector would walk them again
     and again for nothing (10k hosts: 0.2 s and more); the exit frees everything at once."""
     import gc
 
-    from netmap.finish import exit_now
+    from netmap.support.finish import exit_now
 
     gc.disable()
     exit_now(main())

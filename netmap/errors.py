@@ -4,7 +4,7 @@
 4 a bug in netmap: any other exception, so that a script never reads a crash as a verdict
 (netmap/cli.py says "this is a bug"; --debug shows the traceback). Output that cannot be
 written (a full disk) is 2, like a bad destination on the command line; a reader that went
-away (`| head`) changes no exit code (netmap/output.py).
+away (`| head`) changes no exit code (netmap/support/output.py).
 """
 
 from __future__ import annotations

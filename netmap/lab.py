@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 
 from netmap.errors import ApplyError, InputError, NetmapError
-from netmap.model import Fleet, Host, mapping_file
+from netmap.model.fleet import Fleet, Host, mapping_file
 from netmap.modes import mode_of
 
 UNDERLAY_NET = "10.250"  # lab-only addresses, inside namespaces the lab creates

@@ -12,12 +12,12 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from netmap import graph as g
-from netmap.check import ERROR, INFO, WARNING, Finding, Report
 from netmap.errors import InputError
-from netmap.model import Fleet, Host, Vxlan
+from netmap.model.fleet import Fleet, Host, Vxlan
 from netmap.modes import mode_of, semantic_of
-from netmap.placement import Candidate
+from netmap.query import graph as g
+from netmap.query.placement import Candidate
+from netmap.rules.check import ERROR, INFO, WARNING, Finding, Report
 
 STYLE = {ERROR: "bold red", WARNING: "yellow", INFO: "cyan"}
 MARK = {ERROR: "✗", WARNING: "!", INFO: "i"}

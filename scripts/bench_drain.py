@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netmap.check import check_migration
-from netmap.drain import drain
-from netmap.graph import build_graph
 from netmap.load import load_fleet
+from netmap.query.drain import drain
+from netmap.query.graph import build_graph
+from netmap.rules.check import check_migration
 
 SITES = ("dc1", "dc2", "dc3", "dc4")
 NICS = (("eno1", "eno2", "eno3", "ens1f0", "ens1f1"),

@@ -31,11 +31,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from ovs_lab import missing, start_ovs  # noqa: E402
 
-from netmap.graph import build_graph  # noqa: E402
 from netmap.load import load_fleet  # noqa: E402
 from netmap.modes.ovs import ovs_port_ids  # noqa: E402
 from netmap.netlink.apply import realize_plan, release_guest  # noqa: E402
-from netmap.planner import build_plan  # noqa: E402
+from netmap.plan.planner import build_plan  # noqa: E402
+from netmap.query.graph import build_graph  # noqa: E402
 
 NETWORKS = '[networks.blue]\nsegment = "fabric"\nvlan = 10\n'
 HOST = """[host]
@@ -115,13 +115,13 @@ def floor_run(ovs, netns: str, plans: list) -> tuple[float, float]:
 
 
 def _nic(nic):  # the GuestNic the plan's NIC came from, for its external_ids
-    from netmap.model import GuestNic
+    from netmap.model.fleet import GuestNic
 
     return GuestNic(nic.nic, nic.network, nic.mac)
 
 
 def _binding():
-    from netmap.model import Binding
+    from netmap.model.fleet import Binding
 
     return Binding("blue", "ovs", "eth0", "br-ovs")
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
 
 NETWORKS = """
 [networks.flat]

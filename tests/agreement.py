@@ -36,16 +36,16 @@ from typing import Protocol
 
 from steady import steady_link
 
-from netmap.check import Report, check_migration
 from netmap.cli import main
 from netmap.errors import ApplyError
-from netmap.graph import build_graph, needed_mtu
 from netmap.load import load_fleet
-from netmap.model import Fleet, Host
+from netmap.model.fleet import Fleet, Host
 from netmap.netlink.apply import realize_plan, release_guest
 from netmap.netlink.kernel_support import KernelProbe, UnsupportedKernel
 from netmap.plan import ClaimVf, CreateMacvtap
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph, needed_mtu
+from netmap.rules.check import Report, check_migration
 from netmap.state import HostState
 
 GUEST = "vm"

@@ -24,12 +24,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from netmap import gcpause, placement
 from netmap.errors import InputError
-from netmap.graph import build_graph
 from netmap.load import fleet as loading
 from netmap.load import load_fleet, parse, store
-from netmap.model import Fleet, Host, IndexedHosts, host_mapping_file, hosts_binding
+from netmap.model.fleet import Fleet, Host, IndexedHosts, host_mapping_file, hosts_binding
+from netmap.query import placement
+from netmap.query.graph import build_graph
+from netmap.support import gcpause
 
 WINDOW_NS = 50_000_000
 
@@ -425,11 +426,13 @@ def test_fingerprint_covers_the_loader_and_only_it() -> None:
     package = Path(store.__file__).resolve().parent.parent
     sources = {p.relative_to(package).as_posix() for p in store.loader_sources()}
     # what the load package imports, directly, lazily (guest XML) and transitively
-    assert {"load/__init__.py", "load/parse.py", "load/fleet.py", "load/store.py", "model.py",
-            "tomlcheck.py", "names.py", "errors.py", "libvirt/__init__.py",
+    assert {"load/__init__.py", "load/parse.py", "load/fleet.py", "load/store.py",
+            "model/fleet.py", "load/tomlcheck.py", "model/names.py", "errors.py",
+            "modes/bridge.py", "modes/sriov.py", "libvirt/__init__.py",
             "libvirt/domain.py"} <= sources
     # code that only reads the model does not make every cache miss when it changes
-    assert not sources & {"render.py", "cli.py", "commands/fleet.py", "placement.py"}
+    assert not sources & {"render.py", "cli.py", "commands/fleet.py",
+                               "query/placement.py"}
 
 
 def test_fingerprint_follows_every_form_of_import(tmp_path: Path) -> None:
@@ -441,14 +444,20 @@ def test_fingerprint_follows_every_form_of_import(tmp_path: Path) -> None:
     (package / "load" / "parse.py").write_text(
         "from netmap import alpha, beta as b\n"
         "from netmap import (\n    gamma,\n)\n"
-        "def later():\n    from netmap.sub.delta import thing\n")
+        "def later():\n    from netmap.sub.delta import thing\n"
+        "from netmap.kinds import (\n    omega,\n    THING,\n)\n")
     for name in ("alpha", "beta", "gamma", "epsilon", "unrelated"):
         (package / f"{name}.py").write_text("")
-    (package / "sub" / "__init__.py").write_text("")
-    (package / "sub" / "delta.py").write_text("")
+    for sub, modules in (("sub", ("delta",)), ("kinds", ("omega", "unused"))):
+        (package / sub).mkdir(exist_ok=True)
+        (package / sub / "__init__.py").write_text("")
+        for module in modules:
+            (package / sub / f"{module}.py").write_text("")
     found = {p.relative_to(package).as_posix() for p in store.loader_sources(package)}
+    # a package's module counts when named, its siblings do not (the loader's own aside)
     assert found == {"load/__init__.py", "load/parse.py", "load/cache.py", "alpha.py",
-                     "beta.py", "gamma.py", "epsilon.py", "sub/__init__.py", "sub/delta.py"}
+                     "beta.py", "gamma.py", "epsilon.py", "sub/__init__.py", "sub/delta.py",
+                     "kinds/__init__.py", "kinds/omega.py"}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
@@ -544,8 +553,8 @@ def test_gc_pause_nests_and_restores(mappings: Path) -> None:
 # --- the speed edits elsewhere answer as the code they replaced -----------------------------
 
 def test_lazy_source_lines_match_line_of(mappings: Path) -> None:
-    from netmap.model import Source
-    from netmap.tomlcheck import line_of
+    from netmap.load.tomlcheck import line_of
+    from netmap.model.fleet import Source
 
     fleet = uncached(mappings)
     sources = [n.source for n in fleet.networks.values()]
@@ -606,7 +615,7 @@ def naive_graph(fleet: Fleet):
 
 
 def test_fast_graph_build_matches_networkx(mappings: Path, tmp_path: Path) -> None:
-    from netmap import graph as g
+    from netmap.query import graph as g
 
     generated = tmp_path / "generated"
     generate_fleet(generated, 60, 20)
@@ -654,8 +663,8 @@ def test_hosts_for_fleet_answers_as_hosts_for(mappings: Path, tmp_path: Path) ->
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     import gen_fleet
 
-    from netmap.graph import build_graph
-    from netmap.placement import hosts_for, hosts_for_fleet
+    from netmap.query.graph import build_graph
+    from netmap.query.placement import hosts_for, hosts_for_fleet
 
     generated = tmp_path / "generated"
     gen_fleet.generate(generated, 120, 40, seed=7)
@@ -674,7 +683,7 @@ def test_fleet_from_the_store_answers_hosts_for_the_same(
         tmp_path: Path, cache_dir: Path, parses: Counter[str]) -> None:
     """The warm path of `netmap hosts-for`: an unchanged fleet from the store answers as
     the full graph of a load without it does."""
-    from netmap.placement import hosts_for, hosts_for_fleet
+    from netmap.query.placement import hosts_for, hosts_for_fleet
 
     root = tmp_path / "generated"
     generate_fleet(root, 300, 80, seed=11)
@@ -718,8 +727,8 @@ def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """parallel=True: a worker process checks half of the candidates; when it fails, its
     half is checked here, and either way the answer is the one of the plain graph."""
-    from netmap import placement
-    from netmap.graph import build_graph
+    from netmap.query import placement
+    from netmap.query.graph import build_graph
 
     root = tmp_path / "generated"
     generate_fleet(root, 200, 60, seed=5)

@@ -9,12 +9,12 @@ from conftest import EXAMPLE_MAPPINGS, write_fleet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netmap import graph as g
-from netmap.check import check_migration
-from netmap.graph import build_graph, guest_view
 from netmap.load import load_fleet
 from netmap.modes import REGISTRY
-from netmap.placement import hosts_for
+from netmap.query import graph as g
+from netmap.query.graph import build_graph, guest_view
+from netmap.query.placement import hosts_for
+from netmap.rules.check import check_migration
 
 NETWORKS = """
 [networks.prod]

@@ -33,11 +33,11 @@ from conftest import needs_netns
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from netmap.check import check_migration
 from netmap.cli import main
-from netmap.graph import build_graph
-from netmap.model import Host
+from netmap.model.fleet import Host
 from netmap.netlink.kernel_support import KernelProbe
+from netmap.query.graph import build_graph
+from netmap.rules.check import check_migration
 
 PREFIX = "nmag"
 

@@ -11,9 +11,9 @@ import pytest
 from conftest import EXAMPLE_MAPPINGS
 
 from netmap.cli import main
-from netmap.drift import drift_report
-from netmap.inventory import Interface, Inventory
 from netmap.load import load_fleet
+from netmap.model.inventory import Interface, Inventory
+from netmap.rules.drift import drift_report
 
 
 def host_b_as_declared(features: frozenset[str]) -> Inventory:

@@ -185,7 +185,7 @@ def test_macs_are_printed_as_they_are(capsys):
 
 
 def test_console_script_prints_everything_and_keeps_the_exit_code(tmp_path):
-    """The console script ends with os._exit (netmap/finish.py): its output must still be
+    """The console script ends with os._exit (netmap/support/finish.py): its output must still be
     complete through a pipe, and its exit code main()'s."""
     code = "from netmap.cli import run\nrun()\n"
     args = ["--mappings", str(EXAMPLE_MAPPINGS), "check", "vm1", "--to", "host-c", "--json"]

@@ -229,9 +229,9 @@ def test_80_columns_no_trailing_spaces_nothing_wider(capsys, monkeypatch, argv: 
 
 
 def findings_of(argv: list[str]):
-    from netmap.check import check_migration
-    from netmap.graph import build_graph
     from netmap.load import load_fleet
+    from netmap.query.graph import build_graph
+    from netmap.rules.check import check_migration
 
     fleet = load_fleet(EXAMPLE_MAPPINGS)
     return check_migration(build_graph(fleet), argv[0], argv[1]).findings
@@ -305,7 +305,7 @@ def test_readme_check_example_is_what_check_prints(capsys, monkeypatch) -> None:
 def test_closed_stdout_path_of_exit_now(tmp_path: Path) -> None:
     """finish.exit_now with stdout None (a process started with fd 1 closed)."""
     code = ("import sys; sys.stdout = None\n"
-            "from netmap.finish import exit_now\nexit_now(5)\n")
+            "from netmap.support.finish import exit_now\nexit_now(5)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=child_env(), timeout=60, check=False)
     assert done.returncode == 5 and done.stderr == ""

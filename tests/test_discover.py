@@ -12,9 +12,9 @@ from conftest import REPO, fake_sriov_pf, links_by_name, needs_netns
 
 from netmap.cli import main
 from netmap.errors import InputError
-from netmap.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
 from netmap.lab import namespace_exists
 from netmap.load.parse import load_host, load_networks
+from netmap.model.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
 from netmap.netlink.discover import discover, read_features, read_sriov
 
 PREFIX = "nmB"
@@ -301,7 +301,7 @@ def test_parser_decodes_kinds_this_kernel_cannot_build() -> None:
 # What `discover --json` needs: no renderer, graph, TOML loader or mapping (its start-up is
 # most of a run timed against `ip -j -d link show`, README's Benchmarks).
 DISCOVER_SKIPS = ("rich", "networkx", "pyroute2", "msgspec", "tomli", "netmap.load",
-                  "netmap.graph", "netmap.model")
+                  "netmap.query.graph", "netmap.model.fleet")
 
 
 @needs_netns

@@ -8,10 +8,10 @@ from conftest import EXAMPLE_MAPPINGS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netmap.draft import draft_host
-from netmap.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
 from netmap.load.parse import load_host, load_networks
-from netmap.model import Host
+from netmap.model.fleet import Host
+from netmap.model.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
+from netmap.rules.draft import draft_host
 
 NETWORKS = load_networks(EXAMPLE_MAPPINGS / "networks.toml")
 

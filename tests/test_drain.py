@@ -13,11 +13,11 @@ from conftest import write_fleet
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from netmap.check import check_migration
 from netmap.cli import main
-from netmap.drain import Option, Problem, drain, planner, solve
-from netmap.graph import build_graph
-from netmap.model import Binding, Fleet, Guest, GuestNic, Host, Network, SriovPool, Uplink
+from netmap.model.fleet import Binding, Fleet, Guest, GuestNic, Host, Network, SriovPool, Uplink
+from netmap.query.drain import Option, Problem, drain, planner, solve
+from netmap.query.graph import build_graph
+from netmap.rules.check import check_migration
 
 # --- building fleets ------------------------------------------------------------------------
 
@@ -498,7 +498,7 @@ def test_a_short_look_is_widened_when_a_guest_is_left_out() -> None:
 def test_the_final_check_overrules_a_wrong_candidate(monkeypatch) -> None:
     # simulate a shortcut that went wrong: offer a host the check refuses (it does not bind
     # the guest's network), first in line; the plan must re-plan around it and say so
-    from netmap.drain import candidates
+    from netmap.query.drain import candidates
 
     binds = {"mgmt": "bridge"}
     graph = fleet_graph([host("src", binds), host("a", binds), host("bad", {})],

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE_MAPPINGS, fake_sriov_pf, needs_netns
 
-from netmap import names
-from netmap.check import ERROR, INFO, WARNING
 from netmap.cli import main
-from netmap.drift import TrackedDevice, drift_findings, drift_report, tracked_from_state
-from netmap.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
 from netmap.load.parse import load_host, load_networks
-from netmap.model import Host
+from netmap.model import names
+from netmap.model.fleet import Host
+from netmap.model.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
 from netmap.plan import ClaimVf, CreateMacvtap, CreateTap
+from netmap.rules.check import ERROR, INFO, WARNING
+from netmap.rules.drift import TrackedDevice, drift_findings, drift_report, tracked_from_state
 from netmap.state import HostState
 
 NETWORKS = load_networks(EXAMPLE_MAPPINGS / "networks.toml")
@@ -460,10 +460,10 @@ def test_drift_follows_what_realize_recorded(lab_factory, tmp_path: Path) -> Non
     """A guest realized by netmap's own apply: no drift; its tap deleted behind netmap's
     back: ENDPOINT_VANISHED; a stray endpoint-named tap: ENDPOINT_UNTRACKED."""
     from netmap.commands.discover import live_drift
-    from netmap.graph import build_graph
     from netmap.load import load_fleet
     from netmap.netlink.apply import realize_plan
-    from netmap.planner import build_plan
+    from netmap.plan.planner import build_plan
+    from netmap.query.graph import build_graph
 
     lab, mappings = lab_factory("nmB", ["host-a"])
     (mappings / "guests" / "vmd.toml").write_text(

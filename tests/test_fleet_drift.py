@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from netmap.fleet_drift import BAD_OUTPUT, DRIFT, NO_DRIFT, NO_MAPPING, compare, read_inventory
-from netmap.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
-from netmap.inventory_json import inventory_from_json
 from netmap.load import load_fleet
+from netmap.model.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
+from netmap.model.inventory_json import inventory_from_json
+from netmap.rules.fleet_drift import (
+    BAD_OUTPUT,
+    DRIFT,
+    NO_DRIFT,
+    NO_MAPPING,
+    compare,
+    read_inventory,
+)
 from tests.conftest import write_fleet
 
 LIVE = Inventory("h1", None, (

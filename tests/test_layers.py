@@ -21,17 +21,12 @@ PACKAGE = REPO / "netmap"
 # made, the kernel layer applies it; integrations (libvirt, QEMU) and commands sit at the
 # edges. A pattern names a module and its submodules; `*` matches as in fnmatch.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "support": ("netmap", "netmap.errors", "netmap.regular_file", "netmap.output",
-                "netmap.gcpause", "netmap.finish"),
-    "model": ("netmap.model", "netmap.names", "netmap.nic_values", "netmap.inventory",
-              "netmap.vxlan_options", "netmap.netns_name", "netmap.mtu",
-              "netmap.inventory_json"),
+    "support": ("netmap", "netmap.errors", "netmap.support"),
+    "model": ("netmap.model",),
     "modes": ("netmap.modes",),
-    "load": ("netmap.load", "netmap.tomlcheck", "netmap.hostid", "netmap.guest_write"),
-    "rules": ("netmap.graph", "netmap.check", "netmap.drift*", "netmap.placement",
-              "netmap.drain", "netmap.plan", "netmap.planner", "netmap.steps", "netmap.draft",
-              "netmap.locate", "netmap.fleet_drift"),
-    "kernel": ("netmap.netlink", "netmap.state", "netmap.state_check", "pyroute2", "ovs"),
+    "load": ("netmap.load",),
+    "rules": ("netmap.rules", "netmap.query", "netmap.plan", "netmap.steps"),
+    "kernel": ("netmap.netlink", "netmap.state", "pyroute2", "ovs"),
     "integrations": ("netmap.libvirt", "netmap.qemu", "netmap.ansible_run"),
     "edges": ("netmap.commands", "netmap.cli", "netmap.__main__", "netmap.render", "netmap.lab"),
 }
@@ -104,7 +99,7 @@ def imports_of(module: str) -> set[str]:
             if node.level:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
-            # `from netmap import names` imports the module netmap.names
+            # `from netmap import names` imports the module netmap.model.names
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
@@ -176,14 +171,14 @@ def test_the_checker_sees_hidden_imports(tmp_path: Path) -> None:
     both dependencies; a relative import resolves to its file."""
     source = ("from typing import TYPE_CHECKING\n"
               "if TYPE_CHECKING:\n    from netmap.netlink.rtmsg import Link\n"
-              "def f():\n    from ..commands import _common\n")
-    MODULES["netmap.drain._layers_probe"] = tmp_path / "probe.py"
+              "def f():\n    from ...commands import _common\n")
+    MODULES["netmap.query.drain._layers_probe"] = tmp_path / "probe.py"
     (tmp_path / "probe.py").write_text(source)
     try:
-        assert imports_of("netmap.drain._layers_probe") >= {"netmap.netlink.rtmsg",
+        assert imports_of("netmap.query.drain._layers_probe") >= {"netmap.netlink.rtmsg",
                                                             "netmap.commands._common"}
-        assert layer_of("netmap.drain._layers_probe") == "rules"
+        assert layer_of("netmap.query.drain._layers_probe") == "rules"
         assert layer_of("pyroute2.netlink") == "kernel"
-        assert layer_of("netmap.drift_links") == "rules"
+        assert layer_of("netmap.rules.drift.links") == "rules"
     finally:
-        del MODULES["netmap.drain._layers_probe"]
+        del MODULES["netmap.query.drain._layers_probe"]

@@ -280,7 +280,7 @@ def test_restore_begin_hands_its_input_on() -> None:
 def test_pass_through_imports_nothing_heavy() -> None:
     probe = ("import sys; from netmap.libvirt.hook import main; code = main(); "
              "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
-             "{'networkx', 'rich', 'pyroute2', 'netmap.check', 'tomli'}); "
+             "{'networkx', 'rich', 'pyroute2', 'netmap.rules.check', 'tomli'}); "
              "print(code, heavy)")
     result = subprocess.run([sys.executable, "-c", probe, "vm1", "started", "begin", "-"],
                             capture_output=True, text=True, timeout=60, check=False,

@@ -11,8 +11,8 @@ from conftest import EXAMPLE_MAPPINGS
 from netmap.errors import InputError
 from netmap.load import load_fleet, mappings_dir
 from netmap.load.parse import load_guest, load_host, load_networks
+from netmap.load.tomlcheck import line_of
 from netmap.modes import semantic_of
-from netmap.tomlcheck import line_of
 
 NETWORKS = """
 [networks.prod]
@@ -272,7 +272,7 @@ def test_a_refusal_the_tests_do_not_explain_still_names_the_key(tmp_path: Path, 
                                                                monkeypatch):
     """Should msgspec refuse what the per-key tests accept, its own words and path are told
     (never a traceback)."""
-    from netmap.tomlcheck import Schema
+    from netmap.load.tomlcheck import Schema
 
     monkeypatch.setattr(Schema, "first_problem", lambda self, table: None)
     err = host_error(tmp_path, networks, HOST.replace("mtu = 9000", "mtu = 70000"))

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from netmap import regular_file
 from netmap.errors import InputError
 from netmap.load import fleet as loading
 from netmap.load import load_fleet, mappings_dir, store
 from netmap.load.parse import load_host, load_networks
+from netmap.support import regular_file
 
 REPO = Path(__file__).resolve().parent.parent
 

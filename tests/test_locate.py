@@ -16,7 +16,7 @@ from netmap.libvirt.journal import (
     JournalMove,
 )
 from netmap.load import load_fleet
-from netmap.locate import Asked, host_updates, locate, unmapped_guests
+from netmap.query.locate import Asked, host_updates, locate, unmapped_guests
 from tests.conftest import guest_toml, write_fleet
 
 NETWORKS = '[networks.mgmt]\nsegment = "s1"\n'
@@ -81,7 +81,7 @@ def test_a_guest_nobody_runs_is_not_running_only_when_every_host_answered(
 
 
 def test_set_guest_host_changes_that_line_only(tmp_path: Path) -> None:
-    from netmap.guest_write import set_guest_host
+    from netmap.load.guest_write import set_guest_host
 
     path = tmp_path / "g.toml"
     text = ('# kept\n[guest]\nname = "g"\nhost = "h1"   # planned\n\n[[nics]]\n'

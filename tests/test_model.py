@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from netmap.model import Binding, Host, Source, SriovPool, Uplink, frozen
+from netmap.model.fleet import Binding, Host, Source, SriovPool, Uplink, frozen
 
 
 def test_frozen_init_is_the_dataclass_init() -> None:

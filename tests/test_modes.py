@@ -16,7 +16,7 @@ from conftest import REPO
 
 from netmap.errors import InputError
 from netmap.load.parse import load_host, load_networks
-from netmap.model import Binding
+from netmap.model.fleet import Binding
 from netmap.modes import FAMILIES, REGISTRY, Mode, semantic_classes, sharing_problem
 from netmap.netlink.endpoints import ENDPOINTS
 
@@ -142,8 +142,8 @@ TOY_MODE = '''"""toy-bridge: a tap on a bridge of its own per uplink (tests/test
 
 from __future__ import annotations
 
-from netmap import names
-from netmap.model import Binding, Network
+from netmap.model import names
+from netmap.model.fleet import Binding, Network
 from netmap.modes.base import Mode, NicContext
 
 

@@ -17,11 +17,11 @@ import pytest
 from conftest import ip_links, needs_netns
 
 from netmap.errors import ApplyError, InputError
-from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.load.parse import load_guest, load_networks
 from netmap.plan import CreateTap
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
 
 PREFIX = "nmmq"
 TUNSETIFF = 0x400454CA

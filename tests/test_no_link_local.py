@@ -14,10 +14,10 @@ from pathlib import Path
 
 from conftest import needs_netns
 
-from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
 
 HOST = "nmagvm-h"
 

@@ -18,10 +18,10 @@ from ovs_lab import OvsInstance, missing, start_ovs
 from test_realize import tap_fd
 
 from netmap.cli import main
-from netmap.graph import build_graph
 from netmap.lab import build_lab, teardown_lab
 from netmap.load import load_fleet
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
 from netmap.state import HostState
 
 PREFIX = "ov"
@@ -332,7 +332,7 @@ def test_the_qemu_helper_serves_an_ovs_network(ovs_lab: OvsLab, tmp_path: Path) 
 
     from test_qemu_helper import FAKE_QEMU, HELPER
 
-    from netmap.names import tap_name
+    from netmap.model.names import tap_name
 
     acl = tmp_path / "qemu-helper.conf"
     acl.write_text("allow blue\n")

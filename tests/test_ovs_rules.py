@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from conftest import guest_toml, write_fleet
 
-from netmap.check import check_migration
 from netmap.errors import InputError
-from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.modes import REGISTRY
 from netmap.plan import CreateTap, EnsureOvsBridge, EnsureOvsPort, RequireLink
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
+from netmap.rules.check import check_migration
 
 NETWORKS = """
 [networks.prod]
@@ -264,9 +264,9 @@ def test_the_migrate_hook_rewrites_between_ovs_and_a_linux_bridge(tmp_path: Path
 
 
 def test_drift_of_an_ovs_binding_from_a_hand_made_ovsdb_view() -> None:
-    from netmap.drift_ovs import check_ovs
-    from netmap.inventory import OvsPortState, OvsState
-    from netmap.model import Binding, Network
+    from netmap.model.fleet import Binding, Network
+    from netmap.model.inventory import OvsPortState, OvsState
+    from netmap.rules.drift.ovs import check_ovs
 
     binding = Binding("prod", "ovs", "eth0", "br-int")
     network = Network("prod", segment="fab", vlan=100)
@@ -312,9 +312,9 @@ def test_show_diff_hosts_for_and_drain_take_ovs_hosts(tmp_path: Path, capsys) ->
 
 def test_the_draft_binds_a_network_whose_vlan_an_ovs_port_is_tagged_with(monkeypatch) -> None:
     monkeypatch.delenv("OVS_RUNDIR", raising=False)
-    from netmap.draft import draft_host
-    from netmap.inventory import Interface, Inventory, OvsPortState, OvsState
-    from netmap.model import Network
+    from netmap.model.fleet import Network
+    from netmap.model.inventory import Interface, Inventory, OvsPortState, OvsState
+    from netmap.rules.draft import draft_host
 
     ovs = OvsState("unix:/run/openvswitch/db.sock", {"br-int": "system"},
                    (OvsPortState("eno1", "br-int"), OvsPortState("vnet3", "br-int", 100)),

@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import needs_net_admin
 
-from netmap.check import check_migration
 from netmap.cli import main
-from netmap.graph import build_graph
 from netmap.load import load_fleet
-from netmap.names import MAX_IFNAME
+from netmap.model.names import MAX_IFNAME
 from netmap.plan import (
     BridgeVlan,
     ClaimVf,
@@ -28,7 +26,9 @@ from netmap.plan import (
     host_side_mac,
     step_from_dict,
 )
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
+from netmap.rules.check import check_migration
 
 EXTRA_HOST = """[host]
 name = "host-x"
@@ -292,9 +292,9 @@ def test_plan_text_prints_macs_verbatim(mappings: Path, capsys) -> None:
 
 def test_plan_text_shows_each_steps_undo(mappings: Path, capsys) -> None:
     """README: each step with its undo; a step with nothing to undo has no undo line."""
-    from netmap.graph import build_graph
     from netmap.load import load_fleet, require_guest
-    from netmap.planner import build_plan
+    from netmap.plan.planner import build_plan
+    from netmap.query.graph import build_graph
 
     assert main(["plan", "vm2", "--host", "host-a", "--mappings", str(mappings)]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]

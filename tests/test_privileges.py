@@ -27,10 +27,10 @@ from steady import steady_link
 from netmap import plan as p
 from netmap.cli import main
 from netmap.errors import ApplyError, InputError, PrivilegeError
-from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.kernel_support import KernelProbe, features_needed, refuse_unsupported
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
 
 PREFIX = "nmhp"
 NO_CAPABILITIES = ["--bounding-set=-all", "--inh-caps=-all"]

@@ -167,7 +167,7 @@ def test_without_use_vnet_no_vnet_header_and_existing_bridge_reused(host_a) -> N
         assert first.code == 0, first.stderr + second.stderr
         assert second.code == 0, first.stderr + second.stderr
         assert not tap_info(first.fd)[1] & IFF_VNET_HDR
-        from netmap.names import tap_name
+        from netmap.model.names import tap_name
 
         # --guest names the tap as realize would, from the guest's NIC on that network
         assert tap_info(second.fd)[0] == tap_name("vm2", 1)
@@ -561,7 +561,7 @@ def test_macvtap_mode_sends_the_macvtap_fd_and_cleans_up(host_a) -> None:
         assert status, status
         assert status[0] == "0", status
         name, flags = fake.stdout.readline().split()
-        from netmap.names import tap_name
+        from netmap.model.names import tap_name
 
         assert name == tap_name("vm2", 1)
         assert int(flags) & IFF_VNET_HDR
@@ -592,7 +592,7 @@ def test_a_bug_is_exit_4_and_says_so(monkeypatch, capsys) -> None:
 
 # Not on the helper's path once the bridge exists (QEMU waits for it at every guest start):
 # no renderer, graph, plan steps or pyroute2.
-HELPER_SKIPS = ("rich", "networkx", "pyroute2", "netmap.graph", "netmap.plan",
+HELPER_SKIPS = ("rich", "networkx", "pyroute2", "netmap.query.graph", "netmap.plan",
                 "netmap.netlink.kernel_steps", "netmap.netlink.release", "netmap.load.store")
 
 

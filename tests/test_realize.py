@@ -24,13 +24,13 @@ from steady import steady_link
 
 from netmap.cli import main
 from netmap.errors import ApplyError
-from netmap.graph import build_graph
 from netmap.lab import add_namespace
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
 from netmap.netlink.kernel_support import KernelProbe
 from netmap.netlink.rtnl import entered_netns
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
 from netmap.state import HostState
 
 PREFIX = "nmA"

@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 from conftest import fake_sriov_pf, guest_toml, links_by_name, needs_netns, write_fleet
 
-from netmap.drift import drift_findings
 from netmap.errors import ApplyError
-from netmap.graph import build_graph
-from netmap.inventory import Interface
 from netmap.load import load_fleet
+from netmap.model.inventory import Interface
 from netmap.netlink.apply import realize_plan
 from netmap.netlink.discover import discover, read_sriov
 from netmap.netlink.ensure import Transaction
 from netmap.netlink.rtnl import Rtnl
 from netmap.netlink.sysfs import VirtualFunction, has_vhost_net, sriov_info, sysfs_root
 from netmap.netlink.vf_pool import holder
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
+from netmap.rules.drift import drift_findings
 from netmap.state import HostState
 
 

@@ -169,7 +169,7 @@ def test_ipv6_unicast_remotes_underlay_passes_frames(v6lab) -> None:
 
 
 def test_an_ipv6_underlay_leaves_70_bytes_less_for_the_guest(mappings: Path) -> None:
-    from netmap.graph import effective_mtu
+    from netmap.query.graph import effective_mtu
 
     networks = load_networks(mappings / "networks.toml")
     path = with_vxlan(mappings, "host-b", 'vxlan = { group = "ff05::100" }')
@@ -184,9 +184,9 @@ def test_an_ipv6_underlay_leaves_70_bytes_less_for_the_guest(mappings: Path) -> 
 # --- check: VTEPs of one VNI must agree --------------------------------------------------------
 def overlay_codes(mappings: Path, table_a: str, table_b: str = DEFAULT_VXLAN) -> dict[str, str]:
     """Finding code -> message for vm3 (tenant-blue, on host-b) checked towards host-a."""
-    from netmap.check import check_migration
-    from netmap.graph import build_graph
     from netmap.load import load_fleet
+    from netmap.query.graph import build_graph
+    from netmap.rules.check import check_migration
 
     with_vxlan(mappings, "host-a", table_a)
     if table_b != DEFAULT_VXLAN:
@@ -282,7 +282,7 @@ def test_drift_reports_a_vxlan_on_another_port_group_or_source(tmp_path: Path, t
                                                                live: dict, said: str) -> None:
     from test_drift import HOST, NETWORKS, healthy, host_from, link
 
-    from netmap.drift import drift_findings
+    from netmap.rules.drift import drift_findings
 
     host = host_from(tmp_path, HOST + f'\n[networks.tenant-blue]\nmode = "vxlan"\n'
                                       f'uplink = "eth0"\n{table}\n')
@@ -418,7 +418,7 @@ def test_netmaps_own_vxlan_with_remotes_is_left_alone_by_a_second_realize(vxlab,
 @needs_netns
 def test_the_qemu_helper_uses_an_existing_vxlan_only_when_it_matches(netns_factory) -> None:
     from netmap.errors import ApplyError
-    from netmap.model import Vxlan
+    from netmap.model.fleet import Vxlan
     from netmap.netlink.rtnl import Rtnl
     from netmap.netlink.tapfd import ensure_vxlan
 
@@ -455,8 +455,8 @@ def test_diff_shows_the_vtep_settings_that_differ(mappings: Path, capsys) -> Non
 def test_discover_drafts_the_remotes_of_a_vxlan_without_group(tmp_path: Path) -> None:
     from test_draft import NETWORKS, load_draft, nic
 
-    from netmap.draft import draft_host
-    from netmap.inventory import Inventory
+    from netmap.model.inventory import Inventory
+    from netmap.rules.draft import draft_host
 
     inv = Inventory("node8", None, (
         nic(9, "eth4", mtu=9000, addresses=("fd00::a/64",)),

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import networkx as nx
     from rich.console import Console
 
-    from netmap.model import Fleet, Host
+    from netmap.model.fleet import Fleet, Host
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +20,8 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
-    from netmap.graph import build_graph
     from netmap.load import load_fleet
+    from netmap.query.graph import build_graph
 
     fleet = load_fleet(args.mappings)
 
@@ -29,8 +29,8 @@ def load(args: argparse.Namespace) -> tuple[Fleet, nx.DiGraph]:
 
 
 def this_host(args: argparse.Namespace, fleet: Fleet) -> Host:
-    """--host NAME, else $NETMAP_HOST, else the machine's hostname (netmap.hostid)."""
-    from netmap.hostid import this_host as from_fleet
+    """--host NAME, else $NETMAP_HOST, else the machine's hostname (netmap.load.hostid)."""
+    from netmap.load.hostid import this_host as from_fleet
 
     return from_fleet(fleet, getattr(args, "host", None))
 

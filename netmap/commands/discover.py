@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.tree import Tree
 
-    from netmap.drift import DriftReport
-    from netmap.inventory import Interface, Inventory, OvsState
-    from netmap.model import Host
+    from netmap.model.fleet import Host
+    from netmap.model.inventory import Interface, Inventory, OvsState
+    from netmap.rules.drift import DriftReport
 
 
 def _add_sources(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def _add_sources(parser: argparse.ArgumentParser) -> None:
 
 def checked_netns(netns: str | None) -> str | None:
     """--netns as given, once it is a namespace name (as a mapping's netns must be)."""
-    from netmap.netns_name import netns_problem
+    from netmap.model.netns_name import netns_problem
 
     problem = None if netns is None else netns_problem(netns)
     if problem:
@@ -103,7 +103,7 @@ def _fleet_networks(args: argparse.Namespace) -> dict:
 
 
 def _write_draft(args: argparse.Namespace, inventory: Inventory) -> None:
-    from netmap.draft import draft_host
+    from netmap.rules.draft import draft_host
 
     text = draft_host(inventory, host_name=args.host, networks=_fleet_networks(args))
     if args.write == "-":
@@ -267,8 +267,8 @@ def live_drift(host: Host, networks: dict, *, netns: str | None = None,
     """Discover this host (or `netns`, else the mapping's netns) and compare it with `host`'s
     mapping and netmap's state: what `netmap drift` prints, for `check --live` to fold in
     (`verify_features`: drift.drift_report's)."""
-    from netmap.drift import drift_report
     from netmap.netlink.discover import discover
+    from netmap.rules.drift import drift_report
     from netmap.state import HostState
 
     where = netns or host.netns
@@ -298,7 +298,7 @@ def _drift(args: argparse.Namespace) -> int:
                         ovsdb=args.ovsdb, guests=fleet.guests)
     here = socket.gethostname()
     if report.netns is None and host.name != here and not os.environ.get("NETMAP_HOST"):
-        from netmap.check import INFO, Finding
+        from netmap.rules.check import INFO, Finding
 
         note = Finding("HOST_NOT_HERE", INFO, None,
                        f"compared {host.name}'s mapping with this machine ({here}), which "

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     import networkx as nx
     from rich.console import RenderableType
 
-    from netmap.drain import DrainPlan, HostUse
-    from netmap.model import Fleet
+    from netmap.model.fleet import Fleet
+    from netmap.query.drain import DrainPlan, HostUse
 
 
 BRIEF_AFTER = 20  # moves; beyond this the table shows warning codes, not messages
@@ -42,7 +42,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from netmap.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
+    from netmap.query.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
 
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget {args.budget} is not a positive number of search nodes",
@@ -73,9 +73,9 @@ def _run(args: argparse.Namespace) -> int:
 def _execute(args: argparse.Namespace, fleet: Fleet, graph: nx.DiGraph,
              exclude: list[str]) -> int:
     from netmap.commands.migrate import execute, open_journal
-    from netmap.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
     from netmap.libvirt.journal import Journal, JournalMove
     from netmap.load import require_host
+    from netmap.query.drain import DEFAULT_BUDGET, DEFAULT_DEADLINE, drain
 
     host = require_host(fleet, args.host).name
     path = Journal.path_for("drain", host)

@@ -10,8 +10,8 @@ from netmap.commands._common import add_json, console, load, print_json
 from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK, InputError
 
 if TYPE_CHECKING:
-    from netmap.check import Finding
-    from netmap.model import Fleet, Guest, Host
+    from netmap.model.fleet import Fleet, Guest, Host
+    from netmap.rules.check import Finding
 
 
 def _configure_show(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +27,8 @@ def _show(args: argparse.Namespace) -> int:
         fleet, graph = load(args)
         hosts = list(fleet.hosts)
     else:  # the graph of those hosts alone: a large fleet's other hosts are not read
-        from netmap.graph import build_graph_of_hosts
         from netmap.load import load_fleet
+        from netmap.query.graph import build_graph_of_hosts
 
         fleet = load_fleet(args.mappings)
         hosts = [require_host(fleet, name).name for name in args.hosts]
@@ -91,8 +91,8 @@ def _check(args: argparse.Namespace) -> int:
     from netmap.load import load_fleet, require_guest, require_host
 
     fleet = load_fleet(args.mappings)
-    from netmap.check import check_migration
-    from netmap.graph import build_graph_of
+    from netmap.query.graph import build_graph_of
+    from netmap.rules.check import check_migration
 
     guest = require_guest(fleet, args.guest)
     dest = require_host(fleet, args.to)
@@ -124,7 +124,7 @@ def _configure_hosts_for(parser: argparse.ArgumentParser) -> None:
 
 
 def _hosts_for(args: argparse.Namespace) -> int:
-    from netmap.gcpause import gc_paused
+    from netmap.support.gcpause import gc_paused
 
     # Everything this command builds lives until it returns: a collection would only walk
     # it in vain (10k hosts: a tenth of a second of gen-2 walks over the answer).
@@ -136,7 +136,7 @@ def _hosts_for_answer(args: argparse.Namespace) -> int:
     from netmap.load import load_fleet, require_guest
 
     fleet = load_fleet(args.mappings)
-    from netmap.placement import hosts_for_fleet
+    from netmap.query.placement import hosts_for_fleet
 
     guest = require_guest(fleet, args.guest)
     candidates = hosts_for_fleet(fleet, guest.name, strict=args.strict, parallel=True)

@@ -15,8 +15,8 @@ from netmap.load import load_fleet
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from netmap.fleet_drift import HostRow
-    from netmap.model import Fleet
+    from netmap.model.fleet import Fleet
+    from netmap.rules.fleet_drift import HostRow
 
 DEFAULT_COMMAND = "netmap discover --json"
 
@@ -42,7 +42,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from netmap.ansible_run import OK, run_everywhere
-    from netmap.fleet_drift import FAILED, UNREACHABLE, HostRow, compare, read_inventory
+    from netmap.rules.fleet_drift import FAILED, UNREACHABLE, HostRow, compare, read_inventory
 
     if args.forks < 1:
         raise InputError(f"--forks {args.forks} is not a positive number", key="--forks",
@@ -82,7 +82,7 @@ def _fleet_if_any(args: argparse.Namespace) -> Fleet | None:
 
 def _write_drafts(args: argparse.Namespace, rows: list[HostRow],
                   fleet: Fleet | None) -> list[str]:
-    from netmap.draft import draft_host
+    from netmap.rules.draft import draft_host
 
     out = Path(args.write)
     try:

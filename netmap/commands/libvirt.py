@@ -11,7 +11,7 @@ from netmap.errors import EXIT_INPUT, EXIT_OK, InputError
 
 if TYPE_CHECKING:
     from netmap.libvirt.domain import DomainImport
-    from netmap.model import Guest
+    from netmap.model.fleet import Guest
 
 
 def _configure_import(parser: argparse.ArgumentParser) -> None:

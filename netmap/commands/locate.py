@@ -12,7 +12,7 @@ from netmap.errors import EXIT_INCOMPATIBLE, EXIT_INPUT, EXIT_OK
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from netmap.locate import Asked, Location
+    from netmap.query.locate import Asked, Location
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from netmap.libvirt.client import ask_hosts
     from netmap.load import load_fleet, require_guest
-    from netmap.locate import host_updates, locate, unmapped_guests
+    from netmap.query.locate import host_updates, locate, unmapped_guests
 
     fleet = load_fleet(args.mappings)
     names = [require_guest(fleet, name).name for name in args.guests] or sorted(fleet.guests)
@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     unwritable: list[str] = []
     if args.write:
         from netmap.errors import InputError
-        from netmap.guest_write import set_guest_host
+        from netmap.load.guest_write import set_guest_host
 
         for guest, host in host_updates(locations).items():
             source = fleet.guests[guest].source
@@ -76,7 +76,7 @@ def _view(locations: list[Location], answers: list[Asked], strays: list[tuple[st
     from rich.table import Table
     from rich.text import Text
 
-    from netmap.locate import AGREES, NOT_RUNNING
+    from netmap.query.locate import AGREES, NOT_RUNNING
 
     table = Table(title="where guests run (libvirt)", title_justify="default")
     for column in ("guest", "file says", "libvirt says", "status"):

@@ -15,7 +15,7 @@ from netmap.errors import EXIT_APPLY, EXIT_OK, InputError
 if TYPE_CHECKING:
     from netmap.libvirt.execute import Outcome
     from netmap.libvirt.journal import Journal
-    from netmap.model import Fleet
+    from netmap.model.fleet import Fleet
 
 
 def add_execute_options(parser: argparse.ArgumentParser, *, many: bool) -> None:
@@ -118,8 +118,8 @@ def _live_refusal(fleet: Fleet, guest: str, dest: str) -> str:
     import os
     import socket
 
-    from netmap.check import ERROR
     from netmap.commands.fleet import live_findings
+    from netmap.rules.check import ERROR
 
     host = fleet.hosts[dest]
     if host.netns is None and dest not in (socket.gethostname(), os.environ.get("NETMAP_HOST")):

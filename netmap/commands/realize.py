@@ -16,7 +16,7 @@ from netmap.errors import EXIT_INCOMPATIBLE, EXIT_OK, InputError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from netmap.model import Fleet, Host
+    from netmap.model.fleet import Fleet, Host
     from netmap.plan import Plan
 
 
@@ -63,7 +63,7 @@ def _configure_plan(parser: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     from netmap.load import require_guest
-    from netmap.planner import build_plan
+    from netmap.plan.planner import build_plan
 
     fleet, graph = load(args)
     host = this_host(args, fleet)
@@ -95,9 +95,9 @@ def _configure_realize(parser: argparse.ArgumentParser) -> None:
 
 
 def _realize(args: argparse.Namespace) -> int:
-    from netmap.check import check_migration
     from netmap.load import require_guest
-    from netmap.planner import build_plan
+    from netmap.plan.planner import build_plan
+    from netmap.rules.check import check_migration
 
     fleet, graph = load(args)
     host = _target_host(args, fleet)
@@ -220,8 +220,8 @@ def _require_releasable(fleet: Fleet, host: Host, name: str) -> None:
     guest file may be gone, and what was made for it must still be removable). Any other
     name is a typo: refused with a did-you-mean, as every command refuses one."""
     from netmap.load import require_guest
+    from netmap.load.tomlcheck import did_you_mean
     from netmap.state import HostState
-    from netmap.tomlcheck import did_you_mean
 
     if name in fleet.guests:
         return

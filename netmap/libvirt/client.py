@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from netmap.errors import InputError
-from netmap.locate import Asked
+from netmap.query.locate import Asked
 
 
 class Unreachable(Exception):

@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from netmap import names
-from netmap.check import ERROR, INFO, WARNING, Finding
 from netmap.errors import InputError
 from netmap.libvirt import NAMESPACE, vf_pool_network
 from netmap.libvirt.interfaces import (
@@ -31,10 +29,12 @@ from netmap.libvirt.interfaces import (
     read_metadata,
 )
 from netmap.libvirt.xmlsafe import MAX_BYTES, XmlDocument, parse_untrusted
-from netmap.model import Binding, Guest, GuestNic, Host, Network, Source
+from netmap.model import names
+from netmap.model.fleet import Binding, Guest, GuestNic, Host, Network, Source
+from netmap.model.nic_values import mac_problem
 from netmap.modes import mode_of
-from netmap.nic_values import mac_problem
-from netmap.regular_file import read_regular
+from netmap.rules.check import ERROR, INFO, WARNING, Finding
+from netmap.support.regular_file import read_regular
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from netmap.libvirt.journal import (
     Journal,
     JournalMove,
 )
-from netmap.model import Fleet
+from netmap.model.fleet import Fleet
 
 Emit = Callable[[dict[str, Any]], None]
 # (guest, destination) -> why the live destination cannot take it ("" when it can)
@@ -173,8 +173,8 @@ class Executor:
         return move.message
 
     def _check(self, move: JournalMove) -> None:
-        from netmap.check import check_migration
-        from netmap.graph import build_graph
+        from netmap.query.graph import build_graph
+        from netmap.rules.check import check_migration
 
         with self._lock:
             guests = {name: dataclasses.replace(guest, host=self._hosts[name])

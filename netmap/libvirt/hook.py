@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for the checker only: the pass-through path must not import them
-    from netmap.check import Finding
     from netmap.libvirt.rewrite import Rewrite
     from netmap.libvirt.xmlsafe import XmlDocument
+    from netmap.rules.check import Finding
 
 # (operation, sub-operation) whose stdout libvirt reads as the domain XML
 _XML_FILTERS = {("migrate", "begin"), ("restore", "begin")}
@@ -107,12 +107,12 @@ def _migrate_begin(guest_arg: str, data: bytes, mappings: str | None, host_name:
     import dataclasses
     import socket
 
-    from netmap.check import ERROR, WARNING, check_migration
-    from netmap.graph import build_graph
     from netmap.libvirt.domain import import_domain
     from netmap.libvirt.rewrite import plan_rewrites
     from netmap.libvirt.xmlsafe import parse_untrusted
     from netmap.load import load_fleet, require_host
+    from netmap.query.graph import build_graph
+    from netmap.rules.check import ERROR, WARNING, check_migration
 
     doc = parse_untrusted(data, f"domain XML of {guest_arg} (stdin)")
     fleet = load_fleet(mappings)

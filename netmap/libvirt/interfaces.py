@@ -6,17 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from xml.etree import ElementTree as ET
 
-from netmap.check import ERROR, WARNING, Finding
 from netmap.libvirt import NAMESPACE
 from netmap.libvirt.xmlsafe import XmlDocument
-from netmap.model import (
+from netmap.model.fleet import (
     MAX_QUEUES,
     VHOST_POLICIES,
     VIRTIO_MODELS,
     Network,
 )
+from netmap.model.nic_values import MTU_RANGE, mac_problem
 from netmap.modes import REGISTRY, semantic_classes
-from netmap.nic_values import MTU_RANGE, mac_problem
+from netmap.rules.check import ERROR, WARNING, Finding
 
 # Every <interface type=...> libvirt knows (domain_conf.c, virDomainNetType).
 LIBVIRT_TYPES = frozenset({"user", "ethernet", "vhostuser", "server", "client", "mcast", "udp",

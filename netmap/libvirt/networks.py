@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from xml.etree import ElementTree as ET
 
-from netmap import names
 from netmap.libvirt import NAMESPACE, vf_pool_network
-from netmap.model import Binding, Fleet, Host, Network
+from netmap.model import names
+from netmap.model.fleet import Binding, Fleet, Host, Network
 from netmap.modes import REGISTRY, mode_of
 
 

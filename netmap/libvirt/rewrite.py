@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from xml.etree import ElementTree as ET
 
-from netmap import names
-from netmap.check import ERROR, Finding
 from netmap.libvirt.domain import DomainImport
 from netmap.libvirt.interfaces import Interface
 from netmap.libvirt.networks import libvirt_network_for, macvtap_mode
 from netmap.libvirt.xmlsafe import XmlDocument, escape_attribute
-from netmap.model import Binding, Fleet, Host
+from netmap.model import names
+from netmap.model.fleet import Binding, Fleet, Host
 from netmap.modes import mode_of
+from netmap.rules.check import ERROR, Finding
 
 Rewrite = tuple[int, int, bytes]
 

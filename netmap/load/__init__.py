@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from netmap.load.parse import mappings_dir, require_guest, require_host
-from netmap.model import Fleet
+from netmap.model.fleet import Fleet
 
 __all__ = ["load_fleet", "mappings_dir", "require_guest", "require_host"]
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from netmap.errors import InputError
-from netmap.gcpause import gc_paused
 from netmap.load import parse, store
 from netmap.load.hosts import StoredHosts
 from netmap.load.store import Identity, Parsed, Row, Store, identity, settled
-from netmap.model import Fleet, Guest, Host, Network, mapping_file
+from netmap.model.fleet import Fleet, Guest, Host, Network, mapping_file
+from netmap.support.gcpause import gc_paused
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from netmap.errors import InputError
 from netmap.load import parse
 from netmap.load.store import Row, Store
-from netmap.model import Host, IndexedHosts, Network
+from netmap.model.fleet import Host, IndexedHosts, Network
 
 
 class StoredHosts(IndexedHosts):

@@ -10,9 +10,23 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from netmap import names
 from netmap.errors import InputError
-from netmap.model import (
+from netmap.load.tomlcheck import (
+    Document,
+    KeyPath,
+    Schema,
+    did_you_mean,
+    flag,
+    named_tables,
+    number,
+    subtable,
+    table_array,
+    text,
+    text_table,
+    texts,
+)
+from netmap.model import names
+from netmap.model.fleet import (
     KNOWN_FEATURES,
     MAX_QUEUES,
     VF_ATTACH,
@@ -29,6 +43,10 @@ from netmap.model import (
     Uplink,
     Vxlan,
 )
+from netmap.model.netns_name import netns_problem
+from netmap.model.nic_values import MTU_RANGE, mac_problem
+from netmap.model.vxlan_options import Problem as UnderlayProblem
+from netmap.model.vxlan_options import check_underlay
 from netmap.modes import (
     REGISTRY,
     binding_problem,
@@ -37,25 +55,7 @@ from netmap.modes import (
     sharing_problem,
 )
 from netmap.modes.ovs import DATAPATH_TYPES as OVS_DATAPATH_TYPES
-from netmap.netns_name import netns_problem
-from netmap.nic_values import MTU_RANGE, mac_problem
-from netmap.regular_file import describe, not_regular
-from netmap.tomlcheck import (
-    Document,
-    KeyPath,
-    Schema,
-    did_you_mean,
-    flag,
-    named_tables,
-    number,
-    subtable,
-    table_array,
-    text,
-    text_table,
-    texts,
-)
-from netmap.vxlan_options import Problem as UnderlayProblem
-from netmap.vxlan_options import check_underlay
+from netmap.support.regular_file import describe, not_regular
 
 DEFAULT_DIRS = (Path("/etc/netmap"), Path("mappings"))
 # used with fullmatch: match() with $ would accept a trailing newline ("vm1\n")

@@ -80,14 +80,15 @@ def cache_file(base: Path) -> Path:
     return cache_dir() / f"fleet-{digest}.sqlite"
 
 
-_NETMAP_REFERENCE = re.compile(
-    r"\bfrom\s+netmap\s+import\s+(?:\(([^)]*)\)|([^\n]*))|\bnetmap((?:\.\w+)+)")
+_NETMAP_REFERENCE = re.compile(r"\bfrom\s+netmap((?:\.\w+)*)\s+import\s+(?:\(([^)]*)\)|([^\n]*))"
+                               r"|\bnetmap((?:\.\w+)+)")
 
 
 def loader_sources(package: Path | None = None) -> list[Path]:
     """netmap.load and every netmap module it names, transitively: what can change the
-    objects a load makes. A text search (`netmap.x.y`, `from netmap import x`) may find
-    more than is imported (a needless miss) but never less, lazy imports too."""
+    objects a load makes. A text search (`netmap.x.y`, `from netmap.x import y`) may find
+    more than is imported (a needless miss) but never less, lazy imports too (relative
+    imports, which it would not see, are refused by ruff's TID252)."""
     package = package or Path(__file__).resolve().parent.parent
     found: dict[Path, None] = {}
     todo: list[tuple[str, ...]] = [("load",)]
@@ -99,17 +100,21 @@ def loader_sources(package: Path | None = None) -> list[Path]:
         found[path] = None
         for depth in range(1, len(parts)):  # importing a.b runs a/__init__.py first
             todo.append(parts[:depth])
-        if path.name == "__init__.py":  # a package's modules import each other relatively
-            todo.extend((*parts, sibling.stem) for sibling in path.parent.glob("*.py"))
+        if parts == ("load",):  # the loader's own modules, whichever of them runs
+            todo.extend(("load", sibling.stem) for sibling in path.parent.glob("*.py"))
         try:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        for grouped, line, dotted in _NETMAP_REFERENCE.findall(text):
+        for base, grouped, line, dotted in _NETMAP_REFERENCE.findall(text):
             if dotted:
                 todo.append(tuple(dotted[1:].split(".")))
-            # every word of `from netmap import a, b as c`: the modules among them count
-            todo.extend((word,) for word in re.findall(r"\w+", grouped or line))
+                continue
+            package_parts = tuple(base[1:].split(".")) if base else ()
+            if package_parts:
+                todo.append(package_parts)
+            # every word of `from netmap.x import a, b as c`: the modules among them count
+            todo.extend((*package_parts, word) for word in re.findall(r"\w+", grouped or line))
     return sorted(found)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from netmap.model import Binding, Network, Uplink, Vxlan
+from netmap.model.fleet import Binding, Network, Uplink, Vxlan
 from netmap.modes import bridge, macvtap, ovs, sriov, vxlan
 from netmap.modes.base import Mode, NicContext
 

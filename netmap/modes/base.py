@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from netmap.model import Binding, Guest, GuestNic, Network, Uplink
+from netmap.model.fleet import Binding, Guest, GuestNic, Network, Uplink
 
 if TYPE_CHECKING:
     from netmap.plan import Step

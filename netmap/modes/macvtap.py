@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from netmap import names
-from netmap.model import Binding, Network
+from netmap.model import names
+from netmap.model.fleet import Binding, Network
 from netmap.modes.base import Mode, NicContext, UplinkUse
 
 if TYPE_CHECKING:

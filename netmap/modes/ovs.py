@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from netmap import names
-from netmap.model import Binding, GuestNic, Network
+from netmap.model import names
+from netmap.model.fleet import Binding, GuestNic, Network
 from netmap.modes.base import Mode, NicContext
 
 if TYPE_CHECKING:

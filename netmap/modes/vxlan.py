@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from netmap import names
-from netmap.model import VXLAN_OVERHEAD, Binding, Network, Uplink
+from netmap.model import names
+from netmap.model.fleet import VXLAN_OVERHEAD, Binding, Network, Uplink
 from netmap.modes.base import Mode, NicContext
 from netmap.modes.bridge import bridged_steps
 

@@ -1,6 +1,6 @@
-"""Read the live host into a netmap.inventory.Inventory: links by netlink (netmap.netlink.linkdump),
-SR-IOV pools and features from sysfs and /dev (netmap.netlink.sysfs), under roots that tests
-point at fake trees.
+"""Read the live host into a netmap.model.inventory.Inventory: links by netlink
+(netmap.netlink.linkdump), SR-IOV pools and features from sysfs and /dev
+(netmap.netlink.sysfs), under roots that tests point at fake trees.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from netmap.inventory import (
+from netmap.model.inventory import (
     PHYSICAL,
     Interface,
     Inventory,

@@ -9,7 +9,7 @@ which IFLA_LINK is a lower device, and ifindexes turned into names once all are 
 from __future__ import annotations
 
 from netmap.errors import InputError
-from netmap.inventory import PHYSICAL, Interface
+from netmap.model.inventory import PHYSICAL, Interface
 from netmap.netlink.rtmsg import (
     ARPHRD_ETHER,
     ARPHRD_LOOPBACK,

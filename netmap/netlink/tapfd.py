@@ -37,7 +37,7 @@ from netmap.netlink.rtnl import TUN_DEVICE
 # a rollback needs them: not on the QEMU helper's usual path, which QEMU waits for
 
 if TYPE_CHECKING:
-    from netmap.model import Vxlan
+    from netmap.model.fleet import Vxlan
 
 CLONE_NEWNS = 0x00020000
 

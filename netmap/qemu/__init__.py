@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from netmap.errors import InputError
-from netmap.model import IFNAMSIZ, Binding, Fleet, Guest, GuestNic, Host, Network
+from netmap.model.fleet import IFNAMSIZ, Binding, Fleet, Guest, GuestNic, Host, Network
 from netmap.modes import mode_of
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def _refuse_queues(guest: Guest, nic: GuestNic, host: Host) -> None:
     would start with one, or (a tap made with IFF_MULTI_QUEUE by someone else) not at all."""
     if nic.queues <= 1:
         return
-    from netmap.names import tap_name
+    from netmap.model.names import tap_name
 
     raise InputError(
         f"guest {guest.name}'s NIC {nic.index} on network {nic.network!r} has "
@@ -86,10 +86,10 @@ def _random_tap_name() -> str:
 def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:
     """Resolve the logical network on `host` into what to build; refuse what a tap fd
     cannot serve. Pure."""
-    from netmap import names
     from netmap.load import require_guest
-    from netmap.mtu import effective_mtu
-    from netmap.tomlcheck import did_you_mean
+    from netmap.load.tomlcheck import did_you_mean
+    from netmap.model import names
+    from netmap.model.mtu import effective_mtu
 
     network = fleet.networks.get(request.network)
     if network is None:

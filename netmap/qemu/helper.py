@@ -39,7 +39,7 @@ from netmap.modes import mode_of
 from netmap.qemu import Endpoint, network_name_problem, plan_endpoint
 
 if TYPE_CHECKING:
-    from netmap.model import Fleet, Host
+    from netmap.model.fleet import Fleet, Host
     from netmap.netlink import rtnl
 
 PROG = "netmap-qemu-helper"
@@ -105,7 +105,7 @@ def request_from(args: argparse.Namespace) -> Request:
         raise InputError(problem, key="--br",
                          fix="br= names a logical network of mappings/networks.toml")
     if args.mac is not None:
-        from netmap.nic_values import mac_problem
+        from netmap.model.nic_values import mac_problem
 
         mac_problem_text = mac_problem(args.mac)
         if mac_problem_text:
@@ -167,10 +167,10 @@ def load_mappings(request: Request) -> tuple[Fleet, Host]:
     the whole fleet: what load_fleet would give for NAME when that file defines it. Any
     other case (no such file, a broken one, a name it does not define) takes the whole
     fleet, whose answer and errors are those of every other command."""
-    from netmap.hostid import host_name
     from netmap.load import mappings_dir
+    from netmap.load.hostid import host_name
     from netmap.load.parse import load_host, load_networks
-    from netmap.model import Fleet
+    from netmap.model.fleet import Fleet
 
     if request.guest is None and request.mac is None:
         base = mappings_dir(request.mappings)
@@ -188,8 +188,8 @@ def load_mappings(request: Request) -> tuple[Fleet, Host]:
 
 
 def _whole_fleet(request: Request) -> tuple[Fleet, Host]:
-    from netmap.hostid import this_host
     from netmap.load import load_fleet
+    from netmap.load.hostid import this_host
 
     fleet = load_fleet(request.mappings)
     return fleet, this_host(fleet, request.host)

@@ -39,7 +39,7 @@ from agreement import (
     host_dump,
 )
 
-from netmap.model import Host
+from netmap.model.fleet import Host
 
 pytestmark = pytest.mark.vm
 
@@ -196,10 +196,10 @@ def test_a_shared_device_gets_back_what_the_last_guest_needing_it_changed(
     g2 and g3 need more of it (MTU 1450 and 1500), g4 less (MTU 1300, never lowered); or
     g2, g3 and g4 all need VLAN filtering. Released one by one, the device keeps what a
     remaining guest needs and gets its old value back when the last such guest goes."""
-    from netmap.graph import build_graph
     from netmap.load import load_fleet
     from netmap.netlink.apply import realize_plan, release_guest
-    from netmap.planner import build_plan
+    from netmap.plan.planner import build_plan
+    from netmap.query.graph import build_graph
 
     subprocess.run(["ip", "link", "add", "up0", "mtu", "9000", "type", "dummy"], check=True)
     try:

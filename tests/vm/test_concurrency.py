@@ -52,10 +52,10 @@ def realize_at_once(names: list[str], logs: Path) -> dict[str, int]:
     import rich.console  # noqa: F401
 
     import netmap.commands.realize
-    import netmap.graph
     import netmap.load
     import netmap.netlink.apply
-    import netmap.plan  # noqa: F401
+    import netmap.plan
+    import netmap.query.graph  # noqa: F401
 
     gate_read, gate_write = os.pipe()
     children = {}

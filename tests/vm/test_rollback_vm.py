@@ -19,10 +19,10 @@ from faults import enobufs_half_way, faulty_kernel, interrupt_after, interrupt_b
 from vmhost import HOST, guest, host_dump, ip, vf_entries
 
 from netmap.errors import ApplyError
-from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
 from netmap.state import HostState
 
 pytestmark = pytest.mark.vm

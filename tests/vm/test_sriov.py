@@ -140,10 +140,10 @@ def test_failure_before_every_step_leaves_pf_and_host_as_before(sriov_pf, fleet)
     """The rollback test for VFs handed over as passthru macvtaps: two NICs, so a failure
     before the second claim must give the first VF's entry back as found."""
     from netmap.errors import ApplyError
-    from netmap.graph import build_graph
     from netmap.load import load_fleet
     from netmap.netlink.apply import realize_plan
-    from netmap.planner import build_plan
+    from netmap.plan.planner import build_plan
+    from netmap.query.graph import build_graph
 
     root = fleet(NETWORKS, host_mapping(sriov_pf, vf_attach='"macvtap"', spoofchk="false"),
                  {"g1": guest("g1", ("storage", "52:54:00:5e:03:01"),

@@ -14,10 +14,10 @@ from vmhost import HOST, bridge, guest, host_dump, ip
 
 from netmap.cli import main
 from netmap.errors import ApplyError
-from netmap.graph import build_graph
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan
-from netmap.planner import build_plan
+from netmap.plan.planner import build_plan
+from netmap.query.graph import build_graph
 
 pytestmark = pytest.mark.vm
 MACVTAP_VIDS = {"macvtap-bridge": 101, "macvtap-vepa": 102, "macvtap-private": 103,

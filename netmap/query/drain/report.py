@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from netmap.check import Finding
-from netmap.drain.flow import Resource
+from netmap.query.drain.flow import Resource
+from netmap.rules.check import Finding
 
 LISTED_HOSTS = 100  # hosts named per graph-level reason in JSON (the count is always exact)
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
-from netmap.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
+from netmap.model.inventory import Interface, Inventory, SriovPf, VirtualFunctionUse
 
 _TUPLES = {"altnames", "addresses", "vxlan_remotes"}
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from netmap.model import Binding, Host, Network
+from netmap.model.fleet import Binding, Host, Network
 from netmap.modes import REGISTRY
 
 __all__ = ["effective_mtu"]

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import tomli
 
 from netmap.errors import InputError
-from netmap.model import Source
-from netmap.regular_file import read_regular
+from netmap.model.fleet import Source
+from netmap.support.regular_file import read_regular
 
 T = TypeVar("T")
 KeyPath = tuple[str | int, ...]
@@ -203,7 +203,7 @@ class Document:
 def _read_bytes(path: str | Path) -> bytes:
     """The file's bytes, through the os module (open() builds a buffered file object
     first, twice the time of reading a 40-line file); only a regular file of bounded
-    size (netmap.regular_file), so a FIFO or /dev/zero is an error, not a hang."""
+    size (netmap.support.regular_file), so a FIFO or /dev/zero is an error, not a hang."""
     return read_regular(path)
 
 

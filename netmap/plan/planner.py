@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from netmap.model import Guest, Host
+from netmap.model.fleet import Guest, Host
 from netmap.modes import REGISTRY, NicContext
 from netmap.plan import NicPlan, Plan, RequireLink, Step
 
@@ -18,7 +18,7 @@ __all__ = ["build_plan", "nic_plan"]
 
 def nic_plan(graph: nx.DiGraph, guest: Guest, nic_index: int, host: Host) -> NicPlan | str:
     """The steps for one NIC, or why it cannot be planned on this host."""
-    from netmap import graph as g
+    from netmap.query import graph as g
 
     nic = guest.nics[nic_index]
     view = g.nic_view(graph, guest.name, nic, host.name)

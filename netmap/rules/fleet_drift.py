@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from netmap.check import ERROR, WARNING, Finding
-from netmap.drift import drift_report
-from netmap.inventory import Inventory
-from netmap.inventory_json import inventory_from_json
-from netmap.model import Fleet
+from netmap.model.fleet import Fleet
+from netmap.model.inventory import Inventory
+from netmap.model.inventory_json import inventory_from_json
+from netmap.rules.check import ERROR, WARNING, Finding
+from netmap.rules.drift import drift_report
 
 # a row's status
 NO_DRIFT, DRIFT, UNREACHABLE, FAILED, NO_MAPPING, BAD_OUTPUT = (

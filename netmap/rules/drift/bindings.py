@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import ipaddress
 
-from netmap import names
-from netmap.check import ERROR, INFO, WARNING
-from netmap.drift_links import LinkDrift
-from netmap.drift_ovs import check_ovs
-from netmap.graph import effective_mtu
-from netmap.inventory import UPLINK_KINDS, Interface
-from netmap.model import Binding, Network, Vxlan
+from netmap.model import names
+from netmap.model.fleet import Binding, Network, Vxlan
+from netmap.model.inventory import UPLINK_KINDS, Interface
 from netmap.modes import mode_of
+from netmap.query.graph import effective_mtu
+from netmap.rules.check import ERROR, INFO, WARNING
+from netmap.rules.drift.links import LinkDrift
+from netmap.rules.drift.ovs import check_ovs
 
 
 class BindingDrift(LinkDrift):

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import re
 
-from netmap.model import IFNAMSIZ
+from netmap.model.fleet import IFNAMSIZ
 
 MAX_IFNAME = IFNAMSIZ - 1
 # The kernel's dev_valid_name() refuses "/", ":" and white space; "%" would be a

@@ -1,6 +1,6 @@
 """The drain problem as a flow network (networkx): types, paths, max-flow, min-cost. Pure.
 
-The problem (built by netmap.drain from the fleet): every guest has options, one per host that
+The problem (built by netmap.query.drain from the fleet): every guest has options, one per host that
 passes the check for it, each with a *demand*: how much of each limited resource of that host
 it takes (VFs of one PF, an uplink held in macvtap passthrough, endpoint slots, guest slots)
 and a cost (warnings). Place as many guests as possible without exceeding any capacity, then
@@ -17,7 +17,7 @@ The network
     decomposes into one path per guest); a min-cost flow with a costly bypass arc picks,
     among the maximum ones, the one with the fewest warnings and the most even spread
     (convex per-host load costs).
-  * A guest no single path expresses is *complex* (netmap.drain.search handles those). In
+  * A guest no single path expresses is *complex* (netmap.query.drain.search handles those). In
     the *relaxation* a complex guest takes one unit of one of its resources, with capacities
     divided by the smallest demand seen: it never undercounts, so it bounds every plan.
 """

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from netmap.errors import InputError
 
 if TYPE_CHECKING:
-    from netmap.model import Fleet, Host
+    from netmap.model.fleet import Fleet, Host
 
 
 def host_name(explicit: str | None = None) -> str:

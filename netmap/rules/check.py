@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from netmap import graph as g
-from netmap import names
-from netmap.model import (
+from netmap.model import names
+from netmap.model.fleet import (
     Guest,
     GuestNic,
     Host,
@@ -18,6 +17,7 @@ from netmap.model import (
     mapping_file,
 )
 from netmap.modes import REGISTRY
+from netmap.query import graph as g
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 

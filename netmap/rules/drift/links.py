@@ -4,11 +4,11 @@ interfaces (names, MACs, carrier, MTU, masters, SR-IOV pools, bridges, vxlan dev
 
 from __future__ import annotations
 
-from netmap.check import ERROR, WARNING, Finding
-from netmap.drift_tracked import TrackedDevice
-from netmap.inventory import UPLINK_KINDS, Interface, Inventory
-from netmap.model import Binding, Host, Network, Uplink, mapping_file
+from netmap.model.fleet import Binding, Host, Network, Uplink, mapping_file
+from netmap.model.inventory import UPLINK_KINDS, Interface, Inventory
 from netmap.modes import mode_of
+from netmap.rules.check import ERROR, WARNING, Finding
+from netmap.rules.drift.tracked import TrackedDevice
 
 
 def _describe(link: Interface) -> str:

@@ -21,8 +21,7 @@ from typing import Any, Protocol, cast
 
 import networkx as nx
 
-from netmap.gcpause import gc_paused
-from netmap.model import (
+from netmap.model.fleet import (
     Binding,
     Fleet,
     Guest,
@@ -30,9 +29,10 @@ from netmap.model import (
     Network,
     Uplink,
 )
+from netmap.model.mtu import effective_mtu
 from netmap.modes import REGISTRY
 from netmap.modes.base import Claim
-from netmap.mtu import effective_mtu
+from netmap.support.gcpause import gc_paused
 
 
 def host_id(host: str) -> str:

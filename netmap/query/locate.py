@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from netmap.model import Fleet
+from netmap.model.fleet import Fleet
 
 # a guest's status
 AGREES = "agrees"          # runs where its file says

@@ -30,7 +30,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 
-from netmap.drain.flow import (
+from netmap.query.drain.flow import (
     FlowModel,
     Group,
     Option,

@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import networkx as nx
 
-from netmap import graph as g
-from netmap.check import Finding
-from netmap.drain.candidates import DrainContext, Survey, demand, profile
-from netmap.drain.flow import Option, Problem, Resource, Solution
-from netmap.drain.report import Blocked, DrainPlan, HostUse, HostVerdict, Move, Unfit
-from netmap.drain.search import DEFAULT_BUDGET, DEFAULT_DEADLINE, solve
-from netmap.model import Guest
+from netmap.model.fleet import Guest
+from netmap.query import graph as g
+from netmap.query.drain.candidates import DrainContext, Survey, demand, profile
+from netmap.query.drain.flow import Option, Problem, Resource, Solution
+from netmap.query.drain.report import Blocked, DrainPlan, HostUse, HostVerdict, Move, Unfit
+from netmap.query.drain.search import DEFAULT_BUDGET, DEFAULT_DEADLINE, solve
+from netmap.rules.check import Finding
 
 CAPACITY_CODES = frozenset({"NO_FREE_VF", "UPLINK_TAKEN", "HOST_FULL"})  # check's, not topology
 DETAILED_HOSTS = 10  # blocked guests: full messages for this many hosts, codes for the rest

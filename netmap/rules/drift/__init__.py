@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from netmap.check import ERROR, INFO, WARNING, Finding
-from netmap.drift_bindings import BindingDrift
-from netmap.drift_tracked import TrackedDevice, tracked_from_state
-from netmap.inventory import Interface, Inventory, is_netmap_endpoint
-from netmap.model import Guest, Host, Network
+from netmap.model.fleet import Guest, Host, Network
+from netmap.model.inventory import Interface, Inventory, is_netmap_endpoint
+from netmap.model.names import tap_name
 from netmap.modes import REGISTRY
-from netmap.names import tap_name
+from netmap.rules.check import ERROR, INFO, WARNING, Finding
+from netmap.rules.drift.bindings import BindingDrift
+from netmap.rules.drift.tracked import TrackedDevice, tracked_from_state
 
 # Loadable modules that the kernel loads on first use: absent now is not proof of absent.
 ON_DEMAND = frozenset({"bridge", "vxlan", "macvtap"})

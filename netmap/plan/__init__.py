@@ -6,7 +6,7 @@ idempotently and undoes it (a later step failed, or the guest is released) throu
 views netmap/netlink implements. Steps that several guests share (a bridge, the uplink's
 enslavement, a vxlan device) carry the same `resource` key, so a plan lists each once and
 state can count who still uses it. Which steps a NIC needs is its mode's answer
-(netmap/modes); netmap/planner.py asks it.
+(netmap/modes); netmap/plan/planner.py asks it.
 """
 
 from __future__ import annotations

@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from netmap import graph as g
-from netmap.check import Finding, Report, check_migration
-from netmap.drain.flow import Option, Resource
-from netmap.drain.report import HostUse
 from netmap.errors import InputError
 from netmap.load import require_host
-from netmap.model import Guest, Host
+from netmap.model.fleet import Guest, Host
 from netmap.modes import mode_of
+from netmap.query import graph as g
+from netmap.query.drain.flow import Option, Resource
+from netmap.query.drain.report import HostUse
+from netmap.rules.check import Finding, Report, check_migration
 
 WARNING_COST = 1000  # one warning outweighs any difference in load
 EXAMINE_AT_LEAST = 100  # hosts examined per profile while looking for warning-free ones

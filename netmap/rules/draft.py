@@ -13,9 +13,9 @@ import json
 import re
 from datetime import datetime, timezone
 
-from netmap import names
-from netmap.inventory import Interface, Inventory
-from netmap.model import KNOWN_FEATURES, Network
+from netmap.model import names
+from netmap.model.fleet import KNOWN_FEATURES, Network
+from netmap.model.inventory import Interface, Inventory
 from netmap.modes.bridge import Bridge
 from netmap.modes.macvtap import MODES as MACVTAP_MODES
 from netmap.modes.vxlan import Vxlan

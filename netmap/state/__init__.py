@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from netmap.errors import ApplyError, InputError, PrivilegeError
-from netmap.state_check import (
+from netmap.state.check import (
     DEFAULT_STATE_DIR,
     PENDING,
     REALIZED,

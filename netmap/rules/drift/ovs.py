@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from netmap import names
-from netmap.check import ERROR, INFO
-from netmap.inventory import OvsState
-from netmap.model import Binding, Network
+from netmap.model import names
+from netmap.model.fleet import Binding, Network
+from netmap.model.inventory import OvsState
 from netmap.plan import OVS_NETWORK_KEY, OVS_OWNER_KEY
+from netmap.rules.check import ERROR, INFO
 
 Add = Callable[[str, str, str, str], None]  # code, severity, message, fix
 

@@ -9,10 +9,10 @@ out; the parts:
 
 from __future__ import annotations
 
-from netmap.drain.flow import Option, Problem, Solution
-from netmap.drain.planner import drain
-from netmap.drain.report import Blocked, DrainPlan, HostUse, HostVerdict, Move, Unfit
-from netmap.drain.search import DEFAULT_BUDGET, DEFAULT_DEADLINE, solve
+from netmap.query.drain.flow import Option, Problem, Solution
+from netmap.query.drain.planner import drain
+from netmap.query.drain.report import Blocked, DrainPlan, HostUse, HostVerdict, Move, Unfit
+from netmap.query.drain.search import DEFAULT_BUDGET, DEFAULT_DEADLINE, solve
 
 __all__ = ["DEFAULT_BUDGET", "DEFAULT_DEADLINE", "Blocked", "DrainPlan", "HostUse",
            "HostVerdict", "Move", "Option", "Problem", "Solution", "Unfit", "drain", "solve"]

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from netmap import graph as g
-from netmap.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
-from netmap.gcpause import gc_paused
-from netmap.model import Fleet, Guest, host_mapping_file, hosts_binding
+from netmap.model.fleet import Fleet, Guest, host_mapping_file, hosts_binding
+from netmap.query import graph as g
+from netmap.rules.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
+from netmap.support.gcpause import gc_paused
 
 
 @dataclass(frozen=True)

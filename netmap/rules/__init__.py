@@ -1,0 +1,1 @@
+"""The rules that judge a fleet: check, drift, the drafts discovery writes. Pure."""
