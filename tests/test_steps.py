@@ -8,6 +8,7 @@ a kernel in test_realize, test_rollback_signals and test_foreign_devices.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -345,18 +346,93 @@ def test_vxlan_create_adds_its_remotes_after_the_device_it_undoes() -> None:
     assert kernel.calls[0][-1] == "undo"
 
 
-def test_a_vf_claim_undoes_its_macvtap_and_puts_the_entry_back_as_found() -> None:
+GUEST_MAC = "52:54:00:00:00:03"
+VF_ENTRY = {"vf": 3, "mac": GUEST_MAC, "vlan": 100, "spoofchk": 1}
+ZERO = "00:00:00:00:00:00"
+
+
+def test_a_vf_handed_over_whole_has_its_entry_set_and_put_back_as_found() -> None:
     found = {"mac": "02:00:00:00:00:09", "vlan": 7, "spoofchk": 0}
     kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": found})
-    step = ClaimVf("eno1", "52:54:00:00:00:03", 100, True, macvtap="nm2")
+    step = ClaimVf("eno1", GUEST_MAC, 100, True)
     step.apply(kernel, Action(0, step, "create"))
-    assert kernel.calls[:2] == [
-        ("claim_vf", "eno1", {"vf": 3, "mac": "52:54:00:00:00:03", "vlan": 100,
-                              "spoofchk": 1}, "undo"),
-        ("new_link", "nm2", "macvtap", "eno1v3", {"mode": "passthru"}, "covered")]
+    assert kernel.calls == [("claim_vf", "eno1", VF_ENTRY, "undo")]
     kernel.calls.clear()
     kernel.undos[0][1]()
-    assert kernel.calls == [("delete", "nm2"), ("set_vf", "eno1", {"vf": 3, **found})]
+    assert kernel.calls == [("set_vf", "eno1", {"vf": 3, **found})]
+
+
+def test_a_vf_as_passthru_macvtap_gets_the_mac_on_its_netdev_while_the_entry_holds_none(
+        ) -> None:
+    """igb refuses a VF netdev's MAC while the PF's entry holds one (EADDRNOTAVAIL in the VM
+    on a VF reused after a release): the entry without a MAC first, then the netdev's MAC,
+    then the entry's; the VF netdev up under the macvtap (a down lower sends nothing)."""
+    kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": {}})
+    step = ClaimVf("eno1", GUEST_MAC, 100, True, macvtap="nm2")
+    step.apply(kernel, Action(0, step, "create"))
+    assert kernel.calls == [
+        ("claim_vf", "eno1", {**VF_ENTRY, "mac": ZERO}, "undo"),
+        ("up", "eno1v3", None), ("set_up", "eno1v3", False),  # a reset: igb talks to it then
+        ("set_attrs", "eno1v3", {"mac": GUEST_MAC}),
+        ("set_vf", "eno1", VF_ENTRY),
+        ("new_link", "nm2", "macvtap", "eno1v3", {"mode": "passthru"}, "covered"),
+        ("up", "eno1v3", None),
+        ("up", "nm2", GUEST_MAC)]
+
+
+def test_undoing_a_vf_macvtap_frees_the_entry_before_the_netdev_gets_its_mac_back() -> None:
+    entry = {"mac": ZERO, "vlan": 7, "spoofchk": 0}
+    netdev = {"netdev_mac": "5a:f6:d0:0d:44:93", "netdev_addr_gen_mode": 0}
+    kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": {**entry, **netdev}})
+    step = ClaimVf("eno1", GUEST_MAC, 100, True, macvtap="nm2")
+    step.apply(kernel, Action(0, step, "create"))
+    kernel.calls.clear()
+    kernel.undos[0][1]()
+    assert kernel.calls == [
+        ("delete", "nm2"),
+        ("set_vf", "eno1", {"vf": 3, **entry}),  # no MAC on the entry: the netdev may change
+        ("set_up", "eno1v3", False),
+        ("set_attrs", "eno1v3", {"mac": "5a:f6:d0:0d:44:93", "addr_gen_mode": 0}),
+        ("set_vf", "eno1", {"vf": 3, **entry})]  # again: igbvf reported its MAC to the PF
+
+
+def test_an_entry_found_with_the_vf_netdevs_own_mac_is_not_made_an_enforced_one() -> None:
+    """igbvf reports its own MAC to the PF, which shows it on the entry. Setting that MAC
+    through the PF at release would enforce it and refuse the next claim's MAC: the netdev
+    gets it back itself and reports it again."""
+    own = "5a:f6:d0:0d:44:93"
+    kernel = Kernel(vf={"index": 3, "netdev": "eno1v3",
+                        "found": {"mac": own, "vlan": 0, "spoofchk": 1, "netdev_mac": own}})
+    step = ClaimVf("eno1", GUEST_MAC, None, True, macvtap="nm2")
+    step.undo(kernel, kernel.vf)
+    assert kernel.calls == [
+        ("delete", "nm2"), ("set_vf", "eno1", {"vf": 3, "mac": ZERO, "vlan": 0, "spoofchk": 1}),
+        ("set_up", "eno1v3", False), ("set_attrs", "eno1v3", {"mac": own})]
+
+
+def test_a_vf_netdev_that_refuses_the_mac_undoes_the_claim_before_reporting() -> None:
+    class Refusing(Kernel):
+        def set_attrs(self, name: str, attrs: Mapping[str, object]) -> None:
+            super().set_attrs(name, attrs)
+            if "mac" in attrs and attrs["mac"] == GUEST_MAC:
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+    found = {"mac": ZERO, "vlan": 0, "spoofchk": 1, "netdev_mac": "5a:f6:d0:0d:44:93"}
+    kernel = Refusing(vf={"index": 3, "netdev": "eno1v3", "found": found})
+    step = ClaimVf("eno1", GUEST_MAC, 100, True, macvtap="nm2")
+    with pytest.raises(OSError):
+        step.apply(kernel, Action(0, step, "create"))
+    assert kernel.calls[4:] == [
+        ("delete", "nm2"), ("set_vf", "eno1", {"vf": 3, **found_entry(found)}),
+        ("set_up", "eno1v3", False), ("set_attrs", "eno1v3", {"mac": "5a:f6:d0:0d:44:93"}),
+        ("set_vf", "eno1", {"vf": 3, **found_entry(found)})]
+    refused = OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+    assert f"refused MAC {GUEST_MAC}" in step.explain(refused)
+    assert 'vf_attach = "hostdev"' in (step.fix_for(refused) or "")
+
+
+def found_entry(found: dict) -> dict:
+    return {key: found[key] for key in ("mac", "vlan", "spoofchk")}
 
 
 def test_a_repair_carries_the_values_found_as_its_undo() -> None:

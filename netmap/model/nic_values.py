@@ -10,6 +10,9 @@ _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 MTU_RANGE = (68, 65535)
 
+# no MAC: what a PF reports for a VF entry nobody set, and what lifts a MAC it enforces
+ZERO_MAC = "00:00:00:00:00:00"
+
 
 def mac_problem(mac: str) -> str | None:
     if not _MAC.fullmatch(mac.lower()):
@@ -17,6 +20,6 @@ def mac_problem(mac: str) -> str | None:
     first = int(mac[:2], 16)
     if first & 1:
         return f"{mac} is a multicast address; a NIC needs a unicast MAC"
-    if mac.lower() == "00:00:00:00:00:00":
-        return "00:00:00:00:00:00 is not a usable MAC"
+    if mac.lower() == ZERO_MAC:
+        return f"{ZERO_MAC} is not a usable MAC"
     return None

@@ -282,7 +282,7 @@ class Transaction(RtnlKernel):
                 info = {"index": vf.index, "pci": vf.pci, "netdev": vf.netdev}
                 if action.verdict == "create":  # release puts the entry back as it was
                     info["found"] = self._vf_found[step.resource] = self._vf_entry(
-                        step.target, vf.index)
+                        step.target, vf.index, vf.netdev)
             self.state.use(guest, step.resource, step=step.as_dict(),
                            created=step.makes(action.verdict), info=info)
             shared_changes.hold(self.state, guest, step, action.verdict, action.undo_repair)
@@ -447,7 +447,7 @@ class Transaction(RtnlKernel):
             self._not_made(undo)  # refused: the VF entry is as it was
             raise OSError(err.code, os.strerror(err.code)) from err
 
-    def _vf_entry(self, pf: str, index: int) -> dict:
+    def _vf_entry(self, pf: str, index: int, vf_netdev: str | None = None) -> dict:
         """What netmap changes on VF `index`'s entry of `pf` (MAC, VLAN, spoof-check), as
         it is now; {} if the driver does not report it."""
         reply = self.pyroute().link("get", index=self.index(pf), ext_mask=1)  # RTEXT_FILTER_VF
@@ -461,8 +461,20 @@ class Transaction(RtnlKernel):
             spoofchk = entry.get_attr("IFLA_VF_SPOOFCHK")
             if spoofchk is not None and spoofchk.get("spoofchk") in (0, 1):
                 found["spoofchk"] = spoofchk["spoofchk"]
-            return found
+            return {**found, **self._netdev_found(vf_netdev)} if vf_netdev else found
         return {}
+
+    def _netdev_found(self, netdev: str) -> dict:
+        """What a passthru macvtap and bringing it up change on a VF's netdev (its MAC, its
+        IPv6 address generation), as it is now, for undo to put back."""
+        reply = self.pyroute().link("get", index=self.index(netdev))[0]
+        found: dict[str, object] = {"netdev_mac": reply.get_attr("IFLA_ADDRESS")}
+        spec = reply.get_attr("IFLA_AF_SPEC")
+        inet6 = spec.get_attr("AF_INET6") if spec is not None else None
+        mode = inet6.get_attr("IFLA_INET6_ADDR_GEN_MODE") if inet6 is not None else None
+        if mode is not None:
+            found["netdev_addr_gen_mode"] = int(mode)
+        return found
 
     def new_tap(self, name: str, *, multi_queue: bool, mtu: int, mac: str, master: str,
                 undo: Undo) -> None:

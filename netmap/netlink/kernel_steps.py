@@ -70,7 +70,15 @@ class RtnlKernel:
             self.pyroute().link("set", index=index, vf=dict(entry))  # pyroute2 pops keys from it
 
     def set_attrs(self, name: str, attrs: Mapping[str, object]) -> None:
-        self.kernel.call(link_attrs(self._index(name), attrs, self._index))
+        live = self.kernel.get(name)
+        if live is None:
+            raise ApplyError(f"{name} vanished while realizing")
+        # a MAC it already has is left alone: nothing changes, yet a VF netdev would ask its
+        # PF, which refuses it while it enforces a MAC on the VF's entry (igbvf: EADDRNOTAVAIL)
+        attrs = {key: value for key, value in attrs.items()
+                 if not (key == "mac" and str(value).lower() == (live.address or "").lower())}
+        if attrs:
+            self.kernel.call(link_attrs(live.index, attrs, self._index))
 
     def make_tap(self, name: str, *, multi_queue: bool, up: bool, mtu: int | None,
                  mac: str | None, master: str | None) -> None:

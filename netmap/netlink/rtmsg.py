@@ -248,13 +248,17 @@ def new_link(name: str, kind: str, *, up: bool = True, mtu: int | None = None,
 def set_link(index: int, *, name: str | None = None, up: bool | None = None,
              mtu: int | None = None, mac: str | None = None, master: int | None = None,
              group: int | None = None, kind: str | None = None, data: bytes = b"",
-             no_ipv6: bool = False) -> tuple[int, int, bytes]:
-    if no_ipv6 and up:
+             no_ipv6: bool = False, addr_gen_mode: int | None = None,
+             ) -> tuple[int, int, bytes]:
+    if no_ipv6:
+        addr_gen_mode = IN6_ADDR_GEN_MODE_NONE
+    if addr_gen_mode is not None and up:
         raise ValueError("the kernel brings a link up before it applies IFLA_AF_SPEC: "
                          "use up_without_ipv6")
     body = ifinfo(index, up=up) + (_str(IFLA_IFNAME, name) if name and not index else b"")
-    if no_ipv6:
-        body += NO_IPV6_ADDR
+    if addr_gen_mode is not None:  # NONE, or the mode a device had before netmap (restored)
+        body += _attr(IFLA_AF_SPEC, _attr(AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE,
+                                                          bytes([addr_gen_mode]))))
     if mtu:
         body += _u32(IFLA_MTU, mtu)
     if mac:

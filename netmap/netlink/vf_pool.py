@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from netmap.model.nic_values import ZERO_MAC
+
 if TYPE_CHECKING:
     from netmap.steps.base import VirtualFunctionView
-
-ZERO_MAC = "00:00:00:00:00:00"
 
 
 UPPER_KINDS = ("macvlan", "macvtap", "ipvlan", "vlan")  # devices that use a lower link

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
+from netmap.model.nic_values import ZERO_MAC
 from netmap.steps.base import Action, Changes, Kernel, LiveHost, Step, Undo, refuse
 
 
@@ -37,7 +38,8 @@ class ClaimVf(Step):
                 f"{'on' if self.spoofchk else 'off'}{tail}")
 
     def describe_undo(self) -> str | None:
-        return f"reset the VF of {self.pf} that holds {self.mac} (MAC 0, VLAN 0)"
+        netdev = ", its netdev" if self.macvtap else ""
+        return f"put the VF of {self.pf} that holds {self.mac} back as found (its entry{netdev})"
 
     def decide(self, live: LiveHost, nic: int) -> Action:
         claimed = live.state.resource(self.resource)
@@ -76,39 +78,76 @@ class ClaimVf(Step):
     def create(self, ops: Changes, undo: Undo) -> None:
         vf = ops.undo_info(self)  # the VF decide chose
         # IFLA_VFINFO_LIST on the PF: MAC, VLAN, spoof-check of one VF entry
-        ops.claim_vf(self.pf, {"vf": vf["index"], "mac": self.mac, "vlan": self.vlan or 0,
-                               "spoofchk": int(self.spoofchk)}, undo=undo)
-        if not (self.macvtap and vf.get("netdev")):
+        entry = {"vf": vf["index"], "mac": self.mac, "vlan": self.vlan or 0,
+                 "spoofchk": int(self.spoofchk)}
+        netdev = vf.get("netdev")
+        if not (self.macvtap and netdev):
+            ops.claim_vf(self.pf, entry, undo=undo)
             return
+        # The guest's MAC must be the VF netdev's own, under the macvtap. igb refuses a VF's
+        # MAC change while the PF's entry holds a MAC (igbvf: EADDRNOTAVAIL), and igbvf takes
+        # the entry's MAC only at its next reset. So: the entry without a MAC, the MAC on the
+        # VF netdev (igbvf reports it to the PF), then the same MAC on the entry. igb also
+        # refuses every request of a VF that has not completed a reset with it since its own
+        # (a fresh VF, probed while the PF was resetting): igbvf resets at ifdown, so the VF
+        # netdev goes up and down first.
+        ops.claim_vf(self.pf, {**entry, "mac": ZERO_MAC}, undo=undo)
         try:
-            ops.new_link(self.macvtap, "macvtap", mtu=self.mtu, lower=str(vf["netdev"]),
+            ops.bring_up(str(netdev))
+            ops.set_up(str(netdev), False)
+            ops.set_attrs(str(netdev), {"mac": self.mac})
+            ops.set_vf(self.pf, entry)
+            ops.new_link(self.macvtap, "macvtap", mtu=self.mtu, lower=str(netdev),
                          options={"mode": "passthru"}, undo=None)
+            # a macvtap sends nothing through a lower device that is down, and a free VF's
+            # netdev is down (netlink/vf_pool): up with the macvtap, down again in undo()
+            ops.bring_up(str(netdev))
         except OSError:  # the VF entry was set: give it back before reporting
-            replace(self, macvtap=None).undo(ops, ops.undo_info(self))
+            self.undo(ops, ops.undo_info(self))
             raise
-        # passthru ignores the MAC at creation: set again as it comes up
-        ops.bring_up(self.macvtap, mac=self.mac)
+        ops.bring_up(self.macvtap, mac=self.mac)  # the MAC it took from the VF netdev
 
     def undo(self, kernel: Kernel, info: dict) -> None:
         if "index" not in info:
             return
-        if self.macvtap:
-            kernel.delete_link(self.macvtap)
         found = info.get("found") or {}  # the entry as found at the claim (older state: cleared)
         entry: dict[str, object] = {"vf": int(info["index"]),
-                                    "mac": found.get("mac", "00:00:00:00:00:00"),
+                                    "mac": found.get("mac", ZERO_MAC),
                                     "vlan": found.get("vlan", 0)}
         if "spoofchk" in found:
             entry["spoofchk"] = found["spoofchk"]
-        kernel.set_vf(self.pf, entry)
+        netdev = info.get("netdev")
+        if not (self.macvtap and netdev):
+            kernel.set_vf(self.pf, entry)
+            return
+        kernel.delete_link(self.macvtap)
+        # The VF netdev as found (down, its MAC, its IPv6 address generation), once the entry
+        # holds no MAC: igb lets a VF change its own MAC only then (see create)
+        kernel.set_vf(self.pf, {**entry, "mac": ZERO_MAC})
+        kernel.set_up(str(netdev), False)
+        before = {key: found[f"netdev_{key}"] for key in ("mac", "addr_gen_mode")
+                  if found.get(f"netdev_{key}") is not None}
+        if before and kernel.index_of(str(netdev)) is not None:
+            kernel.set_attrs(str(netdev), before)
+        if str(entry["mac"]).lower() != str(found.get("netdev_mac", "")).lower():
+            # igbvf reported its MAC to the PF, which wrote it into the entry. An entry found
+            # with the netdev's own MAC has it now; setting it through the PF instead would
+            # enforce it (and refuse the next claim's MAC).
+            kernel.set_vf(self.pf, entry)
 
     def explain(self, err: OSError) -> str:
         if err.errno == errno.EOPNOTSUPP:
             return f"{self.pf}'s driver does not manage VFs through netlink"
+        if err.errno == errno.EADDRNOTAVAIL and self.macvtap:
+            return (f"the VF's netdev refused MAC {self.mac} ({self.pf}'s driver lets no VF "
+                    "change its MAC)")
         return super().explain(err)
 
     def fix_for(self, err: OSError) -> str | None:
         if err.errno == errno.EOPNOTSUPP:
             return (f"check that {self.pf} is an SR-IOV PF whose driver sets VF MAC/VLAN "
                     "through netlink (ip link set PF vf N mac ...)")
+        if err.errno == errno.EADDRNOTAVAIL and self.macvtap:
+            return (f"see what {self.pf}'s driver logged (dmesg), or hand the VF over whole: "
+                    'vf_attach = "hostdev" in the binding')
         return None

@@ -129,6 +129,8 @@ def test_vf_attach_macvtap_is_a_passthru_macvtap_on_the_vf(sriov_pf, fleet, caps
     assert tap["link"] == vf_netdev(sriov_pf, entry["vf"])  # on the claimed VF's netdev
     assert tap["linkinfo"]["info_data"]["mode"] == "passthru"
     assert tap["address"] == mac and "UP" in tap["flags"]
+    lower = json.loads(ip("-j", "link", "show", "dev", tap["link"]))[0]
+    assert "UP" in lower["flags"]  # a passthru macvtap sends nothing through a down VF
 
     capsys.readouterr()
     assert main(["discover", "--json"]) == 0
