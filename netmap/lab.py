@@ -138,6 +138,7 @@ def build_lab(fleet: Fleet, prefix: str = DEFAULT_PREFIX,
         for host_index, host in enumerate(chosen, start=1):
             netns = host_namespace(prefix, host.name)
             _add_namespace(netns, prefix, created)
+            _answer_arp_only_for_own_addresses(netns)
             lab.hosts[host.name] = netns
             host_cmds, fabric_cmds = ["link set lo up"], []
             for uplink in host.uplinks.values():
@@ -184,6 +185,25 @@ def _add_namespace(netns: str, prefix: str, created: list[str]) -> None:
                          fix="every namespace of this run was removed; try again")
     created.append(netns)
     _ip_batch(netns, [f"link set lo alias {MARK}{prefix}"])
+
+
+# A lab host has several uplinks on one segment (host-b: eno2 with a vxlan underlay address,
+# eno3 under the bridge that carries the migration address). Linux answers ARP for any of its
+# addresses on every interface by default, so a peer may learn the migration address at eno2's
+# MAC; under strict reverse-path filtering (inherited from the machine's own rp_filter) the
+# host then drops that peer's packets. Well-run hosts on a shared L2 answer only for the
+# address of the interface asked, and announce from it: so does the lab.
+ARP_SYSCTLS = {"arp_ignore": "1", "arp_announce": "2"}
+
+
+def _answer_arp_only_for_own_addresses(netns: str) -> None:
+    script = "; ".join(f"echo {value} > /proc/sys/net/ipv4/conf/all/{key}"
+                       for key, value in ARP_SYSCTLS.items())
+    done = subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", script],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ApplyError(f"cannot set the ARP rules of {netns}: {done.stderr.strip()}",
+                         fix="every namespace of this run was removed; see the message")
 
 
 def _raise_bridge_mtu(lab: Lab, hosts: list) -> None:

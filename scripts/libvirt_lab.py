@@ -223,6 +223,14 @@ class PrivateLibvirtd:
         channel, and the daemon's log."""
         sockets = subprocess.run(["ip", "netns", "exec", self.netns, "ss", "-tinp"],
                                  capture_output=True, text=True, check=False).stdout
+        # which MAC each peer's address was learnt at, and the reverse-path filter that
+        # drops what arrives on another interface than the route back
+        neighbours = subprocess.run(["ip", "-n", self.netns, "neigh", "show"],
+                                    capture_output=True, text=True, check=False).stdout
+        filters = subprocess.run(["ip", "netns", "exec", self.netns, "sh", "-c",
+                                  "grep -H . /proc/sys/net/ipv4/conf/*/rp_filter "
+                                  "/proc/sys/net/ipv4/conf/all/arp_*"],
+                                 capture_output=True, text=True, check=False).stdout
         qemus = []
         for pidfile in (self.root / "run/libvirt/qemu").glob("*.pid"):
             pid = pidfile.read_text().strip()
@@ -235,7 +243,8 @@ class PrivateLibvirtd:
                     text = " ".join(line for line in text.splitlines()
                                     if line.startswith(("State", "Threads")))
                 qemus.append(f"{pidfile.name} {name}: {text}")
-        return (f"sockets in {self.netns}:\n{sockets}\n" + "\n".join(qemus)
+        return (f"sockets in {self.netns}:\n{sockets}\nneighbours:\n{neighbours}\n"
+                f"{filters}\n" + "\n".join(qemus)
                 + f"\n{self.log_tail(40)}")
 
     def hook_calls(self) -> list[str]:

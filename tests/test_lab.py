@@ -4,9 +4,11 @@ marked; and the README's lab and install examples say what the files do."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -111,6 +113,54 @@ def test_discover_write_creates_the_missing_directory_and_says_so(lab_factory, t
     assert code == 0, err
     assert "created directory hosts for the draft" in err
     assert "[uplinks.eth0]" in (work / "hosts" / "host-a.toml").read_text()
+
+
+# An ARP request for 10.251.0.2, sent on br-eth1 of host-a; prints each reply's sender MAC.
+_ASK_ARP = """
+import json, socket, sys, time
+mine = bytes.fromhex(sys.argv[2].replace(":", ""))
+ask = (b"\\xff" * 6 + mine + b"\\x08\\x06" + bytes.fromhex("0001080006040001") + mine
+       + socket.inet_aton("10.251.0.1") + b"\\x00" * 6 + socket.inet_aton("10.251.0.2"))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind((sys.argv[1], 0))
+s.settimeout(0.2)
+s.send(ask)
+senders, end = [], time.monotonic() + 1.5
+while time.monotonic() < end:
+    try:
+        frame = s.recv(64)
+    except TimeoutError:
+        continue
+    if frame[20:22] == b"\\x00\\x02" and frame[28:32] == socket.inet_aton("10.251.0.2"):
+        senders.append(frame[22:28].hex(":"))
+print(json.dumps(senders))
+"""
+
+
+@needs_netns
+def test_a_host_answers_arp_only_on_the_interface_that_holds_the_address(lab_factory) -> None:
+    """host-b has two uplinks on dc1-fabric: eno2 with its vxlan underlay address and eno3
+    under a bridge with the address the libvirt lab migrates to. Only the bridge answers for
+    that address; were eno2 to answer too, host-a could learn eno2's MAC, and a host with
+    strict reverse-path filtering would drop host-a's packets (a migration that timed out)."""
+    lab, _ = lab_factory("nmarp", ["host-a", "host-b"])
+    for host, uplink, address in (("host-a", "eth1", "10.251.0.1"),
+                                  ("host-b", "eno3", "10.251.0.2")):
+        batch = f"link add br-{uplink} type bridge\nlink set {uplink} master br-{uplink}\n" \
+                f"link set br-{uplink} up\naddr add {address}/24 dev br-{uplink}\n"
+        subprocess.run(["ip", "-n", lab.hosts[host], "-batch", "-"], input=batch, text=True,
+                       check=True, capture_output=True)
+    assert lab.underlay[("host-b", "eno2")]  # the second addressed uplink on the segment
+
+    def mac(host: str, link: str) -> str:
+        shown = subprocess.run(["ip", "-j", "-n", lab.hosts[host], "link", "show", link],
+                               capture_output=True, text=True, check=True).stdout
+        return json.loads(shown)[0]["address"]
+
+    asked = subprocess.run(["ip", "netns", "exec", lab.hosts["host-a"], sys.executable, "-c",
+                            _ASK_ARP, "br-eth1", mac("host-a", "br-eth1")],
+                           capture_output=True, text=True, check=True)
+    assert json.loads(asked.stdout) == [mac("host-b", "br-eno3")]
 
 
 # --- the README says what the files do ------------------------------------------------------
