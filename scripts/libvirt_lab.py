@@ -13,18 +13,21 @@ touched. virsh reaches a daemon through the socket in its tree (`.uri`).
 Used by tests/test_libvirt_real.py and tests/test_fleet_libvirt.py; by hand (README's
 walkthrough):
 
-    python3 scripts/libvirt_lab.py up --mappings DIR --prefix P [--guest G@HOST] HOST...
+    python3 scripts/libvirt_lab.py up --mappings DIR --prefix P [--guest G@HOST] [--ssh] HOST...
 
 with DIR a copy of the mappings, builds the lab for those hosts (scripts/lab: a host's
 namespace is P-HOST) and writes each host's `netns` and `libvirt_uri` into DIR; gives each
 host's mgmt bridge an address of 10.251.0.0/24, which its daemon names as migration_host,
 so live migrations between the daemons work; starts one daemon per host and the smallest
-guest for each --guest (its guest file written into DIR); prints the virsh URIs and, on
-Ctrl-C, destroys the guests, stops the daemons and removes the lab.
+guest for each --guest (its guest file written into DIR); with --ssh, also an sshd in each
+host's namespace (scripts/ssh_lab.py), with the ssh config and Ansible inventory that reach
+them in DIR/ssh; prints the virsh URIs and, on Ctrl-C, destroys the guests, stops the
+daemons and removes the lab.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -36,7 +39,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ssh_lab import SshLab
 
 _REPO = Path(__file__).resolve().parent.parent
 LIBVIRTD = shutil.which("libvirtd") or shutil.which("libvirtd", path="/usr/sbin:/sbin")
@@ -334,6 +342,26 @@ def lab_guest(name: str, mac: str, host: str, network: str) -> str:
            f'mac = "{mac}"\n'
 
 
+def ssh_missing() -> str | None:
+    from ssh_lab import MISSING
+
+    return f"--ssh needs {MISSING}" if MISSING else None
+
+
+@contextlib.contextmanager
+def serve_ssh(hosts: dict[str, str], directory: Path, root: Path) -> Iterator[SshLab]:
+    """sshd in each lab host's namespace, its keys, ssh config and inventory in `directory`;
+    a session there finds `netmap` as this checkout's (as the hook runs it), keeping its
+    state under `root`, the lab's own directory."""
+    from ssh_lab import lab_python, ssh_lab
+
+    if directory.exists():  # left by a lab that was killed: its keys are worthless now
+        shutil.rmtree(directory)
+    python = lab_python(directory / "bin", _REPO, state_dir=root / "state")
+    with ssh_lab(hosts, directory, interpreter=python) as reached:
+        yield reached
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -355,13 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guest", action="append", default=[], metavar="NAME@HOST",
                         help="start the smallest guest NAME on HOST, on --network, and "
                         "write its guest file (repeat)")
+    parser.add_argument("--ssh", action="store_true",
+                        help="also run an sshd in each host's namespace and write an ssh "
+                        "config and an Ansible inventory for them into MAPPINGS/ssh")
     args = parser.parse_args(argv)
     mappings = Path(args.mappings).resolve()
     if mappings == (_REPO / "mappings").resolve():
         print("libvirt_lab: up writes into the mappings; copy them first: "
               "cp -r mappings /tmp/fleet && rm /tmp/fleet/guests/*", file=sys.stderr)
         return 2
-    problem = missing() or isolation_problem()
+    problem = missing() or isolation_problem() or (ssh_missing() if args.ssh else None)
     if problem:
         print(f"libvirt_lab: {problem}", file=sys.stderr)
         return 2
@@ -386,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lab = None
     bridges = {}
+    sshd = contextlib.ExitStack()
     try:
         try:
             lab = build_lab(load_fleet(mappings), args.prefix, args.hosts)
@@ -412,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         for host, daemon in daemons.items():
             print(f"{host}: virsh -c '{daemon.uri}'   (hook log {daemon.hook_log})")
         print(f"{mappings}/hosts: netns and libvirt_uri set for {', '.join(args.hosts)}")
+        if args.ssh:
+            reached = sshd.enter_context(serve_ssh(lab.hosts, mappings / "ssh", root))
+            print(f"ssh: an sshd in each host's namespace; ssh -F {reached.ssh_config} "
+                  f"{args.hosts[0]}")
+            print(f"Ansible inventory: {reached.inventory}")
         print("Ctrl-C stops the daemons and removes the lab", flush=True)
         # also when started in the background, which leaves SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -420,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        sshd.close()
+        shutil.rmtree(mappings / "ssh", ignore_errors=True)
         for daemon in daemons.values():
             daemon.stop()
         if lab is not None:

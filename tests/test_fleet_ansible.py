@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_MAPPINGS, REPO
-from tests.ssh_lab import MISSING, ansible_env
-from tests.ssh_lab import ssh_lab as start_ssh_lab
+
+sys.path.insert(0, str(REPO / "scripts"))
+from ssh_lab import MISSING, ansible_env  # scripts/ is not a package
+from ssh_lab import ssh_lab as start_ssh_lab
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(MISSING is not None, reason=f"needs {MISSING}")]

@@ -1,6 +1,6 @@
 """After a migration, the source's endpoints are released on a source this process cannot act
 on: `netmap release` run there through Ansible (--inventory) or over the ssh of the source's
-qemu+ssh:// libvirt_uri, over real SSH into lab namespaces (prefix nmfl; tests/ssh_lab.py).
+qemu+ssh:// libvirt_uri, over real SSH into lab namespaces (prefix nmfl; scripts/ssh_lab.py).
 
 The central mappings name no netns, so the host is remote to the drain; the source's own
 netmap (the same mappings, its own state directory) acts on the namespace sshd runs in. The
@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.ssh_lab import MISSING, SshLab, ansible_env, ssh_lab
+
+sys.path.insert(0, str(REPO / "scripts"))
+from ssh_lab import MISSING, SshLab, ansible_env, ssh_lab  # scripts/ is not a package
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(MISSING is not None, reason=f"needs {MISSING}")]

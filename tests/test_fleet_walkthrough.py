@@ -1,0 +1,238 @@
+"""README's walkthrough of the fleet, run line by line as README.rst writes it: the block
+is parsed from README, so the two cannot drift apart. Only the directories (/tmp/fleet ...)
+and the namespace prefix (nmw, here nmsw...) are the test's own; `netmap` and `python3` are
+this checkout's. Each line's comment is checked where it names an exit code, and what the
+README's prose says of the fleet steps is asserted. Then Ctrl-C: nothing of the lab is
+left (namespaces, sshd, libvirtd, QEMU)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, needs_netns
+
+sys.path.insert(0, str(REPO / "scripts"))
+import libvirt_lab  # scripts/ is not a package
+import ssh_lab
+
+
+def _libvirt_python() -> str | None:
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "libvirt-python is not installed (pip install libvirt-python)"
+    return None
+
+
+def walkthrough() -> list[str]:
+    """The README block that starts the lab: its command lines, continuations joined,
+    comment-only and blank lines dropped, each with its comment."""
+    text = (REPO / "README.rst").read_text()
+    start = text.index("    cp -r mappings /tmp/fleet")
+    lines = []
+    for line in text[start:].splitlines():
+        if line and not line.startswith("    "):
+            break  # the block ends at the next unindented paragraph
+        lines.append(line.strip())
+    joined = "\n".join(lines).replace("\\\n", " ")
+    return [" ".join(line.split()) for line in joined.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def split(line: str) -> tuple[str, str]:
+    """(command, comment)."""
+    command, _, comment = line.partition(" # ")
+    return command.strip(), comment.strip()
+
+
+def expected_exit(comment: str) -> int:
+    found = re.search(r"\(exit (\d)\)", comment)
+    return int(found.group(1)) if found else 0
+
+
+def test_the_walkthrough_covers_all_three_parts() -> None:
+    commands = [split(line)[0] for line in walkthrough()]
+    (up,) = [c for c in commands if "libvirt_lab.py up" in c]
+    assert "--ssh" in shlex.split(up) and "--prefix" in shlex.split(up)
+    assert "netmap drain host-a --execute" in commands
+    assert "netmap locate" in commands and "netmap locate --write" in commands
+    assert any(c.startswith("netmap fleet discover -i ") for c in commands)
+    drifts = [n for n, c in enumerate(commands) if c.startswith("netmap fleet drift -i ")]
+    assert len(drifts) == 3
+    # the drift made on purpose, and the host made unreachable, each before a drift run
+    mtu = commands.index("ip -n nmw-host-b link set eno2 mtu 1400")
+    down = commands.index("ip -n nmw-host-c link set lo down")
+    assert drifts[0] < mtu < drifts[1] < down < drifts[2]
+
+
+def lab_test(test):
+    """The marks of a test that runs the lab: root, libvirt, QEMU, sshd and Ansible."""
+    for mark in reversed([
+            pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
+            pytest.mark.netns,
+            pytest.mark.qemu,
+            needs_netns,
+            pytest.mark.skipif(libvirt_lab.missing() is not None,
+                               reason=str(libvirt_lab.missing())),
+            pytest.mark.skipif(_libvirt_python() is not None, reason=str(_libvirt_python())),
+            pytest.mark.skipif(ssh_lab.MISSING is not None, reason=f"needs {ssh_lab.MISSING}")]):
+        test = mark(test)
+    return test
+
+
+def _processes_in(namespaces: list[str]) -> dict[tuple[str, str], str]:
+    """(pid, start time) -> name of every process in these namespaces: a pid reused
+    meanwhile is not the same process."""
+    found = {}
+    for netns in namespaces:
+        pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True,
+                              text=True, check=False).stdout.split()
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            name, _, rest = stat.partition(" (")[2].rpartition(") ")
+            found[(pid, rest.split()[19])] = name
+    return found
+
+
+def _alive(process: tuple[str, str]) -> bool:
+    pid, started = process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return stat[19] == started and stat[0] != "Z"
+
+
+def _namespaces(prefix: str) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.startswith(f"{prefix}-")]
+
+
+@lab_test
+def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
+    problem = libvirt_lab.isolation_problem()
+    if problem:
+        pytest.skip(problem)
+    prefix = f"nmsw{os.getpid() % 1000}"
+
+    def ours(line: str) -> str:
+        line = re.sub(r"/tmp/(fleet|drafts)", lambda m: f"{tmp_path}/{m.group(1)}", line)
+        return re.sub(r"\bnmw\b", prefix, line)
+
+    # `netmap` and `python3` as README's user has them: this checkout's
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "netmap").write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} "
+                                    f"exec {shlex.quote(sys.executable)} -m netmap \"$@\"\n")
+    (bin_dir / "netmap").chmod(0o755)
+    (bin_dir / "python3").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "COLUMNS": "200",
+           **ssh_lab.ansible_env(tmp_path)}
+    env.pop("PYTHONPATH", None)
+
+    up = None
+    seen: dict[tuple[str, str], str] = {}
+    changed = {"mtu": False, "down": False}
+    try:
+        for line in walkthrough():
+            command, comment = split(line)
+            command = ours(command)
+            if "libvirt_lab.py up" in command:
+                up = subprocess.Popen(shlex.split(command), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+                _wait_for_lab(up)
+                seen = _processes_in(_namespaces(prefix))
+                continue
+            if command.startswith("export "):
+                env.update(item.split("=", 1) for item in shlex.split(command)[1:])
+                continue
+            done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                                  cwd=REPO, env=env, timeout=300, check=False)
+            said = done.stdout + done.stderr
+            assert done.returncode == expected_exit(comment), f"{command}\n{said}"
+            _check_step(command, done.stdout, changed, tmp_path)
+    finally:
+        if up is not None:
+            seen.update(_processes_in(_namespaces(prefix)))
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(120)
+            finally:
+                if up.poll() is None:
+                    up.kill()
+    assert up is not None and up.returncode == 0, up.stderr.read() if up and up.stderr else ""
+    assert changed == {"mtu": True, "down": True}
+    assert _namespaces(prefix) == []
+    # sshd (the listener and each connection's), socat, libvirtd and QEMU ran there
+    assert {"sshd", "libvirtd", "qemu-system-x86"} <= set(seen.values()), seen
+    assert {p: name for p, name in seen.items() if _alive(p)} == {}
+    assert not (tmp_path / "fleet/ssh").exists()
+
+
+def _wait_for_lab(up: subprocess.Popen) -> None:
+    assert up.stdout is not None
+    said = []
+    for line in up.stdout:
+        said.append(line)
+        if line.startswith("Ctrl-C"):
+            return
+    raise AssertionError("up ended early: " + "".join(said) + (up.stderr.read()
+                                                                 if up.stderr else ""))
+
+
+def _check_step(command: str, stdout: str, changed: dict[str, bool], tmp_path: Path) -> None:
+    """What README's prose says of the fleet steps."""
+    if command.startswith("ip -n") and "mtu 1400" in command:
+        changed["mtu"] = True
+    elif command.startswith("ip -n") and "lo down" in command:
+        changed["down"] = True
+    elif command.startswith("ssh -F"):
+        links = {line.split()[0].split("@")[0] for line in stdout.splitlines()}
+        assert {"eno2", "eno3", "ens1f0"} <= links and "eth0" not in links, stdout
+    elif command.startswith("netmap fleet discover"):
+        rows = _rows(stdout)
+        assert {host: row.split()[0] for host, row in rows.items()} == {
+            "host-a": "ok", "host-b": "ok", "host-c": "ok"}, stdout
+        assert sorted(p.name for p in (tmp_path / "drafts").iterdir()) == [
+            "host-a.toml", "host-b.toml", "host-c.toml"]
+    elif command.startswith("netmap fleet drift"):
+        rows = _rows(stdout)
+        assert set(rows) == {"host-a", "host-b", "host-c"}, stdout
+        for host in ("host-a", "host-b"):
+            assert rows[host].split()[0] == "drift", stdout
+            assert "[SRIOV_MISSING]" in rows[host] and "[FEATURE_MISSING]" in rows[host]
+        mtu = "[UPLINK_MTU_LOW] uplink eno2 has MTU 1400, the mapping declares 9000"
+        assert (mtu in rows["host-b"]) == changed["mtu"], stdout
+        if changed["down"]:
+            assert rows["host-c"].split()[0] == "unreachable", stdout
+        else:
+            assert rows["host-c"].split()[0] == "drift", stdout
+            assert "[FEATURE_MISSING]" in rows["host-c"]
+
+
+def _rows(table: str) -> dict[str, str]:
+    """host -> its status and findings, from the table's lines (a row's cell may take
+    several lines; the host's name is on its first)."""
+    rows: dict[str, str] = {}
+    host = None
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) != 3:
+            continue
+        if cells[0].startswith("host-"):
+            host = cells[0]
+            rows[host] = ""
+        if host is not None:
+            rows[host] += " ".join(cells[1:]) + " "
+    return rows
