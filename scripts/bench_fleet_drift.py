@@ -20,6 +20,7 @@ at the end (also on Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -30,18 +31,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SSHD = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/sbin")
-SSHD_CONFIG = """ListenAddress 127.0.0.1
-Port 22
-HostKey {key}
-AuthorizedKeysFile {authorized}
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-"""
+sys.path.insert(0, str(REPO / "scripts"))
+from ssh_lab import MISSING, ssh_lab  # noqa: E402  (scripts/ is not a package)
+
 NETWORKS = '[networks.mgmt]\nsegment = "bench"\n'
 
 
@@ -71,40 +63,24 @@ def main() -> int:
     parser.add_argument("--links", type=int, default=0,
                         help="guest taps per host, on N/10 bridges")
     args = parser.parse_args()
-    if os.geteuid() != 0 or not SSHD or not shutil.which("socat") or not shutil.which("ansible"):
-        print("needs root, sshd, socat and ansible", file=sys.stderr)
+    if MISSING:
+        print(f"needs {MISSING}", file=sys.stderr)
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="netmap-bench-fleet-"))
     names = [f"{args.prefix}{os.getpid() % 1000}-h{i:02d}" for i in range(args.hosts)]
     made: list[str] = []
-    daemons: list[subprocess.Popen] = []
+    sshd = contextlib.ExitStack()
     try:
-        for kind in ("id", "hostkey"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                            str(scratch / kind)], check=True)
-        (scratch / "authorized").write_text((scratch / "id.pub").read_text())
-        config = scratch / "sshd_config"
-        config.write_text(SSHD_CONFIG.format(key=scratch / "hostkey",
-                                             authorized=scratch / "authorized"))
-        Path("/run/sshd").mkdir(exist_ok=True)
-        lines = ["[bench]"]
         for netns in names:
             subprocess.run(["ip", "netns", "add", netns], check=True)
             made.append(netns)
             subprocess.run(["ip", "-n", netns, "-batch", "-"], check=True, text=True,
                            input="link set lo up\nlink add eth0 type veth peer name eth0p\n"
                            "link set eth0 up\nlink set eth0p up\n" + _extra_links(args.links))
-            daemons.append(subprocess.Popen(["ip", "netns", "exec", netns, SSHD, "-D", "-f",
-                                             str(config)], stderr=subprocess.DEVNULL))
-            proxy = f"ip netns exec {netns} socat - TCP:127.0.0.1:22"
-            lines.append(f"{netns} ansible_ssh_common_args='-o ProxyCommand=\"{proxy}\"'")
-        lines += ["[all:vars]", "ansible_user=root",
-                  f"ansible_ssh_private_key_file={scratch / 'id'}",
-                  f"ansible_python_interpreter={sys.executable}",
-                  "ansible_ssh_extra_args='-o StrictHostKeyChecking=no "
-                  "-o UserKnownHostsFile=/dev/null'"]
-        inventory = scratch / "inventory.ini"
-        inventory.write_text("\n".join(lines) + "\n")
+        # Ansible as it runs by default: each host's connection kept open between runs
+        inventory = sshd.enter_context(ssh_lab({netns: netns for netns in names},
+                                               scratch / "ssh",
+                                               reuse_connections=True)).inventory
         mappings = scratch / "mappings"
         (mappings / "guests").mkdir(parents=True)
         (mappings / "networks.toml").write_text(NETWORKS)
@@ -115,7 +91,6 @@ def main() -> int:
                         f"{sys.executable} -m netmap")
         remote = f"{netmap_there} discover --json"
         netmap = [sys.executable, "-m", "netmap", "--mappings", str(mappings), "fleet"]
-        time.sleep(0.5)  # the daemons bind; the first run below waits for them anyway
         drafted = subprocess.run([*netmap, "discover", "-i", str(inventory), "--command",
                                   remote, "--write", str(mappings / "hosts"), "--json"],
                                  capture_output=True, text=True, env=env, cwd=REPO)
@@ -149,10 +124,7 @@ def main() -> int:
               f"= {d / f:.2f}x the floor (target <= 1.3x)")
         return 0
     finally:
-        for daemon in daemons:
-            daemon.terminate()
-        for daemon in daemons:
-            daemon.wait(10)
+        sshd.close()
         for netns in made:
             subprocess.run(["ip", "netns", "del", netns], check=False)
         shutil.rmtree(scratch, ignore_errors=True)

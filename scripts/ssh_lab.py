@@ -89,13 +89,13 @@ def _ssh_config(lab: SshLab) -> str:
         "    LogLevel ERROR\n    ConnectTimeout 10\n")
 
 
-def _inventory(lab: SshLab, scratch: Path, interpreter: Path | str) -> str:
+def _inventory(lab: SshLab, scratch: Path, interpreter: Path | str, reuse: bool) -> str:
+    # a connection kept open after a run (Ansible's ControlPersist) would stall the next
+    # run on a host whose namespace's loopback went down, instead of failing it at once
+    fresh = [] if reuse else ["ansible_ssh_args='-o ControlMaster=no'"]
     return "\n".join([
         "[lab]", *lab.hosts, "[all:vars]", "ansible_user=root",
-        f"ansible_ssh_common_args='-F {lab.ssh_config}'",
-        # a connection kept open after a run (ControlPersist) would stall the next run on
-        # a host whose namespace's loopback went down, instead of failing it at once
-        "ansible_ssh_args='-o ControlMaster=no'",
+        f"ansible_ssh_common_args='-F {lab.ssh_config}'", *fresh,
         f"ansible_python_interpreter={interpreter}",
         # Ansible's files on the hosts (one machine here) under the lab's directory, not
         # root's ~/.ansible
@@ -105,9 +105,12 @@ def _inventory(lab: SshLab, scratch: Path, interpreter: Path | str) -> str:
 
 @contextlib.contextmanager
 def ssh_lab(hosts: dict[str, str], scratch: Path, *, silent: tuple[str, ...] = (),
-            interpreter: Path | None = None) -> Iterator[SshLab]:
+            interpreter: Path | None = None, reuse_connections: bool = False
+            ) -> Iterator[SshLab]:
     """sshd in every namespace of `hosts` (host -> namespace) but those in `silent`;
-    `interpreter`: the inventory's Python for Ansible's modules (default: this one)."""
+    `interpreter`: the inventory's Python for Ansible's modules (default: this one);
+    `reuse_connections`: Ansible keeps each host's ssh connection open between runs, as
+    it does by default (a benchmark's conditions)."""
     scratch.mkdir(parents=True, exist_ok=True)
     key = scratch / "id"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -121,7 +124,8 @@ def ssh_lab(hosts: dict[str, str], scratch: Path, *, silent: tuple[str, ...] = (
     daemons = []
     lab = SshLab(dict(hosts), key, scratch / "inventory.ini", scratch / "ssh_config")
     lab.ssh_config.write_text(_ssh_config(lab))
-    lab.inventory.write_text(_inventory(lab, scratch, interpreter or sys.executable))
+    lab.inventory.write_text(_inventory(lab, scratch, interpreter or sys.executable,
+                                       reuse_connections))
     try:
         for host, netns in hosts.items():
             subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
