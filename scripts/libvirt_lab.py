@@ -11,7 +11,7 @@ libvirt gives hooks an almost empty environment), and the machine's own files ar
 touched. virsh reaches a daemon through the socket in its tree (`.uri`).
 
 Used by tests/test_libvirt_real.py and tests/test_fleet_libvirt.py; by hand (README's
-walkthrough):
+walkthrough, which tests/test_fleet_walkthrough.py runs as written):
 
     python3 scripts/libvirt_lab.py up --mappings DIR --prefix P [--guest G@HOST] [--ssh] HOST...
 

@@ -8,6 +8,7 @@ left (namespaces, sshd, libvirtd, QEMU)."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
 import signal
@@ -141,6 +142,8 @@ def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
            **ssh_lab.ansible_env(tmp_path)}
     env.pop("PYTHONPATH", None)
 
+    dot_ssh = Path(pwd.getpwuid(os.geteuid()).pw_dir) / ".ssh"
+    ssh_files_before = _files(dot_ssh)
     up = None
     seen: dict[tuple[str, str], str] = {}
     changed = {"mtu": False, "down": False}
@@ -153,6 +156,13 @@ def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
                                       stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
                 _wait_for_lab(up)
                 seen = _processes_in(_namespaces(prefix))
+                for host in ("host-a", "host-b", "host-c"):  # on its loopback only
+                    netns = f"{prefix}-{host}"
+                    listening = subprocess.run(
+                        ["ip", "netns", "exec", netns, "ss", "-Htln", "sport", "= :22"],
+                        capture_output=True, text=True, check=True).stdout.split("\n")
+                    assert [line.split()[3] for line in listening if line] == [
+                        "127.0.0.1:22"], (netns, listening)
                 continue
             if command.startswith("export "):
                 env.update(item.split("=", 1) for item in shlex.split(command)[1:])
@@ -162,6 +172,13 @@ def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
             said = done.stdout + done.stderr
             assert done.returncode == expected_exit(comment), f"{command}\n{said}"
             _check_step(command, done.stdout, changed, tmp_path)
+        # what `netmap fleet` ran on the hosts: the lab's netmap, first on the PATH of
+        # Ansible's modules there, whatever root's shell rc files put first
+        found = subprocess.run(
+            ["ansible", "host-b", "-i", f"{tmp_path}/fleet/ssh/inventory.ini", "-m",
+             "ansible.builtin.command", "-a", "sh -c 'command -v netmap'", "--one-line"],
+            capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert f"{tmp_path}/fleet/ssh/bin/netmap" in found.stdout, found.stdout + found.stderr
     finally:
         if up is not None:
             seen.update(_processes_in(_namespaces(prefix)))
@@ -178,6 +195,15 @@ def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
     assert {"sshd", "libvirtd", "qemu-system-x86"} <= set(seen.values()), seen
     assert {p: name for p, name in seen.items() if _alive(p)} == {}
     assert not (tmp_path / "fleet/ssh").exists()
+    # this machine's ssh files: nothing written (known_hosts included)
+    assert _files(dot_ssh) == ssh_files_before
+
+
+def _files(directory: Path) -> dict[str, tuple[int, int]]:
+    if not directory.is_dir():
+        return {}
+    return {path.name: (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in directory.iterdir()}
 
 
 def _wait_for_lab(up: subprocess.Popen) -> None:
