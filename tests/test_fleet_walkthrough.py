@@ -161,7 +161,7 @@ def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
                     listening = subprocess.run(
                         ["ip", "netns", "exec", netns, "ss", "-Htln", "sport", "= :22"],
                         capture_output=True, text=True, check=True).stdout.split("\n")
-                    assert [line.split()[3] for line in listening if line] == [
+                    assert [row.split()[3] for row in listening if row] == [
                         "127.0.0.1:22"], (netns, listening)
                 continue
             if command.startswith("export "):
@@ -253,7 +253,8 @@ def _rows(table: str) -> dict[str, str]:
     rows: dict[str, str] = {}
     host = None
     for line in table.splitlines():
-        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        # rich draws with ASCII where stdout cannot take UTF-8
+        cells = [cell.strip() for cell in re.split("[│|]", line)[1:-1]]
         if len(cells) != 3:
             continue
         if cells[0].startswith("host-"):
