@@ -330,8 +330,13 @@ def set_host_key(path: Path, key: str, value: str) -> None:
 def give_migration_address(netns: str, uplink: str, bridge: str, address: str) -> None:
     """The bridge a bridge-mode binding uses (as `netmap realize` leaves it) with the
     address QEMU's migration stream goes to: libvirt's default, the host name, means
-    nothing inside a lab namespace."""
-    batch = [f"link add {bridge} type bridge", f"link set {uplink} master {bridge}",
+    nothing inside a lab namespace. The bridge gets its uplink's MAC as its own: one nobody
+    set follows the lowest MAC of its ports, and would become an incoming guest's tap MAC
+    (fe:54:...), which the source has as its own tap's, so the source would keep the
+    migration stream to itself."""
+    (link,) = ip_json(netns, "link", "show", "dev", uplink)
+    batch = [f"link add {bridge} address {link['address']} type bridge",
+             f"link set {uplink} master {bridge}",
              f"link set {bridge} up", f"addr add {address}/24 dev {bridge}"]
     subprocess.run(["ip", "-n", netns, "-batch", "-"], check=True,
                    input="\n".join(batch) + "\n", text=True, capture_output=True)

@@ -29,7 +29,7 @@ from tests.conftest import REPO, needs_netns
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
-from libvirt_lab import PrivateLibvirtd, ip_json
+from libvirt_lab import PrivateLibvirtd, give_migration_address, ip_json
 
 pytestmark = [
     pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
@@ -69,11 +69,8 @@ def libvirt_pair(lab_factory, capabilities: Path) -> Iterator[dict]:
     daemons: dict[str, PrivateLibvirtd] = {}
     try:
         for index, (host, uplink) in enumerate((("host-a", "eth1"), ("host-b", "eno3")), 1):
-            netns, bridge = lab.hosts[host], f"br-{uplink}"
-            batch = [f"link add {bridge} type bridge", f"link set {uplink} master {bridge}",
-                     f"link set {bridge} up", f"addr add 10.251.0.{index}/24 dev {bridge}"]
-            subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(batch) + "\n",
-                           text=True, check=True, capture_output=True)
+            netns = lab.hosts[host]
+            give_migration_address(netns, uplink, f"br-{uplink}", f"10.251.0.{index}")
             daemons[host] = PrivateLibvirtd(root / host, netns, host, mappings)
         for daemon in daemons.values():
             daemon.start(capabilities)
