@@ -15,7 +15,7 @@ import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from netmap.errors import ApplyError
 from netmap.plan import OVS_OWNER_KEY
@@ -88,6 +88,15 @@ class OvsBridge:
     external_ids: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PortStatus:
+    """What a realize reads back of its port: the tag, and whether ovs-vswitchd uses each
+    interface (its OpenFlow port number, its error) as (name, ofport, error)."""
+
+    tag: int | None
+    interfaces: tuple[tuple[str, int | None, str | None], ...]
+
+
 class _Ports(Mapping[str, OvsPort]):
     """A bridge's ports by name, each read from the IDL's replica when first looked at:
     reading every column of every port cost a realize of 1000 guests a second per read,
@@ -107,6 +116,15 @@ class _Ports(Mapping[str, OvsPort]):
                 tuple(OvsInterface(i.name, i.type, _one(i.ofport), _one(i.error),
                                    dict(i.external_ids)) for i in row.interfaces))
         return port
+
+    def status(self, name: str) -> PortStatus | None:
+        """The port's PortStatus, its external_ids not converted: each read of a column
+        is converted anew by the IDL, and the two maps were most of a port's read-back."""
+        row = self._rows.get(name)
+        if row is None:
+            return None
+        return PortStatus(_one(row.tag), tuple((i.name, _one(i.ofport), _one(i.error))
+                                               for i in row.interfaces))
 
     def __contains__(self, name: object) -> bool:
         return name in self._rows
@@ -208,6 +226,11 @@ class Ovsdb:
                                       dict(row.external_ids))
         self._bridges = (self.idl.change_seqno, out)
         return out
+
+    def port_status(self, bridge: str, port: str) -> PortStatus | None:
+        """PortStatus of `port` on `bridge` (None: not a port of it)."""
+        live = self.bridges().get(bridge)
+        return cast(_Ports, live.ports).status(port) if live is not None else None
 
     def vswitchd_running(self) -> bool:
         """ovs-vswitchd holds the OVSDB lock "ovs_vswitchd" while it runs: asking for it
@@ -342,9 +365,14 @@ class Connections:
         self.ports = ports
         self._open: dict[str, Ovsdb] = {}
 
-    def __call__(self, remote: str) -> Ovsdb:
+    def __call__(self, remote: str, *, every_port: bool = False) -> Ovsdb:
+        """The connection to `remote`; `every_port`: replicating every port of the host,
+        asked before it opens (a partial one would be read, then opened again)."""
         if remote not in self._open:
-            self._open[remote] = Ovsdb(remote, self.timeout, self.ports)
+            self._open[remote] = Ovsdb(remote, self.timeout,
+                                       None if every_port else self.ports)
+        elif every_port:
+            self._open[remote].all_ports()
         return self._open[remote]
 
     def close(self) -> None:
