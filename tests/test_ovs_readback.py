@@ -1,19 +1,25 @@
-"""What a realize reads back of OVSDB, and how often release connects to it, against real
-Open vSwitch (the lab of test_ovs.py, in namespaces of this file's own prefix). OVSDB is
-changed behind netmap's back with ovs-vsctl."""
+"""What a realize reads back of OVSDB, how often release connects to it, and that the taps
+of many NICs are made in one batch, against real Open vSwitch (the lab of test_ovs.py, or a
+host of two uplinks; namespaces of this file's own prefix, nmos). OVSDB is changed behind
+netmap's back and read with ovs-vsctl."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 import test_ovs
-from ovs_lab import missing
+from conftest import guest_toml, links_by_name, write_fleet
+from ovs_lab import missing, start_ovs
 from test_ovs import OvsLab
 
 from netmap.cli import main
 from netmap.load import load_fleet
 from netmap.netlink import ovs_steps, ovsdb
+from netmap.netlink.rtnl import Rtnl
 from netmap.plan.planner import build_plan
 from netmap.query.graph import build_graph
 
@@ -74,3 +80,55 @@ def test_release_connects_to_ovsdb_once(ovs_lab: OvsLab, capsys,
     assert main(["release", "g3", "--host", "hb"]) == 0  # the bridge goes with it
     assert opened == [None]
     assert ovs_lab.bridges("hb") == {}
+
+
+@pytest.fixture
+def two_uplinks(netns_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Host h: uplinks eth0 and eth1 (veths, up), each the uplink of its own OVS bridge;
+    guests a and b with a NIC on each. Its own ovsdb-server and ovs-vswitchd."""
+    netns = netns_factory("nmos")
+    for uplink in ("eth0", "eth1"):
+        subprocess.run(["ip", "-n", netns, "link", "add", uplink, "type", "veth", "peer",
+                        "name", f"{uplink}p"], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", uplink, "up"], check=True)
+    directory = Path(tempfile.mkdtemp(prefix="nmos", dir="/tmp"))  # a short socket path
+    ovs = start_ovs(netns, directory)
+    try:
+        host = (f'[host]\nname = "h"\nnetns = "{netns}"\novsdb = "{ovs.remote}"\n'
+                '[uplinks.eth0]\nsegments = ["s0"]\n[uplinks.eth1]\nsegments = ["s1"]\n'
+                + "".join(f'[networks.{net}]\nmode = "ovs"\nuplink = "{uplink}"\n'
+                          f'bridge = "br-{uplink}"\ndatapath_type = "netdev"\n'
+                          for net, uplink in (("n0", "eth0"), ("n1", "eth1"))))
+        root = write_fleet(tmp_path / "m", '[networks.n0]\nsegment = "s0"\nvlan = 10\n'
+                           '[networks.n1]\nsegment = "s1"\nvlan = 20\n', {"h": host}, {
+            guest: guest_toml(guest, "h", ("n0", f"52:54:00:0e:00:{i}0"),
+                              ("n1", f"52:54:00:0e:00:{i}1"))
+            for i, guest in enumerate(("a", "b"))})
+        monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
+        monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
+        yield netns, ovs
+    finally:
+        ovs.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_taps_of_nics_on_two_uplinks_are_made_in_one_batch(two_uplinks, capsys,
+                                                               monkeypatch) -> None:
+    """The second NIC's uplink, already up, changes nothing: it does not cut the batch of
+    taps in two (a second round of tap creation and rtnetlink requests)."""
+    netns, ovs = two_uplinks
+    batches: list[list[str]] = []
+    original = Rtnl.create_taps
+
+    def recorded(self, names, multi_queue=()):
+        batches.append(list(names))
+        return original(self, names, multi_queue)
+
+    monkeypatch.setattr(Rtnl, "create_taps", recorded)
+    assert main(["realize", "--all", "--host", "h"]) == 0, capsys.readouterr()
+    assert len(batches) == 1 and len(batches[0]) == 4, batches
+    taps = set(batches[0])
+    assert taps <= set(links_by_name(netns))
+    ports = set(ovs.vsctl("list-ports", "br-eth0").split()) | set(
+        ovs.vsctl("list-ports", "br-eth1").split())
+    assert taps | {"eth0", "eth1"} == ports
