@@ -85,7 +85,8 @@ def test_release_connects_to_ovsdb_once(ovs_lab: OvsLab, capsys,
 @pytest.fixture
 def two_uplinks(netns_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Host h: uplinks eth0 and eth1 (veths, up), each the uplink of its own OVS bridge;
-    guests a and b with a NIC on each. Its own ovsdb-server and ovs-vswitchd."""
+    guests a and b with a NIC on each (n0: VLAN 10, n1: untagged). Its own ovsdb-server
+    and ovs-vswitchd."""
     netns = netns_factory("nmos")
     for uplink in ("eth0", "eth1"):
         subprocess.run(["ip", "-n", netns, "link", "add", uplink, "type", "veth", "peer",
@@ -100,7 +101,7 @@ def two_uplinks(netns_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
                           f'bridge = "br-{uplink}"\ndatapath_type = "netdev"\n'
                           for net, uplink in (("n0", "eth0"), ("n1", "eth1"))))
         root = write_fleet(tmp_path / "m", '[networks.n0]\nsegment = "s0"\nvlan = 10\n'
-                           '[networks.n1]\nsegment = "s1"\nvlan = 20\n', {"h": host}, {
+                           '[networks.n1]\nsegment = "s1"\n', {"h": host}, {
             guest: guest_toml(guest, "h", ("n0", f"52:54:00:0e:00:{i}0"),
                               ("n1", f"52:54:00:0e:00:{i}1"))
             for i, guest in enumerate(("a", "b"))})
@@ -132,3 +133,5 @@ def test_the_taps_of_nics_on_two_uplinks_are_made_in_one_batch(two_uplinks, caps
     ports = set(ovs.vsctl("list-ports", "br-eth0").split()) | set(
         ovs.vsctl("list-ports", "br-eth1").split())
     assert taps | {"eth0", "eth1"} == ports
+    tags = {name: ovs.vsctl("get", "Port", name, "tag") for name in taps}
+    assert sorted(tags.values()) == ["10", "10", "[]", "[]"]  # n1's ports: no tag
