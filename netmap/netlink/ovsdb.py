@@ -313,8 +313,8 @@ class SetPort(Change):
 
     def write(self, txn: Any, root: Any, bridges: dict[str, Any], ports: dict[str, Any],
               ) -> None:
-        # each column set is converted and checked by the IDL (about 30 us here): a new
-        # port's interface is the one just made, and an untagged new port has no tag yet
+        # the IDL converts and checks every column read or set: a new port's interface is
+        # the one just made (not read back from the port), an untagged new one has no tag
         port = ports.get(self.name)
         if port is None:
             iface = txn.insert(txn.idl.tables["Interface"])
