@@ -58,6 +58,19 @@ def _short(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
 
 
+def uplink_mac(netns: str, uplink: str) -> str:
+    """A lab uplink's MAC: unicast, locally administered, 02:..., below every tap's.
+
+    A Linux bridge takes the lowest MAC of its ports unless given one. libvirt and netmap
+    give a guest's tap fe:+ the guest's MAC for that reason: a NIC's vendor prefix is lower,
+    so the bridge on the uplink keeps the uplink's MAC. A veth's random MAC starts with fe
+    one time in 64; then the bridge of a migration's destination took the arriving tap's
+    MAC, which the source's bridge holds as its own port's, and the source swallowed every
+    packet of the migration stream (a migration that timed out)."""
+    digest = hashlib.blake2b(f"{netns}/{uplink}".encode(), digest_size=5).digest()
+    return "02:" + ":".join(f"{byte:02x}" for byte in digest)
+
+
 def namespaces() -> list[str]:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                              check=False).stdout
@@ -143,7 +156,8 @@ def build_lab(fleet: Fleet, prefix: str = DEFAULT_PREFIX,
             host_cmds, fabric_cmds = ["link set lo up"], []
             for uplink in host.uplinks.values():
                 peer = f"f{_short(netns + uplink.name)}"
-                host_cmds.append(f"link add {uplink.name} mtu {uplink.mtu} type veth "
+                host_cmds.append(f"link add {uplink.name} address {uplink_mac(netns, uplink.name)} "
+                                 f"mtu {uplink.mtu} type veth "
                                  f"peer name {peer} mtu {uplink.mtu} netns {lab.fabric}")
                 host_cmds.append(f"link set {uplink.name} up")
                 if uplink.segments:

@@ -1145,7 +1145,7 @@ def test_walking_a_warm_fleet_reads_it_in_few_queries(
         tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller that walks every host or guest by name (`{**fleet.guests}`, as the libvirt
     hook does) gets them from a few queries, not one per file, and gets the cold answer."""
-    from netmap.load.guests import ONE_BY_ONE
+    from netmap.load.stored import ONE_BY_ONE
 
     root = tmp_path / "generated"
     generate_fleet(root, 300, 200, seed=4)

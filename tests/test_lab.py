@@ -163,6 +163,57 @@ def test_a_host_answers_arp_only_on_the_interface_that_holds_the_address(lab_fac
     assert json.loads(asked.stdout) == [mac("host-b", "br-eno3")]
 
 
+@needs_netns
+def test_a_guest_tap_joining_a_migration_destination_leaves_its_bridge_reachable(
+        lab_factory) -> None:
+    """A live migration as the libvirt lab makes one: g1's tap (fe:54:..., as libvirt names
+    it) is on host-a's br-eth1, and the destination's QEMU puts a tap with the same MAC on
+    host-b's br-eno3 before the stream starts. host-b's bridge keeps its uplink's MAC (the
+    lab's uplinks have 02: MACs, as a NIC's vendor prefix is below fe:), so host-a still
+    reaches 10.251.0.2; had the bridge taken the tap's MAC, host-a's own bridge would keep
+    every packet for it, as its own port's."""
+    from netmap.lab import uplink_mac
+
+    lab, _ = lab_factory("nmmac", ["host-a", "host-b"])
+    for host, uplink, address in (("host-a", "eth1", "10.251.0.1"),
+                                  ("host-b", "eno3", "10.251.0.2")):
+        batch = (f"link add br-{uplink} type bridge\nlink set {uplink} master br-{uplink}\n"
+                 f"link set br-{uplink} up\naddr add {address}/24 dev br-{uplink}\n"
+                 f"tuntap add g1tap mode tap\nlink set g1tap address fe:54:00:00:00:01\n"
+                 f"link set g1tap master br-{uplink}\nlink set g1tap up\n")
+        subprocess.run(["ip", "-n", lab.hosts[host], "-batch", "-"], input=batch, text=True,
+                       check=True, capture_output=True)
+
+    def mac(host: str, link: str) -> str:
+        shown = subprocess.run(["ip", "-j", "-n", lab.hosts[host], "link", "show", link],
+                               capture_output=True, text=True, check=True).stdout
+        return json.loads(shown)[0]["address"]
+
+    for host, uplink in (("host-a", "eth1"), ("host-b", "eno3")):
+        assert mac(host, uplink) == uplink_mac(lab.hosts[host], uplink)
+        assert mac(host, uplink).startswith("02:")
+        assert mac(host, f"br-{uplink}") == mac(host, uplink)
+    listen = ("import socket\ns = socket.create_server(('10.251.0.2', 49152))\n"
+              "s.settimeout(10)\nprint(s.accept()[1][0], flush=True)\n")
+    server = subprocess.Popen(["ip", "netns", "exec", lab.hosts["host-b"], sys.executable,
+                               "-c", listen], stdout=subprocess.PIPE, text=True)
+    connect = ("import socket, time\nend = time.monotonic() + 8\n"
+               "while True:\n"
+               "    try:\n"
+               "        socket.create_connection(('10.251.0.2', 49152), timeout=3).close()\n"
+               "        break\n"
+               "    except ConnectionRefusedError:\n"
+               "        if time.monotonic() > end: raise\n"
+               "        time.sleep(0.1)\n")
+    try:
+        subprocess.run(["ip", "netns", "exec", lab.hosts["host-a"], sys.executable, "-c",
+                        connect], check=True, capture_output=True, text=True, timeout=30)
+        assert server.communicate(timeout=15)[0].strip() == "10.251.0.1"
+    finally:
+        server.kill()
+        server.wait()
+
+
 # --- the README says what the files do ------------------------------------------------------
 
 README = (REPO / "README.rst").read_text()

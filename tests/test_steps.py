@@ -624,3 +624,51 @@ def test_an_uplink_that_is_an_access_port_is_refused_and_a_trunk_adopted() -> No
     ours = Host({}, ovs={"br-int": OvsBridge("br-int", {"eth0": OvsPort(
         None, {"netmap-owner": "uplink"})})})
     assert UPLINK_PORT.decide(ours, 0).verdict == "unchanged"
+
+
+# --- how release treats each kind: the class says it, release.py only reads it ------------
+
+def test_each_kind_names_its_release_phase() -> None:
+    phases = {type(step).__name__: step.release_phase for step in SAMPLES}
+    assert phases == {
+        "RequireLink": "undo-last",  # the uplink goes down once nothing rides on it
+        "EnsureBridge": "delete", "EnsureVlanLink": "delete", "EnsureVxlan": "delete",
+        "CreateTap": "delete", "CreateMacvtap": "delete",  # one group delete
+        "EnslavePort": "undo", "BridgeVlan": "undo", "ClaimVf": "undo",
+        "EnsureOvsBridge": "ovsdb", "EnsureOvsPort": "ovsdb",  # one OVSDB transaction
+    }
+
+
+def test_a_link_is_netmaps_only_while_its_kind_and_ifindex_are_the_ones_made() -> None:
+    tap = CreateTap("nm0", "fe:54:00:00:00:01", "52:54:00:00:00:01", 1500, "br0")
+    assert tap.replaced(None, 7) is None  # gone: nothing to protect
+    assert tap.replaced(Link(7, "nm0", "tun"), 7) is None
+    assert tap.replaced(Link(7, "nm0", "tun"), None) is None  # made before ifindex was kept
+    assert tap.replaced(Link(7, "nm0", "bridge"), 7) == "now a bridge, not netmap's"
+    assert "ifindex 9; netmap's was ifindex 7" in str(tap.replaced(Link(9, "nm0", "tun"), 7))
+    for step in SAMPLES:  # what makes no link of its own is never someone else's
+        if step.release_phase != "delete":
+            assert step.replaced(Link(1, step.target, "veth"), 99) is None
+
+
+def test_a_port_goes_with_its_bridge_and_comes_out_of_one_netmap_keeps_but_did_not_make(
+        ) -> None:
+    port = EnslavePort("eth0", "br0")
+    links = {"br0": Link(2, "br0", "bridge"), "eth0": Link(1, "eth0", master=2)}
+    assert port.gone_with_its_master(links, going={"br0"}, foreign=set()) == ""
+    assert port.gone_with_its_master(links, going=set(), foreign=set()) is None
+    assert port.gone_with_its_master(links, going=set(), foreign={"br0"}) == \
+        " (no longer a port of netmap's br0)"
+    moved = {**links, "eth0": Link(1, "eth0", master=5)}
+    assert port.gone_with_its_master(moved, going=set(), foreign=set()) == \
+        " (no longer a port of netmap's br0)"
+    # a bridge netmap adopted stays: the uplink netmap enslaved there is taken out
+    assert port.leaves_a_bridge_that_stays(going=set(), made=set(), foreign=set()) == "eth0"
+    assert port.still_needed(links, going=set(), leaving={"eth0"}) is None
+    # a bridge netmap made and keeps (someone else's port on it) keeps the uplink too
+    assert port.leaves_a_bridge_that_stays(going=set(), made={"br0"}, foreign=set()) is None
+    assert port.still_needed(links, going=set(), leaving=set()) == "bridge br0 stays"
+    for step in SAMPLES:
+        if not isinstance(step, EnslavePort):
+            assert step.leaves_a_bridge_that_stays(set(), set(), set()) is None
+            assert step.gone_with_its_master({}, set(), set()) is None

@@ -17,7 +17,7 @@ from netmap.errors import InputError
 from netmap.load import parse, store
 from netmap.load.guests import StoredGuests
 from netmap.load.hosts import StoredHosts
-from netmap.load.store import Identity, Parsed, Row, Store, identity, is_guest, settled
+from netmap.load.store import Identity, Parsed, Row, Store, identity, is_guest, settled, unpickled
 from netmap.model.fleet import Fleet, Guest, Host, Network, mapping_file
 from netmap.support.gcpause import gc_paused
 
@@ -107,7 +107,7 @@ def _load_with(db: Store, base: Path, files: tuple[list[str], list[str]],
                 if row is not None:
                     blob = blobs.get(path)
                     value: T | None = db.object(path, row.key) if blob is None \
-                        else _unpickled(blob)
+                        else unpickled(blob)
                     if value is not None:
                         return value
                 theirs = second.result(path)
@@ -202,13 +202,6 @@ def _identity(path: str) -> Identity | None:
         return identity(os.stat(path))
     except OSError:
         return None  # the parser reports it
-
-
-def _unpickled(blob: bytes) -> Any:
-    try:
-        return pickle.loads(blob)
-    except Exception:  # a damaged row, though ours: a miss
-        return None
 
 
 def _pickled(value: object) -> bytes:

@@ -213,6 +213,17 @@ class Reader(Protocol):
 _READERS: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
 
+def unpickled(blob: bytes | None) -> Any:
+    """A row's object, or None when there is none or it cannot be read (the caller parses
+    the file: a damaged row, though ours, is a miss)."""
+    if blob is None:
+        return None
+    try:
+        return pickle.loads(blob)
+    except Exception:
+        return None
+
+
 def add_reader(reader: Reader) -> None:
     _READERS[id(reader)] = reader
 

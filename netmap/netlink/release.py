@@ -110,20 +110,6 @@ class _Routed:
             self._tally(line).kept.append(line)
 
 
-def _replaced(step: p.LinkStep, record: dict, links: dict[str, rtmsg.Link]) -> str | None:
-    """Why the live device named as netmap's is someone else's (None: it is netmap's)."""
-    live = links.get(step.name)
-    if live is None:
-        return None
-    if live.kind != step.link_kind:
-        return f"now a {live.kind}, not netmap's"
-    made = record.get("info", {}).get("ifindex")
-    if made is not None and live.index != made:
-        return (f"now another {live.kind} (ifindex {live.index}; netmap's was ifindex "
-                f"{made}): not netmap's, left alone")
-    return None
-
-
 def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
                   undo: list[tuple[str, dict]], going: set[str], made: set[str],
                   result: Tally,
@@ -137,58 +123,55 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     (one it adopted) is taken out again; other inverses run first, uplinks go down last.
     """
     steps = [(key, record, p.step_from_dict(record["step"])) for key, record in undo]
-    foreign = {step.name: why for _key, record, step in steps
-               if isinstance(step, p.LinkStep) and (why := _replaced(step, record, links))}
-    going -= set(foreign)
-    made -= set(foreign)
+    replaced = {key: why for key, record, step in steps
+                if (why := step.replaced(links.get(step.target),
+                                         record.get("info", {}).get("ifindex")))}
+    foreign = {step.target for key, _record, step in steps if key in replaced}
+    going -= foreign
+    made -= foreign
     for _key, _record, step in steps:  # a bridge that stays keeps its uplink, and it up
-        if isinstance(step, p.LinkStep) and step.still_needed(links, going, set()):
-            going.discard(step.name)
-    leaving = {step.port for _k, _r, step in steps if isinstance(step, p.EnslavePort)
-               and step.bridge not in going and step.bridge not in made
-               and step.bridge not in foreign}
+        if step.release_phase == "delete" and step.still_needed(links, going, set()):
+            going.discard(step.target)
+    leaving = {port for _k, _r, step in steps
+               if (port := step.leaves_a_bridge_that_stays(going, made, foreign))}
     failed: list[tuple[str, dict]] = []
     kept: list[tuple[str, dict]] = []
     deletes: list[tuple[str, dict]] = []
-    first: list[tuple[str, dict, p.Step]] = []
-    last: list[tuple[str, dict, p.Step]] = []
-    ovs: list[tuple[str, dict, p.Step]] = []
+    phases: dict[str, list[tuple[str, dict, p.Step]]] = {"ovsdb": [], "undo": [],
+                                                         "undo-last": []}
     for key, record, step in steps:
-        if isinstance(step, p.OVS_STEPS):
-            ovs.append((key, record, step))
+        if step.release_phase == "ovsdb":  # OVSDB's own rules decide (ovs_steps.release)
+            phases["ovsdb"].append((key, record, step))
             continue
-        name = getattr(step, "name", None)
-        if name in foreign and isinstance(step, p.LinkStep):
-            result.kept.append(f"{key}: {foreign[name]}")
+        if key in replaced:
+            result.kept.append(f"{key}: {replaced[key]}")
             continue
-        if isinstance(step, p.EnslavePort) and (step.bridge in foreign or not _is_port_of(
-                links, step.port, step.bridge)):  # what netmap did went with its bridge
-            result.removed.append(f"{key} (no longer a port of netmap's {step.bridge})")
+        gone = step.gone_with_its_master(links, going, foreign)
+        if gone is not None:
+            result.removed.append(f"{key}{gone}")
             continue
         keep_reason = step.still_needed(links, going, leaving)
         if keep_reason:
             result.kept.append(f"{key}: {keep_reason}")
             kept.append((key, record))
-        elif isinstance(step, p.LinkStep):
-            if name not in links:
-                result.removed.append(f"{key} (already gone)")
-            else:
-                deletes.append((key, record))
-        elif isinstance(step, p.EnslavePort) and step.bridge in going:
-            result.removed.append(key)  # leaves the bridge with it
+        elif step.release_phase != "delete":
+            phases[step.release_phase].append((key, record, step))
+        elif step.target not in links:
+            result.removed.append(f"{key} (already gone)")
         else:
-            (last if isinstance(step, p.RequireLink) else first).append((key, record, step))
+            deletes.append((key, record))
+    ovs = phases["ovsdb"]
     if ovs:
         failed_ovs, kept_ovs = _release_ovs(ovs, going, result)
         failed += failed_ovs
         kept += kept_ovs
     undoing = RtnlKernel(kernel)
     try:
-        for key, record, step in first:
+        for key, record, step in phases["undo"]:
             failed += _undo(undoing, key, record, step, result)
         if deletes:
             failed += _delete_links(kernel, links, deletes, result)
-        for key, record, step in last:
+        for key, record, step in phases["undo-last"]:
             failed += _undo(undoing, key, record, step, result)
     finally:
         undoing.close()
@@ -213,11 +196,6 @@ def _release_ovs(records: list[tuple[str, dict, p.Step]], going: set[str], resul
     return ([(key, {**by_key[key], "error": error}) for key, error in failed],
             [(key, by_key[key]) for key, why in kept if "not netmap's" not in why
              and "someone else's" not in why])
-
-
-def _is_port_of(links: dict[str, rtmsg.Link], port: str, bridge: str) -> bool:
-    live, master = links.get(port), links.get(bridge)
-    return live is not None and master is not None and live.master == master.index
 
 
 def _undo(kernel: RtnlKernel, key: str, record: dict, step: p.Step, result: Tally,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar, Protocol, TypedDict
+from typing import ClassVar, Literal, Protocol, TypedDict
 
 from netmap.errors import ApplyError
 
@@ -30,6 +30,10 @@ VLAN_PVID, VLAN_UNTAGGED = 0x2, 0x4
 
 # (what it undoes, for a person; the undo itself): what rollback runs, in reverse
 Undo = tuple[str, Callable[[], None]]
+# How release undoes a step, phase by phase: "ovsdb" (one OVSDB transaction for them all),
+# "undo" (its own undo), "delete" (the link goes in one group delete with every other),
+# "undo-last" (after every link is gone: an uplink goes down once nothing rides on it)
+ReleasePhase = Literal["ovsdb", "undo", "delete", "undo-last"]
 
 
 class LiveLink(Protocol):
@@ -333,6 +337,25 @@ class Step:
         """Undo the change (from this run, or from state at release); repeatable."""
 
     # --- release ----------------------------------------------------------------------------
+    release_phase: ClassVar[ReleasePhase] = "undo"
+
+    def replaced(self, live: LiveLink | None, made_ifindex: int | None) -> str | None:
+        """Why the live object under this step's name is not the one netmap made (None: it
+        is, or this step makes no object of its own)."""
+        return None
+
+    def leaves_a_bridge_that_stays(self, going: set[str], made: set[str],
+                                   foreign: set[str]) -> str | None:
+        """The port this step takes out of a bridge release keeps (None: no such port).
+        `made`: links netmap made; `foreign`: names netmap's links lost to someone else."""
+        return None
+
+    def gone_with_its_master(self, links: Mapping[str, LiveLink], going: set[str],
+                             foreign: set[str]) -> str | None:
+        """Set when what the step did goes away with another object, so release has nothing
+        to undo: the text after the resource key in release's report (None: undo it)."""
+        return None
+
     def still_needed(self, links: Mapping[str, LiveLink], going: set[str],
                      leaving: set[str]) -> str | None:
         """Why netmap's object must stay although no netmap guest uses it any more (None:

@@ -21,6 +21,7 @@ from netmap.steps.base import (
     Kernel,
     LiveHost,
     LiveLink,
+    ReleasePhase,
     Step,
     master_name,
     refuse,
@@ -32,6 +33,7 @@ class RequireLink(Step):
     """An interface the host must already have (an uplink): up, or brought up."""
 
     kind: ClassVar[str] = "require-link"
+    release_phase: ClassVar[ReleasePhase] = "undo-last"
     name: str
     mtu: int = 0  # the MTU the endpoints need through it (vxlan: plus its overhead)
 
@@ -89,6 +91,7 @@ class LinkStep(Step):
     """A step that creates the link `name`; deleting that link undoes it."""
 
     link_kind: ClassVar[str] = ""  # the kernel's kind of the link ("bridge", "tun", ...)
+    release_phase: ClassVar[ReleasePhase] = "delete"
     name: str
 
     @property
@@ -104,6 +107,16 @@ class LinkStep(Step):
 
     def undo(self, kernel: Kernel, info: dict) -> None:
         kernel.delete_link(self.name)
+
+    def replaced(self, live: LiveLink | None, made_ifindex: int | None) -> str | None:
+        if live is None:
+            return None
+        if live.kind != self.link_kind:
+            return f"now a {live.kind}, not netmap's"
+        if made_ifindex is not None and live.index != made_ifindex:
+            return (f"now another {live.kind} (ifindex {live.index}; netmap's was ifindex "
+                    f"{made_ifindex}): not netmap's, left alone")
+        return None
 
     def decide(self, live: LiveHost, nic: int) -> Action:
         name, host = self.name, live.host

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from netmap.steps.base import Action, Changes, LiveHost, Step, refuse
+from netmap.steps.base import Action, Changes, LiveHost, ReleasePhase, Step, refuse
 from netmap.support.ovs_paths import OVS_RUNDIR, default_ovsdb  # noqa: F401 (re-exported)
 
 OVS_OWNER_KEY = "netmap-owner"  # on every OVS port netmap adds: release takes out only these
@@ -29,6 +29,7 @@ class EnsureOvsBridge(Step):
 
     kind: ClassVar[str] = "ovs-bridge"
     deferred: ClassVar[bool] = True
+    release_phase: ClassVar[ReleasePhase] = "ovsdb"
     name: str
     ovsdb: str
     datapath_type: str | None = None
@@ -68,6 +69,7 @@ class EnsureOvsPort(Step):
 
     kind: ClassVar[str] = "ovs-port"
     deferred: ClassVar[bool] = True
+    release_phase: ClassVar[ReleasePhase] = "ovsdb"
     port: str
     bridge: str
     ovsdb: str

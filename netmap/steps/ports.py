@@ -82,6 +82,22 @@ class EnslavePort(Step):
     def undo(self, kernel: Kernel, info: dict) -> None:
         kernel.set_master(self.port, None)
 
+    def leaves_a_bridge_that_stays(self, going: set[str], made: set[str],
+                                   foreign: set[str]) -> str | None:
+        if self.bridge in going or self.bridge in made or self.bridge in foreign:
+            return None
+        return self.port  # a bridge netmap adopted: the port netmap put there comes out
+
+    def gone_with_its_master(self, links: Mapping[str, LiveLink], going: set[str],
+                             foreign: set[str]) -> str | None:
+        port, bridge = links.get(self.port), links.get(self.bridge)
+        if (self.bridge in foreign or port is None or bridge is None
+                or port.master != bridge.index):
+            return f" (no longer a port of netmap's {self.bridge})"
+        if self.bridge in going:
+            return ""  # leaves the bridge with it
+        return None
+
     def still_needed(self, links: Mapping[str, LiveLink], going: set[str],
                      leaving: set[str]) -> str | None:
         if self.bridge not in going and self.port not in leaving:
