@@ -106,7 +106,13 @@ class OvsLab:
 
 @pytest.fixture
 def ovs_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    prefix = f"{PREFIX}{os.getpid() % 10000}{uuid.uuid4().hex[:3]}"
+    yield from started_lab(tmp_path, monkeypatch, PREFIX)
+
+
+def started_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, netns_prefix: str):
+    """The lab of ovs_lab, its namespaces named from `netns_prefix` (each test file its
+    own, so that parallel runs never collide)."""
+    prefix = f"{netns_prefix}{os.getpid() % 10000}{uuid.uuid4().hex[:3]}"
     # short: a unix socket's path has at most 107 bytes
     base = Path(tempfile.mkdtemp(prefix="ov", dir="/tmp"))
     hosts = {name: (f"{prefix}-{name}", base / name) for name in ("ha", "hb")}

@@ -315,8 +315,10 @@ class Transaction(RtnlKernel):
             if on_step is not None:
                 self._flush()  # a test hook sees every earlier step really done
                 on_step(position, action.step)
+            # a step that changes nothing (a second NIC's uplink, already up) needs
+            # nothing made before it: the taps queued so far stay in the one batch
             if not ((action.verdict == "create" and action.step.batched)
-                    or action.step.deferred):
+                    or action.step.deferred or action.verdict in ("unchanged", "adopt")):
                 self._flush()
             self._run(action)
         self._flush()

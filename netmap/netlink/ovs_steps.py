@@ -47,18 +47,17 @@ def verify(ovs: db.Ovsdb, nic: p.NicPlan) -> list[str]:
                  and s.port == nic.device), None)
     if step is None:
         return []
-    bridge = ovs.bridges().get(step.bridge)
-    port = bridge.ports.get(step.port) if bridge else None
+    port = ovs.port_status(step.bridge, step.port)
     if port is None:
         return [f"NIC {nic.nic}: {step.port} is not a port of OVS bridge {step.bridge}"]
     problems = []
     if port.tag != step.tag:
         problems.append(f"NIC {nic.nic}: OVS port {step.port} has tag {port.tag}, want "
                         f"{step.tag}")
-    for iface in port.interfaces:
-        if iface.error or not iface.ofport or iface.ofport < 0:
-            problems.append(f"NIC {nic.nic}: ovs-vswitchd does not use {iface.name}: "
-                            f"{iface.error or 'no OpenFlow port'}")
+    for name, ofport, error in port.interfaces:
+        if error or not ofport or ofport < 0:
+            problems.append(f"NIC {nic.nic}: ovs-vswitchd does not use {name}: "
+                            f"{error or 'no OpenFlow port'}")
     return problems
 
 
@@ -75,9 +74,9 @@ def release(connections: db.Connections, steps: Iterable[tuple[str, p.Step]], go
         by_remote.setdefault(getattr(step, "ovsdb", ""), []).append((key, step))
     for remote, items in by_remote.items():
         try:
-            ovs = connections(remote)
-            if any(isinstance(step, p.EnsureOvsBridge) for _, step in items):
-                ovs.all_ports()  # whether a bridge holds ports netmap did not add
+            # with a bridge to remove: whether it holds ports netmap did not add
+            ovs = connections(remote, every_port=any(isinstance(step, p.EnsureOvsBridge)
+                                                     for _, step in items))
             bridges = ovs.bridges()
             changes: list[db.Change] = []
             done: list[str] = []

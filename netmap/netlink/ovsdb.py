@@ -15,7 +15,7 @@ import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from netmap.errors import ApplyError
 from netmap.plan import OVS_OWNER_KEY
@@ -88,6 +88,15 @@ class OvsBridge:
     external_ids: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PortStatus:
+    """What a realize reads back of its port: the tag, and whether ovs-vswitchd uses each
+    interface (its OpenFlow port number, its error) as (name, ofport, error)."""
+
+    tag: int | None
+    interfaces: tuple[tuple[str, int | None, str | None], ...]
+
+
 class _Ports(Mapping[str, OvsPort]):
     """A bridge's ports by name, each read from the IDL's replica when first looked at:
     reading every column of every port cost a realize of 1000 guests a second per read,
@@ -107,6 +116,15 @@ class _Ports(Mapping[str, OvsPort]):
                 tuple(OvsInterface(i.name, i.type, _one(i.ofport), _one(i.error),
                                    dict(i.external_ids)) for i in row.interfaces))
         return port
+
+    def status(self, name: str) -> PortStatus | None:
+        """The port's PortStatus, its external_ids not converted: each read of a column
+        is converted anew by the IDL, and the two maps were most of a port's read-back."""
+        row = self._rows.get(name)
+        if row is None:
+            return None
+        return PortStatus(_one(row.tag), tuple((i.name, _one(i.ofport), _one(i.error))
+                                               for i in row.interfaces))
 
     def __contains__(self, name: object) -> bool:
         return name in self._rows
@@ -209,6 +227,11 @@ class Ovsdb:
         self._bridges = (self.idl.change_seqno, out)
         return out
 
+    def port_status(self, bridge: str, port: str) -> PortStatus | None:
+        """PortStatus of `port` on `bridge` (None: not a port of it)."""
+        live = self.bridges().get(bridge)
+        return cast(_Ports, live.ports).status(port) if live is not None else None
+
     def vswitchd_running(self) -> bool:
         """ovs-vswitchd holds the OVSDB lock "ovs_vswitchd" while it runs: asking for it
         and finding it taken says so without changing anything (the request is withdrawn
@@ -290,6 +313,8 @@ class SetPort(Change):
 
     def write(self, txn: Any, root: Any, bridges: dict[str, Any], ports: dict[str, Any],
               ) -> None:
+        # the IDL converts and checks every column read or set: a new port's interface is
+        # the one just made (not read back from the port), an untagged new one has no tag
         port = ports.get(self.name)
         if port is None:
             iface = txn.insert(txn.idl.tables["Interface"])
@@ -298,14 +323,19 @@ class SetPort(Change):
             port.name, port.interfaces = self.name, [iface]
             bridges[self.bridge].addvalue("ports", port)
             ports[self.name] = port
-        port.tag = [self.tag] if self.tag is not None else []
-        port.external_ids = dict(self.external_ids)
+            own = [iface]
+            if self.tag is not None:
+                port.tag = [self.tag]
+        else:
+            own = [iface for iface in port.interfaces if iface.name == self.name]
+            port.tag = [self.tag] if self.tag is not None else []
+        ids = dict(self.external_ids)
+        port.external_ids = ids
         # and on the interface: OVN binds a logical port by Interface external_ids:iface-id
         # (ovn-controller), which os-vif and libvirt set there; the Port's copy holds
         # netmap's marks for release and drift
-        for iface in port.interfaces:
-            if iface.name == self.name:
-                iface.external_ids = dict(self.external_ids)
+        for iface in own:
+            iface.external_ids = ids
 
 
 @dataclass(frozen=True)
@@ -342,9 +372,14 @@ class Connections:
         self.ports = ports
         self._open: dict[str, Ovsdb] = {}
 
-    def __call__(self, remote: str) -> Ovsdb:
+    def __call__(self, remote: str, *, every_port: bool = False) -> Ovsdb:
+        """The connection to `remote`; `every_port`: replicating every port of the host,
+        asked before it opens (a partial one would be read, then opened again)."""
         if remote not in self._open:
-            self._open[remote] = Ovsdb(remote, self.timeout, self.ports)
+            self._open[remote] = Ovsdb(remote, self.timeout,
+                                       None if every_port else self.ports)
+        elif every_port:
+            self._open[remote].all_ports()
         return self._open[remote]
 
     def close(self) -> None:
