@@ -7,21 +7,30 @@ place of README's. Namespaces prefix nmol."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from netmap.load import load_fleet
 from netmap.model.names import tap_name
+from netmap.netlink.rtnl import entered_netns
 from tests.conftest import EXAMPLE_MAPPINGS, REPO, needs_netns
+from tests.frames import frame
 from tests.ovs_lab import missing
+from tests.test_realize import tap_fd
 
 # scripts/ovs_lab.py under another name: tests/ovs_lab.py is `ovs_lab` to the OVS tests
 _spec = importlib.util.spec_from_file_location("ovs_lab_script", REPO / "scripts/ovs_lab.py")
@@ -104,6 +113,47 @@ def _daemons(directory: Path) -> list[str]:
     return found.stdout.splitlines()
 
 
+SOL_PACKET, PACKET_AUXDATA, TP_STATUS_VLAN_VALID = 263, 8, 1 << 4
+
+
+def vlan_on_the_wire(fabric: str, netns: str, tap: str, mac: str) -> set[int | None]:
+    """The 802.1Q VLAN IDs (None: untagged) of a broadcast written into `tap` as the lab's
+    fabric sees it, on every veth and segment bridge there. The kernel moves a received
+    tag into the packet's metadata, so it is read from PACKET_AUXDATA (or, if left in
+    place, from the frame)."""
+    token = uuid.uuid4().bytes
+    with entered_netns(fabric):
+        sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    sniffer.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    writer = tap_fd(netns, tap)
+    seen: set[int | None] = set()
+    try:
+        poller = select.poll()
+        poller.register(sniffer, select.POLLIN)
+        deadline, next_send = time.monotonic() + 5, 0.0
+        while time.monotonic() < deadline and not seen:
+            if time.monotonic() >= next_send:  # again until the port forwards, as ping does
+                os.write(writer, frame("ff:ff:ff:ff:ff:ff", mac, token))
+                next_send = time.monotonic() + 0.2
+            for _ in poller.poll(50):
+                data, ancillary, _flags, _addr = sniffer.recvmsg(4096, 256)
+                if token not in data:
+                    continue
+                vid = None
+                for level, kind, value in ancillary:
+                    if (level, kind) == (SOL_PACKET, PACKET_AUXDATA):
+                        status, *_, tci, _tpid = struct.unpack("IIIHHHH", value[:20])
+                        if status & TP_STATUS_VLAN_VALID:
+                            vid = tci & 0xFFF
+                if data[12:14] == b"\x81\x00":
+                    vid = int.from_bytes(data[14:16], "big") & 0xFFF
+                seen.add(vid)
+    finally:
+        os.close(writer)
+        sniffer.close()
+    return seen
+
+
 @pytest.mark.netns
 @needs_netns
 @pytest.mark.skipif(missing() is not None, reason=str(missing()))
@@ -174,12 +224,21 @@ def test_readme_ovs_walkthrough(tmp_path: Path) -> None:
         realized = run(next(steps))
         assert realized.returncode == 0, realized.stdout + realized.stderr
         assert f"NIC 0 prod (ovs): {tap}" in realized.stdout
+        # README: VLAN 100 is the port's tag, on the wire as 802.1Q, with no kernel VLAN
+        # device (the CI kernel has no 802.1Q module)
+        kinds = json.loads(subprocess.run(["ip", "-d", "-j", "-n", f"{prefix}-host-a", "link"],
+                                          capture_output=True, text=True, check=True).stdout)
+        assert not [k for k in kinds if k.get("linkinfo", {}).get("info_kind") == "vlan"]
+        assert vlan_on_the_wire(f"{prefix}-fabric", f"{prefix}-host-a", tap,
+                                "52:54:00:0b:5e:01") == {100}
 
         shown = run(next(steps))
         assert shown.returncode == 0, shown.stderr
         assert re.search(r"Bridge br-eth0\n\s+datapath_type: netdev\n", shown.stdout)
         assert re.search(rf"Port {tap}\n\s+tag: 100\n", shown.stdout), shown.stdout
         assert re.search(r"Port eth0\n\s+Interface eth0", shown.stdout), shown.stdout
+        assert re.search(r"Port br-eth0\n\s+Interface br-eth0\n\s+type: internal",
+                         shown.stdout), shown.stdout
         listed = run(next(steps))
         assert listed.returncode == 0, listed.stderr
         ids = re.search(r"^external_ids\s*: (.*)$", listed.stdout, re.M)
@@ -193,8 +252,8 @@ def test_readme_ovs_walkthrough(tmp_path: Path) -> None:
         # the lab's hosts have no SR-IOV pool and no vhost-net; nothing about OVS
         assert drift.returncode == 1, drift.stdout + drift.stderr
         assert "OVS_" not in drift.stdout, drift.stdout
-        assert "SRIOV_MISSING" in drift.stdout and "FEATURE_MISSING" in drift.stdout
         clean_codes = set(re.findall(r"^\S+ ([A-Z_]+) ", drift.stdout, re.M))
+        assert clean_codes == {"SRIOV_MISSING", "FEATURE_MISSING", "BRIDGE_MISSING"}
 
         retagged = run(next(steps))
         assert retagged.returncode == 0, retagged.stderr
