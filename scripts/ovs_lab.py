@@ -22,6 +22,7 @@ import argparse
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -168,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.pause()
     except KeyboardInterrupt:
         pass
+    except (OSError, TimeoutError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", None) or ""
+        print(f"ovs_lab: Open vSwitch did not start: {err} {detail}".rstrip(), file=sys.stderr)
+        return 3
     finally:
         for ovs in started:
             ovs.stop()
