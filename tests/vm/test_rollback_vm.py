@@ -279,6 +279,10 @@ def comparable(snap: tuple[dict, dict]) -> tuple[dict, dict]:
         info = record.get("info", {})
         if "ifindex" in info:
             info["ifindex"] = names.get(info["ifindex"], "gone")
+    for entry in data.get("guests", {}).values():
+        for nic in entry.get("nics", []):
+            if "tapdev" in nic:  # /dev/tapIFINDEX
+                nic["tapdev"] = names.get(int(nic["tapdev"].removeprefix("/dev/tap")), "gone")
     return dump, data
 
 
