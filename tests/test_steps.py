@@ -140,6 +140,7 @@ class Host:
     used_outside: dict[int, str] = field(default_factory=dict)  # VF index -> why
     ovs: dict[str, OvsBridge] = field(default_factory=dict)  # what OVSDB holds
     ovs_planned: set[str] = field(default_factory=set)  # OVS bridges the plan adds
+    entries: dict[tuple[str, int], dict] = field(default_factory=dict)  # (PF, VF) -> entry
 
     def ovs_bridges(self, remote: str) -> dict[str, OvsBridge]:
         assert remote == OVSDB
@@ -182,6 +183,9 @@ class Host:
                          ) -> dict[int, str]:
         offered = {vf.index for vf in candidates}
         return {index: why for index, why in self.used_outside.items() if index in offered}
+
+    def vf_entry(self, pf: str, index: int) -> dict[str, object]:
+        return self.entries.get((pf, index), {})
 
 
 class Kernel:
@@ -525,6 +529,67 @@ def test_a_mac_another_guest_holds_on_the_pf_is_refused_at_the_claim() -> None:
                 state=State({claim.resource: (["vm2"], None, {"index": 0})}))
     with pytest.raises(ApplyError, match=r"already set on VF 0 of eno1 .* for vm2"):
         claim.decide(host, 0)
+
+
+def claimed_by_a_killed_run(step: ClaimVf, entry: dict, links: dict[str, Link]) -> Host:
+    """A host whose state records `step`'s claim of VF 3 for vm1 (recorded before the
+    kernel was asked, as realize does) and whose VF 3 entry and links are `entry`, `links`."""
+    pool = Sriov(4, 8, tuple(VirtualFunction(i, f"eno1v{i}") for i in range(4)))
+    found = {"mac": ZERO, "vlan": 0, "spoofchk": 1, "netdev_mac": "5a:f6:d0:0d:44:93"}
+    return Host(links, pools={"eno1": pool}, entries={("eno1", 3): entry},
+                state=State({step.resource: (["vm1"], None, {"index": 3, "found": found})}))
+
+
+def test_a_vf_claim_a_killed_run_recorded_but_never_made_is_made_again() -> None:
+    """realize records a claim before it sets the VF's entry; killed in between, the next
+    realize found the record and called the claim done: a hostdev VF without its MAC and
+    VLAN, a vf_attach = "macvtap" VF without its macvtap (the next realize's verify failed,
+    seen in the VM). The live entry and links decide, on the VF the record names."""
+    whole = ClaimVf("eno1", GUEST_MAC, 100, True)
+    untouched = {"mac": ZERO, "vlan": 0, "spoofchk": 1}
+    action = whole.decide(claimed_by_a_killed_run(whole, untouched, {}), 0)
+    assert (action.verdict, whole.makes(action.verdict)) == ("repair", True)
+    done = {"mac": GUEST_MAC.upper(), "vlan": 100, "spoofchk": 1}
+    host = claimed_by_a_killed_run(whole, done, {})
+    assert whole.decide(host, 0).verdict == "unchanged"
+    assert host.chosen[whole.resource].index == 3
+    step = ClaimVf("eno1", GUEST_MAC, 100, True, macvtap="nm2")
+    netdev = Link(7, "eno1v3", up=True, address=GUEST_MAC)
+    tap = Link(8, "nm2", "macvtap", lower=7, macvlan_mode="passthru", address=GUEST_MAC)
+    halves = [{"eno1v3": netdev},  # killed before the macvtap
+              {"eno1v3": replace(netdev, up=False), "nm2": replace(tap, up=False)},
+              {"eno1v3": netdev, "nm2": tap}]
+    for links in halves:
+        host = claimed_by_a_killed_run(step, {**done, "mac": ZERO}, links)
+        assert step.decide(host, 0).verdict == "repair", links
+    assert step.decide(claimed_by_a_killed_run(step, done, halves[-1]), 0).verdict == \
+        "unchanged"
+    foreign = {"eno1v3": netdev, "nm2": Link(8, "nm2", "tun")}
+    with pytest.raises(ApplyError, match="a foreign device holds the name"):
+        step.decide(claimed_by_a_killed_run(step, done, foreign), 0)
+
+
+def test_a_vf_claim_made_again_first_puts_back_what_the_killed_run_made() -> None:
+    """The killed run may have made the macvtap and given the VF netdev the guest's MAC
+    (igb then refuses the claim's first step while the entry holds it): undone as release
+    would undo it, from the entry as that run found it, then claimed as a first claim; the
+    undo that restores the VF as found comes before any change."""
+    found = {"mac": ZERO, "vlan": 0, "spoofchk": 1, "netdev_mac": "5a:f6:d0:0d:44:93"}
+    kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": found})
+    step = ClaimVf("eno1", GUEST_MAC, 100, True, macvtap="nm2")
+    step.apply(kernel, Action(0, step, "repair", repair={"redo": ["nm2 is missing"]}))
+    assert kernel.calls[0] == ("will_undo", step.describe_undo())
+    assert kernel.calls[1:6] == [
+        ("delete", "nm2"), ("set_vf", "eno1", {"vf": 3, **found_entry(found)}),
+        ("set_up", "eno1v3", False), ("set_attrs", "eno1v3", {"mac": found["netdev_mac"]}),
+        ("set_vf", "eno1", {"vf": 3, **found_entry(found)})]
+    assert kernel.calls[6] == ("claim_vf", "eno1", {**VF_ENTRY, "mac": ZERO}, "undo")
+    assert kernel.calls[-1] == ("up", "nm2", GUEST_MAC)
+    whole = ClaimVf("eno1", GUEST_MAC, 100, True)
+    kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": found_entry(found)})
+    whole.apply(kernel, Action(0, whole, "repair", repair={"redo": ["VF 3 ..."]}))
+    assert kernel.calls == [("will_undo", whole.describe_undo()),
+                            ("claim_vf", "eno1", VF_ENTRY, "undo")]
 
 
 def test_the_kernel_features_a_step_needs_come_from_its_class() -> None:
