@@ -670,3 +670,33 @@ def test_an_uplink_that_is_an_access_port_is_refused_and_a_trunk_adopted() -> No
     ours = Host({}, ovs={"br-int": OvsBridge("br-int", {"eth0": OvsPort(
         None, {"netmap-owner": "uplink"})})})
     assert UPLINK_PORT.decide(ours, 0).verdict == "unchanged"
+
+
+def test_verify_of_a_vf_nic_compares_the_live_vf_entry_with_the_claim() -> None:
+    """verify read only the passthru macvtap: a VF handed over whole whose entry lacked the
+    guest's MAC and VLAN (a claim a killed run recorded, then called done) passed."""
+    from netmap.netlink.endpoints import endpoint_for
+    from netmap.plan import NicPlan
+
+    claim = ClaimVf("eno1", GUEST_MAC, 100, True)
+    nic = NicPlan(2, "vf-whole", "sriov-vf", GUEST_MAC, "virtio", None, "eno1", 100, 1500,
+                  steps=(RequireLink("eno1", 1500), claim))
+
+    @dataclass
+    class Txn:
+        entry: dict
+
+        def vf_for(self, nic: NicPlan) -> VirtualFunction:
+            return VirtualFunction(3, "eno1v3")
+
+        def vf_entry(self, pf: str, index: int) -> dict:
+            assert (pf, index) == ("eno1", 3)
+            return self.entry
+
+    verify = endpoint_for("sriov-vf").verify
+    done = {"mac": GUEST_MAC.upper(), "vlan": 100, "spoofchk": 1}
+    assert verify(nic, {}, Txn(done)) == []  # type: ignore[arg-type]
+    assert verify(nic, {}, Txn({})) == []  # type: ignore[arg-type]  # no entries reported
+    assert verify(nic, {}, Txn({"mac": ZERO, "vlan": 0, "spoofchk": 1})) == [  # type: ignore[arg-type]
+        f"NIC 2: VF 3 of eno1 has mac {ZERO}, want {GUEST_MAC}",
+        "NIC 2: VF 3 of eno1 has vlan 0, want 100"]
