@@ -452,6 +452,33 @@ def test_a_repair_carries_the_values_found_as_its_undo() -> None:
     assert kernel.calls[-1] == ("set_attrs", "br0", {"mtu": 1400})
 
 
+def test_netmaps_link_left_down_by_a_killed_run_comes_up_without_ipv6_as_create_does(
+        ) -> None:
+    """A run killed between making an 802.1Q link (down) and bringing it up: the next
+    realize's repair brought it up in one request, with IPv6 address generation on (a
+    link-local address, DAD), unlike every link realize makes (seen in the VM)."""
+    vlan = EnsureVlanLink("eth0.100", "eth0", 100, 1500)
+    host = Host({"eth0": Link(2, "eth0"),
+                 "eth0.100": Link(9, "eth0.100", "vlan", up=False, lower=2, vlan_id=100)},
+                mine={"eth0.100"})
+    action = vlan.decide(host, 0)
+    assert (action.verdict, action.repair) == ("repair", {"up": True})
+    kernel = Kernel()
+    vlan.apply(kernel, action)
+    assert kernel.calls == [("will_undo", "restore eth0.100"), ("up", "eth0.100", None)]
+    kernel.undos[0][1]()
+    assert kernel.calls[-1] == ("set_attrs", "eth0.100", {"up": False})
+    tap = SAMPLES[7]  # made, killed before the request that sets its MAC, bridge and up
+    host = Host({"br0": Link(5, "br0", "bridge"),
+                 "nm0": Link(9, "nm0", "tun", up=False, address="aa:bb:cc:00:00:01",
+                             multi_queue=True)}, mine={"nm0"})
+    kernel = Kernel()
+    tap.apply(kernel, tap.decide(host, 0))
+    assert kernel.calls == [
+        ("repair", "nm0", {"mac": "fe:54:00:00:00:01", "master": "br0"}, "undo"),
+        ("up", "nm0", None)]
+
+
 def test_a_foreign_bridge_as_planned_is_adopted_and_one_that_differs_refused() -> None:
     same = Host({"br0": Link(5, "br0", "bridge", mtu=1500, ageing=3000)})
     assert EnsureBridge("br0", 1500).decide(same, 0).verdict == "adopt"
