@@ -7,7 +7,9 @@ macvtap), all in one guest.
   request, ENOBUFS half-way through a pipelined batch) at every netlink send of realize.
 * A real SIGINT, from strace, at every third sendto of `netmap realize` (the console
   script's own entry, netmap.cli.run), also pyroute2's, which set the VF entries.
-* A real SIGKILL, from strace, at every fourth sendto: release undoes it.
+* A real SIGKILL, from strace, at every fourth sendto: the next realize finishes the
+  guest as a clean realize would (release then undoes it); and at every eighth, between
+  those: release right after the kill undoes it.
 
 After each the host (`ip -d link` with the PF's VF entries, `bridge vlan`) and netmap's
 state are as before. Under TCG one interpreter start costs 20-30 s, so the CLI runs in a
@@ -121,6 +123,7 @@ def four_modes(sriov_pf, fleet) -> Iterator[tuple[str, object]]:
 
 SIGINT_STRIDE = 3
 KILL_STRIDE = 4
+RELEASE_KILL_STRIDE = 8
 
 
 def snapshot(pf: str) -> tuple[dict, dict]:
@@ -337,19 +340,19 @@ def test_sigkill_at_every_fourth_sendto_then_realize_finishes_and_release_undoes
     assert at > 10
 
 
-def test_sigkill_at_every_fourth_sendto_then_release_undoes(four_modes, cli_ready,
+def test_sigkill_at_every_eighth_sendto_then_release_undoes(four_modes, cli_ready,
                                                             tmp_path: Path) -> None:
-    """test_realize's crash mid-way: `netmap realize` killed by a real SIGKILL that strace
-    delivers at its 1st, 5th, 9th … sendto (from the 3rd on: the sweep above starts at the
-    1st), until one past the last; release right after the kill undoes what the killed
-    run made and recorded, and the host and state are as before."""
+    """The same kill with release right after it: at the 3rd, 11th, 19th … sendto (between
+    the sweep's above; every eighth, for time: a realize after each kill above makes that
+    sweep cost 135 s here), until one past the last; release undoes what the killed run
+    made and recorded, and the host and state are as before."""
     pf, _plan = four_modes
     before = snapshot(pf)
     log = tmp_path / "stderr"
     argv = ["realize", "g4", "--host", HOST]
-    at, code = 3 - KILL_STRIDE, -signal.SIGKILL
+    at, code = 3 - RELEASE_KILL_STRIDE, -signal.SIGKILL
     while code != 0:
-        at += KILL_STRIDE
+        at += RELEASE_KILL_STRIDE
         assert at < 200
         code = cli_under_strace(argv, f"signal=KILL:when={at}", log)
         assert code in (0, -signal.SIGKILL), f"sendto {at}: exit {code}: {log.read_text()}"
