@@ -140,6 +140,7 @@ class Host:
     used_outside: dict[int, str] = field(default_factory=dict)  # VF index -> why
     ovs: dict[str, OvsBridge] = field(default_factory=dict)  # what OVSDB holds
     ovs_planned: set[str] = field(default_factory=set)  # OVS bridges the plan adds
+    entries: dict[tuple[str, int], dict] = field(default_factory=dict)  # (PF, VF) -> entry
 
     def ovs_bridges(self, remote: str) -> dict[str, OvsBridge]:
         assert remote == OVSDB
@@ -182,6 +183,9 @@ class Host:
                          ) -> dict[int, str]:
         offered = {vf.index for vf in candidates}
         return {index: why for index, why in self.used_outside.items() if index in offered}
+
+    def vf_entry(self, pf: str, index: int) -> dict[str, object]:
+        return self.entries.get((pf, index), {})
 
 
 class Kernel:
@@ -467,6 +471,33 @@ def test_a_repair_carries_the_values_found_as_its_undo() -> None:
     assert kernel.calls[-1] == ("set_attrs", "br0", {"mtu": 1400})
 
 
+def test_netmaps_link_left_down_by_a_killed_run_comes_up_without_ipv6_as_create_does(
+        ) -> None:
+    """A run killed between making an 802.1Q link (down) and bringing it up: the next
+    realize's repair brought it up in one request, with IPv6 address generation on (a
+    link-local address, DAD), unlike every link realize makes (seen in the VM)."""
+    vlan = EnsureVlanLink("eth0.100", "eth0", 100, 1500)
+    host = Host({"eth0": Link(2, "eth0"),
+                 "eth0.100": Link(9, "eth0.100", "vlan", up=False, lower=2, vlan_id=100)},
+                mine={"eth0.100"})
+    action = vlan.decide(host, 0)
+    assert (action.verdict, action.repair) == ("repair", {"up": True})
+    kernel = Kernel()
+    vlan.apply(kernel, action)
+    assert kernel.calls == [("will_undo", "restore eth0.100"), ("up", "eth0.100", None)]
+    kernel.undos[0][1]()
+    assert kernel.calls[-1] == ("set_attrs", "eth0.100", {"up": False})
+    tap = SAMPLES[7]  # made, killed before the request that sets its MAC, bridge and up
+    host = Host({"br0": Link(5, "br0", "bridge"),
+                 "nm0": Link(9, "nm0", "tun", up=False, address="aa:bb:cc:00:00:01",
+                             multi_queue=True)}, mine={"nm0"})
+    kernel = Kernel()
+    tap.apply(kernel, tap.decide(host, 0))
+    assert kernel.calls == [
+        ("repair", "nm0", {"mac": "fe:54:00:00:00:01", "master": "br0"}, "undo"),
+        ("up", "nm0", None)]
+
+
 def test_a_foreign_bridge_as_planned_is_adopted_and_one_that_differs_refused() -> None:
     same = Host({"br0": Link(5, "br0", "bridge", mtu=1500, ageing=3000)})
     assert EnsureBridge("br0", 1500).decide(same, 0).verdict == "adopt"
@@ -544,6 +575,67 @@ def test_a_mac_another_guest_holds_on_the_pf_is_refused_at_the_claim() -> None:
                 state=State({claim.resource: (["vm2"], None, {"index": 0})}))
     with pytest.raises(ApplyError, match=r"already set on VF 0 of eno1 .* for vm2"):
         claim.decide(host, 0)
+
+
+def claimed_by_a_killed_run(step: ClaimVf, entry: dict, links: dict[str, Link]) -> Host:
+    """A host whose state records `step`'s claim of VF 3 for vm1 (recorded before the
+    kernel was asked, as realize does) and whose VF 3 entry and links are `entry`, `links`."""
+    pool = Sriov(4, 8, tuple(VirtualFunction(i, f"eno1v{i}") for i in range(4)))
+    found = {"mac": ZERO, "vlan": 0, "spoofchk": 1, "netdev_mac": "5a:f6:d0:0d:44:93"}
+    return Host(links, pools={"eno1": pool}, entries={("eno1", 3): entry},
+                state=State({step.resource: (["vm1"], None, {"index": 3, "found": found})}))
+
+
+def test_a_vf_claim_a_killed_run_recorded_but_never_made_is_made_again() -> None:
+    """realize records a claim before it sets the VF's entry; killed in between, the next
+    realize found the record and called the claim done: a hostdev VF without its MAC and
+    VLAN, a vf_attach = "macvtap" VF without its macvtap (the next realize's verify failed,
+    seen in the VM). The live entry and links decide, on the VF the record names."""
+    whole = ClaimVf("eno1", GUEST_MAC, 100, True)
+    untouched = {"mac": ZERO, "vlan": 0, "spoofchk": 1}
+    action = whole.decide(claimed_by_a_killed_run(whole, untouched, {}), 0)
+    assert (action.verdict, whole.makes(action.verdict)) == ("repair", True)
+    done = {"mac": GUEST_MAC.upper(), "vlan": 100, "spoofchk": 1}
+    host = claimed_by_a_killed_run(whole, done, {})
+    assert whole.decide(host, 0).verdict == "unchanged"
+    assert host.chosen[whole.resource].index == 3
+    step = ClaimVf("eno1", GUEST_MAC, 100, True, macvtap="nm2")
+    netdev = Link(7, "eno1v3", up=True, address=GUEST_MAC)
+    tap = Link(8, "nm2", "macvtap", lower=7, macvlan_mode="passthru", address=GUEST_MAC)
+    halves = [{"eno1v3": netdev},  # killed before the macvtap
+              {"eno1v3": replace(netdev, up=False), "nm2": replace(tap, up=False)},
+              {"eno1v3": netdev, "nm2": tap}]
+    for links in halves:
+        host = claimed_by_a_killed_run(step, {**done, "mac": ZERO}, links)
+        assert step.decide(host, 0).verdict == "repair", links
+    assert step.decide(claimed_by_a_killed_run(step, done, halves[-1]), 0).verdict == \
+        "unchanged"
+    foreign = {"eno1v3": netdev, "nm2": Link(8, "nm2", "tun")}
+    with pytest.raises(ApplyError, match="a foreign device holds the name"):
+        step.decide(claimed_by_a_killed_run(step, done, foreign), 0)
+
+
+def test_a_vf_claim_made_again_first_puts_back_what_the_killed_run_made() -> None:
+    """The killed run may have made the macvtap and given the VF netdev the guest's MAC
+    (igb then refuses the claim's first step while the entry holds it): undone as release
+    would undo it, from the entry as that run found it, then claimed as a first claim; the
+    undo that restores the VF as found comes before any change."""
+    found = {"mac": ZERO, "vlan": 0, "spoofchk": 1, "netdev_mac": "5a:f6:d0:0d:44:93"}
+    kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": found})
+    step = ClaimVf("eno1", GUEST_MAC, 100, True, macvtap="nm2")
+    step.apply(kernel, Action(0, step, "repair", repair={"redo": ["nm2 is missing"]}))
+    assert kernel.calls[0] == ("will_undo", step.describe_undo())
+    assert kernel.calls[1:6] == [
+        ("delete", "nm2"), ("set_vf", "eno1", {"vf": 3, **found_entry(found)}),
+        ("set_up", "eno1v3", False), ("set_attrs", "eno1v3", {"mac": found["netdev_mac"]}),
+        ("set_vf", "eno1", {"vf": 3, **found_entry(found)})]
+    assert kernel.calls[6] == ("claim_vf", "eno1", {**VF_ENTRY, "mac": ZERO}, "undo")
+    assert kernel.calls[-1] == ("up", "nm2", GUEST_MAC)
+    whole = ClaimVf("eno1", GUEST_MAC, 100, True)
+    kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": found_entry(found)})
+    whole.apply(kernel, Action(0, whole, "repair", repair={"redo": ["VF 3 ..."]}))
+    assert kernel.calls == [("will_undo", whole.describe_undo()),
+                            ("claim_vf", "eno1", VF_ENTRY, "undo")]
 
 
 def test_the_kernel_features_a_step_needs_come_from_its_class() -> None:
@@ -624,6 +716,36 @@ def test_an_uplink_that_is_an_access_port_is_refused_and_a_trunk_adopted() -> No
     ours = Host({}, ovs={"br-int": OvsBridge("br-int", {"eth0": OvsPort(
         None, {"netmap-owner": "uplink"})})})
     assert UPLINK_PORT.decide(ours, 0).verdict == "unchanged"
+
+
+def test_verify_of_a_vf_nic_compares_the_live_vf_entry_with_the_claim() -> None:
+    """verify read only the passthru macvtap: a VF handed over whole whose entry lacked the
+    guest's MAC and VLAN (a claim a killed run recorded, then called done) passed."""
+    from netmap.netlink.endpoints import endpoint_for
+    from netmap.plan import NicPlan
+
+    claim = ClaimVf("eno1", GUEST_MAC, 100, True)
+    nic = NicPlan(2, "vf-whole", "sriov-vf", GUEST_MAC, "virtio", None, "eno1", 100, 1500,
+                  steps=(RequireLink("eno1", 1500), claim))
+
+    @dataclass
+    class Txn:
+        entry: dict
+
+        def vf_for(self, nic: NicPlan) -> VirtualFunction:
+            return VirtualFunction(3, "eno1v3")
+
+        def vf_entry(self, pf: str, index: int) -> dict:
+            assert (pf, index) == ("eno1", 3)
+            return self.entry
+
+    verify = endpoint_for("sriov-vf").verify
+    done = {"mac": GUEST_MAC.upper(), "vlan": 100, "spoofchk": 1}
+    assert verify(nic, {}, Txn(done)) == []  # type: ignore[arg-type]
+    assert verify(nic, {}, Txn({})) == []  # type: ignore[arg-type]  # no entries reported
+    assert verify(nic, {}, Txn({"mac": ZERO, "vlan": 0, "spoofchk": 1})) == [  # type: ignore[arg-type]
+        f"NIC 2: VF 3 of eno1 has mac {ZERO}, want {GUEST_MAC}",
+        "NIC 2: VF 3 of eno1 has vlan 0, want 100"]
 
 
 # --- how release treats each kind: the class says it, release.py only reads it ------------

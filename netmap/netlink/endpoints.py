@@ -134,6 +134,23 @@ class SriovVf(Endpoint):
     kind = "vf"
     device_kind = "macvtap"
 
+    def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
+        problems = super().verify(nic, links, txn)
+        claim = next((s for s in nic.steps if isinstance(s, p.ClaimVf)), None)
+        vf = txn.vf_for(nic)
+        if claim is None or vf is None:
+            return [*problems, f"NIC {nic.nic}: no VF of {nic.uplink} is claimed"]
+        # the entry is what the guest's frames are tagged and filtered by, handed over
+        # whole or not; a driver that reports no entries is taken at its word
+        problems += [f"NIC {nic.nic}: {x}"
+                     for x in claim.entry_differences(vf.index, txn.vf_entry(claim.pf,
+                                                                            vf.index))]
+        live = links.get(nic.device or "")
+        if live is not None and (live.address or "").lower() != nic.mac.lower():
+            problems.append(f"NIC {nic.nic}: {nic.device} MAC is {live.address}, "
+                            f"want {nic.mac}")
+        return problems
+
     def attachment(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView,
                    ) -> dict[str, object]:
         vf = txn.vf_for(nic)

@@ -281,8 +281,12 @@ class Transaction(RtnlKernel):
                 vf = self.vfs[step.resource]
                 info = {"index": vf.index, "pci": vf.pci, "netdev": vf.netdev}
                 if action.verdict == "create":  # release puts the entry back as it was
-                    info["found"] = self._vf_found[step.resource] = self._vf_entry(
+                    info["found"] = self._vf_found[step.resource] = self.vf_entry(
                         step.target, vf.index, vf.netdev)
+                elif action.verdict == "repair":  # a claim a killed run half made: the
+                    # entry now is that run's work; as found is what that run recorded
+                    recorded = self.state.resource(step.resource) or {"info": {}}
+                    self._vf_found[step.resource] = recorded["info"].get("found", {})
             self.state.use(guest, step.resource, step=step.as_dict(),
                            created=step.makes(action.verdict), info=info)
             shared_changes.hold(self.state, guest, step, action.verdict, action.undo_repair)
@@ -449,7 +453,7 @@ class Transaction(RtnlKernel):
             self._not_made(undo)  # refused: the VF entry is as it was
             raise OSError(err.code, os.strerror(err.code)) from err
 
-    def _vf_entry(self, pf: str, index: int, vf_netdev: str | None = None) -> dict:
+    def vf_entry(self, pf: str, index: int, vf_netdev: str | None = None) -> dict[str, object]:
         """What netmap changes on VF `index`'s entry of `pf` (MAC, VLAN, spoof-check), as
         it is now; {} if the driver does not report it."""
         reply = self.pyroute().link("get", index=self.index(pf), ext_mask=1)  # RTEXT_FILTER_VF

@@ -142,6 +142,9 @@ class LiveHost(Protocol):
     def vfs_used_outside(self, pf: str, candidates: Sequence[VirtualFunctionView],
                          ) -> dict[int, str]:
         """VF index -> why that VF of `pf` is used outside netmap (netlink's vf_pool)."""
+    def vf_entry(self, pf: str, index: int) -> dict[str, object]:
+        """VF `index`'s entry on `pf` as the kernel reports it now: mac, vlan and, where the
+        driver reports it, spoofchk ({}: the driver reports no entries)."""
     def queues(self, nic: int) -> int: ...
     def bridge_vlans(self) -> dict[str, dict[int, int]]: ...
     def addresses(self) -> dict[int, list[str]]: ...

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from netmap.steps.base import (
     Action,
+    Changes,
     Kernel,
     LiveHost,
     LiveLink,
@@ -157,6 +158,22 @@ class LinkStep(Step):
         """What must hold of the live link (repairable in place), and what differs that
         cannot be changed in place."""
         return {"up": True}, []
+
+    def apply(self, ops: Changes, action: Action) -> None:
+        repair = dict(action.repair or {})
+        if action.verdict != "repair" or not repair.pop("up", False):
+            super().apply(ops, action)
+            return
+        # netmap's link left down (a run killed between making it and bringing it up, seen
+        # in the VM with an 802.1Q link): up as create brings it up, IPv6 address
+        # generation off first, or it comes up with a link-local address and sends DAD
+        undo = (f"restore {self.name}",
+                lambda: ops.set_attrs(self.name, action.undo_repair or {}))
+        if repair:
+            ops.repair(self.name, repair, undo=undo)
+        else:
+            ops.will_undo(undo)
+        ops.bring_up(self.name)
 
     def _compare(self, live: LiveHost, nic: int, have: LiveLink, mine: bool) -> Action:
         """Same kind: what differs, repairable on netmap's own devices, else refused."""

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 from netmap.model.nic_values import ZERO_MAC
-from netmap.steps.base import Action, Changes, Kernel, LiveHost, Step, Undo, refuse
+from netmap.steps.base import (
+    Action,
+    Changes,
+    Kernel,
+    LiveHost,
+    Step,
+    Undo,
+    VirtualFunctionView,
+    refuse,
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,13 @@ class ClaimVf(Step):
         if claimed and "index" in claimed["info"]:
             vf = info.vf(int(claimed["info"]["index"]))
             if vf is not None:
+                # State records a claim before the kernel is asked (a run killed after that
+                # leaves the record and half a claim, or none): the live VF says whether it
+                # is done; if not, it is done again on the same VF
+                missing = self.missing_on(live, vf)
                 live.keep_vf(self.resource, vf)
-                return Action(nic, self, "unchanged")
+                return Action(nic, self, "repair" if missing else "unchanged",
+                              repair={"redo": missing} if missing else None)
         taken: dict[int, str] = dict(live.state.claimed_vfs(self.pf))
         taken.update(live.claimed_in_plan(self.pf))
         held = live.vfs_used_outside(self.pf, [vf for vf in info.vfs if vf.index not in taken])
@@ -74,6 +89,57 @@ class ClaimVf(Step):
                          f"netmap, or raise /sys/class/net/{self.pf}/device/sriov_numvfs")
         live.keep_vf(self.resource, free[0])
         return Action(nic, self, "create")
+
+    def entry_differences(self, index: int, entry: Mapping[str, object]) -> list[str]:
+        """How VF `index`'s entry (as the kernel reports it; {}: not at all) differs from
+        this claim's."""
+        want: dict[str, object] = {"mac": self.mac.lower(), "vlan": self.vlan or 0,
+                                   "spoofchk": int(self.spoofchk)}
+        return [f"VF {index} of {self.pf} has {key} {entry[key]}, want {value}"
+                for key, value in want.items()
+                if key in entry and (str(entry[key]).lower() if key == "mac"
+                                     else entry[key]) != value]
+
+    def missing_on(self, live: LiveHost, vf: VirtualFunctionView) -> list[str]:
+        """What of this claim VF `vf` lacks now (empty: it is done). A name the passthru
+        macvtap needs that holds another device is refused: it is not netmap's to redo."""
+        missing = self.entry_differences(vf.index, live.vf_entry(self.pf, vf.index))
+        if not self.macvtap:
+            return missing
+        netdev = live.links.get(vf.netdev or "")
+        tap = live.links.get(self.macvtap)
+        if netdev is None:
+            return [*missing, f"VF {vf.index} has no netdev"]
+        if tap is not None and (tap.kind != "macvtap" or tap.lower != netdev.index):
+            raise refuse(f"{self.macvtap} on {live.host} is not the passthru macvtap on "
+                         f"{netdev.name} that netmap recorded for {live.guest} (a "
+                         f"{tap.kind or 'device'}: a foreign device holds the name)",
+                         f"remove or rename {self.macvtap}, then realize again")
+        if tap is None:
+            return [*missing, f"{self.macvtap} is missing"]
+        if not (netdev.up and (netdev.address or "").lower() == self.mac.lower()):
+            missing.append(f"{netdev.name} is not up with MAC {self.mac}")
+        if not (tap.up and tap.macvlan_mode == "passthru" and tap.mtu == self.mtu
+                and (tap.address or "").lower() == self.mac.lower()):
+            missing.append(f"{self.macvtap} is not an up passthru macvtap with MAC "
+                           f"{self.mac} and MTU {self.mtu}")
+        return missing
+
+    def makes(self, verdict: str) -> bool:
+        return verdict in ("create", "repair")  # a repair claims the VF again
+
+    def apply(self, ops: Changes, action: Action) -> None:
+        undo = (self.describe_undo() or "", lambda: self.undo(ops, ops.undo_info(self)))
+        if action.verdict == "repair":
+            # What the killed run made goes first (its macvtap, the netdev's MAC), as
+            # release would undo it, so the claim starts from the VF as found, as the
+            # first did; the undo that restores that is registered before
+            ops.will_undo(undo)
+            if self.macvtap:
+                self.undo(ops, ops.undo_info(self))
+            self.create(ops, undo)
+        elif action.verdict == "create":
+            self.create(ops, undo)
 
     def create(self, ops: Changes, undo: Undo) -> None:
         vf = ops.undo_info(self)  # the VF decide chose
