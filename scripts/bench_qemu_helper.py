@@ -44,7 +44,8 @@ def call(argv: list[str], env: dict[str, str], keep: list[int] | None = None) ->
     elapsed = time.perf_counter() - start
     err = proc.stderr.read()
     proc.wait()
-    assert anc and proc.returncode == 0, err
+    assert anc, err
+    assert proc.returncode == 0, err
     fd = array.array("i", anc[0][2][:4])[0]
     if keep is None:
         os.close(fd)

@@ -385,7 +385,8 @@ def expected_steps(report: Report, fleet: Fleet, graph, case: Case) -> set[str]:
             continue
         after = report.pairs[finding.nic][1] if finding.nic is not None else None
         if finding.code == "MTU_TOO_SMALL":
-            assert after is not None and finding.nic is not None
+            assert after is not None
+            assert finding.nic is not None
             if not _uplink_carries(report, fleet, graph, case, finding.nic):
                 kinds.add("require-link")
             elif after.mode == "vxlan" and _placed_on(fleet, case, after.network):
@@ -538,7 +539,8 @@ def _agree(case: Case, fleet: Fleet, graph, report: Report, root: Path, state_di
             realize_plan(plan, state_dir=state_dir, sysfs_root=live.sysfs_root,
                          kernel_probe=live.probe)
         except ApplyError as err:
-            assert err.step is None and "has no binding" in err.problem, f"{where}: {err}"
+            assert err.step is None, f"{where}: {err}"
+            assert "has no binding" in err.problem, f"{where}: {err}"
             outcome.result = "plan problem"
             return
         raise AssertionError(f"{where}: realize --force built an unplannable guest")

@@ -92,7 +92,9 @@ def test_an_ascii_only_stream_gets_ascii(argv: list[str], code: int,
     assert done.stdout.isascii()
     out = done.stdout.decode()
     if argv[0] == "check":  # netmap's arrows and rich's boxes, each of the same width
-        assert "prod > macvtap-vepa > eth0 >" in out and "| NIC |" in out and "\n+--" in out
+        assert "prod > macvtap-vepa > eth0 >" in out
+        assert "| NIC |" in out
+        assert "\n+--" in out
     if argv[:2] == ["check", "vm1"]:
         assert "\nx NETWORK_UNBOUND NIC 1" in out
     if argv[0] == "diff":  # the marker column, in ASCII
@@ -112,7 +114,8 @@ def test_a_bug_exits_4_and_says_so(capsys, monkeypatch) -> None:
     err = capsys.readouterr().err
     assert code == 4
     assert "internal error: TypeError: an unexpected None" in err
-    assert "this is a bug" in err and "--debug" in err
+    assert "this is a bug" in err
+    assert "--debug" in err
     with pytest.raises(TypeError):  # --debug shows the traceback
         main(["--mappings", str(EXAMPLE_MAPPINGS), "--debug", "show"])
 
@@ -133,7 +136,8 @@ def test_bare_netmap_shows_usage_and_the_commands(capsys) -> None:
         main([])
     assert caught.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: netmap") and "the following arguments are required" not in err
+    assert err.startswith("usage: netmap")
+    assert "the following arguments are required" not in err
     assert all(re.search(rf"^  {re.escape(name)} ", err, re.M) for name in COMMANDS)
     assert "name a COMMAND" in err
 
@@ -179,13 +183,15 @@ def test_libvirt_hook_help_exits_0_and_names_the_readme_path() -> None:
     for flag in ("--help", "-h"):
         done = subprocess.run([sys.executable, "-c", code, flag], capture_output=True,
                               text=True, env=child_env(), timeout=60, check=False)
-        assert done.returncode == 0 and done.stderr == ""
+        assert done.returncode == 0
+        assert done.stderr == ""
         path = re.search(r"/etc/libvirt/hooks/qemu\.d/\S+", done.stdout)
         assert path, done.stdout
         assert f"cat > {path.group(0)} <<" in (REPO / "README.rst").read_text()
     done = subprocess.run([sys.executable, "-c", code, "vm1"], capture_output=True, text=True,
                           env=child_env(), timeout=60, check=False)
-    assert done.returncode == 2 and "50-netmap" in done.stderr  # too few arguments
+    assert done.returncode == 2
+    assert "50-netmap" in done.stderr
 
 
 def test_readme_documents_every_option() -> None:
@@ -275,7 +281,8 @@ def test_segment_unreachable_fix_is_a_whole_sentence() -> None:
 def test_no_color_means_no_escape_at_all_even_when_forced(capsys, monkeypatch, argv: list[str],
                                                          code: int) -> None:
     got, out = rendered(capsys, monkeypatch, argv, FORCE_COLOR="1", NO_COLOR="1")
-    assert got == code and "\x1b" not in out
+    assert got == code
+    assert "\x1b" not in out
 
 
 def test_forced_colour_without_no_color_is_styled(capsys, monkeypatch) -> None:
@@ -289,7 +296,8 @@ def test_diff_marks_differing_rows_without_colour(capsys, monkeypatch) -> None:
     assert code == 0
     marked = {m.group(2) for m in re.finditer(r"^│ (≠| ) │ (\S+) ", out, re.M) if m.group(1) != " "}
     plain = {m.group(2) for m in re.finditer(r"^│ (≠| ) │ (\S+) ", out, re.M) if m.group(1) == " "}
-    assert marked == {"prod", "storage", "tenant-blue"} and plain == {"mgmt"}
+    assert marked == {"prod", "storage", "tenant-blue"}
+    assert plain == {"mgmt"}
 
 
 def test_readme_check_example_is_what_check_prints(capsys, monkeypatch) -> None:
@@ -308,4 +316,5 @@ def test_closed_stdout_path_of_exit_now(tmp_path: Path) -> None:
             "from netmap.support.finish import exit_now\nexit_now(5)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=child_env(), timeout=60, check=False)
-    assert done.returncode == 5 and done.stderr == ""
+    assert done.returncode == 5
+    assert done.stderr == ""

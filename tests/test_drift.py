@@ -332,7 +332,8 @@ def test_a_vlan_dropped_from_a_bridge_port_netmap_added_it_to(tmp_path: Path) ->
     found = [f for f in drift_findings(host_from(tmp_path), dropped, state)
              if f.code == "BRIDGE_VLAN_MISSING"]
     assert [f.severity for f in found] == [ERROR, ERROR]
-    assert "port eth1 of bridge br-eth1" in found[0].message and "VLAN 110" in found[0].message
+    assert "port eth1 of bridge br-eth1" in found[0].message
+    assert "VLAN 110" in found[0].message
     assert "bridge vlan add dev eth1 vid 110'" in found[0].hint  # a trunk: tagged
     assert f"bridge vlan add dev {tap} vid 110 pvid untagged" in found[1].hint
     # VLANs not read (an inventory from elsewhere): nothing is claimed either way

@@ -75,12 +75,15 @@ def test_fleet_discover_then_drift_over_ssh(ssh_lab: dict) -> None:
     hosts = {h["host"]: h for h in answer["hosts"]}
     assert set(hosts) == {"host-a", "host-b", "host-c"}
     assert answer["unreachable"] == ["host-c"]
-    assert hosts["host-c"]["status"] == "unreachable" and hosts["host-c"]["problem"]
+    assert hosts["host-c"]["status"] == "unreachable"
+    assert hosts["host-c"]["problem"]
     # each inventory came from inside its own namespace, over its own sshd
     names = {h: {i["name"] for i in hosts[h]["inventory"]["interfaces"]}
              for h in ("host-a", "host-b")}
-    assert {"eth0", "eth1", "eno1"} <= names["host-a"] and "eno2" not in names["host-a"]
-    assert {"eno2", "eno3", "ens1f0"} <= names["host-b"] and "eth0" not in names["host-b"]
+    assert {"eth0", "eth1", "eno1"} <= names["host-a"]
+    assert "eno2" not in names["host-a"]
+    assert {"eno2", "eno3", "ens1f0"} <= names["host-b"]
+    assert "eth0" not in names["host-b"]
     assert sorted(p.name for p in drafts.iterdir()) == ["host-a.toml", "host-b.toml"]
 
     # the drafts as the fleet's mappings: what each host has now, so no drift
@@ -108,19 +111,22 @@ def test_fleet_discover_then_drift_over_ssh(ssh_lab: dict) -> None:
     drifted = _netmap(ssh_lab, fleet, "drift", remote=with_state)
     assert drifted.returncode == 1
     table = drifted.stdout
-    assert "host-c" in table and "unreachable" in table
+    assert "host-c" in table
+    assert "unreachable" in table
     for host in ("host-a", "host-b"):
         (line, *_) = [line for line in table.splitlines() if host in line]
         assert "drift" in line, table
     assert "ENDPOINT_VANISHED" in table
     as_json = json.loads(_netmap(ssh_lab, fleet, "drift", "--json", remote=with_state).stdout)
     hosts = {h["host"]: h for h in as_json["hosts"]}
-    assert hosts["host-b"]["status"] == "drift" and as_json["drift"] is True
+    assert hosts["host-b"]["status"] == "drift"
+    assert as_json["drift"] is True
     assert any("eno2" in f["message"] and "1280" in f["message"]
                for f in hosts["host-b"]["findings"]), hosts["host-b"]["findings"]
     assert hosts["host-a"]["status"] == "drift"
     (vanished,) = [f for f in hosts["host-a"]["findings"] if f["code"] == "ENDPOINT_VANISHED"]
-    assert tap in vanished["message"] and "flg9" in vanished["message"]
+    assert tap in vanished["message"]
+    assert "flg9" in vanished["message"]
 
     # a host's netmap asked for no state: its endpoints are not judged, and it says so
     blind = json.loads(_netmap(ssh_lab, fleet, "drift", "--json").stdout)

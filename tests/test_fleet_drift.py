@@ -41,7 +41,8 @@ def test_an_inventory_survives_the_wire() -> None:
                                   '"mtu": true}]}'])
 def test_output_that_is_not_an_inventory_is_a_row_of_its_own(text: str) -> None:
     row = read_inventory("h1", text)
-    assert row.status == BAD_OUTPUT and row.inventory is None
+    assert row.status == BAD_OUTPUT
+    assert row.inventory is None
     assert "printed something else" in (row.problem or "")
 
 
@@ -89,7 +90,8 @@ def test_the_state_brought_back_with_the_inventory_is_judged_centrally(tmp_path:
 
     # the state directory held no document for this host: netmap made nothing there
     empty = read_inventory("h1", json.dumps({**LIVE.as_dict(), "netmap_state": {}}))
-    assert empty.state is not None and empty.state["resources"] == {}
+    assert empty.state is not None
+    assert empty.state["resources"] == {}
     assert compare(fleet, empty).status == NO_DRIFT
 
     plain = read_inventory("h1", json.dumps(LIVE.as_dict()))
@@ -100,7 +102,8 @@ def test_the_state_brought_back_with_the_inventory_is_judged_centrally(tmp_path:
         == ["STATE_NOT_READ"]
 
     broken = read_inventory("h1", json.dumps({**LIVE.as_dict(), "netmap_state": [1]}))
-    assert broken.status == BAD_OUTPUT and "netmap_state" in (broken.problem or "")
+    assert broken.status == BAD_OUTPUT
+    assert "netmap_state" in (broken.problem or "")
 
 
 def test_discover_brings_back_every_host_state_of_its_directory_and_no_journal(

@@ -217,18 +217,21 @@ def test_locate_on_show_check_and_drain_counts_guests_where_libvirt_runs_them(
 
     by_file = {h["host"]: h["guests"]
                for h in json.loads(_netmap(fleet, "show", "--json").stdout)["hosts"]}
-    assert by_file["host-a"] == ["flg1", "flg2", "flg3"] and by_file["host-b"] == []
+    assert by_file["host-a"] == ["flg1", "flg2", "flg3"]
+    assert by_file["host-b"] == []
     shown = _netmap(fleet, "show", "--locate", "--json")
     assert shown.returncode == 0, shown.stderr
     answer = json.loads(shown.stdout)
     hosts = {h["host"]: h["guests"] for h in answer["hosts"]}
-    assert hosts["host-a"] == ["flg1", "flg2"] and hosts["host-b"] == ["flg3"]
+    assert hosts["host-a"] == ["flg1", "flg2"]
+    assert hosts["host-b"] == ["flg3"]
     assert list(answer["located"]["unreachable"]) == ["host-d"]
     assert "flg3 runs on host-b, its file says host-a" in shown.stderr
     assert "host-d was not asked" in shown.stderr
     assert "counted where their files say: flg2" in shown.stderr
     text = _netmap(fleet, "show", "host-b", "--locate")
-    assert text.returncode == 0 and "flg3" in text.stdout
+    assert text.returncode == 0
+    assert "flg3" in text.stdout
 
     checked = _netmap(fleet, "check", "flg3", "--to", "host-c", "--locate", "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -239,7 +242,8 @@ def test_locate_on_show_check_and_drain_counts_guests_where_libvirt_runs_them(
     unknown = _netmap(fleet, "check", "flg2", "--to", "host-c", "--locate")
     assert unknown.returncode == 2
     assert "libvirt cannot say where flg2 runs" in unknown.stderr
-    assert "host-d did not answer" in unknown.stderr and "--from" in unknown.stderr
+    assert "host-d did not answer" in unknown.stderr
+    assert "--from" in unknown.stderr
 
     planned = _netmap(fleet, "drain", "host-a", "--locate", "--exclude", "host-d", "--json")
     assert planned.returncode == 0, planned.stdout + planned.stderr
@@ -250,7 +254,8 @@ def test_locate_on_show_check_and_drain_counts_guests_where_libvirt_runs_them(
     )["moves"]] == ["flg3"]
     silent = _netmap(fleet, "drain", "host-d", "--locate")
     assert silent.returncode == 2
-    assert "host-d was not asked" in silent.stderr and "drop --locate" in silent.stderr
+    assert "host-d was not asked" in silent.stderr
+    assert "drop --locate" in silent.stderr
 
 
 def test_drain_execute_moves_through_libvirt_and_a_refused_guest_stays_home(
@@ -286,7 +291,8 @@ def test_drain_execute_moves_through_libvirt_and_a_refused_guest_stays_home(
         assert _mgmt_bridge_of(fleet, dest, name) == f"br-{HOSTS[dest][0]}"
         # the kept definition boots on the destination's devices too (rewritten by netmap)
         inactive = fleet["daemons"][dest].virsh("dumpxml", "--inactive", name).stdout
-        assert f"bridge='br-{HOSTS[dest][0]}'" in inactive and "br-eth1" not in inactive
+        assert f"bridge='br-{HOSTS[dest][0]}'" in inactive
+        assert "br-eth1" not in inactive
     assert _running(fleet, "host-a") == {"flg2"}
     assert _mgmt_bridge_of(fleet, "host-a", "flg2") == "br-eth1"  # its endpoint still there
     for dest in ("host-b", "host-c"):
@@ -317,7 +323,8 @@ def test_an_interrupted_run_is_refused_then_resumed_from_its_journal(fleet: dict
 
     refused = _netmap(fleet, "drain", "host-a", "--execute", "--exclude", "host-d")
     assert refused.returncode == 2
-    assert "was interrupted" in refused.stderr and "--resume" in refused.stderr
+    assert "was interrupted" in refused.stderr
+    assert "--resume" in refused.stderr
 
     done = _netmap(fleet, "drain", "host-a", "--execute", "--resume", "--json")
     assert done.returncode == 0, done.stdout + done.stderr

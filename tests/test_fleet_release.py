@@ -165,7 +165,8 @@ def test_a_source_ssh_cannot_reach_stays_moved_for_abort(remote_lab: dict) -> No
                                                    "TCP:127.0.0.1:22"))
     done, outcome = _drain(remote_lab, "--remote-netmap", _remote_netmap(remote_lab))
     assert done.returncode == 3
-    assert outcome["status"] == "moved" and "over ssh to host-a exited 255" in outcome["message"]
+    assert outcome["status"] == "moved"
+    assert "over ssh to host-a exited 255" in outcome["message"]
     aborted = subprocess.run(
         [sys.executable, "-m", "netmap", "drain", "host-a", "--execute", "--abort", "--json",
          "--remote-netmap", _remote_netmap(remote_lab)], capture_output=True, text=True,

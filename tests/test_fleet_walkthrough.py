@@ -62,9 +62,11 @@ def expected_exit(comment: str) -> int:
 def test_the_walkthrough_covers_all_three_parts() -> None:
     commands = [split(line)[0] for line in walkthrough()]
     (up,) = [c for c in commands if "libvirt_lab.py up" in c]
-    assert "--ssh" in shlex.split(up) and "--prefix" in shlex.split(up)
+    assert "--ssh" in shlex.split(up)
+    assert "--prefix" in shlex.split(up)
     assert "netmap drain host-a --execute" in commands
-    assert "netmap locate" in commands and "netmap locate --write" in commands
+    assert "netmap locate" in commands
+    assert "netmap locate --write" in commands
     assert any(c.startswith("netmap fleet discover -i ") for c in commands)
     drifts = [n for n, c in enumerate(commands) if c.startswith("netmap fleet drift -i ")]
     assert len(drifts) == 3
@@ -188,7 +190,8 @@ def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
             finally:
                 if up.poll() is None:
                     up.kill()
-    assert up is not None and up.returncode == 0, up.stderr.read() if up and up.stderr else ""
+    assert up is not None, up.stderr.read() if up and up.stderr else ""
+    assert up.returncode == 0, up.stderr.read() if up and up.stderr else ""
     assert changed == {"mtu": True, "down": True}
     assert _namespaces(prefix) == []
     # sshd (the listener and each connection's), socat, libvirtd and QEMU ran there
@@ -225,7 +228,8 @@ def _check_step(command: str, stdout: str, changed: dict[str, bool], tmp_path: P
         changed["down"] = True
     elif command.startswith("ssh -F"):
         links = {line.split()[0].split("@")[0] for line in stdout.splitlines()}
-        assert {"eno2", "eno3", "ens1f0"} <= links and "eth0" not in links, stdout
+        assert {"eno2", "eno3", "ens1f0"} <= links, stdout
+        assert "eth0" not in links, stdout
     elif command.startswith("netmap fleet discover"):
         rows = _rows(stdout)
         assert {host: row.split()[0] for host, row in rows.items()} == {
@@ -237,7 +241,8 @@ def _check_step(command: str, stdout: str, changed: dict[str, bool], tmp_path: P
         assert set(rows) == {"host-a", "host-b", "host-c"}, stdout
         for host in ("host-a", "host-b"):
             assert rows[host].split()[0] == "drift", stdout
-            assert "[SRIOV_MISSING]" in rows[host] and "[FEATURE_MISSING]" in rows[host]
+            assert "[SRIOV_MISSING]" in rows[host]
+            assert "[FEATURE_MISSING]" in rows[host]
         mtu = "[UPLINK_MTU_LOW] uplink eno2 has MTU 1400, the mapping declares 9000"
         assert (mtu in rows["host-b"]) == changed["mtu"], stdout
         if changed["down"]:

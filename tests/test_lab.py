@@ -76,7 +76,8 @@ def test_up_refuses_a_taken_name_and_leaves_the_other_namespace_alone(mappings: 
     _add_foreign(f"{mine}-fabric")
     assert main(["up", "--mappings", str(mappings), "--prefix", mine]) == 2
     err = capsys.readouterr().err
-    assert f"network namespace(s) {mine}-fabric exist already" in err and "fix:" in err
+    assert f"network namespace(s) {mine}-fabric exist already" in err
+    assert "fix:" in err
     assert _ours(mine) == {f"{mine}-fabric"}  # still there, and nothing else was made
     assert lab_mark(f"{mine}-fabric") is None
 
@@ -91,13 +92,15 @@ def test_prefix_applies_to_every_host_or_the_lab_says_why_not(mappings: Path, pr
     assert (f"hosts/host-a.toml: host.netns: host host-a names namespace '{named}-host-a', "
             f"but the lab with prefix '{asked}' builds '{asked}-host-a'") in err
     assert f'set netns = "{asked}-host-a" in it, or build the lab with --prefix {named}' in err
-    assert not _ours(named) and not _ours(asked)
+    assert not _ours(named)
+    assert not _ours(asked)
     # a host whose mapping names no namespace gets PREFIX-HOST too
     host_d = mappings / "hosts" / "host-d.toml"
     host_d.write_text(re.sub(r'^netns = ".*"\n', "", host_d.read_text(), flags=re.M))
     assert main(["up", "--mappings", str(mappings), "--prefix", asked, "host-d"]) == 0
     assert _ours(asked) == {f"{asked}-fabric", f"{asked}-host-d"}
-    assert main(["down", "--prefix", asked]) == 0 and not _ours(asked)
+    assert main(["down", "--prefix", asked]) == 0
+    assert not _ours(asked)
 
 
 @needs_netns
@@ -244,4 +247,5 @@ def test_readme_describes_ci_run() -> None:
         "the tests" in readme
     for package in ("iproute2", "qemu-system-x86", "libvirt-clients"):
         assert package in ci
-    assert "ruff check" in ci and "runs ``ruff``" in readme
+    assert "ruff check" in ci
+    assert "runs ``ruff``" in readme

@@ -66,7 +66,8 @@ def test_corpus_domain_maps_or_explains_every_interface(fleet, path: Path) -> No
     for iface in result.interfaces:
         if iface.nic is not None:
             nic = result.guest.nics[iface.nic]
-            assert nic.network in fleet.networks and nic.mac == iface.mac
+            assert nic.network in fleet.networks
+            assert nic.mac == iface.mac
             continue
         # not mapped: some finding must say so, naming this interface's line
         about = [f for f in result.findings if f"interface #{iface.position} " in f.message]
@@ -86,7 +87,8 @@ def test_corpus_domain_maps_or_explains_every_interface(fleet, path: Path) -> No
 def test_corpus_is_complete() -> None:
     if not DOMAINS:
         pytest.skip(f"libvirt corpus not found at {CORPUS}")
-    assert len(DOMAINS) == 71 and {"net-hostdev-fail.xml",
+    assert len(DOMAINS) == 71
+    assert {"net-hostdev-fail.xml",
                                               "net-vhostuser-fail.xml",
                                               "tap-vhost-incorrect.xml"} == REFUSED
 
@@ -133,7 +135,8 @@ def test_metadata_names_the_network_and_pins_semantic(fleet) -> None:
     result = _import(fleet, text)
     nic = result.guest.nics[0]
     assert (nic.network, nic.semantic, nic.vhost) == ("mgmt", "local-switching", "off")
-    assert result.guest.host == "host-c" and result.interfaces[0].how == "netmap metadata"
+    assert result.guest.host == "host-c"
+    assert result.interfaces[0].how == "netmap metadata"
 
 
 def test_bridge_names_and_libvirt_network_names(fleet) -> None:
@@ -149,7 +152,8 @@ def test_bridge_names_and_libvirt_network_names(fleet) -> None:
     assert [n.network for n in result.guest.nics] == ["mgmt", "tenant-blue", "prod"]
     assert result.guest.nics[2].vhost == "off"  # vhost-net serves virtio only
     vlan = [f for f in result.findings if f.code == "VLAN_DIFFERS"]
-    assert len(vlan) == 1 and "tags VLAN 7" in vlan[0].message
+    assert len(vlan) == 1
+    assert "tags VLAN 7" in vlan[0].message
 
 
 def test_ambiguous_source_host_is_reported(fleet) -> None:
@@ -181,7 +185,9 @@ def test_bad_interfaces_give_error_findings(fleet, interface: str, code: str,
                                             words: str) -> None:
     result = _import(fleet, _interfaces(interface))
     found = [f for f in result.findings if f.code == code]
-    assert found and found[0].severity == "error" and words in found[0].message
+    assert found
+    assert found[0].severity == "error"
+    assert words in found[0].message
     assert found[0].hint
 
 
@@ -209,8 +215,10 @@ def test_malformed_or_hostile_xml_is_a_clear_input_error(fleet, text: str, words
                                                          line: int | None) -> None:
     with pytest.raises(InputError) as caught:
         _import(fleet, text)
-    assert words in caught.value.problem and caught.value.fix
-    assert caught.value.file == "test.xml" and caught.value.line == line
+    assert words in caught.value.problem
+    assert caught.value.fix
+    assert caught.value.file == "test.xml"
+    assert caught.value.line == line
 
 
 def test_limits_stop_big_documents_before_building_them() -> None:
@@ -242,7 +250,9 @@ def test_import_command_json_and_write(mappings: Path, tmp_path: Path, capsys) -
                       .replace("52:54:00:12:34", "52:54:00:77:34"))
     code = cli_main(["--mappings", str(mappings), "import", str(domain), "--json", "--write"])
     data = json.loads(capsys.readouterr().out)
-    assert code == 0 and data["guest"] == "vm7" and data["source_host"] == "host-a"
+    assert code == 0
+    assert data["guest"] == "vm7"
+    assert data["source_host"] == "host-a"
     written = mappings / "guests" / "vm7.toml"
     assert data["written"] == str(written)
     guest = load_fleet(mappings).guests["vm7"]
@@ -275,7 +285,8 @@ def test_import_write_refuses_a_bad_name_before_touching_anything(
     err = capsys.readouterr().err
     assert code == 2
     assert f"{domain}:2: domain.name: the domain's name {name!r} must start" in err
-    assert "fix:" in err and "Traceback" not in err
+    assert "fix:" in err
+    assert "Traceback" not in err
     assert _tree(tmp_path) == before  # no directory, no temporary file, anywhere
 
 
@@ -296,7 +307,8 @@ def test_import_write_does_not_follow_links_out_of_guests(mappings: Path, tmp_pa
     target.symlink_to(outside)
     capsys.readouterr()
     code = cli_main(["--mappings", str(mappings), "import", str(domain), "--write", "--force"])
-    assert code == 2 and "leads out of" in capsys.readouterr().err
+    assert code == 2
+    assert "leads out of" in capsys.readouterr().err
     assert outside.read_text() == "precious\n"
     assert sorted(p.name for p in (mappings / "guests").iterdir()) == sorted(
         ["vm1.toml", "vm2.toml", "vm3.toml", "vm4.toml", "vm7.toml", "vm7.toml.tmp"])
@@ -305,7 +317,8 @@ def test_import_write_does_not_follow_links_out_of_guests(mappings: Path, tmp_pa
 def test_guest_names_are_checked_whole(mappings: Path) -> None:
     from netmap.load.parse import load_guest, name_problem
 
-    assert name_problem("vm1\n") and name_problem("vm1") is None
+    assert name_problem("vm1\n")
+    assert name_problem("vm1") is None
     path = mappings / "guests" / "vm1.toml"
     path.write_text(path.read_text().replace('name = "vm1"', 'name = "vm1\\n"'))
     with pytest.raises(InputError, match="must start with a letter"):
@@ -317,7 +330,8 @@ def test_import_command_bad_input_exits_2(mappings: Path, tmp_path: Path, capsys
     domain.write_text('<!DOCTYPE x [<!ENTITY a "aaaa">]><domain>&a;</domain>')
     assert cli_main(["--mappings", str(mappings), "import", str(domain)]) == 2
     err = capsys.readouterr().err
-    assert f"{domain}:1: has a DOCTYPE" in err and "Traceback" not in err
+    assert f"{domain}:1: has a DOCTYPE" in err
+    assert "Traceback" not in err
 
 
 def test_hostdev_vf_maps_by_its_vlan_when_one_network_has_it(fleet) -> None:
@@ -338,7 +352,8 @@ def test_import_command_on_a_refused_corpus_file_exits_2(mappings: Path, capsys)
     path = CORPUS / "domain" / "net-hostdev-fail.xml"
     assert cli_main(["--mappings", str(mappings), "import", str(path)]) == 2
     out = capsys.readouterr().out
-    assert "[INTERFACE_INVALID]" in out and "<filterref> is not supported on type hostdev" in out
+    assert "[INTERFACE_INVALID]" in out
+    assert "<filterref> is not supported on type hostdev" in out
 
 
 def test_macvtap_in_another_mode_than_the_mapping_maps_with_a_warning(fleet) -> None:
@@ -348,7 +363,8 @@ def test_macvtap_in_another_mode_than_the_mapping_maps_with_a_warning(fleet) -> 
     assert result.source_host == "host-a"
     assert [n.network for n in result.guest.nics] == ["prod"]
     (finding,) = result.findings
-    assert finding.code == "MODE_DIFFERS" and "runs macvtap mode bridge" in finding.message
+    assert finding.code == "MODE_DIFFERS"
+    assert "runs macvtap mode bridge" in finding.message
     assert "mode='vepa'" in finding.hint
 
 

@@ -175,10 +175,13 @@ def test_rewritten_domain_is_still_valid_libvirt_xml(tmp_path: Path) -> None:
 
 def test_incompatible_destination_refuses_with_findings_on_stderr() -> None:
     result = run_hook(["vm1", "migrate", "begin", "-"], VM1_ON_HOST_A, host="host-c")
-    assert result.returncode == 1 and result.stdout == b""
+    assert result.returncode == 1
+    assert result.stdout == b""
     err = result.stderr.decode()
     assert "refusing to migrate vm1 to host-c" in err
-    assert "[NETWORK_UNBOUND]" in err and "network storage" in err and "fix:" in err
+    assert "[NETWORK_UNBOUND]" in err
+    assert "network storage" in err
+    assert "fix:" in err
     assert "Traceback" not in err
 
 
@@ -199,7 +202,8 @@ def test_mode_change_between_macvtap_modes_and_bridges(mappings: Path) -> None:
     assert b"forwarding changes from external-hairpin to local-switching" in result.stderr
     strict = run_hook(["vm2", "migrate", "begin", "-"], vm2, mappings=mappings,
                       host="host-c", NETMAP_STRICT="1")
-    assert strict.returncode == 1 and b"[SEMANTIC_CHANGED]" in strict.stderr
+    assert strict.returncode == 1
+    assert b"[SEMANTIC_CHANGED]" in strict.stderr
 
 
 def test_family_change_rewrites_type_and_source_together(mappings: Path) -> None:
@@ -222,8 +226,10 @@ def test_vf_cannot_become_a_virtio_nic(mappings: Path) -> None:
         '[networks.storage]\nmode = "sriov-vf"\nuplink = "ens1f0"',
         '[networks.storage]\nmode = "macvtap-vepa"\nuplink = "ens1f0"'))
     result = run_hook(["vm1", "migrate", "begin", "-"], VM1_ON_HOST_A, mappings=mappings)
-    assert result.returncode == 1 and result.stdout == b""
-    assert b"[CANNOT_REWRITE]" in result.stderr and b"another device" in result.stderr
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert b"[CANNOT_REWRITE]" in result.stderr
+    assert b"another device" in result.stderr
 
 
 @pytest.mark.parametrize(("xml", "words"), [
@@ -239,19 +245,23 @@ def test_vf_cannot_become_a_virtio_nic(mappings: Path) -> None:
 ])
 def test_bad_input_refuses_the_migration(xml: bytes, words: bytes) -> None:
     result = run_hook(["vm1", "migrate", "begin", "-"], xml)
-    assert result.returncode != 0 and result.stdout == b""
-    assert words in result.stderr and b"refusing to migrate vm1" in result.stderr
+    assert result.returncode != 0
+    assert result.stdout == b""
+    assert words in result.stderr
+    assert b"refusing to migrate vm1" in result.stderr
     assert b"Traceback" not in result.stderr
 
 
 def test_missing_mappings_refuse_rather_than_guess(tmp_path: Path) -> None:
     result = run_hook(["vm1", "migrate", "begin", "-"], VM1_ON_HOST_A, mappings=tmp_path)
-    assert result.returncode == 2 and b"is not a mappings directory" in result.stderr
+    assert result.returncode == 2
+    assert b"is not a mappings directory" in result.stderr
 
 
 def test_unknown_this_host_refuses() -> None:
     result = run_hook(["vm1", "migrate", "begin", "-"], VM1_ON_HOST_A, host="host-z")
-    assert result.returncode == 2 and b"unknown host 'host-z'" in result.stderr
+    assert result.returncode == 2
+    assert b"unknown host 'host-z'" in result.stderr
 
 
 def test_guest_netmap_does_not_manage_passes_through_byte_identical() -> None:
@@ -259,7 +269,9 @@ def test_guest_netmap_does_not_manage_passes_through_byte_identical() -> None:
                b"<mac address='52:54:00:99:00:01'/><source bridge='virbr7'/></interface>"
                b"</devices></domain>\n")
     result = run_hook(["other", "migrate", "begin", "-"], foreign)
-    assert result.returncode == 0 and result.stdout == foreign and result.stderr == b""
+    assert result.returncode == 0
+    assert result.stdout == foreign
+    assert result.stderr == b""
 
 
 @pytest.mark.parametrize("operation", [["prepare", "begin", "-"], ["start", "begin", "-"],
@@ -274,7 +286,8 @@ def test_other_operations_do_nothing(operation: list[str]) -> None:
 
 def test_restore_begin_hands_its_input_on() -> None:
     result = run_hook(["vm1", "restore", "begin", "-"], VM1_ON_HOST_A)
-    assert result.returncode == 0 and result.stdout == VM1_ON_HOST_A
+    assert result.returncode == 0
+    assert result.stdout == VM1_ON_HOST_A
 
 
 def test_pass_through_imports_nothing_heavy() -> None:
@@ -290,7 +303,8 @@ def test_pass_through_imports_nothing_heavy() -> None:
 
 def test_usage_error_exits_2() -> None:
     result = run_hook(["vm1"], b"")
-    assert result.returncode == 2 and b"usage: netmap-libvirt-hook" in result.stderr
+    assert result.returncode == 2
+    assert b"usage: netmap-libvirt-hook" in result.stderr
 
 
 @pytest.mark.parametrize(("old", "new"), [
@@ -313,7 +327,8 @@ def test_domain_that_differs_from_the_guest_file_is_checked_as_it_runs() -> None
     one_nic = VM1_ON_HOST_A[:start] + VM1_ON_HOST_A[end:]
     result = run_hook(["vm1", "migrate", "begin", "-"], one_nic, host="host-c")
     assert result.returncode == 0, result.stderr.decode()
-    assert b"differ from" in result.stderr and b"52:54:00:12:34:57 on storage" in result.stderr
+    assert b"differ from" in result.stderr
+    assert b"52:54:00:12:34:57 on storage" in result.stderr
     assert source_attrs(result.stdout)[0] == ("direct", {"dev": "ens1f0", "mode": "bridge"})
 
 
@@ -337,8 +352,10 @@ def test_vf_by_pci_address_cannot_follow_the_guest() -> None:
         b"<source><address type='pci' domain='0x0000' bus='0x06' slot='0x10' function='0x2'/>"
         b"</source><vlan><tag id='200'/></vlan>")
     result = run_hook(["vm1", "migrate", "begin", "-"], xml)
-    assert result.returncode == 1 and result.stdout == b""
-    assert b"[CANNOT_REWRITE]" in result.stderr and b"PCI address" in result.stderr
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert b"[CANNOT_REWRITE]" in result.stderr
+    assert b"PCI address" in result.stderr
 
 
 # --- size: never a cut document ---------------------------------------------------------
@@ -352,14 +369,17 @@ def _padded(size: int) -> bytes:
 @pytest.mark.parametrize("operation", ["restore", "migrate"])
 def test_domain_larger_than_netmap_reads_is_refused_never_cut(operation: str) -> None:
     result = run_hook(["vm1", operation, "begin", "-"], _padded(9 * 1024 * 1024))
-    assert result.returncode == 2 and result.stdout == b""
-    assert b"larger than 8 MiB" in result.stderr and b"fix:" in result.stderr
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert b"larger than 8 MiB" in result.stderr
+    assert b"fix:" in result.stderr
 
 
 def test_restore_of_a_domain_at_the_limit_is_handed_on_whole() -> None:
     at_limit = _padded(8 * 1024 * 1024)
     result = run_hook(["vm1", "restore", "begin", "-"], at_limit)
-    assert result.returncode == 0 and result.stdout == at_limit
+    assert result.returncode == 0
+    assert result.stdout == at_limit
 
 
 # --- one parser, one verdict: the hook refuses what import refuses ------------------------
@@ -403,8 +423,10 @@ def test_guest_with_netmap_metadata_and_a_bad_nic_is_refused_as_import_refuses_i
     assert _import_exit(xml, tmp_path) == 2
     capsys.readouterr()
     result = run_hook(["vm88", "migrate", "begin", "-"], xml)
-    assert result.returncode == 2 and result.stdout == b""
-    assert code in result.stderr and b"refusing to migrate vm88 to host-b" in result.stderr
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert code in result.stderr
+    assert b"refusing to migrate vm88 to host-b" in result.stderr
 
 
 def test_guest_with_netmap_metadata_migrates_when_it_is_sound(tmp_path: Path) -> None:
@@ -438,7 +460,8 @@ def test_unknown_guest_whose_interfaces_a_mapping_explains_is_checked_and_rewrit
     # and refused where the check fails: host-c's prod is another forwarding class, strict
     strict = run_hook(["vm77", "migrate", "begin", "-"], VM77, host="host-c",
                       NETMAP_STRICT="1")
-    assert strict.returncode == 1 and b"[SEMANTIC_CHANGED]" in strict.stderr
+    assert strict.returncode == 1
+    assert b"[SEMANTIC_CHANGED]" in strict.stderr
 
 
 def test_unknown_guest_with_an_explained_interface_but_no_mac_is_refused(tmp_path: Path,
@@ -447,14 +470,17 @@ def test_unknown_guest_with_an_explained_interface_but_no_mac_is_refused(tmp_pat
     assert _import_exit(xml, tmp_path) == 2
     capsys.readouterr()
     result = run_hook(["vm77", "migrate", "begin", "-"], xml)
-    assert result.returncode == 2 and b"[MAC_MISSING]" in result.stderr
+    assert result.returncode == 2
+    assert b"[MAC_MISSING]" in result.stderr
 
 
 def test_unknown_guest_without_a_mac_on_an_unknown_bridge_passes_through() -> None:
     foreign = (b"<domain><name>other</name><devices><interface type='bridge'>"
                b"<source bridge='virbr7'/></interface></devices></domain>\n")
     result = run_hook(["other", "migrate", "begin", "-"], foreign)
-    assert result.returncode == 0 and result.stdout == foreign and result.stderr == b""
+    assert result.returncode == 0
+    assert result.stdout == foreign
+    assert result.stderr == b""
 
 
 def test_a_bug_refuses_the_migration_with_the_bug_exit_code(monkeypatch) -> None:

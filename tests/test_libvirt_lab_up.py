@@ -48,7 +48,8 @@ def _namespaces(prefix: str) -> list[str]:
 def test_up_gives_the_walkthrough_a_lab_that_migrates(tmp_path: Path) -> None:
     refused = subprocess.run([*SCRIPT, "up", "--mappings", str(REPO / "mappings"), "host-a"],
                              capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "copy them first" in refused.stderr
+    assert refused.returncode == 2
+    assert "copy them first" in refused.stderr
 
     problem = libvirt_lab.isolation_problem()
     if problem:

@@ -63,7 +63,8 @@ def test_example_host_a_networks() -> None:
     assert prod.find("forward").get("mode") == "vepa"
     # VLAN 100 on a vepa macvtap: libvirt cannot tag it, so the lower device is eth0.100
     assert [i.get("dev") for i in prod.findall("forward/interface")] == ["eth0.100"]
-    assert prod.find("vlan") is None and prod.find("bridge") is None
+    assert prod.find("vlan") is None
+    assert prod.find("bridge") is None
     mgmt = nets["mgmt"]
     assert mgmt.find("forward").get("mode") == "bridge"
     assert mgmt.find("bridge").get("name") == "br-eth1"
@@ -168,7 +169,8 @@ def test_cli_json_and_out(tmp_path: Path, capsys, monkeypatch) -> None:
     code = cli_main(["--mappings", str(EXAMPLE_MAPPINGS), "libvirt-networks", "--host",
                      "host-b", "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert code == 0 and data["host"] == "host-b"
+    assert code == 0
+    assert data["host"] == "host-b"
     assert {n["name"]: n["forward"] for n in data["networks"]} == {
         "mgmt": "bridge", "prod": "vepa", "tenant-blue": "bridge",
         "netmap-vf-ens1f0": "hostdev"}
@@ -184,4 +186,5 @@ def test_cli_json_and_out(tmp_path: Path, capsys, monkeypatch) -> None:
 def test_cli_unknown_host_is_bad_input(capsys) -> None:
     code = cli_main(["--mappings", str(EXAMPLE_MAPPINGS), "libvirt-networks", "--host",
                      "host-q"])
-    assert code == 2 and "unknown host 'host-q'" in capsys.readouterr().err
+    assert code == 2
+    assert "unknown host 'host-q'" in capsys.readouterr().err

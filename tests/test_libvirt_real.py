@@ -243,7 +243,8 @@ def test_libvirt_networks_from_netmap_carry_a_guest_across_unchanged(libvirt_pai
             capture_output=True, text=True, check=False, cwd=REPO)
         assert made.returncode == 0, made.stderr
         defined = sorted(path.stem for path in out.glob("*.xml"))
-        assert "mgmt" in defined and "prod" in defined
+        assert "mgmt" in defined
+        assert "prod" in defined
         for name in defined:  # the real parser accepts every definition, VF pools included
             daemon.virsh("net-define", str(out / f"{name}.xml"))
         # only mgmt can start in the lab: prod needs eth0.100 (no 802.1q in this kernel),
@@ -352,6 +353,7 @@ def test_netmap_filters_its_part_of_a_qemu_d_chain(libvirt_pair) -> None:
 
     seen = record.read_text()
     assert "<devices><!-- checked by 00-first -->" in seen  # netmap kept the first's edit
-    assert "<source bridge='br-eno3'/>" in seen and "br-eth1" not in seen
+    assert "<source bridge='br-eno3'/>" in seen
+    assert "br-eth1" not in seen
     (link,) = ip_json(target.netns, "link", "show", "dev", _tap_of(_interface(target)))
     assert link.get("master") == "br-eno3"

@@ -90,7 +90,8 @@ def test_valid_host_and_guest(tmp_path: Path, networks):
     assert semantic_of(host.bindings["prod"]) == "external-hairpin"
     assert host.features == {"vhost-net"}
     guest = load_guest(write(tmp_path, "guests/g1.toml", GUEST), networks)
-    assert guest.nics[0].vhost == "preferred" and guest.nics[0].model == "virtio"
+    assert guest.nics[0].vhost == "preferred"
+    assert guest.nics[0].model == "virtio"
 
 
 def test_sources_find_their_line_when_asked_even_after_pickling(tmp_path: Path, networks):
@@ -108,7 +109,8 @@ def test_malformed_toml_names_file_and_line(tmp_path: Path, networks):
     err = host_error(tmp_path, networks, HOST.replace('mode = "macvtap-vepa"', "mode = macvtap"))
     assert err.file.endswith("hosts/h1.toml")
     assert err.line == 11
-    assert "not valid TOML" in err.problem and err.fix
+    assert "not valid TOML" in err.problem
+    assert err.fix
 
 
 def test_unknown_key_suggests_the_right_one(tmp_path: Path, networks):
@@ -120,24 +122,28 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path, networks):
 
 def test_wrong_type(tmp_path: Path, networks):
     err = host_error(tmp_path, networks, HOST.replace("mtu = 9000", 'mtu = "9000"'))
-    assert err.key == "uplinks.eth0.mtu" and "whole number" in err.problem
+    assert err.key == "uplinks.eth0.mtu"
+    assert "whole number" in err.problem
     assert err.line == 8
 
 
 def test_binding_to_missing_uplink(tmp_path: Path, networks):
     err = host_error(tmp_path, networks, HOST.replace('uplink = "eth0"', 'uplink = "eth9"'))
     assert err.key == "networks.prod.uplink"
-    assert "eth9" in err.problem and "eth0" in err.fix
+    assert "eth9" in err.problem
+    assert "eth0" in err.fix
 
 
 def test_binding_to_unknown_network(tmp_path: Path, networks):
     err = host_error(tmp_path, networks, HOST.replace("[networks.prod]", "[networks.prd]"))
-    assert err.key == "networks.prd" and "prod" in err.fix
+    assert err.key == "networks.prd"
+    assert "prod" in err.fix
 
 
 def test_unknown_mode(tmp_path: Path, networks):
     err = host_error(tmp_path, networks, HOST.replace("macvtap-vepa", "macvtap-vpea"))
-    assert err.key == "networks.prod.mode" and "macvtap-vepa" in err.fix
+    assert err.key == "networks.prod.mode"
+    assert "macvtap-vepa" in err.fix
 
 
 @pytest.mark.parametrize("name, why", [
@@ -154,7 +160,8 @@ def test_bad_interface_names(tmp_path: Path, networks, name: str, why: str):
 def test_bridge_name_too_long(tmp_path: Path, networks):
     text = HOST.replace('mode = "macvtap-vepa"', 'mode = "bridge"\nbridge = "br-production-01"')
     err = host_error(tmp_path, networks, text)
-    assert err.key == "networks.prod.bridge" and "15" in err.problem
+    assert err.key == "networks.prod.bridge"
+    assert "15" in err.problem
 
 
 @pytest.mark.parametrize("field, value, problem", [
@@ -174,17 +181,21 @@ def test_invalid_network_values(tmp_path: Path, field: str, value: str, problem:
 def test_network_needs_segment_or_vni(tmp_path: Path):
     with pytest.raises(InputError) as caught:
         load_networks(write(tmp_path, "networks.toml", "[networks.x]\nmtu = 1500\n"))
-    assert "segment" in caught.value.problem and caught.value.line == 1
+    assert "segment" in caught.value.problem
+    assert caught.value.line == 1
 
 
 def test_guest_unknown_network(tmp_path: Path, networks):
     err = guest_error(tmp_path, networks, GUEST.replace('network = "prod"', 'network = "prd"'))
-    assert err.key == "nics[0].network" and err.line == 7 and "prod" in err.fix
+    assert err.key == "nics[0].network"
+    assert err.line == 7
+    assert "prod" in err.fix
 
 
 def test_guest_same_mac_twice(tmp_path: Path, networks):
     err = guest_error(tmp_path, networks, GUEST + GUEST[GUEST.index("[[nics]]"):])
-    assert err.key == "nics[1].mac" and err.line == 11
+    assert err.key == "nics[1].mac"
+    assert err.line == 11
     assert "nics[0]" in err.problem
 
 
@@ -195,7 +206,8 @@ def test_guest_same_mac_twice(tmp_path: Path, networks):
 ])
 def test_guest_invalid_mac(tmp_path: Path, networks, mac: str, problem: str):
     err = guest_error(tmp_path, networks, GUEST.replace("52:54:00:00:00:01", mac))
-    assert problem in err.problem and err.key == "nics[0].mac"
+    assert problem in err.problem
+    assert err.key == "nics[0].mac"
 
 
 def test_macvtap_and_bridge_cannot_share_an_uplink(tmp_path: Path, networks):
@@ -204,35 +216,41 @@ def test_macvtap_and_bridge_cannot_share_an_uplink(tmp_path: Path, networks):
     networks3 = {**networks, "mgmt": networks["prod"].__class__("mgmt", 1500, "dc1-fabric")}
     text = HOST + '\n[networks.mgmt]\nmode = "bridge"\nuplink = "eth0"\n'
     err = host_error(tmp_path, networks3, text)
-    assert err.key == "networks.prod.uplink" and "bridge" in err.problem
+    assert err.key == "networks.prod.uplink"
+    assert "bridge" in err.problem
 
 
 def test_vxlan_underlay_cannot_be_a_bridge_port(tmp_path: Path, networks):
     text = HOST.replace('mode = "macvtap-vepa"', 'mode = "bridge"')
     text += '\n[networks.blue]\nmode = "vxlan"\nuplink = "eth0"\n'
     err = host_error(tmp_path, networks, text)
-    assert err.key == "networks.blue.uplink" and "underlay" in err.problem
+    assert err.key == "networks.blue.uplink"
+    assert "underlay" in err.problem
 
 
 def test_passthrough_owns_its_uplink(tmp_path: Path, networks):
     text = HOST.replace("macvtap-vepa", "macvtap-passthrough")
     text += '\n[networks.blue]\nmode = "vxlan"\nuplink = "eth0"\n'
     err = host_error(tmp_path, networks, text)
-    assert err.key == "networks.blue.uplink" and "passthrough" in err.problem
+    assert err.key == "networks.blue.uplink"
+    assert "passthrough" in err.problem
 
 
 def test_one_bad_guest_file_keeps_the_fleet_usable(mappings: Path):
     (mappings / "guests" / "vm2.toml").write_text("[guest]\nname = 'vm2'\nbogus = 1\n")
     fleet = load_fleet(mappings)
-    assert "vm1" in fleet.guests and "vm2" not in fleet.guests
-    assert len(fleet.problems) == 1 and fleet.problems[0].key == "guest.bogus"
+    assert "vm1" in fleet.guests
+    assert "vm2" not in fleet.guests
+    assert len(fleet.problems) == 1
+    assert fleet.problems[0].key == "guest.bogus"
 
 
 def test_guest_on_unknown_host_is_a_problem(mappings: Path):
     path = mappings / "guests" / "vm4.toml"
     path.write_text(path.read_text().replace('host = "host-c"', 'host = "host-x"'))
     fleet = load_fleet(mappings)
-    assert fleet.problems[0].key == "guest.host" and "host-x" in fleet.problems[0].problem
+    assert fleet.problems[0].key == "guest.host"
+    assert "host-x" in fleet.problems[0].problem
 
 
 def test_mappings_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -277,6 +295,9 @@ def test_a_refusal_the_tests_do_not_explain_still_names_the_key(tmp_path: Path, 
     monkeypatch.setattr(Schema, "first_problem", lambda self, table: None)
     err = host_error(tmp_path, networks, HOST.replace("mtu = 9000", "mtu = 70000"))
     # msgspec does not name the keys of a table of tables: the message names the table
-    assert err.key == "uplinks" and "<= 65535" in err.problem
+    assert err.key == "uplinks"
+    assert "<= 65535" in err.problem
     err = guest_error(tmp_path, networks, GUEST.replace('"52:54:00:00:00:01"', '52'))
-    assert err.key == "nics[0].mac" and err.line == 8 and "got `int`" in err.problem
+    assert err.key == "nics[0].mac"
+    assert err.line == 8
+    assert "got `int`" in err.problem

@@ -135,7 +135,8 @@ def test_deep_nesting_is_an_input_error_with_its_line(mappings: Path, text: str,
     assert (err.value.file, err.value.line) == (str(path), line)
     assert "too deeply" in err.value.problem
     done = netmap("--mappings", str(mappings), "show", "--json")
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
     assert [(p["file"], p["line"], p["problem"]) for p in json.loads(done.stdout)["problems"]
             ] == [(str(path), line, "nests tables, arrays or dotted keys too deeply to read")]
 
@@ -147,7 +148,8 @@ def test_guest_on_a_host_whose_file_is_broken_names_that_file(mappings: Path) ->
     host_a.write_text(host_a.read_text() + "[host\n")
     done = netmap("--mappings", str(mappings), "check", "vm1", "--to", "host-b")
     assert done.returncode == 2
-    assert "no mapping" not in done.stderr and "add hosts/host-a.toml" not in done.stderr
+    assert "no mapping" not in done.stderr
+    assert "add hosts/host-a.toml" not in done.stderr
     assert f"names host 'host-a', but its mapping cannot be loaded: {host_a}:" in done.stderr
     assert "is not valid TOML" in done.stderr
 
@@ -157,7 +159,8 @@ def test_guest_on_an_unknown_host_with_some_broken_host_file(mappings: Path) -> 
     vm1.write_text(vm1.read_text().replace('host = "host-a"', 'host = "host-q"'))
     (mappings / "hosts" / "other.toml").write_text("[host\n")
     problem = next(p for p in load_fleet(mappings).problems if p.file == str(vm1))
-    assert "no readable mapping defines" in problem.problem and "other.toml" in problem.problem
+    assert "no readable mapping defines" in problem.problem
+    assert "other.toml" in problem.problem
     (mappings / "hosts" / "other.toml").unlink()
     problem = next(p for p in load_fleet(mappings).problems if p.file == str(vm1))
     assert problem.problem == "names host 'host-q', which has no mapping"
@@ -252,7 +255,8 @@ def test_networks_file_that_is_no_file(mappings: Path, make, says: str,
     with pytest.raises(InputError, match="not a regular file"):
         mappings_dir(None)
     done = netmap("--mappings", str(mappings), "show", timeout=30)
-    assert done.returncode == 2 and says in done.stderr
+    assert done.returncode == 2
+    assert says in done.stderr
 
 
 def test_cached_load_reports_what_a_plain_load_does(mappings: Path, tmp_path: Path,

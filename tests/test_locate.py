@@ -103,7 +103,8 @@ def test_located_fleet_moves_only_what_one_host_runs_and_warns_of_the_rest(
     assert fleet.guests["g2"].host == "h1"  # the loaded fleet itself is left alone
     warnings = location_warnings(locations, answers)
     assert len(warnings) == 4, warnings
-    assert "g1 runs on h1, h2" in warnings[0] and "its file says, h1" in warnings[0]
+    assert "g1 runs on h1, h2" in warnings[0]
+    assert "its file says, h1" in warnings[0]
     assert "g2 runs on h2, its file says h1: counted where it runs" in warnings[1]
     assert "h3 was not asked: connection refused" in warnings[2]
     assert "counted where their files say: g3" in warnings[3]

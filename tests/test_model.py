@@ -33,7 +33,8 @@ def test_instances_stay_frozen_and_hashable() -> None:
 
 def test_default_factories_give_each_instance_its_own() -> None:
     one, two = Host("a"), Host("b")
-    assert one.uplinks == {} and one.uplinks is not two.uplinks
+    assert one.uplinks == {}
+    assert one.uplinks is not two.uplinks
 
 
 def test_frozen_keeps_field_options() -> None:
@@ -51,7 +52,8 @@ def test_frozen_keeps_field_options() -> None:
 def test_instances_pickle_as_constructor_calls() -> None:
     binding = Binding("prod", "bridge", "eth0", vlan=100, source=Source("hosts/a.toml", 9))
     rebuild, args = binding.__reduce__()
-    assert rebuild is Binding and args == ("prod", "bridge", "eth0", None, 100, None,
+    assert rebuild is Binding
+    assert args == ("prod", "bridge", "eth0", None, 100, None,
                                            "hostdev", True, None, Source("hosts/a.toml", 9),
                                            (), None, None)
     assert pickle.loads(pickle.dumps(binding)) == binding

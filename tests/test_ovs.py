@@ -158,7 +158,8 @@ def test_frames_pass_between_hosts_with_the_same_tag_only(ovs_lab: OvsLab, capsy
         assert main(["realize", guest, "--host", host]) == 0, capsys.readouterr()
     ports = ovs_lab.ports("hb")
     g2, g3 = ovs_lab.device("g2"), ovs_lab.device("g3")
-    assert ports[g2]["tag"] == 10 and ports[g3]["tag"] == 20
+    assert ports[g2]["tag"] == 10
+    assert ports[g3]["tag"] == 20
     assert ports["eth0"]["tag"] is None  # the uplink is a trunk
     assert ports[g2]["external_ids"] == {
         "attached-mac": MACS["g2"], "iface-id": "g2-nic0", "iface-status": "active",
@@ -228,7 +229,8 @@ def test_an_existing_bridge_and_foreign_ports_are_left_alone(ovs_lab: OvsLab, ca
     capsys.readouterr()
     assert main(["realize", "g3", "--host", "hb"]) == 3
     err = capsys.readouterr().err
-    assert "netmap did not" in err and tap in err
+    assert "netmap did not" in err
+    assert tap in err
     assert _ovs_rows(ovs_lab, "hb") == before
     assert set(links_by_name(ns)) == links
 
@@ -245,7 +247,8 @@ def test_realize_fails_and_rolls_back_when_vswitchd_is_down(ovs_lab: OvsLab, cap
                         lambda self, timeout=2.0, ports=None: original(self, timeout, ports))
     assert main(["realize", "g1", "--host", "ha"]) == 3
     err = capsys.readouterr().err
-    assert "ovs-vswitchd" in err and "every change was undone" in err
+    assert "ovs-vswitchd" in err
+    assert "every change was undone" in err
     assert _ovs_rows(ovs_lab, "ha") == before_ovs
     assert set(links_by_name(ns)) == before_links
     assert HostState.load("ha").data["resources"] == {}
@@ -287,11 +290,14 @@ def test_drift_reads_ovsdb_and_names_each_kind_of_drift(ovs_lab: OvsLab, capsys)
     assert main(["realize", "g2", "--host", "hb"]) == 0
     assert main(["realize", "g3", "--host", "hb"]) == 0
     code, found = _drift_codes("hb", capsys)
-    assert not any(c.startswith("OVS") for c in found) and code == 0, found
+    assert not any(c.startswith("OVS") for c in found), found
+    assert code == 0, found
     g2, g3 = ovs_lab.device("g2"), ovs_lab.device("g3")
     ovs.vsctl("set", "Port", g2, "tag=99")
     code, found = _drift_codes("hb", capsys)
-    assert code == 1 and g2 in found["OVS_PORT_WRONG_TAG"] and "99" in found[
+    assert code == 1
+    assert g2 in found["OVS_PORT_WRONG_TAG"]
+    assert "99" in found[
         "OVS_PORT_WRONG_TAG"]
     assert main(["realize", "g2", "--host", "hb"]) == 0  # repaired: its tag set back
     assert ovs_lab.ports("hb")[g2]["tag"] == 10
@@ -300,14 +306,16 @@ def test_drift_reads_ovsdb_and_names_each_kind_of_drift(ovs_lab: OvsLab, capsys)
               g3, "tag=20", "external_ids:netmap-owner=g3", "external_ids:netmap-network=green")
     ovs.vsctl("del-port", "br-ovs", "eth0")
     code, found = _drift_codes("hb", capsys)
-    assert code == 1 and "br-x" in found["OVS_PORT_WRONG_BRIDGE"]
+    assert code == 1
+    assert "br-x" in found["OVS_PORT_WRONG_BRIDGE"]
     assert "eth0" in found["OVS_UPLINK_MISSING"]
     ovs.vsctl("del-br", "br-ovs")
     code, found = _drift_codes("hb", capsys)
     assert "br-ovs" in found["OVS_BRIDGE_MISSING"]
     ovs.stop_vswitchd()
     code, found = _drift_codes("hb", capsys)
-    assert code == 1 and "OVS_VSWITCHD_DOWN" in found
+    assert code == 1
+    assert "OVS_VSWITCHD_DOWN" in found
     ovs.start_vswitchd()
     code, found = _drift_codes("hb", capsys)
     assert "OVS_VSWITCHD_DOWN" not in found
@@ -322,7 +330,8 @@ def test_discover_write_drafts_the_ovs_bindings(ovs_lab: OvsLab, capsys,
     assert main(["discover", "--netns", ovs_lab.netns("hb"), "--ovsdb", ovs.remote,
                  "--host", "hb", "--write", str(draft)]) == 0
     text = draft.read_text()
-    assert 'mode = "ovs"' in text and 'bridge = "br-ovs"' in text, text
+    assert 'mode = "ovs"' in text, text
+    assert 'bridge = "br-ovs"' in text, text
     assert f'ovsdb = "{ovs.remote}"' in text
     # the draft loads, and binds blue (netmap's port names it) to eth0 on br-ovs
     from netmap.load.parse import load_host, load_networks
@@ -336,7 +345,8 @@ def test_discover_write_drafts_the_ovs_bindings(ovs_lab: OvsLab, capsys,
     found = json.loads(capsys.readouterr().out)["ovs"]
     assert found["vswitchd_running"] is True
     ports = {p["name"]: p for b in found["bridges"] for p in b["ports"]}
-    assert ports[ovs_lab.device("g2")]["tag"] == 10 and ports["eth0"]["tag"] is None
+    assert ports[ovs_lab.device("g2")]["tag"] == 10
+    assert ports["eth0"]["tag"] is None
 
 
 def test_the_qemu_helper_serves_an_ovs_network(ovs_lab: OvsLab, tmp_path: Path) -> None:
@@ -359,7 +369,8 @@ def test_the_qemu_helper_serves_an_ovs_network(ovs_lab: OvsLab, tmp_path: Path) 
     tap = tap_name("g1", 0)
     try:
         status = fake.stdout.readline().split()
-        assert status and status[0] == "0", status
+        assert status, status
+        assert status[0] == "0", status
         name, _flags = fake.stdout.readline().split()
         assert name == tap
         port = ovs_lab.ports("ha")[tap]

@@ -33,7 +33,8 @@ def test_realize_all_is_one_transaction_recorded_per_guest(ovs_lab: OvsLab, caps
     cfg = _next_cfg(ovs_lab, "hb")
     assert main(["realize", "--all", "--host", "hb"]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
-    assert "realized g2 on hb" in out and "realized g3 on hb" in out
+    assert "realized g2 on hb" in out
+    assert "realized g3 on hb" in out
     assert _next_cfg(ovs_lab, "hb") == cfg + 1  # one OVSDB transaction for both guests
     g2, g3 = ovs_lab.device("g2"), ovs_lab.device("g3")
     ports = ovs_lab.ports("hb")
@@ -50,7 +51,8 @@ def test_realize_all_is_one_transaction_recorded_per_guest(ovs_lab: OvsLab, caps
 
     assert main(["realize", "g3", "g2", "--host", "hb"]) == 0  # idempotent, any order
     out = capsys.readouterr().out
-    assert "g2 is already realized" in out and "g3 is already realized" in out
+    assert "g2 is already realized" in out
+    assert "g3 is already realized" in out
     assert _ovs_rows(ovs_lab, "hb") == made
 
     # one guest alone is still the batch of one: released, the other keeps what it shares
@@ -83,7 +85,8 @@ def test_one_refused_guest_refuses_the_batch_and_changes_nothing(ovs_lab: OvsLab
     before_links, before_ovs = set(links_by_name(ns)), _ovs_rows(ovs_lab, "hb")
     assert main(["realize", "g2", "g3", "--host", "hb"]) == 3
     err = capsys.readouterr().err
-    assert "failed: g3: " in err and "nothing was changed" in err
+    assert "failed: g3: " in err
+    assert "nothing was changed" in err
     assert _ovs_rows(ovs_lab, "hb") == before_ovs
     assert set(links_by_name(ns)) == before_links
     assert HostState.load("hb").guests == {}
@@ -103,7 +106,8 @@ def test_a_batch_that_fails_midway_is_undone_for_every_guest(ovs_lab: OvsLab, ca
     ovs_lab.ovs["hb"].stop_vswitchd()
     assert main(["realize", "--all", "--host", "hb"]) == 3
     err = capsys.readouterr().err
-    assert "realize g2, g3 on hb failed" in err and "every change was undone" in err
+    assert "realize g2, g3 on hb failed" in err
+    assert "every change was undone" in err
     assert _ovs_rows(ovs_lab, "hb") == before_ovs
     assert set(links_by_name(ns)) == before_links
     assert HostState.load("hb").guests == {}

@@ -140,7 +140,8 @@ def test_libvirt_starts_guests_on_netmaps_ovs_ports_and_release_keeps_libvirts(
     vnet = live.find("target").get("dev")
     lv_port = _port(ovs, vnet)
     # where netmap puts the same keys for its own ports
-    assert lv_port["tag"] == 10 and lv_port["interface_ids"]["attached-mac"] == LV_MAC
+    assert lv_port["tag"] == 10
+    assert lv_port["interface_ids"]["attached-mac"] == LV_MAC
     assert lv_port["interface_ids"]["iface-status"] == "active"
     assert "netmap-owner" not in lv_port["external_ids"] | lv_port["interface_ids"]
     assert sorted(ovs.vsctl("list-ports", "br-ovs").split()) == sorted(["eth0", tap, vnet])

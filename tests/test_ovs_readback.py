@@ -127,7 +127,8 @@ def test_the_taps_of_nics_on_two_uplinks_are_made_in_one_batch(two_uplinks, caps
 
     monkeypatch.setattr(Rtnl, "create_taps", recorded)
     assert main(["realize", "--all", "--host", "h"]) == 0, capsys.readouterr()
-    assert len(batches) == 1 and len(batches[0]) == 4, batches
+    assert len(batches) == 1, batches
+    assert len(batches[0]) == 4, batches
     taps = set(batches[0])
     assert taps <= set(links_by_name(netns))
     ports = set(ovs.vsctl("list-ports", "br-eth0").split()) | set(

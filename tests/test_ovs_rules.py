@@ -87,14 +87,18 @@ def test_an_ovs_binding_loads_with_its_keys(tmp_path: Path) -> None:
 ])
 def test_load_refuses(tmp_path: Path, bindings: str, head: str, key: str, words: str) -> None:
     err = load_error(tmp_path, host("ha", bindings, head))
-    assert err.key == key and words in str(err), str(err)
-    assert err.fix and err.file and err.file.endswith("ha.toml")
+    assert err.key == key, str(err)
+    assert words in str(err), str(err)
+    assert err.fix
+    assert err.file
+    assert err.file.endswith("ha.toml")
 
 
 def test_a_move_between_ovs_and_a_linux_bridge_keeps_the_topology(tmp_path: Path) -> None:
     graph = build_graph(fleet(tmp_path, {"ha": host("ha", OVS), "hb": host("hb", BRIDGE)}))
     report = check_migration(graph, "vm1", "hb", strict=True)
-    assert report.compatible and report.findings == ()
+    assert report.compatible
+    assert report.findings == ()
     before, after = report.pairs[0]
     assert (before.mode, after.mode) == ("ovs", "bridge")
     assert before.semantic == after.semantic == "local-switching"
@@ -151,7 +155,8 @@ def test_libvirt_networks_for_ovs_are_openvswitch_with_a_tagged_portgroup(
         assert xml.find("bridge").get("name") == "br-int"
         assert xml.find("virtualport").get("type") == "openvswitch"
         group = xml.find("portgroup")
-        assert group.get("name") == name and group.find("vlan/tag").get("id") == vlan
+        assert group.get("name") == name
+        assert group.find("vlan/tag").get("id") == vlan
     # the Linux bridge host's networks carry no virtualport
     linux = [ET.fromstring(n.xml) for n in host_networks(found, found.hosts["hb"])]
     assert all(x.find("virtualport") is None for x in linux)
@@ -250,8 +255,10 @@ def test_the_migrate_hook_rewrites_between_ovs_and_a_linux_bridge(tmp_path: Path
     code, out, messages = _hook(root, "hb", OVS_RUNNING)  # OVS host -> Linux bridge host
     assert code == 0, messages
     iface = ET.fromstring(out).find("devices/interface")
-    assert iface.get("type") == "bridge" and iface.find("source").get("bridge") == "br-eth0"
-    assert iface.find("virtualport") is None and iface.find("vlan") is None
+    assert iface.get("type") == "bridge"
+    assert iface.find("source").get("bridge") == "br-eth0"
+    assert iface.find("virtualport") is None
+    assert iface.find("vlan") is None
     assert _guest_view(out) == _guest_view(OVS_RUNNING)
     assert out.count(b"\n") == OVS_RUNNING.count(b"\n") - 4  # only those lines went
     code, back, messages = _hook(root, "ha", out)  # and back to the OVS host

@@ -34,7 +34,8 @@ from tests.test_realize import tap_fd
 
 # scripts/ovs_lab.py under another name: tests/ovs_lab.py is `ovs_lab` to the OVS tests
 _spec = importlib.util.spec_from_file_location("ovs_lab_script", REPO / "scripts/ovs_lab.py")
-assert _spec is not None and _spec.loader is not None
+assert _spec is not None
+assert _spec.loader is not None
 ovs_lab_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ovs_lab_script)
 
@@ -161,7 +162,8 @@ def test_up_refuses_the_repos_own_mappings() -> None:
     refused = subprocess.run([sys.executable, str(REPO / "scripts/ovs_lab.py"), "up",
                               "--mappings", str(REPO / "mappings"), "host-a"],
                              capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert refused.returncode == 2 and "copy them first" in refused.stderr
+    assert refused.returncode == 2
+    assert "copy them first" in refused.stderr
 
 
 @pytest.mark.netns
@@ -181,7 +183,8 @@ def test_readme_ovs_walkthrough(tmp_path: Path) -> None:
 
     steps = iter(WALKTHROUGH)
     copy = ours(next(steps))  # cp -r SRC DST && rm DST/guests/*
-    assert copy[:3] == ["cp", "-r", "mappings"] and copy[5:7] == ["rm", f"{fleet}/guests/*"]
+    assert copy[:3] == ["cp", "-r", "mappings"]
+    assert copy[5:7] == ["rm", f"{fleet}/guests/*"]
     shutil.copytree(REPO / copy[2], copy[3])
     for old in Path(copy[3], "guests").iterdir():
         old.unlink()
@@ -274,7 +277,8 @@ def test_readme_ovs_walkthrough(tmp_path: Path) -> None:
         released = run(next(steps))
         assert released.returncode == 0, released.stdout + released.stderr
         bridges = run("ovs-vsctl --db=unix:/tmp/nmol-ovs/host-a/db.sock list-br")
-        assert bridges.returncode == 0 and bridges.stdout.strip() == ""
+        assert bridges.returncode == 0
+        assert bridges.stdout.strip() == ""
         links = subprocess.run(["ip", "-n", f"{prefix}-host-a", "-o", "link"],
                                capture_output=True, text=True, check=True).stdout
         assert tap not in links

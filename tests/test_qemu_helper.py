@@ -623,7 +623,8 @@ def test_helper_on_an_existing_bridge_imports_nothing_heavy(lab_factory, tmp_pat
         theirs.close()
         got = Outcome(done.returncode, done.stderr, receive_fd(ours))
     try:
-        assert got.code == 0 and got.fd is not None, got.stderr
+        assert got.code == 0, got.stderr
+        assert got.fd is not None, got.stderr
         imported = {line.rsplit("|", 1)[1].strip() for line in got.stderr.splitlines()
                     if line.startswith("import time:")}
         assert "netmap.netlink.tapfd" in imported  # the parse is right: the path was taken

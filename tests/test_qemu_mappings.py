@@ -32,7 +32,8 @@ def test_one_host_read_as_the_whole_fleet_reads_it(mappings: Path, monkeypatch) 
     small, host = load_mappings(request(mappings, host="host-a"))
     assert host == fleet.hosts["host-a"]
     assert small.networks == fleet.networks
-    assert list(small.hosts) == ["host-a"] and small.root == fleet.root
+    assert list(small.hosts) == ["host-a"]
+    assert small.root == fleet.root
 
 
 def test_host_from_the_environment(mappings: Path, monkeypatch) -> None:
@@ -67,4 +68,5 @@ def test_a_broken_own_file_is_reported_as_everywhere(mappings: Path) -> None:
     path.write_text(path.read_text().replace('name = "host-a"', 'name = "host a"'))
     with pytest.raises(InputError) as caught:
         load_mappings(request(mappings, host="host-a"))
-    assert caught.value.file is not None and Path(caught.value.file).name == "host-a.toml"
+    assert caught.value.file is not None
+    assert Path(caught.value.file).name == "host-a.toml"

@@ -75,7 +75,8 @@ class FakeQemu:
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
         status = self.proc.stdout.readline().split()
-        assert status and status[0] == "0", status
+        assert status, status
+        assert status[0] == "0", status
         self.name = self.proc.stdout.readline().split()[0]
 
     def exit(self) -> None:

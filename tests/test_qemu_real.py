@@ -136,12 +136,14 @@ def test_qemu_gets_a_tap_on_the_mapped_bridge(lab, network: str, bridge: str,
         qmp = Qmp(qmp_path)
         # QEMU knows the netdev as a bridge-helper tap for the logical network
         network_info = qmp.command("human-monitor-command", **{"command-line": "info network"})
-        assert f"br={network}" in network_info and "52:54:00:ab:00:02" in network_info
+        assert f"br={network}" in network_info
+        assert "52:54:00:ab:00:02" in network_info
         words = helper_line(log)
         tap = words[words.index(f"{network}:") + 1]
         now = links(netns)
         assert now[tap]["master"] == now[bridge]["index"]
-        assert now[tap]["up"] and now[tap]["mtu"] == mtu
+        assert now[tap]["up"]
+        assert now[tap]["mtu"] == mtu
         assert f"/dev/net/tun {tap}" in fds_of(qemu.pid)  # QEMU holds the tap
         quit_qemu(qemu, qmp)
     finally:
@@ -169,7 +171,8 @@ def test_qemu_gets_a_macvtap_and_it_goes_with_qemu(lab) -> None:
         words = helper_line(log)
         name = words[words.index("mgmt:") + 1]
         macvtap = links(netns)[name]
-        assert macvtap["kind"] == "macvtap" and macvtap["up"]
+        assert macvtap["kind"] == "macvtap"
+        assert macvtap["up"]
         assert macvtap["mac"] == "52:54:00:ab:00:02"
         assert macvtap["link"] == links(netns)["eth1"]["index"]
         # the helper opened the macvtap through a private node NAME on a tmpfs of its own

@@ -73,7 +73,8 @@ def test_a_dump_interrupted_every_time_is_an_error_not_a_stale_answer() -> None:
     assert sock.requests == rtnl.DUMP_ATTEMPTS
     assert isinstance(caught.value, OSError)  # callers turn it into their own error
     message = str(caught.value)
-    assert "link table changed during each of 5 dumps" in message and "try again" in message
+    assert "link table changed during each of 5 dumps" in message
+    assert "try again" in message
 
 
 class RefusingSocket:

@@ -135,7 +135,8 @@ def test_one_mac_on_two_vfs_of_a_pf_is_refused_at_the_claim(pool_host, tmp_path:
     before = links_by_name(netns)
     with pytest.raises(ApplyError, match="already set on VF 0 of pf0") as refused:
         realize_plan(_plan(root, "vm"), state_dir=state_dir, sysfs_root=sysfs)
-    assert refused.value.step is not None and refused.value.step.kind == "vf"
+    assert refused.value.step is not None
+    assert refused.value.step.kind == "vf"
     assert links_by_name(netns) == before
     assert (tmp_path / "state" / "h1.json").read_text() == saved
 
@@ -201,8 +202,8 @@ def test_realize_and_discover_agree_on_the_free_vfs(pool_host, tmp_path: Path) -
     fleet = load_fleet(root)
     low = [f for f in drift_findings(fleet.hosts["h1"], discover(netns, sysfs_root=sysfs),
                                      networks=fleet.networks) if f.code == "VF_FREE_LOW"]
-    assert len(low) == 1 and "so 1 of the 4 VFs the mapping counts on are free" in \
-        low[0].message, low
+    assert len(low) == 1, low
+    assert "so 1 of the 4 VFs the mapping counts on are free" in low[0].message, low
 
     _vf_links(netns, ["link set pf0v2 up"])
     with Rtnl(netns) as kernel, pytest.raises(ApplyError) as refused:

@@ -319,7 +319,8 @@ def test_as_dict_is_what_asdict_gives_and_never_shares_what_can_change() -> None
     assert out == {"kind": "listed-test", "names": ["a"], "pairs": (("k", ["v"]),)}
     out["names"].append("b")  # type: ignore[attr-defined]
     out["pairs"][0][1].append("w")  # type: ignore[index]
-    assert step.names == ["a"] and step.pairs == (("k", ["v"]),)
+    assert step.names == ["a"]
+    assert step.pairs == (("k", ["v"]),)
 
 
 # the one making call each kind's create sends, and the kernel calls its undo makes

@@ -104,4 +104,5 @@ def test_a_mac_a_link_already_has_is_not_asked_for_again(claimed_vf) -> None:
     RtnlKernel(kernel).set_attrs("vfdev", {"mac": GUEST_MAC.upper()})
     assert sent == []
     RtnlKernel(kernel).set_attrs("vfdev", {"mac": FOUND_MAC})
-    assert len(sent) == 1 and link(netns, "vfdev")["address"] == FOUND_MAC
+    assert len(sent) == 1
+    assert link(netns, "vfdev")["address"] == FOUND_MAC

@@ -144,7 +144,8 @@ class Executor:
 
     def _carry_out(self, move: JournalMove) -> str:
         source, dest = self.fleet.hosts[move.source], self.fleet.hosts[move.dest]
-        assert source.libvirt_uri is not None and dest.libvirt_uri is not None
+        assert source.libvirt_uri is not None
+        assert dest.libvirt_uri is not None
         if move.status == MIGRATING:  # interrupted mid-migration: where did it end up?
             self._settle_interrupted(move)
         if move.status == PENDING:
@@ -221,7 +222,8 @@ class Executor:
         """libvirt keeps the guest on the source when a migration fails; say so only once
         both daemons confirm it."""
         source, dest = self.fleet.hosts[move.source], self.fleet.hosts[move.dest]
-        assert source.libvirt_uri is not None and dest.libvirt_uri is not None
+        assert source.libvirt_uri is not None
+        assert dest.libvirt_uri is not None
         where = []
         for host, uri in ((move.source, source.libvirt_uri), (move.dest, dest.libvirt_uri)):
             try:
@@ -236,7 +238,8 @@ class Executor:
 
     def _settle_interrupted(self, move: JournalMove) -> None:
         source, dest = self.fleet.hosts[move.source], self.fleet.hosts[move.dest]
-        assert source.libvirt_uri is not None and dest.libvirt_uri is not None
+        assert source.libvirt_uri is not None
+        assert dest.libvirt_uri is not None
         on_dest = move.guest in self._ask(dest.libvirt_uri, move.dest)
         on_source = move.guest in self._ask(source.libvirt_uri, move.source)
         if on_dest and not on_source:

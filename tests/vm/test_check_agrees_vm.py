@@ -240,6 +240,7 @@ def test_a_shared_device_gets_back_what_the_last_guest_needing_it_changed(
         release("g4")
         assert shared() == before
         release("g1")
-        assert _link("up0.100") is None and _link("br-up0") is None
+        assert _link("up0.100") is None
+        assert _link("br-up0") is None
     finally:
         subprocess.run(["ip", "link", "del", "up0"], check=False)

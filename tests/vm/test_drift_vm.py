@@ -112,21 +112,24 @@ def test_discover_and_drift_of_bond_and_8021q(lab, capsys) -> None:
     assert code == 0
     links = {link["name"]: link for link in inventory["interfaces"]}
     bond_mode = json.loads(ip("-d", "-j", "link", "show", BOND))[0]["linkinfo"]["info_data"]
-    assert links[BOND]["kind"] == "bond" and bond_mode["mode"] == "active-backup"
+    assert links[BOND]["kind"] == "bond"
+    assert bond_mode["mode"] == "active-backup"
     assert links[BOND]["bond_mode"] == 1  # active-backup
     assert [links[s]["master"] for s in ("nmvmup0", "nmvmup1")] == [BOND, BOND]
     assert (links[ADMIN_SUB]["kind"], links[ADMIN_SUB]["vlan_id"],
             links[ADMIN_SUB]["lower"]) == ("vlan", 140, "nmvmup2")
     assert (links["nmvmup3.141"]["kind"], links["nmvmup3.141"]["vlan_id"],
             links["nmvmup3.141"]["lower"]) == ("vlan", 141, "nmvmup3")
-    assert links[BOND]["master"] == bridge_name and 142 in links[BOND]["vlans"]
+    assert links[BOND]["master"] == bridge_name
+    assert 142 in links[BOND]["vlans"]
     assert links[tap]["vlans"] == [142]  # the access port carries its one VLAN
     assert drift(capsys) == (0, {})
 
     bridge("vlan", "del", "dev", tap, "vid", "142")
     bridge("vlan", "del", "dev", BOND, "vid", "142")
     code, found = drift(capsys)
-    assert code == 1 and set(found) == {"BRIDGE_VLAN_MISSING"}, found
+    assert code == 1, found
+    assert set(found) == {"BRIDGE_VLAN_MISSING"}, found
     assert sorted(m.split()[1] for m in found["BRIDGE_VLAN_MISSING"]) == sorted([BOND, tap])
     assert all("VLAN 142" in m for m in found["BRIDGE_VLAN_MISSING"])
     bridge("vlan", "add", "dev", BOND, "vid", "142")
@@ -135,7 +138,8 @@ def test_discover_and_drift_of_bond_and_8021q(lab, capsys) -> None:
 
     ip("link", "del", "nmvmup3.141")  # netmap's sub-interface (its macvtap goes with it)
     code, found = drift(capsys)
-    assert code == 1 and set(found) == {"ENDPOINT_VANISHED"}, found
+    assert code == 1, found
+    assert set(found) == {"ENDPOINT_VANISHED"}, found
     assert any("nmvmup3.141" in m for m in found["ENDPOINT_VANISHED"])
 
     ip("link", "del", ADMIN_SUB)  # the admin's sub-interface, the declared uplink

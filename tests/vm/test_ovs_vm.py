@@ -140,7 +140,8 @@ def test_ovs_kernel_datapath_frames_tags_drift_release(ovs_hosts, capsys) -> Non
     ovs.vsctl("set", "Port", taps["a"], "tag=99")
     ovs.vsctl("del-port", BRIDGE, uplink)
     found = _drift(capsys)
-    assert taps["a"] in found["OVS_PORT_WRONG_TAG"] and "99" in found["OVS_PORT_WRONG_TAG"]
+    assert taps["a"] in found["OVS_PORT_WRONG_TAG"]
+    assert "99" in found["OVS_PORT_WRONG_TAG"]
     assert uplink in found["OVS_UPLINK_MISSING"]
     assert main(["realize", "--all", "--host", HOST]) == 0  # repaired in one transaction
     assert ovs.vsctl("get", "Port", taps["a"], "tag") == "140"

@@ -106,7 +106,8 @@ def test_no_free_vf_on_the_live_pf_refuses_and_changes_nothing(sriov_pf, fleet, 
 
     assert main(["realize", "g5", "--host", HOST]) == 3
     err = capsys.readouterr().err
-    assert "no free VF" in err and sriov_pf in err
+    assert "no free VF" in err
+    assert sriov_pf in err
     assert (host_dump(), vf_entries(sriov_pf)) == full
 
     for name in ("g1", "g2", "g3", "g4"):
@@ -128,7 +129,8 @@ def test_vf_attach_macvtap_is_a_passthru_macvtap_on_the_vf(sriov_pf, fleet, caps
     tap = macvtaps[0]
     assert tap["link"] == vf_netdev(sriov_pf, entry["vf"])  # on the claimed VF's netdev
     assert tap["linkinfo"]["info_data"]["mode"] == "passthru"
-    assert tap["address"] == mac and "UP" in tap["flags"]
+    assert tap["address"] == mac
+    assert "UP" in tap["flags"]
     lower = json.loads(ip("-j", "link", "show", "dev", tap["link"]))[0]
     assert "UP" in lower["flags"]  # a passthru macvtap sends nothing through a down VF
 
@@ -152,7 +154,8 @@ def test_discover_reports_both_pfs_pools(sriov_pf, capsys) -> None:
             pools[sriov_pf]["used_vfs"], pools[sriov_pf]["free_vfs"]) == (7, 4, 0, 4)
     assert [vf["netdev"] for vf in pools[sriov_pf]["vfs"]] == [
         vf_netdev(sriov_pf, i) for i in range(4)]
-    assert len(pools) == 2 and all(p["total_vfs"] == 7 for p in pools.values())
+    assert len(pools) == 2
+    assert all(p["total_vfs"] == 7 for p in pools.values())
 
 
 def test_failure_before_every_step_leaves_pf_and_host_as_before(sriov_pf, fleet) -> None:
@@ -215,7 +218,8 @@ def test_vfs_used_outside_netmap_are_never_claimed_and_discover_counts_them(
     capsys.readouterr()
     assert main(["realize", "g2", "--host", HOST]) == 3
     err = capsys.readouterr().err
-    assert "no free VF" in err and "VF 1: MAC 52:54:00:77:00:01 set on the PF's VF entry" in err
+    assert "no free VF" in err
+    assert "VF 1: MAC 52:54:00:77:00:01 set on the PF's VF entry" in err
     assert (host_dump(), vf_entries(sriov_pf)) == full
     assert main(["discover", "--json"]) == 0  # netmap's claim counts too (its entry's MAC)
     pool = {p["pf"]: p for p in json.loads(capsys.readouterr().out)["sriov"]}[sriov_pf]
@@ -268,9 +272,10 @@ def test_a_vf_bound_to_vfio_pci_is_never_claimed_and_all_commands_agree(
     assert (pool["used_vfs"], pool["free_vfs"]) == (2, 2)
     code, found = findings("drift", HOST)
     low = [f for f in found if f["code"] == "VF_FREE_LOW"]
-    assert code == 1 and len(low) == 1, found
-    assert ("VF 0 (bound to vfio-pci), VF 2 (bound to vfio-pci)" in low[0]["message"]
-            and "total_vfs = 2" in low[0]["hint"]), low
+    assert code == 1, found
+    assert len(low) == 1, found
+    assert "VF 0 (bound to vfio-pci), VF 2 (bound to vfio-pci)" in low[0]["message"], low
+    assert "total_vfs = 2" in low[0]["hint"], low
     assert findings("check", "g3", "--to", HOST)[0] == 0  # the mapping admits three
     code, found = findings("check", "g3", "--to", HOST, "--live")
     assert (code, errors(found)) == (1, ["VF_FREE_LOW"]), found  # the live host does not
@@ -283,7 +288,8 @@ def test_a_vf_bound_to_vfio_pci_is_never_claimed_and_all_commands_agree(
     capsys.readouterr()
     assert main(["realize", "g3", "--host", HOST]) == 3
     err = capsys.readouterr().err
-    assert "no free VF" in err and "VF 0: bound to vfio-pci; VF 2: bound to vfio-pci" in err
+    assert "no free VF" in err
+    assert "VF 0: bound to vfio-pci; VF 2: bound to vfio-pci" in err
     assert full == (host_dump(), vf_entries(sriov_pf),
                     [pci_driver(sriov_pf, i) for i in range(4)])
     assert main(["discover", "--json"]) == 0

@@ -46,7 +46,8 @@ def live_codes(capsys) -> tuple[int, list[str]]:
 def test_check_live_sees_vhost_net(lab, capsys) -> None:
     assert VHOST.exists()
     code, findings = live_codes(capsys)
-    assert code == 0 and not [f for f in findings if "vhost" in f.lower()], findings
+    assert code == 0, findings
+    assert not [f for f in findings if "vhost" in f.lower()], findings
 
     subprocess.run(["modprobe", "-r", "vhost_net"], check=True)
     wait_until(lambda: not VHOST.exists(), "/dev/vhost-net to go with its module")

@@ -90,7 +90,8 @@ def test_macvtap_in_every_mode_on_the_vlan_subinterface(lab) -> None:
     for mode, vid in MACVTAP_VIDS.items():
         sub = now[f"{UPLINK[mode]}.{vid}"]
         assert sub["linkinfo"]["info_kind"] == "vlan"
-        assert sub["linkinfo"]["info_data"]["id"] == vid and sub["link"] == UPLINK[mode]
+        assert sub["linkinfo"]["info_data"]["id"] == vid
+        assert sub["link"] == UPLINK[mode]
         # (a passthru macvtap gives its lower device the guest's MAC too: kernel behaviour)
         taps = [link for link in now.values() if link.get("address") == MACS[mode]
                 and link.get("linkinfo", {}).get("info_kind") == "macvtap"]
@@ -115,9 +116,11 @@ def test_vlan_filtering_bridge_uplink_trunk_tap_access(lab) -> None:
     assert now[master]["linkinfo"]["info_data"]["vlan_filtering"] == 1
     ports = [name for name, link in now.items() if link.get("master") == master]
     taps = [name for name in ports if name != "nmvmup1"]
-    assert len(taps) == 1 and now[taps[0]]["linkinfo"]["info_kind"] == "tun"
+    assert len(taps) == 1
+    assert now[taps[0]]["linkinfo"]["info_kind"] == "tun"
     vlans = bridge_vlans()
-    assert BRIDGE_VID in vlans["nmvmup1"] and vlans["nmvmup1"][BRIDGE_VID] == []  # tagged
+    assert BRIDGE_VID in vlans["nmvmup1"]
+    assert vlans["nmvmup1"][BRIDGE_VID] == []
     assert vlans[taps[0]] == {BRIDGE_VID: ["Egress Untagged", "PVID"]}  # access port only
 
     realized = host_dump()
