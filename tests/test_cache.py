@@ -32,8 +32,10 @@ from netmap.model.fleet import (
     Host,
     IndexedGuests,
     IndexedHosts,
+    guest_hosts,
     host_mapping_file,
     hosts_binding,
+    mac_users,
 )
 from netmap.query import placement
 from netmap.query.graph import build_graph
@@ -1217,3 +1219,30 @@ def test_store_of_this_format_with_other_columns_is_made_anew(
     parses.clear()
     same_as_uncached(mappings)
     assert not parses
+
+
+@pytest.mark.parametrize("how", ["no store", "empty store", "one file changed"])
+def test_a_load_that_parses_indexes_who_uses_each_mac(mappings: Path, cache_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      how: str) -> None:
+    """Every load answers "who uses this MAC" from an index, not by walking every guest
+    per question (what made a cold `hosts-for` on 10k hosts check each candidate against
+    all 2,500 guests), and the index answers as the walk does: every user, in order."""
+    shared = (mappings / "guests" / "vm1.toml").read_text()
+    mac = next(line.split('"')[1] for line in shared.splitlines() if line.startswith("mac"))
+    (mappings / "guests" / "vm9.toml").write_text(
+        f'[guest]\nname = "vm9"\n\n[[nics]]\nnetwork = "prod"\nmac = "{mac}"\n')
+    if how == "no store":
+        monkeypatch.setattr(loading, "STORE_MIN_FILES", 10**9)
+    elif how == "one file changed":
+        settle()
+        load_fleet(mappings)
+        (mappings / "guests" / "vm2.toml").write_text(
+            (mappings / "guests" / "vm2.toml").read_text() + "\n")
+    fleet = load_fleet(mappings)
+    assert isinstance(fleet.guests, IndexedGuests)
+    every = {guest.name: guest for guest in fleet.guests.values()}  # a plain dict: the walk
+    macs = {nic.mac for guest in every.values() for nic in guest.nics} | {"02:00:00:00:00:99"}
+    assert mac_users(fleet.guests, macs) == mac_users(every, macs)
+    assert [name for name, _ in mac_users(fleet.guests, {mac})[mac]] == ["vm1", "vm9"]
+    assert guest_hosts(fleet.guests) == {name: g.host for name, g in every.items()}
