@@ -1,6 +1,7 @@
 """One load of a mappings directory: each file from the store when its key is unchanged,
-else parsed (by two processes when there are thousands to parse), the fleet assembled by
-parse.assemble, and what was parsed stored before returning (netmap/load/store.py)."""
+else parsed (by two processes when there are thousands to parse and a CPU is idle), the
+fleet assembled by parse.assemble, and what was parsed stored before returning
+(netmap/load/store.py)."""
 
 from __future__ import annotations
 
