@@ -32,8 +32,10 @@ from netmap.model.fleet import (
     Host,
     IndexedGuests,
     IndexedHosts,
+    guest_hosts,
     host_mapping_file,
     hosts_binding,
+    mac_users,
 )
 from netmap.query import placement
 from netmap.query.graph import build_graph
@@ -314,8 +316,10 @@ single_threaded = pytest.mark.skipif(
 
 @pytest.fixture
 def second_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A second parsing process even for these 8 files: it reads the last SECOND_SHARE."""
+    """A second parsing process even for these 8 files: it reads the last SECOND_SHARE
+    (on this machine however busy it is)."""
     monkeypatch.setattr(loading, "PARALLEL_MIN_FILES", 2)
+    monkeypatch.setattr(loading, "idle_cpu", lambda: True)
 
 
 @single_threaded
@@ -335,6 +339,24 @@ def test_parallel_parse_gives_the_same_fleet(mappings: Path, cache_dir: Path,
     parses.clear()
     same_as_uncached(mappings)  # and what the worker parsed went into the store
     assert set(parses) == {"vm3.toml"}
+
+
+@single_threaded
+@pytest.mark.parametrize("busy", [True, False])
+def test_a_busy_machine_parses_in_one_process(mappings: Path, cache_dir: Path,
+                                             parses: Counter[str],
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             busy: bool) -> None:
+    """The second parsing process only when the load average leaves a CPU idle: else it
+    waits for a core and its fork and pickles only add time (the answer is the same)."""
+    monkeypatch.setattr(loading, "PARALLEL_MIN_FILES", 2)
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cpus - 0.5 if busy else 0.2, 0.0, 0.0))
+    settle()
+    fleet = load_fleet(mappings)
+    assert snapshot(fleet) == snapshot(uncached(mappings))
+    parsed_here = sum(parses.values())  # the worker's parses are counted in the worker
+    assert parsed_here == 8 if busy else 0 < parsed_here < 8
 
 
 @single_threaded
@@ -802,6 +824,7 @@ def test_xml_guest_follows_the_host_files_it_was_read_against(
     says. Changing that mapping changes the guest, with the XML file untouched."""
     if parallel:
         monkeypatch.setattr(loading, "PARALLEL_MIN_FILES", 2)
+        monkeypatch.setattr(loading, "idle_cpu", lambda: True)
     (mappings / "guests" / "vx.xml").write_text(BRIDGED_XML)
     settle()
     fleet = load_fleet(mappings)
@@ -928,6 +951,7 @@ def test_cached_answer_is_always_the_cold_answer(
     racy window), the cached load answers exactly as a load without a cache."""
     monkeypatch.setattr(store, "RACY_WINDOW_NS", WINDOW_NS)
     monkeypatch.setattr(loading, "PARALLEL_MIN_FILES", 100 if parallel else 10**9)
+    monkeypatch.setattr(loading, "idle_cpu", lambda: True)
     run = tmp_path / uuid.uuid4().hex
     root = run / "fleet"
     shutil.copytree(fleet_with_xml, root)
@@ -1217,3 +1241,30 @@ def test_store_of_this_format_with_other_columns_is_made_anew(
     parses.clear()
     same_as_uncached(mappings)
     assert not parses
+
+
+@pytest.mark.parametrize("how", ["no store", "empty store", "one file changed"])
+def test_a_load_that_parses_indexes_who_uses_each_mac(mappings: Path, cache_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      how: str) -> None:
+    """Every load answers "who uses this MAC" from an index, not by walking every guest
+    per question (what made a cold `hosts-for` on 10k hosts check each candidate against
+    all 2,500 guests), and the index answers as the walk does: every user, in order."""
+    shared = (mappings / "guests" / "vm1.toml").read_text()
+    mac = next(line.split('"')[1] for line in shared.splitlines() if line.startswith("mac"))
+    (mappings / "guests" / "vm9.toml").write_text(
+        f'[guest]\nname = "vm9"\n\n[[nics]]\nnetwork = "prod"\nmac = "{mac}"\n')
+    if how == "no store":
+        monkeypatch.setattr(loading, "STORE_MIN_FILES", 10**9)
+    elif how == "one file changed":
+        settle()
+        load_fleet(mappings)
+        (mappings / "guests" / "vm2.toml").write_text(
+            (mappings / "guests" / "vm2.toml").read_text() + "\n")
+    fleet = load_fleet(mappings)
+    assert isinstance(fleet.guests, IndexedGuests)
+    every = {guest.name: guest for guest in fleet.guests.values()}  # a plain dict: the walk
+    macs = {nic.mac for guest in every.values() for nic in guest.nics} | {"02:00:00:00:00:99"}
+    assert mac_users(fleet.guests, macs) == mac_users(every, macs)
+    assert [name for name, _ in mac_users(fleet.guests, {mac})[mac]] == ["vm1", "vm9"]
+    assert guest_hosts(fleet.guests) == {name: g.host for name, g in every.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from netmap.errors import InputError
+from netmap.load.parsed import ParsedGuests
 from netmap.load.tomlcheck import (
     Document,
     KeyPath,
@@ -423,7 +424,8 @@ def assemble(base: Path, networks: dict[str, Network], host_files: list[str],
             problems.append(err)
             continue
         guests[guest.name] = guest
-    return Fleet(networks, every_host, guests, tuple(problems), str(base))
+    # indexed as a warm load's are: a query asking who uses a MAC walks no guest for it
+    return Fleet(networks, every_host, ParsedGuests(guests), tuple(problems), str(base))
 
 
 def _unknown_host(path: str, name: str, hosts: Mapping[str, Host],
