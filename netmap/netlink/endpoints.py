@@ -49,8 +49,12 @@ class Endpoint:
         live = links.get(nic.device)
         if live is None:
             return [f"NIC {nic.nic}: {nic.device} is missing"]
-        want = {"kind": self.device_kind, "mtu": nic.mtu, "up": True}
-        have = {"kind": live.kind, "mtu": live.mtu, "up": live.up}
+        want: dict[str, object] = {"kind": self.device_kind, "mtu": nic.mtu, "up": True}
+        have: dict[str, object] = {"kind": live.kind, "mtu": live.mtu, "up": live.up}
+        mac = next((m for s in nic.steps if s.target == nic.device
+                    and (m := s.mac_after_made())), None)
+        if mac is not None:  # a MAC set after the device was made: udev may have won
+            want["MAC"], have["MAC"] = mac.lower(), (live.address or "").lower()
         return [f"NIC {nic.nic}: {nic.device} {key} is {have[key]!r}, want {value!r}"
                 for key, value in want.items() if have[key] != value]
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from netmap import plan as p
 from netmap.errors import ApplyError
-from netmap.netlink import rtmsg, rtnl, shared_changes, vxlan_match
+from netmap.netlink import rtmsg, rtnl, shared_changes, udev, vxlan_match
 from netmap.netlink.endpoints import endpoint_for
 from netmap.netlink.kernel_steps import RtnlKernel, add_vxlan_remotes, link_attrs, link_data
 from netmap.state import PENDING, HostState
@@ -328,6 +328,25 @@ class Transaction(RtnlKernel):
         self._flush()
         self._flush_ovs()
         self.links = self.kernel.links()
+        self._macs_after_udev()
+
+    def _macs_after_udev(self) -> None:
+        """Each device made with a random MAC has netmap's once udev has handled it: udev
+        may have read the random one and written its own after netmap's (netlink/udev.py)."""
+        wanted = {action.step.target: mac for action in self.actions
+                  if action.verdict in ("create", "recreate")
+                  and (mac := action.step.mac_after_made())}
+        if not wanted or not udev.manages(self.kernel.netns):
+            return
+        udev.wait_handled([self.links[name].index for name in wanted if name in self.links])
+        self.links = self.kernel.links()
+        again = [(live.index, mac) for name, mac in wanted.items()
+                 if (live := self.links.get(name)) is not None
+                 and (live.address or "").lower() != mac.lower()]
+        for index, mac in again:  # a device netmap made this run: deleting it undoes this too
+            self.kernel.call(rtmsg.set_link(index, mac=mac))
+        if again:
+            self.links = self.kernel.links()
 
     def _run(self, action: Action) -> None:
         step = action.step

@@ -311,6 +311,12 @@ class Step:
             values = asdict(self)
         return {"kind": self.kind, **values}
 
+    def mac_after_made(self) -> str | None:
+        """The MAC netmap gives the device this step makes only after the kernel made it
+        with a random one (None: made with its MAC, or no device of its own): udev may take
+        such a device for one it should give a MAC of its own (netlink/udev.py)."""
+        return None
+
     def makes(self, verdict: str) -> bool:
         """Whether carrying out `verdict` makes something release must undo."""
         return verdict == "create"

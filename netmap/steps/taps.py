@@ -86,6 +86,9 @@ class CreateTap(LinkStep):
             "master": master, "up": have.up,
             "vlans": dict(live.bridge_vlans().get(self.name, {})) if master else {}})
 
+    def mac_after_made(self) -> str | None:
+        return self.mac  # TUNSETIFF makes the tap; its MAC is set after
+
     def create(self, ops: Changes, undo: Undo) -> None:
         ops.new_tap(self.name, multi_queue=self.multi_queue, mtu=self.mtu, mac=self.mac,
                     master=self.bridge, undo=undo)
