@@ -333,9 +333,9 @@ class Transaction(RtnlKernel):
     def _macs_after_udev(self) -> None:
         """Each device made with a random MAC has netmap's once udev has handled it: udev
         may have read the random one and written its own after netmap's (netlink/udev.py)."""
+        # also one a killed run made: udev may handle it only now
         wanted = {action.step.target: mac for action in self.actions
-                  if action.verdict in ("create", "recreate")
-                  and (mac := action.step.mac_after_made())}
+                  if action.verdict != "adopt" and (mac := action.step.mac_after_made())}
         if not wanted or not udev.manages(self.kernel.netns):
             return
         udev.wait_handled([self.links[name].index for name in wanted if name in self.links])

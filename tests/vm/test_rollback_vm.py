@@ -304,25 +304,8 @@ def comparable(snap: tuple[dict, dict]) -> tuple[dict, dict]:
     return dump, data
 
 
-@pytest.fixture
-def udev_held() -> Iterator[None]:
-    """udev's events queued, not run, while the test compares realized hosts. The VM's udev
-    runs the root file system's 99-default.link (MACAddressPolicy=persistent): a new tap has
-    a random MAC until realize sets its own, and udev, when its worker reads the tap before
-    that, writes a MAC of its own after it (seen: the bridge tap 2e:8b:57:c3:cc:1c instead
-    of fe:54:00:6b:00:02, after a realize whose killed predecessor had changed nothing). That
-    race is not a crash's; held here, it cannot hide one or pose as one."""
-    subprocess.run(["udevadm", "settle", "--timeout=60"], check=True)
-    subprocess.run(["udevadm", "control", "--stop-exec-queue"], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["udevadm", "control", "--start-exec-queue"], check=True)
-        subprocess.run(["udevadm", "settle", "--timeout=60"], check=True)
-
-
 def test_sigkill_then_realize_finishes_and_release_undoes(
-        four_modes, cli_ready, udev_held, tmp_path: Path) -> None:
+        four_modes, cli_ready, tmp_path: Path) -> None:
     """test_realize's crash mid-way: `netmap realize` killed by a real SIGKILL that strace
     delivers at its 1st, 9th, 17th … sendto, until one past the last (KILL_STRIDE, for
     time). After each kill the next `netmap realize` finishes the guest and verifies: the
