@@ -85,6 +85,16 @@ def interface_xml(kind: str, mac: str, source: str) -> str:
     </interface>
 """
 
+def python_binding_missing() -> str | None:
+    """Why netmap's libvirt commands (locate, migrate, drain --execute) cannot run here, or
+    None."""
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "libvirt-python is not installed (pip install libvirt-python)"
+    return None
+
+
 def missing() -> str | None:
     """Why private daemons cannot run here, or None."""
     if os.geteuid() != 0:

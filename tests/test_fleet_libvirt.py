@@ -30,22 +30,14 @@ sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
 from libvirt_lab import PrivateLibvirtd, ip_json
 
-
-def _libvirt_python() -> str | None:
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        return "libvirt-python is not installed (pip install libvirt-python)"
-    return None
-
-
 pytestmark = [
     pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
     pytest.mark.netns,
     pytest.mark.qemu,
     needs_netns,
     pytest.mark.skipif(libvirt_lab.missing() is not None, reason=str(libvirt_lab.missing())),
-    pytest.mark.skipif(_libvirt_python() is not None, reason=str(_libvirt_python())),
+    pytest.mark.skipif(libvirt_lab.python_binding_missing() is not None,
+                       reason=str(libvirt_lab.python_binding_missing())),
 ]
 
 HOSTS = {"host-a": ("eth1", "eth0", 1), "host-b": ("eno3", "eno2", 2),

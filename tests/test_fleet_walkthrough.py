@@ -25,14 +25,6 @@ import libvirt_lab  # scripts/ is not a package
 import ssh_lab
 
 
-def _libvirt_python() -> str | None:
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        return "libvirt-python is not installed (pip install libvirt-python)"
-    return None
-
-
 def walkthrough() -> list[str]:
     """The README block that starts the lab: its command lines, continuations joined,
     comment-only and blank lines dropped, each with its comment."""
@@ -85,7 +77,8 @@ def lab_test(test):
             needs_netns,
             pytest.mark.skipif(libvirt_lab.missing() is not None,
                                reason=str(libvirt_lab.missing())),
-            pytest.mark.skipif(_libvirt_python() is not None, reason=str(_libvirt_python())),
+            pytest.mark.skipif(libvirt_lab.python_binding_missing() is not None,
+                       reason=str(libvirt_lab.python_binding_missing())),
             pytest.mark.skipif(ssh_lab.MISSING is not None, reason=f"needs {ssh_lab.MISSING}")]):
         test = mark(test)
     return test

@@ -19,22 +19,14 @@ from tests.conftest import EXAMPLE_MAPPINGS, REPO, needs_netns
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
 
-
-def _libvirt_python() -> str | None:
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        return "libvirt-python is not installed (pip install libvirt-python)"
-    return None
-
-
 pytestmark = [
     pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
     pytest.mark.netns,
     pytest.mark.qemu,
     needs_netns,
     pytest.mark.skipif(libvirt_lab.missing() is not None, reason=str(libvirt_lab.missing())),
-    pytest.mark.skipif(_libvirt_python() is not None, reason=str(_libvirt_python())),
+    pytest.mark.skipif(libvirt_lab.python_binding_missing() is not None,
+                       reason=str(libvirt_lab.python_binding_missing())),
 ]
 
 SCRIPT = [sys.executable, str(REPO / "scripts/libvirt_lab.py")]
