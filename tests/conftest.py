@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -147,6 +148,35 @@ def cli_lab_factory(lab_factory: Callable[..., object], mappings: Path, tmp_path
 
 
 # --- shared builders and readers (one of each, so tests say the same thing the same way) ----
+
+def lab_namespaces(prefix: str) -> list[str]:
+    """The namespaces of the lab built with `prefix` (PREFIX-HOST, PREFIX-fabric)."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.startswith(f"{prefix}-")]
+
+
+def wait_until_up(up: subprocess.Popen) -> str:
+    """What a lab script's `up` printed until it said the lab runs ("Ctrl-C ...")."""
+    assert up.stdout is not None
+    said = []
+    for line in up.stdout:
+        said.append(line)
+        if line.startswith("Ctrl-C"):
+            return "".join(said)
+    raise AssertionError("up ended early: " + "".join(said)
+                         + (up.stderr.read() if up.stderr else ""))
+
+
+def interrupt(up: subprocess.Popen, timeout: float = 120) -> None:
+    """Ctrl-C to a lab script's `up`, as a user stops it; killed if it does not end."""
+    up.send_signal(signal.SIGINT)
+    try:
+        up.wait(timeout)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
 
 def write_fleet(root: Path, networks: str, hosts: dict[str, str],
                 guests: dict[str, str]) -> Path:

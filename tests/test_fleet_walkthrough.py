@@ -11,14 +11,13 @@ import os
 import pwd
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, needs_netns
+from tests.conftest import REPO, interrupt, lab_namespaces, needs_netns, wait_until_up
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
@@ -110,11 +109,6 @@ def _alive(process: tuple[str, str]) -> bool:
     return stat[19] == started and stat[0] != "Z"
 
 
-def _namespaces(prefix: str) -> list[str]:
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listed.splitlines() if line.startswith(f"{prefix}-")]
-
-
 @lab_test
 def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
     problem = libvirt_lab.isolation_problem()
@@ -149,8 +143,8 @@ def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
             if "libvirt_lab.py up" in command:
                 up = subprocess.Popen(shlex.split(command), stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-                _wait_for_lab(up)
-                seen = _processes_in(_namespaces(prefix))
+                wait_until_up(up)
+                seen = _processes_in(lab_namespaces(prefix))
                 for host in ("host-a", "host-b", "host-c"):  # on its loopback only
                     netns = f"{prefix}-{host}"
                     listening = subprocess.run(
@@ -176,17 +170,12 @@ def test_readme_walkthrough_as_written(tmp_path: Path) -> None:
         assert f"{tmp_path}/fleet/ssh/bin/netmap" in found.stdout, found.stdout + found.stderr
     finally:
         if up is not None:
-            seen.update(_processes_in(_namespaces(prefix)))
-            up.send_signal(signal.SIGINT)
-            try:
-                up.wait(120)
-            finally:
-                if up.poll() is None:
-                    up.kill()
+            seen.update(_processes_in(lab_namespaces(prefix)))
+            interrupt(up)
     assert up is not None, up.stderr.read() if up and up.stderr else ""
     assert up.returncode == 0, up.stderr.read() if up and up.stderr else ""
     assert changed == {"mtu": True, "down": True}
-    assert _namespaces(prefix) == []
+    assert lab_namespaces(prefix) == []
     # sshd (the listener and each connection's), socat, libvirtd and QEMU ran there
     assert {"sshd", "libvirtd", "qemu-system-x86"} <= set(seen.values()), seen
     assert {p: name for p, name in seen.items() if _alive(p)} == {}
@@ -200,17 +189,6 @@ def _files(directory: Path) -> dict[str, tuple[int, int]]:
         return {}
     return {path.name: (path.stat().st_size, path.stat().st_mtime_ns)
             for path in directory.iterdir()}
-
-
-def _wait_for_lab(up: subprocess.Popen) -> None:
-    assert up.stdout is not None
-    said = []
-    for line in up.stdout:
-        said.append(line)
-        if line.startswith("Ctrl-C"):
-            return
-    raise AssertionError("up ended early: " + "".join(said) + (up.stderr.read()
-                                                                 if up.stderr else ""))
 
 
 def _check_step(command: str, stdout: str, changed: dict[str, bool], tmp_path: Path) -> None:

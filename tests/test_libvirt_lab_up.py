@@ -7,14 +7,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_MAPPINGS, REPO, needs_netns
+from tests.conftest import (
+    EXAMPLE_MAPPINGS,
+    REPO,
+    interrupt,
+    lab_namespaces,
+    needs_netns,
+    wait_until_up,
+)
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
@@ -30,11 +36,6 @@ pytestmark = [
 ]
 
 SCRIPT = [sys.executable, str(REPO / "scripts/libvirt_lab.py")]
-
-
-def _namespaces(prefix: str) -> list[str]:
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listed.splitlines() if line.startswith(prefix)]
 
 
 def test_up_gives_the_walkthrough_a_lab_that_migrates(tmp_path: Path) -> None:
@@ -63,14 +64,7 @@ def test_up_gives_the_walkthrough_a_lab_that_migrates(tmp_path: Path) -> None:
                               text=True, cwd=REPO, env=env, timeout=240, check=False)
 
     try:
-        assert up.stdout is not None
-        said = []
-        for line in up.stdout:
-            said.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        else:
-            raise AssertionError("up ended early: " + "".join(said) + up.stderr.read())
+        wait_until_up(up)
         for host in ("host-a", "host-b", "host-c"):
             text = (fleet / "hosts" / f"{host}.toml").read_text()
             assert f'netns = "{prefix}-{host}"' in text
@@ -90,11 +84,6 @@ def test_up_gives_the_walkthrough_a_lab_that_migrates(tmp_path: Path) -> None:
         for guest, dest in dests.items():
             assert f'host = "{dest}"' in (fleet / "guests" / f"{guest}.toml").read_text()
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(120)
-        finally:
-            if up.poll() is None:
-                up.kill()
+        interrupt(up)
     assert up.returncode == 0, up.stderr.read() if up.stderr else ""
-    assert _namespaces(prefix) == []
+    assert lab_namespaces(prefix) == []

@@ -13,7 +13,6 @@ import re
 import select
 import shlex
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -27,7 +26,14 @@ import pytest
 from netmap.load import load_fleet
 from netmap.model.names import tap_name
 from netmap.netlink.rtnl import entered_netns
-from tests.conftest import EXAMPLE_MAPPINGS, REPO, needs_netns
+from tests.conftest import (
+    EXAMPLE_MAPPINGS,
+    REPO,
+    interrupt,
+    lab_namespaces,
+    needs_netns,
+    wait_until_up,
+)
 from tests.frames import frame
 from tests.ovs_lab import missing
 from tests.test_realize import tap_fd
@@ -102,11 +108,6 @@ def test_up_rebinds_prod_to_ovs_and_keeps_the_mappings_valid(tmp_path: Path) -> 
     text = (fleet_dir / "hosts/host-b.toml").read_text()
     assert text.startswith("# Same fabric as host-a, other NIC names")  # comments stay
     assert "the underlay needs an address" not in text  # with the table it was in
-
-
-def _namespaces(prefix: str) -> list[str]:
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listed.splitlines() if line.startswith(f"{prefix}-")]
 
 
 def _daemons(directory: Path) -> list[str]:
@@ -208,15 +209,7 @@ def test_readme_ovs_walkthrough(tmp_path: Path) -> None:
 
     tap = tap_name("g1", 0)
     try:
-        assert up.stdout is not None
-        said = []
-        for line in up.stdout:
-            said.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        else:
-            raise AssertionError("up ended early: " + "".join(said) + up.stderr.read())
-        said_text = "".join(said)
+        said_text = wait_until_up(up)
         assert "removed [networks.tenant-blue] (vxlan on eth0)" in said_text
         assert f"ovs-vsctl --db=unix:{ovs_dir}/host-a/db.sock show" in said_text
 
@@ -284,14 +277,8 @@ def test_readme_ovs_walkthrough(tmp_path: Path) -> None:
         assert tap not in links
         assert next(steps, None) is None  # every README step ran
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(60)
-        finally:
-            if up.poll() is None:
-                up.kill()
-                up.wait()
+        interrupt(up, 60)
     assert up.returncode == 0, up.stderr.read() if up.stderr else ""
-    assert _namespaces(prefix) == []
+    assert lab_namespaces(prefix) == []
     assert _daemons(ovs_dir) == []
     assert not ovs_dir.exists()
