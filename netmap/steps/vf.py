@@ -96,7 +96,9 @@ class ClaimVf(Step):
         drift = vf_repair.compare(self, live, vf)
         if not drift.differs:
             return Action(nic, self, "unchanged")
-        held = live.macvtap_holders(str(self.macvtap)) if drift.macvtap_there else []
+        # who holds the macvtap open decides only here, and names them in a refusal
+        asked = drift.macvtap_there and not (finished and not drift.fixed)
+        held = live.macvtap_holders(str(self.macvtap)) if asked else []
         if not (finished or held):
             return Action(nic, self, "repair", repair={"redo": drift.differs, "vf": vf.index})
         if drift.fixed:
@@ -118,7 +120,8 @@ class ClaimVf(Step):
                 for key, (have, want) in vf_repair.entry_changes(self, entry).items()]
 
     def makes(self, verdict: str) -> bool:
-        return verdict in ("create", "repair")  # a repair claims the VF again
+        # a repair claims the VF again or sets the claim's values back: netmap's either way
+        return verdict in ("create", "repair")
 
     def apply(self, ops: Changes, action: Action) -> None:
         undo = (self.describe_undo() or "", lambda: self.undo(ops, ops.undo_info(self)))
