@@ -172,6 +172,40 @@ def test_guest_edit_keeping_size_and_mtime_is_seen(mappings: Path, cache_dir: Pa
     assert same_as_uncached(mappings).guests["vm1"].host == "host-b"
 
 
+def test_stored_objects_keep_no_file_text(mappings: Path, cache_dir: Path) -> None:
+    """A stored host or guest names its file and a digest of the text, not the text (it
+    was half of a stored host's bytes); its lines are read back from the file."""
+    settle()
+    load_fleet(mappings)
+    with sqlite3.connect(_the_cache_file(cache_dir)) as db:
+        blobs = dict(db.execute("SELECT path, object FROM files"))
+    host_a = next(blob for path, blob in blobs.items() if path.endswith("host-a.toml"))
+    assert b"the underlay needs an address" not in host_a  # a comment of that file
+    assert not any(b"[networks." in blob or b"[[nics]]" in blob for blob in blobs.values())
+    warm = same_as_uncached(mappings)  # every source line of every host and guest too
+    source = warm.hosts["host-a"].bindings["prod"].source
+    assert Path(source.file).read_text().splitlines()[source.line - 1] == "[networks.prod]"
+
+
+def test_line_read_back_from_a_changed_file_is_unknown_not_another_versions(
+        mappings: Path, cache_dir: Path) -> None:
+    """A stored host's line is read from its file when asked for. Changed since it was
+    parsed (here after this load took the host from the store, size and mtime kept), the
+    file's lines belong to another version: the line is unknown, never the new one."""
+    settle()
+    load_fleet(mappings)
+    warm = load_fleet(mappings)
+    host = warm.hosts["host-a"]  # from the store: parsed by the load before
+    path = mappings / "hosts" / "host-a.toml"
+    old_line = path.read_text().splitlines().index("[networks.prod]") + 1
+    keep_size_and_mtime(path, "\n\n[networks.prod]\n", "\n[networks.prod]\n\n")
+    assert path.read_text().splitlines()[old_line - 2] == "[networks.prod]"  # one line up
+    assert host.bindings["prod"].source.line is None
+    assert host.uplinks["eth0"].source.line is None  # the same file: unknown too
+    fresh = load_fleet(mappings)  # the next load parses the file again: its lines are right
+    assert fresh.hosts["host-a"].bindings["prod"].source.line == old_line - 1
+
+
 def test_added_removed_and_renamed_files(mappings: Path, cache_dir: Path) -> None:
     settle()
     load_fleet(mappings)
