@@ -803,6 +803,7 @@ def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
     fleet = uncached(root)
     graph = build_graph(fleet)
     monkeypatch.setattr(placement, "PARALLEL_MIN_CANDIDATES", 2)
+    monkeypatch.setattr(placement, "idle_cpu", lambda: True)  # however busy this machine
     guests = list(fleet.guests)[:6]
     want = {(guest, strict): [c.as_dict() for c in placement.hosts_for(
         graph, guest, strict=strict, include_current=strict)]
@@ -825,6 +826,38 @@ def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
 
     monkeypatch.setattr(placement, "_checked", dies_in_the_child)
     assert answers() == want
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_hosts_for_forks_a_checker_only_with_a_cpu_idle(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        busy: bool) -> None:
+    """On a busy machine the second checking process waits for a core: its fork and its
+    pickles only add CPU time. It is started only when the load average leaves a CPU idle
+    (as the load's second parsing process); the answer is the same either way."""
+    import concurrent.futures
+
+    from netmap.query import placement
+
+    root = tmp_path / "generated"
+    generate_fleet(root, 60, 20, seed=7)
+    fleet = uncached(root)
+    guest = next(iter(fleet.guests))
+    want = [c.as_dict() for c in placement.hosts_for_fleet(fleet, guest)]
+    monkeypatch.setattr(placement, "PARALLEL_MIN_CANDIDATES", 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5 if busy else 0.2, 0.0, 0.0))
+    pools: list[object] = []
+    real_pool = concurrent.futures.ProcessPoolExecutor
+
+    def counted_pool(*args, **kwargs):
+        pools.append(args)
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", counted_pool)
+    got = [c.as_dict() for c in placement.hosts_for_fleet(fleet, guest, parallel=True)]
+    assert got == want
+    assert len(pools) == (0 if busy else 1)
 
 
 def test_fleet_file_names_list_what_glob_lists(mappings: Path) -> None:

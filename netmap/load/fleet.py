@@ -20,6 +20,7 @@ from netmap.load.guests import StoredGuests
 from netmap.load.hosts import StoredHosts
 from netmap.load.store import Identity, Parsed, Row, Store, identity, is_guest, settled, unpickled
 from netmap.model.fleet import Fleet, Guest, Host, Network, mapping_file
+from netmap.support.cpus import idle_cpu
 from netmap.support.gcpause import gc_paused
 
 if TYPE_CHECKING:
@@ -263,22 +264,6 @@ class _SecondProcess:
     def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def idle_cpu() -> bool:
-    """Whether a second CPU is free for the worker: there is one, and the machine's run
-    queue (the load average over the last minute, this process included) leaves one idle.
-    On a busy machine the worker waits for a core and only adds its fork, its pickles and
-    their copy back: 10k hosts at load 4.6 on 2 CPUs took 4.1 s and 2.6 s of CPU with it,
-    3.1 s and 2.2 s without."""
-    cpus = len(os.sched_getaffinity(0))
-    if cpus < 2:
-        return False
-    try:
-        running = os.getloadavg()[0]
-    except OSError:  # no load average to read: as before it was asked
-        return True
-    return running <= cpus - 1
 
 
 def _parse_share(hosts: list[str], guests: list[str],
