@@ -1300,7 +1300,7 @@ def test_store_of_this_format_with_other_columns_is_made_anew(
     settle()
     load_fleet(mappings)
     with sqlite3.connect(_the_cache_file(cache_dir)) as db:
-        db.execute("ALTER TABLE files DROP COLUMN macs")
+        db.execute("ALTER TABLE files DROP COLUMN key")
     host = mappings / "hosts" / "host-a.toml"
     host.write_text(host.read_text().replace("mtu = 9000", "mtu = 8000", 1))
     settle()
