@@ -1251,6 +1251,23 @@ def test_warm_json_answers_import_no_parser_graph_or_pool(
     assert done.stdout.split() == ["0"], done.stderr
 
 
+def test_hosts_for_imports_no_graph_library(mappings: Path, cache_dir: Path) -> None:
+    """`hosts-for --json` checks its candidates without networkx (it is imported only to
+    search the L2 graph, when a finding needs it), cold and warm; warm, it parses no TOML."""
+    import subprocess
+    import sys
+
+    probe = WARM_PROBE.format(window=WINDOW_NS, modules=("tomli", "networkx"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    command = [sys.executable, "-c", probe, "--mappings", str(mappings), "hosts-for", "vm1",
+               "--json"]
+    settle()
+    cold = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    assert cold.stdout.split() == ["0", "tomli"], cold.stderr
+    warm = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    assert warm.stdout.split() == ["0"], warm.stderr
+
+
 def test_walking_a_warm_fleet_reads_it_in_few_queries(
         tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller that walks every host or guest by name (`{**fleet.guests}`, as the libvirt
