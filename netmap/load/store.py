@@ -55,8 +55,6 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from netmap.model import fleet as model
-
 RACY_WINDOW_NS = 2_000_000_000
 FORMAT = 10  # of the tables: a store of another format is emptied and made anew
 Identity = tuple[int, int, int, int, int]
@@ -243,16 +241,13 @@ def unpickled(blob: bytes | None) -> Any:
 
 def pickled(value: object) -> bytes:
     """`value` as the store keeps it (and the second parsing process sends it): pickled
-    with the classes of its kind (host, guest, networks) already in the pickler's memo,
-    so that it names each of them by its index, not by module and name, after a byte
-    saying the kind. A pickle names each class it holds once, and a pickler checks each
-    name by importing its module and looking the class up: a host holds eight classes,
-    and that was a fifth of pickling 12k hosts and guests. `loaded` puts the classes of
-    that kind at the same indexes first."""
-    kind = 0 if isinstance(value, _HOST) else 1 if isinstance(value, _GUEST) else 2
-    memo, _ = _kinds()[kind]
+    with the model's classes already in the pickler's memo, so that it names each of them
+    by its index, not by module and name. A pickle names each class it holds once, and a
+    pickler checks each name by importing its module and looking the class up: a host
+    holds eight classes, and that was a fifth of pickling 12k hosts and guests. `loaded`
+    puts the same classes at the same indexes first."""
+    memo, _ = _model_classes()
     out = io.BytesIO()
-    out.write(bytes((kind,)))
     pickler = pickle.Pickler(out, pickle.HIGHEST_PROTOCOL)
     pickler.memo = memo
     pickler.dump(value)
@@ -261,35 +256,34 @@ def pickled(value: object) -> bytes:
 
 def loaded(blob: bytes) -> Any:
     """What `pickled` made of a value."""
-    _, prefix = _kinds()[blob[0]]
-    return pickle.loads(prefix + blob[1:])
+    _, prefix = _model_classes()
+    return pickle.loads(prefix + blob)
 
 
-_KINDS: list[tuple[dict[int, tuple[int, Any]], bytes]] = []
-_HOST, _GUEST = model.Host, model.Guest
+_MODEL_CLASSES: tuple[dict[int, tuple[int, Any]], bytes] | None = None
 
 
-def _kinds() -> list[tuple[dict[int, tuple[int, Any]], bytes]]:
-    """Per kind (host, guest, networks): the pickler memo holding the classes it is made
-    of, and the pickle opcodes that put them at the same indexes of an unpickler's memo
-    (protocol 4 and on number memo entries as they are made, so the indexes follow the
-    order). Only the kind's own: an unpickler looks each of them up."""
-    if not _KINDS:
+def _model_classes() -> tuple[dict[int, tuple[int, Any]], bytes]:
+    """The pickler memo holding the classes of what the store keeps, and the pickle
+    opcodes that put them at the same indexes of an unpickler's memo (protocol 4 and on
+    number memo entries as they are made, so the indexes follow the order)."""
+    global _MODEL_CLASSES
+    if _MODEL_CLASSES is None:
         from netmap.load.tomlcheck import LazySource, LineIndex
+        from netmap.model import fleet as model
 
-        sources = (model.Source, LazySource, LineIndex)
-        for classes in ((*sources, model.Host, model.Uplink, model.SriovPool, model.Binding,
-                         model.Vxlan), (*sources, model.Guest, model.GuestNic),
-                        (*sources, model.Network)):
-            ops = [pickle.PROTO + bytes((pickle.HIGHEST_PROTOCOL,))]
-            for cls in classes:
-                for text in (cls.__module__, cls.__qualname__):
-                    raw = text.encode()
-                    ops.append(pickle.SHORT_BINUNICODE + bytes((len(raw),)) + raw)
-                ops.append(pickle.STACK_GLOBAL + pickle.MEMOIZE + pickle.POP)
-            _KINDS.append(({id(cls): (index, cls) for index, cls in enumerate(classes)},
-                           b"".join(ops)))
-    return _KINDS
+        classes = (model.Host, model.Uplink, model.SriovPool, model.Binding, model.Vxlan,
+                   model.Source, model.Guest, model.GuestNic, model.Network, LazySource,
+                   LineIndex)
+        ops = [pickle.PROTO + bytes([pickle.HIGHEST_PROTOCOL])]
+        for cls in classes:
+            for text in (cls.__module__, cls.__qualname__):
+                raw = text.encode()
+                ops.append(pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw)
+            ops.append(pickle.STACK_GLOBAL + pickle.MEMOIZE + pickle.POP)
+        _MODEL_CLASSES = ({id(cls): (index, cls) for index, cls in enumerate(classes)},
+                          b"".join(ops))
+    return _MODEL_CLASSES
 
 
 def add_reader(reader: Reader) -> None:
