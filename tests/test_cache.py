@@ -187,25 +187,6 @@ def test_stored_objects_keep_no_file_text(mappings: Path, cache_dir: Path) -> No
     assert Path(source.file).read_text().splitlines()[source.line - 1] == "[networks.prod]"
 
 
-def test_stored_objects_name_the_model_classes_by_index(mappings: Path) -> None:
-    """The store pickles with the model's classes already in the pickler's memo (checking
-    each class's module and name cost a fifth of the pickling); what it loads is what it
-    pickled, other classes too, and a pickle without those indexes does not load."""
-    from netmap.rules.check import Finding
-
-    fleet = uncached(mappings)
-    for value in (*fleet.hosts.values(), *fleet.guests.values(), fleet.networks,
-                  Finding("X", "error", 1, "message", "hint")):
-        blob = store.pickled(value)
-        assert store.loaded(blob) == value
-        assert b"netmap.model.fleet" not in blob
-        assert (b"netmap.rules.check" in blob) == isinstance(value, Finding)
-    host = store.loaded(store.pickled(fleet.hosts["host-a"]))
-    assert [b.source.line for b in host.bindings.values()] == [
-        b.source.line for b in fleet.hosts["host-a"].bindings.values()]
-    assert store.unpickled(store.pickled(fleet.hosts["host-a"])[:-1]) is None  # damaged
-
-
 def test_line_read_back_from_a_changed_file_is_unknown_not_another_versions(
         mappings: Path, cache_dir: Path) -> None:
     """A stored host's line is read from its file when asked for. Changed since it was

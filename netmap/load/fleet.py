@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -17,17 +18,7 @@ from netmap.errors import InputError
 from netmap.load import parse, store
 from netmap.load.guests import StoredGuests
 from netmap.load.hosts import StoredHosts
-from netmap.load.store import (
-    Identity,
-    Parsed,
-    Row,
-    Store,
-    identity,
-    is_guest,
-    loaded,
-    settled,
-    unpickled,
-)
+from netmap.load.store import Identity, Parsed, Row, Store, identity, is_guest, settled, unpickled
 from netmap.model.fleet import Fleet, Guest, Host, Network, mapping_file
 from netmap.support.cpus import idle_cpu
 from netmap.support.gcpause import gc_paused
@@ -123,7 +114,7 @@ def _load_with(db: Store, base: Path, files: tuple[list[str], list[str]],
                         return value
                 theirs = second.result(path)
                 if theirs is not None:
-                    value = loaded(theirs)
+                    value = pickle.loads(theirs)
                     fresh[path] = (value, theirs)
                     return value
                 value = parser(path, *args)
@@ -233,7 +224,7 @@ def _identity(path: str) -> Identity | None:
 
 
 def _pickled(value: object) -> bytes:
-    return store.pickled(value)
+    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
 
 
 class _SecondProcess:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import os
 import pickle
 import re
@@ -234,56 +233,9 @@ def unpickled(blob: bytes | None) -> Any:
     if blob is None:
         return None
     try:
-        return loaded(blob)
+        return pickle.loads(blob)
     except Exception:
         return None
-
-
-def pickled(value: object) -> bytes:
-    """`value` as the store keeps it (and the second parsing process sends it): pickled
-    with the model's classes already in the pickler's memo, so that it names each of them
-    by its index, not by module and name. A pickle names each class it holds once, and a
-    pickler checks each name by importing its module and looking the class up: a host
-    holds eight classes, and that was a fifth of pickling 12k hosts and guests. `loaded`
-    puts the same classes at the same indexes first."""
-    memo, _ = _model_classes()
-    out = io.BytesIO()
-    pickler = pickle.Pickler(out, pickle.HIGHEST_PROTOCOL)
-    pickler.memo = memo
-    pickler.dump(value)
-    return out.getvalue()
-
-
-def loaded(blob: bytes) -> Any:
-    """What `pickled` made of a value."""
-    _, prefix = _model_classes()
-    return pickle.loads(prefix + blob)
-
-
-_MODEL_CLASSES: tuple[dict[int, tuple[int, Any]], bytes] | None = None
-
-
-def _model_classes() -> tuple[dict[int, tuple[int, Any]], bytes]:
-    """The pickler memo holding the classes of what the store keeps, and the pickle
-    opcodes that put them at the same indexes of an unpickler's memo (protocol 4 and on
-    number memo entries as they are made, so the indexes follow the order)."""
-    global _MODEL_CLASSES
-    if _MODEL_CLASSES is None:
-        from netmap.load.tomlcheck import LazySource, LineIndex
-        from netmap.model import fleet as model
-
-        classes = (model.Host, model.Uplink, model.SriovPool, model.Binding, model.Vxlan,
-                   model.Source, model.Guest, model.GuestNic, model.Network, LazySource,
-                   LineIndex)
-        ops = [pickle.PROTO + bytes([pickle.HIGHEST_PROTOCOL])]
-        for cls in classes:
-            for text in (cls.__module__, cls.__qualname__):
-                raw = text.encode()
-                ops.append(pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw)
-            ops.append(pickle.STACK_GLOBAL + pickle.MEMOIZE + pickle.POP)
-        _MODEL_CLASSES = ({id(cls): (index, cls) for index, cls in enumerate(classes)},
-                          b"".join(ops))
-    return _MODEL_CLASSES
 
 
 def add_reader(reader: Reader) -> None:
@@ -379,7 +331,7 @@ class Store:
         try:
             found = self._connection().execute(
                 "SELECT object FROM files WHERE path = ? AND key = ?", (path, key)).fetchone()
-            return None if found is None else loaded(found[0])
+            return None if found is None else pickle.loads(found[0])
         except Exception:  # a damaged row, though ours: a miss
             return None
 
@@ -416,7 +368,7 @@ class Store:
         try:
             found = self.db.execute("SELECT networks FROM meta WHERE networks_key = ?",
                                     (key,)).fetchone()
-            return None if found is None or found[0] is None else loaded(found[0])
+            return None if found is None or found[0] is None else pickle.loads(found[0])
         except Exception:  # a damaged value, though ours: parse the file
             return None
 
