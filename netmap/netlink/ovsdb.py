@@ -31,6 +31,7 @@ VSWITCHD_LOCK = "ovs_vswitchd"  # the OVSDB lock ovs-vswitchd holds while it run
 # ports): a transaction of many changes is given that much time, with room, per change
 VSWITCHD_SECONDS_PER_CHANGE = 0.1
 DATABASE = "Open_vSwitch"
+_NAMES_SELECTED = 64  # more port names than this are read by reading every port
 # the columns netmap reads (vswitch.ovsschema, the same since OVS 2.x)
 _COLUMNS = {"Bridge": ["_uuid", "name", "datapath_type", "external_ids", "ports"],
             "Port": ["_uuid", "name", "tag", "trunks", "external_ids", "interfaces"],
@@ -292,8 +293,12 @@ class Ovsdb:
     def _read(self) -> None:
         """One select of the root, every bridge, and the ports and interfaces of the names
         asked for (every one without)."""
+        # each select of a name is a scan of the table by ovsdb-server: many names are
+        # read as one scan of all and kept here by name
+        wanted = set(self._names) if self.partial and len(self._names) > _NAMES_SELECTED \
+            else None
         names: list[list[Any]] = ([[["name", "==", name]] for name in self._names]
-                                  if self.partial else [[]])
+                                  if self.partial and wanted is None else [[]])
         ops = [{"op": "select", "table": DATABASE, "where": [], "columns": ["_uuid"]},
                {"op": "select", "table": "Bridge", "where": [], "columns": _COLUMNS["Bridge"]}]
         for table in ("Port", "Interface"):
@@ -301,7 +306,8 @@ class Ovsdb:
                      "columns": _COLUMNS[table]} for where in names]
         result = self._transact(ops, "read the database")
         roots = result[0]["rows"]
-        found = [r["rows"] for r in result[2:]]
+        found = [[row for row in r["rows"] if wanted is None or row["name"] in wanted]
+                 for r in result[2:]]
         half = len(found) // 2
         self._view = _View(
             _uuid(roots[0]["_uuid"]) if roots else None,
