@@ -22,12 +22,15 @@ import re
 from itertools import accumulate
 from typing import Any
 
+# The patterns are written as runs ("unrolled": [^"\\]* then an escape and a run again),
+# not one character per alternative: three times faster on a reply of 160 kB.
+_CHARS = r'[^"\\]*(?:\\.[^"\\]*)*'  # a string's characters, escapes included
 # whatever holds no unterminated string: other characters and whole strings (C speed)
-_WHOLE = re.compile(r'(?:[^"]|"(?:[^"\\]|\\.)*")*', re.S)
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)  # one whole string
-_STRING_REST = re.compile(r'(?:[^"\\]|\\.)*"', re.S)  # the rest of one, to its end
+_WHOLE = re.compile(r'[^"]*(?:"' + _CHARS + r'"[^"]*)*', re.S)
+_STRING = re.compile('"' + _CHARS + '"', re.S)  # one whole string
+_STRING_REST = re.compile(_CHARS + '"', re.S)  # the rest of one, to its end
 _NOT_BRACKET = re.compile(r"[^{}\[\]]+")
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]]', re.S)
+_TOKEN = re.compile('"' + _CHARS + r'"|[{}\[\]]', re.S)
 _DELTA = {"{": 1, "[": 1, "}": -1, "]": -1}
 _SPACE = re.compile(r"[ \t\r\n]*")
 

@@ -36,6 +36,9 @@ _NAMES_SELECTED = 64  # more port names than this are read by reading every port
 _COLUMNS = {"Bridge": ["_uuid", "name", "datapath_type", "external_ids", "ports"],
             "Port": ["_uuid", "name", "tag", "trunks", "external_ids", "interfaces"],
             "Interface": ["_uuid", "name", "type", "ofport", "error", "external_ids"]}
+# what a read-back reads (PortStatus): not the external_ids maps, the most of a port's row
+_STATUS = {"Bridge": ["_uuid", "name", "ports"], "Port": ["_uuid", "name", "tag", "interfaces"],
+           "Interface": ["_uuid", "name", "ofport", "error"]}
 
 
 @dataclass(frozen=True)
@@ -204,16 +207,16 @@ class Ovsdb:
         self._monitoring = False
         self.partial = ports is not None
         self._names = sorted(ports) if ports is not None else []
-        self._view: _View | None = None
         self._bridges: dict[str, OvsBridge] | None = None
-        self._read()
+        self._status: dict[str, _Ports] | None = None  # read back after a change
+        self._view: _View | None = self._read()
 
     def all_ports(self) -> None:
         """Read every port from now on (a partial view cannot say what else a bridge
         holds)."""
         if self.partial:
             self.partial = False
-            self._read()
+            self._view, self._bridges = self._read(), None
 
     def close(self) -> None:
         self._rpc.close()
@@ -290,9 +293,9 @@ class Ovsdb:
                 self.cur_cfg = new["cur_cfg"]
 
     # --- reading ----------------------------------------------------------------------------
-    def _read(self) -> None:
+    def _read(self, columns: dict[str, list[str]] = _COLUMNS) -> _View:
         """One select of the root, every bridge, and the ports and interfaces of the names
-        asked for (every one without)."""
+        asked for (every one without): `columns` of each."""
         # each select of a name is a scan of the table by ovsdb-server: many names are
         # read as one scan of all and kept here by name
         wanted = set(self._names) if self.partial and len(self._names) > _NAMES_SELECTED \
@@ -300,26 +303,30 @@ class Ovsdb:
         names: list[list[Any]] = ([[["name", "==", name]] for name in self._names]
                                   if self.partial and wanted is None else [[]])
         ops = [{"op": "select", "table": DATABASE, "where": [], "columns": ["_uuid"]},
-               {"op": "select", "table": "Bridge", "where": [], "columns": _COLUMNS["Bridge"]}]
+               {"op": "select", "table": "Bridge", "where": [], "columns": columns["Bridge"]}]
         for table in ("Port", "Interface"):
             ops += [{"op": "select", "table": table, "where": where,
-                     "columns": _COLUMNS[table]} for where in names]
+                     "columns": columns[table]} for where in names]
         result = self._transact(ops, "read the database")
         roots = result[0]["rows"]
         found = [[row for row in r["rows"] if wanted is None or row["name"] in wanted]
                  for r in result[2:]]
         half = len(found) // 2
-        self._view = _View(
-            _uuid(roots[0]["_uuid"]) if roots else None,
-            {row["name"]: row for row in result[1]["rows"]},
-            {_uuid(row["_uuid"]): row for rows in found[:half] for row in rows},
-            {_uuid(row["_uuid"]): row for rows in found[half:] for row in rows})
-        self._bridges = None
+        return _View(_uuid(roots[0]["_uuid"]) if roots else None,
+                     {row["name"]: row for row in result[1]["rows"]},
+                     {_uuid(row["_uuid"]): row for rows in found[:half] for row in rows},
+                     {_uuid(row["_uuid"]): row for rows in found[half:] for row in rows})
 
     def _current(self) -> _View:
         if self._view is None:  # changed since the last read
-            self._read()
-        return cast(_View, self._view)
+            self._view, self._bridges = self._read(), None
+        return self._view
+
+    @staticmethod
+    def _ports(view: _View, bridge: dict[str, Any]) -> _Ports:
+        rows = {view.ports[u]["name"]: view.ports[u] for u in _uuids(bridge["ports"])
+                if u in view.ports}
+        return _Ports(bridge["name"], rows, view.interfaces)
 
     def bridges(self) -> dict[str, OvsBridge]:
         """Every bridge with the ports read; converted once per read (a realize of N
@@ -329,17 +336,24 @@ class Ovsdb:
         if self._bridges is None:
             self._bridges = {}
             for name, row in view.bridges.items():
-                ports = {view.ports[u]["name"]: view.ports[u] for u in _uuids(row["ports"])
-                         if u in view.ports}
                 self._bridges[name] = OvsBridge(name, row["datapath_type"] or "system",
-                                                _Ports(name, ports, view.interfaces),
+                                                self._ports(view, row),
                                                 _map(row["external_ids"]))
         return self._bridges
 
     def port_status(self, bridge: str, port: str) -> PortStatus | None:
-        """PortStatus of `port` on `bridge` (None: not a port of it)."""
-        live = self.bridges().get(bridge)
-        return cast(_Ports, live.ports).status(port) if live is not None else None
+        """PortStatus of `port` on `bridge` (None: not a port of it); after a change, from
+        a read of only what a PortStatus holds."""
+        if self._view is not None:
+            live = self.bridges().get(bridge)
+            ports = cast(_Ports, live.ports) if live is not None else None
+        else:
+            if self._status is None:
+                view = self._read(_STATUS)
+                self._status = {name: self._ports(view, row)
+                                for name, row in view.bridges.items()}
+            ports = self._status.get(bridge)
+        return ports.status(port) if ports is not None else None
 
     def vswitchd_running(self) -> bool:
         """ovs-vswitchd holds the OVSDB lock "ovs_vswitchd" while it runs: asking for it
@@ -380,7 +394,8 @@ class Ovsdb:
         try:
             result = self._transact(ops, "commit the transaction", seconds)
         finally:
-            self._view = None  # whatever happened, the next read reads anew
+            # whatever happened, the next read reads anew
+            self._view, self._bridges, self._status = None, None, None
         if wait_vswitchd:
             if monitor is not None:
                 self._updated(self._result(monitor, "watch ovs-vswitchd's cur_cfg"))
