@@ -7,7 +7,9 @@ is read back with ovs-vsctl."""
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +119,16 @@ def test_a_partial_connection_reads_the_ports_asked_for_and_no_other(server, ask
         assert [i.name for i in ports["p0"].interfaces] == ["p0"]
         db.all_ports()
         assert sorted(db.bridges()["br0"].ports) == ["br0", "other", "p0", "p1"]
+
+
+def test_a_server_that_never_answers_is_an_apply_error(tmp_path: Path) -> None:
+    """Connected, but no reply to the first read: an ApplyError once the timeout is over,
+    not a wait without end."""
+    path = tmp_path / "db.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        started = time.monotonic()
+        with pytest.raises(ApplyError, match=r"could not read the database within 0\.3s"):
+            ovsdb.Ovsdb(f"unix:{path}", timeout=0.3)
+        assert time.monotonic() - started < 5
