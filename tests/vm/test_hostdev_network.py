@@ -49,10 +49,10 @@ def network_xml(pf: str) -> str:
 """
 
 
-# Debian's QEMU 7.2 cannot run in the VM: the VM sees QEMU 10's module dir where 7.2 looks
-# for its own TCG accelerator (scripts/vmlab-install's wrapper covers it), so libvirt runs
-# the lab's QEMU 10, found first on its PATH. <acpi/>: libvirt 9.0 passes -no-acpi, which
-# QEMU 10 no longer takes, to a guest without it.
+# Debian's QEMU 7.2 failed libvirt's capability probe in the VM (which sees QEMU 10's module
+# dir where 7.2 looks for its own modules: scripts/vmlab-install's wrapper covers it), so
+# libvirt runs the lab's QEMU 10, found first on its PATH. <acpi/>: libvirt 9.0 passes
+# -no-acpi, which QEMU 10 no longer takes, to a guest without it.
 QEMU = os.environ.get("NETMAP_VMLAB_QEMU", "/opt/netmap-vmlab/bin/qemu-system-x86_64")
 DOMAIN_XML = f"""<domain type='qemu'>
   <name>{DOMAIN}</name>
@@ -77,8 +77,7 @@ DOMAIN_XML = f"""<domain type='qemu'>
 def libvirtd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivateLibvirtd]:
     """A private libvirtd in the VM's own network namespace, without netmap's hook; its
     guests, daemon and tree are gone afterwards, also when the test failed."""
-    # a hypervisor that gives VFs to guests loads vfio-pci at boot; libvirt 9.0 refuses
-    # VFIO while /dev/vfio/vfio is missing instead of loading the module itself
+    # as on a hypervisor that gives VFs to guests (and as test_sriov's vfio test does)
     subprocess.run(["modprobe", "vfio-pci"], check=True)
     monkeypatch.setenv("PATH", f"{Path(QEMU).parent}:{os.environ['PATH']}")
     root = Path(tempfile.mkdtemp(prefix="nmhd-libvirt-"))
