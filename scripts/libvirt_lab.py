@@ -169,9 +169,12 @@ exec "$3" --pid-file /run/libvirtd.pid
 class PrivateLibvirtd:
     """One libvirtd for one lab host namespace, with netmap's hook installed."""
 
-    def __init__(self, root: Path, netns: str, host: str, mappings: Path,
+    def __init__(self, root: Path, netns: str | None, host: str, mappings: Path | None,
                  migration_host: str | None = None) -> None:
         """Lay out the daemon's private tree under `root` (created if missing).
+        `netns` None: the daemon runs in the caller's network namespace (a PF's VFs are
+        only in the namespace that holds the PF). `mappings` None: no netmap hook (each
+        call of it starts an interpreter: seconds under the VM lab's TCG).
         `migration_host`: the address a source's QEMU streams to when this daemon is the
         destination of a peer-to-peer migration (libvirt's default, its host name, means
         nothing in a lab namespace)."""
@@ -191,11 +194,13 @@ class PrivateLibvirtd:
             text = Path(f"/etc/{name}").read_text()
             (root / name).write_text(text if "\nlibvirt-qemu:" in "\n" + text
                                      else text.rstrip("\n") + "\n" + line + "\n")
-        hook = root / "etc/hooks/qemu.d/netmap"
-        hook.write_text(HOOK_WRAPPER.format(**{key: shlex.quote(str(value)) for key, value in (
-            ("log", self.hook_log), ("mappings", mappings), ("host", host), ("repo", _REPO),
-            ("python", sys.executable))}))
-        hook.chmod(0o755)
+        if mappings is not None:
+            hook = root / "etc/hooks/qemu.d/netmap"
+            hook.write_text(HOOK_WRAPPER.format(**{
+                key: shlex.quote(str(value)) for key, value in (
+                    ("log", self.hook_log), ("mappings", mappings), ("host", host),
+                    ("repo", _REPO), ("python", sys.executable))}))
+            hook.chmod(0o755)
         self.socket = root / "run/libvirt/libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
         self.process: subprocess.Popen | None = None
@@ -208,7 +213,7 @@ class PrivateLibvirtd:
         capabilities.mkdir(parents=True, exist_ok=True)
         shutil.copytree(capabilities, cache, dirs_exist_ok=True)
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, UNSHARE, "--mount", "--uts",
+            [*self._in_netns(), UNSHARE, "--mount", "--uts",
              "--propagation", "private", "sh", "-c", LAUNCH, "launch", self.host,
              str(self.root), LIBVIRTD],
             stdout=subprocess.DEVNULL, stderr=(self.root / "libvirtd.stderr").open("wb"))
@@ -222,6 +227,9 @@ class PrivateLibvirtd:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"libvirtd in {self.netns} did not answer: {self.log_tail()}")
             time.sleep(0.1)
+
+    def _in_netns(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         try:
@@ -239,13 +247,14 @@ class PrivateLibvirtd:
         """What a hung call may be waiting on: this namespace's TCP sockets (a migration
         stream that never connected, or stopped moving), each QEMU's state and kernel wait
         channel, and the daemon's log."""
-        sockets = subprocess.run(["ip", "netns", "exec", self.netns, "ss", "-tinp"],
+        sockets = subprocess.run([*self._in_netns(), "ss", "-tinp"],
                                  capture_output=True, text=True, check=False).stdout
         # which MAC each peer's address was learnt at, and the reverse-path filter that
         # drops what arrives on another interface than the route back
-        neighbours = subprocess.run(["ip", "-n", self.netns, "neigh", "show"],
+        neighbours = subprocess.run(["ip", *(["-n", self.netns] if self.netns else []),
+                                     "neigh", "show"],
                                     capture_output=True, text=True, check=False).stdout
-        filters = subprocess.run(["ip", "netns", "exec", self.netns, "sh", "-c",
+        filters = subprocess.run([*self._in_netns(), "sh", "-c",
                                   "grep -H . /proc/sys/net/ipv4/conf/*/rp_filter "
                                   "/proc/sys/net/ipv4/conf/all/arp_*"],
                                  capture_output=True, text=True, check=False).stdout

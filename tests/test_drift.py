@@ -245,6 +245,39 @@ def test_sriov_pool_missing_smaller_or_held_by_others(tmp_path: Path) -> None:
         drift_findings(host, healthy(sriov={"eno1": pool(num=4, used=(0, 2))}), mine))
 
 
+def test_a_vf_claim_whose_entry_carries_another_mac_is_taken(tmp_path: Path) -> None:
+    """libvirt's hostdev network picks a VF by its own count of connections, so it takes a VF
+    netmap claimed, binds it to vfio-pci and puts its guest's MAC on the PF's entry
+    (tests/vm/test_hostdev_network.py); netmap's claim is then lost, whoever overwrote it.
+    An entry with the claim's MAC (any case), a claim realize has not finished, or entries
+    not read (None) are no drift."""
+    host = host_from(tmp_path)
+
+    def inventory(entry_mac: str | None) -> Inventory:
+        vfs = tuple(VirtualFunctionUse(i, f"0000:3b:02.{i}", None if i == 1 else f"vf{i}",
+                                       "bound to vfio-pci" if i == 1 else None,
+                                       entry_mac=entry_mac if i == 1 else None)
+                    for i in range(4))
+        return healthy(sriov={"eno1": SriovPf("eno1", 8, 4, vfs)})
+
+    claim = TrackedDevice("eno1/vf1", ("vm3",), "vf", pf="eno1", vf=1, mac="52:54:00:00:00:04")
+    for other in ("52:54:00:6d:00:01", "00:00:00:00:00:00"):
+        taken = [f for f in drift_findings(host, inventory(other), [claim])
+                 if f.code == "VF_CLAIM_TAKEN"]
+        assert [f.severity for f in taken] == [ERROR], other
+        assert "VF 1 of eno1" in taken[0].message
+        assert "vm3" in taken[0].message
+        assert other in taken[0].message
+        assert "52:54:00:00:00:04" in taken[0].message
+        assert "netmap realize vm3" in taken[0].hint
+    for quiet, tracked in (("52:54:00:00:00:04", claim), ("52:54:00:00:00:04".upper(), claim),
+                           (None, claim),
+                           ("52:54:00:6d:00:01", TrackedDevice(
+                               "eno1/vf1", ("vm3",), "vf", pf="eno1", vf=1,
+                               mac="52:54:00:00:00:04", pending=True))):
+        assert "VF_CLAIM_TAKEN" not in codes(drift_findings(host, inventory(quiet), [tracked]))
+
+
 def test_features_missing_and_undeclared(tmp_path: Path) -> None:
     host = host_from(tmp_path)
     found = codes(drift_findings(host, healthy(features=frozenset({"bridge", "sriov"}))))
@@ -292,6 +325,7 @@ def test_tracked_devices_come_from_netmaps_real_state_file(tmp_path: Path) -> No
     assert (tracked[tap].role, tracked[tap].bridge) == ("tap", "br-eth1")
     assert (tracked[mvt].role, tracked[mvt].lower) == ("macvtap", "eth0")
     assert (tracked["eno1/vf1"].pf, tracked["eno1/vf1"].vf) == ("eno1", 1)
+    assert tracked["eno1/vf1"].mac == "52:54:00:00:00:04"  # what its PF entry must carry
     assert tracked_from_state(HostState.load("nobody", tmp_path)) == []
     assert tracked[tap].pending  # use() records a guest as pending until realize finishes
     state = HostState.load("h1", tmp_path)

@@ -105,6 +105,7 @@ class VirtualFunctionUse:
     pci: str
     netdev: str | None  # None: bound to vfio-pci or another non-network driver
     used_by: str | None = None  # why it counts as used: "vfio", "port of br0", "lower of nm…"
+    entry_mac: str | None = None  # the MAC on the PF's entry for it (None: not read)
 
     def as_dict(self) -> dict[str, object]:
         return {"index": self.index, "pci": self.pci, "netdev": self.netdev,

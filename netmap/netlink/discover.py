@@ -38,7 +38,8 @@ def _vf_use(vf: sysfs.VirtualFunction, links: dict[str, Interface],
         vf, up=bool(link and link.admin_up), master=link.master if link else None,
         uppers=uppers.get(vf.netdev or "", []), addresses=link.addresses if link else (),
         entry_mac=entry_macs.get(vf.index), netdev_mac=link.mac if link else None)
-    return VirtualFunctionUse(vf.index, vf.pci, vf.netdev, used_by)
+    return VirtualFunctionUse(vf.index, vf.pci, vf.netdev, used_by,
+                              entry_mac=entry_macs.get(vf.index))
 
 
 def read_sriov(links: list[Interface], root: str | Path | None = None,

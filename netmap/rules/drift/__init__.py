@@ -177,6 +177,23 @@ class _Drift(BindingDrift):
                      f"longer exists (sriov_numvfs is {pool.num_vfs}).",
                      f"raise sriov_numvfs of {entry.pf} and realize "
                      f"{entry.guests[0] if entry.guests else 'the guest'} again")
+            return
+        live = next((vf for vf in pool.vfs if vf.index == entry.vf), None)
+        if live is None or live.entry_mac is None or entry.mac is None or entry.pending:
+            return
+        if live.entry_mac.lower() != entry.mac.lower():
+            # a libvirt hostdev network on the same PF picks VFs by its own count and takes
+            # netmap's: the claim is lost, and the guest's MAC and VLAN are not on the VF
+            guest = entry.guests[0] if entry.guests else "GUEST"
+            held = f"; it is {live.used_by}" if live.netdev is None and live.used_by else ""
+            self.add("VF_CLAIM_TAKEN", ERROR,
+                     f"VF {entry.vf} of {entry.pf}, claimed by netmap for {entry.owners} with "
+                     f"MAC {entry.mac}, carries MAC {live.entry_mac} on its PF entry now{held}: "
+                     "someone else took it (a libvirt hostdev network on this PF picks VFs by "
+                     "its own count), and the guest's MAC and VLAN are no longer on it.",
+                     f"free the VF first (stop what holds it, or keep libvirt hostdev networks "
+                     f"off {entry.pf}), then 'netmap realize {guest}' sets the entry again; "
+                     f"or 'netmap release {guest}' if the guest is gone")
 
 
 FEATURE_MODULE = {"vhost-net": "vhost_net", "sriov": "the NIC driver with max_vfs"}

@@ -23,6 +23,7 @@ class TrackedDevice:
     pending: bool = False  # a realize recorded it and did not finish (crash, kill -9)
     multi_queue: bool | None = None  # a tap: made with IFF_MULTI_QUEUE (None: unknown)
     vid: int | None = None  # a bridge-vlan: the VLAN netmap added to port `name`
+    mac: str | None = None  # a VF claim: the guest's MAC, which the PF's entry must carry
 
     @property
     def is_link(self) -> bool:
@@ -56,11 +57,12 @@ def tracked_from_state(state: object) -> list[TrackedDevice]:
                                      pending=bool(unfinished & set(guests)),
                                      multi_queue=step.get("multi_queue")))
         elif key.startswith("vf:"):
-            pf = key.split(":", 2)[1]
+            _, pf, mac = key.split(":", 2)
             index = (record.get("info") or {}).get("index")
             vf = int(index) if index is not None else None
             out.append(TrackedDevice(f"{pf}/vf{vf}", guests, "vf", pf=pf, vf=vf,
-                                     lower=step.get("macvtap")))
+                                     lower=step.get("macvtap"), mac=mac,
+                                     pending=bool(unfinished & set(guests))))
         elif key.startswith("vlan:") and record.get("created"):
             port, _, vid = key[5:].rpartition(":")
             out.append(TrackedDevice(port, guests, "bridge-vlan", vid=int(vid),
