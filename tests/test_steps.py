@@ -715,6 +715,30 @@ def test_a_vf_whose_mac_moved_gets_it_back_while_its_entry_holds_none() -> None:
         ("set_vf", "eno1", {"vf": 3, "mac": other})]
 
 
+def test_a_done_claim_whose_vf_someone_elses_guest_took_is_refused_not_repaired() -> None:
+    """A libvirt hostdev network takes a VF of its pool by its own count, netmap's claim or
+    not: the VF leaves igbvf for vfio-pci and its entry gets that guest's MAC and VLAN (seen
+    in the VM lab). realize "repaired" the entry under the running guest; now it refuses,
+    changing nothing, and names the VF, the driver, the MAC found and the fix."""
+    whole = ClaimVf("eno1", GUEST_MAC, 100, True)
+    other = "52:54:00:77:00:01"
+    host = claimed_by_a_killed_run(whole, {"mac": other, "vlan": 300, "spoofchk": 1}, {})
+    host.state.records[whole.resource][2]["done"] = True
+    host.pools["eno1"] = Sriov(4, 8, tuple(
+        VirtualFunction(i, None if i == 3 else f"eno1v{i}", driver="vfio-pci" if i == 3
+                        else "igbvf") for i in range(4)))
+    with pytest.raises(ApplyError) as refused:
+        whole.decide(host, 0)
+    assert "VF 3 of eno1" in refused.value.problem
+    assert "vfio-pci" in refused.value.problem
+    assert other in refused.value.problem
+    assert "release vm1" in str(refused.value.fix)
+    # still on the host's VF driver, with the driver's own MAC after a reset: repaired
+    host.pools["eno1"] = Sriov(4, 8, tuple(VirtualFunction(i, f"eno1v{i}") for i in range(4)))
+    host.links["eno1v3"] = Link(7, "eno1v3", up=True, address=other)
+    assert whole.decide(host, 0).verdict == "repair"
+
+
 def test_an_unfinished_claim_is_made_again_only_while_no_process_holds_its_macvtap(
         ) -> None:
     """A claim a killed run left unfinished (not done) is made again as a first claim, from

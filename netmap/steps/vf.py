@@ -93,6 +93,8 @@ class ClaimVf(Step):
         done (a run killed after the record left half a claim, or none) is made again
         on the same VF as a first claim makes it, unless a process holds its macvtap.
         A done claim that drifted is repaired in place: a running guest may hold it."""
+        if finished:
+            self._refuse_if_taken(live, nic, vf)
         drift = vf_repair.compare(self, live, vf)
         if not drift.differs:
             return Action(nic, self, "unchanged")
@@ -112,6 +114,24 @@ class ClaimVf(Step):
                          f"macvtap {self.macvtap} made anew")
         repair, found = drift.as_repair()
         return Action(nic, self, "repair", repair=repair, undo_repair=found)
+
+    def _refuse_if_taken(self, live: LiveHost, nic: int, vf: VirtualFunctionView) -> None:
+        """A done claim whose VF left the host's VF driver (no netdev: vfio-pci, for a
+        guest) while its entry carries a MAC that is not the claim's: someone else's guest
+        has it, as a libvirt hostdev network's takes a VF of its pool by its own count
+        (drift says VF_CLAIM_TAKEN). Setting the entry back would change the MAC and VLAN
+        under that running guest. With a netdev on the host the VF is still where netmap
+        put it (the driver may have put its own MAC on the entry at a reset): repaired."""
+        mac = str(live.vf_entry(self.pf, vf.index).get("mac") or ZERO_MAC).lower()
+        if mac in (ZERO_MAC, self.mac.lower()) or (vf.netdev and vf.netdev in live.links):
+            return
+        raise refuse(f"VF {vf.index} of {self.pf} on {live.host}, claimed for NIC {nic} of "
+                     f"{live.guest}, is taken: bound to {vf.driver or 'no driver'} with MAC "
+                     f"{mac} on its entry, not {self.mac} (a guest of someone else's, such "
+                     "as a libvirt hostdev network's, holds it)",
+                     f"release {live.guest} on {live.host} ('netmap release {live.guest}') "
+                     "and realize again to claim another free VF; keep a PF out of libvirt's "
+                     "hostdev pools when netmap claims its VFs")
 
     def entry_differences(self, index: int, entry: Mapping[str, object]) -> list[str]:
         """How VF `index`'s entry (as the kernel reports it; {}: not at all) differs from

@@ -116,7 +116,8 @@ def test_libvirt_hostdev_network_guest_and_netmap_share_a_pf(
     and VLAN on the entry; discover, drift and check --live count it used; realize takes
     the other and refuses a second guest with the host unchanged. After destroy: igbvf,
     free, claimed by that guest. Started again, libvirt takes that VF from netmap (its
-    pool counts only its own guests) and drift says VF_CLAIM_TAKEN."""
+    pool counts only its own guests), drift says VF_CLAIM_TAKEN, and realize refuses to
+    set the entry back under that guest."""
     pf = two_vf_pf
     ip("link", "set", pf, "up")  # a host in service: check --live then judges the pool
     wait_until(lambda: has_carrier(pf), f"{pf}'s carrier")
@@ -218,6 +219,11 @@ def test_libvirt_hostdev_network_guest_and_netmap_share_a_pf(
     assert f"VF {vf} of {pf}" in taken[0]["message"], taken
     assert "g2" in taken[0]["message"], taken
     assert GUEST_MAC in taken[0]["message"], taken
+    # and realize does not take it back from under that running guest
+    assert main(["realize", "g2", "--host", HOST]) == 3
+    entry = next(e for e in vf_entries(pf) if e["vf"] == vf)
+    assert (entry["mac"], entry["vlan"]) == (GUEST_MAC, GUEST_VLAN), vf_entries(pf)
+    assert pci_driver(pf, vf) == "vfio-pci"
     libvirtd.virsh("destroy", DOMAIN)
     wait_until(lambda: pci_driver(pf, vf) == "igbvf", f"VF {vf} back on igbvf")
     for name in ("g1", "g2"):
