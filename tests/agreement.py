@@ -34,11 +34,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from ovs_lab import OvsInstance
 from steady import steady_link
 
 from netmap.cli import main
 from netmap.errors import ApplyError
 from netmap.load import load_fleet
+from netmap.model import names
 from netmap.model.fleet import Fleet, Host
 from netmap.netlink.apply import realize_plan, release_guest
 from netmap.netlink.kernel_support import KernelProbe, UnsupportedKernel
@@ -51,14 +53,26 @@ from netmap.state import HostState
 GUEST = "vm"
 SOURCE = "src"
 MAC = "52:54:00:a6:00:01"
+# ovs-from-bridge: the guest moves from a Linux-bridge host to an OVS host (the
+# destination's mode first), bridge-from-ovs back
 MODES = ("bridge", "vxlan-group", "vxlan-remotes", "vxlan6-group", "vxlan6-remotes",
          "macvtap-bridge", "macvtap-vepa",
-         "macvtap-private", "macvtap-passthrough", "sriov-hostdev", "sriov-macvtap")
+         "macvtap-private", "macvtap-passthrough", "sriov-hostdev", "sriov-macvtap",
+         "ovs", "ovs-from-bridge", "bridge-from-ovs")
 VARIANTS = ("plain", "two-nics", "mtu-exact", "mtu-uplink", "mtu-binding", "guest-mtu",
             "vlan-mismatch", "segment", "semantic-pinned", "vhost-required", "unbound",
             "vxlan-port", "vxlan-peers", "vxlan-family", "neighbour", "vf-pool",
             "max-guests", "max-endpoints", "neighbour-mtu", "shared-bridge", "mac-in-use",
-            "mac-in-use-same", "mac-duplicate", "long-uplink")
+            "mac-in-use-same", "mac-duplicate", "long-uplink", "ovs-bridge-exists",
+            "ovs-uplink-port")
+# A mixed move differs from the destination's own mode only in what check compares with
+# the source: the variants about the destination alone run in the modes of its own.
+MIXED = ("ovs-from-bridge", "bridge-from-ovs")
+MIXED_VARIANTS = ("plain", "two-nics", "mtu-exact", "mtu-uplink", "mtu-binding",
+                  "guest-mtu", "vlan-mismatch", "segment", "semantic-pinned",
+                  "mac-duplicate", "neighbour")
+# the datapath of an OVS bridge the live host cannot run: the other one
+OTHER_DATAPATH = {"netdev": "system", "system": "netdev"}
 # vxlan peers per address family: (group, other group, remotes); the underlay's own
 # address is UNDERLAY[family] (the live host gives its uplink that one)
 PEERS = {4: ("239.1.1.1", "239.1.1.2", ("10.250.0.2", "10.250.0.3")),
@@ -90,6 +104,8 @@ class Case:
     dest: str
     neighbours: tuple[str, ...] = ()  # guests placed on dest: realized there first
     guest: str = GUEST
+    # OVS bridges the operator made on dest before: (name, datapath type, ports)
+    ovs_bridges: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
 
 @dataclass
@@ -99,6 +115,7 @@ class Outcome:
     codes: tuple[str, ...]
     result: str  # realized | refused at <kind> | plan problem
     needs_vm: str | None = None  # what this tier's kernel lacks for the case, if anything
+    warnings: tuple[str, ...] = ()
 
 
 class LiveHost(Protocol):
@@ -110,7 +127,8 @@ class LiveHost(Protocol):
     sysfs_root: str | None
     probe: KernelProbe | None
 
-    def build(self, host: Host) -> None: ...
+    def build(self, host: Host, ovs_bridges: tuple[tuple[str, str, tuple[str, ...]], ...],
+              ) -> None: ...
     def clear(self, host: Host) -> None: ...
     def dump(self) -> object: ...
     def lacks_sriov(self) -> bool: ...
@@ -144,14 +162,31 @@ class _Params:
     neighbour_mac: str = "52:54:00:a6:00:99"
     aux_uplink: str = "up1"  # where the destination bridges network aux (MTU 1400)
     far_mac: str | None = None  # a guest on the source host with this MAC on `net`
+    # ovs: the datapath a bridge netmap creates gets (the tier's), the live host's OVSDB,
+    # and the OVS bridge the operator made before (its datapath, whether the uplink is
+    # already its port)
+    datapath: str = "netdev"
+    ovsdb: str | None = None
+    existing_datapath: str | None = None
+    existing_uplink_port: bool = False
 
 
-def _mode_parts(mode: str) -> tuple[str, dict[str, str]]:
-    """(binding mode, extra binding keys) for a generated mode."""
+def _ends(mode: str) -> tuple[str, str]:
+    """(the source's generated mode, the destination's) for a generated mode."""
+    if mode in MIXED:
+        dest, source = mode.split("-from-")
+        return source, dest
+    return mode, mode
+
+
+def _mode_parts(mode: str, datapath: str = "netdev") -> tuple[str, dict[str, str]]:
+    """(binding mode, extra binding keys) for one end's generated mode."""
     if mode.startswith("vxlan"):
         return "vxlan", {}
     if mode.startswith("sriov-"):
         return "sriov-vf", {"vf_attach": f'"{mode.removeprefix("sriov-")}"'}
+    if mode == "ovs":
+        return "ovs", {"datapath_type": f'"{datapath}"'}
     return mode, {}
 
 
@@ -159,7 +194,10 @@ def _variant(p: _Params) -> _Params | None:
     """The parameters of one variant, or None where it says nothing for this mode."""
     overlay, sriov = p.mode.startswith("vxlan"), p.mode.startswith("sriov")
     overhead = (70 if p.mode.startswith("vxlan6") else 50) if overlay else 0
+    dest_mode = _ends(p.mode)[1]
     v = p.variant
+    if p.mode in MIXED and v not in MIXED_VARIANTS:
+        return None
     if v == "plain":
         return p
     if v == "two-nics":
@@ -196,7 +234,14 @@ def _variant(p: _Params) -> _Params | None:
         return replace(p, neighbour="net", nic_mtu=1450, network_mtu=1400,
                        uplink_mtu=1500 + overhead)
     if v == "shared-bridge":  # another network in the same bridge, at its own MTU
-        return replace(p, neighbour="aux", aux_uplink=p.uplink) if p.mode == "bridge" else None
+        return replace(p, neighbour="aux", aux_uplink=p.uplink) if dest_mode in (
+            "bridge", "ovs") else None
+    if v == "ovs-bridge-exists":  # the operator's OVS bridge, of the datapath the host runs
+        return replace(p, existing_datapath=p.datapath,
+                       datapath=OTHER_DATAPATH[p.datapath]) if p.mode == "ovs" else None
+    if v == "ovs-uplink-port":  # ... with the uplink already its port
+        return replace(p, existing_datapath=p.datapath, existing_uplink_port=True) if (
+            p.mode == "ovs") else None
     if v == "vf-pool":
         return replace(p, neighbour="net", total_vfs=1) if sriov else None
     if v == "max-guests":
@@ -214,7 +259,7 @@ def _variant(p: _Params) -> _Params | None:
 
 
 def _network(p: _Params, source: bool) -> str:
-    mode, _ = _mode_parts(p.mode)
+    mode, _ = _mode_parts(_ends(p.mode)[1])
     if mode == "vxlan":
         return f"[networks.net]\nvni = 5001\nmtu = {p.network_mtu}\n"
     vlan = f"vlan = {p.vlan}\n" if p.vlan is not None else ""
@@ -223,7 +268,7 @@ def _network(p: _Params, source: bool) -> str:
 
 
 def _binding(p: _Params, uplink: str, *, dest: bool) -> str:
-    mode, extra = _mode_parts(p.mode)
+    mode, extra = _mode_parts(_ends(p.mode)[dest], p.datapath)
     lines = [f'mode = "{mode}"', f'uplink = "{uplink}"',
              *(f"{k} = {v}" for k, v in extra.items())]
     if dest and p.binding_mtu is not None:
@@ -244,12 +289,14 @@ def _binding(p: _Params, uplink: str, *, dest: bool) -> str:
 
 
 def _host(name: str, p: _Params, *, dest: bool, netns: str | None, pf: str) -> str:
-    mode, _ = _mode_parts(p.mode)
+    mode, extra = _mode_parts(_ends(p.mode)[dest], p.datapath)
     features = '"tun", "macvtap", "vxlan", "bridge", "sriov"' + (
         "" if dest and p.variant == "vhost-required" else ', "vhost-net"')
     head = [f'[host]\nname = "{name}"\nfeatures = [{features}]']
     if dest and netns:
         head.append(f'netns = "{netns}"')
+    if dest and p.ovsdb:  # a binding of the placed guests may be ovs too
+        head.append(f'ovsdb = "{p.ovsdb}"')
     if dest and p.max_guests is not None:
         head.append(f"max_guests = {p.max_guests}")
     if dest and p.max_endpoints is not None:
@@ -263,7 +310,10 @@ def _host(name: str, p: _Params, *, dest: bool, netns: str | None, pf: str) -> s
         text += f"sriov = {{ total_vfs = {p.total_vfs if dest else 8} }}\n"
     if dest:
         text += '\n[uplinks.up1]\nsegments = ["fab"]\nmtu = 1500\n'
-        text += f'\n[networks.aux]\nmode = "bridge"\nuplink = "{p.aux_uplink}"\n'
+        # in the bridge of `net` when it shares its uplink (an OVS port is on one bridge)
+        aux_mode, aux_extra = (mode, extra) if p.aux_uplink == uplink else ("bridge", {})
+        text += (f'\n[networks.aux]\nmode = "{aux_mode}"\nuplink = "{p.aux_uplink}"\n'
+                 + "".join(f"{k} = {v}\n" for k, v in aux_extra.items()))
     if p.bound or not dest:
         text += f"\n[networks.net]\n{_binding(p, uplink, dest=dest)}"
     return text
@@ -296,21 +346,27 @@ def _case(p: _Params, dest: str, netns: str | None, pf: str) -> Case:
         files["guests/nb.toml"] = _guest("nb", dest, [{"network": p.neighbour,
                                                       "mac": p.neighbour_mac}])
         neighbours = ("nb",)
+    bridges = ()
+    if p.existing_datapath:
+        ports = (p.uplink,) if p.existing_uplink_port else ()
+        bridges = ((names.bridge_name(p.uplink), p.existing_datapath, ports),)
     vlan = f"vlan{p.vlan}" if p.vlan else "untagged"
-    return Case(f"{p.mode}-{vlan}-{p.variant}", files, dest, neighbours)
+    return Case(f"{p.mode}-{vlan}-{p.variant}", files, dest, neighbours, ovs_bridges=bridges)
 
 
 def generate(dest: str, netns: str | None = None, pf: str = "pf0",
              modes: tuple[str, ...] = MODES, variants: tuple[str, ...] = VARIANTS,
-             ) -> list[Case]:
+             *, ovsdb: str | None = None, datapath: str = "netdev") -> list[Case]:
     """Every mode, untagged and on VLAN 100 (overlays: untagged only), with each variant
-    that applies to it: one dimension varied at a time from a case that fits."""
+    that applies to it: one dimension varied at a time from a case that fits. `ovsdb`
+    and `datapath`: the destination's Open vSwitch (its socket, the datapath it runs)."""
     cases = []
     for mode in modes:
         for vlan in (None,) if mode.startswith("vxlan") else (None, 100):
             for variant in variants:
                 base = _Params(mode, vlan, variant, family=6 if "vxlan6" in mode else 4,
-                               uplink_mtu=1600 if mode.startswith("vxlan") else 1500)
+                               uplink_mtu=1600 if mode.startswith("vxlan") else 1500,
+                               datapath=datapath, ovsdb=ovsdb)
                 params = _variant(base)
                 if params is not None:
                     cases.append(_case(params, dest, netns, pf))
@@ -318,11 +374,13 @@ def generate(dest: str, netns: str | None = None, pf: str = "pf0",
 
 
 def combined(dest: str, mode: str, vlan: int | None, variants: tuple[str, ...],
-             netns: str | None = None, pf: str = "pf0") -> Case | None:
+             netns: str | None = None, pf: str = "pf0", *, ovsdb: str | None = None,
+             datapath: str = "netdev") -> Case | None:
     """One case with several variants applied in turn (None where one does not apply to
     the mode): interactions the one-at-a-time cases of `generate` do not reach."""
     params = _Params(mode, vlan, "plain", family=6 if "vxlan6" in mode else 4,
-                     uplink_mtu=1600 if mode.startswith("vxlan") else 1500)
+                     uplink_mtu=1600 if mode.startswith("vxlan") else 1500,
+                     datapath=datapath, ovsdb=ovsdb)
     for variant in variants:
         applied = _variant(replace(params, variant=variant))
         if applied is None:
@@ -472,13 +530,14 @@ def assert_agrees(case: Case, root: Path, state_dir: Path, live: LiveHost) -> Ou
     report = check_migration(graph, case.guest, case.dest)
     host = fleet.hosts[case.dest]
     codes = tuple(f.code for f in report.errors)
-    outcome = Outcome(case.name, report.compatible, codes, "")
+    outcome = Outcome(case.name, report.compatible, codes, "",
+                      warnings=tuple(f.code for f in report.warnings))
     for name in case.neighbours:  # a placed guest must fit where it is (or it is not there)
         here = check_migration(graph, name, case.dest).errors
         if [f for f in here if f.code not in ("MAC_IN_USE", "MAC_DUPLICATE")]:
             outcome.result = INVALID
             return outcome
-    live.build(host)
+    live.build(host, case.ovs_bridges)
     try:
         with _placed(case, fleet, graph, state_dir, live) as (lacked, before):
             if lacked:  # a placed guest already needs what this tier lacks
@@ -588,6 +647,18 @@ def host_dump(netns: str | None = None) -> dict[str, object]:
     bridged = any(link.get("linkinfo", {}).get("info_kind") == "bridge" for link in links.values())
     return {"links": links,
             "vlans": run("bridge", *where, "-j", "vlan", "show") if bridged else ""}
+
+
+def add_ovs_bridges(ovs: OvsInstance,
+                    bridges: tuple[tuple[str, str, tuple[str, ...]], ...]) -> None:
+    """The OVS bridges an operator made (no netmap mark): (name, datapath type, ports)."""
+    args: list[str] = []
+    for name, datapath, ports in bridges:
+        args += ["--", "add-br", name, "--", "set", "Bridge", name, f"datapath_type={datapath}"]
+        for port in ports:
+            args += ["--", "add-port", name, port]
+    if args:
+        ovs.vsctl(*args[1:])
 
 
 @dataclass

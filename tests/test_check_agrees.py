@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from agreement import (
     VARIANTS,
     VM_CASES,
     Tally,
+    add_ovs_bridges,
     assert_agrees,
     combined,
     generate,
@@ -32,6 +34,8 @@ from agreement import (
 from conftest import needs_netns
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from ovs_lab import OvsInstance, start_ovs
+from ovs_lab import missing as ovs_missing
 
 from netmap.cli import main
 from netmap.model.fleet import Host
@@ -40,6 +44,7 @@ from netmap.query.graph import build_graph
 from netmap.rules.check import check_migration
 
 PREFIX = "nmag"
+OVS_PREFIX = "nmao"  # the destination's Open vSwitch directory under /tmp
 
 
 def _ip(netns: str, commands: list[str]) -> None:
@@ -53,15 +58,19 @@ class NamespaceHost:
     namespace (up, so the uplinks have carrier). The vxlan underlay gets an address, as a
     real underlay has one."""
 
-    def __init__(self, netns: str, fabric: str) -> None:
+    def __init__(self, netns: str, fabric: str, ovs: OvsInstance | None) -> None:
         self.name = "dst"
         self.netns = netns
         self.fabric = fabric
         self.pf = "pf0"  # no such PF: this kernel has no SR-IOV device
         self.sysfs_root = None  # the real /sys: the namespace's uplinks have no SR-IOV pool
         self.probe = KernelProbe()
+        # the namespace's Open vSwitch (userspace datapath), shared by every case; None
+        # where Open vSwitch is not installed
+        self.ovs = ovs
+        self.ovsdb = ovs.remote if ovs else None
 
-    def build(self, host: Host) -> None:
+    def build(self, host: Host, ovs_bridges: tuple = ()) -> None:
         underlays = {b.uplink: 6 if b.vxlan and b.vxlan.ipv6 else 4
                      for b in host.bindings.values() if b.mode == "vxlan"}
         commands = []
@@ -76,16 +85,22 @@ class NamespaceHost:
                                 f"{uplink.name} nodad")
         _ip(self.netns, commands)
         _ip(self.fabric, [f"link set agf{i} up" for i in range(len(host.uplinks))])
+        if ovs_bridges:
+            assert self.ovs is not None
+            add_ovs_bridges(self.ovs, ovs_bridges)
 
     def clear(self, host: Host) -> None:
-        """Remove the uplinks (a veth's peer goes with it), and the endpoints a failed
-        case may have left on them, for the next case: one process."""
+        """Remove the uplinks (a veth's peer goes with it), and the endpoints and OVS
+        bridges a case made or a failed case left, for the next case."""
+        if self.ovs is not None:
+            self.ovs.del_bridges()
         subprocess.run(["ip", "-n", self.netns, "-force", "-batch", "-"], text=True,
                        input="".join(f"link del {name}\n" for name in host.uplinks),
                        capture_output=True, check=False)
 
     def dump(self) -> object:
-        return host_dump(self.netns)
+        links = host_dump(self.netns)
+        return {**links, "ovsdb": self.ovs.rows()} if self.ovs else links
 
     def lacks_sriov(self) -> bool:
         return True
@@ -93,18 +108,32 @@ class NamespaceHost:
 
 @pytest.fixture(scope="module")
 def destination() -> Iterator[NamespaceHost]:
+    """The destination namespace and the fabric, and, where Open vSwitch is installed, one
+    ovsdb-server and ovs-vswitchd in the destination for every case (tests/ovs_lab.py;
+    starting them per case would cost more than the OVS cases themselves)."""
     tag = f"{os.getpid() % 100000}"
     netns, fabric = f"{PREFIX}{tag}-dst", f"{PREFIX}{tag}-fab"
     made = []
+    ovs = None
     try:
         for name in (netns, fabric):
             subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
             made.append(name)
         _ip(netns, ["link set lo up"])
-        yield NamespaceHost(netns, fabric)
+        if ovs_missing() is None:  # a short path: a unix socket's has at most 107 bytes
+            ovs = start_ovs(netns, Path(tempfile.mkdtemp(prefix=f"{OVS_PREFIX}-", dir="/tmp")))
+        yield NamespaceHost(netns, fabric, ovs)
     finally:
+        if ovs is not None:
+            ovs.stop()
         for name in made:
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def _needs_ovs(mode: str, destination: NamespaceHost) -> None:
+    """Skip a case of an OVS mode where Open vSwitch is not installed, saying why."""
+    if "ovs" in mode and destination.ovs is None:
+        pytest.skip(str(ovs_missing()))
 
 
 def test_the_vm_share_covers_every_mode_and_finding(tmp_path: Path) -> None:
@@ -133,11 +162,13 @@ def test_the_vm_share_covers_every_mode_and_finding(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
                                    tmp_path: Path) -> None:
+    _needs_ovs(mode, destination)
     tally = Tally()
     for n, case in enumerate(generate("dst", destination.netns, destination.pf,
-                                      modes=(mode,))):
+                                      modes=(mode,), ovsdb=destination.ovsdb)):
         root = tmp_path / f"c{n}" / "mappings"
         tally.add(assert_agrees(case, root, tmp_path / f"c{n}" / "state", destination))
+    print("\n".join(f"{o.case}: {o.codes} {o.warnings} {o.result} {o.needs_vm}" for o in tally.outcomes))
     # every case ran to a verdict, and the kernel-independent ones were proven here
     assert all(o.result and o.result != INVALID for o in tally.outcomes)
     proven = [o for o in tally.outcomes if o.needs_vm is None]
@@ -185,8 +216,9 @@ def test_check_agrees_with_realize_for_combined_variants(
     """Two or three variations at once (a neighbour and a short uplink, a pinned class
     and a VLAN mismatch...); derandomized, so CI runs the same cases every time
     (NETMAP_AGREE_EXAMPLES=500 searches wider)."""
+    assume("ovs" not in mode or destination.ovs is not None)
     case = combined("dst", mode, None if mode.startswith("vxlan") else vlan, tuple(variants),
-                    destination.netns, destination.pf)
+                    destination.netns, destination.pf, ovsdb=destination.ovsdb)
     assume(case is not None)
     assert case is not None
     work = tmp_path_factory.mktemp("combined")

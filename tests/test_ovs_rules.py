@@ -84,6 +84,18 @@ def test_an_ovs_binding_loads_with_its_keys(tmp_path: Path) -> None:
     (OVS + 'datapath_type = "dpdk"\n', "", "networks.prod.datapath_type", "not known"),
     (OVS, 'ovsdb = "tcp:127.0.0.1:6640"', "host.ovsdb", "unix:/ABSOLUTE/PATH"),
     (OVS.replace('"sdn"', "3"), "", "networks.prod.external_ids.owner", "string"),
+    # one name, two bridges: OVS bridge br-int and a Linux bridge br-int on another uplink
+    # (the kernel holds one device of that name; realize refused the second, check passed)
+    (OVS + '\n[networks.other]\nmode = "bridge"\nuplink = "eth1"\nbridge = "br-int"\n', "",
+     "networks.other.bridge", "OVS bridge br-int of network prod"),
+    ('[networks.other]\nmode = "bridge"\nuplink = "eth1"\nbridge = "br-int"\n\n' + OVS, "",
+     "networks.prod.bridge", "Linux bridge br-int of network other"),
+    (OVS + '\n[networks.over]\nmode = "vxlan"\nuplink = "eth1"\nbridge = "br-int"\n'
+     'vxlan = { group = "239.1.1.1" }\n', "", "networks.over.bridge", "OVS bridge br-int"),
+    # ... and where the OVS binding names no bridge: br-eth0 is the Linux bridge's
+    ('[networks.other]\nmode = "bridge"\nuplink = "eth1"\nbridge = "br-eth0"\n\n'
+     '[networks.prod]\nmode = "ovs"\nuplink = "eth0"\n', "", "networks.other.bridge",
+     "OVS bridge br-eth0 of network prod"),
 ])
 def test_load_refuses(tmp_path: Path, bindings: str, head: str, key: str, words: str) -> None:
     err = load_error(tmp_path, host("ha", bindings, head))
