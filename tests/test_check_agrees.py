@@ -168,7 +168,6 @@ def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
                                       modes=(mode,), ovsdb=destination.ovsdb)):
         root = tmp_path / f"c{n}" / "mappings"
         tally.add(assert_agrees(case, root, tmp_path / f"c{n}" / "state", destination))
-    print("\n".join(f"{o.case}: {o.codes} {o.warnings} {o.result} {o.needs_vm}" for o in tally.outcomes))
     # every case ran to a verdict, and the kernel-independent ones were proven here
     assert all(o.result and o.result != INVALID for o in tally.outcomes)
     proven = [o for o in tally.outcomes if o.needs_vm is None]
