@@ -176,6 +176,27 @@ def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
 
 
 @needs_netns
+def test_a_kernel_datapath_bridge_is_refused_up_front_without_the_module(
+        destination: NamespaceHost, tmp_path: Path) -> None:
+    """The OVS cases once more with datapath_type "system" (a bridge in the openvswitch
+    module's datapath, which this kernel lacks): check cannot know the kernel, so realize
+    must refuse before any change, naming what the kernel lacks (the VM tier builds
+    them). It used to make the bridge, find that ovs-vswitchd could not use the port,
+    and roll back."""
+    _needs_ovs("ovs", destination)
+    if Path("/sys/module/openvswitch").exists():
+        pytest.skip("this kernel has the openvswitch module")
+    tally = Tally()
+    for n, case in enumerate(generate("dst", destination.netns, destination.pf,
+                                      modes=("ovs",), variants=("plain", "two-nics"),
+                                      ovsdb=destination.ovsdb, datapath="system")):
+        tally.add(assert_agrees(case, tmp_path / f"c{n}" / "mappings",
+                                tmp_path / f"c{n}" / "state", destination))
+    assert {(o.result, o.needs_vm) for o in tally.outcomes} == {
+        ("refused at ovs-bridge", "Open vSwitch's kernel datapath")}, tally.outcomes
+
+
+@needs_netns
 def test_realize_json_names_the_step_it_failed_at(destination: NamespaceHost, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
