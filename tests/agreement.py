@@ -419,6 +419,12 @@ VM_CASES = (
     "sriov-macvtap-untagged-mac-in-use-same",  # the same, with a VF macvtap
     "sriov-macvtap-vlan100-two-nics",  # two VFs for one guest
     "sriov-macvtap-vlan100-vhost-required",  # VHOST_MISSING
+    # ovs on the kernel datapath: tagged ports in the openvswitch module's datapath, a
+    # second network in the same OVS bridge, the operator's bridge of the other datapath
+    # used as it is, the operator's bridge holding the uplink as its port
+    "ovs-vlan100-shared-bridge",
+    "ovs-vlan100-ovs-bridge-exists",
+    "ovs-untagged-ovs-uplink-port",
 )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from agreement import (
     INVALID,
+    MIXED,
     MODES,
     UNDERLAY,
     VARIANTS,
@@ -171,8 +172,12 @@ def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
     # every case ran to a verdict, and the kernel-independent ones were proven here
     assert all(o.result and o.result != INVALID for o in tally.outcomes)
     proven = [o for o in tally.outcomes if o.needs_vm is None]
-    if mode in ("bridge", "vxlan-group", "vxlan-remotes") or mode.startswith("macvtap"):
+    if mode in ("bridge", "vxlan-group", "vxlan-remotes", *MIXED) or mode.startswith(
+            ("macvtap", "ovs")):
         assert any(o.compatible and o.result == "realized" for o in proven), tally.outcomes
+    if mode in MIXED:  # a move between a Linux bridge and OVS keeps the class: no warning
+        assert all(o.compatible and not o.warnings for o in tally.outcomes
+                   if o.case.endswith("-plain")), tally.outcomes
 
 
 @needs_netns
