@@ -1,9 +1,12 @@
 """check agrees with realize, on the CI kernel (namespaces, prefix nmag): tests/agreement.py
 generates the cases; here the destination is a network namespace whose uplinks are veths
 into a fabric namespace, rebuilt per case from the destination's mapping and removed after.
+OVS cases run on the userspace datapath (netdev) of one ovsdb-server and ovs-vswitchd in
+the destination namespace (tests/ovs_lab.py), shared by every case; its OVSDB is part of
+what a case compares before and after.
 
-This kernel has no 802.1Q, no bridge VLAN filtering and no SR-IOV: a case that needs them
-must be refused up front for that (nothing changed), and the VM tier
+This kernel has no 802.1Q, no bridge VLAN filtering, no SR-IOV and no openvswitch module: a
+case that needs them must be refused up front for that (nothing changed), and the VM tier
 (tests/vm/test_check_agrees_vm.py) runs the same cases on a kernel that has them.
 """
 
@@ -67,9 +70,12 @@ class NamespaceHost:
         self.sysfs_root = None  # the real /sys: the namespace's uplinks have no SR-IOV pool
         self.probe = KernelProbe()
         # the namespace's Open vSwitch (userspace datapath), shared by every case; None
-        # where Open vSwitch is not installed
+        # where Open vSwitch is not installed. Read back and cleared in the cases of
+        # hosts with an OVS binding or bridge (the others never reach OVSDB: three
+        # ovs-vsctl processes a case would add 20 s to the sweep)
         self.ovs = ovs
         self.ovsdb = ovs.remote if ovs else None
+        self.ovs_case = False
 
     def build(self, host: Host, ovs_bridges: tuple = ()) -> None:
         underlays = {b.uplink: 6 if b.vxlan and b.vxlan.ipv6 else 4
@@ -86,6 +92,8 @@ class NamespaceHost:
                                 f"{uplink.name} nodad")
         _ip(self.netns, commands)
         _ip(self.fabric, [f"link set agf{i} up" for i in range(len(host.uplinks))])
+        self.ovs_case = self.ovs is not None and (bool(ovs_bridges) or any(
+            b.mode == "ovs" for b in host.bindings.values()))
         if ovs_bridges:
             assert self.ovs is not None
             add_ovs_bridges(self.ovs, ovs_bridges)
@@ -93,7 +101,7 @@ class NamespaceHost:
     def clear(self, host: Host) -> None:
         """Remove the uplinks (a veth's peer goes with it), and the endpoints and OVS
         bridges a case made or a failed case left, for the next case."""
-        if self.ovs is not None:
+        if self.ovs is not None and self.ovs_case:
             self.ovs.del_bridges()
         subprocess.run(["ip", "-n", self.netns, "-force", "-batch", "-"], text=True,
                        input="".join(f"link del {name}\n" for name in host.uplinks),
@@ -101,7 +109,7 @@ class NamespaceHost:
 
     def dump(self) -> object:
         links = host_dump(self.netns)
-        return {**links, "ovsdb": self.ovs.rows()} if self.ovs else links
+        return {**links, "ovsdb": self.ovs.rows()} if self.ovs and self.ovs_case else links
 
     def lacks_sriov(self) -> bool:
         return True
