@@ -165,7 +165,9 @@ def start_ovs(netns: str | None, directory: Path, *, vswitchd: bool = True) -> O
     instance = OvsInstance(netns, directory, server)
     try:
         _wait(lambda: instance.socket.exists(), "ovsdb-server listening")
-        instance.vsctl("--no-wait", "init")
+        # the socket exists from bind(), before listen(): connecting in between is refused,
+        # and ovs-vsctl gives up on a refusal unless told to retry (seen under load)
+        instance.vsctl("--retry", "--no-wait", "init")
         if vswitchd:
             instance.start_vswitchd()
     except BaseException:
