@@ -8,7 +8,9 @@ or as macvtap, ovs; and a move from a Linux-bridge host to an OVS host and back)
 without a VLAN, and one variation: MTUs at and around the limit, capacity (VF pool,
 passthrough uplink taken, max_guests, max_endpoints), a MAC in use, each topology
 difference check knows, and an OVS bridge the operator made before (of the other datapath
-than the binding asks for, or holding the uplink as its port). The live destination is
+than the binding asks for, or holding the uplink as its port; or another bridge holding the
+uplink, where the host is not what the mapping says and `check --live` is the check that
+must agree, Case.live_check). The live destination is
 built as its mapping says (uplinks with the mapping's names and MTUs, its Open vSwitch, the
 placed guests realized there first), so that "the host is what the mappings say" holds and
 check's verdict must be realize's:
@@ -67,7 +69,7 @@ VARIANTS = ("plain", "two-nics", "mtu-exact", "mtu-uplink", "mtu-binding", "gues
             "vxlan-port", "vxlan-peers", "vxlan-family", "neighbour", "vf-pool",
             "max-guests", "max-endpoints", "neighbour-mtu", "shared-bridge", "mac-in-use",
             "mac-in-use-same", "mac-duplicate", "long-uplink", "ovs-bridge-exists",
-            "ovs-uplink-port")
+            "ovs-uplink-port", "ovs-uplink-elsewhere")
 # A mixed move differs from the destination's own mode only in what check compares with
 # the source (MTU, VLAN, class, the L2 domain a MAC is in): the variants about the
 # destination alone run in the modes of its own.
@@ -89,11 +91,13 @@ UNDERLAY = {4: "10.250.0.1/24", 6: "fd00:250::1/64"}
 # device (see NAME_STEP); MAC_IN_USE where the two endpoints are macvtaps on one lower
 # device (the kernel refuses a second macvlan with a MAC in use, EADDRINUSE), or at the VF
 # claim where the two are VFs of one PF (netmap refuses one MAC on two VF entries).
-EXPECTED_STEP = {"NO_FREE_VF": "vf", "UPLINK_TAKEN": "macvtap"}
+EXPECTED_STEP = {"NO_FREE_VF": "vf", "UPLINK_TAKEN": "macvtap",
+                 "OVS_UPLINK_WRONG_BRIDGE": "ovs-port"}
 NAME_STEP = {"vlan": "vlan-link", "bridge": "bridge", "vxlan": "vxlan", "tap": "tap",
              "macvtap": "macvtap"}
 INVALID = "not a fleet: a placed guest does not fit its host"
 PLAN_PROBLEM = frozenset({"NETWORK_UNBOUND"})
+LIVE_ONLY = frozenset({"OVS_UPLINK_WRONG_BRIDGE"})  # findings of `check --live` only
 # About the topology, not the host: the destination can build it (realize --force does).
 BUILDS = frozenset({"SEGMENT_UNREACHABLE", "VLAN_MISMATCH", "SEMANTIC_CHANGED",
                     "VXLAN_PORT_MISMATCH", "VXLAN_PEERS_MISMATCH", "MAC_DUPLICATE",
@@ -109,6 +113,9 @@ class Case:
     guest: str = GUEST
     # OVS bridges the operator made on dest before: (name, datapath type, ports)
     ovs_bridges: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    # the live host differs from the mapping where only `check --live` can see it (an
+    # uplink in another OVS bridge): that check is the one realize must agree with
+    live_check: bool = False
 
 
 @dataclass
@@ -173,6 +180,7 @@ class _Params:
     ovsdb: str | None = None
     existing_bridge: bool = False
     existing_uplink_port: bool = False
+    existing_name: str | None = None  # the operator's bridge, if not the binding's
 
 
 def _ends(mode: str) -> tuple[str, str]:
@@ -246,6 +254,9 @@ def _variant(p: _Params) -> _Params | None:
     if v == "ovs-uplink-port":  # ... with the uplink already its port
         return replace(p, existing_bridge=True, existing_uplink_port=True) if (
             p.mode == "ovs") else None
+    if v == "ovs-uplink-elsewhere":  # ... another bridge of the operator's holds the uplink
+        return replace(p, existing_bridge=True, existing_uplink_port=True,
+                       existing_name="br-other") if p.mode == "ovs" else None
     if v == "vf-pool":
         return replace(p, neighbour="net", total_vfs=1) if sriov else None
     if v == "max-guests":
@@ -354,9 +365,10 @@ def _case(p: _Params, dest: str, netns: str | None, pf: str) -> Case:
     bridges = ()
     if p.existing_bridge:
         ports = (p.uplink,) if p.existing_uplink_port else ()
-        bridges = ((names.bridge_name(p.uplink), p.datapath, ports),)
+        bridges = ((p.existing_name or names.bridge_name(p.uplink), p.datapath, ports),)
     vlan = f"vlan{p.vlan}" if p.vlan else "untagged"
-    return Case(f"{p.mode}-{vlan}-{p.variant}", files, dest, neighbours, ovs_bridges=bridges)
+    return Case(f"{p.mode}-{vlan}-{p.variant}", files, dest, neighbours, ovs_bridges=bridges,
+                live_check=p.existing_name is not None)
 
 
 def generate(dest: str, netns: str | None = None, pf: str = "pf0",
@@ -555,10 +567,23 @@ def assert_agrees(case: Case, root: Path, state_dir: Path, live: LiveHost) -> Ou
             if lacked:  # a placed guest already needs what this tier lacks
                 outcome.result, outcome.needs_vm = "placed guest refused", lacked
                 return outcome
+            if case.live_check:
+                report = _with_live(report, fleet, case)
+                outcome.compatible = report.compatible
+                outcome.codes = tuple(f.code for f in report.errors)
             _agree(case, fleet, graph, report, root, state_dir, live, outcome, before)
     finally:
         live.clear(host)
     return outcome
+
+
+def _with_live(report: Report, fleet: Fleet, case: Case) -> Report:
+    """`check --live`: the mapping's findings and the live destination's drift that
+    concerns the guest (netmap.commands.fleet.live_findings, what the CLI adds)."""
+    from netmap.commands.fleet import live_findings
+
+    found = live_findings(fleet, fleet.guests[case.guest], fleet.hosts[case.dest])
+    return replace(report, findings=report.findings + found)
 
 
 @contextlib.contextmanager
@@ -597,7 +622,11 @@ def _agree(case: Case, fleet: Fleet, graph, report: Report, root: Path, state_di
     if report.compatible:
         expected: set[str] | None = set()
     else:
-        assert _realize_cli(case, root, state_dir) == 1, f"{where}: realize did not refuse"
+        # realize checks the mappings, as check does; what only `check --live` sees, its
+        # own decide refuses before any change (exit 3, "nothing was changed")
+        mapped = any(f.code not in LIVE_ONLY for f in report.errors)
+        assert _realize_cli(case, root, state_dir) == (1 if mapped else 3), (
+            f"{where}: realize did not refuse")
         now = live.dump()
         assert now == before, (f"{where}: the refused realize changed the host: "
                                f"{_diff(before, now)}")
