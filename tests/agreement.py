@@ -69,7 +69,7 @@ VARIANTS = ("plain", "two-nics", "mtu-exact", "mtu-uplink", "mtu-binding", "gues
             "vxlan-port", "vxlan-peers", "vxlan-family", "neighbour", "vf-pool",
             "max-guests", "max-endpoints", "neighbour-mtu", "shared-bridge", "mac-in-use",
             "mac-in-use-same", "mac-duplicate", "long-uplink", "ovs-bridge-exists",
-            "ovs-uplink-port", "ovs-uplink-elsewhere")
+            "ovs-uplink-port", "ovs-uplink-elsewhere", "ovs-uplink-access")
 # A mixed move differs from the destination's own mode only in what check compares with
 # the source (MTU, VLAN, class, the L2 domain a MAC is in): the variants about the
 # destination alone run in the modes of its own.
@@ -92,12 +92,13 @@ UNDERLAY = {4: "10.250.0.1/24", 6: "fd00:250::1/64"}
 # device (the kernel refuses a second macvlan with a MAC in use, EADDRINUSE), or at the VF
 # claim where the two are VFs of one PF (netmap refuses one MAC on two VF entries).
 EXPECTED_STEP = {"NO_FREE_VF": "vf", "UPLINK_TAKEN": "macvtap",
-                 "OVS_UPLINK_WRONG_BRIDGE": "ovs-port"}
+                 "OVS_UPLINK_WRONG_BRIDGE": "ovs-port", "OVS_UPLINK_NOT_TRUNK": "ovs-port"}
 NAME_STEP = {"vlan": "vlan-link", "bridge": "bridge", "vxlan": "vxlan", "tap": "tap",
              "macvtap": "macvtap"}
 INVALID = "not a fleet: a placed guest does not fit its host"
 PLAN_PROBLEM = frozenset({"NETWORK_UNBOUND"})
-LIVE_ONLY = frozenset({"OVS_UPLINK_WRONG_BRIDGE"})  # findings of `check --live` only
+# findings of `check --live` only
+LIVE_ONLY = frozenset({"OVS_UPLINK_WRONG_BRIDGE", "OVS_UPLINK_NOT_TRUNK"})
 # About the topology, not the host: the destination can build it (realize --force does).
 BUILDS = frozenset({"SEGMENT_UNREACHABLE", "VLAN_MISMATCH", "SEMANTIC_CHANGED",
                     "VXLAN_PORT_MISMATCH", "VXLAN_PEERS_MISMATCH", "MAC_DUPLICATE",
@@ -111,10 +112,12 @@ class Case:
     dest: str
     neighbours: tuple[str, ...] = ()  # guests placed on dest: realized there first
     guest: str = GUEST
-    # OVS bridges the operator made on dest before: (name, datapath type, ports)
+    # OVS bridges the operator made on dest before: (name, datapath type, ports, each
+    # its name and any column=value for ovs-vsctl add-port, space-separated)
     ovs_bridges: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     # the live host differs from the mapping where only `check --live` can see it (an
-    # uplink in another OVS bridge): that check is the one realize must agree with
+    # uplink in another OVS bridge, or not a trunk): that check is the one realize must
+    # agree with
     live_check: bool = False
 
 
@@ -181,6 +184,7 @@ class _Params:
     existing_bridge: bool = False
     existing_uplink_port: bool = False
     existing_name: str | None = None  # the operator's bridge, if not the binding's
+    existing_uplink_tag: int | None = None  # the uplink its access port of this VLAN
 
 
 def _ends(mode: str) -> tuple[str, str]:
@@ -257,6 +261,9 @@ def _variant(p: _Params) -> _Params | None:
     if v == "ovs-uplink-elsewhere":  # ... another bridge of the operator's holds the uplink
         return replace(p, existing_bridge=True, existing_uplink_port=True,
                        existing_name="br-other") if p.mode == "ovs" else None
+    if v == "ovs-uplink-access":  # ... the binding's bridge, the uplink an access port there
+        return replace(p, existing_bridge=True, existing_uplink_port=True,
+                       existing_uplink_tag=7) if p.mode == "ovs" else None
     if v == "vf-pool":
         return replace(p, neighbour="net", total_vfs=1) if sriov else None
     if v == "max-guests":
@@ -364,11 +371,12 @@ def _case(p: _Params, dest: str, netns: str | None, pf: str) -> Case:
         neighbours = ("nb",)
     bridges = ()
     if p.existing_bridge:
-        ports = (p.uplink,) if p.existing_uplink_port else ()
+        tag = f" tag={p.existing_uplink_tag}" if p.existing_uplink_tag is not None else ""
+        ports = (p.uplink + tag,) if p.existing_uplink_port else ()
         bridges = ((p.existing_name or names.bridge_name(p.uplink), p.datapath, ports),)
     vlan = f"vlan{p.vlan}" if p.vlan else "untagged"
     return Case(f"{p.mode}-{vlan}-{p.variant}", files, dest, neighbours, ovs_bridges=bridges,
-                live_check=p.existing_name is not None)
+                live_check=p.existing_name is not None or p.existing_uplink_tag is not None)
 
 
 def generate(dest: str, netns: str | None = None, pf: str = "pf0",
@@ -697,7 +705,7 @@ def add_ovs_bridges(ovs: OvsInstance,
     for name, datapath, ports in bridges:
         args += ["--", "add-br", name, "--", "set", "Bridge", name, f"datapath_type={datapath}"]
         for port in ports:
-            args += ["--", "add-port", name, port]
+            args += ["--", "add-port", name, *port.split()]
     if args:
         ovs.vsctl(*args[1:])
 

@@ -186,10 +186,12 @@ def test_check_agrees_with_realize(mode: str, destination: NamespaceHost,
     if mode in MIXED:  # a move between a Linux bridge and OVS keeps the class: no warning
         assert all(o.compatible and not o.warnings for o in tally.outcomes
                    if o.case.endswith("-plain")), tally.outcomes
-    if mode == "ovs":  # the uplink in the operator's other bridge: check --live sees it
-        assert {(o.codes, o.result) for o in tally.outcomes
-                if o.case.endswith("-uplink-elsewhere")} == {
-            (("OVS_UPLINK_WRONG_BRIDGE",), "refused at ovs-port")}, tally.outcomes
+    if mode == "ovs":  # the uplink in the operator's other bridge, or an access port there:
+        # check --live sees it, realize refuses
+        assert {(o.case.split("-")[-1], o.codes, o.result) for o in tally.outcomes
+                if o.case.endswith(("-uplink-elsewhere", "-uplink-access"))} == {
+            ("elsewhere", ("OVS_UPLINK_WRONG_BRIDGE",), "refused at ovs-port"),
+            ("access", ("OVS_UPLINK_NOT_TRUNK",), "refused at ovs-port")}, tally.outcomes
 
 
 @needs_netns
