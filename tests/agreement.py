@@ -420,7 +420,7 @@ def combined(dest: str, mode: str, vlan: int | None, variants: tuple[str, ...],
 # The VM tier's share (tests/vm/test_check_agrees_vm.py): the 342 cases of the modes a VM
 # proves (every mode but vxlan, which the namespace tier builds in full) cost 4-6 s each
 # under TCG, far past the VM tier's 10 minutes; these 40 took 173 s (the 31 before ovs)
-# and 46 s (the nine of ovs on the kernel datapath). Every mode untagged
+# and 46 to 81 s (the nine of ovs on the kernel datapath). Every mode untagged
 # and on VLAN 100 (plain), every finding check reports in any case of those modes, each at
 # a step kind of its own, preferably tagged (the namespace tier cannot build VLANs), and
 # the cases that once found bugs here.
