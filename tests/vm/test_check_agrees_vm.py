@@ -13,10 +13,10 @@ more (342 with ovs). It runs agreement.VM_CASES, 40 cases (173 s for the 31 with
 ovs, measured on a busy machine; the nine ovs ones 46 s, 81 s beside a namespace run):
 every mode untagged and on VLAN 100, every finding check reports for these modes at each
 step kind it names, tagged where it can be (the namespace tier cannot build VLANs but runs
-every untagged case of every mode), the cases that found bugs here (a shared uplink.VLAN and a shared bridge put back
-after release, one MAC on two VFs of one PF), and ovs on the kernel datapath: a second
-network in the OVS bridge, the operator's bridge of the other datapath, the operator's
-bridge holding the uplink.
+every untagged case of every mode), the cases that found bugs here (a shared uplink.VLAN
+and a shared bridge put back after release, one MAC on two VFs of one PF), and ovs on the
+kernel datapath: a second network in the OVS bridge, the operator's bridge of the other
+datapath, the operator's bridge holding the uplink.
 tests/test_check_agrees.py checks, without root, that the selection still covers every
 mode and finding as generate() grows. vxlan is left to the namespace tier, which builds
 all of it.
