@@ -11,8 +11,16 @@ half the guests domain XML), in the same run:
 and, as floors under those figures: `python -c pass`, and a python that lists and stats
 every file of the fleet (a load that can never be stale does at least that).
 
+Then, on a copy of each shape, never stale: it edits a host (the same size and mtime, so
+only the inode's change time tells), a guest, networks.toml and, where there are domain
+XML guests, an XML guest's source host (whose bridge names the guest's network), and after
+each edit compares every answer above (and hosts-for and check of an XML guest) through
+the warm cache, at once and again once the edit has settled (2 s), with the same command
+run with no cache at all. Each edit must change at least one answer, or it proves nothing.
+Exits 1 on any difference.
+
     python scripts/bench_fleet.py [--shapes standard,small,huge,xml] [--scale 10000]
-                                  [--rounds 3] [--table] [--keep DIR]
+                                  [--rounds 3] [--table] [--keep DIR] [--no-stale-check]
 
 --scale is the host count of the standard shape (the huge shape has a twentieth of it).
 Every figure is the median of interleaved rounds of fresh processes started with
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -32,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,6 +85,14 @@ def environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NETMAP_", "PYTHON"))}
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+def answer(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of one netmap command."""
+    done = subprocess.run([sys.executable, "-c", CLI, *argv], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False)
+    return done.returncode, done.stdout, done.stderr
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -122,6 +140,103 @@ def measure(root: Path, rounds: int, table: bool, env: dict[str, str], work: Pat
             for column, clock in enumerate(("wall", "cpu"))}
 
 
+SETTLE = 2.2  # files younger than the store's racy window (2 s) are never stored
+
+
+def queries(root: Path) -> dict[str, list[str]]:
+    """Every answer the benchmark times, and hosts-for and check of an XML guest."""
+    names = sorted(p.stem for p in (root / "hosts").glob("*.toml"))
+    first, last = names[0], names[-1]
+    asked = {"hosts-for": ["hosts-for", GUEST], "show": ["show", first],
+             "check": ["check", GUEST, "--to", last], "diff": ["diff", first, last]}
+    xml = sorted((root / "guests").glob("*.xml"))
+    if xml:
+        asked |= {"hosts-for xml": ["hosts-for", xml[0].stem],
+                  "check xml": ["check", xml[0].stem, "--to", last]}
+    return {label: ["--mappings", str(root), *argv, "--json"]
+            for label, argv in asked.items()}
+
+
+def edits(root: Path) -> list[tuple[str, Callable[[], None]]]:
+    """The edits the never-stale check makes, each a change some answer must show."""
+    names = sorted(p.stem for p in (root / "hosts").glob("*.toml"))
+    guest = root / "guests" / f"{GUEST}.toml"
+    first_network = guest.read_text().split('network = "', 1)[1].split('"', 1)[0]
+
+    def host_same_size_and_mtime() -> None:
+        # the destination of `check`: its jumbo uplink is no longer jumbo
+        path = root / "hosts" / f"{names[-1]}.toml"
+        before = path.stat()
+        path.write_text(path.read_text().replace("mtu = 9000", "mtu = 8000", 1))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    def guest_moves() -> None:
+        text = guest.read_text()
+        old = text.split('host = "', 1)[1].split('"', 1)[0]
+        guest.write_text(text.replace(f'host = "{old}"', f'host = "{names[0]}"', 1))
+
+    def network_mtu() -> None:
+        # above every uplink's MTU: no host can carry the guest's first network any more
+        path = root / "networks.toml"
+        header = f"[networks.{first_network}]\n"
+        head, rest = path.read_text().split(header, 1)
+        section, _, tail = rest.partition("\n[")
+        section = re.sub(r"^mtu = \d+$", "mtu = 9200", section, flags=re.MULTILINE)
+        if "mtu = 9200" not in section:
+            section = f"mtu = 9200\n{section}"
+        path.write_text(f"{head}{header}{section}" + (f"\n[{tail}" if tail else ""))
+
+    made = [("a host, same size and mtime", host_same_size_and_mtime),
+            ("a guest moved to another host", guest_moves),
+            (f"networks.toml: {first_network}'s MTU", network_mtu)]
+    xml = sorted((root / "guests").glob("*.xml"))
+    if xml:
+        source = xml[0].read_text().split("host='", 1)[1].split("'", 1)[0]
+        bridge = xml[0].read_text().split("<source bridge='br-", 1)[1].split("'", 1)[0]
+
+        def xml_source_host() -> None:
+            # the bridge of the XML guest's NIC now carries no network on its host
+            path = root / "hosts" / f"{source}.toml"
+            text = path.read_text()
+            other = next(name for name in text.split("[uplinks.")[1:]
+                         if not name.startswith(f"{bridge}]")).split("]", 1)[0]
+            path.write_text(text.replace(f'mode = "bridge"\nuplink = "{bridge}"',
+                                         f'mode = "bridge"\nuplink = "{other}"', 1))
+
+        made.append(("an XML guest's source host", xml_source_host))
+    return made
+
+
+def stale_answers(root: Path, env: dict[str, str], work: Path) -> list[str]:
+    """Edit a copy of the fleet as `edits` says; after each edit, every warm answer must be
+    the answer of a run with no cache at all. What differed, as lines."""
+    copy = work / f"stale-{root.name}"
+    shutil.copytree(root, copy)
+    asked = queries(copy)
+    warm = {**env, "NETMAP_CACHE_DIR": str(work / f"cache-stale-{root.name}")}
+    none = {**env, "NETMAP_CACHE_DIR": "/proc/netmap-bench-no-cache"}  # never writable
+    problems = []
+    time.sleep(SETTLE)
+    before = {label: answer(argv, warm) for label, argv in asked.items()}
+    for what, edit in edits(copy):
+        edit()
+        truth = {label: answer(argv, none) for label, argv in asked.items()}
+        if truth == before:
+            problems.append(f"{root.name}: editing {what} changed no answer")
+        for when in ("at once", "settled"):
+            if when == "settled":
+                time.sleep(SETTLE)
+                for argv in asked.values():
+                    answer(argv, warm)  # stores what changed
+            for label, argv in asked.items():
+                if answer(argv, warm) != truth[label]:
+                    problems.append(f"{root.name}: after editing {what}, {label} {when} "
+                                    "differs from a run with no cache")
+        before = truth
+    shutil.rmtree(copy, ignore_errors=True)
+    return problems
+
+
 TARGETS = {"cold": 1.3, "warm": 0.25, "show": 0.1, "check": 0.1, "diff": 0.1}
 
 
@@ -155,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--table", action="store_true", help="time the rich table, not --json")
     parser.add_argument("--keep", type=Path, help="generate the fleets here and keep them")
+    parser.add_argument("--no-stale-check", action="store_true",
+                        help="skip the never-stale check after the timings")
     args = parser.parse_args(argv)
     shapes = args.shapes.split(",")
     env = environment()
@@ -169,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2.2)
         results = {shape: measure(roots[shape], args.rounds, args.table, env, work)
                    for shape in shapes}
+        problems = [] if args.no_stale_check else [
+            problem for shape in shapes for problem in stale_answers(roots[shape], env, work)]
     output = "rich table" if args.table else "--json"
     print(f"netmap hosts-for {GUEST} {output}; median of {args.rounds} rounds; "
           f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; scale {args.scale}")
@@ -176,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{clock} time" + (" (user + system; the cold run's second process "
                                     "counts too)" if clock == "cpu" else ""))
         print(table(shapes, {shape: results[shape][clock] for shape in shapes}))
-    return 0
+    if not args.no_stale_check:
+        print("\nnever stale: a host (same size and mtime), a guest, networks.toml and an "
+              "XML guest's source host edited; every warm answer, at once and settled, "
+              "against a run with no cache: " + ("ok" if not problems else "DIFFERS"))
+        for problem in problems:
+            print(f"  {problem}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

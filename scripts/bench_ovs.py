@@ -18,12 +18,18 @@ For N = 10, 100, 1000 guests of each shape:
 netmap runs first, then the floor, on the same ovs-vswitchd, whose datapath a bridge made
 and deleted before either has already created. Prints times and ratios;
 asserts nothing. --repeat R runs each shape and size R times and keeps each side's best.
+Also prints the CPU time of netmap's realize (this process) and of the floor's realize
+(its ovs-vsctl and ip, child processes), each the least of the R runs, and the load
+average before and after: the machine may be shared, and CPU time is what load does not
+inflate.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -86,7 +92,13 @@ def write_fleet(root: Path, shape: Shape, netns: str, remote: str, n: int) -> No
             f'[guest]\nname = "g{i}"\nhost = "bench"\n{nics}')
 
 
-def netmap_run(root: Path, state: Path, n: int) -> tuple[float, float, list[Plan]]:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def netmap_run(root: Path, state: Path, n: int,
+               ) -> tuple[float, float, float, list[Plan]]:
     fleet = load_fleet(root)
     graph = build_graph(fleet)
     host = fleet.hosts["bench"]
@@ -94,22 +106,22 @@ def netmap_run(root: Path, state: Path, n: int) -> tuple[float, float, list[Plan
     # the walk of what loading built is loading's (the command line pays it before it
     # plans); left pending, the collector would charge it to the first plan timed
     gc.collect()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     plans = [build_plan(graph, guest, host) for guest in guests]
     realize_plans(plans, state_dir=state)
-    made = time.perf_counter() - start
+    made, cpu = time.perf_counter() - start, time.process_time() - cpu
     gc.collect()  # realize's garbage: a release on the command line is its own process
     start = time.perf_counter()
     release_guests("bench", [guest.name for guest in guests], host.netns, state_dir=state)
-    return made, time.perf_counter() - start, plans
+    return made, time.perf_counter() - start, cpu, plans
 
 
 def floor_run(ovs: OvsInstance, netns: str, shape: Shape, plans: list[Plan],
-              ) -> tuple[float, float]:
+              ) -> tuple[float, float, float]:
     ports = [step for plan in plans for nic in plan.nics for step in nic.steps
              if isinstance(step, EnsureOvsPort) and step.port == nic.device]
     macs = {str(nic.device): nic.mac for plan in plans for nic in plan.nics}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu()
     lines = []
     for port in ports:
         lines += [f"tuntap add {port.port} mode tap",
@@ -125,19 +137,19 @@ def floor_run(ovs: OvsInstance, netns: str, shape: Shape, plans: list[Plan],
                  "Port", port.port, *(f'external_ids:"{k}"="{v}"' for k, v in
                                       port.external_ids)]
     ovs.vsctl(*args[1:], timeout=900)  # ovs-vswitchd takes seconds per hundred netdev ports
-    made = time.perf_counter() - start
+    made, cpu = time.perf_counter() - start, children_cpu() - cpu
     start = time.perf_counter()
     args = []
     for _net, _vlan, bridge, _uplink in shape.networks:
         args += ["--", "del-br", bridge]
     ovs.vsctl(*args[1:], timeout=900)
     sh(["ip", "-n", netns, "-batch", "-"], "".join(f"link del {p.port}\n" for p in ports))
-    return made, time.perf_counter() - start
+    return made, time.perf_counter() - start, cpu
 
 
-def one_run(shape: Shape, n: int, state_parent: str | None,
-            ) -> tuple[float, float, float, float]:
-    netns = f"nmov-bench-{uuid.uuid4().hex[:6]}"
+def one_run(shape: Shape, n: int, state_parent: str | None, prefix: str,
+            ) -> tuple[float, float, float, float, float, float]:
+    netns = f"{prefix}-{uuid.uuid4().hex[:6]}"
     base = Path(tempfile.mkdtemp(prefix="ovb", dir="/tmp"))
     state = Path(tempfile.mkdtemp(prefix="ovb-state", dir=state_parent or base))
     sh(["ip", "netns", "add", netns])
@@ -154,9 +166,9 @@ def one_run(shape: Shape, n: int, state_parent: str | None,
         ovs.vsctl("add-br", "br-warm", "--", "set", "Bridge", "br-warm", "datapath_type=netdev")
         ovs.vsctl("del-br", "br-warm")
         write_fleet(base / "m", shape, netns, ovs.remote, n)
-        made, gone, plans = netmap_run(base / "m", state, n)
-        floor_made, floor_gone = floor_run(ovs, netns, shape, plans)
-        return made, floor_made, gone, floor_gone
+        made, gone, cpu, plans = netmap_run(base / "m", state, n)
+        floor_made, floor_gone, floor_cpu = floor_run(ovs, netns, shape, plans)
+        return made, floor_made, gone, floor_gone, cpu, floor_cpu
     finally:
         if ovs is not None:
             ovs.stop()
@@ -174,21 +186,27 @@ def main() -> int:
     parser.add_argument("--state-parent", metavar="DIR",
                         help="make netmap's state directory in DIR (default: in the run's "
                         "temporary directory, /tmp)")
+    parser.add_argument("--netns-prefix", default="nmov-bench",
+                        help="the throw-away namespaces' name prefix (default: %(default)s)")
     args = parser.parse_args()
     why = missing()
     if why:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
     chosen = [s for s in SHAPES if s.name in args.shapes.split(",")]
+    print("load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(f"{'shape':<11} {'N':>5} {'realize':>8} {'floor':>7} {'ratio':>6}   "
-          f"{'release':>8} {'floor':>7} {'ratio':>6}")
+          f"{'release':>8} {'floor':>7} {'ratio':>6}   {'cpu':>6} {'floor':>6}")
     for shape in chosen:
         for n in (int(s) for s in args.sizes.split(",")):
-            runs = [one_run(shape, n, args.state_parent) for _ in range(args.repeat)]
-            made, floor_made, gone, floor_gone = (min(r[k] for r in runs) for k in range(4))
+            runs = [one_run(shape, n, args.state_parent, args.netns_prefix)
+                    for _ in range(args.repeat)]
+            made, floor_made, gone, floor_gone, cpu, floor_cpu = (
+                min(r[k] for r in runs) for k in range(6))
             print(f"{shape.name:<11} {n:>5} {made:>7.2f}s {floor_made:>6.2f}s "
                   f"{made / floor_made:>5.2f}x   {gone:>7.2f}s {floor_gone:>6.2f}s "
-                  f"{gone / floor_gone:>5.2f}x", flush=True)
+                  f"{gone / floor_gone:>5.2f}x   {cpu:>5.3f}s {floor_cpu:>5.3f}s", flush=True)
+    print("load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     return 0
 
 

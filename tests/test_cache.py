@@ -172,6 +172,40 @@ def test_guest_edit_keeping_size_and_mtime_is_seen(mappings: Path, cache_dir: Pa
     assert same_as_uncached(mappings).guests["vm1"].host == "host-b"
 
 
+def test_stored_objects_keep_no_file_text(mappings: Path, cache_dir: Path) -> None:
+    """A stored host or guest names its file and a digest of the text, not the text (it
+    was half of a stored host's bytes); its lines are read back from the file."""
+    settle()
+    load_fleet(mappings)
+    with sqlite3.connect(_the_cache_file(cache_dir)) as db:
+        blobs = dict(db.execute("SELECT path, object FROM files"))
+    host_a = next(blob for path, blob in blobs.items() if path.endswith("host-a.toml"))
+    assert b"the underlay needs an address" not in host_a  # a comment of that file
+    assert not any(b"[networks." in blob or b"[[nics]]" in blob for blob in blobs.values())
+    warm = same_as_uncached(mappings)  # every source line of every host and guest too
+    source = warm.hosts["host-a"].bindings["prod"].source
+    assert Path(source.file).read_text().splitlines()[source.line - 1] == "[networks.prod]"
+
+
+def test_line_read_back_from_a_changed_file_is_unknown_not_another_versions(
+        mappings: Path, cache_dir: Path) -> None:
+    """A stored host's line is read from its file when asked for. Changed since it was
+    parsed (here after this load took the host from the store, size and mtime kept), the
+    file's lines belong to another version: the line is unknown, never the new one."""
+    settle()
+    load_fleet(mappings)
+    warm = load_fleet(mappings)
+    host = warm.hosts["host-a"]  # from the store: parsed by the load before
+    path = mappings / "hosts" / "host-a.toml"
+    old_line = path.read_text().splitlines().index("[networks.prod]") + 1
+    keep_size_and_mtime(path, "\n\n[networks.prod]\n", "\n[networks.prod]\n\n")
+    assert path.read_text().splitlines()[old_line - 2] == "[networks.prod]"  # one line up
+    assert host.bindings["prod"].source.line is None
+    assert host.uplinks["eth0"].source.line is None  # the same file: unknown too
+    fresh = load_fleet(mappings)  # the next load parses the file again: its lines are right
+    assert fresh.hosts["host-a"].bindings["prod"].source.line == old_line - 1
+
+
 def test_added_removed_and_renamed_files(mappings: Path, cache_dir: Path) -> None:
     settle()
     load_fleet(mappings)
@@ -769,6 +803,7 @@ def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
     fleet = uncached(root)
     graph = build_graph(fleet)
     monkeypatch.setattr(placement, "PARALLEL_MIN_CANDIDATES", 2)
+    monkeypatch.setattr(placement, "idle_cpu", lambda: True)  # however busy this machine
     guests = list(fleet.guests)[:6]
     want = {(guest, strict): [c.as_dict() for c in placement.hosts_for(
         graph, guest, strict=strict, include_current=strict)]
@@ -791,6 +826,38 @@ def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
 
     monkeypatch.setattr(placement, "_checked", dies_in_the_child)
     assert answers() == want
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_hosts_for_forks_a_checker_only_with_a_cpu_idle(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        busy: bool) -> None:
+    """On a busy machine the second checking process waits for a core: its fork and its
+    pickles only add CPU time. It is started only when the load average leaves a CPU idle
+    (as the load's second parsing process); the answer is the same either way."""
+    import concurrent.futures
+
+    from netmap.query import placement
+
+    root = tmp_path / "generated"
+    generate_fleet(root, 60, 20, seed=7)
+    fleet = uncached(root)
+    guest = next(iter(fleet.guests))
+    want = [c.as_dict() for c in placement.hosts_for_fleet(fleet, guest)]
+    monkeypatch.setattr(placement, "PARALLEL_MIN_CANDIDATES", 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5 if busy else 0.2, 0.0, 0.0))
+    pools: list[object] = []
+    real_pool = concurrent.futures.ProcessPoolExecutor
+
+    def counted_pool(*args, **kwargs):
+        pools.append(args)
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", counted_pool)
+    got = [c.as_dict() for c in placement.hosts_for_fleet(fleet, guest, parallel=True)]
+    assert got == want
+    assert len(pools) == (0 if busy else 1)
 
 
 def test_fleet_file_names_list_what_glob_lists(mappings: Path) -> None:
@@ -1165,6 +1232,23 @@ def test_warm_json_answers_import_no_parser_graph_or_pool(
     assert done.stdout.split() == ["0"], done.stderr
 
 
+def test_hosts_for_imports_no_graph_library(mappings: Path, cache_dir: Path) -> None:
+    """`hosts-for --json` checks its candidates without networkx (it is imported only to
+    search the L2 graph, when a finding needs it), cold and warm; warm, it parses no TOML."""
+    import subprocess
+    import sys
+
+    probe = WARM_PROBE.format(window=WINDOW_NS, modules=("tomli", "networkx"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    command = [sys.executable, "-c", probe, "--mappings", str(mappings), "hosts-for", "vm1",
+               "--json"]
+    settle()
+    cold = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    assert cold.stdout.split() == ["0", "tomli"], cold.stderr
+    warm = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    assert warm.stdout.split() == ["0"], warm.stderr
+
+
 def test_walking_a_warm_fleet_reads_it_in_few_queries(
         tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller that walks every host or guest by name (`{**fleet.guests}`, as the libvirt
@@ -1233,7 +1317,7 @@ def test_store_of_this_format_with_other_columns_is_made_anew(
     settle()
     load_fleet(mappings)
     with sqlite3.connect(_the_cache_file(cache_dir)) as db:
-        db.execute("ALTER TABLE files DROP COLUMN macs")
+        db.execute("ALTER TABLE files DROP COLUMN key")
     host = mappings / "hosts" / "host-a.toml"
     host.write_text(host.read_text().replace("mtu = 9000", "mtu = 8000", 1))
     settle()

@@ -9,6 +9,7 @@ a kernel in test_realize, test_rollback_signals and test_foreign_devices.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -141,6 +142,10 @@ class Host:
     ovs: dict[str, OvsBridge] = field(default_factory=dict)  # what OVSDB holds
     ovs_planned: set[str] = field(default_factory=set)  # OVS bridges the plan adds
     entries: dict[tuple[str, int], dict] = field(default_factory=dict)  # (PF, VF) -> entry
+    held: dict[str, list[str]] = field(default_factory=dict)  # macvtap -> who holds it open
+
+    def macvtap_holders(self, name: str) -> list[str]:
+        return self.held.get(name, [])
 
     def ovs_bridges(self, remote: str) -> dict[str, OvsBridge]:
         assert remote == OVSDB
@@ -637,6 +642,138 @@ def test_a_vf_claim_made_again_first_puts_back_what_the_killed_run_made() -> Non
     whole.apply(kernel, Action(0, whole, "repair", repair={"redo": ["VF 3 ..."]}))
     assert kernel.calls == [("will_undo", whole.describe_undo()),
                             ("claim_vf", "eno1", VF_ENTRY, "undo")]
+
+
+MACVTAP_CLAIM = ClaimVf("eno1", GUEST_MAC, 100, True, macvtap="nm2")
+CLAIMED_NETDEV = Link(7, "eno1v3", up=True, address=GUEST_MAC)
+CLAIMED_TAP = Link(8, "nm2", "macvtap", lower=7, macvlan_mode="passthru", address=GUEST_MAC)
+CLAIMED_ENTRY = {"mac": GUEST_MAC, "vlan": 100, "spoofchk": 1}
+QEMU = ["qemu-system-x86 (pid 4242)"]
+
+
+def claimed_and_done(entry: dict, links: dict[str, Link], *, done: bool = True,
+                     held: list[str] | None = None) -> Host:
+    """MACVTAP_CLAIM's VF 3 as a realize that finished left it (state marks it done), then
+    changed by someone to `entry` and `links`; `held`: who holds nm2 open."""
+    host = claimed_by_a_killed_run(MACVTAP_CLAIM, entry, links)
+    host.state.records[MACVTAP_CLAIM.resource][2]["done"] = done
+    host.held = {"nm2": held or []}
+    return host
+
+
+def test_a_done_vf_claim_that_drifted_is_repaired_in_place_and_never_made_again() -> None:
+    """A running guest holds its passthru macvtap (QEMU has /dev/tapN open): the repair of a
+    done claim that drifted deleted the macvtap and claimed the VF again, which cut the
+    guest's NIC. Now each drifted value is set in place (the VF netdev's MTU before the
+    macvtap's: a macvtap's MTU never exceeds its lower's), with an undo that sets back
+    each value found, in reverse."""
+    drifted = {"eno1v3": replace(CLAIMED_NETDEV, mtu=1400),
+               "nm2": replace(CLAIMED_TAP, mtu=1400, up=False)}
+    for held in (QEMU, []):  # in use or not: a done claim is never claimed again
+        host = claimed_and_done({**CLAIMED_ENTRY, "vlan": 999, "spoofchk": 0}, drifted,
+                                held=held)
+        action = MACVTAP_CLAIM.decide(host, 0)
+        assert action.verdict == "repair"
+        assert "redo" not in (action.repair or {})
+        kernel = Kernel(vf={"index": 3, "netdev": "eno1v3", "found": {}})
+        MACVTAP_CLAIM.apply(kernel, action)
+        assert kernel.calls == [
+            ("will_undo", "put VF 3 of eno1 back as it was before the repair"),
+            ("set_vf", "eno1", {"vf": 3, "vlan": 100, "spoofchk": 1}),
+            ("set_attrs", "eno1v3", {"mtu": 1500}),
+            ("set_attrs", "nm2", {"mtu": 1500}), ("up", "nm2", None)]
+        kernel.calls.clear()
+        kernel.undos[0][1]()
+        assert kernel.calls == [
+            ("set_up", "nm2", False), ("set_attrs", "nm2", {"mtu": 1400}),
+            ("set_attrs", "eno1v3", {"mtu": 1400}),
+            ("set_vf", "eno1", {"vf": 3, "vlan": 999, "spoofchk": 0})]
+    asked = claimed_and_done(CLAIMED_ENTRY, {"eno1v3": CLAIMED_NETDEV, "nm2": CLAIMED_TAP})
+    assert MACVTAP_CLAIM.decide(asked, 0).verdict == "unchanged"
+
+
+def test_a_vf_whose_mac_moved_gets_it_back_while_its_entry_holds_none() -> None:
+    """Someone set another MAC on the VF's entry and the VF took it: igb refuses a VF's own
+    MAC change while its entry enforces one, so the entry holds none meanwhile, as at the
+    claim; the undo puts the other MAC back the same way."""
+    other = "02:00:00:00:00:99"
+    host = claimed_and_done({**CLAIMED_ENTRY, "mac": other},
+                            {"eno1v3": replace(CLAIMED_NETDEV, address=other),
+                             "nm2": replace(CLAIMED_TAP, address=other)}, held=QEMU)
+    action = MACVTAP_CLAIM.decide(host, 0)
+    kernel = Kernel()
+    MACVTAP_CLAIM.apply(kernel, action)
+    assert kernel.calls[1:] == [
+        ("set_vf", "eno1", {"vf": 3, "mac": ZERO}),
+        ("set_attrs", "eno1v3", {"mac": GUEST_MAC}), ("set_attrs", "nm2", {"mac": GUEST_MAC}),
+        ("set_vf", "eno1", {"vf": 3, "mac": GUEST_MAC})]
+    kernel.calls.clear()
+    kernel.undos[0][1]()
+    assert kernel.calls == [
+        ("set_vf", "eno1", {"vf": 3, "mac": ZERO}),
+        ("set_attrs", "nm2", {"mac": other}), ("set_attrs", "eno1v3", {"mac": other}),
+        ("set_vf", "eno1", {"vf": 3, "mac": other})]
+
+
+def test_an_unfinished_claim_is_made_again_only_while_no_process_holds_its_macvtap(
+        ) -> None:
+    """A claim a killed run left unfinished (not done) is made again as a first claim, from
+    the VF as found; but a macvtap someone holds open is in a guest's hands (state older
+    than the done mark, or a later realize killed): repaired in place, never deleted."""
+    links = {"eno1v3": CLAIMED_NETDEV, "nm2": replace(CLAIMED_TAP, up=False)}
+    free = claimed_and_done(CLAIMED_ENTRY, links, done=False)
+    action = MACVTAP_CLAIM.decide(free, 0)
+    assert action.repair == {"redo": ["nm2 is down"], "vf": 3}
+    held = claimed_and_done(CLAIMED_ENTRY, links, done=False, held=QEMU)
+    action = MACVTAP_CLAIM.decide(held, 0)
+    kernel = Kernel()
+    MACVTAP_CLAIM.apply(kernel, action)
+    assert [call[0] for call in kernel.calls] == ["will_undo", "up"]
+
+
+def test_what_a_claimed_vf_cannot_change_in_place_is_refused_with_what_and_the_fix() -> None:
+    """A macvtap never changes to or from passthru in place, nor moves to another lower
+    device: for a done or held claim that is refused (naming what differs, who holds it
+    and the fix), not deleted."""
+    eth3 = Link(11, "eth3")
+    cases = {"in mode vepa, not passthru": replace(CLAIMED_TAP, macvlan_mode="vepa"),
+             "sits on eth3, not on VF 3 of eno1's netdev eno1v3": replace(CLAIMED_TAP,
+                                                                         lower=11)}
+    for what, tap in cases.items():
+        links = {"eno1v3": CLAIMED_NETDEV, "eth3": eth3, "nm2": tap}
+        for done, held in ((True, []), (True, QEMU), (False, QEMU)):
+            host = claimed_and_done(CLAIMED_ENTRY, links, done=done, held=held)
+            with pytest.raises(ApplyError) as refused:
+                MACVTAP_CLAIM.decide(host, 0)
+            assert "cannot be changed in place" in refused.value.problem
+            assert what in refused.value.problem
+            assert "release vm1 on host-a" in (refused.value.fix or "")
+            if held:
+                assert "qemu-system-x86 (pid 4242) hold(s) it open" in refused.value.problem
+                assert (refused.value.fix or "").startswith("shut vm1 down")
+    unheld = claimed_and_done(CLAIMED_ENTRY, {"eno1v3": CLAIMED_NETDEV, "nm2": cases[
+        "in mode vepa, not passthru"]}, done=False)
+    assert MACVTAP_CLAIM.decide(unheld, 0).repair == {
+        "redo": ["nm2 is in mode vepa, not passthru (a macvtap never changes to or from "
+                 "passthru in place)"], "vf": 3}
+
+
+def test_a_failing_vf_repair_names_the_vf_explains_the_error_and_gives_a_fix() -> None:
+    host = claimed_and_done({**CLAIMED_ENTRY, "vlan": 999},
+                            {"eno1v3": CLAIMED_NETDEV, "nm2": CLAIMED_TAP}, held=QEMU)
+    action = MACVTAP_CLAIM.decide(host, 0)
+    refused = OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    assert MACVTAP_CLAIM.describe_change(action) == (
+        f"repair the claim of VF 3 of eno1 (MAC {GUEST_MAC}) in place: VF 3 of eno1 has "
+        "vlan 999, want 100")
+    assert MACVTAP_CLAIM.explain(refused) == "eno1's driver does not manage VFs through netlink"
+    fix = MACVTAP_CLAIM.fix_for_change(action, refused) or ""
+    assert fix.startswith("check that eno1 is an SR-IOV PF")
+    assert "ip link set eno1 vf 3" in fix
+    redo = Action(0, MACVTAP_CLAIM, "repair", repair={"redo": ["nm2 is missing"], "vf": 3})
+    assert MACVTAP_CLAIM.describe_change(redo) == (
+        f"claim VF 3 of eno1 (MAC {GUEST_MAC}) again, which a killed run left unfinished: "
+        "nm2 is missing")
 
 
 def test_the_kernel_features_a_step_needs_come_from_its_class() -> None:

@@ -20,6 +20,7 @@ from netmap.load.guests import StoredGuests
 from netmap.load.hosts import StoredHosts
 from netmap.load.store import Identity, Parsed, Row, Store, identity, is_guest, settled, unpickled
 from netmap.model.fleet import Fleet, Guest, Host, Network, mapping_file
+from netmap.support.cpus import idle_cpu
 from netmap.support.gcpause import gc_paused
 
 if TYPE_CHECKING:
@@ -79,8 +80,8 @@ def _load_with(db: Store, base: Path, files: tuple[list[str], list[str]],
             new_networks = (networks_key, _pickled(networks))
     # Every identity before any file is read: a later change moves the one we keep.
     idents = {key: _identity(key) for key in (*host_files, *guest_files)}
-    keys = _keys(idents, networks_before, host_files, started_ns)
-    hits = {path: row for path, row in (stored or {}).items() if row.key == keys.get(path)}
+    keys = _Keys(idents, networks_before, host_files, started_ns)
+    hits = keys.hits(stored or {})
     lazy = _stored_hosts(db, host_files, hits, networks)
     lazy_guests = None if lazy is None else _stored_guests(db, guest_files, hits, networks,
                                                            lazy)
@@ -129,7 +130,7 @@ def _load_with(db: Store, base: Path, files: tuple[list[str], list[str]],
         return parse.assemble(base, parse.load_networks(base / "networks.toml"),
                               *parse.fleet_file_names(base))
     parsed = [_parsed(path, key, value, blob) for path, (value, blob) in fresh.items()
-              if (key := keys.get(path)) is not None]
+              if (key := keys.of(path)) is not None]
     gone = [path for path in stored or () if path not in idents]
     if parsed or gone or stored is None or new_networks:
         db.replace(root, parsed, gone, every=stored is None, networks=new_networks)
@@ -159,43 +160,60 @@ def _stored_guests(db: Store, guest_files: list[str], hits: Mapping[str, Row],
     return StoredGuests(db, rows, networks, hosts)
 
 
-def _parsed(path: str, key: str, value: Host | Guest, blob: bytes | None) -> Parsed:
+def _parsed(path: str, key: tuple[Identity, str], value: Host | Guest,
+            blob: bytes | None) -> Parsed:
+    ident, context = key
     if isinstance(value, Host):
-        row = Row(key, value.name, mapping_file(value),
+        file = mapping_file(value)
+        row = Row(ident, context, value.name, path if file == path else file,  # pickled once
                   networks="".join(f"\n{network}" for network in value.bindings) + "\n")
     else:
-        row = Row(key, value.name, "", value.host, "".join(f"{nic.mac}\n" for nic in value.nics),
-                  "\n")
+        row = Row(ident, context, value.name, "", value.host,
+                  "".join(f"{nic.mac}\n" for nic in value.nics), "\n")
     return Parsed(path, row, blob if blob is not None else _pickled(value))
 
 
-def _keys(idents: Mapping[str, Identity | None], networks: Identity | None,
-          host_files: list[str], started_ns: int) -> dict[str, str | None]:
-    """Per file, the key its stored row must have (see store.py); None for a file whose
-    key cannot be trusted (too recent, or gone): it is parsed, and not stored."""
-    if networks is None or not settled(networks, started_ns):
-        return {}
-    hosts_key: str | None = None
-    if any(key.endswith(".xml") for key in idents):
-        digest = hashlib.blake2b(digest_size=16)
-        for key in host_files:
-            ident = idents[key]
-            if ident is None or not settled(ident, started_ns):
-                break
-            digest.update(f"{key}\0{ident}\0".encode())
-        else:
-            hosts_key = digest.hexdigest()
-    limit = started_ns - store.RACY_WINDOW_NS  # settled(), inline: 12k files
-    common = f" {networks}"
-    out: dict[str, str | None] = {}
-    for key, ident in idents.items():
-        if ident is None or ident[1] >= limit or ident[2] >= limit:
-            out[key] = None
-        elif key.endswith(".xml"):
-            out[key] = None if hosts_key is None else f"{ident}{common} {hosts_key}"
-        else:
-            out[key] = f"{ident}{common}"
-    return out
+class _Keys:
+    """The key each file's stored row must have (see store.py): its identity now, and
+    the rest, the same for every file of a kind; none for a file whose key cannot be
+    trusted (too recent, or gone): it is parsed, and not stored."""
+
+    def __init__(self, idents: Mapping[str, Identity | None], networks: Identity | None,
+                 host_files: list[str], started_ns: int) -> None:
+        self._idents = idents
+        self._limit = started_ns - store.RACY_WINDOW_NS  # settled(), inline: 12k files
+        self._toml: str | None = None
+        self._xml: str | None = None
+        if networks is None or not settled(networks, started_ns):
+            return
+        self._toml = f" {networks}"
+        if any(key.endswith(".xml") for key in idents):
+            digest = hashlib.blake2b(digest_size=16)
+            for key in host_files:
+                ident = idents[key]
+                if ident is None or not settled(ident, started_ns):
+                    break
+                digest.update(f"{key}\0{ident}\0".encode())
+            else:
+                self._xml = f"{self._toml} {digest.hexdigest()}"
+
+    def of(self, path: str) -> tuple[Identity, str] | None:
+        ident = self._idents.get(path)
+        context = self._xml if path.endswith(".xml") else self._toml
+        if ident is None or context is None or ident[1] >= self._limit \
+                or ident[2] >= self._limit:
+            return None
+        return ident, context
+
+    def hits(self, stored: Mapping[str, Row]) -> dict[str, Row]:
+        """The stored rows whose key is the file's key now."""
+        toml, xml, limit, idents = self._toml, self._xml, self._limit, self._idents
+        if toml is None:
+            return {}
+        return {path: row for path, row in stored.items()
+                if (ident := idents.get(path)) is not None and ident == row.ident
+                and ident[1] < limit and ident[2] < limit
+                and row.context == (xml if path.endswith(".xml") else toml)}
 
 
 def _identity(path: str) -> Identity | None:
@@ -263,22 +281,6 @@ class _SecondProcess:
     def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def idle_cpu() -> bool:
-    """Whether a second CPU is free for the worker: there is one, and the machine's run
-    queue (the load average over the last minute, this process included) leaves one idle.
-    On a busy machine the worker waits for a core and only adds its fork, its pickles and
-    their copy back: 10k hosts at load 4.6 on 2 CPUs took 4.1 s and 2.6 s of CPU with it,
-    3.1 s and 2.2 s without."""
-    cpus = len(os.sched_getaffinity(0))
-    if cpus < 2:
-        return False
-    try:
-        running = os.getloadavg()[0]
-    except OSError:  # no load average to read: as before it was asked
-        return True
-    return running <= cpus - 1
 
 
 def _parse_share(hosts: list[str], guests: list[str],

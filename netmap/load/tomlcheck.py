@@ -38,23 +38,56 @@ class LineIndex:
     One scan of the text, done only when a line is actually asked for (a scan per table
     made that the larger part of loading a big fleet: 86k scans for 10k hosts). It answers
     with the first line whose table/key path is the longest prefix of the path asked for.
+
+    Pickled (the load's store, its second parsing process) it keeps the file's name and a
+    digest of the text, not the text: the text was about half of a stored host's bytes,
+    and a line is asked for rarely (a finding, an error). Then the file is read again,
+    and used only when it is still that text; else the line is unknown (None), never one
+    of another version of the file.
     """
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    __slots__ = ("_digest", "_first", "file", "text")
+
+    def __init__(self, text: str | None, file: str | None = None,
+                 digest: bytes | None = None) -> None:
+        self.text, self.file, self._digest = text, file, digest
         self._first: dict[tuple[str | int, ...], int] | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"text": self.text, "_first": None}  # the index is cheap to rebuild
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.file is None or self.text is None:  # nothing to read back from, or unread
+            return LineIndex, (self.text, self.file, self._digest)
+        return LineIndex, (None, self.file, self._digest or text_digest(self.text))
 
     def line_of(self, path: KeyPath) -> int | None:
         if self._first is None:
-            self._first = _first_lines(self.text)
+            text = self.text if self.text is not None else self._read_back()
+            self._first = {} if text is None else _first_lines(text)  # once, either way
         for depth in range(len(path), 0, -1):
             line = self._first.get(tuple(path[:depth]))
             if line is not None:
                 return line
         return None
+
+    def _read_back(self) -> str | None:
+        """The text again, from the file, when it is still what was parsed."""
+        if self.file is None or self._digest is None:
+            return None
+        try:
+            raw = read_regular(self.file)
+        except (OSError, InputError):
+            return None
+        if text_digest(raw) != self._digest:
+            return None  # changed since: its lines would be another version's
+        self.text = raw.decode()
+        return self.text
+
+
+def text_digest(text: str | bytes) -> bytes:
+    """What a LineIndex read back from its file must hash to."""
+    import hashlib  # here: only a load that stores what it parsed hashes
+
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _first_lines(text: str) -> dict[tuple[str | int, ...], int]:
@@ -148,7 +181,7 @@ class Document:
     def source(self, path: KeyPath) -> Source:
         """Where `path` is defined, for messages; the line is found only when asked for."""
         if self._lines is None:
-            self._lines = LineIndex(self.text)
+            self._lines = LineIndex(self.text, self._file)
         return LazySource(self._file, None, self._lines, path)
 
     @classmethod

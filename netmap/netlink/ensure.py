@@ -130,6 +130,14 @@ class Transaction(RtnlKernel):
         made, live = self.state.made_ifindex(f"link:{name}"), self.links.get(name)
         return made is None or live is None or live.index == made
 
+    def macvtap_holders(self, name: str) -> list[str]:
+        from netmap.netlink import holders
+
+        live = self.links.get(name)
+        if live is None or live.kind != "macvtap":
+            return []
+        return holders.macvtap_holders(name, live.index, self.kernel.netns)
+
     def queues(self, nic: int) -> int:
         return next((n.queues for n in self.plan.nics if n.nic == nic), 1)
 
@@ -295,10 +303,16 @@ class Transaction(RtnlKernel):
 
     def record_identities(self) -> bool:
         """After the changes: which device is netmap's, for every link it made (also one a
-        crashed run made, finished now). Returns whether state changed."""
+        crashed run made, finished now), and that each VF claim is done (a later realize
+        then repairs it in place, never claims it again). Returns whether state changed."""
         changed = False
         for action in self.actions:
             step = action.step
+            if isinstance(step, p.ClaimVf):
+                record = self.state.resource(step.resource)
+                if record is not None and not record["info"].get("done"):
+                    record["info"]["done"] = changed = True
+                continue
             if not isinstance(step, p.LinkStep) or action.verdict == "adopt":
                 continue
             live = self.links.get(step.name)
@@ -357,11 +371,9 @@ class Transaction(RtnlKernel):
         self._current = action
         try:
             step.apply(self, action)
-        except OSError as err:
-            if action.verdict != "create":
-                raise
-            raise ApplyError(f"{step.describe()}: {step.explain(err)}",
-                             fix=step.fix_for(err), step=step) from err
+        except OSError as err:  # a repair's too: what failed, where, and the fix
+            raise ApplyError(f"{step.describe_change(action)}: {step.explain(err)}",
+                             fix=step.fix_for_change(action, err), step=step) from err
         finally:
             self._current = None
         # else the batch, or the OVSDB transaction, reports it once made

@@ -8,6 +8,7 @@ tolerates the device being gone already (undo must be repeatable). Realize's tra
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -65,9 +66,15 @@ class RtnlKernel:
         return self.kernel.bridge_vlans().get(port, {})
 
     def set_vf(self, pf: str, entry: dict[str, object]) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
         index = self.index_of(pf)
-        if index is not None:
-            self.pyroute().link("set", index=index, vf=dict(entry))  # pyroute2 pops keys from it
+        if index is None:
+            return
+        try:  # pyroute2 pops keys from the dict it is given
+            self.pyroute().link("set", index=index, vf=dict(entry))
+        except NetlinkError as err:  # an OSError, as every other refusal: a step explains it
+            raise OSError(err.code, os.strerror(err.code)) from err
 
     def set_attrs(self, name: str, attrs: Mapping[str, object]) -> None:
         live = self.kernel.get(name)

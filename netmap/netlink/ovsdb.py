@@ -1,157 +1,74 @@
-"""Open vSwitch's database, through the `ovs` package's IDL (the library ovsdbapp wraps).
+"""Open vSwitch's database, over the `ovs` package's JSON-RPC client (ovs.jsonrpc,
+ovs.stream: the library ovsdbapp and the IDL are built on), speaking OVSDB's protocol
+(RFC 7047) directly: a `select` to read, one `transact` to change, a `monitor` of
+`cur_cfg` to wait for ovs-vswitchd.
 
-The IDL, not ovsdbapp: netmap needs four tables and one transaction per realize, and the
-IDL gives exactly that (a monitored replica, transactions with verify and increment) with
-no further dependencies; ovsdbapp adds a command/backend layer, threads and pbr on top.
-Never ovs-vsctl's output: its text is for people and changes between releases.
+Not the IDL: it replicates what it reads and converts and checks every column written and
+every row of its echo in Python (the transaction's rows sent back, then ovs-vswitchd's
+updates to them), which was most of a realize's own time; netmap reads a few columns once,
+writes one transaction and needs no replica. Not ovsdbapp: a command/backend layer,
+threads and pbr on top of the IDL. Never ovs-vsctl's output: its text is for people and
+changes between releases.
 
 One `Ovsdb` is one connection; it is opened for a realize or release and closed after.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 from netmap.errors import ApplyError
-from netmap.plan import OVS_OWNER_KEY
+from netmap.netlink.ovsdb_changes import (  # noqa: F401 (re-exported: the changes)
+    DATABASE,
+    AddBridge,
+    Change,
+    DeleteBridge,
+    DeletePort,
+    SetPort,
+    Writing,
+)
+from netmap.netlink.ovsdb_rows import (  # noqa: F401 (re-exported: what netmap reads)
+    OvsBridge,
+    OvsInterface,
+    OvsPort,
+    Ports,
+    PortStatus,
+    View,
+    as_map,
+    uuid_of,
+    uuids,
+)
 
-VSWITCHD_LOCK = "ovs_vswitchd"
+VSWITCHD_LOCK = "ovs_vswitchd"  # the OVSDB lock ovs-vswitchd holds while it runs
 # ovs-vswitchd took up to 40 ms a port on the userspace datapath (bench_ovs.py, removing 1000
 # ports): a transaction of many changes is given that much time, with room, per change
-VSWITCHD_SECONDS_PER_CHANGE = 0.1  # the OVSDB lock ovs-vswitchd holds while it runs
-_IDS = {"type": {"key": "string", "value": "string", "min": 0, "max": "unlimited"}}
-_NAME = {"type": "string", "mutable": False}
-_VID = {"type": "integer", "minInteger": 0, "maxInteger": 4095}
-
-
-def _refs(table: str, least: int = 0) -> dict[str, Any]:
-    return {"type": {"key": {"type": "uuid", "refTable": table}, "min": least,
-                     "max": "unlimited"}}
-
-
-def _optional(key: Any, most: int | str = 1) -> dict[str, Any]:
-    return {"type": {"key": key, "min": 0, "max": most}}
-
-
-# The part of Open vSwitch's schema (vswitch.ovsschema, the same since OVS 2.x) that netmap
-# reads and writes: the IDL is built from it instead of fetching the whole schema on every
-# connection (half of a realize's time went to parsing it, in the pure-Python JSON parser).
-SCHEMA: dict[str, Any] = {"name": "Open_vSwitch", "version": "8.3.1", "tables": {
-    "Open_vSwitch": {"isRoot": True, "maxRows": 1, "columns": {
-        "bridges": _refs("Bridge"), "next_cfg": {"type": "integer"},
-        "cur_cfg": {"type": "integer"}}},
-    "Bridge": {"columns": {"name": _NAME, "ports": _refs("Port"),
-                           "datapath_type": {"type": "string"}, "external_ids": _IDS}},
-    "Port": {"columns": {"name": _NAME, "interfaces": _refs("Interface", 1),
-                         "tag": _optional(_VID), "trunks": _optional(_VID, 4096),
-                         "external_ids": _IDS}},
-    "Interface": {"columns": {"name": _NAME, "type": {"type": "string"},
-                              "ofport": _optional("integer"), "error": _optional("string"),
-                              "external_ids": _IDS}}}}
-
-
-@dataclass(frozen=True)
-class OvsInterface:
-    name: str
-    type: str
-    ofport: int | None
-    error: str | None
-    external_ids: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class OvsPort:
-    name: str
-    bridge: str
-    tag: int | None
-    trunks: tuple[int, ...]
-    external_ids: dict[str, str]
-    interfaces: tuple[OvsInterface, ...]
-
-    @property
-    def interface_ids(self) -> dict[str, str]:
-        """The external_ids of the port's own interface (of its name): where OVN's
-        ovn-controller, os-vif and libvirt read and write iface-id and attached-mac."""
-        return next((i.external_ids for i in self.interfaces if i.name == self.name), {})
-
-
-@dataclass(frozen=True)
-class OvsBridge:
-    name: str
-    datapath_type: str
-    ports: Mapping[str, OvsPort] = field(default_factory=dict)
-    external_ids: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PortStatus:
-    """What a realize reads back of its port: the tag, and whether ovs-vswitchd uses each
-    interface (its OpenFlow port number, its error) as (name, ofport, error)."""
-
-    tag: int | None
-    interfaces: tuple[tuple[str, int | None, str | None], ...]
-
-
-class _Ports(Mapping[str, OvsPort]):
-    """A bridge's ports by name, each read from the IDL's replica when first looked at:
-    reading every column of every port cost a realize of 1000 guests a second per read,
-    where deciding looks up only its own ports' names."""
-
-    def __init__(self, bridge: str, rows: dict[str, Any]) -> None:
-        self._bridge, self._rows = bridge, rows
-        self._read: dict[str, OvsPort] = {}
-
-    def __getitem__(self, name: str) -> OvsPort:
-        port = self._read.get(name)
-        if port is None:
-            row = self._rows[name]
-            port = self._read[name] = OvsPort(
-                name, self._bridge, _one(row.tag), tuple(sorted(row.trunks)),
-                dict(row.external_ids),
-                tuple(OvsInterface(i.name, i.type, _one(i.ofport), _one(i.error),
-                                   dict(i.external_ids)) for i in row.interfaces))
-        return port
-
-    def status(self, name: str) -> PortStatus | None:
-        """The port's PortStatus, its external_ids not converted: each read of a column
-        is converted anew by the IDL, and the two maps were most of a port's read-back."""
-        row = self._rows.get(name)
-        if row is None:
-            return None
-        return PortStatus(_one(row.tag), tuple((i.name, _one(i.ofport), _one(i.error))
-                                               for i in row.interfaces))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._rows
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._rows)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-
-def _one(value: Any) -> Any:
-    """An optional column ([] or [x] in the IDL) as x or None."""
-    if isinstance(value, list):
-        return value[0] if value else None
-    return value
+VSWITCHD_SECONDS_PER_CHANGE = 0.1
+_NAMES_SELECTED = 64  # more port names than this are read by reading every port
+# the columns netmap reads (vswitch.ovsschema, the same since OVS 2.x)
+_COLUMNS = {"Bridge": ["_uuid", "name", "datapath_type", "external_ids", "ports"],
+            "Port": ["_uuid", "name", "tag", "trunks", "external_ids", "interfaces"],
+            "Interface": ["_uuid", "name", "type", "ofport", "error", "external_ids"]}
+# what a read-back reads (PortStatus): not the external_ids maps, the most of a port's row
+_STATUS = {"Bridge": ["_uuid", "name", "ports"], "Port": ["_uuid", "name", "tag", "interfaces"],
+           "Interface": ["_uuid", "name", "ofport", "error"]}
 
 
 class Ovsdb:
-    """One connection to ovsdb-server, with Open_vSwitch, Bridge, Port and Interface
-    replicated; refusal to connect is an ApplyError naming the socket."""
+    """One connection to ovsdb-server, Open_vSwitch, Bridge, Port and Interface read at
+    connection (and again after a change); refusal to connect is an ApplyError naming the
+    socket."""
 
     def __init__(self, remote: str, timeout: float = 10.0,
                  ports: Collection[str] | None = None) -> None:
-        """`ports`: replicate only the ports (and interfaces) of these names, not every
-        port of the host (a realize parses its own, not the thousand others')."""
-        import ovs.db.idl
+        """`ports`: read only the ports (and interfaces) of these names, not every port of
+        the host (a realize reads its own, not the thousand others')."""
+        import ovs.jsonrpc
+        import ovs.stream
         import ovs.vlog
 
         from netmap.netlink.ovs_json import use_fast_parser
@@ -160,88 +77,179 @@ class Ovsdb:
         ovs.vlog.Vlog.set_levels_from_string("console:off")  # errors reach the user as ours
         self.remote = remote
         self.timeout = timeout
-        self._idl_module = ovs.db.idl
+        self._jsonrpc = ovs.jsonrpc
         path = remote.removeprefix("unix:")
         if remote.startswith("unix:") and not os.path.exists(path):
             raise ApplyError(f"cannot connect to OVSDB at {remote}: {path} does not exist",
                              fix="start Open vSwitch (ovsdb-server), or set ovsdb = "
                              '"unix:PATH" in the host mapping ([host]) to its socket')
-        helper = ovs.db.idl.SchemaHelper(schema_json=SCHEMA)
-        helper.register_all()
-        self.idl = ovs.db.idl.Idl(remote, helper)
-        self._bridges: tuple[int, dict[str, OvsBridge]] | None = None
+        error, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote),
+                                                     int(timeout * 1000))
+        if error:
+            raise ApplyError(f"cannot connect to OVSDB at {remote}: {_strerror(error)}",
+                             fix="check that ovsdb-server runs and listens there")
+        self._rpc = ovs.jsonrpc.Connection(stream)
+        self._replies: dict[Any, Any] = {}
+        self.cur_cfg: int | None = None  # ovs-vswitchd's, once an apply monitors it
+        self._monitoring = False
         self.partial = ports is not None
-        if ports is not None:
-            for table in ("Port", "Interface"):
-                self.idl.cond_change(table, [["name", "==", name] for name in sorted(ports)])
-        self._wait(lambda: self.idl.has_ever_connected() and self.idl.change_seqno > 0,
-                   "read the database")
+        self._names = sorted(ports) if ports is not None else []
+        self._bridges: dict[str, OvsBridge] | None = None
+        self._status: dict[str, Ports] | None = None  # read back after a change
+        self._view: View | None = self._read()
 
     def all_ports(self) -> None:
-        """Replicate every port from now on (a partial view cannot say what else a bridge
-        holds): a new connection without conditions, read once."""
+        """Read every port from now on (a partial view cannot say what else a bridge
+        holds)."""
         if self.partial:
-            self.idl.close()
-            self.__init__(self.remote, self.timeout)  # type: ignore[misc]
+            self.partial = False
+            self._view, self._bridges = self._read(), None
 
-    def _wait(self, done: Any, what: str, timeout: float | None = None) -> None:
+    def close(self) -> None:
+        self._rpc.close()
+
+    # --- the protocol -------------------------------------------------------------------------
+    def _send(self, method: str, params: list[Any]) -> Any:
+        request = self._jsonrpc.Message.create_request(method, params)
+        error = self._rpc.send(request)
+        if error:
+            self._lost(error, f"send {method}")
+        return request.id
+
+    def _lost(self, error: int, what: str) -> None:
+        raise ApplyError(f"OVSDB at {self.remote}: connection lost while trying to {what} "
+                         f"({_strerror(error)})",
+                         fix="check that ovsdb-server runs; then run again")
+
+    def _pump(self, done: Callable[[], bool], what: str, timeout: float | None = None) -> None:
+        """Take messages in until `done()`: replies kept by id, cur_cfg's updates applied,
+        the server's echo answered."""
         import ovs.poller
 
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while True:
-            self.idl.run()
-            if done():
-                return
+        message = self._jsonrpc.Message
+        seconds = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + seconds
+        while not done():
+            self._rpc.run()
+            error, msg = self._rpc.recv()
+            if msg is not None:
+                if msg.type in (message.T_REPLY, message.T_ERROR):
+                    self._replies[msg.id] = msg
+                elif msg.type == message.T_NOTIFY and msg.method == "update":
+                    self._updated(msg.params[1])
+                elif msg.type == message.T_REQUEST and msg.method == "echo":
+                    self._rpc.send(message.create_reply(msg.params, msg.id))
+                continue
+            if error != errno.EAGAIN:
+                self._lost(error, what)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ApplyError(f"OVSDB at {self.remote}: could not {what} within "
-                                 f"{self.timeout if timeout is None else timeout:g}s",
+                                 f"{seconds:g}s",
                                  fix="check that ovsdb-server and ovs-vswitchd run")
             poller = ovs.poller.Poller()
-            self.idl.wait(poller)
+            self._rpc.wait(poller)
+            self._rpc.recv_wait(poller)
             poller.timer_wait(int(min(left, 0.5) * 1000))
             poller.block()
 
-    def close(self) -> None:
-        self.idl.close()
+    def _result(self, request: Any, what: str, timeout: float | None = None) -> Any:
+        self._pump(lambda: request in self._replies, what, timeout)
+        reply = self._replies.pop(request)
+        if reply.type == self._jsonrpc.Message.T_ERROR:
+            raise ApplyError(f"OVSDB at {self.remote} refused to {what}: {reply.error}",
+                             fix="see ovsdb-server's log")
+        return reply.result
+
+    def _transact(self, ops: list[dict[str, Any]], what: str,
+                  timeout: float | None = None) -> list[Any]:
+        result = self._result(self._send("transact", [DATABASE, *ops]), what, timeout)
+        refused = [r for r in result if isinstance(r, dict) and "error" in r]
+        if refused:
+            detail = "; ".join(f"{r['error']}: {r.get('details', 'no detail')}"
+                               for r in refused)
+            raise ApplyError(f"OVSDB at {self.remote} refused the transaction ({detail})",
+                             fix="see ovsdb-server's log; another client may be changing "
+                             "the same rows: run again")
+        return cast(list[Any], result)
+
+    def _updated(self, tables: dict[str, Any]) -> None:
+        for row in tables.get(DATABASE, {}).values():
+            new = row.get("new") or {}
+            if "cur_cfg" in new:
+                self.cur_cfg = new["cur_cfg"]
 
     # --- reading ----------------------------------------------------------------------------
-    def _root(self) -> Any:
-        rows = list(self.idl.tables["Open_vSwitch"].rows.values())
-        if not rows:
-            raise ApplyError(f"OVSDB at {self.remote} has no Open_vSwitch row",
-                             fix="initialize it ('ovs-vsctl init')")
-        return rows[0]
+    def _read(self, columns: dict[str, list[str]] = _COLUMNS) -> View:
+        """One select of the root, every bridge, and the ports and interfaces of the names
+        asked for (every one without): `columns` of each."""
+        # each select of a name is a scan of the table by ovsdb-server: many names are
+        # read as one scan of all and kept here by name
+        wanted = set(self._names) if self.partial and len(self._names) > _NAMES_SELECTED \
+            else None
+        names: list[list[Any]] = ([[["name", "==", name]] for name in self._names]
+                                  if self.partial and wanted is None else [[]])
+        ops = [{"op": "select", "table": DATABASE, "where": [], "columns": ["_uuid"]},
+               {"op": "select", "table": "Bridge", "where": [], "columns": columns["Bridge"]}]
+        for table in ("Port", "Interface"):
+            ops += [{"op": "select", "table": table, "where": where,
+                     "columns": columns[table]} for where in names]
+        result = self._transact(ops, "read the database")
+        roots = result[0]["rows"]
+        found = [[row for row in r["rows"] if wanted is None or row["name"] in wanted]
+                 for r in result[2:]]
+        half = len(found) // 2
+        return View(uuid_of(roots[0]["_uuid"]) if roots else None,
+                     {row["name"]: row for row in result[1]["rows"]},
+                     {uuid_of(row["_uuid"]): row for rows in found[:half] for row in rows},
+                     {uuid_of(row["_uuid"]): row for rows in found[half:] for row in rows})
+
+    def _current(self) -> View:
+        if self._view is None:  # changed since the last read
+            self._view, self._bridges = self._read(), None
+        return self._view
+
+    @staticmethod
+    def _ports(view: View, bridge: dict[str, Any]) -> Ports:
+        rows = {view.ports[u]["name"]: view.ports[u] for u in uuids(bridge["ports"])
+                if u in view.ports}
+        return Ports(bridge["name"], rows, view.interfaces)
 
     def bridges(self) -> dict[str, OvsBridge]:
-        """Every replicated bridge with its replicated ports; read once per change of the
-        replica (a realize of N guests asks N times per step: decide and verify), and a
-        port's columns only when that port is looked at."""
-        if self._bridges is not None and self._bridges[0] == self.idl.change_seqno:
-            return self._bridges[1]
-        out: dict[str, OvsBridge] = {}
-        for row in self.idl.tables["Bridge"].rows.values():
-            ports = _Ports(row.name, {port.name: port for port in row.ports})
-            out[row.name] = OvsBridge(row.name, row.datapath_type or "system", ports,
-                                      dict(row.external_ids))
-        self._bridges = (self.idl.change_seqno, out)
-        return out
+        """Every bridge with the ports read; converted once per read (a realize of N
+        guests asks N times per step: decide and verify), a port's columns only when that
+        port is looked at."""
+        view = self._current()
+        if self._bridges is None:
+            self._bridges = {}
+            for name, row in view.bridges.items():
+                self._bridges[name] = OvsBridge(name, row["datapath_type"] or "system",
+                                                self._ports(view, row),
+                                                as_map(row["external_ids"]))
+        return self._bridges
 
     def port_status(self, bridge: str, port: str) -> PortStatus | None:
-        """PortStatus of `port` on `bridge` (None: not a port of it)."""
-        live = self.bridges().get(bridge)
-        return cast(_Ports, live.ports).status(port) if live is not None else None
+        """PortStatus of `port` on `bridge` (None: not a port of it); after a change, from
+        a read of only what a PortStatus holds."""
+        if self._view is not None:
+            live = self.bridges().get(bridge)
+            ports = cast(Ports, live.ports) if live is not None else None
+        else:
+            if self._status is None:
+                view = self._read(_STATUS)
+                self._status = {name: self._ports(view, row)
+                                for name, row in view.bridges.items()}
+            ports = self._status.get(bridge)
+        return ports.status(port) if ports is not None else None
 
     def vswitchd_running(self) -> bool:
         """ovs-vswitchd holds the OVSDB lock "ovs_vswitchd" while it runs: asking for it
         and finding it taken says so without changing anything (the request is withdrawn
-        when this connection closes)."""
-        self.idl.set_lock(VSWITCHD_LOCK)
-        self._wait(lambda: self.idl.has_lock or self.idl.is_lock_contended,
-                   "ask for ovs-vswitchd's lock")
-        running = bool(self.idl.is_lock_contended)
-        self.idl.set_lock(None)
-        return running
+        at once)."""
+        what = "ask for ovs-vswitchd's lock"
+        locked = self._result(self._send("lock", [VSWITCHD_LOCK]), what)
+        self._result(self._send("unlock", [VSWITCHD_LOCK]), what)
+        return not (isinstance(locked, dict) and locked.get("locked"))
 
     # --- changing ---------------------------------------------------------------------------
     def apply(self, changes: list[Change], *, wait_vswitchd: bool = True) -> None:
@@ -249,118 +257,43 @@ class Ovsdb:
         ovs-vswitchd has applied it (as ovs-vsctl does without --no-wait)."""
         if not changes:
             return
-        idl = self._idl_module
-        txn = idl.Transaction(self.idl)
-        root = self._root()
-        bridges = {row.name: row for row in self.idl.tables["Bridge"].rows.values()}
-        ports = {row.name: row for row in self.idl.tables["Port"].rows.values()}
+        view = self._current()
+        if view.root is None:
+            raise ApplyError(f"OVSDB at {self.remote} has no Open_vSwitch row",
+                             fix="initialize it ('ovs-vsctl init')")
+        writing = Writing(view)
         for change in changes:
-            change.write(txn, root, bridges, ports)
+            change.write(writing)
+        ops = writing.operations()
+        seconds = max(self.timeout, VSWITCHD_SECONDS_PER_CHANGE * len(changes))
+        monitor = None
         if wait_vswitchd:
-            root.increment("next_cfg")
-        status = txn.commit_block()
-        if status not in (idl.Transaction.SUCCESS, idl.Transaction.UNCHANGED):
-            raise ApplyError(f"OVSDB at {self.remote} refused the transaction "
-                             f"({idl.Transaction.status_to_string(status)}: "
-                             f"{txn.get_error() or 'no detail'})",
-                             fix="see ovsdb-server's log; another client may be changing "
-                             "the same rows: run again")
-        if wait_vswitchd and status == idl.Transaction.SUCCESS:
-            target = txn.get_increment_new_value()
-            self._wait(lambda: self._root().cur_cfg >= target,
+            # ovs-vswitchd raises cur_cfg to next_cfg once it has applied the database:
+            # watched from before the transaction, so no update of it is missed
+            if not self._monitoring:
+                monitor = self._send("monitor", [DATABASE, "cur_cfg",
+                                                 {DATABASE: {"columns": ["cur_cfg"]}}])
+                self._monitoring = True
+            ops += [{"op": "mutate", "table": DATABASE, "where": [],
+                     "mutations": [["next_cfg", "+=", 1]]},
+                    {"op": "select", "table": DATABASE, "where": [],
+                     "columns": ["next_cfg"]}]
+        try:
+            result = self._transact(ops, "commit the transaction", seconds)
+        finally:
+            # whatever happened, the next read reads anew
+            self._view, self._bridges, self._status = None, None, None
+        if wait_vswitchd:
+            if monitor is not None:
+                self._updated(self._result(monitor, "watch ovs-vswitchd's cur_cfg"))
+            target = result[-1]["rows"][0]["next_cfg"]
+            self._pump(lambda: self.cur_cfg is not None and self.cur_cfg >= target,
                        "have ovs-vswitchd apply the change (is ovs-vswitchd running?)",
-                       max(self.timeout, VSWITCHD_SECONDS_PER_CHANGE * len(changes)))
+                       seconds)
 
 
-class Change:
-    """One change inside a transaction."""
-
-    def write(self, txn: Any, root: Any, bridges: dict[str, Any], ports: dict[str, Any],
-              ) -> None:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class AddBridge(Change):
-    name: str
-    datapath_type: str | None = None
-
-    def write(self, txn: Any, root: Any, bridges: dict[str, Any], ports: dict[str, Any],
-              ) -> None:
-        # a bridge has its internal port of the same name, as ovs-vsctl add-br makes it
-        iface = txn.insert(txn.idl.tables["Interface"])
-        iface.name, iface.type = self.name, "internal"
-        port = txn.insert(txn.idl.tables["Port"])
-        port.name, port.interfaces = self.name, [iface]
-        row = txn.insert(txn.idl.tables["Bridge"])
-        row.name, row.ports = self.name, [port]
-        row.external_ids = {OVS_OWNER_KEY: "netmap"}  # release deletes only a marked one
-        if self.datapath_type:
-            row.datapath_type = self.datapath_type
-        root.addvalue("bridges", row)
-        bridges[self.name] = row
-
-
-@dataclass(frozen=True)
-class SetPort(Change):
-    """Add port `name` (one interface of the same name) to `bridge`, or, when it exists,
-    set its tag and external_ids."""
-
-    name: str
-    bridge: str
-    tag: int | None = None
-    external_ids: tuple[tuple[str, str], ...] = ()
-
-    def write(self, txn: Any, root: Any, bridges: dict[str, Any], ports: dict[str, Any],
-              ) -> None:
-        # the IDL converts and checks every column read or set: a new port's interface is
-        # the one just made (not read back from the port), an untagged new one has no tag
-        port = ports.get(self.name)
-        if port is None:
-            iface = txn.insert(txn.idl.tables["Interface"])
-            iface.name = self.name
-            port = txn.insert(txn.idl.tables["Port"])
-            port.name, port.interfaces = self.name, [iface]
-            bridges[self.bridge].addvalue("ports", port)
-            ports[self.name] = port
-            own = [iface]
-            if self.tag is not None:
-                port.tag = [self.tag]
-        else:
-            own = [iface for iface in port.interfaces if iface.name == self.name]
-            port.tag = [self.tag] if self.tag is not None else []
-        ids = dict(self.external_ids)
-        port.external_ids = ids
-        # and on the interface: OVN binds a logical port by Interface external_ids:iface-id
-        # (ovn-controller), which os-vif and libvirt set there; the Port's copy holds
-        # netmap's marks for release and drift
-        for iface in own:
-            iface.external_ids = ids
-
-
-@dataclass(frozen=True)
-class DeletePort(Change):
-    """Take port `name` out of `bridge` (OVSDB then drops the Port and Interface rows)."""
-
-    name: str
-    bridge: str
-
-    def write(self, txn: Any, root: Any, bridges: dict[str, Any], ports: dict[str, Any],
-              ) -> None:
-        port, bridge = ports.get(self.name), bridges.get(self.bridge)
-        if port is not None and bridge is not None:
-            bridge.delvalue("ports", port)
-
-
-@dataclass(frozen=True)
-class DeleteBridge(Change):
-    name: str
-
-    def write(self, txn: Any, root: Any, bridges: dict[str, Any], ports: dict[str, Any],
-              ) -> None:
-        row = bridges.get(self.name)
-        if row is not None:
-            root.delvalue("bridges", row)
+def _strerror(error: int) -> str:
+    return os.strerror(error) if error > 0 else "the server closed the connection"
 
 
 class Connections:

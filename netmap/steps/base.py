@@ -145,6 +145,9 @@ class LiveHost(Protocol):
     def vf_entry(self, pf: str, index: int) -> dict[str, object]:
         """VF `index`'s entry on `pf` as the kernel reports it now: mac, vlan and, where the
         driver reports it, spoofchk ({}: the driver reports no entries)."""
+    def macvtap_holders(self, name: str) -> list[str]:
+        """The processes that hold macvtap `name`'s char device open ("qemu (pid N)"):
+        a running guest's NIC ([]: none seen, or no such macvtap)."""
     def queues(self, nic: int) -> int: ...
     def bridge_vlans(self) -> dict[str, dict[int, int]]: ...
     def addresses(self) -> dict[int, list[str]]: ...
@@ -373,6 +376,19 @@ class Step:
         return None
 
     # --- when the kernel says no -------------------------------------------------------------
+    def describe_change(self, action: Action) -> str:
+        """What carrying out `action` does, for a person: a failure names it."""
+        if action.verdict == "repair" and action.repair:
+            changes = ", ".join(f"{key} {value}" for key, value in action.repair.items())
+            return f"repair {self.target} ({changes})"
+        if action.verdict == "recreate":
+            return f"make {self.target} again: {self.describe()}"
+        return self.describe()
+
+    def fix_for_change(self, action: Action, err: OSError) -> str | None:
+        """The fix for `err` from carrying out `action` (None: none to give)."""
+        return self.fix_for(err)
+
     def explain(self, err: OSError) -> str:
         if err.errno == errno.EEXIST:
             return f"{self.target} appeared meanwhile (another tool made it)"

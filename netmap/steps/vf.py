@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from netmap.model.nic_values import ZERO_MAC
+from netmap.steps import vf_repair
 from netmap.steps.base import (
     Action,
     Changes,
@@ -69,13 +70,8 @@ class ClaimVf(Step):
         if claimed and "index" in claimed["info"]:
             vf = info.vf(int(claimed["info"]["index"]))
             if vf is not None:
-                # State records a claim before the kernel is asked (a run killed after that
-                # leaves the record and half a claim, or none): the live VF says whether it
-                # is done; if not, it is done again on the same VF
-                missing = self.missing_on(live, vf)
                 live.keep_vf(self.resource, vf)
-                return Action(nic, self, "repair" if missing else "unchanged",
-                              repair={"redo": missing} if missing else None)
+                return self._decide_claimed(live, nic, vf, bool(claimed["info"].get("done")))
         taken: dict[int, str] = dict(live.state.claimed_vfs(self.pf))
         taken.update(live.claimed_in_plan(self.pf))
         held = live.vfs_used_outside(self.pf, [vf for vf in info.vfs if vf.index not in taken])
@@ -90,47 +86,48 @@ class ClaimVf(Step):
         live.keep_vf(self.resource, free[0])
         return Action(nic, self, "create")
 
+    def _decide_claimed(self, live: LiveHost, nic: int, vf: VirtualFunctionView,
+                        finished: bool) -> Action:
+        """The claim state records on VF `vf`, against the live VF. State records a claim
+        before the kernel is asked, and a realize that finished marks it done: one not
+        done (a run killed after the record left half a claim, or none) is made again
+        on the same VF as a first claim makes it, unless a process holds its macvtap.
+        A done claim that drifted is repaired in place: a running guest may hold it."""
+        drift = vf_repair.compare(self, live, vf)
+        if not drift.differs:
+            return Action(nic, self, "unchanged")
+        # who holds the macvtap open decides only here, and names them in a refusal
+        asked = drift.macvtap_there and not (finished and not drift.fixed)
+        held = live.macvtap_holders(str(self.macvtap)) if asked else []
+        if not (finished or held):
+            return Action(nic, self, "repair", repair={"redo": drift.differs, "vf": vf.index})
+        if drift.fixed:
+            holding = f"; {', '.join(held)} hold(s) it open" if held else ""
+            shut = f"shut {live.guest} down, then " if held else ""
+            raise refuse(f"VF {vf.index} of {self.pf} on {live.host}, claimed for NIC {nic} "
+                         f"of {live.guest}, differs in what cannot be changed in place: "
+                         f"{'; '.join(drift.fixed)}{holding}",
+                         f"{shut}release {live.guest} on {live.host} ('netmap release "
+                         f"{live.guest}') and realize again: the VF is claimed and its "
+                         f"macvtap {self.macvtap} made anew")
+        repair, found = drift.as_repair()
+        return Action(nic, self, "repair", repair=repair, undo_repair=found)
+
     def entry_differences(self, index: int, entry: Mapping[str, object]) -> list[str]:
         """How VF `index`'s entry (as the kernel reports it; {}: not at all) differs from
         this claim's."""
-        want: dict[str, object] = {"mac": self.mac.lower(), "vlan": self.vlan or 0,
-                                   "spoofchk": int(self.spoofchk)}
-        return [f"VF {index} of {self.pf} has {key} {entry[key]}, want {value}"
-                for key, value in want.items()
-                if key in entry and (str(entry[key]).lower() if key == "mac"
-                                     else entry[key]) != value]
-
-    def missing_on(self, live: LiveHost, vf: VirtualFunctionView) -> list[str]:
-        """What of this claim VF `vf` lacks now (empty: it is done). A name the passthru
-        macvtap needs that holds another device is refused: it is not netmap's to redo."""
-        missing = self.entry_differences(vf.index, live.vf_entry(self.pf, vf.index))
-        if not self.macvtap:
-            return missing
-        netdev = live.links.get(vf.netdev or "")
-        tap = live.links.get(self.macvtap)
-        if netdev is None:
-            return [*missing, f"VF {vf.index} has no netdev"]
-        if tap is not None and (tap.kind != "macvtap" or tap.lower != netdev.index):
-            raise refuse(f"{self.macvtap} on {live.host} is not the passthru macvtap on "
-                         f"{netdev.name} that netmap recorded for {live.guest} (a "
-                         f"{tap.kind or 'device'}: a foreign device holds the name)",
-                         f"remove or rename {self.macvtap}, then realize again")
-        if tap is None:
-            return [*missing, f"{self.macvtap} is missing"]
-        if not (netdev.up and (netdev.address or "").lower() == self.mac.lower()):
-            missing.append(f"{netdev.name} is not up with MAC {self.mac}")
-        if not (tap.up and tap.macvlan_mode == "passthru" and tap.mtu == self.mtu
-                and (tap.address or "").lower() == self.mac.lower()):
-            missing.append(f"{self.macvtap} is not an up passthru macvtap with MAC "
-                           f"{self.mac} and MTU {self.mtu}")
-        return missing
+        return [f"VF {index} of {self.pf} has {key} {have}, want {want}"
+                for key, (have, want) in vf_repair.entry_changes(self, entry).items()]
 
     def makes(self, verdict: str) -> bool:
-        return verdict in ("create", "repair")  # a repair claims the VF again
+        # a repair claims the VF again or sets the claim's values back: netmap's either way
+        return verdict in ("create", "repair")
 
     def apply(self, ops: Changes, action: Action) -> None:
         undo = (self.describe_undo() or "", lambda: self.undo(ops, ops.undo_info(self)))
-        if action.verdict == "repair":
+        if action.verdict == "repair" and "redo" not in (action.repair or {}):
+            vf_repair.repair(self, ops, action.repair or {}, action.undo_repair or {})
+        elif action.verdict == "repair":
             # What the killed run made goes first (its macvtap, the netdev's MAC), as
             # release would undo it, so the claim starts from the VF as found, as the
             # first did; the undo that restores that is registered before
@@ -200,6 +197,27 @@ class ClaimVf(Step):
             # with the netdev's own MAC has it now; setting it through the PF instead would
             # enforce it (and refuse the next claim's MAC).
             kernel.set_vf(self.pf, entry)
+
+    def describe_change(self, action: Action) -> str:
+        repair = action.repair or {}
+        if action.verdict != "repair" or "vf" not in repair:
+            return super().describe_change(action)
+        where = f"VF {repair['vf']} of {self.pf} (MAC {self.mac})"
+        if "redo" in repair:
+            return (f"claim {where} again, which a killed run left unfinished: "
+                    f"{'; '.join(repair['redo'])}")
+        return f"repair the claim of {where} in place: {'; '.join(repair['differs'])}"
+
+    def fix_for_change(self, action: Action, err: OSError) -> str | None:
+        fix = self.fix_for(err)
+        repair = action.repair or {}
+        if action.verdict != "repair" or "differs" not in repair:
+            return fix
+        # the repair was undone with the rest: the VF is as the realize found it
+        return (f"{fix + '; or ' if fix else ''}see what {self.pf}'s driver logged (dmesg); "
+                f"set by hand what differs ('ip link set {self.pf} vf {repair['vf']} ...', "
+                "'ip link set DEV mtu N'), or shut the guest down, release it and realize "
+                "again")
 
     def explain(self, err: OSError) -> str:
         if err.errno == errno.EOPNOTSUPP:

@@ -6,14 +6,18 @@ through netmap's own code.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from vmhost import HOST, guest, host_dump, ip, vf_entries, wait_until
 
 from netmap.cli import main
+from netmap.netlink import rtmsg, rtnl
 
 pytestmark = pytest.mark.vm
 NETWORKS = """[networks.storage]
@@ -304,3 +308,88 @@ def test_a_vf_bound_to_vfio_pci_is_never_claimed_and_all_commands_agree(
         assert main(["release", name, "--host", HOST]) == 0
     assert [pci_driver(sriov_pf, i) for i in range(4)] == full[2]  # release left them alone
     ip("link", "set", sriov_pf, "down")
+
+
+def refuse_first_link_change(patch: pytest.MonkeyPatch, code: int) -> list[bytes]:
+    """Every rtnetlink socket realize opens refuses its first link change (RTM_SETLINK or
+    RTM_NEWLINK) with `code`, as a driver that says no would; what was refused."""
+    plain, refused = rtnl.Rtnl, []
+
+    class Refusing(plain):  # type: ignore[misc, valid-type]
+        def __init__(self, netns: str | None = None) -> None:
+            super().__init__(netns)
+            sock = self.sock
+
+            class Socket:
+                def send(self, data: bytes) -> int:
+                    kind = int.from_bytes(data[4:6], sys.byteorder)
+                    if not refused and kind in (rtmsg.RTM_SETLINK, rtmsg.RTM_NEWLINK):
+                        refused.append(data)
+                        raise rtnl.NetlinkError(code, "injected")
+                    return sock.send(data)
+
+                def __getattr__(self, name: str):
+                    return getattr(sock, name)
+
+            self.sock = Socket()
+
+    patch.setattr(rtnl, "Rtnl", Refusing)
+    return refused
+
+
+def open_like_qemu(name: str) -> int:
+    """The macvtap's /dev/tapN opened as libvirt opens it for QEMU (-netdev tap,fd=N)."""
+    ifindex = int(Path(f"/sys/class/net/{name}/ifindex").read_text())
+    return os.open(f"/dev/tap{ifindex}", os.O_RDWR | os.O_CLOEXEC)
+
+
+def test_a_held_vf_macvtap_that_drifted_is_repaired_in_place(sriov_pf, fleet, capsys) -> None:
+    """A running guest's passthru macvtap (its /dev/tapN held open here, as QEMU holds it)
+    whose VF netdev MTU, own link state and VF entry VLAN were changed: the next realize
+    sets each back in place (the same ifindex; the open fd still on that macvtap), where it
+    used to delete the macvtap and claim the VF again. Then a repair the kernel refuses is
+    reported through the step (which VF of which PF, the fix) and leaves the host as it
+    was; release still gives back the host as found."""
+    from netmap.netlink.tapfd import tap_info
+
+    mac = "52:54:00:5e:06:01"
+    fleet(NETWORKS, host_mapping(sriov_pf, vf_attach='"macvtap"'),
+          {"g1": guest("g1", ("storage", mac))})
+    before = (host_dump(), vf_entries(sriov_pf))
+    assert main(["realize", "g1", "--host", HOST]) == 0
+    entry = claimed(sriov_pf, mac)
+    netdev = vf_netdev(sriov_pf, entry["vf"])
+    (tap,) = json.loads(ip("-d", "-j", "link", "show", "type", "macvtap"))
+    name, ifindex = tap["ifname"], tap["ifindex"]
+    realized = (host_dump(), vf_entries(sriov_pf))
+    fd = open_like_qemu(name)
+    try:
+        ip("link", "set", netdev, "mtu", "1400")  # the macvtap's MTU follows it down
+        ip("link", "set", name, "down")
+        ip("link", "set", sriov_pf, "vf", str(entry["vf"]), "vlan", "999")
+        assert json.loads(ip("-j", "link", "show", name))[0]["mtu"] == 1400
+        assert main(["realize", "g1", "--host", HOST]) == 0
+        assert json.loads(ip("-j", "link", "show", name))[0]["ifindex"] == ifindex
+        assert (host_dump(), vf_entries(sriov_pf)) == realized
+        assert tap_info(fd)[0] == name  # the guest's fd still reaches its macvtap
+
+        ip("link", "set", name, "mtu", "1300")
+        ip("link", "set", sriov_pf, "vf", str(entry["vf"]), "vlan", "998")
+        drifted = (host_dump(), vf_entries(sriov_pf))
+        capsys.readouterr()
+        with pytest.MonkeyPatch.context() as patch:
+            refused = refuse_first_link_change(patch, errno.EINVAL)
+            assert main(["realize", "g1", "--host", HOST]) == 3
+        err = capsys.readouterr().err
+        assert refused
+        assert (f"repair the claim of VF {entry['vf']} of {sriov_pf} (MAC {mac}) in place"
+                in err), err
+        assert f"{name} has MTU 1300, want 1500" in err
+        assert "every change was undone" in err
+        assert f"ip link set {sriov_pf} vf {entry['vf']}" in err  # the fix
+        assert (host_dump(), vf_entries(sriov_pf)) == drifted  # the VLAN back at 998 too
+        assert tap_info(fd)[0] == name
+    finally:
+        os.close(fd)
+    assert main(["release", "g1", "--host", HOST]) == 0
+    assert (host_dump(), vf_entries(sriov_pf)) == before
