@@ -6,6 +6,7 @@ Open vSwitch (if any) is used or touched."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -73,6 +74,49 @@ class OvsInstance:
                                f"--timeout={timeout}", *args], check=True,
                               capture_output=True, text=True, env=self.env()).stdout.strip()
 
+    def rows(self) -> dict[str, object]:
+        """Every bridge with its datapath type and external_ids, its ports with their tag,
+        trunks and external_ids, and their interfaces with type and external_ids (no
+        uuids, no ofport numbers): one ovs-vsctl process, for comparing a host before and
+        after."""
+        out = [json.loads(line) for line in self.vsctl(
+            "--format=json", "--columns=name,datapath_type,external_ids,ports", "list",
+            "Bridge", "--", "--columns=_uuid,name,tag,trunks,external_ids,interfaces",
+            "list", "Port", "--", "--columns=_uuid,name,type,external_ids", "list",
+            "Interface").splitlines()]
+        bridges, ports, interfaces = ([dict(zip(table["headings"], row, strict=True))
+                                       for row in table["data"]] for table in out)
+
+        def uuids(value: list) -> list[str]:  # ["uuid", u] or ["set", [["uuid", u], ...]]
+            return [value[1]] if value[0] == "uuid" else [u for _, u in value[1]]
+
+        def ids(value: list) -> dict[str, str]:
+            return dict(value[1])
+
+        def one(value: object) -> object:  # an optional column: x, or ["set", []]
+            return None if isinstance(value, list) else value
+
+        by_uuid = {i["_uuid"][1]: {"name": i["name"], "type": i["type"],
+                                   "external_ids": ids(i["external_ids"])}
+                   for i in interfaces}
+        port_rows = {p["_uuid"][1]: {
+            "name": p["name"], "tag": one(p["tag"]),
+            "trunks": sorted(p["trunks"][1]) if isinstance(p["trunks"], list) else
+            [p["trunks"]], "external_ids": ids(p["external_ids"]),
+            "interfaces": sorted((by_uuid[u] for u in uuids(p["interfaces"])),
+                                 key=lambda i: str(i["name"]))} for p in ports}
+        return {b["name"]: {"datapath_type": b["datapath_type"],
+                            "external_ids": ids(b["external_ids"]),
+                            "ports": {port_rows[u]["name"]: port_rows[u]
+                                      for u in uuids(b["ports"])}} for b in bridges}
+
+    def del_bridges(self) -> None:
+        """Every bridge out of OVSDB (and so out of ovs-vswitchd): a clean slate."""
+        commands = [arg for name in self.vsctl("list-br").split()
+                    for arg in ("--", "--if-exists", "del-br", name)]
+        if commands:
+            self.vsctl(*commands[1:])
+
     def start_vswitchd(self) -> None:
         log = self.directory / "ovs-vswitchd.log"
         where = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -121,7 +165,9 @@ def start_ovs(netns: str | None, directory: Path, *, vswitchd: bool = True) -> O
     instance = OvsInstance(netns, directory, server)
     try:
         _wait(lambda: instance.socket.exists(), "ovsdb-server listening")
-        instance.vsctl("--no-wait", "init")
+        # the socket exists from bind(), before listen(): connecting in between is refused,
+        # and ovs-vsctl gives up on a refusal unless told to retry (seen under load)
+        instance.vsctl("--retry", "--no-wait", "init")
         if vswitchd:
             instance.start_vswitchd()
     except BaseException:

@@ -84,6 +84,18 @@ def test_an_ovs_binding_loads_with_its_keys(tmp_path: Path) -> None:
     (OVS + 'datapath_type = "dpdk"\n', "", "networks.prod.datapath_type", "not known"),
     (OVS, 'ovsdb = "tcp:127.0.0.1:6640"', "host.ovsdb", "unix:/ABSOLUTE/PATH"),
     (OVS.replace('"sdn"', "3"), "", "networks.prod.external_ids.owner", "string"),
+    # one name, two bridges: OVS bridge br-int and a Linux bridge br-int on another uplink
+    # (the kernel holds one device of that name; realize refused the second, check passed)
+    (OVS + '\n[networks.other]\nmode = "bridge"\nuplink = "eth1"\nbridge = "br-int"\n', "",
+     "networks.other.bridge", "OVS bridge br-int of network prod"),
+    ('[networks.other]\nmode = "bridge"\nuplink = "eth1"\nbridge = "br-int"\n\n' + OVS, "",
+     "networks.prod.bridge", "Linux bridge br-int of network other"),
+    (OVS + '\n[networks.over]\nmode = "vxlan"\nuplink = "eth1"\nbridge = "br-int"\n'
+     'vxlan = { group = "239.1.1.1" }\n', "", "networks.over.bridge", "OVS bridge br-int"),
+    # ... and where the OVS binding names no bridge: br-eth0 is the Linux bridge's
+    ('[networks.other]\nmode = "bridge"\nuplink = "eth1"\nbridge = "br-eth0"\n\n'
+     '[networks.prod]\nmode = "ovs"\nuplink = "eth0"\n', "", "networks.other.bridge",
+     "OVS bridge br-eth0 of network prod"),
 ])
 def test_load_refuses(tmp_path: Path, bindings: str, head: str, key: str, words: str) -> None:
     err = load_error(tmp_path, host("ha", bindings, head))
@@ -333,3 +345,32 @@ def test_the_draft_binds_a_network_whose_vlan_an_ovs_port_is_tagged_with(monkeyp
     assert '[networks.prod]\nmode = "ovs"\nuplink = "eno1"\nbridge = "br-int"' in text
     assert "[networks.other]" not in text  # no port is tagged 200
     assert 'ovsdb = "unix:/run/openvswitch/db.sock"' in text  # not the default socket here
+
+
+def test_a_new_bridge_of_the_kernel_datapath_needs_the_openvswitch_module(
+        tmp_path: Path) -> None:
+    """A bridge netmap creates with datapath system (OVS's default) needs the kernel's
+    openvswitch module: realize asks the kernel probe up front, as for 802.1Q, instead of
+    learning it from a port ovs-vswitchd cannot use after the change (the agreement
+    sweep's finding); netdev needs only tun, and an existing bridge is used as it is."""
+    from netmap.netlink.kernel_support import KernelProbe, features_needed
+
+    for datapath in ("system", None):
+        bridge = EnsureOvsBridge("br-int", "unix:/run/ovs/db.sock", datapath)
+        assert features_needed(bridge, "create") == ["openvswitch"]
+        assert features_needed(bridge, "adopt") == []
+        assert features_needed(bridge, "unchanged") == []
+    netdev = EnsureOvsBridge("br-int", "unix:/run/ovs/db.sock", "netdev")
+    assert features_needed(netdev, "create") == []
+    (tmp_path / "proc").mkdir()
+    config = tmp_path / "proc" / "config.gz"
+    import gzip
+
+    with gzip.open(config, "wt") as stream:
+        stream.write("# CONFIG_OPENVSWITCH is not set\nCONFIG_TUN=y\n")
+    probe = KernelProbe(tmp_path, "6.1.0-test")
+    reason = probe.lacks("openvswitch") or ""
+    assert "CONFIG_OPENVSWITCH" in reason
+    assert 'datapath_type = "netdev"' in probe.fix("openvswitch", reason)
+    (tmp_path / "sys" / "module" / "openvswitch").mkdir(parents=True)  # loaded
+    assert KernelProbe(tmp_path, "6.1.0-test").lacks("openvswitch") is None

@@ -51,6 +51,7 @@ from netmap.model.vxlan_options import check_underlay
 from netmap.modes import (
     REGISTRY,
     binding_problem,
+    bridge_clash,
     fields_problem,
     semantic_classes,
     sharing_problem,
@@ -278,6 +279,10 @@ def load_host(path: str | Path, networks: dict[str, Network]) -> Host:
                                 "an interface has one master: use the same bridge for both")
         bindings[network_name] = binding
     _check_uplink_sharing(doc, bindings)
+    clash = bridge_clash(list(bindings.values()), networks)
+    if clash is not None:
+        at, key, what, fix = clash
+        raise doc.error(("networks", at, key), what, fix)
     return Host(name, uplinks, bindings, frozenset(features), about.netns, about.max_guests,
                 about.max_endpoints, Source(str(path)), about.libvirt_uri,
                 about.ovsdb)

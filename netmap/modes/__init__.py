@@ -13,8 +13,9 @@ from netmap.model.fleet import Binding, Network, Uplink, Vxlan
 from netmap.modes import bridge, macvtap, ovs, sriov, vxlan
 from netmap.modes.base import Mode, NicContext
 
-__all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "fields_problem", "mode_of",
-           "semantic_classes", "semantic_of", "sharing_problem", "uplink_conflict"]
+__all__ = ["REGISTRY", "Mode", "NicContext", "binding_problem", "bridge_clash",
+           "fields_problem", "mode_of", "semantic_classes", "semantic_of", "sharing_problem",
+           "uplink_conflict"]
 
 FAMILIES = (bridge, macvtap, sriov, vxlan, ovs)  # the registry: one entry per module
 
@@ -112,4 +113,30 @@ def uplink_conflict(uplink: str, users: list[Binding]) -> tuple[str, str, str] |
         return (by_use["macvlan"][0].network, f"puts a macvtap on {uplink}, which network "
                 f"{ported[0].network} enslaves to a bridge; the kernel allows only one of them",
                 "use bridge mode for both, or separate uplinks")
+    return None
+
+
+def bridge_clash(bindings: list[Binding], networks: dict[str, Network],
+                 ) -> tuple[str, str, str, str] | None:
+    """(network, key, what is wrong, fix) when two of a host's bindings (in file order) put
+    their guests in bridges of one name but of different kinds (a Linux bridge, an OVS
+    bridge): the host holds one device of that name, so realize would refuse the second
+    kind, or OVS would find its bridge's own port taken. Reported at a binding that names
+    the bridge (`bridge = ...`), the later one where both do."""
+    seen: dict[str, tuple[Binding, str]] = {}
+    for binding in bindings:
+        mode = REGISTRY[binding.mode]
+        name = mode.guest_bridge(binding, networks[binding.network])
+        if name is None:
+            continue
+        first = seen.setdefault(name, (binding, mode.bridge_kind))
+        if first[1] == mode.bridge_kind:
+            continue
+        other, kind = first
+        at = binding if binding.bridge is not None else other
+        peer, peer_kind = (other, kind) if at is binding else (binding, mode.bridge_kind)
+        return (at.network, "bridge", f"makes {name} a {REGISTRY[at.mode].bridge_kind} "
+                f"bridge, but {name} is the {peer_kind} bridge {name} of network "
+                f"{peer.network}; a host has one device of a name",
+                f"name another bridge in [networks.{at.network}] bridge")
     return None

@@ -64,6 +64,9 @@ class Mode:
     claims: ClassVar[Claim | None] = None
     overlay: ClassVar[bool] = False  # binds overlay (VNI) networks, never segment networks
     takes_bridge: ClassVar[bool] = False  # a binding may name its bridge (bridge = "...")
+    # what kind of bridge `guest_bridge` is: a kernel (Linux) bridge, or an Open vSwitch one
+    # (its own device of that name); a host holds one device of a name, so one kind each
+    bridge_kind: ClassVar[str] = "Linux"
     takes_vxlan: ClassVar[bool] = False  # a binding may carry a [vxlan] table
     # Binding fields only this mode reads: a binding of another mode that sets one (to other
     # than its default) is refused, naming this mode

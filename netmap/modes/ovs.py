@@ -39,6 +39,7 @@ class Ovs(Mode):
     # packet socket): it cannot also be a Linux-bridge port or a macvlan lower device
     uplink_use = "port"
     takes_bridge = True
+    bridge_kind = "OVS"
     # ovsdb: the host's [host] ovsdb, which load copies onto each ovs binding
     owns_fields = ("external_ids", "datapath_type", "ovsdb")
     kernel_features = ("tun",)

@@ -55,6 +55,11 @@ FEATURES = {
     "tun": Feature("tun/tap devices", "CONFIG_TUN", "tun",
                    ("sys/module/tun", "sys/class/misc/tun"),
                    "bind the network in a macvtap mode"),
+    # ovs-vswitchd makes the datapath through generic netlink, which loads the module
+    "openvswitch": Feature("Open vSwitch's kernel datapath", "CONFIG_OPENVSWITCH",
+                           "openvswitch", ("sys/module/openvswitch",),
+                           'set datapath_type = "netdev" in the binding (the userspace '
+                           "datapath, which needs only tun)"),
 }
 
 

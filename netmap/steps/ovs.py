@@ -57,6 +57,14 @@ class EnsureOvsBridge(Step):
         mine = found.external_ids.get(OVS_OWNER_KEY) == "netmap"
         return Action(nic, self, "unchanged" if mine else "adopt")
 
+    def features(self, verdict: str, repair: dict | None = None) -> list[str]:
+        # a new bridge of the kernel datapath ("system", OVS's default) lives in the
+        # openvswitch module: without it ovs-vswitchd takes the bridge into OVSDB but can
+        # use none of its ports, which realize would learn only after the change
+        if verdict == "create" and self.datapath_type in (None, "system"):
+            return ["openvswitch"]
+        return []
+
     def apply(self, ops: Changes, action: Action) -> None:
         if action.verdict == "create":
             ops.ovs_add_bridge(self.ovsdb, self.name, self.datapath_type)
