@@ -78,6 +78,9 @@ def test_an_ovs_binding_loads_with_its_keys(tmp_path: Path) -> None:
      "networks.over.uplink", "vxlan underlay"),
     (OVS + '\n[networks.other]\nmode = "ovs"\nuplink = "eth0"\nbridge = "br-x"\n', "",
      "networks.other.bridge", "one OVS bridge"),
+    # one OVS bridge, two datapaths asked: the first guest realized would decide
+    (OVS + 'datapath_type = "netdev"\n\n[networks.other]\nmode = "ovs"\nuplink = "eth0"\n'
+     'bridge = "br-int"\n', "", "networks.other.datapath_type", "datapath netdev"),
     (BRIDGE + 'external_ids = { "a" = "b" }\n', "", "networks.prod.external_ids",
      "only ovs mode"),
     (BRIDGE + 'datapath_type = "netdev"\n', "", "networks.prod.datapath_type", "only ovs"),

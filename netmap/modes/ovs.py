@@ -68,6 +68,14 @@ class Ovs(Mode):
                 return (binding.network, "bridge", f"puts uplink {uplink} in OVS bridge "
                         f"{other}, but network {ovs[0].network} puts it in {bridge}",
                         "a port is on one OVS bridge: use the same bridge for both")
+            if binding.datapath_type != ovs[0].datapath_type:
+                # the guest realized first would make the bridge, and decide for both
+                def asked(b: Binding) -> str:
+                    return f"datapath {b.datapath_type or 'system (OVS default)'}"
+                return (binding.network, "datapath_type", f"asks OVS bridge {bridge} for "
+                        f"{asked(binding)}, but network {ovs[0].network} asks it for "
+                        f"{asked(ovs[0])}; a bridge has one datapath",
+                        "give both bindings the same datapath_type")
         foreign = next((b for b in users if b.mode != self.name), None)
         if foreign is None:
             return None
