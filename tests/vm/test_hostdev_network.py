@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from test_sriov import NETWORKS, claimed, has_carrier, host_mapping, pci_driver, vf_netdev
-from vmhost import HOST, guest, host_dump, ip, pfs, set_numvfs, vf_entries, wait_until
+from vmhost import HOST, guest, host_dump, ip, set_numvfs, vf_entries, wait_until
 
 from netmap.cli import main
 
@@ -91,11 +91,9 @@ def libvirtd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Privat
 
 
 @pytest.fixture
-def two_vf_pf() -> Iterator[str]:
-    pf = pfs()[0]
-    set_numvfs(pf, 2)
-    yield pf
-    set_numvfs(pf, 0)
+def two_vf_pf(sriov_pf: str) -> str:
+    set_numvfs(sriov_pf, 2)  # sriov_pf puts 0 back after
+    return sriov_pf
 
 
 def qemu_pid(daemon: PrivateLibvirtd) -> int:
