@@ -30,6 +30,10 @@ def ovs_port_ids(guest: str, nic: GuestNic, binding: Binding) -> tuple[tuple[str
     return tuple(sorted(ids.items()))
 
 
+def _datapath(binding: Binding) -> str:
+    return f"datapath {binding.datapath_type or 'system (OVS default)'}"
+
+
 class Ovs(Mode):
     name = "ovs"
     family = "ovs"
@@ -70,11 +74,9 @@ class Ovs(Mode):
                         "a port is on one OVS bridge: use the same bridge for both")
             if binding.datapath_type != ovs[0].datapath_type:
                 # the guest realized first would make the bridge, and decide for both
-                def asked(b: Binding) -> str:
-                    return f"datapath {b.datapath_type or 'system (OVS default)'}"
                 return (binding.network, "datapath_type", f"asks OVS bridge {bridge} for "
-                        f"{asked(binding)}, but network {ovs[0].network} asks it for "
-                        f"{asked(ovs[0])}; a bridge has one datapath",
+                        f"{_datapath(binding)}, but network {ovs[0].network} asks it for "
+                        f"{_datapath(ovs[0])}; a bridge has one datapath",
                         "give both bindings the same datapath_type")
         foreign = next((b for b in users if b.mode != self.name), None)
         if foreign is None:
