@@ -178,8 +178,7 @@ class Row(NamedTuple):
     """One file's row, its object left in the store until asked for (Store.object). Its
     key is in two parts: the file's own identity, and the rest (networks.toml's identity
     and, for a domain-XML guest, the host files'), the same string for every file of a
-    kind: a load compares identities, it does not format a key per file (12k files: 20 ms
-    of a warm query's 0.5 s)."""
+    kind: a load compares identities, it does not format a key per file."""
 
     ident: Identity  # the file's identity when it was parsed
     context: str  # the rest of the key it was parsed under
@@ -195,7 +194,7 @@ class Row(NamedTuple):
         return f"{self.ident}{self.context}"
 
 
-# a Row of the fields as stored, without Row._make's Python call (20k rows: 16 ms)
+# a Row of the fields as stored, without Row._make's Python call per row
 _as_row: Callable[[tuple[Any, ...]], Row] = functools.partial(tuple.__new__, Row)
 
 
@@ -316,8 +315,8 @@ class Store:
 
     def _index(self) -> dict[str, tuple[Any, ...]] | None:
         """path -> the fields of its Row, for every row: kept pickled in one value beside
-        them (meta.rows), written with them (reading 10k rows' columns took SQLite 40 ms,
-        unpickling the one value a fifth of that). None when there is none: every file is
+        them (meta.rows), written with them (one value unpickles faster than SQLite
+        reads every row's columns). None when there is none: every file is
         parsed, and the store made anew."""
         found = self.db.execute("SELECT rows FROM meta").fetchone()
         if found is None or found[0] is None:

@@ -4,9 +4,8 @@ netmap's OVSDB client and the package's IDL use) on the standard library's C JSO
 The `ovs` package parses every OVSDB message with its C parser (ovs._json) when it was built
 against libopenvswitch, as Debian's python3-openvswitch is; built from PyPI's sdist without
 it, the package falls back to a lexer in pure Python that reads one character per call.
-That fallback was a third of the time: for a realize and release of 100 guests, 1.7 s of
-4.6 s under cProfile (when netmap still used the IDL: the replica of their ports, the
-transaction's reply, ovs-vswitchd's updates).
+That fallback was a third of a realize's and release's time under cProfile (README,
+bench_ovs.py).
 
 `FramingParser` keeps ovs.json.Parser's interface (feed returns the characters it used,
 is_done, finish returns the value or an error string) but only finds where one message

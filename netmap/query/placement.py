@@ -71,8 +71,7 @@ def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
 
     parallel=True (the command line, which may fork) has a child forked for half of the
     candidates check them when there are many and the load average leaves a CPU idle
-    (_share_out; on a busy machine the child only waited for a core: 10k standard hosts
-    at load 5, 0.67 s of CPU with it, 0.58 s without, and no sooner).
+    (_share_out; on a busy machine the child would only wait for a core).
     The answer is the same."""
     # Everything built here is garbage only at the end: a collection in between would
     # walk every object of the fleet again (pausing saved a tenth of a warm 10k query).
@@ -129,7 +128,7 @@ def _share_out(fleet: Fleet, guest: Guest, to_check: list[str], strict: bool,
                                             list[str]]:
     """With many to check and a CPU idle (netmap.support.cpus), a worker process forked
     now checks half of them (it runs slower on the memory it shares with us
-    copy-on-write: 10k hosts, 0.1 s of 0.2 s each).
+    copy-on-write).
     Returns how to wait for its answer (None when it failed: check them here; the worker
     is gone once it is read) and its hosts, or (None, []) when nothing was handed out."""
     if (len(to_check) < PARALLEL_MIN_CANDIDATES or not idle_cpu()

@@ -10,8 +10,7 @@ def idle_cpu() -> bool:
     """Whether a second CPU is free for a worker: there is one, and the machine's run
     queue (the load average over the last minute, this process included) leaves one idle.
     On a busy machine the worker waits for a core and only adds its fork, its pickles and
-    their copy back: 10k hosts at load 4.6 on 2 CPUs took 4.1 s and 2.6 s of CPU with it,
-    3.1 s and 2.2 s without."""
+    their copy back (README, bench_fleet.py)."""
     cpus = len(os.sched_getaffinity(0))
     if cpus < 2:
         return False
