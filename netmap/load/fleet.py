@@ -118,7 +118,9 @@ def _load_with(db: Store, base: Path, files: tuple[list[str], list[str]],
                     fresh[path] = (value, theirs)
                     return value
                 value = parser(path, *args)
-                fresh[path] = (value, None)
+                # pickled now, while the second process pickles its share: after it
+                # returned, this would be ours alone to wait for
+                fresh[path] = (value, None if keys.of(path) is None else _pickled(value))
                 return value
             return load_one
 
