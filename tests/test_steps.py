@@ -956,3 +956,31 @@ def test_a_port_goes_with_its_bridge_and_comes_out_of_one_netmap_keeps_but_did_n
         if not isinstance(step, EnslavePort):
             assert step.leaves_a_bridge_that_stays(set(), set(), set()) is None
             assert step.gone_with_its_master({}, set(), set()) is None
+
+
+def test_a_made_link_records_its_ifindex_and_a_vf_claim_that_it_is_done() -> None:
+    """What each kind writes to state once the realize made it: a later run tells netmap's
+    device from one of the same name (ifindex), and repairs a done claim in place."""
+
+    class Recorded(State):
+        def record_identity(self, key: str, ifindex: int) -> bool:
+            changed = self.records[key][1] != ifindex
+            self.records[key] = (self.records[key][0], ifindex, self.records[key][2])
+            return changed
+
+    tap = CreateTap("nm0", "fe:54:00:00:00:01", "52:54:00:00:00:01", 1500, "br0")
+    state = Recorded({tap.resource: (["vm1"], None, {}),
+                      MACVTAP_CLAIM.resource: (["vm1"], None, {"index": 3})})
+    links = {"nm0": Link(7, "nm0", "tun")}
+    assert tap.record_made(state, links, "adopt") is False  # someone else's
+    assert tap.record_made(state, {"nm0": Link(7, "nm0", "bridge")}, "create") is False
+    assert tap.record_made(state, links, "create") is True
+    assert state.made_ifindex(tap.resource) == 7
+    assert tap.record_made(state, links, "unchanged") is False  # known already
+    assert MACVTAP_CLAIM.record_made(state, links, "create") is True
+    assert state.records[MACVTAP_CLAIM.resource][2] == {"index": 3, "done": True}
+    assert MACVTAP_CLAIM.record_made(state, links, "repair") is False  # done already
+    for step in SAMPLES:
+        if not isinstance(step, (CreateTap, ClaimVf)) and step.release_phase != "delete":
+            assert step.record_made(state, links, "create") is False
+

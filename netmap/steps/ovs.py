@@ -28,6 +28,7 @@ class EnsureOvsBridge(Step):
     datapath type is the operator's), else created with `datapath_type`."""
 
     kind: ClassVar[str] = "ovs-bridge"
+    planned_as: ClassVar[str | None] = "ovs-bridge"
     deferred: ClassVar[bool] = True
     release_phase: ClassVar[ReleasePhase] = "ovsdb"
     name: str
