@@ -984,3 +984,18 @@ def test_a_made_link_records_its_ifindex_and_a_vf_claim_that_it_is_done() -> Non
         if not isinstance(step, (CreateTap, ClaimVf)) and step.release_phase != "delete":
             assert step.record_made(state, links, "create") is False
 
+
+def test_a_shared_device_says_what_release_puts_back_and_who_needs_it() -> None:
+    bridge, vlan_link = EnsureBridge("br0", 9000, vlan_filtering=True), SAMPLES[5]
+    assert bridge.restored == ("mtu", "vlan_filtering")
+    assert bridge.needs_changed("mtu", 1500) is True
+    assert bridge.needs_changed("mtu", 9000) is False
+    assert bridge.needs_changed("vlan_filtering", False) is True
+    assert EnsureBridge("br0", 1500).needs_changed("vlan_filtering", False) is False
+    assert isinstance(vlan_link, EnsureVlanLink)
+    assert vlan_link.restored == ("mtu",)
+    assert vlan_link.needs_changed("mtu", 1400) is True
+    assert vlan_link.needs_changed("vlan_filtering", False) is False
+    others = [s for s in SAMPLES if not isinstance(s, (EnsureBridge, EnsureVlanLink))]
+    assert [s for s in others if s.restored or s.needs_changed("mtu", 0)] == []
+

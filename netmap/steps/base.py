@@ -391,6 +391,14 @@ class Step:
         bridge; `leaving`: ports netmap takes out of a bridge it did not make."""
         return None
 
+    # what a guest's repair changes on this device that other guests share, which release
+    # puts back once no guest that needs the change is left (netlink/shared_changes.py)
+    restored: ClassVar[tuple[str, ...]] = ()
+
+    def needs_changed(self, attr: str, old: object) -> bool:
+        """Whether this step needs `attr` changed from `old` (old was not enough for it)."""
+        return False
+
     # --- when the kernel says no -------------------------------------------------------------
     def describe_change(self, action: Action) -> str:
         """What carrying out `action` does, for a person: a failure names it."""
