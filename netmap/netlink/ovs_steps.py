@@ -43,8 +43,7 @@ class Batch:
 def verify(ovs: db.Ovsdb, nic: p.NicPlan) -> list[str]:
     """The guest's port as planned, and ovs-vswitchd using it (an OpenFlow port number,
     no error on its interface)."""
-    step = next((s for s in nic.steps if isinstance(s, p.EnsureOvsPort)
-                 and s.port == nic.device), None)
+    step = nic.step_of(p.EnsureOvsPort, nic.device) if nic.device else None
     if step is None:
         return []
     port = ovs.port_status(step.bridge, step.port)
