@@ -9,13 +9,17 @@ it exists; modules are read with `ast`, never imported.
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
 import netmap.steps as steps
+from netmap.netlink import ovs_steps, ovsdb
+from netmap.steps import EnsureOvsBridge, EnsureOvsPort
 from netmap.steps.base import Step
+from netmap.steps.ovs import OvsStep
 
 PACKAGE = REPO / "netmap"
 ALLOWED = (PACKAGE / "steps", PACKAGE / "plan")  # where a step's class may be asked
@@ -94,3 +98,85 @@ def test_no_module_outside_steps_asks_a_steps_class(path: Path) -> None:
     part in an OVSDB transaction, what a release puts back of it."""
     assert kind_tests(path.read_text()) == []
 
+
+
+def test_only_an_ovs_step_is_released_in_the_ovsdb_transaction() -> None:
+    """release hands the steps of release phase "ovsdb" to the OVSDB transaction as OVS
+    steps (steps.ovs.changes_ovsdb): that phase and the class go together."""
+    in_ovsdb = {cls for cls in STEP_CLASSES if cls.release_phase == "ovsdb"}
+    assert in_ovsdb == {cls for cls in STEP_CLASSES if issubclass(cls, OvsStep)}
+
+
+@dataclass(frozen=True)
+class Port:
+    external_ids: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Bridge:
+    ports: dict[str, Port]
+    external_ids: dict[str, str] = field(default_factory=lambda: {"netmap-owner": "netmap"})
+
+
+@dataclass
+class Connections:
+    """ovsdb.Connections over fixed bridges, one database per remote; records each
+    transaction applied."""
+
+    bridges_at: dict[str, dict[str, Bridge]]
+    opened: list[tuple[str, bool]] = field(default_factory=list)
+    applied: list[tuple[str, list[ovsdb.Change]]] = field(default_factory=list)
+
+    def __call__(self, remote: str, *, every_port: bool = False) -> Connections.Db:
+        self.opened.append((remote, every_port))
+        return Connections.Db(self, remote)
+
+    @dataclass
+    class Db:
+        connections: Connections
+        remote: str
+
+        def bridges(self) -> dict[str, Bridge]:
+            return self.connections.bridges_at[self.remote]
+
+        def apply(self, changes: list[ovsdb.Change]) -> None:
+            self.connections.applied.append((self.remote, changes))
+
+
+def _port(port: str, bridge: str, remote: str, owner: str) -> EnsureOvsPort:
+    return EnsureOvsPort(port, bridge, remote, external_ids=(("netmap-owner", owner),))
+
+
+def test_release_s_ovsdb_transaction_is_built_from_what_each_step_says() -> None:
+    """Per database one transaction: every port (the last named first), then the bridges;
+    a bridge that keeps someone else's port keeps its uplink. The same transactions, in the
+    same order, as when ovs_steps.release tested each step's class."""
+    a, b = "unix:/a.sock", "unix:/b.sock"
+    connections = Connections({
+        a: {"br-a": Bridge({"eth0": Port({"netmap-owner": "uplink"}),
+                            "nm0": Port({"netmap-owner": "vm1"}),
+                            "nm1": Port({"netmap-owner": "vm2"})})},
+        b: {"br-b": Bridge({"eth1": Port({"netmap-owner": "uplink"}),
+                            "nm2": Port({"netmap-owner": "vm1"}), "vnet9": Port({})}),
+            "br-x": Bridge({}, external_ids={})}})
+    items = [("port:nm0", _port("nm0", "br-a", a, "vm1")),
+             ("port:eth1", _port("eth1", "br-b", b, "uplink")),
+             ("port:eth0", _port("eth0", "br-a", a, "uplink")),
+             ("bridge:br-a", EnsureOvsBridge("br-a", a)),
+             ("port:nm2", _port("nm2", "br-b", b, "vm1")),
+             ("port:nm1", _port("nm1", "br-a", a, "vm2")),
+             ("bridge:br-b", EnsureOvsBridge("br-b", b)),
+             ("bridge:br-x", EnsureOvsBridge("br-x", b)),
+             ("port:nm9", _port("nm9", "br-a", a, "vm1"))]
+    removed, kept, failed = ovs_steps.release(connections, items, going=set())  # type: ignore[arg-type]
+    assert connections.opened == [(a, True), (b, True)]
+    assert connections.applied == [
+        (a, [ovsdb.DeletePort("nm1", "br-a"), ovsdb.DeletePort("eth0", "br-a"),
+             ovsdb.DeletePort("nm0", "br-a"), ovsdb.DeleteBridge("br-a")]),
+        (b, [ovsdb.DeletePort("nm2", "br-b")])]
+    assert removed == ["port:nm9 (already gone)", "bridge:br-a", "port:nm0", "port:eth0",
+                       "port:nm1", "port:nm2"]
+    assert kept == [("bridge:br-b", "OVS bridge still has ports netmap did not add: vnet9"),
+                    ("bridge:br-x", "not netmap's bridge any more, left alone"),
+                    ("port:eth1", "the uplink of OVS bridge br-b, which stays")]
+    assert failed == []

@@ -999,3 +999,56 @@ def test_a_shared_device_says_what_release_puts_back_and_who_needs_it() -> None:
     others = [s for s in SAMPLES if not isinstance(s, (EnsureBridge, EnsureVlanLink))]
     assert [s for s in others if s.restored or s.needs_changed("mtu", 0)] == []
 
+
+@dataclass
+class OvsRelease:
+    """netmap.steps.ovs.OvsRelease that records the removals the steps add."""
+
+    bridges: dict[str, OvsBridge]
+    going: set[str] = field(default_factory=set)
+    leaving: set[str] = field(default_factory=set)
+    staying: set[str] = field(default_factory=set)
+    deleted: list[tuple[str, ...]] = field(default_factory=list)
+
+    def delete_bridge(self, name: str) -> None:
+        self.deleted.append(("bridge", name))
+
+    def delete_port(self, port: str, bridge: str) -> None:
+        self.deleted.append(("port", port, bridge))
+
+
+def test_an_ovs_step_decides_its_part_in_release_s_ovsdb_transaction() -> None:
+    bridge = EnsureOvsBridge("br-int", OVSDB)
+    mark = {"netmap-owner": "netmap"}
+    ports = {"eth0": OvsPort(external_ids={"netmap-owner": "uplink"}),
+             "nm0": OvsPort(external_ids={"netmap-owner": "vm1"})}
+    ovs = OvsRelease({"br-int": OvsBridge("br-int", ports, mark)}, leaving={"eth0", "nm0"})
+    assert bridge.release_ovsdb(ovs) == ("delete", "")
+    assert UPLINK_PORT.release_ovsdb(ovs) == ("delete", "")
+    assert GUEST_PORT.release_ovsdb(ovs) == ("delete", "")
+    assert ovs.deleted == [("bridge", "br-int"), ("port", "eth0", "br-int"),
+                           ("port", "nm0", "br-int")]
+    assert (bridge.ovs_port, UPLINK_PORT.ovs_port) == (None, "eth0")
+    assert bridge.release_order < UPLINK_PORT.release_order  # the bridge says if it stays
+    assert (bridge.reads_every_port, UPLINK_PORT.reads_every_port) == (True, False)
+
+    # someone else's port keeps netmap's bridge, and the bridge its uplink
+    foreign = {**ports, "vnet9": OvsPort()}
+    ovs = OvsRelease({"br-int": OvsBridge("br-int", foreign, mark)}, leaving={"eth0", "nm0"})
+    assert bridge.release_ovsdb(ovs) == (
+        "keep", "OVS bridge still has ports netmap did not add: vnet9")
+    assert ovs.staying == {"br-int"}
+    assert UPLINK_PORT.release_ovsdb(ovs) == (
+        "keep", "the uplink of OVS bridge br-int, which stays")
+    assert GUEST_PORT.release_ovsdb(ovs) == ("delete", "")
+    assert ovs.deleted == [("port", "nm0", "br-int")]
+
+    # gone, or no longer netmap's
+    unmarked = OvsRelease({"br-int": OvsBridge("br-int", {"nm0": OvsPort()})},
+                          leaving={"nm0"})
+    assert bridge.release_ovsdb(unmarked) == ("keep", "not netmap's bridge any more, left alone")
+    assert GUEST_PORT.release_ovsdb(unmarked) == (
+        "keep", "now someone else's port (no netmap mark), left alone")
+    assert UPLINK_PORT.release_ovsdb(unmarked) == ("gone", "")
+    assert bridge.release_ovsdb(OvsRelease({})) == ("gone", "")
+    assert unmarked.deleted == []

@@ -36,6 +36,7 @@ from netmap.steps.base import (
     Undo,
     VirtualFunctionView,
 )
+from netmap.steps.ovs import changes_ovsdb
 
 # OVSDB and SR-IOV are imported where a plan uses them: the QEMU helper applies its plan
 # through this transaction while QEMU waits, and a tap on a Linux bridge needs neither
@@ -107,8 +108,8 @@ class Transaction(RtnlKernel):
             from netmap.netlink import ovsdb
 
             self._ovsdb = ovsdb.Connections(ports={
-                s.port for q in self.plans for n in q.nics for s in n.steps
-                if isinstance(s, p.EnsureOvsPort)})
+                port for q in self.plans for n in q.nics for s in n.steps
+                if changes_ovsdb(s) and (port := s.ovs_port)})
         return self._ovsdb
 
     # --- the live host, as a step's decide reads it -------------------------------------------

@@ -18,6 +18,7 @@ from netmap.errors import ApplyError
 from netmap.netlink import rtmsg, rtnl, shared_changes
 from netmap.netlink.kernel_steps import RtnlKernel
 from netmap.state import HostState
+from netmap.steps.ovs import OvsStep, changes_ovsdb
 
 
 class Tally(Protocol):
@@ -137,11 +138,11 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     failed: list[tuple[str, dict]] = []
     kept: list[tuple[str, dict]] = []
     deletes: list[tuple[str, dict]] = []
-    phases: dict[str, list[tuple[str, dict, p.Step]]] = {"ovsdb": [], "undo": [],
-                                                         "undo-last": []}
+    phases: dict[str, list[tuple[str, dict, p.Step]]] = {"undo": [], "undo-last": []}
+    ovs: list[tuple[str, dict, OvsStep]] = []
     for key, record, step in steps:
-        if step.release_phase == "ovsdb":  # OVSDB's own rules decide (ovs_steps.release)
-            phases["ovsdb"].append((key, record, step))
+        if changes_ovsdb(step):  # OVSDB's own rules decide (ovs_steps.release)
+            ovs.append((key, record, step))
             continue
         if key in replaced:
             result.kept.append(f"{key}: {replaced[key]}")
@@ -160,7 +161,6 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
             result.removed.append(f"{key} (already gone)")
         else:
             deletes.append((key, record))
-    ovs = phases["ovsdb"]
     if ovs:
         failed_ovs, kept_ovs = _release_ovs(ovs, going, result)
         failed += failed_ovs
@@ -178,14 +178,14 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     return failed, kept
 
 
-def _release_ovs(records: list[tuple[str, dict, p.Step]], going: set[str], result: Tally,
+def _release_ovs(records: list[tuple[str, dict, OvsStep]], going: set[str], result: Tally,
                  ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
     """OVS ports and bridges netmap added: one OVSDB transaction (ovs_steps.release)."""
     from netmap.netlink import ovs_steps, ovsdb
 
     by_key = {key: record for key, record, _ in records}
-    connections = ovsdb.Connections(ports={step.port for _, _, step in records
-                                           if isinstance(step, p.EnsureOvsPort)})
+    connections = ovsdb.Connections(ports={port for _, _, step in records
+                                           if (port := step.ovs_port)})
     try:
         removed, kept, failed = ovs_steps.release(
             connections, [(key, step) for key, _, step in records], going)
