@@ -956,3 +956,99 @@ def test_a_port_goes_with_its_bridge_and_comes_out_of_one_netmap_keeps_but_did_n
         if not isinstance(step, EnslavePort):
             assert step.leaves_a_bridge_that_stays(set(), set(), set()) is None
             assert step.gone_with_its_master({}, set(), set()) is None
+
+
+def test_a_made_link_records_its_ifindex_and_a_vf_claim_that_it_is_done() -> None:
+    """What each kind writes to state once the realize made it: a later run tells netmap's
+    device from one of the same name (ifindex), and repairs a done claim in place."""
+
+    class Recorded(State):
+        def record_identity(self, key: str, ifindex: int) -> bool:
+            changed = self.records[key][1] != ifindex
+            self.records[key] = (self.records[key][0], ifindex, self.records[key][2])
+            return changed
+
+    tap = CreateTap("nm0", "fe:54:00:00:00:01", "52:54:00:00:00:01", 1500, "br0")
+    state = Recorded({tap.resource: (["vm1"], None, {}),
+                      MACVTAP_CLAIM.resource: (["vm1"], None, {"index": 3})})
+    links = {"nm0": Link(7, "nm0", "tun")}
+    assert tap.record_made(state, links, "adopt") is False  # someone else's
+    assert tap.record_made(state, {"nm0": Link(7, "nm0", "bridge")}, "create") is False
+    assert tap.record_made(state, links, "create") is True
+    assert state.made_ifindex(tap.resource) == 7
+    assert tap.record_made(state, links, "unchanged") is False  # known already
+    assert MACVTAP_CLAIM.record_made(state, links, "create") is True
+    assert state.records[MACVTAP_CLAIM.resource][2] == {"index": 3, "done": True}
+    assert MACVTAP_CLAIM.record_made(state, links, "repair") is False  # done already
+    for step in SAMPLES:
+        if not isinstance(step, (CreateTap, ClaimVf)) and step.release_phase != "delete":
+            assert step.record_made(state, links, "create") is False
+
+
+def test_a_shared_device_says_what_release_puts_back_and_who_needs_it() -> None:
+    bridge, vlan_link = EnsureBridge("br0", 9000, vlan_filtering=True), SAMPLES[5]
+    assert bridge.restored == ("mtu", "vlan_filtering")
+    assert bridge.needs_changed("mtu", 1500) is True
+    assert bridge.needs_changed("mtu", 9000) is False
+    assert bridge.needs_changed("vlan_filtering", False) is True
+    assert EnsureBridge("br0", 1500).needs_changed("vlan_filtering", False) is False
+    assert isinstance(vlan_link, EnsureVlanLink)
+    assert vlan_link.restored == ("mtu",)
+    assert vlan_link.needs_changed("mtu", 1400) is True
+    assert vlan_link.needs_changed("vlan_filtering", False) is False
+    others = [s for s in SAMPLES if not isinstance(s, (EnsureBridge, EnsureVlanLink))]
+    assert [s for s in others if s.restored or s.needs_changed("mtu", 0)] == []
+
+
+@dataclass
+class OvsRelease:
+    """netmap.steps.ovs.OvsRelease that records the removals the steps add."""
+
+    bridges: dict[str, OvsBridge]
+    going: set[str] = field(default_factory=set)
+    leaving: set[str] = field(default_factory=set)
+    staying: set[str] = field(default_factory=set)
+    deleted: list[tuple[str, ...]] = field(default_factory=list)
+
+    def delete_bridge(self, name: str) -> None:
+        self.deleted.append(("bridge", name))
+
+    def delete_port(self, port: str, bridge: str) -> None:
+        self.deleted.append(("port", port, bridge))
+
+
+def test_an_ovs_step_decides_its_part_in_release_s_ovsdb_transaction() -> None:
+    bridge = EnsureOvsBridge("br-int", OVSDB)
+    mark = {"netmap-owner": "netmap"}
+    ports = {"eth0": OvsPort(external_ids={"netmap-owner": "uplink"}),
+             "nm0": OvsPort(external_ids={"netmap-owner": "vm1"})}
+    ovs = OvsRelease({"br-int": OvsBridge("br-int", ports, mark)}, leaving={"eth0", "nm0"})
+    assert bridge.release_ovsdb(ovs) == ("delete", "")
+    assert UPLINK_PORT.release_ovsdb(ovs) == ("delete", "")
+    assert GUEST_PORT.release_ovsdb(ovs) == ("delete", "")
+    assert ovs.deleted == [("bridge", "br-int"), ("port", "eth0", "br-int"),
+                           ("port", "nm0", "br-int")]
+    assert (bridge.ovs_port, UPLINK_PORT.ovs_port) == (None, "eth0")
+    assert bridge.release_order < UPLINK_PORT.release_order  # the bridge says if it stays
+    assert (bridge.reads_every_port, UPLINK_PORT.reads_every_port) == (True, False)
+
+    # someone else's port keeps netmap's bridge, and the bridge its uplink
+    foreign = {**ports, "vnet9": OvsPort()}
+    ovs = OvsRelease({"br-int": OvsBridge("br-int", foreign, mark)}, leaving={"eth0", "nm0"})
+    assert bridge.release_ovsdb(ovs) == (
+        "keep", "OVS bridge still has ports netmap did not add: vnet9")
+    assert ovs.staying == {"br-int"}
+    assert UPLINK_PORT.release_ovsdb(ovs) == (
+        "keep", "the uplink of OVS bridge br-int, which stays")
+    assert GUEST_PORT.release_ovsdb(ovs) == ("delete", "")
+    assert ovs.deleted == [("port", "nm0", "br-int")]
+
+    # gone, or no longer netmap's
+    unmarked = OvsRelease({"br-int": OvsBridge("br-int", {"nm0": OvsPort()})},
+                          leaving={"nm0"})
+    assert bridge.release_ovsdb(unmarked) == ("keep", "not netmap's bridge any more, left alone")
+    assert GUEST_PORT.release_ovsdb(unmarked) == (
+        "keep", "now someone else's port (no netmap mark), left alone")
+    assert UPLINK_PORT.release_ovsdb(unmarked) == ("gone", "")
+    assert bridge.release_ovsdb(OvsRelease({})) == ("gone", "")
+    assert unmarked.deleted == []

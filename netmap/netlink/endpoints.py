@@ -99,7 +99,7 @@ class VxlanBridgeTap(BridgeTap):
 
     def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
         problems = super().verify(nic, links, txn)
-        vx = next((s for s in nic.steps if isinstance(s, p.EnsureVxlan)), None)
+        vx = nic.step_of(p.EnsureVxlan)
         live = links.get(vx.name) if vx else None
         if vx and (live is None or live.vni != vx.vni or not live.up):
             problems.append(f"NIC {nic.nic}: vxlan {vx.name} with VNI {vx.vni} is not up")
@@ -140,7 +140,7 @@ class SriovVf(Endpoint):
 
     def verify(self, nic: p.NicPlan, links: dict[str, Link], txn: TransactionView) -> list[str]:
         problems = super().verify(nic, links, txn)
-        claim = next((s for s in nic.steps if isinstance(s, p.ClaimVf)), None)
+        claim = nic.step_of(p.ClaimVf)
         vf = txn.vf_for(nic)
         if claim is None or vf is None:
             return [*problems, f"NIC {nic.nic}: no VF of {nic.uplink} is claimed"]
@@ -177,7 +177,7 @@ class OvsTap(Endpoint):
         from netmap.netlink import ovs_steps
 
         problems = super().verify(nic, links, txn)
-        port = next((s for s in nic.steps if isinstance(s, p.EnsureOvsPort)), None)
+        port = nic.step_of(p.EnsureOvsPort)
         if port is not None:
             problems += ovs_steps.verify(txn.ovsdb(port.ovsdb), nic)
         return problems

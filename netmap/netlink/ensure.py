@@ -36,6 +36,7 @@ from netmap.steps.base import (
     Undo,
     VirtualFunctionView,
 )
+from netmap.steps.ovs import changes_ovsdb
 
 # OVSDB and SR-IOV are imported where a plan uses them: the QEMU helper applies its plan
 # through this transaction while QEMU waits, and a tap on a Linux bridge needs neither
@@ -107,8 +108,8 @@ class Transaction(RtnlKernel):
             from netmap.netlink import ovsdb
 
             self._ovsdb = ovsdb.Connections(ports={
-                s.port for q in self.plans for n in q.nics for s in n.steps
-                if isinstance(s, p.EnsureOvsPort)})
+                port for q in self.plans for n in q.nics for s in n.steps
+                if changes_ovsdb(s) and (port := s.ovs_port)})
         return self._ovsdb
 
     # --- the live host, as a step's decide reads it -------------------------------------------
@@ -249,10 +250,8 @@ class Transaction(RtnlKernel):
         step = action.step
         if action.verdict == "recreate":
             self._planned["recreate"].add(step.target)
-        elif action.verdict == "create" and isinstance(step, p.LinkStep):
-            self._planned["link"].add(step.name)
-        elif action.verdict == "create" and isinstance(step, p.EnsureOvsBridge):
-            self._planned["ovs-bridge"].add(step.name)
+        elif action.verdict == "create" and step.planned_as is not None:
+            self._planned[step.planned_as].add(step.target)
 
     def decide(self) -> None:
         self.links = self.kernel.links()
@@ -307,17 +306,7 @@ class Transaction(RtnlKernel):
         then repairs it in place, never claims it again). Returns whether state changed."""
         changed = False
         for action in self.actions:
-            step = action.step
-            if isinstance(step, p.ClaimVf):
-                record = self.state.resource(step.resource)
-                if record is not None and not record["info"].get("done"):
-                    record["info"]["done"] = changed = True
-                continue
-            if not isinstance(step, p.LinkStep) or action.verdict == "adopt":
-                continue
-            live = self.links.get(step.name)
-            if live is not None and live.kind == step.link_kind:
-                changed = self.state.record_identity(step.resource, live.index) or changed
+            changed = action.step.record_made(self.state, self.links, action.verdict) or changed
         return changed
 
     def restore_identities(self) -> bool:

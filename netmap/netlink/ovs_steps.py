@@ -1,7 +1,7 @@
-"""The OVS side of realize and release (the steps themselves, and their verdicts, are
-netmap/steps/ovs.py): one OVSDB transaction for all of a realize's OVS changes (and one that
-undoes them), verify, and release's removal of what netmap added, judged by the mark it
-left on each (OVS_OWNER_KEY).
+"""The OVS side of realize and release (the steps themselves, their verdicts and what each
+removes at release, are netmap/steps/ovs.py): one OVSDB transaction for all of a realize's
+OVS changes (and one that undoes them), verify, and release's one transaction per OVSDB of
+what netmap added, judged by the mark it left on each (OVS_OWNER_KEY).
 
 What netmap adds carries that mark in external_ids; a port or bridge without it is
 someone else's and is never changed or removed (a foreign port holding the name of a
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from netmap import plan as p
 from netmap.errors import ApplyError
 from netmap.netlink import ovsdb as db
+from netmap.steps.ovs import OvsStep
 
 
 @dataclass
@@ -43,8 +44,7 @@ class Batch:
 def verify(ovs: db.Ovsdb, nic: p.NicPlan) -> list[str]:
     """The guest's port as planned, and ovs-vswitchd using it (an OpenFlow port number,
     no error on its interface)."""
-    step = next((s for s in nic.steps if isinstance(s, p.EnsureOvsPort)
-                 and s.port == nic.device), None)
+    step = nic.step_of(p.EnsureOvsPort, nic.device) if nic.device else None
     if step is None:
         return []
     port = ovs.port_status(step.bridge, step.port)
@@ -61,7 +61,25 @@ def verify(ovs: db.Ovsdb, nic: p.NicPlan) -> list[str]:
     return problems
 
 
-def release(connections: db.Connections, steps: Iterable[tuple[str, p.Step]], going: set[str],
+@dataclass
+class _Release:
+    """One OVSDB's part of a release: ovs.OvsRelease, as the OVS steps decide in it."""
+
+    bridges: dict[str, db.OvsBridge]
+    going: set[str]
+    leaving: set[str]
+    staying: set[str] = field(default_factory=set)
+    changes: list[db.Change] = field(default_factory=list)
+
+    def delete_bridge(self, name: str) -> None:
+        self.changes.append(db.DeleteBridge(name))
+
+    def delete_port(self, port: str, bridge: str) -> None:
+        # a port's removal names its bridge: every port goes before the bridges
+        self.changes.insert(0, db.DeletePort(port, bridge))
+
+
+def release(connections: db.Connections, steps: Iterable[tuple[str, OvsStep]], going: set[str],
             ) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
     """Remove the OVS ports and bridges of `steps` (key, step) that still carry netmap's
     mark, in one transaction per OVSDB. Returns the keys removed, those kept (key, why:
@@ -69,54 +87,25 @@ def release(connections: db.Connections, steps: Iterable[tuple[str, p.Step]], go
     removed: list[str] = []
     kept: list[tuple[str, str]] = []
     failed: list[tuple[str, str]] = []
-    by_remote: dict[str, list[tuple[str, p.Step]]] = {}
+    by_remote: dict[str, list[tuple[str, OvsStep]]] = {}
     for key, step in steps:
-        by_remote.setdefault(getattr(step, "ovsdb", ""), []).append((key, step))
+        by_remote.setdefault(step.ovsdb, []).append((key, step))
     for remote, items in by_remote.items():
         try:
-            # with a bridge to remove: whether it holds ports netmap did not add
-            ovs = connections(remote, every_port=any(isinstance(step, p.EnsureOvsBridge)
+            ovs = connections(remote, every_port=any(step.reads_every_port
                                                      for _, step in items))
-            bridges = ovs.bridges()
-            changes: list[db.Change] = []
+            txn = _Release(ovs.bridges(), going,
+                           leaving={port for _k, s in items if (port := s.ovs_port)})
             done: list[str] = []
-            leaving = {s.port for _k, s in items if isinstance(s, p.EnsureOvsPort)}
-            staying: set[str] = set()  # netmap's bridges that keep someone else's ports
-            for key, step in items:
-                if not isinstance(step, p.EnsureOvsBridge):
-                    continue
-                live = bridges.get(step.name)
-                if live is None:
+            for key, step in sorted(items, key=lambda item: item[1].release_order):
+                verdict, why = step.release_ovsdb(txn)
+                if verdict == "gone":
                     removed.append(f"{key} (already gone)")
-                    continue
-                others = sorted(n for n in live.ports if n != step.name
-                                and n not in leaving and n not in going)
-                if others:
-                    kept.append((key, f"OVS bridge still has ports netmap did not add: "
-                                 f"{', '.join(others)}"))
-                    staying.add(step.name)
-                elif live.external_ids.get(p.OVS_OWNER_KEY) != "netmap":
-                    kept.append((key, "not netmap's bridge any more, left alone"))
+                elif verdict == "keep":
+                    kept.append((key, why))
                 else:
-                    changes.append(db.DeleteBridge(step.name))
                     done.append(key)
-            for key, step in items:
-                if not isinstance(step, p.EnsureOvsPort):
-                    continue
-                live = bridges.get(step.bridge)
-                port = live.ports.get(step.port) if live else None
-                if port is None:
-                    removed.append(f"{key} (already gone)")
-                elif p.OVS_OWNER_KEY not in port.external_ids:
-                    kept.append((key, "now someone else's port (no netmap mark), left alone"))
-                elif step.uplink and step.bridge in staying:
-                    # the ports that keep the bridge need its uplink: both go together,
-                    # at a later release, once those ports are gone
-                    kept.append((key, f"the uplink of OVS bridge {step.bridge}, which stays"))
-                else:
-                    changes.insert(0, db.DeletePort(step.port, step.bridge))
-                    done.append(key)
-            ovs.apply(changes)
+            ovs.apply(txn.changes)
             removed += done
         except ApplyError as err:
             failed += [(key, err.problem) for key, _ in items]

@@ -18,6 +18,7 @@ from netmap.errors import ApplyError
 from netmap.netlink import rtmsg, rtnl, shared_changes
 from netmap.netlink.kernel_steps import RtnlKernel
 from netmap.state import HostState
+from netmap.steps.ovs import OvsStep, changes_ovsdb
 
 
 class Tally(Protocol):
@@ -136,12 +137,12 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
                if (port := step.leaves_a_bridge_that_stays(going, made, foreign))}
     failed: list[tuple[str, dict]] = []
     kept: list[tuple[str, dict]] = []
-    deletes: list[tuple[str, dict]] = []
-    phases: dict[str, list[tuple[str, dict, p.Step]]] = {"ovsdb": [], "undo": [],
-                                                         "undo-last": []}
+    deletes: list[tuple[str, dict, str]] = []  # key, record, the link to delete
+    phases: dict[str, list[tuple[str, dict, p.Step]]] = {"undo": [], "undo-last": []}
+    ovs: list[tuple[str, dict, OvsStep]] = []
     for key, record, step in steps:
-        if step.release_phase == "ovsdb":  # OVSDB's own rules decide (ovs_steps.release)
-            phases["ovsdb"].append((key, record, step))
+        if changes_ovsdb(step):  # OVSDB's own rules decide (ovs_steps.release)
+            ovs.append((key, record, step))
             continue
         if key in replaced:
             result.kept.append(f"{key}: {replaced[key]}")
@@ -159,8 +160,7 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
         elif step.target not in links:
             result.removed.append(f"{key} (already gone)")
         else:
-            deletes.append((key, record))
-    ovs = phases["ovsdb"]
+            deletes.append((key, record, step.target))
     if ovs:
         failed_ovs, kept_ovs = _release_ovs(ovs, going, result)
         failed += failed_ovs
@@ -178,14 +178,14 @@ def _undo_records(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
     return failed, kept
 
 
-def _release_ovs(records: list[tuple[str, dict, p.Step]], going: set[str], result: Tally,
+def _release_ovs(records: list[tuple[str, dict, OvsStep]], going: set[str], result: Tally,
                  ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
     """OVS ports and bridges netmap added: one OVSDB transaction (ovs_steps.release)."""
     from netmap.netlink import ovs_steps, ovsdb
 
     by_key = {key: record for key, record, _ in records}
-    connections = ovsdb.Connections(ports={step.port for _, _, step in records
-                                           if isinstance(step, p.EnsureOvsPort)})
+    connections = ovsdb.Connections(ports={port for _, _, step in records
+                                           if (port := step.ovs_port)})
     try:
         removed, kept, failed = ovs_steps.release(
             connections, [(key, step) for key, _, step in records], going)
@@ -209,21 +209,21 @@ def _undo(kernel: RtnlKernel, key: str, record: dict, step: p.Step, result: Tall
 
 
 def _delete_links(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link],
-                  deletes: list[tuple[str, dict]], result: Tally,
+                  deletes: list[tuple[str, dict, str]], result: Tally,
                   ) -> list[tuple[str, dict]]:
     """Delete many links at once: tag them with an unused group, delete the group."""
-    names = [str(record["step"]["name"]) for _, record in deletes]
+    names = [name for _, _, name in deletes]
     used = {link.group for link in links.values()}
     group = next(g for g in range(0x7E5A0000, 0x7E5B0000) if g not in used)
     tagged = kernel.batch([rtmsg.set_link(links[name].index, group=group) for name in names])
     failed = []
-    for (key, record), error in zip(deletes, tagged, strict=True):
+    for (key, record, _name), error in zip(deletes, tagged, strict=True):
         if error is not None and error.errno != errno.ENODEV:
             failed.append((key, {**record, "error": str(error)}))
     try:
         kernel.call(rtmsg.del_group(group))
     except OSError as err:
-        return [(k, {**r, "error": str(err)}) for k, r in deletes]
+        return [(k, {**r, "error": str(err)}) for k, r, _name in deletes]
     done = {k for k, _ in failed}
-    result.removed += [k for k, _ in deletes if k not in done]
+    result.removed += [k for k, _r, _name in deletes if k not in done]
     return failed

@@ -21,34 +21,22 @@ from netmap import plan as p
 from netmap.netlink import rtmsg, rtnl
 from netmap.state import HostState
 
-RESTORED = ("mtu", "vlan_filtering")  # what a guest needs of a shared device; the rest
-# of a repair (up, FDB ageing) is netmap's own setting of the device, for every guest
-
-
-def _needs(step: p.Step, attr: str, old: object) -> bool:
-    """Whether `step` needs the changed value of `attr` (old was not enough for it)."""
-    if attr == "mtu":
-        return isinstance(old, int) and getattr(step, "mtu", 0) > old
-    if attr == "vlan_filtering":
-        return bool(getattr(step, "vlan_filtering", False)) and not old
-    return False
-
 
 def hold(state: HostState, guest: str, step: p.Step, verdict: str,
          undo_repair: dict | None) -> None:
     """Record, before the change, what `guest` changes of a device others use (a repair
     while the device has other users) and which recorded changes it needs."""
     record = state.resource(step.resource)
-    if record is None or not isinstance(step, (p.EnsureBridge, p.EnsureVlanLink)):
+    if record is None or not step.restored:
         return
     changed: dict[str, dict[str, Any]] = record["info"].setdefault("changed", {})
     others = [g for g in record["guests"] if g != guest]
     if verdict == "repair" and others:
-        for attr in RESTORED:
+        for attr in step.restored:
             if attr in (undo_repair or {}) and attr not in changed:
                 changed[attr] = {"old": (undo_repair or {})[attr], "guests": []}
     for attr, entry in changed.items():
-        if _needs(step, attr, entry["old"]) and guest not in entry["guests"]:
+        if step.needs_changed(attr, entry["old"]) and guest not in entry["guests"]:
             entry["guests"].append(guest)
     if not changed:
         del record["info"]["changed"]
@@ -63,7 +51,7 @@ def give_back(kernel: rtnl.Rtnl, links: dict[str, rtmsg.Link], record: dict[str,
     if not changed:
         return {}
     step = p.step_from_dict(record["step"])
-    live = links.get(getattr(step, "name", ""))
+    live = links.get(step.target)
     back = {}
     for attr, entry in list(changed.items()):
         if guest in entry["guests"]:

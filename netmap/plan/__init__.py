@@ -12,6 +12,7 @@ state can count who still uses it. Which steps a NIC needs is its mode's answer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from netmap.steps import (  # noqa: F401  (the plan's vocabulary, imported from here too)
     BRIDGE_AGEING,
@@ -41,6 +42,8 @@ from netmap.steps.ovs import (  # noqa: F401
     default_ovsdb,
 )
 
+S = TypeVar("S", bound=Step)
+
 
 def host_side_mac(guest_mac: str) -> str:
     """The tap's own MAC: the guest's with the first byte 0xfe, as libvirt does, so a bridge
@@ -63,6 +66,12 @@ class NicPlan:
     bridge: str | None = None
     steps: tuple[Step, ...] = ()
     queues: int = 1
+
+    def step_of(self, kind: type[S], target: str | None = None) -> S | None:
+        """The NIC's first step of `kind` (about `target`, if given): what an endpoint
+        that verifies or attaches what its mode planned looks up (the mode made it)."""
+        return next((step for step in self.steps if isinstance(step, kind)
+                     and (target is None or step.target == target)), None)
 
     def as_dict(self) -> dict[str, object]:
         return {"nic": self.nic, "network": self.network, "mode": self.mode, "mac": self.mac,

@@ -26,7 +26,7 @@ from netmap.model.fleet import IFNAMSIZ, Binding, Fleet, Guest, GuestNic, Host, 
 from netmap.modes import Mode, mode_of
 
 if TYPE_CHECKING:
-    from netmap.plan import NicPlan, Plan, Step
+    from netmap.plan import NicPlan, Plan
     from netmap.qemu.helper import Request
 
 # A logical network name as load.py accepts it: no '/', no leading '.', nothing to escape.
@@ -115,13 +115,12 @@ def _unknown_guest(nic: NicPlan, mac_known: bool) -> NicPlan:
     if not mac_known:
         made_up["attached-mac"] = nic.mac
 
-    def known(step: Step) -> Step:
-        if not isinstance(step, EnsureOvsPort) or step.port != nic.device:
-            return step
-        return replace(step, external_ids=tuple(
-            (key, value) for key, value in step.external_ids if made_up.get(key) != value))
-
-    return replace(nic, steps=tuple(known(step) for step in nic.steps))
+    port = nic.step_of(EnsureOvsPort, nic.device) if nic.device else None
+    if port is None:
+        return nic
+    known = replace(port, external_ids=tuple(
+        (key, value) for key, value in port.external_ids if made_up.get(key) != value))
+    return replace(nic, steps=tuple(known if step is port else step for step in nic.steps))
 
 
 def plan_endpoint(request: Request, fleet: Fleet, host: Host) -> Endpoint:

@@ -125,6 +125,12 @@ class StateView(Protocol):
     def claimed_vfs(self, pf: str) -> dict[int, str]: ...
 
 
+class StateRecord(StateView, Protocol):
+    """What a step writes to state once the realize made it (netmap.state.HostState)."""
+
+    def record_identity(self, key: str, ifindex: int) -> bool: ...
+
+
 class LiveHost(Protocol):
     """What a step's decision reads: the live links (one dump), state, the plan's guest."""
 
@@ -287,6 +293,9 @@ class Step:
     # no batch of taps flushed before it, so many guests' taps still go in one batch
     deferred: ClassVar[bool] = False
     feature: ClassVar[str | None] = None  # what the kernel must offer to create it
+    # what a later step's decide asks whether the plan creates, under the step's target:
+    # "link" (LiveHost.planned_names) or "ovs-bridge" (LiveHost.ovs_bridges_planned)
+    planned_as: ClassVar[str | None] = None
 
     @property
     def resource(self) -> str:
@@ -323,6 +332,13 @@ class Step:
     def makes(self, verdict: str) -> bool:
         """Whether carrying out `verdict` makes something release must undo."""
         return verdict == "create"
+
+    def record_made(self, state: StateRecord, links: Mapping[str, LiveLink],
+                    verdict: str) -> bool:
+        """Once the realize's changes are made (`links`: the host after them): record in
+        state what a later run must know of what carrying out `verdict` made. Returns
+        whether state changed."""
+        return False
 
     # --- against the live host ------------------------------------------------------------
     def decide(self, live: LiveHost, nic: int) -> Action:
@@ -374,6 +390,14 @@ class Step:
         release undoes it). `going`: links release deletes and ports leaving with their
         bridge; `leaving`: ports netmap takes out of a bridge it did not make."""
         return None
+
+    # what a guest's repair changes on this device that other guests share, which release
+    # puts back once no guest that needs the change is left (netlink/shared_changes.py)
+    restored: ClassVar[tuple[str, ...]] = ()
+
+    def needs_changed(self, attr: str, old: object) -> bool:
+        """Whether this step needs `attr` changed from `old` (old was not enough for it)."""
+        return False
 
     # --- when the kernel says no -------------------------------------------------------------
     def describe_change(self, action: Action) -> str:

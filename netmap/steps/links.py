@@ -23,6 +23,7 @@ from netmap.steps.base import (
     LiveHost,
     LiveLink,
     ReleasePhase,
+    StateRecord,
     Step,
     master_name,
     refuse,
@@ -93,6 +94,7 @@ class LinkStep(Step):
 
     link_kind: ClassVar[str] = ""  # the kernel's kind of the link ("bridge", "tun", ...)
     release_phase: ClassVar[ReleasePhase] = "delete"
+    planned_as: ClassVar[str | None] = "link"
     name: str
 
     @property
@@ -108,6 +110,15 @@ class LinkStep(Step):
 
     def undo(self, kernel: Kernel, info: dict) -> None:
         kernel.delete_link(self.name)
+
+    def record_made(self, state: StateRecord, links: Mapping[str, LiveLink],
+                    verdict: str) -> bool:
+        """Which device is netmap's (its ifindex), also one a crashed run made and this one
+        finished; an adopted link is someone else's."""
+        live = links.get(self.name)
+        if verdict == "adopt" or live is None or live.kind != self.link_kind:
+            return False
+        return state.record_identity(self.resource, live.index)
 
     def replaced(self, live: LiveLink | None, made_ifindex: int | None) -> str | None:
         if live is None:

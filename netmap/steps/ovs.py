@@ -6,15 +6,25 @@ gathers into one OVSDB transaction per realize (netlink/ovs_steps.py) with its r
 What netmap adds carries its mark in external_ids (OVS_OWNER_KEY); a port or bridge without
 it is someone else's and is never changed or removed (a foreign port holding the name of a
 guest's tap is refused, an existing bridge is used as it is). Release judges by that mark
-too, in one OVSDB transaction (netlink/ovs_steps.release), so `undo` here does nothing.
+too: each step decides its part (`release_ovsdb`) in the one OVSDB transaction that
+netlink/ovs_steps.release sends, so `undo` here does nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal, Protocol, TypeGuard
 
-from netmap.steps.base import Action, Changes, LiveHost, ReleasePhase, Step, refuse
+from netmap.steps.base import (
+    Action,
+    Changes,
+    LiveHost,
+    OvsBridgeView,
+    ReleasePhase,
+    Step,
+    refuse,
+)
 from netmap.support.ovs_paths import OVS_RUNDIR, default_ovsdb  # noqa: F401 (re-exported)
 
 OVS_OWNER_KEY = "netmap-owner"  # on every OVS port netmap adds: release takes out only these
@@ -22,14 +32,63 @@ OVS_NETWORK_KEY = "netmap-network"  # on a guest's port: the logical network (dr
 UPLINK_OWNER = "uplink"  # the owner mark of an uplink's trunk port (shared by every guest)
 
 
+# An OVS step's part in release's OVSDB transaction: "delete" (its removal is in it), "gone"
+# (nothing of it is left to remove) or "keep" (and why)
+Released = tuple[Literal["delete", "gone", "keep"], str]
+
+
+class OvsRelease(Protocol):
+    """Release's one OVSDB transaction per database (netlink/ovs_steps.release), as each OVS
+    step decides its part in it, in `release_order`."""
+
+    @property
+    def bridges(self) -> Mapping[str, OvsBridgeView]: ...  # as OVSDB holds them now
+    @property
+    def going(self) -> set[str]: ...  # the links release deletes
+    @property
+    def leaving(self) -> set[str]: ...  # the OVS ports release takes out
+    @property
+    def staying(self) -> set[str]:
+        """netmap's bridges that stay for ports netmap did not add (a bridge adds itself)."""
+    def delete_bridge(self, name: str) -> None: ...
+    def delete_port(self, port: str, bridge: str) -> None: ...
+
+
+class OvsStep(Step):
+    """What realize and release ask of a step that changes OVSDB: its database, the port it
+    adds, and its part in release's one OVSDB transaction (where `undo` does nothing)."""
+
+    deferred: ClassVar[bool] = True
+    release_phase: ClassVar[ReleasePhase] = "ovsdb"
+    release_order: ClassVar[int] = 0  # release decides the OVS steps in this order
+    reads_every_port: ClassVar[bool] = False  # its release reads someone else's ports too
+    ovsdb: str  # the database (a field of each kind)
+
+    @property
+    def ovs_port(self) -> str | None:
+        """The OVS port this step adds (None: none): OVSDB is read for netmap's ports only."""
+        return None
+
+    def release_ovsdb(self, ovs: OvsRelease) -> Released:
+        raise NotImplementedError
+
+
+def changes_ovsdb(step: Step) -> TypeGuard[OvsStep]:
+    """Whether `step` is undone in release's OVSDB transaction, as its release phase says:
+    the phase of the OVS steps alone (tests/test_step_dispatch.py holds them together)."""
+    return step.release_phase == "ovsdb"
+
+
 @dataclass(frozen=True)
-class EnsureOvsBridge(Step):
+class EnsureOvsBridge(OvsStep):
     """An Open vSwitch bridge in the OVSDB at `ovsdb`: used as it is when it exists (its
     datapath type is the operator's), else created with `datapath_type`."""
 
     kind: ClassVar[str] = "ovs-bridge"
-    deferred: ClassVar[bool] = True
-    release_phase: ClassVar[ReleasePhase] = "ovsdb"
+    planned_as: ClassVar[str | None] = "ovs-bridge"
+    # decided before its ports: whether it stays (for someone else's ports) keeps its uplink
+    release_order: ClassVar[int] = 0
+    reads_every_port: ClassVar[bool] = True  # whether it holds ports netmap did not add
     name: str
     ovsdb: str
     datapath_type: str | None = None
@@ -69,15 +128,28 @@ class EnsureOvsBridge(Step):
         if action.verdict == "create":
             ops.ovs_add_bridge(self.ovsdb, self.name, self.datapath_type)
 
+    def release_ovsdb(self, ovs: OvsRelease) -> Released:
+        live = ovs.bridges.get(self.name)
+        if live is None:
+            return "gone", ""
+        others = sorted(n for n in live.ports if n != self.name
+                        and n not in ovs.leaving and n not in ovs.going)
+        if others:
+            ovs.staying.add(self.name)
+            return "keep", f"OVS bridge still has ports netmap did not add: {', '.join(others)}"
+        if live.external_ids.get(OVS_OWNER_KEY) != "netmap":
+            return "keep", "not netmap's bridge any more, left alone"
+        ovs.delete_bridge(self.name)
+        return "delete", ""
+
 
 @dataclass(frozen=True)
-class EnsureOvsPort(Step):
+class EnsureOvsPort(OvsStep):
     """`port` on OVS bridge `bridge`: the uplink as a trunk (no tag: every VLAN), or the
     guest's tap as an access port (`tag`) with the external_ids an SDN finds it by."""
 
     kind: ClassVar[str] = "ovs-port"
-    deferred: ClassVar[bool] = True
-    release_phase: ClassVar[ReleasePhase] = "ovsdb"
+    release_order: ClassVar[int] = 1  # after the bridges: an uplink stays with its bridge
     port: str
     bridge: str
     ovsdb: str
@@ -100,6 +172,10 @@ class EnsureOvsPort(Step):
 
     def describe_undo(self) -> str | None:
         return f"take port {self.port} out of OVS bridge {self.bridge}"
+
+    @property
+    def ovs_port(self) -> str | None:
+        return self.port
 
     @property
     def uplink(self) -> bool:
@@ -152,6 +228,20 @@ class EnsureOvsPort(Step):
             before = (old.get("tag"), tuple(sorted(old.get("external_ids", {}).items())))
         ops.ovs_set_port(self.ovsdb, self.port, self.bridge, self.tag, self.external_ids,
                          before=before)
+
+    def release_ovsdb(self, ovs: OvsRelease) -> Released:
+        live = ovs.bridges.get(self.bridge)
+        port = live.ports.get(self.port) if live else None
+        if port is None:
+            return "gone", ""
+        if OVS_OWNER_KEY not in port.external_ids:
+            return "keep", "now someone else's port (no netmap mark), left alone"
+        if self.uplink and self.bridge in ovs.staying:
+            # the ports that keep the bridge need its uplink: both go together, at a later
+            # release, once those ports are gone
+            return "keep", f"the uplink of OVS bridge {self.bridge}, which stays"
+        ovs.delete_port(self.port, self.bridge)
+        return "delete", ""
 
 
 OVS_STEPS = (EnsureOvsBridge, EnsureOvsPort)

@@ -14,6 +14,8 @@ from netmap.steps.base import (
     Changes,
     Kernel,
     LiveHost,
+    LiveLink,
+    StateRecord,
     Step,
     Undo,
     VirtualFunctionView,
@@ -138,6 +140,15 @@ class ClaimVf(Step):
         this claim's."""
         return [f"VF {index} of {self.pf} has {key} {have}, want {want}"
                 for key, (have, want) in vf_repair.entry_changes(self, entry).items()]
+
+    def record_made(self, state: StateRecord, links: Mapping[str, LiveLink],
+                    verdict: str) -> bool:
+        """The claim is done: a later realize repairs it in place, never claims it again."""
+        record = state.resource(self.resource)
+        if record is None or record["info"].get("done"):
+            return False
+        record["info"]["done"] = True
+        return True
 
     def makes(self, verdict: str) -> bool:
         # a repair claims the VF again or sets the claim's values back: netmap's either way
