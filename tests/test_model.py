@@ -1,4 +1,4 @@
-"""The model's frozen dataclasses: built as fast as a plain dataclass, as frozen as ever."""
+"""The model's frozen dataclasses: as frozen as ever, pickled as constructor calls."""
 
 from __future__ import annotations
 

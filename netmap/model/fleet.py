@@ -26,42 +26,15 @@ T = TypeVar("T")
 
 @dataclass_transform(frozen_default=True, field_specifiers=(field,))
 def frozen(cls: type[T]) -> type[T]:
-    """dataclass(frozen=True, slots=True), with an __init__ that sets each slot directly.
+    """dataclass(frozen=True, slots=True), pickled as a call of its __init__.
 
     Slots, not an instance dict: a 10k-host fleet is a quarter of a million of these
     objects (a Binding takes 120 bytes, 336 with its dict), and memory first touched is
-    paid in page faults. A frozen dataclass's generated __init__ sets each field through
-    object.__setattr__; the slot's own descriptor does it in half the time (Binding:
-    0.73 us against 0.40 us). Instances are as frozen as before (assigning a field
-    raises); the parameters, defaults and default factories are the dataclass's own.
-
-    They pickle as a call of that __init__ with every field: a frozen dataclass with slots
-    would otherwise restore its state through a Python __setstate__ setting each field
-    with object.__setattr__ (the load's store and its second parsing process pickle
-    tens of thousands of them)."""
+    paid in page faults. A frozen dataclass with slots would otherwise unpickle through a
+    Python __setstate__ that sets each field with object.__setattr__ (the load's store
+    and its second parsing process pickle tens of thousands of them)."""
     cls = dataclass(frozen=True, slots=True)(cls)
     specs = dataclasses.fields(cast("type[DataclassInstance]", cls))
-    params = []
-    scope: dict[str, Any] = {"MISSING": dataclasses.MISSING}
-    lines = []
-    for spec in specs:
-        scope[f"set_{spec.name}"] = getattr(cls, spec.name).__set__
-        if spec.default is not dataclasses.MISSING:
-            scope[f"default_{spec.name}"] = spec.default
-            params.append(f"{spec.name}=default_{spec.name}")
-        elif spec.default_factory is not dataclasses.MISSING:
-            scope[f"factory_{spec.name}"] = spec.default_factory
-            params.append(f"{spec.name}=MISSING")
-            lines.append(f" if {spec.name} is MISSING: {spec.name} = factory_{spec.name}()")
-        else:
-            params.append(spec.name)
-    lines += [f" set_{spec.name}(self, {spec.name})" for spec in specs]
-    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(lines), scope)
-    init = scope["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__annotations__ = cls.__init__.__annotations__
-    # replacing the generated methods is the point; the checker forbids it on principle
-    cls.__init__ = init  # type: ignore[method-assign]
     values = operator.attrgetter(*(spec.name for spec in specs))
     if len(specs) == 1:  # attrgetter of one name gives the value alone
         cls.__reduce__ = lambda self: (cls, (values(self),))  # type: ignore[method-assign]
