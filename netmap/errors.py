@@ -74,12 +74,6 @@ class InputError(NetmapError):
         return {**super().as_dict(), "file": self.file, "key": self.key, "line": self.line}
 
 
-class IncompatibleError(NetmapError):
-    """The requested change would break the guest's topology: exit 1."""
-
-    exit_code = EXIT_INCOMPATIBLE
-
-
 class ApplyError(NetmapError):
     """Changing the host failed; every step already done was undone: exit 3.
 

@@ -1,5 +1,5 @@
 """The links realize makes are L2 plumbing: no IPv6 link-local address on any of them
-(rtmsg.NO_IPV6_ADDR), so the host neither talks on a guest's segment nor sends DAD from a
+(rtmsg.set_link's no_ipv6), so the host neither talks on a guest's segment nor sends DAD from a
 guest's MAC. The kernel applies IFF_UP before IFLA_AF_SPEC within one request: a link
 made up, or brought up in the request that turns generation off, already has its address.
 The VM tier's agreement sweep found the 'tentative' flag of those addresses clearing on

@@ -123,7 +123,6 @@ def link_messages(draw: st.DrawFn) -> tuple[bytes, dict]:
           lambda state: state_by_name[state])
     maybe("IFLA_CARRIER", U8, "carrier", bool)
     maybe("IFLA_PARENT_DEV_NAME", IFNAMES, "parent")
-    maybe("IFLA_LINK_NETNSID", st.integers(-1, 2**31 - 1), "link_netnsid", lambda _: True)
     altnames = optional(draw, st.lists(IFNAMES, max_size=3))
     if altnames is not None:
         attrs.append(("IFLA_PROP_LIST", {"attrs": [("IFLA_ALT_IFNAME", n) for n in altnames]}))

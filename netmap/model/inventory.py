@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 # Interface kinds netmap tells apart. Anything else keeps the kernel's own kind string.
 PHYSICAL, LOOPBACK = "physical", "loopback"
 UPLINK_KINDS = frozenset({PHYSICAL, "bond", "veth", "team"})
-ENDPOINT_KINDS = frozenset({"macvtap", "macvlan", "tap", "tun"})
 # The shape of names.tap_name(): "nm" + 9 hex digits + the NIC index's last digit.
 NETMAP_ENDPOINT_NAME = re.compile(r"^nm[0-9a-f]{9}[0-9]$")
 
@@ -51,7 +50,6 @@ class Interface:
     perm_mac: str | None = None  # the NIC's burnt-in address: survives renames and MAC changes
     altnames: tuple[str, ...] = ()
     parent: str | None = None  # bus address of the device behind it, e.g. PCI 0000:3b:00.0
-    peer_elsewhere: bool = False  # veth whose peer lives in another namespace
     addresses: tuple[str, ...] = ()  # global-scope "address/prefix": a vxlan underlay's source
     multi_queue: bool | None = None  # a tap made with IFF_MULTI_QUEUE (None: not a tap)
     vlans: tuple[int, ...] | None = None  # a port's VLANs on a vlan-filtering bridge (None: unread)

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from netmap.errors import ApplyError
 from netmap.netlink import rtmsg, rtnl
-from netmap.steps import DEFAULT_PVID
 from netmap.steps.base import LinkOptions
 
 if TYPE_CHECKING:
@@ -167,11 +166,3 @@ def add_vxlan_remotes(kernel: rtnl.Rtnl, index: int, remotes: Sequence[str],
     return [(remote, error) for remote, error in zip(remotes, errors, strict=True)
             if error is not None]
 
-
-def make_access_port(kernel: rtnl.Rtnl, port: int, vid: int, *, drop_default: bool) -> None:
-    """Bridge port `port` carries `vid` as PVID, untagged; an access port carries its one
-    VLAN only, so the bridge's default VLAN, which every new port gets, is dropped (when
-    `drop_default` says the port has it). The QEMU helper's way; realize's is BridgeVlan."""
-    kernel.call(rtmsg.bridge_vlan(port, vid, access=True))
-    if drop_default and vid != DEFAULT_PVID:
-        kernel.call(rtmsg.bridge_vlan(port, DEFAULT_PVID, access=False, add=False))

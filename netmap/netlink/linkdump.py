@@ -9,7 +9,7 @@ which IFLA_LINK is a lower device, and ifindexes turned into names once all are 
 from __future__ import annotations
 
 from netmap.errors import InputError
-from netmap.model.inventory import PHYSICAL, Interface
+from netmap.model.inventory import LOOPBACK, PHYSICAL, Interface
 from netmap.netlink.rtmsg import (
     ARPHRD_ETHER,
     ARPHRD_LOOPBACK,
@@ -66,7 +66,7 @@ def _interface(fields: LinkFields, names: dict[int, str]) -> Interface:
         kind = "tap" if fields.get("tun_type") == IFF_TAP else "tun"
     elif kind is None:
         if_type, flags = fields["if_type"], fields["flags"]
-        kind = ("loopback" if flags & IFF_LOOPBACK or if_type == ARPHRD_LOOPBACK
+        kind = (LOOPBACK if flags & IFF_LOOPBACK or if_type == ARPHRD_LOOPBACK
                 else PHYSICAL if if_type == ARPHRD_ETHER else f"arphrd-{if_type}")
     if kind not in LOWER_KINDS or lower == index:
         lower = None
@@ -84,5 +84,4 @@ def _interface(fields: LinkFields, names: dict[int, str]) -> Interface:
         vxlan_local=fields.get("vxlan_local"), bond_mode=fields.get("bond_mode"),
         vlan_id=fields.get("vlan_id"), perm_mac=fields.get("perm_address"),
         altnames=fields.get("altnames", ()), parent=fields.get("parent"),
-        peer_elsewhere=kind == "veth" and bool(fields.get("link_netnsid")),
         multi_queue=fields.get("multi_queue"))

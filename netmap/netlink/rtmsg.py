@@ -29,7 +29,7 @@ IFF_UP, IFF_LOOPBACK = 0x1, 0x8
 ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_GROUP, IFLA_EXT_MASK = 16, 18, 26, 27, 29
-IFLA_CARRIER, IFLA_LINK_NETNSID, IFLA_PROP_LIST, IFLA_ALT_IFNAME = 33, 37, 52, 53
+IFLA_CARRIER, IFLA_PROP_LIST, IFLA_ALT_IFNAME = 33, 52, 53
 IFLA_PERM_ADDRESS, IFLA_PARENT_DEV_NAME = 54, 56
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_BR_AGEING_TIME, IFLA_BR_VLAN_FILTERING = 4, 7
@@ -89,7 +89,6 @@ class Link:
     perm_address: str | None = None
     parent: str | None = None
     altnames: tuple[str, ...] = ()
-    link_netnsid: bool = False  # IFLA_LINK names a device of another namespace
     tun_type: int | None = None  # IFF_TAP, or IFF_TUN (1)
     multi_queue: bool | None = None  # a tap made with IFF_MULTI_QUEUE (None: not a tap)
     tun_queues: int | None = None  # queues attached to a multi-queue tap, disabled ones too
@@ -122,7 +121,6 @@ class LinkFields(_LinkHeader, total=False):
     carrier: bool
     parent: str
     altnames: tuple[str, ...]
-    link_netnsid: bool
     kind: str | None
     macvlan_mode: str
     vlan_id: int
@@ -217,10 +215,9 @@ def span_ip(buf: bytes, span: tuple[int, int] | None) -> str | None:
 # L2 plumbing for guests; like os-vif (which disables IPv6 on its bridges) the host gets no
 # link-local address on them, so it neither talks on nor is reachable from guest segments,
 # and a macvtap never sends DAD/MLD with the guest's MAC. The kernel accepts it only once
-# the device exists (EAFNOSUPPORT in the creating request): a set right after, pipelined.
+# the device exists (EAFNOSUPPORT in the creating request): a set right after, pipelined
+# (set_link's no_ipv6).
 AF_INET6, IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 10, 8, 1
-NO_IPV6_ADDR = _attr(IFLA_AF_SPEC, _attr(AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE,
-                                                         bytes([IN6_ADDR_GEN_MODE_NONE]))))
 
 
 def ifinfo(index: int = 0, *, up: bool | None = None, family: int = AF_UNSPEC) -> bytes:
@@ -402,8 +399,6 @@ def _link_fields(buf: bytes, offset: int, end: int) -> LinkFields:
         fields["altnames"] = tuple(span_str(buf, (start, stop)) for kind, start, stop
                                    in iter_attrs(buf, *attrs[IFLA_PROP_LIST])
                                    if kind == IFLA_ALT_IFNAME)
-    if IFLA_LINK_NETNSID in attrs:
-        fields["link_netnsid"] = True
     if IFLA_LINKINFO in attrs:
         _linkinfo(buf, attrs[IFLA_LINKINFO], fields)
     return fields

@@ -85,7 +85,6 @@ class NetlinkError(OSError):
     def __init__(self, code: int, message: str = "") -> None:
         text = os.strerror(code) + (f" ({message})" if message else "")
         super().__init__(code, text)
-        self.kernel_message = message
 
 
 class DumpInterrupted(NetlinkError):

@@ -47,12 +47,6 @@ class Location:
                 "status": self.status, "unasked": list(self.unasked)}
 
 
-def uri_problems(fleet: Fleet, hosts: Iterable[str]) -> dict[str, str]:
-    """Hosts that cannot be asked at all: their mapping names no libvirt_uri."""
-    return {name: "its mapping has no libvirt_uri in [host]" for name in hosts
-            if fleet.hosts[name].libvirt_uri is None}
-
-
 def locate(fleet: Fleet, answers: Iterable[Asked], guests: Iterable[str]) -> list[Location]:
     """Each guest's location, in the order asked."""
     answered = list(answers)

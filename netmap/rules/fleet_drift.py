@@ -32,10 +32,6 @@ class HostRow:
     # output did not bring it back (`discover --json` without --with-state)
     state: dict[str, Any] | None = field(default=None, compare=False)
 
-    @property
-    def compared(self) -> bool:
-        return self.status in (NO_DRIFT, DRIFT)
-
     def as_dict(self) -> dict[str, object]:
         return {"host": self.host, "status": self.status, "problem": self.problem,
                 "findings": [f.as_dict() for f in self.findings]}
