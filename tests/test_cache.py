@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import placement_oracle as oracle
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -730,9 +731,10 @@ def test_hosts_for_fleet_answers_as_hosts_for(mappings: Path, tmp_path: Path) ->
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     import gen_fleet
+    from placement_oracle import hosts_for
 
     from netmap.query.graph import build_graph
-    from netmap.query.placement import hosts_for, hosts_for_fleet
+    from netmap.query.placement import hosts_for_fleet
 
     generated = tmp_path / "generated"
     gen_fleet.generate(generated, 120, 40, seed=7)
@@ -751,7 +753,9 @@ def test_fleet_from_the_store_answers_hosts_for_the_same(
         tmp_path: Path, cache_dir: Path, parses: Counter[str]) -> None:
     """The warm path of `netmap hosts-for`: an unchanged fleet from the store answers as
     the full graph of a load without it does."""
-    from netmap.query.placement import hosts_for, hosts_for_fleet
+    from placement_oracle import hosts_for
+
+    from netmap.query.placement import hosts_for_fleet
 
     root = tmp_path / "generated"
     generate_fleet(root, 300, 80, seed=11)
@@ -805,7 +809,7 @@ def test_hosts_for_split_with_a_child_answers_the_same(tmp_path: Path,
     monkeypatch.setattr(placement, "PARALLEL_MIN_CANDIDATES", 2)
     monkeypatch.setattr(placement, "idle_cpu", lambda: True)  # however busy this machine
     guests = list(fleet.guests)[:6]
-    want = {(guest, strict): [c.as_dict() for c in placement.hosts_for(
+    want = {(guest, strict): [c.as_dict() for c in oracle.hosts_for(
         graph, guest, strict=strict, include_current=strict)]
         for guest in guests for strict in (False, True)}
 
@@ -926,7 +930,7 @@ def test_fresh_networks_file_with_a_second_process_gives_hosts(
         assert snapshot(fleet) == snapshot(uncached(root))
         guest = next(iter(fleet.guests))
         assert [c.as_dict() for c in placement.hosts_for_fleet(fleet, guest)] == [
-            c.as_dict() for c in placement.hosts_for(build_graph(uncached(root)), guest)]
+            c.as_dict() for c in oracle.hosts_for(build_graph(uncached(root)), guest)]
 
 
 # --- a cache may be slow; it may never be wrong ---------------------------------------------

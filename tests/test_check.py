@@ -13,7 +13,7 @@ from netmap.load import load_fleet
 from netmap.modes import REGISTRY
 from netmap.query import graph as g
 from netmap.query.graph import build_graph, guest_view
-from netmap.query.placement import hosts_for
+from netmap.query.placement import hosts_for_fleet
 from netmap.rules.check import check_migration
 
 NETWORKS = """
@@ -218,7 +218,7 @@ def test_check_on_the_graph_of_its_two_hosts_is_the_check_on_the_whole(tmp_path:
 
 
 def test_hosts_for_ranks_clean_hosts_first(example):
-    ranked = hosts_for(example, "vm2")
+    ranked = hosts_for_fleet(g.fleet_of(example), "vm2")
     assert [c.host for c in ranked][:2] == ["host-b", "host-c"]
     assert ranked[0].compatible
     assert ranked[0].warnings == 0

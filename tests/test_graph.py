@@ -264,12 +264,11 @@ def test_a_vlan_override_in_a_mapping_moves_the_duplicate(tmp_path: Path, capsys
 
 # --- the dict lookups are the graph's edges -------------------------------------------------
 
-@pytest.mark.parametrize("scope", ["whole", "two hosts", "one host"])
+@pytest.mark.parametrize("scope", ["whole", "two hosts"])
 def test_dict_lookups_answer_as_the_networkx_graph(scope: str):
     fleet_ = load_fleet(EXAMPLE_MAPPINGS)
     graph = {"whole": lambda: g.build_graph(fleet_),
-             "two hosts": lambda: g.build_graph_of(fleet_, {"host-a", "host-b"}, "vm1"),
-             "one host": lambda: g.build_graph_of_hosts(fleet_, {"host-c"})}[scope]()
+             "two hosts": lambda: g.build_graph_of(fleet_, {"host-a", "host-b"}, "vm1")}[scope]()
     digraph = graph.digraph()
     for name in fleet_.hosts:
         hid = g.host_id(name)

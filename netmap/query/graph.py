@@ -166,15 +166,6 @@ def build_graph_of(fleet: Fleet, hosts: Collection[str], guest: str) -> FleetGra
                       fleet.hosts)
 
 
-def build_graph_of_hosts(fleet: Fleet, hosts: Collection[str]) -> FleetGraph:
-    """The graph of `hosts` alone, every binding of theirs, and the guests placed on them:
-    all that `netmap show HOST` reads of it, without reading the other hosts."""
-    kept = {name: fleet.hosts[name] for name in fleet.hosts if name in hosts}
-    placed = guests_placed_on(fleet.guests, kept)
-    return FleetGraph(Fleet(fleet.networks, kept, fleet.guests, fleet.problems, fleet.root),
-                      kept, placed, None, fleet.hosts)
-
-
 def fleet_of(graph: FleetGraph) -> Fleet:
     return graph.graph["fleet"]
 

@@ -1,8 +1,10 @@
-"""Placement: which hosts can take a guest, best first. A query over the fleet graph.
+"""Placement: which hosts can take a guest, best first.
 
-Only hosts that bind every network the guest needs can pass the check; the graph gives
-them directly (network <- binding -> host), so the full check runs on those alone and every
-other host gets its first blocking reason without one.
+Only hosts that bind every network the guest needs can pass the check; the load's index
+names them (network -> the hosts that bind it), so the full check runs on those alone, on
+the graph of those hosts, and every other host gets its first blocking reason without
+being read. (tests/placement_oracle.py computes the same answer the plain way, every host
+checked on the graph of the whole fleet, and the tests hold this one to it.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from netmap.model.fleet import (
     read_ahead,
 )
 from netmap.query import graph as g
-from netmap.rules.check import Finding, Report, check_migration, unbound_finding, unbound_finding_at
+from netmap.rules.check import Finding, Report, check_migration, unbound_finding_at
 from netmap.support.cpus import idle_cpu
 from netmap.support.gcpause import gc_paused
 
@@ -44,37 +46,23 @@ class Candidate:
         }
 
 
-def hosts_for(graph: g.FleetGraph, guest_name: str, *, strict: bool = False,
-              include_current: bool = False) -> list[Candidate]:
-    """Every host but the guest's own, compatible ones first (fewest warnings, then the
-    least loaded), then the others with the reason each cannot take the guest."""
-    fleet = g.fleet_of(graph)
-    guest = fleet.guests[guest_name]
-    able: set[str] | None = None
-    for network in {nic.network for nic in guest.nics}:
-        bound = g.hosts_binding(graph, network)
-        able = bound if able is None else able & bound
-    if able is None:  # a guest without NICs fits anywhere, as far as the network goes
-        able = set(fleet.hosts)
-    return _rank(fleet, graph, guest, able, strict, include_current)
-
-
 def hosts_for_fleet(fleet: Fleet, guest_name: str, *, strict: bool = False,
                     include_current: bool = False, parallel: bool = False) -> list[Candidate]:
-    """`hosts_for(build_graph(fleet), ...)`, building the graph of the candidates alone.
+    """Every host but the guest's own (unless include_current), compatible ones first
+    (fewest warnings, then the least loaded), then the others with the first reason each
+    cannot take the guest.
 
     A host that does not bind every network of the guest is answered from its bindings;
     the graph (and the full check) is needed only for the others, plus the guest's own
     host as the source of the comparison, and only the guests placed on those (their MACs
-    are still looked up fleet-wide). On 10k generated hosts this builds a fifth of the
-    graph.
+    are still looked up fleet-wide).
 
     parallel=True (the command line, which may fork) has a child forked for half of the
     candidates check them when there are many and the load average leaves a CPU idle
     (_share_out; on a busy machine the child would only wait for a core).
     The answer is the same."""
     # Everything built here is garbage only at the end: a collection in between would
-    # walk every object of the fleet again (pausing saved a tenth of a warm 10k query).
+    # walk every object of the fleet again.
     with gc_paused():
         guest = fleet.guests[guest_name]
         # which hosts bind each network, from the load's index where it has one: the
@@ -172,24 +160,3 @@ def _checked_in_worker(hosts: list[str]) -> dict[str, Candidate]:
 # Below this many hosts to check, a child costs more than it saves (fork, pickled answer).
 PARALLEL_MIN_CANDIDATES = 400
 
-
-def _rank(fleet: Fleet, graph: g.FleetGraph, guest: Guest, able: set[str], strict: bool,
-          include_current: bool) -> list[Candidate]:
-    # guests per host, counted once (asking the graph per host cost 10k lookups)
-    load = Counter(other.host for other in fleet.guests.values())
-    out = []
-    for host in fleet.hosts:
-        if host == guest.host and not include_current:
-            continue
-        if host in able:
-            report = check_migration(graph, guest.name, host, strict=strict)
-            errors = report.errors
-            out.append(Candidate(host, not errors, len(report.warnings), load[host], report,
-                                 errors[0] if errors else None))
-        else:
-            nic = next(n for n in guest.nics if n.network not in fleet.hosts[host].bindings)
-            out.append(Candidate(host, False, 0, load[host], None,
-                                 unbound_finding(fleet.networks[nic.network], nic,
-                                                 fleet.hosts[host])))
-    out.sort(key=lambda c: (not c.compatible, c.warnings, c.guests, c.host))
-    return out
