@@ -162,7 +162,7 @@ def run() -> NoReturn:
     """The console script (and `python -m netmap`): main(), then a quick exit
     (netmap/support/finish.py). Without the cyclic collector: a command builds objects (a whole
     fleet: a million) that all live until it ends, and the collector would walk them again
-    and again for nothing (10k hosts: 0.2 s and more); the exit frees everything at once."""
+    and again for nothing; the exit frees everything at once."""
     import gc
 
     from netmap.support.finish import exit_now

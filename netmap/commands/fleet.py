@@ -162,7 +162,7 @@ def _hosts_for(args: argparse.Namespace) -> int:
     from netmap.support.gcpause import gc_paused
 
     # Everything this command builds lives until it returns: a collection would only walk
-    # it in vain (10k hosts: a tenth of a second of gen-2 walks over the answer).
+    # it in vain.
     with gc_paused():
         return _hosts_for_answer(args)
 

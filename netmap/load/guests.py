@@ -1,7 +1,7 @@
 """A warm load's guests (see netmap/load/stored.py), with names, hosts and MACs from the
 store's rows.
 
-A 10k-guest fleet's guests cost a tenth of a second or more to unpickle; `hosts-for`
+Unpickling every guest of a large fleet would cost more than a warm query needs; `hosts-for`
 needs the guest, the guests on its candidate hosts and the users of its MACs, `show HOST`
 the guests on that host.
 """

@@ -1,8 +1,9 @@
 """A warm load's hosts (see netmap/load/stored.py), and which hosts bind a network from the
 store's index.
 
-A 10k-host fleet's hosts cost a third of a second to unpickle; `show HOST`, `check` and
-`diff` need one or two of them, and `hosts-for` those that bind the guest's networks.
+Unpickling every host of a large fleet would cost more than the rest of a warm query;
+`show HOST`, `check` and `diff` need one or two of them, and `hosts-for` those that bind
+the guest's networks.
 """
 
 from __future__ import annotations

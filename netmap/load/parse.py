@@ -455,8 +455,8 @@ def _unknown_host(path: str, name: str, hosts: Mapping[str, Host],
 def fleet_file_names(base: Path) -> tuple[list[str], list[str]]:
     """The host files and the guest files of a mappings directory, in the order load_fleet
     reads them: what `glob("*.toml")` (and `*.xml`) matches, any entry whose name ends so,
-    sorted as the Paths would be. Strings, not Paths: 12k Path objects cost more than
-    parsing a tenth of the files."""
+    sorted as the Paths would be. Strings, not Paths: a large fleet's Path objects would
+    cost as much as parsing a good part of its files."""
     return _listed(base / "hosts", (".toml",)), _listed(base / "guests", (".toml", ".xml"))
 
 

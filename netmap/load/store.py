@@ -7,14 +7,14 @@ object depends on:
 - the file's identity (size, mtime_ns, ctime_ns, inode, device): user space cannot set
   ctime (`touch -d`, `cp -p`, tar and rsync restore mtime only) and every write, rename
   or chmod moves it, so an edit keeping size and mtime still shows; a replaced file has
-  another inode. Identity, not a content hash: stat costs a tenth of reading every file;
+  another inode. Identity, not a content hash: a stat costs far less than reading the file;
 - networks.toml's identity (every file is validated against it; its networks are kept
   too, under that identity alone);
 - for a domain-XML guest, the identities of all host files (their mappings turn its
   bridges and devices into networks and pick its source host);
 - the loader's code and this Python (`code_fingerprint`, kept once for the whole store:
-  another fingerprint empties it). Hashing the loader's sources costs a tenth of a warm
-  query, so the store keeps beside it the identities of every file of the package
+  another fingerprint empties it). Hashing the loader's sources would be a good part of
+  a warm query, so the store keeps beside it the identities of every file of the package
   (`sources_identity`, settled as below): while they are the same, so is the code.
 
 The trap is timestamp granularity: two writes within one tick of the file system clock

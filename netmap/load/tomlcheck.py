@@ -36,7 +36,7 @@ class LineIndex:
     """Where each table and key of one document starts, built on first use.
 
     One scan of the text, done only when a line is actually asked for (a scan per table
-    made that the larger part of loading a big fleet: 86k scans for 10k hosts). It answers
+    made that the larger part of loading a big fleet). It answers
     with the first line whose table/key path is the longest prefix of the path asked for.
 
     Pickled (the load's store, its second parsing process) it keeps the file's name and a
@@ -402,8 +402,8 @@ class Schema:
     an attribute per key. Only a document that fails is looked at again, by the Python
     tests of each field, key by key in the order the fields are declared and table by
     table, to name the first problem exactly (a file with several mistakes is corrected
-    one message at a time). The same declaration serves both: msgspec validated a host
-    file in 2.4 us where the Python tests took 13.8 us."""
+    one message at a time). The same declaration serves both, and the C conversion is the
+    fast path because nearly every file is valid."""
 
     def __init__(self, name: str, /, **fields: Field) -> None:
         self.name, self.fields = name, fields

@@ -28,9 +28,9 @@ T = TypeVar("T")
 def frozen(cls: type[T]) -> type[T]:
     """dataclass(frozen=True, slots=True), pickled as a call of its __init__.
 
-    Slots, not an instance dict: a 10k-host fleet is a quarter of a million of these
-    objects (a Binding takes 120 bytes, 336 with its dict), and memory first touched is
-    paid in page faults. A frozen dataclass with slots would otherwise unpickle through a
+    Slots, not an instance dict: a large fleet is hundreds of thousands of these objects,
+    an instance dict would more than double each, and memory first touched is paid in
+    page faults. A frozen dataclass with slots would otherwise unpickle through a
     Python __setstate__ that sets each field with object.__setattr__ (the load's store
     and its second parsing process pickle tens of thousands of them)."""
     cls = dataclass(frozen=True, slots=True)(cls)

@@ -148,8 +148,7 @@ def realize_plans(plans: Sequence[p.Plan], *, state_dir: str | Path | None = Non
                          fix="run 'netmap check' for details")
     require_capabilities(f"realize {who}", host, netns, changes=True)
     # the OVSDB replica and the steps of N guests are many objects that all live until
-    # the end: without the cyclic collector re-walking them a realize of 200 ports took
-    # 1.0 s instead of 1.5 s (one measurement, on a loaded machine)
+    # the end: the cyclic collector would only walk them again and again
     with gc_paused(), host_lock(host, state_dir, timeout=lock_timeout):
         state = HostState.load(host, state_dir)
         before = state.snapshot()

@@ -4,7 +4,7 @@ netmap's OVSDB client and the package's IDL use) on the standard library's C JSO
 The `ovs` package parses every OVSDB message with its C parser (ovs._json) when it was built
 against libopenvswitch, as Debian's python3-openvswitch is; built from PyPI's sdist without
 it, the package falls back to a lexer in pure Python that reads one character per call.
-That fallback was a third of a realize's and release's time under cProfile (README,
+That fallback was a large part of a realize's and release's time (README's Benchmarks,
 bench_ovs.py).
 
 `FramingParser` keeps ovs.json.Parser's interface (feed returns the characters it used,

@@ -45,8 +45,8 @@ from netmap.netlink.ovsdb_rows import (  # noqa: F401 (re-exported: what netmap 
 )
 
 VSWITCHD_LOCK = "ovs_vswitchd"  # the OVSDB lock ovs-vswitchd holds while it runs
-# ovs-vswitchd took up to 40 ms a port on the userspace datapath (bench_ovs.py, removing 1000
-# ports): a transaction of many changes is given that much time, with room, per change
+# ovs-vswitchd applies a large transaction port by port (slowest on the userspace datapath):
+# the wait for it grows with the changes, with room over what bench_ovs.py sees
 VSWITCHD_SECONDS_PER_CHANGE = 0.1
 _NAMES_SELECTED = 64  # more port names than this are read by reading every port
 # the columns netmap reads (vswitch.ovsschema, the same since OVS 2.x)

@@ -1,9 +1,9 @@
 """The one rtnetlink client: namespaces, the route socket, dumps, pipelined requests.
 
-Why not pyroute2 for these: realizing 1000 endpoints through `IPRoute.link()` costs one
-round trip plus pyroute2's generic encoder per call (≈1.4 ms each, issue 3), three times
-`ip -batch`; its get_links() decodes every attribute of every link, ~15x slower than `ip -j
--d link show` on 1,000 links (and importing it costs a CLI run ~100 ms). Here each request
+Why not pyroute2 for these: `IPRoute.link()` costs one round trip plus pyroute2's generic
+encoder per call, so many endpoints take several times `ip -batch`; its get_links() decodes
+every attribute of every link, and importing it is a large part of a short command's
+start-up (README's Benchmarks has the figures). Here each request
 is packed with struct (rtmsg.py), a whole batch goes to the kernel in one sendmsg
 (rtnetlink handles every message of a datagram in turn, acking each), and the acks are
 matched back by sequence number; a dump is parsed in place, decoding only what is kept.

@@ -155,7 +155,7 @@ def build_graph_of(fleet: Fleet, hosts: Collection[str], guest: str) -> FleetGra
     """The graph of `hosts` alone, with the guests placed on them and `guest` (the one
     checked): all that a check of `guest` between those hosts reads. What it looks up
     fleet-wide (MACs, unreadable guest files) it finds in graph.graph["fleet"], which
-    keeps every guest. A placement query builds a fifth of a 10k-host graph so, and
+    keeps every guest. A placement query builds the graph of its candidates so, and
     `netmap check` two hosts of it."""
     kept = {name: fleet.hosts[name] for name in fleet.hosts if name in hosts}
     placed = guests_placed_on(fleet.guests, kept, also=guest)

@@ -1,9 +1,9 @@
 """What `show` and `diff` say, as plain data (the --json answer; render.py draws it).
 
 Each is a dict lookup over the model, so neither the graph (networkx) nor rich is
-imported for it: a warm `show HOST --json` on a 10k-host fleet spent more importing those
-than answering. What the graph would say here (a host's guests, an uplink reaching a
-segment, VFs in use) is read from the same model: tests/test_views.py holds both equal.
+imported for it: a warm `show HOST --json` spent more importing those than answering.
+What the graph would say here (a host's guests, an uplink reaching a segment, VFs in use)
+is read from the same model: tests/test_views.py holds both equal.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """How the command line ends: a quick exit once the answer is out.
 
 A large fleet leaves millions of objects that the interpreter would free one by one at
-exit, for nothing: the process is about to go (10k hosts: 0.1-0.2 s after the answer was
-printed). The console script therefore flushes its output and ends with os._exit.
+exit, for nothing: the process is about to go. The console script therefore flushes its
+output and ends with os._exit.
 """
 
 from __future__ import annotations
