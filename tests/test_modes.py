@@ -168,11 +168,11 @@ class ToyBridge(Mode):
         return self.uplink_master(binding)
 
     def steps(self, ctx: NicContext):
-        from netmap.plan import CreateTap, EnslavePort, EnsureBridge, host_side_mac
+        from netmap.steps import CreateTap, EnslavePort, EnsureBridge
 
         bridge, tap = ctx.devices["bridge"], ctx.devices["tap"]
         return [EnsureBridge(bridge, ctx.mtu), EnslavePort(ctx.uplink, bridge),
-                CreateTap(tap, host_side_mac(ctx.nic.mac), ctx.nic.mac, ctx.mtu, bridge)]
+                CreateTap(tap, names.host_side_mac(ctx.nic.mac), ctx.nic.mac, ctx.mtu, bridge)]
 
 
 MODES = (ToyBridge(),)

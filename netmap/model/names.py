@@ -58,3 +58,10 @@ def vxlan_bridge_name(vni: int, declared: str | None = None) -> str:
 def vlan_name(uplink: str, vlan: int) -> str:
     """The 802.1Q sub-interface a macvtap binding with a VLAN sits on (may be too long)."""
     return f"{uplink}.{vlan}"
+
+
+def host_side_mac(guest_mac: str) -> str:
+    """The tap's own MAC: the guest's with the first byte 0xfe, as libvirt does, so a bridge
+    (which takes the lowest port MAC as its own) never claims the guest's address and the
+    host never answers for it."""
+    return "fe" + guest_mac[2:]

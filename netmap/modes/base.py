@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from netmap.model.fleet import Binding, Guest, GuestNic, Network, Uplink
 
 if TYPE_CHECKING:
-    from netmap.plan import Step
+    from netmap.steps import Step
 
 # How a mode holds its uplink, which decides what can share one uplink (load's
 # _check_uplink_sharing) and what drift expects on it:

@@ -9,14 +9,14 @@ from netmap.model.fleet import Binding, Network
 from netmap.modes.base import Mode, NicContext
 
 if TYPE_CHECKING:
-    from netmap.plan import Step
+    from netmap.steps import Step
 
 
 def bridged_steps(ctx: NicContext, port: str) -> list[Step]:
     """A bridge with `port` in it and the guest's tap; with a VLAN, the bridge filters VLANs,
     `port` carries it tagged and the tap untagged (bridge and vxlan modes alike)."""
-    # the step classes only when planning: the QEMU helper reads modes, never plans
-    from netmap.plan import BridgeVlan, CreateTap, EnslavePort, EnsureBridge, host_side_mac
+    # the step classes only when planning: load and check read modes without them
+    from netmap.steps import BridgeVlan, CreateTap, EnslavePort, EnsureBridge
 
     nic, vlan, mtu = ctx.nic, ctx.vlan, ctx.mtu
     bridge, tap = ctx.devices["bridge"], ctx.devices["tap"]
@@ -24,7 +24,7 @@ def bridged_steps(ctx: NicContext, port: str) -> list[Step]:
                          EnslavePort(port, bridge)]
     if vlan is not None:
         steps.append(BridgeVlan(port, vlan))
-    steps.append(CreateTap(tap, host_side_mac(nic.mac), nic.mac, mtu, bridge,
+    steps.append(CreateTap(tap, names.host_side_mac(nic.mac), nic.mac, mtu, bridge,
                            multi_queue=nic.queues > 1))
     if vlan is not None:
         steps.append(BridgeVlan(tap, vlan, access=True))

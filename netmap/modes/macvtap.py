@@ -10,7 +10,7 @@ from netmap.model.fleet import Binding, Network
 from netmap.modes.base import Mode, NicContext, UplinkUse
 
 if TYPE_CHECKING:
-    from netmap.plan import Step
+    from netmap.steps import Step
 
 
 class Macvtap(Mode):
@@ -35,8 +35,8 @@ class Macvtap(Mode):
         return (*lower, ("macvtap", names.tap_name(guest, nic)))
 
     def steps(self, ctx: NicContext) -> list[Step]:
-        # the step classes only when planning: the QEMU helper reads modes, never plans
-        from netmap.plan import CreateMacvtap, EnsureVlanLink
+        # the step classes only when planning: load and check read modes without them
+        from netmap.steps import CreateMacvtap, EnsureVlanLink
 
         steps: list[Step] = []
         lower = ctx.uplink

@@ -11,7 +11,7 @@ from netmap.model.fleet import Binding, GuestNic, Network
 from netmap.modes.base import Mode, NicContext
 
 if TYPE_CHECKING:
-    from netmap.plan import Step
+    from netmap.steps import Step
 
 # the datapaths a binding may ask a new OVS bridge for (the kernel's, or the userspace one)
 DATAPATH_TYPES = ("system", "netdev")
@@ -21,7 +21,7 @@ def ovs_port_ids(guest: str, nic: GuestNic, binding: Binding) -> tuple[tuple[str
     """The external_ids of a guest's OVS port: the binding's, and those OpenStack, OVN and
     libvirt set (iface-id names the logical port, attached-mac the guest's MAC, vm-id the
     guest), and netmap's marks (whose port, which network)."""
-    from netmap.plan import OVS_NETWORK_KEY, OVS_OWNER_KEY  # the QEMU helper skips plan
+    from netmap.steps.ovs import OVS_NETWORK_KEY, OVS_OWNER_KEY
 
     ids = dict(binding.external_ids)
     ids.setdefault("iface-id", f"{guest}-nic{nic.index}")
@@ -105,22 +105,15 @@ class Ovs(Mode):
     def steps(self, ctx: NicContext) -> list[Step]:
         """The OVS bridge and its uplink port (a trunk), the guest's tap, and the tap as an
         access port: apply makes the three OVSDB steps one transaction."""
-        from netmap.plan import (
-            OVS_OWNER_KEY,
-            UPLINK_OWNER,
-            CreateTap,
-            EnsureOvsBridge,
-            EnsureOvsPort,
-            default_ovsdb,
-            host_side_mac,
-        )
+        from netmap.steps import CreateTap, EnsureOvsBridge, EnsureOvsPort
+        from netmap.steps.ovs import OVS_OWNER_KEY, UPLINK_OWNER, default_ovsdb
 
         remote = ctx.binding.ovsdb or default_ovsdb()
         bridge, tap, nic = ctx.devices["bridge"], ctx.devices["tap"], ctx.nic
         return [EnsureOvsBridge(bridge, remote, ctx.binding.datapath_type),
                 EnsureOvsPort(ctx.uplink, bridge, remote,
                               external_ids=((OVS_OWNER_KEY, UPLINK_OWNER),)),
-                CreateTap(tap, host_side_mac(nic.mac), nic.mac, ctx.mtu, "",
+                CreateTap(tap, names.host_side_mac(nic.mac), nic.mac, ctx.mtu, "",
                           multi_queue=nic.queues > 1),
                 EnsureOvsPort(tap, bridge, remote, ctx.vlan,
                               ovs_port_ids(ctx.guest.name, nic, ctx.binding))]

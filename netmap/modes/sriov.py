@@ -11,7 +11,7 @@ from netmap.model.fleet import Binding, Network, Uplink
 from netmap.modes.base import Mode, NicContext
 
 if TYPE_CHECKING:
-    from netmap.plan import Step
+    from netmap.steps import Step
 
 
 class SriovVf(Mode):
@@ -37,8 +37,8 @@ class SriovVf(Mode):
         return ()
 
     def steps(self, ctx: NicContext) -> list[Step]:
-        # the step classes only when planning: the QEMU helper reads modes, never plans
-        from netmap.plan import ClaimVf
+        # the step classes only when planning: load and check read modes without them
+        from netmap.steps import ClaimVf
 
         return [ClaimVf(ctx.uplink, ctx.nic.mac, ctx.vlan, ctx.binding.spoofchk,
                         ctx.devices.get("macvtap"), ctx.mtu)]

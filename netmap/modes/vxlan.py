@@ -11,7 +11,7 @@ from netmap.modes.base import Mode, NicContext
 from netmap.modes.bridge import bridged_steps
 
 if TYPE_CHECKING:
-    from netmap.plan import Step
+    from netmap.steps import Step
 
 
 class Vxlan(Mode):
@@ -55,8 +55,8 @@ class Vxlan(Mode):
         return names.vxlan_bridge_name(network.vni, binding.bridge)
 
     def steps(self, ctx: NicContext) -> list[Step]:
-        # the step classes only when planning: the QEMU helper reads modes, never plans
-        from netmap.plan import EnsureVxlan
+        # the step classes only when planning: load and check read modes without them
+        from netmap.steps import EnsureVxlan
 
         options = ctx.binding.vxlan
         vx = ctx.devices["vxlan"]

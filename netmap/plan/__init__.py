@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from netmap.model.names import host_side_mac  # noqa: F401  (the plan's vocabulary too)
 from netmap.steps import (  # noqa: F401  (the plan's vocabulary, imported from here too)
     BRIDGE_AGEING,
     DEFAULT_PVID,
@@ -43,13 +44,6 @@ from netmap.steps.ovs import (  # noqa: F401
 )
 
 S = TypeVar("S", bound=Step)
-
-
-def host_side_mac(guest_mac: str) -> str:
-    """The tap's own MAC: the guest's with the first byte 0xfe, as libvirt does, so a bridge
-    (which takes the lowest port MAC as its own) never claims the guest's address and the
-    host never answers for it."""
-    return "fe" + guest_mac[2:]
 
 
 @dataclass(frozen=True)
