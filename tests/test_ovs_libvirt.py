@@ -20,7 +20,8 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
-from conftest import REPO, guest_toml, links_by_name, needs_netns, write_fleet
+from conftest import REPO, guest_toml, links_by_name, write_fleet
+from libvirt_marks import LIBVIRT_LAB
 from ovs_lab import OvsInstance, missing, start_ovs
 
 from netmap.cli import main
@@ -30,14 +31,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
 from libvirt_lab import PrivateLibvirtd
 
-pytestmark = [
-    pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
-    pytest.mark.netns,
-    pytest.mark.qemu,
-    needs_netns,
-    pytest.mark.skipif(missing() is not None, reason=str(missing())),
-    pytest.mark.skipif(libvirt_lab.missing() is not None, reason=str(libvirt_lab.missing())),
-]
+pytestmark = [*LIBVIRT_LAB,
+              pytest.mark.skipif(missing() is not None, reason=str(missing()))]
 HOST = "hv"
 G1_MAC, LV_MAC = "52:54:00:0e:00:01", "52:54:00:0e:00:02"
 NETWORKS = '[networks.blue]\nsegment = "fabric"\nvlan = 10\nmtu = 1500\n'
