@@ -457,7 +457,8 @@ def start_qemu_on_tap(netns: str, tap: str, queues: int, workdir: Path):
 @needs_netns
 @needs_qemu
 def test_qemu_opens_the_realized_tap_once_per_queue(mq_lab, tmp_path: Path) -> None:
-    from tests.test_qemu_real import fds_of, quit_qemu
+    from tests.qemu_fds import fds_of
+    from tests.test_qemu_real import quit_qemu
 
     built, root = mq_lab
     netns = built.hosts["host-a"]
@@ -540,7 +541,7 @@ def test_libvirt_starts_a_guest_with_four_queues_on_the_realized_tap(
     from libvirt_lab import PrivateLibvirtd
 
     from netmap.cli import main
-    from tests.test_qemu_real import fds_of
+    from tests.qemu_fds import fds_of
 
     built, root = mq_lab
     netns = built.hosts["host-a"]
