@@ -257,8 +257,7 @@ def test_second_realize_makes_a_free_tap_again_in_the_new_mode(mq_lab, before: i
     assert [v for _, s, v in result.outcomes if isinstance(s, CreateTap)] == ["recreate"]
     assert tun_info(netns, tap)["multi_queue"] is (after > 1)
     assert ifindex(netns, tap) != old
-    link = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
-                                     capture_output=True, text=True, check=True).stdout)[0]
+    link = ip_links(netns, tap)[0]
     assert link["master"] == plan.nics[0].bridge
     assert "UP" in link["flags"]
     # state knows the new device: a third realize leaves it alone
@@ -300,8 +299,7 @@ def test_failure_after_recreate_puts_the_old_tap_back(mq_lab,
     set_queues(root, 1)
     plan, _ = realize(root)
     tap = str(plan.nics[0].device)
-    before = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
-                                       capture_output=True, text=True, check=True).stdout)[0]
+    before = ip_links(netns, tap)[0]
     set_queues(root, 4)
     from netmap.netlink import ensure
 
@@ -315,8 +313,7 @@ def test_failure_after_recreate_puts_the_old_tap_back(mq_lab,
         patched.setattr(ensure.Transaction, "verify", broken_verify)
         realize(root)
     assert "every change was undone" in str(caught.value)
-    after = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
-                                      capture_output=True, text=True, check=True).stdout)[0]
+    after = ip_links(netns, tap)[0]
     assert tun_info(netns, tap)["multi_queue"] is False
     for key in ("master", "address", "mtu"):
         assert after[key] == before[key]
