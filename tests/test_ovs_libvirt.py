@@ -22,10 +22,10 @@ from xml.etree import ElementTree as ET
 import pytest
 from conftest import REPO, guest_toml, links_by_name, write_fleet
 from libvirt_marks import LIBVIRT_LAB
-from ovs_lab import OvsInstance, missing, ovs_host_toml, start_ovs
 
 from netmap.cli import main
 from netmap.state import HostState
+from tests.ovs_lab import OvsInstance, missing, ovs_host_toml, start_ovs  # not scripts/ovs_lab
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
