@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
+from netmap.errors import ApplyError
 from netmap.netlink import rtnl
+from netmap.netlink.apply import realize_plan
 
 
 class FaultySocket:
@@ -43,6 +45,31 @@ def faulty_kernel(monkeypatch: pytest.MonkeyPatch, at: int, fault) -> list[int]:
 
     monkeypatch.setattr(rtnl, "Rtnl", Faulty)
     return sends
+
+
+def realize_counting_sends(plan) -> int:
+    """Realize `plan` with no fault, every netlink send counted: how many a fault can hit."""
+    with pytest.MonkeyPatch.context() as patch:
+        sends = faulty_kernel(patch, 0, None)
+        assert realize_plan(plan).changed
+    return sends[0]
+
+
+def realize_with_fault(plan, at: int, fault) -> None:
+    """Realize `plan` with `fault` at the `at`-th netlink send; it must end in an
+    ApplyError saying every change was undone (or, interrupted while still deciding, that
+    nothing was changed), or, at the first send only, before the transaction exists, in the
+    interrupt itself. Whether the host is as before is the caller's to check."""
+    with pytest.MonkeyPatch.context() as patch, \
+            pytest.raises((ApplyError, KeyboardInterrupt)) as caught:
+        faulty_kernel(patch, at, fault)
+        realize_plan(plan)
+    if isinstance(caught.value, ApplyError):
+        problem = caught.value.problem
+        assert ("every change was undone" in problem
+                or "nothing was changed" in problem), problem
+    else:  # only before the transaction exists: nothing was touched yet
+        assert at == 1, f"{fault.__name__} at send {at}: {caught.value!r}"
 
 
 def interrupt_after(sock, data: bytes) -> int:

@@ -33,6 +33,27 @@ def missing() -> str | None:
     return None
 
 
+def ovs_host_toml(name: str, netns: str, remote: str) -> str:
+    """A lab host's mapping on its private Open vSwitch (`remote`, OvsInstance.remote):
+    uplink eth0 on segment fabric, and network blue in ovs mode on bridge br-ovs (userspace
+    datapath) with external_ids tenant=t1, which the tests read back from OVSDB."""
+    return f"""[host]
+name = "{name}"
+netns = "{netns}"
+ovsdb = "{remote}"
+
+[uplinks.eth0]
+segments = ["fabric"]
+
+[networks.blue]
+mode = "ovs"
+uplink = "eth0"
+bridge = "br-ovs"
+datapath_type = "netdev"
+external_ids = {{ "tenant" = "t1" }}
+"""
+
+
 def _binary(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 

@@ -24,21 +24,14 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from tests.conftest import EXAMPLE_MAPPINGS, REPO, lab_mappings, needs_netns
+from tests.conftest import EXAMPLE_MAPPINGS, REPO, lab_mappings
+from tests.libvirt_marks import LIBVIRT_LAB, NEEDS_LIBVIRT_PYTHON
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
 from libvirt_lab import PrivateLibvirtd, ip_json
 
-pytestmark = [
-    pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
-    pytest.mark.netns,
-    pytest.mark.qemu,
-    needs_netns,
-    pytest.mark.skipif(libvirt_lab.missing() is not None, reason=str(libvirt_lab.missing())),
-    pytest.mark.skipif(libvirt_lab.python_binding_missing() is not None,
-                       reason=str(libvirt_lab.python_binding_missing())),
-]
+pytestmark = [*LIBVIRT_LAB, NEEDS_LIBVIRT_PYTHON]
 
 HOSTS = {"host-a": ("eth1", "eth0", 1), "host-b": ("eno3", "eno2", 2),
          "host-c": ("ens1f1", "ens1f0", 3)}  # mgmt uplink, prod uplink, lab address

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, ip_links
 
 sys.path.insert(0, str(REPO / "scripts"))
 from ssh_lab import MISSING, SshLab, ansible_env, ssh_lab  # scripts/ is not a package
@@ -86,10 +86,7 @@ def _realize_on_host_a(lab: dict) -> set[str]:
 
 
 def _endpoints(lab: dict) -> set[str]:
-    links = json.loads(subprocess.run(
-        ["ip", "-j", "-d", "-n", lab["lab"].hosts["host-a"], "link", "show"],
-        capture_output=True, text=True, check=True).stdout)
-    return {link["ifname"] for link in links
+    return {link["ifname"] for link in ip_links(lab["lab"].hosts["host-a"])
             if link.get("linkinfo", {}).get("info_kind") in ("tun", "macvtap")}
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, interrupt, lab_namespaces, needs_netns, wait_until_up
+from tests.conftest import REPO, interrupt, lab_namespaces, wait_until_up
+from tests.libvirt_marks import LIBVIRT_LAB, NEEDS_LIBVIRT_PYTHON
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
@@ -70,14 +71,7 @@ def test_the_walkthrough_covers_all_three_parts() -> None:
 def lab_test(test):
     """The marks of a test that runs the lab: root, libvirt, QEMU, sshd and Ansible."""
     for mark in reversed([
-            pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
-            pytest.mark.netns,
-            pytest.mark.qemu,
-            needs_netns,
-            pytest.mark.skipif(libvirt_lab.missing() is not None,
-                               reason=str(libvirt_lab.missing())),
-            pytest.mark.skipif(libvirt_lab.python_binding_missing() is not None,
-                       reason=str(libvirt_lab.python_binding_missing())),
+            *LIBVIRT_LAB, NEEDS_LIBVIRT_PYTHON,
             pytest.mark.skipif(ssh_lab.MISSING is not None, reason=f"needs {ssh_lab.MISSING}")]):
         test = mark(test)
     return test

@@ -12,6 +12,7 @@ import json
 import time
 
 import pytest
+from conftest import ip_links
 from test_realize import VM5, VM6, host_dump, plan_for, run
 
 from netmap.cli import main
@@ -35,7 +36,7 @@ def test_a_foreign_tap_with_netmaps_name_is_neither_repaired_nor_deleted(lab, ca
     assert main(["realize", "vm5", "--host", "host-a"]) == 0
     tap = plan_for(root, "vm5", "host-a").nics[0].device
     made = HostState.load("host-a").made_ifindex(f"link:{tap}")
-    assert made == json.loads(run("ip", "-j", "link", "show", tap, netns=ns))[0]["ifindex"]
+    assert made == ip_links(ns, tap)[0]["ifindex"]
     # netmap's tap is deleted; someone makes their own tap of that name, not in the bridge
     run("ip", "link", "del", tap, netns=ns)
     run("ip", "tuntap", "add", "dev", tap, "mode", "tap", netns=ns)
@@ -182,8 +183,7 @@ def test_the_qemu_helpers_bridge_is_recorded_and_removed_once_unused(lab, tmp_pa
         tap = tap_info(got.fd)[0]
         state = HostState.load("host-a")
         assert state.users("link:br-eth1") == [f"qemu:{tap}"]
-        assert state.made_ifindex("link:br-eth1") == json.loads(
-            run("ip", "-j", "link", "show", "br-eth1", netns=ns))[0]["ifindex"]
+        assert state.made_ifindex("link:br-eth1") == ip_links(ns, "br-eth1")[0]["ifindex"]
         assert main(["realize", "vm6", "--host", "host-a"]) == 0  # QEMU still has its tap
         assert link(ns, tap)["master"] == "br-eth1"
         # vm6 is on another network: the bridge stays the helper's endpoint's alone

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_MAPPINGS, REPO, lab_mappings, needs_netns
+from conftest import EXAMPLE_MAPPINGS, REPO, ip_links, lab_mappings, needs_netns
 
 from netmap.cli import main as netmap_main
 from netmap.lab import DEFAULT_PREFIX, lab_for, lab_mark, main, namespaces
@@ -156,9 +156,7 @@ def test_a_host_answers_arp_only_on_the_interface_that_holds_the_address(lab_fac
     assert lab.underlay[("host-b", "eno2")]  # the second addressed uplink on the segment
 
     def mac(host: str, link: str) -> str:
-        shown = subprocess.run(["ip", "-j", "-n", lab.hosts[host], "link", "show", link],
-                               capture_output=True, text=True, check=True).stdout
-        return json.loads(shown)[0]["address"]
+        return ip_links(lab.hosts[host], link)[0]["address"]
 
     asked = subprocess.run(["ip", "netns", "exec", lab.hosts["host-a"], sys.executable, "-c",
                             _ASK_ARP, "br-eth1", mac("host-a", "br-eth1")],
@@ -188,9 +186,7 @@ def test_a_guest_tap_joining_a_migration_destination_leaves_its_bridge_reachable
                        check=True, capture_output=True)
 
     def mac(host: str, link: str) -> str:
-        shown = subprocess.run(["ip", "-j", "-n", lab.hosts[host], "link", "show", link],
-                               capture_output=True, text=True, check=True).stdout
-        return json.loads(shown)[0]["address"]
+        return ip_links(lab.hosts[host], link)[0]["address"]
 
     for host, uplink in (("host-a", "eth1"), ("host-b", "eno3")):
         assert mac(host, uplink) == uplink_mac(lab.hosts[host], uplink)

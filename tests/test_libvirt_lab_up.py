@@ -18,22 +18,14 @@ from tests.conftest import (
     REPO,
     interrupt,
     lab_namespaces,
-    needs_netns,
     wait_until_up,
 )
+from tests.libvirt_marks import LIBVIRT_LAB, NEEDS_LIBVIRT_PYTHON
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
 
-pytestmark = [
-    pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
-    pytest.mark.netns,
-    pytest.mark.qemu,
-    needs_netns,
-    pytest.mark.skipif(libvirt_lab.missing() is not None, reason=str(libvirt_lab.missing())),
-    pytest.mark.skipif(libvirt_lab.python_binding_missing() is not None,
-                       reason=str(libvirt_lab.python_binding_missing())),
-]
+pytestmark = [*LIBVIRT_LAB, NEEDS_LIBVIRT_PYTHON]
 
 SCRIPT = [sys.executable, str(REPO / "scripts/libvirt_lab.py")]
 

@@ -25,19 +25,14 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from tests.conftest import REPO, needs_netns
+from tests.conftest import REPO
+from tests.libvirt_marks import LIBVIRT_LAB
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
 from libvirt_lab import PrivateLibvirtd, give_migration_address, ip_json
 
-pytestmark = [
-    pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
-    pytest.mark.netns,
-    pytest.mark.qemu,
-    needs_netns,
-    pytest.mark.skipif(libvirt_lab.missing() is not None, reason=str(libvirt_lab.missing())),
-]
+pytestmark = [*LIBVIRT_LAB]
 
 VM2_MGMT_MAC = "52:54:00:ab:00:02"  # vm2's NICs in mappings/guests/vm2.toml
 VM2_PROD_MAC = "52:54:00:ab:00:01"

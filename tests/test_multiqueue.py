@@ -257,8 +257,7 @@ def test_second_realize_makes_a_free_tap_again_in_the_new_mode(mq_lab, before: i
     assert [v for _, s, v in result.outcomes if isinstance(s, CreateTap)] == ["recreate"]
     assert tun_info(netns, tap)["multi_queue"] is (after > 1)
     assert ifindex(netns, tap) != old
-    link = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
-                                     capture_output=True, text=True, check=True).stdout)[0]
+    link = ip_links(netns, tap)[0]
     assert link["master"] == plan.nics[0].bridge
     assert "UP" in link["flags"]
     # state knows the new device: a third realize leaves it alone
@@ -300,8 +299,7 @@ def test_failure_after_recreate_puts_the_old_tap_back(mq_lab,
     set_queues(root, 1)
     plan, _ = realize(root)
     tap = str(plan.nics[0].device)
-    before = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
-                                       capture_output=True, text=True, check=True).stdout)[0]
+    before = ip_links(netns, tap)[0]
     set_queues(root, 4)
     from netmap.netlink import ensure
 
@@ -315,8 +313,7 @@ def test_failure_after_recreate_puts_the_old_tap_back(mq_lab,
         patched.setattr(ensure.Transaction, "verify", broken_verify)
         realize(root)
     assert "every change was undone" in str(caught.value)
-    after = json.loads(subprocess.run(["ip", "-n", netns, "-j", "link", "show", tap],
-                                      capture_output=True, text=True, check=True).stdout)[0]
+    after = ip_links(netns, tap)[0]
     assert tun_info(netns, tap)["multi_queue"] is False
     for key in ("master", "address", "mtu"):
         assert after[key] == before[key]
@@ -457,7 +454,8 @@ def start_qemu_on_tap(netns: str, tap: str, queues: int, workdir: Path):
 @needs_netns
 @needs_qemu
 def test_qemu_opens_the_realized_tap_once_per_queue(mq_lab, tmp_path: Path) -> None:
-    from tests.test_qemu_real import fds_of, quit_qemu
+    from tests.qemu_fds import fds_of
+    from tests.test_qemu_real import quit_qemu
 
     built, root = mq_lab
     netns = built.hosts["host-a"]
@@ -540,7 +538,7 @@ def test_libvirt_starts_a_guest_with_four_queues_on_the_realized_tap(
     from libvirt_lab import PrivateLibvirtd
 
     from netmap.cli import main
-    from tests.test_qemu_real import fds_of
+    from tests.qemu_fds import fds_of
 
     built, root = mq_lab
     netns = built.hosts["host-a"]

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import needs_netns
+from conftest import ip_links, needs_netns, write_fleet
 
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
@@ -88,11 +88,6 @@ vxlan = {{ group = "239.1.1.1" }}
 """
 
 
-def links(netns: str) -> list[dict]:
-    return json.loads(subprocess.run(["ip", "-n", netns, "-j", "-d", "link", "show"],
-                                     check=True, capture_output=True, text=True).stdout)
-
-
 def inet6(netns: str) -> dict[str, list[str]]:
     out = subprocess.run(["ip", "-n", netns, "-j", "-6", "addr", "show"], check=True,
                          capture_output=True, text=True).stdout
@@ -112,22 +107,18 @@ def test_realize_makes_no_link_local_address(netns_factory: Callable[[str], str]
     batch += ["addr add 10.250.0.1/24 dev uc0"]
     subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(batch) + "\n",
                    text=True, check=True, capture_output=True)
-    root = tmp_path / "mappings"
-    (root / "hosts").mkdir(parents=True)
-    (root / "guests").mkdir()
-    (root / "networks.toml").write_text(NETWORKS)
-    (root / "hosts" / f"{HOST}.toml").write_text(host_file(netns))
-    (root / "guests" / "g.toml").write_text(GUEST.format(host=HOST))
+    root = write_fleet(tmp_path / "mappings", NETWORKS, {HOST: host_file(netns)},
+                       {"g": GUEST.format(host=HOST)})
     fleet = load_fleet(root)
     assert not fleet.problems, [str(p) for p in fleet.problems]
     plan = build_plan(build_graph(fleet), fleet.guests["g"], fleet.hosts[HOST])
     assert not plan.problems, plan.problems
-    before = {link["ifname"] for link in links(netns)}
+    before = {link["ifname"] for link in ip_links(netns)}
     state = tmp_path / "state"
     realize_plan(plan, state_dir=state)
     try:
-        made = {link["ifname"]: link.get("linkinfo", {}).get("info_kind") for link in links(netns)
-                if link["ifname"] not in before}
+        made = {link["ifname"]: link.get("linkinfo", {}).get("info_kind")
+                for link in ip_links(netns) if link["ifname"] not in before}
         # the three kinds that come up with carrier at once: a tap has none until opened
         assert {"bridge", "macvtap", "vxlan"} <= set(made.values()), made
         assert not {name: addresses for name, addresses in inet6(netns).items()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import guest_toml, links_by_name, write_fleet
 from frames import frame, wait_for
-from ovs_lab import OvsInstance, missing, start_ovs
+from ovs_lab import OvsInstance, missing, ovs_host_toml, start_ovs
 from test_realize import tap_fd
 
 from netmap.cli import main
@@ -45,22 +45,8 @@ pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(missing() is not None, reason=str(missing()))]
 
 
-def host_toml(name: str, netns: str, remote: str) -> str:
-    return f"""[host]
-name = "{name}"
-netns = "{netns}"
-ovsdb = "{remote}"
-
-[uplinks.eth0]
-segments = ["fabric"]
-
-[networks.blue]
-mode = "ovs"
-uplink = "eth0"
-bridge = "br-ovs"
-datapath_type = "netdev"
-external_ids = {{ "tenant" = "t1" }}
-
+# green shares blue's bridge, without external_ids
+GREEN_BINDING = """
 [networks.green]
 mode = "ovs"
 uplink = "eth0"
@@ -117,7 +103,7 @@ def started_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, netns_prefix: s
     base = Path(tempfile.mkdtemp(prefix="ov", dir="/tmp"))
     hosts = {name: (f"{prefix}-{name}", base / name) for name in ("ha", "hb")}
     root = write_fleet(tmp_path / "mappings", NETWORKS, {
-        name: host_toml(name, netns, f"unix:{directory / 'db.sock'}")
+        name: ovs_host_toml(name, netns, f"unix:{directory / 'db.sock'}") + GREEN_BINDING
         for name, (netns, directory) in hosts.items()}, GUESTS)
     monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("NETMAP_MAPPINGS", str(root))

@@ -20,45 +20,22 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
-from conftest import REPO, guest_toml, links_by_name, needs_netns, write_fleet
-from ovs_lab import OvsInstance, missing, start_ovs
+from conftest import REPO, guest_toml, links_by_name, write_fleet
+from libvirt_marks import LIBVIRT_LAB
 
 from netmap.cli import main
 from netmap.state import HostState
+from tests.ovs_lab import OvsInstance, missing, ovs_host_toml, start_ovs  # not scripts/ovs_lab
 
 sys.path.insert(0, str(REPO / "scripts"))
 import libvirt_lab  # scripts/ is not a package
 from libvirt_lab import PrivateLibvirtd
 
-pytestmark = [
-    pytest.mark.usefixtures("one_libvirt_lab_at_a_time"),
-    pytest.mark.netns,
-    pytest.mark.qemu,
-    needs_netns,
-    pytest.mark.skipif(missing() is not None, reason=str(missing())),
-    pytest.mark.skipif(libvirt_lab.missing() is not None, reason=str(libvirt_lab.missing())),
-]
+pytestmark = [*LIBVIRT_LAB,
+              pytest.mark.skipif(missing() is not None, reason=str(missing()))]
 HOST = "hv"
 G1_MAC, LV_MAC = "52:54:00:0e:00:01", "52:54:00:0e:00:02"
 NETWORKS = '[networks.blue]\nsegment = "fabric"\nvlan = 10\nmtu = 1500\n'
-
-
-def host_toml(netns: str, remote: str) -> str:
-    return f"""[host]
-name = "{HOST}"
-netns = "{netns}"
-ovsdb = "{remote}"
-
-[uplinks.eth0]
-segments = ["fabric"]
-
-[networks.blue]
-mode = "ovs"
-uplink = "eth0"
-bridge = "br-ovs"
-datapath_type = "netdev"
-external_ids = {{ "tenant" = "t1" }}
-"""
 
 
 @pytest.fixture
@@ -73,7 +50,8 @@ def ovs_libvirt(netns_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                    "link set eth0 up\nlink set eth0p up\n")
     base = Path(tempfile.mkdtemp(prefix="nmov", dir="/tmp"))  # a short socket path
     ovs = start_ovs(netns, base / "ovs")
-    root = write_fleet(tmp_path / "mappings", NETWORKS, {HOST: host_toml(netns, ovs.remote)},
+    root = write_fleet(tmp_path / "mappings", NETWORKS,
+                       {HOST: ovs_host_toml(HOST, netns, ovs.remote)},
                        {"g1": guest_toml("g1", HOST, ("blue", G1_MAC))})
     monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
     monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))

@@ -7,7 +7,6 @@ place of README's. Namespaces prefix nmol."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import select
@@ -30,6 +29,7 @@ from tests.conftest import (
     EXAMPLE_MAPPINGS,
     REPO,
     interrupt,
+    ip_links,
     lab_namespaces,
     needs_netns,
     wait_until_up,
@@ -222,8 +222,7 @@ def test_readme_ovs_walkthrough(tmp_path: Path) -> None:
         assert f"NIC 0 prod (ovs): {tap}" in realized.stdout
         # README: VLAN 100 is the port's tag, on the wire as 802.1Q, with no kernel VLAN
         # device (the CI kernel has no 802.1Q module)
-        kinds = json.loads(subprocess.run(["ip", "-d", "-j", "-n", f"{prefix}-host-a", "link"],
-                                          capture_output=True, text=True, check=True).stdout)
+        kinds = ip_links(f"{prefix}-host-a")
         assert not [k for k in kinds if k.get("linkinfo", {}).get("info_kind") == "vlan"]
         assert vlan_on_the_wire(f"{prefix}-fabric", f"{prefix}-host-a", tap,
                                 "52:54:00:0b:5e:01") == {100}

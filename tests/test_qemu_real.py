@@ -11,7 +11,6 @@ quits, the tap (or macvtap) must be gone.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, has_net_admin
+from tests.qemu_fds import fds_of
 from tests.test_qemu_helper import links, wait_gone
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -99,20 +99,6 @@ def helper_line(log: Path) -> list[str]:
     lines = [line for line in log.read_text().splitlines() if "netmap-qemu-helper:" in line]
     assert len(lines) == 1, log.read_text()
     return lines[0].split()
-
-
-def fds_of(pid: int) -> list[str]:
-    """What each of QEMU's fds is, plus the tun interface (fdinfo `iff:`) where it is one."""
-    found = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        iff = [line.split()[1] for line in info.splitlines() if line.startswith("iff:")]
-        found.append(f"{target} {' '.join(iff)}".strip())
-    return found
 
 
 def quit_qemu(qemu: subprocess.Popen, qmp: Qmp) -> None:

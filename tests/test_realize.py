@@ -504,7 +504,7 @@ def macvtap_lab(cli_lab_factory, mappings: Path):
 def macvtap_fd(netns: str, name: str, directory: Path) -> int:
     """Open the macvtap's character device (made with mknod: /dev here is not the lab's),
     switched to raw frames without the virtio-net header."""
-    index = json.loads(run("ip", "-j", "link", "show", name, netns=netns))[0]["ifindex"]
+    index = ip_links(netns, name)[0]["ifindex"]
     dev = subprocess.run(["ip", "netns", "exec", netns, "cat",
                           f"/sys/class/net/{name}/macvtap/tap{index}/dev"],
                          capture_output=True, text=True, check=True).stdout.strip()
@@ -529,7 +529,7 @@ def test_every_macvtap_mode_and_frames_through_vepa(macvtap_lab, tmp_path, capsy
         link = links[nic["device"]]
         modes[nic["mode"]] = link["linkinfo"]["info_data"]["mode"]
         assert link["address"] == nic["mac"]
-        shown = json.loads(run("ip", "-j", "link", "show", nic["device"], netns=ns))
+        shown = ip_links(ns, nic["device"])
         assert nic["tapdev"] == f"/dev/tap{shown[0]['ifindex']}"
         assert "<target dev=" in nic["libvirt_xml"]
     assert modes == {"macvtap-bridge": "bridge", "macvtap-vepa": "vepa",
@@ -554,10 +554,10 @@ def test_every_macvtap_mode_and_frames_through_vepa(macvtap_lab, tmp_path, capsy
     assert "nothing changed" in capsys.readouterr().out
     # drift: the vepa macvtap switched to private mode is switched back, in place
     run("ip", "link", "set", vepa["device"], "type", "macvtap", "mode", "private", netns=ns)
-    index = json.loads(run("ip", "-j", "link", "show", vepa["device"], netns=ns))[0]["ifindex"]
+    index = ip_links(ns, vepa["device"])[0]["ifindex"]
     assert main(["realize", "g4", "--host", "host-a"]) == 0
     assert "1 repair" in capsys.readouterr().out
-    again = json.loads(run("ip", "-d", "-j", "link", "show", vepa["device"], netns=ns))[0]
+    again = ip_links(ns, vepa["device"])[0]
     assert again["linkinfo"]["info_data"]["mode"] == "vepa"
     assert again["ifindex"] == index
     assert main(["release", "g4", "--host", "host-a"]) == 0

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 from conftest import guest_toml
-from faults import enobufs_half_way, faulty_kernel, interrupt_after, interrupt_before
+from faults import (
+    enobufs_half_way,
+    interrupt_after,
+    interrupt_before,
+    realize_counting_sends,
+    realize_with_fault,
+)
 from test_realize import host_dump, plan_for, run
 
 from netmap.errors import ApplyError
@@ -65,11 +71,9 @@ def assert_untouched(ns: str, before: dict, state_before: dict, label: str) -> N
 
 
 def count_sends(plan, ns: str) -> int:
-    with pytest.MonkeyPatch.context() as patch:
-        sends = faulty_kernel(patch, 0, None)
-        assert realize_plan(plan).changed
+    sends = realize_counting_sends(plan)
     release_guest("host-a", "g5", ns)
-    return sends[0]
+    return sends
 
 
 @pytest.mark.parametrize("fault", [interrupt_after, interrupt_before, enobufs_half_way])
@@ -82,17 +86,7 @@ def test_a_fault_at_every_netlink_send_leaves_nothing(g5_lab, fault) -> None:
     assert total >= 10  # links, bridge, ports, vxlan, its remotes, the taps' and macvtaps' batch
     assert_untouched(ns, before, state_before, "the counting run's release")
     for at in range(1, total + 1):
-        with pytest.MonkeyPatch.context() as patch, \
-                pytest.raises((ApplyError, KeyboardInterrupt)) as caught:
-            faulty_kernel(patch, at, fault)
-            realize_plan(plan)
-        if isinstance(caught.value, ApplyError):
-            # interrupted while deciding, nothing had been changed yet: it says so instead
-            problem = caught.value.problem
-            assert ("every change was undone" in problem
-                    or "nothing was changed" in problem), problem
-        else:  # only before the transaction exists: nothing was touched yet
-            assert at == 1
+        realize_with_fault(plan, at, fault)
         assert_untouched(ns, before, state_before, f"{fault.__name__} at send {at}")
     assert realize_plan(plan).changed  # the host is still usable afterwards
 

@@ -7,12 +7,11 @@ the moment it was set."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import needs_netns
+from conftest import ip_links, needs_netns
 
 from netmap.netlink import rtnl
 from netmap.netlink.kernel_steps import RtnlKernel
@@ -29,7 +28,7 @@ def ip(netns: str, *args: str) -> str:
 
 
 def link(netns: str, name: str) -> dict:
-    return json.loads(ip(netns, "-d", "-j", "link", "show", name))[0]
+    return ip_links(netns, name)[0]
 
 
 class RecordingPf(RtnlKernel):

@@ -147,7 +147,7 @@ def test_ipv6_multicast_group_underlay_passes_frames(v6lab) -> None:
     info = vxlan_info(built.hosts["host-a"])
     assert info["group6"] == "ff05::100"
     assert info["port"] == 4789
-    mtu = json.loads(run("ip", "-j", "link", "show", "vx5001", netns=built.hosts["host-a"]))
+    mtu = ip_links(built.hosts["host-a"], "vx5001")
     assert mtu[0]["mtu"] == 1450  # the network's MTU: underlay 9000 - 70 leaves room
     assert frames_pass(built, root), "frames did not pass over the IPv6 underlay"
     assert main(["release", "vxa", "--host", "host-a"]) == 0

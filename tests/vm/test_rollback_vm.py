@@ -31,11 +31,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults import enobufs_half_way, faulty_kernel, interrupt_after, interrupt_before
+from faults import (
+    enobufs_half_way,
+    interrupt_after,
+    interrupt_before,
+    realize_counting_sends,
+    realize_with_fault,
+)
 from vmhost import HOST, guest, host_dump, ip, vf_entries, wait_until
 
 from netmap.cli import main
-from netmap.errors import ApplyError
 from netmap.load import load_fleet
 from netmap.netlink.apply import realize_plan, release_guest
 from netmap.plan.planner import build_plan
@@ -174,14 +179,12 @@ def counted_realize(pf: str, plan) -> tuple[int, tuple[dict, dict]]:
     """Realize once with every send counted; the count and the realized snapshot. Released
     after, and checked to leave nothing."""
     before = snapshot(pf)
-    with pytest.MonkeyPatch.context() as patch:
-        sends = faulty_kernel(patch, 0, None)
-        assert realize_plan(plan).changed
+    sends = realize_counting_sends(plan)
     realized = snapshot(pf)
     assert len({e["vf"] for e in vf_entries(pf) if e["mac"].startswith("52:54:00:6b")}) == 2
     release_guest(HOST, "g4", None)
     assert_as_before(pf, before, "the counting run's release")
-    return sends[0], realized
+    return sends, realized
 
 
 def test_a_fault_at_every_netlink_send_leaves_host_pf_and_state_as_before(
@@ -194,16 +197,7 @@ def test_a_fault_at_every_netlink_send_leaves_host_pf_and_state_as_before(
     assert total >= 10
     for at in range(1, total + 1):
         for fault in faults_at(at):
-            with pytest.MonkeyPatch.context() as patch, \
-                    pytest.raises((ApplyError, KeyboardInterrupt)) as caught:
-                faulty_kernel(patch, at, fault)
-                realize_plan(plan)
-            if isinstance(caught.value, ApplyError):
-                problem = caught.value.problem
-                assert ("every change was undone" in problem
-                        or "nothing was changed" in problem), problem
-            else:  # only before the transaction exists: nothing was touched yet
-                assert at == 1, f"{fault.__name__} at send {at}: {caught.value!r}"
+            realize_with_fault(plan, at, fault)
             assert_as_before(pf, before, f"{fault.__name__} at send {at}")
     assert realize_plan(plan).changed  # the host is still usable afterwards
     assert snapshot(pf)[0]["links"][pf] == realized[0]["links"][pf]  # the same two VFs

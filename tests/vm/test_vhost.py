@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from qemu_fds import fds_of
 from vmhost import HOST, guest, ip, wait_until
 
 from netmap.cli import main
@@ -74,20 +75,6 @@ uplink = "nmvmup0"
 """
 
 
-def qemu_fds(pid: int) -> list[str]:
-    """What each of QEMU's fds is, with the tun interface (fdinfo `iff:`) where it is one."""
-    found = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except OSError:
-            continue
-        found.append(" ".join([target, *(line.split()[1] for line in info.splitlines()
-                                         if line.startswith("iff:"))]))
-    return found
-
-
 def vhost_workers(pid: int) -> int:
     """Kernel threads vhost-net started for `pid`: one per VHOST_SET_OWNER."""
     names = []
@@ -134,9 +121,9 @@ def test_qemu_with_vhost_on_through_the_helper_and_per_queue(bridged, capsys,
         def settled() -> bool:
             if qemu.poll() is not None:
                 raise AssertionError(f"QEMU exited {qemu.returncode}: {log.read_text()}")
-            return sum("/dev/vhost-net" in fd for fd in qemu_fds(qemu.pid)) == 5
+            return sum("/dev/vhost-net" in fd for fd in fds_of(qemu.pid)) == 5
         wait_until(settled, "QEMU's five vhost-net fds (helper + 4 queues)", timeout=120)
-        fds = qemu_fds(qemu.pid)
+        fds = fds_of(qemu.pid)
         assert fds.count(f"/dev/net/tun {mq_tap}") == 4, fds
         helper_taps = [fd.split()[1] for fd in fds if fd.startswith("/dev/net/tun ")
                        and fd.split()[1] != mq_tap]
