@@ -21,6 +21,7 @@ def ovs_port_ids(guest: str, nic: GuestNic, binding: Binding) -> tuple[tuple[str
     """The external_ids of a guest's OVS port: the binding's, and those OpenStack, OVN and
     libvirt set (iface-id names the logical port, attached-mac the guest's MAC, vm-id the
     guest), and netmap's marks (whose port, which network)."""
+    # here: load and check read modes without the step classes
     from netmap.steps.ovs import OVS_NETWORK_KEY, OVS_OWNER_KEY
 
     ids = dict(binding.external_ids)
