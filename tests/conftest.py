@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fleet_files import write_fleet  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_MAPPINGS = REPO / "mappings"
@@ -176,18 +177,6 @@ def interrupt(up: subprocess.Popen, timeout: float = 120) -> None:
         if up.poll() is None:
             up.kill()
             up.wait()
-
-
-def write_fleet(root: Path, networks: str, hosts: dict[str, str],
-                guests: dict[str, str]) -> Path:
-    """A mappings tree: networks.toml, hosts/NAME.toml and guests/NAME.toml from texts."""
-    (root / "hosts").mkdir(parents=True, exist_ok=True)
-    (root / "guests").mkdir(exist_ok=True)
-    (root / "networks.toml").write_text(networks)
-    for folder, files in (("hosts", hosts), ("guests", guests)):
-        for name, text in files.items():
-            (root / folder / f"{name}.toml").write_text(text)
-    return root
 
 
 def guest_toml(name: str, host: str, *nics: tuple[str, str]) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fleet_files import write_fleet
 from vmhost import HOST, pfs, set_numvfs
 
 INSIDE = os.environ.get("NETMAP_VMLAB") == "1"
@@ -28,13 +29,7 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path
     root = tmp_path / "mappings"
 
     def write(networks: str, host: str, guests: dict[str, str]) -> Path:
-        (root / "hosts").mkdir(parents=True, exist_ok=True)
-        (root / "guests").mkdir(exist_ok=True)
-        (root / "networks.toml").write_text(networks)
-        (root / "hosts" / f"{HOST}.toml").write_text(host)
-        for name, text in guests.items():
-            (root / "guests" / f"{name}.toml").write_text(text)
-        return root
+        return write_fleet(root, networks, {HOST: host}, guests)
 
     monkeypatch.setenv("NETMAP_MAPPINGS", str(root))
     monkeypatch.setenv("NETMAP_STATE_DIR", str(tmp_path / "state"))
